@@ -1,0 +1,170 @@
+//! The contracts between the engine and node kinds.
+//!
+//! The engine knows node kinds only through [`NodeKind`] (builds a node from its definition when the flow
+//! is loaded) and [`Node`] (runs it for one line), looked up in a [`NodeRegistry`] by the YAML `type:`.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use indexmap::IndexMap;
+
+use crate::error::{BuildError, NodeError};
+use crate::model::{FlowDef, NodeDef, ValueType};
+use crate::value::{Map, Value};
+
+/// The inputs of one node call, by parameter name.
+pub type NodeInputs = IndexMap<String, Value>;
+
+/// A node ready to run lines.
+#[async_trait]
+pub trait Node: Send + Sync + Debug {
+    /// Runs one line. Cancel-safe: dropping the future abandons the work.
+    async fn run(&self, inputs: NodeInputs, cx: &NodeContext) -> Result<Value, NodeError>;
+}
+
+/// A kind of node (`prompt`, `python`, `llm`, ...): builds nodes from their definitions.
+pub trait NodeKind: Send + Sync + 'static {
+    /// The YAML `type:` this kind handles, lowercase.
+    fn type_name(&self) -> &'static str;
+    /// Builds a node, checking everything that can be checked before a line runs.
+    fn build(&self, node: &NodeDef, cx: &BuildContext) -> Result<Built, BuildError>;
+}
+
+/// What a node kind gives back for a node: the runnable node and its call signature.
+#[derive(Debug)]
+pub struct Built {
+    pub node: Arc<dyn Node>,
+    pub signature: Signature,
+}
+
+/// The parameters a node accepts, so the engine can coerce literals (§3.3) and apply bypass rules (§4.4).
+#[derive(Clone, Debug, Default)]
+pub struct Signature {
+    pub params: IndexMap<String, Param>,
+    /// Whether unknown inputs are accepted (`**kwargs`).
+    pub accepts_kwargs: bool,
+    /// Literal inputs the kind consumed at build time (e.g. a `ToolProvider`'s `__init__` arguments);
+    /// they are not passed on each call.
+    pub consumed: Vec<String>,
+}
+
+/// One parameter of a node.
+#[derive(Clone, Debug, Default)]
+pub struct Param {
+    /// The declared type; literals are converted to it. `None` passes them unchanged.
+    pub ty: Option<ValueType>,
+    /// Whether the parameter has a default: an input that references a bypassed node is then omitted
+    /// rather than passed as `None`.
+    pub has_default: bool,
+    /// Whether the flow must bind this parameter; checked when the flow is loaded.
+    pub required: bool,
+}
+
+/// What a node kind may use while building nodes.
+#[derive(Debug)]
+pub struct BuildContext<'a> {
+    pub flow: &'a FlowDef,
+}
+
+impl BuildContext<'_> {
+    /// The flow folder, against which `source.path` is resolved.
+    pub fn flow_dir(&self) -> &Path {
+        &self.flow.dir
+    }
+
+    /// Resolves a node's `source.path`, checking that the file exists.
+    pub fn source_file(&self, node: &NodeDef) -> Result<PathBuf, BuildError> {
+        let path = node
+            .source
+            .as_ref()
+            .and_then(|s| s.path.as_deref())
+            .ok_or_else(|| {
+                BuildError::new(format!("node `{}` has no `source.path`", node.name))
+                    .help("add `source: {type: code, path: <file>}` to the node")
+            })?;
+        let full = self.flow.dir.join(path);
+        if !full.is_file() {
+            return Err(BuildError::new(format!(
+                "source file `{path}` of node `{}` does not exist",
+                node.name
+            ))
+            .help(format!("create {} or fix `source.path`", full.display())));
+        }
+        Ok(full)
+    }
+}
+
+/// What a running node can see and report.
+#[derive(Debug, Default)]
+pub struct NodeContext {
+    pub node: String,
+    /// The line number in a batch, `None` for a single test run and for aggregation.
+    pub line: Option<usize>,
+    pub run_id: String,
+    /// Whether the caller wants a streaming result (a generator) from this node.
+    pub stream: bool,
+    /// Metrics logged with `log_metric`, collected only while aggregation nodes run.
+    pub metrics: Option<Arc<Mutex<Map>>>,
+    /// Counters a node reports about itself (tokens, time to first token), summed per run.
+    pub system_metrics: Mutex<Map>,
+}
+
+impl NodeContext {
+    /// Adds to a numeric system metric of this node.
+    pub fn add_metric(&self, key: &str, amount: f64) {
+        let mut m = self
+            .system_metrics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let old = match m.get(key) {
+            Some(Value::Int(i)) => *i as f64,
+            Some(Value::Float(f)) => *f,
+            _ => 0.0,
+        };
+        let new = old + amount;
+        let v = if new.fract() == 0.0 && new.abs() < 9e15 {
+            Value::Int(new as i64)
+        } else {
+            Value::Float(new)
+        };
+        m.insert(key.to_owned(), v);
+    }
+}
+
+/// Node kinds by YAML `type:`.
+#[derive(Clone, Default)]
+pub struct NodeRegistry {
+    kinds: BTreeMap<String, Arc<dyn NodeKind>>,
+}
+
+impl Debug for NodeRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.kinds.keys()).finish()
+    }
+}
+
+impl NodeRegistry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers a kind under its type name, replacing any kind of that name.
+    pub fn register(&mut self, kind: impl NodeKind) -> &mut Self {
+        self.kinds
+            .insert(kind.type_name().to_owned(), Arc::new(kind));
+        self
+    }
+
+    /// The kind for a YAML `type:` (case-insensitive).
+    pub fn get(&self, type_name: &str) -> Option<&Arc<dyn NodeKind>> {
+        self.kinds.get(&type_name.to_ascii_lowercase())
+    }
+
+    /// The registered type names, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        self.kinds.keys().map(String::as_str).collect()
+    }
+}

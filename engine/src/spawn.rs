@@ -1,0 +1,60 @@
+//! The one way Sluice starts tasks.
+//!
+//! [`SpawnedTask`] aborts its task when dropped, so a cancelled run never leaves orphans behind;
+//! [`run_blocking`] moves blocking work (Python calls, large renders) off the async worker threads.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::task::{JoinError, JoinHandle};
+
+/// A tokio task that is aborted when this handle is dropped.
+#[derive(Debug)]
+pub struct SpawnedTask<T> {
+    handle: JoinHandle<T>,
+}
+
+impl<T: Send + 'static> SpawnedTask<T> {
+    /// Spawns `future` on the current runtime.
+    #[allow(clippy::disallowed_methods)]
+    pub fn spawn<F>(future: F) -> Self
+    where
+        F: Future<Output = T> + Send + 'static,
+    {
+        SpawnedTask {
+            handle: tokio::spawn(future),
+        }
+    }
+}
+
+impl<T> Future for SpawnedTask<T> {
+    type Output = Result<T, JoinError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.handle).poll(cx)
+    }
+}
+
+impl<T> Drop for SpawnedTask<T> {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
+
+/// Runs blocking work on tokio's blocking pool and waits for it.
+///
+/// Dropping the returned future does not stop the work (a thread cannot be interrupted); its result is
+/// discarded.
+#[allow(clippy::disallowed_methods)]
+pub async fn run_blocking<F, T>(f: F) -> T
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(v) => v,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => panic!("blocking task failed: {e}"),
+    }
+}

@@ -1,0 +1,407 @@
+//! The values that flow between nodes.
+//!
+//! A [`Value`] is JSON-shaped, with Python's distinction between integers and floats, plus one escape
+//! hatch: [`Value::Opaque`] carries an object that only its producer understands (a Python object that is
+//! not JSON, a generator). Opaque values pass unchanged between nodes of the kind that made them, render
+//! through their own `str()`, and are serialised only when a flow output needs them.
+
+use std::any::Any;
+use std::fmt::{self, Debug, Write as _};
+use std::sync::Arc;
+
+use indexmap::IndexMap;
+use serde::ser::{SerializeMap, SerializeSeq};
+use serde::{Serialize, Serializer};
+
+/// An ordered string-keyed map, as Python dicts are.
+pub type Map = IndexMap<String, Value>;
+
+/// A value produced by a node, a flow input or a literal.
+#[derive(Clone, Debug, Default)]
+pub enum Value {
+    #[default]
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    String(String),
+    List(Vec<Value>),
+    Map(Map),
+    Opaque(Arc<dyn Opaque>),
+}
+
+/// An object owned by a node kind's runtime (for example a Python object).
+pub trait Opaque: Debug + Send + Sync + 'static {
+    /// The producer's type name, e.g. `generator`.
+    fn type_name(&self) -> String;
+    /// What `str()` gives; used when the value is rendered into a template.
+    fn to_str(&self) -> String;
+    /// What `repr()` gives; used in run records where the value is not JSON.
+    fn repr(&self) -> String {
+        self.to_str()
+    }
+    /// The value as plain JSON-shaped data, if it has such a form.
+    fn to_plain(&self) -> Option<Value> {
+        None
+    }
+    /// A stream (generator) is joined into one string when it becomes a flow output.
+    fn is_stream(&self) -> bool {
+        false
+    }
+    /// Drains a stream into its items' `str()`s. Only called when [`Opaque::is_stream`] is true.
+    fn drain(&self) -> Result<Vec<String>, String> {
+        Err(format!("{} is not a stream", self.type_name()))
+    }
+    /// Looks up `key` (an attribute or a dict key) or `index` for a reference path.
+    fn lookup(&self, _step: &PathStep) -> Option<Value> {
+        None
+    }
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// One step of a reference's property path: `.key`, `['key']` or `[3]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PathStep {
+    Key(String),
+    Index(usize),
+}
+
+impl fmt::Display for PathStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PathStep::Key(k) => write!(f, "['{k}']"),
+            PathStep::Index(i) => write!(f, "[{i}]"),
+        }
+    }
+}
+
+impl Value {
+    pub fn is_null(&self) -> bool {
+        matches!(self, Value::Null)
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Python's type name of this value, for error messages.
+    pub fn type_name(&self) -> String {
+        match self {
+            Value::Null => "NoneType".into(),
+            Value::Bool(_) => "bool".into(),
+            Value::Int(_) => "int".into(),
+            Value::Float(_) => "float".into(),
+            Value::String(_) => "str".into(),
+            Value::List(_) => "list".into(),
+            Value::Map(_) => "dict".into(),
+            Value::Opaque(o) => o.type_name(),
+        }
+    }
+
+    /// Follows one path step as promptflow does: a dict key, a list index, or an opaque lookup.
+    pub fn lookup(&self, step: &PathStep) -> Option<Value> {
+        match (self, step) {
+            (Value::Map(m), PathStep::Key(k)) => m.get(k).cloned(),
+            (Value::List(l), PathStep::Index(i)) => l.get(*i).cloned(),
+            (Value::Opaque(o), step) => o.lookup(step),
+            _ => None,
+        }
+    }
+
+    /// Python's `str()` of the value.
+    pub fn py_str(&self) -> String {
+        match self {
+            Value::String(s) => s.clone(),
+            Value::Opaque(o) => o.to_str(),
+            other => other.py_repr(),
+        }
+    }
+
+    /// Python's `repr()` of the value.
+    pub fn py_repr(&self) -> String {
+        let mut out = String::new();
+        self.write_repr(&mut out);
+        out
+    }
+
+    fn write_repr(&self, out: &mut String) {
+        match self {
+            Value::Null => out.push_str("None"),
+            Value::Bool(true) => out.push_str("True"),
+            Value::Bool(false) => out.push_str("False"),
+            Value::Int(i) => {
+                let _ = write!(out, "{i}");
+            }
+            Value::Float(f) => out.push_str(&py_float_repr(*f)),
+            Value::String(s) => out.push_str(&py_str_repr(s)),
+            Value::List(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    item.write_repr(out);
+                }
+                out.push(']');
+            }
+            Value::Map(map) => {
+                out.push('{');
+                for (i, (k, v)) in map.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    out.push_str(&py_str_repr(k));
+                    out.push_str(": ");
+                    v.write_repr(out);
+                }
+                out.push('}');
+            }
+            Value::Opaque(o) => out.push_str(&o.repr()),
+        }
+    }
+
+    /// Python's `==` between two values (so `1 == 1.0 == True`, and `"true" != True`).
+    pub fn py_eq(&self, other: &Value) -> bool {
+        use Value::*;
+        match (self, other) {
+            (Null, Null) => true,
+            (String(a), String(b)) => a == b,
+            (List(a), List(b)) => a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.py_eq(y)),
+            (Map(a), Map(b)) => {
+                a.len() == b.len() && a.iter().all(|(k, v)| b.get(k).is_some_and(|w| v.py_eq(w)))
+            }
+            (Opaque(a), Opaque(b)) => Arc::ptr_eq(a, b),
+            (a, b) => match (a.as_number(), b.as_number()) {
+                (Some(x), Some(y)) => x == y,
+                _ => false,
+            },
+        }
+    }
+
+    fn as_number(&self) -> Option<f64> {
+        match self {
+            Value::Bool(b) => Some(f64::from(u8::from(*b))),
+            Value::Int(i) => Some(*i as f64),
+            Value::Float(f) => Some(*f),
+            _ => None,
+        }
+    }
+
+    /// The value as JSON, or the path to the first part that has no JSON form.
+    ///
+    /// Streams are joined into one string (promptflow's `"".join(str(x) for x in it)`).
+    pub fn to_plain(&self) -> Result<Value, String> {
+        match self {
+            Value::List(items) => items
+                .iter()
+                .map(Value::to_plain)
+                .collect::<Result<_, _>>()
+                .map(Value::List),
+            Value::Map(map) => map
+                .iter()
+                .map(|(k, v)| v.to_plain().map(|v| (k.clone(), v)))
+                .collect::<Result<_, _>>()
+                .map(Value::Map),
+            Value::Opaque(o) if o.is_stream() => Ok(Value::String(o.drain()?.concat())),
+            Value::Opaque(o) => o.to_plain().ok_or_else(|| {
+                format!("Object of type {} is not JSON serializable", o.type_name())
+            }),
+            other => Ok(other.clone()),
+        }
+    }
+
+    /// Converts to `serde_json::Value`; non-JSON parts become their `repr()`, non-finite floats `null`.
+    pub fn to_json_lossy(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+impl PartialEq for Value {
+    fn eq(&self, other: &Self) -> bool {
+        use Value::*;
+        match (self, other) {
+            (Null, Null) => true,
+            (Bool(a), Bool(b)) => a == b,
+            (Int(a), Int(b)) => a == b,
+            (Float(a), Float(b)) => a == b,
+            (String(a), String(b)) => a == b,
+            (List(a), List(b)) => a == b,
+            (Map(a), Map(b)) => a == b,
+            (Opaque(a), Opaque(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl Serialize for Value {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Value::Null => s.serialize_unit(),
+            Value::Bool(b) => s.serialize_bool(*b),
+            Value::Int(i) => s.serialize_i64(*i),
+            Value::Float(f) => s.serialize_f64(*f),
+            Value::String(v) => s.serialize_str(v),
+            Value::List(items) => {
+                let mut seq = s.serialize_seq(Some(items.len()))?;
+                for item in items {
+                    seq.serialize_element(item)?;
+                }
+                seq.end()
+            }
+            Value::Map(map) => {
+                let mut m = s.serialize_map(Some(map.len()))?;
+                for (k, v) in map {
+                    m.serialize_entry(k, v)?;
+                }
+                m.end()
+            }
+            Value::Opaque(o) => match o.to_plain() {
+                Some(plain) => plain.serialize(s),
+                None => s.serialize_str(&o.repr()),
+            },
+        }
+    }
+}
+
+impl From<serde_json::Value> for Value {
+    fn from(v: serde_json::Value) -> Self {
+        match v {
+            serde_json::Value::Null => Value::Null,
+            serde_json::Value::Bool(b) => Value::Bool(b),
+            serde_json::Value::Number(n) => match n.as_i64() {
+                Some(i) => Value::Int(i),
+                None => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+            },
+            serde_json::Value::String(s) => Value::String(s),
+            serde_json::Value::Array(a) => Value::List(a.into_iter().map(Value::from).collect()),
+            serde_json::Value::Object(o) => {
+                Value::Map(o.into_iter().map(|(k, v)| (k, Value::from(v))).collect())
+            }
+        }
+    }
+}
+
+impl From<&str> for Value {
+    fn from(s: &str) -> Self {
+        Value::String(s.to_owned())
+    }
+}
+
+impl From<String> for Value {
+    fn from(s: String) -> Self {
+        Value::String(s)
+    }
+}
+
+impl From<i64> for Value {
+    fn from(i: i64) -> Self {
+        Value::Int(i)
+    }
+}
+
+impl From<f64> for Value {
+    fn from(f: f64) -> Self {
+        Value::Float(f)
+    }
+}
+
+impl From<bool> for Value {
+    fn from(b: bool) -> Self {
+        Value::Bool(b)
+    }
+}
+
+/// Python's `repr(float)`: the shortest round-tripping digits, scientific below 1e-4 and from 1e16.
+pub fn py_float_repr(f: f64) -> String {
+    if f.is_nan() {
+        return "nan".into();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 { "inf".into() } else { "-inf".into() };
+    }
+    if f == 0.0 {
+        return if f.is_sign_negative() {
+            "-0.0".into()
+        } else {
+            "0.0".into()
+        };
+    }
+    let sci = format!("{f:e}"); // e.g. "1.5e-7", "-2e20"
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    if (-4..16).contains(&exp) {
+        let plain = format!("{f}");
+        if plain.contains('.') {
+            plain
+        } else {
+            format!("{plain}.0")
+        }
+    } else {
+        let sign = if exp < 0 { '-' } else { '+' };
+        format!("{mantissa}e{sign}{:02}", exp.abs())
+    }
+}
+
+/// Python's `repr(str)`: single quotes unless the text holds a single quote and no double quote.
+pub fn py_str_repr(s: &str) -> String {
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push(quote);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c == quote => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push(quote);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn float_repr_matches_python() {
+        assert_eq!(py_float_repr(4.5), "4.5");
+        assert_eq!(py_float_repr(3.0), "3.0");
+        assert_eq!(py_float_repr(1e16), "1e+16");
+        assert_eq!(py_float_repr(1e15), "1000000000000000.0");
+        assert_eq!(py_float_repr(0.0001), "0.0001");
+        assert_eq!(py_float_repr(0.00001), "1e-05");
+        assert_eq!(py_float_repr(-2.5e-7), "-2.5e-07");
+        assert_eq!(py_float_repr(0.1 + 0.2), "0.30000000000000004");
+    }
+
+    #[test]
+    fn repr_of_containers_matches_python() {
+        let v: Value = serde_json::json!({"a": [1, 2.0, true, null], "b": "it's"}).into();
+        assert_eq!(v.py_repr(), r#"{'a': [1, 2.0, True, None], 'b': "it's"}"#);
+        assert_eq!(Value::from("x").py_str(), "x");
+    }
+
+    #[test]
+    fn python_equality_has_no_string_coercion() {
+        assert!(Value::Int(1).py_eq(&Value::Float(1.0)));
+        assert!(Value::Bool(true).py_eq(&Value::Int(1)));
+        assert!(!Value::from("true").py_eq(&Value::Bool(true)));
+        assert!(!Value::from("1").py_eq(&Value::Int(1)));
+    }
+}

@@ -1,0 +1,25 @@
+//! `sluice-nodes`: the node kinds Sluice ships, and [`builtin_registry`] that registers them.
+//!
+//! - [`prompt::PromptKind`] (`type: prompt`): renders a Jinja template.
+//! - `python::PythonKind` (`type: python`, feature `python`): calls a `@tool` function in an embedded CPython.
+//!
+//! ```
+//! let registry = sluice_nodes::builtin_registry();
+//! assert!(registry.get("prompt").is_some());
+//! ```
+
+pub mod prompt;
+#[cfg(feature = "python")]
+pub mod python;
+pub mod template;
+
+use sluice_engine::NodeRegistry;
+
+/// A registry with every built-in node kind.
+pub fn builtin_registry() -> NodeRegistry {
+    let mut registry = NodeRegistry::new();
+    registry.register(prompt::PromptKind);
+    #[cfg(feature = "python")]
+    registry.register(python::PythonKind);
+    registry
+}

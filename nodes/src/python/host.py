@@ -1,0 +1,377 @@
+"""Sluice's side of the embedded interpreter: loading tools, calling them, describing results.
+
+This module is compiled into the `sluice` binary and runs inside its embedded CPython. Rust calls the
+functions below; user tools never see it.
+"""
+
+import asyncio
+import collections.abc
+import dataclasses
+import enum
+import importlib.util
+import inspect
+import os
+import sys
+import threading
+import traceback
+import types
+import typing
+
+_HERE = __file__
+_loop = None
+_loop_lock = threading.Lock()
+_modules = {}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Start-up: the `sluice` module and, when promptflow is not installed, a small `promptflow` stand-in.
+
+
+def install(sluice_source, virtual_env):
+    if virtual_env:
+        _add_virtualenv(virtual_env)
+    try:
+        import sluice  # noqa: F401  (the user's installed package wins)
+    except ImportError:
+        module = types.ModuleType("sluice")
+        module.__file__ = "<sluice>"
+        exec(compile(sluice_source, "sluice/__init__.py", "exec"), module.__dict__)
+        sys.modules["sluice"] = module
+    if importlib.util.find_spec("promptflow") is None:
+        _install_promptflow_compat(sys.modules["sluice"])
+    # Tools' prints must not mix with the flow's JSON output on stdout.
+    sys.stdout = sys.stderr
+
+
+def _add_virtualenv(root):
+    import site
+
+    version = "python%d.%d" % sys.version_info[:2]
+    for sub in ("lib/%s/site-packages" % version, "Lib/site-packages"):
+        path = os.path.join(root, sub)
+        if os.path.isdir(path) and path not in sys.path:
+            site.addsitedir(path)
+
+
+def _install_promptflow_compat(sluice):
+    def module(name, **attrs):
+        m = types.ModuleType(name)
+        m.__file__ = "<sluice promptflow compatibility>"
+        m.__path__ = []
+        m.__dict__.update(attrs)
+        sys.modules[name] = m
+        return m
+
+    api = dict(
+        tool=sluice.tool,
+        log_metric=sluice.log_metric,
+        log_flow_metric=sluice.log_metric,
+        ToolProvider=sluice.ToolProvider,
+        trace=sluice.trace,
+    )
+    connection_types = {
+        name: type(name, (sluice.CustomConnection,), {})
+        for name in (
+            "AzureOpenAIConnection",
+            "OpenAIConnection",
+            "ServerlessConnection",
+            "AzureContentSafetyConnection",
+            "CognitiveSearchConnection",
+            "SerpConnection",
+            "QdrantConnection",
+            "WeaviateConnection",
+            "FormRecognizerConnection",
+        )
+    }
+    connections = module(
+        "promptflow.connections",
+        CustomConnection=sluice.CustomConnection,
+        CustomStrongTypeConnection=type("CustomStrongTypeConnection", (sluice.CustomConnection,), {}),
+        **connection_types,
+    )
+    types_mod = module(
+        "promptflow.contracts.types",
+        PromptTemplate=sluice.PromptTemplate,
+        Secret=sluice.Secret,
+        FilePath=sluice.FilePath,
+    )
+    contracts = module("promptflow.contracts", types=types_mod)
+    tracing = module("promptflow.tracing", trace=sluice.trace, start_trace=lambda *a, **k: None)
+    core = module("promptflow.core", **api)
+    internal = module("promptflow._internal", **api)
+    module(
+        "promptflow",
+        core=core,
+        tracing=tracing,
+        connections=connections,
+        contracts=contracts,
+        _internal=internal,
+        __version__="0.0.0+sluice",
+        **api,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading a tool file.
+
+
+class LoadError(Exception):
+    """A tool file that cannot be used; the message says why and what to do."""
+
+
+def _is_tool(obj):
+    return callable(obj) and any(
+        hasattr(obj, marker) for marker in ("__sluice_tool__", "__tool", "_ToolInvoker__tool")
+    )
+
+
+def _is_provider(cls):
+    return inspect.isclass(cls) and any(base.__name__ == "ToolProvider" for base in cls.__mro__[1:])
+
+
+def _import_file(path, flow_dir):
+    path = os.path.abspath(path)
+    if path in _modules:
+        return _modules[path]
+    if flow_dir not in sys.path:
+        sys.path.insert(0, flow_dir)
+    stem = os.path.splitext(os.path.basename(path))[0]
+    name = stem if stem.isidentifier() and stem not in sys.modules else "__sluice_tool_%d__" % len(_modules)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    _modules[path] = module
+    return module
+
+
+def _type_name(annotation, default):
+    empty = inspect.Parameter.empty
+    if annotation is empty or annotation is None:
+        if default is empty or default is None:
+            return "object"
+        annotation = type(default)
+    if isinstance(annotation, str):
+        return {"int": "int", "float": "double", "bool": "bool", "str": "string", "list": "list"}.get(
+            annotation, "object"
+        )
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union or (hasattr(types, "UnionType") and origin is types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return _type_name(args[0], empty)
+        if args and all(_is_connection(a) for a in args):
+            return "connection"
+        return "object"
+    if annotation is bool:
+        return "bool"
+    if annotation is int:
+        return "int"
+    if annotation is float:
+        return "double"
+    if annotation is str:
+        return "string"
+    if annotation is list:
+        return "list"
+    if inspect.isclass(annotation):
+        name = annotation.__name__
+        special = {"PromptTemplate": "prompt_template", "Secret": "secret", "FilePath": "file_path", "Image": "image"}
+        if name in special:
+            return special[name]
+        if issubclass(annotation, enum.Enum):
+            return "string"
+        if _is_connection(annotation):
+            return "connection"
+    return "object"
+
+
+def _is_connection(cls):
+    return inspect.isclass(cls) and cls.__name__.endswith("Connection")
+
+
+def _describe(func):
+    params = []
+    kwargs = False
+    for p in inspect.signature(func).parameters.values():
+        if p.kind is p.VAR_KEYWORD:
+            kwargs = True
+            continue
+        if p.kind is p.VAR_POSITIONAL:
+            continue
+        has_default = p.default is not inspect.Parameter.empty
+        params.append((p.name, _type_name(p.annotation, p.default), has_default))
+    return params, kwargs
+
+
+def load_tool(path, flow_dir, literals, references):
+    """Imports a tool file and finds its one tool. Returns a dict describing it."""
+    module = _import_file(path, flow_dir)
+    functions = [
+        (name, obj)
+        for name, obj in vars(module).items()
+        if inspect.isfunction(obj) and _is_tool(obj) and getattr(obj, "__module__", None) == module.__name__
+    ]
+    providers = []
+    for name, cls in vars(module).items():
+        if _is_provider(cls) and getattr(cls, "__module__", None) == module.__name__:
+            methods = [m for m, f in vars(cls).items() if inspect.isfunction(f) and _is_tool(f)]
+            providers.extend((cls, m) for m in methods)
+    found = [f"{n}()" for n, _ in functions] + [f"{c.__name__}.{m}()" for c, m in providers]
+    if not found:
+        raise LoadError(
+            "no tool found in %s: mark one function with @tool (from promptflow.core import tool, "
+            "or from sluice import tool)" % os.path.basename(path)
+        )
+    if len(found) > 1:
+        raise LoadError(
+            "%s defines %d tools (%s); a tool file must define exactly one"
+            % (os.path.basename(path), len(found), ", ".join(found))
+        )
+    consumed = []
+    if functions:
+        func = functions[0][1]
+    else:
+        cls, method = providers[0]
+        init_kwargs = {}
+        for p in list(inspect.signature(cls.__init__).parameters.values())[1:]:
+            if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                continue
+            if p.name in references:
+                raise LoadError(
+                    "input `%s` initialises %s and must be a literal, not a reference" % (p.name, cls.__name__)
+                )
+            if p.name in literals:
+                init_kwargs[p.name] = literals[p.name]
+                consumed.append(p.name)
+            elif p.default is inspect.Parameter.empty:
+                raise LoadError("%s needs init input `%s`; set it as a literal node input" % (cls.__name__, p.name))
+        func = getattr(cls(**init_kwargs), method)
+    params, kwargs = _describe(func)
+    return {
+        "func": func,
+        "name": getattr(func, "__qualname__", getattr(func, "__name__", "tool")),
+        "params": params,
+        "kwargs": kwargs,
+        "consumed": consumed,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------
+# Calling a tool.
+
+
+def _event_loop():
+    """One asyncio loop for the process, on its own thread: independent async tools overlap on it."""
+    global _loop
+    with _loop_lock:
+        if _loop is None:
+            _loop = asyncio.new_event_loop()
+            ready = threading.Event()
+
+            def run():
+                asyncio.set_event_loop(_loop)
+                _loop.call_soon(ready.set)
+                _loop.run_forever()
+
+            threading.Thread(target=run, name="sluice-asyncio", daemon=True).start()
+            ready.wait()
+    return _loop
+
+
+async def _with_sink(coro, sink):
+    var = sys.modules["sluice"]._metric_sink
+    token = var.set(sink)
+    try:
+        return await coro
+    finally:
+        var.reset(token)
+
+
+def _sync_from_async(agen):
+    loop = _event_loop()
+    while True:
+        try:
+            yield asyncio.run_coroutine_threadsafe(agen.__anext__(), loop).result()
+        except StopAsyncIteration:
+            return
+
+
+def invoke(func, kwargs, sink):
+    """Calls a tool. Returns (True, result) or (False, error details)."""
+    var = sys.modules["sluice"]._metric_sink
+    token = var.set(sink)
+    try:
+        result = func(**kwargs)
+        if inspect.iscoroutine(result):
+            result = asyncio.run_coroutine_threadsafe(_with_sink(result, sink), _event_loop()).result()
+        if inspect.isasyncgen(result):
+            result = _sync_from_async(result)
+        return True, result
+    except BaseException as e:  # noqa: BLE001 - every user failure becomes a line failure
+        return False, error_details(e)
+    finally:
+        var.reset(token)
+
+
+def error_details(exc):
+    tb = traceback.TracebackException.from_exception(exc)
+    frames = [f for f in tb.stack if f.filename != _HERE]
+    tb.stack = traceback.StackSummary.from_list(frames)
+    text = "".join(tb.format())
+    last = frames[-1] if frames else None
+    return {
+        "type": type(exc).__name__,
+        "message": str(exc),
+        "traceback": text,
+        "filename": last.filename if last else None,
+        "lineno": last.lineno if last else None,
+        "name": last.name if last else None,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------
+# Values that are not JSON.
+
+
+def is_stream(obj):
+    return isinstance(obj, collections.abc.Iterator) and not isinstance(obj, (str, bytes, dict, list))
+
+
+def drain(obj):
+    return [str(x) for x in obj]
+
+
+def to_plain(obj):
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    dump = getattr(obj, "model_dump", None)
+    if callable(dump):
+        return dump()
+    if isinstance(obj, (set, frozenset)):
+        return list(obj)
+    return None
+
+
+_MISSING = object()
+
+
+def lookup(obj, key):
+    if isinstance(key, int):
+        try:
+            return obj[key]
+        except Exception:  # noqa: BLE001
+            return _MISSING
+    if hasattr(obj, "__getitem__") and not isinstance(obj, (str, bytes)):
+        try:
+            return obj[key]
+        except Exception:  # noqa: BLE001
+            pass
+    return getattr(obj, key, _MISSING)
+
+
+def is_missing(obj):
+    return obj is _MISSING

@@ -1,0 +1,442 @@
+//! `python` nodes: a tool function in the flow folder, called in an embedded CPython.
+//!
+//! The interpreter starts once per process. Each tool file is imported once when the flow is loaded
+//! (so an import error or a file without exactly one `@tool` is a load error); calls run on the
+//! blocking pool and hold the GIL only while Python runs, so a tool that sleeps or waits on I/O lets
+//! others run. `async def` tools run on one shared asyncio loop, so independent async nodes overlap.
+
+use std::any::Any;
+use std::ffi::CString;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use async_trait::async_trait;
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+use sluice_engine::spawn::run_blocking;
+use sluice_engine::{
+    BuildContext, BuildError, Built, InputValue, Map, Node, NodeContext, NodeDef, NodeError,
+    NodeInputs, NodeKind, Opaque, Param, PathStep, Signature, ToolErrorDetails, Value, ValueType,
+};
+
+const HOST_SOURCE: &str = include_str!("host.py");
+const SLUICE_SOURCE: &str = include_str!("../../../python/sluice/__init__.py");
+
+/// The embedded interpreter and Sluice's host module in it.
+struct Runtime {
+    host: Py<PyModule>,
+}
+
+static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
+
+fn runtime() -> Result<&'static Runtime, String> {
+    RUNTIME
+        .get_or_init(|| {
+            Python::initialize();
+            Python::attach(|py| {
+                let code = CString::new(HOST_SOURCE).expect("host source has no NUL");
+                let host = PyModule::from_code(py, &code, c"sluice/host.py", c"_sluice_host")?;
+                let venv = std::env::var("VIRTUAL_ENV").ok().filter(|v| !v.is_empty());
+                host.getattr("install")?.call1((SLUICE_SOURCE, venv))?;
+                Ok::<_, PyErr>(Runtime {
+                    host: host.unbind(),
+                })
+            })
+            .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// The Python version Sluice runs tools with, e.g. `3.11.7 (/usr/lib/python3.11)`.
+pub fn python_info() -> Result<String, String> {
+    runtime()?;
+    Python::attach(|py| {
+        let sys = py.import("sys")?;
+        let version: String = sys.getattr("version")?.extract()?;
+        let prefix: String = sys.getattr("prefix")?.extract()?;
+        Ok::<_, PyErr>(format!(
+            "{} (prefix {prefix})",
+            version.split_whitespace().next().unwrap_or("?")
+        ))
+    })
+    .map_err(|e| e.to_string())
+}
+
+/// The `python` node kind.
+#[derive(Debug, Default)]
+pub struct PythonKind;
+
+impl NodeKind for PythonKind {
+    fn type_name(&self) -> &'static str {
+        "python"
+    }
+
+    fn build(&self, node: &NodeDef, cx: &BuildContext) -> Result<Built, BuildError> {
+        if let Some(source) = &node.source
+            && source.ty != "code"
+        {
+            return Err(BuildError::new(format!(
+                "source type `{}` is not supported for python nodes yet; Sluice runs `type: code` tools",
+                source.ty
+            ))
+            .help("copy the package tool's function into a .py file in the flow folder and use `source: {type: code, path: ...}`"));
+        }
+        let path = cx.source_file(node)?;
+        let rt = runtime().map_err(|e| BuildError::new(format!("cannot start Python: {e}")))?;
+        let mut literals = Map::new();
+        let mut references = vec![];
+        for (name, binding) in &node.inputs {
+            match &binding.value {
+                InputValue::Literal(v) => {
+                    literals.insert(name.clone(), v.clone());
+                }
+                _ => references.push(name.clone()),
+            }
+        }
+        Python::attach(|py| {
+            let info = rt.host.bind(py).getattr("load_tool")?.call1((
+                path.to_string_lossy().as_ref(),
+                cx.flow_dir().to_string_lossy().as_ref(),
+                to_py(py, &Value::Map(literals))?,
+                references,
+            ))?;
+            let func: Py<PyAny> = info.get_item("func")?.unbind();
+            let name: String = info.get_item("name")?.extract()?;
+            let params: Vec<(String, String, bool)> = info.get_item("params")?.extract()?;
+            let consumed: Vec<String> = info.get_item("consumed")?.extract()?;
+            let mut signature = Signature {
+                accepts_kwargs: info.get_item("kwargs")?.extract()?,
+                consumed,
+                ..Default::default()
+            };
+            for (pname, ty, has_default) in params {
+                let ty = match ty.as_str() {
+                    "connection" => None,
+                    other => ValueType::from_name(other),
+                };
+                signature.params.insert(
+                    pname,
+                    Param {
+                        ty,
+                        has_default,
+                        required: !has_default,
+                    },
+                );
+            }
+            Ok::<_, PyErr>(Built {
+                node: Arc::new(PythonNode {
+                    func: Arc::new(func),
+                    name,
+                }),
+                signature,
+            })
+        })
+        .map_err(|e| {
+            let d = Python::attach(|py| describe(py, &e));
+            let mut err = BuildError::new(format!(
+                "cannot load tool from {}: ({}) {}",
+                path.display(),
+                d.exc_type,
+                d.message
+            ));
+            if d.exc_type != "LoadError" {
+                err = err.help(format!("the import failed:\n{}", d.traceback.trim_end()));
+            }
+            if let (Some(file), Some(line)) = (&d.filename, d.lineno)
+                && Path::new(file).is_file()
+            {
+                err = err.at(
+                    file,
+                    Some(sluice_engine::yaml::Span {
+                        line: line as usize,
+                        col: 1,
+                    }),
+                );
+            }
+            err
+        })
+    }
+}
+
+#[derive(Debug)]
+struct PythonNode {
+    func: Arc<Py<PyAny>>,
+    name: String,
+}
+
+#[async_trait]
+impl Node for PythonNode {
+    async fn run(&self, inputs: NodeInputs, cx: &NodeContext) -> Result<Value, NodeError> {
+        let func = self.func.clone();
+        let metrics = cx.metrics.clone();
+        run_blocking(move || {
+            let rt = runtime().map_err(|e| NodeError::system("PythonNotAvailable", e))?;
+            Python::attach(|py| {
+                let kwargs = PyDict::new(py);
+                for (k, v) in &inputs {
+                    kwargs.set_item(k, to_py(py, v)?)?;
+                }
+                let sink = metrics.as_ref().map(|_| PyDict::new(py));
+                let (ok, result): (bool, Bound<PyAny>) = rt
+                    .host
+                    .bind(py)
+                    .getattr("invoke")?
+                    .call1((func.bind(py), kwargs, sink.clone()))?
+                    .extract()?;
+                if let (Some(sink), Some(metrics)) = (sink, metrics) {
+                    let mut m = metrics.lock().unwrap_or_else(|e| e.into_inner());
+                    for (k, v) in sink.iter() {
+                        m.insert(k.str()?.to_string(), from_py(rt, &v)?);
+                    }
+                }
+                if ok {
+                    Ok(Ok(from_py(rt, &result)?))
+                } else {
+                    let details = ToolErrorDetails {
+                        exc_type: result.get_item("type")?.extract()?,
+                        message: result.get_item("message")?.extract()?,
+                        traceback: result.get_item("traceback")?.extract()?,
+                        filename: result.get_item("filename")?.extract()?,
+                        lineno: result.get_item("lineno")?.extract()?,
+                        name: result.get_item("name")?.extract()?,
+                    };
+                    Ok(Err(NodeError::tool(details)))
+                }
+            })
+            .unwrap_or_else(|e: PyErr| {
+                Err(Python::attach(|py| {
+                    NodeError::system("PythonHostError", describe(py, &e).message)
+                }))
+            })
+        })
+        .await
+        .map_err(|mut e| {
+            if let Some(t) = &mut e.tool
+                && t.name.is_none()
+            {
+                t.name = Some(self.name.clone());
+            }
+            e
+        })
+    }
+}
+
+/// Converts an engine value into a Python object.
+fn to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match v {
+        Value::Null => py.None().into_bound(py),
+        Value::Bool(b) => PyBool::new(py, *b).to_owned().into_any(),
+        Value::Int(i) => i.into_pyobject(py)?.into_any(),
+        Value::Float(f) => PyFloat::new(py, *f).into_any(),
+        Value::String(s) => PyString::new(py, s).into_any(),
+        Value::List(items) => {
+            let list = PyList::empty(py);
+            for item in items {
+                list.append(to_py(py, item)?)?;
+            }
+            list.into_any()
+        }
+        Value::Map(map) => {
+            let dict = PyDict::new(py);
+            for (k, item) in map {
+                dict.set_item(k, to_py(py, item)?)?;
+            }
+            dict.into_any()
+        }
+        Value::Opaque(o) => match o.as_any().downcast_ref::<PyObj>() {
+            Some(obj) => obj.obj.bind(py).clone(),
+            None => PyString::new(py, &o.to_str()).into_any(),
+        },
+    })
+}
+
+/// Converts a Python object into an engine value; what is not JSON-shaped stays a Python object.
+fn from_py(rt: &'static Runtime, obj: &Bound<'_, PyAny>) -> PyResult<Value> {
+    if obj.is_none() {
+        return Ok(Value::Null);
+    }
+    if obj.is_instance_of::<PyBool>() {
+        return Ok(Value::Bool(obj.extract()?));
+    }
+    if obj.is_instance_of::<PyInt>() {
+        return Ok(match obj.extract::<i64>() {
+            Ok(i) => Value::Int(i),
+            Err(_) => Value::Float(obj.extract::<f64>()?),
+        });
+    }
+    if obj.is_instance_of::<PyFloat>() {
+        return Ok(Value::Float(obj.extract()?));
+    }
+    if obj.is_instance_of::<PyString>() {
+        return Ok(Value::String(obj.extract()?));
+    }
+    if obj.is_exact_instance_of::<PyList>() || obj.is_exact_instance_of::<PyTuple>() {
+        let mut items = vec![];
+        for item in obj.try_iter()? {
+            items.push(from_py(rt, &item?)?);
+        }
+        return Ok(Value::List(items));
+    }
+    if let Ok(dict) = obj.cast_exact::<PyDict>() {
+        let mut map = Map::new();
+        for (k, v) in dict.iter() {
+            let key = match k.cast::<PyString>() {
+                Ok(s) => s.to_string(),
+                Err(_) => k.str()?.to_string(),
+            };
+            map.insert(key, from_py(rt, &v)?);
+        }
+        return Ok(Value::Map(map));
+    }
+    let host = rt.host.bind(obj.py());
+    let stream: bool = host.getattr("is_stream")?.call1((obj,))?.extract()?;
+    let type_name = obj.get_type().name()?.to_string();
+    Ok(Value::Opaque(Arc::new(PyObj {
+        obj: obj.clone().unbind(),
+        type_name,
+        stream,
+    })))
+}
+
+/// A Python object that is not JSON-shaped (a generator, a class instance).
+#[derive(Debug)]
+struct PyObj {
+    obj: Py<PyAny>,
+    type_name: String,
+    stream: bool,
+}
+
+impl PyObj {
+    fn call_host<T>(
+        &self,
+        f: impl FnOnce(Python<'_>, &'static Runtime, &Bound<'_, PyAny>) -> PyResult<T>,
+    ) -> Option<T> {
+        let rt = runtime().ok()?;
+        Python::attach(|py| f(py, rt, self.obj.bind(py)).ok())
+    }
+}
+
+impl Opaque for PyObj {
+    fn type_name(&self) -> String {
+        self.type_name.clone()
+    }
+
+    fn to_str(&self) -> String {
+        self.call_host(|_, _, o| Ok(o.str()?.to_string()))
+            .unwrap_or_else(|| format!("<{}>", self.type_name))
+    }
+
+    fn repr(&self) -> String {
+        self.call_host(|_, _, o| Ok(o.repr()?.to_string()))
+            .unwrap_or_else(|| format!("<{}>", self.type_name))
+    }
+
+    fn to_plain(&self) -> Option<Value> {
+        if self.stream {
+            return None;
+        }
+        self.call_host(|_, rt, o| {
+            let plain = rt.host.bind(o.py()).getattr("to_plain")?.call1((o,))?;
+            if plain.is_none() {
+                return Err(PyErr::new::<pyo3::exceptions::PyTypeError, _>("not plain"));
+            }
+            let v = from_py(rt, &plain)?;
+            v.to_plain()
+                .map_err(PyErr::new::<pyo3::exceptions::PyTypeError, _>)
+        })
+    }
+
+    fn is_stream(&self) -> bool {
+        self.stream
+    }
+
+    fn drain(&self) -> Result<Vec<String>, String> {
+        let rt = runtime()?;
+        Python::attach(|py| {
+            rt.host
+                .bind(py)
+                .getattr("drain")?
+                .call1((self.obj.bind(py),))?
+                .extract::<Vec<String>>()
+        })
+        .map_err(|e| {
+            Python::attach(|py| {
+                let d = describe(py, &e);
+                format!("({}) {}", d.exc_type, d.message)
+            })
+        })
+    }
+
+    fn lookup(&self, step: &PathStep) -> Option<Value> {
+        self.call_host(|py, rt, o| {
+            let host = rt.host.bind(py);
+            let key = match step {
+                PathStep::Key(k) => PyString::new(py, k).into_any(),
+                PathStep::Index(i) => i.into_pyobject(py)?.into_any(),
+            };
+            let found = host.getattr("lookup")?.call1((o, key))?;
+            if host
+                .getattr("is_missing")?
+                .call1((&found,))?
+                .extract::<bool>()?
+            {
+                return Err(PyErr::new::<pyo3::exceptions::PyKeyError, _>("missing"));
+            }
+            from_py(rt, &found)
+        })
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// A Python exception as type, message and traceback.
+fn describe(py: Python<'_>, err: &PyErr) -> ToolErrorDetails {
+    let exc_type = err
+        .get_type(py)
+        .name()
+        .map(|s| s.to_string())
+        .unwrap_or_else(|_| "Exception".into());
+    let message = err
+        .value(py)
+        .str()
+        .map(|s| s.to_string())
+        .unwrap_or_default();
+    let (traceback, filename, lineno) = match runtime().ok().and_then(|rt| {
+        rt.host
+            .bind(py)
+            .getattr("error_details")
+            .ok()?
+            .call1((err.value(py),))
+            .ok()
+    }) {
+        Some(d) => (
+            d.get_item("traceback")
+                .and_then(|t| t.extract())
+                .unwrap_or_default(),
+            d.get_item("filename")
+                .and_then(|t| t.extract())
+                .unwrap_or_default(),
+            d.get_item("lineno")
+                .and_then(|t| t.extract())
+                .unwrap_or_default(),
+        ),
+        None => (
+            err.traceback(py)
+                .and_then(|t| t.format().ok())
+                .unwrap_or_default(),
+            None,
+            None,
+        ),
+    };
+    ToolErrorDetails {
+        exc_type,
+        message,
+        traceback,
+        filename,
+        lineno,
+        name: None,
+    }
+}

@@ -1,0 +1,329 @@
+//! `sluice flow test | validate | plan | init`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::json;
+use sluice_engine::{
+    Flow, FlowError, LineOptions, LoadOptions, Map, Status, Value, VariantSelection,
+};
+
+use crate::cli::{FlowArgs, InitArgs, InitType, PlanArgs, TestArgs};
+use crate::exit;
+
+/// Loads a flow, printing its problems and returning `Err(exit status)` when it is invalid.
+fn load(flow: &Path, variant: Option<&str>) -> Result<Flow, u8> {
+    let variant = match variant.map(|v| VariantSelection::parse(v).ok_or(v)) {
+        Some(Err(v)) => {
+            eprintln!("error: --variant must look like '${{node.variant_id}}', got {v:?}");
+            return Err(exit::INVALID);
+        }
+        Some(Ok(v)) => Some(v),
+        None => None,
+    };
+    let registry = sluice_nodes::builtin_registry();
+    Flow::load(flow, &registry, &LoadOptions { variant }).map_err(|e: FlowError| {
+        eprint!("{}", e.render());
+        exit::INVALID
+    })
+}
+
+pub fn validate(args: FlowArgs) -> anyhow::Result<u8> {
+    match load(&args.flow, None) {
+        Ok(flow) => {
+            eprintln!(
+                "flow `{}` is valid: {} nodes ({} aggregation), {} inputs, {} outputs",
+                flow.def.name,
+                flow.nodes.len(),
+                flow.aggregation_nodes.len(),
+                flow.def.inputs.len(),
+                flow.outputs.len()
+            );
+            Ok(exit::OK)
+        }
+        Err(code) => Ok(code),
+    }
+}
+
+pub fn plan(args: PlanArgs) -> anyhow::Result<u8> {
+    match load(&args.flow.flow, args.variant.as_deref()) {
+        Ok(flow) => {
+            print!("{}", flow.explain());
+            Ok(exit::OK)
+        }
+        Err(code) => Ok(code),
+    }
+}
+
+/// Reads `--inputs`: `k=v` pairs (strings), or a single .json / .jsonl file.
+fn parse_inputs(items: &[String]) -> anyhow::Result<Map> {
+    let mut map = Map::new();
+    for item in items {
+        let as_file = Path::new(item);
+        let is_data_file = !item.contains('=')
+            && as_file
+                .extension()
+                .is_some_and(|e| e == "json" || e == "jsonl")
+            && as_file.is_file();
+        if is_data_file {
+            let text =
+                std::fs::read_to_string(as_file).with_context(|| format!("cannot read {item}"))?;
+            let first = if item.ends_with(".jsonl") {
+                text.lines()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("{}")
+                    .to_owned()
+            } else {
+                text
+            };
+            let value: serde_json::Value = serde_json::from_str(&first)
+                .with_context(|| format!("{item} is not valid JSON"))?;
+            let serde_json::Value::Object(obj) = value else {
+                bail!("{item} must hold a JSON object")
+            };
+            map.extend(obj.into_iter().map(|(k, v)| (k, Value::from(v))));
+            continue;
+        }
+        let Some((k, v)) = item.split_once('=') else {
+            bail!("--inputs takes NAME=VALUE pairs or a .json/.jsonl file; got {item:?}");
+        };
+        map.insert(k.trim().to_owned(), Value::from(v));
+    }
+    Ok(map)
+}
+
+/// Sets the flow's `environment_variables` and moves into the flow folder, as promptflow does.
+fn enter_flow(flow: &Flow) -> anyhow::Result<()> {
+    for (k, v) in &flow.def.environment_variables {
+        // SAFETY: called before the async runtime or any other thread of ours starts; the embedded
+        // Python interpreter, if started, runs no threads of its own at this point.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var(k, v)
+        };
+    }
+    std::env::set_current_dir(&flow.def.dir)
+        .with_context(|| format!("cannot enter {}", flow.def.dir.display()))
+}
+
+fn line_timeout(arg: Option<f64>) -> anyhow::Result<Option<Duration>> {
+    let secs = match arg {
+        Some(s) => Some(s),
+        None => match std::env::var("PF_LINE_TIMEOUT_SEC") {
+            Ok(v) if !v.trim().is_empty() => Some(
+                v.trim()
+                    .parse::<f64>()
+                    .context("PF_LINE_TIMEOUT_SEC must be a number")?,
+            ),
+            _ => None,
+        },
+    };
+    match secs {
+        Some(s) if !(s > 0.0 && s.is_finite()) => {
+            bail!("the line timeout must be a positive number of seconds")
+        }
+        Some(s) => Ok(Some(Duration::from_secs_f64(s))),
+        None => Ok(None),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+pub fn test(args: TestArgs) -> anyhow::Result<u8> {
+    let inputs = parse_inputs(&args.inputs)?;
+    let timeout = line_timeout(args.line_timeout)?;
+    let flow = match load(&args.flow.flow, args.variant.as_deref()) {
+        Ok(f) => f,
+        Err(code) => return Ok(code),
+    };
+    enter_flow(&flow)?;
+    let opts = LineOptions {
+        node_concurrency: args.concurrency.max(1),
+        timeout,
+        ..LineOptions::default()
+    };
+    let rt = runtime()?;
+    let out_dir = flow.def.dir.join(".promptflow");
+
+    if let Some(node) = &args.node {
+        return match rt.block_on(flow.run_node(node, &inputs, &opts)) {
+            Ok(output) => {
+                println!("{}", serde_json::to_string_pretty(&output)?);
+                write_json(
+                    &out_dir.join(format!("flow-{node}.node.output.json")),
+                    &json!(output),
+                );
+                Ok(exit::OK)
+            }
+            Err(e) => {
+                print_error(&e);
+                Ok(exit::FAILED)
+            }
+        };
+    }
+
+    let line = rt.block_on(flow.run_line(&inputs, &opts));
+    let mut metrics = Map::new();
+    let mut node_runs = line.node_runs.clone();
+    let mut failed = line.status != Status::Completed;
+    if !failed && flow.has_aggregation() {
+        let agg = rt.block_on(flow.run_aggregation(&[&line.aggregation_inputs], &opts));
+        metrics = agg.metrics;
+        node_runs.extend(agg.node_runs);
+        if let Some((node, e)) = &agg.error {
+            eprintln!("error: aggregation node `{node}` failed");
+            print_error(e);
+            failed = true;
+        }
+    }
+    let prefix = match flow.def.selected_variants.iter().find(|(n, _)| {
+        args.variant
+            .as_deref()
+            .is_some_and(|v| v.contains(n.as_str()))
+    }) {
+        Some((node, variant)) => format!("flow-{node}-{variant}"),
+        None => "flow".into(),
+    };
+    write_json(
+        &out_dir.join(format!("{prefix}.detail.json")),
+        &json!({"flow_runs": [&line], "node_runs": node_runs}),
+    );
+    if let Some(e) = &line.error {
+        print_error(e);
+        return Ok(exit::FAILED);
+    }
+    write_json(
+        &out_dir.join(format!("{prefix}.output.json")),
+        &json!(line.output),
+    );
+    if !metrics.is_empty() {
+        write_json(
+            &out_dir.join(format!("{prefix}.metrics.json")),
+            &json!(metrics),
+        );
+        eprintln!("metrics: {}", serde_json::to_string(&metrics)?);
+    }
+    println!("{}", serde_json::to_string_pretty(&line.output)?);
+    if args.detail {
+        for run in &node_runs {
+            eprintln!(
+                "{:<10} {:<24} {:>9.1} ms  {}",
+                run.status.as_str(),
+                run.node,
+                (run.end_time - run.start_time)
+                    .num_microseconds()
+                    .unwrap_or(0) as f64
+                    / 1000.0,
+                truncate(&serde_json::to_string(&run.output).unwrap_or_default(), 80)
+            );
+        }
+    }
+    Ok(if failed { exit::FAILED } else { exit::OK })
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_owned()
+    } else {
+        format!("{}…", s.chars().take(n).collect::<String>())
+    }
+}
+
+fn print_error(e: &sluice_engine::ErrorInfo) {
+    eprintln!("error[{}]: {}", e.error_type, e.message);
+    if let Some(tool) = &e.tool {
+        eprint!("{}", tool.traceback);
+        if !tool.traceback.is_empty() && !tool.traceback.ends_with('\n') {
+            eprintln!();
+        }
+    }
+}
+
+/// Writes a file in `.promptflow/`; failing to do so is not a reason to fail the run.
+fn write_json(path: &Path, value: &serde_json::Value) {
+    let result = std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))
+        .and_then(|_| std::fs::write(path, serde_json::to_vec_pretty(value).unwrap_or_default()));
+    if let Err(e) = result {
+        tracing::warn!("cannot write {}: {e}", path.display());
+    }
+}
+
+pub fn init(args: InitArgs) -> anyhow::Result<u8> {
+    let dir: PathBuf = args.name;
+    if dir.exists()
+        && std::fs::read_dir(&dir)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        eprintln!("error: {} already exists and is not empty", dir.display());
+        return Ok(exit::INVALID);
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let files: &[(&str, &str)] = match args.kind {
+        InitType::Standard => &STANDARD,
+        InitType::Evaluation => &EVALUATION,
+    };
+    for (name, text) in files {
+        std::fs::write(dir.join(name), text).with_context(|| format!("cannot write {name}"))?;
+    }
+    eprintln!(
+        "created {} — try:\n  sluice flow test --flow {}",
+        dir.display(),
+        dir.display()
+    );
+    Ok(exit::OK)
+}
+
+const STANDARD: [(&str, &str); 4] = [
+    (
+        "flow.dag.yaml",
+        "$schema: https://azuremlschemas.azureedge.net/promptflow/latest/Flow.schema.json\n\
+inputs:\n  text:\n    type: string\n    default: Hello World!\n\
+outputs:\n  output:\n    type: string\n    reference: ${hello_python.output}\n\
+nodes:\n\
+- name: hello_prompt\n  type: prompt\n  source:\n    type: code\n    path: hello.jinja2\n  inputs:\n    text: ${inputs.text}\n\
+- name: hello_python\n  type: python\n  source:\n    type: code\n    path: hello.py\n  inputs:\n    input1: ${hello_prompt.output}\n",
+    ),
+    (
+        "hello.jinja2",
+        "{# A prompt template: flow inputs and node outputs fill its variables. #}\nWrite a haiku about: {{text}}\n",
+    ),
+    (
+        "hello.py",
+        "from promptflow.core import tool\n\n\n@tool\ndef my_python_tool(input1: str) -> str:\n    return \"Prompt: \" + input1\n",
+    ),
+    (
+        "data.jsonl",
+        "{\"text\": \"Hello World!\"}\n{\"text\": \"Good morning\"}\n",
+    ),
+];
+
+const EVALUATION: [(&str, &str); 4] = [
+    (
+        "flow.dag.yaml",
+        "inputs:\n  groundtruth:\n    type: string\n    default: APP\n  prediction:\n    type: string\n    default: APP\n\
+outputs:\n  results:\n    type: string\n    reference: ${line_process.output}\n\
+nodes:\n\
+- name: line_process\n  type: python\n  source:\n    type: code\n    path: line_process.py\n  inputs:\n    groundtruth: ${inputs.groundtruth}\n    prediction: ${inputs.prediction}\n\
+- name: aggregate\n  type: python\n  source:\n    type: code\n    path: aggregate.py\n  inputs:\n    processed_results: ${line_process.output}\n  aggregation: true\n",
+    ),
+    (
+        "line_process.py",
+        "from promptflow.core import tool\n\n\n@tool\ndef line_process(groundtruth: str, prediction: str) -> str:\n    \"\"\"Scores one line: Correct or Incorrect.\"\"\"\n    return \"Correct\" if groundtruth.lower() == prediction.lower() else \"Incorrect\"\n",
+    ),
+    (
+        "aggregate.py",
+        "from typing import List\n\nfrom promptflow.core import log_metric, tool\n\n\n@tool\ndef aggregate(processed_results: List[str]):\n    \"\"\"Runs once over all lines; logs the accuracy.\"\"\"\n    correct = sum(1 for r in processed_results if r == \"Correct\")\n    accuracy = round(correct / len(processed_results), 2) if processed_results else 0.0\n    log_metric(key=\"accuracy\", value=accuracy)\n    return {\"accuracy\": accuracy}\n",
+    ),
+    (
+        "data.jsonl",
+        "{\"groundtruth\": \"APP\", \"prediction\": \"APP\"}\n{\"groundtruth\": \"Channel\", \"prediction\": \"Alert\"}\n",
+    ),
+];

@@ -1,0 +1,16 @@
+//! One module per command; each returns the process exit status.
+
+mod flow;
+mod info;
+
+use crate::cli::{Command, FlowCommand};
+
+pub fn run(command: Command) -> anyhow::Result<u8> {
+    match command {
+        Command::Flow(FlowCommand::Test(args)) => flow::test(args),
+        Command::Flow(FlowCommand::Validate(args)) => flow::validate(args),
+        Command::Flow(FlowCommand::Plan(args)) => flow::plan(args),
+        Command::Flow(FlowCommand::Init(args)) => flow::init(args),
+        Command::Info => info::run(),
+    }
+}

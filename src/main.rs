@@ -1,0 +1,31 @@
+//! The `sluice` command line.
+
+mod cli;
+mod commands;
+mod logging;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Exit statuses scripts can rely on.
+pub mod exit {
+    /// Everything succeeded.
+    pub const OK: u8 = 0;
+    /// The flow ran but a line or a check failed.
+    pub const FAILED: u8 = 1;
+    /// Bad usage or an invalid flow: nothing ran.
+    pub const INVALID: u8 = 2;
+}
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    logging::init(cli.verbose, cli.quiet);
+    match commands::run(cli.command) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit::INVALID)
+        }
+    }
+}
