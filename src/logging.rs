@@ -1,5 +1,7 @@
 //! Log output on stderr: `-v`/`-q` choose the level, RUST_LOG overrides.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 pub fn init(verbose: u8, quiet: bool) {
@@ -15,6 +17,8 @@ pub fn init(verbose: u8, quiet: bool) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .without_time()
         .compact()
         .init();
 }

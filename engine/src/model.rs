@@ -358,7 +358,10 @@ impl ValueType {
                     Value::String(ref s) => match serde_json::from_str::<serde_json::Value>(s) {
                         Ok(v) => Value::from(v),
                         Err(e) => {
-                            return Err(format!("value {} is not valid JSON: {e}", value.py_repr()));
+                            return Err(format!(
+                                "value {} is not valid JSON: {e}",
+                                value.py_repr()
+                            ));
                         }
                     },
                     v => v,

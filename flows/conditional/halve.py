@@ -1,0 +1,6 @@
+from promptflow.core import tool
+
+
+@tool
+def halve(number: int) -> int:
+    return number // 2

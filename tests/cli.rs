@@ -1,0 +1,156 @@
+//! The `sluice` binary as users meet it: help, exit statuses, outputs, errors, and the example flows.
+
+use std::path::Path;
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+
+fn sluice() -> Command {
+    Command::cargo_bin("sluice").unwrap()
+}
+
+#[test]
+fn help_explains_the_commands_and_exit_statuses() {
+    sluice()
+        .arg("--help")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("flow").and(predicate::str::contains("Python")));
+    sluice()
+        .args(["flow", "test", "--help"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("Exit status").and(predicate::str::contains("--inputs")));
+}
+
+#[test]
+fn init_then_test_prints_outputs_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let flow = dir.path().join("starter");
+    sluice()
+        .args(["flow", "init"])
+        .arg(&flow)
+        .assert()
+        .success();
+    let out = sluice()
+        .args(["flow", "test", "--flow"])
+        .arg(&flow)
+        .args(["--inputs", "text=rivers"])
+        .assert()
+        .success();
+    let json: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(json["output"], "Prompt: Write a haiku about: rivers\n");
+    assert!(flow.join(".promptflow/flow.output.json").is_file());
+    assert!(flow.join(".promptflow/flow.detail.json").is_file());
+}
+
+#[test]
+fn a_failing_tool_exits_1_with_node_and_traceback() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bad.py"), "from promptflow import tool\n\n@tool\ndef bad(x: str):\n    raise ValueError('no good: ' + x)\n").unwrap();
+    std::fs::write(
+        dir.path().join("flow.dag.yaml"),
+        "inputs: {x: {type: string}}\noutputs: {y: {reference: '${bad.output}'}}\nnodes:\n- name: bad\n  type: python\n  source: {type: code, path: bad.py}\n  inputs: {x: '${inputs.x}'}\n",
+    )
+    .unwrap();
+    sluice()
+        .args(["flow", "test", "--flow"])
+        .arg(dir.path())
+        .args(["--inputs", "x=abc"])
+        .assert()
+        .code(1)
+        .stdout(predicate::str::is_empty())
+        .stderr(
+            predicate::str::contains("Execution failure in 'bad': (ValueError) no good: abc")
+                .and(predicate::str::contains("Traceback"))
+                .and(predicate::str::contains("bad.py\", line 5")),
+        );
+}
+
+#[test]
+fn an_invalid_flow_exits_2_naming_file_node_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("flow.dag.yaml"),
+        "inputs: {x: {type: string}}\noutputs: {y: {reference: '${a.output}'}}\nnodes:\n- name: a\n  type: prompt\n  source: {type: code, path: a.jinja2}\n  inputs:\n    text: ${missing_node.output}\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("a.jinja2"), "{{ text }}").unwrap();
+    for cmd in ["test", "validate"] {
+        sluice()
+            .args(["flow", cmd, "--flow"])
+            .arg(dir.path())
+            .assert()
+            .code(2)
+            .stderr(
+                predicate::str::contains("NodeReferenceNotFound")
+                    .and(predicate::str::contains(
+                        "node `a` references node `missing_node`",
+                    ))
+                    .and(predicate::str::contains("flow.dag.yaml:8:11")),
+            );
+    }
+}
+
+#[test]
+fn plan_shows_levels_and_concurrency() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("flows/conditional");
+    sluice()
+        .args(["flow", "plan", "--flow"])
+        .arg(&root)
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::contains("level 0").and(predicate::str::contains("run concurrently")),
+        );
+}
+
+/// Every example flow in `flows/` runs as its `tests.json` says: a list of {inputs, output, metrics?}.
+#[test]
+fn example_flows_run() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("flows");
+    let mut ran = 0;
+    for entry in std::fs::read_dir(&root).unwrap() {
+        let dir = entry.unwrap().path();
+        let spec = dir.join("tests.json");
+        if !spec.is_file() {
+            continue;
+        }
+        let cases: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&spec).unwrap()).unwrap();
+        for case in cases.as_array().unwrap() {
+            let mut cmd = sluice();
+            cmd.args(["flow", "test", "--flow"]).arg(&dir);
+            let inputs: Vec<String> = case["inputs"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| {
+                    format!(
+                        "{k}={}",
+                        v.as_str()
+                            .map(str::to_owned)
+                            .unwrap_or_else(|| v.to_string())
+                    )
+                })
+                .collect();
+            if !inputs.is_empty() {
+                cmd.arg("--inputs").args(&inputs);
+            }
+            let out = cmd.assert().success();
+            let got: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+            assert_eq!(got, case["output"], "{} with {inputs:?}", dir.display());
+            if let Some(metrics) = case.get("metrics") {
+                let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+                let line = stderr
+                    .lines()
+                    .find_map(|l| l.strip_prefix("metrics: "))
+                    .unwrap_or_else(|| panic!("no metrics in {stderr}"));
+                let got: serde_json::Value = serde_json::from_str(line).unwrap();
+                assert_eq!(&got, metrics, "{}", dir.display());
+            }
+            ran += 1;
+        }
+    }
+    assert!(ran >= 3, "expected the example flows to run, ran {ran}");
+}
