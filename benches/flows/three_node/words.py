@@ -1,0 +1,6 @@
+from promptflow.core import tool
+
+
+@tool
+def words(text: str) -> list:
+    return text.split()

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Sets up what the tests need and runs them all: formatting, lints, unit, integration and CLI tests.
+# Release mode only (a debug build would compile everything twice). Safe to re-run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+cargo fmt --all -- --check
+cargo clippy --release --all-targets --locked -- -D warnings
+cargo test --release --locked --workspace --no-fail-fast
