@@ -32,6 +32,9 @@ pub enum Command {
     /// Test, check and explain a flow (like `pf flow`).
     #[command(subcommand)]
     Flow(FlowCommand),
+    /// Batch runs: push a dataset through a flow and keep the results (like `pf run`).
+    #[command(subcommand)]
+    Run(RunCommand),
     /// Show the versions Sluice runs with (Python, node kinds).
     Info,
 }
@@ -114,4 +117,59 @@ pub enum InitType {
     Standard,
     /// A per-line scoring node and an aggregation node that logs metrics.
     Evaluation,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunCommand {
+    /// Run a flow over every line of a dataset; lines run concurrently and are recorded as they finish.
+    ///
+    /// The run is stored in $SLUICE_HOME/runs/<name>/ (default ~/.sluice): flow_outputs/output.jsonl,
+    /// outputs.jsonl, inputs.jsonl, metrics.json, error.json (when lines failed), meta.json and one
+    /// details.jsonl with every line's node runs. Prints the run record as JSON on stdout.
+    /// Exit status: 0 when the run completed (even if some lines failed, as in promptflow; see
+    /// failed_lines), 2 when the flow, data or mapping is invalid and nothing ran.
+    #[command(
+        after_help = "Examples:\n  sluice run create --flow flows/eval_accuracy --data flows/eval_accuracy/data.jsonl\n  sluice run create --flow my-flow --data data.csv --column-mapping question='${data.q}' --max-concurrency 32"
+    )]
+    Create(CreateArgs),
+    /// Print a run's record as JSON.
+    Show(NameArg),
+    /// Print a run's metrics (metrics.json) as JSON.
+    ShowMetrics(NameArg),
+}
+
+#[derive(Debug, Args)]
+pub struct NameArg {
+    /// The run's name.
+    #[arg(long, short = 'n')]
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    pub flow: FlowArgs,
+    /// The data: a .jsonl, .json, .csv or .tsv file, or a folder of them.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Map flow inputs to data columns: NAME='${data.column}' (or a literal value). Inputs without a
+    /// default map to the same-named column unless mapped here.
+    #[arg(long, num_args = 1.., value_name = "NAME=VALUE")]
+    pub column_mapping: Vec<String>,
+    /// The run's name (default: <flow folder>_<variant>_<timestamp>).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Use this variant of a node: '${node.variant_id}'.
+    #[arg(long)]
+    pub variant: Option<String>,
+    /// Lines running at once.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub max_concurrency: usize,
+    /// Fail a line, cancelling its running nodes, after this many seconds (default 600, as promptflow;
+    /// PF_LINE_TIMEOUT_SEC also sets it).
+    #[arg(long, value_name = "SECONDS")]
+    pub line_timeout: Option<f64>,
+    /// Print each line's result as one JSON line on stdout as soon as it finishes.
+    #[arg(long)]
+    pub stream: bool,
 }

@@ -46,6 +46,7 @@
 //! ```
 #![deny(unsafe_code)]
 
+pub mod batch;
 pub mod error;
 pub mod exec;
 pub mod load;
@@ -56,6 +57,9 @@ pub mod spawn;
 pub mod value;
 pub mod yaml;
 
+pub use batch::{
+    BatchError, BatchLine, BatchOptions, BatchSummary, load_data, map_inputs, run_batch,
+};
 pub use error::{
     BuildError, ErrorCode, ErrorInfo, FlowError, NodeError, Problem, ToolErrorDetails,
 };

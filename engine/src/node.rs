@@ -76,6 +76,10 @@ impl BuildContext<'_> {
     }
 
     /// Resolves a node's `source.path`, checking that the file exists.
+    ///
+    /// Paths are relative to the flow folder; files brought in by `additional_includes` are found as
+    /// promptflow finds them in its merged copy of the folder: an included file by its name, a file in an
+    /// included folder by `<folder name>/<path inside it>`.
     pub fn source_file(&self, node: &NodeDef) -> Result<PathBuf, BuildError> {
         let path = node
             .source
@@ -85,15 +89,41 @@ impl BuildContext<'_> {
                 BuildError::new(format!("node `{}` has no `source.path`", node.name))
                     .help("add `source: {type: code, path: <file>}` to the node")
             })?;
-        let full = self.flow.dir.join(path);
-        if !full.is_file() {
-            return Err(BuildError::new(format!(
+        self.resolve_path(path).ok_or_else(|| {
+            BuildError::new(format!(
                 "source file `{path}` of node `{}` does not exist",
                 node.name
             ))
-            .help(format!("create {} or fix `source.path`", full.display())));
+            .help(format!(
+                "create {} or fix `source.path`",
+                self.flow.dir.join(path).display()
+            ))
+        })
+    }
+
+    /// Finds a file of the flow by its path relative to the flow folder, `additional_includes` included.
+    pub fn resolve_path(&self, path: &str) -> Option<PathBuf> {
+        let direct = self.flow.dir.join(path);
+        if direct.is_file() {
+            return Some(direct);
         }
-        Ok(full)
+        let wanted = Path::new(path);
+        for include in &self.flow.additional_includes {
+            let inc = self.flow.dir.join(include);
+            let Some(name) = inc.file_name() else {
+                continue;
+            };
+            if inc.is_file() && wanted == Path::new(name) {
+                return Some(inc);
+            }
+            if inc.is_dir()
+                && let Ok(rest) = wanted.strip_prefix(name)
+                && inc.join(rest).is_file()
+            {
+                return Some(inc.join(rest));
+            }
+        }
+        None
     }
 }
 

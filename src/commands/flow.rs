@@ -13,7 +13,7 @@ use crate::cli::{FlowArgs, InitArgs, InitType, PlanArgs, TestArgs};
 use crate::exit;
 
 /// Loads a flow, printing its problems and returning `Err(exit status)` when it is invalid.
-fn load(flow: &Path, variant: Option<&str>) -> Result<Flow, u8> {
+pub(crate) fn load(flow: &Path, variant: Option<&str>) -> Result<Flow, u8> {
     let variant = match variant.map(|v| VariantSelection::parse(v).ok_or(v)) {
         Some(Err(v)) => {
             eprintln!("error: --variant must look like '${{node.variant_id}}', got {v:?}");
@@ -94,7 +94,7 @@ fn parse_inputs(items: &[String]) -> anyhow::Result<Map> {
 }
 
 /// Sets the flow's `environment_variables` and moves into the flow folder, as promptflow does.
-fn enter_flow(flow: &Flow) -> anyhow::Result<()> {
+pub(crate) fn enter_flow(flow: &Flow) -> anyhow::Result<()> {
     for (k, v) in &flow.def.environment_variables {
         // SAFETY: called before the async runtime or any other thread of ours starts; the embedded
         // Python interpreter, if started, runs no threads of its own at this point.
@@ -107,7 +107,7 @@ fn enter_flow(flow: &Flow) -> anyhow::Result<()> {
         .with_context(|| format!("cannot enter {}", flow.def.dir.display()))
 }
 
-fn line_timeout(arg: Option<f64>) -> anyhow::Result<Option<Duration>> {
+pub(crate) fn line_timeout(arg: Option<f64>) -> anyhow::Result<Option<Duration>> {
     let secs = match arg {
         Some(s) => Some(s),
         None => match std::env::var("PF_LINE_TIMEOUT_SEC") {
@@ -128,7 +128,7 @@ fn line_timeout(arg: Option<f64>) -> anyhow::Result<Option<Duration>> {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

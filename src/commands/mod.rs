@@ -2,8 +2,9 @@
 
 mod flow;
 mod info;
+mod run;
 
-use crate::cli::{Command, FlowCommand};
+use crate::cli::{Command, FlowCommand, RunCommand};
 
 pub fn run(command: Command) -> anyhow::Result<u8> {
     match command {
@@ -11,6 +12,9 @@ pub fn run(command: Command) -> anyhow::Result<u8> {
         Command::Flow(FlowCommand::Validate(args)) => flow::validate(args),
         Command::Flow(FlowCommand::Plan(args)) => flow::plan(args),
         Command::Flow(FlowCommand::Init(args)) => flow::init(args),
+        Command::Run(RunCommand::Create(args)) => run::create(args),
+        Command::Run(RunCommand::Show(args)) => run::show(args),
+        Command::Run(RunCommand::ShowMetrics(args)) => run::show_metrics(args),
         Command::Info => info::run(),
     }
 }

@@ -99,6 +99,9 @@ def _install_promptflow_compat(sluice):
     tracing = module("promptflow.tracing", trace=sluice.trace, start_trace=lambda *a, **k: None)
     core = module("promptflow.core", **api)
     internal = module("promptflow._internal", **api)
+    legacy_tool = module("promptflow._core.tool", **api)
+    legacy_core = module("promptflow._core", tool=legacy_tool)
+    entities = module("promptflow.entities", CustomConnection=sluice.CustomConnection, **connection_types)
     module(
         "promptflow",
         core=core,
@@ -106,6 +109,8 @@ def _install_promptflow_compat(sluice):
         connections=connections,
         contracts=contracts,
         _internal=internal,
+        _core=legacy_core,
+        entities=entities,
         __version__="0.0.0+sluice",
         **api,
     )
@@ -135,6 +140,9 @@ def _import_file(path, flow_dir):
         return _modules[path]
     if flow_dir not in sys.path:
         sys.path.insert(0, flow_dir)
+    own_dir = os.path.dirname(path)
+    if own_dir not in sys.path:  # a tool brought in by additional_includes imports its siblings
+        sys.path.append(own_dir)
     stem = os.path.splitext(os.path.basename(path))[0]
     name = stem if stem.isidentifier() and stem not in sys.modules else "__sluice_tool_%d__" % len(_modules)
     spec = importlib.util.spec_from_file_location(name, path)
