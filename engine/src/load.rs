@@ -226,6 +226,9 @@ impl Reader {
             }
             let base = def.nodes[i].clone();
             let Some(variants) = def.node_variants.get(&base.name) else {
+                if variants_yaml.and_then(|v| v.get(&base.name)).is_some() {
+                    continue; // its entry is there but invalid, and already reported
+                }
                 self.problem(
                     Problem::new("InvalidFlowError", format!("node `{}` uses variants but `node_variants` has none for it", base.name))
                         .node(&base.name)
@@ -589,9 +592,7 @@ impl Reader {
                 .map(|(k, v)| {
                     let value = match v.to_value() {
                         s @ Value::String(_) => s.py_str(),
-                        v @ (Value::List(_) | Value::Map(_)) => {
-                            serde_json::to_string(&v).unwrap_or_default()
-                        }
+                        v @ (Value::List(_) | Value::Map(_)) => crate::value::py_json_dumps(&v),
                         Value::Null => String::new(),
                         v => v.py_str(),
                     };

@@ -314,6 +314,37 @@ impl From<bool> for Value {
     }
 }
 
+/// `json.dumps(value)` as Python writes it: `", "` and `": "` separators.
+pub fn py_json_dumps(value: &Value) -> String {
+    struct PySeparators;
+    impl serde_json::ser::Formatter for PySeparators {
+        fn begin_array_value<W: ?Sized + std::io::Write>(
+            &mut self,
+            w: &mut W,
+            first: bool,
+        ) -> std::io::Result<()> {
+            if first { Ok(()) } else { w.write_all(b", ") }
+        }
+        fn begin_object_key<W: ?Sized + std::io::Write>(
+            &mut self,
+            w: &mut W,
+            first: bool,
+        ) -> std::io::Result<()> {
+            if first { Ok(()) } else { w.write_all(b", ") }
+        }
+        fn begin_object_value<W: ?Sized + std::io::Write>(
+            &mut self,
+            w: &mut W,
+        ) -> std::io::Result<()> {
+            w.write_all(b": ")
+        }
+    }
+    let mut out = Vec::new();
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, PySeparators);
+    let _ = value.serialize(&mut ser);
+    String::from_utf8(out).unwrap_or_default()
+}
+
 /// Python's `repr(float)`: the shortest round-tripping digits, scientific below 1e-4 and from 1e16.
 pub fn py_float_repr(f: f64) -> String {
     if f.is_nan() {

@@ -104,9 +104,262 @@ fn environment() -> Environment<'static> {
     env.set_auto_escape_callback(|_| AutoEscape::None);
     env.set_debug(true);
     minijinja_contrib::add_to_environment(&mut env);
-    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.set_unknown_method_callback(python_methods);
+    env.set_formatter(python_formatter);
     env.add_filter("truncate", truncate);
+    env.add_filter("tojson", tojson);
+    env.add_filter("center", |s: String, width: Option<usize>| {
+        pad(&s, width.unwrap_or(80), ' ', Align::Center)
+    });
+    env.add_filter("wordwrap", wordwrap);
+    env.add_filter("pprint", |v: JValue| match v.as_str() {
+        Some(s) => sluice_engine::value::py_str_repr(s),
+        None => v.to_string(),
+    });
     env
+}
+
+/// Floats print as Python prints them (`1e+20`, `1e-05`); everything else as minijinja does.
+fn python_formatter(
+    out: &mut minijinja::Output<'_>,
+    state: &mut minijinja::State<'_, '_>,
+    value: &JValue,
+) -> Result<(), JError> {
+    if value.is_number()
+        && !value.is_integer()
+        && let Ok(f) = f64::try_from(value.clone())
+    {
+        return out
+            .write_str(&sluice_engine::value::py_float_repr(f))
+            .map_err(|_| JError::new(ErrorKind::WriteFailure, "write failed"));
+    }
+    minijinja::escape_formatter(out, state, value)
+}
+
+enum Align {
+    Left,
+    Right,
+    Center,
+}
+
+/// Python's `str.ljust` / `rjust` / `center`.
+fn pad(s: &str, width: usize, fill: char, align: Align) -> String {
+    let len = s.chars().count();
+    if len >= width {
+        return s.to_owned();
+    }
+    let total = width - len;
+    let (left, right) = match align {
+        Align::Left => (0, total),
+        Align::Right => (total, 0),
+        // CPython puts the extra character on the left when the string's length is odd... and the pad odd.
+        Align::Center => {
+            let left = total / 2 + (total & width & 1);
+            (left, total - left)
+        }
+    };
+    let f = fill.to_string();
+    format!("{}{s}{}", f.repeat(left), f.repeat(right))
+}
+
+/// Python string and list methods minijinja lacks, then minijinja-contrib's `pycompat` for the rest.
+fn python_methods(
+    state: &mut minijinja::State<'_, '_>,
+    value: &JValue,
+    method: &str,
+    args: &[JValue],
+) -> Result<JValue, JError> {
+    use minijinja::value::from_args;
+    if let Some(s) = value.as_str() {
+        let fill_of = |f: Option<String>| f.and_then(|f| f.chars().next()).unwrap_or(' ');
+        match method {
+            "zfill" => {
+                let (width,): (usize,) = from_args(args)?;
+                let (sign, digits) = match s.strip_prefix(['-', '+']) {
+                    Some(rest) => (&s[..1], rest),
+                    None => ("", s),
+                };
+                let zeros = width.saturating_sub(s.chars().count());
+                return Ok(JValue::from(format!("{sign}{}{digits}", "0".repeat(zeros))));
+            }
+            "ljust" | "rjust" | "center" => {
+                let (width, fill): (usize, Option<String>) = from_args(args)?;
+                let align = match method {
+                    "ljust" => Align::Left,
+                    "rjust" => Align::Right,
+                    _ => Align::Center,
+                };
+                return Ok(JValue::from(pad(s, width, fill_of(fill), align)));
+            }
+            "rsplit" => {
+                let (sep, max): (Option<String>, Option<i64>) = from_args(args)?;
+                let max = max.filter(|m| *m >= 0).map(|m| m as usize);
+                let mut parts: Vec<String> = match (&sep, max) {
+                    (Some(sep), Some(m)) => {
+                        s.rsplitn(m + 1, sep.as_str()).map(str::to_owned).collect()
+                    }
+                    (Some(sep), None) => s.rsplit(sep.as_str()).map(str::to_owned).collect(),
+                    (None, _) => s.split_whitespace().rev().map(str::to_owned).collect(),
+                };
+                parts.reverse();
+                return Ok(JValue::from(parts));
+            }
+            _ => {}
+        }
+    }
+    if method == "index" && !value.is_undefined() && value.as_str().is_none() {
+        let (needle,): (JValue,) = from_args(args)?;
+        if let Ok(iter) = value.try_iter() {
+            for (i, item) in iter.enumerate() {
+                if item == needle {
+                    return Ok(JValue::from(i));
+                }
+            }
+            return Err(JError::new(
+                ErrorKind::InvalidOperation,
+                format!("{needle} is not in list"),
+            ));
+        }
+    }
+    minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args)
+}
+
+/// Jinja2's `wordwrap(s, width=79, break_long_words=True, wrapstring=None)`, greedy, positional or by keyword.
+fn wordwrap(
+    s: String,
+    width: Option<usize>,
+    break_long_words: Option<bool>,
+    wrapstring: Option<String>,
+) -> String {
+    let width = width.unwrap_or(79).max(1);
+    let wrap = wrapstring.unwrap_or_else(|| "\n".into());
+    let mut lines: Vec<String> = vec![];
+    let mut current = String::new();
+    for word in s.split_whitespace() {
+        let mut word = word.to_owned();
+        while break_long_words.unwrap_or(true) && word.chars().count() > width {
+            if !current.is_empty() {
+                lines.push(std::mem::take(&mut current));
+            }
+            let head: String = word.chars().take(width).collect();
+            word = word.chars().skip(width).collect();
+            lines.push(head);
+        }
+        if current.is_empty() {
+            current = word;
+        } else if current.chars().count() + 1 + word.chars().count() <= width {
+            current.push(' ');
+            current.push_str(&word);
+        } else {
+            lines.push(std::mem::replace(&mut current, word));
+        }
+    }
+    if !current.is_empty() {
+        lines.push(current);
+    }
+    lines.join(&wrap)
+}
+
+/// Jinja2's `tojson`: `json.dumps(value, sort_keys=True)` made HTML-safe, ASCII only, Python separators.
+fn tojson(value: JValue, indent: Option<usize>) -> Result<JValue, JError> {
+    let mut out = String::new();
+    write_json(&value, indent, 0, &mut out)?;
+    Ok(JValue::from_safe_string(out))
+}
+
+fn write_json(
+    v: &JValue,
+    indent: Option<usize>,
+    level: usize,
+    out: &mut String,
+) -> Result<(), JError> {
+    use minijinja::value::ValueKind;
+    let newline = |out: &mut String, level: usize| {
+        if let Some(n) = indent {
+            out.push('\n');
+            out.push_str(&" ".repeat(n * level));
+        }
+    };
+    let item_sep = if indent.is_some() { "," } else { ", " };
+    match v.kind() {
+        ValueKind::Undefined | ValueKind::None => out.push_str("null"),
+        ValueKind::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),
+        ValueKind::Number => match (v.is_integer(), v.as_i64()) {
+            (true, Some(i)) => out.push_str(&i.to_string()),
+            _ => {
+                let f = f64::try_from(v.clone()).unwrap_or(f64::NAN);
+                out.push_str(&match f {
+                    f if f.is_nan() => "NaN".to_owned(),
+                    f if f.is_infinite() => {
+                        if f > 0.0 {
+                            "Infinity".to_owned()
+                        } else {
+                            "-Infinity".to_owned()
+                        }
+                    }
+                    f => sluice_engine::value::py_float_repr(f),
+                });
+            }
+        },
+        ValueKind::Map => {
+            let mut keys: Vec<JValue> = v.try_iter()?.collect();
+            keys.sort_by_key(|k| k.to_string());
+            out.push('{');
+            for (i, k) in keys.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(item_sep);
+                }
+                newline(out, level + 1);
+                json_string(&k.to_string(), out);
+                out.push_str(": ");
+                write_json(&v.get_item(k)?, indent, level + 1, out)?;
+            }
+            if !keys.is_empty() {
+                newline(out, level);
+            }
+            out.push('}');
+        }
+        ValueKind::Seq | ValueKind::Iterable => {
+            let items: Vec<JValue> = v.try_iter()?.collect();
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(item_sep);
+                }
+                newline(out, level + 1);
+                write_json(item, indent, level + 1, out)?;
+            }
+            if !items.is_empty() {
+                newline(out, level);
+            }
+            out.push(']');
+        }
+        _ => json_string(&v.to_string(), out),
+    }
+    Ok(())
+}
+
+/// A JSON string as Python's `json.dumps` writes it (ASCII only), with `<>&'` escaped as Jinja2 does.
+fn json_string(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '<' | '>' | '&' | '\'' => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c if (c as u32) < 0x20 || (c as u32) > 0x7e => {
+                let mut buf = [0u16; 2];
+                for unit in c.encode_utf16(&mut buf) {
+                    out.push_str(&format!("\\u{unit:04x}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 /// Jinja2's `truncate(s, length=255, killwords=False, end='...', leeway=5)`, positional or by keyword.
@@ -270,6 +523,15 @@ mod tests {
         assert_eq!(
             render("{{ v }}", &[("v", v)]),
             "{'a': [1, 2.0, True, None]}"
+        );
+    }
+
+    #[test]
+    fn tojson_matches_jinja2() {
+        let v: Value = serde_json::json!({"b": 2, "a": "x<y é", "l": [1, 2.0, null]}).into();
+        assert_eq!(
+            render("{{ v|tojson }}", &[("v", v)]),
+            r#"{"a": "x\u003cy \u00e9", "b": 2, "l": [1, 2.0, null]}"#
         );
     }
 

@@ -201,6 +201,33 @@ def _is_connection(cls):
     return inspect.isclass(cls) and cls.__name__.endswith("Connection")
 
 
+def _coerce(value, type_name, name):
+    """promptflow's ValueType.parse for a literal (§3.2), used for ToolProvider init inputs."""
+    if value is None or value == "":
+        return value
+    try:
+        if type_name == "int":
+            return int(value)
+        if type_name == "double":
+            return float(value)
+        if type_name == "bool":
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false"):
+                return value.lower() == "true"
+            raise ValueError(value)
+        if type_name == "string":
+            return str(value)
+    except (TypeError, ValueError):
+        raise LoadError("init input `%s` of value %r does not match the expected type '%s'" % (name, value, type_name))
+    return value
+
+
+def set_environment(variables):
+    """Applies the flow's environment_variables to os.environ, as promptflow does before running."""
+    os.environ.update(variables)
+
+
 def _describe(func):
     params = []
     kwargs = False
@@ -253,7 +280,7 @@ def load_tool(path, flow_dir, literals, references):
                     "input `%s` initialises %s and must be a literal, not a reference" % (p.name, cls.__name__)
                 )
             if p.name in literals:
-                init_kwargs[p.name] = literals[p.name]
+                init_kwargs[p.name] = _coerce(literals[p.name], _type_name(p.annotation, p.default), p.name)
                 consumed.append(p.name)
             elif p.default is inspect.Parameter.empty:
                 raise LoadError("%s needs init input `%s`; set it as a literal node input" % (cls.__name__, p.name))
@@ -359,8 +386,6 @@ def to_plain(obj):
     dump = getattr(obj, "model_dump", None)
     if callable(dump):
         return dump()
-    if isinstance(obj, (set, frozenset)):
-        return list(obj)
     return None
 
 

@@ -95,6 +95,13 @@ impl NodeKind for PythonKind {
             }
         }
         Python::attach(|py| {
+            if !cx.flow.environment_variables.is_empty() {
+                let env = PyDict::new(py);
+                for (k, v) in &cx.flow.environment_variables {
+                    env.set_item(k, v)?;
+                }
+                rt.host.bind(py).getattr("set_environment")?.call1((env,))?;
+            }
             let info = rt.host.bind(py).getattr("load_tool")?.call1((
                 path.to_string_lossy().as_ref(),
                 cx.flow_dir().to_string_lossy().as_ref(),
@@ -271,19 +278,31 @@ fn from_py(rt: &'static Runtime, obj: &Bound<'_, PyAny>) -> PyResult<Value> {
     if obj.is_instance_of::<PyString>() {
         return Ok(Value::String(obj.extract()?));
     }
-    if obj.is_exact_instance_of::<PyList>() || obj.is_exact_instance_of::<PyTuple>() {
+    if obj.is_instance_of::<PyList>() || obj.is_instance_of::<PyTuple>() {
         let mut items = vec![];
         for item in obj.try_iter()? {
             items.push(from_py(rt, &item?)?);
         }
         return Ok(Value::List(items));
     }
-    if let Ok(dict) = obj.cast_exact::<PyDict>() {
+    if let Ok(dict) = obj.cast::<PyDict>() {
         let mut map = Map::new();
         for (k, v) in dict.iter() {
-            let key = match k.cast::<PyString>() {
-                Ok(s) => s.to_string(),
-                Err(_) => k.str()?.to_string(),
+            // Keys as json.dumps writes them: True -> "true", None -> "null", 1.5 -> "1.5".
+            let key = if let Ok(s) = k.cast::<PyString>() {
+                s.to_string()
+            } else if k.is_instance_of::<PyBool>() {
+                if k.extract::<bool>()? {
+                    "true".into()
+                } else {
+                    "false".into()
+                }
+            } else if k.is_none() {
+                "null".into()
+            } else if k.is_instance_of::<PyFloat>() {
+                k.repr()?.to_string()
+            } else {
+                k.str()?.to_string()
             };
             map.insert(key, from_py(rt, &v)?);
         }
