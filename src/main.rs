@@ -21,7 +21,7 @@ pub mod exit {
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     logging::init(cli.verbose, cli.quiet);
-    match commands::run(cli.command) {
+    match commands::run(cli.command, cli.verbose) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -593,7 +593,12 @@ impl Flow {
                         node: n.def.name.clone(),
                         line: opts.line_number,
                         run_id: opts.run_id.clone(),
-                        stream: opts.stream,
+                        // Only outputs stream; a node feeding other nodes gives them its whole result.
+                        stream: opts.stream
+                            && self
+                                .outputs
+                                .iter()
+                                .any(|(_, v)| v.node_name() == Some(&n.def.name)),
                         metrics: metrics.clone(),
                         system_metrics: Default::default(),
                     };

@@ -1,7 +1,8 @@
 //! The one way Sluice starts tasks.
 //!
 //! [`SpawnedTask`] aborts its task when dropped, so a cancelled run never leaves orphans behind;
-//! [`run_blocking`] moves blocking work (Python calls, large renders) off the async worker threads.
+//! [`run_blocking`] moves blocking work (Python calls, large renders) off the async worker threads;
+//! [`thread`] starts a long-lived named thread (the llama.cpp decode loop).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -57,4 +58,14 @@ where
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
         Err(e) => panic!("blocking task failed: {e}"),
     }
+}
+
+/// Starts a named OS thread for long-lived blocking work that owns its state (e.g. an inference loop).
+///
+/// Such a thread runs until its work returns; callers stop it by closing the channel it reads from.
+pub fn thread<F>(name: impl Into<String>, f: F) -> std::io::Result<std::thread::JoinHandle<()>>
+where
+    F: FnOnce() + Send + 'static,
+{
+    std::thread::Builder::new().name(name.into()).spawn(f)
 }

@@ -52,6 +52,14 @@ pub trait Opaque: Debug + Send + Sync + 'static {
     fn drain(&self) -> Result<Vec<String>, String> {
         Err(format!("{} is not a stream", self.type_name()))
     }
+    /// Calls `f` with each item's `str()` as the stream produces it (a terminal prints them as they come).
+    /// Blocks the thread; the default drains first.
+    fn for_each_chunk(&self, f: &mut dyn FnMut(&str)) -> Result<(), String> {
+        for item in self.drain()? {
+            f(&item);
+        }
+        Ok(())
+    }
     /// Looks up `key` (an attribute or a dict key) or `index` for a reference path.
     fn lookup(&self, _step: &PathStep) -> Option<Value> {
         None

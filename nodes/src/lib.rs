@@ -1,6 +1,8 @@
 //! `sluice-nodes`: the node kinds Sluice ships, and [`builtin_registry`] that registers them.
 //!
 //! - [`prompt::PromptKind`] (`type: prompt`): renders a Jinja template.
+//! - [`llm::LlmKind`] (`type: llm`): a chat or completion call, on the in-process llama.cpp model or an
+//!   OpenAI-compatible server.
 //! - `python::PythonKind` (`type: python`, feature `python`): calls a `@tool` function in an embedded CPython.
 //!
 //! ```
@@ -8,6 +10,7 @@
 //! assert!(registry.get("prompt").is_some());
 //! ```
 
+pub mod llm;
 pub mod prompt;
 #[cfg(feature = "python")]
 pub mod python;
@@ -19,6 +22,7 @@ use sluice_engine::NodeRegistry;
 pub fn builtin_registry() -> NodeRegistry {
     let mut registry = NodeRegistry::new();
     registry.register(prompt::PromptKind);
+    registry.register(llm::LlmKind);
     #[cfg(feature = "python")]
     registry.register(python::PythonKind);
     registry

@@ -147,6 +147,7 @@ pub fn test(args: TestArgs) -> anyhow::Result<u8> {
     let opts = LineOptions {
         node_concurrency: args.concurrency.max(1),
         timeout,
+        stream: args.stream,
         ..LineOptions::default()
     };
     let rt = runtime()?;
@@ -169,7 +170,12 @@ pub fn test(args: TestArgs) -> anyhow::Result<u8> {
         };
     }
 
-    let line = rt.block_on(flow.run_line(&inputs, &opts));
+    let mut line = rt.block_on(flow.run_line(&inputs, &opts));
+    let streamed = if args.stream && line.error.is_none() {
+        print_streams(&mut line.output)?
+    } else {
+        false
+    };
     let mut metrics = Map::new();
     let mut node_runs = line.node_runs.clone();
     let mut failed = line.status != Status::Completed;
@@ -210,7 +216,12 @@ pub fn test(args: TestArgs) -> anyhow::Result<u8> {
         );
         eprintln!("metrics: {}", serde_json::to_string(&metrics)?);
     }
-    println!("{}", serde_json::to_string_pretty(&line.output)?);
+    if !streamed {
+        println!("{}", serde_json::to_string_pretty(&line.output)?);
+    }
+    if args.detail || args.verbose > 0 {
+        print_usage(&node_runs);
+    }
     if args.detail {
         for run in &node_runs {
             eprintln!(
@@ -226,6 +237,66 @@ pub fn test(args: TestArgs) -> anyhow::Result<u8> {
         }
     }
     Ok(if failed { exit::FAILED } else { exit::OK })
+}
+
+/// Prints streamed outputs as their text arrives, replacing each by its whole text; other outputs are
+/// printed as JSON after them. Returns whether anything streamed.
+fn print_streams(output: &mut Map) -> anyhow::Result<bool> {
+    use std::io::Write;
+    let mut any = false;
+    let mut rest = Map::new();
+    for (name, value) in output.iter_mut() {
+        let Value::Opaque(o) = value else {
+            rest.insert(name.clone(), value.clone());
+            continue;
+        };
+        if !o.is_stream() {
+            rest.insert(name.clone(), value.clone());
+            continue;
+        }
+        any = true;
+        let mut text = String::new();
+        let mut stdout = std::io::stdout().lock();
+        let result = o.for_each_chunk(&mut |chunk| {
+            let _ = stdout.write_all(chunk.as_bytes());
+            let _ = stdout.flush();
+            text.push_str(chunk);
+        });
+        let _ = writeln!(stdout);
+        drop(stdout);
+        if let Err(e) = result {
+            anyhow::bail!("the output `{name}` stopped streaming: {e}");
+        }
+        *value = Value::String(text);
+    }
+    if any && !rest.is_empty() {
+        println!("{}", serde_json::to_string_pretty(&rest)?);
+    }
+    Ok(any)
+}
+
+/// One line on stderr with the tokens and speed the LLM nodes reported.
+fn print_usage(runs: &[sluice_engine::NodeRunInfo]) {
+    let get = |m: &Map, k: &str| match m.get(k) {
+        Some(Value::Int(i)) => *i as f64,
+        Some(Value::Float(f)) => *f,
+        _ => 0.0,
+    };
+    for run in runs {
+        let m = &run.system_metrics;
+        if !m.contains_key("total_tokens") {
+            continue;
+        }
+        eprintln!(
+            "llm {:<20} {} prompt ({} cached) + {} completion tokens, first token {} ms, {} tok/s",
+            run.node,
+            get(m, "prompt_tokens"),
+            get(m, "cached_tokens"),
+            get(m, "completion_tokens"),
+            get(m, "time_to_first_token_ms"),
+            get(m, "completion_tokens_per_s"),
+        );
+    }
 }
 
 fn truncate(s: &str, n: usize) -> String {

@@ -228,8 +228,22 @@ pub fn create(args: CreateArgs) -> anyhow::Result<u8> {
     std::fs::write(dir.join("meta.json"), br#"{"batch_size": 1}"#)?;
 
     let mut node_status: IndexMap<String, usize> = IndexMap::new();
+    let mut tokens: IndexMap<&str, f64> = IndexMap::new();
     for line in &results {
         for run in &line.node_runs {
+            for key in [
+                "prompt_tokens",
+                "completion_tokens",
+                "total_tokens",
+                "cached_tokens",
+            ] {
+                let n = match run.system_metrics.get(key) {
+                    Some(Value::Int(i)) => *i as f64,
+                    Some(Value::Float(f)) => *f,
+                    _ => continue,
+                };
+                *tokens.entry(key).or_default() += n;
+            }
             *node_status
                 .entry(format!(
                     "{}.{}",
@@ -288,7 +302,11 @@ pub fn create(args: CreateArgs) -> anyhow::Result<u8> {
             "column_mapping": Value::Map(mapping.into_iter().collect()).to_json_lossy(),
             "system_metrics": {"duration": started.elapsed().as_secs_f64(), "total_lines": summary.total_lines,
                                "completed_lines": summary.completed_lines, "failed_lines": summary.failed_lines,
-                               "node_status": node_status},
+                               "node_status": node_status,
+                               "prompt_tokens": tokens.get("prompt_tokens").map(|v| *v as u64),
+                               "completion_tokens": tokens.get("completion_tokens").map(|v| *v as u64),
+                               "total_tokens": tokens.get("total_tokens").map(|v| *v as u64),
+                               "cached_tokens": tokens.get("cached_tokens").map(|v| *v as u64)},
         },
         "flow_name": flow.def.name,
         "data": data_path,

@@ -1,0 +1,301 @@
+//! Connections (§11): named endpoints and their secrets, in `$SLUICE_HOME/connections/<name>.json`
+//! (folder 0700, files 0600). Secrets are never printed: [`Connection::redacted`] masks them.
+//! String values may be `${env:VAR}`, resolved when a flow uses the connection.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::store::sluice_home;
+
+/// The kinds of connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionType {
+    /// The in-process llama.cpp backend; `configs.model` names the default model.
+    Local,
+    /// OpenAI or any OpenAI-compatible server (vLLM, Ollama, `sluice model serve`).
+    OpenAi,
+    AzureOpenAi,
+    Custom,
+}
+
+impl ConnectionType {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(
+            match s.to_ascii_lowercase().replace(['-', ' '], "_").as_str() {
+                "local" | "llama_cpp" => ConnectionType::Local,
+                "open_ai" | "openai" | "openai_connection" => ConnectionType::OpenAi,
+                "azure_open_ai" | "azure_openai" | "azureopenai" => ConnectionType::AzureOpenAi,
+                "custom" => ConnectionType::Custom,
+                _ => return None,
+            },
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionType::Local => "local",
+            ConnectionType::OpenAi => "open_ai",
+            ConnectionType::AzureOpenAi => "azure_open_ai",
+            ConnectionType::Custom => "custom",
+        }
+    }
+}
+
+/// A stored connection.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Connection {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: ConnectionType,
+    /// Non-secret settings: `api_base`, `api_version`, `organization`, `model`, `timeout`,
+    /// `max_retries`, `max_concurrency`, ... and a custom connection's `configs`.
+    #[serde(default)]
+    pub configs: BTreeMap<String, String>,
+    /// `api_key` and a custom connection's `secrets`.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
+}
+
+/// Keys of an OpenAI/Azure connection that are secrets.
+const SECRET_KEYS: &[&str] = &["api_key", "key", "token", "password"];
+
+impl Connection {
+    /// Reads promptflow's connection YAML: `name`, `type`, flat fields, or `configs:`/`secrets:`.
+    pub fn from_yaml(text: &str, file: &Path) -> Result<Connection, String> {
+        use yaml_rust2::{Yaml, YamlLoader};
+        let docs =
+            YamlLoader::load_from_str(text).map_err(|e| format!("{}: {e}", file.display()))?;
+        let Some(Yaml::Hash(h)) = docs.into_iter().next() else {
+            return Err(format!(
+                "{}: expected a mapping with `name` and `type`",
+                file.display()
+            ));
+        };
+        let scalar = |y: &Yaml| -> Option<String> {
+            match y {
+                Yaml::String(s) | Yaml::Real(s) => Some(s.clone()),
+                Yaml::Integer(i) => Some(i.to_string()),
+                Yaml::Boolean(b) => Some(b.to_string()),
+                _ => None,
+            }
+        };
+        let mut name = None;
+        let mut kind = None;
+        let mut configs = BTreeMap::new();
+        let mut secrets = BTreeMap::new();
+        for (k, v) in &h {
+            let Some(key) = k.as_str() else { continue };
+            match key {
+                "name" => name = scalar(v),
+                "type" => {
+                    let t = scalar(v).unwrap_or_default();
+                    kind = Some(ConnectionType::parse(&t).ok_or_else(|| {
+                        format!(
+                            "{}: unknown connection type `{t}`; use local, open_ai, azure_open_ai or custom",
+                            file.display()
+                        )
+                    })?);
+                }
+                "$schema" | "module" => {}
+                "configs" | "secrets" => {
+                    let Yaml::Hash(inner) = v else {
+                        return Err(format!("{}: `{key}` must be a mapping", file.display()));
+                    };
+                    for (ik, iv) in inner {
+                        if let (Some(ik), Some(iv)) = (ik.as_str(), scalar(iv)) {
+                            if key == "secrets" {
+                                secrets.insert(ik.to_owned(), iv);
+                            } else {
+                                configs.insert(ik.to_owned(), iv);
+                            }
+                        }
+                    }
+                }
+                other => {
+                    if let Some(val) = scalar(v) {
+                        if SECRET_KEYS.contains(&other) {
+                            secrets.insert(other.to_owned(), val);
+                        } else {
+                            configs.insert(other.to_owned(), val);
+                        }
+                    }
+                }
+            }
+        }
+        let name =
+            name.ok_or_else(|| format!("{}: the connection has no `name`", file.display()))?;
+        let kind =
+            kind.ok_or_else(|| format!("{}: the connection has no `type`", file.display()))?;
+        // promptflow's OpenAI connection calls the endpoint `base_url`.
+        if let Some(b) = configs.remove("base_url") {
+            configs.entry("api_base".to_owned()).or_insert(b);
+        }
+        Ok(Connection {
+            name,
+            kind,
+            configs,
+            secrets,
+        })
+    }
+
+    /// The connection with every secret replaced by `******`.
+    pub fn redacted(&self) -> Connection {
+        let mut c = self.clone();
+        for v in c.secrets.values_mut() {
+            *v = "******".to_owned();
+        }
+        c
+    }
+
+    /// A value with `${env:VAR}` resolved; secrets and configs alike.
+    pub fn get(&self, key: &str) -> Result<Option<String>, String> {
+        let Some(raw) = self.secrets.get(key).or_else(|| self.configs.get(key)) else {
+            return Ok(None);
+        };
+        resolve_env(raw)
+            .map(Some)
+            .map_err(|var| format!("connection `{}`: `{key}` refers to the environment variable {var}, which is not set", self.name))
+    }
+
+    /// Every secret value after `${env:...}` resolution, for scrubbing logs and records.
+    pub fn secret_values(&self) -> Vec<String> {
+        self.secrets
+            .values()
+            .filter_map(|v| resolve_env(v).ok())
+            .filter(|v| v.len() >= 4)
+            .collect()
+    }
+}
+
+/// Resolves `${env:VAR}`; a value that is not such a reference is returned as is.
+fn resolve_env(raw: &str) -> Result<String, String> {
+    let t = raw.trim();
+    if let Some(var) = t.strip_prefix("${env:").and_then(|r| r.strip_suffix('}')) {
+        return std::env::var(var).map_err(|_| var.to_owned());
+    }
+    Ok(raw.to_owned())
+}
+
+/// Where connections are stored.
+pub fn connections_dir() -> PathBuf {
+    sluice_home().join("connections")
+}
+
+fn path_of(name: &str) -> Result<PathBuf, String> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        || name.starts_with('.')
+    {
+        return Err(format!(
+            "`{name}` is not a valid connection name (letters, digits, `_`, `-`, `.`)"
+        ));
+    }
+    Ok(connections_dir().join(format!("{name}.json")))
+}
+
+/// Saves a connection, readable only by the user.
+pub fn save(conn: &Connection) -> Result<PathBuf, String> {
+    let path = path_of(&conn.name)?;
+    let dir = connections_dir();
+    fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let body = serde_json::to_vec_pretty(conn).map_err(|e| e.to_string())?;
+    write_private(&dir, &path, &body).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(path)
+}
+
+#[cfg(unix)]
+fn write_private(dir: &Path, path: &Path, body: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    let tmp = path.with_extension("json.tmp");
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.set_permissions(fs::Permissions::from_mode(0o600))?;
+    f.write_all(body)?;
+    f.sync_all()?;
+    fs::rename(tmp, path)
+}
+
+#[cfg(not(unix))]
+fn write_private(_dir: &Path, path: &Path, body: &[u8]) -> io::Result<()> {
+    fs::write(path, body)
+}
+
+/// Loads a connection by name.
+pub fn load(name: &str) -> Result<Option<Connection>, String> {
+    let path = path_of(name)?;
+    match fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// Every stored connection, by name.
+pub fn list() -> Result<Vec<Connection>, String> {
+    let dir = connections_dir();
+    let entries = match fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("{}: {e}", dir.display())),
+    };
+    let mut out = Vec::new();
+    for e in entries.filter_map(Result::ok) {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "json") {
+            let b = fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+            out.push(serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", p.display()))?);
+        }
+    }
+    out.sort_by(|a: &Connection, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// Deletes a connection; false when there was none.
+pub fn delete(name: &str) -> Result<bool, String> {
+    let path = path_of(name)?;
+    match fs::remove_file(&path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_promptflow_yaml_and_masks_secrets() {
+        let c = Connection::from_yaml(
+            "name: my_oai\ntype: open_ai\napi_key: sk-123456\nbase_url: http://127.0.0.1:9/v1\n",
+            Path::new("c.yaml"),
+        )
+        .unwrap();
+        assert_eq!(c.kind, ConnectionType::OpenAi);
+        assert_eq!(c.configs["api_base"], "http://127.0.0.1:9/v1");
+        assert_eq!(c.redacted().secrets["api_key"], "******");
+        let custom = Connection::from_yaml(
+            "name: c\ntype: custom\nconfigs:\n  a: 1\nsecrets:\n  tok: ${env:SLUICE_TEST_UNSET_VAR}\n",
+            Path::new("c.yaml"),
+        )
+        .unwrap();
+        assert_eq!(custom.configs["a"], "1");
+        let err = custom.get("tok").unwrap_err();
+        assert!(err.contains("SLUICE_TEST_UNSET_VAR"), "{err}");
+    }
+}

