@@ -34,7 +34,7 @@ pub enum Command {
     Flow(FlowCommand),
     /// Batch runs: push a dataset through a flow and keep the results (like `pf run`).
     #[command(subcommand)]
-    Run(RunCommand),
+    Run(Box<RunCommand>),
     /// Local models: list, pull the default, add your own GGUF, serve them over HTTP.
     #[command(subcommand)]
     Model(ModelCommand),
@@ -109,6 +109,15 @@ pub struct ServeArgs {
     /// 0 picks a free port; the address is printed on stdout once listening.
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
+    /// Requests decoded together per model (default 16, or SLUICE_LLM_PARALLEL).
+    #[arg(long)]
+    pub parallel: Option<u32>,
+    /// KV cache cells shared by those requests (default 8192, or SLUICE_LLM_CTX).
+    #[arg(long)]
+    pub ctx: Option<u32>,
+    /// CPU threads for decoding (default: the machine's cores, at most 8, or SLUICE_LLM_THREADS).
+    #[arg(long)]
+    pub threads: Option<i32>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -235,21 +244,46 @@ pub enum InitType {
 
 #[derive(Debug, Subcommand)]
 pub enum RunCommand {
-    /// Run a flow over every line of a dataset; lines run concurrently and are recorded as they finish.
+    /// Run a flow over every line of a dataset (or of another run); lines run concurrently and are
+    /// recorded as they finish.
     ///
     /// The run is stored in $SLUICE_HOME/runs/<name>/ (default ~/.sluice): flow_outputs/output.jsonl,
-    /// outputs.jsonl, inputs.jsonl, metrics.json, error.json (when lines failed), meta.json and one
-    /// details.jsonl with every line's node runs. Prints the run record as JSON on stdout.
+    /// outputs.jsonl, inputs.jsonl, metrics.json, error.json (when lines failed), logs.txt, snapshot/,
+    /// run.json and one details.jsonl with every line's node runs. Prints the run record as JSON.
+    ///
     /// Exit status: 0 when the run completed (even if some lines failed, as in promptflow; see
-    /// failed_lines), 2 when the flow, data or mapping is invalid and nothing ran.
+    /// failed_lines), 1 when it stopped at --batch-timeout, 2 when the flow, data or mapping is invalid
+    /// and nothing ran, 130 when it was canceled with Ctrl-C (resume it with --resume-from).
     #[command(
-        after_help = "Examples:\n  sluice run create --flow flows/eval_accuracy --data flows/eval_accuracy/data.jsonl\n  sluice run create --flow my-flow --data data.csv --column-mapping question='${data.q}' --max-concurrency 32"
+        after_help = "Examples:\n  sluice run create --flow flows/classify --data flows/classify/data.jsonl --name base\n  sluice run create --flow flows/eval_accuracy --run base --column-mapping groundtruth='${data.label}' prediction='${run.outputs.label}'\n  sluice run create --flow flows/classify --data flows/classify/data.jsonl --variant all --name cmp\n  sluice run create -f run.yml --set display_name=nightly tags.team=search\n  sluice run create --resume-from base --name base_resumed"
     )]
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
+    /// List runs, newest first (JSON; --format table for humans).
+    List(ListArgs),
     /// Print a run's record as JSON.
-    Show(NameArg),
+    Show(ShowArgs),
+    /// Print each line's inputs, outputs, status and latency (a table; --format json).
+    ShowDetails(DetailsArgs),
     /// Print a run's metrics (metrics.json) as JSON.
-    ShowMetrics(NameArg),
+    ShowMetrics(ShowArgs),
+    /// Compare runs: metrics side by side, then the lines whose outputs differ.
+    Compare(CompareArgs),
+    /// Write one self-contained HTML report of one or more runs (metrics table, a chart per metric,
+    /// a searchable table of every line) and print its path.
+    Visualize(VisualizeArgs),
+    /// Hide a run from `run list` (its files stay).
+    Archive(NameArg),
+    /// Bring an archived run back into `run list`.
+    Restore(NameArg),
+    /// Delete a run and its files.
+    Delete(DeleteArgs),
+}
+
+#[derive(Clone, Copy, Debug, Default, ValueEnum, PartialEq, Eq)]
+pub enum OutputFormat {
+    #[default]
+    Json,
+    Table,
 }
 
 #[derive(Debug, Args)]
@@ -260,22 +294,121 @@ pub struct NameArg {
 }
 
 #[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// The run's name.
+    #[arg(long, short = 'n')]
+    pub name: String,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Json)]
+    pub format: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// The run's name.
+    #[arg(long, short = 'n')]
+    pub name: String,
+    /// Do not ask for confirmation (required when stdin is not a terminal).
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// At most this many runs.
+    #[arg(long, short = 'r', default_value_t = 50)]
+    pub max_results: usize,
+    /// Every run (overrides --max-results).
+    #[arg(long)]
+    pub all_results: bool,
+    /// Only archived runs.
+    #[arg(long, conflicts_with = "include_archived")]
+    pub archived_only: bool,
+    /// Archived runs too.
+    #[arg(long)]
+    pub include_archived: bool,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Json)]
+    pub format: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct DetailsArgs {
+    /// The run's name.
+    #[arg(long, short = 'n')]
+    pub name: String,
+    /// At most this many lines.
+    #[arg(long, short = 'r', default_value_t = 100)]
+    pub max_results: usize,
+    /// Every line.
+    #[arg(long)]
+    pub all_results: bool,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub format: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// Two or more runs.
+    #[arg(required = true, num_args = 2..)]
+    pub names: Vec<String>,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub format: OutputFormat,
+    /// Show at most this many differing lines.
+    #[arg(long, default_value_t = 20)]
+    pub max_diffs: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct VisualizeArgs {
+    /// One or more runs.
+    #[arg(required = true, num_args = 1..)]
+    pub names: Vec<String>,
+    /// Where to write the report (default: $SLUICE_HOME/reports/<names>.html).
+    #[arg(long)]
+    pub html_path: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
 pub struct CreateArgs {
-    #[command(flatten)]
-    pub flow: FlowArgs,
+    /// The flow folder (holding flow.dag.yaml) or the flow file.
+    #[arg(long)]
+    pub flow: Option<PathBuf>,
+    /// A run file (promptflow's run YAML: flow, data, run, column_mapping, variant, ...); flags override it.
+    #[arg(long, short = 'f', value_name = "RUN_YAML")]
+    pub file: Option<PathBuf>,
+    /// Override fields of the run: KEY=VALUE (name, display_name, tags.K, column_mapping.K, ...).
+    #[arg(long, num_args = 1.., value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
     /// The data: a .jsonl, .json, .csv or .tsv file, or a folder of them.
     #[arg(long)]
-    pub data: PathBuf,
-    /// Map flow inputs to data columns: NAME='${data.column}' (or a literal value). Inputs without a
-    /// default map to the same-named column unless mapped here.
+    pub data: Option<PathBuf>,
+    /// Evaluate another run: its lines are available as ${run.outputs.COL} and ${run.inputs.COL},
+    /// aligned by line_number (lines that failed there are skipped). Without --data, its inputs are the data.
+    #[arg(long, value_name = "NAME")]
+    pub run: Option<String>,
+    /// Map flow inputs to columns: NAME='${data.column}', NAME='${run.outputs.column}' or a literal.
+    /// Inputs without a default map to the same-named data column unless mapped here.
     #[arg(long, num_args = 1.., value_name = "NAME=VALUE")]
     pub column_mapping: Vec<String>,
-    /// The run's name (default: <flow folder>_<variant>_<timestamp>).
+    /// The run's name (default: <flow name>_<variant>_<timestamp>).
     #[arg(long)]
     pub name: Option<String>,
-    /// Use this variant of a node: '${node.variant_id}'.
     #[arg(long)]
-    pub variant: Option<String>,
+    pub display_name: Option<String>,
+    #[arg(long)]
+    pub description: Option<String>,
+    /// Tags: KEY=VALUE.
+    #[arg(long, num_args = 1.., value_name = "KEY=VALUE")]
+    pub tags: Vec<String>,
+    /// Environment variables for the run's tools: KEY=VALUE.
+    #[arg(long, num_args = 1.., value_name = "KEY=VALUE")]
+    pub environment_variables: Vec<String>,
+    /// Use this variant of a node: '${node.variant_id}'. `all` runs every variant of every tuning node as
+    /// sibling runs (named <name>_<node>_<variant>) and prints a comparison; several may be given.
+    #[arg(long, num_args = 1..)]
+    pub variant: Vec<String>,
+    /// Continue an earlier run: its completed lines are copied, only missing and failed lines run.
+    #[arg(long, value_name = "NAME")]
+    pub resume_from: Option<String>,
     /// Lines running at once.
     #[arg(long, default_value_t = 16, value_name = "N")]
     pub max_concurrency: usize,
@@ -283,6 +416,9 @@ pub struct CreateArgs {
     /// PF_LINE_TIMEOUT_SEC also sets it).
     #[arg(long, value_name = "SECONDS")]
     pub line_timeout: Option<f64>,
+    /// Stop the whole run after this many seconds; finished lines are kept (resume with --resume-from).
+    #[arg(long, value_name = "SECONDS")]
+    pub batch_timeout: Option<f64>,
     /// Print each line's result as one JSON line on stdout as soon as it finishes.
     #[arg(long)]
     pub stream: bool,

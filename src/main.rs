@@ -19,6 +19,13 @@ pub mod exit {
 }
 
 fn main() -> ExitCode {
+    // Like other command-line tools, stop quietly when the reader of stdout goes away (`| head`).
+    #[cfg(unix)]
+    // SAFETY: restoring the default action of a signal before any other thread starts.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = cli::Cli::parse();
     logging::init(cli.verbose, cli.quiet);
     match commands::run(cli.command, cli.verbose) {

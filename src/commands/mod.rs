@@ -18,9 +18,7 @@ pub fn run(command: Command, verbose: u8) -> anyhow::Result<u8> {
         Command::Flow(FlowCommand::Validate(args)) => flow::validate(args),
         Command::Flow(FlowCommand::Plan(args)) => flow::plan(args),
         Command::Flow(FlowCommand::Init(args)) => flow::init(args),
-        Command::Run(RunCommand::Create(args)) => run::create(args),
-        Command::Run(RunCommand::Show(args)) => run::show(args),
-        Command::Run(RunCommand::ShowMetrics(args)) => run::show_metrics(args),
+        Command::Run(run) => run_command(*run),
         Command::Model(ModelCommand::List) => model::list(),
         Command::Model(ModelCommand::Pull(args)) => model::pull(args),
         Command::Model(ModelCommand::Add(args)) => model::add(args),
@@ -32,5 +30,20 @@ pub fn run(command: Command, verbose: u8) -> anyhow::Result<u8> {
         Command::Connection(ConnectionCommand::Show(args)) => connection::show(args),
         Command::Connection(ConnectionCommand::Delete(args)) => connection::delete(args),
         Command::Info => info::run(),
+    }
+}
+
+fn run_command(command: RunCommand) -> anyhow::Result<u8> {
+    match command {
+        RunCommand::Create(args) => run::create(*args),
+        RunCommand::List(args) => run::list(args),
+        RunCommand::Show(args) => run::show(args),
+        RunCommand::ShowDetails(args) => run::show_details(args),
+        RunCommand::ShowMetrics(args) => run::show_metrics(args),
+        RunCommand::Compare(args) => run::compare(args),
+        RunCommand::Visualize(args) => run::visualize(args),
+        RunCommand::Archive(args) => run::archive(args),
+        RunCommand::Restore(args) => run::restore(args),
+        RunCommand::Delete(args) => run::delete(args),
     }
 }

@@ -27,6 +27,17 @@ struct Served {
 }
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<u8> {
+    let mut config = LocalConfig::from_env();
+    if let Some(p) = args.parallel {
+        config.parallel = p.clamp(1, 256);
+    }
+    if let Some(c) = args.ctx {
+        config.n_ctx = c.max(256);
+    }
+    if let Some(t) = args.threads {
+        config.threads = t.max(1);
+    }
+    LocalConfig::set_process_default(config);
     let rt = runtime()?;
     rt.block_on(async move {
         let mut models = Vec::new();
@@ -38,7 +49,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<u8> {
                     return Ok(exit::INVALID);
                 }
             };
-            models.push(LocalModel::get(&name, &path, LocalConfig::from_env()).await?);
+            models.push(LocalModel::get(&name, &path, LocalConfig::current()).await?);
         }
         let state = Arc::new(Served { models });
         let app = Router::new()

@@ -83,6 +83,24 @@ impl LocalConfig {
     }
 }
 
+static CONFIGURED: OnceLock<LocalConfig> = OnceLock::new();
+
+impl LocalConfig {
+    /// Sets the configuration local models use in this process (instead of the environment's);
+    /// false when one was already set.
+    pub fn set_process_default(config: LocalConfig) -> bool {
+        CONFIGURED.set(config).is_ok()
+    }
+
+    /// The process default if one was set, else [`LocalConfig::from_env`].
+    pub fn current() -> LocalConfig {
+        CONFIGURED
+            .get()
+            .cloned()
+            .unwrap_or_else(LocalConfig::from_env)
+    }
+}
+
 static LOADS: AtomicUsize = AtomicUsize::new(0);
 
 /// How many times a model file was loaded in this process (each model is loaded once).
@@ -96,6 +114,14 @@ type PoolSlot = Arc<tokio::sync::OnceCell<Arc<LocalModel>>>;
 fn pool() -> &'static Mutex<HashMap<PoolKey, PoolSlot>> {
     static POOL: OnceLock<Mutex<HashMap<PoolKey, PoolSlot>>> = OnceLock::new();
     POOL.get_or_init(Default::default)
+}
+
+/// The llama.cpp crate Sluice is built on, for benchmarks that drive it directly.
+pub use llama_cpp_2;
+
+/// The process's llama.cpp backend (initialised once; benchmarks share it).
+pub fn llama_backend() -> Result<&'static LlamaBackend, LlmError> {
+    backend()
 }
 
 fn backend() -> Result<&'static LlamaBackend, LlmError> {

@@ -253,7 +253,7 @@ impl LlmNode {
                     }
                     _ => (name.clone(), path.clone()),
                 };
-                let model = LocalModel::get(&name, &path, LocalConfig::from_env()).await?;
+                let model = LocalModel::get(&name, &path, LocalConfig::current()).await?;
                 Ok(model)
             }
         }
