@@ -9,8 +9,10 @@ command -v cargo >/dev/null || { echo "setup: cargo not found: install Rust (htt
 missing=()
 command -v cmake >/dev/null || missing+=(cmake)
 dpkg -s libclang-dev >/dev/null 2>&1 || ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || missing+=(libclang-dev)
+# The HTML report's tests look at it in headless Chromium.
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
-  echo "setup: installing ${missing[*]} (needed to build llama.cpp)" >&2
+  echo "setup: installing ${missing[*]} (llama.cpp build, report tests)" >&2
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
   $sudo apt-get install -y -qq "${missing[@]}" >/dev/null \
     || { $sudo apt-get update -qq && $sudo apt-get install -y -qq "${missing[@]}" >/dev/null; } \

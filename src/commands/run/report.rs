@@ -114,7 +114,7 @@ fn chart(metric: &str, values: &[(String, Option<f64>)]) -> String {
     let plot_w = 260.0;
     let h = values.len() * (bar_h + 8) + 8;
     let mut svg = format!(
-        r#"<div class="chart"><h3>{}</h3><svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{h}" role="img" aria-label="{}">"#,
+        r#"<div class="chart"><h3>{}</h3><svg width="{}" height="{h}" role="img" aria-label="{}">"#,
         esc(metric),
         label_w + plot_w + 70.0,
         esc(metric)

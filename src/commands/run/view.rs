@@ -303,7 +303,7 @@ pub fn show_details(args: DetailsArgs) -> anyhow::Result<u8> {
                         .collect()
                 })
                 .collect();
-            print!("{}", table(&headers, &rows, 40));
+            print!("{}", table(&headers, &rows, 60));
             if run.lines.len() > lines.len() {
                 eprintln!(
                     "({} of {} lines; --all-results for every line)",

@@ -1,0 +1,641 @@
+//! The run store end to end: resume after a real SIGKILL, Ctrl-C, evaluation runs over other runs,
+//! variants, run files, the index, compare and the HTML report in headless Chromium.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command;
+use serde_json::Value as Json;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
+}
+
+fn sluice(home: &Path) -> Command {
+    let mut cmd = Command::cargo_bin("sluice").unwrap();
+    cmd.env("SLUICE_HOME", home)
+        .env("SLUICE_MODELS_DIR", sluice_nodes::llm::store::models_dir());
+    cmd
+}
+
+fn spawn_sluice(home: &Path, args: &[&str]) -> Child {
+    std::process::Command::new(assert_cmd::cargo::cargo_bin("sluice"))
+        .args(args)
+        .env("SLUICE_HOME", home)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn json_out(out: &std::process::Output) -> Json {
+    assert!(
+        out.status.success(),
+        "sluice failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+fn read_jsonl(path: &Path) -> Vec<Json> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn count_lines(path: &Path) -> usize {
+    std::fs::read(path)
+        .map(|b| b.iter().filter(|c| **c == b'\n').count())
+        .unwrap_or(0)
+}
+
+/// A flow whose Python node sleeps a little per line, with an aggregation computing the mean.
+fn slow_flow(dir: &Path, lines: usize) -> PathBuf {
+    std::fs::write(
+        dir.join("flow.dag.yaml"),
+        "inputs:\n  n: {type: int}\noutputs:\n  doubled: {reference: '${double.output}'}\nnodes:\n- name: double\n  type: python\n  source: {type: code, path: double.py}\n  inputs: {n: '${inputs.n}'}\n- name: mean\n  type: python\n  source: {type: code, path: mean.py}\n  inputs: {values: '${double.output}'}\n  aggregation: true\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("double.py"),
+        "import time\nfrom promptflow.core import tool\n\n@tool\ndef double(n: int) -> int:\n    time.sleep(0.002)\n    return 2 * n\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("mean.py"),
+        "from promptflow.core import tool, log_metric\n\n@tool\ndef mean(values: list):\n    log_metric('mean', sum(values) / len(values))\n    log_metric('count', len(values))\n",
+    )
+    .unwrap();
+    let data = dir.join("data.jsonl");
+    std::fs::write(
+        &data,
+        (0..lines)
+            .map(|n| format!("{{\"n\": {n}}}\n"))
+            .collect::<String>(),
+    )
+    .unwrap();
+    data
+}
+
+fn file_count(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            if e.path().is_dir() {
+                file_count(&e.path())
+            } else {
+                1
+            }
+        })
+        .sum()
+}
+
+#[test]
+fn a_run_killed_with_sigkill_resumes_with_every_line_exactly_once() {
+    let home = tempfile::tempdir().unwrap();
+    let flow = tempfile::tempdir().unwrap();
+    let data = slow_flow(flow.path(), 10_000);
+    let (flow_s, data_s) = (flow.path().to_str().unwrap(), data.to_str().unwrap());
+
+    // The reference: the same run, uninterrupted.
+    sluice(home.path())
+        .args([
+            "run",
+            "create",
+            "--name",
+            "full",
+            "--max-concurrency",
+            "8",
+            "--flow",
+            flow_s,
+            "--data",
+            data_s,
+        ])
+        .assert()
+        .success();
+    let full_dir = home.path().join("runs/full");
+    assert!(
+        file_count(&full_dir) < 20,
+        "a 10k-line run should need fewer than 20 files, has {}",
+        file_count(&full_dir)
+    );
+    assert!(
+        full_dir.join("logs.txt").is_file() && full_dir.join("snapshot/flow.dag.yaml").is_file()
+    );
+
+    // Kill -9 halfway through.
+    let mut child = spawn_sluice(
+        home.path(),
+        &[
+            "run",
+            "create",
+            "--name",
+            "killed",
+            "--max-concurrency",
+            "8",
+            "--flow",
+            flow_s,
+            "--data",
+            data_s,
+        ],
+    );
+    let details = home.path().join("runs/killed/details.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count_lines(&details) < 3000 {
+        assert!(Instant::now() < deadline, "the run made no progress");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it was killed"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let survived = count_lines(&details);
+    assert!(
+        survived < 10_000,
+        "the kill came too late: {survived} lines"
+    );
+    let killed: Json =
+        serde_json::from_slice(&std::fs::read(home.path().join("runs/killed/run.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        killed["status"], "Running",
+        "a killed run never wrote its end"
+    );
+
+    let out = sluice(home.path())
+        .args([
+            "run",
+            "create",
+            "--resume-from",
+            "killed",
+            "--name",
+            "resumed",
+            "--max-concurrency",
+            "8",
+        ])
+        .output()
+        .unwrap();
+    let record = json_out(&out);
+    let sm = &record["properties"]["system_metrics"];
+    assert_eq!(record["status"], "Completed");
+    assert_eq!(sm["completed_lines"], 10_000);
+    let carried = sm["carried_over_lines"].as_u64().unwrap();
+    assert!(
+        carried >= 2500 && carried < 10_000,
+        "carried over {carried} lines"
+    );
+
+    // Every line exactly once, and the same outputs and metrics as the uninterrupted run.
+    let lines = read_jsonl(&home.path().join("runs/resumed/details.jsonl"));
+    let mut numbers: Vec<u64> = lines
+        .iter()
+        .map(|l| l["line_number"].as_u64().unwrap())
+        .collect();
+    numbers.sort_unstable();
+    assert_eq!(numbers, (0..10_000).collect::<Vec<u64>>());
+    let resumed_out =
+        std::fs::read_to_string(home.path().join("runs/resumed/outputs.jsonl")).unwrap();
+    let full_out = std::fs::read_to_string(full_dir.join("outputs.jsonl")).unwrap();
+    assert_eq!(resumed_out, full_out);
+    let metrics = |name: &str| -> Json {
+        serde_json::from_slice(
+            &std::fs::read(home.path().join("runs").join(name).join("metrics.json")).unwrap(),
+        )
+        .unwrap()
+    };
+    assert_eq!(metrics("resumed"), metrics("full"));
+    assert_eq!(metrics("full")["count"], 10_000);
+}
+
+#[test]
+fn ctrl_c_cancels_the_run_and_marks_it_canceled() {
+    let home = tempfile::tempdir().unwrap();
+    let flow = tempfile::tempdir().unwrap();
+    let data = slow_flow(flow.path(), 5_000);
+    let mut child = spawn_sluice(
+        home.path(),
+        &[
+            "run",
+            "create",
+            "--name",
+            "stopped",
+            "--max-concurrency",
+            "2",
+            "--flow",
+            flow.path().to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+        ],
+    );
+    let run_json = home.path().join("runs/stopped/run.json");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !run_json.exists() {
+        assert!(Instant::now() < deadline, "the run did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: sending a signal to our own child process.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    assert_eq!(rc, 0);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let record: Json = serde_json::from_slice(&std::fs::read(&run_json).unwrap()).unwrap();
+    assert_eq!(record["status"], "Canceled");
+    let sm = &record["properties"]["system_metrics"];
+    let done = sm["completed_lines"].as_u64().unwrap();
+    assert!(done > 0 && done < 5_000, "{sm}");
+    assert_eq!(sm["not_run_lines"].as_u64().unwrap() + done, 5_000);
+    // What finished is kept: resuming runs only the rest.
+    let out = sluice(home.path())
+        .args([
+            "run",
+            "create",
+            "--resume-from",
+            "stopped",
+            "--name",
+            "finished",
+            "--max-concurrency",
+            "16",
+        ])
+        .output()
+        .unwrap();
+    let record = json_out(&out);
+    assert_eq!(
+        record["properties"]["system_metrics"]["carried_over_lines"],
+        done
+    );
+    assert_eq!(
+        record["properties"]["system_metrics"]["completed_lines"],
+        5_000
+    );
+}
+
+/// A flow whose tool fails on odd numbers.
+fn flaky_flow(dir: &Path) -> PathBuf {
+    std::fs::write(
+        dir.join("flow.dag.yaml"),
+        "inputs:\n  n: {type: int}\noutputs:\n  doubled: {reference: '${double.output}'}\nnodes:\n- name: double\n  type: python\n  source: {type: code, path: double.py}\n  inputs: {n: '${inputs.n}'}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("double.py"),
+        "from promptflow.core import tool\n\n@tool\ndef double(n: int) -> int:\n    if n % 2:\n        raise ValueError(f'odd: {n}')\n    return 2 * n\n",
+    )
+    .unwrap();
+    let data = dir.join("data.jsonl");
+    std::fs::write(
+        &data,
+        (0..10)
+            .map(|n| format!("{{\"n\": {n}, \"expected\": {}}}\n", 2 * n))
+            .collect::<String>(),
+    )
+    .unwrap();
+    data
+}
+
+#[test]
+fn an_eval_run_aligns_with_the_lines_that_succeeded_in_the_base_run() {
+    let home = tempfile::tempdir().unwrap();
+    let flow = tempfile::tempdir().unwrap();
+    let data = flaky_flow(flow.path());
+    sluice(home.path())
+        .args([
+            "run",
+            "create",
+            "--name",
+            "base",
+            "--flow",
+            flow.path().to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+        ])
+        .assert()
+        .success();
+    // Without --data, the base run's data is the data; ${run.outputs.*} lines up by line_number.
+    let out = sluice(home.path())
+        .args(["run", "create", "--name", "eval", "--run", "base", "--flow"])
+        .arg(root().join("flows/eval_accuracy"))
+        .args([
+            "--column-mapping",
+            "groundtruth=${data.expected}",
+            "prediction=${run.outputs.doubled}",
+        ])
+        .output()
+        .unwrap();
+    let record = json_out(&out);
+    assert_eq!(record["properties"]["system_metrics"]["total_lines"], 5);
+    assert_eq!(record["properties"]["run"], "base");
+    assert_eq!(record["metrics"]["accuracy"], 1.0);
+    let inputs = read_jsonl(&home.path().join("runs/eval/inputs.jsonl"));
+    let numbers: Vec<u64> = inputs
+        .iter()
+        .map(|l| l["line_number"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, [0, 2, 4, 6, 8]);
+    assert_eq!(inputs[2]["groundtruth"], "8");
+    assert_eq!(inputs[2]["prediction"], "8");
+
+    // A mapping to a column no source has is reported before anything runs.
+    sluice(home.path())
+        .args(["run", "create", "--name", "bad", "--run", "base", "--flow"])
+        .arg(root().join("flows/eval_accuracy"))
+        .args([
+            "--column-mapping",
+            "groundtruth=${data.nope}",
+            "prediction=${run.outputs.missing}",
+        ])
+        .assert()
+        .code(2)
+        .stderr(
+            predicates::str::contains("${data.nope}")
+                .and(predicates::str::contains("${run.outputs.missing}")),
+        );
+    assert!(!home.path().join("runs/bad").exists());
+}
+
+use predicates::prelude::PredicateBooleanExt;
+
+#[test]
+fn a_run_file_with_set_overrides() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = flaky_flow(dir.path());
+    let run_yml = dir.path().join("run.yml");
+    std::fs::write(
+        &run_yml,
+        format!(
+            "$schema: https://azuremlschemas.azureedge.net/promptflow/latest/Run.schema.json\nflow: .\ndata: {}\ncolumn_mapping:\n  n: ${{data.n}}\ndisplay_name: from the file\ntags:\n  owner: tests\nenvironment_variables:\n  SLUICE_TEST_VAR: x\n",
+            data.file_name().unwrap().to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let out = sluice(home.path())
+        .args(["run", "create", "-f"])
+        .arg(&run_yml)
+        .args([
+            "--set",
+            "display_name=overridden",
+            "tags.team=search",
+            "name=from_file",
+        ])
+        .output()
+        .unwrap();
+    let record = json_out(&out);
+    assert_eq!(record["name"], "from_file");
+    assert_eq!(record["display_name"], "overridden");
+    assert_eq!(record["tags"]["owner"], "tests");
+    assert_eq!(record["tags"]["team"], "search");
+    assert_eq!(record["properties"]["system_metrics"]["total_lines"], 10);
+    assert_eq!(record["properties"]["column_mapping"]["n"], "${data.n}");
+}
+
+#[test]
+fn run_list_archive_restore_delete_and_the_index() {
+    let home = tempfile::tempdir().unwrap();
+    let flow = tempfile::tempdir().unwrap();
+    let data = flaky_flow(flow.path());
+    for name in ["first", "second"] {
+        sluice(home.path())
+            .args([
+                "run",
+                "create",
+                "--name",
+                name,
+                "--flow",
+                flow.path().to_str().unwrap(),
+                "--data",
+                data.to_str().unwrap(),
+            ])
+            .assert()
+            .success();
+    }
+    let names = |args: &[&str]| -> Vec<String> {
+        let out = sluice(home.path())
+            .args(["run", "list"])
+            .args(args)
+            .output()
+            .unwrap();
+        json_out(&out)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(names(&[]), ["second", "first"]);
+    assert!(home.path().join("runs.sqlite").is_file());
+    sluice(home.path())
+        .args(["run", "archive", "-n", "first"])
+        .assert()
+        .success();
+    assert_eq!(names(&[]), ["second"]);
+    assert_eq!(names(&["--archived-only"]), ["first"]);
+    assert_eq!(names(&["--include-archived"]), ["second", "first"]);
+    // The index is a cache: deleting it loses nothing, archive state included.
+    std::fs::remove_file(home.path().join("runs.sqlite")).unwrap();
+    assert_eq!(names(&[]), ["second"]);
+    sluice(home.path())
+        .args(["run", "restore", "-n", "first"])
+        .assert()
+        .success();
+    assert_eq!(names(&["--max-results", "1"]), ["second"]);
+    sluice(home.path())
+        .args(["run", "delete", "-n", "first"])
+        .assert()
+        .code(2);
+    sluice(home.path())
+        .args(["run", "delete", "-n", "first", "--yes"])
+        .assert()
+        .success();
+    assert_eq!(names(&[]), ["second"]);
+    assert!(!home.path().join("runs/first").exists());
+    // Tables for humans.
+    sluice(home.path())
+        .args(["run", "list", "--format", "table"])
+        .assert()
+        .success()
+        .stdout(predicates::str::contains("second").and(predicates::str::contains("Completed")));
+    sluice(home.path())
+        .args(["run", "show-details", "-n", "second"])
+        .assert()
+        .success()
+        .stdout(
+            predicates::str::contains("outputs.doubled").and(predicates::str::contains("odd: 3")),
+        );
+}
+
+/// Headless Chromium, as the project's CI installs it.
+fn chromium() -> PathBuf {
+    let path = PathBuf::from("/usr/bin/chromium");
+    assert!(
+        path.exists(),
+        "the report tests need Debian's chromium: apt-get install chromium"
+    );
+    path
+}
+
+fn chromium_cmd(profile: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(chromium());
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1300,1400",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()));
+    cmd
+}
+
+#[test]
+fn classify_then_evaluate_compare_and_visualize_on_the_local_model() {
+    let home = tempfile::tempdir().unwrap();
+    let classify = root().join("flows/classify");
+    let data = classify.join("data.jsonl");
+    // Both prompt variants as sibling runs, then a comparison table.
+    let out = sluice(home.path())
+        .args([
+            "run",
+            "create",
+            "--name",
+            "sentiment",
+            "--variant",
+            "all",
+            "--flow",
+        ])
+        .arg(&classify)
+        .arg("--data")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("sentiment_classify_variant_0")
+            && stdout.contains("lines have different outputs"),
+        "{stdout}"
+    );
+    // Evaluate each variant's run by its outputs.
+    let mut accuracy = vec![];
+    for v in ["variant_0", "variant_1"] {
+        let out = sluice(home.path())
+            .args([
+                "run",
+                "create",
+                "--name",
+                &format!("eval_{v}"),
+                "--run",
+                &format!("sentiment_classify_{v}"),
+                "--flow",
+            ])
+            .arg(root().join("flows/eval_classification"))
+            .args([
+                "--column-mapping",
+                "prediction=${run.outputs.label}",
+                "label=${data.label}",
+            ])
+            .output()
+            .unwrap();
+        accuracy.push(json_out(&out)["metrics"]["accuracy"].as_f64().unwrap());
+    }
+    assert!(
+        accuracy[0] >= 0.8,
+        "the few-shot variant should classify these reviews: {accuracy:?}"
+    );
+    assert!(accuracy[0] > accuracy[1], "{accuracy:?}");
+    let out = sluice(home.path())
+        .args(["run", "show-metrics", "-n", "eval_variant_0"])
+        .output()
+        .unwrap();
+    assert_eq!(json_out(&out)["accuracy"].as_f64().unwrap(), accuracy[0]);
+
+    // Compare: metrics side by side.
+    let out = sluice(home.path())
+        .args([
+            "run",
+            "compare",
+            "eval_variant_0",
+            "eval_variant_1",
+            "--format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    let c = json_out(&out);
+    assert_eq!(
+        c["metrics"]["accuracy"]["eval_variant_0"].as_f64().unwrap(),
+        accuracy[0]
+    );
+    assert_eq!(c["compared_lines"], 12);
+
+    // Visualize, then look at it in headless Chromium.
+    let report = home.path().join("report.html");
+    sluice(home.path())
+        .args([
+            "run",
+            "visualize",
+            "sentiment_classify_variant_0",
+            "eval_variant_0",
+            "eval_variant_1",
+            "--html-path",
+        ])
+        .arg(&report)
+        .assert()
+        .success();
+    let html = std::fs::read_to_string(&report).unwrap();
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "the report must not fetch anything"
+    );
+    assert!(html.contains("<svg") && html.contains("accuracy"));
+    let profile = tempfile::tempdir().unwrap();
+    let png = home.path().join("report.png");
+    let shot = chromium_cmd(profile.path())
+        .arg(format!("--screenshot={}", png.display()))
+        .arg(format!("file://{}", report.display()))
+        .output()
+        .unwrap();
+    assert!(
+        shot.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shot.stderr)
+    );
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&bytes[1..4], b"PNG");
+    let width = u32::from_be_bytes(bytes[16..20].try_into().unwrap());
+    assert_eq!(width, 1300);
+    assert!(
+        bytes.len() > 20_000,
+        "the screenshot looks empty: {} bytes",
+        bytes.len()
+    );
+    // The search box works: the report opened with a query shows only the matching line.
+    let dom = chromium_cmd(profile.path())
+        .arg("--dump-dom")
+        .arg(format!("file://{}#q=smelled", report.display()))
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    assert!(
+        dom.contains("1 of 12 lines"),
+        "{}",
+        &dom[..dom.len().min(2000)]
+    );
+}
