@@ -77,7 +77,7 @@ fn raw_loop(path: &Path, config: &LocalConfig, lines: usize, max_new: usize) -> 
         .with_n_seq_max(config.parallel)
         .with_n_threads(config.threads)
         .with_n_threads_batch(config.threads)
-        .with_kv_unified(true)
+        .with_kv_unified(std::env::var("RAW_KV_UNIFIED").map_or(true, |v| v != "0"))
         .with_swa_full(true);
     let mut ctx = model.new_context(backend, params).expect("context");
     let vocab = model.vocab();
@@ -218,6 +218,14 @@ fn main() {
     );
 
     let raw = raw_loop(&path, &config, lines, max_new);
+    if std::env::var("RAW_ONLY").is_ok() {
+        println!(
+            "raw: {:.1} tok/s ({:.1} decode only)",
+            raw.rate(),
+            (raw.tokens - lines as u64) as f64 / raw.decode_seconds.unwrap_or(1.0)
+        );
+        return;
+    }
     let dir = flow_dir(max_new);
     let flow = Arc::new(
         Flow::load(

@@ -112,7 +112,8 @@ pub struct ServeArgs {
     /// Requests decoded together per model (default 16, or SLUICE_LLM_PARALLEL).
     #[arg(long)]
     pub parallel: Option<u32>,
-    /// KV cache cells shared by those requests (default 8192, or SLUICE_LLM_CTX).
+    /// KV cache cells shared by the parallel requests (default 8192, or SLUICE_LLM_CTX); with
+    /// SLUICE_LLM_KV=split, the most tokens one request may use (SLUICE_LLM_SEQ_CTX, default 1024).
     #[arg(long)]
     pub ctx: Option<u32>,
     /// CPU threads for decoding (default: the machine's cores, at most 8, or SLUICE_LLM_THREADS).
@@ -378,7 +379,7 @@ pub struct CreateArgs {
     /// Override fields of the run: KEY=VALUE (name, display_name, tags.K, column_mapping.K, ...).
     #[arg(long, num_args = 1.., value_name = "KEY=VALUE")]
     pub set: Vec<String>,
-    /// The data: a .jsonl, .json, .csv or .tsv file, or a folder of them.
+    /// The data: a .jsonl, .json, .csv, .tsv or .parquet file, or a folder of them.
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Evaluate another run: its lines are available as ${run.outputs.COL} and ${run.inputs.COL},

@@ -71,6 +71,14 @@ fn load_file(path: &Path) -> Result<Vec<Map>, BatchError> {
         path: path.to_path_buf(),
         message,
     };
+    let ext_lower = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if ext_lower == "parquet" {
+        return load_parquet(path).map_err(err);
+    }
     let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
     let ext = path
         .extension()
@@ -129,6 +137,20 @@ fn load_file(path: &Path) -> Result<Vec<Map>, BatchError> {
             Ok(rows)
         }
     }
+}
+
+/// Reads a Parquet file row by row (snappy, gzip and lz4 pages; zstd and brotli are not built in).
+fn load_parquet(path: &Path) -> Result<Vec<Map>, String> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let reader = SerializedFileReader::new(file).map_err(|e| e.to_string())?;
+    let rows = reader.get_row_iter(None).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    for r in rows {
+        let r = r.map_err(|e| e.to_string())?;
+        out.push(row(r.to_json_value())?);
+    }
+    Ok(out)
 }
 
 fn row(v: serde_json::Value) -> Result<Map, String> {
@@ -389,6 +411,64 @@ pub async fn run_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Writes a small Parquet file with the crate's writer (snappy pages, as pandas writes by default).
+    fn write_parquet(path: &Path) {
+        use parquet::basic::Compression;
+        use parquet::data_type::{ByteArray, ByteArrayType, Int64Type};
+        use parquet::file::properties::WriterProperties;
+        use parquet::file::writer::SerializedFileWriter;
+        use parquet::schema::parser::parse_message_type;
+        let schema = Arc::new(
+            parse_message_type(
+                "message row { REQUIRED BYTE_ARRAY question (UTF8); REQUIRED INT64 n; }",
+            )
+            .unwrap(),
+        );
+        let props = Arc::new(
+            WriterProperties::builder()
+                .set_compression(Compression::SNAPPY)
+                .build(),
+        );
+        let file = std::fs::File::create(path).unwrap();
+        let mut writer = SerializedFileWriter::new(file, schema, props).unwrap();
+        let mut group = writer.next_row_group().unwrap();
+        let mut col = group.next_column().unwrap().unwrap();
+        col.typed::<ByteArrayType>()
+            .write_batch(
+                &[
+                    ByteArray::from("What is 2+2?"),
+                    ByteArray::from("Capital of France?"),
+                ],
+                None,
+                None,
+            )
+            .unwrap();
+        col.close().unwrap();
+        let mut col = group.next_column().unwrap().unwrap();
+        col.typed::<Int64Type>()
+            .write_batch(&[4, 7], None, None)
+            .unwrap();
+        col.close().unwrap();
+        group.close().unwrap();
+        writer.close().unwrap();
+    }
+
+    #[test]
+    fn parquet_rows_become_data_rows() {
+        let dir = std::env::temp_dir().join(format!("sluice-parquet-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("data.parquet");
+        write_parquet(&path);
+        let rows = load_data(&path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(
+            rows[1]["question"],
+            Value::String("Capital of France?".into())
+        );
+        assert_eq!(rows[0]["n"], Value::Int(4));
+    }
 
     #[test]
     fn reference_splits_on_the_shortest_source_name() {

@@ -32,7 +32,11 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<u8> {
         config.parallel = p.clamp(1, 256);
     }
     if let Some(c) = args.ctx {
-        config.n_ctx = c.max(256);
+        if config.unified_kv {
+            config.n_ctx = c.max(256);
+        } else {
+            config.seq_ctx = c.max(64);
+        }
     }
     if let Some(t) = args.threads {
         config.threads = t.max(1);
