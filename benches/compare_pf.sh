@@ -4,7 +4,9 @@
 #
 #   benches/compare_pf.sh [RUNS]        (default 10 runs each)
 #
-# Uses target/release/sluice (or $SLUICE); build it first with `cargo build --release`.
+# Uses target/release/sluice (or $SLUICE); build it first with `cargo build --release`. $PF names the
+# pf executable (e.g. one in a virtualenv) without putting that environment on PATH, where the embedded
+# Python would pick it up.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(dirname "$here")"
@@ -28,7 +30,7 @@ median_ms() {
 
 # Peak RSS in MB of one run of "$@".
 peak_rss_mb() {
-  /usr/bin/time -f '%M' "$@" 2>&1 >/dev/null | tail -1 | awk '{printf "%.1f", $1/1024}'
+  { /usr/bin/time -f '%M' "$@" 2>&1 >/dev/null || true; } | tail -1 | awk '{printf "%.1f", $1/1024}'
 }
 
 "$sluice" flow test --flow "$flow" >/dev/null   # warm the page cache
@@ -36,10 +38,11 @@ s_ms=$(median_ms "$sluice" flow test --flow "$flow")
 s_rss=$( [ -x /usr/bin/time ] && peak_rss_mb "$sluice" flow test --flow "$flow" || echo "n/a")
 echo "sluice flow test: median ${s_ms} ms over ${runs} runs, peak RSS ${s_rss} MB"
 
-if command -v pf >/dev/null 2>&1; then
-  pf flow test --flow "$flow" >/dev/null 2>&1 || true
-  p_ms=$(median_ms pf flow test --flow "$flow")
-  p_rss=$( [ -x /usr/bin/time ] && peak_rss_mb pf flow test --flow "$flow" || echo "n/a")
+pf_bin="${PF:-$(command -v pf || true)}"
+if [ -n "$pf_bin" ]; then
+  "$pf_bin" flow test --flow "$flow" >/dev/null 2>&1 || true
+  p_ms=$(median_ms "$pf_bin" flow test --flow "$flow")
+  p_rss=$( [ -x /usr/bin/time ] && peak_rss_mb "$pf_bin" flow test --flow "$flow" || echo "n/a")
   echo "pf flow test:     median ${p_ms} ms over ${runs} runs, peak RSS ${p_rss} MB"
   awk -v p="$p_ms" -v s="$s_ms" 'BEGIN {printf "sluice is %.1fx faster\n", p/s}'
 else

@@ -71,13 +71,13 @@ fn raw_loop(path: &Path, config: &LocalConfig, lines: usize, max_new: usize) -> 
     )
     .expect("model loads");
     let params = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(config.n_ctx))
+        .with_n_ctx(NonZeroU32::new(config.kv_cells()))
         .with_n_batch(config.n_batch)
         .with_n_ubatch(config.n_batch)
         .with_n_seq_max(config.parallel)
         .with_n_threads(config.threads)
         .with_n_threads_batch(config.threads)
-        .with_kv_unified(std::env::var("RAW_KV_UNIFIED").map_or(true, |v| v != "0"))
+        .with_kv_unified(config.unified_kv)
         .with_swa_full(true);
     let mut ctx = model.new_context(backend, params).expect("context");
     let vocab = model.vocab();
@@ -204,28 +204,22 @@ fn main() {
     let env = LocalConfig::from_env();
     let config = LocalConfig {
         parallel: lines as u32,
+        seq_ctx: (max_new + 48) as u32,
         n_ctx: ((lines * (max_new + 48)) as u32).max(2048),
         default_max_tokens: max_new as u32,
         ..env
     };
     LocalConfig::set_process_default(config.clone());
     eprintln!(
-        "model {} | {lines} lines x {max_new} tokens | threads {} | n_batch {} | kv cells {}",
+        "model {} | {lines} lines x {max_new} tokens | threads {} | n_batch {} | kv cells {} (shared: {})",
         path.display(),
         config.threads,
         config.n_batch,
-        config.n_ctx
+        config.kv_cells(),
+        config.unified_kv
     );
 
     let raw = raw_loop(&path, &config, lines, max_new);
-    if std::env::var("RAW_ONLY").is_ok() {
-        println!(
-            "raw: {:.1} tok/s ({:.1} decode only)",
-            raw.rate(),
-            (raw.tokens - lines as u64) as f64 / raw.decode_seconds.unwrap_or(1.0)
-        );
-        return;
-    }
     let dir = flow_dir(max_new);
     let flow = Arc::new(
         Flow::load(
