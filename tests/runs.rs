@@ -639,3 +639,77 @@ fn classify_then_evaluate_compare_and_visualize_on_the_local_model() {
         &dom[..dom.len().min(2000)]
     );
 }
+
+#[test]
+fn capitals_then_token_f1_over_the_run_outputs() {
+    let home = tempfile::tempdir().unwrap();
+    let capitals = root().join("flows/capitals");
+    let out = sluice(home.path())
+        .args([
+            "run",
+            "create",
+            "--name",
+            "caps",
+            "--column-mapping",
+            "country=${data.country}",
+            "--flow",
+        ])
+        .arg(&capitals)
+        .arg("--data")
+        .arg(capitals.join("data.jsonl"))
+        .output()
+        .unwrap();
+    let record = json_out(&out);
+    assert_eq!(record["properties"]["system_metrics"]["completed_lines"], 8);
+    // Both answers are scored against the data's capitals: the completions are exact, the chat answers
+    // of the base model ramble after the first word, so their token F1 is lower.
+    let eval = |name: &str, column: &str| -> Json {
+        let out = sluice(home.path())
+            .args(["run", "create", "--name", name, "--run", "caps", "--flow"])
+            .arg(root().join("flows/eval_f1"))
+            .arg("--column-mapping")
+            .arg(format!("answer=${{run.outputs.{column}}}"))
+            .arg("reference=${data.capital}")
+            .output()
+            .unwrap();
+        json_out(&out)["metrics"].clone()
+    };
+    let completion = eval("f1_completion", "completion");
+    let chat = eval("f1_chat", "chat");
+    assert!(completion["f1"].as_f64().unwrap() >= 0.8, "{completion}");
+    assert!(
+        completion["f1"].as_f64() > chat["f1"].as_f64(),
+        "{completion} vs {chat}"
+    );
+    let out = sluice(home.path())
+        .args([
+            "run",
+            "compare",
+            "f1_completion",
+            "f1_chat",
+            "--format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    let c = json_out(&out);
+    assert_eq!(c["metrics"]["f1"]["f1_completion"], completion["f1"]);
+    let report = home.path().join("f1.html");
+    sluice(home.path())
+        .args([
+            "run",
+            "visualize",
+            "caps",
+            "f1_completion",
+            "f1_chat",
+            "--html-path",
+        ])
+        .arg(&report)
+        .assert()
+        .success();
+    assert!(
+        std::fs::read_to_string(&report)
+            .unwrap()
+            .contains("exact_match")
+    );
+}

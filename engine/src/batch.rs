@@ -52,6 +52,108 @@ pub fn load_data(path: &Path) -> Result<Vec<Map>, BatchError> {
     Ok(rows)
 }
 
+/// One row at a time from a data file or folder: JSON Lines and CSV/TSV are read as they are consumed;
+/// `.json` and `.parquet` files are read whole.
+pub type RowStream = Box<dyn Iterator<Item = Result<Map, BatchError>> + Send>;
+
+/// Streams the rows of `path` (a file or a folder of them) in the order [`load_data`] gives.
+pub fn stream_data(path: &Path) -> Result<RowStream, BatchError> {
+    let mut files = vec![];
+    if path.is_dir() {
+        collect_files(path, &mut files);
+        files.sort();
+    } else if path.exists() {
+        files.push(path.to_path_buf());
+    } else {
+        return Err(BatchError::Data {
+            path: path.to_path_buf(),
+            message: "no such file or folder".into(),
+        });
+    }
+    let mut streams: Vec<RowStream> = Vec::new();
+    for file in files {
+        streams.push(stream_file(&file)?);
+    }
+    Ok(Box::new(streams.into_iter().flatten()))
+}
+
+fn stream_file(path: &Path) -> Result<RowStream, BatchError> {
+    use std::io::BufRead;
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let p = path.to_path_buf();
+    let err = move |message: String| BatchError::Data {
+        path: p.clone(),
+        message,
+    };
+    match ext.as_str() {
+        "jsonl" => {
+            let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+            let reader = std::io::BufReader::with_capacity(1 << 16, file);
+            Ok(Box::new(
+                reader
+                    .lines()
+                    .enumerate()
+                    .filter(|(_, l)| l.as_ref().map_or(true, |l| !l.trim().is_empty()))
+                    .map(move |(i, l)| {
+                        let l = l.map_err(|e| err(e.to_string()))?;
+                        let v: serde_json::Value = serde_json::from_str(&l)
+                            .map_err(|e| err(format!("line {}: {e}", i + 1)))?;
+                        row(v).map_err(|m| err(format!("line {}: {m}", i + 1)))
+                    }),
+            ))
+        }
+        "csv" | "tsv" => {
+            let delimiter = if ext == "tsv" { b'\t' } else { b',' };
+            let mut reader = csv::ReaderBuilder::new()
+                .delimiter(delimiter)
+                .from_path(path)
+                .map_err(|e| err(e.to_string()))?;
+            let headers = reader.headers().map_err(|e| err(e.to_string()))?.clone();
+            Ok(Box::new(reader.into_records().map(move |record| {
+                let record = record.map_err(|e| err(e.to_string()))?;
+                Ok(headers
+                    .iter()
+                    .zip(record.iter())
+                    .map(|(h, v)| (h.to_owned(), Value::from(v)))
+                    .collect())
+            })))
+        }
+        _ => Ok(Box::new(load_file(path)?.into_iter().map(Ok))),
+    }
+}
+
+/// What one pass over a dataset finds: its row count and every column name, in first-seen order.
+#[derive(Clone, Debug, Default)]
+pub struct DataScan {
+    pub rows: usize,
+    pub columns: Vec<String>,
+}
+
+/// Reads every row once without keeping them, so a run can check its mapping and show progress
+/// before it starts, and a bad row is reported before any line runs.
+pub fn scan_data(path: &Path) -> Result<DataScan, BatchError> {
+    let mut scan = DataScan::default();
+    let mut seen = std::collections::HashSet::new();
+    for r in stream_data(path)? {
+        let r = r?;
+        for k in r.keys() {
+            if !seen.contains(k) {
+                seen.insert(k.clone());
+                scan.columns.push(k.clone());
+            }
+        }
+        scan.rows += 1;
+    }
+    if scan.rows == 0 {
+        return Err(BatchError::EmptyData(path.to_path_buf()));
+    }
+    Ok(scan)
+}
+
 fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -170,130 +272,93 @@ pub struct BatchLine {
     pub inputs: Map,
 }
 
-/// Applies a column mapping to named sources (`data`, `run.outputs`, `run.inputs`), as promptflow does
-/// (§5.2): inputs without defaults map implicitly to `${data.<input>}`; explicit mapping wins; rows are
-/// aligned by `line_number` where a source has it, else by position; a line exists only where every
-/// source has a row.
-pub fn map_inputs(
-    flow: &Flow,
-    mapping: &IndexMap<String, Value>,
-    sources: &IndexMap<String, Vec<Map>>,
-) -> Result<Vec<BatchLine>, BatchError> {
-    if flow.def.inputs.is_empty() {
-        return Err(BatchError::NoFlowInputs);
-    }
-    let mut effective: IndexMap<String, Value> = IndexMap::new();
-    for (name, def) in &flow.def.inputs {
-        if def.default.is_none() {
-            effective.insert(name.clone(), Value::String(format!("${{data.{name}}}")));
+/// A column mapping resolved against the sources' columns: turns one line's rows into flow inputs.
+#[derive(Clone, Debug)]
+pub struct LineMapper {
+    bindings: Vec<(String, Binding)>,
+}
+
+#[derive(Clone, Debug)]
+enum Binding {
+    Column { source: String, column: String },
+    Literal(Value),
+}
+
+impl LineMapper {
+    /// Checks every reference of the effective mapping (promptflow's defaults plus `mapping`) against
+    /// `columns` (by source name: `data`, `run.outputs`, `run.inputs`), reporting all that are missing.
+    pub fn new(
+        flow: &Flow,
+        mapping: &IndexMap<String, Value>,
+        columns: &IndexMap<String, Vec<String>>,
+    ) -> Result<LineMapper, BatchError> {
+        if flow.def.inputs.is_empty() {
+            return Err(BatchError::NoFlowInputs);
         }
-    }
-    for (k, v) in mapping {
-        if k != "line_number" {
-            effective.insert(k.clone(), v.clone());
+        let mut effective: IndexMap<String, Value> = IndexMap::new();
+        for (name, def) in &flow.def.inputs {
+            if def.default.is_none() {
+                effective.insert(name.clone(), Value::String(format!("${{data.{name}}}")));
+            }
         }
-    }
-    // Align the sources by line number.
-    let keyed: IndexMap<&str, IndexMap<usize, &Map>> = sources
-        .iter()
-        .map(|(name, rows)| {
-            let by_line = rows
+        for (k, v) in mapping {
+            if k != "line_number" {
+                effective.insert(k.clone(), v.clone());
+            }
+        }
+        let names: Vec<&str> = columns.keys().map(String::as_str).collect();
+        let mut missing = vec![];
+        let mut bindings = vec![];
+        for (k, v) in effective {
+            match v.as_str().filter(|s| is_reference(s)) {
+                Some(s) => match split_reference_in(s, &names) {
+                    Some((source, column))
+                        if columns
+                            .get(&source)
+                            .is_some_and(|cols| cols.contains(&column)) =>
+                    {
+                        bindings.push((k, Binding::Column { source, column }))
+                    }
+                    _ => missing.push(s.to_owned()),
+                },
+                None => bindings.push((k, Binding::Literal(v))),
+            }
+        }
+        if !missing.is_empty() {
+            let available = columns
                 .iter()
-                .enumerate()
-                .map(|(i, r)| match r.get("line_number") {
-                    Some(Value::Int(n)) if *n >= 0 => (*n as usize, r),
-                    _ => (i, r),
-                })
+                .flat_map(|(src, cols)| cols.iter().map(move |c| format!("${{{src}.{c}}}")))
                 .collect();
-            (name.as_str(), by_line)
-        })
-        .collect();
-    let mut numbers: Vec<usize> = match keyed.values().next() {
-        Some(first) => first
-            .keys()
-            .copied()
-            .filter(|n| keyed.values().all(|s| s.contains_key(n)))
-            .collect(),
-        None => vec![],
-    };
-    numbers.sort_unstable();
+            return Err(BatchError::Mapping { missing, available });
+        }
+        Ok(LineMapper { bindings })
+    }
 
-    // Check every reference against the columns before any line runs.
-    let mut missing = vec![];
-    let mut available = vec![];
-    for (source, rows) in &keyed {
-        let mut cols: Vec<String> = vec![];
-        for r in rows.values() {
-            for k in r.keys() {
-                if !cols.contains(k) {
-                    cols.push(k.clone());
-                }
+    /// The flow inputs of one line; a missing cell or a null counts as "not provided", so the input's
+    /// default applies.
+    pub fn inputs(&self, rows: &IndexMap<&str, &Map>) -> Map {
+        let mut inputs = Map::new();
+        for (k, b) in &self.bindings {
+            let value = match b {
+                Binding::Column { source, column } => rows
+                    .get(source.as_str())
+                    .and_then(|r| r.get(column))
+                    .cloned(),
+                Binding::Literal(v) => Some(v.clone()),
+            };
+            if let Some(value) = value.filter(|v| !v.is_null()) {
+                inputs.insert(k.clone(), value);
             }
         }
-        available.extend(cols.iter().map(|c| format!("${{{source}.{c}}}")));
+        inputs
     }
-    let resolved: Vec<(String, Option<(String, String)>)> = effective
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.clone(),
-                v.as_str().and_then(|s| split_reference(s, &keyed)),
-            )
-        })
-        .collect();
-    for ((k, v), (_, r)) in effective.iter().zip(&resolved) {
-        if let Some(s) = v.as_str().filter(|s| is_reference(s)) {
-            match r {
-                Some((source, col))
-                    if keyed[source.as_str()]
-                        .values()
-                        .any(|row| row.contains_key(col)) => {}
-                _ => missing.push(s.to_owned()),
-            }
-        }
-        let _ = k;
-    }
-    if !missing.is_empty() {
-        return Err(BatchError::Mapping { missing, available });
-    }
-    let lines = numbers
-        .into_iter()
-        .map(|n| {
-            let mut inputs = Map::new();
-            for ((k, v), (_, r)) in effective.iter().zip(&resolved) {
-                let value = match r {
-                    Some((source, col)) => keyed[source.as_str()][&n].get(col).cloned(),
-                    None => Some(v.clone()),
-                };
-                // A missing cell or a null counts as "not provided", so the input's default applies.
-                if let Some(value) = value.filter(|v| !v.is_null()) {
-                    inputs.insert(k.clone(), value);
-                }
-            }
-            BatchLine {
-                line_number: n,
-                inputs,
-            }
-        })
-        .collect();
-    Ok(lines)
 }
 
-fn is_reference(s: &str) -> bool {
-    s.starts_with("${") && s.ends_with('}') && !s[2..s.len() - 1].contains(['{', '}'])
-}
-
-/// `${run.outputs.answer}` → (`run.outputs`, `answer`), trying the shortest source name first.
-fn split_reference(
-    s: &str,
-    sources: &IndexMap<&str, IndexMap<usize, &Map>>,
-) -> Option<(String, String)> {
-    if !is_reference(s) {
-        return None;
-    }
+/// `${run.outputs.answer}` → (`run.outputs`, `answer`), trying the longest matching source name.
+fn split_reference_in(s: &str, sources: &[&str]) -> Option<(String, String)> {
     let inner = &s[2..s.len() - 1];
-    let mut names: Vec<&&str> = sources.keys().collect();
-    names.sort_by_key(|n| n.len());
+    let mut names: Vec<&&str> = sources.iter().collect();
+    names.sort_by_key(|n| std::cmp::Reverse(n.len()));
     names
         .into_iter()
         .find_map(|name| {
@@ -307,6 +372,83 @@ fn split_reference(
                 .split_once('.')
                 .map(|(a, b)| (a.to_owned(), b.to_owned()))
         })
+}
+
+/// Applies a column mapping to named sources (`data`, `run.outputs`, `run.inputs`), as promptflow does
+/// (§5.2): inputs without defaults map implicitly to `${data.<input>}`; explicit mapping wins; rows are
+/// aligned by `line_number` where a source has it, else by position; a line exists only where every
+/// source has a row.
+pub fn map_inputs(
+    flow: &Flow,
+    mapping: &IndexMap<String, Value>,
+    sources: &IndexMap<String, Vec<Map>>,
+) -> Result<Vec<BatchLine>, BatchError> {
+    // Align the sources by line number.
+    let keyed: IndexMap<&str, IndexMap<usize, &Map>> = sources
+        .iter()
+        .map(|(name, rows)| (name.as_str(), by_line_number(rows)))
+        .collect();
+    let mut numbers: Vec<usize> = match keyed.values().next() {
+        Some(first) => first
+            .keys()
+            .copied()
+            .filter(|n| keyed.values().all(|s| s.contains_key(n)))
+            .collect(),
+        None => vec![],
+    };
+    numbers.sort_unstable();
+    let columns: IndexMap<String, Vec<String>> = keyed
+        .iter()
+        .map(|(source, rows)| {
+            let mut cols: Vec<String> = vec![];
+            for r in rows.values() {
+                for k in r.keys() {
+                    if !cols.contains(k) {
+                        cols.push(k.clone());
+                    }
+                }
+            }
+            ((*source).to_owned(), cols)
+        })
+        .collect();
+    // Every reference is checked against the columns before any line runs.
+    let mapper = LineMapper::new(flow, mapping, &columns)?;
+    Ok(numbers
+        .into_iter()
+        .map(|n| {
+            let rows: IndexMap<&str, &Map> = keyed.iter().map(|(s, r)| (*s, r[&n])).collect();
+            BatchLine {
+                line_number: n,
+                inputs: mapper.inputs(&rows),
+            }
+        })
+        .collect())
+}
+
+/// Rows by their `line_number` column where they have one, else by position.
+pub fn by_line_number(rows: &[Map]) -> IndexMap<usize, &Map> {
+    rows.iter()
+        .enumerate()
+        .map(|(i, r)| match r.get("line_number") {
+            Some(Value::Int(n)) if *n >= 0 => (*n as usize, r),
+            _ => (i, r),
+        })
+        .collect()
+}
+
+fn is_reference(s: &str) -> bool {
+    s.starts_with("${") && s.ends_with('}') && !s[2..s.len() - 1].contains(['{', '}'])
+}
+
+#[cfg(test)]
+fn split_reference(
+    s: &str,
+    sources: &IndexMap<&str, IndexMap<usize, &Map>>,
+) -> Option<(String, String)> {
+    if !is_reference(s) {
+        return None;
+    }
+    split_reference_in(s, &sources.keys().copied().collect::<Vec<_>>())
 }
 
 /// How to run a batch.
@@ -345,14 +487,14 @@ pub struct BatchSummary {
 /// (`previous` supplies the kept aggregation values of lines completed by an earlier run).
 pub async fn run_batch(
     flow: Arc<Flow>,
-    lines: Vec<BatchLine>,
+    lines: impl IntoIterator<Item = BatchLine>,
     previous: Vec<(usize, Map)>,
     opts: &BatchOptions,
     mut on_line: impl FnMut(&LineResult),
 ) -> BatchSummary {
-    let total = lines.len() + previous.len();
-    let mut kept: Vec<(usize, Map)> = previous;
-    let (mut completed, mut failed) = (kept.len(), 0);
+    let keep = flow.has_aggregation();
+    let (mut completed, mut failed) = (previous.len(), 0);
+    let mut kept: Vec<(usize, Map)> = if keep { previous } else { Vec::new() };
     let mut queue = lines.into_iter();
     let mut running = FuturesUnordered::new();
     loop {
@@ -379,10 +521,12 @@ pub async fn run_batch(
         };
         if result.status == Status::Completed {
             completed += 1;
-            kept.push((
-                result.line_number.unwrap_or(0),
-                result.aggregation_inputs.clone(),
-            ));
+            if keep {
+                kept.push((
+                    result.line_number.unwrap_or(0),
+                    result.aggregation_inputs.clone(),
+                ));
+            }
         } else {
             failed += 1;
         }
@@ -401,7 +545,7 @@ pub async fn run_batch(
         None
     };
     BatchSummary {
-        total_lines: total,
+        total_lines: completed + failed,
         completed_lines: completed,
         failed_lines: failed,
         aggregation,

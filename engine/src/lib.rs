@@ -58,7 +58,8 @@ pub mod value;
 pub mod yaml;
 
 pub use batch::{
-    BatchError, BatchLine, BatchOptions, BatchSummary, load_data, map_inputs, run_batch,
+    BatchError, BatchLine, BatchOptions, BatchSummary, DataScan, LineMapper, RowStream,
+    by_line_number, load_data, map_inputs, run_batch, scan_data, stream_data,
 };
 pub use error::{
     BuildError, ErrorCode, ErrorInfo, FlowError, NodeError, Problem, ToolErrorDetails,

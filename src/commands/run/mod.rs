@@ -19,8 +19,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use indexmap::IndexMap;
 use serde_json::{Value as Json, json};
+use std::sync::Mutex;
+
 use sluice_engine::{
-    BatchOptions, Flow, LineResult, Map, Status, Value, load_data, map_inputs, run_batch,
+    BatchLine, BatchOptions, DataScan, Flow, LineMapper, LineResult, Map, RowStream, Status, Value,
+    run_batch, scan_data, stream_data,
 };
 
 use super::flow::{enter_flow, line_timeout, load, runtime};
@@ -234,20 +237,19 @@ fn line_record(line: &LineResult) -> Json {
 /// Reads `details.jsonl`, last record per line number winning; a torn last line (a killed writer) and
 /// any unreadable line are skipped.
 pub(crate) fn read_details(dir: &Path) -> BTreeMap<usize, Json> {
-    let mut out = BTreeMap::new();
-    let Ok(f) = File::open(dir.join("details.jsonl")) else {
-        return out;
-    };
-    for line in BufReader::new(f).lines() {
-        let Ok(line) = line else { break };
-        let Ok(record) = serde_json::from_str::<Json>(&line) else {
-            continue;
-        };
-        if let Some(n) = record["line_number"].as_u64() {
-            out.insert(n as usize, record);
-        }
-    }
-    out
+    stream_details(dir)
+        .filter_map(|r| r["line_number"].as_u64().map(|n| (n as usize, r)))
+        .collect()
+}
+
+/// The records of `details.jsonl` one at a time, skipping a torn or unreadable line.
+pub(crate) fn stream_details(dir: &Path) -> impl Iterator<Item = Json> {
+    File::open(dir.join("details.jsonl"))
+        .ok()
+        .into_iter()
+        .flat_map(|f| BufReader::new(f).lines())
+        .map_while(Result::ok)
+        .filter_map(|line| serde_json::from_str::<Json>(&line).ok())
 }
 
 /// The run's files, appended as lines finish and synced every `SYNC_EVERY` lines, so a crash loses
@@ -286,16 +288,6 @@ impl RunWriter {
         self.since_sync = 0;
         Ok(())
     }
-}
-
-fn write_jsonl(path: &Path, rows: impl Iterator<Item = Json>) -> std::io::Result<()> {
-    let mut w = BufWriter::new(File::create(path)?);
-    for row in rows {
-        serde_json::to_writer(&mut w, &row)?;
-        w.write_all(b"\n")?;
-    }
-    w.flush()?;
-    w.get_ref().sync_data()
 }
 
 /// Copies the flow folder (its YAML, templates and code; not caches or run output) into `snapshot/`.
@@ -491,19 +483,10 @@ fn run_one(
         Ok(f) => f,
         Err(code) => return Ok((code, None)),
     };
-    // The named sources a mapping can use: data, and the referenced run's outputs and inputs.
-    let mut sources: IndexMap<String, Vec<Map>> = IndexMap::new();
-    if let Some(data) = &spec.data {
-        match load_data(data) {
-            Ok(rows) => {
-                sources.insert("data".to_owned(), rows);
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                return Ok((exit::INVALID, None));
-            }
-        }
-    }
+    // The named sources a mapping can use: data (streamed from its file), and the referenced run's
+    // outputs and inputs (read whole, keyed by line_number).
+    let mut run_sources: Vec<(String, IndexMap<usize, Map>)> = Vec::new();
+    let mut data = spec.data.clone().map(DataRows::File);
     if let Some(base) = &spec.run {
         let loaded =
             run_rows(base, "outputs.jsonl").and_then(|o| Ok((o, run_rows(base, "inputs.jsonl")?)));
@@ -516,23 +499,52 @@ fn run_one(
         };
         // Without --data, the referenced run's data is the data (as in promptflow); its inputs when
         // that file is gone.
-        if !sources.contains_key("data") {
-            let base_data = index::read_record(&run_dir(base))
-                .and_then(|r| r["data"].as_str().map(PathBuf::from))
-                .and_then(|p| load_data(&p).ok());
-            sources.insert(
-                "data".to_owned(),
-                base_data.unwrap_or_else(|| inputs.clone()),
+        if data.is_none() {
+            data = Some(
+                index::read_record(&run_dir(base))
+                    .and_then(|r| r["data"].as_str().map(PathBuf::from))
+                    .filter(|p| p.exists())
+                    .map_or_else(|| DataRows::Memory(inputs.clone()), DataRows::File),
             );
         }
-        sources.insert("run.outputs".to_owned(), outputs);
-        sources.insert("run.inputs".to_owned(), inputs);
+        let keyed = |rows: Vec<Map>| -> IndexMap<usize, Map> {
+            rows.into_iter()
+                .enumerate()
+                .map(|(i, r)| match r.get("line_number") {
+                    Some(Value::Int(n)) if *n >= 0 => (*n as usize, r),
+                    _ => (i, r),
+                })
+                .collect()
+        };
+        run_sources.push(("run.outputs".to_owned(), keyed(outputs)));
+        run_sources.push(("run.inputs".to_owned(), keyed(inputs)));
     }
-    let data_rows = &sources["data"];
+    let data = data.expect("checked by create");
+    // One pass over the data before anything runs: row count, columns, and any unreadable row.
+    let scan = match data.scan() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok((exit::INVALID, None));
+        }
+    };
+    let mut columns: IndexMap<String, Vec<String>> = IndexMap::new();
+    columns.insert("data".to_owned(), scan.columns.clone());
+    for (name, rows) in &run_sources {
+        let mut cols: Vec<String> = Vec::new();
+        for r in rows.values() {
+            for k in r.keys() {
+                if !cols.contains(k) {
+                    cols.push(k.clone());
+                }
+            }
+        }
+        columns.insert(name.clone(), cols);
+    }
     for (input, def) in &flow.def.inputs {
         if def.default.is_some()
             && !spec.column_mapping.contains_key(input)
-            && data_rows.iter().any(|r| r.contains_key(input))
+            && scan.columns.contains(input)
         {
             tracing::warn!(
                 "flow input `{input}` has a default, so the data column `{input}` is not used (promptflow's rule); \
@@ -540,14 +552,21 @@ fn run_one(
             );
         }
     }
-    let lines = match map_inputs(&flow, &spec.column_mapping, &sources) {
-        Ok(l) => l,
+    let mapper = match LineMapper::new(&flow, &spec.column_mapping, &columns) {
+        Ok(m) => m,
         Err(e) => {
             eprintln!("error: {e}");
             return Ok((exit::INVALID, None));
         }
     };
-    drop(sources);
+    // Lines exist where every source has a row.
+    let expected_lines = if run_sources.is_empty() {
+        scan.rows
+    } else {
+        (0..scan.rows)
+            .filter(|n| run_sources.iter().all(|(_, r)| r.contains_key(n)))
+            .count()
+    };
     let flow: Arc<Flow> = Arc::new(flow);
 
     let variant_id = flow
@@ -578,22 +597,6 @@ fn run_one(
         );
         return Ok((exit::INVALID, None));
     }
-
-    // Lines a resumed run takes over: the completed ones of the earlier run.
-    let mut carried: BTreeMap<usize, Json> = BTreeMap::new();
-    if let Some(from) = &spec.resume_from {
-        carried = read_details(&run_dir(from))
-            .into_iter()
-            .filter(|(_, r)| r["status"] == "Completed")
-            .collect();
-    }
-    let wanted: std::collections::HashSet<usize> = lines.iter().map(|l| l.line_number).collect();
-    carried.retain(|n, _| wanted.contains(n));
-    let to_run: Vec<_> = lines
-        .into_iter()
-        .filter(|l| !carried.contains_key(&l.line_number))
-        .collect();
-
     std::fs::create_dir_all(dir.join("flow_outputs"))
         .with_context(|| format!("cannot create {}", dir.display()))?;
     if let Err(e) = snapshot(&flow.def.dir, &dir.join("snapshot")) {
@@ -604,9 +607,33 @@ fn run_one(
         log: BufWriter::new(File::create(dir.join("logs.txt"))?),
         since_sync: 0,
     };
-    let total = to_run.len() + carried.len();
+    let mut ordered = OrderedOutputs::create(&dir)?;
+    let mut tally = Tally::default();
+
+    // A resumed run first takes over the completed lines of the earlier one, streaming its details.
+    let mut carried: std::collections::HashSet<usize> = std::collections::HashSet::new();
+    let mut previous = Vec::new();
+    if let Some(from) = &spec.resume_from {
+        for record in stream_details(&run_dir(from)) {
+            let Some(n) = record["line_number"].as_u64().map(|n| n as usize) else {
+                continue;
+            };
+            if record["status"] != "Completed" || !carried.insert(n) {
+                continue;
+            }
+            writer.write_record(&record)?;
+            if flow.has_aggregation()
+                && let Value::Map(m) = Value::from(record["aggregation_inputs"].clone())
+            {
+                previous.push((n, m));
+            }
+            let summary = summary_of(&record);
+            tally.add(&summary);
+            ordered.push(n, summary);
+        }
+    }
     writer.log(&format!(
-        "run {name}: flow {} variant {variant_id}, {total} lines{}",
+        "run {name}: flow {} variant {variant_id}, {expected_lines} lines{}",
         flow_path.display(),
         spec.resume_from
             .as_ref()
@@ -629,10 +656,10 @@ fn run_one(
                 "run": spec.run,
                 "resume_from": spec.resume_from,
                 "column_mapping": Value::Map(spec.column_mapping.clone().into_iter().collect()).to_json_lossy(),
-                "system_metrics": {"total_lines": total},
+                "system_metrics": {"total_lines": expected_lines},
             },
             "flow_name": flow.def.name,
-            "data": spec.data,
+            "data": data.path(),
             "output": dir.join("flow_outputs"),
             "metrics": {},
         })
@@ -644,16 +671,59 @@ fn run_one(
         let _ = ix.upsert(&running);
     }
 
-    // Carried lines go into the new run first, so its details are complete on their own.
-    let mut previous = Vec::with_capacity(carried.len());
-    let mut summaries: BTreeMap<usize, Json> = BTreeMap::new();
-    for (n, record) in &carried {
-        writer.write_record(record)?;
-        if let Value::Map(m) = Value::from(record["aggregation_inputs"].clone()) {
-            previous.push((*n, m));
+    // The lines, read from the data as the batch pulls them; dispatch is tracked so outputs can be
+    // written in line order as soon as every earlier line has finished.
+    let dispatch = Arc::new(Mutex::new(Dispatch::default()));
+    let rows = match data.stream() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok((exit::INVALID, None));
         }
-        summaries.insert(*n, summary_of(record));
-    }
+    };
+    let lines = {
+        let dispatch = dispatch.clone();
+        let carried = carried.clone();
+        let mut rows = rows.enumerate();
+        std::iter::from_fn(move || {
+            loop {
+                let Some((i, row)) = rows.next() else {
+                    dispatch.lock().unwrap_or_else(|e| e.into_inner()).done = true;
+                    return None;
+                };
+                let Ok(row) = row else { continue };
+                let n = match row.get("line_number") {
+                    Some(Value::Int(n)) if *n >= 0 => *n as usize,
+                    _ => i,
+                };
+                if carried.contains(&n) {
+                    continue;
+                }
+                let mut sources: IndexMap<&str, &Map> = IndexMap::new();
+                sources.insert("data", &row);
+                let mut complete = true;
+                for (name, keyed) in &run_sources {
+                    match keyed.get(&n) {
+                        Some(r) => {
+                            sources.insert(name.as_str(), r);
+                        }
+                        None => complete = false,
+                    }
+                }
+                if !complete {
+                    continue;
+                }
+                let inputs = mapper.inputs(&sources);
+                let mut d = dispatch.lock().unwrap_or_else(|e| e.into_inner());
+                d.in_flight.insert(n);
+                d.next = n + 1;
+                return Some(BatchLine {
+                    line_number: n,
+                    inputs,
+                });
+            }
+        })
+    };
 
     let flow_dir = flow.def.dir.clone();
     enter_flow(&flow)?;
@@ -664,11 +734,11 @@ fn run_one(
         run_id: name.clone(),
     };
     let started = Instant::now();
-    let progress = Progress::new(total, carried.len());
+    let progress = Progress::new(expected_lines, carried.len());
     let mut write_error = None;
     let batch_timeout = args.batch_timeout.map(Duration::from_secs_f64);
     let ending = rt.block_on(async {
-        let batch = run_batch(flow.clone(), to_run, previous, &opts, |line| {
+        let batch = run_batch(flow.clone(), lines, previous, &opts, |line| {
             let record = line_record(line);
             if let Err(e) = writer.write_record(&record) {
                 write_error.get_or_insert(e);
@@ -688,7 +758,17 @@ fn run_one(
                 );
             }
             progress.tick(line.status != Status::Completed);
-            summaries.insert(line.line_number.unwrap_or(0), summary_of(&record));
+            let n = line.line_number.unwrap_or(0);
+            let summary = summary_of(&record);
+            tally.add(&summary);
+            ordered.push(n, summary);
+            let frontier = dispatch
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .finished(n);
+            if let Err(e) = ordered.flush_before(frontier) {
+                write_error.get_or_insert(e);
+            }
         });
         let deadline = async {
             match batch_timeout {
@@ -702,9 +782,11 @@ fn run_one(
             _ = deadline => Ending::TimedOut,
         }
     });
+    ordered.flush_before(usize::MAX)?;
+    ordered.finish()?;
     writer.sync()?;
     if let Some(e) = write_error {
-        return Err(e).context("cannot write the run's details");
+        return Err(e).context("cannot write the run's outputs");
     }
     progress.finish();
     let _ = std::env::set_current_dir(&flow_dir);
@@ -722,27 +804,6 @@ fn run_one(
             ("Failed", None)
         }
     };
-    let ok = || summaries.values().filter(|s| s["status"] == "Completed");
-    let with_line = |s: &Json, key: &str| {
-        let mut obj = serde_json::Map::new();
-        obj.insert("line_number".into(), s["line_number"].clone());
-        if let Json::Object(o) = &s[key] {
-            obj.extend(o.clone());
-        }
-        Json::Object(obj)
-    };
-    write_jsonl(
-        &dir.join("flow_outputs/output.jsonl"),
-        ok().map(|s| with_line(s, "output")),
-    )?;
-    write_jsonl(
-        &dir.join("outputs.jsonl"),
-        ok().map(|s| with_line(s, "output")),
-    )?;
-    write_jsonl(
-        &dir.join("inputs.jsonl"),
-        summaries.values().map(|s| with_line(s, "inputs")),
-    )?;
     let aggregation = summary.as_ref().and_then(|s| s.aggregation.as_ref());
     let metrics = aggregation.map(|a| a.metrics.clone()).unwrap_or_default();
     std::fs::write(
@@ -750,34 +811,10 @@ fn run_one(
         serde_json::to_vec_pretty(&Value::Map(metrics.clone()).to_json_lossy())?,
     )?;
     std::fs::write(dir.join("meta.json"), br#"{"batch_size": 1}"#)?;
-
-    let mut node_status: BTreeMap<String, u64> = BTreeMap::new();
-    let mut tokens: BTreeMap<&str, u64> = BTreeMap::new();
-    for s in summaries.values() {
-        if let Json::Object(m) = &s["node_status"] {
-            for (k, v) in m {
-                *node_status.entry(k.clone()).or_default() += v.as_u64().unwrap_or(0);
-            }
-        }
-        for key in [
-            "prompt_tokens",
-            "completion_tokens",
-            "total_tokens",
-            "cached_tokens",
-        ] {
-            if let Some(n) = s[key].as_u64() {
-                *tokens.entry(key).or_default() += n;
-            }
-        }
-    }
-    let mut errors: Vec<Json> = summaries
-        .values()
-        .filter(|s| !s["error"].is_null())
-        .map(|s| json!({"line_number": s["line_number"], "error": s["error"]}))
-        .collect();
     if let Some(agg) = aggregation {
         for run in &agg.node_runs {
-            *node_status
+            *tally
+                .node_status
                 .entry(format!(
                     "{}.{}",
                     run.node,
@@ -787,14 +824,21 @@ fn run_one(
         }
         if let Some((node, e)) = &agg.error {
             writer.log(&format!("aggregation node {node} failed: {}", e.message));
-            errors.push(json!({"aggregation_node_name": node, "error": e}));
+            tally
+                .errors
+                .push(json!({"aggregation_node_name": node, "error": e}));
         }
     }
-    let completed = ok().count();
-    let failed = summaries.len() - completed;
-    let not_run = total - summaries.len();
-    if !errors.is_empty() || not_run > 0 {
-        let first = errors
+    let (completed, failed) = (tally.completed, tally.failed);
+    let not_run = if status == "Completed" {
+        0
+    } else {
+        expected_lines.saturating_sub(completed + failed)
+    };
+    let total = completed + failed + not_run;
+    if !tally.errors.is_empty() || not_run > 0 {
+        let first = tally
+            .errors
             .first()
             .and_then(|e| e["error"]["message"].as_str())
             .unwrap_or("the run stopped before these lines ran")
@@ -803,7 +847,7 @@ fn run_one(
             "message": format!("Failed to run {}/{total} lines. First error message is: {first}", failed + not_run),
             "code": "UserError",
             "innerError": {"code": "BulkRunException", "innerError": null},
-            "additionalInfo": [{"type": "BulkRunErrors", "info": {"errors": errors, "lines_not_run": not_run}}],
+            "additionalInfo": [{"type": "BulkRunErrors", "info": {"errors": tally.errors, "lines_not_run": not_run}}],
         });
         std::fs::write(dir.join("error.json"), serde_json::to_vec_pretty(&error)?)?;
     }
@@ -815,11 +859,11 @@ fn run_one(
         "failed_lines": failed,
         "not_run_lines": not_run,
         "carried_over_lines": carried.len(),
-        "node_status": node_status,
-        "prompt_tokens": tokens.get("prompt_tokens"),
-        "completion_tokens": tokens.get("completion_tokens"),
-        "total_tokens": tokens.get("total_tokens"),
-        "cached_tokens": tokens.get("cached_tokens"),
+        "node_status": tally.node_status,
+        "prompt_tokens": tally.tokens.get("prompt_tokens"),
+        "completion_tokens": tally.tokens.get("completion_tokens"),
+        "total_tokens": tally.tokens.get("total_tokens"),
+        "cached_tokens": tally.tokens.get("cached_tokens"),
     });
     record["metrics"] = Value::Map(metrics).to_json_lossy();
     std::fs::write(dir.join("run.json"), serde_json::to_vec_pretty(&record)?)?;
@@ -842,6 +886,174 @@ fn run_one(
         _ => exit::FAILED,
     };
     Ok((code, Some(record)))
+}
+
+/// Where a run's data comes from: a file or folder (streamed), or rows already in memory (the inputs of
+/// a referenced run whose data file is gone).
+enum DataRows {
+    File(PathBuf),
+    Memory(Vec<Map>),
+}
+
+impl DataRows {
+    fn scan(&self) -> Result<DataScan, sluice_engine::BatchError> {
+        match self {
+            DataRows::File(p) => scan_data(p),
+            DataRows::Memory(rows) => {
+                let mut scan = DataScan {
+                    rows: rows.len(),
+                    columns: Vec::new(),
+                };
+                for r in rows {
+                    for k in r.keys() {
+                        if !scan.columns.contains(k) {
+                            scan.columns.push(k.clone());
+                        }
+                    }
+                }
+                Ok(scan)
+            }
+        }
+    }
+
+    fn stream(&self) -> Result<RowStream, sluice_engine::BatchError> {
+        match self {
+            DataRows::File(p) => stream_data(p),
+            DataRows::Memory(rows) => Ok(Box::new(rows.clone().into_iter().map(Ok))),
+        }
+    }
+
+    fn path(&self) -> Option<&Path> {
+        match self {
+            DataRows::File(p) => Some(p),
+            DataRows::Memory(_) => None,
+        }
+    }
+}
+
+/// Which lines the batch has taken and not finished, and where reading has got to.
+#[derive(Debug, Default)]
+struct Dispatch {
+    in_flight: std::collections::BTreeSet<usize>,
+    /// Every line not yet taken has a number at least this.
+    next: usize,
+    done: bool,
+}
+
+impl Dispatch {
+    /// Marks a line finished; returns the lowest line number that may still finish.
+    fn finished(&mut self, n: usize) -> usize {
+        self.in_flight.remove(&n);
+        let unread = if self.done { usize::MAX } else { self.next };
+        self.in_flight
+            .first()
+            .copied()
+            .unwrap_or(usize::MAX)
+            .min(unread)
+    }
+}
+
+/// `outputs.jsonl`, `flow_outputs/output.jsonl` and `inputs.jsonl`, written in line order while the
+/// run goes: a finished line waits only until every earlier line has finished.
+struct OrderedOutputs {
+    outputs: BufWriter<File>,
+    flow_outputs: BufWriter<File>,
+    inputs: BufWriter<File>,
+    pending: BTreeMap<usize, Json>,
+}
+
+impl OrderedOutputs {
+    fn create(dir: &Path) -> std::io::Result<Self> {
+        Ok(OrderedOutputs {
+            outputs: BufWriter::new(File::create(dir.join("outputs.jsonl"))?),
+            flow_outputs: BufWriter::new(File::create(dir.join("flow_outputs/output.jsonl"))?),
+            inputs: BufWriter::new(File::create(dir.join("inputs.jsonl"))?),
+            pending: BTreeMap::new(),
+        })
+    }
+
+    fn push(&mut self, n: usize, summary: Json) {
+        self.pending.insert(n, summary);
+    }
+
+    /// Writes the pending lines numbered below `frontier`.
+    fn flush_before(&mut self, frontier: usize) -> std::io::Result<()> {
+        while let Some(entry) = self.pending.first_entry() {
+            if *entry.key() >= frontier {
+                break;
+            }
+            let s = entry.remove();
+            let with_line = |key: &str| {
+                let mut obj = serde_json::Map::new();
+                obj.insert("line_number".into(), s["line_number"].clone());
+                if let Json::Object(o) = &s[key] {
+                    obj.extend(o.clone());
+                }
+                Json::Object(obj)
+            };
+            let input = with_line("inputs");
+            serde_json::to_writer(&mut self.inputs, &input)?;
+            self.inputs.write_all(b"\n")?;
+            if s["status"] == "Completed" {
+                let output = with_line("output");
+                for w in [&mut self.outputs, &mut self.flow_outputs] {
+                    serde_json::to_writer(&mut *w, &output)?;
+                    w.write_all(b"\n")?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> std::io::Result<()> {
+        for w in [&mut self.outputs, &mut self.flow_outputs, &mut self.inputs] {
+            w.flush()?;
+            w.get_ref().sync_data()?;
+        }
+        Ok(())
+    }
+}
+
+/// Counts kept while lines finish, instead of the lines themselves.
+#[derive(Debug, Default)]
+struct Tally {
+    completed: usize,
+    failed: usize,
+    node_status: BTreeMap<String, u64>,
+    tokens: BTreeMap<&'static str, u64>,
+    errors: Vec<Json>,
+}
+
+/// At most this many line errors are kept in error.json (the rest are in details.jsonl).
+const MAX_ERRORS: usize = 1000;
+
+impl Tally {
+    fn add(&mut self, s: &Json) {
+        if s["status"] == "Completed" {
+            self.completed += 1;
+        } else {
+            self.failed += 1;
+            if self.errors.len() < MAX_ERRORS {
+                self.errors
+                    .push(json!({"line_number": s["line_number"], "error": s["error"]}));
+            }
+        }
+        if let Json::Object(m) = &s["node_status"] {
+            for (k, v) in m {
+                *self.node_status.entry(k.clone()).or_default() += v.as_u64().unwrap_or(0);
+            }
+        }
+        for key in [
+            "prompt_tokens",
+            "completion_tokens",
+            "total_tokens",
+            "cached_tokens",
+        ] {
+            if let Some(n) = s[key].as_u64() {
+                *self.tokens.entry(key).or_default() += n;
+            }
+        }
+    }
 }
 
 /// What the run keeps in memory per line: enough for the output files and the status summary.
