@@ -10,13 +10,11 @@
 //! context. Usage: `cargo bench --bench llm_throughput -- [LINES] [TOKENS]` (default 64 lines × 64 tokens).
 //! Prints one table and the ratios.
 
-use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use sluice_engine::{BatchLine, BatchOptions, Flow, LoadOptions, Map, Value, run_batch};
-use sluice_nodes::llm::local::llama_cpp_2::context::params::LlamaContextParams;
 use sluice_nodes::llm::local::llama_cpp_2::llama_batch::LlamaBatch;
 use sluice_nodes::llm::local::llama_cpp_2::model::LlamaModel;
 use sluice_nodes::llm::local::llama_cpp_2::model::params::LlamaModelParams;
@@ -70,15 +68,7 @@ fn raw_loop(path: &Path, config: &LocalConfig, lines: usize, max_new: usize) -> 
         &LlamaModelParams::default().with_n_gpu_layers(config.gpu_layers),
     )
     .expect("model loads");
-    let params = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(config.kv_cells()))
-        .with_n_batch(config.n_batch)
-        .with_n_ubatch(config.n_batch)
-        .with_n_seq_max(config.parallel)
-        .with_n_threads(config.threads)
-        .with_n_threads_batch(config.threads)
-        .with_kv_unified(config.unified_kv)
-        .with_swa_full(true);
+    let params = config.context_params();
     let mut ctx = model.new_context(backend, params).expect("context");
     let vocab = model.vocab();
     let n_vocab = model.n_vocab() as usize;

@@ -77,6 +77,19 @@ impl Default for LocalConfig {
 }
 
 impl LocalConfig {
+    /// The llama context these settings describe (benchmarks build their reference loop from it too).
+    pub fn context_params(&self) -> LlamaContextParams {
+        LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(self.kv_cells()))
+            .with_n_batch(self.n_batch)
+            .with_n_ubatch(self.n_batch)
+            .with_n_seq_max(self.parallel)
+            .with_n_threads(self.threads)
+            .with_n_threads_batch(self.threads)
+            .with_kv_unified(self.unified_kv)
+            .with_swa_full(true)
+    }
+
     /// KV cells allocated: one stream of `seq_ctx` per sequence, or `n_ctx` shared.
     pub fn kv_cells(&self) -> u32 {
         if self.unified_kv {
@@ -567,15 +580,7 @@ fn decode_thread(
             return;
         }
     };
-    let params = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(config.kv_cells()))
-        .with_n_batch(config.n_batch)
-        .with_n_ubatch(config.n_batch)
-        .with_n_seq_max(config.parallel)
-        .with_n_threads(config.threads)
-        .with_n_threads_batch(config.threads)
-        .with_kv_unified(config.unified_kv)
-        .with_swa_full(true);
+    let params = config.context_params();
     let ctx = {
         let _guard = CONTEXT_CREATION.lock().unwrap_or_else(|e| e.into_inner());
         model.new_context(backend, params)

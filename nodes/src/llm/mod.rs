@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use sluice_engine::{
     BuildContext, BuildError, Built, InputValue, Node, NodeContext, NodeDef, NodeError, NodeInputs,
-    NodeKind, Opaque, Param, Signature, Value, ValueType,
+    NodeKind, Opaque, Param, Value, ValueType,
 };
 
 use crate::template::Template;
@@ -76,34 +76,27 @@ impl NodeKind for LlmKind {
                 .help("set `api: chat` (role-separated prompt) or `api: completion` (raw text)"));
             }
         };
-        let mut signature = Signature {
-            accepts_kwargs: true,
-            ..Signature::default()
-        };
+        // Template variables are string inputs (as for `prompt` nodes); a variable named like an API
+        // parameter is an error (§7.5).
+        let mut signature = crate::prompt::template_signature(&template)?;
+        if let Some(var) = template
+            .variables()
+            .iter()
+            .find(|v| API_PARAMS.iter().any(|(p, _)| p == v))
+        {
+            return Err(BuildError::new(format!(
+                "the template of node `{}` uses a variable named `{var}`, which is an LLM API parameter",
+                node.name
+            ))
+            .at(template.path(), None)
+            .help("rename the template variable"));
+        }
         for (name, ty) in API_PARAMS {
             signature.params.insert(
                 (*name).to_owned(),
                 Param {
                     ty: Some(ty.clone()),
                     has_default: true,
-                    required: false,
-                },
-            );
-        }
-        for var in template.variables() {
-            if signature.params.contains_key(var) || var == "template" {
-                return Err(BuildError::new(format!(
-                    "the template of node `{}` uses a variable named `{var}`, which is an LLM API parameter",
-                    node.name
-                ))
-                .at(template.path(), None)
-                .help("rename the template variable"));
-            }
-            signature.params.insert(
-                var.clone(),
-                Param {
-                    ty: Some(ValueType::String),
-                    has_default: false,
                     required: false,
                 },
             );

@@ -23,7 +23,7 @@ use std::sync::Mutex;
 
 use sluice_engine::{
     BatchLine, BatchOptions, DataScan, Flow, LineMapper, LineResult, Map, RowStream, Status, Value,
-    run_batch, scan_data, stream_data,
+    by_line_number, run_batch, scan_data, stream_data,
 };
 
 use super::flow::{enter_flow, line_timeout, load, runtime};
@@ -508,12 +508,9 @@ fn run_one(
             );
         }
         let keyed = |rows: Vec<Map>| -> IndexMap<usize, Map> {
-            rows.into_iter()
-                .enumerate()
-                .map(|(i, r)| match r.get("line_number") {
-                    Some(Value::Int(n)) if *n >= 0 => (*n as usize, r),
-                    _ => (i, r),
-                })
+            by_line_number(&rows)
+                .into_iter()
+                .map(|(n, r)| (n, r.clone()))
                 .collect()
         };
         run_sources.push(("run.outputs".to_owned(), keyed(outputs)));

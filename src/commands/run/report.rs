@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 use serde_json::Value as Json;
 
-use super::view::LoadedRun;
+use super::view::{LoadedRun, cell as text};
 
 fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -20,18 +20,6 @@ fn esc(s: &str) -> String {
         }
     }
     out
-}
-
-fn text(v: &Json) -> String {
-    match v {
-        Json::Null => String::new(),
-        Json::String(s) => s.clone(),
-        Json::Number(n) => match n.as_f64() {
-            Some(f) if n.is_f64() => format!("{}", (f * 10000.0).round() / 10000.0),
-            _ => n.to_string(),
-        },
-        other => other.to_string(),
-    }
 }
 
 /// Values of a JSON object as `key: value` lines.

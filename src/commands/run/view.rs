@@ -110,7 +110,8 @@ pub(crate) fn table(headers: &[String], rows: &[Vec<String>], width: usize) -> S
     out
 }
 
-fn cell(v: &Json) -> String {
+/// A JSON value as a table cell: strings bare, floats rounded to 4 places.
+pub(crate) fn cell(v: &Json) -> String {
     match v {
         Json::Null => String::new(),
         Json::String(s) => s.clone(),
