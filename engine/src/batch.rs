@@ -131,6 +131,16 @@ fn stream_file(path: &Path) -> Result<RowStream, BatchError> {
 pub struct DataScan {
     pub rows: usize,
     pub columns: Vec<String>,
+    /// Whether rows carry their own `line_number` (e.g. a run's outputs used as data).
+    pub numbered: bool,
+}
+
+/// A row's line number: its own `line_number` column where it has one, else its position.
+pub fn line_number_of(position: usize, row: &Map) -> usize {
+    match row.get("line_number") {
+        Some(Value::Int(n)) if *n >= 0 => *n as usize,
+        _ => position,
+    }
 }
 
 /// Reads every row once without keeping them, so a run can check its mapping and show progress
@@ -138,8 +148,23 @@ pub struct DataScan {
 pub fn scan_data(path: &Path) -> Result<DataScan, BatchError> {
     let mut scan = DataScan::default();
     let mut seen = std::collections::HashSet::new();
-    for r in stream_data(path)? {
+    let mut last: Option<usize> = None;
+    for (i, r) in stream_data(path)?.enumerate() {
         let r = r?;
+        // Lines are taken in row order and written in line order: numbers must increase.
+        let n = line_number_of(i, &r);
+        if last.is_some_and(|l| n <= l) {
+            return Err(BatchError::Data {
+                path: path.to_path_buf(),
+                message: format!(
+                    "row {} has line_number {n}, not after the previous row's {}; line numbers must increase (remove the line_number column to number rows by position)",
+                    i + 1,
+                    last.unwrap_or(0)
+                ),
+            });
+        }
+        last = Some(n);
+        scan.numbered |= r.contains_key("line_number");
         for k in r.keys() {
             if !seen.contains(k) {
                 seen.insert(k.clone());
@@ -429,10 +454,7 @@ pub fn map_inputs(
 pub fn by_line_number(rows: &[Map]) -> IndexMap<usize, &Map> {
     rows.iter()
         .enumerate()
-        .map(|(i, r)| match r.get("line_number") {
-            Some(Value::Int(n)) if *n >= 0 => (*n as usize, r),
-            _ => (i, r),
-        })
+        .map(|(i, r)| (line_number_of(i, r), r))
         .collect()
 }
 
@@ -596,6 +618,26 @@ mod tests {
         col.close().unwrap();
         group.close().unwrap();
         writer.close().unwrap();
+    }
+
+    #[test]
+    fn line_numbers_in_data_must_increase() {
+        let dir = std::env::temp_dir().join(format!("sluice-scan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ok = dir.join("ok.jsonl");
+        std::fs::write(
+            &ok,
+            "{\"line_number\": 0, \"a\": 1}\n{\"line_number\": 3, \"b\": 2}\n",
+        )
+        .unwrap();
+        let scan = scan_data(&ok).unwrap();
+        assert_eq!((scan.rows, scan.numbered), (2, true));
+        assert_eq!(scan.columns, ["line_number", "a", "b"]);
+        let bad = dir.join("bad.jsonl");
+        std::fs::write(&bad, "{\"line_number\": 5}\n{\"line_number\": 2}\n").unwrap();
+        let err = scan_data(&bad).unwrap_err().to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(err.contains("row 2 has line_number 2"), "{err}");
     }
 
     #[test]

@@ -59,7 +59,7 @@ pub mod yaml;
 
 pub use batch::{
     BatchError, BatchLine, BatchOptions, BatchSummary, DataScan, LineMapper, RowStream,
-    by_line_number, load_data, map_inputs, run_batch, scan_data, stream_data,
+    by_line_number, line_number_of, load_data, map_inputs, run_batch, scan_data, stream_data,
 };
 pub use error::{
     BuildError, ErrorCode, ErrorInfo, FlowError, NodeError, Problem, ToolErrorDetails,

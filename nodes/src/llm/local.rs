@@ -411,6 +411,15 @@ impl Backend for LocalModel {
             .unwrap_or(self.config.default_max_tokens)
             .min(room);
         let (tx, stream) = TokenStream::channel();
+        if max_new == 0 {
+            let usage = Usage {
+                prompt_tokens: u64::from(prompt_len),
+                duration: submitted.elapsed(),
+                ..Usage::default()
+            };
+            let _ = tx.send(Event::Done(FinishReason::Length, usage));
+            return Ok(stream);
+        }
         let sampling = SamplingSpec::from_params(&params);
         self.submit(Job {
             tokens,
@@ -723,9 +732,9 @@ impl DecodeLoop<'_> {
                     .map(|(i, _)| i)
                     .expect("an idle slot exists")
             };
-            // Cells this request will add; a prefix copied from another slot shares that slot's cells.
-            let shared = if target == source { 0 } else { lcp };
-            let charge = job.tokens.len() - shared + job.max_new as usize;
+            // Cells this request may use. A prefix copied from another slot shares that slot's cells, but
+            // they outlive that slot's own charge when it is evicted, so they are counted in full.
+            let charge = job.tokens.len() + job.max_new as usize;
             // Room: give up idle caches (least recently used first) until the request fits.
             // With one KV stream per sequence, a request that fits its stream always fits.
             let mut held = if self.unified {
@@ -739,7 +748,11 @@ impl DecodeLoop<'_> {
                     .iter()
                     .enumerate()
                     .filter(|(i, s)| {
-                        s.active.is_none() && *i != target && *i != source && !s.cache.is_empty()
+                        // The source is kept only when its prefix is about to be copied.
+                        s.active.is_none()
+                            && *i != target
+                            && (lcp == 0 || *i != source)
+                            && !s.cache.is_empty()
                     })
                     .min_by_key(|(_, s)| s.used_at)
                     .map(|(i, _)| i);
@@ -752,6 +765,18 @@ impl DecodeLoop<'_> {
                 }
             }
             if self.unified && held + charge > self.n_ctx {
+                if self.slots.iter().all(|s| s.active.is_none()) {
+                    // Nothing will free cells: the request can never fit.
+                    let job = self.queue.pop_front().expect("front exists");
+                    let _ = job.tx.send(Event::Error(LlmError::user(
+                        "LocalModelError",
+                        format!(
+                            "the request needs {charge} tokens of context, more than the {} free",
+                            self.n_ctx - held
+                        ),
+                    )));
+                    continue;
+                }
                 // Wait for running sequences to finish.
                 return;
             }
@@ -828,7 +853,7 @@ impl DecodeLoop<'_> {
     /// One loop iteration. With a shared KV cache, generating sequences and prompt chunks go into one
     /// decode call. With a stream per sequence, llama.cpp splits a batch into equal per-sequence slices,
     /// so a prompt mixed with one-token steps would be evaluated a token at a time: prompts are then
-    /// evaluated one sequence per call, and the generating sequences step together in another.
+    /// evaluated in a call of their own, and the generating sequences step together in another.
     fn step(&mut self) {
         if self.unified {
             self.decode_once(true, usize::MAX);

@@ -23,7 +23,7 @@ use std::sync::Mutex;
 
 use sluice_engine::{
     BatchLine, BatchOptions, DataScan, Flow, LineMapper, LineResult, Map, RowStream, Status, Value,
-    by_line_number, run_batch, scan_data, stream_data,
+    by_line_number, line_number_of, run_batch, scan_data, stream_data,
 };
 
 use super::flow::{enter_flow, line_timeout, load, runtime};
@@ -559,10 +559,20 @@ fn run_one(
     // Lines exist where every source has a row.
     let expected_lines = if run_sources.is_empty() {
         scan.rows
-    } else {
+    } else if !scan.numbered {
         (0..scan.rows)
             .filter(|n| run_sources.iter().all(|(_, r)| r.contains_key(n)))
             .count()
+    } else {
+        // Rows numbered by their own column: count with the same rule the lines use.
+        data.stream()
+            .map(|rows| {
+                rows.enumerate()
+                    .filter_map(|(i, r)| r.ok().map(|r| line_number_of(i, &r)))
+                    .filter(|n| run_sources.iter().all(|(_, r)| r.contains_key(n)))
+                    .count()
+            })
+            .unwrap_or(scan.rows)
     };
     let flow: Arc<Flow> = Arc::new(flow);
 
@@ -689,10 +699,7 @@ fn run_one(
                     return None;
                 };
                 let Ok(row) = row else { continue };
-                let n = match row.get("line_number") {
-                    Some(Value::Int(n)) if *n >= 0 => *n as usize,
-                    _ => i,
-                };
+                let n = line_number_of(i, &row);
                 if carried.contains(&n) {
                     continue;
                 }
@@ -713,7 +720,7 @@ fn run_one(
                 let inputs = mapper.inputs(&sources);
                 let mut d = dispatch.lock().unwrap_or_else(|e| e.into_inner());
                 d.in_flight.insert(n);
-                d.next = n + 1;
+                d.next = d.next.max(n + 1);
                 return Some(BatchLine {
                     line_number: n,
                     inputs,
@@ -900,6 +907,7 @@ impl DataRows {
                 let mut scan = DataScan {
                     rows: rows.len(),
                     columns: Vec::new(),
+                    numbered: rows.iter().any(|r| r.contains_key("line_number")),
                 };
                 for r in rows {
                     for k in r.keys() {
@@ -1131,9 +1139,9 @@ impl Progress {
     fn print(&self) {
         let done = self.done.get();
         let secs = self.start.elapsed().as_secs_f64().max(1e-9);
-        let rate = (done - self.carried) as f64 / secs;
+        let rate = done.saturating_sub(self.carried) as f64 / secs;
         let eta = if rate > 0.0 {
-            (self.total - done) as f64 / rate
+            self.total.saturating_sub(done) as f64 / rate
         } else {
             0.0
         };
@@ -1144,7 +1152,10 @@ impl Progress {
         );
         if self.terminal {
             let width = 30;
-            let filled = (done * width).checked_div(self.total).unwrap_or(width);
+            let filled = (done * width)
+                .checked_div(self.total)
+                .unwrap_or(width)
+                .min(width);
             eprint!(
                 "\r\x1b[2K[{}{}] {stats}",
                 "#".repeat(filled),
