@@ -174,7 +174,7 @@ pub fn list(args: ListArgs) -> anyhow::Result<u8> {
                         cell(&sm["failed_lines"]),
                         sm["duration"]
                             .as_f64()
-                            .map(|d| format!("{d:.2}"))
+                            .map(|d| format!("{d:.3}"))
                             .unwrap_or_default(),
                         metrics,
                     ]
@@ -401,8 +401,9 @@ fn print_table_comparison(c: &Json) {
             match key {
                 "duration" => r[key]
                     .as_f64()
-                    .map(|d| format!("{d:.2}s"))
+                    .map(|d| format!("{d:.3}s"))
                     .unwrap_or_default(),
+                "variant" if r[key].as_object().is_some_and(|m| m.is_empty()) => "-".to_owned(),
                 _ => cell(&r[key]),
             }
         }));
