@@ -6,6 +6,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Sluice runs promptflow flows (flow.dag.yaml + Jinja templates + Python tools) unchanged, fast.
 ///
+/// `llm` nodes run on a local model inside the process (llama.cpp; `sluice model pull default` once)
+/// or on any OpenAI-compatible server (`sluice connection create`).
+///
 /// Python tools run in an embedded CPython: the one Sluice was built against (see `sluice info`).
 /// With a virtualenv active (VIRTUAL_ENV), its site-packages are added, so tools import what you installed
 /// there. To build against another Python, set PYO3_PYTHON=/path/to/python3 when building Sluice.

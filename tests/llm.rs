@@ -771,3 +771,41 @@ fn a_missing_model_or_connection_is_a_load_error() {
 }
 
 use predicates::prelude::PredicateBooleanExt;
+
+#[test]
+fn embeddings_over_http_are_retried_and_kept_in_input_order() {
+    let rt = runtime();
+    rt.block_on(async {
+        let s = fake_server(Arc::new(|n| {
+            if n == 0 {
+                (
+                    429,
+                    vec![("retry-after", "0".into())],
+                    "{}".into(),
+                    Duration::ZERO,
+                )
+            } else {
+                let body = json!({"object": "list", "data": [
+                    {"object": "embedding", "index": 1, "embedding": [0.0, 1.0]},
+                    {"object": "embedding", "index": 0, "embedding": [1.0, 0.0]}],
+                    "usage": {"prompt_tokens": 4, "total_tokens": 4}});
+                (200, vec![], body.to_string(), Duration::ZERO)
+            }
+        }))
+        .await;
+        let b = backend_for(&s, "");
+        let e = b
+            .embed(
+                &["first".into(), "second".into()],
+                Some("text-embedding-3-small"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(e.vectors, vec![vec![1.0, 0.0], vec![0.0, 1.0]]);
+        assert_eq!(e.prompt_tokens, 4);
+        assert_eq!(s.requests.load(Ordering::SeqCst), 2);
+        let sent: Json = serde_json::from_str(&s.bodies.lock().unwrap()[1]).unwrap();
+        assert_eq!(sent["input"], json!(["first", "second"]));
+        assert_eq!(sent["model"], "text-embedding-3-small");
+    });
+}

@@ -3,7 +3,8 @@
 //!
 //! Retries follow promptflow (§7.5): 429, 5xx, timeouts and dropped connections are retried, waiting for
 //! `Retry-After` when the server sends it and otherwise backing off exponentially with jitter; 429
-//! `insufficient_quota` and other 4xx are not. Each connection has a concurrency limit.
+//! `insufficient_quota` and other 4xx are not. Each connection has a concurrency limit. Embeddings
+//! (`/embeddings`) go through the same path.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -187,6 +188,76 @@ impl HttpBackend {
         tx: &UnboundedSender<Event>,
         started: Instant,
     ) -> Result<(), LlmError> {
+        self.exchange(url, request, Reply::Stream { chat, tx, started })
+            .await
+            .map(|_| ())
+    }
+
+    /// Embeds `inputs` with `/embeddings` (OpenAI's endpoint, or an Azure deployment's), with the
+    /// same retries, timeouts and concurrency limit as completions. Vectors come back in input order.
+    pub async fn embed(
+        &self,
+        inputs: &[String],
+        model: Option<&str>,
+    ) -> Result<Embeddings, LlmError> {
+        let url = match self.config.kind {
+            ConnectionType::AzureOpenAi => {
+                let dep = model.ok_or_else(|| {
+                    LlmError::user("ValidationError", "Azure OpenAI needs `deployment_name`")
+                })?;
+                format!(
+                    "{}/openai/deployments/{dep}/embeddings?api-version={}",
+                    self.config.api_base, self.config.api_version
+                )
+            }
+            _ => format!("{}/embeddings", self.config.api_base),
+        };
+        let mut body = json!({"input": inputs});
+        if let Some(m) = model {
+            body["model"] = json!(m);
+        }
+        match self.exchange(&url, &body, Reply::Embeddings).await? {
+            Outcome::Embeddings(e) => Ok(e),
+            Outcome::Streamed => unreachable!("an embeddings exchange returns embeddings"),
+        }
+    }
+
+    async fn read_embeddings(
+        &self,
+        resp: reqwest::Response,
+    ) -> Result<Embeddings, (LlmError, bool)> {
+        let bad = |m: String| (LlmError::system("WrappedOpenAIError", m), false);
+        let text = resp
+            .text()
+            .await
+            .map_err(|e| bad(format!("the response broke off: {e}")))?;
+        let v: Json = serde_json::from_str(&text)
+            .map_err(|e| bad(format!("the response is not JSON: {e}")))?;
+        let mut rows: Vec<(u64, Vec<f32>)> = Vec::new();
+        for (i, item) in v["data"].as_array().into_iter().flatten().enumerate() {
+            let vector = item["embedding"]
+                .as_array()
+                .ok_or_else(|| bad("an embedding is not a list of numbers".into()))?
+                .iter()
+                .map(|x| x.as_f64().map(|f| f as f32))
+                .collect::<Option<Vec<f32>>>()
+                .ok_or_else(|| bad("an embedding is not a list of numbers".into()))?;
+            rows.push((item["index"].as_u64().unwrap_or(i as u64), vector));
+        }
+        rows.sort_by_key(|(i, _)| *i);
+        Ok(Embeddings {
+            vectors: rows.into_iter().map(|(_, v)| v).collect(),
+            prompt_tokens: v["usage"]["prompt_tokens"].as_u64().unwrap_or(0),
+        })
+    }
+
+    /// Sends `request` until it succeeds, retrying as promptflow does, and reads the reply.
+    async fn exchange(
+        &self,
+        url: &str,
+        request: &Json,
+        reply: Reply<'_>,
+    ) -> Result<Outcome, LlmError> {
         let _permit = self
             .limit
             .acquire()
@@ -211,8 +282,17 @@ impl HttpBackend {
             }
             let outcome = match req.send().await {
                 Ok(resp) if resp.status().is_success() => {
-                    match self.forward(resp, chat, tx, started).await {
-                        Ok(()) => return Ok(()),
+                    let handled = match &reply {
+                        Reply::Stream { chat, tx, started } => self
+                            .forward(resp, *chat, tx, *started)
+                            .await
+                            .map(|()| Outcome::Streamed),
+                        Reply::Embeddings => {
+                            self.read_embeddings(resp).await.map(Outcome::Embeddings)
+                        }
+                    };
+                    match handled {
+                        Ok(o) => return Ok(o),
                         // Nothing reached the caller yet: the attempt can be repeated.
                         Err((e, false)) => Retry::After(None, e),
                         Err((e, true)) => return Err(e),
@@ -372,6 +452,28 @@ impl HttpBackend {
         let _ = tx.send(Event::Done(reason, use_));
         Ok(())
     }
+}
+
+/// Vectors from an embeddings endpoint.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Embeddings {
+    pub vectors: Vec<Vec<f32>>,
+    pub prompt_tokens: u64,
+}
+
+/// What to do with a successful response.
+enum Reply<'a> {
+    Stream {
+        chat: bool,
+        tx: &'a UnboundedSender<Event>,
+        started: Instant,
+    },
+    Embeddings,
+}
+
+enum Outcome {
+    Streamed,
+    Embeddings(Embeddings),
 }
 
 enum Retry {
