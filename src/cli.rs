@@ -64,6 +64,11 @@ pub enum ModelCommand {
     Add(AddArgs),
     /// Forget a model (and delete its file if it lives in the models folder).
     Rm(ModelName),
+    /// Convert a BERT-family sentence-transformers folder (config.json, model.safetensors, vocab.txt or
+    /// tokenizer.json, 1_Pooling/) into a GGUF embedding model in the models folder; no Python needed.
+    Import(ImportArgs),
+    /// Embed texts with an embedding model and print the L2-normalised vectors as JSON.
+    Embed(EmbedArgs),
     /// Load a model and print what llama.cpp reports about it (architecture, context, chat template).
     Info(ModelName),
     /// Serve local models over an OpenAI-compatible HTTP API.
@@ -94,6 +99,24 @@ pub struct AddArgs {
     /// The name flows use (default: the file name without .gguf).
     #[arg(long)]
     pub name: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The sentence-transformers folder.
+    pub dir: PathBuf,
+    /// The name flows and commands use.
+    #[arg(long)]
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct EmbedArgs {
+    /// The embedding model's name or .gguf path.
+    pub model: String,
+    /// The texts.
+    #[arg(required = true)]
+    pub texts: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -23,6 +23,8 @@ pub fn run(command: Command, verbose: u8) -> anyhow::Result<u8> {
         Command::Model(ModelCommand::Pull(args)) => model::pull(args),
         Command::Model(ModelCommand::Add(args)) => model::add(args),
         Command::Model(ModelCommand::Rm(args)) => model::rm(args),
+        Command::Model(ModelCommand::Import(args)) => model::import(args),
+        Command::Model(ModelCommand::Embed(args)) => model::embed(args),
         Command::Model(ModelCommand::Info(args)) => model::info(args),
         Command::Model(ModelCommand::Serve(args)) => serve::serve(args),
         Command::Connection(ConnectionCommand::Create(args)) => connection::create(args),

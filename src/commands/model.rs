@@ -7,7 +7,7 @@ use sluice_nodes::llm::local::{LocalConfig, LocalModel};
 use sluice_nodes::llm::store::{self, ModelIndex};
 
 use super::flow::runtime;
-use crate::cli::{AddArgs, ModelName, PullArgs};
+use crate::cli::{AddArgs, EmbedArgs, ImportArgs, ModelName, PullArgs};
 use crate::exit;
 
 pub fn list() -> anyhow::Result<u8> {
@@ -121,4 +121,52 @@ pub fn info(args: ModelName) -> anyhow::Result<u8> {
         }))?
     );
     Ok(exit::OK)
+}
+
+pub fn import(args: ImportArgs) -> anyhow::Result<u8> {
+    let dir = store::models_dir();
+    std::fs::create_dir_all(&dir)?;
+    let out = dir.join(format!("{}.gguf", args.name));
+    match sluice_nodes::llm::gguf::import_bert(&args.dir, &args.name, &out) {
+        Ok(info) => {
+            let entry = store::add(&args.name, &out)?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(
+                    &json!({"name": args.name, "path": entry.path, "sha256": entry.sha256,
+                    "tensors": info.tensors, "vocab": info.vocab, "dims": info.embedding_length, "pooling": info.pooling})
+                )?
+            );
+            Ok(exit::OK)
+        }
+        Err(e) => {
+            eprintln!("error: cannot import {}: {e}", args.dir.display());
+            Ok(exit::INVALID)
+        }
+    }
+}
+
+pub fn embed(args: EmbedArgs) -> anyhow::Result<u8> {
+    let (name, path) = match store::resolve_model(&args.model, Path::new(".")) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: model `{}` is not installed: {}", e.name, e.help);
+            return Ok(exit::INVALID);
+        }
+    };
+    let rt = runtime()?;
+    let vectors = rt.block_on(async {
+        let model = sluice_nodes::llm::embed::LocalEmbedder::get(&name, &path).await?;
+        model.embed(args.texts.clone()).await
+    });
+    match vectors {
+        Ok(v) => {
+            println!("{}", serde_json::to_string(&v)?);
+            Ok(exit::OK)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(exit::FAILED)
+        }
+    }
 }

@@ -5,6 +5,8 @@
 
 pub mod chat;
 pub mod connections;
+pub mod embed;
+pub mod gguf;
 pub mod local;
 pub mod openai;
 pub mod store;

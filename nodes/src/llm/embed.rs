@@ -1,0 +1,205 @@
+//! Embeddings on llama.cpp: an embedding GGUF (e.g. one written by `sluice model import`) loaded once,
+//! served by its own thread and context; each call's texts are encoded together as sequences of one
+//! batch, pooled as the GGUF says (mean or CLS), and L2-normalised.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
+
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::model::params::LlamaModelParams;
+use sluice_engine::spawn::{run_blocking, thread};
+
+use super::local::llama_backend;
+use super::types::LlmError;
+
+/// Tokens evaluated per call (every text must fit, as encoders see a whole sequence at once).
+const BATCH_TOKENS: u32 = 8192;
+/// Texts encoded together.
+const MAX_SEQS: u32 = 64;
+
+type Reply = mpsc::Sender<Result<Vec<Vec<f32>>, LlmError>>;
+
+/// A loaded embedding model.
+pub struct LocalEmbedder {
+    name: String,
+    dims: usize,
+    jobs: Mutex<mpsc::Sender<(Vec<String>, Reply)>>,
+}
+
+impl fmt::Debug for LocalEmbedder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalEmbedder")
+            .field("name", &self.name)
+            .field("dims", &self.dims)
+            .finish()
+    }
+}
+
+type Pool = Mutex<HashMap<PathBuf, Arc<tokio::sync::OnceCell<Arc<LocalEmbedder>>>>>;
+
+fn pool() -> &'static Pool {
+    static POOL: OnceLock<Pool> = OnceLock::new();
+    POOL.get_or_init(Default::default)
+}
+
+impl LocalEmbedder {
+    /// The embedding model at `path`, loaded on first use and shared.
+    pub async fn get(name: &str, path: &Path) -> Result<Arc<LocalEmbedder>, LlmError> {
+        let cell = pool()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(path.to_path_buf())
+            .or_default()
+            .clone();
+        let (name, path) = (name.to_owned(), path.to_path_buf());
+        cell.get_or_try_init(|| async move {
+            run_blocking(move || LocalEmbedder::load(name, path).map(Arc::new)).await
+        })
+        .await
+        .cloned()
+    }
+
+    fn load(name: String, path: PathBuf) -> Result<LocalEmbedder, LlmError> {
+        let backend = llama_backend()?;
+        let model = LlamaModel::load_from_file(backend, &path, &LlamaModelParams::default())
+            .map_err(|e| {
+                LlmError::user(
+                    "LocalModelError",
+                    format!("could not load {}: {e}", path.display()),
+                )
+            })?;
+        let dims = model.n_embd() as usize;
+        let (jobs, rx) = mpsc::channel::<(Vec<String>, Reply)>();
+        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as i32;
+        thread(format!("sluice-embed-{name}"), move || {
+            let params = LlamaContextParams::default()
+                .with_embeddings(true)
+                .with_n_ctx(NonZeroU32::new(BATCH_TOKENS))
+                .with_n_batch(BATCH_TOKENS)
+                .with_n_ubatch(BATCH_TOKENS)
+                .with_n_seq_max(MAX_SEQS)
+                .with_n_threads(threads)
+                .with_n_threads_batch(threads);
+            let mut ctx = match model.new_context(backend, params) {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(format!("no embedding context: {e}")));
+                    return;
+                }
+            };
+            let _ = ready_tx.send(Ok(()));
+            let n_ctx_train = model.n_ctx_train() as usize;
+            let mut batch = LlamaBatch::new(BATCH_TOKENS as usize, 1);
+            while let Ok((texts, reply)) = rx.recv() {
+                let mut out = Vec::with_capacity(texts.len());
+                let mut failure = None;
+                let tokenized: Vec<_> = texts
+                    .iter()
+                    .map(|t| {
+                        let mut toks = model.vocab().tokenize(t.as_bytes(), true, false);
+                        // Longer texts are cut to the model's context, as sentence-transformers does.
+                        if toks.len() > n_ctx_train {
+                            let last = toks[toks.len() - 1];
+                            toks.truncate(n_ctx_train - 1);
+                            toks.push(last);
+                        }
+                        toks
+                    })
+                    .collect();
+                let mut start = 0;
+                while start < tokenized.len() && failure.is_none() {
+                    // As many texts as fit one batch.
+                    let mut end = start;
+                    let mut used = 0;
+                    while end < tokenized.len()
+                        && end - start < MAX_SEQS as usize
+                        && used + tokenized[end].len() <= BATCH_TOKENS as usize
+                    {
+                        used += tokenized[end].len();
+                        end += 1;
+                    }
+                    batch.clear();
+                    for (seq, toks) in tokenized[start..end].iter().enumerate() {
+                        if let Err(e) = batch.add_sequence(toks, seq as i32, true) {
+                            failure = Some(format!("batch: {e}"));
+                        }
+                    }
+                    ctx.clear_kv_cache();
+                    // llama.cpp runs an encoder-only model's batch through encode() itself.
+                    let done = ctx.decode(&mut batch).map_err(|e| e.to_string());
+                    if let Err(e) = done {
+                        failure = Some(format!("llama.cpp could not embed: {e}"));
+                        break;
+                    }
+                    for seq in 0..(end - start) {
+                        match ctx.embeddings_seq_ith(seq as i32) {
+                            Ok(v) => out.push(normalize(v)),
+                            Err(e) => {
+                                failure = Some(format!(
+                                    "no pooled embedding ({e:?}); is this an embedding model?"
+                                ));
+                                break;
+                            }
+                        }
+                    }
+                    start = end;
+                }
+                let _ = reply.send(match failure {
+                    Some(f) => Err(LlmError::system("LocalModelError", f)),
+                    None => Ok(out),
+                });
+            }
+        })
+        .map_err(|e| LlmError::system("LocalModelError", format!("no embedding thread: {e}")))?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(LlmError::system("LocalModelError", e)),
+            Err(_) => {
+                return Err(LlmError::system(
+                    "LocalModelError",
+                    "the embedding thread stopped",
+                ));
+            }
+        }
+        Ok(LocalEmbedder {
+            name,
+            dims,
+            jobs: Mutex::new(jobs),
+        })
+    }
+
+    /// Vector size.
+    pub fn dims(&self) -> usize {
+        self.dims
+    }
+
+    /// One L2-normalised vector per text, in order.
+    pub async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, LlmError> {
+        let (tx, rx) = mpsc::channel();
+        self.jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send((texts, tx))
+            .map_err(|_| LlmError::system("LocalModelError", "the embedding thread has stopped"))?;
+        run_blocking(move || {
+            rx.recv().unwrap_or_else(|_| {
+                Err(LlmError::system(
+                    "LocalModelError",
+                    "the embedding thread stopped",
+                ))
+            })
+        })
+        .await
+    }
+}
+
+fn normalize(v: &[f32]) -> Vec<f32> {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    v.iter().map(|x| x / norm).collect()
+}

@@ -1,0 +1,376 @@
+//! `sluice model import`: writes a GGUF that llama.cpp loads from a BERT-family sentence-transformers
+//! folder (`config.json`, `model.safetensors`, `vocab.txt` or `tokenizer.json`, `1_Pooling/config.json`),
+//! without Python: the safetensors are read directly, 2-D weights stored as f16, norms and biases as f32,
+//! and the WordPiece vocabulary written in llama.cpp's form (a word-start token carries a leading `▁`,
+//! a `##` continuation loses its `##`).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, BufWriter, Write};
+use std::path::Path;
+
+use serde_json::Value as Json;
+
+const ALIGN: u64 = 32;
+
+/// A metadata value.
+enum Kv {
+    U32(u32),
+    F32(f32),
+    Bool(bool),
+    Str(String),
+    Strs(Vec<String>),
+    I32s(Vec<i32>),
+}
+
+/// A tensor ready to write.
+struct Tensor {
+    name: String,
+    /// ggml order: the fastest-varying dimension first.
+    dims: Vec<u64>,
+    f16: bool,
+    data: Vec<u8>,
+}
+
+/// What an import produced.
+#[derive(Debug)]
+pub struct Imported {
+    pub tensors: usize,
+    pub vocab: usize,
+    pub embedding_length: u64,
+    pub pooling: &'static str,
+}
+
+fn err(m: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, m.into())
+}
+
+fn read_json(path: &Path) -> io::Result<Json> {
+    let text = fs::read_to_string(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
+    serde_json::from_str(&text).map_err(|e| err(format!("{}: {e}", path.display())))
+}
+
+/// The vocabulary in id order, from `vocab.txt` or `tokenizer.json`.
+fn vocab(dir: &Path) -> io::Result<Vec<String>> {
+    let txt = dir.join("vocab.txt");
+    if txt.is_file() {
+        return Ok(fs::read_to_string(txt)?
+            .lines()
+            .map(str::to_owned)
+            .collect());
+    }
+    let tok = read_json(&dir.join("tokenizer.json"))?;
+    if tok["model"]["type"] != "WordPiece" {
+        return Err(err(
+            "tokenizer.json is not a WordPiece tokenizer; only BERT-family models can be imported",
+        ));
+    }
+    let map = tok["model"]["vocab"]
+        .as_object()
+        .ok_or_else(|| err("tokenizer.json has no model.vocab"))?;
+    let mut by_id: Vec<(u64, &String)> = map
+        .iter()
+        .filter_map(|(t, id)| id.as_u64().map(|id| (id, t)))
+        .collect();
+    by_id.sort();
+    Ok(by_id.into_iter().map(|(_, t)| t.clone()).collect())
+}
+
+/// HF BERT tensor names to llama.cpp's.
+fn gguf_name(name: &str) -> Option<String> {
+    let name = name
+        .strip_prefix("bert.")
+        .or_else(|| name.strip_prefix("model."))
+        .unwrap_or(name);
+    let fixed = match name {
+        "embeddings.word_embeddings.weight" => Some("token_embd.weight"),
+        "embeddings.position_embeddings.weight" => Some("position_embd.weight"),
+        "embeddings.token_type_embeddings.weight" => Some("token_types.weight"),
+        "embeddings.LayerNorm.weight" => Some("token_embd_norm.weight"),
+        "embeddings.LayerNorm.bias" => Some("token_embd_norm.bias"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.to_owned());
+    }
+    let rest = name.strip_prefix("encoder.layer.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (module, kind) = rest.rsplit_once('.')?;
+    let target = match module {
+        "attention.self.query" => "attn_q",
+        "attention.self.key" => "attn_k",
+        "attention.self.value" => "attn_v",
+        "attention.output.dense" => "attn_output",
+        "attention.output.LayerNorm" => "attn_output_norm",
+        "intermediate.dense" => "ffn_up",
+        "output.dense" => "ffn_down",
+        "output.LayerNorm" => "layer_output_norm",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{target}.{kind}"))
+}
+
+/// Reads the tensors of a `.safetensors` file (F32, F16 or BF16), mapped to llama.cpp names.
+fn tensors(path: &Path) -> io::Result<Vec<Tensor>> {
+    let bytes = fs::read(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
+    if bytes.len() < 8 {
+        return Err(err("model.safetensors is too short"));
+    }
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    let header: Json = serde_json::from_slice(
+        bytes
+            .get(8..8 + n)
+            .ok_or_else(|| err("bad safetensors header"))?,
+    )
+    .map_err(|e| err(format!("safetensors header: {e}")))?;
+    let data = &bytes[8 + n..];
+    let mut out = Vec::new();
+    for (name, info) in header.as_object().into_iter().flatten() {
+        if name == "__metadata__" {
+            continue;
+        }
+        let Some(gguf) = gguf_name(name) else {
+            continue; // position_ids, the pooler: not used by llama.cpp's BERT
+        };
+        let dtype = info["dtype"].as_str().unwrap_or("");
+        let shape: Vec<u64> = info["shape"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Json::as_u64)
+            .collect();
+        let off = &info["data_offsets"];
+        let (a, b) = (
+            off[0].as_u64().unwrap_or(0) as usize,
+            off[1].as_u64().unwrap_or(0) as usize,
+        );
+        let raw = data
+            .get(a..b)
+            .ok_or_else(|| err(format!("{name}: data out of range")))?;
+        let values: Vec<f32> = match dtype {
+            "F32" => raw
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().expect("4")))
+                .collect(),
+            "F16" => raw
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes(c.try_into().expect("2")).to_f32())
+                .collect(),
+            "BF16" => raw
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes(c.try_into().expect("2")).to_f32())
+                .collect(),
+            other => return Err(err(format!("{name}: unsupported dtype {other}"))),
+        };
+        // Matrices multiplied by activations can be f16; tables that are added (positions, token
+        // types) and norms stay f32, as llama.cpp's CPU add needs matching types.
+        let f16 =
+            shape.len() == 2 && gguf != "position_embd.weight" && gguf != "token_types.weight";
+        let data = if f16 {
+            values
+                .iter()
+                .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                .collect()
+        } else {
+            values.iter().flat_map(|v| v.to_le_bytes()).collect()
+        };
+        out.push(Tensor {
+            name: gguf,
+            dims: shape.iter().rev().copied().collect(),
+            f16,
+            data,
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// Converts a sentence-transformers BERT folder into a GGUF file at `out`.
+pub fn import_bert(dir: &Path, name: &str, out: &Path) -> io::Result<Imported> {
+    let config = read_json(&dir.join("config.json"))?;
+    if config["model_type"] != "bert" {
+        return Err(err(format!(
+            "{}: model_type is {}, only `bert` models can be imported",
+            dir.join("config.json").display(),
+            config["model_type"]
+        )));
+    }
+    let num = |k: &str| -> io::Result<u64> {
+        config[k]
+            .as_u64()
+            .ok_or_else(|| err(format!("config.json has no `{k}`")))
+    };
+    let pooling_cfg = read_json(&dir.join("1_Pooling/config.json")).unwrap_or(Json::Null);
+    let (pooling, pooling_id) = if pooling_cfg["pooling_mode_cls_token"] == true {
+        ("cls", 2)
+    } else {
+        ("mean", 1)
+    };
+    let tokens = vocab(dir)?;
+    let mut types = Vec::with_capacity(tokens.len());
+    let gguf_tokens: Vec<String> = tokens
+        .iter()
+        .map(|t| {
+            if t.starts_with('[') && t.ends_with(']') {
+                types.push(if t == "[UNK]" { 2 } else { 3 });
+                t.clone()
+            } else if let Some(rest) = t.strip_prefix("##") {
+                types.push(1);
+                rest.to_owned()
+            } else {
+                types.push(1);
+                format!("\u{2581}{t}")
+            }
+        })
+        .collect();
+    let tensors = tensors(&dir.join("model.safetensors"))?;
+    if !tensors.iter().any(|t| t.name == "token_embd.weight") {
+        return Err(err(
+            "model.safetensors has no embeddings.word_embeddings.weight",
+        ));
+    }
+    let eps = config["layer_norm_eps"].as_f64().unwrap_or(1e-12) as f32;
+    let meta: Vec<(&str, Kv)> = vec![
+        ("general.architecture", Kv::Str("bert".into())),
+        ("general.name", Kv::Str(name.to_owned())),
+        ("general.file_type", Kv::U32(1)),
+        (
+            "bert.context_length",
+            Kv::U32(num("max_position_embeddings")? as u32),
+        ),
+        ("bert.embedding_length", Kv::U32(num("hidden_size")? as u32)),
+        (
+            "bert.feed_forward_length",
+            Kv::U32(num("intermediate_size")? as u32),
+        ),
+        (
+            "bert.block_count",
+            Kv::U32(num("num_hidden_layers")? as u32),
+        ),
+        (
+            "bert.attention.head_count",
+            Kv::U32(num("num_attention_heads")? as u32),
+        ),
+        ("bert.attention.layer_norm_epsilon", Kv::F32(eps)),
+        ("bert.attention.causal", Kv::Bool(false)),
+        ("bert.pooling_type", Kv::U32(pooling_id)),
+        ("tokenizer.ggml.model", Kv::Str("bert".into())),
+        ("tokenizer.ggml.tokens", Kv::Strs(gguf_tokens)),
+        ("tokenizer.ggml.token_type", Kv::I32s(types)),
+        (
+            "tokenizer.ggml.token_type_count",
+            Kv::U32(config["type_vocab_size"].as_u64().unwrap_or(2) as u32),
+        ),
+    ];
+    write_gguf(out, &meta, &tensors)?;
+    Ok(Imported {
+        tensors: tensors.len(),
+        vocab: tokens.len(),
+        embedding_length: num("hidden_size")?,
+        pooling,
+    })
+}
+
+fn put_str(w: &mut impl Write, s: &str) -> io::Result<()> {
+    w.write_all(&(s.len() as u64).to_le_bytes())?;
+    w.write_all(s.as_bytes())
+}
+
+fn write_gguf(path: &Path, meta: &[(&str, Kv)], tensors: &[Tensor]) -> io::Result<()> {
+    let tmp = path.with_extension("gguf.partial");
+    let mut w = BufWriter::new(fs::File::create(&tmp)?);
+    let mut pos: u64 = 0;
+    let mut head = Vec::new();
+    head.extend_from_slice(b"GGUF");
+    head.extend_from_slice(&3u32.to_le_bytes());
+    head.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+    head.extend_from_slice(&(meta.len() as u64).to_le_bytes());
+    for (key, value) in meta {
+        put_str(&mut head, key)?;
+        match value {
+            Kv::U32(v) => {
+                head.extend_from_slice(&4u32.to_le_bytes());
+                head.extend_from_slice(&v.to_le_bytes());
+            }
+            Kv::F32(v) => {
+                head.extend_from_slice(&6u32.to_le_bytes());
+                head.extend_from_slice(&v.to_le_bytes());
+            }
+            Kv::Bool(v) => {
+                head.extend_from_slice(&7u32.to_le_bytes());
+                head.push(u8::from(*v));
+            }
+            Kv::Str(s) => {
+                head.extend_from_slice(&8u32.to_le_bytes());
+                put_str(&mut head, s)?;
+            }
+            Kv::Strs(items) => {
+                head.extend_from_slice(&9u32.to_le_bytes());
+                head.extend_from_slice(&8u32.to_le_bytes());
+                head.extend_from_slice(&(items.len() as u64).to_le_bytes());
+                for s in items {
+                    put_str(&mut head, s)?;
+                }
+            }
+            Kv::I32s(items) => {
+                head.extend_from_slice(&9u32.to_le_bytes());
+                head.extend_from_slice(&5u32.to_le_bytes());
+                head.extend_from_slice(&(items.len() as u64).to_le_bytes());
+                for v in items {
+                    head.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+        }
+    }
+    let mut offset = 0u64;
+    let mut offsets = BTreeMap::new();
+    for t in tensors {
+        put_str(&mut head, &t.name)?;
+        head.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
+        for d in &t.dims {
+            head.extend_from_slice(&d.to_le_bytes());
+        }
+        head.extend_from_slice(&(if t.f16 { 1u32 } else { 0u32 }).to_le_bytes());
+        head.extend_from_slice(&offset.to_le_bytes());
+        offsets.insert(t.name.clone(), offset);
+        offset = (offset + t.data.len() as u64).div_ceil(ALIGN) * ALIGN;
+    }
+    w.write_all(&head)?;
+    pos += head.len() as u64;
+    let pad = pos.div_ceil(ALIGN) * ALIGN - pos;
+    w.write_all(&vec![0u8; pad as usize])?;
+    for t in tensors {
+        w.write_all(&t.data)?;
+        let len = t.data.len() as u64;
+        let pad = len.div_ceil(ALIGN) * ALIGN - len;
+        w.write_all(&vec![0u8; pad as usize])?;
+    }
+    w.flush()?;
+    w.get_ref().sync_all()?;
+    drop(w);
+    fs::rename(tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bert_names_map_to_llama_cpp() {
+        assert_eq!(
+            gguf_name("embeddings.word_embeddings.weight").as_deref(),
+            Some("token_embd.weight")
+        );
+        assert_eq!(
+            gguf_name("encoder.layer.3.attention.output.LayerNorm.bias").as_deref(),
+            Some("blk.3.attn_output_norm.bias")
+        );
+        assert_eq!(
+            gguf_name("bert.encoder.layer.0.output.dense.weight").as_deref(),
+            Some("blk.0.ffn_down.weight")
+        );
+        assert_eq!(gguf_name("pooler.dense.weight"), None);
+        assert_eq!(gguf_name("embeddings.position_ids"), None);
+    }
+}

