@@ -84,3 +84,69 @@ fn importing_a_model_that_is_not_bert_is_refused() {
             "only `bert` models can be imported",
         ));
 }
+
+#[test]
+fn embedding_nodes_in_a_flow_and_a_batch() {
+    let flow = Path::new(env!("CARGO_MANIFEST_DIR")).join("flows/similarity");
+    let home = tempfile::tempdir().unwrap();
+    let sluice = || {
+        let mut c = Command::cargo_bin("sluice").unwrap();
+        c.env("SLUICE_HOME", home.path())
+            .env("SLUICE_MODELS_DIR", sluice_nodes::llm::store::models_dir());
+        c
+    };
+    let out = sluice()
+        .args([
+            "flow",
+            "test",
+            "--inputs",
+            "a=A man is eating food.",
+            "b=A man is eating a piece of bread.",
+            "--flow",
+        ])
+        .arg(&flow)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Json = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        (v["similarity"].as_f64().unwrap() - 0.7553).abs() < 0.01,
+        "{v}"
+    );
+    // Concurrent lines share the embedder; their texts are encoded together.
+    let out = sluice()
+        .args([
+            "run",
+            "create",
+            "--name",
+            "sim",
+            "--max-concurrency",
+            "8",
+            "--flow",
+        ])
+        .arg(&flow)
+        .arg("--data")
+        .arg(flow.join("data.jsonl"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<Json> = std::fs::read_to_string(home.path().join("runs/sim/outputs.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 5);
+    let sim = |i: usize| rows[i]["similarity"].as_f64().unwrap();
+    assert!(
+        (sim(0) - 0.7553).abs() < 0.01 && sim(1) < 0.0 && sim(2) > 0.5 && sim(4) < 0.2,
+        "{rows:?}"
+    );
+}

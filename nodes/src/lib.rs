@@ -3,6 +3,7 @@
 //! - [`prompt::PromptKind`] (`type: prompt`): renders a Jinja template.
 //! - [`llm::LlmKind`] (`type: llm`): a chat or completion call, on the in-process llama.cpp model or an
 //!   OpenAI-compatible server.
+//! - [`llm::embedding_node::EmbeddingKind`] (`type: embedding`): text to vectors, local or over HTTP.
 //! - `python::PythonKind` (`type: python`, feature `python`): calls a `@tool` function in an embedded CPython.
 //!
 //! ```
@@ -23,6 +24,7 @@ pub fn builtin_registry() -> NodeRegistry {
     let mut registry = NodeRegistry::new();
     registry.register(prompt::PromptKind);
     registry.register(llm::LlmKind);
+    registry.register(llm::embedding_node::EmbeddingKind);
     #[cfg(feature = "python")]
     registry.register(python::PythonKind);
     registry

@@ -1,6 +1,6 @@
 //! Embeddings on llama.cpp: an embedding GGUF (e.g. one written by `sluice model import`) loaded once,
-//! served by its own thread and context; each call's texts are encoded together as sequences of one
-//! batch, pooled as the GGUF says (mean or CLS), and L2-normalised.
+//! served by its own thread and context. Texts from all callers waiting at that moment are encoded
+//! together, one sequence each, pooled as the GGUF says (mean or CLS), and L2-normalised.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -96,7 +96,20 @@ impl LocalEmbedder {
             let _ = ready_tx.send(Ok(()));
             let n_ctx_train = model.n_ctx_train() as usize;
             let mut batch = LlamaBatch::new(BATCH_TOKENS as usize, 1);
-            while let Ok((texts, reply)) = rx.recv() {
+            while let Ok(first) = rx.recv() {
+                // Requests that arrived meanwhile (other lines, other nodes) are encoded together.
+                let mut jobs = vec![first];
+                let mut queued = jobs[0].0.len();
+                while queued < MAX_SEQS as usize {
+                    match rx.try_recv() {
+                        Ok(job) => {
+                            queued += job.0.len();
+                            jobs.push(job);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let texts: Vec<String> = jobs.iter().flat_map(|(t, _)| t.iter().cloned()).collect();
                 let mut out = Vec::with_capacity(texts.len());
                 let mut failure = None;
                 let tokenized: Vec<_> = texts
@@ -150,10 +163,13 @@ impl LocalEmbedder {
                     }
                     start = end;
                 }
-                let _ = reply.send(match failure {
-                    Some(f) => Err(LlmError::system("LocalModelError", f)),
-                    None => Ok(out),
-                });
+                let mut vectors = out.into_iter();
+                for (texts, reply) in jobs {
+                    let _ = reply.send(match &failure {
+                        Some(f) => Err(LlmError::system("LocalModelError", f.clone())),
+                        None => Ok(vectors.by_ref().take(texts.len()).collect()),
+                    });
+                }
             }
         })
         .map_err(|e| LlmError::system("LocalModelError", format!("no embedding thread: {e}")))?;

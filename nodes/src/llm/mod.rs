@@ -6,6 +6,7 @@
 pub mod chat;
 pub mod connections;
 pub mod embed;
+pub mod embedding_node;
 pub mod gguf;
 pub mod local;
 pub mod openai;

@@ -1,0 +1,141 @@
+//! `embedding` nodes: text (or a list of texts) to L2-normalised vectors, on a local GGUF embedding
+//! model (`model:`, default `minilm`) or an OpenAI-compatible `/embeddings` endpoint (`connection:`).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use sluice_engine::{
+    BuildContext, BuildError, Built, InputValue, Node, NodeContext, NodeDef, NodeError, NodeInputs,
+    NodeKind, Param, Signature, Value, ValueType,
+};
+
+use super::connections::{self, ConnectionType};
+use super::embed::LocalEmbedder;
+use super::openai::{HttpBackend, HttpConfig};
+use super::store;
+
+/// The `embedding` node kind.
+#[derive(Debug, Default)]
+pub struct EmbeddingKind;
+
+#[derive(Debug)]
+enum Target {
+    Local {
+        name: String,
+        path: std::path::PathBuf,
+    },
+    Http {
+        backend: HttpBackend,
+        model: Option<String>,
+    },
+}
+
+#[derive(Debug)]
+struct EmbeddingNode {
+    target: Target,
+}
+
+impl NodeKind for EmbeddingKind {
+    fn type_name(&self) -> &'static str {
+        "embedding"
+    }
+
+    fn build(&self, node: &NodeDef, cx: &BuildContext) -> Result<Built, BuildError> {
+        let literal = |k: &str| {
+            node.inputs.get(k).and_then(|b| match &b.value {
+                InputValue::Literal(Value::String(s)) => Some(s.clone()),
+                _ => None,
+            })
+        };
+        let model = literal("model").or_else(|| literal("deployment_name"));
+        let target = match node.connection.as_deref() {
+            None | Some("local") | Some("") => {
+                let wanted = model.unwrap_or_else(|| "minilm".to_owned());
+                let (name, path) = store::resolve_model(&wanted, cx.flow_dir()).map_err(|e| {
+                    BuildError::new(format!(
+                        "node `{}` needs the embedding model `{}`, which is not installed",
+                        node.name, e.name
+                    ))
+                    .help(e.help)
+                })?;
+                Target::Local { name, path }
+            }
+            Some(conn) => {
+                let c = connections::load(conn)
+                    .map_err(BuildError::new)?
+                    .ok_or_else(|| {
+                        BuildError::new(format!(
+                            "node `{}` uses connection `{conn}`, which does not exist",
+                            node.name
+                        ))
+                        .help("create it with `sluice connection create -f <file.yaml>`")
+                    })?;
+                if !matches!(c.kind, ConnectionType::OpenAi | ConnectionType::AzureOpenAi) {
+                    return Err(BuildError::new(format!(
+                        "node `{}`: an embedding connection must be open_ai or azure_open_ai",
+                        node.name
+                    )));
+                }
+                let config = HttpConfig::from_connection(&c).map_err(BuildError::new)?;
+                Target::Http {
+                    backend: HttpBackend::new(&c.name, config).map_err(BuildError::new)?,
+                    model,
+                }
+            }
+        };
+        let mut signature = Signature::default();
+        for (name, ty, required) in [
+            ("input", None, true),
+            ("model", Some(ValueType::String), false),
+            ("deployment_name", Some(ValueType::String), false),
+        ] {
+            signature.params.insert(
+                name.to_owned(),
+                Param {
+                    ty,
+                    has_default: !required,
+                    required,
+                },
+            );
+        }
+        Ok(Built {
+            signature,
+            node: Arc::new(EmbeddingNode { target }),
+        })
+    }
+}
+
+#[async_trait]
+impl Node for EmbeddingNode {
+    async fn run(&self, inputs: NodeInputs, cx: &NodeContext) -> Result<Value, NodeError> {
+        let (texts, single) = match inputs.get("input") {
+            Some(Value::String(s)) => (vec![s.clone()], true),
+            Some(Value::List(items)) => (items.iter().map(Value::py_str).collect(), false),
+            Some(other) => (vec![other.py_str()], true),
+            None => {
+                return Err(NodeError::user(
+                    "InputNotFound",
+                    "an embedding node needs `input` (a string or a list of strings)",
+                ));
+            }
+        };
+        let vectors = match &self.target {
+            Target::Local { name, path } => {
+                LocalEmbedder::get(name, path).await?.embed(texts).await?
+            }
+            Target::Http { backend, model } => {
+                let e = backend.embed(&texts, model.as_deref()).await?;
+                cx.add_metric("prompt_tokens", e.prompt_tokens as f64);
+                e.vectors
+            }
+        };
+        let as_value =
+            |v: Vec<f32>| Value::List(v.into_iter().map(|x| Value::Float(f64::from(x))).collect());
+        let mut vectors = vectors.into_iter().map(as_value);
+        Ok(if single {
+            vectors.next().unwrap_or(Value::List(vec![]))
+        } else {
+            Value::List(vectors.collect())
+        })
+    }
+}
