@@ -41,6 +41,9 @@ pub enum Command {
     /// Local models: list, pull the default, add your own GGUF, serve them over HTTP.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Document indexes for retrieval: build (incremental), query, list, info, rm.
+    #[command(subcommand)]
+    Index(IndexCommand),
     /// Connections to LLM endpoints (OpenAI, Azure OpenAI, any OpenAI-compatible server), like `pf connection`.
     #[command(subcommand)]
     Connection(ConnectionCommand),
@@ -449,4 +452,61 @@ pub struct CreateArgs {
     /// Print each line's result as one JSON line on stdout as soon as it finishes.
     #[arg(long)]
     pub stream: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IndexCommand {
+    /// Chunk, embed and store .txt/.md/.html files; re-running embeds only files whose content changed
+    /// and drops files that are gone.
+    #[command(
+        after_help = "Example:\n  sluice index build --source docs/ --out docs\n  sluice index query docs \"how do I resume a run?\" -k 3 --hybrid"
+    )]
+    Build(IndexBuildArgs),
+    /// Print the chunks nearest to a text, with scores, as JSON.
+    Query(IndexQueryArgs),
+    /// List indexes as JSON.
+    List,
+    /// Files, chunks and the embedding model of an index, as JSON.
+    Info(IndexName),
+    /// Delete an index.
+    Rm(IndexName),
+}
+
+#[derive(Debug, Args)]
+pub struct IndexBuildArgs {
+    /// Files or folders to index.
+    #[arg(long, required = true, num_args = 1..)]
+    pub source: Vec<PathBuf>,
+    /// The index name.
+    #[arg(long)]
+    pub out: String,
+    /// The embedding model.
+    #[arg(long, default_value = "minilm")]
+    pub model: String,
+    /// Words per chunk.
+    #[arg(long, default_value_t = 180)]
+    pub chunk_size: usize,
+    /// Words shared by consecutive chunks.
+    #[arg(long, default_value_t = 30)]
+    pub overlap: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct IndexQueryArgs {
+    /// The index name.
+    pub name: String,
+    /// The query text.
+    pub text: String,
+    /// How many hits.
+    #[arg(short, long, default_value_t = 5)]
+    pub k: usize,
+    /// Fuse BM25 (keyword) ranks with vector ranks.
+    #[arg(long)]
+    pub hybrid: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct IndexName {
+    /// The index name.
+    pub name: String,
 }

@@ -4,6 +4,7 @@
 //! - [`llm::LlmKind`] (`type: llm`): a chat or completion call, on the in-process llama.cpp model or an
 //!   OpenAI-compatible server.
 //! - [`llm::embedding_node::EmbeddingKind`] (`type: embedding`): text to vectors, local or over HTTP.
+//! - [`retrieval::node::RetrievalKind`] (`type: retrieval`): search an index built by `sluice index`.
 //! - `python::PythonKind` (`type: python`, feature `python`): calls a `@tool` function in an embedded CPython.
 //!
 //! ```
@@ -15,6 +16,7 @@ pub mod llm;
 pub mod prompt;
 #[cfg(feature = "python")]
 pub mod python;
+pub mod retrieval;
 pub mod template;
 
 use sluice_engine::NodeRegistry;
@@ -25,6 +27,7 @@ pub fn builtin_registry() -> NodeRegistry {
     registry.register(prompt::PromptKind);
     registry.register(llm::LlmKind);
     registry.register(llm::embedding_node::EmbeddingKind);
+    registry.register(retrieval::node::RetrievalKind);
     #[cfg(feature = "python")]
     registry.register(python::PythonKind);
     registry

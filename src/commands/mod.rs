@@ -2,12 +2,13 @@
 
 mod connection;
 mod flow;
+mod index;
 mod info;
 mod model;
 mod run;
 mod serve;
 
-use crate::cli::{Command, ConnectionCommand, FlowCommand, ModelCommand, RunCommand};
+use crate::cli::{Command, ConnectionCommand, FlowCommand, IndexCommand, ModelCommand, RunCommand};
 
 pub fn run(command: Command, verbose: u8) -> anyhow::Result<u8> {
     match command {
@@ -31,6 +32,11 @@ pub fn run(command: Command, verbose: u8) -> anyhow::Result<u8> {
         Command::Connection(ConnectionCommand::List) => connection::list(),
         Command::Connection(ConnectionCommand::Show(args)) => connection::show(args),
         Command::Connection(ConnectionCommand::Delete(args)) => connection::delete(args),
+        Command::Index(IndexCommand::Build(args)) => index::build(args),
+        Command::Index(IndexCommand::Query(args)) => index::query(args),
+        Command::Index(IndexCommand::List) => index::list(),
+        Command::Index(IndexCommand::Info(args)) => index::info(args),
+        Command::Index(IndexCommand::Rm(args)) => index::rm(args),
         Command::Info => info::run(),
     }
 }
