@@ -77,7 +77,7 @@ pub enum ModelCommand {
     /// Serve local models over an OpenAI-compatible HTTP API.
     ///
     /// Endpoints: POST /v1/chat/completions and /v1/completions (with `stream: true` for server-sent
-    /// events), GET /v1/models, GET /health. Requests from all clients share one batching decode loop per
+    /// events), POST /v1/embeddings (with --embedding-model), GET /v1/models, GET /health. Requests from all clients share one batching decode loop per
     /// model, so concurrent requests are decoded together.
     #[command(
         after_help = "Examples:\n  sluice model serve --port 8080\n  curl localhost:8080/v1/completions -d '{\"prompt\": \"Q: capital of France?\\nA:\", \"max_tokens\": 4}'"
@@ -133,6 +133,9 @@ pub struct ServeArgs {
     /// Models to serve, by name or path; the first answers requests that name no model.
     #[arg(long = "model", short = 'm', default_value = "default")]
     pub models: Vec<String>,
+    /// Embedding models for /v1/embeddings (e.g. `minilm`); the first answers requests that name none.
+    #[arg(long = "embedding-model")]
+    pub embedding_models: Vec<String>,
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
     /// 0 picks a free port; the address is printed on stdout once listening.

@@ -366,7 +366,14 @@ impl Drop for Server {
 fn serve(home: &Path) -> Server {
     let bin = assert_cmd::cargo::cargo_bin("sluice");
     let mut child = std::process::Command::new(bin)
-        .args(["model", "serve", "--port", "0"])
+        .args([
+            "model",
+            "serve",
+            "--port",
+            "0",
+            "--embedding-model",
+            "minilm",
+        ])
         .env("SLUICE_HOME", home)
         .env("SLUICE_MODELS_DIR", models_dir())
         .stdout(Stdio::piped())
@@ -461,6 +468,28 @@ fn the_http_backend_talks_to_sluice_model_serve() {
     assert!(done.text.starts_with(" Paris"), "{done:?}");
     assert_eq!(done.usage.completion_tokens, 3);
     assert!(done.usage.prompt_tokens > 20);
+
+    // /v1/embeddings, served from the local embedding model, through the same backend.
+    let reference: Json = serde_json::from_str(
+        &std::fs::read_to_string(root().join("tests/data/minilm_reference.json")).unwrap(),
+    )
+    .unwrap();
+    let row = &reference["rows"][0];
+    let e = rt
+        .block_on(backend.embed(&[row["text"].as_str().unwrap().to_owned()], Some("minilm")))
+        .unwrap();
+    let want: Vec<f64> = row["embedding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    let dot: f64 = e.vectors[0]
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| f64::from(*a) * b)
+        .sum();
+    assert!(dot > 0.99, "cosine {dot} with the reference");
 }
 
 /// What the fake server answers to the n-th request (0-based): status, extra headers, body, delay.

@@ -12,6 +12,7 @@ use axum::{Json, Router};
 use futures::stream::Stream;
 use serde::Deserialize;
 use serde_json::{Value as Json_, json};
+use sluice_nodes::llm::embed::LocalEmbedder;
 use sluice_nodes::llm::local::{LocalConfig, LocalModel};
 use sluice_nodes::llm::store;
 use sluice_nodes::llm::types::{
@@ -24,6 +25,7 @@ use crate::exit;
 
 struct Served {
     models: Vec<Arc<LocalModel>>,
+    embedders: Vec<(String, Arc<LocalEmbedder>)>,
 }
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<u8> {
@@ -55,12 +57,27 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<u8> {
             };
             models.push(LocalModel::get(&name, &path, LocalConfig::current()).await?);
         }
-        let state = Arc::new(Served { models });
+        let mut embedders = Vec::new();
+        for m in &args.embedding_models {
+            let (name, path) = match store::resolve_model(m, std::path::Path::new(".")) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!(
+                        "error: embedding model `{}` is not installed: {}",
+                        e.name, e.help
+                    );
+                    return Ok(exit::INVALID);
+                }
+            };
+            embedders.push((name.clone(), LocalEmbedder::get(&name, &path).await?));
+        }
+        let state = Arc::new(Served { models, embedders });
         let app = Router::new()
             .route("/health", get(|| async { "ok" }))
             .route("/v1/models", get(list_models))
             .route("/v1/chat/completions", post(chat))
             .route("/v1/completions", post(completions))
+            .route("/v1/embeddings", post(embeddings))
             .with_state(state);
         let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await?;
         let addr = listener.local_addr()?;
@@ -80,7 +97,9 @@ async fn list_models(State(s): State<Arc<Served>>) -> Json<Json_> {
     let data: Vec<_> = s
         .models
         .iter()
-        .map(|m| json!({"id": m.name(), "object": "model", "created": 0, "owned_by": "sluice"}))
+        .map(|m| m.name().to_owned())
+        .chain(s.embedders.iter().map(|(n, _)| n.clone()))
+        .map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "sluice"}))
         .collect();
     Json(json!({"object": "list", "data": data}))
 }
@@ -335,4 +354,60 @@ where
     futures::stream::unfold((rx, task), |(mut rx, task)| async move {
         rx.recv().await.map(|ev| (Ok(ev), (rx, task)))
     })
+}
+
+#[derive(Debug, Deserialize)]
+struct EmbeddingRequest {
+    model: Option<String>,
+    input: Json_,
+}
+
+async fn embeddings(State(s): State<Arc<Served>>, Json(req): Json<EmbeddingRequest>) -> Response {
+    let embedder = match req.model.as_deref() {
+        _ if s.embedders.is_empty() => {
+            return api_error(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "this server has no embedding model: start it with --embedding-model NAME",
+            );
+        }
+        None | Some("") => s.embedders[0].clone(),
+        Some(w) => match s.embedders.iter().find(|(n, _)| n == w) {
+            Some(e) => e.clone(),
+            None => {
+                return api_error(
+                    StatusCode::NOT_FOUND,
+                    "invalid_request_error",
+                    format!("The model `{w}` does not exist"),
+                );
+            }
+        },
+    };
+    let texts: Vec<String> = match &req.input {
+        Json_::String(t) => vec![t.clone()],
+        Json_::Array(items) if items.iter().all(Json_::is_string) => items
+            .iter()
+            .filter_map(|i| i.as_str().map(str::to_owned))
+            .collect(),
+        _ => {
+            return api_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "`input` must be a string or a list of strings",
+            );
+        }
+    };
+    match embedder.1.embed(texts).await {
+        Ok(vectors) => {
+            let data: Vec<_> = vectors
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| json!({"object": "embedding", "index": i, "embedding": v}))
+                .collect();
+            Json(json!({"object": "list", "data": data, "model": embedder.0,
+                        "usage": {"prompt_tokens": 0, "total_tokens": 0}}))
+            .into_response()
+        }
+        Err(e) => llm_error(e),
+    }
 }
