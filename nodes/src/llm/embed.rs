@@ -12,9 +12,9 @@ use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
-use sluice_engine::spawn::{run_blocking, thread};
+use sluice_engine::spawn::run_blocking;
 
-use super::local::llama_backend;
+use super::local::{llama_backend, start_worker};
 use super::types::LlmError;
 
 /// Tokens evaluated per call (every text must fit, as encoders see a whole sequence at once).
@@ -75,9 +75,8 @@ impl LocalEmbedder {
             })?;
         let dims = model.n_embd() as usize;
         let (jobs, rx) = mpsc::channel::<(Vec<String>, Reply)>();
-        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as i32;
-        thread(format!("sluice-embed-{name}"), move || {
+        start_worker(format!("sluice-embed-{name}"), move |ready_tx| {
             let params = LlamaContextParams::default()
                 .with_embeddings(true)
                 .with_n_ctx(NonZeroU32::new(BATCH_TOKENS))
@@ -171,18 +170,7 @@ impl LocalEmbedder {
                     });
                 }
             }
-        })
-        .map_err(|e| LlmError::system("LocalModelError", format!("no embedding thread: {e}")))?;
-        match ready_rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(LlmError::system("LocalModelError", e)),
-            Err(_) => {
-                return Err(LlmError::system(
-                    "LocalModelError",
-                    "the embedding thread stopped",
-                ));
-            }
-        }
+        })?;
         Ok(LocalEmbedder {
             name,
             dims,

@@ -179,6 +179,29 @@ fn backend() -> Result<&'static LlamaBackend, LlmError> {
         .map_err(|e| LlmError::system("LocalModelError", format!("llama.cpp did not start: {e}")))
 }
 
+/// Starts a model's worker thread and waits until it reports that its llama context is ready (or why
+/// it could not create one).
+pub(crate) fn start_worker(
+    name: String,
+    work: impl FnOnce(std_mpsc::SyncSender<Result<(), String>>) + Send + 'static,
+) -> Result<(), LlmError> {
+    let (ready_tx, ready_rx) = std_mpsc::sync_channel(1);
+    thread(name.clone(), move || work(ready_tx)).map_err(|e| {
+        LlmError::system(
+            "LocalModelError",
+            format!("cannot start thread {name}: {e}"),
+        )
+    })?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(LlmError::system("LocalModelError", e)),
+        Err(_) => Err(LlmError::system(
+            "LocalModelError",
+            format!("thread {name} stopped while starting"),
+        )),
+    }
+}
+
 /// A request waits for another request's prompt evaluation when it would share at least this many more
 /// tokens of it.
 const PREFIX_WAIT_MIN: usize = 16;
@@ -254,23 +277,11 @@ impl LocalModel {
         let max_seq_tokens = per_request.min(model.n_ctx_train().max(256));
 
         let (jobs, rx) = std_mpsc::channel::<Job>();
-        let (ready_tx, ready_rx) = std_mpsc::sync_channel(1);
         let loop_model = model.clone();
         let loop_config = config.clone();
-        thread(format!("sluice-llama-{name}"), move || {
-            decode_thread(loop_model, loop_config, rx, ready_tx)
-        })
-        .map_err(|e| LlmError::system("LocalModelError", format!("no decode thread: {e}")))?;
-        match ready_rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(LlmError::system("LocalModelError", e)),
-            Err(_) => {
-                return Err(LlmError::system(
-                    "LocalModelError",
-                    "the decode thread stopped while starting",
-                ));
-            }
-        }
+        start_worker(format!("sluice-llama-{name}"), move |ready| {
+            decode_thread(loop_model, loop_config, rx, ready)
+        })?;
         tracing::info!(
             model = %name,
             path = %path.display(),

@@ -408,23 +408,6 @@ pub struct LlmStream {
     stream: Mutex<Option<TokenStream>>,
 }
 
-impl LlmStream {
-    /// Calls `f` with each chunk as it arrives; blocks the thread.
-    pub fn for_each(&self, f: &mut dyn FnMut(&str)) -> Result<(), String> {
-        let Some(mut stream) = self.stream.lock().unwrap_or_else(|e| e.into_inner()).take() else {
-            return Err("the stream was already read".to_owned());
-        };
-        while let Some(ev) = futures::executor::block_on(stream.next()) {
-            match ev {
-                Event::Text(t) => f(&t),
-                Event::Done(..) => return Ok(()),
-                Event::Error(e) => return Err(e.message),
-            }
-        }
-        Ok(())
-    }
-}
-
 impl Opaque for LlmStream {
     fn type_name(&self) -> String {
         "generator".to_owned()
@@ -440,12 +423,22 @@ impl Opaque for LlmStream {
 
     fn drain(&self) -> Result<Vec<String>, String> {
         let mut out = Vec::new();
-        self.for_each(&mut |t| out.push(t.to_owned()))?;
+        self.for_each_chunk(&mut |t| out.push(t.to_owned()))?;
         Ok(out)
     }
 
     fn for_each_chunk(&self, f: &mut dyn FnMut(&str)) -> Result<(), String> {
-        self.for_each(f)
+        let Some(mut stream) = self.stream.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return Err("the stream was already read".to_owned());
+        };
+        while let Some(ev) = futures::executor::block_on(stream.next()) {
+            match ev {
+                Event::Text(t) => f(&t),
+                Event::Done(..) => return Ok(()),
+                Event::Error(e) => return Err(e.message),
+            }
+        }
+        Ok(())
     }
 
     fn as_any(&self) -> &dyn Any {

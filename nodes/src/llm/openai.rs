@@ -89,12 +89,9 @@ impl HttpBackend {
         })
     }
 
-    fn url(&self, chat: bool, model: Option<&str>) -> Result<String, LlmError> {
-        let leaf = if chat {
-            "chat/completions"
-        } else {
-            "completions"
-        };
+    /// The endpoint `leaf` (`chat/completions`, `completions`, `embeddings`): under `api_base`, or under an
+    /// Azure deployment named by `model`.
+    fn url(&self, leaf: &str, model: Option<&str>) -> Result<String, LlmError> {
         Ok(match self.config.kind {
             ConnectionType::AzureOpenAi => {
                 let dep = model.ok_or_else(|| {
@@ -161,7 +158,12 @@ impl Backend for HttpBackend {
 
     async fn generate(&self, prompt: Prompt, params: GenParams) -> Result<TokenStream, LlmError> {
         let chat = matches!(prompt, Prompt::Chat(_));
-        let url = self.url(chat, params.model.as_deref())?;
+        let leaf = if chat {
+            "chat/completions"
+        } else {
+            "completions"
+        };
+        let url = self.url(leaf, params.model.as_deref())?;
         let request = body(&prompt, &params, true);
         let (tx, stream) = TokenStream::channel();
         let this = self.clone();
@@ -200,18 +202,7 @@ impl HttpBackend {
         inputs: &[String],
         model: Option<&str>,
     ) -> Result<Embeddings, LlmError> {
-        let url = match self.config.kind {
-            ConnectionType::AzureOpenAi => {
-                let dep = model.ok_or_else(|| {
-                    LlmError::user("ValidationError", "Azure OpenAI needs `deployment_name`")
-                })?;
-                format!(
-                    "{}/openai/deployments/{dep}/embeddings?api-version={}",
-                    self.config.api_base, self.config.api_version
-                )
-            }
-            _ => format!("{}/embeddings", self.config.api_base),
-        };
+        let url = self.url("embeddings", model)?;
         let mut body = json!({"input": inputs});
         if let Some(m) = model {
             body["model"] = json!(m);

