@@ -40,3 +40,30 @@ sluice_build_and_pull() {
   "$SLUICE_BIN" model pull default >/dev/null
   "$SLUICE_BIN" model pull minilm >/dev/null
 }
+
+# Starts a Chroma vector database server on a free loopback port for the tests of `--store chroma://`
+# (chromadb from PyPI, in its own venv, installed once), exports SLUICE_CHROMA_URL, and stops the server
+# when the calling shell exits.
+sluice_start_chroma() {
+  local venv="${SLUICE_CHROMA_VENV:-$HOME/.cache/sluice/chroma-venv}"
+  if [ ! -x "$venv/bin/chroma" ]; then
+    echo "setup: installing chromadb into $venv" >&2
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q "chromadb==1.5.9" \
+      || { echo "setup: could not install chromadb from PyPI" >&2; exit 2; }
+  fi
+  local port data
+  port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  data="$(mktemp -d)"
+  ANONYMIZED_TELEMETRY=False "$venv/bin/chroma" run --host 127.0.0.1 --port "$port" --path "$data" \
+    >"$data.log" 2>&1 &
+  SLUICE_CHROMA_PID=$!
+  trap 'kill "$SLUICE_CHROMA_PID" 2>/dev/null || true' EXIT
+  for _ in $(seq 1 100); do
+    curl -sf "http://127.0.0.1:$port/api/v2/heartbeat" >/dev/null && break
+    sleep 0.2
+  done
+  curl -sf "http://127.0.0.1:$port/api/v2/heartbeat" >/dev/null \
+    || { echo "setup: the Chroma server did not start; its log:" >&2; cat "$data.log" >&2; exit 2; }
+  export SLUICE_CHROMA_URL="http://127.0.0.1:$port"
+}

@@ -459,19 +459,20 @@ pub struct CreateArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum IndexCommand {
-    /// Chunk, embed and store .txt/.md/.html files; re-running embeds only files whose content changed
-    /// and drops files that are gone.
+    /// Chunk, embed and store .txt/.md/.html/.pdf files; re-running embeds only files whose content
+    /// changed and drops files that are gone. Markdown front matter (`---` YAML at the top) becomes
+    /// metadata that queries can filter on.
     #[command(
-        after_help = "Example:\n  sluice index build --source docs/ --out docs\n  sluice index query docs \"how do I resume a run?\" -k 3 --hybrid"
+        after_help = "Vectors are kept in the index file (sqlite-vec; an HNSW graph beside it from --ann-threshold chunks), or in a Chroma server with --store chroma://HOST:PORT/COLLECTION.\n\nExamples:\n  sluice index build --source docs/ --out docs\n  sluice index query docs \"how do I resume a run?\" -k 3 --hybrid\n  sluice index query docs \"resume\" --filter tags=runs\n  sluice index build --source docs/ --out docs-chroma --store chroma://127.0.0.1:8000/docs"
     )]
     Build(IndexBuildArgs),
     /// Print the chunks nearest to a text, with scores, as JSON.
     Query(IndexQueryArgs),
     /// List indexes as JSON.
     List,
-    /// Files, chunks and the embedding model of an index, as JSON.
+    /// Files, chunks, the embedding model and the store of an index, as JSON.
     Info(IndexName),
-    /// Delete an index.
+    /// Delete an index (and its Chroma collection, when it has one).
     Rm(IndexName),
 }
 
@@ -492,6 +493,13 @@ pub struct IndexBuildArgs {
     /// Words shared by consecutive chunks.
     #[arg(long, default_value_t = 30)]
     pub overlap: usize,
+    /// Keep the vectors in a Chroma server (`chroma://HOST:PORT/COLLECTION`) instead of the index
+    /// file. An index keeps the store it was first built with.
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
+    /// Chunk count from which queries go through an HNSW graph instead of exact search.
+    #[arg(long, default_value_t = sluice_nodes::retrieval::index::DEFAULT_ANN_THRESHOLD)]
+    pub ann_threshold: usize,
 }
 
 #[derive(Debug, Args)]
@@ -506,6 +514,10 @@ pub struct IndexQueryArgs {
     /// Fuse BM25 (keyword) ranks with vector ranks.
     #[arg(long)]
     pub hybrid: bool,
+    /// Only chunks whose metadata has KEY=VALUE (repeat a key for any of several values; a list in
+    /// the metadata, like front matter `tags`, matches when it holds the value).
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub filter: Vec<String>,
 }
 
 #[derive(Debug, Args)]

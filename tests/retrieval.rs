@@ -153,3 +153,324 @@ fn a_flow_retrieves_from_an_index() {
         .stderr(predicates::str::contains("index `nope`"));
     let _ = Path::new(".");
 }
+
+/// A one-page PDF with `text` in Helvetica (offsets in the cross-reference table computed here).
+fn pdf(text: &str) -> Vec<u8> {
+    let content = format!("BT /F1 12 Tf 72 720 Td ({text}) Tj ET");
+    let objects = [
+        "<< /Type /Catalog /Pages 2 0 R >>".to_owned(),
+        "<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_owned(),
+        "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R /Resources << /Font << /F1 5 0 R >> >> >>".to_owned(),
+        format!("<< /Length {} >>\nstream\n{content}\nendstream", content.len()),
+        "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>".to_owned(),
+    ];
+    let mut out = b"%PDF-1.4\n".to_vec();
+    let mut offsets = Vec::new();
+    for (i, o) in objects.iter().enumerate() {
+        offsets.push(out.len());
+        out.extend(format!("{} 0 obj\n{o}\nendobj\n", i + 1).bytes());
+    }
+    let xref = out.len();
+    out.extend(format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).bytes());
+    for o in offsets {
+        out.extend(format!("{o:010} 00000 n \n").bytes());
+    }
+    out.extend(
+        format!(
+            "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n",
+            objects.len() + 1
+        )
+        .bytes(),
+    );
+    out
+}
+
+#[test]
+fn pdfs_front_matter_filters_and_unreadable_files() {
+    let env = Env::new();
+    std::fs::write(
+        env.docs.path().join("glaciers.pdf"),
+        pdf("Glaciers are rivers of ice that carve deep valleys into mountains."),
+    )
+    .unwrap();
+    std::fs::write(
+        env.docs.path().join("hives.md"),
+        "---\ntitle: Hive care\ntags: [bees, farming]\n---\n# Hive care\n\nBeekeepers inspect the hive every week for the queen and her eggs.\n",
+    )
+    .unwrap();
+    std::fs::write(
+        env.docs.path().join("broken.pdf"),
+        b"%PDF-1.4 this is not a pdf",
+    )
+    .unwrap();
+    let docs = env.docs.path().to_str().unwrap().to_owned();
+    let out = env
+        .sluice()
+        .args(["index", "build", "--source", &docs, "--out", "kb"])
+        .output()
+        .unwrap();
+    // The broken file fails the command (exit 1) and is named; the others are indexed.
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("broken.pdf"), "{stderr}");
+    let report: Json = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["report"]["files_embedded"], 5, "{report}");
+    assert!(
+        report["report"]["files_failed"][0]["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("broken.pdf")
+    );
+
+    // PDF text is found by meaning.
+    let hits = env.json(&[
+        "index",
+        "query",
+        "kb",
+        "ice flowing through mountain valleys",
+        "-k",
+        "1",
+    ]);
+    assert!(
+        hits[0]["source"]
+            .as_str()
+            .unwrap()
+            .ends_with("glaciers.pdf"),
+        "{hits}"
+    );
+    assert!(hits[0]["text"].as_str().unwrap().contains("rivers of ice"));
+
+    // Front matter is metadata: the filter keeps only matching chunks, whatever the query says.
+    let hits = env.json(&[
+        "index",
+        "query",
+        "kb",
+        "Where do honey bees live?",
+        "-k",
+        "5",
+        "--filter",
+        "tags=farming",
+    ]);
+    let hits = hits.as_array().unwrap();
+    assert_eq!(hits.len(), 1, "{hits:?}");
+    assert!(hits[0]["source"].as_str().unwrap().ends_with("hives.md"));
+    assert_eq!(hits[0]["metadata"]["title"], "Hive care");
+    assert_eq!(
+        hits[0]["metadata"]["tags"],
+        serde_json::json!(["bees", "farming"])
+    );
+    // Any of several values; the file name is metadata too.
+    let hits = env.json(&[
+        "index",
+        "query",
+        "kb",
+        "honey",
+        "-k",
+        "5",
+        "--filter",
+        "file=bees.md",
+        "--filter",
+        "file=trains.html",
+        "--hybrid",
+    ]);
+    let files: Vec<&str> = hits
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["metadata"]["file"].as_str().unwrap())
+        .collect();
+    assert_eq!(files, ["bees.md", "trains.html"], "{hits}");
+    env.sluice()
+        .args(["index", "query", "kb", "x", "--filter", "nokey"])
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("KEY=VALUE"));
+
+    // In a flow: a filter from the inputs, and a bad literal filter caught at load.
+    let flow = tempfile::tempdir().unwrap();
+    let yaml = "inputs:\n  question: {type: string}\n  only: {type: object}\noutputs:\n  hits: {reference: '${search.output}'}\nnodes:\n- name: search\n  type: retrieval\n  inputs:\n    index: kb\n    query: ${inputs.question}\n    top_k: 3\n    filter: ${inputs.only}\n";
+    std::fs::write(flow.path().join("flow.dag.yaml"), yaml).unwrap();
+    let v = env.json(&[
+        "flow",
+        "test",
+        "--inputs",
+        "question=trains",
+        r#"only={"tags": "bees"}"#,
+        "--flow",
+        flow.path().to_str().unwrap(),
+    ]);
+    let hits = v["hits"].as_array().unwrap();
+    assert_eq!(hits.len(), 1, "{v}");
+    assert_eq!(hits[0]["metadata"]["file"], "hives.md");
+    std::fs::write(
+        flow.path().join("flow.dag.yaml"),
+        yaml.replace("filter: ${inputs.only}", "filter: [1, 2]"),
+    )
+    .unwrap();
+    env.sluice()
+        .args(["flow", "validate", "--flow"])
+        .arg(flow.path())
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("filter"));
+}
+
+/// Clustered unit vectors, like embeddings of texts on a few hundred topics.
+fn clustered(n: usize, dims: usize, seed: u64) -> Vec<Vec<f32>> {
+    let mut state = seed;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f32 / (1u64 << 53) as f32 - 0.5
+    };
+    let centers: Vec<Vec<f32>> = (0..200)
+        .map(|_| (0..dims).map(|_| next()).collect())
+        .collect();
+    (0..n)
+        .map(|i| {
+            let c = &centers[i * 7919 % centers.len()];
+            let mut v: Vec<f32> = c.iter().map(|x| x + 0.6 * next()).collect();
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            v.iter_mut().for_each(|x| *x /= norm);
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn hnsw_recall_at_10_against_exact_search() {
+    use sluice_nodes::retrieval::document::Chunk;
+    use sluice_nodes::retrieval::index::Index;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("synthetic.sqlite");
+    let (n, dims) = (20_000, 384);
+    let vectors = clustered(n, dims, 42);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut index = Index::open(&path).unwrap();
+    index.set_model("synthetic", dims).unwrap();
+    for (f, vs) in vectors.chunks(1000).enumerate() {
+        let chunks: Vec<Chunk> = (0..vs.len())
+            .map(|i| Chunk {
+                start: i,
+                end: i + 1,
+                heading: None,
+                text: format!("chunk {f}/{i}"),
+            })
+            .collect();
+        rt.block_on(index.put_file(&format!("file{f}"), "-", &chunks, vs, &Default::default()))
+            .unwrap();
+    }
+    index.bump_generation().unwrap();
+    index.build_ann_now().unwrap();
+    // A fresh handle loads the saved graph.
+    drop(index);
+    let mut index = Index::open(&path).unwrap();
+    assert_eq!(index.info().unwrap()["ann"], true);
+    let queries = clustered(200, dims, 7);
+    let mut found = 0;
+    for q in &queries {
+        let exact: std::collections::HashSet<i64> = index
+            .search_exact(q, 10, None)
+            .unwrap()
+            .into_iter()
+            .map(|h| h.0)
+            .collect();
+        let approx = index.search_vectors(q, 10, None).unwrap();
+        assert_eq!(approx.len(), 10);
+        found += approx.iter().filter(|h| exact.contains(&h.0)).count();
+    }
+    let recall = found as f64 / (10 * queries.len()) as f64;
+    eprintln!("HNSW recall@10 over {n} vectors: {recall:.4}");
+    assert!(recall >= 0.95, "recall@10 {recall}");
+    // A change makes the graph stale: searches are exact again until the next build.
+    index.bump_generation().unwrap();
+    assert_eq!(index.info().unwrap()["ann"], false);
+    let q = &queries[0];
+    assert_eq!(
+        index.search_vectors(q, 10, None).unwrap(),
+        index.search_exact(q, 10, None).unwrap()
+    );
+}
+
+/// The same documents in the embedded store and in a Chroma server give the same hits. The server is
+/// the one `scripts/test.sh` starts (`SLUICE_CHROMA_URL=http://127.0.0.1:PORT`).
+#[test]
+fn chroma_and_the_embedded_store_agree() {
+    let url = std::env::var("SLUICE_CHROMA_URL").expect(
+        "SLUICE_CHROMA_URL is not set: run the tests through scripts/test.sh, which starts a Chroma server (`chroma run`) for them",
+    );
+    let hostport = url.trim_start_matches("http://").trim_end_matches('/');
+    let env = Env::new();
+    std::fs::write(
+        env.docs.path().join("hives.md"),
+        "---\ntags: [bees, farming]\n---\n# Hive care\n\nBeekeepers inspect the hive every week for the queen and her eggs.\n",
+    )
+    .unwrap();
+    let collection = format!("sluice-test-{}", std::process::id());
+    let store = format!("chroma://{hostport}/{collection}");
+    let docs = env.docs.path().to_str().unwrap().to_owned();
+    env.json(&["index", "build", "--source", &docs, "--out", "local"]);
+    let report = env.json(&[
+        "index", "build", "--source", &docs, "--out", "remote", "--store", &store,
+    ]);
+    assert_eq!(report["info"]["store"], store.as_str());
+    assert_eq!(env.json(&["index", "info", "remote"])["store_chunks"], 4);
+    for (question, filter) in [
+        ("Where do honey bees live?", None),
+        ("What comes out of an erupting mountain?", None),
+        ("queen bee", Some("tags=farming")),
+        ("trains", Some("file=trains.html")),
+    ] {
+        let ask = |name: &str| {
+            let mut args = vec!["index", "query", name, question, "-k", "4"];
+            if let Some(f) = filter {
+                args.extend(["--filter", f]);
+            }
+            env.json(&args)
+        };
+        let (a, b) = (ask("local"), ask("remote"));
+        let key = |v: &Json| -> Vec<(String, String)> {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|h| {
+                    (
+                        h["source"].as_str().unwrap().to_owned(),
+                        h["text"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(key(&a), key(&b), "{question}");
+        assert!(!key(&a).is_empty());
+        for (x, y) in a.as_array().unwrap().iter().zip(b.as_array().unwrap()) {
+            let (x, y) = (x["score"].as_f64().unwrap(), y["score"].as_f64().unwrap());
+            assert!((x - y).abs() < 1e-3, "{question}: {x} vs {y}");
+        }
+    }
+    // Incremental on the server too: a changed file replaces its chunks, a deleted one leaves.
+    std::fs::remove_file(env.docs.path().join("trains.html")).unwrap();
+    let report = env.json(&["index", "build", "--source", &docs, "--out", "remote"]);
+    assert_eq!(report["report"]["files_removed"], 1);
+    assert_eq!(env.json(&["index", "info", "remote"])["store_chunks"], 3);
+    // Hybrid search needs BM25, which only the embedded store has.
+    env.sluice()
+        .args(["index", "query", "remote", "bees", "--hybrid"])
+        .assert()
+        .code(1)
+        .stderr(predicates::str::contains("embedded store"));
+    // `index rm` drops the collection.
+    env.sluice()
+        .args(["index", "rm", "remote"])
+        .assert()
+        .success();
+    let status = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("{url}/api/v2/tenants/default_tenant/databases/default_database/collections/{collection}"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&status.stdout), "404");
+}

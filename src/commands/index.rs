@@ -1,7 +1,9 @@
 //! `sluice index`: document indexes for `retrieval` nodes.
 
 use serde_json::json;
-use sluice_nodes::retrieval::index::{Chunking, Index, index_path, indexes_dir};
+use sluice_nodes::retrieval::document::Chunking;
+use sluice_nodes::retrieval::filter::Filter;
+use sluice_nodes::retrieval::index::{BuildOptions, Index, Phase, index_path, indexes_dir};
 
 use super::flow::runtime;
 use crate::cli::{IndexBuildArgs, IndexName, IndexQueryArgs};
@@ -34,27 +36,36 @@ pub fn build(args: IndexBuildArgs) -> anyhow::Result<u8> {
         Err(code) => return Ok(code),
     };
     let rt = runtime()?;
-    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let mut progress = move |done: usize, total: usize| {
-        if terminal {
-            eprint!("\r\x1b[2Kembedding files: {done}/{total}");
-            if done == total {
-                eprintln!();
-            }
-        }
+    let mut bar = Bar::new();
+    let mut progress = move |phase: Phase, done: usize, total: usize| bar.show(phase, done, total);
+    let size = args.chunk_size.max(8);
+    let opts = BuildOptions {
+        model: args.model.clone(),
+        chunking: Chunking {
+            size,
+            overlap: args.overlap.min(size / 2),
+        },
+        store: args.store.clone(),
+        ann_threshold: args.ann_threshold,
     };
-    let chunking = Chunking {
-        size: args.chunk_size.max(8),
-        overlap: args.overlap.min(args.chunk_size.max(8) / 2),
-    };
-    match rt.block_on(index.build(&args.source, &args.model, chunking, &mut progress)) {
+    match rt.block_on(index.build(&args.source, &opts, &mut progress)) {
         Ok(report) => {
+            for f in &report.files_failed {
+                eprintln!("error: {}: {}", f.path, f.error);
+            }
+            let failed = report.files_failed.len();
             println!(
                 "{}",
                 serde_json::to_string_pretty(
                     &json!({"index": args.out, "report": report, "info": index.info().ok()})
                 )?
             );
+            if failed > 0 {
+                eprintln!(
+                    "{failed} file(s) could not be read and are not in the index; the others are. Fix them and build again: only they will be embedded."
+                );
+                return Ok(exit::FAILED);
+            }
             Ok(exit::OK)
         }
         Err(e) => {
@@ -64,13 +75,88 @@ pub fn build(args: IndexBuildArgs) -> anyhow::Result<u8> {
     }
 }
 
+/// The progress of a build on stderr: a bar on a terminal, a line every few seconds otherwise.
+struct Bar {
+    terminal: bool,
+    start: std::time::Instant,
+    last: Option<std::time::Instant>,
+    phase: Option<Phase>,
+}
+
+impl Bar {
+    fn new() -> Bar {
+        Bar {
+            terminal: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            start: std::time::Instant::now(),
+            last: None,
+            phase: None,
+        }
+    }
+
+    fn show(&mut self, phase: Phase, done: usize, total: usize) {
+        if self.phase != Some(phase) {
+            self.phase = Some(phase);
+            self.start = std::time::Instant::now();
+            self.last = None;
+        }
+        let every = std::time::Duration::from_millis(if self.terminal { 100 } else { 5000 });
+        let finished = done >= total;
+        if !finished && self.last.is_some_and(|l| l.elapsed() < every) {
+            return;
+        }
+        if phase == Phase::Embedding && total == 0 {
+            return;
+        }
+        self.last = Some(std::time::Instant::now());
+        let secs = self.start.elapsed().as_secs_f64().max(1e-9);
+        let line = match phase {
+            Phase::Reading => format!("reading files {done}/{total}"),
+            Phase::Embedding => {
+                let rate = done as f64 / secs;
+                let eta = if rate > 0.0 {
+                    (total - done.min(total)) as f64 / rate
+                } else {
+                    0.0
+                };
+                format!("embedding {done}/{total} chunks, {rate:.0} chunks/s, ETA {eta:.0}s")
+            }
+            Phase::Graph if finished => format!("HNSW graph built in {secs:.1}s"),
+            Phase::Graph => "building the HNSW graph".to_owned(),
+        };
+        if self.terminal {
+            let width = 30;
+            let filled = (done * width)
+                .checked_div(total)
+                .unwrap_or(width)
+                .min(width);
+            eprint!(
+                "\r\x1b[2K[{}{}] {line}",
+                "#".repeat(filled),
+                "-".repeat(width - filled)
+            );
+            if finished {
+                eprintln!();
+            }
+        } else if phase != Phase::Reading || finished {
+            eprintln!("{line}");
+        }
+    }
+}
+
 pub fn query(args: IndexQueryArgs) -> anyhow::Result<u8> {
     let mut index = match open(&args.name, true)? {
         Ok(i) => i,
         Err(code) => return Ok(code),
     };
+    let filter = match Filter::from_pairs(&args.filter) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: --filter {e}");
+            return Ok(exit::INVALID);
+        }
+    };
     let rt = runtime()?;
-    match rt.block_on(index.query(&args.text, args.k.max(1), args.hybrid)) {
+    match rt.block_on(index.query(&args.text, args.k.max(1), args.hybrid, &filter)) {
         Ok(hits) => {
             println!("{}", serde_json::to_string_pretty(&hits)?);
             Ok(exit::OK)
@@ -105,10 +191,13 @@ pub fn info(args: IndexName) -> anyhow::Result<u8> {
         Ok(i) => i,
         Err(code) => return Ok(code),
     };
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&index.info().map_err(anyhow::Error::msg)?)?
-    );
+    let mut info = index.info().map_err(anyhow::Error::msg)?;
+    match runtime()?.block_on(index.store_count()) {
+        Ok(Some(n)) => info["store_chunks"] = json!(n),
+        Ok(None) => {}
+        Err(e) => info["store_error"] = json!(e),
+    }
+    println!("{}", serde_json::to_string_pretty(&info)?);
     Ok(exit::OK)
 }
 
@@ -120,6 +209,20 @@ pub fn rm(args: IndexName) -> anyhow::Result<u8> {
             return Ok(exit::INVALID);
         }
     };
+    if path.is_file() {
+        match Index::open(&path) {
+            Ok(index) => {
+                if let Err(e) = runtime()?.block_on(index.drop_store()) {
+                    eprintln!(
+                        "error: {e}; the index is kept, remove it again once the server is back"
+                    );
+                    return Ok(exit::FAILED);
+                }
+            }
+            Err(e) => eprintln!("warning: {e}"),
+        }
+        let _ = std::fs::remove_file(path.with_extension("hnsw"));
+    }
     match std::fs::remove_file(&path) {
         Ok(()) => {
             eprintln!("removed index {}", args.name);

@@ -1,14 +1,24 @@
-//! One index = one SQLite file in `$SLUICE_HOME/indexes/<name>.sqlite`.
+//! One index = one SQLite file in `$SLUICE_HOME/indexes/<name>.sqlite`: the catalog (files and their
+//! content hashes, chunks with text and metadata, FTS5 for BM25) and, for the embedded store, the
+//! vectors in a sqlite-vec `vec0` table. An index may keep its vectors in a Chroma server instead.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Once};
 
+use futures::StreamExt;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
+use serde_json::{Map, Value as Json};
 
+use super::ann::{self, Ann};
+use super::chroma::Chroma;
+use super::document::{self, Chunk, Chunking};
+use super::filter::Filter;
 use crate::llm::embed::LocalEmbedder;
 use crate::llm::store::{self, sha256_file};
-use crate::llm::types::LlmError;
+
+const SCHEMA_VERSION: &str = "2";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -20,11 +30,20 @@ CREATE TABLE IF NOT EXISTS chunks (
     end INTEGER NOT NULL,
     heading TEXT,
     text TEXT NOT NULL,
-    embedding BLOB NOT NULL
+    metadata TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS chunks_path ON chunks(path);
 CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(text, content='chunks', content_rowid='id', tokenize='porter unicode61');
 ";
+
+/// Indexes with at least this many chunks get an HNSW graph unless told otherwise.
+pub const DEFAULT_ANN_THRESHOLD: usize = 20_000;
+
+/// Chunks embedded per request to the embedder, and requests in flight.
+const EMBED_BATCH: usize = 64;
+const EMBED_IN_FLIGHT: usize = 4;
+/// Chunks written per transaction (a build interrupted between groups keeps the groups before).
+const GROUP_CHUNKS: usize = 1024;
 
 /// Where indexes live.
 pub fn indexes_dir() -> PathBuf {
@@ -46,166 +65,42 @@ pub fn index_path(name: &str) -> Result<PathBuf, String> {
     Ok(indexes_dir().join(format!("{name}.sqlite")))
 }
 
-/// How text is cut into chunks.
-#[derive(Clone, Copy, Debug)]
-pub struct Chunking {
-    /// Words per chunk (a word is about 1.3 tokens of English).
-    pub size: usize,
-    /// Words repeated from the end of the previous chunk.
-    pub overlap: usize,
+/// How a build goes.
+#[derive(Clone, Debug)]
+pub struct BuildOptions {
+    pub model: String,
+    pub chunking: Chunking,
+    /// `chroma://HOST:PORT/COLLECTION` to keep the vectors in a Chroma server; `None` keeps them in
+    /// the index file (or wherever the first build put them).
+    pub store: Option<String>,
+    /// Chunk count from which an HNSW graph is built (embedded store only).
+    pub ann_threshold: usize,
 }
 
-/// One chunk of a document.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Chunk {
-    /// Byte offsets in the (extracted) text.
-    pub start: usize,
-    pub end: usize,
-    /// The nearest Markdown heading above the chunk.
-    pub heading: Option<String>,
-    pub text: String,
+/// Where a build is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Reading and chunking files (done, total files).
+    Reading,
+    /// Embedding and writing chunks (done, total chunks).
+    Embedding,
+    /// Building the HNSW graph (0 or 1 of 1).
+    Graph,
 }
 
-/// Cuts text into chunks of about `size` words with `overlap`, never across a Markdown heading, and
-/// preferring paragraph ends.
-pub fn chunk_text(text: &str, c: Chunking) -> Vec<Chunk> {
-    // Sections start at headings.
-    let mut sections: Vec<(usize, usize, Option<String>)> = Vec::new();
-    let mut start = 0;
-    let mut heading = None;
-    let mut pos = 0;
-    let mut in_fence = false;
-    for line in text.split_inclusive('\n') {
-        let trimmed = line.trim_start();
-        if trimmed.starts_with("```") {
-            in_fence = !in_fence;
-        }
-        // A Markdown heading: `#`s then a space, outside fenced code.
-        let is_heading = !in_fence
-            && trimmed.starts_with('#')
-            && trimmed.trim_start_matches('#').starts_with(' ');
-        if is_heading && pos > start {
-            sections.push((start, pos, heading.clone()));
-            start = pos;
-        }
-        if is_heading {
-            heading = Some(trimmed.trim().trim_start_matches('#').trim().to_owned());
-        }
-        pos += line.len();
-    }
-    sections.push((start, text.len(), heading));
-    let mut out = Vec::new();
-    for (s, e, heading) in sections {
-        let words: Vec<(usize, usize)> = word_spans(&text[s..e])
-            .map(|(a, b)| (a + s, b + s))
-            .collect();
-        if words.is_empty() {
-            continue;
-        }
-        let step = c.size.saturating_sub(c.overlap).max(1);
-        let mut i = 0;
-        loop {
-            let mut j = (i + c.size).min(words.len());
-            // End at a paragraph break inside the last quarter, when there is one.
-            if j < words.len() {
-                let floor = i + c.size * 3 / 4;
-                if let Some(k) = (floor..j)
-                    .rev()
-                    .find(|&k| text[words[k].1..words[k + 1].0].contains("\n\n"))
-                {
-                    j = k + 1;
-                }
-            }
-            let (a, b) = (words[i].0, words[j - 1].1);
-            out.push(Chunk {
-                start: a,
-                end: b,
-                heading: heading.clone(),
-                text: text[a..b].to_owned(),
-            });
-            if j >= words.len() {
-                break;
-            }
-            i = (i + step).min(j).max(i + 1);
-        }
-    }
-    out
+/// A file that could not be indexed; the others are.
+#[derive(Debug, Serialize)]
+pub struct FileError {
+    pub path: String,
+    pub error: String,
 }
 
-fn word_spans(s: &str) -> impl Iterator<Item = (usize, usize)> + '_ {
-    let mut spans = Vec::new();
-    let mut start = None;
-    for (i, ch) in s.char_indices() {
-        match (ch.is_whitespace(), start) {
-            (true, Some(a)) => {
-                spans.push((a, i));
-                start = None;
-            }
-            (false, None) => start = Some(i),
-            _ => {}
-        }
-    }
-    if let Some(a) = start {
-        spans.push((a, s.len()));
-    }
-    spans.into_iter()
-}
-
-/// Text of a file: Markdown and text as is, HTML without tags, scripts or styles.
-pub fn extract(path: &Path) -> Result<String, String> {
-    let raw = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    Ok(if ext == "html" || ext == "htm" {
-        strip_html(&raw)
-    } else {
-        raw
-    })
-}
-
-fn strip_html(html: &str) -> String {
-    let mut out = String::with_capacity(html.len());
-    let lower = html.to_ascii_lowercase();
-    let mut i = 0;
-    while i < html.len() {
-        if lower[i..].starts_with("<script") || lower[i..].starts_with("<style") {
-            let close = if lower[i..].starts_with("<script") {
-                "</script>"
-            } else {
-                "</style>"
-            };
-            i = lower[i..]
-                .find(close)
-                .map_or(html.len(), |p| i + p + close.len());
-            continue;
-        }
-        if html[i..].starts_with('<') {
-            let end = html[i..].find('>').map_or(html.len(), |p| i + p + 1);
-            let tag = &lower[i..end];
-            if [
-                "<p", "<br", "<div", "<li", "<h1", "<h2", "<h3", "</p", "</div",
-            ]
-            .iter()
-            .any(|t| tag.starts_with(t))
-            {
-                out.push('\n');
-            }
-            i = end;
-            continue;
-        }
-        let ch = html[i..].chars().next().expect("in bounds");
-        out.push(ch);
-        i += ch.len_utf8();
-    }
-    out.replace("&amp;", "&")
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&quot;", "\"")
-        .replace("&#39;", "'")
-        .replace("&nbsp;", " ")
+/// A file read and chunked, waiting for its vectors.
+struct Pending {
+    key: String,
+    digest: String,
+    chunks: Vec<Chunk>,
+    metadata: Map<String, Json>,
 }
 
 /// What a build did.
@@ -214,8 +109,11 @@ pub struct BuildReport {
     pub files_embedded: usize,
     pub files_unchanged: usize,
     pub files_removed: usize,
+    pub files_failed: Vec<FileError>,
     pub chunks_embedded: usize,
     pub chunks_total: usize,
+    /// Whether queries use an HNSW graph.
+    pub ann: bool,
 }
 
 /// A search hit.
@@ -227,26 +125,96 @@ pub struct Hit {
     pub start: usize,
     pub end: usize,
     pub heading: Option<String>,
+    pub metadata: Map<String, Json>,
 }
 
 /// An open index.
 #[derive(Debug)]
 pub struct Index {
     db: Connection,
+    path: PathBuf,
+    chroma: Option<Chroma>,
+    /// The HNSW graph and the generation it was loaded for.
+    ann: Option<(u64, Option<Arc<Ann>>)>,
 }
 
 fn sqlerr(e: rusqlite::Error) -> String {
     e.to_string()
 }
 
+fn blob(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn unblob(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+        .collect()
+}
+
+/// sqlite-vec registers itself with every connection opened after this.
+fn load_sqlite_vec() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: `sqlite3_vec_init` is the extension's entry point with the signature SQLite expects of
+        // an auto extension (db, error message, API routines); the transmute only restores it, since
+        // the crate declares it without arguments.
+        #[allow(unsafe_code)]
+        unsafe {
+            rusqlite::ffi::sqlite3_auto_extension(Some(std::mem::transmute::<
+                *const (),
+                unsafe extern "C" fn(
+                    *mut rusqlite::ffi::sqlite3,
+                    *mut *mut std::os::raw::c_char,
+                    *const rusqlite::ffi::sqlite3_api_routines,
+                ) -> i32,
+            >(
+                sqlite_vec::sqlite3_vec_init as *const (),
+            )));
+        }
+    });
+}
+
 impl Index {
     pub fn open(path: &Path) -> Result<Index, String> {
+        load_sqlite_vec();
         if let Some(d) = path.parent() {
             std::fs::create_dir_all(d).map_err(|e| e.to_string())?;
         }
         let db = Connection::open(path).map_err(sqlerr)?;
-        db.execute_batch(SCHEMA).map_err(sqlerr)?;
-        Ok(Index { db })
+        db.busy_timeout(std::time::Duration::from_secs(30))
+            .map_err(sqlerr)?;
+        let fresh: bool = db
+            .query_row(
+                "SELECT COUNT(*) = 0 FROM sqlite_master WHERE name = 'meta'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(sqlerr)?;
+        db.execute_batch(SCHEMA).map_err(|e| {
+            format!(
+                "{}: {e}; this index was made by an older Sluice: remove it with `sluice index rm` and build it again",
+                path.display()
+            )
+        })?;
+        let mut index = Index {
+            db,
+            path: path.to_owned(),
+            chroma: None,
+            ann: None,
+        };
+        if fresh {
+            index.set_meta("schema", SCHEMA_VERSION)?;
+        } else if index.meta("schema").as_deref() != Some(SCHEMA_VERSION) {
+            return Err(format!(
+                "{} was made by an older Sluice: remove it with `sluice index rm` and build it again",
+                path.display()
+            ));
+        }
+        if let Some(url) = index.meta("store") {
+            index.chroma = Some(Chroma::parse(&url)?);
+        }
+        Ok(index)
     }
 
     pub fn meta(&self, key: &str) -> Option<String> {
@@ -259,43 +227,126 @@ impl Index {
             .flatten()
     }
 
-    /// Files, chunks and the embedding model.
-    pub fn info(&self) -> Result<serde_json::Value, String> {
-        let count = |sql: &str| -> Result<i64, String> {
-            self.db.query_row(sql, [], |r| r.get(0)).map_err(sqlerr)
-        };
+    fn set_meta(&self, key: &str, value: &str) -> Result<(), String> {
+        self.db
+            .execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+                params![key, value],
+            )
+            .map(drop)
+            .map_err(sqlerr)
+    }
+
+    fn count(&self, sql: &str) -> Result<usize, String> {
+        self.db
+            .query_row(sql, [], |r| r.get::<_, i64>(0))
+            .map(|n| n as usize)
+            .map_err(sqlerr)
+    }
+
+    fn generation(&self) -> u64 {
+        self.meta("generation")
+            .and_then(|g| g.parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn ann_path(&self) -> PathBuf {
+        self.path.with_extension("hnsw")
+    }
+
+    /// Files, chunks, the embedding model and the store.
+    pub fn info(&self) -> Result<Json, String> {
         Ok(serde_json::json!({
             "model": self.meta("model"),
             "dims": self.meta("dims").and_then(|d| d.parse::<u64>().ok()),
-            "files": count("SELECT COUNT(*) FROM files")?,
-            "chunks": count("SELECT COUNT(*) FROM chunks")?,
+            "files": self.count("SELECT COUNT(*) FROM files")?,
+            "chunks": self.count("SELECT COUNT(*) FROM chunks")?,
+            "store": self.meta("store").unwrap_or_else(|| "sqlite-vec".into()),
+            "ann": self.meta("ann_built").is_some_and(|g| g == self.generation().to_string()),
+            "ann_threshold": self.ann_threshold(),
+            "generation": self.generation(),
         }))
     }
 
-    /// Adds or refreshes `sources` (files or folders of .txt/.md/.html); files whose content hash is
-    /// unchanged are not embedded again, and files that are gone are removed.
+    fn ann_threshold(&self) -> usize {
+        self.meta("ann_threshold")
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(DEFAULT_ANN_THRESHOLD)
+    }
+
+    /// Sets the embedding model and vector size of a new index (creating the vector table); an index
+    /// keeps the model it was first built with.
+    pub fn set_model(&mut self, model: &str, dims: usize) -> Result<(), String> {
+        if let Some(m) = self.meta("model") {
+            if m != model {
+                return Err(format!(
+                    "this index was built with the model `{m}`; build another index to use `{model}`"
+                ));
+            }
+            return Ok(());
+        }
+        if self.chroma.is_none() {
+            self.db
+                .execute_batch(&format!(
+                    "CREATE VIRTUAL TABLE IF NOT EXISTS chunks_vec USING vec0(embedding float[{dims}] distance_metric=cosine)"
+                ))
+                .map_err(sqlerr)?;
+        }
+        self.set_meta("model", model)?;
+        self.set_meta("dims", &dims.to_string())
+    }
+
+    /// Sets the store of a new index (`chroma://...`); an index keeps the store it was first built with.
+    fn set_store(&mut self, store: Option<&str>) -> Result<(), String> {
+        let current = self.meta("store");
+        match (store, current.as_deref()) {
+            (None, _) => Ok(()),
+            (Some(s), Some(c)) if s == c => Ok(()),
+            (Some(s), Some(c)) => Err(format!(
+                "this index keeps its vectors in {c}; build another index to use {s}"
+            )),
+            (Some(s), None) if self.meta("model").is_some() => Err(format!(
+                "this index keeps its vectors in its own file; build another index to use {s}"
+            )),
+            (Some(s), None) => {
+                self.chroma = Some(Chroma::parse(s)?);
+                self.set_meta("store", s)
+            }
+        }
+    }
+
+    /// Adds or refreshes `sources` (files or folders of .txt/.md/.html/.pdf). Files whose content hash
+    /// is unchanged are not embedded again, files that are gone are removed, and a file that cannot be
+    /// read is reported in [`BuildReport::files_failed`] while the others are indexed.
     pub async fn build(
         &mut self,
         sources: &[PathBuf],
-        model_name: &str,
-        chunking: Chunking,
-        progress: &mut (dyn FnMut(usize, usize) + Send),
+        opts: &BuildOptions,
+        progress: &mut (dyn FnMut(Phase, usize, usize) + Send),
     ) -> Result<BuildReport, String> {
         if let Some(m) = self.meta("model")
-            && m != model_name
+            && m != opts.model
         {
             return Err(format!(
-                "this index was built with the model `{m}`; rebuild it under another name to use `{model_name}`"
+                "this index was built with the model `{m}`; build another index to use `{}`",
+                opts.model
             ));
         }
-        let (name, path) = store::resolve_model(model_name, Path::new("."))
+        self.set_store(opts.store.as_deref())?;
+        self.set_meta("ann_threshold", &opts.ann_threshold.to_string())?;
+        let (name, path) = store::resolve_model(&opts.model, Path::new("."))
             .map_err(|e| format!("embedding model `{}` is not installed: {}", e.name, e.help))?;
         let embedder = LocalEmbedder::get(&name, &path)
             .await
-            .map_err(|e: LlmError| e.message)?;
+            .map_err(|e| e.message)?;
+        self.set_model(&name, embedder.dims())?;
+
         let mut files = Vec::new();
         for s in sources {
-            collect(s, &mut files);
+            if !s.exists() {
+                return Err(format!("{}: no such file or folder", s.display()));
+            }
+            document::collect(s, &mut files);
         }
         files.sort();
         files.dedup();
@@ -310,76 +361,202 @@ impl Index {
                 .map_err(sqlerr)?
         };
         let mut report = BuildReport::default();
-        let current: std::collections::HashSet<String> =
-            files.iter().map(|f| f.display().to_string()).collect();
+        let current: HashSet<String> = files.iter().map(|f| f.display().to_string()).collect();
+        let mut changed = false;
         for gone in known.keys().filter(|k| !current.contains(*k)) {
-            self.remove_file(gone)?;
+            self.remove_file(gone).await?;
             report.files_removed += 1;
+            changed = true;
         }
+
+        // Read and chunk what changed, then embed everything in large batches.
+        let mut todo: Vec<Pending> = Vec::new();
         for (i, file) in files.iter().enumerate() {
-            progress(i, files.len());
+            progress(Phase::Reading, i, files.len());
             let key = file.display().to_string();
-            let digest = sha256_file(file).map_err(|e| format!("{key}: {e}"))?;
+            let digest = match sha256_file(file) {
+                Ok(d) => d,
+                Err(e) => {
+                    report.files_failed.push(FileError {
+                        path: key,
+                        error: e.to_string(),
+                    });
+                    continue;
+                }
+            };
             if known.get(&key) == Some(&digest) {
                 report.files_unchanged += 1;
                 continue;
             }
-            let text = extract(file)?;
-            let chunks = chunk_text(&text, chunking);
-            let mut vectors = Vec::with_capacity(chunks.len());
-            for batch in chunks.chunks(32) {
-                let texts = batch.iter().map(|c| c.text.clone()).collect();
-                vectors.extend(embedder.embed(texts).await.map_err(|e| e.message)?);
+            match document::read(file) {
+                Ok(doc) => {
+                    let chunks = document::chunk_text(&doc.text, opts.chunking);
+                    todo.push(Pending {
+                        key,
+                        digest,
+                        chunks,
+                        metadata: doc.metadata,
+                    });
+                }
+                Err(error) => report.files_failed.push(FileError { path: key, error }),
             }
-            self.remove_file(&key)?;
-            let tx = self.db.transaction().map_err(sqlerr)?;
-            for (c, v) in chunks.iter().zip(&vectors) {
-                let blob: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-                tx.execute(
-                    "INSERT INTO chunks (path, start, end, heading, text, embedding) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![key, c.start as i64, c.end as i64, c.heading, c.text, blob],
-                )
-                .map_err(sqlerr)?;
-                tx.execute(
-                    "INSERT INTO chunks_fts (rowid, text) VALUES (last_insert_rowid(), ?1)",
-                    params![c.text],
-                )
-                .map_err(sqlerr)?;
-            }
-            tx.execute(
-                "INSERT OR REPLACE INTO files (path, sha256, chunks) VALUES (?1, ?2, ?3)",
-                params![key, digest, chunks.len() as i64],
-            )
-            .map_err(sqlerr)?;
-            tx.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('model', ?1)",
-                params![name],
-            )
-            .map_err(sqlerr)?;
-            tx.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('dims', ?1)",
-                params![embedder.dims().to_string()],
-            )
-            .map_err(sqlerr)?;
-            tx.commit().map_err(sqlerr)?;
-            report.files_embedded += 1;
-            report.chunks_embedded += chunks.len();
         }
-        progress(files.len(), files.len());
-        report.chunks_total = self
-            .db
-            .query_row("SELECT COUNT(*) FROM chunks", [], |r| r.get::<_, i64>(0))
-            .map_err(sqlerr)? as usize;
+        progress(Phase::Reading, files.len(), files.len());
+        let total: usize = todo.iter().map(|t| t.chunks.len()).sum();
+        let mut done = 0;
+        progress(Phase::Embedding, 0, total);
+        let mut files_iter = todo.into_iter().peekable();
+        while files_iter.peek().is_some() {
+            // A group of whole files, about GROUP_CHUNKS chunks.
+            let mut group = Vec::new();
+            let mut n = 0;
+            while let Some(f) = files_iter.next_if(|_| n < GROUP_CHUNKS) {
+                n += f.chunks.len();
+                group.push(f);
+            }
+            let texts: Vec<String> = group
+                .iter()
+                .flat_map(|g| g.chunks.iter().map(|c| c.text.clone()))
+                .collect();
+            let batches: Vec<Vec<String>> = texts.chunks(EMBED_BATCH).map(<[_]>::to_vec).collect();
+            let mut vectors: Vec<Vec<f32>> = Vec::with_capacity(texts.len());
+            let mut stream = futures::stream::iter(batches)
+                .map(|b| embedder.embed(b))
+                .buffered(EMBED_IN_FLIGHT);
+            while let Some(batch) = stream.next().await {
+                let batch = batch.map_err(|e| e.message)?;
+                done += batch.len();
+                vectors.extend(batch);
+                progress(Phase::Embedding, done, total);
+            }
+            let mut vectors = vectors.into_iter();
+            for Pending {
+                key,
+                digest,
+                chunks,
+                metadata,
+            } in group
+            {
+                let vs: Vec<Vec<f32>> = vectors.by_ref().take(chunks.len()).collect();
+                self.put_file(&key, &digest, &chunks, &vs, &metadata)
+                    .await?;
+                report.files_embedded += 1;
+                report.chunks_embedded += chunks.len();
+                changed = true;
+            }
+        }
+        if changed {
+            self.set_meta("generation", &(self.generation() + 1).to_string())?;
+        }
+        report.chunks_total = self.count("SELECT COUNT(*) FROM chunks")?;
+        report.ann = self.refresh_ann(progress)?;
         Ok(report)
     }
 
-    fn remove_file(&mut self, path: &str) -> Result<(), String> {
+    /// Writes one file's chunks and vectors, replacing what the index had of it.
+    pub async fn put_file(
+        &mut self,
+        key: &str,
+        digest: &str,
+        chunks: &[Chunk],
+        vectors: &[Vec<f32>],
+        metadata: &Map<String, Json>,
+    ) -> Result<(), String> {
+        assert_eq!(chunks.len(), vectors.len(), "a vector per chunk");
+        self.remove_file(key).await?;
+        let meta_text = Json::Object(metadata.clone()).to_string();
+        let local_vectors = self.chroma.is_none();
+        let tx = self.db.transaction().map_err(sqlerr)?;
+        let mut ids = Vec::with_capacity(chunks.len());
+        {
+            let mut put = tx
+                .prepare_cached(
+                    "INSERT INTO chunks (path, start, end, heading, text, metadata) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(sqlerr)?;
+            let mut fts = tx
+                .prepare_cached("INSERT INTO chunks_fts (rowid, text) VALUES (?1, ?2)")
+                .map_err(sqlerr)?;
+            let mut vec = if local_vectors {
+                Some(
+                    tx.prepare_cached("INSERT INTO chunks_vec (rowid, embedding) VALUES (?1, ?2)")
+                        .map_err(sqlerr)?,
+                )
+            } else {
+                None
+            };
+            for (c, v) in chunks.iter().zip(vectors) {
+                put.execute(params![
+                    key,
+                    c.start as i64,
+                    c.end as i64,
+                    c.heading,
+                    c.text,
+                    meta_text
+                ])
+                .map_err(sqlerr)?;
+                let id = tx.last_insert_rowid();
+                fts.execute(params![id, c.text]).map_err(sqlerr)?;
+                if let Some(vec) = vec.as_mut() {
+                    vec.execute(params![id, blob(v)]).map_err(sqlerr)?;
+                }
+                ids.push(id);
+            }
+        }
+        tx.execute(
+            "INSERT OR REPLACE INTO files (path, sha256, chunks) VALUES (?1, ?2, ?3)",
+            params![key, digest, chunks.len() as i64],
+        )
+        .map_err(sqlerr)?;
+        tx.commit().map_err(sqlerr)?;
+        if let Some(chroma) = &self.chroma {
+            let model = self.meta("model").unwrap_or_default();
+            let metas: Vec<Map<String, Json>> = chunks
+                .iter()
+                .map(|c| chroma_metadata(key, c, metadata))
+                .collect();
+            let texts: Vec<String> = chunks.iter().map(|c| c.text.clone()).collect();
+            let sids: Vec<String> = ids.iter().map(i64::to_string).collect();
+            if let Err(e) = chroma.upsert(&model, &sids, vectors, &texts, &metas).await {
+                // Forget the file's hash, so that the next build sends it again.
+                self.db
+                    .execute("DELETE FROM files WHERE path = ?1", params![key])
+                    .map_err(sqlerr)?;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    async fn remove_file(&mut self, path: &str) -> Result<(), String> {
+        let ids: Vec<i64> = {
+            let mut stmt = self
+                .db
+                .prepare_cached("SELECT id FROM chunks WHERE path = ?1")
+                .map_err(sqlerr)?;
+            stmt.query_map(params![path], |r| r.get(0))
+                .map_err(sqlerr)?
+                .collect::<Result<_, _>>()
+                .map_err(sqlerr)?
+        };
+        if let Some(chroma) = &self.chroma {
+            let sids: Vec<String> = ids.iter().map(i64::to_string).collect();
+            chroma.delete(&sids).await?;
+        }
         let tx = self.db.transaction().map_err(sqlerr)?;
         tx.execute(
             "INSERT INTO chunks_fts (chunks_fts, rowid, text) SELECT 'delete', id, text FROM chunks WHERE path = ?1",
             params![path],
         )
         .map_err(sqlerr)?;
+        if self.chroma.is_none() && !ids.is_empty() {
+            let mut del = tx
+                .prepare_cached("DELETE FROM chunks_vec WHERE rowid = ?1")
+                .map_err(sqlerr)?;
+            for id in &ids {
+                del.execute(params![id]).map_err(sqlerr)?;
+            }
+        }
         tx.execute("DELETE FROM chunks WHERE path = ?1", params![path])
             .map_err(sqlerr)?;
         tx.execute("DELETE FROM files WHERE path = ?1", params![path])
@@ -387,9 +564,168 @@ impl Index {
         tx.commit().map_err(sqlerr)
     }
 
-    /// The `k` chunks nearest to `query` (exact cosine over every chunk); with `hybrid`, fused with
-    /// BM25 by reciprocal rank (k = 60), the score then being the fused score.
-    pub async fn query(&mut self, query: &str, k: usize, hybrid: bool) -> Result<Vec<Hit>, String> {
+    /// Builds or drops the HNSW graph to match the chunk count and the threshold; whether one is in use.
+    fn refresh_ann(
+        &mut self,
+        progress: &mut (dyn FnMut(Phase, usize, usize) + Send),
+    ) -> Result<bool, String> {
+        let generation = self.generation();
+        let chunks = self.count("SELECT COUNT(*) FROM chunks")?;
+        if self.chroma.is_some() || chunks < self.ann_threshold() || chunks == 0 {
+            let _ = std::fs::remove_file(self.ann_path());
+            self.db
+                .execute("DELETE FROM meta WHERE key = 'ann_built'", [])
+                .map_err(sqlerr)?;
+            self.ann = None;
+            return Ok(false);
+        }
+        if self.meta("ann_built") == Some(generation.to_string()) && self.ann_path().is_file() {
+            return Ok(true);
+        }
+        progress(Phase::Graph, 0, 1);
+        let graph = Ann::build(self.all_vectors()?);
+        graph.save(&self.ann_path(), generation)?;
+        self.set_meta("ann_built", &generation.to_string())?;
+        self.ann = Some((generation, Some(Arc::new(graph))));
+        progress(Phase::Graph, 1, 1);
+        Ok(true)
+    }
+
+    /// Rebuilds the HNSW graph now, whatever the threshold (benchmarks and tests).
+    pub fn build_ann_now(&mut self) -> Result<(), String> {
+        let generation = self.generation();
+        let graph = Ann::build(self.all_vectors()?);
+        graph.save(&self.ann_path(), generation)?;
+        self.set_meta("ann_built", &generation.to_string())?;
+        self.ann = Some((generation, Some(Arc::new(graph))));
+        Ok(())
+    }
+
+    fn all_vectors(&self) -> Result<Vec<(i64, Vec<f32>)>, String> {
+        let mut stmt = self
+            .db
+            .prepare("SELECT rowid, embedding FROM chunks_vec")
+            .map_err(sqlerr)?;
+        stmt.query_map([], |r| Ok((r.get(0)?, unblob(&r.get::<_, Vec<u8>>(1)?))))
+            .map_err(sqlerr)?
+            .collect::<Result<_, _>>()
+            .map_err(sqlerr)
+    }
+
+    /// The HNSW graph for the current generation, loaded once.
+    fn ann(&mut self) -> Option<Arc<Ann>> {
+        let generation = self.generation();
+        if self.meta("ann_built") != Some(generation.to_string()) {
+            return None;
+        }
+        match &self.ann {
+            Some((g, graph)) if *g == generation => graph.clone(),
+            _ => {
+                let graph = Ann::load(&self.ann_path(), generation).map(Arc::new);
+                if graph.is_none() {
+                    tracing::warn!(index = %self.path.display(), "the HNSW graph is missing or stale; searching exactly");
+                }
+                self.ann = Some((generation, graph.clone()));
+                graph
+            }
+        }
+    }
+
+    /// Marks the index changed (benchmarks and tests that write vectors through [`Index::put_file`]).
+    pub fn bump_generation(&self) -> Result<(), String> {
+        self.set_meta("generation", &(self.generation() + 1).to_string())
+    }
+
+    /// Chunk ids whose metadata passes `filter`.
+    fn ids_matching(&self, filter: &Filter) -> Result<HashSet<i64>, String> {
+        let mut stmt = self
+            .db
+            .prepare_cached("SELECT id, metadata, heading FROM chunks")
+            .map_err(sqlerr)?;
+        let mut rows = stmt.query([]).map_err(sqlerr)?;
+        let mut out = HashSet::new();
+        while let Some(r) = rows.next().map_err(sqlerr)? {
+            let mut meta: Map<String, Json> =
+                serde_json::from_str(&r.get::<_, String>(1).map_err(sqlerr)?).unwrap_or_default();
+            if let Some(h) = r.get::<_, Option<String>>(2).map_err(sqlerr)? {
+                meta.insert("heading".into(), Json::String(h));
+            }
+            if filter.matches(&meta) {
+                out.insert(r.get(0).map_err(sqlerr)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Exact search by sqlite-vec over the chunks in `allowed` (all when `None`): ids with cosine
+    /// similarity, best first.
+    pub fn search_exact(
+        &self,
+        q: &[f32],
+        k: usize,
+        allowed: Option<&HashSet<i64>>,
+    ) -> Result<Vec<(i64, f64)>, String> {
+        if k == 0 {
+            return Ok(Vec::new());
+        }
+        if allowed.is_none() && k <= 4096 {
+            let mut stmt = self
+                .db
+                .prepare_cached(
+                    "SELECT rowid, distance FROM chunks_vec WHERE embedding MATCH ?1 AND k = ?2 ORDER BY distance",
+                )
+                .map_err(sqlerr)?;
+            return stmt
+                .query_map(params![blob(q), k as i64], |r| {
+                    Ok((r.get::<_, i64>(0)?, 1.0 - r.get::<_, f64>(1)?))
+                })
+                .map_err(sqlerr)?
+                .collect::<Result<_, _>>()
+                .map_err(sqlerr);
+        }
+        let mut stmt = self
+            .db
+            .prepare_cached("SELECT rowid, vec_distance_cosine(embedding, ?1) FROM chunks_vec")
+            .map_err(sqlerr)?;
+        let mut rows = stmt.query(params![blob(q)]).map_err(sqlerr)?;
+        let mut best: Vec<(i64, f64)> = Vec::new();
+        while let Some(r) = rows.next().map_err(sqlerr)? {
+            let id: i64 = r.get(0).map_err(sqlerr)?;
+            if allowed.is_some_and(|a| !a.contains(&id)) {
+                continue;
+            }
+            best.push((id, 1.0 - r.get::<_, f64>(1).map_err(sqlerr)?));
+        }
+        best.sort_by(|a, b| b.1.total_cmp(&a.1));
+        best.truncate(k);
+        Ok(best)
+    }
+
+    /// The vector ranking for a query: the HNSW graph when there is one and no filter, else exact.
+    pub fn search_vectors(
+        &mut self,
+        q: &[f32],
+        k: usize,
+        allowed: Option<&HashSet<i64>>,
+    ) -> Result<Vec<(i64, f64)>, String> {
+        if allowed.is_none()
+            && k <= ann::EF_SEARCH
+            && let Some(graph) = self.ann()
+        {
+            return Ok(graph.search(q, k));
+        }
+        self.search_exact(q, k, allowed)
+    }
+
+    /// The `k` chunks nearest to `query` whose metadata passes `filter`. With `hybrid`, the vector
+    /// ranking is fused with BM25 by reciprocal rank (k = 60) and the score is the fused score.
+    pub async fn query(
+        &mut self,
+        query: &str,
+        k: usize,
+        hybrid: bool,
+        filter: &Filter,
+    ) -> Result<Vec<Hit>, String> {
         let model = self
             .meta("model")
             .ok_or("the index is empty: build it first")?;
@@ -403,74 +739,161 @@ impl Index {
             .await
             .map_err(|e| e.message)?
             .remove(0);
-        let mut stmt = self
-            .db
-            .prepare("SELECT id, path, start, end, heading, text, embedding FROM chunks")
-            .map_err(sqlerr)?;
-        let mut scored: Vec<(i64, f64, Hit)> = stmt
-            .query_map([], |r| {
-                let blob: Vec<u8> = r.get(6)?;
-                let dot: f32 = blob
-                    .chunks_exact(4)
-                    .zip(&q)
-                    .map(|(b, x)| f32::from_le_bytes(b.try_into().expect("4 bytes")) * x)
-                    .sum();
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    f64::from(dot),
-                    Hit {
-                        source: r.get(1)?,
-                        start: r.get::<_, i64>(2)? as usize,
-                        end: r.get::<_, i64>(3)? as usize,
-                        heading: r.get(4)?,
-                        text: r.get(5)?,
-                        score: f64::from(dot),
-                    },
-                ))
-            })
-            .map_err(sqlerr)?
-            .collect::<Result<_, _>>()
-            .map_err(sqlerr)?;
-        scored.sort_by(|a, b| b.1.total_cmp(&a.1));
-        if !hybrid {
-            return Ok(scored.into_iter().take(k).map(|(_, _, h)| h).collect());
+        if let Some(chroma) = &self.chroma {
+            if hybrid {
+                return Err("hybrid search needs the embedded store; this index keeps its vectors in Chroma".into());
+            }
+            let list_keys = self.list_keys()?;
+            let hits = chroma.query(&q, k, filter.to_chroma(&list_keys)).await?;
+            return Ok(hits.into_iter().map(hit_from_chroma).collect());
         }
-        // BM25 ranks from FTS5 over the query's words.
+        let allowed = if filter.is_empty() {
+            None
+        } else {
+            Some(self.ids_matching(filter)?)
+        };
+        let depth = if hybrid { k.max(100) } else { k };
+        let ranked = self.search_vectors(&q, depth, allowed.as_ref())?;
+        let ranked: Vec<(i64, f64)> = if hybrid {
+            let bm25 = self.bm25(query, allowed.as_ref())?;
+            let mut fused: HashMap<i64, f64> = HashMap::new();
+            for list in [&ranked, &bm25] {
+                for (rank, (id, _)) in list.iter().enumerate() {
+                    *fused.entry(*id).or_default() += 1.0 / (60.0 + rank as f64 + 1.0);
+                }
+            }
+            let mut fused: Vec<(i64, f64)> = fused.into_iter().collect();
+            fused.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            fused.truncate(k);
+            fused
+        } else {
+            ranked
+        };
+        ranked
+            .into_iter()
+            .map(|(id, score)| self.hit(id, score))
+            .collect()
+    }
+
+    /// BM25 ranks from FTS5 over the query's words (stop words left out), at most 200.
+    fn bm25(&self, query: &str, allowed: Option<&HashSet<i64>>) -> Result<Vec<(i64, f64)>, String> {
         let terms: Vec<String> = query
             .split(|c: char| !c.is_alphanumeric())
             .map(str::to_lowercase)
             .filter(|w| w.len() > 1 && !STOPWORDS.contains(&w.as_str()))
             .map(|w| format!("\"{w}\""))
             .collect();
-        let mut bm25_rank: HashMap<i64, usize> = HashMap::new();
-        if !terms.is_empty() {
-            let mut fts = self
-                .db
-                .prepare("SELECT rowid FROM chunks_fts WHERE chunks_fts MATCH ?1 ORDER BY bm25(chunks_fts) LIMIT 200")
-                .map_err(sqlerr)?;
-            let ids = fts
-                .query_map(params![terms.join(" OR ")], |r| r.get::<_, i64>(0))
-                .map_err(sqlerr)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(sqlerr)?;
-            for (rank, id) in ids.into_iter().enumerate() {
-                bm25_rank.insert(id, rank);
-            }
+        if terms.is_empty() {
+            return Ok(Vec::new());
         }
-        let mut fused: Vec<(f64, Hit)> = scored
+        let mut fts = self
+            .db
+            .prepare_cached(
+                "SELECT rowid, bm25(chunks_fts) FROM chunks_fts WHERE chunks_fts MATCH ?1 ORDER BY bm25(chunks_fts) LIMIT 200",
+            )
+            .map_err(sqlerr)?;
+        let rows: Vec<(i64, f64)> = fts
+            .query_map(params![terms.join(" OR ")], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(sqlerr)?
+            .collect::<Result<_, _>>()
+            .map_err(sqlerr)?;
+        Ok(rows
             .into_iter()
-            .enumerate()
-            .map(|(rank, (id, _, mut hit))| {
-                let mut s = 1.0 / (60.0 + rank as f64 + 1.0);
-                if let Some(r) = bm25_rank.get(&id) {
-                    s += 1.0 / (60.0 + *r as f64 + 1.0);
-                }
-                hit.score = s;
-                (s, hit)
-            })
-            .collect();
-        fused.sort_by(|a, b| b.0.total_cmp(&a.0));
-        Ok(fused.into_iter().take(k).map(|(_, h)| h).collect())
+            .filter(|(id, _)| allowed.is_none_or(|a| a.contains(id)))
+            .collect())
+    }
+
+    fn hit(&self, id: i64, score: f64) -> Result<Hit, String> {
+        self.db
+            .query_row(
+                "SELECT path, start, end, heading, text, metadata FROM chunks WHERE id = ?1",
+                params![id],
+                |r| {
+                    Ok(Hit {
+                        source: r.get(0)?,
+                        start: r.get::<_, i64>(1)? as usize,
+                        end: r.get::<_, i64>(2)? as usize,
+                        heading: r.get(3)?,
+                        text: r.get(4)?,
+                        score,
+                        metadata: serde_json::from_str(&r.get::<_, String>(5)?).unwrap_or_default(),
+                    })
+                },
+            )
+            .map_err(sqlerr)
+    }
+
+    /// Metadata keys that hold lists somewhere in the index (filters on them test membership).
+    fn list_keys(&self) -> Result<HashSet<String>, String> {
+        let mut stmt = self
+            .db
+            .prepare_cached("SELECT DISTINCT metadata FROM chunks")
+            .map_err(sqlerr)?;
+        let metas: Vec<String> = stmt
+            .query_map([], |r| r.get(0))
+            .map_err(sqlerr)?
+            .collect::<Result<_, _>>()
+            .map_err(sqlerr)?;
+        Ok(metas
+            .iter()
+            .filter_map(|m| serde_json::from_str::<Map<String, Json>>(m).ok())
+            .flat_map(|m| m.into_iter().filter(|(_, v)| v.is_array()).map(|(k, _)| k))
+            .collect())
+    }
+
+    /// Removes the index's vectors from its Chroma collection, if it has one (before `index rm`).
+    pub async fn drop_store(&self) -> Result<(), String> {
+        match &self.chroma {
+            Some(c) => c.drop_collection().await,
+            None => Ok(()),
+        }
+    }
+
+    /// The Chroma collection's size, when the vectors live there.
+    pub async fn store_count(&self) -> Result<Option<u64>, String> {
+        match &self.chroma {
+            Some(c) => c.count().await.map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+/// What Chroma keeps with a chunk: its metadata plus where it is (Chroma has no nulls or empty lists).
+fn chroma_metadata(key: &str, c: &Chunk, metadata: &Map<String, Json>) -> Map<String, Json> {
+    let mut m: Map<String, Json> = metadata
+        .iter()
+        .filter(|(_, v)| !v.is_null() && v.as_array().is_none_or(|a| !a.is_empty()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    m.insert("sluice:source".into(), Json::String(key.to_owned()));
+    m.insert("sluice:start".into(), Json::from(c.start));
+    m.insert("sluice:end".into(), Json::from(c.end));
+    if let Some(h) = &c.heading {
+        m.insert("heading".into(), Json::String(h.clone()));
+    }
+    m
+}
+
+fn hit_from_chroma(h: super::chroma::ChromaHit) -> Hit {
+    let mut m = h.metadata;
+    let num = |v: Option<Json>| v.and_then(|v| v.as_u64()).unwrap_or(0) as usize;
+    let source = m
+        .remove("sluice:source")
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let start = num(m.remove("sluice:start"));
+    let end = num(m.remove("sluice:end"));
+    let heading = m
+        .remove("heading")
+        .and_then(|v| v.as_str().map(str::to_owned));
+    Hit {
+        text: h.document,
+        source,
+        score: 1.0 - h.distance,
+        start,
+        end,
+        heading,
+        metadata: m,
     }
 }
 
@@ -480,63 +903,3 @@ const STOPWORDS: &[&str] = &[
     "i", "in", "is", "it", "of", "on", "or", "out", "that", "the", "this", "to", "was", "what",
     "when", "where", "which", "who", "why", "with", "you",
 ];
-
-fn collect(path: &Path, out: &mut Vec<PathBuf>) {
-    if path.is_dir() {
-        if let Ok(entries) = std::fs::read_dir(path) {
-            for e in entries.flatten() {
-                collect(&e.path(), out);
-            }
-        }
-    } else if path.extension().and_then(|e| e.to_str()).is_some_and(|e| {
-        matches!(
-            e.to_ascii_lowercase().as_str(),
-            "txt" | "md" | "markdown" | "html" | "htm"
-        )
-    }) {
-        out.push(std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chunks_overlap_and_respect_headings() {
-        let text = "# One\nalpha beta gamma delta\n```\n# not a heading\n```\n# Two\nzeta eta";
-        let chunks = chunk_text(
-            text,
-            Chunking {
-                size: 4,
-                overlap: 1,
-            },
-        );
-        let texts: Vec<&str> = chunks.iter().map(|c| c.text.as_str()).collect();
-        assert_eq!(
-            texts,
-            [
-                "# One\nalpha beta",
-                "beta gamma delta\n```",
-                "```\n# not a",
-                "a heading\n```",
-                "# Two\nzeta eta"
-            ]
-        );
-        // A `#` line inside fenced code does not start a section.
-        assert_eq!(chunks[3].heading.as_deref(), Some("One"));
-        assert_eq!(chunks[4].heading.as_deref(), Some("Two"));
-        assert_eq!(&text[chunks[1].start..chunks[1].end], chunks[1].text);
-    }
-
-    #[test]
-    fn html_loses_tags_scripts_and_styles() {
-        let t = strip_html(
-            "<html><style>p{}</style><p>Hello &amp; bye</p><script>x()</script><div>two</div></html>",
-        );
-        assert_eq!(
-            t.split_whitespace().collect::<Vec<_>>(),
-            ["Hello", "&", "bye", "two"]
-        );
-    }
-}

@@ -1,6 +1,12 @@
-//! Retrieval: `sluice index` builds a SQLite file per index (chunks, their embeddings, an FTS5 table for
-//! BM25) from text files, and the `retrieval` node searches it (exact vector search, optionally fused
-//! with BM25 by reciprocal rank).
+//! Retrieval: `sluice index` reads documents ([`document`]), cuts them into chunks, embeds them, and
+//! keeps them in an index ([`index`]): one SQLite file with the chunks, an FTS5 table for BM25 and the
+//! vectors in sqlite-vec, an HNSW graph beside it above a size threshold ([`ann`]), or a Chroma
+//! server's collection ([`chroma`]). The `retrieval` node ([`node`]) searches it, with metadata
+//! filters ([`filter`]) and optional BM25 fusion.
 
+pub mod ann;
+pub mod chroma;
+pub mod document;
+pub mod filter;
 pub mod index;
 pub mod node;

@@ -1,5 +1,6 @@
-//! `retrieval` nodes: `query`, `index` (a name from `sluice index build`), `top_k` (default 3) and
-//! `hybrid` (BM25 fused with vectors) give a list of `{text, source, score, metadata}`.
+//! `retrieval` nodes: `query`, `index` (a name from `sluice index build`), `top_k` (default 3),
+//! `filter` (metadata that hits must have, like `{tags: runs}`) and `hybrid` (BM25 fused with vectors)
+//! give a list of `{text, source, score, metadata}`.
 
 use std::sync::Arc;
 
@@ -10,6 +11,7 @@ use sluice_engine::{
 };
 use tokio::sync::Mutex;
 
+use super::filter::Filter;
 use super::index::{Index, index_path};
 
 /// The `retrieval` node kind.
@@ -49,12 +51,33 @@ impl NodeKind for RetrievalKind {
             )));
         }
         let index = Index::open(&path).map_err(BuildError::new)?;
+        // A literal filter is checked now, not at the first line.
+        if let Some(InputValue::Literal(v)) = node.inputs.get("filter").map(|b| &b.value)
+            && !matches!(v, Value::Null)
+        {
+            Filter::from_json(&v.to_json_lossy()).map_err(|e| {
+                BuildError::new(format!("node `{}`: {e}", node.name))
+                    .help("write `filter: {KEY: VALUE}`; a list of values matches any of them")
+            })?;
+        }
+        if matches!(
+            node.inputs.get("hybrid").map(|b| &b.value),
+            Some(InputValue::Literal(Value::Bool(true)))
+        ) && index.meta("store").is_some()
+        {
+            return Err(BuildError::new(format!(
+                "node `{}` asks for hybrid search, but the index `{name}` keeps its vectors in Chroma",
+                node.name
+            ))
+            .help("hybrid (BM25) search needs the embedded store: drop `hybrid: true` or build the index without --store"));
+        }
         let mut signature = Signature::default();
         for (p, ty, required) in [
             ("query", ValueType::String, true),
             ("index", ValueType::String, true),
             ("top_k", ValueType::Int, false),
             ("hybrid", ValueType::Bool, false),
+            ("filter", ValueType::Object, false),
         ] {
             signature.params.insert(
                 p.to_owned(),
@@ -92,17 +115,25 @@ impl Node for RetrievalNode {
             _ => 3,
         };
         let hybrid = matches!(inputs.get("hybrid"), Some(Value::Bool(true)));
+        let filter = match inputs.get("filter") {
+            None | Some(Value::Null) => Filter::default(),
+            Some(v) => Filter::from_json(&v.to_json_lossy())
+                .map_err(|e| NodeError::user("InvalidFilter", e))?,
+        };
         let hits = self
             .index
             .lock()
             .await
-            .query(&query, k, hybrid)
+            .query(&query, k, hybrid, &filter)
             .await
             .map_err(|e| NodeError::user("RetrievalError", e))?;
         Ok(Value::List(
             hits.into_iter()
                 .map(|h| {
                     let mut meta = Map::new();
+                    for (key, v) in h.metadata {
+                        meta.insert(key, Value::from(v));
+                    }
                     meta.insert("start".into(), Value::Int(h.start as i64));
                     meta.insert("end".into(), Value::Int(h.end as i64));
                     if let Some(heading) = h.heading {

@@ -1,0 +1,363 @@
+//! Documents: the text and metadata of a file (Markdown front matter, HTML titles, PDF text), and
+//! how text is cut into chunks.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value as Json};
+
+/// The file kinds an index reads.
+pub const EXTENSIONS: &[&str] = &["txt", "md", "markdown", "html", "htm", "pdf"];
+
+/// A file's text and the metadata every chunk of it carries.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Document {
+    pub text: String,
+    /// `file` (the file name), `title` where one is found, and the scalar or list values of a Markdown
+    /// front matter block.
+    pub metadata: Map<String, Json>,
+}
+
+/// Reads a file into a [`Document`]: Markdown and text as they are (less a `---` front matter block,
+/// which becomes metadata), HTML without tags, scripts or styles, PDF as its text.
+pub fn read(path: &Path) -> Result<Document, String> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let mut metadata = Map::new();
+    if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+        metadata.insert("file".into(), Json::String(name.to_owned()));
+    }
+    let text = if ext == "pdf" {
+        let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+        // The PDF parser panics on some malformed files; a bad file must not take the build down.
+        let text = std::panic::catch_unwind(|| pdf_extract::extract_text_from_mem(&bytes))
+            .map_err(|_| "the PDF parser failed on this file".to_owned())?
+            .map_err(|e| format!("not a readable PDF: {e}"))?;
+        tidy_pdf_text(&text)
+    } else {
+        let raw = std::fs::read(path).map_err(|e| e.to_string())?;
+        let raw = String::from_utf8(raw)
+            .map_err(|e| format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()))?;
+        if ext == "html" || ext == "htm" {
+            if let Some(t) = html_title(&raw) {
+                metadata.insert("title".into(), Json::String(t));
+            }
+            strip_html(&raw)
+        } else {
+            let (front, body) = split_front_matter(&raw);
+            if let Some(front) = front {
+                front_matter(front, &mut metadata).map_err(|e| format!("front matter: {e}"))?;
+            }
+            body.to_owned()
+        }
+    };
+    if !metadata.contains_key("title")
+        && let Some(h) = text.lines().find_map(|l| l.trim_start().strip_prefix("# "))
+    {
+        metadata.insert("title".into(), Json::String(h.trim().to_owned()));
+    }
+    Ok(Document { text, metadata })
+}
+
+/// Splits `---\n...\n---\n` off the start of a Markdown file.
+fn split_front_matter(raw: &str) -> (Option<&str>, &str) {
+    let Some(rest) = raw
+        .strip_prefix("---\n")
+        .or_else(|| raw.strip_prefix("---\r\n"))
+    else {
+        return (None, raw);
+    };
+    let mut pos = 0;
+    for line in rest.split_inclusive('\n') {
+        if line.trim_end() == "---" {
+            return (Some(&rest[..pos]), &rest[pos + line.len()..]);
+        }
+        pos += line.len();
+    }
+    (None, raw)
+}
+
+/// The scalar and list-of-scalar entries of a YAML front matter block.
+fn front_matter(yaml: &str, out: &mut Map<String, Json>) -> Result<(), String> {
+    use yaml_rust2::{Yaml, YamlLoader};
+    fn scalar(y: &Yaml) -> Option<Json> {
+        Some(match y {
+            Yaml::String(s) => Json::String(s.clone()),
+            Yaml::Real(s) => s.parse::<f64>().ok().map(Json::from)?,
+            Yaml::Integer(i) => Json::from(*i),
+            Yaml::Boolean(b) => Json::Bool(*b),
+            _ => return None,
+        })
+    }
+    let docs = YamlLoader::load_from_str(yaml).map_err(|e| e.to_string())?;
+    let Some(Yaml::Hash(map)) = docs.into_iter().next() else {
+        return Ok(());
+    };
+    for (k, v) in map {
+        let Some(k) = k.as_str() else { continue };
+        let value = match &v {
+            Yaml::Array(items) => Json::Array(items.iter().filter_map(scalar).collect()),
+            other => match scalar(other) {
+                Some(j) => j,
+                None => continue,
+            },
+        };
+        out.insert(k.to_owned(), value);
+    }
+    Ok(())
+}
+
+fn html_title(html: &str) -> Option<String> {
+    let lower = html.to_ascii_lowercase();
+    let a = lower.find("<title")?;
+    let a = a + lower[a..].find('>')? + 1;
+    let b = a + lower[a..].find("</title>")?;
+    let t = html[a..b].trim();
+    (!t.is_empty()).then(|| t.to_owned())
+}
+
+/// PDF text comes with hard line breaks inside paragraphs and runs of spaces; paragraphs are kept.
+fn tidy_pdf_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for para in text.split("\n\n") {
+        let words: Vec<&str> = para.split_whitespace().collect();
+        if words.is_empty() {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str("\n\n");
+        }
+        out.push_str(&words.join(" "));
+    }
+    out
+}
+
+/// The files under `path` that an index reads, absolute.
+pub fn collect(path: &Path, out: &mut Vec<PathBuf>) {
+    if path.is_dir() {
+        if let Ok(entries) = std::fs::read_dir(path) {
+            for e in entries.flatten() {
+                collect(&e.path(), out);
+            }
+        }
+    } else if path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+    {
+        out.push(std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()));
+    }
+}
+
+/// How text is cut into chunks.
+#[derive(Clone, Copy, Debug)]
+pub struct Chunking {
+    /// Words per chunk (a word is about 1.3 tokens of English).
+    pub size: usize,
+    /// Words repeated from the end of the previous chunk.
+    pub overlap: usize,
+}
+
+/// One chunk of a document.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Chunk {
+    /// Byte offsets in the (extracted) text.
+    pub start: usize,
+    pub end: usize,
+    /// The nearest Markdown heading above the chunk.
+    pub heading: Option<String>,
+    pub text: String,
+}
+
+/// Cuts text into chunks of about `size` words with `overlap`, never across a Markdown heading, and
+/// preferring paragraph ends.
+pub fn chunk_text(text: &str, c: Chunking) -> Vec<Chunk> {
+    // Sections start at headings.
+    let mut sections: Vec<(usize, usize, Option<String>)> = Vec::new();
+    let mut start = 0;
+    let mut heading = None;
+    let mut pos = 0;
+    let mut in_fence = false;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with("```") {
+            in_fence = !in_fence;
+        }
+        // A Markdown heading: `#`s then a space, outside fenced code.
+        let is_heading = !in_fence
+            && trimmed.starts_with('#')
+            && trimmed.trim_start_matches('#').starts_with(' ');
+        if is_heading && pos > start {
+            sections.push((start, pos, heading.clone()));
+            start = pos;
+        }
+        if is_heading {
+            heading = Some(trimmed.trim().trim_start_matches('#').trim().to_owned());
+        }
+        pos += line.len();
+    }
+    sections.push((start, text.len(), heading));
+    let mut out = Vec::new();
+    for (s, e, heading) in sections {
+        let words: Vec<(usize, usize)> = word_spans(&text[s..e])
+            .map(|(a, b)| (a + s, b + s))
+            .collect();
+        if words.is_empty() {
+            continue;
+        }
+        let step = c.size.saturating_sub(c.overlap).max(1);
+        let mut i = 0;
+        loop {
+            let mut j = (i + c.size).min(words.len());
+            // End at a paragraph break inside the last quarter, when there is one.
+            if j < words.len() {
+                let floor = i + c.size * 3 / 4;
+                if let Some(k) = (floor..j)
+                    .rev()
+                    .find(|&k| text[words[k].1..words[k + 1].0].contains("\n\n"))
+                {
+                    j = k + 1;
+                }
+            }
+            let (a, b) = (words[i].0, words[j - 1].1);
+            out.push(Chunk {
+                start: a,
+                end: b,
+                heading: heading.clone(),
+                text: text[a..b].to_owned(),
+            });
+            if j >= words.len() {
+                break;
+            }
+            i = (i + step).min(j).max(i + 1);
+        }
+    }
+    out
+}
+
+fn word_spans(s: &str) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let mut spans = Vec::new();
+    let mut start = None;
+    for (i, ch) in s.char_indices() {
+        match (ch.is_whitespace(), start) {
+            (true, Some(a)) => {
+                spans.push((a, i));
+                start = None;
+            }
+            (false, None) => start = Some(i),
+            _ => {}
+        }
+    }
+    if let Some(a) = start {
+        spans.push((a, s.len()));
+    }
+    spans.into_iter()
+}
+
+pub fn strip_html(html: &str) -> String {
+    let mut out = String::with_capacity(html.len());
+    let lower = html.to_ascii_lowercase();
+    let mut i = 0;
+    while i < html.len() {
+        if lower[i..].starts_with("<script") || lower[i..].starts_with("<style") {
+            let close = if lower[i..].starts_with("<script") {
+                "</script>"
+            } else {
+                "</style>"
+            };
+            i = lower[i..]
+                .find(close)
+                .map_or(html.len(), |p| i + p + close.len());
+            continue;
+        }
+        if html[i..].starts_with('<') {
+            let end = html[i..].find('>').map_or(html.len(), |p| i + p + 1);
+            let tag = &lower[i..end];
+            if [
+                "<p", "<br", "<div", "<li", "<h1", "<h2", "<h3", "</p", "</div",
+            ]
+            .iter()
+            .any(|t| tag.starts_with(t))
+            {
+                out.push('\n');
+            }
+            i = end;
+            continue;
+        }
+        let ch = html[i..].chars().next().expect("in bounds");
+        out.push(ch);
+        i += ch.len_utf8();
+    }
+    out.replace("&amp;", "&")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&nbsp;", " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn front_matter_becomes_metadata() {
+        let dir = std::env::temp_dir().join(format!("sluice-doc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("a.md");
+        std::fs::write(
+            &p,
+            "---\ntitle: Batch runs\ntags: [runs, batch]\nlevel: 2\n---\n# Heading\nbody text\n",
+        )
+        .unwrap();
+        let d = read(&p).unwrap();
+        assert_eq!(d.text, "# Heading\nbody text\n");
+        assert_eq!(
+            Json::Object(d.metadata),
+            serde_json::json!({"file": "a.md", "title": "Batch runs", "tags": ["runs", "batch"], "level": 2})
+        );
+        std::fs::write(&p, "no front matter\n---\n").unwrap();
+        assert_eq!(read(&p).unwrap().text, "no front matter\n---\n");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn chunks_overlap_and_respect_headings() {
+        let text = "# One\nalpha beta gamma delta\n```\n# not a heading\n```\n# Two\nzeta eta";
+        let chunks = chunk_text(
+            text,
+            Chunking {
+                size: 4,
+                overlap: 1,
+            },
+        );
+        let texts: Vec<&str> = chunks.iter().map(|c| c.text.as_str()).collect();
+        assert_eq!(
+            texts,
+            [
+                "# One\nalpha beta",
+                "beta gamma delta\n```",
+                "```\n# not a",
+                "a heading\n```",
+                "# Two\nzeta eta"
+            ]
+        );
+        // A `#` line inside fenced code does not start a section.
+        assert_eq!(chunks[3].heading.as_deref(), Some("One"));
+        assert_eq!(chunks[4].heading.as_deref(), Some("Two"));
+        assert_eq!(&text[chunks[1].start..chunks[1].end], chunks[1].text);
+    }
+
+    #[test]
+    fn html_loses_tags_scripts_and_styles() {
+        let t = strip_html(
+            "<html><style>p{}</style><p>Hello &amp; bye</p><script>x()</script><div>two</div></html>",
+        );
+        assert_eq!(
+            t.split_whitespace().collect::<Vec<_>>(),
+            ["Hello", "&", "bye", "two"]
+        );
+    }
+}
