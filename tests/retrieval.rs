@@ -154,6 +154,126 @@ fn a_flow_retrieves_from_an_index() {
     let _ = Path::new(".");
 }
 
+/// Flows written for promptflow's embedding and vector lookup tools run on Sluice's kinds unchanged
+/// (but for the index, which is a Sluice index name).
+#[test]
+fn promptflow_vector_tools_map_to_sluice_kinds() {
+    let env = Env::new();
+    env.build();
+    let flow = tempfile::tempdir().unwrap();
+    std::fs::write(
+        flow.path().join("flow.dag.yaml"),
+        r#"inputs:
+  question: {type: string}
+outputs:
+  vector: {reference: '${embed.output}'}
+  by_vector: {reference: '${by_vector.output}'}
+  faiss: {reference: '${faiss.output}'}
+  lookup: {reference: '${lookup.output}'}
+  many: {reference: '${many.output}'}
+nodes:
+- name: embed
+  type: python
+  source: {type: package, tool: promptflow.tools.embedding.embedding}
+  inputs:
+    connection: local
+    deployment_name: minilm
+    input: ${inputs.question}
+- name: by_vector
+  type: python
+  source: {type: package, tool: promptflow_vectordb.tool.vector_index_lookup.VectorIndexLookup.search}
+  inputs:
+    path: kb
+    query: ${embed.output}
+    top_k: 2
+- name: faiss
+  type: python
+  source: {type: package, tool: promptflow_vectordb.tool.faiss_index_lookup.FaissIndexLookup.search}
+  inputs:
+    path: kb
+    vector: ${embed.output}
+    top_k: 1
+- name: lookup
+  type: python
+  source: {type: package, tool: promptflow_vectordb.tool.common_index_lookup.search}
+  inputs:
+    mlindex_content: kb
+    queries: ${inputs.question}
+    query_type: Hybrid (vector + keyword)
+    top_k: 2
+- name: many
+  type: python
+  source: {type: package, tool: promptflow_vectordb.tool.common_index_lookup.search}
+  inputs:
+    mlindex_content: kb
+    queries: ["steam locomotives", "lava and ash"]
+    query_type: Vector
+    top_k: 1
+"#,
+    )
+    .unwrap();
+    let v = env.json(&[
+        "flow",
+        "test",
+        "--inputs",
+        "question=Where do honey bees live?",
+        "--flow",
+        flow.path().to_str().unwrap(),
+    ]);
+    assert_eq!(v["vector"].as_array().unwrap().len(), 384);
+    for node in ["by_vector", "faiss", "lookup"] {
+        let top = v[node][0]["source"].as_str().unwrap();
+        assert!(top.ends_with("bees.md"), "{node}: {v}");
+    }
+    assert_eq!(v["by_vector"].as_array().unwrap().len(), 2);
+    // The vector lookup scores like the text query it came from.
+    let by_text = env.json(&[
+        "index",
+        "query",
+        "kb",
+        "Where do honey bees live?",
+        "-k",
+        "1",
+    ]);
+    let (a, b) = (
+        v["faiss"][0]["score"].as_f64().unwrap(),
+        by_text[0]["score"].as_f64().unwrap(),
+    );
+    assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+    let many = v["many"].as_array().unwrap();
+    assert!(
+        many[0][0]["source"]
+            .as_str()
+            .unwrap()
+            .ends_with("trains.html"),
+        "{v}"
+    );
+    assert!(
+        many[1][0]["source"]
+            .as_str()
+            .unwrap()
+            .ends_with("volcanoes.txt"),
+        "{v}"
+    );
+
+    // An Azure ML index description is not a Sluice index: the load error says what to do.
+    let yaml = std::fs::read_to_string(flow.path().join("flow.dag.yaml")).unwrap();
+    std::fs::write(
+        flow.path().join("flow.dag.yaml"),
+        yaml.replace(
+            "mlindex_content: kb\n    queries: ${",
+            "mlindex_content: \"azureml://subscriptions/x/index\"\n    queries: ${",
+        ),
+    )
+    .unwrap();
+    env.sluice()
+        .args(["flow", "validate", "--flow"])
+        .arg(flow.path())
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("sluice index build"));
+}
+
 /// A one-page PDF with `text` in Helvetica (offsets in the cross-reference table computed here).
 fn pdf(text: &str) -> Vec<u8> {
     let content = format!("BT /F1 12 Tf 72 720 Td ({text}) Tj ET");

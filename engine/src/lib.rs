@@ -68,7 +68,8 @@ pub use exec::{AggregationResult, LineOptions, LineResult, NodeRunInfo, RunObser
 pub use load::{VariantSelection, load_flow_def, locate_flow};
 pub use model::{FlowDef, InputDef, InputValue, NodeDef, OutputDef, ValueType};
 pub use node::{
-    BuildContext, Built, Node, NodeContext, NodeInputs, NodeKind, NodeRegistry, Param, Signature,
+    BuildContext, Built, Node, NodeContext, NodeInputs, NodeKind, NodeRegistry, PackageTool, Param,
+    Signature,
 };
 pub use plan::{Flow, LoadOptions, PlannedNode};
 pub use value::{Map, Opaque, PathStep, Value};

@@ -164,10 +164,20 @@ impl NodeContext {
     }
 }
 
-/// Node kinds by YAML `type:`.
+/// A promptflow package tool (`source: {type: package, tool: ID}`) that a node kind stands in for.
+#[derive(Clone, Copy, Debug)]
+pub struct PackageTool {
+    /// The type name of the kind that runs it.
+    pub kind: &'static str,
+    /// The tool's parameter names that the kind calls otherwise: (tool's, kind's).
+    pub renames: &'static [(&'static str, &'static str)],
+}
+
+/// Node kinds by YAML `type:`, and the package tools they stand in for.
 #[derive(Clone, Default)]
 pub struct NodeRegistry {
     kinds: BTreeMap<String, Arc<dyn NodeKind>>,
+    package_tools: BTreeMap<String, PackageTool>,
 }
 
 impl Debug for NodeRegistry {
@@ -196,5 +206,53 @@ impl NodeRegistry {
     /// The registered type names, sorted.
     pub fn names(&self) -> Vec<&str> {
         self.kinds.keys().map(String::as_str).collect()
+    }
+
+    /// Lets flows written for promptflow call `tool` (a package tool id) and get `with` instead.
+    pub fn register_package_tool(&mut self, tool: &str, with: PackageTool) -> &mut Self {
+        self.package_tools.insert(tool.to_owned(), with);
+        self
+    }
+
+    /// The package tool ids that have a stand-in, sorted.
+    pub fn package_tools(&self) -> impl Iterator<Item = (&str, &PackageTool)> {
+        self.package_tools.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// Turns nodes that call a registered package tool into nodes of the kind that stands in for it:
+    /// the type changes, inputs are renamed, and a literal `connection` input (how promptflow's tools
+    /// take their connection) becomes the node's connection.
+    pub fn apply_package_tools(&self, def: &mut crate::FlowDef) {
+        for node in &mut def.nodes {
+            let Some(source) = &node.source else { continue };
+            if !matches!(source.ty.as_str(), "package" | "package_with_prompt") {
+                continue;
+            }
+            let Some(with) = source
+                .tool
+                .as_deref()
+                .and_then(|t| self.package_tools.get(t))
+            else {
+                continue;
+            };
+            node.kind = with.kind.to_owned();
+            node.source = None;
+            let inputs = std::mem::take(&mut node.inputs);
+            for (name, binding) in inputs {
+                if name == "connection"
+                    && node.connection.is_none()
+                    && let crate::InputValue::Literal(Value::String(c)) = &binding.value
+                {
+                    node.connection = Some(c.clone());
+                    continue;
+                }
+                let name = with
+                    .renames
+                    .iter()
+                    .find(|(from, _)| *from == name)
+                    .map_or(name, |(_, to)| (*to).to_owned());
+                node.inputs.insert(name, binding);
+            }
+        }
     }
 }

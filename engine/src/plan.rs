@@ -65,7 +65,8 @@ impl Flow {
     }
 
     /// Checks and builds an already-read flow definition.
-    pub fn from_def(def: FlowDef, registry: &NodeRegistry) -> Result<Flow, FlowError> {
+    pub fn from_def(mut def: FlowDef, registry: &NodeRegistry) -> Result<Flow, FlowError> {
+        registry.apply_package_tools(&mut def);
         let mut problems = check_references(&def, registry);
         let order = match topological_order(&def) {
             Ok(order) => order,

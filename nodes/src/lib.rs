@@ -19,7 +19,7 @@ pub mod python;
 pub mod retrieval;
 pub mod template;
 
-use sluice_engine::NodeRegistry;
+use sluice_engine::{NodeRegistry, PackageTool};
 
 /// A registry with every built-in node kind.
 pub fn builtin_registry() -> NodeRegistry {
@@ -30,5 +30,35 @@ pub fn builtin_registry() -> NodeRegistry {
     registry.register(retrieval::node::RetrievalKind);
     #[cfg(feature = "python")]
     registry.register(python::PythonKind);
+    // promptflow's own tools for embeddings and vector search, run by Sluice's kinds.
+    registry.register_package_tool(
+        "promptflow.tools.embedding.embedding",
+        PackageTool {
+            kind: "embedding",
+            renames: &[],
+        },
+    );
+    for (tool, renames) in [
+        (
+            "promptflow_vectordb.tool.vector_index_lookup.VectorIndexLookup.search",
+            &[("path", "index")][..],
+        ),
+        (
+            "promptflow_vectordb.tool.faiss_index_lookup.FaissIndexLookup.search",
+            &[("path", "index"), ("vector", "query")][..],
+        ),
+        (
+            "promptflow_vectordb.tool.common_index_lookup.search",
+            &[("mlindex_content", "index"), ("queries", "query")][..],
+        ),
+    ] {
+        registry.register_package_tool(
+            tool,
+            PackageTool {
+                kind: "retrieval",
+                renames,
+            },
+        );
+    }
     registry
 }

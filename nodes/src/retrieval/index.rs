@@ -739,6 +739,42 @@ impl Index {
             .await
             .map_err(|e| e.message)?
             .remove(0);
+        self.search(q, Some(query), k, hybrid, filter).await
+    }
+
+    /// The `k` chunks nearest to a vector already embedded by the index's model (normalised here).
+    pub async fn query_vector(
+        &mut self,
+        mut q: Vec<f32>,
+        k: usize,
+        filter: &Filter,
+    ) -> Result<Vec<Hit>, String> {
+        let dims: usize = self
+            .meta("dims")
+            .and_then(|d| d.parse().ok())
+            .ok_or("the index is empty: build it first")?;
+        if q.len() != dims {
+            return Err(format!(
+                "the query vector has {} numbers, but this index holds {dims}-dimensional vectors of the model `{}`",
+                q.len(),
+                self.meta("model").unwrap_or_default()
+            ));
+        }
+        let norm = q.iter().map(|x| x * x).sum::<f32>().sqrt();
+        if norm > 0.0 {
+            q.iter_mut().for_each(|x| *x /= norm);
+        }
+        self.search(q, None, k, false, filter).await
+    }
+
+    async fn search(
+        &mut self,
+        q: Vec<f32>,
+        text: Option<&str>,
+        k: usize,
+        hybrid: bool,
+        filter: &Filter,
+    ) -> Result<Vec<Hit>, String> {
         if let Some(chroma) = &self.chroma {
             if hybrid {
                 return Err("hybrid search needs the embedded store; this index keeps its vectors in Chroma".into());
@@ -747,6 +783,7 @@ impl Index {
             let hits = chroma.query(&q, k, filter.to_chroma(&list_keys)).await?;
             return Ok(hits.into_iter().map(hit_from_chroma).collect());
         }
+        let hybrid = hybrid && text.is_some();
         let allowed = if filter.is_empty() {
             None
         } else {
@@ -755,7 +792,7 @@ impl Index {
         let depth = if hybrid { k.max(100) } else { k };
         let ranked = self.search_vectors(&q, depth, allowed.as_ref())?;
         let ranked: Vec<(i64, f64)> = if hybrid {
-            let bm25 = self.bm25(query, allowed.as_ref())?;
+            let bm25 = self.bm25(text.unwrap_or_default(), allowed.as_ref())?;
             let mut fused: HashMap<i64, f64> = HashMap::new();
             for list in [&ranked, &bm25] {
                 for (rank, (id, _)) in list.iter().enumerate() {

@@ -39,7 +39,13 @@ impl NodeKind for RetrievalKind {
                 .help("build one with `sluice index build --source DOCS --out NAME`"));
             }
         };
-        let path = index_path(&name).map_err(BuildError::new)?;
+        let path = index_path(&name).map_err(|e| {
+            BuildError::new(format!("node `{}`: {e}", node.name)).help(
+                "a retrieval node searches a Sluice index by name; for a flow written for promptflow's \
+                 index lookup tools, build one from the same documents with \
+                 `sluice index build --source DOCS --out NAME` and give NAME as the index (`path` or `mlindex_content`)",
+            )
+        })?;
         if !path.is_file() {
             return Err(BuildError::new(format!(
                 "node `{}` uses the index `{name}`, which does not exist ({})",
@@ -60,10 +66,18 @@ impl NodeKind for RetrievalKind {
                     .help("write `filter: {KEY: VALUE}`; a list of values matches any of them")
             })?;
         }
-        if matches!(
-            node.inputs.get("hybrid").map(|b| &b.value),
-            Some(InputValue::Literal(Value::Bool(true)))
-        ) && index.meta("store").is_some()
+        let literal_hybrid = match node.inputs.get("query_type").map(|b| &b.value) {
+            Some(InputValue::Literal(Value::String(t))) => {
+                hybrid_of(t).map_err(|e| BuildError::new(format!("node `{}`: {e}", node.name)))?
+            }
+            _ => false,
+        };
+        if (literal_hybrid
+            || matches!(
+                node.inputs.get("hybrid").map(|b| &b.value),
+                Some(InputValue::Literal(Value::Bool(true)))
+            ))
+            && index.meta("store").is_some()
         {
             return Err(BuildError::new(format!(
                 "node `{}` asks for hybrid search, but the index `{name}` keeps its vectors in Chroma",
@@ -73,16 +87,18 @@ impl NodeKind for RetrievalKind {
         }
         let mut signature = Signature::default();
         for (p, ty, required) in [
-            ("query", ValueType::String, true),
-            ("index", ValueType::String, true),
-            ("top_k", ValueType::Int, false),
-            ("hybrid", ValueType::Bool, false),
-            ("filter", ValueType::Object, false),
+            // A text, a list of texts, or a vector.
+            ("query", None, true),
+            ("index", Some(ValueType::String), true),
+            ("top_k", Some(ValueType::Int), false),
+            ("hybrid", Some(ValueType::Bool), false),
+            ("filter", Some(ValueType::Object), false),
+            ("query_type", Some(ValueType::String), false),
         ] {
             signature.params.insert(
                 p.to_owned(),
                 Param {
-                    ty: Some(ty),
+                    ty,
                     has_default: !required,
                     required,
                 },
@@ -97,12 +113,88 @@ impl NodeKind for RetrievalKind {
     }
 }
 
+/// What a `query` input asks.
+enum Query {
+    Text(String),
+    /// A vector from the index's embedding model (promptflow's vector lookups).
+    Vector(Vec<f32>),
+    /// Several texts (promptflow's Index Lookup `queries`): a list of hit lists comes back.
+    Texts(Vec<String>),
+}
+
+fn query_of(v: &Value) -> Result<Query, NodeError> {
+    let number = |x: &Value| match x {
+        Value::Int(i) => Some(*i as f32),
+        Value::Float(f) => Some(*f as f32),
+        _ => None,
+    };
+    Ok(match v {
+        Value::String(s) => Query::Text(s.clone()),
+        Value::List(items) if !items.is_empty() && items.iter().all(|x| number(x).is_some()) => {
+            Query::Vector(items.iter().filter_map(number).collect())
+        }
+        Value::List(items) if items.iter().all(|x| matches!(x, Value::String(_))) => Query::Texts(
+            items
+                .iter()
+                .map(|x| match x {
+                    Value::String(s) => s.clone(),
+                    _ => unreachable!("all strings"),
+                })
+                .collect(),
+        ),
+        Value::List(_) => {
+            return Err(NodeError::user(
+                "InvalidQuery",
+                "`query` is a text, a list of texts, or a vector (a list of numbers)",
+            ));
+        }
+        other => Query::Text(other.py_str()),
+    })
+}
+
+/// promptflow's Index Lookup `query_type`: vector or hybrid search; keyword-only search is not offered.
+fn hybrid_of(query_type: &str) -> Result<bool, String> {
+    let t = query_type.to_ascii_lowercase();
+    if t.contains("hybrid") {
+        Ok(true)
+    } else if t.contains("vector") || t.contains("dense") || t.is_empty() {
+        Ok(false)
+    } else {
+        Err(format!(
+            "query_type `{query_type}` is not offered: use `Vector` or `Hybrid (vector + keyword)`"
+        ))
+    }
+}
+
+fn hits_value(hits: Vec<super::index::Hit>) -> Value {
+    Value::List(
+        hits.into_iter()
+            .map(|h| {
+                let mut meta = Map::new();
+                for (key, v) in h.metadata {
+                    meta.insert(key, Value::from(v));
+                }
+                meta.insert("start".into(), Value::Int(h.start as i64));
+                meta.insert("end".into(), Value::Int(h.end as i64));
+                if let Some(heading) = h.heading {
+                    meta.insert("heading".into(), Value::String(heading));
+                }
+                let mut m = Map::new();
+                m.insert("text".into(), Value::String(h.text));
+                m.insert("source".into(), Value::String(h.source));
+                m.insert("score".into(), Value::Float((h.score * 1e6).round() / 1e6));
+                m.insert("metadata".into(), Value::Map(meta));
+                Value::Map(m)
+            })
+            .collect(),
+    )
+}
+
 #[async_trait]
 impl Node for RetrievalNode {
     async fn run(&self, inputs: NodeInputs, _cx: &NodeContext) -> Result<Value, NodeError> {
         let query = match inputs.get("query") {
-            Some(Value::String(s)) => s.clone(),
-            Some(other) => other.py_str(),
+            Some(v) => query_of(v)?,
             None => {
                 return Err(NodeError::user(
                     "InputNotFound",
@@ -114,39 +206,29 @@ impl Node for RetrievalNode {
             Some(Value::Int(n)) if *n > 0 => *n as usize,
             _ => 3,
         };
-        let hybrid = matches!(inputs.get("hybrid"), Some(Value::Bool(true)));
+        let mut hybrid = matches!(inputs.get("hybrid"), Some(Value::Bool(true)));
+        if let Some(Value::String(t)) = inputs.get("query_type") {
+            hybrid |= hybrid_of(t).map_err(|e| NodeError::user("InvalidQueryType", e))?;
+        }
         let filter = match inputs.get("filter") {
             None | Some(Value::Null) => Filter::default(),
             Some(v) => Filter::from_json(&v.to_json_lossy())
                 .map_err(|e| NodeError::user("InvalidFilter", e))?,
         };
-        let hits = self
-            .index
-            .lock()
-            .await
-            .query(&query, k, hybrid, &filter)
-            .await
-            .map_err(|e| NodeError::user("RetrievalError", e))?;
-        Ok(Value::List(
-            hits.into_iter()
-                .map(|h| {
-                    let mut meta = Map::new();
-                    for (key, v) in h.metadata {
-                        meta.insert(key, Value::from(v));
-                    }
-                    meta.insert("start".into(), Value::Int(h.start as i64));
-                    meta.insert("end".into(), Value::Int(h.end as i64));
-                    if let Some(heading) = h.heading {
-                        meta.insert("heading".into(), Value::String(heading));
-                    }
-                    let mut m = Map::new();
-                    m.insert("text".into(), Value::String(h.text));
-                    m.insert("source".into(), Value::String(h.source));
-                    m.insert("score".into(), Value::Float((h.score * 1e6).round() / 1e6));
-                    m.insert("metadata".into(), Value::Map(meta));
-                    Value::Map(m)
-                })
-                .collect(),
-        ))
+        let mut index = self.index.lock().await;
+        let err = |e| NodeError::user("RetrievalError", e);
+        Ok(match query {
+            Query::Text(q) => hits_value(index.query(&q, k, hybrid, &filter).await.map_err(err)?),
+            Query::Vector(v) => hits_value(index.query_vector(v, k, &filter).await.map_err(err)?),
+            Query::Texts(qs) => {
+                let mut all = Vec::with_capacity(qs.len());
+                for q in qs {
+                    all.push(hits_value(
+                        index.query(&q, k, hybrid, &filter).await.map_err(err)?,
+                    ));
+                }
+                Value::List(all)
+            }
+        })
     }
 }
