@@ -435,29 +435,6 @@ fn pdfs_front_matter_filters_and_unreadable_files() {
         .stderr(predicates::str::contains("filter"));
 }
 
-/// Clustered unit vectors, like embeddings of texts on a few hundred topics.
-fn clustered(n: usize, dims: usize, seed: u64) -> Vec<Vec<f32>> {
-    let mut state = seed;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state >> 11) as f32 / (1u64 << 53) as f32 - 0.5
-    };
-    let centers: Vec<Vec<f32>> = (0..200)
-        .map(|_| (0..dims).map(|_| next()).collect())
-        .collect();
-    (0..n)
-        .map(|i| {
-            let c = &centers[i * 7919 % centers.len()];
-            let mut v: Vec<f32> = c.iter().map(|x| x + 0.6 * next()).collect();
-            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-            v.iter_mut().for_each(|x| *x /= norm);
-            v
-        })
-        .collect()
-}
-
 #[test]
 fn hnsw_recall_at_10_against_exact_search() {
     use sluice_nodes::retrieval::document::Chunk;
@@ -465,7 +442,7 @@ fn hnsw_recall_at_10_against_exact_search() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("synthetic.sqlite");
     let (n, dims) = (20_000, 384);
-    let vectors = clustered(n, dims, 42);
+    let vectors = sluice_nodes::retrieval::ann::synthetic_vectors(n, dims, 42);
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
@@ -489,7 +466,7 @@ fn hnsw_recall_at_10_against_exact_search() {
     drop(index);
     let mut index = Index::open(&path).unwrap();
     assert_eq!(index.info().unwrap()["ann"], true);
-    let queries = clustered(200, dims, 7);
+    let queries = sluice_nodes::retrieval::ann::synthetic_vectors(200, dims, 7);
     let mut found = 0;
     for q in &queries {
         let exact: std::collections::HashSet<i64> = index

@@ -114,3 +114,27 @@ impl Ann {
         bincode::deserialize_from(f).ok()
     }
 }
+
+/// `n` unit vectors around 200 random centres, like embeddings of texts on a few hundred topics;
+/// deterministic for a seed (recall tests and benchmarks).
+pub fn synthetic_vectors(n: usize, dims: usize, seed: u64) -> Vec<Vec<f32>> {
+    let mut state = seed.max(1);
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f32 / (1u64 << 53) as f32 - 0.5
+    };
+    let centres: Vec<Vec<f32>> = (0..200)
+        .map(|_| (0..dims).map(|_| next()).collect())
+        .collect();
+    (0..n)
+        .map(|i| {
+            let c = &centres[i * 7919 % centres.len()];
+            let mut v: Vec<f32> = c.iter().map(|x| x + 0.6 * next()).collect();
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            v.iter_mut().for_each(|x| *x /= norm);
+            v
+        })
+        .collect()
+}

@@ -297,7 +297,7 @@ impl Index {
     }
 
     /// Sets the store of a new index (`chroma://...`); an index keeps the store it was first built with.
-    fn set_store(&mut self, store: Option<&str>) -> Result<(), String> {
+    pub fn set_store(&mut self, store: Option<&str>) -> Result<(), String> {
         let current = self.meta("store");
         match (store, current.as_deref()) {
             (None, _) => Ok(()),
