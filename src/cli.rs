@@ -487,11 +487,12 @@ pub struct IndexBuildArgs {
     /// The embedding model.
     #[arg(long, default_value = "minilm")]
     pub model: String,
-    /// Words per chunk.
-    #[arg(long, default_value_t = 180)]
+    /// The most tokens (of the embedding model) in a chunk; chunks end at word boundaries, never
+    /// cross a Markdown heading, and prefer to end at a paragraph.
+    #[arg(long, default_value_t = 200)]
     pub chunk_size: usize,
-    /// Words shared by consecutive chunks.
-    #[arg(long, default_value_t = 30)]
+    /// Tokens at the end of a chunk that the next one repeats.
+    #[arg(long, default_value_t = 40)]
     pub overlap: usize,
     /// Keep the vectors in a Chroma server (`chroma://HOST:PORT/COLLECTION`) instead of the index
     /// file. An index keeps the store it was first built with.

@@ -28,6 +28,8 @@ type Reply = mpsc::Sender<Result<Vec<Vec<f32>>, LlmError>>;
 pub struct LocalEmbedder {
     name: String,
     dims: usize,
+    /// Shared with the encoding thread; tokenizing needs no context.
+    model: Arc<LlamaModel>,
     jobs: Mutex<mpsc::Sender<(Vec<String>, Reply)>>,
 }
 
@@ -73,6 +75,8 @@ impl LocalEmbedder {
                     format!("could not load {}: {e}", path.display()),
                 )
             })?;
+        let model = Arc::new(model);
+        let shared = Arc::clone(&model);
         let dims = model.n_embd() as usize;
         let (jobs, rx) = mpsc::channel::<(Vec<String>, Reply)>();
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as i32;
@@ -174,6 +178,7 @@ impl LocalEmbedder {
         Ok(LocalEmbedder {
             name,
             dims,
+            model: shared,
             jobs: Mutex::new(jobs),
         })
     }
@@ -181,6 +186,24 @@ impl LocalEmbedder {
     /// Vector size.
     pub fn dims(&self) -> usize {
         self.dims
+    }
+
+    /// How many tokens the model makes of each text, without the start and end tokens.
+    pub fn token_counts(&self, texts: &[&str]) -> Vec<usize> {
+        texts
+            .iter()
+            .map(|t| {
+                self.model
+                    .vocab()
+                    .tokenize(t.as_bytes(), false, false)
+                    .len()
+            })
+            .collect()
+    }
+
+    /// The longest text, in tokens with the start and end tokens, that the model reads whole.
+    pub fn max_tokens(&self) -> usize {
+        self.model.n_ctx_train() as usize
     }
 
     /// One L2-normalised vector per text, in order.

@@ -42,7 +42,7 @@ pub struct LocalConfig {
     /// (`SLUICE_LLM_KV=split`). Shared cells make prefix reuse free and suit short answers (measured on
     /// 2 cores: 200 classification lines 5.5 s shared vs 8.6 s split; 16 sequences x 64 tokens 138 vs
     /// 112 tok/s), but every token attends over all cells, so at high concurrency split wins (64
-    /// sequences x 64 tokens: 175 vs 68 tok/s).
+    /// sequences x 64 tokens: 141 vs 68 tok/s).
     pub unified_kv: bool,
     /// KV cache cells shared by all sequences, in unified mode.
     pub n_ctx: u32,

@@ -154,9 +154,9 @@ pub fn collect(path: &Path, out: &mut Vec<PathBuf>) {
 /// How text is cut into chunks.
 #[derive(Clone, Copy, Debug)]
 pub struct Chunking {
-    /// Words per chunk (a word is about 1.3 tokens of English).
+    /// The most a chunk may weigh: words for [`chunk_text`], tokens of the embedding model in an index.
     pub size: usize,
-    /// Words repeated from the end of the previous chunk.
+    /// How much of the end of a chunk the next one repeats, in the same unit.
     pub overlap: usize,
 }
 
@@ -174,6 +174,16 @@ pub struct Chunk {
 /// Cuts text into chunks of about `size` words with `overlap`, never across a Markdown heading, and
 /// preferring paragraph ends.
 pub fn chunk_text(text: &str, c: Chunking) -> Vec<Chunk> {
+    chunk_text_weighted(text, c, &|words| vec![1; words.len()])
+}
+
+/// Like [`chunk_text`], with `size` and `overlap` counted in a unit that `weigh` gives per word (the
+/// embedding model's tokens, for an index). A word heavier than `size` is a chunk of its own.
+pub fn chunk_text_weighted(
+    text: &str,
+    c: Chunking,
+    weigh: &dyn Fn(&[&str]) -> Vec<usize>,
+) -> Vec<Chunk> {
     // Sections start at headings.
     let mut sections: Vec<(usize, usize, Option<String>)> = Vec::new();
     let mut start = 0;
@@ -207,13 +217,23 @@ pub fn chunk_text(text: &str, c: Chunking) -> Vec<Chunk> {
         if words.is_empty() {
             continue;
         }
-        let step = c.size.saturating_sub(c.overlap).max(1);
+        let texts: Vec<&str> = words.iter().map(|&(a, b)| &text[a..b]).collect();
+        // Running sums of the weights: the weight of words[x..y] is at[y] - at[x].
+        let mut at = vec![0usize; words.len() + 1];
+        for (k, w) in weigh(&texts).into_iter().enumerate().take(words.len()) {
+            at[k + 1] = at[k] + w.max(1);
+        }
+        let n = words.len();
+        let size = c.size.max(1);
         let mut i = 0;
         loop {
-            let mut j = (i + c.size).min(words.len());
+            let mut j = i + 1;
+            while j < n && at[j + 1] - at[i] <= size {
+                j += 1;
+            }
             // End at a paragraph break inside the last quarter, when there is one.
-            if j < words.len() {
-                let floor = i + c.size * 3 / 4;
+            if j < n {
+                let floor = (i..j).find(|&k| at[k] - at[i] >= size * 3 / 4).unwrap_or(j);
                 if let Some(k) = (floor..j)
                     .rev()
                     .find(|&k| text[words[k].1..words[k + 1].0].contains("\n\n"))
@@ -228,10 +248,14 @@ pub fn chunk_text(text: &str, c: Chunking) -> Vec<Chunk> {
                 heading: heading.clone(),
                 text: text[a..b].to_owned(),
             });
-            if j >= words.len() {
+            if j >= n {
                 break;
             }
-            i = (i + step).min(j).max(i + 1);
+            // The next chunk repeats the tail of this one that weighs at most `overlap`.
+            i = (i + 1..=j)
+                .find(|&k| at[j] - at[k] <= c.overlap)
+                .unwrap_or(j)
+                .max(i + 1);
         }
     }
     out
@@ -348,6 +372,34 @@ mod tests {
         assert_eq!(chunks[3].heading.as_deref(), Some("One"));
         assert_eq!(chunks[4].heading.as_deref(), Some("Two"));
         assert_eq!(&text[chunks[1].start..chunks[1].end], chunks[1].text);
+    }
+
+    #[test]
+    fn weights_decide_where_chunks_end() {
+        // "bb" weighs 3: with size 4 the first chunk ends after it, and as it weighs more than the
+        // overlap (1), nothing is repeated.
+        let text = "aa bb cc dd ee";
+        let weigh = |ws: &[&str]| ws.iter().map(|w| if *w == "bb" { 3 } else { 1 }).collect();
+        let chunks = chunk_text_weighted(
+            text,
+            Chunking {
+                size: 4,
+                overlap: 1,
+            },
+            &weigh,
+        );
+        let texts: Vec<&str> = chunks.iter().map(|c| c.text.as_str()).collect();
+        assert_eq!(texts, ["aa bb", "cc dd ee"]);
+        let chunks = chunk_text_weighted(
+            text,
+            Chunking {
+                size: 3,
+                overlap: 1,
+            },
+            &weigh,
+        );
+        let texts: Vec<&str> = chunks.iter().map(|c| c.text.as_str()).collect();
+        assert_eq!(texts, ["aa", "bb", "cc dd ee"]);
     }
 
     #[test]

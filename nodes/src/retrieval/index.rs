@@ -136,6 +136,45 @@ pub struct Index {
     chroma: Option<Chroma>,
     /// The HNSW graph and the generation it was loaded for.
     ann: Option<(u64, Option<Arc<Ann>>)>,
+    /// The vectors in memory for exact scans, and the generation they were read at.
+    flat: Option<(u64, Arc<Flat>)>,
+}
+
+/// Up to this many chunks, exact search scans the vectors in memory (read once per generation from
+/// sqlite-vec: 150 MB at 100,000 chunks of 384 dimensions); above it, sqlite-vec scans its table.
+const FLAT_MAX: usize = 250_000;
+
+/// Vectors in one contiguous block, for exact scans.
+#[derive(Debug)]
+struct Flat {
+    ids: Vec<i64>,
+    data: Vec<f32>,
+    dims: usize,
+}
+
+impl Flat {
+    fn search(&self, q: &[f32], k: usize, allowed: Option<&HashSet<i64>>) -> Vec<(i64, f64)> {
+        let mut scored: Vec<(f32, usize)> = self
+            .data
+            .chunks_exact(self.dims)
+            .enumerate()
+            .filter(|(i, _)| allowed.is_none_or(|a| a.contains(&self.ids[*i])))
+            .map(|(i, v)| (ann::dot(q, v), i))
+            .collect();
+        let k = k.min(scored.len());
+        if k == 0 {
+            return Vec::new();
+        }
+        if k < scored.len() {
+            scored.select_nth_unstable_by(k - 1, |a, b| b.0.total_cmp(&a.0));
+            scored.truncate(k);
+        }
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        scored
+            .into_iter()
+            .map(|(s, i)| (self.ids[i], f64::from(s)))
+            .collect()
+    }
 }
 
 fn sqlerr(e: rusqlite::Error) -> String {
@@ -202,6 +241,7 @@ impl Index {
             path: path.to_owned(),
             chroma: None,
             ann: None,
+            flat: None,
         };
         if fresh {
             index.set_meta("schema", SCHEMA_VERSION)?;
@@ -340,6 +380,13 @@ impl Index {
             .await
             .map_err(|e| e.message)?;
         self.set_model(&name, embedder.dims())?;
+        let limit = embedder.max_tokens().saturating_sub(2);
+        if opts.chunking.size > limit {
+            return Err(format!(
+                "a chunk size of {} tokens is more than `{name}` reads at once ({limit}); use --chunk-size {limit} or less",
+                opts.chunking.size
+            ));
+        }
 
         let mut files = Vec::new();
         for s in sources {
@@ -390,7 +437,9 @@ impl Index {
             }
             match document::read(file) {
                 Ok(doc) => {
-                    let chunks = document::chunk_text(&doc.text, opts.chunking);
+                    let chunks = document::chunk_text_weighted(&doc.text, opts.chunking, &|ws| {
+                        embedder.token_counts(ws)
+                    });
                     todo.push(Pending {
                         key,
                         digest,
@@ -657,10 +706,40 @@ impl Index {
         Ok(out)
     }
 
-    /// Exact search by sqlite-vec over the chunks in `allowed` (all when `None`): ids with cosine
-    /// similarity, best first.
+    /// The vectors in memory for the current generation, when the index is small enough.
+    fn flat(&mut self) -> Result<Option<Arc<Flat>>, String> {
+        let generation = self.generation();
+        if let Some((g, flat)) = &self.flat
+            && *g == generation
+        {
+            return Ok(Some(Arc::clone(flat)));
+        }
+        if self.count("SELECT COUNT(*) FROM chunks")? > FLAT_MAX {
+            return Ok(None);
+        }
+        let dims: usize = self.meta("dims").and_then(|d| d.parse().ok()).unwrap_or(0);
+        let rows = self.all_vectors()?;
+        let mut flat = Flat {
+            ids: Vec::with_capacity(rows.len()),
+            data: Vec::with_capacity(rows.len() * dims),
+            dims: dims.max(1),
+        };
+        for (id, v) in rows {
+            if v.len() == dims {
+                flat.ids.push(id);
+                flat.data.extend(v);
+            }
+        }
+        let flat = Arc::new(flat);
+        self.flat = Some((generation, Arc::clone(&flat)));
+        Ok(Some(flat))
+    }
+
+    /// Exact search over the chunks in `allowed` (all when `None`): ids with cosine similarity, best
+    /// first. The vectors are scanned in memory (SIMD dot products) up to [`FLAT_MAX`] chunks, and by
+    /// sqlite-vec in its table above that.
     pub fn search_exact(
-        &self,
+        &mut self,
         q: &[f32],
         k: usize,
         allowed: Option<&HashSet<i64>>,
@@ -668,6 +747,20 @@ impl Index {
         if k == 0 {
             return Ok(Vec::new());
         }
+        if let Some(flat) = self.flat()? {
+            return Ok(flat.search(q, k, allowed));
+        }
+        self.search_sqlite_vec(q, k, allowed)
+    }
+
+    /// Exact search by sqlite-vec alone: its KNN query (`vec0 ... MATCH`), or its cosine distance
+    /// function over the allowed rows.
+    pub fn search_sqlite_vec(
+        &self,
+        q: &[f32],
+        k: usize,
+        allowed: Option<&HashSet<i64>>,
+    ) -> Result<Vec<(i64, f64)>, String> {
         if allowed.is_none() && k <= 4096 {
             let mut stmt = self
                 .db
