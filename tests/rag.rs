@@ -56,6 +56,22 @@ fn rag_batch_and_evaluation_meet_the_retrieval_floor() {
     assert!(v["context"].as_str().unwrap().contains("[resume-runs.md]"));
     assert!(!v["answer"].as_str().unwrap().trim().is_empty());
 
+    // As a chat flow: earlier turns go into the prompt and the answer still comes.
+    let v = json(
+        home,
+        &[
+            "flow",
+            "test",
+            "--flow",
+            "flows/rag",
+            "--inputs",
+            "question=How do I store the API key for an OpenAI server?",
+            r#"chat_history=[{"inputs": {"question": "What is Sluice?"}, "outputs": {"answer": "A Rust engine for prompt flows [installing.md]."}}]"#,
+        ],
+    );
+    assert_eq!(v["sources"][0], "connections.md", "{v}");
+    assert!(!v["answer"].as_str().unwrap().trim().is_empty());
+
     let run = json(
         home,
         &[
