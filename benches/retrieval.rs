@@ -18,7 +18,7 @@ use futures::StreamExt;
 use sluice_nodes::llm::embed::LocalEmbedder;
 use sluice_nodes::llm::store;
 use sluice_nodes::retrieval::ann::synthetic_vectors;
-use sluice_nodes::retrieval::document::{self, Chunk, Chunking};
+use sluice_nodes::retrieval::document::{self, Chunking};
 use sluice_nodes::retrieval::filter::Filter;
 use sluice_nodes::retrieval::index::{BuildOptions, DEFAULT_ANN_THRESHOLD, Index};
 
@@ -63,24 +63,6 @@ async fn raw_throughput(embedder: &LocalEmbedder, texts: &[String]) -> f64 {
     texts.len() as f64 / t.elapsed().as_secs_f64()
 }
 
-async fn fill(index: &mut Index, vectors: &[Vec<f32>]) {
-    for (f, vs) in vectors.chunks(1000).enumerate() {
-        let chunks: Vec<Chunk> = (0..vs.len())
-            .map(|i| Chunk {
-                start: i,
-                end: i + 1,
-                heading: None,
-                text: format!("synthetic chunk {f}/{i}"),
-            })
-            .collect();
-        index
-            .put_file(&format!("file{f}"), "-", &chunks, vs, &Default::default())
-            .await
-            .unwrap();
-    }
-    index.bump_generation().unwrap();
-}
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args: Vec<String> = std::env::args()
@@ -120,8 +102,8 @@ async fn main() {
         }
     }
     let chunking = Chunking {
-        size: 180,
-        overlap: 30,
+        size: 200,
+        overlap: 40,
     };
     let mut files = Vec::new();
     document::collect(docs.path(), &mut files);
@@ -129,7 +111,7 @@ async fn main() {
         .iter()
         .flat_map(|f| {
             let d = document::read(f).unwrap();
-            document::chunk_text(&d.text, chunking)
+            document::chunk_text_weighted(&d.text, chunking, &|ws| embedder.token_counts(ws))
                 .into_iter()
                 .map(|c| c.text)
         })
@@ -186,7 +168,7 @@ async fn main() {
         let mut index = Index::open(&home.path().join(format!("indexes/s{n}.sqlite"))).unwrap();
         index.set_model(&name, DIMS).unwrap();
         let t = Instant::now();
-        fill(&mut index, &vectors).await;
+        index.put_synthetic(&vectors).await.unwrap();
         let load = t.elapsed().as_secs_f64();
         let mut times = Vec::with_capacity(queries.len());
         for q in &queries {
@@ -219,7 +201,7 @@ async fn main() {
             index.set_store(Some(&store)).unwrap();
             index.set_model(&name, DIMS).unwrap();
             let t = Instant::now();
-            fill(&mut index, &vectors).await;
+            index.put_synthetic(&vectors).await.unwrap();
             let load = t.elapsed().as_secs_f64();
             let (p50, p99, _) = latencies(&mut index, &queries).await;
             println!("| {n} | Chroma (HTTP) | {p50:.2} | {p99:.2} | {load:.1} |");

@@ -54,6 +54,17 @@ impl Env {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
+    /// Writes `yaml` as the flow in `dir` and checks that loading it fails (exit 2) saying `needle`.
+    fn load_error(&self, dir: &Path, yaml: &str, needle: &str) {
+        std::fs::write(dir.join("flow.dag.yaml"), yaml).unwrap();
+        self.sluice()
+            .args(["flow", "validate", "--flow"])
+            .arg(dir)
+            .assert()
+            .code(2)
+            .stderr(predicates::str::contains(needle));
+    }
+
     fn build(&self) -> Json {
         let docs = self.docs.path().to_str().unwrap().to_owned();
         self.json(&["index", "build", "--source", &docs, "--out", "kb"])
@@ -140,18 +151,11 @@ fn a_flow_retrieves_from_an_index() {
     assert_eq!(hits[0]["metadata"]["heading"], "Bees");
     // A missing index is found when the flow loads.
     let yaml = std::fs::read_to_string(flow.path().join("flow.dag.yaml")).unwrap();
-    std::fs::write(
-        flow.path().join("flow.dag.yaml"),
-        yaml.replace("index: kb", "index: nope"),
-    )
-    .unwrap();
-    env.sluice()
-        .args(["flow", "validate", "--flow"])
-        .arg(flow.path())
-        .assert()
-        .code(2)
-        .stderr(predicates::str::contains("index `nope`"));
-    let _ = Path::new(".");
+    env.load_error(
+        flow.path(),
+        &yaml.replace("index: kb", "index: nope"),
+        "index `nope`",
+    );
 }
 
 /// Flows written for promptflow's embedding and vector lookup tools run on Sluice's kinds unchanged
@@ -258,20 +262,14 @@ nodes:
 
     // An Azure ML index description is not a Sluice index: the load error says what to do.
     let yaml = std::fs::read_to_string(flow.path().join("flow.dag.yaml")).unwrap();
-    std::fs::write(
-        flow.path().join("flow.dag.yaml"),
-        yaml.replace(
+    env.load_error(
+        flow.path(),
+        &yaml.replace(
             "mlindex_content: kb\n    queries: ${",
             "mlindex_content: \"azureml://subscriptions/x/index\"\n    queries: ${",
         ),
-    )
-    .unwrap();
-    env.sluice()
-        .args(["flow", "validate", "--flow"])
-        .arg(flow.path())
-        .assert()
-        .code(2)
-        .stderr(predicates::str::contains("sluice index build"));
+        "sluice index build",
+    );
 }
 
 /// A one-page PDF with `text` in Helvetica (offsets in the cross-reference table computed here).
@@ -422,22 +420,15 @@ fn pdfs_front_matter_filters_and_unreadable_files() {
     let hits = v["hits"].as_array().unwrap();
     assert_eq!(hits.len(), 1, "{v}");
     assert_eq!(hits[0]["metadata"]["file"], "hives.md");
-    std::fs::write(
-        flow.path().join("flow.dag.yaml"),
-        yaml.replace("filter: ${inputs.only}", "filter: [1, 2]"),
-    )
-    .unwrap();
-    env.sluice()
-        .args(["flow", "validate", "--flow"])
-        .arg(flow.path())
-        .assert()
-        .code(2)
-        .stderr(predicates::str::contains("filter"));
+    env.load_error(
+        flow.path(),
+        &yaml.replace("filter: ${inputs.only}", "filter: [1, 2]"),
+        "filter",
+    );
 }
 
 #[test]
 fn hnsw_recall_at_10_against_exact_search() {
-    use sluice_nodes::retrieval::document::Chunk;
     use sluice_nodes::retrieval::index::Index;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("synthetic.sqlite");
@@ -448,19 +439,7 @@ fn hnsw_recall_at_10_against_exact_search() {
         .unwrap();
     let mut index = Index::open(&path).unwrap();
     index.set_model("synthetic", dims).unwrap();
-    for (f, vs) in vectors.chunks(1000).enumerate() {
-        let chunks: Vec<Chunk> = (0..vs.len())
-            .map(|i| Chunk {
-                start: i,
-                end: i + 1,
-                heading: None,
-                text: format!("chunk {f}/{i}"),
-            })
-            .collect();
-        rt.block_on(index.put_file(&format!("file{f}"), "-", &chunks, vs, &Default::default()))
-            .unwrap();
-    }
-    index.bump_generation().unwrap();
+    rt.block_on(index.put_synthetic(&vectors)).unwrap();
     index.build_ann_now().unwrap();
     // A fresh handle loads the saved graph.
     drop(index);
