@@ -1,6 +1,6 @@
 //! Batch runs: a dataset through a flow, lines running concurrently, then aggregation once.
 //!
-//! [`load_data`] reads jsonl/json/csv/tsv files (or a folder of them); [`map_inputs`] applies promptflow's
+//! [`load_data`] reads jsonl/json/csv/tsv/parquet files (or a folder of them); [`map_inputs`] applies promptflow's
 //! column mapping (§5.2) and reports every unresolvable reference at once, before a line runs;
 //! [`run_batch`] runs the lines as tasks, at most `max_concurrency` at a time, handing each result to a
 //! callback as it finishes.
