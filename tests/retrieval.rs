@@ -550,3 +550,59 @@ fn chroma_and_the_embedded_store_agree() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&status.stdout), "404");
 }
+
+/// One open index serving many queries (as a retrieval node in a batch) sees changes that another
+/// writer makes: cached vectors and metadata are tied to the index generation.
+#[test]
+fn cached_vectors_and_metadata_follow_changes() {
+    use sluice_nodes::retrieval::document::Chunk;
+    use sluice_nodes::retrieval::filter::Filter;
+    use sluice_nodes::retrieval::index::Index;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.sqlite");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let vectors = sluice_nodes::retrieval::ann::synthetic_vectors(4, 8, 3);
+    let chunk = |t: &str| Chunk {
+        start: 0,
+        end: 1,
+        heading: None,
+        text: t.to_owned(),
+    };
+    let meta = |topic: &str| {
+        serde_json::json!({"topic": topic})
+            .as_object()
+            .unwrap()
+            .clone()
+    };
+    let mut writer = Index::open(&path).unwrap();
+    writer.set_model("synthetic", 8).unwrap();
+    rt.block_on(writer.put_file("a", "1", &[chunk("a")], &vectors[..1], &meta("red")))
+        .unwrap();
+    rt.block_on(writer.put_file("b", "1", &[chunk("b")], &vectors[1..2], &meta("blue")))
+        .unwrap();
+    writer.bump_generation().unwrap();
+
+    let mut reader = Index::open(&path).unwrap();
+    let red = Filter::from_pairs(&["topic=red".to_owned()]).unwrap();
+    let texts = |reader: &mut Index, f: &Filter| -> Vec<String> {
+        rt.block_on(reader.query_vector(vectors[3].clone(), 5, f))
+            .unwrap()
+            .into_iter()
+            .map(|h| h.text)
+            .collect()
+    };
+    assert_eq!(texts(&mut reader, &red), ["a"]);
+    assert_eq!(texts(&mut reader, &Filter::default()).len(), 2);
+    // Another writer recolours `b` and adds `c`.
+    rt.block_on(writer.put_file("b", "2", &[chunk("b")], &vectors[1..2], &meta("red")))
+        .unwrap();
+    rt.block_on(writer.put_file("c", "1", &[chunk("c")], &vectors[2..3], &meta("red")))
+        .unwrap();
+    writer.bump_generation().unwrap();
+    let mut seen = texts(&mut reader, &red);
+    seen.sort();
+    assert_eq!(seen, ["a", "b", "c"]);
+    assert_eq!(texts(&mut reader, &Filter::default()).len(), 3);
+}

@@ -141,6 +141,16 @@ pub struct Index {
     ann: Option<(u64, Option<Arc<Ann>>)>,
     /// The vectors in memory for exact scans, and the generation they were read at.
     flat: Option<(u64, Arc<Flat>)>,
+    /// The chunks' metadata for filters, and the generation it was read at.
+    metas: Option<(u64, Arc<Metas>)>,
+}
+
+/// Chunk ids with an index into the distinct metadata maps.
+#[derive(Debug, Default)]
+struct Metas {
+    ids: Vec<i64>,
+    which: Vec<u32>,
+    maps: Vec<Map<String, Json>>,
 }
 
 /// Up to this many chunks, exact search scans the vectors in memory (read once per generation from
@@ -245,6 +255,7 @@ impl Index {
             chroma: None,
             ann: None,
             flat: None,
+            metas: None,
         };
         if fresh {
             index.set_meta("schema", SCHEMA_VERSION)?;
@@ -707,24 +718,52 @@ impl Index {
     }
 
     /// Chunk ids whose metadata passes `filter`.
-    fn ids_matching(&self, filter: &Filter) -> Result<HashSet<i64>, String> {
+    fn ids_matching(&mut self, filter: &Filter) -> Result<HashSet<i64>, String> {
+        let generation = self.generation();
+        let cache = match &self.metas {
+            Some((g, c)) if *g == generation => Arc::clone(c),
+            _ => {
+                let c = Arc::new(self.read_metas()?);
+                self.metas = Some((generation, Arc::clone(&c)));
+                c
+            }
+        };
+        // Each distinct metadata is tested once.
+        let pass: Vec<bool> = cache.maps.iter().map(|m| filter.matches(m)).collect();
+        Ok(cache
+            .ids
+            .iter()
+            .zip(&cache.which)
+            .filter(|(_, w)| pass[**w as usize])
+            .map(|(id, _)| *id)
+            .collect())
+    }
+
+    /// Every chunk's metadata (with its heading), the distinct ones once.
+    fn read_metas(&self) -> Result<Metas, String> {
         let mut stmt = self
             .db
             .prepare_cached("SELECT id, metadata, heading FROM chunks")
             .map_err(sqlerr)?;
         let mut rows = stmt.query([]).map_err(sqlerr)?;
-        let mut out = HashSet::new();
+        let mut metas = Metas::default();
+        let mut seen: HashMap<(String, Option<String>), u32> = HashMap::new();
         while let Some(r) = rows.next().map_err(sqlerr)? {
-            let mut meta: Map<String, Json> =
-                serde_json::from_str(&r.get::<_, String>(1).map_err(sqlerr)?).unwrap_or_default();
-            if let Some(h) = r.get::<_, Option<String>>(2).map_err(sqlerr)? {
-                meta.insert("heading".into(), Json::String(h));
-            }
-            if filter.matches(&meta) {
-                out.insert(r.get(0).map_err(sqlerr)?);
-            }
+            let key: (String, Option<String>) =
+                (r.get(1).map_err(sqlerr)?, r.get(2).map_err(sqlerr)?);
+            let next = metas.maps.len() as u32;
+            let which = *seen.entry(key.clone()).or_insert_with(|| {
+                let mut meta: Map<String, Json> = serde_json::from_str(&key.0).unwrap_or_default();
+                if let Some(h) = &key.1 {
+                    meta.insert("heading".into(), Json::String(h.clone()));
+                }
+                metas.maps.push(meta);
+                next
+            });
+            metas.ids.push(r.get(0).map_err(sqlerr)?);
+            metas.which.push(which);
         }
-        Ok(out)
+        Ok(metas)
     }
 
     /// The vectors in memory for the current generation, when the index is small enough.
