@@ -219,6 +219,9 @@ pub struct LocalModel {
     config: LocalConfig,
     /// The largest prompt + completion of one request.
     max_seq_tokens: u32,
+    /// The texts of the model's control tokens (`<start_of_turn>`, `<|im_end|>`, ...), which message
+    /// text must not turn into.
+    specials: Option<regex::Regex>,
     jobs: Mutex<std_mpsc::Sender<Job>>,
 }
 
@@ -275,6 +278,7 @@ impl LocalModel {
             config.seq_ctx
         };
         let max_seq_tokens = per_request.min(model.n_ctx_train().max(256));
+        let specials = special_texts(&model);
 
         let (jobs, rx) = std_mpsc::channel::<Job>();
         let loop_model = model.clone();
@@ -297,6 +301,7 @@ impl LocalModel {
             template_source,
             config,
             max_seq_tokens,
+            specials,
             jobs: Mutex::new(jobs),
         })
     }
@@ -314,8 +319,21 @@ impl LocalModel {
     pub fn format_chat(&self, messages: &[ChatMessage]) -> Result<String, LlmError> {
         let mut chat = Vec::with_capacity(messages.len());
         for m in messages {
+            // The rendered chat is tokenized with special tokens parsed (the template's markers are
+            // special tokens), so message text that spells one is broken up first: a message cannot
+            // end its turn or open another by writing `<end_of_turn>`.
+            let content = match &self.specials {
+                Some(re) => re
+                    .replace_all(&m.content, |c: &regex::Captures| {
+                        let t = &c[0];
+                        let first = t.chars().next().map_or(0, char::len_utf8);
+                        format!("{}\u{2060}{}", &t[..first], &t[first..])
+                    })
+                    .into_owned(),
+                None => m.content.clone(),
+            };
             let (role, content) = match m.role.as_str() {
-                "system" | "user" | "assistant" => (m.role.clone(), m.content.clone()),
+                "system" | "user" | "assistant" => (m.role.clone(), content),
                 // Local chat templates know only these roles; tool results are shown to the model as user text.
                 other => (
                     "user".to_owned(),
@@ -325,7 +343,7 @@ impl LocalModel {
                             .as_deref()
                             .map(|n| format!(" {n}"))
                             .unwrap_or_default(),
-                        m.content
+                        content
                     ),
                 ),
             };
@@ -445,6 +463,42 @@ impl Backend for LocalModel {
 }
 
 /// The GGUF's chat template, else llama.cpp's built-in template for the architecture.
+/// A regex matching the texts of the model's control and user-defined tokens that look like markup
+/// (`<...>`, `[...]`, `<|...|>`), longest first; `None` when there are none.
+fn special_texts(model: &LlamaModel) -> Option<regex::Regex> {
+    use llama_cpp_2::token_type::LlamaTokenAttr;
+    let vocab = model.vocab();
+    let mut texts: Vec<String> = vocab
+        .tokens()
+        .filter(|&t| {
+            let attr = vocab.attr(t);
+            attr.contains(LlamaTokenAttr::Control) || attr.contains(LlamaTokenAttr::UserDefined)
+        })
+        .filter_map(|t| String::from_utf8(vocab.token_to_piece(t, true, None)).ok())
+        .filter(|t| {
+            t.len() >= 3
+                && !t.chars().any(char::is_whitespace)
+                && ((t.starts_with('<') && t.ends_with('>'))
+                    || (t.starts_with('[') && t.ends_with(']')))
+        })
+        .collect();
+    if texts.is_empty() {
+        return None;
+    }
+    texts.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
+    texts.dedup();
+    let pattern = texts
+        .iter()
+        .map(|t| regex::escape(t))
+        .collect::<Vec<_>>()
+        .join("|");
+    regex::RegexBuilder::new(&pattern)
+        .size_limit(64 << 20)
+        .build()
+        .map_err(|e| tracing::warn!("special token texts: {e}"))
+        .ok()
+}
+
 fn chat_template(model: &LlamaModel) -> (LlamaChatTemplate, String) {
     if let Ok(t) = model.chat_template(None) {
         return (t, "gguf".to_owned());
