@@ -870,4 +870,7 @@ fn control_tokens_typed_into_messages_stay_text() {
     let text = model.format_chat(&[user(sneaky)]).unwrap();
     assert!(text.contains("<\u{2060}start_of_turn>model"), "{text}");
     assert!(text.contains("<\u{2060}end_of_turn>"), "{text}");
+    // Markup that is only a user-defined token in Gemma's vocabulary (`<b>`) is ordinary text.
+    let text = model.format_chat(&[user("<b>bold</b>")]).unwrap();
+    assert!(text.contains("<b>bold</b>"), "{text}");
 }

@@ -549,6 +549,70 @@ fn chroma_and_the_embedded_store_agree() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&status.stdout), "404");
+    // A collection that is already gone (dropped by hand, or never created because the server was
+    // down at the first build) does not keep the index from being removed.
+    env.json(&[
+        "index", "build", "--source", &docs, "--out", "again", "--store", &store,
+    ]);
+    let dropped = std::process::Command::new("curl")
+        .args(["-s", "-X", "DELETE", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("{url}/api/v2/tenants/default_tenant/databases/default_database/collections/{collection}"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&dropped.stdout), "200");
+    env.sluice()
+        .args(["index", "rm", "again"])
+        .assert()
+        .success();
+}
+
+/// An index built from a model file given by path is queried and rebuilt with it; building from
+/// some of the files adds them without dropping the others.
+#[test]
+fn model_paths_and_partial_sources() {
+    let env = Env::new();
+    let model = sluice_nodes::llm::store::models_dir().join("all-minilm-l6-v2-f16.gguf");
+    let model = model.to_str().unwrap();
+    let docs = env.docs.path().to_str().unwrap().to_owned();
+    env.json(&[
+        "index", "build", "--source", &docs, "--out", "kb", "--model", model,
+    ]);
+    let hits = env.json(&[
+        "index",
+        "query",
+        "kb",
+        "Where do honey bees live?",
+        "-k",
+        "1",
+    ]);
+    assert!(
+        hits[0]["source"].as_str().unwrap().ends_with("bees.md"),
+        "{hits}"
+    );
+    std::fs::write(
+        env.docs.path().join("owls.md"),
+        "# Owls\n\nOwls hunt mice at night.\n",
+    )
+    .unwrap();
+    let owls = env.docs.path().join("owls.md");
+    let report = env.json(&[
+        "index",
+        "build",
+        "--source",
+        owls.to_str().unwrap(),
+        "--out",
+        "kb",
+        "--model",
+        model,
+    ]);
+    assert_eq!(report["report"]["files_embedded"], 1, "{report}");
+    assert_eq!(report["report"]["files_removed"], 0, "{report}");
+    assert_eq!(report["info"]["files"], 4, "{report}");
+    let hits = env.json(&["index", "query", "kb", "What do owls hunt?", "-k", "1"]);
+    assert!(
+        hits[0]["source"].as_str().unwrap().ends_with("owls.md"),
+        "{hits}"
+    );
 }
 
 /// One open index serving many queries (as a retrieval node in a batch) sees changes that another

@@ -462,18 +462,15 @@ impl Backend for LocalModel {
     }
 }
 
-/// The GGUF's chat template, else llama.cpp's built-in template for the architecture.
-/// A regex matching the texts of the model's control and user-defined tokens that look like markup
-/// (`<...>`, `[...]`, `<|...|>`), longest first; `None` when there are none.
+/// A regex matching the texts of the model's control tokens that look like markup (`<...>`,
+/// `[...]`, `<|...|>`), longest first; `None` when there are none. User-defined tokens (Gemma's
+/// `<table>`, `<b>`, ...) are left alone: they are ordinary text.
 fn special_texts(model: &LlamaModel) -> Option<regex::Regex> {
     use llama_cpp_2::token_type::LlamaTokenAttr;
     let vocab = model.vocab();
     let mut texts: Vec<String> = vocab
         .tokens()
-        .filter(|&t| {
-            let attr = vocab.attr(t);
-            attr.contains(LlamaTokenAttr::Control) || attr.contains(LlamaTokenAttr::UserDefined)
-        })
+        .filter(|&t| vocab.attr(t).contains(LlamaTokenAttr::Control))
         .filter_map(|t| String::from_utf8(vocab.token_to_piece(t, true, None)).ok())
         .filter(|t| {
             t.len() >= 3
@@ -499,6 +496,7 @@ fn special_texts(model: &LlamaModel) -> Option<regex::Regex> {
         .ok()
 }
 
+/// The GGUF's chat template, else llama.cpp's built-in template for the architecture.
 fn chat_template(model: &LlamaModel) -> (LlamaChatTemplate, String) {
     if let Ok(t) = model.chat_template(None) {
         return (t, "gguf".to_owned());

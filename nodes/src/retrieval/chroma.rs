@@ -84,6 +84,29 @@ impl Chroma {
         Ok(serde_json::from_str(&text).unwrap_or(Json::Null))
     }
 
+    /// Whether the collection exists (a 404 says it does not; other failures are errors).
+    async fn exists(&self) -> Result<bool, String> {
+        if self.id.initialized() {
+            return Ok(true);
+        }
+        let url = format!("{}/collections/{}", self.base, self.collection);
+        let resp = self.http.get(&url).send().await.map_err(|e| {
+            format!(
+                "cannot reach the Chroma server of {} ({e}); is `chroma run` running?",
+                self.url
+            )
+        })?;
+        match resp.status() {
+            reqwest::StatusCode::NOT_FOUND => Ok(false),
+            s if s.is_success() => Ok(true),
+            s => Err(format!(
+                "Chroma ({}) answered {s}: {}",
+                self.url,
+                resp.text().await.unwrap_or_default()
+            )),
+        }
+    }
+
     /// The collection's id; created (cosine space, the model in its metadata) when `create` is given.
     async fn id(&self, create: Option<(&str, usize)>) -> Result<&str, String> {
         self.id
@@ -146,8 +169,9 @@ impl Chroma {
         Ok(())
     }
 
+    /// Removes chunks; nothing to do when the collection was never created.
     pub async fn delete(&self, ids: &[String]) -> Result<(), String> {
-        if ids.is_empty() {
+        if ids.is_empty() || !self.exists().await? {
             return Ok(());
         }
         let id = self.id(None).await?.to_owned();
@@ -223,8 +247,11 @@ impl Chroma {
             .collect())
     }
 
-    /// Deletes the collection.
+    /// Deletes the collection; done already when there is none.
     pub async fn drop_collection(&self) -> Result<(), String> {
+        if !self.exists().await? {
+            return Ok(());
+        }
         self.call(
             reqwest::Method::DELETE,
             &format!("/collections/{}", self.collection),

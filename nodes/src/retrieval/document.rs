@@ -251,11 +251,11 @@ pub fn chunk_text_weighted(
             if j >= n {
                 break;
             }
-            // The next chunk repeats the tail of this one that weighs at most `overlap`.
+            // The next chunk repeats the tail of this one that weighs at most `overlap`, as long as
+            // it can still take the word after this chunk (else it would end where this one does).
             i = (i + 1..=j)
-                .find(|&k| at[j] - at[k] <= c.overlap)
-                .unwrap_or(j)
-                .max(i + 1);
+                .find(|&k| at[j] - at[k] <= c.overlap && at[j + 1] - at[k] <= size)
+                .unwrap_or(j);
         }
     }
     out
@@ -400,6 +400,18 @@ mod tests {
         );
         let texts: Vec<&str> = chunks.iter().map(|c| c.text.as_str()).collect();
         assert_eq!(texts, ["aa", "bb", "cc dd ee"]);
+        // A heavy word after the chunk: the overlap is dropped rather than repeating the tail alone.
+        let weigh = |ws: &[&str]| ws.iter().map(|w| if *w == "x" { 5 } else { 1 }).collect();
+        let chunks = chunk_text_weighted(
+            "a b c x",
+            Chunking {
+                size: 5,
+                overlap: 2,
+            },
+            &weigh,
+        );
+        let texts: Vec<&str> = chunks.iter().map(|c| c.text.as_str()).collect();
+        assert_eq!(texts, ["a b c", "x"]);
     }
 
     #[test]

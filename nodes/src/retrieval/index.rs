@@ -36,6 +36,11 @@ CREATE INDEX IF NOT EXISTS chunks_path ON chunks(path);
 CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(text, content='chunks', content_rowid='id', tokenize='porter unicode61');
 ";
 
+/// Every write moves the index to a new generation, in the same transaction; what is kept in memory
+/// (vectors, metadata, the HNSW graph) belongs to one generation.
+const BUMP_GENERATION: &str = "INSERT INTO meta (key, value) VALUES ('generation', '1') \
+     ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1";
+
 /// Indexes with at least this many chunks get an HNSW graph unless told otherwise. Measured on 2
 /// cores with 384 dimensions (`benches/retrieval.rs`): the in-memory exact scan takes 0.54 ms at 10,000
 /// chunks (HNSW 0.86 ms) and 5.9 ms at 100,000 (HNSW 1.4 ms, after a 109 s graph build), so the graph
@@ -370,30 +375,32 @@ impl Index {
     }
 
     /// Adds or refreshes `sources` (files or folders of .txt/.md/.html/.pdf). Files whose content hash
-    /// is unchanged are not embedded again, files that are gone are removed, and a file that cannot be
-    /// read is reported in [`BuildReport::files_failed`] while the others are indexed.
+    /// is unchanged are not embedded again; files that no longer exist, or are no longer in a folder
+    /// given, are removed; a file that cannot be read is reported in [`BuildReport::files_failed`]
+    /// while the others are indexed.
     pub async fn build(
         &mut self,
         sources: &[PathBuf],
         opts: &BuildOptions,
         progress: &mut (dyn FnMut(Phase, usize, usize) + Send),
     ) -> Result<BuildReport, String> {
+        let (name, path) = store::resolve_model(&opts.model, Path::new("."))
+            .map_err(|e| format!("embedding model `{}` is not installed: {}", e.name, e.help))?;
         if let Some(m) = self.meta("model")
-            && m != opts.model
+            && m != name
         {
             return Err(format!(
-                "this index was built with the model `{m}`; build another index to use `{}`",
-                opts.model
+                "this index was built with the model `{m}`; build another index to use `{name}`"
             ));
         }
         self.set_store(opts.store.as_deref())?;
         self.set_meta("ann_threshold", &opts.ann_threshold.to_string())?;
-        let (name, path) = store::resolve_model(&opts.model, Path::new("."))
-            .map_err(|e| format!("embedding model `{}` is not installed: {}", e.name, e.help))?;
         let embedder = LocalEmbedder::get(&name, &path)
             .await
             .map_err(|e| e.message)?;
         self.set_model(&name, embedder.dims())?;
+        let absolute = std::path::absolute(&path).unwrap_or(path.clone());
+        self.set_meta("model_path", &absolute.display().to_string())?;
         let limit = embedder.max_tokens().saturating_sub(2);
         if opts.chunking.size > limit {
             return Err(format!(
@@ -423,11 +430,24 @@ impl Index {
         };
         let mut report = BuildReport::default();
         let current: HashSet<String> = files.iter().map(|f| f.display().to_string()).collect();
-        let mut changed = false;
-        for gone in known.keys().filter(|k| !current.contains(*k)) {
+        // A known file leaves the index when it no longer exists, or when it lies under a folder given
+        // now and was not found there; building from other sources adds to the index.
+        let folders: Vec<PathBuf> = sources
+            .iter()
+            .filter(|s| s.is_dir())
+            .map(|s| std::path::absolute(s).unwrap_or_else(|_| s.clone()))
+            .collect();
+        let gone: Vec<String> = known
+            .keys()
+            .filter(|k| {
+                let p = Path::new(k.as_str());
+                !current.contains(*k) && (!p.exists() || folders.iter().any(|f| p.starts_with(f)))
+            })
+            .cloned()
+            .collect();
+        for gone in &gone {
             self.remove_file(gone).await?;
             report.files_removed += 1;
-            changed = true;
         }
 
         // Read and chunk what changed, then embed everything in large batches.
@@ -505,11 +525,7 @@ impl Index {
                     .await?;
                 report.files_embedded += 1;
                 report.chunks_embedded += chunks.len();
-                changed = true;
             }
-        }
-        if changed {
-            self.set_meta("generation", &(self.generation() + 1).to_string())?;
         }
         report.chunks_total = self.count("SELECT COUNT(*) FROM chunks")?;
         report.ann = self.refresh_ann(progress)?;
@@ -566,11 +582,15 @@ impl Index {
                 ids.push(id);
             }
         }
-        tx.execute(
-            "INSERT OR REPLACE INTO files (path, sha256, chunks) VALUES (?1, ?2, ?3)",
-            params![key, digest, chunks.len() as i64],
-        )
-        .map_err(sqlerr)?;
+        // With Chroma, the file counts as indexed only once the server has its chunks.
+        if local_vectors {
+            tx.execute(
+                "INSERT OR REPLACE INTO files (path, sha256, chunks) VALUES (?1, ?2, ?3)",
+                params![key, digest, chunks.len() as i64],
+            )
+            .map_err(sqlerr)?;
+        }
+        tx.execute(BUMP_GENERATION, []).map_err(sqlerr)?;
         tx.commit().map_err(sqlerr)?;
         if let Some(chroma) = &self.chroma {
             let model = self.meta("model").unwrap_or_default();
@@ -580,13 +600,15 @@ impl Index {
                 .collect();
             let texts: Vec<String> = chunks.iter().map(|c| c.text.clone()).collect();
             let sids: Vec<String> = ids.iter().map(i64::to_string).collect();
-            if let Err(e) = chroma.upsert(&model, &sids, vectors, &texts, &metas).await {
-                // Forget the file's hash, so that the next build sends it again.
-                self.db
-                    .execute("DELETE FROM files WHERE path = ?1", params![key])
-                    .map_err(sqlerr)?;
-                return Err(e);
-            }
+            chroma
+                .upsert(&model, &sids, vectors, &texts, &metas)
+                .await?;
+            self.db
+                .execute(
+                    "INSERT OR REPLACE INTO files (path, sha256, chunks) VALUES (?1, ?2, ?3)",
+                    params![key, digest, chunks.len() as i64],
+                )
+                .map_err(sqlerr)?;
         }
         Ok(())
     }
@@ -603,6 +625,10 @@ impl Index {
                 .map_err(sqlerr)?
         };
         if let Some(chroma) = &self.chroma {
+            // Forget the file first: if the server fails now, the next build sends the file again.
+            self.db
+                .execute("DELETE FROM files WHERE path = ?1", params![path])
+                .map_err(sqlerr)?;
             let sids: Vec<String> = ids.iter().map(i64::to_string).collect();
             chroma.delete(&sids).await?;
         }
@@ -624,6 +650,7 @@ impl Index {
             .map_err(sqlerr)?;
         tx.execute("DELETE FROM files WHERE path = ?1", params![path])
             .map_err(sqlerr)?;
+        tx.execute(BUMP_GENERATION, []).map_err(sqlerr)?;
         tx.commit().map_err(sqlerr)
     }
 
@@ -882,8 +909,19 @@ impl Index {
         let model = self
             .meta("model")
             .ok_or("the index is empty: build it first")?;
-        let (name, path) = store::resolve_model(&model, Path::new("."))
-            .map_err(|e| format!("embedding model `{}` is not installed: {}", e.name, e.help))?;
+        let (name, path) = match store::resolve_model(&model, Path::new(".")) {
+            Ok(found) => found,
+            // Built from a model file given by path: that file, while it is there.
+            Err(e) => match self.meta("model_path").map(PathBuf::from) {
+                Some(p) if p.is_file() => (model.clone(), p),
+                _ => {
+                    return Err(format!(
+                        "embedding model `{}` is not installed: {}",
+                        e.name, e.help
+                    ));
+                }
+            },
+        };
         let embedder = LocalEmbedder::get(&name, &path)
             .await
             .map_err(|e| e.message)?;
@@ -937,6 +975,16 @@ impl Index {
             return Ok(hits.into_iter().map(hit_from_chroma).collect());
         }
         let hybrid = hybrid && text.is_some();
+        let dims: usize = self
+            .meta("dims")
+            .and_then(|d| d.parse().ok())
+            .unwrap_or(q.len());
+        if q.len() != dims {
+            return Err(format!(
+                "the embedding model now gives {}-dimensional vectors, but this index holds {dims}-dimensional ones: the model file changed; build the index again under another name",
+                q.len()
+            ));
+        }
         let allowed = if filter.is_empty() {
             None
         } else {
@@ -959,10 +1007,14 @@ impl Index {
         } else {
             ranked
         };
-        ranked
-            .into_iter()
-            .map(|(id, score)| self.hit(id, score))
-            .collect()
+        let mut hits = Vec::with_capacity(ranked.len());
+        for (id, score) in ranked {
+            // A chunk removed since a stale HNSW graph was read is skipped, not an error.
+            if let Some(hit) = self.hit(id, score)? {
+                hits.push(hit);
+            }
+        }
+        Ok(hits)
     }
 
     /// BM25 ranks from FTS5 over the query's words (stop words left out), at most 200.
@@ -976,12 +1028,13 @@ impl Index {
         if terms.is_empty() {
             return Ok(Vec::new());
         }
-        let mut fts = self
-            .db
-            .prepare_cached(
-                "SELECT rowid, bm25(chunks_fts) FROM chunks_fts WHERE chunks_fts MATCH ?1 ORDER BY bm25(chunks_fts) LIMIT 200",
-            )
-            .map_err(sqlerr)?;
+        // With a filter, every match is read and filtered before the best 200 are kept.
+        let sql = if allowed.is_some() {
+            "SELECT rowid, bm25(chunks_fts) FROM chunks_fts WHERE chunks_fts MATCH ?1 ORDER BY bm25(chunks_fts)"
+        } else {
+            "SELECT rowid, bm25(chunks_fts) FROM chunks_fts WHERE chunks_fts MATCH ?1 ORDER BY bm25(chunks_fts) LIMIT 200"
+        };
+        let mut fts = self.db.prepare_cached(sql).map_err(sqlerr)?;
         let rows: Vec<(i64, f64)> = fts
             .query_map(params![terms.join(" OR ")], |r| Ok((r.get(0)?, r.get(1)?)))
             .map_err(sqlerr)?
@@ -990,10 +1043,11 @@ impl Index {
         Ok(rows
             .into_iter()
             .filter(|(id, _)| allowed.is_none_or(|a| a.contains(id)))
+            .take(200)
             .collect())
     }
 
-    fn hit(&self, id: i64, score: f64) -> Result<Hit, String> {
+    fn hit(&self, id: i64, score: f64) -> Result<Option<Hit>, String> {
         self.db
             .query_row(
                 "SELECT path, start, end, heading, text, metadata FROM chunks WHERE id = ?1",
@@ -1010,6 +1064,7 @@ impl Index {
                     })
                 },
             )
+            .optional()
             .map_err(sqlerr)
     }
 
