@@ -3,6 +3,8 @@
 //! vectors computed independently (NumPy BERT forward pass + Hugging Face tokenizers;
 //! `tests/data/make_minilm_reference.py`).
 
+mod common;
+
 use std::path::Path;
 
 use assert_cmd::Command;
@@ -87,39 +89,27 @@ fn importing_a_model_that_is_not_bert_is_refused() {
 
 #[test]
 fn embedding_nodes_in_a_flow_and_a_batch() {
-    let flow = Path::new(env!("CARGO_MANIFEST_DIR")).join("flows/similarity");
     let home = tempfile::tempdir().unwrap();
-    let sluice = || {
-        let mut c = Command::cargo_bin("sluice").unwrap();
-        c.env("SLUICE_HOME", home.path())
-            .env("SLUICE_MODELS_DIR", sluice_nodes::llm::store::models_dir());
-        c
-    };
-    let out = sluice()
-        .args([
+    let v = common::json(
+        home.path(),
+        &[
             "flow",
             "test",
             "--inputs",
             "a=A man is eating food.",
             "b=A man is eating a piece of bread.",
             "--flow",
-        ])
-        .arg(&flow)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+            "flows/similarity",
+        ],
     );
-    let v: Json = serde_json::from_slice(&out.stdout).unwrap();
     assert!(
         (v["similarity"].as_f64().unwrap() - 0.7553).abs() < 0.01,
         "{v}"
     );
     // Concurrent lines share the embedder; their texts are encoded together.
-    let out = sluice()
-        .args([
+    common::json(
+        home.path(),
+        &[
             "run",
             "create",
             "--name",
@@ -127,16 +117,10 @@ fn embedding_nodes_in_a_flow_and_a_batch() {
             "--max-concurrency",
             "8",
             "--flow",
-        ])
-        .arg(&flow)
-        .arg("--data")
-        .arg(flow.join("data.jsonl"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+            "flows/similarity",
+            "--data",
+            "flows/similarity/data.jsonl",
+        ],
     );
     let rows: Vec<Json> = std::fs::read_to_string(home.path().join("runs/sim/outputs.jsonl"))
         .unwrap()

@@ -5,6 +5,8 @@
 //! do it). Its answers are asserted only where they are unambiguous for a base model with few-shot
 //! prompts ("Paris"), never byte-for-byte on free text.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -13,6 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use assert_cmd::Command;
+use common::stdout_json;
 use serde_json::{Value as Json, json};
 use sluice_engine::{BatchLine, BatchOptions, Flow, LineOptions, LoadOptions, Map, Status, Value};
 use sluice_nodes::llm::connections::{Connection, ConnectionType};
@@ -35,26 +38,10 @@ fn models_dir() -> PathBuf {
     dir
 }
 
+/// `sluice` on the machine's models, after checking the default one is there.
 fn sluice(home: &Path) -> Command {
-    let mut cmd = Command::cargo_bin("sluice").unwrap();
-    cmd.env("SLUICE_HOME", home)
-        .env("SLUICE_MODELS_DIR", models_dir());
-    cmd
-}
-
-fn stdout_json(out: &std::process::Output) -> Json {
-    assert!(
-        out.status.success(),
-        "sluice failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
+    models_dir();
+    common::sluice(home)
 }
 
 fn load(dir: &Path) -> Flow {

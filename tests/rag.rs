@@ -2,26 +2,10 @@
 //! run of flows/rag over its labelled questions, and the flows/eval_rag evaluation run, whose retrieval
 //! metrics must meet floors set from measurement (hit rate 0.975 and MRR 0.92 measured on 2026-11-28).
 
-use assert_cmd::Command;
+mod common;
+
+use common::json;
 use serde_json::Value as Json;
-
-fn sluice(home: &std::path::Path) -> Command {
-    let mut c = Command::cargo_bin("sluice").unwrap();
-    c.env("SLUICE_HOME", home)
-        .env("SLUICE_MODELS_DIR", sluice_nodes::llm::store::models_dir())
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    c
-}
-
-fn json(home: &std::path::Path, args: &[&str]) -> Json {
-    let out = sluice(home).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
 
 #[test]
 fn rag_batch_and_evaluation_meet_the_retrieval_floor() {

@@ -2,6 +2,8 @@
 //! `sluice model pull minilm`): the right document comes first, rebuilds embed only what changed, and a
 //! flow retrieves from an index.
 
+mod common;
+
 use std::path::Path;
 
 use assert_cmd::Command;
@@ -38,20 +40,19 @@ impl Env {
     }
 
     fn sluice(&self) -> Command {
-        let mut c = Command::cargo_bin("sluice").unwrap();
-        c.env("SLUICE_HOME", self.home.path())
-            .env("SLUICE_MODELS_DIR", sluice_nodes::llm::store::models_dir());
-        c
+        common::sluice(self.home.path())
     }
 
     fn json(&self, args: &[&str]) -> Json {
-        let out = self.sluice().args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        common::json(self.home.path(), args)
+    }
+
+    /// Writes `yaml` as the flow in `dir` and returns what `flow test` with `inputs` prints.
+    fn flow_test(&self, dir: &Path, yaml: &str, inputs: &[&str]) -> Json {
+        std::fs::write(dir.join("flow.dag.yaml"), yaml).unwrap();
+        let mut args = vec!["flow", "test", "--flow", dir.to_str().unwrap(), "--inputs"];
+        args.extend(inputs);
+        self.json(&args)
     }
 
     /// Writes `yaml` as the flow in `dir` and checks that loading it fails (exit 2) saying `needle`.
@@ -128,19 +129,8 @@ fn a_flow_retrieves_from_an_index() {
     let env = Env::new();
     env.build();
     let flow = tempfile::tempdir().unwrap();
-    std::fs::write(
-        flow.path().join("flow.dag.yaml"),
-        "inputs:\n  question: {type: string}\noutputs:\n  hits: {reference: '${search.output}'}\nnodes:\n- name: search\n  type: retrieval\n  inputs:\n    index: kb\n    query: ${inputs.question}\n    top_k: 2\n",
-    )
-    .unwrap();
-    let v = env.json(&[
-        "flow",
-        "test",
-        "--inputs",
-        "question=Where do honey bees live?",
-        "--flow",
-        flow.path().to_str().unwrap(),
-    ]);
+    let yaml = "inputs:\n  question: {type: string}\noutputs:\n  hits: {reference: '${search.output}'}\nnodes:\n- name: search\n  type: retrieval\n  inputs:\n    index: kb\n    query: ${inputs.question}\n    top_k: 2\n";
+    let v = env.flow_test(flow.path(), yaml, &["question=Where do honey bees live?"]);
     let hits = v["hits"].as_array().unwrap();
     assert_eq!(hits.len(), 2);
     assert!(
@@ -150,7 +140,6 @@ fn a_flow_retrieves_from_an_index() {
     assert!(hits[0]["score"].as_f64().unwrap() > hits[1]["score"].as_f64().unwrap());
     assert_eq!(hits[0]["metadata"]["heading"], "Bees");
     // A missing index is found when the flow loads.
-    let yaml = std::fs::read_to_string(flow.path().join("flow.dag.yaml")).unwrap();
     env.load_error(
         flow.path(),
         &yaml.replace("index: kb", "index: nope"),
@@ -165,9 +154,7 @@ fn promptflow_vector_tools_map_to_sluice_kinds() {
     let env = Env::new();
     env.build();
     let flow = tempfile::tempdir().unwrap();
-    std::fs::write(
-        flow.path().join("flow.dag.yaml"),
-        r#"inputs:
+    let yaml = r#"inputs:
   question: {type: string}
 outputs:
   vector: {reference: '${embed.output}'}
@@ -213,17 +200,8 @@ nodes:
     queries: ["steam locomotives", "lava and ash"]
     query_type: Vector
     top_k: 1
-"#,
-    )
-    .unwrap();
-    let v = env.json(&[
-        "flow",
-        "test",
-        "--inputs",
-        "question=Where do honey bees live?",
-        "--flow",
-        flow.path().to_str().unwrap(),
-    ]);
+"#;
+    let v = env.flow_test(flow.path(), yaml, &["question=Where do honey bees live?"]);
     assert_eq!(v["vector"].as_array().unwrap().len(), 384);
     for node in ["by_vector", "faiss", "lookup"] {
         let top = v[node][0]["source"].as_str().unwrap();
@@ -261,7 +239,6 @@ nodes:
     );
 
     // An Azure ML index description is not a Sluice index: the load error says what to do.
-    let yaml = std::fs::read_to_string(flow.path().join("flow.dag.yaml")).unwrap();
     env.load_error(
         flow.path(),
         &yaml.replace(
@@ -407,16 +384,11 @@ fn pdfs_front_matter_filters_and_unreadable_files() {
     // In a flow: a filter from the inputs, and a bad literal filter caught at load.
     let flow = tempfile::tempdir().unwrap();
     let yaml = "inputs:\n  question: {type: string}\n  only: {type: object}\noutputs:\n  hits: {reference: '${search.output}'}\nnodes:\n- name: search\n  type: retrieval\n  inputs:\n    index: kb\n    query: ${inputs.question}\n    top_k: 3\n    filter: ${inputs.only}\n";
-    std::fs::write(flow.path().join("flow.dag.yaml"), yaml).unwrap();
-    let v = env.json(&[
-        "flow",
-        "test",
-        "--inputs",
-        "question=trains",
-        r#"only={"tags": "bees"}"#,
-        "--flow",
-        flow.path().to_str().unwrap(),
-    ]);
+    let v = env.flow_test(
+        flow.path(),
+        yaml,
+        &["question=trains", r#"only={"tags": "bees"}"#],
+    );
     let hits = v["hits"].as_array().unwrap();
     assert_eq!(hits.len(), 1, "{v}");
     assert_eq!(hits[0]["metadata"]["file"], "hives.md");
@@ -646,7 +618,6 @@ fn cached_vectors_and_metadata_follow_changes() {
         .unwrap();
     rt.block_on(writer.put_file("b", "1", &[chunk("b")], &vectors[1..2], &meta("blue")))
         .unwrap();
-    writer.bump_generation().unwrap();
 
     let mut reader = Index::open(&path).unwrap();
     let red = Filter::from_pairs(&["topic=red".to_owned()]).unwrap();
@@ -659,12 +630,11 @@ fn cached_vectors_and_metadata_follow_changes() {
     };
     assert_eq!(texts(&mut reader, &red), ["a"]);
     assert_eq!(texts(&mut reader, &Filter::default()).len(), 2);
-    // Another writer recolours `b` and adds `c`.
+    // Another writer recolours `b` and adds `c`; its writes alone tell the reader's caches.
     rt.block_on(writer.put_file("b", "2", &[chunk("b")], &vectors[1..2], &meta("red")))
         .unwrap();
     rt.block_on(writer.put_file("c", "1", &[chunk("c")], &vectors[2..3], &meta("red")))
         .unwrap();
-    writer.bump_generation().unwrap();
     let mut seen = texts(&mut reader, &red);
     seen.sort();
     assert_eq!(seen, ["a", "b", "c"]);

@@ -1,22 +1,17 @@
 //! The run store end to end: resume after a real SIGKILL, Ctrl-C, evaluation runs over other runs,
 //! variants, run files, the index, compare and the HTML report in headless Chromium.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use assert_cmd::Command;
+use common::{sluice, stdout_json};
 use serde_json::Value as Json;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
-}
-
-fn sluice(home: &Path) -> Command {
-    let mut cmd = Command::cargo_bin("sluice").unwrap();
-    cmd.env("SLUICE_HOME", home)
-        .env("SLUICE_MODELS_DIR", sluice_nodes::llm::store::models_dir());
-    cmd
 }
 
 fn spawn_sluice(home: &Path, args: &[&str]) -> Child {
@@ -27,17 +22,6 @@ fn spawn_sluice(home: &Path, args: &[&str]) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .unwrap()
-}
-
-fn json_out(out: &std::process::Output) -> Json {
-    assert!(
-        out.status.success(),
-        "sluice failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 fn read_jsonl(path: &Path) -> Vec<Json> {
@@ -183,7 +167,7 @@ fn a_run_killed_with_sigkill_resumes_with_every_line_exactly_once() {
         ])
         .output()
         .unwrap();
-    let record = json_out(&out);
+    let record = stdout_json(&out);
     let sm = &record["properties"]["system_metrics"];
     assert_eq!(record["status"], "Completed");
     assert_eq!(sm["completed_lines"], 10_000);
@@ -268,7 +252,7 @@ fn ctrl_c_cancels_the_run_and_marks_it_canceled() {
         ])
         .output()
         .unwrap();
-    let record = json_out(&out);
+    let record = stdout_json(&out);
     assert_eq!(
         record["properties"]["system_metrics"]["carried_over_lines"],
         done
@@ -331,7 +315,7 @@ fn an_eval_run_aligns_with_the_lines_that_succeeded_in_the_base_run() {
         ])
         .output()
         .unwrap();
-    let record = json_out(&out);
+    let record = stdout_json(&out);
     assert_eq!(record["properties"]["system_metrics"]["total_lines"], 5);
     assert_eq!(record["properties"]["run"], "base");
     assert_eq!(record["metrics"]["accuracy"], 1.0);
@@ -389,7 +373,7 @@ fn a_run_file_with_set_overrides() {
         ])
         .output()
         .unwrap();
-    let record = json_out(&out);
+    let record = stdout_json(&out);
     assert_eq!(record["name"], "from_file");
     assert_eq!(record["display_name"], "overridden");
     assert_eq!(record["tags"]["owner"], "tests");
@@ -424,7 +408,7 @@ fn run_list_archive_restore_delete_and_the_index() {
             .args(args)
             .output()
             .unwrap();
-        json_out(&out)
+        stdout_json(&out)
             .as_array()
             .unwrap()
             .iter()
@@ -553,7 +537,7 @@ fn classify_then_evaluate_compare_and_visualize_on_the_local_model() {
             ])
             .output()
             .unwrap();
-        accuracy.push(json_out(&out)["metrics"]["accuracy"].as_f64().unwrap());
+        accuracy.push(stdout_json(&out)["metrics"]["accuracy"].as_f64().unwrap());
     }
     assert!(
         accuracy[0] >= 0.8,
@@ -564,7 +548,7 @@ fn classify_then_evaluate_compare_and_visualize_on_the_local_model() {
         .args(["run", "show-metrics", "-n", "eval_variant_0"])
         .output()
         .unwrap();
-    assert_eq!(json_out(&out)["accuracy"].as_f64().unwrap(), accuracy[0]);
+    assert_eq!(stdout_json(&out)["accuracy"].as_f64().unwrap(), accuracy[0]);
 
     // Compare: metrics side by side.
     let out = sluice(home.path())
@@ -578,7 +562,7 @@ fn classify_then_evaluate_compare_and_visualize_on_the_local_model() {
         ])
         .output()
         .unwrap();
-    let c = json_out(&out);
+    let c = stdout_json(&out);
     assert_eq!(
         c["metrics"]["accuracy"]["eval_variant_0"].as_f64().unwrap(),
         accuracy[0]
@@ -659,7 +643,7 @@ fn capitals_then_token_f1_over_the_run_outputs() {
         .arg(capitals.join("data.jsonl"))
         .output()
         .unwrap();
-    let record = json_out(&out);
+    let record = stdout_json(&out);
     assert_eq!(record["properties"]["system_metrics"]["completed_lines"], 8);
     // Both answers are scored against the data's capitals: the completions are exact, the chat answers
     // of the base model ramble after the first word, so their token F1 is lower.
@@ -672,7 +656,7 @@ fn capitals_then_token_f1_over_the_run_outputs() {
             .arg("reference=${data.capital}")
             .output()
             .unwrap();
-        json_out(&out)["metrics"].clone()
+        stdout_json(&out)["metrics"].clone()
     };
     let completion = eval("f1_completion", "completion");
     let chat = eval("f1_chat", "chat");
@@ -692,7 +676,7 @@ fn capitals_then_token_f1_over_the_run_outputs() {
         ])
         .output()
         .unwrap();
-    let c = json_out(&out);
+    let c = stdout_json(&out);
     assert_eq!(c["metrics"]["f1"]["f1_completion"], completion["f1"]);
     let report = home.path().join("f1.html");
     sluice(home.path())
