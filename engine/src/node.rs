@@ -51,6 +51,24 @@ pub struct Signature {
     pub consumed: Vec<String>,
 }
 
+impl Signature {
+    /// A signature of named parameters, `(name, type, required)`; those not required have defaults.
+    pub fn fixed<'a>(params: impl IntoIterator<Item = (&'a str, Option<ValueType>, bool)>) -> Self {
+        let mut signature = Signature::default();
+        for (name, ty, required) in params {
+            signature.params.insert(
+                name.to_owned(),
+                Param {
+                    ty,
+                    has_default: !required,
+                    required,
+                },
+            );
+        }
+        signature
+    }
+}
+
 /// One parameter of a node.
 #[derive(Clone, Debug, Default)]
 pub struct Param {
@@ -222,7 +240,7 @@ impl NodeRegistry {
     /// Turns nodes that call a registered package tool into nodes of the kind that stands in for it:
     /// the type changes, inputs are renamed, and a literal `connection` input (how promptflow's tools
     /// take their connection) becomes the node's connection.
-    pub fn apply_package_tools(&self, def: &mut crate::FlowDef) {
+    pub fn apply_package_tools(&self, def: &mut FlowDef) {
         for node in &mut def.nodes {
             let Some(source) = &node.source else { continue };
             if !matches!(source.ty.as_str(), "package" | "package_with_prompt") {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use sluice_engine::{
     BuildContext, BuildError, Built, InputValue, Node, NodeContext, NodeDef, NodeError, NodeInputs,
-    NodeKind, Param, Signature, Value, ValueType,
+    NodeKind, Signature, Value, ValueType,
 };
 
 use super::connections::{self, ConnectionType};
@@ -83,21 +83,11 @@ impl NodeKind for EmbeddingKind {
                 }
             }
         };
-        let mut signature = Signature::default();
-        for (name, ty, required) in [
+        let signature = Signature::fixed([
             ("input", None, true),
             ("model", Some(ValueType::String), false),
             ("deployment_name", Some(ValueType::String), false),
-        ] {
-            signature.params.insert(
-                name.to_owned(),
-                Param {
-                    ty,
-                    has_default: !required,
-                    required,
-                },
-            );
-        }
+        ]);
         Ok(Built {
             signature,
             node: Arc::new(EmbeddingNode { target }),

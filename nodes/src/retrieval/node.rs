@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use sluice_engine::{
     BuildContext, BuildError, Built, InputValue, Map, Node, NodeContext, NodeDef, NodeError,
-    NodeInputs, NodeKind, Param, Signature, Value, ValueType,
+    NodeInputs, NodeKind, Signature, Value, ValueType,
 };
 use tokio::sync::Mutex;
 
@@ -85,8 +85,7 @@ impl NodeKind for RetrievalKind {
             ))
             .help("hybrid (BM25) search needs the embedded store: drop `hybrid: true` or build the index without --store"));
         }
-        let mut signature = Signature::default();
-        for (p, ty, required) in [
+        let signature = Signature::fixed([
             // A text, a list of texts, or a vector.
             ("query", None, true),
             ("index", Some(ValueType::String), true),
@@ -94,16 +93,7 @@ impl NodeKind for RetrievalKind {
             ("hybrid", Some(ValueType::Bool), false),
             ("filter", Some(ValueType::Object), false),
             ("query_type", Some(ValueType::String), false),
-        ] {
-            signature.params.insert(
-                p.to_owned(),
-                Param {
-                    ty,
-                    has_default: !required,
-                    required,
-                },
-            );
-        }
+        ]);
         Ok(Built {
             signature,
             node: Arc::new(RetrievalNode {
