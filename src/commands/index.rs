@@ -124,16 +124,7 @@ impl Bar {
             Phase::Graph => "building the HNSW graph".to_owned(),
         };
         if self.terminal {
-            let width = 30;
-            let filled = (done * width)
-                .checked_div(total)
-                .unwrap_or(width)
-                .min(width);
-            eprint!(
-                "\r\x1b[2K[{}{}] {line}",
-                "#".repeat(filled),
-                "-".repeat(width - filled)
-            );
+            super::draw_bar(done, total, &line);
             if finished {
                 eprintln!();
             }

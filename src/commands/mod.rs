@@ -55,3 +55,17 @@ fn run_command(command: RunCommand) -> anyhow::Result<u8> {
         RunCommand::Delete(args) => run::delete(args),
     }
 }
+
+/// Redraws the terminal's progress line: a 30-wide bar for `done` of `total`, then `text`.
+fn draw_bar(done: usize, total: usize, text: &str) {
+    let width = 30;
+    let filled = (done * width)
+        .checked_div(total)
+        .unwrap_or(width)
+        .min(width);
+    eprint!(
+        "\r\x1b[2K[{}{}] {text}",
+        "#".repeat(filled),
+        "-".repeat(width - filled)
+    );
+}

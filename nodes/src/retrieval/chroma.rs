@@ -70,12 +70,7 @@ impl Chroma {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = req.send().await.map_err(|e| {
-            format!(
-                "cannot reach the Chroma server of {} ({e}); is `chroma run` running?",
-                self.url
-            )
-        })?;
+        let resp = req.send().await.map_err(|e| self.unreachable(e))?;
         let status = resp.status();
         let text = resp.text().await.map_err(|e| e.to_string())?;
         if !status.is_success() {
@@ -84,18 +79,25 @@ impl Chroma {
         Ok(serde_json::from_str(&text).unwrap_or(Json::Null))
     }
 
+    fn unreachable(&self, e: reqwest::Error) -> String {
+        format!(
+            "cannot reach the Chroma server of {} ({e}); is `chroma run` running?",
+            self.url
+        )
+    }
+
     /// Whether the collection exists (a 404 says it does not; other failures are errors).
     async fn exists(&self) -> Result<bool, String> {
         if self.id.initialized() {
             return Ok(true);
         }
         let url = format!("{}/collections/{}", self.base, self.collection);
-        let resp = self.http.get(&url).send().await.map_err(|e| {
-            format!(
-                "cannot reach the Chroma server of {} ({e}); is `chroma run` running?",
-                self.url
-            )
-        })?;
+        let resp = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
         match resp.status() {
             reqwest::StatusCode::NOT_FOUND => Ok(false),
             s if s.is_success() => Ok(true),

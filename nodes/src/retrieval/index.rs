@@ -148,6 +148,8 @@ pub struct Index {
     flat: Option<(u64, Arc<Flat>)>,
     /// The chunks' metadata for filters, and the generation it was read at.
     metas: Option<(u64, Arc<Metas>)>,
+    /// The embedding model, once loaded.
+    embedder: Option<Arc<LocalEmbedder>>,
 }
 
 /// Chunk ids with an index into the distinct metadata maps.
@@ -261,6 +263,7 @@ impl Index {
             ann: None,
             flat: None,
             metas: None,
+            embedder: None,
         };
         if fresh {
             index.set_meta("schema", SCHEMA_VERSION)?;
@@ -399,6 +402,7 @@ impl Index {
             .await
             .map_err(|e| e.message)?;
         self.set_model(&name, embedder.dims())?;
+        self.embedder = Some(Arc::clone(&embedder));
         let absolute = std::path::absolute(&path).unwrap_or(path.clone());
         self.set_meta("model_path", &absolute.display().to_string())?;
         let limit = embedder.max_tokens().saturating_sub(2);
@@ -673,15 +677,12 @@ impl Index {
             return Ok(true);
         }
         progress(Phase::Graph, 0, 1);
-        let graph = Ann::build(self.all_vectors()?);
-        graph.save(&self.ann_path(), generation)?;
-        self.set_meta("ann_built", &generation.to_string())?;
-        self.ann = Some((generation, Some(Arc::new(graph))));
+        self.build_ann_now()?;
         progress(Phase::Graph, 1, 1);
         Ok(true)
     }
 
-    /// Rebuilds the HNSW graph now, whatever the threshold (benchmarks and tests).
+    /// Builds the HNSW graph for the current generation now, whatever the threshold.
     pub fn build_ann_now(&mut self) -> Result<(), String> {
         let generation = self.generation();
         let graph = Ann::build(self.all_vectors()?);
@@ -721,8 +722,8 @@ impl Index {
         }
     }
 
-    /// Stores bare vectors as chunks of synthetic files of 1,000 (`file0`, `file1`, ...) and marks the
-    /// index changed: for recall tests and benchmarks that need no model.
+    /// Stores bare vectors as chunks of synthetic files of 1,000 (`file0`, `file1`, ...): for recall
+    /// tests and benchmarks that need no model.
     pub async fn put_synthetic(&mut self, vectors: &[Vec<f32>]) -> Result<(), String> {
         for (f, vs) in vectors.chunks(1000).enumerate() {
             let chunks: Vec<Chunk> = (0..vs.len())
@@ -736,12 +737,16 @@ impl Index {
             self.put_file(&format!("file{f}"), "-", &chunks, vs, &Map::new())
                 .await?;
         }
-        self.bump_generation()
+        Ok(())
     }
 
-    /// Marks the index changed (benchmarks and tests that write vectors through [`Index::put_file`]).
+    /// Moves the index to a new generation without writing, as any write does: what was kept in
+    /// memory or on disk for the old one (vectors, metadata, the HNSW graph) is read again.
     pub fn bump_generation(&self) -> Result<(), String> {
-        self.set_meta("generation", &(self.generation() + 1).to_string())
+        self.db
+            .execute(BUMP_GENERATION, [])
+            .map(drop)
+            .map_err(sqlerr)
     }
 
     /// Chunk ids whose metadata passes `filter`.
@@ -897,21 +902,17 @@ impl Index {
         self.search_exact(q, k, allowed)
     }
 
-    /// The `k` chunks nearest to `query` whose metadata passes `filter`. With `hybrid`, the vector
-    /// ranking is fused with BM25 by reciprocal rank (k = 60) and the score is the fused score.
-    pub async fn query(
-        &mut self,
-        query: &str,
-        k: usize,
-        hybrid: bool,
-        filter: &Filter,
-    ) -> Result<Vec<Hit>, String> {
+    /// The index's embedding model, found and loaded on first use: by its name, or else by the file
+    /// the index was built from.
+    async fn embedder(&mut self) -> Result<Arc<LocalEmbedder>, String> {
+        if let Some(e) = &self.embedder {
+            return Ok(Arc::clone(e));
+        }
         let model = self
             .meta("model")
             .ok_or("the index is empty: build it first")?;
         let (name, path) = match store::resolve_model(&model, Path::new(".")) {
             Ok(found) => found,
-            // Built from a model file given by path: that file, while it is there.
             Err(e) => match self.meta("model_path").map(PathBuf::from) {
                 Some(p) if p.is_file() => (model.clone(), p),
                 _ => {
@@ -925,11 +926,35 @@ impl Index {
         let embedder = LocalEmbedder::get(&name, &path)
             .await
             .map_err(|e| e.message)?;
+        self.embedder = Some(Arc::clone(&embedder));
+        Ok(embedder)
+    }
+
+    /// The `k` chunks nearest to `query` whose metadata passes `filter`. With `hybrid`, the vector
+    /// ranking is fused with BM25 by reciprocal rank (k = 60) and the score is the fused score.
+    pub async fn query(
+        &mut self,
+        query: &str,
+        k: usize,
+        hybrid: bool,
+        filter: &Filter,
+    ) -> Result<Vec<Hit>, String> {
+        let embedder = self.embedder().await?;
         let q = embedder
             .embed(vec![query.to_owned()])
             .await
             .map_err(|e| e.message)?
             .remove(0);
+        let dims: usize = self
+            .meta("dims")
+            .and_then(|d| d.parse().ok())
+            .unwrap_or(q.len());
+        if q.len() != dims {
+            return Err(format!(
+                "the embedding model now gives {}-dimensional vectors, but this index holds {dims}-dimensional ones: the model file changed; build the index again under another name",
+                q.len()
+            ));
+        }
         self.search(q, Some(query), k, hybrid, filter).await
     }
 
@@ -975,16 +1000,6 @@ impl Index {
             return Ok(hits.into_iter().map(hit_from_chroma).collect());
         }
         let hybrid = hybrid && text.is_some();
-        let dims: usize = self
-            .meta("dims")
-            .and_then(|d| d.parse().ok())
-            .unwrap_or(q.len());
-        if q.len() != dims {
-            return Err(format!(
-                "the embedding model now gives {}-dimensional vectors, but this index holds {dims}-dimensional ones: the model file changed; build the index again under another name",
-                q.len()
-            ));
-        }
         let allowed = if filter.is_empty() {
             None
         } else {

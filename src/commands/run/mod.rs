@@ -1151,16 +1151,7 @@ impl Progress {
             self.failed.get()
         );
         if self.terminal {
-            let width = 30;
-            let filled = (done * width)
-                .checked_div(self.total)
-                .unwrap_or(width)
-                .min(width);
-            eprint!(
-                "\r\x1b[2K[{}{}] {stats}",
-                "#".repeat(filled),
-                "-".repeat(width - filled)
-            )
+            super::draw_bar(done, self.total, &stats)
         } else {
             eprintln!("{stats}")
         }
