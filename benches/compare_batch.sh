@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Batch runs side by side: `sluice run create` and (when $PF or `pf` is available) `pf run create` over
 # the same N-line dataset of the 3-node prompt+python flow, in one script run. Prints wall time,
-# lines/s, peak RSS (largest single process) and the number of files in the run folder.
+# lines/s, peak RSS (largest single process) and the number of files in the run folder. Sluice runs twice:
+# with Python tools in its own process (the default) and with `--isolation process` (worker processes).
 #
 #   PF=/path/to/venv/bin/pf benches/compare_batch.sh [LINES]      (default 1000)
 set -euo pipefail
@@ -41,6 +42,11 @@ echo "|---|---:|---:|---:|---:|---:|"
 export SLUICE_HOME="$work/sluice-home"
 measure sluice "$SLUICE_HOME/runs/bench" "$sluice" run create --flow "$flow" --data "$work/data.jsonl" \
   --column-mapping question='${data.question}' --name bench
+measure sluice-isolated "$SLUICE_HOME/runs/bench_isolated" "$sluice" run create --flow "$flow" \
+  --data "$work/data.jsonl" --column-mapping question='${data.question}' --name bench_isolated \
+  --isolation process
+awk -v i="$(cat "$work/sluice-isolated.secs")" -v s="$(cat "$work/sluice.secs")" \
+  'BEGIN {printf "\n--isolation process costs %.2fx the time of in-process tools\n\n", i/s}'
 pf_bin="${PF:-$(command -v pf || true)}"
 if [ -n "$pf_bin" ]; then
   # Peak RSS is what /usr/bin/time reports: the largest single process (pf's worker processes come on top).

@@ -49,6 +49,33 @@ pub enum Command {
     Connection(ConnectionCommand),
     /// Show the versions Sluice runs with (Python, node kinds).
     Info,
+    /// Runs Python tool calls for a parent Sluice process (`--isolation process`); not for direct use.
+    #[command(name = "__python-worker", hide = true)]
+    PythonWorker,
+}
+
+/// Where Python tools run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum IsolationArg {
+    /// In the Sluice process itself: fastest; a tool that crashes the process takes the run down
+    /// (resume it with --resume-from).
+    #[default]
+    Thread,
+    /// In a pool of worker processes: a tool that crashes, hangs or holds the GIL fails only its line,
+    /// and a line timeout stops the tool. Inputs and outputs of Python nodes must be JSON.
+    Process,
+}
+
+/// Where Python tools run, and with how many workers.
+#[derive(Debug, Args)]
+pub struct IsolationArgs {
+    /// Where Python tools run: `thread` (in this process) or `process` (worker processes).
+    #[arg(long, value_enum, env = "SLUICE_ISOLATION", default_value_t = IsolationArg::Thread)]
+    pub isolation: IsolationArg,
+    /// Worker processes with `--isolation process` (default: the lines running at once, at most
+    /// twice the CPUs).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: Option<u16>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -213,8 +240,9 @@ pub enum FlowCommand {
 
 #[derive(Debug, Args)]
 pub struct FlowArgs {
-    /// The flow folder (holding flow.dag.yaml) or the flow file.
-    #[arg(long, short = 'f', default_value = ".")]
+    /// The flow folder (holding flow.dag.yaml) or the flow file (`--source` as promptflow spells it
+    /// for `flow validate`).
+    #[arg(long, short = 'f', visible_alias = "source", default_value = ".")]
     pub flow: PathBuf,
 }
 
@@ -254,14 +282,19 @@ pub struct TestArgs {
     /// Print LLM outputs as they are generated (token by token) instead of as JSON at the end.
     #[arg(long)]
     pub stream: bool,
+    #[command(flatten)]
+    pub isolation: IsolationArgs,
     #[arg(skip)]
     pub verbose: u8,
 }
 
 #[derive(Debug, Args)]
 pub struct InitArgs {
-    /// The folder to create.
-    pub name: PathBuf,
+    /// The folder to create (or `--flow DIR`, as promptflow spells it).
+    #[arg(required_unless_present = "flow")]
+    pub name: Option<PathBuf>,
+    #[arg(long, conflicts_with = "name", value_name = "DIR")]
+    pub flow: Option<PathBuf>,
     /// What kind of starter flow to write.
     #[arg(long = "type", value_enum, default_value_t = InitType::Standard)]
     pub kind: InitType,
@@ -393,8 +426,16 @@ pub struct CompareArgs {
 #[derive(Debug, Args)]
 pub struct VisualizeArgs {
     /// One or more runs.
-    #[arg(required = true, num_args = 1..)]
+    #[arg(num_args = 1.., required_unless_present = "names_flag", value_delimiter = ',')]
     pub names: Vec<String>,
+    /// The runs, as promptflow spells it: `--names a,b`.
+    #[arg(
+        long = "names",
+        short = 'n',
+        value_name = "NAMES",
+        value_delimiter = ','
+    )]
+    pub names_flag: Vec<String>,
     /// Where to write the report (default: $SLUICE_HOME/reports/<names>.html).
     #[arg(long)]
     pub html_path: Option<PathBuf>,
@@ -455,6 +496,8 @@ pub struct CreateArgs {
     /// Print each line's result as one JSON line on stdout as soon as it finishes.
     #[arg(long)]
     pub stream: bool,
+    #[command(flatten)]
+    pub isolation: IsolationArgs,
 }
 
 #[derive(Debug, Subcommand)]

@@ -517,30 +517,7 @@ pub async fn run_batch(
     let keep = flow.has_aggregation();
     let (mut completed, mut failed) = (previous.len(), 0);
     let mut kept: Vec<(usize, Map)> = if keep { previous } else { Vec::new() };
-    let mut queue = lines.into_iter();
-    let mut running = FuturesUnordered::new();
-    loop {
-        while running.len() < opts.max_concurrency.max(1) {
-            let Some(line) = queue.next() else { break };
-            let flow = flow.clone();
-            let line_opts = LineOptions {
-                line_number: Some(line.line_number),
-                node_concurrency: opts.node_concurrency,
-                timeout: opts.line_timeout,
-                run_id: opts.run_id.clone(),
-                ..Default::default()
-            };
-            running.push(SpawnedTask::spawn(async move {
-                flow.run_line(&line.inputs, &line_opts).await
-            }));
-        }
-        let Some(result) = running.next().await else {
-            break;
-        };
-        let result = match result {
-            Ok(r) => r,
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        };
+    run_lines(flow.clone(), lines, opts, |result| {
         if result.status == Status::Completed {
             completed += 1;
             if keep {
@@ -552,9 +529,10 @@ pub async fn run_batch(
         } else {
             failed += 1;
         }
-        on_line(&result);
-    }
-    let aggregation = if flow.has_aggregation() {
+        on_line(result);
+    })
+    .await;
+    let aggregation = if keep {
         kept.sort_by_key(|(n, _)| *n);
         let refs: Vec<&Map> = kept.iter().map(|(_, m)| m).collect();
         let opts = LineOptions {
@@ -571,6 +549,61 @@ pub async fn run_batch(
         completed_lines: completed,
         failed_lines: failed,
         aggregation,
+    }
+}
+
+/// How many lines may finish ahead of the earliest unfinished one before no new line starts: finished
+/// lines wait in line order for the output files, so this bounds the memory they take even when one
+/// line is much slower than the rest.
+pub const REORDER_WINDOW: usize = 4096;
+
+/// Runs the lines as tasks, at most `max_concurrency` at once, calling `on_line` with each result as
+/// it finishes (in completion order). Lines are taken from `lines` (in increasing line order) only as
+/// slots free up, and never more than [`REORDER_WINDOW`] past the earliest line still running.
+pub async fn run_lines(
+    flow: Arc<Flow>,
+    lines: impl IntoIterator<Item = BatchLine>,
+    opts: &BatchOptions,
+    mut on_line: impl FnMut(&LineResult),
+) {
+    let mut queue = lines.into_iter();
+    let mut running = FuturesUnordered::new();
+    let mut in_flight: std::collections::BTreeSet<usize> = std::collections::BTreeSet::new();
+    // Finished lines numbered after the earliest line still running.
+    let mut ahead: std::collections::BTreeSet<usize> = std::collections::BTreeSet::new();
+    loop {
+        while running.len() < opts.max_concurrency.max(1) && ahead.len() < REORDER_WINDOW {
+            let Some(line) = queue.next() else { break };
+            let flow = flow.clone();
+            let line_opts = LineOptions {
+                line_number: Some(line.line_number),
+                node_concurrency: opts.node_concurrency,
+                timeout: opts.line_timeout,
+                run_id: opts.run_id.clone(),
+                ..Default::default()
+            };
+            in_flight.insert(line.line_number);
+            running.push(SpawnedTask::spawn(async move {
+                flow.run_line(&line.inputs, &line_opts).await
+            }));
+        }
+        let Some(result) = running.next().await else {
+            break;
+        };
+        let result = match result {
+            Ok(r) => r,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
+        let n = result.line_number.unwrap_or(0);
+        in_flight.remove(&n);
+        match in_flight.first() {
+            Some(&first) if n > first => {
+                ahead.insert(n);
+            }
+            Some(&first) => ahead = ahead.split_off(&first),
+            None => ahead.clear(),
+        }
+        on_line(&result);
     }
 }
 

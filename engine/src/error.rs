@@ -19,6 +19,11 @@ pub enum FlowError {
     NotFound { path: PathBuf },
     #[error("{dir} holds several flow files ({}); pass the one to use", files.join(", "))]
     Ambiguous { dir: PathBuf, files: Vec<String> },
+    /// A prompty file or a flex flow given to a command that runs DAG flows.
+    #[error(
+        "{path} is a {kind}; this command runs DAG flows (flow.dag.yaml), so nothing was run. Write the flow as a flow.dag.yaml with nodes"
+    )]
+    Unsupported { path: PathBuf, kind: &'static str },
     #[error("cannot read {path}")]
     Io {
         path: PathBuf,

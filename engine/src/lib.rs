@@ -53,13 +53,16 @@ pub mod load;
 pub mod model;
 pub mod node;
 pub mod plan;
+pub mod runner;
 pub mod spawn;
+pub mod store;
 pub mod value;
 pub mod yaml;
 
 pub use batch::{
     BatchError, BatchLine, BatchOptions, BatchSummary, DataScan, LineMapper, RowStream,
-    by_line_number, line_number_of, load_data, map_inputs, run_batch, scan_data, stream_data,
+    by_line_number, line_number_of, load_data, map_inputs, run_batch, run_lines, scan_data,
+    stream_data,
 };
 pub use error::{
     BuildError, ErrorCode, ErrorInfo, FlowError, NodeError, Problem, ToolErrorDetails,
@@ -72,4 +75,6 @@ pub use node::{
     Signature,
 };
 pub use plan::{Flow, LoadOptions, PlannedNode};
+pub use runner::{BatchObserver, BatchRun, RunError, RunOptions, RunSpec, Stop};
+pub use store::{RunName, RunStore, StoreError};
 pub use value::{Map, Opaque, PathStep, Value};

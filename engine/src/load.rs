@@ -12,12 +12,122 @@ use crate::yaml::{Span, Yaml, YamlKind};
 
 const FLOW_FILES: [&str; 2] = ["flow.dag.yaml", "flow.dag.yml"];
 
+/// The keys promptflow's schema knows at the top of a flow, on a node, a flow input and a flow output;
+/// any other key is a mistake (`output:` for `outputs:`) and reported as one.
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "$schema",
+    "id",
+    "name",
+    "description",
+    "display_name",
+    "tags",
+    "language",
+    "inputs",
+    "outputs",
+    "nodes",
+    "node_variants",
+    "environment",
+    "environment_variables",
+    "additional_includes",
+    "message_format",
+    "tools",
+];
+const NODE_KEYS: &[&str] = &[
+    "name",
+    "type",
+    "source",
+    "inputs",
+    "connection",
+    "api",
+    "provider",
+    "module",
+    "activate",
+    "aggregation",
+    "reduce",
+    "use_variants",
+    "enable_cache",
+    "comment",
+    "tool",
+    "description",
+];
+const INPUT_KEYS: &[&str] = &[
+    "type",
+    "default",
+    "description",
+    "enum",
+    "is_chat_input",
+    "is_chat_history",
+];
+const OUTPUT_KEYS: &[&str] = &[
+    "type",
+    "reference",
+    "description",
+    "is_chat_output",
+    "evaluation_only",
+];
+
+/// The known word closest to `word` (edit distance at most 2, or one contains the other).
+fn closest<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
+    fn distance(a: &str, b: &str) -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut prev = row[0];
+            row[0] = i + 1;
+            for (j, cb) in b.iter().enumerate() {
+                let cur = row[j + 1];
+                row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+                prev = cur;
+            }
+        }
+        row[b.len()]
+    }
+    let lower = word.to_ascii_lowercase();
+    known
+        .iter()
+        .map(|k| (distance(&lower, k), *k))
+        .filter(|(d, k)| *d <= 2 || (lower.len() > 3 && (k.contains(&lower) || lower.contains(k))))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
 /// Finds the flow file for a `--flow` argument: a folder holding `flow.dag.yaml`/`.yml`, or the file.
 pub fn locate_flow(path: &Path) -> Result<PathBuf, FlowError> {
+    let unsupported = |p: &Path, kind| FlowError::Unsupported {
+        path: p.to_path_buf(),
+        kind,
+    };
     if path.is_file() {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_ascii_lowercase())
+            .unwrap_or_default();
+        if name.ends_with(".prompty") {
+            return Err(unsupported(path, "prompty file"));
+        }
+        if name == "flow.flex.yaml" || name == "flow.flex.yml" {
+            return Err(unsupported(path, "flex flow"));
+        }
         return Ok(path.to_path_buf());
     }
     if path.is_dir() {
+        for flex in ["flow.flex.yaml", "flow.flex.yml"] {
+            if path.join(flex).is_file() && !FLOW_FILES.iter().any(|f| path.join(f).is_file()) {
+                return Err(unsupported(&path.join(flex), "flex flow"));
+            }
+        }
+        if !FLOW_FILES.iter().any(|f| path.join(f).is_file()) {
+            let prompty: Vec<PathBuf> = std::fs::read_dir(path)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "prompty"))
+                .collect();
+            if let [one] = prompty.as_slice() {
+                return Err(unsupported(one, "prompty file"));
+            }
+        }
         let found: Vec<String> = FLOW_FILES
             .iter()
             .filter(|f| path.join(f).is_file())
@@ -148,6 +258,7 @@ impl Reader {
             );
             return def;
         }
+        self.unknown_keys(yaml, TOP_LEVEL_KEYS, "a flow", None);
         if let Some(name) = yaml.get("name").and_then(Yaml::as_str) {
             def.name = name.to_owned();
         }
@@ -265,6 +376,32 @@ impl Reader {
         def
     }
 
+    /// Reports every key of `yaml` (a mapping) that is not in `known`, with the closest known key.
+    fn unknown_keys(&mut self, yaml: &Yaml, known: &[&str], owner: &str, node: Option<&str>) {
+        let YamlKind::Map(entries) = &yaml.kind else {
+            return;
+        };
+        for (key, _) in entries {
+            let k = key.key_string();
+            if known.contains(&k.as_str()) {
+                continue;
+            }
+            let mut p = Problem::new(
+                "UnknownField",
+                format!("{owner} has an unknown field `{k}`"),
+            )
+            .at(key.span);
+            if let Some(n) = node {
+                p = p.node(n);
+            }
+            p = match closest(&k, known) {
+                Some(c) => p.help(format!("did you mean `{c}`?")),
+                None => p.help(format!("the fields are: {}", known.join(", "))),
+            };
+            self.problem(p);
+        }
+    }
+
     fn mapping<'y>(&mut self, yaml: &'y Yaml, what: &str) -> Vec<(&'y Yaml, &'y Yaml)> {
         match &yaml.kind {
             YamlKind::Map(entries) => entries.iter().map(|(k, v)| (k, v)).collect(),
@@ -319,6 +456,7 @@ impl Reader {
     fn input(&mut self, key: &Yaml, value: &Yaml) -> Option<InputDef> {
         let name = key.key_string();
         let owner = format!("flow input `{name}`");
+        self.unknown_keys(value, INPUT_KEYS, &owner, None);
         let ty = self.value_type(&owner, value.get("type"), key.span, true)?;
         Some(InputDef {
             default: value
@@ -343,6 +481,7 @@ impl Reader {
     fn output(&mut self, key: &Yaml, value: &Yaml) -> Option<OutputDef> {
         let name = key.key_string();
         let owner = format!("flow output `{name}`");
+        self.unknown_keys(value, OUTPUT_KEYS, &owner, None);
         let ty = self.value_type(&owner, value.get("type"), key.span, false)?;
         let reference = match value.get("reference") {
             None => None,
@@ -458,6 +597,7 @@ impl Reader {
                 }
             },
         };
+        self.unknown_keys(yaml, NODE_KEYS, &format!("node `{name}`"), Some(&name));
         let use_variants = yaml
             .get("use_variants")
             .and_then(Yaml::as_bool)
@@ -576,6 +716,7 @@ impl Reader {
             aggregation: flag("aggregation") || flag("reduce"),
             use_variants,
             connection: text("connection"),
+            connection_span: yaml.get("connection").map(|c| c.span),
             api: text("api"),
             provider: text("provider"),
             module: text("module"),
@@ -657,6 +798,14 @@ mod tests {
             })
         );
         assert_eq!(VariantSelection::parse("summarize.variant_1"), None);
+    }
+
+    #[test]
+    fn the_closest_field_is_suggested() {
+        assert_eq!(closest("output", TOP_LEVEL_KEYS), Some("outputs"));
+        assert_eq!(closest("inptus", NODE_KEYS), Some("inputs"));
+        assert_eq!(closest("activte", NODE_KEYS), Some("activate"));
+        assert_eq!(closest("zzzzzz", NODE_KEYS), None);
     }
 
     #[test]

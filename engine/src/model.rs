@@ -70,6 +70,8 @@ pub struct NodeDef {
     pub aggregation: bool,
     pub use_variants: bool,
     pub connection: Option<String>,
+    /// Where `connection:` is set.
+    pub connection_span: Option<Span>,
     pub api: Option<String>,
     pub provider: Option<String>,
     pub module: Option<String>,

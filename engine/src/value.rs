@@ -221,6 +221,14 @@ impl Value {
         }
     }
 
+    /// The map inside, or an empty map for any other value.
+    pub fn into_map(self) -> Map {
+        match self {
+            Value::Map(m) => m,
+            _ => Map::new(),
+        }
+    }
+
     /// Converts to `serde_json::Value`; non-JSON parts become their `repr()`, non-finite floats `null`.
     pub fn to_json_lossy(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or(serde_json::Value::Null)

@@ -139,10 +139,34 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 pub fn test(args: TestArgs) -> anyhow::Result<u8> {
     let inputs = parse_inputs(&args.inputs)?;
     let timeout = line_timeout(args.line_timeout)?;
+    super::set_isolation(&args.isolation, args.concurrency.max(1));
     let flow = match load(&args.flow.flow, args.variant.as_deref()) {
         Ok(f) => f,
         Err(code) => return Ok(code),
     };
+    if args.node.is_none() {
+        let unknown: Vec<&String> = inputs
+            .keys()
+            .filter(|k| !flow.def.inputs.contains_key(*k))
+            .collect();
+        if !unknown.is_empty() {
+            eprintln!(
+                "warning: the flow has no input{} {} (its inputs: {}); ignored",
+                if unknown.len() == 1 { "" } else { "s" },
+                unknown
+                    .iter()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                flow.def
+                    .inputs
+                    .keys()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
     enter_flow(&flow)?;
     let opts = LineOptions {
         node_concurrency: args.concurrency.max(1),
@@ -327,7 +351,7 @@ fn write_json(path: &Path, value: &serde_json::Value) {
 }
 
 pub fn init(args: InitArgs) -> anyhow::Result<u8> {
-    let dir: PathBuf = args.name;
+    let dir: PathBuf = args.name.or(args.flow).expect("clap requires one");
     if dir.exists()
         && std::fs::read_dir(&dir)
             .map(|mut d| d.next().is_some())

@@ -38,7 +38,51 @@ pub fn run(command: Command, verbose: u8) -> anyhow::Result<u8> {
         Command::Index(IndexCommand::Info(args)) => index::info(args),
         Command::Index(IndexCommand::Rm(args)) => index::rm(args),
         Command::Info => info::run(),
+        Command::PythonWorker => python_worker(),
     }
+}
+
+/// Chooses where Python tools run (before any flow is loaded).
+pub(crate) fn set_isolation(args: &crate::cli::IsolationArgs, concurrency: usize) {
+    #[cfg(feature = "python")]
+    {
+        use sluice_nodes::python::{Isolation, set_isolation};
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        set_isolation(match args.isolation {
+            crate::cli::IsolationArg::Thread => Isolation::InProcess,
+            crate::cli::IsolationArg::Process => Isolation::Process {
+                workers: args
+                    .workers
+                    .map_or_else(|| concurrency.clamp(1, 2 * cpus), usize::from),
+            },
+        });
+    }
+    #[cfg(not(feature = "python"))]
+    let _ = (args, concurrency);
+}
+
+/// `sluice __python-worker`: answers tool calls on a private copy of stdout, with stdout itself moved
+/// to stderr so nothing a tool prints can corrupt the answers.
+fn python_worker() -> anyhow::Result<u8> {
+    #[cfg(feature = "python")]
+    {
+        use std::os::fd::FromRawFd;
+        // SAFETY: plain descriptor calls on this process's own stdout/stderr, before any other thread.
+        #[allow(unsafe_code)]
+        let answers = unsafe {
+            let fd = libc::dup(1);
+            anyhow::ensure!(fd >= 0, "cannot duplicate stdout");
+            anyhow::ensure!(libc::dup2(2, 1) >= 0, "cannot move stdout to stderr");
+            std::fs::File::from_raw_fd(fd)
+        };
+        sluice_nodes::python::serve_worker(
+            std::io::stdin().lock(),
+            std::io::BufWriter::new(answers),
+        )?;
+        Ok(crate::exit::OK)
+    }
+    #[cfg(not(feature = "python"))]
+    anyhow::bail!("this build of Sluice has no Python")
 }
 
 fn run_command(command: RunCommand) -> anyhow::Result<u8> {

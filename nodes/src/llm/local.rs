@@ -168,8 +168,8 @@ fn backend() -> Result<&'static LlamaBackend, LlmError> {
     static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
     BACKEND
         .get_or_init(|| {
-            // llama.cpp's own log (model quirks it works around, buffer sizes) shows from `-v` on.
-            let verbose = tracing::enabled!(tracing::Level::INFO);
+            // llama.cpp's own log (model quirks it works around, buffer sizes) shows from `-vv` on.
+            let verbose = tracing::enabled!(tracing::Level::DEBUG);
             llama_cpp_2::send_logs_to_tracing(
                 llama_cpp_2::LogOptions::default().with_logs_enabled(verbose),
             );

@@ -172,6 +172,7 @@ fn resolve_backend(
                     "node `{}` uses connection `{name}`, which does not exist",
                     node.name
                 ))
+                .at(&cx.flow.file, node.connection_span)
                 .help(format!(
                     "create it with `sluice connection create -f <file.yaml>` (stored in {}), or remove `connection:` to use the local model",
                     connections::connections_dir().display()

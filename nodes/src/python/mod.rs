@@ -5,10 +5,15 @@
 //! blocking pool and hold the GIL only while Python runs, so a tool that sleeps or waits on I/O lets
 //! others run. `async def` tools run on one shared asyncio loop, so independent async nodes overlap.
 
+pub mod isolation;
+
 use std::any::Any;
+use std::collections::HashMap;
 use std::ffi::CString;
-use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+pub use isolation::{Isolation, serve as serve_worker, set_isolation};
 
 use async_trait::async_trait;
 use pyo3::prelude::*;
@@ -85,7 +90,7 @@ impl NodeKind for PythonKind {
         let path = cx.source_file(node)?;
         let rt = runtime().map_err(|e| BuildError::new(format!("cannot start Python: {e}")))?;
         let mut literals = Map::new();
-        let mut references = vec![];
+        let mut references: Vec<String> = vec![];
         for (name, binding) in &node.inputs {
             match &binding.value {
                 InputValue::Literal(v) => {
@@ -105,8 +110,8 @@ impl NodeKind for PythonKind {
             let info = rt.host.bind(py).getattr("load_tool")?.call1((
                 path.to_string_lossy().as_ref(),
                 cx.flow_dir().to_string_lossy().as_ref(),
-                to_py(py, &Value::Map(literals))?,
-                references,
+                to_py(py, &Value::Map(literals.clone()))?,
+                references.clone(),
             ))?;
             let func: Py<PyAny> = info.get_item("func")?.unbind();
             let name: String = info.get_item("name")?.extract()?;
@@ -135,6 +140,11 @@ impl NodeKind for PythonKind {
                 node: Arc::new(PythonNode {
                     func: Arc::new(func),
                     name,
+                    node: node.name.clone(),
+                    tool: path.clone(),
+                    flow_dir: cx.flow_dir().to_path_buf(),
+                    literals: Value::Map(literals.clone()).to_json_lossy(),
+                    references: references.clone(),
                 }),
                 signature,
             })
@@ -170,11 +180,145 @@ impl NodeKind for PythonKind {
 struct PythonNode {
     func: Arc<Py<PyAny>>,
     name: String,
+    /// What a worker process needs to load the same tool.
+    node: String,
+    tool: PathBuf,
+    flow_dir: PathBuf,
+    literals: serde_json::Value,
+    references: Vec<String>,
+}
+
+impl PythonNode {
+    /// Runs the call in a worker process.
+    async fn run_isolated(&self, inputs: &Map, cx: &NodeContext) -> Result<Value, NodeError> {
+        let request = isolation::Request {
+            tool: self.tool.clone(),
+            flow_dir: self.flow_dir.clone(),
+            literals: self.literals.clone(),
+            references: self.references.clone(),
+            kwargs: isolation::inputs_json(inputs)?,
+            node: self.node.clone(),
+        };
+        let response = isolation::pool().call(&request).await?;
+        if let Some(metrics) = &cx.metrics {
+            let mut m = metrics.lock().unwrap_or_else(|e| e.into_inner());
+            for (k, v) in response.metrics {
+                m.insert(k, Value::from(v));
+            }
+        }
+        if let Some(e) = response.error {
+            let mut details = ToolErrorDetails::from(e);
+            details.name.get_or_insert_with(|| self.name.clone());
+            return Err(NodeError::tool(details));
+        }
+        if let Some(message) = response.system {
+            return Err(NodeError::system("WorkerError", message));
+        }
+        Ok(response.output.map(Value::from).unwrap_or(Value::Null))
+    }
+}
+
+/// Tools loaded in a worker process, by file and init literals.
+static WORKER_TOOLS: OnceLock<Mutex<HashMap<String, Py<PyAny>>>> = OnceLock::new();
+
+/// A worker process's side of one call: load the tool (once), call it, return JSON.
+pub(crate) fn call_in_worker(request: &isolation::Request) -> isolation::Response {
+    let fail = |message: String| isolation::Response {
+        output: None,
+        error: None,
+        system: Some(message),
+        metrics: Default::default(),
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("cannot start Python: {e}")),
+    };
+    let result = Python::attach(|py| -> PyResult<isolation::Response> {
+        let key = format!("{}\u{0}{}", request.tool.display(), request.literals);
+        let tools = WORKER_TOOLS.get_or_init(Default::default);
+        let cached = tools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .map(|f| f.clone_ref(py));
+        let func = match cached {
+            Some(f) => f,
+            None => {
+                let info = rt.host.bind(py).getattr("load_tool")?.call1((
+                    request.tool.to_string_lossy().as_ref(),
+                    request.flow_dir.to_string_lossy().as_ref(),
+                    to_py(py, &Value::from(request.literals.clone()))?,
+                    request.references.clone(),
+                ))?;
+                let f: Py<PyAny> = info.get_item("func")?.unbind();
+                tools
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key, f.clone_ref(py));
+                f
+            }
+        };
+        let kwargs = PyDict::new(py);
+        for (k, v) in &request.kwargs {
+            kwargs.set_item(k, to_py(py, &Value::from(v.clone()))?)?;
+        }
+        let sink = PyDict::new(py);
+        let (ok, result): (bool, Bound<PyAny>) = rt
+            .host
+            .bind(py)
+            .getattr("invoke")?
+            .call1((func.bind(py), kwargs, sink.clone()))?
+            .extract()?;
+        let mut metrics = serde_json::Map::new();
+        for (k, v) in sink.iter() {
+            metrics.insert(k.str()?.to_string(), from_py(rt, &v)?.to_json_lossy());
+        }
+        if !ok {
+            return Ok(isolation::Response {
+                output: None,
+                error: Some(isolation::ToolError {
+                    exc_type: result.get_item("type")?.extract()?,
+                    message: result.get_item("message")?.extract()?,
+                    traceback: result.get_item("traceback")?.extract()?,
+                    filename: result.get_item("filename")?.extract()?,
+                    lineno: result.get_item("lineno")?.extract()?,
+                    name: result.get_item("name")?.extract()?,
+                }),
+                system: None,
+                metrics,
+            });
+        }
+        let value = from_py(rt, &result)?;
+        Ok(match isolation::output_json(&value) {
+            Ok(output) => isolation::Response {
+                output: Some(output),
+                error: None,
+                system: None,
+                metrics,
+            },
+            Err(e) => isolation::Response {
+                output: None,
+                error: None,
+                system: Some(format!(
+                    "the output of node `{}` cannot leave its worker process: {e}",
+                    request.node
+                )),
+                metrics,
+            },
+        })
+    });
+    result.unwrap_or_else(|e| {
+        let d = Python::attach(|py| describe(py, &e));
+        fail(format!("({}) {}", d.exc_type, d.message))
+    })
 }
 
 #[async_trait]
 impl Node for PythonNode {
     async fn run(&self, inputs: NodeInputs, cx: &NodeContext) -> Result<Value, NodeError> {
+        if isolation::isolation() != Isolation::InProcess {
+            return self.run_isolated(&inputs, cx).await;
+        }
         let func = self.func.clone();
         let metrics = cx.metrics.clone();
         run_blocking(move || {

@@ -133,6 +133,18 @@ fn chart(metric: &str, values: &[(String, Option<f64>)]) -> String {
 }
 
 /// The whole report.
+/// A run's variants as `node: variant`, or `-` for none.
+fn variant_label(variants: &indexmap::IndexMap<String, String>) -> String {
+    if variants.is_empty() {
+        return "-".into();
+    }
+    variants
+        .iter()
+        .map(|(n, v)| format!("{n}: {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 pub(crate) fn render(runs: &[LoadedRun], comparison: &Json) -> String {
     let names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
     let mut html = String::new();
@@ -151,23 +163,23 @@ pub(crate) fn render(runs: &[LoadedRun], comparison: &Json) -> String {
     // Runs.
     html.push_str("<section><h2>Runs</h2><table><thead><tr><th>run</th><th>status</th><th>flow</th><th>variant</th><th>lines</th><th>failed</th><th>duration</th><th>tokens</th></tr></thead><tbody>");
     for r in runs {
-        let sm = &r.record["properties"]["system_metrics"];
-        let status = text(&r.record["status"]);
+        let sm = &r.record.properties.system_metrics;
+        let status = r.record.status.as_str().to_owned();
         let _ = write!(
             html,
             r#"<tr><td>{}</td><td class="{}">{}</td><td>{}</td><td>{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td></tr>"#,
             esc(&r.name),
             esc(&status),
             esc(&status),
-            esc(&text(&r.record["flow_name"])),
-            esc(&text(&r.record["properties"]["node_variant"])),
-            esc(&text(&sm["total_lines"])),
-            esc(&text(&sm["failed_lines"])),
-            sm["duration"]
-                .as_f64()
-                .map(|d| format!("{d:.2} s"))
+            esc(&r.record.flow_name),
+            esc(&variant_label(&r.record.properties.node_variant)),
+            sm.total_lines,
+            sm.failed_lines.map(|n| n.to_string()).unwrap_or_default(),
+            sm.duration.map(|d| format!("{d:.2} s")).unwrap_or_default(),
+            sm.tokens
+                .total_tokens
+                .map(|n| n.to_string())
                 .unwrap_or_default(),
-            esc(&text(&sm["total_tokens"])),
         );
     }
     html.push_str("</tbody></table></section>");
@@ -229,12 +241,12 @@ pub(crate) fn render(runs: &[LoadedRun], comparison: &Json) -> String {
             .map(|r| {
                 r.lines
                     .get(&line)
-                    .map_or("Missing".to_owned(), |l| text(&l["status"]))
+                    .map_or("Missing".to_owned(), |l| l.status.as_str().to_owned())
             })
             .collect();
         let inputs = runs
             .iter()
-            .find_map(|r| r.lines.get(&line).map(|l| l["inputs"].clone()))
+            .find_map(|r| r.lines.get(&line).map(|l| Json::Object(l.inputs.clone())))
             .unwrap_or(Json::Null);
         let _ = write!(
             html,
@@ -246,17 +258,19 @@ pub(crate) fn render(runs: &[LoadedRun], comparison: &Json) -> String {
             match r.lines.get(&line) {
                 Some(l) => {
                     let out = if status == "Completed" {
-                        fields(&l["output"])
+                        fields(&Json::Object(l.output.clone()))
                     } else {
-                        format!(r#"<span class="err">{}</span>"#, esc(&text(&l["error"])))
+                        format!(
+                            r#"<span class="err">{}</span>"#,
+                            esc(l.error_message().unwrap_or_default())
+                        )
                     };
                     let _ = write!(
                         html,
                         r#"<td>{out}</td><td class="{}">{}</td><td class="num">{}</td>"#,
                         esc(status),
                         esc(status),
-                        l["latency"]
-                            .as_f64()
+                        l.latency()
                             .map(|s| format!("{:.0} ms", s * 1000.0))
                             .unwrap_or_default()
                     );

@@ -2,69 +2,61 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::IsTerminal;
-use std::path::PathBuf;
 
 use serde_json::{Value as Json, json};
 
-use super::index::{Archived, Index, read_record};
-use super::{read_details, report, run_dir, runs_root, sluice_home};
+use sluice_engine::store::{Archived, LineRecord, LineStatus, RunRecord, read_details};
+use sluice_engine::{RunName, StoreError};
+
+use super::{report, sluice_home, store};
 use crate::cli::{
     CompareArgs, DeleteArgs, DetailsArgs, ListArgs, NameArg, OutputFormat, ShowArgs, VisualizeArgs,
 };
 use crate::exit;
 
-pub use crate::cli::OutputFormat as Format;
-
-/// A loaded run: its record, metrics and per-line results.
+/// A loaded run: its record, metrics and per-line records.
 pub(crate) struct LoadedRun {
     pub name: String,
-    pub record: Json,
+    pub record: RunRecord,
     pub metrics: serde_json::Map<String, Json>,
-    /// By line number: status, inputs, output, error, latency in seconds.
-    pub lines: BTreeMap<usize, Json>,
+    /// Each line's last record, by line number.
+    pub lines: BTreeMap<usize, LineRecord>,
 }
 
-pub(crate) fn load_run(name: &str) -> Result<LoadedRun, String> {
-    let dir = run_dir(name);
-    let record = read_record(&dir).ok_or_else(|| {
-        format!(
-            "no run named `{name}` in {} (see `sluice run list`)",
-            runs_root().display()
-        )
-    })?;
+pub(crate) fn load_run(name: &str) -> Result<LoadedRun, StoreError> {
+    let store = store();
+    let name = store.existing(name)?;
+    let record = store.read_record(&name)?;
+    let dir = store.dir(&name);
     let metrics = std::fs::read_to_string(dir.join("metrics.json"))
         .ok()
         .and_then(|t| serde_json::from_str::<Json>(&t).ok())
         .and_then(|v| v.as_object().cloned())
         .unwrap_or_default();
-    let lines = read_details(&dir)
-        .into_iter()
-        .map(|(n, r)| {
-            let latency = match (
-                r["start_time"].as_str().and_then(|s| s.parse::<chrono::DateTime<chrono::Utc>>().ok()),
-                r["end_time"].as_str().and_then(|s| s.parse::<chrono::DateTime<chrono::Utc>>().ok()),
-            ) {
-                (Some(a), Some(b)) => (b - a).num_microseconds().map(|us| us as f64 / 1e6),
-                _ => None,
-            };
-            (
-                n,
-                json!({"line_number": n, "status": r["status"], "inputs": r["inputs"], "output": r["output"],
-                       "error": r["error"]["message"], "latency": latency}),
-            )
-        })
-        .collect();
     Ok(LoadedRun {
-        name: name.to_owned(),
+        name: name.to_string(),
         record,
         metrics,
-        lines,
+        lines: read_details(&dir),
     })
 }
 
-fn not_found(e: String) -> anyhow::Result<u8> {
+fn not_found(e: StoreError) -> anyhow::Result<u8> {
     eprintln!("error: {e}");
-    Ok(exit::INVALID)
+    Ok(if e.is_user_error() {
+        exit::INVALID
+    } else {
+        exit::FAILED
+    })
+}
+
+/// A line's output, or its error, as JSON for comparisons.
+fn outcome(l: &LineRecord) -> Json {
+    if l.status == LineStatus::Completed {
+        Json::Object(l.output.clone())
+    } else {
+        json!({"error": l.error_message()})
+    }
 }
 
 /// Renders rows as an aligned text table; cells are cut at `width` characters.
@@ -124,8 +116,9 @@ pub(crate) fn cell(v: &Json) -> String {
 }
 
 pub fn list(args: ListArgs) -> anyhow::Result<u8> {
-    let index = Index::open()?;
-    index.reconcile()?;
+    let store = store();
+    let index = store.open_index()?;
+    index.reconcile(&store)?;
     let archived = if args.archived_only {
         Archived::Only
     } else if args.include_archived {
@@ -133,7 +126,16 @@ pub fn list(args: ListArgs) -> anyhow::Result<u8> {
     } else {
         Archived::Exclude
     };
-    let runs = index.list(archived, (!args.all_results).then_some(args.max_results))?;
+    let mut runs: Vec<Json> = Vec::new();
+    for name in index.names(archived, (!args.all_results).then_some(args.max_results))? {
+        let Ok(name) = RunName::parse(&name) else {
+            continue;
+        };
+        if let Ok(mut record) = store.read_record(&name) {
+            record.archived = Some(index.is_archived(name.as_str())?);
+            runs.push(serde_json::to_value(&record)?);
+        }
+    }
     match args.format {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&runs)?),
         OutputFormat::Table => {
@@ -187,13 +189,18 @@ pub fn list(args: ListArgs) -> anyhow::Result<u8> {
 }
 
 pub fn show(args: ShowArgs) -> anyhow::Result<u8> {
-    let Some(record) = read_record(&run_dir(&args.name)) else {
-        return not_found(format!(
-            "no run named `{}` in {}",
-            args.name,
-            runs_root().display()
-        ));
+    let store = store();
+    let record = match store
+        .existing(&args.name)
+        .and_then(|n| store.read_record(&n))
+    {
+        Ok(r) => r,
+        Err(e) => return not_found(e),
     };
+    if let Some(note) = &record.status_note {
+        eprintln!("run {}: {note}", record.name);
+    }
+    let record = serde_json::to_value(&record)?;
     match args.format {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&record)?),
         OutputFormat::Table => {
@@ -259,23 +266,21 @@ pub fn show_details(args: DetailsArgs) -> anyhow::Result<u8> {
     } else {
         args.max_results
     };
-    let lines: Vec<&Json> = run.lines.values().take(limit).collect();
+    let lines: Vec<&LineRecord> = run.lines.values().take(limit).collect();
     // promptflow's shape: one object per line with `inputs.x` and `outputs.y` keys.
     let flat: Vec<Json> = lines
         .iter()
         .map(|l| {
             let mut o = serde_json::Map::new();
-            o.insert("line_number".into(), l["line_number"].clone());
-            for (prefix, key) in [("inputs", "inputs"), ("outputs", "output")] {
-                if let Some(m) = l[key].as_object() {
-                    for (k, v) in m {
-                        o.insert(format!("{prefix}.{k}"), v.clone());
-                    }
+            o.insert("line_number".into(), json!(l.line_number));
+            for (prefix, m) in [("inputs", &l.inputs), ("outputs", &l.output)] {
+                for (k, v) in m {
+                    o.insert(format!("{prefix}.{k}"), v.clone());
                 }
             }
-            o.insert("status".into(), l["status"].clone());
-            o.insert("latency".into(), l["latency"].clone());
-            o.insert("error".into(), l["error"].clone());
+            o.insert("status".into(), json!(l.status.as_str()));
+            o.insert("latency".into(), json!(l.latency()));
+            o.insert("error".into(), json!(l.error_message()));
             Json::Object(o)
         })
         .collect();
@@ -344,15 +349,7 @@ fn comparison(runs: &[LoadedRun], max_diffs: usize) -> Json {
     for n in &all_lines {
         let outs: Vec<Json> = runs
             .iter()
-            .map(|r| {
-                r.lines.get(n).map_or(Json::Null, |l| {
-                    if l["status"] == "Completed" {
-                        l["output"].clone()
-                    } else {
-                        json!({"error": l["error"]})
-                    }
-                })
-            })
+            .map(|r| r.lines.get(n).map_or(Json::Null, outcome))
             .collect();
         if outs.windows(2).any(|w| w[0] != w[1]) {
             differing += 1;
@@ -364,7 +361,7 @@ fn comparison(runs: &[LoadedRun], max_diffs: usize) -> Json {
                     .collect();
                 let inputs = runs
                     .iter()
-                    .find_map(|r| r.lines.get(n).map(|l| l["inputs"].clone()))
+                    .find_map(|r| r.lines.get(n).map(|l| Json::Object(l.inputs.clone())))
                     .unwrap_or(Json::Null);
                 diffs.push(json!({"line_number": n, "inputs": inputs, "outputs": per}));
             }
@@ -373,10 +370,10 @@ fn comparison(runs: &[LoadedRun], max_diffs: usize) -> Json {
     let summary: Vec<Json> = runs
         .iter()
         .map(|r| {
-            let sm = &r.record["properties"]["system_metrics"];
-            json!({"name": r.name, "status": r.record["status"], "variant": r.record["properties"]["node_variant"],
-                   "total_lines": sm["total_lines"], "failed_lines": sm["failed_lines"],
-                   "duration": sm["duration"], "total_tokens": sm["total_tokens"]})
+            let sm = &r.record.properties.system_metrics;
+            json!({"name": r.name, "status": r.record.status.as_str(), "variant": r.record.properties.node_variant,
+                   "total_lines": sm.total_lines, "failed_lines": sm.failed_lines,
+                   "duration": sm.duration, "total_tokens": sm.tokens.total_tokens})
         })
         .collect();
     json!({"runs": summary, "metrics": metrics, "compared_lines": all_lines.len(),
@@ -384,6 +381,13 @@ fn comparison(runs: &[LoadedRun], max_diffs: usize) -> Json {
 }
 
 fn print_table_comparison(c: &Json) {
+    print!("{}", table_comparison(c));
+}
+
+/// The comparison as text tables and line diffs.
+fn table_comparison(c: &Json) -> String {
+    use std::fmt::Write as _;
+    let mut text = String::new();
     let runs = c["runs"].as_array().cloned().unwrap_or_default();
     let mut headers = vec!["".to_owned()];
     headers.extend(runs.iter().map(|r| cell(&r["name"])));
@@ -419,22 +423,30 @@ fn print_table_comparison(c: &Json) {
             rows.push(row);
         }
     }
-    print!("{}", table(&headers, &rows, 40));
-    println!(
+    text.push_str(&table(&headers, &rows, 40));
+    let _ = writeln!(
+        text,
         "\n{} of {} lines have different outputs",
         c["differing_lines"], c["compared_lines"]
     );
     for d in c["diffs"].as_array().into_iter().flatten() {
-        println!("\nline {} inputs {}", d["line_number"], cell(&d["inputs"]));
+        let _ = writeln!(
+            text,
+            "\nline {} inputs {}",
+            d["line_number"],
+            cell(&d["inputs"])
+        );
         for r in &runs {
             let name = r["name"].as_str().unwrap_or("");
-            println!("  {name}: {}", cell(&d["outputs"][name]));
+            let _ = writeln!(text, "  {name}: {}", cell(&d["outputs"][name]));
         }
     }
+    text
 }
 
-/// Prints the comparison of runs (used by `run compare` and after `--variant all`).
-pub(crate) fn print_comparison(names: &[String], format: Format) -> anyhow::Result<u8> {
+/// Prints the comparison table of runs on stderr (after `--variant all`, whose stdout carries the
+/// runs' records).
+pub(crate) fn print_comparison_to_stderr(names: &[String]) -> anyhow::Result<u8> {
     let mut runs = vec![];
     for n in names {
         match load_run(n) {
@@ -442,11 +454,7 @@ pub(crate) fn print_comparison(names: &[String], format: Format) -> anyhow::Resu
             Err(e) => return not_found(e),
         }
     }
-    let c = comparison(&runs, 20);
-    match format {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&c)?),
-        OutputFormat::Table => print_table_comparison(&c),
-    }
+    eprint!("{}", table_comparison(&comparison(&runs, 20)));
     Ok(exit::OK)
 }
 
@@ -466,7 +474,8 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
-pub fn visualize(args: VisualizeArgs) -> anyhow::Result<u8> {
+pub fn visualize(mut args: VisualizeArgs) -> anyhow::Result<u8> {
+    args.names.append(&mut args.names_flag);
     let mut runs = vec![];
     for n in &args.names {
         match load_run(n) {
@@ -488,18 +497,20 @@ pub fn visualize(args: VisualizeArgs) -> anyhow::Result<u8> {
 }
 
 fn set_archived(name: &str, archived: bool) -> anyhow::Result<u8> {
-    let dir = run_dir(name);
-    let Some(mut record) = read_record(&dir) else {
-        return not_found(format!(
-            "no run named `{name}` in {}",
-            runs_root().display()
-        ));
+    let store = store();
+    let (name, mut record) = match store
+        .existing(name)
+        .and_then(|n| Ok((n.clone(), store.read_record(&n)?)))
+    {
+        Ok(r) => r,
+        Err(e) => return not_found(e),
     };
-    record["archived"] = Json::Bool(archived);
-    std::fs::write(dir.join("run.json"), serde_json::to_vec_pretty(&record)?)?;
-    let index = Index::open()?;
+    // Kept in run.json too, so a rebuilt index keeps it.
+    record.archived = Some(archived);
+    store.write_record(&record)?;
+    let index = store.open_index()?;
     index.upsert(&record)?;
-    index.set_archived(name, archived)?;
+    index.set_archived(name.as_str(), archived)?;
     eprintln!(
         "{} run {name}",
         if archived { "archived" } else { "restored" }
@@ -516,14 +527,12 @@ pub fn restore(args: NameArg) -> anyhow::Result<u8> {
 }
 
 pub fn delete(args: DeleteArgs) -> anyhow::Result<u8> {
-    let dir: PathBuf = run_dir(&args.name);
-    if read_record(&dir).is_none() {
-        return not_found(format!(
-            "no run named `{}` in {}",
-            args.name,
-            runs_root().display()
-        ));
-    }
+    let store = store();
+    let name = match store.existing(&args.name) {
+        Ok(n) => n,
+        Err(e) => return not_found(e),
+    };
+    let dir = store.dir(&name);
     if !args.yes {
         if !std::io::stdin().is_terminal() {
             eprintln!(
@@ -544,8 +553,7 @@ pub fn delete(args: DeleteArgs) -> anyhow::Result<u8> {
             return Ok(exit::FAILED);
         }
     }
-    std::fs::remove_dir_all(&dir)?;
-    Index::open()?.remove(&args.name)?;
+    store.delete(&name)?;
     eprintln!("deleted run {}", args.name);
     Ok(exit::OK)
 }

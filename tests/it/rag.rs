@@ -2,7 +2,7 @@
 //! run of flows/rag over its labelled questions, and the flows/eval_rag evaluation run, whose retrieval
 //! metrics must meet floors set from measurement (hit rate 0.975 and MRR 0.92 measured on 2026-11-28).
 
-mod common;
+use crate::common;
 
 use common::json;
 use serde_json::Value as Json;

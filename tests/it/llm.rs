@@ -5,7 +5,7 @@
 //! do it). Its answers are asserted only where they are unambiguous for a base model with few-shot
 //! prompts ("Paris"), never byte-for-byte on free text.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! The run store end to end: resume after a real SIGKILL, Ctrl-C, evaluation runs over other runs,
 //! variants, run files, the index, compare and the HTML report in headless Chromium.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -510,11 +510,13 @@ fn classify_then_evaluate_compare_and_visualize_on_the_local_model() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // One record per variant on stdout, the comparison on stderr.
     let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stdout.contains("sentiment_classify_variant_0")
-            && stdout.contains("lines have different outputs"),
-        "{stdout}"
+            && stderr.contains("lines have different outputs"),
+        "{stdout}\n{stderr}"
     );
     // Evaluate each variant's run by its outputs.
     let mut accuracy = vec![];

@@ -154,3 +154,86 @@ fn example_flows_run() {
     }
     assert!(ran >= 3, "expected the example flows to run, ran {ran}");
 }
+
+#[test]
+fn prompty_and_flex_flows_are_refused_clearly_not_run_as_empty_flows() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompty = dir.path().join("basic.prompty");
+    std::fs::write(&prompty, "---\nname: basic\n---\nsystem:\nHi {{name}}\n").unwrap();
+    for args in [
+        vec!["flow", "validate", "--source"],
+        vec!["flow", "test", "--flow"],
+    ] {
+        sluice()
+            .args(&args)
+            .arg(&prompty)
+            .assert()
+            .code(2)
+            .stdout(predicate::str::is_empty())
+            .stderr(predicate::str::contains("is a prompty file"));
+    }
+    // A folder holding only a prompty file, and a flex flow.
+    sluice()
+        .args(["flow", "test", "--flow"])
+        .arg(dir.path())
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("is a prompty file"));
+    let flex = tempfile::tempdir().unwrap();
+    std::fs::write(flex.path().join("flow.flex.yaml"), "entry: app:run\n").unwrap();
+    sluice()
+        .args(["flow", "validate", "--flow"])
+        .arg(flex.path())
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("is a flex flow"));
+}
+
+#[test]
+fn a_missing_connection_points_at_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("chat.jinja2"), "user:\n{{q}}\n").unwrap();
+    std::fs::write(
+        dir.path().join("flow.dag.yaml"),
+        "inputs:\n  q: {type: string}\noutputs:\n  a: {type: string, reference: '${ask.output}'}\nnodes:\n- name: ask\n  type: llm\n  api: chat\n  source: {type: code, path: chat.jinja2}\n  connection: nowhere\n  inputs: {q: '${inputs.q}'}\n",
+    )
+    .unwrap();
+    sluice()
+        .env("SLUICE_HOME", home.path())
+        .args(["flow", "validate", "--flow"])
+        .arg(dir.path())
+        .assert()
+        .code(2)
+        .stderr(
+            predicate::str::contains("connection `nowhere`")
+                .and(predicate::str::contains("flow.dag.yaml:10:15"))
+                .and(predicate::str::contains("sluice connection create")),
+        );
+}
+
+#[test]
+fn unknown_inputs_warn_and_pf_flag_spellings_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let flow = dir.path().join("starter");
+    sluice()
+        .args(["flow", "init", "--flow"])
+        .arg(&flow)
+        .assert()
+        .success();
+    sluice()
+        .args(["flow", "test", "--flow"])
+        .arg(&flow)
+        .args(["--inputs", "text=hi", "txet=typo"])
+        .assert()
+        .success()
+        .stderr(
+            predicate::str::contains("no input `txet`")
+                .and(predicate::str::contains("its inputs: text")),
+        );
+    sluice()
+        .args(["flow", "validate", "--source"])
+        .arg(&flow)
+        .assert()
+        .success();
+}

@@ -3,7 +3,7 @@
 //! vectors computed independently (NumPy BERT forward pass + Hugging Face tokenizers;
 //! `tests/data/make_minilm_reference.py`).
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

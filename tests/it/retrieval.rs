@@ -2,7 +2,7 @@
 //! `sluice model pull minilm`): the right document comes first, rebuilds embed only what changed, and a
 //! flow retrieves from an index.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

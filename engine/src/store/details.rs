@@ -1,0 +1,102 @@
+//! `details.jsonl`: one append-only file with every finished line's record, the source of truth of a
+//! run; and `started.jsonl`, a mark for every line as it starts, so that the lines a dead process was
+//! running can be told after it.
+//!
+//! Each record is handed to the OS as soon as it is written (a crash of the process loses no finished
+//! line) and the file is synced to disk at most [`SYNC_INTERVAL`] apart and when the run ends. A torn last
+//! record (a killed writer) is skipped on read; the last record of a line number wins.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::StoreError;
+use super::record::LineRecord;
+
+/// The longest time a finished line may stay in the OS's cache before it is synced to disk.
+pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Appends records to a JSON Lines file of a run (`details.jsonl`, `started.jsonl`).
+#[derive(Debug)]
+pub struct DetailsWriter {
+    path: PathBuf,
+    file: File,
+    buf: Vec<u8>,
+    last_sync: Instant,
+    dirty: bool,
+}
+
+impl DetailsWriter {
+    /// Creates (or truncates) the file.
+    pub fn create(path: &Path) -> Result<Self, StoreError> {
+        let file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(path)
+            .map_err(|e| StoreError::io(path, e))?;
+        Ok(DetailsWriter {
+            path: path.to_owned(),
+            file,
+            buf: Vec::with_capacity(4096),
+            last_sync: Instant::now(),
+            dirty: false,
+        })
+    }
+
+    /// Writes one record as one `write` call, so that a record reaches the OS whole.
+    pub fn append(&mut self, record: &impl Serialize) -> Result<(), StoreError> {
+        self.buf.clear();
+        serde_json::to_writer(&mut self.buf, record)
+            .map_err(|e| StoreError::io(&self.path, std::io::Error::other(e)))?;
+        self.buf.push(b'\n');
+        self.file
+            .write_all(&self.buf)
+            .map_err(|e| StoreError::io(&self.path, e))?;
+        self.dirty = true;
+        if self.last_sync.elapsed() >= SYNC_INTERVAL {
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Syncs what was written to disk.
+    pub fn sync(&mut self) -> Result<(), StoreError> {
+        if self.dirty {
+            self.file
+                .sync_data()
+                .map_err(|e| StoreError::io(&self.path, e))?;
+            self.dirty = false;
+        }
+        self.last_sync = Instant::now();
+        Ok(())
+    }
+}
+
+/// The records of a run's `details.jsonl`, one at a time, skipping a torn or unreadable line.
+pub fn stream_details(dir: &Path) -> impl Iterator<Item = LineRecord> + use<> {
+    stream_records(&dir.join(super::DETAILS))
+}
+
+/// The start marks of a run's lines (`started.jsonl`).
+pub fn stream_marks(dir: &Path) -> impl Iterator<Item = LineRecord> + use<> {
+    stream_records(&dir.join(super::STARTED))
+}
+
+fn stream_records(path: &Path) -> impl Iterator<Item = LineRecord> + use<> {
+    File::open(path)
+        .ok()
+        .into_iter()
+        .flat_map(|f| BufReader::new(f).lines())
+        .map_while(Result::ok)
+        .filter_map(|line| serde_json::from_str::<LineRecord>(&line).ok())
+}
+
+/// Every line's last record, by line number.
+pub fn read_details(dir: &Path) -> BTreeMap<usize, LineRecord> {
+    stream_details(dir).map(|r| (r.line_number, r)).collect()
+}

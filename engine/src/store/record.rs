@@ -1,0 +1,367 @@
+//! The records a run leaves behind, typed: `run.json` ([`RunRecord`]) and each line of `details.jsonl`
+//! ([`LineRecord`] with its [`NodeRecord`]s). Lines are written from borrowed results
+//! ([`LineRecordRef`]), so recording a line serialises straight from the engine's values.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+
+use crate::error::ErrorInfo;
+use crate::exec::{LineResult, NodeRunInfo, Status};
+use crate::value::Map;
+
+/// A run's state, as promptflow names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RunStatus {
+    Running,
+    Completed,
+    Failed,
+    Canceled,
+}
+
+impl RunStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RunStatus::Running => "Running",
+            RunStatus::Completed => "Completed",
+            RunStatus::Failed => "Failed",
+            RunStatus::Canceled => "Canceled",
+        }
+    }
+}
+
+/// The process that runs (or ran) a run, so that a run whose process died is not shown as running.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    pub pid: u32,
+    /// The process's start time in clock ticks since boot (`/proc/PID/stat`), which tells a reused pid
+    /// apart from the owner.
+    #[serde(default)]
+    pub start_ticks: Option<u64>,
+    #[serde(default)]
+    pub host: Option<String>,
+}
+
+/// `run.json`: what `run show` prints, in promptflow's shape plus Sluice's counters.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub name: String,
+    pub created_on: DateTime<Utc>,
+    pub status: RunStatus,
+    pub display_name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    pub properties: RunProperties,
+    #[serde(default)]
+    pub flow_name: String,
+    #[serde(default)]
+    pub data: Option<PathBuf>,
+    #[serde(default)]
+    pub output: PathBuf,
+    #[serde(default)]
+    pub metrics: serde_json::Map<String, Json>,
+    /// Why the status is what it is, when that is not obvious (a dead owner, a timeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_note: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Owner>,
+    /// Whether the run is archived (hidden from `run list` by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archived: Option<bool>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RunProperties {
+    #[serde(default)]
+    pub flow_path: PathBuf,
+    #[serde(default)]
+    pub output_path: PathBuf,
+    /// The variant chosen per node (`{"node": "variant_1"}`).
+    #[serde(default)]
+    pub node_variant: IndexMap<String, String>,
+    /// The run this one evaluates (`--run`).
+    #[serde(default)]
+    pub run: Option<String>,
+    #[serde(default)]
+    pub resume_from: Option<String>,
+    #[serde(default)]
+    pub column_mapping: serde_json::Map<String, Json>,
+    #[serde(default)]
+    pub system_metrics: SystemMetrics,
+}
+
+/// Counters of a run, filled in when it ends (only `total_lines` while it runs).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SystemMetrics {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<f64>,
+    #[serde(default)]
+    pub total_lines: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_lines: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_lines: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_run_lines: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub carried_over_lines: Option<usize>,
+    /// `node.status` → count, e.g. `{"answer.completed": 10}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_status: BTreeMap<String, u64>,
+    #[serde(flatten)]
+    pub tokens: TokenCounts,
+}
+
+/// LLM token counts of a node, a line or a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenCounts {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_tokens: Option<u64>,
+}
+
+impl TokenCounts {
+    /// Adds `other`'s counts; a count stays `None` only while neither side has it.
+    pub fn add(&mut self, other: &TokenCounts) {
+        for (mine, theirs) in [
+            (&mut self.prompt_tokens, other.prompt_tokens),
+            (&mut self.completion_tokens, other.completion_tokens),
+            (&mut self.total_tokens, other.total_tokens),
+            (&mut self.cached_tokens, other.cached_tokens),
+        ] {
+            if let Some(n) = theirs {
+                *mine = Some(mine.unwrap_or(0) + n);
+            }
+        }
+    }
+
+    /// The counts a node reported in its `system_metrics`.
+    pub fn from_metrics(metrics: &Map) -> TokenCounts {
+        let get = |k: &str| match metrics.get(k) {
+            Some(crate::Value::Int(i)) if *i >= 0 => Some(*i as u64),
+            Some(crate::Value::Float(f)) if f.is_finite() && *f >= 0.0 => Some(*f as u64),
+            _ => None,
+        };
+        TokenCounts {
+            prompt_tokens: get("prompt_tokens"),
+            completion_tokens: get("completion_tokens"),
+            total_tokens: get("total_tokens"),
+            cached_tokens: get("cached_tokens"),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == TokenCounts::default()
+    }
+}
+
+/// The state of a line in `details.jsonl`; `Running` in the start marks of `started.jsonl`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LineStatus {
+    Running,
+    Completed,
+    Failed,
+    Canceled,
+    Bypassed,
+}
+
+impl From<Status> for LineStatus {
+    fn from(s: Status) -> Self {
+        match s {
+            Status::Completed => LineStatus::Completed,
+            Status::Failed => LineStatus::Failed,
+            Status::Bypassed => LineStatus::Bypassed,
+            Status::Canceled => LineStatus::Canceled,
+        }
+    }
+}
+
+impl LineStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LineStatus::Running => "Running",
+            LineStatus::Completed => "Completed",
+            LineStatus::Failed => "Failed",
+            LineStatus::Canceled => "Canceled",
+            LineStatus::Bypassed => "Bypassed",
+        }
+    }
+}
+
+/// One record of `details.jsonl` (a finished line with its node runs) or of `started.jsonl` (the mark
+/// of a started line: its number, `Running`, the start time).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LineRecord {
+    pub line_number: usize,
+    pub status: LineStatus,
+    #[serde(default)]
+    pub inputs: serde_json::Map<String, Json>,
+    #[serde(default)]
+    pub output: serde_json::Map<String, Json>,
+    /// promptflow's error dict (`message`, `code`, `innerError`, ...).
+    #[serde(default)]
+    pub error: Option<Json>,
+    #[serde(default)]
+    pub node_runs: Vec<NodeRecord>,
+    #[serde(default)]
+    pub start_time: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub end_time: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub aggregation_inputs: serde_json::Map<String, Json>,
+    /// A start mark made while the line ran alone (a resumed run retrying the lines that were running
+    /// when its predecessor died).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub isolated: bool,
+}
+
+impl LineRecord {
+    /// The line's latency in seconds.
+    pub fn latency(&self) -> Option<f64> {
+        let (a, b) = (self.start_time?, self.end_time?);
+        (b - a).num_microseconds().map(|us| us as f64 / 1e6)
+    }
+
+    /// The error's message.
+    pub fn error_message(&self) -> Option<&str> {
+        self.error.as_ref()?.get("message")?.as_str()
+    }
+
+    /// The token counts of the line's node runs, summed.
+    pub fn tokens(&self) -> TokenCounts {
+        let mut sum = TokenCounts::default();
+        for run in &self.node_runs {
+            sum.add(&run.system_metrics.tokens);
+        }
+        sum
+    }
+}
+
+/// One node's run in a line record.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub node: String,
+    pub status: LineStatus,
+    #[serde(default)]
+    pub inputs: serde_json::Map<String, Json>,
+    #[serde(default)]
+    pub output: Json,
+    #[serde(default)]
+    pub error: Option<Json>,
+    #[serde(default)]
+    pub start_time: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub end_time: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub index: Option<usize>,
+    #[serde(default)]
+    pub system_metrics: NodeMetrics,
+}
+
+/// A node's timings and token counts.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct NodeMetrics {
+    #[serde(default)]
+    pub duration: Option<f64>,
+    #[serde(flatten)]
+    pub tokens: TokenCounts,
+    /// Anything else the node kind reported.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, Json>,
+}
+
+/// A finished line, borrowed from its result, in the shape of [`LineRecord`].
+#[derive(Debug, Serialize)]
+pub struct LineRecordRef<'a> {
+    pub line_number: usize,
+    pub status: LineStatus,
+    pub inputs: &'a Map,
+    pub output: &'a Map,
+    pub error: Option<&'a ErrorInfo>,
+    pub node_runs: &'a [NodeRunInfo],
+    pub start_time: DateTime<Utc>,
+    pub end_time: DateTime<Utc>,
+    pub aggregation_inputs: &'a Map,
+}
+
+impl<'a> LineRecordRef<'a> {
+    pub fn new(line: &'a LineResult) -> Self {
+        LineRecordRef {
+            line_number: line.line_number.unwrap_or(0),
+            status: line.status.into(),
+            inputs: &line.inputs,
+            output: &line.output,
+            error: line.error.as_ref(),
+            node_runs: &line.node_runs,
+            start_time: line.start_time,
+            end_time: line.end_time,
+            aggregation_inputs: &line.aggregation_inputs,
+        }
+    }
+}
+
+/// The mark written when a line starts.
+#[derive(Debug, Serialize)]
+pub struct StartMark {
+    pub line_number: usize,
+    pub status: LineStatus,
+    pub start_time: DateTime<Utc>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub isolated: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recorded_line_reads_back_typed() {
+        let mut metrics = Map::new();
+        metrics.insert("duration".into(), crate::Value::Float(0.5));
+        metrics.insert("prompt_tokens".into(), crate::Value::Int(7));
+        let now = Utc::now();
+        let line = LineResult {
+            line_number: Some(3),
+            status: Status::Completed,
+            inputs: [("q".to_string(), crate::Value::from("hi"))]
+                .into_iter()
+                .collect(),
+            output: [("a".to_string(), crate::Value::Int(1))]
+                .into_iter()
+                .collect(),
+            error: None,
+            node_runs: vec![NodeRunInfo {
+                node: "n".into(),
+                status: Status::Completed,
+                inputs: Map::new(),
+                output: crate::Value::Int(1),
+                error: None,
+                start_time: now,
+                end_time: now,
+                index: Some(3),
+                system_metrics: metrics,
+            }],
+            aggregation_inputs: Map::new(),
+            start_time: now,
+            end_time: now,
+        };
+        let text = serde_json::to_string(&LineRecordRef::new(&line)).unwrap();
+        let back: LineRecord = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.line_number, 3);
+        assert_eq!(back.status, LineStatus::Completed);
+        assert_eq!(back.output["a"], 1);
+        assert_eq!(back.tokens().prompt_tokens, Some(7));
+        assert_eq!(back.node_runs[0].system_metrics.duration, Some(0.5));
+    }
+}

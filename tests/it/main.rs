@@ -1,0 +1,20 @@
+//! Sluice's integration tests, in one binary so that llama.cpp and CPython are linked once.
+//!
+//! Each module tests one area through the built `sluice` binary or the library crates: `cli` the
+//! commands and exit statuses, `fixtures` the engine semantics fixtures under `tests/fixtures`, `batch`,
+//! `runs` and `streaming` batch runs and the run store, `llm`, `embeddings`, `retrieval` and `rag` the
+//! local models, HTTP backends and indexes.
+
+mod batch;
+mod cli;
+mod common;
+mod crash;
+mod embeddings;
+mod fixtures;
+mod isolation;
+mod llm;
+mod rag;
+mod retrieval;
+mod runs;
+mod scheduler;
+mod streaming;
