@@ -7,6 +7,7 @@ mod logging;
 use std::process::ExitCode;
 
 use clap::Parser;
+use sluice_engine::redact;
 
 /// Exit statuses scripts can rely on.
 pub mod exit {
@@ -27,11 +28,13 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = cli::Cli::parse();
+    // Keys the environment holds (OPENAI_API_KEY, ...) are masked in everything the process writes.
+    redact::register_env_secrets();
     logging::init(cli.verbose, cli.quiet);
     match commands::run(cli.command, cli.verbose) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", redact::redact(&format!("{e:#}")));
             ExitCode::from(exit::INVALID)
         }
     }
