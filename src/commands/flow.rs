@@ -132,11 +132,38 @@ pub(crate) fn line_timeout(arg: Option<f64>) -> anyhow::Result<Option<Duration>>
     }
 }
 
-pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+/// How long a command's end waits for blocking work it no longer awaits (a Python tool still running
+/// after its line timed out) before leaving it behind.
+const BLOCKING_GRACE: Duration = Duration::from_millis(500);
+
+/// The async runtime of a command. Dropping it does not wait for blocking work nobody awaits any more
+/// (a tool stuck after a line timeout) beyond [`BLOCKING_GRACE`]: a plain tokio runtime would wait
+/// for it forever, and the process would never exit.
+#[derive(Debug)]
+pub(crate) struct Runtime(Option<tokio::runtime::Runtime>);
+
+impl std::ops::Deref for Runtime {
+    type Target = tokio::runtime::Runtime;
+
+    fn deref(&self) -> &tokio::runtime::Runtime {
+        self.0.as_ref().expect("the runtime lives until dropped")
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_timeout(BLOCKING_GRACE);
+        }
+    }
+}
+
+pub(crate) fn runtime() -> anyhow::Result<Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
+        .map(|rt| Runtime(Some(rt)))
         .context("cannot start the async runtime")
 }
 
