@@ -53,6 +53,7 @@ pub mod load;
 pub mod model;
 pub mod node;
 pub mod plan;
+pub mod redact;
 pub mod runner;
 pub mod spawn;
 pub mod store;

@@ -1020,8 +1020,9 @@ impl RunLog {
     fn line(&mut self, message: &str) {
         let _ = writeln!(
             self.file,
-            "{} {message}",
-            Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ")
+            "{} {}",
+            Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+            crate::redact::redact(message)
         );
         let _ = self.file.flush();
     }
@@ -1129,8 +1130,9 @@ impl OrderedOutputs {
                 break;
             }
             let p = entry.remove();
-            writeln!(self.inputs, "{}", p.input)?;
+            writeln!(self.inputs, "{}", crate::redact::redact(&p.input))?;
             if let Some(out) = p.output {
+                let out = crate::redact::redact(&out);
                 writeln!(self.outputs, "{out}")?;
                 writeln!(self.flow_outputs, "{out}")?;
             }

@@ -1,6 +1,7 @@
 //! `sluice connection`: named LLM endpoints, secrets kept out of sight.
 
 use serde_json::json;
+use sluice_engine::redact;
 use sluice_nodes::llm::connections::{self, Connection, ConnectionType};
 
 use crate::cli::{ConnCreateArgs, ConnName};
@@ -34,30 +35,42 @@ pub fn create(args: ConnCreateArgs) -> anyhow::Result<u8> {
     let mut conn = match Connection::from_yaml(&text, &args.file) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", redact::redact(&e));
             return Ok(exit::INVALID);
         }
     };
     for item in &args.set {
         let Some((k, v)) = item.split_once('=') else {
-            eprintln!("error: --set expects KEY=VALUE, got `{item}`");
+            eprintln!(
+                "error: --set expects KEY=VALUE, got `{}`",
+                redact::redact(item)
+            );
             return Ok(exit::INVALID);
         };
-        let k = k
-            .trim()
-            .trim_start_matches("configs.")
-            .trim_start_matches("secrets.");
-        if item.trim_start().starts_with("secrets.") || k == "api_key" {
+        let k = k.trim();
+        let (k, place) = if let Some(k) = k.strip_prefix("secrets.") {
+            (k, Some(true))
+        } else if let Some(k) = k.strip_prefix("configs.") {
+            (k, Some(false))
+        } else {
+            (k, None)
+        };
+        // A value set with --set is as secret as one written in the file: `secrets.x=`, or a
+        // secret-looking name (`token=`, `password=`, `key=`, `*_secret=`, ...).
+        if place.unwrap_or_else(|| redact::is_secret_key(k)) {
+            conn.configs.remove(k);
             conn.secrets.insert(k.to_owned(), v.to_owned());
         } else if k == "base_url" || k == "api_base" {
             conn.configs.insert("api_base".to_owned(), v.to_owned());
         } else {
+            conn.secrets.remove(k);
             conn.configs.insert(k.to_owned(), v.to_owned());
         }
     }
     if let Some(n) = args.name {
         conn.name = n;
     }
+    conn.register_secrets();
     match connections::save(&conn) {
         Ok(path) => {
             eprintln!("saved connection `{}` to {}", conn.name, path.display());
@@ -75,7 +88,10 @@ pub fn list() -> anyhow::Result<u8> {
     let all = connections::list().map_err(anyhow::Error::msg)?;
     let rows: Vec<_> = all
         .iter()
-        .map(|c| json!({"name": c.name, "type": c.kind.as_str(), "api_base": c.configs.get("api_base")}))
+        .map(|c| {
+            let c = c.redacted();
+            json!({"name": c.name, "type": c.kind.as_str(), "api_base": c.configs.get("api_base")})
+        })
         .collect();
     println!("{}", serde_json::to_string_pretty(&rows)?);
     Ok(exit::OK)

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde_json::json;
+use sluice_engine::redact::{self, redact};
 use sluice_engine::{
     Flow, FlowError, LineOptions, LoadOptions, Map, Status, Value, VariantSelection,
 };
@@ -24,7 +25,7 @@ pub(crate) fn load(flow: &Path, variant: Option<&str>) -> Result<Flow, u8> {
     };
     let registry = sluice_nodes::builtin_registry();
     Flow::load(flow, &registry, &LoadOptions { variant }).map_err(|e: FlowError| {
-        eprint!("{}", e.render());
+        eprint!("{}", redact(&e.render()));
         exit::INVALID
     })
 }
@@ -96,6 +97,9 @@ fn parse_inputs(items: &[String]) -> anyhow::Result<Map> {
 /// Sets the flow's `environment_variables` and moves into the flow folder, as promptflow does.
 pub(crate) fn enter_flow(flow: &Flow) -> anyhow::Result<()> {
     for (k, v) in &flow.def.environment_variables {
+        if redact::is_secret_key(k) {
+            redact::register_secret(v);
+        }
         // SAFETY: called before the async runtime or any other thread of ours starts; the embedded
         // Python interpreter, if started, runs no threads of its own at this point.
         #[allow(unsafe_code)]
@@ -128,11 +132,38 @@ pub(crate) fn line_timeout(arg: Option<f64>) -> anyhow::Result<Option<Duration>>
     }
 }
 
-pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+/// How long a command's end waits for blocking work it no longer awaits (a Python tool still running
+/// after its line timed out) before leaving it behind.
+const BLOCKING_GRACE: Duration = Duration::from_millis(500);
+
+/// The async runtime of a command. Dropping it does not wait for blocking work nobody awaits any more
+/// (a tool stuck after a line timeout) beyond [`BLOCKING_GRACE`]: a plain tokio runtime would wait
+/// for it forever, and the process would never exit.
+#[derive(Debug)]
+pub(crate) struct Runtime(Option<tokio::runtime::Runtime>);
+
+impl std::ops::Deref for Runtime {
+    type Target = tokio::runtime::Runtime;
+
+    fn deref(&self) -> &tokio::runtime::Runtime {
+        self.0.as_ref().expect("the runtime lives until dropped")
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_timeout(BLOCKING_GRACE);
+        }
+    }
+}
+
+pub(crate) fn runtime() -> anyhow::Result<Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
+        .map(|rt| Runtime(Some(rt)))
         .context("cannot start the async runtime")
 }
 
@@ -180,7 +211,7 @@ pub fn test(args: TestArgs) -> anyhow::Result<u8> {
     if let Some(node) = &args.node {
         return match rt.block_on(flow.run_node(node, &inputs, &opts)) {
             Ok(output) => {
-                println!("{}", serde_json::to_string_pretty(&output)?);
+                println!("{}", pretty(&json!(output)));
                 write_json(
                     &out_dir.join(format!("flow-{node}.node.output.json")),
                     &json!(output),
@@ -208,7 +239,7 @@ pub fn test(args: TestArgs) -> anyhow::Result<u8> {
         metrics = agg.metrics;
         node_runs.extend(agg.node_runs);
         if let Some((node, e)) = &agg.error {
-            eprintln!("error: aggregation node `{node}` failed");
+            eprintln!("error: aggregation node `{}` failed", redact(node));
             print_error(e);
             failed = true;
         }
@@ -238,10 +269,10 @@ pub fn test(args: TestArgs) -> anyhow::Result<u8> {
             &out_dir.join(format!("{prefix}.metrics.json")),
             &json!(metrics),
         );
-        eprintln!("metrics: {}", serde_json::to_string(&metrics)?);
+        eprintln!("metrics: {}", redact(&serde_json::to_string(&metrics)?));
     }
     if !streamed {
-        println!("{}", serde_json::to_string_pretty(&line.output)?);
+        println!("{}", pretty(&json!(line.output)));
     }
     if args.detail || args.verbose > 0 {
         print_usage(&node_runs);
@@ -256,7 +287,10 @@ pub fn test(args: TestArgs) -> anyhow::Result<u8> {
                     .num_microseconds()
                     .unwrap_or(0) as f64
                     / 1000.0,
-                truncate(&serde_json::to_string(&run.output).unwrap_or_default(), 80)
+                truncate(
+                    &redact(&serde_json::to_string(&run.output).unwrap_or_default()),
+                    80
+                )
             );
         }
     }
@@ -294,7 +328,7 @@ fn print_streams(output: &mut Map) -> anyhow::Result<bool> {
         *value = Value::String(text);
     }
     if any && !rest.is_empty() {
-        println!("{}", serde_json::to_string_pretty(&rest)?);
+        println!("{}", pretty(&json!(rest)));
     }
     Ok(any)
 }
@@ -323,6 +357,13 @@ fn print_usage(runs: &[sluice_engine::NodeRunInfo]) {
     }
 }
 
+/// Pretty JSON for stdout, secrets masked.
+fn pretty(value: &serde_json::Value) -> String {
+    let mut value = value.clone();
+    redact::redact_json(&mut value);
+    serde_json::to_string_pretty(&value).unwrap_or_default()
+}
+
 fn truncate(s: &str, n: usize) -> String {
     if s.chars().count() <= n {
         s.to_owned()
@@ -332,19 +373,21 @@ fn truncate(s: &str, n: usize) -> String {
 }
 
 fn print_error(e: &sluice_engine::ErrorInfo) {
-    eprintln!("error[{}]: {}", e.error_type, e.message);
+    eprintln!("error[{}]: {}", e.error_type, redact(&e.message));
     if let Some(tool) = &e.tool {
-        eprint!("{}", tool.traceback);
+        eprint!("{}", redact(&tool.traceback));
         if !tool.traceback.is_empty() && !tool.traceback.ends_with('\n') {
             eprintln!();
         }
     }
 }
 
-/// Writes a file in `.promptflow/`; failing to do so is not a reason to fail the run.
+/// Writes a file in `.promptflow/`, secrets masked; failing to do so is not a reason to fail the run.
 fn write_json(path: &Path, value: &serde_json::Value) {
+    let mut value = value.clone();
+    redact::redact_json(&mut value);
     let result = std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))
-        .and_then(|_| std::fs::write(path, serde_json::to_vec_pretty(value).unwrap_or_default()));
+        .and_then(|_| std::fs::write(path, serde_json::to_vec_pretty(&value).unwrap_or_default()));
     if let Err(e) = result {
         tracing::warn!("cannot write {}: {e}", path.display());
     }

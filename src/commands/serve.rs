@@ -1,10 +1,24 @@
 //! `sluice model serve`: an OpenAI-compatible HTTP API over the local models.
+//!
+//! Each connection is served by hyper with a header-read timeout that also bounds how long an idle
+//! keep-alive connection is kept; a request body must arrive within its own timeout and size limit,
+//! and a request asks for a bounded amount of work (stop sequences, messages, embedding inputs). On
+//! SIGINT or SIGTERM the listener closes, connections with no request in progress (idle, or a
+//! request still arriving) are closed at once, and requests in progress get a deadline to finish.
+//! The limits are read from the environment ([`Limits::from_env`]).
 
+use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::extract::State;
+use anyhow::{Context as _, bail};
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Request as HttpRequest, State};
 use axum::http::StatusCode;
+use axum::middleware::Next;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -12,6 +26,7 @@ use axum::{Json, Router};
 use futures::stream::Stream;
 use serde::Deserialize;
 use serde_json::{Value as Json_, json};
+use sluice_engine::redact::redact;
 use sluice_nodes::llm::embed::LocalEmbedder;
 use sluice_nodes::llm::local::{LocalConfig, LocalModel};
 use sluice_nodes::llm::store;
@@ -26,6 +41,64 @@ use crate::exit;
 struct Served {
     models: Vec<Arc<LocalModel>>,
     embedders: Vec<(String, Arc<LocalEmbedder>)>,
+}
+
+/// The most bytes a request body may have.
+const MAX_BODY_BYTES: usize = 16 << 20;
+/// The most inputs one /v1/embeddings request may embed (OpenAI's limit).
+const MAX_EMBEDDING_INPUTS: usize = 2048;
+/// The most stop sequences, and bytes in one, a request may give.
+const MAX_STOPS: usize = 16;
+const MAX_STOP_BYTES: usize = 1024;
+/// The most chat messages in one request.
+const MAX_MESSAGES: usize = 4096;
+/// The largest `max_tokens` accepted.
+const MAX_TOKENS: u32 = 1 << 17;
+
+/// Time and connection limits of the server.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    /// A request's headers must arrive within this; a keep-alive connection idle this long is closed.
+    pub header_timeout: Duration,
+    /// A request's body must arrive within this.
+    pub body_timeout: Duration,
+    /// On shutdown, requests in progress get this long to finish.
+    pub shutdown_timeout: Duration,
+    /// Connections served at once; more are closed as they arrive.
+    pub max_connections: usize,
+}
+
+impl Limits {
+    /// `SLUICE_SERVE_HEADER_TIMEOUT` (seconds, default 30), `SLUICE_SERVE_BODY_TIMEOUT` (60),
+    /// `SLUICE_SERVE_SHUTDOWN_TIMEOUT` (10), `SLUICE_SERVE_MAX_CONNECTIONS` (1024).
+    pub(crate) fn from_env() -> anyhow::Result<Limits> {
+        let secs = |name: &str, default: f64| -> anyhow::Result<Duration> {
+            let Some(v) = std::env::var(name).ok().filter(|v| !v.trim().is_empty()) else {
+                return Ok(Duration::from_secs_f64(default));
+            };
+            match v.trim().parse::<f64>() {
+                Ok(s) if s > 0.0 && s <= 86_400.0 => Ok(Duration::from_secs_f64(s)),
+                _ => bail!("{name} must be a number of seconds between 0 and 86400, got `{v}`"),
+            }
+        };
+        let max_connections = match std::env::var("SLUICE_SERVE_MAX_CONNECTIONS") {
+            Ok(v) if !v.trim().is_empty() => v
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=1_000_000).contains(n))
+                .with_context(|| {
+                    format!("SLUICE_SERVE_MAX_CONNECTIONS must be a whole number from 1 to 1000000, got `{v}`")
+                })?,
+            _ => 1024,
+        };
+        Ok(Limits {
+            header_timeout: secs("SLUICE_SERVE_HEADER_TIMEOUT", 30.0)?,
+            body_timeout: secs("SLUICE_SERVE_BODY_TIMEOUT", 60.0)?,
+            shutdown_timeout: secs("SLUICE_SERVE_SHUTDOWN_TIMEOUT", 10.0)?,
+            max_connections,
+        })
+    }
 }
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<u8> {
@@ -44,6 +117,13 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<u8> {
         config.threads = t.max(1);
     }
     LocalConfig::set_process_default(config);
+    let limits = match Limits::from_env() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return Ok(exit::INVALID);
+        }
+    };
     let rt = runtime()?;
     rt.block_on(async move {
         let mut models = Vec::new();
@@ -79,18 +159,232 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<u8> {
             .route("/v1/completions", post(completions))
             .route("/v1/embeddings", post(embeddings))
             .with_state(state);
+        let shutdown = shutdown_signal()?;
         let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await?;
         let addr = listener.local_addr()?;
         println!("listening on http://{addr}/v1");
         use std::io::Write;
         std::io::stdout().flush()?;
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await?;
+        serve_http(listener, app, limits, shutdown).await;
         Ok(exit::OK)
     })
+}
+
+/// A future that resolves on SIGINT or SIGTERM. The handlers are installed before this returns, so a
+/// signal that arrives once the address is printed is never missed (or fatal, for SIGTERM).
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+        let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+        Ok(async move {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+    }
+}
+
+/// Serves `app` on `listener` within `limits` until `shutdown` resolves, then closes connections with
+/// no request in progress at once and gives the others `limits.shutdown_timeout` to finish.
+pub(crate) async fn serve_http(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: Limits,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let app = app
+        .layer(axum::middleware::from_fn_with_state(
+            limits.body_timeout,
+            read_body,
+        ))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut conns = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        while conns.try_join_next().is_some() {}
+        let (stream, _) = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little rather than spin.
+                    tracing::warn!("accepting a connection failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        if conns.len() >= limits.max_connections {
+            tracing::warn!(
+                "{} connections already open; closing a new one",
+                limits.max_connections
+            );
+            continue;
+        }
+        conns.spawn(connection(stream, app.clone(), limits, stop_rx.clone()));
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(limits.shutdown_timeout, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            "{} requests still running after {:?}; closing them",
+            conns.len(),
+            limits.shutdown_timeout
+        );
+    }
+    conns.abort_all();
+}
+
+/// Serves one connection until it closes, or until shutdown: then at once when no request is in
+/// progress on it, or after its requests finish.
+async fn connection(
+    stream: tokio::net::TcpStream,
+    app: Router,
+    limits: Limits,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let busy = Arc::new(AtomicUsize::new(0));
+    let in_flight = busy.clone();
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let guard = Busy::enter(&in_flight);
+        let mut app = app.clone();
+        async move {
+            let resp = match tower_service::Service::call(&mut app, req).await {
+                Ok(r) => r,
+                Err(never) => match never {},
+            };
+            Ok::<_, Infallible>(resp.map(|inner| {
+                Body::new(Tracked {
+                    inner,
+                    _busy: guard,
+                })
+            }))
+        }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = stop.wait_for(|s| *s) => {}
+    }
+    if busy.load(Ordering::SeqCst) == 0 {
+        return;
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+}
+
+/// Counts a request as in progress until its response body has been sent (or dropped).
+#[derive(Debug)]
+struct Busy(Arc<AtomicUsize>);
+
+impl Busy {
+    fn enter(count: &Arc<AtomicUsize>) -> Busy {
+        count.fetch_add(1, Ordering::SeqCst);
+        Busy(count.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A response body that keeps its request counted as in progress.
+#[derive(Debug)]
+struct Tracked {
+    inner: Body,
+    _busy: Busy,
+}
+
+impl http_body::Body for Tracked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn body_too_large() -> Response {
+    api_error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "invalid_request_error",
+        format!(
+            "the request body is larger than {} MiB",
+            MAX_BODY_BYTES >> 20
+        ),
+    )
+}
+
+/// Reads the whole request body within the body timeout and size limit before a handler sees it.
+async fn read_body(State(timeout): State<Duration>, req: HttpRequest, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return body_too_large();
+    }
+    let (parts, body) = req.into_parts();
+    let bytes =
+        match tokio::time::timeout(timeout, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                let too_large = std::error::Error::source(&e)
+                    .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+                return if too_large {
+                    body_too_large()
+                } else {
+                    api_error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request_error",
+                        format!("the request body could not be read: {e}"),
+                    )
+                };
+            }
+            Err(_) => {
+                return api_error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "invalid_request_error",
+                    format!("the request body did not arrive within {timeout:?}"),
+                );
+            }
+        };
+    next.run(HttpRequest::from_parts(parts, Body::from(bytes)))
+        .await
 }
 
 async fn list_models(State(s): State<Arc<Served>>) -> Json<Json_> {
@@ -123,12 +417,18 @@ struct Request {
     n: Option<u32>,
 }
 
+/// An OpenAI-style error body; the message is redacted.
 fn api_error(status: StatusCode, kind: &str, message: impl Into<String>) -> Response {
+    let message = redact(&message.into()).into_owned();
     (
         status,
-        Json(json!({"error": {"message": message.into(), "type": kind, "code": null}})),
+        Json(json!({"error": {"message": message, "type": kind, "code": null}})),
     )
         .into_response()
+}
+
+fn invalid(message: impl Into<String>) -> Response {
+    api_error(StatusCode::BAD_REQUEST, "invalid_request_error", message)
 }
 
 impl Request {
@@ -149,14 +449,30 @@ impl Request {
             }
         };
         if self.n.is_some_and(|n| n != 1) {
-            return Err(api_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                "only n=1 is supported",
-            ));
+            return Err(invalid("only n=1 is supported"));
+        }
+        if stop.len() > MAX_STOPS || stop.iter().any(|s| s.len() > MAX_STOP_BYTES) {
+            return Err(invalid(format!(
+                "`stop` takes at most {MAX_STOPS} sequences of at most {MAX_STOP_BYTES} bytes"
+            )));
+        }
+        let max_tokens = self.max_completion_tokens.or(self.max_tokens);
+        if max_tokens.is_some_and(|n| n == 0 || n > MAX_TOKENS) {
+            return Err(invalid(format!(
+                "`max_tokens` must be between 1 and {MAX_TOKENS}"
+            )));
+        }
+        if self
+            .messages
+            .as_ref()
+            .is_some_and(|m| m.len() > MAX_MESSAGES)
+        {
+            return Err(invalid(format!(
+                "a request takes at most {MAX_MESSAGES} messages"
+            )));
         }
         Ok(GenParams {
-            max_tokens: self.max_completion_tokens.or(self.max_tokens),
+            max_tokens,
             temperature: self.temperature.unwrap_or(1.0),
             top_p: self.top_p.unwrap_or(1.0),
             stop,
@@ -332,7 +648,7 @@ fn sse(
                 Event::Error(e) => {
                     let _ = tx.send(
                         SseEvent::default()
-                            .data(json!({"error": {"message": e.message}}).to_string()),
+                            .data(json!({"error": {"message": redact(&e.message)}}).to_string()),
                     );
                     return;
                 }
@@ -363,6 +679,15 @@ struct EmbeddingRequest {
 }
 
 async fn embeddings(State(s): State<Arc<Served>>, Json(req): Json<EmbeddingRequest>) -> Response {
+    if req
+        .input
+        .as_array()
+        .is_some_and(|a| a.len() > MAX_EMBEDDING_INPUTS)
+    {
+        return invalid(format!(
+            "`input` takes at most {MAX_EMBEDDING_INPUTS} items"
+        ));
+    }
     let embedder = match req.model.as_deref() {
         _ if s.embedders.is_empty() => {
             return api_error(

@@ -17,4 +17,5 @@ mod rag;
 mod retrieval;
 mod runs;
 mod scheduler;
+mod secrets;
 mod streaming;

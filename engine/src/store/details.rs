@@ -54,8 +54,10 @@ impl DetailsWriter {
         serde_json::to_writer(&mut self.buf, record)
             .map_err(|e| StoreError::io(&self.path, std::io::Error::other(e)))?;
         self.buf.push(b'\n');
+        // Connection secrets never reach the records (an error that echoes a key, an output).
+        let bytes = redact_bytes(&self.buf);
         self.file
-            .write_all(&self.buf)
+            .write_all(&bytes)
             .map_err(|e| StoreError::io(&self.path, e))?;
         self.dirty = true;
         if self.last_sync.elapsed() >= SYNC_INTERVAL {
@@ -74,6 +76,20 @@ impl DetailsWriter {
         }
         self.last_sync = Instant::now();
         Ok(())
+    }
+}
+
+/// `bytes` with every registered secret masked (see [`crate::redact`]).
+pub(crate) fn redact_bytes(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if !crate::redact::has_secrets() {
+        return std::borrow::Cow::Borrowed(bytes);
+    }
+    match std::str::from_utf8(bytes) {
+        Ok(text) => match crate::redact::redact(text) {
+            std::borrow::Cow::Borrowed(_) => std::borrow::Cow::Borrowed(bytes),
+            std::borrow::Cow::Owned(s) => std::borrow::Cow::Owned(s.into_bytes()),
+        },
+        Err(_) => std::borrow::Cow::Borrowed(bytes),
     }
 }
 

@@ -277,11 +277,12 @@ impl RunStore {
     }
 }
 
-/// Writes a whole file and syncs it.
+/// Writes a whole file (with every registered secret masked) and syncs it.
 pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     use std::io::Write;
+    let bytes = details::redact_bytes(bytes);
     let mut file = std::fs::File::create(path).map_err(|e| StoreError::io(path, e))?;
-    file.write_all(bytes)
+    file.write_all(&bytes)
         .and_then(|()| file.sync_data())
         .map_err(|e| StoreError::io(path, e))
 }

@@ -1,6 +1,12 @@
 //! Connections (§11): named endpoints and their secrets, in `$SLUICE_HOME/connections/<name>.json`
 //! (folder 0700, files 0600). Secrets are never printed: [`Connection::redacted`] masks them.
 //! String values may be `${env:VAR}`, resolved when a flow uses the connection.
+//!
+//! A setting is a secret when promptflow puts it under `secrets:` or its name looks like one
+//! ([`sluice_engine::redact::is_secret_key`]: `api_key`, `token`, `password`, `client_secret`, any
+//! `*_key`, ...). Every secret value a connection holds, and every one resolved from the environment,
+//! is registered with [`sluice_engine::redact`] as the connection is read, so it is masked in every
+//! error, log line and record the process writes.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -8,6 +14,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use sluice_engine::redact;
 
 use super::store::sluice_home;
 
@@ -60,9 +67,6 @@ pub struct Connection {
     #[serde(default)]
     pub secrets: BTreeMap<String, String>,
 }
-
-/// Keys of an OpenAI/Azure connection that are secrets.
-const SECRET_KEYS: &[&str] = &["api_key", "key", "token", "password"];
 
 impl Connection {
     /// Reads promptflow's connection YAML: `name`, `type`, flat fields, or `configs:`/`secrets:`.
@@ -118,7 +122,7 @@ impl Connection {
                 }
                 other => {
                     if let Some(val) = scalar(v) {
-                        if SECRET_KEYS.contains(&other) {
+                        if redact::is_secret_key(other) {
                             secrets.insert(other.to_owned(), val);
                         } else {
                             configs.insert(other.to_owned(), val);
@@ -135,40 +139,73 @@ impl Connection {
         if let Some(b) = configs.remove("base_url") {
             configs.entry("api_base".to_owned()).or_insert(b);
         }
-        Ok(Connection {
+        let c = Connection {
             name,
             kind,
             configs,
             secrets,
-        })
+        };
+        c.register_secrets();
+        Ok(c)
     }
 
-    /// The connection with every secret replaced by `******`.
+    /// The connection as it may be shown: every secret, and every config whose name looks secret,
+    /// replaced by `******`; credentials in URLs (`user:pass@`, `?key=`) masked.
     pub fn redacted(&self) -> Connection {
         let mut c = self.clone();
         for v in c.secrets.values_mut() {
             *v = "******".to_owned();
         }
+        for (k, v) in c.configs.iter_mut() {
+            if redact::is_secret_key(k) {
+                *v = "******".to_owned();
+            } else {
+                redact::redact_string(v);
+            }
+        }
         c
     }
 
-    /// A value with `${env:VAR}` resolved; secrets and configs alike.
+    /// Whether `key` holds a secret: it is under `secrets`, or its name looks like a secret's.
+    pub fn is_secret(&self, key: &str) -> bool {
+        self.secrets.contains_key(key) || redact::is_secret_key(key)
+    }
+
+    /// A value with `${env:VAR}` resolved; secrets and configs alike. A secret's resolved value is
+    /// registered for redaction.
     pub fn get(&self, key: &str) -> Result<Option<String>, String> {
         let Some(raw) = self.secrets.get(key).or_else(|| self.configs.get(key)) else {
             return Ok(None);
         };
-        resolve_env(raw)
-            .map(Some)
-            .map_err(|var| format!("connection `{}`: `{key}` refers to the environment variable {var}, which is not set", self.name))
+        let value = resolve_env(raw).map_err(|var| {
+            format!(
+                "connection `{}`: `{key}` refers to the environment variable {var}, which is not set",
+                self.name
+            )
+        })?;
+        if self.is_secret(key) {
+            redact::register_secret(&value);
+        }
+        Ok(Some(value))
     }
 
-    /// Every secret value after `${env:...}` resolution, for scrubbing logs and records.
+    /// Every secret value (and every value of a config whose name looks secret) after `${env:...}`
+    /// resolution.
     pub fn secret_values(&self) -> Vec<String> {
         self.secrets
-            .values()
-            .filter_map(|v| resolve_env(v).ok())
-            .filter(|v| v.len() >= 4)
+            .iter()
+            .chain(&self.configs)
+            .filter(|(k, _)| self.is_secret(k))
+            .filter_map(|(_, v)| resolve_env(v).ok())
+            .filter(|v| v.trim().chars().count() >= redact::MIN_SECRET_LEN)
             .collect()
+    }
+
+    /// Registers [`Connection::secret_values`] with [`sluice_engine::redact`].
+    pub fn register_secrets(&self) {
+        for v in self.secret_values() {
+            redact::register_secret(&v);
+        }
     }
 }
 
@@ -237,8 +274,11 @@ fn write_private(_dir: &Path, path: &Path, body: &[u8]) -> io::Result<()> {
 pub fn load(name: &str) -> Result<Option<Connection>, String> {
     let path = path_of(name)?;
     match fs::read(&path) {
-        Ok(b) => serde_json::from_slice(&b)
-            .map(Some)
+        Ok(b) => serde_json::from_slice::<Connection>(&b)
+            .map(|c| {
+                c.register_secrets();
+                Some(c)
+            })
             .map_err(|e| format!("{}: {e}", path.display())),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(format!("{}: {e}", path.display())),
@@ -258,10 +298,13 @@ pub fn list() -> Result<Vec<Connection>, String> {
         let p = e.path();
         if p.extension().is_some_and(|x| x == "json") {
             let b = fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))?;
-            out.push(serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", p.display()))?);
+            let c: Connection =
+                serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", p.display()))?;
+            c.register_secrets();
+            out.push(c);
         }
     }
-    out.sort_by(|a: &Connection, b| a.name.cmp(&b.name));
+    out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
 }
 
@@ -297,5 +340,61 @@ mod tests {
         assert_eq!(custom.configs["a"], "1");
         let err = custom.get("tok").unwrap_err();
         assert!(err.contains("SLUICE_TEST_UNSET_VAR"), "{err}");
+    }
+
+    #[test]
+    fn secret_looking_top_level_keys_are_secrets_and_registered() {
+        let c = Connection::from_yaml(
+            "name: c\ntype: custom\nclient_secret: cs-0123456789\naccess_token: at-0123456789\n\
+             secret: s-0123456789\napikey: ak-0123456789\nservice_key: sv-0123456789\n\
+             db_password: pw-0123456789\napi_base: https://bob:pw-in-url-987@h.example/v1?key=q-0123456789\n",
+            Path::new("c.yaml"),
+        )
+        .unwrap();
+        for k in [
+            "client_secret",
+            "access_token",
+            "secret",
+            "apikey",
+            "service_key",
+            "db_password",
+        ] {
+            assert!(c.secrets.contains_key(k), "{k} should be a secret: {c:?}");
+        }
+        let shown = serde_json::to_string(&c.redacted()).unwrap();
+        for v in ["0123456789", "pw-in-url-987"] {
+            assert!(!shown.contains(v), "{shown}");
+        }
+        assert!(
+            shown.contains("https://bob:***@h.example/v1?key=***"),
+            "{shown}"
+        );
+        // Registered as the connection was read: masked in any text from now on.
+        assert_eq!(
+            sluice_engine::redact::redact("got cs-0123456789"),
+            "got ***"
+        );
+    }
+
+    #[test]
+    fn secrets_resolved_from_the_environment_are_registered() {
+        // SAFETY: a variable of this test's own, read only by it.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var("SLUICE_TEST_CONN_KEY_VAR", "env-secret-value-4242")
+        };
+        let c = Connection::from_yaml(
+            "name: e\ntype: open_ai\napi_key: ${env:SLUICE_TEST_CONN_KEY_VAR}\n",
+            Path::new("e.yaml"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.get("api_key").unwrap().as_deref(),
+            Some("env-secret-value-4242")
+        );
+        assert_eq!(
+            sluice_engine::redact::redact("echo env-secret-value-4242"),
+            "echo ***"
+        );
     }
 }

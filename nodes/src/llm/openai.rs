@@ -5,18 +5,31 @@
 //! `Retry-After` when the server sends it and otherwise backing off exponentially with jitter; 429
 //! `insufficient_quota` and other 4xx are not. Each connection has a concurrency limit. Embeddings
 //! (`/embeddings`) go through the same path.
+//!
+//! The key goes only where `api_base` points: a redirect to another origin (scheme, host, port) is not
+//! followed, so neither `Authorization` nor Azure's `api-key` reaches a third party. Response bodies
+//! are read up to a cap ([`MAX_RESPONSE_BYTES`]; error bodies [`MAX_ERROR_BYTES`]), and every error
+//! text passes through [`sluice_engine::redact`].
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde_json::{Value as Json, json};
+use sluice_engine::redact::redact;
 use sluice_engine::spawn::SpawnedTask;
 use tokio::sync::Semaphore;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::connections::{Connection, ConnectionType};
 use super::types::{Backend, Event, FinishReason, GenParams, LlmError, Prompt, TokenStream, Usage};
+
+/// The most bytes read from a successful response (JSON, or one server-sent event line).
+pub const MAX_RESPONSE_BYTES: usize = 64 << 20;
+/// The most bytes read from an error response; the rest is not waited for.
+pub const MAX_ERROR_BYTES: usize = 64 << 10;
+/// Same-origin redirects followed before giving up.
+const MAX_REDIRECTS: usize = 10;
 
 /// Settings of one HTTP endpoint.
 #[derive(Clone, Debug)]
@@ -71,40 +84,114 @@ impl HttpConfig {
 pub struct HttpBackend {
     name: String,
     config: Arc<HttpConfig>,
+    /// `api_base`, parsed: endpoints go under its path, before its query.
+    base: reqwest::Url,
     client: reqwest::Client,
     limit: Arc<Semaphore>,
 }
 
 impl HttpBackend {
     pub fn new(name: &str, config: HttpConfig) -> Result<HttpBackend, String> {
+        let base = reqwest::Url::parse(&config.api_base).map_err(|e| {
+            format!(
+                "connection `{name}`: `api_base` {} is not a URL: {e}",
+                redact(&config.api_base)
+            )
+        })?;
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10).min(config.timeout))
+            .redirect(reqwest::redirect::Policy::custom(same_origin_redirects))
             .build()
             .map_err(|e| e.to_string())?;
         Ok(HttpBackend {
             name: name.to_owned(),
             limit: Arc::new(Semaphore::new(config.max_concurrency)),
             config: Arc::new(config),
+            base,
             client,
         })
     }
 
-    /// The endpoint `leaf` (`chat/completions`, `completions`, `embeddings`): under `api_base`, or under an
-    /// Azure deployment named by `model`.
+    /// The endpoint `leaf` (`chat/completions`, `completions`, `embeddings`): under `api_base`'s path
+    /// (its query string, if any, kept after it), or under an Azure deployment named by `model`.
     fn url(&self, leaf: &str, model: Option<&str>) -> Result<String, LlmError> {
-        Ok(match self.config.kind {
+        let mut url = self.base.clone();
+        let dir = url.path().trim_end_matches('/').to_owned();
+        url.set_fragment(None);
+        match self.config.kind {
             ConnectionType::AzureOpenAi => {
                 let dep = model.ok_or_else(|| {
                     LlmError::user("ValidationError", "Azure OpenAI needs `deployment_name`")
                 })?;
-                format!(
-                    "{}/openai/deployments/{dep}/{leaf}?api-version={}",
-                    self.config.api_base, self.config.api_version
-                )
+                url.set_path(&format!("{dir}/openai/deployments/{dep}/{leaf}"));
+                if !url.query_pairs().any(|(k, _)| k == "api-version") {
+                    url.query_pairs_mut()
+                        .append_pair("api-version", &self.config.api_version);
+                }
             }
-            _ => format!("{}/{leaf}", self.config.api_base),
-        })
+            _ => url.set_path(&format!("{dir}/{leaf}")),
+        }
+        Ok(url.into())
     }
+}
+
+/// Follows a redirect only to the origin the request was sent to (and at most [`MAX_REDIRECTS`]):
+/// reqwest drops `Authorization` on a cross-host redirect but would send Azure's `api-key` header along.
+fn same_origin_redirects(attempt: reqwest::redirect::Attempt) -> reqwest::redirect::Action {
+    let same = attempt.previous().first().is_some_and(|first| {
+        first.scheme() == attempt.url().scheme()
+            && first.host_str() == attempt.url().host_str()
+            && first.port_or_known_default() == attempt.url().port_or_known_default()
+    });
+    if !same {
+        attempt.stop()
+    } else if attempt.previous().len() > MAX_REDIRECTS {
+        attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
+    } else {
+        attempt.follow()
+    }
+}
+
+/// Reads at most `cap` bytes of a body; the flag says whether more was left unread.
+async fn read_capped(
+    resp: &mut reqwest::Response,
+    cap: usize,
+) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if body.len() + chunk.len() > cap {
+            body.extend_from_slice(&chunk[..cap - body.len()]);
+            return Ok((body, true));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((body, false))
+}
+
+/// The words for a body over [`MAX_RESPONSE_BYTES`].
+fn too_large() -> String {
+    format!(
+        "the response is larger than {} MiB; Sluice does not read further",
+        MAX_RESPONSE_BYTES >> 20
+    )
+}
+
+/// A JSON body of a successful response, read up to [`MAX_RESPONSE_BYTES`].
+async fn read_json(mut resp: reqwest::Response) -> Result<Json, LlmError> {
+    let bad = |m: String| LlmError::system("WrappedOpenAIError", redact(&m).into_owned());
+    if resp
+        .content_length()
+        .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
+    {
+        return Err(bad(too_large()));
+    }
+    let (bytes, more) = read_capped(&mut resp, MAX_RESPONSE_BYTES)
+        .await
+        .map_err(|e| bad(format!("the response broke off: {e}")))?;
+    if more {
+        return Err(bad(too_large()));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| bad(format!("the response is not JSON: {e}")))
 }
 
 fn body(prompt: &Prompt, p: &GenParams, stream: bool) -> Json {
@@ -218,12 +305,7 @@ impl HttpBackend {
         resp: reqwest::Response,
     ) -> Result<Embeddings, (LlmError, bool)> {
         let bad = |m: String| (LlmError::system("WrappedOpenAIError", m), false);
-        let text = resp
-            .text()
-            .await
-            .map_err(|e| bad(format!("the response broke off: {e}")))?;
-        let v: Json = serde_json::from_str(&text)
-            .map_err(|e| bad(format!("the response is not JSON: {e}")))?;
+        let v = read_json(resp).await.map_err(|e| (e, false))?;
         let mut rows: Vec<(u64, Vec<f32>)> = Vec::new();
         for (i, item) in v["data"].as_array().into_iter().flatten().enumerate() {
             let vector = item["embedding"]
@@ -289,17 +371,36 @@ impl HttpBackend {
                         Err((e, true)) => return Err(e),
                     }
                 }
-                Ok(resp) => {
+                Ok(resp) if resp.status().is_redirection() => {
+                    let status = resp.status().as_u16();
+                    let to = resp
+                        .headers()
+                        .get(reqwest::header::LOCATION)
+                        .and_then(|v| v.to_str().ok())
+                        .map(|l| redact(l).into_owned())
+                        .unwrap_or_default();
+                    Retry::Never(LlmError::user(
+                        "WrappedOpenAIError",
+                        format!(
+                            "the server redirected to another origin ({to}); Sluice does not follow it, so the key is not sent there: set `api_base` to the final address [status {status}]"
+                        ),
+                    ))
+                }
+                Ok(mut resp) => {
                     let status = resp.status().as_u16();
                     let retry_after = retry_after(resp.headers());
-                    let text = resp.text().await.unwrap_or_default();
+                    let (bytes, _) = read_capped(&mut resp, MAX_ERROR_BYTES)
+                        .await
+                        .unwrap_or_default();
+                    let text = String::from_utf8_lossy(&bytes);
                     let message = error_message(&text);
                     let e = LlmError::user(
                         "WrappedOpenAIError",
-                        format!(
+                        redact(&format!(
                             "OpenAI API hits {}: {message} [status {status}]",
                             status_name(status)
-                        ),
+                        ))
+                        .into_owned(),
                     );
                     match status {
                         429 if text.contains("insufficient_quota") => Retry::Never(e),
@@ -325,7 +426,7 @@ impl HttpBackend {
                         None,
                         LlmError::system(
                             "WrappedOpenAIError",
-                            format!("the request to {url} {kind}: {e}"),
+                            redact(&format!("the request to {url} {kind}: {e}")).into_owned(),
                         ),
                     )
                 }
@@ -340,7 +441,8 @@ impl HttpBackend {
                         ));
                     }
                     let wait = wait.unwrap_or_else(|| backoff(self.config.backoff_base, attempt));
-                    tracing::warn!(url, attempt, wait_ms = wait.as_millis() as u64, error = %e, "retrying");
+                    let url = redact(url);
+                    tracing::warn!(%url, attempt, wait_ms = wait.as_millis() as u64, error = %e, "retrying");
                     tokio::time::sleep(wait).await;
                     attempt += 1;
                 }
@@ -364,21 +466,15 @@ impl HttpBackend {
             .is_some_and(|v| v.starts_with("text/event-stream"));
         let broken = |e: reqwest::Error, sent: bool| {
             (
-                LlmError::system("WrappedOpenAIError", format!("the response broke off: {e}")),
+                LlmError::system(
+                    "WrappedOpenAIError",
+                    redact(&format!("the response broke off: {e}")).into_owned(),
+                ),
                 sent,
             )
         };
         if !is_sse {
-            let text = resp.text().await.map_err(|e| broken(e, false))?;
-            let v: Json = serde_json::from_str(&text).map_err(|e| {
-                (
-                    LlmError::system(
-                        "WrappedOpenAIError",
-                        format!("the response is not JSON: {e}"),
-                    ),
-                    false,
-                )
-            })?;
+            let v = read_json(resp).await.map_err(|e| (e, false))?;
             let choice = &v["choices"][0];
             let content = if chat {
                 choice["message"]["content"].as_str()
@@ -403,6 +499,9 @@ impl HttpBackend {
                 break;
             };
             buf.push_str(&String::from_utf8_lossy(&chunk));
+            if buf.len() > MAX_RESPONSE_BYTES {
+                return Err((LlmError::system("WrappedOpenAIError", too_large()), sent));
+            }
             while let Some(nl) = buf.find('\n') {
                 let line = buf[..nl].trim_end_matches('\r').to_owned();
                 buf.drain(..=nl);

@@ -1,0 +1,758 @@
+//! Keys stay secret and servers stay bounded: provider errors that echo a key, secrets given to
+//! `connection create`, credentials in `api_base`, redirects to another origin, endless provider
+//! responses, `model serve` against half-sent requests and idle clients, and a stuck Python tool
+//! after a line timeout. Fake providers run on loopback only.
+
+use crate::common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::sluice;
+use serde_json::Value as Json;
+use sluice_nodes::llm::connections::Connection;
+use sluice_nodes::llm::openai::{HttpBackend, HttpConfig};
+use sluice_nodes::llm::types::{Backend, GenParams, Prompt};
+
+fn write(dir: &Path, name: &str, text: &str) {
+    std::fs::write(dir.join(name), text).unwrap();
+}
+
+/// One request as the fake server read it.
+#[derive(Clone, Debug)]
+struct Seen {
+    /// The request line and headers, as sent.
+    head: String,
+    #[allow(dead_code)]
+    body: String,
+}
+
+impl Seen {
+    fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
+        })
+    }
+
+    fn request_line(&self) -> &str {
+        self.head.lines().next().unwrap_or_default()
+    }
+}
+
+/// A tiny HTTP/1.1 server on 127.0.0.1: reads each request whole, records it, and lets `answer`
+/// write the reply on the socket (one request per connection).
+struct FakeServer {
+    base: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+fn fake_server(answer: impl Fn(&Seen, &mut TcpStream) + Send + Sync + 'static) -> FakeServer {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (answer, record) = (Arc::new(answer), seen.clone());
+    std::thread::Builder::new()
+        .name("fake-server".into())
+        .spawn(move || {
+            for sock in listener.incoming() {
+                let Ok(mut sock) = sock else { continue };
+                let (answer, record) = (answer.clone(), record.clone());
+                std::thread::Builder::new()
+                    .name("fake-conn".into())
+                    .spawn(move || {
+                        let mut buf = Vec::new();
+                        let mut chunk = [0u8; 8192];
+                        let end = loop {
+                            let n = sock.read(&mut chunk).unwrap_or(0);
+                            if n == 0 {
+                                return;
+                            }
+                            buf.extend_from_slice(&chunk[..n]);
+                            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break p + 4;
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        while buf.len() < end + len {
+                            let n = sock.read(&mut chunk).unwrap_or(0);
+                            if n == 0 {
+                                break;
+                            }
+                            buf.extend_from_slice(&chunk[..n]);
+                        }
+                        let seen = Seen {
+                            head,
+                            body: String::from_utf8_lossy(&buf[end..]).into_owned(),
+                        };
+                        record.lock().unwrap().push(seen.clone());
+                        answer(&seen, &mut sock);
+                    })
+                    .unwrap();
+            }
+        })
+        .unwrap();
+    FakeServer { base, seen }
+}
+
+fn reply(sock: &mut TcpStream, status: u16, extra: &str, body: &str) {
+    let _ = sock.write_all(
+        format!(
+            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n{extra}\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+}
+
+fn ok_body(text: &str) -> String {
+    serde_json::json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+        "text": text, "finish_reason": "stop"}], "usage": {"prompt_tokens": 1, "completion_tokens": 1}})
+    .to_string()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn backend(yaml: &str) -> HttpBackend {
+    let c = Connection::from_yaml(yaml, Path::new("c.yaml")).unwrap();
+    HttpBackend::new(&c.name, HttpConfig::from_connection(&c).unwrap()).unwrap()
+}
+
+fn ask(
+    rt: &tokio::runtime::Runtime,
+    b: &HttpBackend,
+    model: Option<&str>,
+) -> Result<String, String> {
+    rt.block_on(async {
+        let params = GenParams {
+            model: model.map(str::to_owned),
+            ..GenParams::default()
+        };
+        let s = b.generate(Prompt::Text("hi".into()), params).await?;
+        s.collect().await.map(|c| c.text)
+    })
+    .map_err(|e| e.message)
+}
+
+/// Every file under `dir`, as text.
+fn all_text_under(dir: &Path) -> String {
+    let mut out = String::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.push_str(&all_text_under(&p));
+        } else {
+            out.push_str(&String::from_utf8_lossy(&std::fs::read(&p).unwrap()));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_provider_error_that_echoes_the_key_leaks_nowhere() {
+    // The provider fails once with a 500, then with a 401, each echoing the key it was sent.
+    let server = fake_server(|seen, sock| {
+        let key = seen
+            .header("authorization")
+            .unwrap_or_default()
+            .trim_start_matches("Bearer ")
+            .to_owned();
+        let status = if seen.request_line().contains("retry-me") {
+            500
+        } else {
+            401
+        };
+        let body = serde_json::json!({"error": {"message": format!("Incorrect API key provided: {key}.")}});
+        reply(sock, status, "", &body.to_string());
+    });
+    let home = tempfile::tempdir().unwrap();
+    let literal_key = "sk-literal-0123456789abcdef";
+    let env_key = "sk-from-env-fedcba9876543210";
+    for (name, key, base) in [
+        (
+            "leaky",
+            literal_key.to_owned(),
+            format!("{}/v1", server.base),
+        ),
+        (
+            "leaky_env",
+            "${env:SLUICE_TEST_LEAKY_KEY}".to_owned(),
+            format!("{}/v1?retry-me=1", server.base),
+        ),
+    ] {
+        let file = home.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &file,
+            format!(
+                "name: {name}\ntype: open_ai\napi_key: '{key}'\napi_base: {base}\nmax_retries: 1\nretry_backoff: 0.01\n"
+            ),
+        )
+        .unwrap();
+        sluice(home.path())
+            .args(["connection", "create", "-f"])
+            .arg(&file)
+            .assert()
+            .success();
+    }
+    for (conn, key) in [("leaky", literal_key), ("leaky_env", env_key)] {
+        let flow = tempfile::tempdir().unwrap();
+        write(flow.path(), "prompt.jinja2", "Say hi to {{name}}");
+        write(
+            flow.path(),
+            "flow.dag.yaml",
+            &format!(
+                "inputs:\n  name: {{type: string, default: bob}}\noutputs:\n  answer: {{reference: '${{hi.output}}'}}\nnodes:\n- name: hi\n  type: llm\n  api: completion\n  connection: {conn}\n  source: {{type: code, path: prompt.jinja2}}\n  inputs:\n    name: ${{inputs.name}}\n"
+            ),
+        );
+        let out = sluice(home.path())
+            .env("SLUICE_TEST_LEAKY_KEY", env_key)
+            .args(["-v", "flow", "test", "--flow"])
+            .arg(flow.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("Incorrect API key provided: ***"),
+            "the provider's message should still be shown: {stderr}"
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let records = all_text_under(&flow.path().join(".promptflow"));
+        assert!(records.contains("Incorrect API key provided"), "{records}");
+        for (what, text) in [
+            ("stderr", &*stderr),
+            ("stdout", &*stdout),
+            (".promptflow", &records),
+        ] {
+            assert!(
+                !text.contains(key),
+                "{conn}: the key leaked into {what}: {text}"
+            );
+        }
+        // A batch run's records, its report and what the run commands print hold no key either.
+        let data = flow.path().join("data.jsonl");
+        write(
+            flow.path(),
+            "data.jsonl",
+            "{\"name\": \"a\"}\n{\"name\": \"b\"}\n",
+        );
+        let run = format!("run_{conn}");
+        let out = sluice(home.path())
+            .env("SLUICE_TEST_LEAKY_KEY", env_key)
+            .args(["run", "create", "--name", &run, "--flow"])
+            .arg(flow.path())
+            .arg("--data")
+            .arg(&data)
+            .output()
+            .unwrap();
+        let mut seen_text = String::from_utf8_lossy(&out.stdout).into_owned();
+        seen_text.push_str(&String::from_utf8_lossy(&out.stderr));
+        let report = home.path().join(format!("{run}.html"));
+        for args in [
+            vec!["run", "show", "-n", &run],
+            vec!["run", "show-details", "-n", &run],
+            vec![
+                "run",
+                "visualize",
+                &run,
+                "--html-path",
+                report.to_str().unwrap(),
+            ],
+        ] {
+            let out = sluice(home.path()).args(&args).output().unwrap();
+            seen_text.push_str(&String::from_utf8_lossy(&out.stdout));
+            seen_text.push_str(&String::from_utf8_lossy(&out.stderr));
+        }
+        let run_files = all_text_under(&home.path().join("runs").join(&run));
+        assert!(
+            run_files.contains("Incorrect API key provided: ***"),
+            "{run_files}"
+        );
+        let html = std::fs::read_to_string(&report).unwrap();
+        for (what, text) in [
+            ("run output", &seen_text),
+            ("run folder", &run_files),
+            ("report", &html),
+        ] {
+            assert!(
+                !text.contains(key),
+                "{conn}: the key leaked into the {what}: {text}"
+            );
+        }
+        // The key did reach the provider: the connection works, only its echo is masked.
+        assert!(
+            server
+                .seen
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|s| s.header("authorization").as_deref() == Some(&format!("Bearer {key}"))),
+        );
+    }
+}
+
+#[test]
+fn a_secret_in_a_python_tool_error_is_masked() {
+    let flow = tempfile::tempdir().unwrap();
+    write(
+        flow.path(),
+        "leak.py",
+        "import os\nfrom promptflow.core import tool\n\n@tool\ndef leak(x: str) -> str:\n    raise ValueError('token ' + os.environ['MY_SERVICE_TOKEN'] + ' and ' + os.environ['SERVICE_PASSWORD'])\n",
+    );
+    write(
+        flow.path(),
+        "flow.dag.yaml",
+        "environment_variables:\n  SERVICE_PASSWORD: pw-from-the-flow-yaml-77\ninputs:\n  x: {type: string, default: a}\noutputs:\n  y: {reference: '${leak.output}'}\nnodes:\n- name: leak\n  type: python\n  source: {type: code, path: leak.py}\n  inputs:\n    x: ${inputs.x}\n",
+    );
+    let home = tempfile::tempdir().unwrap();
+    let out = sluice(home.path())
+        .env("MY_SERVICE_TOKEN", "tok-env-secret-0042")
+        .args(["flow", "test", "--flow"])
+        .arg(flow.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("ValueError"), "{stderr}");
+    let records = all_text_under(&flow.path().join(".promptflow"));
+    for secret in ["tok-env-secret-0042", "pw-from-the-flow-yaml-77"] {
+        assert!(!stderr.contains(secret), "{stderr}");
+        assert!(!records.contains(secret), "{records}");
+    }
+}
+
+#[test]
+fn connection_secrets_given_any_way_are_stored_as_secrets_and_shown_masked() {
+    let home = tempfile::tempdir().unwrap();
+    let file = home.path().join("c.yaml");
+    std::fs::write(
+        &file,
+        "name: many\ntype: custom\nclient_secret: cs-secret-000111\naccess_token: at-secret-000222\n\
+         secret: s-secret-000333\napikey: ak-secret-000444\nsearch_api_key: sak-secret-000555\n\
+         api_base: https://bob:pw-in-url-000666@search.example/v1?key=qk-secret-000777&region=eu\n",
+    )
+    .unwrap();
+    let out = sluice(home.path())
+        .args(["connection", "create", "-f"])
+        .arg(&file)
+        .args([
+            "--set",
+            "token=tok-secret-000888",
+            "password=pw-secret-000999",
+            "key=key-secret-001000",
+            "region=eu",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let created = String::from_utf8_lossy(&out.stdout).into_owned();
+    let shown = sluice(home.path())
+        .args(["connection", "show", "-n", "many"])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
+    let listed = sluice(home.path())
+        .args(["connection", "list"])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    for text in [&created, &shown, &listed] {
+        assert!(
+            !text.contains("-secret-") && !text.contains("pw-in-url"),
+            "a secret is shown: {text}"
+        );
+    }
+    assert!(
+        listed.contains("https://bob:***@search.example/v1?key=***&region=eu"),
+        "{listed}"
+    );
+    let v: Json = serde_json::from_str(&shown).unwrap();
+    assert_eq!(v["configs"]["region"], "eu", "{v}");
+    let stored: Json =
+        serde_json::from_slice(&std::fs::read(home.path().join("connections/many.json")).unwrap())
+            .unwrap();
+    for k in [
+        "client_secret",
+        "access_token",
+        "secret",
+        "apikey",
+        "search_api_key",
+        "token",
+        "password",
+        "key",
+    ] {
+        assert!(
+            stored["secrets"][k]
+                .as_str()
+                .is_some_and(|s| s.contains("-secret-")),
+            "`{k}` should be stored as a secret: {stored}"
+        );
+        assert!(stored["configs"].get(k).is_none(), "{stored}");
+    }
+}
+
+#[test]
+fn a_query_string_in_api_base_stays_after_the_endpoint_path() {
+    let server = fake_server(|_, sock| reply(sock, 200, "", &ok_body("fine")));
+    let rt = runtime();
+    let b = backend(&format!(
+        "name: q\ntype: open_ai\napi_key: sk-q-0123456789\napi_base: {}/v1/?key=qk-1&x=2\n",
+        server.base
+    ));
+    assert_eq!(ask(&rt, &b, None).unwrap(), "fine");
+    let b = backend(&format!(
+        "name: qa\ntype: azure_open_ai\napi_key: az-q-0123456789\napi_base: {}/?sig=s1\napi_version: 2024-06-01\n",
+        server.base
+    ));
+    assert_eq!(ask(&rt, &b, Some("dep")).unwrap(), "fine");
+    let seen = server.seen.lock().unwrap();
+    assert_eq!(
+        seen[0].request_line(),
+        "POST /v1/completions?key=qk-1&x=2 HTTP/1.1"
+    );
+    assert_eq!(
+        seen[1].request_line(),
+        "POST /openai/deployments/dep/completions?sig=s1&api-version=2024-06-01 HTTP/1.1"
+    );
+}
+
+#[test]
+fn keys_do_not_follow_a_redirect_to_another_origin() {
+    let elsewhere = fake_server(|_, sock| reply(sock, 200, "", &ok_body("stolen")));
+    let target = format!("{}/v1/completions", elsewhere.base);
+    let origin = fake_server(move |seen, sock| {
+        if seen.request_line().contains("/moved/") {
+            // Same origin: followed.
+            reply(sock, 200, "", &ok_body("same origin"));
+        } else if seen.request_line().contains("/local/") {
+            reply(sock, 307, "location: /moved/completions\r\n", "");
+        } else {
+            reply(sock, 307, &format!("location: {target}\r\n"), "");
+        }
+    });
+    let rt = runtime();
+    for (kind, key) in [
+        ("azure_open_ai", "az-redirect-0123456789"),
+        ("open_ai", "sk-redirect-0123456789"),
+    ] {
+        let b = backend(&format!(
+            "name: r\ntype: {kind}\napi_key: {key}\napi_base: {}/v1\nmax_retries: 0\n",
+            origin.base
+        ));
+        let err = ask(&rt, &b, Some("dep")).unwrap_err();
+        assert!(err.contains("redirected to another origin"), "{err}");
+    }
+    assert!(
+        elsewhere.seen.lock().unwrap().is_empty(),
+        "a request reached the other origin: {:?}",
+        elsewhere.seen.lock().unwrap()
+    );
+    let b = backend(&format!(
+        "name: r\ntype: open_ai\napi_key: sk-redirect-0123456789\napi_base: {}/local\n",
+        origin.base
+    ));
+    assert_eq!(ask(&rt, &b, None).unwrap(), "same origin");
+}
+
+/// Sends the head of a response, then `bytes` bytes of body, then holds the connection open.
+fn endless(sock: &mut TcpStream, status: u16, bytes: usize) {
+    let _ = sock.write_all(
+        format!(
+            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n["
+        )
+        .as_bytes(),
+    );
+    let chunk = vec![b'1'; 1 << 20];
+    let mut sent = 0;
+    while sent < bytes {
+        if sock.write_all(&chunk).is_err() {
+            return;
+        }
+        sent += chunk.len();
+    }
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+#[test]
+fn an_endless_provider_response_is_cut_off() {
+    let ok = fake_server(|_, sock| endless(sock, 200, 80 << 20));
+    let bad = fake_server(|_, sock| endless(sock, 401, 80 << 20));
+    let rt = runtime();
+    for (server, want) in [(&ok, "larger than 64 MiB"), (&bad, "AuthenticationError")] {
+        let b = backend(&format!(
+            "name: big\ntype: open_ai\napi_key: sk-big-0123456789\napi_base: {}/v1\nmax_retries: 0\ntimeout: 30\n",
+            server.base
+        ));
+        let started = Instant::now();
+        let err = ask(&rt, &b, None).unwrap_err();
+        assert!(err.contains(want), "{err}");
+        assert!(
+            err.len() < 2000,
+            "the error should be short: {} bytes",
+            err.len()
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+}
+
+/// Waits for a child with a deadline; kills it if it is still running then.
+fn wait_within(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+fn stuck_tool_flow(dir: &Path) {
+    write(
+        dir,
+        "stuck.py",
+        "import time\nfrom promptflow.core import tool\n\n@tool\ndef stuck(x: str) -> str:\n    time.sleep(3600)\n    return x\n",
+    );
+    write(
+        dir,
+        "flow.dag.yaml",
+        "inputs:\n  x: {type: string, default: a}\noutputs:\n  y: {reference: '${stuck.output}'}\nnodes:\n- name: stuck\n  type: python\n  source: {type: code, path: stuck.py}\n  inputs:\n    x: ${inputs.x}\n",
+    );
+    write(dir, "data.jsonl", "{\"x\": \"a\"}\n{\"x\": \"b\"}\n");
+}
+
+#[test]
+fn a_stuck_python_tool_does_not_keep_the_process_alive_after_a_line_timeout() {
+    let flow = tempfile::tempdir().unwrap();
+    stuck_tool_flow(flow.path());
+    let home = tempfile::tempdir().unwrap();
+    let bin = assert_cmd::cargo::cargo_bin("sluice");
+    let runs: [&[&str]; 2] = [
+        &["flow", "test", "--line-timeout", "1", "--flow"],
+        &[
+            "run",
+            "create",
+            "--line-timeout",
+            "1",
+            "--data",
+            "data.jsonl",
+            "--flow",
+        ],
+    ];
+    for args in runs {
+        let started = Instant::now();
+        let mut child = Command::new(&bin)
+            .args(args)
+            .arg(flow.path())
+            .current_dir(flow.path())
+            .env("SLUICE_HOME", home.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let status = wait_within(&mut child, Duration::from_secs(20));
+        // `flow test` fails with its line; a batch run completes with its lines failed.
+        let want = if args[0] == "flow" { 1 } else { 0 };
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(want),
+            "{args:?} should time its lines out and exit, after {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+/// `sluice model serve` on a free loopback port; killed on drop.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(home: &Path, env: &[(&str, &str)]) -> Server {
+    let mut child = Command::new(assert_cmd::cargo::cargo_bin("sluice"))
+        .args([
+            "model",
+            "serve",
+            "--port",
+            "0",
+            "--parallel",
+            "2",
+            "--ctx",
+            "512",
+        ])
+        .env("SLUICE_HOME", home)
+        .env("SLUICE_MODELS_DIR", sluice_nodes::llm::store::models_dir())
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .and_then(|a| a.strip_suffix("/v1"))
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+        .to_owned();
+    Server { child, addr }
+}
+
+/// Reads until the server closes the connection (true) or `limit` passes (false).
+fn closed_within(sock: &mut TcpStream, limit: Duration) -> bool {
+    sock.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 4096];
+    let started = Instant::now();
+    loop {
+        match sock.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+        if started.elapsed() > limit {
+            return false;
+        }
+    }
+}
+
+#[test]
+fn model_serve_closes_half_sent_requests_and_idle_connections_after_the_header_timeout() {
+    let home = tempfile::tempdir().unwrap();
+    let server = serve(home.path(), &[("SLUICE_SERVE_HEADER_TIMEOUT", "1")]);
+    let mut half = TcpStream::connect(&server.addr).unwrap();
+    half.write_all(b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: applic")
+        .unwrap();
+    let mut idle = TcpStream::connect(&server.addr).unwrap();
+    idle.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    let started = Instant::now();
+    assert!(
+        closed_within(&mut half, Duration::from_secs(5)),
+        "a half-sent request was held"
+    );
+    assert!(
+        closed_within(&mut idle, Duration::from_secs(5)),
+        "an idle connection was held"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The server still answers.
+    let mut ok = TcpStream::connect(&server.addr).unwrap();
+    ok.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    ok.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+}
+
+#[test]
+fn model_serve_refuses_oversized_requests() {
+    let home = tempfile::tempdir().unwrap();
+    let server = serve(home.path(), &[]);
+    // Sends the head, declaring `len` bytes of body, then `body`; reads the answer for at most 60 s.
+    let post_declared = |path: &str, len: usize, body: &str| -> String {
+        let mut s = TcpStream::connect(&server.addr).unwrap();
+        s.write_all(
+            format!(
+                "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {len}\r\nconnection: close\r\n\r\n{body}"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut text = Vec::new();
+        let _ = s.read_to_end(&mut text);
+        String::from_utf8_lossy(&text).into_owned()
+    };
+    let post = |path: &str, body: &str| post_declared(path, body.len(), body);
+    let stops: Vec<String> = (0..100).map(|i| format!("s{i}")).collect();
+    let r = post(
+        "/v1/completions",
+        &serde_json::json!({"prompt": "hi", "stop": stops}).to_string(),
+    );
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    let r = post(
+        "/v1/completions",
+        &serde_json::json!({"prompt": "hi", "max_tokens": 4_000_000_000u32}).to_string(),
+    );
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    let r = post(
+        "/v1/embeddings",
+        &serde_json::json!({"input": vec!["x"; 3000]}).to_string(),
+    );
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    // A body over the limit is refused from its declared length, before it is read.
+    let r = post_declared("/v1/completions", 17 << 20, "{\"prompt\": \"");
+    assert!(r.starts_with("HTTP/1.1 413"), "{r}");
+}
+
+#[test]
+fn model_serve_shuts_down_promptly_with_idle_and_half_open_clients() {
+    for signal in ["-INT", "-TERM"] {
+        let home = tempfile::tempdir().unwrap();
+        let mut server = serve(home.path(), &[]);
+        let mut half = TcpStream::connect(&server.addr).unwrap();
+        half.write_all(b"POST /v1/completions HTTP/1.1\r\nhost: x\r\n")
+            .unwrap();
+        let mut idle = TcpStream::connect(&server.addr).unwrap();
+        idle.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let _ = idle.read(&mut buf).unwrap();
+        let _silent = TcpStream::connect(&server.addr).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let started = Instant::now();
+        let killed = Command::new("kill")
+            .arg(signal)
+            .arg(server.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let status = wait_within(&mut server.child, Duration::from_secs(8));
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(0),
+            "{signal}: the server should exit cleanly and promptly (after {:?})",
+            started.elapsed()
+        );
+    }
+}
