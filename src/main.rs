@@ -9,14 +9,29 @@ use std::io::Write;
 use clap::Parser;
 use sluice_engine::redact;
 
-/// Exit statuses scripts can rely on.
-pub mod exit {
-    /// Everything succeeded.
-    pub const OK: u8 = 0;
-    /// The flow ran but a line or a check failed.
-    pub const FAILED: u8 = 1;
-    /// Bad usage or an invalid flow: nothing ran.
-    pub const INVALID: u8 = 2;
+/// Exit statuses scripts can rely on. Every command returns one; `main` turns it into the process's
+/// exit code, in this one place. Ordered by severity, so the worst of several runs wins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ExitStatus {
+    /// Everything succeeded (0).
+    Ok,
+    /// The flow ran but a line or a check failed (1).
+    Failed,
+    /// Bad usage or an invalid flow: nothing ran (2).
+    Invalid,
+    /// Stopped with Ctrl-C (130, as shells report SIGINT).
+    Canceled,
+}
+
+impl ExitStatus {
+    pub fn code(self) -> i32 {
+        match self {
+            ExitStatus::Ok => 0,
+            ExitStatus::Failed => 1,
+            ExitStatus::Invalid => 2,
+            ExitStatus::Canceled => 130,
+        }
+    }
 }
 
 fn main() {
@@ -35,7 +50,7 @@ fn main() {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", redact::redact(&format!("{e:#}")));
-            exit::INVALID
+            ExitStatus::Invalid
         }
     };
     // Exit as soon as the results are out: a thread that outlived its work (a Python tool still
@@ -43,5 +58,5 @@ fn main() {
     // never finalized, which would wait for such threads.
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
-    std::process::exit(i32::from(code));
+    std::process::exit(code.code());
 }

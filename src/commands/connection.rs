@@ -4,8 +4,8 @@ use serde_json::json;
 use sluice_engine::redact;
 use sluice_nodes::llm::connections::{self, Connection, ConnectionType};
 
+use crate::ExitStatus;
 use crate::cli::{ConnCreateArgs, ConnName};
-use crate::exit;
 
 fn print(c: &Connection) -> anyhow::Result<()> {
     let r = c.redacted();
@@ -24,19 +24,19 @@ fn print(c: &Connection) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn create(args: ConnCreateArgs) -> anyhow::Result<u8> {
+pub fn create(args: ConnCreateArgs) -> anyhow::Result<ExitStatus> {
     let text = match std::fs::read_to_string(&args.file) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: cannot read {}: {e}", args.file.display());
-            return Ok(exit::INVALID);
+            return Ok(ExitStatus::Invalid);
         }
     };
     let mut conn = match Connection::from_yaml(&text, &args.file) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {}", redact::redact(&e));
-            return Ok(exit::INVALID);
+            return Ok(ExitStatus::Invalid);
         }
     };
     for item in &args.set {
@@ -45,7 +45,7 @@ pub fn create(args: ConnCreateArgs) -> anyhow::Result<u8> {
                 "error: --set expects KEY=VALUE, got `{}`",
                 redact::redact(item)
             );
-            return Ok(exit::INVALID);
+            return Ok(ExitStatus::Invalid);
         };
         let k = k.trim();
         let (k, place) = if let Some(k) = k.strip_prefix("secrets.") {
@@ -75,16 +75,16 @@ pub fn create(args: ConnCreateArgs) -> anyhow::Result<u8> {
         Ok(path) => {
             eprintln!("saved connection `{}` to {}", conn.name, path.display());
             print(&conn)?;
-            Ok(exit::OK)
+            Ok(ExitStatus::Ok)
         }
         Err(e) => {
             eprintln!("error: {e}");
-            Ok(exit::INVALID)
+            Ok(ExitStatus::Invalid)
         }
     }
 }
 
-pub fn list() -> anyhow::Result<u8> {
+pub fn list() -> anyhow::Result<ExitStatus> {
     let all = connections::list().map_err(anyhow::Error::msg)?;
     let rows: Vec<_> = all
         .iter()
@@ -94,28 +94,28 @@ pub fn list() -> anyhow::Result<u8> {
         })
         .collect();
     println!("{}", serde_json::to_string_pretty(&rows)?);
-    Ok(exit::OK)
+    Ok(ExitStatus::Ok)
 }
 
-pub fn show(args: ConnName) -> anyhow::Result<u8> {
+pub fn show(args: ConnName) -> anyhow::Result<ExitStatus> {
     match connections::load(&args.name).map_err(anyhow::Error::msg)? {
         Some(c) => {
             print(&c)?;
-            Ok(exit::OK)
+            Ok(ExitStatus::Ok)
         }
         None => {
             eprintln!("error: no connection named `{}`", args.name);
-            Ok(exit::FAILED)
+            Ok(ExitStatus::Failed)
         }
     }
 }
 
-pub fn delete(args: ConnName) -> anyhow::Result<u8> {
+pub fn delete(args: ConnName) -> anyhow::Result<ExitStatus> {
     if connections::delete(&args.name).map_err(anyhow::Error::msg)? {
         eprintln!("deleted connection `{}`", args.name);
-        Ok(exit::OK)
+        Ok(ExitStatus::Ok)
     } else {
         eprintln!("error: no connection named `{}`", args.name);
-        Ok(exit::FAILED)
+        Ok(ExitStatus::Failed)
     }
 }

@@ -10,15 +10,15 @@ use sluice_engine::{
     Flow, FlowError, LineOptions, LoadOptions, Map, Status, Value, VariantSelection,
 };
 
+use crate::ExitStatus;
 use crate::cli::{FlowArgs, InitArgs, InitType, PlanArgs, TestArgs};
-use crate::exit;
 
 /// Loads a flow, printing its problems and returning `Err(exit status)` when it is invalid.
-pub(crate) fn load(flow: &Path, variant: Option<&str>) -> Result<Flow, u8> {
+pub(crate) fn load(flow: &Path, variant: Option<&str>) -> Result<Flow, ExitStatus> {
     let variant = match variant.map(|v| VariantSelection::parse(v).ok_or(v)) {
         Some(Err(v)) => {
             eprintln!("error: --variant must look like '${{node.variant_id}}', got {v:?}");
-            return Err(exit::INVALID);
+            return Err(ExitStatus::Invalid);
         }
         Some(Ok(v)) => Some(v),
         None => None,
@@ -26,11 +26,11 @@ pub(crate) fn load(flow: &Path, variant: Option<&str>) -> Result<Flow, u8> {
     let registry = sluice_nodes::builtin_registry();
     Flow::load(flow, &registry, &LoadOptions { variant }).map_err(|e: FlowError| {
         eprint!("{}", redact(&e.render()));
-        exit::INVALID
+        ExitStatus::Invalid
     })
 }
 
-pub fn validate(args: FlowArgs) -> anyhow::Result<u8> {
+pub fn validate(args: FlowArgs) -> anyhow::Result<ExitStatus> {
     match load(&args.flow, None) {
         Ok(flow) => {
             eprintln!(
@@ -41,17 +41,17 @@ pub fn validate(args: FlowArgs) -> anyhow::Result<u8> {
                 flow.def.inputs.len(),
                 flow.outputs.len()
             );
-            Ok(exit::OK)
+            Ok(ExitStatus::Ok)
         }
         Err(code) => Ok(code),
     }
 }
 
-pub fn plan(args: PlanArgs) -> anyhow::Result<u8> {
+pub fn plan(args: PlanArgs) -> anyhow::Result<ExitStatus> {
     match load(&args.flow.flow, args.variant.as_deref()) {
         Ok(flow) => {
             print!("{}", flow.explain());
-            Ok(exit::OK)
+            Ok(ExitStatus::Ok)
         }
         Err(code) => Ok(code),
     }
@@ -167,7 +167,7 @@ pub(crate) fn runtime() -> anyhow::Result<Runtime> {
         .context("cannot start the async runtime")
 }
 
-pub fn test(args: TestArgs) -> anyhow::Result<u8> {
+pub fn test(args: TestArgs) -> anyhow::Result<ExitStatus> {
     let inputs = parse_inputs(&args.inputs)?;
     let timeout = line_timeout(args.line_timeout)?;
     super::set_isolation(&args.isolation, args.concurrency.max(1));
@@ -216,11 +216,11 @@ pub fn test(args: TestArgs) -> anyhow::Result<u8> {
                     &out_dir.join(format!("flow-{node}.node.output.json")),
                     &json!(output),
                 );
-                Ok(exit::OK)
+                Ok(ExitStatus::Ok)
             }
             Err(e) => {
                 print_error(&e);
-                Ok(exit::FAILED)
+                Ok(ExitStatus::Failed)
             }
         };
     }
@@ -258,7 +258,7 @@ pub fn test(args: TestArgs) -> anyhow::Result<u8> {
     );
     if let Some(e) = &line.error {
         print_error(e);
-        return Ok(exit::FAILED);
+        return Ok(ExitStatus::Failed);
     }
     write_json(
         &out_dir.join(format!("{prefix}.output.json")),
@@ -294,7 +294,11 @@ pub fn test(args: TestArgs) -> anyhow::Result<u8> {
             );
         }
     }
-    Ok(if failed { exit::FAILED } else { exit::OK })
+    Ok(if failed {
+        ExitStatus::Failed
+    } else {
+        ExitStatus::Ok
+    })
 }
 
 /// Prints streamed outputs as their text arrives, replacing each by its whole text; other outputs are
@@ -393,7 +397,7 @@ fn write_json(path: &Path, value: &serde_json::Value) {
     }
 }
 
-pub fn init(args: InitArgs) -> anyhow::Result<u8> {
+pub fn init(args: InitArgs) -> anyhow::Result<ExitStatus> {
     let dir: PathBuf = args.name.or(args.flow).expect("clap requires one");
     if dir.exists()
         && std::fs::read_dir(&dir)
@@ -401,7 +405,7 @@ pub fn init(args: InitArgs) -> anyhow::Result<u8> {
             .unwrap_or(true)
     {
         eprintln!("error: {} already exists and is not empty", dir.display());
-        return Ok(exit::INVALID);
+        return Ok(ExitStatus::Invalid);
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let files: &[(&str, &str)] = match args.kind {
@@ -416,7 +420,7 @@ pub fn init(args: InitArgs) -> anyhow::Result<u8> {
         dir.display(),
         dir.display()
     );
-    Ok(exit::OK)
+    Ok(ExitStatus::Ok)
 }
 
 const STANDARD: [(&str, &str); 4] = [

@@ -6,15 +6,15 @@ use sluice_nodes::retrieval::filter::Filter;
 use sluice_nodes::retrieval::index::{BuildOptions, Index, Phase, index_path, indexes_dir};
 
 use super::flow::runtime;
+use crate::ExitStatus;
 use crate::cli::{IndexBuildArgs, IndexName, IndexQueryArgs};
-use crate::exit;
 
-fn open(name: &str, must_exist: bool) -> anyhow::Result<Result<Index, u8>> {
+fn open(name: &str, must_exist: bool) -> anyhow::Result<Result<Index, ExitStatus>> {
     let path = match index_path(name) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e}");
-            return Ok(Err(exit::INVALID));
+            return Ok(Err(ExitStatus::Invalid));
         }
     };
     if must_exist && !path.is_file() {
@@ -22,15 +22,15 @@ fn open(name: &str, must_exist: bool) -> anyhow::Result<Result<Index, u8>> {
             "error: no index named `{name}` in {} (see `sluice index list`)",
             indexes_dir().display()
         );
-        return Ok(Err(exit::INVALID));
+        return Ok(Err(ExitStatus::Invalid));
     }
     Ok(Index::open(&path).map_err(|e| {
         eprintln!("error: {e}");
-        exit::FAILED
+        ExitStatus::Failed
     }))
 }
 
-pub fn build(args: IndexBuildArgs) -> anyhow::Result<u8> {
+pub fn build(args: IndexBuildArgs) -> anyhow::Result<ExitStatus> {
     let mut index = match open(&args.out, false)? {
         Ok(i) => i,
         Err(code) => return Ok(code),
@@ -64,13 +64,13 @@ pub fn build(args: IndexBuildArgs) -> anyhow::Result<u8> {
                 eprintln!(
                     "{failed} file(s) could not be read and are not in the index; the others are. Fix them and build again: only they will be embedded."
                 );
-                return Ok(exit::FAILED);
+                return Ok(ExitStatus::Failed);
             }
-            Ok(exit::OK)
+            Ok(ExitStatus::Ok)
         }
         Err(e) => {
             eprintln!("error: {e}");
-            Ok(exit::FAILED)
+            Ok(ExitStatus::Failed)
         }
     }
 }
@@ -134,7 +134,7 @@ impl Bar {
     }
 }
 
-pub fn query(args: IndexQueryArgs) -> anyhow::Result<u8> {
+pub fn query(args: IndexQueryArgs) -> anyhow::Result<ExitStatus> {
     let mut index = match open(&args.name, true)? {
         Ok(i) => i,
         Err(code) => return Ok(code),
@@ -143,23 +143,23 @@ pub fn query(args: IndexQueryArgs) -> anyhow::Result<u8> {
         Ok(f) => f,
         Err(e) => {
             eprintln!("error: --filter {e}");
-            return Ok(exit::INVALID);
+            return Ok(ExitStatus::Invalid);
         }
     };
     let rt = runtime()?;
     match rt.block_on(index.query(&args.text, args.k.max(1), args.hybrid, &filter)) {
         Ok(hits) => {
             println!("{}", serde_json::to_string_pretty(&hits)?);
-            Ok(exit::OK)
+            Ok(ExitStatus::Ok)
         }
         Err(e) => {
             eprintln!("error: {e}");
-            Ok(exit::FAILED)
+            Ok(ExitStatus::Failed)
         }
     }
 }
 
-pub fn list() -> anyhow::Result<u8> {
+pub fn list() -> anyhow::Result<ExitStatus> {
     let mut names: Vec<String> = std::fs::read_dir(indexes_dir())
         .map(|d| {
             d.flatten()
@@ -174,10 +174,10 @@ pub fn list() -> anyhow::Result<u8> {
         .unwrap_or_default();
     names.sort();
     println!("{}", serde_json::to_string_pretty(&names)?);
-    Ok(exit::OK)
+    Ok(ExitStatus::Ok)
 }
 
-pub fn info(args: IndexName) -> anyhow::Result<u8> {
+pub fn info(args: IndexName) -> anyhow::Result<ExitStatus> {
     let index = match open(&args.name, true)? {
         Ok(i) => i,
         Err(code) => return Ok(code),
@@ -189,15 +189,15 @@ pub fn info(args: IndexName) -> anyhow::Result<u8> {
         Err(e) => info["store_error"] = json!(e),
     }
     println!("{}", serde_json::to_string_pretty(&info)?);
-    Ok(exit::OK)
+    Ok(ExitStatus::Ok)
 }
 
-pub fn rm(args: IndexName) -> anyhow::Result<u8> {
+pub fn rm(args: IndexName) -> anyhow::Result<ExitStatus> {
     let path = match index_path(&args.name) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e}");
-            return Ok(exit::INVALID);
+            return Ok(ExitStatus::Invalid);
         }
     };
     if path.is_file() {
@@ -207,7 +207,7 @@ pub fn rm(args: IndexName) -> anyhow::Result<u8> {
                     eprintln!(
                         "error: {e}; the index is kept, remove it again once the server is back"
                     );
-                    return Ok(exit::FAILED);
+                    return Ok(ExitStatus::Failed);
                 }
             }
             Err(e) => eprintln!("warning: {e}"),
@@ -217,11 +217,11 @@ pub fn rm(args: IndexName) -> anyhow::Result<u8> {
     match std::fs::remove_file(&path) {
         Ok(()) => {
             eprintln!("removed index {}", args.name);
-            Ok(exit::OK)
+            Ok(ExitStatus::Ok)
         }
         Err(_) => {
             eprintln!("error: no index named `{}`", args.name);
-            Ok(exit::FAILED)
+            Ok(ExitStatus::Failed)
         }
     }
 }

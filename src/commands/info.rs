@@ -1,8 +1,8 @@
 //! `sluice info`: versions and node kinds.
 
-use crate::exit;
+use crate::ExitStatus;
 
-pub fn run() -> anyhow::Result<u8> {
+pub fn run() -> anyhow::Result<ExitStatus> {
     println!("sluice {}", env!("CARGO_PKG_VERSION"));
     let registry = sluice_nodes::builtin_registry();
     println!("node kinds: {}", registry.names().join(", "));
@@ -11,5 +11,5 @@ pub fn run() -> anyhow::Result<u8> {
         Ok(info) => println!("python: {info}"),
         Err(e) => println!("python: unavailable ({e})"),
     }
-    Ok(exit::OK)
+    Ok(ExitStatus::Ok)
 }

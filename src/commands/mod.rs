@@ -8,9 +8,10 @@ mod model;
 mod run;
 mod serve;
 
+use crate::ExitStatus;
 use crate::cli::{Command, ConnectionCommand, FlowCommand, IndexCommand, ModelCommand, RunCommand};
 
-pub fn run(command: Command, verbose: u8) -> anyhow::Result<u8> {
+pub fn run(command: Command, verbose: u8) -> anyhow::Result<ExitStatus> {
     match command {
         Command::Flow(FlowCommand::Test(mut args)) => {
             args.verbose = verbose;
@@ -63,7 +64,7 @@ pub(crate) fn set_isolation(args: &crate::cli::IsolationArgs, concurrency: usize
 
 /// `sluice __python-worker`: answers tool calls on a private copy of stdout, with stdout itself moved
 /// to stderr so nothing a tool prints can corrupt the answers.
-fn python_worker() -> anyhow::Result<u8> {
+fn python_worker() -> anyhow::Result<ExitStatus> {
     #[cfg(feature = "python")]
     {
         use std::os::fd::FromRawFd;
@@ -79,13 +80,13 @@ fn python_worker() -> anyhow::Result<u8> {
             std::io::stdin().lock(),
             std::io::BufWriter::new(answers),
         )?;
-        Ok(crate::exit::OK)
+        Ok(ExitStatus::Ok)
     }
     #[cfg(not(feature = "python"))]
     anyhow::bail!("this build of Sluice has no Python")
 }
 
-fn run_command(command: RunCommand) -> anyhow::Result<u8> {
+fn run_command(command: RunCommand) -> anyhow::Result<ExitStatus> {
     match command {
         RunCommand::Create(args) => run::create(*args),
         RunCommand::List(args) => run::list(args),

@@ -7,10 +7,10 @@ use sluice_nodes::llm::local::{LocalConfig, LocalModel};
 use sluice_nodes::llm::store::{self, ModelIndex};
 
 use super::flow::runtime;
+use crate::ExitStatus;
 use crate::cli::{AddArgs, EmbedArgs, ImportArgs, ModelName, PullArgs};
-use crate::exit;
 
-pub fn list() -> anyhow::Result<u8> {
+pub fn list() -> anyhow::Result<ExitStatus> {
     let dir = store::models_dir();
     let index = ModelIndex::load(&dir)?;
     let installed: Vec<_> = index
@@ -35,10 +35,10 @@ pub fn list() -> anyhow::Result<u8> {
             &json!({"models_dir": dir, "installed": installed, "available": available})
         )?
     );
-    Ok(exit::OK)
+    Ok(ExitStatus::Ok)
 }
 
-pub fn pull(args: PullArgs) -> anyhow::Result<u8> {
+pub fn pull(args: PullArgs) -> anyhow::Result<ExitStatus> {
     let Some(model) = store::catalog(&args.name) else {
         let names: Vec<_> = store::catalog_models().iter().map(|m| m.name).collect();
         eprintln!(
@@ -46,7 +46,7 @@ pub fn pull(args: PullArgs) -> anyhow::Result<u8> {
             args.name,
             names.join(", ")
         );
-        return Ok(exit::INVALID);
+        return Ok(ExitStatus::Invalid);
     };
     match store::pull(model, &args.python, &mut |m| eprintln!("{m}")) {
         Ok(entry) => {
@@ -56,16 +56,16 @@ pub fn pull(args: PullArgs) -> anyhow::Result<u8> {
                     &json!({"name": model.name, "path": entry.path, "sha256": entry.sha256, "size": entry.size})
                 )?
             );
-            Ok(exit::OK)
+            Ok(ExitStatus::Ok)
         }
         Err(e) => {
             eprintln!("error: could not pull {}: {e}", model.name);
-            Ok(exit::FAILED)
+            Ok(ExitStatus::Failed)
         }
     }
 }
 
-pub fn add(args: AddArgs) -> anyhow::Result<u8> {
+pub fn add(args: AddArgs) -> anyhow::Result<ExitStatus> {
     let name = args.name.clone().unwrap_or_else(|| {
         args.path
             .file_stem()
@@ -79,34 +79,34 @@ pub fn add(args: AddArgs) -> anyhow::Result<u8> {
                     &json!({"name": name, "path": entry.path, "sha256": entry.sha256, "size": entry.size})
                 )?
             );
-            Ok(exit::OK)
+            Ok(ExitStatus::Ok)
         }
         Err(e) => {
             eprintln!("error: cannot add {}: {e}", args.path.display());
-            Ok(exit::INVALID)
+            Ok(ExitStatus::Invalid)
         }
     }
 }
 
-pub fn rm(args: ModelName) -> anyhow::Result<u8> {
+pub fn rm(args: ModelName) -> anyhow::Result<ExitStatus> {
     match store::remove(&args.name)? {
         Some(e) => {
             eprintln!("removed {} ({})", args.name, e.path.display());
-            Ok(exit::OK)
+            Ok(ExitStatus::Ok)
         }
         None => {
             eprintln!("error: no model named `{}`", args.name);
-            Ok(exit::FAILED)
+            Ok(ExitStatus::Failed)
         }
     }
 }
 
-pub fn info(args: ModelName) -> anyhow::Result<u8> {
+pub fn info(args: ModelName) -> anyhow::Result<ExitStatus> {
     let (name, path) = match store::resolve_model(&args.name, Path::new(".")) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: model `{}` is not installed: {}", e.name, e.help);
-            return Ok(exit::INVALID);
+            return Ok(ExitStatus::Invalid);
         }
     };
     let rt = runtime()?;
@@ -120,10 +120,10 @@ pub fn info(args: ModelName) -> anyhow::Result<u8> {
             "details": model.details(),
         }))?
     );
-    Ok(exit::OK)
+    Ok(ExitStatus::Ok)
 }
 
-pub fn import(args: ImportArgs) -> anyhow::Result<u8> {
+pub fn import(args: ImportArgs) -> anyhow::Result<ExitStatus> {
     let dir = store::models_dir();
     std::fs::create_dir_all(&dir)?;
     let out = dir.join(format!("{}.gguf", args.name));
@@ -137,21 +137,21 @@ pub fn import(args: ImportArgs) -> anyhow::Result<u8> {
                     "tensors": info.tensors, "vocab": info.vocab, "dims": info.embedding_length, "pooling": info.pooling})
                 )?
             );
-            Ok(exit::OK)
+            Ok(ExitStatus::Ok)
         }
         Err(e) => {
             eprintln!("error: cannot import {}: {e}", args.dir.display());
-            Ok(exit::INVALID)
+            Ok(ExitStatus::Invalid)
         }
     }
 }
 
-pub fn embed(args: EmbedArgs) -> anyhow::Result<u8> {
+pub fn embed(args: EmbedArgs) -> anyhow::Result<ExitStatus> {
     let (name, path) = match store::resolve_model(&args.model, Path::new(".")) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: model `{}` is not installed: {}", e.name, e.help);
-            return Ok(exit::INVALID);
+            return Ok(ExitStatus::Invalid);
         }
     };
     let rt = runtime()?;
@@ -162,11 +162,11 @@ pub fn embed(args: EmbedArgs) -> anyhow::Result<u8> {
     match vectors {
         Ok(v) => {
             println!("{}", serde_json::to_string(&v)?);
-            Ok(exit::OK)
+            Ok(ExitStatus::Ok)
         }
         Err(e) => {
             eprintln!("error: {e}");
-            Ok(exit::FAILED)
+            Ok(ExitStatus::Failed)
         }
     }
 }

@@ -35,8 +35,8 @@ use sluice_nodes::llm::types::{
 };
 
 use super::flow::runtime;
+use crate::ExitStatus;
 use crate::cli::ServeArgs;
-use crate::exit;
 
 struct Served {
     models: Vec<Arc<LocalModel>>,
@@ -101,7 +101,7 @@ impl Limits {
     }
 }
 
-pub fn serve(args: ServeArgs) -> anyhow::Result<u8> {
+pub fn serve(args: ServeArgs) -> anyhow::Result<ExitStatus> {
     let mut config = LocalConfig::from_env();
     if let Some(p) = args.parallel {
         config.parallel = p.clamp(1, 256);
@@ -121,7 +121,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<u8> {
         Ok(l) => l,
         Err(e) => {
             eprintln!("error: {e:#}");
-            return Ok(exit::INVALID);
+            return Ok(ExitStatus::Invalid);
         }
     };
     let rt = runtime()?;
@@ -132,7 +132,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<u8> {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("error: model `{}` is not installed: {}", e.name, e.help);
-                    return Ok(exit::INVALID);
+                    return Ok(ExitStatus::Invalid);
                 }
             };
             models.push(LocalModel::get(&name, &path, LocalConfig::current()).await?);
@@ -146,7 +146,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<u8> {
                         "error: embedding model `{}` is not installed: {}",
                         e.name, e.help
                     );
-                    return Ok(exit::INVALID);
+                    return Ok(ExitStatus::Invalid);
                 }
             };
             embedders.push((name.clone(), LocalEmbedder::get(&name, &path).await?));
@@ -166,7 +166,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<u8> {
         use std::io::Write;
         std::io::stdout().flush()?;
         serve_http(listener, app, limits, shutdown).await;
-        Ok(exit::OK)
+        Ok(ExitStatus::Ok)
     })
 }
 

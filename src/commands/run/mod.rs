@@ -19,8 +19,8 @@ use sluice_engine::{
 };
 
 use super::flow::{enter_flow, line_timeout, load, runtime};
+use crate::ExitStatus;
 use crate::cli::CreateArgs;
-use crate::exit;
 
 pub use view::{
     archive, compare, delete, list, restore, show, show_details, show_metrics, visualize,
@@ -95,7 +95,7 @@ fn spec_from_args(args: &CreateArgs) -> anyhow::Result<RunSpec> {
 }
 
 /// Prints a run error and returns its exit status: 2 when nothing ran through the user's mistake.
-fn report_error(e: &RunError) -> u8 {
+fn report_error(e: &RunError) -> ExitStatus {
     eprintln!("error: {e}");
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
@@ -105,16 +105,13 @@ fn report_error(e: &RunError) -> u8 {
         source = s.source();
     }
     if e.is_user_error() {
-        exit::INVALID
+        ExitStatus::Invalid
     } else {
-        exit::FAILED
+        ExitStatus::Failed
     }
 }
 
-/// Exit status of a run stopped with Ctrl-C (128 + SIGINT, as shells report it).
-const EXIT_CANCELED: u8 = 130;
-
-pub fn create(args: CreateArgs) -> anyhow::Result<u8> {
+pub fn create(args: CreateArgs) -> anyhow::Result<ExitStatus> {
     let store = store();
     super::set_isolation(&args.isolation, args.max_concurrency.max(1));
     let mut spec = spec_from_args(&args)?;
@@ -161,11 +158,11 @@ pub fn create(args: CreateArgs) -> anyhow::Result<u8> {
     let fan_out = variants.len() > 1;
     if fan_out && spec.resume_from.is_some() {
         eprintln!("error: --resume-from continues one run; give one --variant");
-        return Ok(exit::INVALID);
+        return Ok(ExitStatus::Invalid);
     }
     let rt = runtime()?;
     let mut names = Vec::new();
-    let mut worst = exit::OK;
+    let mut worst = ExitStatus::Ok;
     for variant in &variants {
         let one = spec.for_variant(variant.as_deref(), fan_out);
         let flow = match load(&flow_path, variant.as_deref()) {
@@ -210,13 +207,13 @@ pub fn create(args: CreateArgs) -> anyhow::Result<u8> {
             }
         }
         let code = match record.status {
-            sluice_engine::store::RunStatus::Completed => exit::OK,
-            sluice_engine::store::RunStatus::Canceled => EXIT_CANCELED,
-            _ => exit::FAILED,
+            sluice_engine::store::RunStatus::Completed => ExitStatus::Ok,
+            sluice_engine::store::RunStatus::Canceled => ExitStatus::Canceled,
+            _ => ExitStatus::Failed,
         };
         worst = worst.max(code);
         names.push(record.name.clone());
-        if code == EXIT_CANCELED {
+        if code == ExitStatus::Canceled {
             break;
         }
     }

@@ -9,10 +9,10 @@ use sluice_engine::store::{Archived, LineRecord, LineStatus, RunRecord, read_det
 use sluice_engine::{RunName, StoreError};
 
 use super::{report, sluice_home, store};
+use crate::ExitStatus;
 use crate::cli::{
     CompareArgs, DeleteArgs, DetailsArgs, ListArgs, NameArg, OutputFormat, ShowArgs, VisualizeArgs,
 };
-use crate::exit;
 
 /// A loaded run: its record, metrics and per-line records.
 pub(crate) struct LoadedRun {
@@ -41,12 +41,12 @@ pub(crate) fn load_run(name: &str) -> Result<LoadedRun, StoreError> {
     })
 }
 
-fn not_found(e: StoreError) -> anyhow::Result<u8> {
+fn not_found(e: StoreError) -> anyhow::Result<ExitStatus> {
     eprintln!("error: {e}");
     Ok(if e.is_user_error() {
-        exit::INVALID
+        ExitStatus::Invalid
     } else {
-        exit::FAILED
+        ExitStatus::Failed
     })
 }
 
@@ -115,7 +115,7 @@ pub(crate) fn cell(v: &Json) -> String {
     }
 }
 
-pub fn list(args: ListArgs) -> anyhow::Result<u8> {
+pub fn list(args: ListArgs) -> anyhow::Result<ExitStatus> {
     let store = store();
     let index = store.open_index()?;
     index.reconcile(&store)?;
@@ -185,10 +185,10 @@ pub fn list(args: ListArgs) -> anyhow::Result<u8> {
             print!("{}", table(&headers, &rows, 60));
         }
     }
-    Ok(exit::OK)
+    Ok(ExitStatus::Ok)
 }
 
-pub fn show(args: ShowArgs) -> anyhow::Result<u8> {
+pub fn show(args: ShowArgs) -> anyhow::Result<ExitStatus> {
     let store = store();
     let record = match store
         .existing(&args.name)
@@ -234,10 +234,10 @@ pub fn show(args: ShowArgs) -> anyhow::Result<u8> {
             print!("{}", table(&["field".into(), "value".into()], &rows, 80));
         }
     }
-    Ok(exit::OK)
+    Ok(ExitStatus::Ok)
 }
 
-pub fn show_metrics(args: ShowArgs) -> anyhow::Result<u8> {
+pub fn show_metrics(args: ShowArgs) -> anyhow::Result<ExitStatus> {
     let run = match load_run(&args.name) {
         Ok(r) => r,
         Err(e) => return not_found(e),
@@ -253,10 +253,10 @@ pub fn show_metrics(args: ShowArgs) -> anyhow::Result<u8> {
             print!("{}", table(&["metric".into(), "value".into()], &rows, 60));
         }
     }
-    Ok(exit::OK)
+    Ok(ExitStatus::Ok)
 }
 
-pub fn show_details(args: DetailsArgs) -> anyhow::Result<u8> {
+pub fn show_details(args: DetailsArgs) -> anyhow::Result<ExitStatus> {
     let run = match load_run(&args.name) {
         Ok(r) => r,
         Err(e) => return not_found(e),
@@ -319,7 +319,7 @@ pub fn show_details(args: DetailsArgs) -> anyhow::Result<u8> {
             }
         }
     }
-    Ok(exit::OK)
+    Ok(ExitStatus::Ok)
 }
 
 /// The comparison of runs as JSON: metrics side by side and the lines whose outputs differ.
@@ -446,7 +446,7 @@ fn table_comparison(c: &Json) -> String {
 
 /// Prints the comparison table of runs on stderr (after `--variant all`, whose stdout carries the
 /// runs' records).
-pub(crate) fn print_comparison_to_stderr(names: &[String]) -> anyhow::Result<u8> {
+pub(crate) fn print_comparison_to_stderr(names: &[String]) -> anyhow::Result<ExitStatus> {
     let mut runs = vec![];
     for n in names {
         match load_run(n) {
@@ -455,10 +455,10 @@ pub(crate) fn print_comparison_to_stderr(names: &[String]) -> anyhow::Result<u8>
         }
     }
     eprint!("{}", table_comparison(&comparison(&runs, 20)));
-    Ok(exit::OK)
+    Ok(ExitStatus::Ok)
 }
 
-pub fn compare(args: CompareArgs) -> anyhow::Result<u8> {
+pub fn compare(args: CompareArgs) -> anyhow::Result<ExitStatus> {
     let mut runs = vec![];
     for n in &args.names {
         match load_run(n) {
@@ -471,10 +471,10 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<u8> {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&c)?),
         OutputFormat::Table => print_table_comparison(&c),
     }
-    Ok(exit::OK)
+    Ok(ExitStatus::Ok)
 }
 
-pub fn visualize(mut args: VisualizeArgs) -> anyhow::Result<u8> {
+pub fn visualize(mut args: VisualizeArgs) -> anyhow::Result<ExitStatus> {
     args.names.append(&mut args.names_flag);
     let mut runs = vec![];
     for n in &args.names {
@@ -493,10 +493,10 @@ pub fn visualize(mut args: VisualizeArgs) -> anyhow::Result<u8> {
     }
     std::fs::write(&path, html)?;
     println!("{}", std::path::absolute(&path).unwrap_or(path).display());
-    Ok(exit::OK)
+    Ok(ExitStatus::Ok)
 }
 
-fn set_archived(name: &str, archived: bool) -> anyhow::Result<u8> {
+fn set_archived(name: &str, archived: bool) -> anyhow::Result<ExitStatus> {
     let store = store();
     let (name, mut record) = match store
         .existing(name)
@@ -515,18 +515,18 @@ fn set_archived(name: &str, archived: bool) -> anyhow::Result<u8> {
         "{} run {name}",
         if archived { "archived" } else { "restored" }
     );
-    Ok(exit::OK)
+    Ok(ExitStatus::Ok)
 }
 
-pub fn archive(args: NameArg) -> anyhow::Result<u8> {
+pub fn archive(args: NameArg) -> anyhow::Result<ExitStatus> {
     set_archived(&args.name, true)
 }
 
-pub fn restore(args: NameArg) -> anyhow::Result<u8> {
+pub fn restore(args: NameArg) -> anyhow::Result<ExitStatus> {
     set_archived(&args.name, false)
 }
 
-pub fn delete(args: DeleteArgs) -> anyhow::Result<u8> {
+pub fn delete(args: DeleteArgs) -> anyhow::Result<ExitStatus> {
     let store = store();
     let name = match store.existing(&args.name) {
         Ok(n) => n,
@@ -539,7 +539,7 @@ pub fn delete(args: DeleteArgs) -> anyhow::Result<u8> {
                 "error: deleting run `{}` needs --yes when not at a terminal",
                 args.name
             );
-            return Ok(exit::INVALID);
+            return Ok(ExitStatus::Invalid);
         }
         eprint!(
             "delete run `{}` and its files in {}? [y/N] ",
@@ -550,10 +550,10 @@ pub fn delete(args: DeleteArgs) -> anyhow::Result<u8> {
         std::io::stdin().read_line(&mut answer)?;
         if !matches!(answer.trim(), "y" | "Y" | "yes") {
             eprintln!("kept");
-            return Ok(exit::FAILED);
+            return Ok(ExitStatus::Failed);
         }
     }
     store.delete(&name)?;
     eprintln!("deleted run {}", args.name);
-    Ok(exit::OK)
+    Ok(ExitStatus::Ok)
 }
