@@ -1,13 +1,18 @@
 //! Walks `tests/fixtures/`: each `<case>/` is a flow with `cases.json` (and maybe `aggregate.json`), run
 //! under the serial scheduler (node concurrency 1) and the concurrent one (16), which must agree with each
 //! other and with the expectation; each `err_<rule>/` is a flow the loader must reject as
-//! `expected_error.json` says.
+//! `expected_error.json` says. A case may pick a `variant` (`${node.variant_id}`), and `batch.json`
+//! holds batch runs through the engine's runner into a run store of their own (data rows, column
+//! mapping, variant; expected outputs in line order, metrics, failed lines). LLM nodes in fixtures use
+//! the scripted backend (`model: scripted:<file>`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{Value as Json, json};
-use sluice_engine::{Flow, FlowError, LineOptions, LineResult, LoadOptions, Map, Status, Value};
+use sluice_engine::{
+    Flow, FlowError, LineOptions, LineResult, LoadOptions, Map, Status, Value, VariantSelection,
+};
 
 fn fixtures_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -65,10 +70,16 @@ fn check_case_dir(dir: &Path, rt: &tokio::runtime::Runtime) -> Vec<String> {
     let name = dir.file_name().unwrap().to_string_lossy().to_string();
     let mut failures = vec![];
     let registry = sluice_nodes::builtin_registry();
-    let flow = match Flow::load(dir, &registry, &LoadOptions::default()) {
+    let load = |variant: Option<&str>| {
+        let variant =
+            variant.map(|v| VariantSelection::parse(v).expect("a ${node.variant} selection"));
+        Flow::load(dir, &registry, &LoadOptions { variant })
+    };
+    let default_flow = match load(None) {
         Ok(f) => f,
         Err(e) => return vec![format!("{name}: failed to load:\n{}", e.render())],
     };
+    let mut variant_flows = std::collections::HashMap::new();
     let cases_path = dir.join("cases.json");
     let cases = if cases_path.exists() {
         read_json(&cases_path)
@@ -83,6 +94,22 @@ fn check_case_dir(dir: &Path, rt: &tokio::runtime::Runtime) -> Vec<String> {
     {
         let inputs = to_map(&case["inputs"]);
         let timeout = case["timeout_sec"].as_f64().map(Duration::from_secs_f64);
+        let flow = match case["variant"].as_str() {
+            None => &default_flow,
+            Some(v) => match variant_flows
+                .entry(v.to_owned())
+                .or_insert_with(|| load(Some(v)))
+            {
+                Ok(f) => &*f,
+                Err(e) => {
+                    failures.push(format!(
+                        "{name}: variant {v} failed to load:\n{}",
+                        e.render()
+                    ));
+                    continue;
+                }
+            },
+        };
         let mut summaries = vec![];
         for concurrency in [1, 16] {
             let opts = LineOptions {
@@ -159,6 +186,17 @@ fn check_case_dir(dir: &Path, rt: &tokio::runtime::Runtime) -> Vec<String> {
                 summaries[0], summaries[1]
             ));
         }
+    }
+    let flow = &default_flow;
+    let batch_path = dir.join("batch.json");
+    if batch_path.exists() {
+        failures.extend(check_batches(
+            &name,
+            dir,
+            &read_json(&batch_path),
+            &load,
+            rt,
+        ));
     }
     let agg_path = dir.join("aggregate.json");
     if agg_path.exists() {
@@ -256,6 +294,107 @@ fn check_error_dir(dir: &Path) -> Vec<String> {
         if got != Some(line as usize) {
             failures.push(format!(
                 "{name}: first problem at line {got:?}, expected {line}\n{rendered}"
+            ));
+        }
+    }
+    failures
+}
+
+/// Runs each batch of `batch.json` through the engine's batch runner and compares what it recorded.
+fn check_batches(
+    name: &str,
+    dir: &Path,
+    spec: &Json,
+    load: &dyn Fn(Option<&str>) -> Result<Flow, FlowError>,
+    rt: &tokio::runtime::Runtime,
+) -> Vec<String> {
+    use sluice_engine::{BatchRun, RunOptions, RunSpec, RunStore};
+    let mut failures = vec![];
+    for (i, batch) in spec
+        .as_array()
+        .expect("batch.json is a list")
+        .iter()
+        .enumerate()
+    {
+        let where_ = format!("{name} batch {i}");
+        let home = tempfile::tempdir().unwrap();
+        let data = home.path().join("data.jsonl");
+        let rows: String = batch["data"]
+            .as_array()
+            .expect("a batch has data rows")
+            .iter()
+            .map(|r| format!("{r}\n"))
+            .collect();
+        std::fs::write(&data, rows).unwrap();
+        let variant = batch["variant"].as_str();
+        let flow = match load(variant) {
+            Ok(f) => f,
+            Err(e) => {
+                failures.push(format!("{where_}: failed to load:\n{}", e.render()));
+                continue;
+            }
+        };
+        let mut run_spec = RunSpec {
+            flow: Some(dir.to_path_buf()),
+            data: Some(data),
+            name: Some("fixture".into()),
+            ..Default::default()
+        };
+        for (k, v) in batch["column_mapping"].as_object().into_iter().flatten() {
+            run_spec
+                .column_mapping
+                .insert(k.clone(), Value::from(v.clone()));
+        }
+        let store = RunStore::new(home.path());
+        let run = match BatchRun::prepare(&store, flow, &run_spec, RunOptions::default()) {
+            Ok(r) => r,
+            Err(e) => {
+                failures.push(format!("{where_}: {e}"));
+                continue;
+            }
+        };
+        let record = match rt.block_on(run.execute(&mut (), std::future::pending())) {
+            Ok(r) => r,
+            Err(e) => {
+                failures.push(format!("{where_}: {e}"));
+                continue;
+            }
+        };
+        let run_dir = home.path().join("runs/fixture");
+        let outputs: Vec<Json> = std::fs::read_to_string(run_dir.join("outputs.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if let Some(expected) = batch.get("outputs")
+            && expected != &Json::Array(outputs.clone())
+        {
+            failures.push(format!(
+                "{where_}: outputs\n  expected {expected}\n  got      {}",
+                Json::Array(outputs)
+            ));
+        }
+        let metrics = Json::Object(record.metrics.clone());
+        if let Some(expected) = batch.get("metrics")
+            && expected != &metrics
+        {
+            failures.push(format!(
+                "{where_}: metrics\n  expected {expected}\n  got      {metrics}"
+            ));
+        }
+        let failed = record.properties.system_metrics.failed_lines.unwrap_or(0) as u64;
+        if failed != batch["failed_lines"].as_u64().unwrap_or(0) {
+            failures.push(format!(
+                "{where_}: {failed} failed lines, expected {}",
+                batch["failed_lines"]
+            ));
+        }
+        if let Some(tokens) = batch.get("total_tokens")
+            && tokens.as_u64() != record.properties.system_metrics.tokens.total_tokens
+        {
+            failures.push(format!(
+                "{where_}: total_tokens {:?}, expected {tokens}",
+                record.properties.system_metrics.tokens.total_tokens
             ));
         }
     }

@@ -10,6 +10,7 @@ pub mod embedding_node;
 pub mod gguf;
 pub mod local;
 pub mod openai;
+pub mod scripted;
 pub mod store;
 pub mod types;
 
@@ -149,6 +150,8 @@ enum Api {
 /// Where a node's requests go, decided when the flow loads.
 #[derive(Debug, Clone)]
 enum BackendChoice {
+    /// Replies from a script in the flow folder (`model: scripted:<file>`), for tests.
+    Scripted(scripted::ScriptedBackend),
     /// The in-process model at this path, loaded on first use.
     Local {
         name: String,
@@ -163,6 +166,11 @@ fn resolve_backend(
     cx: &BuildContext,
     literal_model: Option<&str>,
 ) -> Result<BackendChoice, BuildError> {
+    if let Some(file) = literal_model.and_then(|m| m.strip_prefix("scripted:")) {
+        return scripted::ScriptedBackend::load(&cx.flow_dir().join(file))
+            .map(BackendChoice::Scripted)
+            .map_err(BuildError::new);
+    }
     let conn = match node.connection.as_deref() {
         None | Some("local") | Some("") => None,
         Some(name) => match connections::load(name) {
@@ -229,6 +237,7 @@ struct LlmNode {
 impl LlmNode {
     async fn backend(&self, model: Option<&str>) -> Result<Arc<dyn Backend>, NodeError> {
         match &self.backend {
+            BackendChoice::Scripted(s) => Ok(Arc::new(s.clone())),
             BackendChoice::Http(h) => Ok(Arc::new(h.clone())),
             BackendChoice::Local {
                 name,
