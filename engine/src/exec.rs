@@ -587,7 +587,7 @@ impl Flow {
                     };
                     let record: Map = inputs
                         .iter()
-                        .map(|(k, v)| (k.clone(), Value::from(v.to_json_lossy())))
+                        .map(|(k, v)| (k.clone(), v.frozen()))
                         .collect();
                     let cx = NodeContext {
                         node: n.def.name.clone(),

