@@ -214,7 +214,7 @@ impl BuildError {
 }
 
 /// Details of an exception raised by user code (a Python tool).
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct ToolErrorDetails {
     /// The exception's class name, e.g. `ValueError`.
     #[serde(rename = "type")]

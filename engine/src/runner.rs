@@ -574,7 +574,11 @@ impl BatchRun {
             owner: Some(Owner::current()),
             archived: None,
         };
-        store.write_record(&record)?;
+        if let Err(e) = store.write_record(&record) {
+            // A run that could not be recorded (a full disk) leaves nothing that blocks its name.
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e.into());
+        }
         if let Ok(index) = store.open_index() {
             let _ = index.upsert(&record);
         }

@@ -226,7 +226,9 @@ impl Value {
     pub fn frozen(&self) -> Value {
         match self {
             Value::List(items) => Value::List(items.iter().map(Value::frozen).collect()),
-            Value::Map(map) => Value::Map(map.iter().map(|(k, v)| (k.clone(), v.frozen())).collect()),
+            Value::Map(map) => {
+                Value::Map(map.iter().map(|(k, v)| (k.clone(), v.frozen())).collect())
+            }
             Value::Opaque(_) => Value::from(self.to_json_lossy()),
             other => other.clone(),
         }

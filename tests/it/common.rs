@@ -44,3 +44,38 @@ pub fn json(home: &Path, args: &[&str]) -> Json {
     );
     stdout_json(&out)
 }
+
+/// Every JSON line of a file; unreadable lines (and a missing file) give nothing.
+pub fn read_jsonl(path: &Path) -> Vec<Json> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Writes files of a flow folder: `(name, text)` pairs.
+pub fn write_files(dir: &Path, files: &[(&str, &str)]) {
+    for (name, text) in files {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+}
+
+/// Writes `data.jsonl` with `{"n": 0}` ... `{"n": lines - 1}` into `dir` and returns its path.
+pub fn numbers_data(dir: &Path, lines: usize) -> std::path::PathBuf {
+    let data = dir.join("data.jsonl");
+    std::fs::write(
+        &data,
+        (0..lines)
+            .map(|n| format!("{{\"n\": {n}}}\n"))
+            .collect::<String>(),
+    )
+    .unwrap();
+    data
+}
+
+/// A flow with one Python node, `double` (from `double.py`), over the input `n`.
+pub const DOUBLE_FLOW: &str = "inputs:\n  n: {type: int}\noutputs:\n  doubled: {reference: '${double.output}'}\nnodes:\n- name: double\n  type: python\n  source: {type: code, path: double.py}\n  inputs: {n: '${inputs.n}'}\n";
+
+/// The same flow plus an aggregation node, `total` (from `total.py`), over the doubled values.
+pub const DOUBLE_FLOW_WITH_TOTAL: &str = "inputs:\n  n: {type: int}\noutputs:\n  doubled: {reference: '${double.output}'}\nnodes:\n- name: double\n  type: python\n  source: {type: code, path: double.py}\n  inputs: {n: '${inputs.n}'}\n- name: total\n  type: python\n  source: {type: code, path: total.py}\n  inputs: {values: '${double.output}'}\n  aggregation: true\n";

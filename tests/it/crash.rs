@@ -9,15 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 
-use crate::common::{sluice, stdout_json};
-
-fn read_jsonl(path: &Path) -> Vec<Json> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
+use crate::common::{DOUBLE_FLOW, numbers_data, read_jsonl, sluice, stdout_json, write_files};
 
 fn bin() -> PathBuf {
     assert_cmd::cargo::cargo_bin("sluice")
@@ -26,28 +18,12 @@ fn bin() -> PathBuf {
 /// A flow whose Python tool doubles `n` after a short sleep, and kills the process (`os._exit`) when
 /// `n` is `die_on`.
 fn doubling_flow(dir: &Path, lines: usize, die_on: Option<usize>, sleep: f64) -> PathBuf {
-    std::fs::write(
-        dir.join("flow.dag.yaml"),
-        "inputs:\n  n: {type: int}\noutputs:\n  doubled: {reference: '${double.output}'}\nnodes:\n- name: double\n  type: python\n  source: {type: code, path: double.py}\n  inputs: {n: '${inputs.n}'}\n",
-    )
-    .unwrap();
     let die = die_on.map_or("None".to_owned(), |n| n.to_string());
-    std::fs::write(
-        dir.join("double.py"),
-        format!(
-            "import os, time\nfrom promptflow.core import tool\n\n@tool\ndef double(n: int) -> int:\n    time.sleep({sleep})\n    if n == {die}:\n        os._exit(3)\n    return 2 * n\n"
-        ),
-    )
-    .unwrap();
-    let data = dir.join("data.jsonl");
-    std::fs::write(
-        &data,
-        (0..lines)
-            .map(|n| format!("{{\"n\": {n}}}\n"))
-            .collect::<String>(),
-    )
-    .unwrap();
-    data
+    let tool = format!(
+        "import os, time\nfrom promptflow.core import tool\n\n@tool\ndef double(n: int) -> int:\n    time.sleep({sleep})\n    if n == {die}:\n        os._exit(3)\n    return 2 * n\n"
+    );
+    write_files(dir, &[("flow.dag.yaml", DOUBLE_FLOW), ("double.py", &tool)]);
+    numbers_data(dir, lines)
 }
 
 fn record(home: &Path, name: &str) -> Json {

@@ -5,25 +5,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use serde_json::Value as Json;
-
-use crate::common::{sluice, stdout_json};
-
-fn read_jsonl(path: &Path) -> Vec<Json> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
+use crate::common::{DOUBLE_FLOW_WITH_TOTAL, numbers_data, read_jsonl, sluice, stdout_json};
 
 /// A flow whose tool misbehaves on chosen lines, with an aggregation node that logs metrics.
 fn hostile_flow(dir: &Path, lines: usize) -> std::path::PathBuf {
-    std::fs::write(
-        dir.join("flow.dag.yaml"),
-        "inputs:\n  n: {type: int}\noutputs:\n  doubled: {reference: '${double.output}'}\nnodes:\n- name: double\n  type: python\n  source: {type: code, path: double.py}\n  inputs: {n: '${inputs.n}'}\n- name: total\n  type: python\n  source: {type: code, path: total.py}\n  inputs: {values: '${double.output}'}\n  aggregation: true\n",
-    )
-    .unwrap();
+    std::fs::write(dir.join("flow.dag.yaml"), DOUBLE_FLOW_WITH_TOTAL).unwrap();
     std::fs::write(
         dir.join("double.py"),
         r#"import ctypes, os, time
@@ -51,15 +37,7 @@ def double(n: int) -> int:
         "from promptflow.core import tool, log_metric\n\n@tool\ndef total(values: list):\n    log_metric('sum', sum(values))\n    log_metric('count', len(values))\n    return sum(values)\n",
     )
     .unwrap();
-    let data = dir.join("data.jsonl");
-    std::fs::write(
-        &data,
-        (0..lines)
-            .map(|n| format!("{{\"n\": {n}}}\n"))
-            .collect::<String>(),
-    )
-    .unwrap();
-    data
+    numbers_data(dir, lines)
 }
 
 #[test]

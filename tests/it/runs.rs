@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{sluice, stdout_json};
+use common::{
+    DOUBLE_FLOW, DOUBLE_FLOW_WITH_TOTAL, numbers_data, read_jsonl, sluice, stdout_json, write_files,
+};
 use serde_json::Value as Json;
 
 fn root() -> PathBuf {
@@ -24,14 +26,6 @@ fn spawn_sluice(home: &Path, args: &[&str]) -> Child {
         .unwrap()
 }
 
-fn read_jsonl(path: &Path) -> Vec<Json> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
 fn count_lines(path: &Path) -> usize {
     std::fs::read(path)
         .map(|b| b.iter().filter(|c| **c == b'\n').count())
@@ -40,30 +34,21 @@ fn count_lines(path: &Path) -> usize {
 
 /// A flow whose Python node sleeps a little per line, with an aggregation computing the mean.
 fn slow_flow(dir: &Path, lines: usize) -> PathBuf {
-    std::fs::write(
-        dir.join("flow.dag.yaml"),
-        "inputs:\n  n: {type: int}\noutputs:\n  doubled: {reference: '${double.output}'}\nnodes:\n- name: double\n  type: python\n  source: {type: code, path: double.py}\n  inputs: {n: '${inputs.n}'}\n- name: mean\n  type: python\n  source: {type: code, path: mean.py}\n  inputs: {values: '${double.output}'}\n  aggregation: true\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("double.py"),
-        "import time\nfrom promptflow.core import tool\n\n@tool\ndef double(n: int) -> int:\n    time.sleep(0.002)\n    return 2 * n\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("mean.py"),
-        "from promptflow.core import tool, log_metric\n\n@tool\ndef mean(values: list):\n    log_metric('mean', sum(values) / len(values))\n    log_metric('count', len(values))\n",
-    )
-    .unwrap();
-    let data = dir.join("data.jsonl");
-    std::fs::write(
-        &data,
-        (0..lines)
-            .map(|n| format!("{{\"n\": {n}}}\n"))
-            .collect::<String>(),
-    )
-    .unwrap();
-    data
+    write_files(
+        dir,
+        &[
+            ("flow.dag.yaml", DOUBLE_FLOW_WITH_TOTAL),
+            (
+                "double.py",
+                "import time\nfrom promptflow.core import tool\n\n@tool\ndef double(n: int) -> int:\n    time.sleep(0.002)\n    return 2 * n\n",
+            ),
+            (
+                "total.py",
+                "from promptflow.core import tool, log_metric\n\n@tool\ndef mean(values: list):\n    log_metric('mean', sum(values) / len(values))\n    log_metric('count', len(values))\n",
+            ),
+        ],
+    );
+    numbers_data(dir, lines)
 }
 
 fn file_count(dir: &Path) -> usize {
@@ -265,16 +250,16 @@ fn ctrl_c_cancels_the_run_and_marks_it_canceled() {
 
 /// A flow whose tool fails on odd numbers.
 fn flaky_flow(dir: &Path) -> PathBuf {
-    std::fs::write(
-        dir.join("flow.dag.yaml"),
-        "inputs:\n  n: {type: int}\noutputs:\n  doubled: {reference: '${double.output}'}\nnodes:\n- name: double\n  type: python\n  source: {type: code, path: double.py}\n  inputs: {n: '${inputs.n}'}\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("double.py"),
-        "from promptflow.core import tool\n\n@tool\ndef double(n: int) -> int:\n    if n % 2:\n        raise ValueError(f'odd: {n}')\n    return 2 * n\n",
-    )
-    .unwrap();
+    write_files(
+        dir,
+        &[
+            ("flow.dag.yaml", DOUBLE_FLOW),
+            (
+                "double.py",
+                "from promptflow.core import tool\n\n@tool\ndef double(n: int) -> int:\n    if n % 2:\n        raise ValueError(f'odd: {n}')\n    return 2 * n\n",
+            ),
+        ],
+    );
     let data = dir.join("data.jsonl");
     std::fs::write(
         &data,

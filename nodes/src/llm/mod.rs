@@ -4,14 +4,13 @@
 //! ([`openai`]).
 
 pub mod chat;
-pub mod connections;
+// The model store and connections live in sluice-config; their old paths keep working.
+pub use sluice_config::{connections, gguf, store};
 pub mod embed;
 pub mod embedding_node;
-pub mod gguf;
 pub mod local;
 pub mod openai;
 pub mod scripted;
-pub mod store;
 pub mod types;
 
 use std::any::Any;

@@ -70,36 +70,12 @@ pub(crate) struct Response {
     pub output: Option<Json>,
     /// The tool raised.
     #[serde(default)]
-    pub error: Option<ToolError>,
+    pub error: Option<ToolErrorDetails>,
     /// Sluice failed in the worker (the tool could not be loaded, an output had no JSON form).
     #[serde(default)]
     pub system: Option<String>,
     #[serde(default)]
     pub metrics: serde_json::Map<String, Json>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct ToolError {
-    #[serde(rename = "type")]
-    pub exc_type: String,
-    pub message: String,
-    pub traceback: String,
-    pub filename: Option<String>,
-    pub lineno: Option<i64>,
-    pub name: Option<String>,
-}
-
-impl From<ToolError> for ToolErrorDetails {
-    fn from(e: ToolError) -> Self {
-        ToolErrorDetails {
-            exc_type: e.exc_type,
-            message: e.message,
-            traceback: e.traceback,
-            filename: e.filename,
-            lineno: e.lineno,
-            name: e.name,
-        }
-    }
 }
 
 struct Worker {

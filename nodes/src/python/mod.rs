@@ -206,8 +206,7 @@ impl PythonNode {
                 m.insert(k, Value::from(v));
             }
         }
-        if let Some(e) = response.error {
-            let mut details = ToolErrorDetails::from(e);
+        if let Some(mut details) = response.error {
             details.name.get_or_insert_with(|| self.name.clone());
             return Err(NodeError::tool(details));
         }
@@ -216,6 +215,18 @@ impl PythonNode {
         }
         Ok(response.output.map(Value::from).unwrap_or(Value::Null))
     }
+}
+
+/// The error details `host.invoke` returns for an exception a tool raised.
+fn tool_error(result: &Bound<'_, PyAny>) -> PyResult<ToolErrorDetails> {
+    Ok(ToolErrorDetails {
+        exc_type: result.get_item("type")?.extract()?,
+        message: result.get_item("message")?.extract()?,
+        traceback: result.get_item("traceback")?.extract()?,
+        filename: result.get_item("filename")?.extract()?,
+        lineno: result.get_item("lineno")?.extract()?,
+        name: result.get_item("name")?.extract()?,
+    })
 }
 
 /// Tools loaded in a worker process, by file and init literals.
@@ -276,14 +287,7 @@ pub(crate) fn call_in_worker(request: &isolation::Request) -> isolation::Respons
         if !ok {
             return Ok(isolation::Response {
                 output: None,
-                error: Some(isolation::ToolError {
-                    exc_type: result.get_item("type")?.extract()?,
-                    message: result.get_item("message")?.extract()?,
-                    traceback: result.get_item("traceback")?.extract()?,
-                    filename: result.get_item("filename")?.extract()?,
-                    lineno: result.get_item("lineno")?.extract()?,
-                    name: result.get_item("name")?.extract()?,
-                }),
+                error: Some(tool_error(&result)?),
                 system: None,
                 metrics,
             });
@@ -344,15 +348,7 @@ impl Node for PythonNode {
                 if ok {
                     Ok(Ok(from_py(rt, &result)?))
                 } else {
-                    let details = ToolErrorDetails {
-                        exc_type: result.get_item("type")?.extract()?,
-                        message: result.get_item("message")?.extract()?,
-                        traceback: result.get_item("traceback")?.extract()?,
-                        filename: result.get_item("filename")?.extract()?,
-                        lineno: result.get_item("lineno")?.extract()?,
-                        name: result.get_item("name")?.extract()?,
-                    };
-                    Ok(Err(NodeError::tool(details)))
+                    Ok(Err(NodeError::tool(tool_error(&result)?)))
                 }
             })
             .unwrap_or_else(|e: PyErr| {

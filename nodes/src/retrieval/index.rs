@@ -904,7 +904,7 @@ impl Index {
 
     /// The index's embedding model, found and loaded on first use: by its name, or else by the file
     /// the index was built from.
-    async fn embedder(&mut self) -> Result<Arc<LocalEmbedder>, String> {
+    pub async fn embedder(&mut self) -> Result<Arc<LocalEmbedder>, String> {
         if let Some(e) = &self.embedder {
             return Ok(Arc::clone(e));
         }
@@ -945,6 +945,19 @@ impl Index {
             .await
             .map_err(|e| e.message)?
             .remove(0);
+        self.query_embedded(q, query, k, hybrid, filter).await
+    }
+
+    /// [`Index::query`] for a query already embedded by [`Index::embedder`], so that callers can embed
+    /// without holding the index (embeddings of concurrent queries are batched by the embedder).
+    pub async fn query_embedded(
+        &mut self,
+        q: Vec<f32>,
+        query: &str,
+        k: usize,
+        hybrid: bool,
+        filter: &Filter,
+    ) -> Result<Vec<Hit>, String> {
         let dims: usize = self
             .meta("dims")
             .and_then(|d| d.parse().ok())

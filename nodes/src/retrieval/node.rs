@@ -205,20 +205,40 @@ impl Node for RetrievalNode {
             Some(v) => Filter::from_json(&v.to_json_lossy())
                 .map_err(|e| NodeError::user("InvalidFilter", e))?,
         };
-        let mut index = self.index.lock().await;
         let err = |e| NodeError::user("RetrievalError", e);
-        Ok(match query {
-            Query::Text(q) => hits_value(index.query(&q, k, hybrid, &filter).await.map_err(err)?),
-            Query::Vector(v) => hits_value(index.query_vector(v, k, &filter).await.map_err(err)?),
-            Query::Texts(qs) => {
-                let mut all = Vec::with_capacity(qs.len());
-                for q in qs {
-                    all.push(hits_value(
-                        index.query(&q, k, hybrid, &filter).await.map_err(err)?,
-                    ));
-                }
-                Value::List(all)
+        // Queries are embedded without holding the index, so concurrent lines embed together; only
+        // the search itself takes the index.
+        let texts = match &query {
+            Query::Text(q) => vec![q.clone()],
+            Query::Texts(qs) => qs.clone(),
+            Query::Vector(v) => {
+                let mut index = self.index.lock().await;
+                return Ok(hits_value(
+                    index
+                        .query_vector(v.clone(), k, &filter)
+                        .await
+                        .map_err(err)?,
+                ));
             }
+        };
+        let embedder = self.index.lock().await.embedder().await.map_err(err)?;
+        let vectors = embedder
+            .embed(texts.clone())
+            .await
+            .map_err(|e| NodeError::user("RetrievalError", e.message))?;
+        let mut index = self.index.lock().await;
+        let mut all = Vec::with_capacity(texts.len());
+        for (text, v) in texts.iter().zip(vectors) {
+            all.push(hits_value(
+                index
+                    .query_embedded(v, text, k, hybrid, &filter)
+                    .await
+                    .map_err(err)?,
+            ));
+        }
+        Ok(match query {
+            Query::Texts(_) => Value::List(all),
+            _ => all.pop().unwrap_or(Value::Null),
         })
     }
 }

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sluice_engine::redact;
 
-use super::store::sluice_home;
+use crate::store::sluice_home;
 
 /// The kinds of connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

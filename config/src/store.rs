@@ -348,7 +348,7 @@ fn pull_and_import(
     let mut archive = zip::ZipArchive::new(io::Cursor::new(bytes)).map_err(io::Error::other)?;
     archive.extract(&folder).map_err(io::Error::other)?;
     say(&format!("converting {} to GGUF", folder.display()));
-    super::gguf::import_bert(&folder, model.name, target)?;
+    crate::gguf::import_bert(&folder, model.name, target)?;
     let digest = sha256_file(target)?;
     let size = fs::metadata(target)?.len();
     if digest != model.sha256 || size != model.size {
