@@ -148,6 +148,18 @@ pub fn model_loads() -> usize {
     LOADS.load(Ordering::SeqCst)
 }
 
+static LOADS_BY_NAME: Mutex<Vec<(String, usize)>> = Mutex::new(Vec::new());
+
+/// How many times the model of this name was loaded in this process.
+pub fn model_loads_of(name: &str) -> usize {
+    LOADS_BY_NAME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .find(|(n, _)| n == name)
+        .map_or(0, |(_, c)| *c)
+}
+
 type PoolKey = (PathBuf, LocalConfig);
 type PoolSlot = Arc<tokio::sync::OnceCell<Arc<LocalModel>>>;
 
@@ -270,6 +282,13 @@ impl LocalModel {
             )
         })?;
         LOADS.fetch_add(1, Ordering::SeqCst);
+        {
+            let mut by_name = LOADS_BY_NAME.lock().unwrap_or_else(|e| e.into_inner());
+            match by_name.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, c)) => *c += 1,
+                None => by_name.push((name.clone(), 1)),
+            }
+        }
         let model = Arc::new(model);
         let (template, template_source) = chat_template(&model);
         let per_request = if config.unified_kv {
