@@ -110,13 +110,8 @@ fn push_snippet_from_disk(out: &mut String, file: &Path, span: Span) {
 
 fn push_snippet(out: &mut String, file: &Path, text: &str, span: Span) {
     out.push_str(&format!("  --> {}:{span}\n", file.display()));
-    if let Some(line) = text.lines().nth(span.line.saturating_sub(1)) {
-        let num = span.line.to_string();
-        let pad = " ".repeat(num.len());
-        out.push_str(&format!(
-            "{pad} |\n{num} | {line}\n{pad} | {}^\n",
-            " ".repeat(span.col.saturating_sub(1))
-        ));
+    if let Some(lines) = crate::yaml::snippet_lines(text, span) {
+        out.push_str(&lines);
     }
 }
 

@@ -81,7 +81,7 @@ fn split_front_matter(raw: &str) -> (Option<&str>, &str) {
 
 /// The scalar and list-of-scalar entries of a YAML front matter block.
 fn front_matter(yaml: &str, out: &mut Map<String, Json>) -> Result<(), String> {
-    use yaml_rust2::{Yaml, YamlLoader};
+    use yaml_rust2::Yaml;
     fn scalar(y: &Yaml) -> Option<Json> {
         Some(match y {
             Yaml::String(s) => Json::String(s.clone()),
@@ -91,8 +91,9 @@ fn front_matter(yaml: &str, out: &mut Map<String, Json>) -> Result<(), String> {
             _ => return None,
         })
     }
-    let docs = YamlLoader::load_from_str(yaml).map_err(|e| e.to_string())?;
-    let Some(Yaml::Hash(map)) = docs.into_iter().next() else {
+    let doc = sluice_engine::yaml::load_document(yaml, Path::new(""))
+        .map_err(|e| format!("{}: {}", e.span, e.message))?;
+    let Yaml::Hash(map) = doc else {
         return Ok(());
     };
     for (k, v) in map {
@@ -345,6 +346,21 @@ mod tests {
         std::fs::write(&p, "no front matter\n---\n").unwrap();
         assert_eq!(read(&p).unwrap().text, "no front matter\n---\n");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn front_matter_with_an_alias_bomb_is_an_error() {
+        let mut yaml = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..9 {
+            let p = i - 1;
+            yaml.push_str(&format!(
+                "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+            ));
+        }
+        let mut out = Map::new();
+        let err = front_matter(&yaml, &mut out).unwrap_err();
+        assert!(err.contains("alias"), "{err}");
+        assert!(front_matter("a: 1\na: 2\n", &mut out).is_err());
     }
 
     #[test]

@@ -1,0 +1,117 @@
+//! Hostile input through the binary: YAML bombs and repeated keys, runaway templates, tool outputs that
+//! nest without end, numbers out of range, stray files in data folders, and index sources that leave
+//! their folder. Each ends with a clear error (or a warning) instead of an abort, a hang or a silent change.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command;
+
+fn sluice(home: &Path) -> Command {
+    common::sluice(home)
+}
+
+/// A 600-byte YAML fragment whose aliases expand to 9^8 (43 million) nodes.
+fn alias_bomb(key: &str) -> String {
+    let mut s = format!("{key}:\n  a0: &a0 [x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..9 {
+        let p = i - 1;
+        s.push_str(&format!(
+            "  a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+        ));
+    }
+    s
+}
+
+/// A flow of one prompt node that renders `template`.
+fn prompt_flow(dir: &Path, template: &str) {
+    std::fs::write(dir.join("t.jinja2"), template).unwrap();
+    std::fs::write(
+        dir.join("flow.dag.yaml"),
+        "inputs:\n  x:\n    type: string\n    default: a\noutputs:\n  out:\n    type: string\n    reference: ${p.output}\nnodes:\n- name: p\n  type: prompt\n  source:\n    type: code\n    path: t.jinja2\n  inputs:\n    x: ${inputs.x}\n",
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_flow_with_an_alias_bomb_is_refused_quickly() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    prompt_flow(dir.path(), "{{ x }}");
+    let mut yaml = std::fs::read_to_string(dir.path().join("flow.dag.yaml")).unwrap();
+    yaml.push_str(&alias_bomb("environment_variables"));
+    std::fs::write(dir.path().join("flow.dag.yaml"), yaml).unwrap();
+    let start = Instant::now();
+    sluice(home.path())
+        .args(["flow", "validate", "--flow"])
+        .arg(dir.path())
+        .timeout(Duration::from_secs(60))
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("alias"));
+    assert!(start.elapsed() < Duration::from_secs(20));
+}
+
+#[test]
+fn a_connection_file_with_an_alias_bomb_is_refused() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.yaml");
+    std::fs::write(
+        &file,
+        format!("name: c\ntype: custom\n{}", alias_bomb("configs")),
+    )
+    .unwrap();
+    sluice(home.path())
+        .args(["connection", "create", "-f"])
+        .arg(&file)
+        .timeout(Duration::from_secs(60))
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("alias"));
+}
+
+#[test]
+fn a_repeated_key_in_a_flow_is_an_error_with_its_position() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    prompt_flow(dir.path(), "{{ x }}");
+    let yaml = std::fs::read_to_string(dir.path().join("flow.dag.yaml")).unwrap();
+    // The second `outputs:` would silently replace the first.
+    std::fs::write(
+        dir.path().join("flow.dag.yaml"),
+        format!("{yaml}outputs:\n  other:\n    type: string\n    reference: ${{inputs.x}}\n"),
+    )
+    .unwrap();
+    sluice(home.path())
+        .args(["flow", "validate", "--flow"])
+        .arg(dir.path())
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("duplicate key `outputs`"))
+        .stderr(predicates::str::contains("line 5, column 1"));
+}
+
+#[test]
+fn a_yaml_error_on_a_huge_line_prints_a_bounded_message() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // 8 MB on one line, never closed.
+    let yaml = format!("inputs: [{}", "xxxxxxx, ".repeat(900_000));
+    std::fs::write(dir.path().join("flow.dag.yaml"), yaml).unwrap();
+    let out = sluice(home.path())
+        .args(["flow", "validate", "--flow"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        out.stderr.len() < 4096,
+        "{} bytes of stderr: {}",
+        out.stderr.len(),
+        String::from_utf8_lossy(&out.stderr[..500.min(out.stderr.len())])
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid YAML"));
+}
