@@ -115,3 +115,94 @@ fn a_yaml_error_on_a_huge_line_prints_a_bounded_message() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid YAML"));
 }
+
+#[test]
+fn a_template_cpu_loop_ends_with_an_error() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    prompt_flow(
+        dir.path(),
+        "{% for i in range(100000) %}{% for j in range(100000) %}{{ x }}{% endfor %}{% endfor %}",
+    );
+    let start = Instant::now();
+    let out = sluice(home.path())
+        .args(["flow", "test", "--flow"])
+        .arg(dir.path())
+        .timeout(Duration::from_secs(120))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("budget"), "{stderr}");
+    assert!(start.elapsed() < Duration::from_secs(60));
+}
+
+#[test]
+fn string_building_helpers_in_a_template_fail_the_line_not_the_process() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for template in [
+        "{{ x.zfill(10**13) }}",
+        "{{ x.ljust(10**13) }}",
+        "{% set s = namespace(v=x) %}{% for i in range(64) %}{% set s.v = s.v ~ s.v %}{% endfor %}{{ s.v }}",
+    ] {
+        prompt_flow(dir.path(), template);
+        let out = sluice(home.path())
+            .args(["flow", "test", "--flow"])
+            .arg(dir.path())
+            .timeout(Duration::from_secs(120))
+            .output()
+            .unwrap();
+        // A failed line, not an abort (which has no exit code) or a success.
+        assert_eq!(out.status.code(), Some(1), "{template}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("Failed to render"), "{template}: {stderr}");
+    }
+}
+
+/// A flow of one Python node `tool` whose function body is `body` (it gets `x`).
+fn python_flow(dir: &Path, body: &str) {
+    std::fs::write(
+        dir.join("tool.py"),
+        format!("from promptflow.core import tool\n\n@tool\ndef run(x: str):\n{body}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("flow.dag.yaml"),
+        "inputs:\n  x:\n    type: string\n    default: a\noutputs:\n  out:\n    type: object\n    reference: ${tool.output}\nnodes:\n- name: tool\n  type: python\n  source:\n    type: code\n    path: tool.py\n  inputs:\n    x: ${inputs.x}\n",
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_tool_returning_a_cyclic_or_very_deep_value_fails_its_line_naming_the_node() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (body, needle) in [
+        (
+            "    a = [1]\n    a.append(a)\n    return a",
+            "contains itself",
+        ),
+        (
+            "    d = {}\n    d['self'] = [d]\n    return d",
+            "contains itself",
+        ),
+        (
+            "    v = []\n    for _ in range(5000):\n        v = [v]\n    return v",
+            "nest more than",
+        ),
+        ("    return 10 ** 400", "too large"),
+    ] {
+        python_flow(dir.path(), body);
+        let out = sluice(home.path())
+            .args(["flow", "test", "--flow"])
+            .arg(dir.path())
+            .timeout(Duration::from_secs(120))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{body}: {stderr}");
+        assert!(stderr.contains(needle), "{body}: {stderr}");
+        assert!(stderr.contains("node `tool`"), "{body}: {stderr}");
+    }
+}
