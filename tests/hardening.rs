@@ -293,3 +293,68 @@ fn numbers_out_of_range_on_the_command_line_are_usage_errors() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("at most"), "{stderr}");
 }
+
+#[test]
+fn a_data_folder_takes_data_files_only_and_says_which() {
+    let home = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let rows = "{\"name\": \"a\"}\n{\"name\": \"b\"}\n";
+    for name in [
+        "data.jsonl",
+        "data.jsonl~",
+        "data.jsonl.orig",
+        ".data.jsonl",
+    ] {
+        std::fs::write(data.path().join(name), rows).unwrap();
+    }
+    let out = sluice(home.path())
+        .args([
+            "run",
+            "create",
+            "--name",
+            "r",
+            "--flow",
+            "flows/hello",
+            "--data",
+        ])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let inputs = std::fs::read_to_string(home.path().join("runs/r/inputs.jsonl")).unwrap();
+    assert_eq!(inputs.lines().count(), 2, "{inputs}");
+    assert!(
+        stderr.contains("skipping data.jsonl.orig, data.jsonl~"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("reading data.jsonl"), "{stderr}");
+}
+
+#[test]
+fn a_jsonl_line_that_is_not_utf8_is_named() {
+    let home = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let file = data.path().join("d.jsonl");
+    std::fs::write(&file, b"{\"name\": \"a\"}\n{\"name\": \"caf\xE9\"}\n").unwrap();
+    let out = sluice(home.path())
+        .args(["run", "create", "--flow", "flows/hello", "--data"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("line 2: not UTF-8"), "{stderr}");
+    // A byte-order mark at the start of the file is accepted, as pandas and promptflow do.
+    std::fs::write(&file, b"\xEF\xBB\xBF{\"name\": \"a\"}\n").unwrap();
+    let out = sluice(home.path())
+        .args(["run", "create", "--flow", "flows/hello", "--data"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
