@@ -358,3 +358,92 @@ fn a_jsonl_line_that_is_not_utf8_is_named() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A folder of three documents with a symlink loop, a link out of the folder (to a folder and to a
+/// file) and a FIFO named like a document; `index build` must read the three, once each, and return.
+#[cfg(unix)]
+#[test]
+fn index_sources_stay_in_their_folder_and_skip_special_files() {
+    use std::os::unix::fs::symlink;
+    let home = tempfile::tempdir().unwrap();
+    let base = tempfile::tempdir().unwrap();
+    let (docs, outside) = (base.path().join("docs"), base.path().join("outside"));
+    std::fs::create_dir_all(docs.join("sub")).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(
+        docs.join("bees.md"),
+        "# Bees\n\nHoney bees live in hives and make honey.\n",
+    )
+    .unwrap();
+    std::fs::write(
+        docs.join("sub/trains.txt"),
+        "Steam locomotives pulled the first trains.\n",
+    )
+    .unwrap();
+    std::fs::write(
+        docs.join("volcanoes.txt"),
+        "Volcanoes erupt when magma rises through the crust.\n",
+    )
+    .unwrap();
+    std::fs::write(outside.join("secret.txt"), "a secret outside the folder\n").unwrap();
+    symlink(&docs, docs.join("sub/loop")).unwrap();
+    symlink(&outside, docs.join("outside")).unwrap();
+    symlink(outside.join("secret.txt"), docs.join("secret.txt")).unwrap();
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(docs.join("pipe.txt"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = sluice(home.path())
+        .args(["index", "build", "--out", "kb", "--source"])
+        .arg(&docs)
+        .timeout(Duration::from_secs(300))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["report"]["files_embedded"], 3, "{report}");
+    assert!(stderr.contains("outside"), "{stderr}");
+    assert!(stderr.contains("not a regular file"), "{stderr}");
+
+    // A hybrid query of one word repeated 18,000 times answers quickly.
+    let long = "honey ".repeat(18_000);
+    let start = Instant::now();
+    let out = sluice(home.path())
+        .args(["index", "query", "kb", &long, "--hybrid", "-k", "2"])
+        .timeout(Duration::from_secs(120))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
+
+    // top_k 0 or negative in a flow is an error, not 3 hits.
+    let flow = tempfile::tempdir().unwrap();
+    for k in ["0", "-2"] {
+        std::fs::write(
+            flow.path().join("flow.dag.yaml"),
+            format!("inputs:\n  question: {{type: string}}\noutputs:\n  hits: {{reference: '${{search.output}}'}}\nnodes:\n- name: search\n  type: retrieval\n  inputs:\n    index: kb\n    query: ${{inputs.question}}\n    top_k: {k}\n"),
+        )
+        .unwrap();
+        let out = sluice(home.path())
+            .args(["flow", "test", "--flow"])
+            .arg(flow.path())
+            .args(["--inputs", "question=bees"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "top_k {k}: {stderr}");
+        assert!(stderr.contains("top_k must be"), "top_k {k}: {stderr}");
+    }
+}
