@@ -447,3 +447,23 @@ fn index_sources_stay_in_their_folder_and_skip_special_files() {
         assert!(stderr.contains("top_k must be"), "top_k {k}: {stderr}");
     }
 }
+
+#[test]
+fn a_flow_with_thousands_of_problems_prints_a_screenful() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut yaml = String::from("inputs: {}\noutputs: {}\nnodes:\n");
+    for _ in 0..2000 {
+        yaml.push_str("- type: prompt\n");
+    }
+    std::fs::write(dir.path().join("flow.dag.yaml"), yaml).unwrap();
+    let out = sluice(home.path())
+        .args(["flow", "validate", "--flow"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.len() < 64 * 1024, "{} bytes", stderr.len());
+    assert!(stderr.contains("more problems"), "{stderr}");
+}

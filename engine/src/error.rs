@@ -69,7 +69,7 @@ impl FlowError {
                 problems,
             } => {
                 let mut out = String::new();
-                for p in problems {
+                for p in problems.iter().take(MAX_SHOWN_PROBLEMS) {
                     out.push_str(&format!("error[{}]: {}\n", p.code, p.message));
                     match (&p.file, p.span) {
                         (Some(other), Some(span)) => push_snippet_from_disk(&mut out, other, span),
@@ -83,6 +83,12 @@ impl FlowError {
                         out.push_str(&format!("  = help: {help}\n"));
                     }
                     out.push('\n');
+                }
+                if problems.len() > MAX_SHOWN_PROBLEMS {
+                    out.push_str(&format!(
+                        "... and {} more problems\n\n",
+                        problems.len() - MAX_SHOWN_PROBLEMS
+                    ));
                 }
                 out.push_str(&format!("{self}\n"));
                 out
@@ -100,6 +106,10 @@ impl FlowError {
         }
     }
 }
+
+/// How many problems [`FlowError::render`] shows; the rest are counted (a flow with thousands of
+/// broken nodes prints a screenful, not megabytes).
+pub const MAX_SHOWN_PROBLEMS: usize = 50;
 
 fn push_snippet_from_disk(out: &mut String, file: &Path, span: Span) {
     match std::fs::read_to_string(file) {
