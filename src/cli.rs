@@ -4,6 +4,45 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+/// The longest timeout a flag takes, in seconds (about 31 years): longer ones cannot be timers.
+pub const MAX_SECONDS: f64 = 1e9;
+
+/// The most lines or nodes a flag lets run at once.
+pub const MAX_CONCURRENCY: usize = 4096;
+
+/// A timeout flag: a finite number of seconds, more than 0 and at most [`MAX_SECONDS`].
+fn seconds(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    if v > 0.0 && v <= MAX_SECONDS {
+        Ok(v)
+    } else {
+        Err(format!(
+            "a timeout is more than 0 and at most {MAX_SECONDS:e} seconds; got {s}"
+        ))
+    }
+}
+
+/// A whole number from `min` to `max`.
+fn count_in(s: &str, min: usize, max: usize) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "expected a whole number from {min} to {max}; got {s}"
+        )),
+    }
+}
+
+fn concurrency(s: &str) -> Result<usize, String> {
+    count_in(s, 1, MAX_CONCURRENCY)
+}
+
+fn hit_count(s: &str) -> Result<usize, String> {
+    count_in(s, 1, 10_000)
+}
+
 /// Sluice runs promptflow flows (flow.dag.yaml + Jinja templates + Python tools) unchanged, fast.
 ///
 /// `llm` nodes run on a local model inside the process (llama.cpp; `sluice model pull default` once)
@@ -270,11 +309,11 @@ pub struct TestArgs {
     #[arg(long)]
     pub variant: Option<String>,
     /// How many nodes of the line may run at once (1 runs them one by one, in order).
-    #[arg(long, default_value_t = 16, value_name = "N")]
+    #[arg(long, default_value_t = 16, value_name = "N", value_parser = concurrency)]
     pub concurrency: usize,
     /// Fail the line, cancelling its running nodes, after this many seconds
     /// (default: PF_LINE_TIMEOUT_SEC if set, else no limit).
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", value_parser = seconds)]
     pub line_timeout: Option<f64>,
     /// Print node run details (status, duration, tokens, output) on stderr after the outputs.
     #[arg(long)]
@@ -484,14 +523,14 @@ pub struct CreateArgs {
     #[arg(long, value_name = "NAME")]
     pub resume_from: Option<String>,
     /// Lines running at once.
-    #[arg(long, default_value_t = 16, value_name = "N")]
+    #[arg(long, default_value_t = 16, value_name = "N", value_parser = concurrency)]
     pub max_concurrency: usize,
     /// Fail a line, cancelling its running nodes, after this many seconds (default 600, as promptflow;
     /// PF_LINE_TIMEOUT_SEC also sets it).
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", value_parser = seconds)]
     pub line_timeout: Option<f64>,
     /// Stop the whole run after this many seconds; finished lines are kept (resume with --resume-from).
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", value_parser = seconds)]
     pub batch_timeout: Option<f64>,
     /// Print each line's result as one JSON line on stdout as soon as it finishes.
     #[arg(long)]
@@ -552,8 +591,8 @@ pub struct IndexQueryArgs {
     pub name: String,
     /// The query text.
     pub text: String,
-    /// How many hits.
-    #[arg(short, long, default_value_t = 5)]
+    /// How many hits (1 to 10000).
+    #[arg(short, long, default_value_t = 5, value_parser = hit_count)]
     pub k: usize,
     /// Fuse BM25 (keyword) ranks with vector ranks.
     #[arg(long)]

@@ -71,10 +71,9 @@ pub struct Connection {
 impl Connection {
     /// Reads promptflow's connection YAML: `name`, `type`, flat fields, or `configs:`/`secrets:`.
     pub fn from_yaml(text: &str, file: &Path) -> Result<Connection, String> {
-        use yaml_rust2::{Yaml, YamlLoader};
-        let docs =
-            YamlLoader::load_from_str(text).map_err(|e| format!("{}: {e}", file.display()))?;
-        let Some(Yaml::Hash(h)) = docs.into_iter().next() else {
+        use yaml_rust2::Yaml;
+        let doc = sluice_engine::yaml::load_document(text, file).map_err(|e| e.snippet())?;
+        let Yaml::Hash(h) = doc else {
             return Err(format!(
                 "{}: expected a mapping with `name` and `type`",
                 file.display()

@@ -33,19 +33,13 @@ pub enum BatchError {
     NoFlowInputs,
 }
 
+/// The extensions a data folder is read for; anything else in it (backups such as `data.jsonl~` or
+/// `.orig`, notes, hidden files) is skipped.
+pub const DATA_EXTENSIONS: [&str; 5] = ["jsonl", "json", "csv", "tsv", "parquet"];
+
 /// Reads rows from a data file or every data file in a folder (recursively, sorted by path).
 pub fn load_data(path: &Path) -> Result<Vec<Map>, BatchError> {
-    let mut files = vec![];
-    if path.is_dir() {
-        collect_files(path, &mut files);
-        files.sort();
-    } else {
-        files.push(path.to_path_buf());
-    }
-    let mut rows = vec![];
-    for file in files {
-        rows.extend(load_file(&file)?);
-    }
+    let rows = stream_data(path)?.collect::<Result<Vec<Map>, BatchError>>()?;
     if rows.is_empty() {
         return Err(BatchError::EmptyData(path.to_path_buf()));
     }
@@ -58,71 +52,222 @@ pub type RowStream = Box<dyn Iterator<Item = Result<Map, BatchError>> + Send>;
 
 /// Streams the rows of `path` (a file or a folder of them) in the order [`load_data`] gives.
 pub fn stream_data(path: &Path) -> Result<RowStream, BatchError> {
-    let mut files = vec![];
-    if path.is_dir() {
-        collect_files(path, &mut files);
-        files.sort();
-    } else if path.exists() {
-        files.push(path.to_path_buf());
-    } else {
-        return Err(BatchError::Data {
-            path: path.to_path_buf(),
-            message: "no such file or folder".into(),
-        });
-    }
+    let files = data_files(path)?;
     let mut streams: Vec<RowStream> = Vec::new();
     for file in files {
-        streams.push(stream_file(&file)?);
+        streams.push(reader_for(&file).rows(&file)?);
     }
     Ok(Box::new(streams.into_iter().flatten()))
 }
 
-fn stream_file(path: &Path) -> Result<RowStream, BatchError> {
-    use std::io::BufRead;
-    let ext = path
-        .extension()
+/// The files `path` names: itself, or the data files of a folder by extension ([`DATA_EXTENSIONS`]),
+/// sorted by path. Symlinked folders are not entered (no loops); what a folder holds besides data is
+/// named in a warning, so no file is taken or left out silently.
+fn data_files(path: &Path) -> Result<Vec<PathBuf>, BatchError> {
+    if !path.is_dir() {
+        if !path.exists() {
+            return Err(BatchError::Data {
+                path: path.to_path_buf(),
+                message: "no such file or folder".into(),
+            });
+        }
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files = vec![];
+    let mut skipped = vec![];
+    collect_files(path, &mut files, &mut skipped);
+    files.sort();
+    skipped.sort();
+    let shown = |v: &[PathBuf]| {
+        v.iter()
+            .map(|p| p.strip_prefix(path).unwrap_or(p).display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if !skipped.is_empty() {
+        tracing::warn!(
+            "{}: skipping {} (not .{}); reading {}",
+            path.display(),
+            shown(&skipped),
+            DATA_EXTENSIONS.join(" ."),
+            shown(&files)
+        );
+    } else {
+        tracing::info!("{}: reading {}", path.display(), shown(&files));
+    }
+    Ok(files)
+}
+
+fn collect_files(dir: &Path, out: &mut Vec<PathBuf>, skipped: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let p = entry.path();
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let Ok(ty) = entry.file_type() else { continue };
+        if ty.is_dir() {
+            collect_files(&p, out, skipped);
+        } else if ty.is_symlink() && p.is_dir() {
+            skipped.push(p);
+        } else if DATA_EXTENSIONS.contains(&extension(&p).as_str()) && p.is_file() {
+            out.push(p);
+        } else {
+            skipped.push(p);
+        }
+    }
+}
+
+fn extension(path: &Path) -> String {
+    path.extension()
         .and_then(|e| e.to_str())
         .unwrap_or("")
-        .to_ascii_lowercase();
-    let p = path.to_path_buf();
-    let err = move |message: String| BatchError::Data {
-        path: p.clone(),
+        .to_ascii_lowercase()
+}
+
+/// A reader of one data file format.
+trait RowReader: Sync {
+    /// The rows of `path`, in order; an error names the file and, where there is one, the line.
+    fn rows(&self, path: &Path) -> Result<RowStream, BatchError>;
+}
+
+/// The reader for a file by its extension; a file given by name with another extension is read as
+/// JSON Lines.
+fn reader_for(path: &Path) -> &'static dyn RowReader {
+    match extension(path).as_str() {
+        "json" => &JsonArray,
+        "csv" => &Delimited(b','),
+        "tsv" => &Delimited(b'\t'),
+        "parquet" => &Parquet,
+        _ => &JsonLines,
+    }
+}
+
+fn data_error(path: &Path) -> impl Fn(String) -> BatchError + Send + Clone + 'static {
+    let path = path.to_path_buf();
+    move |message| BatchError::Data {
+        path: path.clone(),
         message,
-    };
-    match ext.as_str() {
-        "jsonl" => {
-            let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
-            let reader = std::io::BufReader::with_capacity(1 << 16, file);
-            Ok(Box::new(
-                reader
-                    .lines()
-                    .enumerate()
-                    .filter(|(_, l)| l.as_ref().map_or(true, |l| !l.trim().is_empty()))
-                    .map(move |(i, l)| {
-                        let l = l.map_err(|e| err(e.to_string()))?;
-                        let v: serde_json::Value = serde_json::from_str(&l)
-                            .map_err(|e| err(format!("line {}: {e}", i + 1)))?;
-                        row(v).map_err(|m| err(format!("line {}: {m}", i + 1)))
-                    }),
-            ))
-        }
-        "csv" | "tsv" => {
-            let delimiter = if ext == "tsv" { b'\t' } else { b',' };
-            let mut reader = csv::ReaderBuilder::new()
-                .delimiter(delimiter)
-                .from_path(path)
-                .map_err(|e| err(e.to_string()))?;
-            let headers = reader.headers().map_err(|e| err(e.to_string()))?.clone();
-            Ok(Box::new(reader.into_records().map(move |record| {
-                let record = record.map_err(|e| err(e.to_string()))?;
-                Ok(headers
-                    .iter()
-                    .zip(record.iter())
-                    .map(|(h, v)| (h.to_owned(), Value::from(v)))
-                    .collect())
-            })))
-        }
-        _ => Ok(Box::new(load_file(path)?.into_iter().map(Ok))),
+    }
+}
+
+/// JSON Lines, read a line at a time. A UTF-8 byte-order mark at the start of the file is skipped (as
+/// pandas and promptflow do); bytes that are not UTF-8, or a byte-order mark further on, are an error
+/// with the line number.
+struct JsonLines;
+
+impl RowReader for JsonLines {
+    fn rows(&self, path: &Path) -> Result<RowStream, BatchError> {
+        use std::io::BufRead;
+        let err = data_error(path);
+        let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+        let mut reader = std::io::BufReader::with_capacity(1 << 16, file);
+        let mut number = 0usize;
+        let mut buf = Vec::new();
+        Ok(Box::new(std::iter::from_fn(move || {
+            loop {
+                buf.clear();
+                match reader.read_until(b'\n', &mut buf) {
+                    Ok(0) => return None,
+                    Ok(_) => {}
+                    Err(e) => return Some(Err(err(format!("line {}: {e}", number + 1)))),
+                }
+                number += 1;
+                let mut bytes = buf.as_slice();
+                if number == 1 {
+                    bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+                }
+                let text = match std::str::from_utf8(bytes) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        return Some(Err(err(format!(
+                            "line {number}: not UTF-8 (byte {} of the line); save the file as UTF-8",
+                            e.valid_up_to() + 1
+                        ))));
+                    }
+                };
+                if text.trim().is_empty() {
+                    continue;
+                }
+                if text.starts_with('\u{feff}') {
+                    return Some(Err(err(format!(
+                        "line {number}: starts with a byte-order mark (U+FEFF), which only the start of a file may have"
+                    ))));
+                }
+                return Some(
+                    serde_json::from_str(text)
+                        .map_err(|e| format!("line {number}: {e}"))
+                        .and_then(|v| row(v).map_err(|m| format!("line {number}: {m}")))
+                        .map_err(&err),
+                );
+            }
+        })))
+    }
+}
+
+/// A `.json` file: an array of objects, or one object. Read whole.
+struct JsonArray;
+
+impl RowReader for JsonArray {
+    fn rows(&self, path: &Path) -> Result<RowStream, BatchError> {
+        let err = data_error(path);
+        let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+        let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
+        let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| err(e.to_string()))?;
+        let rows: Vec<Result<Map, BatchError>> = match v {
+            serde_json::Value::Array(items) => {
+                items.into_iter().map(|i| row(i).map_err(&err)).collect()
+            }
+            other => vec![row(other).map_err(&err)],
+        };
+        Ok(Box::new(rows.into_iter()))
+    }
+}
+
+/// CSV or TSV with a header row, read a record at a time (the csv crate skips a leading BOM).
+struct Delimited(u8);
+
+impl RowReader for Delimited {
+    fn rows(&self, path: &Path) -> Result<RowStream, BatchError> {
+        let err = data_error(path);
+        let mut reader = csv::ReaderBuilder::new()
+            .delimiter(self.0)
+            .from_path(path)
+            .map_err(|e| err(e.to_string()))?;
+        let headers = reader.headers().map_err(|e| err(e.to_string()))?.clone();
+        Ok(Box::new(reader.into_records().map(move |record| {
+            let record = record.map_err(|e| err(e.to_string()))?;
+            Ok(headers
+                .iter()
+                .zip(record.iter())
+                .map(|(h, v)| (h.to_owned(), Value::from(v)))
+                .collect())
+        })))
+    }
+}
+
+/// Parquet, read whole, row by row (snappy, gzip and lz4 pages; zstd and brotli are not built in).
+struct Parquet;
+
+impl RowReader for Parquet {
+    fn rows(&self, path: &Path) -> Result<RowStream, BatchError> {
+        use parquet::file::reader::{FileReader, SerializedFileReader};
+        let err = data_error(path);
+        let read = || -> Result<Vec<Result<Map, BatchError>>, String> {
+            let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+            let reader = SerializedFileReader::new(file).map_err(|e| e.to_string())?;
+            let rows = reader.get_row_iter(None).map_err(|e| e.to_string())?;
+            let mut out = Vec::new();
+            for r in rows {
+                let r = r.map_err(|e| e.to_string())?;
+                out.push(Ok(row(r.to_json_value())?));
+            }
+            Ok(out)
+        };
+        Ok(Box::new(read().map_err(&err)?.into_iter()))
     }
 }
 
@@ -177,107 +322,6 @@ pub fn scan_data(path: &Path) -> Result<DataScan, BatchError> {
         return Err(BatchError::EmptyData(path.to_path_buf()));
     }
     Ok(scan)
-}
-
-fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let p = entry.path();
-        if p.is_dir() {
-            collect_files(&p, out);
-        } else {
-            out.push(p);
-        }
-    }
-}
-
-fn load_file(path: &Path) -> Result<Vec<Map>, BatchError> {
-    let err = |message: String| BatchError::Data {
-        path: path.to_path_buf(),
-        message,
-    };
-    let ext_lower = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    if ext_lower == "parquet" {
-        return load_parquet(path).map_err(err);
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    match ext.as_str() {
-        "json" => {
-            let v: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
-            match v {
-                serde_json::Value::Array(items) => {
-                    items.into_iter().map(|i| row(i).map_err(err)).collect()
-                }
-                other => Ok(vec![row(other).map_err(err)?]),
-            }
-        }
-        "csv" | "tsv" => {
-            let delimiter = if ext == "tsv" { b'\t' } else { b',' };
-            let mut reader = csv::ReaderBuilder::new()
-                .delimiter(delimiter)
-                .from_reader(text.as_bytes());
-            let headers = reader.headers().map_err(|e| err(e.to_string()))?.clone();
-            let mut rows = vec![];
-            for record in reader.records() {
-                let record = record.map_err(|e| err(e.to_string()))?;
-                rows.push(
-                    headers
-                        .iter()
-                        .zip(record.iter())
-                        .map(|(h, v)| (h.to_owned(), Value::from(v)))
-                        .collect(),
-                );
-            }
-            Ok(rows)
-        }
-        _ => {
-            let mut rows = vec![];
-            for (i, line) in text.lines().enumerate() {
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let v: serde_json::Value = match serde_json::from_str(line) {
-                    Ok(v) => v,
-                    Err(e) if ext == "jsonl" => return Err(err(format!("line {}: {e}", i + 1))),
-                    Err(_) => {
-                        tracing::warn!(
-                            "skipping {}: not a data file Sluice can read",
-                            path.display()
-                        );
-                        return Ok(vec![]);
-                    }
-                };
-                rows.push(row(v).map_err(|m| err(format!("line {}: {m}", i + 1)))?);
-            }
-            Ok(rows)
-        }
-    }
-}
-
-/// Reads a Parquet file row by row (snappy, gzip and lz4 pages; zstd and brotli are not built in).
-fn load_parquet(path: &Path) -> Result<Vec<Map>, String> {
-    use parquet::file::reader::{FileReader, SerializedFileReader};
-    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let reader = SerializedFileReader::new(file).map_err(|e| e.to_string())?;
-    let rows = reader.get_row_iter(None).map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    for r in rows {
-        let r = r.map_err(|e| e.to_string())?;
-        out.push(row(r.to_json_value())?);
-    }
-    Ok(out)
 }
 
 fn row(v: serde_json::Value) -> Result<Map, String> {
@@ -671,6 +715,62 @@ mod tests {
         let err = scan_data(&bad).unwrap_err().to_string();
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(err.contains("row 2 has line_number 2"), "{err}");
+    }
+
+    #[test]
+    fn a_data_folder_reads_data_files_only() {
+        let dir = std::env::temp_dir().join(format!("sluice-folder-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        let row = "{\"q\": 1}\n";
+        for name in [
+            "data.jsonl",
+            "sub/more.csv",
+            "data.jsonl~",
+            "data.jsonl.orig",
+            ".hidden.jsonl",
+            "notes.txt",
+        ] {
+            let text = if name.ends_with(".csv") {
+                "q\n2\n"
+            } else {
+                row
+            };
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(&dir, dir.join("sub/loop")).unwrap();
+        let rows = load_data(&dir).unwrap();
+        let scan = scan_data(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert_eq!(scan.rows, 2);
+        assert_eq!(rows[1]["q"], Value::String("2".into()));
+    }
+
+    #[test]
+    fn jsonl_encoding_problems_name_the_line() {
+        let dir = std::env::temp_dir().join(format!("sluice-enc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("d.jsonl");
+        // A byte-order mark at the start is fine.
+        std::fs::write(&p, b"\xEF\xBB\xBF{\"a\": 1}\n{\"a\": 2}\n").unwrap();
+        assert_eq!(load_data(&p).unwrap().len(), 2);
+        std::fs::write(&p, b"{\"a\": 1}\n{\"a\": \"caf\xE9\"}\n").unwrap();
+        let err = load_data(&p).unwrap_err().to_string();
+        assert!(err.contains("line 2: not UTF-8"), "{err}");
+        let err = scan_data(&p).unwrap_err().to_string();
+        assert!(err.contains("line 2: not UTF-8"), "{err}");
+        std::fs::write(&p, b"{\"a\": 1}\n\n\xEF\xBB\xBF{\"a\": 2}\n").unwrap();
+        let err = load_data(&p).unwrap_err().to_string();
+        assert!(
+            err.contains("line 3: starts with a byte-order mark"),
+            "{err}"
+        );
+        let j = dir.join("d.json");
+        std::fs::write(&j, b"\xEF\xBB\xBF[{\"a\": 1}]").unwrap();
+        assert_eq!(load_data(&j).unwrap().len(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -74,7 +74,7 @@ impl FlowError {
                 problems,
             } => {
                 let mut out = String::new();
-                for p in problems {
+                for p in problems.iter().take(MAX_SHOWN_PROBLEMS) {
                     out.push_str(&format!("error[{}]: {}\n", p.code, p.message));
                     match (&p.file, p.span) {
                         (Some(other), Some(span)) => push_snippet_from_disk(&mut out, other, span),
@@ -88,6 +88,12 @@ impl FlowError {
                         out.push_str(&format!("  = help: {help}\n"));
                     }
                     out.push('\n');
+                }
+                if problems.len() > MAX_SHOWN_PROBLEMS {
+                    out.push_str(&format!(
+                        "... and {} more problems\n\n",
+                        problems.len() - MAX_SHOWN_PROBLEMS
+                    ));
                 }
                 out.push_str(&format!("{self}\n"));
                 out
@@ -106,6 +112,10 @@ impl FlowError {
     }
 }
 
+/// How many problems [`FlowError::render`] shows; the rest are counted (a flow with thousands of
+/// broken nodes prints a screenful, not megabytes).
+pub const MAX_SHOWN_PROBLEMS: usize = 50;
+
 fn push_snippet_from_disk(out: &mut String, file: &Path, span: Span) {
     match std::fs::read_to_string(file) {
         Ok(text) => push_snippet(out, file, &text, span),
@@ -115,13 +125,8 @@ fn push_snippet_from_disk(out: &mut String, file: &Path, span: Span) {
 
 fn push_snippet(out: &mut String, file: &Path, text: &str, span: Span) {
     out.push_str(&format!("  --> {}:{span}\n", file.display()));
-    if let Some(line) = text.lines().nth(span.line.saturating_sub(1)) {
-        let num = span.line.to_string();
-        let pad = " ".repeat(num.len());
-        out.push_str(&format!(
-            "{pad} |\n{num} | {line}\n{pad} | {}^\n",
-            " ".repeat(span.col.saturating_sub(1))
-        ));
+    if let Some(lines) = crate::yaml::snippet_lines(text, span) {
+        out.push_str(&lines);
     }
 }
 

@@ -13,6 +13,11 @@ use indexmap::IndexMap;
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Serialize, Serializer};
 
+/// How deep lists and maps may nest in a value that comes from outside (a tool's result). Every reader
+/// of foreign values enforces it, so the recursive conversions here (JSON, `repr`, templates) stay
+/// within any thread's stack.
+pub const MAX_DEPTH: usize = 256;
+
 /// An ordered string-keyed map, as Python dicts are.
 pub type Map = IndexMap<String, Value>;
 

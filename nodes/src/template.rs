@@ -2,6 +2,11 @@
 //!
 //! `trim_blocks` on, `keep_trailing_newline` on, `lstrip_blocks` off; undefined variables render empty;
 //! no auto-escaping; Python string/dict methods (`.upper()`, `.items()`) and Jinja2's extra filters.
+//!
+//! A render has a budget ([`RENDER_FUEL`], minijinja's fuel: about one unit per instruction and per 64
+//! bytes created), so an endless or enormous loop ends with an error instead of holding a core past the
+//! line timeout; and no helper builds a string over [`MAX_STRING_BYTES`] (`"x".zfill(10**12)` is an
+//! error, not an allocation failure that aborts the process).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -14,6 +19,28 @@ use sluice_engine::yaml::Span;
 use sluice_engine::{BuildError, NodeError, Opaque, Value};
 
 const NAME: &str = "template";
+
+/// The work one render may do: minijinja fuel, about one unit per instruction executed and per 64 bytes
+/// of data created. 5 million is well over a second of work and 300 MB of strings; real prompts use a
+/// few thousand.
+pub const RENDER_FUEL: u64 = 5_000_000;
+
+/// The longest string a template helper may build (padding, `str.format` widths, `wordwrap`, `tojson`).
+pub const MAX_STRING_BYTES: usize = 64 << 20;
+
+/// Refuses to build a string of `n` bytes over [`MAX_STRING_BYTES`]; charges the render's fuel for it
+/// before it is built (minijinja charges a helper's result only once it exists).
+fn ensure_size(state: &minijinja::State<'_, '_>, n: usize) -> Result<(), JError> {
+    if n > MAX_STRING_BYTES {
+        return Err(JError::new(
+            ErrorKind::InvalidOperation,
+            format!(
+                "this would build a string of {n} bytes; a template may build at most {MAX_STRING_BYTES}"
+            ),
+        ));
+    }
+    state.consume_fuel((n / 64) as u64)
+}
 
 /// A template compiled once, when the flow is loaded.
 #[derive(Debug)]
@@ -103,14 +130,18 @@ fn environment() -> Environment<'static> {
     env.set_undefined_behavior(UndefinedBehavior::Lenient);
     env.set_auto_escape_callback(|_| AutoEscape::None);
     env.set_debug(true);
+    env.set_fuel(Some(RENDER_FUEL));
     minijinja_contrib::add_to_environment(&mut env);
     env.set_unknown_method_callback(python_methods);
     env.set_formatter(python_formatter);
     env.add_filter("truncate", truncate);
     env.add_filter("tojson", tojson);
-    env.add_filter("center", |s: String, width: Option<usize>| {
-        pad(&s, width.unwrap_or(80), ' ', Align::Center)
-    });
+    env.add_filter(
+        "center",
+        |state: &minijinja::State<'_, '_>, s: String, width: Option<usize>| {
+            pad(state, &s, width.unwrap_or(80), ' ', Align::Center)
+        },
+    );
     env.add_filter("wordwrap", wordwrap);
     env.add_filter("pprint", |v: JValue| match v.as_str() {
         Some(s) => sluice_engine::value::py_str_repr(s),
@@ -143,11 +174,21 @@ enum Align {
 }
 
 /// Python's `str.ljust` / `rjust` / `center`.
-fn pad(s: &str, width: usize, fill: char, align: Align) -> String {
+fn pad(
+    state: &minijinja::State<'_, '_>,
+    s: &str,
+    width: usize,
+    fill: char,
+    align: Align,
+) -> Result<String, JError> {
     let len = s.chars().count();
     if len >= width {
-        return s.to_owned();
+        return Ok(s.to_owned());
     }
+    ensure_size(
+        state,
+        (width - len).saturating_mul(fill.len_utf8()) + s.len(),
+    )?;
     let total = width - len;
     let (left, right) = match align {
         Align::Left => (0, total),
@@ -159,7 +200,7 @@ fn pad(s: &str, width: usize, fill: char, align: Align) -> String {
         }
     };
     let f = fill.to_string();
-    format!("{}{s}{}", f.repeat(left), f.repeat(right))
+    Ok(format!("{}{s}{}", f.repeat(left), f.repeat(right)))
 }
 
 /// Python string and list methods minijinja lacks, then minijinja-contrib's `pycompat` for the rest.
@@ -180,6 +221,7 @@ fn python_methods(
                     None => ("", s),
                 };
                 let zeros = width.saturating_sub(s.chars().count());
+                ensure_size(state, zeros + s.len())?;
                 return Ok(JValue::from(format!("{sign}{}{digits}", "0".repeat(zeros))));
             }
             "ljust" | "rjust" | "center" => {
@@ -189,8 +231,9 @@ fn python_methods(
                     "rjust" => Align::Right,
                     _ => Align::Center,
                 };
-                return Ok(JValue::from(pad(s, width, fill_of(fill), align)));
+                return Ok(JValue::from(pad(state, s, width, fill_of(fill), align)?));
             }
+            "format" => check_format_widths(s)?,
             "rsplit" => {
                 let (sep, max): (Option<String>, Option<i64>) = from_args(args)?;
                 let max = max.filter(|m| *m >= 0).map(|m| m as usize);
@@ -224,13 +267,45 @@ fn python_methods(
     minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args)
 }
 
+/// Refuses a `str.format` field whose width or precision asks for more than [`MAX_STRING_BYTES`]
+/// (`"{:>99999999999}".format(x)`), before minijinja-contrib allocates it.
+fn check_format_widths(fmt: &str) -> Result<(), JError> {
+    let mut total: usize = fmt.len();
+    let mut rest = fmt;
+    while let Some(open) = rest.find('{') {
+        rest = &rest[open + 1..];
+        let close = rest.find('}').unwrap_or(rest.len());
+        let field = &rest[..close];
+        if let Some((_, spec)) = field.split_once(':') {
+            for digits in spec.split(|c: char| !c.is_ascii_digit()) {
+                if digits.is_empty() {
+                    continue;
+                }
+                let n = digits.parse::<usize>().unwrap_or(usize::MAX);
+                total = total.saturating_add(n);
+            }
+        }
+        rest = &rest[close..];
+    }
+    if total > MAX_STRING_BYTES {
+        return Err(JError::new(
+            ErrorKind::InvalidOperation,
+            format!(
+                "format widths ask for {total} bytes; a template may build at most {MAX_STRING_BYTES}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Jinja2's `wordwrap(s, width=79, break_long_words=True, wrapstring=None)`, greedy, positional or by keyword.
 fn wordwrap(
+    state: &minijinja::State<'_, '_>,
     s: String,
     width: Option<usize>,
     break_long_words: Option<bool>,
     wrapstring: Option<String>,
-) -> String {
+) -> Result<String, JError> {
     let width = width.unwrap_or(79).max(1);
     let wrap = wrapstring.unwrap_or_else(|| "\n".into());
     let mut lines: Vec<String> = vec![];
@@ -257,7 +332,12 @@ fn wordwrap(
     if !current.is_empty() {
         lines.push(current);
     }
-    lines.join(&wrap)
+    ensure_size(
+        state,
+        s.len()
+            .saturating_add(lines.len().saturating_mul(wrap.len())),
+    )?;
+    Ok(lines.join(&wrap))
 }
 
 /// Jinja2's `tojson`: `json.dumps(value, sort_keys=True)` made HTML-safe, ASCII only, Python separators.
@@ -274,11 +354,25 @@ fn write_json(
     out: &mut String,
 ) -> Result<(), JError> {
     use minijinja::value::ValueKind;
-    let newline = |out: &mut String, level: usize| {
+    if level > 256 {
+        return Err(JError::new(
+            ErrorKind::InvalidOperation,
+            "tojson: the value nests more than 256 deep",
+        ));
+    }
+    let newline = |out: &mut String, level: usize| -> Result<(), JError> {
         if let Some(n) = indent {
+            let width = n.saturating_mul(level);
+            if out.len().saturating_add(width) > MAX_STRING_BYTES {
+                return Err(JError::new(
+                    ErrorKind::InvalidOperation,
+                    format!("tojson: the output would pass {MAX_STRING_BYTES} bytes"),
+                ));
+            }
             out.push('\n');
-            out.push_str(&" ".repeat(n * level));
+            out.push_str(&" ".repeat(width));
         }
+        Ok(())
     };
     let item_sep = if indent.is_some() { "," } else { ", " };
     match v.kind() {
@@ -309,13 +403,13 @@ fn write_json(
                 if i > 0 {
                     out.push_str(item_sep);
                 }
-                newline(out, level + 1);
+                newline(out, level + 1)?;
                 json_string(&k.to_string(), out);
                 out.push_str(": ");
                 write_json(&v.get_item(k)?, indent, level + 1, out)?;
             }
             if !keys.is_empty() {
-                newline(out, level);
+                newline(out, level)?;
             }
             out.push('}');
         }
@@ -326,11 +420,11 @@ fn write_json(
                 if i > 0 {
                     out.push_str(item_sep);
                 }
-                newline(out, level + 1);
+                newline(out, level + 1)?;
                 write_json(item, indent, level + 1, out)?;
             }
             if !items.is_empty() {
-                newline(out, level);
+                newline(out, level)?;
             }
             out.push(']');
         }
@@ -401,7 +495,8 @@ fn variables_in_order(source: &str) -> Vec<String> {
             _ => continue,
         };
         let body_end = rest.find(closer).unwrap_or(rest.len());
-        let body = &rest[1..body_end];
+        // `{%}` closes at once: no body (found by the fuzzer: slicing 1..0 panicked).
+        let body = rest.get(1..body_end).unwrap_or("");
         let mut ident = String::new();
         let mut prev = ' ';
         for c in body.chars().chain(std::iter::once(' ')) {
@@ -449,6 +544,10 @@ fn render_error(e: &JError) -> NodeError {
             .detail()
             .map(str::to_owned)
             .unwrap_or_else(|| e.to_string()),
+        ErrorKind::OutOfFuel => format!(
+            "the template used up its budget of {RENDER_FUEL} steps \
+             (a loop that never ends, or builds too much)"
+        ),
         _ => e.to_string(),
     };
     let at = e
@@ -565,9 +664,73 @@ mod tests {
     }
 
     #[test]
+    fn a_block_that_closes_at_once_is_a_syntax_error_not_a_panic() {
+        assert!(Template::from_source("{%}".into(), Path::new("t")).is_err());
+        assert!(Template::from_source("a {{}".into(), Path::new("t")).is_err());
+    }
+
+    #[test]
     fn syntax_errors_point_at_the_line() {
         let err =
             Template::from_source("ok\n{{ foo( }}\n".into(), Path::new("t.jinja2")).unwrap_err();
         assert_eq!(err.span.map(|s| s.line), Some(2));
+    }
+
+    fn render_err(src: &str) -> String {
+        let t = Template::from_source(src.to_owned(), Path::new("t.jinja2")).unwrap();
+        let start = std::time::Instant::now();
+        let err = t.render(std::iter::empty()).unwrap_err();
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "{:?}",
+            start.elapsed()
+        );
+        err.to_string()
+    }
+
+    #[test]
+    fn string_building_helpers_refuse_huge_sizes() {
+        for src in [
+            "{{ 'x'.zfill(10**12) }}",
+            "{{ 'x'.ljust(10**12) }}",
+            "{{ 'x'.rjust(10**12, '*') }}",
+            "{{ 'x'.center(10**12) }}",
+            "{{ 'x'|center(10**12) }}",
+            "{{ '{:>999999999999}'.format(1) }}",
+            "{{ 'a b c d e f'|wordwrap(1, True, 'x' * 50000000) }}",
+            "{{ [[1, 2], 3]|tojson(10**15) }}",
+        ] {
+            let err = render_err(src);
+            assert!(
+                err.contains("at most") || err.contains("pass"),
+                "{src}: {err}"
+            );
+        }
+        assert_eq!(
+            render("{{ '7'.zfill(3) }}|{{ 'a'.center(5, '*') }}", &[]),
+            "007|**a**"
+        );
+    }
+
+    #[test]
+    fn repeated_doubling_and_repetition_run_out_of_budget() {
+        for src in [
+            "{% set s = namespace(v='x') %}{% for i in range(60) %}{% set s.v = s.v ~ s.v %}{% endfor %}{{ s.v|length }}",
+            "{{ 'x' * 10**11 }}",
+        ] {
+            let err = render_err(src);
+            assert!(
+                err.contains("budget") || err.contains("too large"),
+                "{src}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_cpu_loop_ends_with_an_error() {
+        let err = render_err(
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+        );
+        assert!(err.contains("budget"), "{err}");
     }
 }

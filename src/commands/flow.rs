@@ -124,8 +124,11 @@ pub(crate) fn line_timeout(arg: Option<f64>) -> anyhow::Result<Option<Duration>>
         },
     };
     match secs {
-        Some(s) if !(s > 0.0 && s.is_finite()) => {
-            bail!("the line timeout must be a positive number of seconds")
+        Some(s) if !(s > 0.0 && s <= crate::cli::MAX_SECONDS) => {
+            bail!(
+                "the line timeout must be more than 0 and at most {:e} seconds; got {s}",
+                crate::cli::MAX_SECONDS
+            )
         }
         Some(s) => Ok(Some(Duration::from_secs_f64(s))),
         None => Ok(None),

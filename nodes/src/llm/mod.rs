@@ -347,6 +347,7 @@ fn apply_param(
             Value::String(s) => s.trim().parse().ok(),
             _ => None,
         }
+        .filter(|f: &f64| f.is_finite())
     };
     if matches!(v, Value::Null) {
         return Ok(());

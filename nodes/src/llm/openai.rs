@@ -57,11 +57,23 @@ impl HttpConfig {
             (ConnectionType::OpenAi, None) => "https://api.openai.com/v1".to_owned(),
             _ => return Err(format!("connection `{}` has no `api_base`", c.name)),
         };
+        // Each setting is a finite number in its range: `timeout: inf` or `max_concurrency: 1e30`
+        // would otherwise panic when it becomes a Duration or a semaphore.
         let num = |k: &str, d: f64| -> Result<f64, String> {
+            let (min, max) = match k {
+                "timeout" => (0.001, 1e9),
+                "retry_backoff" => (0.0, 3600.0),
+                "max_retries" => (0.0, 100.0),
+                _ => (1.0, 4096.0),
+            };
             match get(k)? {
-                Some(v) => v.parse::<f64>().map_err(|_| {
-                    format!("connection `{}`: `{k}` must be a number, got `{v}`", c.name)
-                }),
+                Some(v) => match v.trim().parse::<f64>() {
+                    Ok(n) if (min..=max).contains(&n) => Ok(n),
+                    _ => Err(format!(
+                        "connection `{}`: `{k}` must be a number from {min} to {max}, got `{v}`",
+                        c.name
+                    )),
+                },
                 None => Ok(d),
             }
         };
@@ -612,16 +624,18 @@ fn error_message(body: &str) -> String {
 
 /// `Retry-After` (seconds or an HTTP date is not supported) or `retry-after-ms`.
 fn retry_after(h: &reqwest::header::HeaderMap) -> Option<Duration> {
-    if let Some(ms) = h
-        .get("retry-after-ms")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<f64>().ok())
-    {
+    // NaN and infinities are no delay at all (a NaN clamps to NaN, which no Duration takes).
+    let finite = |v: &reqwest::header::HeaderValue| {
+        v.to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|n| n.is_finite())
+    };
+    if let Some(ms) = h.get("retry-after-ms").and_then(finite) {
         return Some(Duration::from_secs_f64((ms / 1000.0).clamp(0.0, 600.0)));
     }
     h.get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<f64>().ok())
+        .and_then(finite)
         .map(|s| Duration::from_secs_f64(s.clamp(0.0, 600.0)))
 }
 
@@ -662,5 +676,48 @@ mod tests {
         assert_eq!(b["max_tokens"], 5);
         assert_eq!(b["response_format"]["type"], "json_object");
         assert!(b.get("stream").is_none());
+    }
+
+    fn connection_with(key: &str, value: &str) -> Connection {
+        Connection::from_yaml(
+            &format!("name: c\ntype: open_ai\napi_key: k\n{key}: {value}\n"),
+            std::path::Path::new("c.yaml"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn numbers_out_of_range_in_a_connection_are_errors_not_panics() {
+        for (key, value) in [
+            ("timeout", "inf"),
+            ("timeout", ".inf"),
+            ("timeout", ".nan"),
+            ("timeout", "1e300"),
+            ("max_concurrency", "1e30"),
+            ("max_concurrency", "0"),
+            ("max_retries", "-1"),
+            ("retry_backoff", "nan"),
+        ] {
+            let err = HttpConfig::from_connection(&connection_with(key, value)).unwrap_err();
+            assert!(
+                err.contains(&format!("`{key}` must be a number from")),
+                "{err}"
+            );
+        }
+        let ok = HttpConfig::from_connection(&connection_with("timeout", "2.5")).unwrap();
+        assert_eq!(ok.timeout, Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn a_retry_after_that_is_not_finite_is_ignored() {
+        for value in ["NaN", "nan", "inf", "-inf", "1e400"] {
+            let mut h = reqwest::header::HeaderMap::new();
+            h.insert("retry-after-ms", value.parse().unwrap());
+            h.insert(reqwest::header::RETRY_AFTER, value.parse().unwrap());
+            assert_eq!(retry_after(&h), None, "{value}");
+        }
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert("retry-after-ms", "1500".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_millis(1500)));
     }
 }

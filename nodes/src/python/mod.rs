@@ -325,6 +325,7 @@ impl Node for PythonNode {
         }
         let func = self.func.clone();
         let metrics = cx.metrics.clone();
+        let node_name = cx.node.clone();
         run_blocking(move || {
             let rt = runtime().map_err(|e| NodeError::system("PythonNotAvailable", e))?;
             Python::attach(|py| {
@@ -342,11 +343,15 @@ impl Node for PythonNode {
                 if let (Some(sink), Some(metrics)) = (sink, metrics) {
                     let mut m = metrics.lock().unwrap_or_else(|e| e.into_inner());
                     for (k, v) in sink.iter() {
-                        m.insert(k.str()?.to_string(), from_py(rt, &v)?);
+                        let v = match from_py(rt, &v) {
+                            Ok(v) => v,
+                            Err(e) => return Ok(Err(unreadable(py, &node_name, "a metric", &e))),
+                        };
+                        m.insert(k.str()?.to_string(), v);
                     }
                 }
                 if ok {
-                    Ok(Ok(from_py(rt, &result)?))
+                    Ok(from_py(rt, &result).map_err(|e| unreadable(py, &node_name, "a value", &e)))
                 } else {
                     Ok(Err(NodeError::tool(tool_error(&result)?)))
                 }
@@ -367,6 +372,18 @@ impl Node for PythonNode {
             e
         })
     }
+}
+
+/// A tool's result (or metric) that cannot become a [`Value`], as an error naming the node.
+fn unreadable(py: Python<'_>, node: &str, what: &str, err: &PyErr) -> NodeError {
+    let d = describe(py, err);
+    NodeError::user(
+        "ToolOutputError",
+        format!(
+            "node `{node}` returned {what} Sluice cannot read: ({}) {}",
+            d.exc_type, d.message
+        ),
+    )
 }
 
 /// Converts an engine value into a Python object.
@@ -399,7 +416,34 @@ fn to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
 }
 
 /// Converts a Python object into an engine value; what is not JSON-shaped stays a Python object.
+///
+/// Lists and dicts may nest [`sluice_engine::value::MAX_DEPTH`] deep; one that contains itself is an
+/// error, not an endless recursion that overflows the thread's stack.
 fn from_py(rt: &'static Runtime, obj: &Bound<'_, PyAny>) -> PyResult<Value> {
+    from_py_in(rt, obj, &mut Vec::new())
+}
+
+/// [`from_py`] inside the containers on `path` (outermost first).
+fn from_py_in(
+    rt: &'static Runtime,
+    obj: &Bound<'_, PyAny>,
+    path: &mut Vec<*mut pyo3::ffi::PyObject>,
+) -> PyResult<Value> {
+    let enter = |path: &mut Vec<*mut pyo3::ffi::PyObject>| -> PyResult<()> {
+        use sluice_engine::value::MAX_DEPTH;
+        if path.contains(&obj.as_ptr()) {
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "the value contains itself (a list or dict that holds itself has no JSON form)",
+            ));
+        }
+        if path.len() >= MAX_DEPTH {
+            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "lists and dicts nest more than {MAX_DEPTH} deep"
+            )));
+        }
+        path.push(obj.as_ptr());
+        Ok(())
+    };
     if obj.is_none() {
         return Ok(Value::Null);
     }
@@ -419,13 +463,16 @@ fn from_py(rt: &'static Runtime, obj: &Bound<'_, PyAny>) -> PyResult<Value> {
         return Ok(Value::String(obj.extract()?));
     }
     if obj.is_instance_of::<PyList>() || obj.is_instance_of::<PyTuple>() {
+        enter(path)?;
         let mut items = vec![];
         for item in obj.try_iter()? {
-            items.push(from_py(rt, &item?)?);
+            items.push(from_py_in(rt, &item?, path)?);
         }
+        path.pop();
         return Ok(Value::List(items));
     }
     if let Ok(dict) = obj.cast::<PyDict>() {
+        enter(path)?;
         let mut map = Map::new();
         for (k, v) in dict.iter() {
             // Keys as json.dumps writes them: True -> "true", None -> "null", 1.5 -> "1.5".
@@ -444,8 +491,9 @@ fn from_py(rt: &'static Runtime, obj: &Bound<'_, PyAny>) -> PyResult<Value> {
             } else {
                 k.str()?.to_string()
             };
-            map.insert(key, from_py(rt, &v)?);
+            map.insert(key, from_py_in(rt, &v, path)?);
         }
+        path.pop();
         return Ok(Value::Map(map));
     }
     let host = rt.host.bind(obj.py());

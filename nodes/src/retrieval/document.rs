@@ -81,7 +81,7 @@ fn split_front_matter(raw: &str) -> (Option<&str>, &str) {
 
 /// The scalar and list-of-scalar entries of a YAML front matter block.
 fn front_matter(yaml: &str, out: &mut Map<String, Json>) -> Result<(), String> {
-    use yaml_rust2::{Yaml, YamlLoader};
+    use yaml_rust2::Yaml;
     fn scalar(y: &Yaml) -> Option<Json> {
         Some(match y {
             Yaml::String(s) => Json::String(s.clone()),
@@ -91,8 +91,9 @@ fn front_matter(yaml: &str, out: &mut Map<String, Json>) -> Result<(), String> {
             _ => return None,
         })
     }
-    let docs = YamlLoader::load_from_str(yaml).map_err(|e| e.to_string())?;
-    let Some(Yaml::Hash(map)) = docs.into_iter().next() else {
+    let doc = sluice_engine::yaml::load_document(yaml, Path::new(""))
+        .map_err(|e| format!("{}: {}", e.span, e.message))?;
+    let Yaml::Hash(map) = doc else {
         return Ok(());
     };
     for (k, v) in map {
@@ -135,19 +136,67 @@ fn tidy_pdf_text(text: &str) -> String {
 }
 
 /// The files under `path` that an index reads, absolute.
+///
+/// Inside a folder, symlinked folders are not entered (no loops, no leaving the tree), a symlinked file
+/// is taken only when it points inside the folder (else a warning says it was skipped), and only regular
+/// files are taken: a FIFO, socket or device named `*.txt` is skipped without being opened (reading a
+/// FIFO blocks forever).
 pub fn collect(path: &Path, out: &mut Vec<PathBuf>) {
     if path.is_dir() {
-        if let Ok(entries) = std::fs::read_dir(path) {
-            for e in entries.flatten() {
-                collect(&e.path(), out);
-            }
+        let root = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        walk(path, &root, out);
+    } else if has_document_extension(path) {
+        if path.metadata().is_ok_and(|m| m.is_file()) {
+            out.push(std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()));
+        } else {
+            tracing::warn!("skipping {}: not a regular file", path.display());
         }
-    } else if path
-        .extension()
+    }
+}
+
+fn has_document_extension(path: &Path) -> bool {
+    path.extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-    {
-        out.push(std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()));
+}
+
+fn walk(dir: &Path, root: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        let Ok(ty) = e.file_type() else { continue };
+        if ty.is_dir() {
+            walk(&p, root, out);
+            continue;
+        }
+        if !has_document_extension(&p) {
+            continue;
+        }
+        if ty.is_symlink() {
+            let target = std::fs::canonicalize(&p);
+            match target {
+                Ok(t) if !t.starts_with(root) => {
+                    tracing::warn!(
+                        "skipping {}: a link to {}, outside {}",
+                        p.display(),
+                        t.display(),
+                        root.display()
+                    );
+                    continue;
+                }
+                Ok(t) if t.is_file() => {}
+                _ => {
+                    tracing::warn!("skipping {}: not a regular file", p.display());
+                    continue;
+                }
+            }
+        } else if !ty.is_file() {
+            tracing::warn!("skipping {}: not a regular file", p.display());
+            continue;
+        }
+        out.push(std::path::absolute(&p).unwrap_or(p));
     }
 }
 
@@ -345,6 +394,56 @@ mod tests {
         std::fs::write(&p, "no front matter\n---\n").unwrap();
         assert_eq!(read(&p).unwrap().text, "no front matter\n---\n");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn front_matter_with_an_alias_bomb_is_an_error() {
+        let mut yaml = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..9 {
+            let p = i - 1;
+            yaml.push_str(&format!(
+                "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+            ));
+        }
+        let mut out = Map::new();
+        let err = front_matter(&yaml, &mut out).unwrap_err();
+        assert!(err.contains("alias"), "{err}");
+        assert!(front_matter("a: 1\na: 2\n", &mut out).is_err());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn collect_stays_in_the_folder_and_takes_regular_files_only() {
+        use std::os::unix::fs::symlink;
+        let base = std::env::temp_dir().join(format!("sluice-collect-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let (docs, outside) = (base.join("docs"), base.join("outside"));
+        std::fs::create_dir_all(docs.join("sub")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(docs.join("a.md"), "a").unwrap();
+        std::fs::write(docs.join("sub/b.txt"), "b").unwrap();
+        std::fs::write(outside.join("secret.txt"), "s").unwrap();
+        symlink(&docs, docs.join("sub/loop")).unwrap();
+        symlink(&outside, docs.join("out")).unwrap();
+        symlink(outside.join("secret.txt"), docs.join("secret.txt")).unwrap();
+        symlink(docs.join("a.md"), docs.join("sub/alias.md")).unwrap();
+        let fifo = docs.join("pipe.txt");
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        let mut files = vec![];
+        collect(&docs, &mut files);
+        files.sort();
+        let names: Vec<String> = files
+            .iter()
+            .map(|f| f.strip_prefix(&docs).unwrap().display().to_string())
+            .collect();
+        std::fs::remove_dir_all(&base).unwrap();
+        assert_eq!(names, ["a.md", "sub/alias.md", "sub/b.txt"]);
     }
 
     #[test]

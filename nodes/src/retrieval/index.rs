@@ -1047,12 +1047,7 @@ impl Index {
 
     /// BM25 ranks from FTS5 over the query's words (stop words left out), at most 200.
     fn bm25(&self, query: &str, allowed: Option<&HashSet<i64>>) -> Result<Vec<(i64, f64)>, String> {
-        let terms: Vec<String> = query
-            .split(|c: char| !c.is_alphanumeric())
-            .map(str::to_lowercase)
-            .filter(|w| w.len() > 1 && !STOPWORDS.contains(&w.as_str()))
-            .map(|w| format!("\"{w}\""))
-            .collect();
+        let terms = bm25_terms(query);
         if terms.is_empty() {
             return Ok(Vec::new());
         }
@@ -1176,3 +1171,38 @@ const STOPWORDS: &[&str] = &[
     "i", "in", "is", "it", "of", "on", "or", "out", "that", "the", "this", "to", "was", "what",
     "when", "where", "which", "who", "why", "with", "you",
 ];
+
+/// The most distinct words of a query that BM25 matches on. Each term is one more OR in the FTS5
+/// query, and FTS5's cost grows with terms times matches, so a pasted page (or one word 18,000 times)
+/// took over a minute; the first 64 distinct words keep any real question whole.
+const MAX_QUERY_TERMS: usize = 64;
+
+/// The query's distinct words, lower-cased, stop words and one-letter words left out, quoted for FTS5.
+fn bm25_terms(query: &str) -> Vec<String> {
+    let mut seen = HashSet::new();
+    query
+        .split(|c: char| !c.is_alphanumeric())
+        .map(str::to_lowercase)
+        .filter(|w| w.len() > 1 && !STOPWORDS.contains(&w.as_str()))
+        .filter(|w| seen.insert(w.clone()))
+        .take(MAX_QUERY_TERMS)
+        .map(|w| format!("\"{w}\""))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_terms_are_distinct_and_bounded() {
+        let repeated = "honey ".repeat(18_000);
+        assert_eq!(bm25_terms(&repeated), ["\"honey\""]);
+        let many: String = (0..1000).map(|i| format!("w{i} ")).collect();
+        assert_eq!(bm25_terms(&many).len(), MAX_QUERY_TERMS);
+        assert_eq!(
+            bm25_terms("How do bees make Honey honey?"),
+            ["\"bees\"", "\"make\"", "\"honey\""]
+        );
+    }
+}

@@ -192,10 +192,7 @@ impl Node for RetrievalNode {
                 ));
             }
         };
-        let k = match inputs.get("top_k") {
-            Some(Value::Int(n)) if *n > 0 => *n as usize,
-            _ => 3,
-        };
+        let k = top_k(inputs.get("top_k"))?;
         let mut hybrid = matches!(inputs.get("hybrid"), Some(Value::Bool(true)));
         if let Some(Value::String(t)) = inputs.get("query_type") {
             hybrid |= hybrid_of(t).map_err(|e| NodeError::user("InvalidQueryType", e))?;
@@ -240,5 +237,26 @@ impl Node for RetrievalNode {
             Query::Texts(_) => Value::List(all),
             _ => all.pop().unwrap_or(Value::Null),
         })
+    }
+}
+
+/// `top_k`: 3 when absent, else a whole number from 1 to 10,000 (0, a negative number or another type
+/// is an error, not silently 3).
+fn top_k(v: Option<&Value>) -> Result<usize, NodeError> {
+    let n = match v {
+        None | Some(Value::Null) => return Ok(3),
+        Some(Value::Int(n)) => Some(*n),
+        Some(Value::String(s)) => s.trim().parse::<i64>().ok(),
+        Some(_) => None,
+    };
+    match n {
+        Some(n) if (1..=10_000).contains(&n) => Ok(n as usize),
+        _ => Err(NodeError::user(
+            "InvalidTopK",
+            format!(
+                "top_k must be a whole number from 1 to 10000; got {}",
+                v.map(Value::py_repr).unwrap_or_default()
+            ),
+        )),
     }
 }

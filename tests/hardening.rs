@@ -1,0 +1,469 @@
+//! Hostile input through the binary: YAML bombs and repeated keys, runaway templates, tool outputs that
+//! nest without end, numbers out of range, stray files in data folders, and index sources that leave
+//! their folder. Each ends with a clear error (or a warning) instead of an abort, a hang or a silent change.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command;
+
+fn sluice(home: &Path) -> Command {
+    common::sluice(home)
+}
+
+/// A 600-byte YAML fragment whose aliases expand to 9^8 (43 million) nodes.
+fn alias_bomb(key: &str) -> String {
+    let mut s = format!("{key}:\n  a0: &a0 [x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..9 {
+        let p = i - 1;
+        s.push_str(&format!(
+            "  a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+        ));
+    }
+    s
+}
+
+/// A flow of one prompt node that renders `template`.
+fn prompt_flow(dir: &Path, template: &str) {
+    std::fs::write(dir.join("t.jinja2"), template).unwrap();
+    std::fs::write(
+        dir.join("flow.dag.yaml"),
+        "inputs:\n  x:\n    type: string\n    default: a\noutputs:\n  out:\n    type: string\n    reference: ${p.output}\nnodes:\n- name: p\n  type: prompt\n  source:\n    type: code\n    path: t.jinja2\n  inputs:\n    x: ${inputs.x}\n",
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_flow_with_an_alias_bomb_is_refused_quickly() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    prompt_flow(dir.path(), "{{ x }}");
+    let mut yaml = std::fs::read_to_string(dir.path().join("flow.dag.yaml")).unwrap();
+    yaml.push_str(&alias_bomb("environment_variables"));
+    std::fs::write(dir.path().join("flow.dag.yaml"), yaml).unwrap();
+    let start = Instant::now();
+    sluice(home.path())
+        .args(["flow", "validate", "--flow"])
+        .arg(dir.path())
+        .timeout(Duration::from_secs(60))
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("alias"));
+    assert!(start.elapsed() < Duration::from_secs(20));
+}
+
+#[test]
+fn a_connection_file_with_an_alias_bomb_is_refused() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.yaml");
+    std::fs::write(
+        &file,
+        format!("name: c\ntype: custom\n{}", alias_bomb("configs")),
+    )
+    .unwrap();
+    sluice(home.path())
+        .args(["connection", "create", "-f"])
+        .arg(&file)
+        .timeout(Duration::from_secs(60))
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("alias"));
+}
+
+#[test]
+fn a_repeated_key_in_a_flow_is_an_error_with_its_position() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    prompt_flow(dir.path(), "{{ x }}");
+    let yaml = std::fs::read_to_string(dir.path().join("flow.dag.yaml")).unwrap();
+    // The second `outputs:` would silently replace the first.
+    std::fs::write(
+        dir.path().join("flow.dag.yaml"),
+        format!("{yaml}outputs:\n  other:\n    type: string\n    reference: ${{inputs.x}}\n"),
+    )
+    .unwrap();
+    sluice(home.path())
+        .args(["flow", "validate", "--flow"])
+        .arg(dir.path())
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("duplicate key `outputs`"))
+        .stderr(predicates::str::contains("line 5, column 1"));
+}
+
+#[test]
+fn a_yaml_error_on_a_huge_line_prints_a_bounded_message() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // 8 MB on one line, never closed.
+    let yaml = format!("inputs: [{}", "xxxxxxx, ".repeat(900_000));
+    std::fs::write(dir.path().join("flow.dag.yaml"), yaml).unwrap();
+    let out = sluice(home.path())
+        .args(["flow", "validate", "--flow"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        out.stderr.len() < 4096,
+        "{} bytes of stderr: {}",
+        out.stderr.len(),
+        String::from_utf8_lossy(&out.stderr[..500.min(out.stderr.len())])
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid YAML"));
+}
+
+#[test]
+fn a_template_cpu_loop_ends_with_an_error() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    prompt_flow(
+        dir.path(),
+        "{% for i in range(100000) %}{% for j in range(100000) %}{{ x }}{% endfor %}{% endfor %}",
+    );
+    let start = Instant::now();
+    let out = sluice(home.path())
+        .args(["flow", "test", "--flow"])
+        .arg(dir.path())
+        .timeout(Duration::from_secs(120))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("budget"), "{stderr}");
+    assert!(start.elapsed() < Duration::from_secs(60));
+}
+
+#[test]
+fn string_building_helpers_in_a_template_fail_the_line_not_the_process() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for template in [
+        "{{ x.zfill(10**13) }}",
+        "{{ x.ljust(10**13) }}",
+        "{% set s = namespace(v=x) %}{% for i in range(64) %}{% set s.v = s.v ~ s.v %}{% endfor %}{{ s.v }}",
+    ] {
+        prompt_flow(dir.path(), template);
+        let out = sluice(home.path())
+            .args(["flow", "test", "--flow"])
+            .arg(dir.path())
+            .timeout(Duration::from_secs(120))
+            .output()
+            .unwrap();
+        // A failed line, not an abort (which has no exit code) or a success.
+        assert_eq!(out.status.code(), Some(1), "{template}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("Failed to render"), "{template}: {stderr}");
+    }
+}
+
+/// A flow of one Python node `tool` whose function body is `body` (it gets `x`).
+fn python_flow(dir: &Path, body: &str) {
+    std::fs::write(
+        dir.join("tool.py"),
+        format!("from promptflow.core import tool\n\n@tool\ndef run(x: str):\n{body}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("flow.dag.yaml"),
+        "inputs:\n  x:\n    type: string\n    default: a\noutputs:\n  out:\n    type: object\n    reference: ${tool.output}\nnodes:\n- name: tool\n  type: python\n  source:\n    type: code\n    path: tool.py\n  inputs:\n    x: ${inputs.x}\n",
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_tool_returning_a_cyclic_or_very_deep_value_fails_its_line_naming_the_node() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (body, needle) in [
+        (
+            "    a = [1]\n    a.append(a)\n    return a",
+            "contains itself",
+        ),
+        (
+            "    d = {}\n    d['self'] = [d]\n    return d",
+            "contains itself",
+        ),
+        (
+            "    v = []\n    for _ in range(5000):\n        v = [v]\n    return v",
+            "nest more than",
+        ),
+        ("    return 10 ** 400", "too large"),
+    ] {
+        python_flow(dir.path(), body);
+        let out = sluice(home.path())
+            .args(["flow", "test", "--flow"])
+            .arg(dir.path())
+            .timeout(Duration::from_secs(120))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{body}: {stderr}");
+        assert!(stderr.contains(needle), "{body}: {stderr}");
+        assert!(stderr.contains("node `tool`"), "{body}: {stderr}");
+    }
+}
+
+#[test]
+fn numbers_out_of_range_on_the_command_line_are_usage_errors() {
+    let home = tempfile::tempdir().unwrap();
+    for args in [
+        &[
+            "flow",
+            "test",
+            "--flow",
+            "flows/hello",
+            "--line-timeout",
+            "1e300",
+        ][..],
+        &[
+            "flow",
+            "test",
+            "--flow",
+            "flows/hello",
+            "--line-timeout",
+            "nan",
+        ],
+        &[
+            "flow",
+            "test",
+            "--flow",
+            "flows/hello",
+            "--line-timeout",
+            "inf",
+        ],
+        &[
+            "flow",
+            "test",
+            "--flow",
+            "flows/hello",
+            "--concurrency",
+            "0",
+        ],
+        &[
+            "run",
+            "create",
+            "--flow",
+            "flows/hello",
+            "--data",
+            "x.jsonl",
+            "--batch-timeout",
+            "nan",
+        ],
+        &[
+            "run",
+            "create",
+            "--flow",
+            "flows/hello",
+            "--data",
+            "x.jsonl",
+            "--line-timeout=-1",
+        ],
+        &[
+            "run",
+            "create",
+            "--flow",
+            "flows/hello",
+            "--data",
+            "x.jsonl",
+            "--max-concurrency",
+            "18446744073709551615",
+        ],
+        &["index", "query", "kb", "text", "-k", "0"],
+    ] {
+        let out = sluice(home.path()).args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("at most") || stderr.contains("from 1 to"),
+            "{args:?}: {stderr}"
+        );
+    }
+    // PF_LINE_TIMEOUT_SEC is checked the same way.
+    let out = sluice(home.path())
+        .args(["flow", "test", "--flow", "flows/hello"])
+        .env("PF_LINE_TIMEOUT_SEC", "1e300")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("at most"), "{stderr}");
+}
+
+#[test]
+fn a_data_folder_takes_data_files_only_and_says_which() {
+    let home = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let rows = "{\"name\": \"a\"}\n{\"name\": \"b\"}\n";
+    for name in [
+        "data.jsonl",
+        "data.jsonl~",
+        "data.jsonl.orig",
+        ".data.jsonl",
+    ] {
+        std::fs::write(data.path().join(name), rows).unwrap();
+    }
+    let out = sluice(home.path())
+        .args([
+            "run",
+            "create",
+            "--name",
+            "r",
+            "--flow",
+            "flows/hello",
+            "--data",
+        ])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let inputs = std::fs::read_to_string(home.path().join("runs/r/inputs.jsonl")).unwrap();
+    assert_eq!(inputs.lines().count(), 2, "{inputs}");
+    assert!(
+        stderr.contains("skipping data.jsonl.orig, data.jsonl~"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("reading data.jsonl"), "{stderr}");
+}
+
+#[test]
+fn a_jsonl_line_that_is_not_utf8_is_named() {
+    let home = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let file = data.path().join("d.jsonl");
+    std::fs::write(&file, b"{\"name\": \"a\"}\n{\"name\": \"caf\xE9\"}\n").unwrap();
+    let out = sluice(home.path())
+        .args(["run", "create", "--flow", "flows/hello", "--data"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("line 2: not UTF-8"), "{stderr}");
+    // A byte-order mark at the start of the file is accepted, as pandas and promptflow do.
+    std::fs::write(&file, b"\xEF\xBB\xBF{\"name\": \"a\"}\n").unwrap();
+    let out = sluice(home.path())
+        .args(["run", "create", "--flow", "flows/hello", "--data"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A folder of three documents with a symlink loop, a link out of the folder (to a folder and to a
+/// file) and a FIFO named like a document; `index build` must read the three, once each, and return.
+#[cfg(unix)]
+#[test]
+fn index_sources_stay_in_their_folder_and_skip_special_files() {
+    use std::os::unix::fs::symlink;
+    let home = tempfile::tempdir().unwrap();
+    let base = tempfile::tempdir().unwrap();
+    let (docs, outside) = (base.path().join("docs"), base.path().join("outside"));
+    std::fs::create_dir_all(docs.join("sub")).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(
+        docs.join("bees.md"),
+        "# Bees\n\nHoney bees live in hives and make honey.\n",
+    )
+    .unwrap();
+    std::fs::write(
+        docs.join("sub/trains.txt"),
+        "Steam locomotives pulled the first trains.\n",
+    )
+    .unwrap();
+    std::fs::write(
+        docs.join("volcanoes.txt"),
+        "Volcanoes erupt when magma rises through the crust.\n",
+    )
+    .unwrap();
+    std::fs::write(outside.join("secret.txt"), "a secret outside the folder\n").unwrap();
+    symlink(&docs, docs.join("sub/loop")).unwrap();
+    symlink(&outside, docs.join("outside")).unwrap();
+    symlink(outside.join("secret.txt"), docs.join("secret.txt")).unwrap();
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(docs.join("pipe.txt"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = sluice(home.path())
+        .args(["index", "build", "--out", "kb", "--source"])
+        .arg(&docs)
+        .timeout(Duration::from_secs(300))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["report"]["files_embedded"], 3, "{report}");
+    assert!(stderr.contains("outside"), "{stderr}");
+    assert!(stderr.contains("not a regular file"), "{stderr}");
+
+    // A hybrid query of one word repeated 18,000 times answers quickly.
+    let long = "honey ".repeat(18_000);
+    let start = Instant::now();
+    let out = sluice(home.path())
+        .args(["index", "query", "kb", &long, "--hybrid", "-k", "2"])
+        .timeout(Duration::from_secs(120))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
+
+    // top_k 0 or negative in a flow is an error, not 3 hits.
+    let flow = tempfile::tempdir().unwrap();
+    for k in ["0", "-2"] {
+        std::fs::write(
+            flow.path().join("flow.dag.yaml"),
+            format!("inputs:\n  question: {{type: string}}\noutputs:\n  hits: {{reference: '${{search.output}}'}}\nnodes:\n- name: search\n  type: retrieval\n  inputs:\n    index: kb\n    query: ${{inputs.question}}\n    top_k: {k}\n"),
+        )
+        .unwrap();
+        let out = sluice(home.path())
+            .args(["flow", "test", "--flow"])
+            .arg(flow.path())
+            .args(["--inputs", "question=bees"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "top_k {k}: {stderr}");
+        assert!(stderr.contains("top_k must be"), "top_k {k}: {stderr}");
+    }
+}
+
+#[test]
+fn a_flow_with_thousands_of_problems_prints_a_screenful() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut yaml = String::from("inputs: {}\noutputs: {}\nnodes:\n");
+    for _ in 0..2000 {
+        yaml.push_str("- type: prompt\n");
+    }
+    std::fs::write(dir.path().join("flow.dag.yaml"), yaml).unwrap();
+    let out = sluice(home.path())
+        .args(["flow", "validate", "--flow"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.len() < 64 * 1024, "{} bytes", stderr.len());
+    assert!(stderr.contains("more problems"), "{stderr}");
+}
