@@ -89,14 +89,16 @@ pub struct RunSpec {
 impl RunSpec {
     /// Reads promptflow's run YAML; paths are relative to the file.
     pub fn from_yaml(path: &Path) -> Result<RunSpec, RunError> {
-        use yaml_rust2::{Yaml, YamlLoader};
+        use yaml_rust2::Yaml;
         let file_error = |source: Box<dyn std::error::Error + Send + Sync>| RunError::RunFile {
             path: path.to_owned(),
             source,
         };
         let text = std::fs::read_to_string(path).map_err(|e| file_error(e.into()))?;
-        let docs = YamlLoader::load_from_str(&text).map_err(|e| file_error(e.into()))?;
-        let Some(Yaml::Hash(h)) = docs.into_iter().next() else {
+        // The one YAML loader with limits (aliases, depth, size) that refuses duplicate keys.
+        let doc =
+            crate::yaml::load_document(&text, path).map_err(|e| file_error(e.snippet().into()))?;
+        let Yaml::Hash(h) = doc else {
             return Err(file_error(
                 "a run file is a mapping (flow:, data:, ...)".into(),
             ));

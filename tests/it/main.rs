@@ -11,6 +11,7 @@ mod common;
 mod crash;
 mod embeddings;
 mod fixtures;
+mod hardening;
 mod isolation;
 mod llm;
 mod rag;

@@ -2,7 +2,7 @@
 //! nest without end, numbers out of range, stray files in data folders, and index sources that leave
 //! their folder. Each ends with a clear error (or a warning) instead of an abort, a hang or a silent change.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
