@@ -8,7 +8,10 @@
 //! (default 10) fails the target as a hang.
 //!
 //! `SLUICE_FUZZ_SECS` is each target's time budget (default 2, what CI runs); `SLUICE_FUZZ_SEED` fixes
-//! the random seed (default: from the clock, printed so a failure can be replayed). See fuzz/README.md.
+//! the random seed (default: from the clock, printed so a failure can be replayed); with
+//! `SLUICE_FUZZ_TRACE` set, each input is written to `target/fuzz-failures/<target>-last` before it
+//! runs, so the input of an abort can be found; `SLUICE_FUZZ_REPLAY=<file>` runs the target its name
+//! starts with on that one file. See fuzz/README.md.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
@@ -172,6 +175,17 @@ fn seeds_from(dirs: &[&str], suffixes: &[&str], extra: &[&str]) -> Vec<Vec<u8>> 
 /// input (accepted mutants join the corpus).
 fn fuzz(name: &str, seeds: Vec<Vec<u8>>, tokens: &[&str], mut target: impl FnMut(&[u8]) -> bool) {
     assert!(!seeds.is_empty(), "{name}: no seeds");
+    if let Some(file) = std::env::var_os("SLUICE_FUZZ_REPLAY") {
+        // One saved input, e.g. target/fuzz-failures/<target>-last, through this target only.
+        if Path::new(&file)
+            .file_name()
+            .is_some_and(|f| f.to_string_lossy().starts_with(name))
+        {
+            let input = std::fs::read(&file).unwrap();
+            eprintln!("replay {name}: accepted = {}", target(&input));
+        }
+        return;
+    }
     let seed = seed();
     let mut rng = Rng(seed);
     let budget = budget();
@@ -182,6 +196,7 @@ fn fuzz(name: &str, seeds: Vec<Vec<u8>>, tokens: &[&str], mut target: impl FnMut
     let (mut runs, mut accepted) = (0u64, 0u64);
     let mut slowest = (Duration::ZERO, 0usize);
     let failures = repo().join("target/fuzz-failures");
+    let trace = std::env::var_os("SLUICE_FUZZ_TRACE").is_some();
     while start.elapsed() < budget {
         let base = corpus[rng.below(corpus.len())].clone();
         // The seeds themselves first, then mutants.
@@ -191,6 +206,11 @@ fn fuzz(name: &str, seeds: Vec<Vec<u8>>, tokens: &[&str], mut target: impl FnMut
         } else {
             mutate(&mut rng, &base, &corpus, tokens)
         };
+        if trace {
+            // An abort (stack overflow) cannot be caught: the last input is on disk.
+            std::fs::create_dir_all(&failures).unwrap();
+            std::fs::write(failures.join(format!("{name}-last")), &input).unwrap();
+        }
         let t = Instant::now();
         let result = catch_unwind(AssertUnwindSafe(|| target(&input)));
         let took = t.elapsed();

@@ -62,6 +62,13 @@ impl Template {
     }
 
     pub fn from_source(source: String, path: &Path) -> Result<Template, BuildError> {
+        if let Some(line) = overlong_chain(&source) {
+            return Err(BuildError::new(format!(
+                "template syntax error: an expression with more than {MAX_CHAIN} attribute or index steps"
+            ))
+            .at(path, Some(Span { line, col: 1 }))
+            .help("split the expression; minijinja walks such chains recursively"));
+        }
         let mut env = environment();
         let size = source.len();
         let ordered = variables_in_order(&source);
@@ -143,10 +150,18 @@ fn environment() -> Environment<'static> {
         },
     );
     env.add_filter("wordwrap", wordwrap);
-    env.add_filter("pprint", |v: JValue| match v.as_str() {
-        Some(s) => sluice_engine::value::py_str_repr(s),
-        None => v.to_string(),
-    });
+    env.add_filter(
+        "pprint",
+        |state: &minijinja::State<'_, '_>, v: JValue| -> Result<String, JError> {
+            Ok(match v.as_str() {
+                Some(s) => sluice_engine::value::py_str_repr(s),
+                None => {
+                    check_printable(state, &v)?;
+                    v.to_string()
+                }
+            })
+        },
+    );
     env
 }
 
@@ -164,7 +179,53 @@ fn python_formatter(
             .write_str(&sluice_engine::value::py_float_repr(f))
             .map_err(|_| JError::new(ErrorKind::WriteFailure, "write failed"));
     }
+    check_printable(state, value)?;
     minijinja::escape_formatter(out, state, value)
+}
+
+/// The deepest list or map a template may print.
+const MAX_PRINT_DEPTH: usize = 256;
+
+/// Refuses to print a list or map nested deeper than [`MAX_PRINT_DEPTH`] or holding itself (a
+/// namespace assigned into itself, `{% set ns.a = ns %}`): minijinja prints containers recursively, so
+/// either would overflow the stack and abort the process. Walking the value costs fuel, so a value
+/// that shares parts exponentially runs out of budget instead of taking forever.
+fn check_printable(state: &minijinja::State<'_, '_>, v: &JValue) -> Result<(), JError> {
+    use minijinja::value::ValueKind;
+    fn walk(
+        state: &minijinja::State<'_, '_>,
+        v: &JValue,
+        depth: usize,
+        seen: &mut u64,
+    ) -> Result<(), JError> {
+        // One-shot iterables are not walked: that would use them up.
+        let is_map = match v.kind() {
+            ValueKind::Map => true,
+            ValueKind::Seq => false,
+            _ => return Ok(()),
+        };
+        if depth >= MAX_PRINT_DEPTH {
+            return Err(JError::new(
+                ErrorKind::InvalidOperation,
+                format!(
+                    "cannot print a value nested more than {MAX_PRINT_DEPTH} deep (does a namespace hold itself?)"
+                ),
+            ));
+        }
+        *seen += 1;
+        if *seen % 16 == 0 {
+            state.consume_fuel(1)?;
+        }
+        for item in v.try_iter()? {
+            if is_map {
+                walk(state, &v.get_item(&item)?, depth + 1, seen)?;
+            } else {
+                walk(state, &item, depth + 1, seen)?;
+            }
+        }
+        Ok(())
+    }
+    walk(state, v, 0, &mut 0)
 }
 
 enum Align {
@@ -483,6 +544,51 @@ fn truncate(
     format!("{cut}{end}")
 }
 
+/// The most `.attr` and `[index]` steps one tag may hold.
+const MAX_CHAIN: usize = 500;
+
+/// The line of the first tag (`{{ }}` or `{% %}`) with more than [`MAX_CHAIN`] `.` and `[` outside string
+/// literals. minijinja parses `x.a.a.a...` into a nested tree and walks it recursively when it lists a
+/// template's variables, so a few thousand steps overflowed a 2 MiB thread stack (found by the fuzzer).
+fn overlong_chain(source: &str) -> Option<usize> {
+    let mut rest = source;
+    let mut offset = 0;
+    while let Some(start) = rest.find('{') {
+        let closer = match rest[start + 1..].chars().next() {
+            Some('{') => "}}",
+            Some('%') => "%}",
+            _ => {
+                offset += start + 1;
+                rest = &rest[start + 1..];
+                continue;
+            }
+        };
+        let body_start = start + 2;
+        let body_len = rest[body_start..]
+            .find(closer)
+            .unwrap_or(rest.len() - body_start);
+        let body = &rest[body_start..body_start + body_len];
+        let mut steps = 0;
+        let mut quote: Option<char> = None;
+        for c in body.chars() {
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, '\'' | '"') => quote = Some(c),
+                (None, '.' | '[') => steps += 1,
+                _ => {}
+            }
+        }
+        if steps > MAX_CHAIN {
+            return Some(source[..offset + start].matches('\n').count() + 1);
+        }
+        let next = body_start + body_len;
+        offset += next;
+        rest = &rest[next..];
+    }
+    None
+}
+
 /// Variable names in order of first appearance, for stable input ordering (minijinja returns a set).
 fn variables_in_order(source: &str) -> Vec<String> {
     let mut out: Vec<String> = vec![];
@@ -661,6 +767,40 @@ mod tests {
         )
         .unwrap();
         assert_eq!(t.variables(), ["b", "a", "c"]);
+    }
+
+    #[test]
+    fn a_namespace_that_holds_itself_is_an_error_when_printed() {
+        for src in [
+            "{% set ns = namespace() %}{% set ns.a = ns %}{{ ns }}",
+            "{% set ns = namespace() %}{% set ns.a = [ns] %}{{ ns.a }}",
+            "{% set ns = namespace() %}{% set ns.a = ns %}{{ ns|pprint }}",
+        ] {
+            let err = render_err(src);
+            assert!(err.contains("nested more than"), "{src}: {err}");
+        }
+        let err = render_err(
+            "{% set ns = namespace(v=[1]) %}{% for i in range(60) %}{% set ns.v = [ns.v, ns.v] %}{% endfor %}{{ ns.v }}",
+        );
+        assert!(err.contains("budget"), "{err}");
+        assert_eq!(
+            render("{{ [1, [2, {'a': 3}]] }}", &[]),
+            "[1, [2, {'a': 3}]]"
+        );
+    }
+
+    #[test]
+    fn a_very_long_attribute_chain_is_a_syntax_error_not_a_stack_overflow() {
+        let src = format!("ok\n{{{{ x{} }}}}", ".a".repeat(5000));
+        let err = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || Template::from_source(src, Path::new("t")).unwrap_err())
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(err.span.map(|s| s.line), Some(2));
+        let dots = format!("{{{{ '{}' ~ x.a.b }}}}", ".".repeat(2000));
+        assert!(Template::from_source(dots, Path::new("t")).is_ok());
     }
 
     #[test]
