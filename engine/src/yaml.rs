@@ -16,7 +16,7 @@
 //! assert_eq!(doc["name"].as_str(), Some("x"));
 //! let bomb = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n\
 //!             c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n\
-//!             e: [*d, *d, *d, *d, *d, *d, *d, *d, *d]\n";
+//!             e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: [*e, *e, *e, *e, *e, *e, *e, *e, *e]\n";
 //! assert!(load_document(bomb, std::path::Path::new("bomb.yaml")).is_err());
 //! ```
 
