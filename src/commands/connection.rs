@@ -84,7 +84,7 @@ pub fn create(args: ConnCreateArgs) -> anyhow::Result<ExitStatus> {
     }
 }
 
-pub fn list() -> anyhow::Result<ExitStatus> {
+pub fn list(format: crate::cli::OutputFormat) -> anyhow::Result<ExitStatus> {
     let all = connections::list().map_err(anyhow::Error::msg)?;
     let rows: Vec<_> = all
         .iter()
@@ -93,7 +93,7 @@ pub fn list() -> anyhow::Result<ExitStatus> {
             json!({"name": c.name, "type": c.kind.as_str(), "api_base": c.configs.get("api_base")})
         })
         .collect();
-    println!("{}", serde_json::to_string_pretty(&rows)?);
+    super::print_listing(&rows, &["name", "type", "api_base"], format)?;
     Ok(ExitStatus::Ok)
 }
 

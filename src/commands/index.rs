@@ -159,7 +159,7 @@ pub fn query(args: IndexQueryArgs) -> anyhow::Result<ExitStatus> {
     }
 }
 
-pub fn list() -> anyhow::Result<ExitStatus> {
+pub fn list(format: crate::cli::OutputFormat) -> anyhow::Result<ExitStatus> {
     let mut names: Vec<String> = std::fs::read_dir(indexes_dir())
         .map(|d| {
             d.flatten()
@@ -173,7 +173,16 @@ pub fn list() -> anyhow::Result<ExitStatus> {
         })
         .unwrap_or_default();
     names.sort();
-    println!("{}", serde_json::to_string_pretty(&names)?);
+    match format {
+        crate::cli::OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&names)?),
+        crate::cli::OutputFormat::Table => {
+            let rows: Vec<serde_json::Value> = names
+                .iter()
+                .map(|n| serde_json::json!({"name": n, "file": indexes_dir().join(format!("{n}.sqlite"))}))
+                .collect();
+            super::print_listing(&rows, &["name", "file"], format)?;
+        }
+    }
     Ok(ExitStatus::Ok)
 }
 

@@ -21,7 +21,7 @@ pub fn run(command: Command, verbose: u8) -> anyhow::Result<ExitStatus> {
         Command::Flow(FlowCommand::Plan(args)) => flow::plan(args),
         Command::Flow(FlowCommand::Init(args)) => flow::init(args),
         Command::Run(run) => run_command(*run),
-        Command::Model(ModelCommand::List) => model::list(),
+        Command::Model(ModelCommand::List(args)) => model::list(args.format),
         Command::Model(ModelCommand::Pull(args)) => model::pull(args),
         Command::Model(ModelCommand::Add(args)) => model::add(args),
         Command::Model(ModelCommand::Rm(args)) => model::rm(args),
@@ -30,12 +30,12 @@ pub fn run(command: Command, verbose: u8) -> anyhow::Result<ExitStatus> {
         Command::Model(ModelCommand::Info(args)) => model::info(args),
         Command::Model(ModelCommand::Serve(args)) => serve::serve(args),
         Command::Connection(ConnectionCommand::Create(args)) => connection::create(args),
-        Command::Connection(ConnectionCommand::List) => connection::list(),
+        Command::Connection(ConnectionCommand::List(args)) => connection::list(args.format),
         Command::Connection(ConnectionCommand::Show(args)) => connection::show(args),
         Command::Connection(ConnectionCommand::Delete(args)) => connection::delete(args),
         Command::Index(IndexCommand::Build(args)) => index::build(args),
         Command::Index(IndexCommand::Query(args)) => index::query(args),
-        Command::Index(IndexCommand::List) => index::list(),
+        Command::Index(IndexCommand::List(args)) => index::list(args.format),
         Command::Index(IndexCommand::Info(args)) => index::info(args),
         Command::Index(IndexCommand::Rm(args)) => index::rm(args),
         Command::Info => info::run(),
@@ -99,6 +99,26 @@ fn run_command(command: RunCommand) -> anyhow::Result<ExitStatus> {
         RunCommand::Restore(args) => run::restore(args),
         RunCommand::Delete(args) => run::delete(args),
     }
+}
+
+/// Prints `rows` (JSON objects) as JSON, or as a table of the given columns.
+fn print_listing(
+    rows: &[serde_json::Value],
+    columns: &[&str],
+    format: crate::cli::OutputFormat,
+) -> anyhow::Result<()> {
+    match format {
+        crate::cli::OutputFormat::Json => println!("{}", serde_json::to_string_pretty(rows)?),
+        crate::cli::OutputFormat::Table => {
+            let headers: Vec<String> = columns.iter().map(|c| (*c).to_owned()).collect();
+            let cells: Vec<Vec<String>> = rows
+                .iter()
+                .map(|r| columns.iter().map(|c| run::cell(&r[*c])).collect())
+                .collect();
+            print!("{}", run::table(&headers, &cells, 60));
+        }
+    }
+    Ok(())
 }
 
 /// Redraws the terminal's progress line: a 30-wide bar for `done` of `total`, then `text`.

@@ -10,7 +10,7 @@ use super::flow::runtime;
 use crate::ExitStatus;
 use crate::cli::{AddArgs, EmbedArgs, ImportArgs, ModelName, PullArgs};
 
-pub fn list() -> anyhow::Result<ExitStatus> {
+pub fn list(format: crate::cli::OutputFormat) -> anyhow::Result<ExitStatus> {
     let dir = store::models_dir();
     let index = ModelIndex::load(&dir)?;
     let installed: Vec<_> = index
@@ -29,6 +29,35 @@ pub fn list() -> anyhow::Result<ExitStatus> {
                         "installed": index.models.contains_key(m.name)})
         })
         .collect();
+    if format == crate::cli::OutputFormat::Table {
+        let rows: Vec<_> = available
+            .iter()
+            .map(|m| {
+                let path = installed
+                    .iter()
+                    .find(|i| i["name"] == m["name"])
+                    .map_or(serde_json::Value::Null, |i| i["path"].clone());
+                json!({"name": m["name"], "installed": m["installed"], "size": m["size"],
+                       "path": path, "about": m["about"]})
+            })
+            .chain(
+                installed
+                    .iter()
+                    .filter(|i| !available.iter().any(|m| m["name"] == i["name"]))
+                    .map(|i| {
+                        json!({"name": i["name"], "installed": true, "size": i["size"],
+                                    "path": i["path"], "about": i["source"]})
+                    }),
+            )
+            .collect();
+        super::print_listing(
+            &rows,
+            &["name", "installed", "size", "path", "about"],
+            format,
+        )?;
+        eprintln!("models are kept in {}", dir.display());
+        return Ok(ExitStatus::Ok);
+    }
     println!(
         "{}",
         serde_json::to_string_pretty(

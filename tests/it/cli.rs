@@ -237,3 +237,61 @@ fn unknown_inputs_warn_and_pf_flag_spellings_work() {
         .assert()
         .success();
 }
+
+#[test]
+fn listings_print_json_for_scripts_and_tables_for_people() {
+    let home = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = crate::common::sluice(home.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let models: serde_json::Value = serde_json::from_str(&run(&["model", "list"])).unwrap();
+    assert!(
+        models["available"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == "smollm2")
+    );
+    let table = run(&["model", "list", "--format", "table"]);
+    let header = table.lines().next().unwrap();
+    assert!(
+        header.contains("name") && header.contains("installed") && header.contains("about"),
+        "{table}"
+    );
+    assert!(
+        table.contains("smollm2") && serde_json::from_str::<serde_json::Value>(&table).is_err()
+    );
+    std::fs::write(
+        home.path().join("c.yaml"),
+        "name: team_openai\ntype: open_ai\napi_key: sk-not-a-real-key-123456\napi_base: https://user:pw@example.invalid/v1\n",
+    )
+    .unwrap();
+    run(&[
+        "connection",
+        "create",
+        "-f",
+        home.path().join("c.yaml").to_str().unwrap(),
+    ]);
+    let conns: serde_json::Value = serde_json::from_str(&run(&["connection", "list"])).unwrap();
+    assert_eq!(conns[0]["name"], "team_openai");
+    let table = run(&["connection", "list", "--format", "table"]);
+    assert!(
+        table.lines().next().unwrap().contains("api_base"),
+        "{table}"
+    );
+    assert!(
+        table.contains("team_openai") && !table.contains("pw@"),
+        "{table}"
+    );
+    assert_eq!(run(&["index", "list"]).trim(), "[]");
+    assert!(run(&["index", "list", "--format", "table"]).starts_with("name"));
+}

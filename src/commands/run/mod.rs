@@ -25,6 +25,7 @@ use crate::cli::CreateArgs;
 pub use view::{
     archive, compare, delete, list, restore, show, show_details, show_metrics, visualize,
 };
+pub(crate) use view::{cell, table};
 
 /// `$SLUICE_HOME`, default `~/.sluice`.
 pub(crate) fn sluice_home() -> PathBuf {
