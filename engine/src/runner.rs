@@ -351,15 +351,11 @@ impl DataRows {
     fn scan(&self) -> Result<DataScan, BatchError> {
         match self {
             DataRows::File(p) => scan_data(p),
-            DataRows::Memory(rows) => {
-                let mut scan = DataScan {
-                    rows: rows.len(),
-                    columns: columns_of(rows.iter()),
-                    numbered: rows.iter().any(|r| r.contains_key("line_number")),
-                };
-                scan.columns.dedup();
-                Ok(scan)
-            }
+            DataRows::Memory(rows) => Ok(DataScan {
+                rows: rows.len(),
+                columns: columns_of(rows.iter()),
+                numbered: rows.iter().any(|r| r.contains_key("line_number")),
+            }),
         }
     }
 

@@ -79,3 +79,17 @@ pub const DOUBLE_FLOW: &str = "inputs:\n  n: {type: int}\noutputs:\n  doubled: {
 
 /// The same flow plus an aggregation node, `total` (from `total.py`), over the doubled values.
 pub const DOUBLE_FLOW_WITH_TOTAL: &str = "inputs:\n  n: {type: int}\noutputs:\n  doubled: {reference: '${double.output}'}\nnodes:\n- name: double\n  type: python\n  source: {type: code, path: double.py}\n  inputs: {n: '${inputs.n}'}\n- name: total\n  type: python\n  source: {type: code, path: total.py}\n  inputs: {values: '${double.output}'}\n  aggregation: true\n";
+
+/// Asserts that a run's `details.jsonl` holds exactly one record for each line `0..lines`.
+pub fn assert_every_line_once(details: &Path, lines: u64) {
+    let mut numbers: Vec<u64> = read_jsonl(details)
+        .iter()
+        .map(|r| r["line_number"].as_u64().unwrap())
+        .collect();
+    numbers.sort_unstable();
+    assert_eq!(
+        numbers,
+        (0..lines).collect::<Vec<u64>>(),
+        "every line exactly once"
+    );
+}

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 
-use crate::common::{DOUBLE_FLOW, numbers_data, read_jsonl, sluice, stdout_json, write_files};
+use crate::common::{
+    DOUBLE_FLOW, assert_every_line_once, numbers_data, read_jsonl, sluice, stdout_json, write_files,
+};
 
 fn bin() -> PathBuf {
     assert_cmd::cargo::cargo_bin("sluice")
@@ -140,17 +142,8 @@ fn a_tool_that_kills_the_process_fails_its_line_after_the_second_death_and_the_r
     assert_eq!(rec["status"], "Completed", "{rec}");
     assert_eq!(sm["completed_lines"], 49);
     assert_eq!(sm["failed_lines"], 1);
+    assert_every_line_once(&home.path().join("runs/third/details.jsonl"), 50);
     let details = read_jsonl(&home.path().join("runs/third/details.jsonl"));
-    let mut numbers: Vec<u64> = details
-        .iter()
-        .map(|r| r["line_number"].as_u64().unwrap())
-        .collect();
-    numbers.sort_unstable();
-    assert_eq!(
-        numbers,
-        (0..50).collect::<Vec<u64>>(),
-        "every line exactly once"
-    );
     let poison = details.iter().find(|r| r["line_number"] == 25).unwrap();
     assert_eq!(poison["status"], "Failed");
     assert_eq!(poison["error"]["innerError"]["code"], "LineKilledProcess");
@@ -263,17 +256,7 @@ fn sigkill_at_random_points_loses_and_duplicates_no_line() {
     let rec = stdout_json(&out);
     assert_eq!(rec["status"], "Completed");
     assert_eq!(rec["properties"]["system_metrics"]["completed_lines"], 2000);
-    let details = read_jsonl(&home.path().join("runs/last/details.jsonl"));
-    let mut numbers: Vec<u64> = details
-        .iter()
-        .map(|r| r["line_number"].as_u64().unwrap())
-        .collect();
-    numbers.sort_unstable();
-    assert_eq!(
-        numbers,
-        (0..2000).collect::<Vec<u64>>(),
-        "every line exactly once"
-    );
+    assert_every_line_once(&home.path().join("runs/last/details.jsonl"), 2000);
     let outputs = read_jsonl(&home.path().join("runs/last/outputs.jsonl"));
     assert_eq!(outputs.len(), 2000);
     for (i, o) in outputs.iter().enumerate() {

@@ -163,13 +163,7 @@ fn a_run_killed_with_sigkill_resumes_with_every_line_exactly_once() {
     );
 
     // Every line exactly once, and the same outputs and metrics as the uninterrupted run.
-    let lines = read_jsonl(&home.path().join("runs/resumed/details.jsonl"));
-    let mut numbers: Vec<u64> = lines
-        .iter()
-        .map(|l| l["line_number"].as_u64().unwrap())
-        .collect();
-    numbers.sort_unstable();
-    assert_eq!(numbers, (0..10_000).collect::<Vec<u64>>());
+    common::assert_every_line_once(&home.path().join("runs/resumed/details.jsonl"), 10_000);
     let resumed_out =
         std::fs::read_to_string(home.path().join("runs/resumed/outputs.jsonl")).unwrap();
     let full_out = std::fs::read_to_string(full_dir.join("outputs.jsonl")).unwrap();
