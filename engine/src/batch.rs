@@ -198,7 +198,7 @@ impl RowReader for JsonLines {
                     ))));
                 }
                 return Some(
-                    serde_json::from_str(text)
+                    crate::json::from_str::<Value>(text)
                         .map_err(|e| format!("line {number}: {e}"))
                         .and_then(|v| row(v).map_err(|m| format!("line {number}: {m}")))
                         .map_err(&err),
@@ -216,11 +216,10 @@ impl RowReader for JsonArray {
         let err = data_error(path);
         let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
         let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
-        let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| err(e.to_string()))?;
+        let text = std::str::from_utf8(bytes).map_err(|e| err(format!("not UTF-8: {e}")))?;
+        let v: Value = crate::json::from_str(text).map_err(|e| err(e.to_string()))?;
         let rows: Vec<Result<Map, BatchError>> = match v {
-            serde_json::Value::Array(items) => {
-                items.into_iter().map(|i| row(i).map_err(&err)).collect()
-            }
+            Value::List(items) => items.into_iter().map(|i| row(i).map_err(&err)).collect(),
             other => vec![row(other).map_err(&err)],
         };
         Ok(Box::new(rows.into_iter()))
@@ -324,8 +323,8 @@ pub fn scan_data(path: &Path) -> Result<DataScan, BatchError> {
     Ok(scan)
 }
 
-fn row(v: serde_json::Value) -> Result<Map, String> {
-    match Value::from(v) {
+fn row(v: impl Into<Value>) -> Result<Map, String> {
+    match v.into() {
         Value::Map(m) => Ok(m),
         other => Err(format!(
             "a row must be a JSON object, found {}",

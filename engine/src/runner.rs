@@ -397,16 +397,13 @@ fn run_rows(store: &RunStore, name: &RunName, file: &str) -> Result<Vec<Map>, Ru
     let text = std::fs::read_to_string(&path).map_err(|e| base(StoreError::io(&path, e)))?;
     text.lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| match serde_json::from_str::<Json>(l) {
-            Ok(Json::Object(o)) => Ok(Value::from(Json::Object(o)).into_map()),
+        .map(|l| match crate::json::from_str::<Value>(l) {
+            Ok(Value::Map(m)) => Ok(m),
             Ok(_) => Err(base(StoreError::io(
                 &path,
                 std::io::Error::other("a line is not a JSON object"),
             ))),
-            Err(e) => Err(base(StoreError::Record {
-                path: path.clone(),
-                source: e,
-            })),
+            Err(e) => Err(base(StoreError::io(&path, std::io::Error::other(e)))),
         })
         .collect()
 }
@@ -807,13 +804,15 @@ impl BatchRun {
             .as_ref()
             .map(|a| a.metrics.clone())
             .unwrap_or_default();
-        let metrics_json = match Value::Map(metrics).to_json_lossy() {
+        let metrics_json = match Value::Map(metrics.clone()).to_json_lossy() {
             Json::Object(o) => o,
             _ => Default::default(),
         };
         crate::store::write_synced(
             &self.dir.join("metrics.json"),
-            &serde_json::to_vec_pretty(&metrics_json).unwrap_or_default(),
+            crate::json::to_string_pretty(&metrics)
+                .unwrap_or_default()
+                .as_bytes(),
         )?;
         crate::store::write_synced(&self.dir.join("meta.json"), br#"{"batch_size": 1}"#)?;
         if let Some(agg) = &aggregation {
@@ -1069,12 +1068,21 @@ struct Pending {
 
 /// `{"line_number": n, ...map}` as one JSON line.
 fn numbered_line<V: serde::Serialize>(n: usize, map: impl Iterator<Item = (String, V)>) -> String {
-    let mut obj = serde_json::Map::new();
-    obj.insert("line_number".into(), json!(n));
-    for (k, v) in map {
-        obj.insert(k, serde_json::to_value(v).unwrap_or(Json::Null));
+    struct Numbered<I>(usize, std::cell::Cell<Option<I>>);
+    impl<V: serde::Serialize, I: Iterator<Item = (String, V)>> serde::Serialize for Numbered<I> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeMap;
+            let mut m = s.serialize_map(None)?;
+            m.serialize_entry("line_number", &self.0)?;
+            for (k, v) in self.1.take().into_iter().flatten() {
+                if k != "line_number" {
+                    m.serialize_entry(&k, &v)?;
+                }
+            }
+            m.end()
+        }
     }
-    serde_json::to_string(&obj).unwrap_or_default()
+    crate::json::to_string(&Numbered(n, std::cell::Cell::new(Some(map)))).unwrap_or_default()
 }
 
 impl Pending {

@@ -78,12 +78,12 @@ fn parse_inputs(items: &[String]) -> anyhow::Result<Map> {
             } else {
                 text
             };
-            let value: serde_json::Value = serde_json::from_str(&first)
+            let value: Value = sluice_engine::json::from_str(&first)
                 .with_context(|| format!("{item} is not valid JSON"))?;
-            let serde_json::Value::Object(obj) = value else {
+            let Value::Map(obj) = value else {
                 bail!("{item} must hold a JSON object")
             };
-            map.extend(obj.into_iter().map(|(k, v)| (k, Value::from(v))));
+            map.extend(obj);
             continue;
         }
         let Some((k, v)) = item.split_once('=') else {
@@ -214,10 +214,10 @@ pub fn test(args: TestArgs) -> anyhow::Result<ExitStatus> {
     if let Some(node) = &args.node {
         return match rt.block_on(flow.run_node(node, &inputs, &opts)) {
             Ok(output) => {
-                println!("{}", pretty(&json!(output)));
+                println!("{}", pretty(&output));
                 write_json(
                     &out_dir.join(format!("flow-{node}.node.output.json")),
-                    &json!(output),
+                    &output,
                 );
                 Ok(ExitStatus::Ok)
             }
@@ -263,19 +263,16 @@ pub fn test(args: TestArgs) -> anyhow::Result<ExitStatus> {
         print_error(e);
         return Ok(ExitStatus::Failed);
     }
-    write_json(
-        &out_dir.join(format!("{prefix}.output.json")),
-        &json!(line.output),
-    );
+    write_json(&out_dir.join(format!("{prefix}.output.json")), &line.output);
     if !metrics.is_empty() {
-        write_json(
-            &out_dir.join(format!("{prefix}.metrics.json")),
-            &json!(metrics),
+        write_json(&out_dir.join(format!("{prefix}.metrics.json")), &metrics);
+        eprintln!(
+            "metrics: {}",
+            redact(&sluice_engine::json::to_string(&metrics)?)
         );
-        eprintln!("metrics: {}", redact(&serde_json::to_string(&metrics)?));
     }
     if !streamed {
-        println!("{}", pretty(&json!(line.output)));
+        println!("{}", pretty(&line.output));
     }
     if args.detail || args.verbose > 0 {
         print_usage(&node_runs);
@@ -291,7 +288,7 @@ pub fn test(args: TestArgs) -> anyhow::Result<ExitStatus> {
                     .unwrap_or(0) as f64
                     / 1000.0,
                 truncate(
-                    &redact(&serde_json::to_string(&run.output).unwrap_or_default()),
+                    &redact(&sluice_engine::json::to_string(&run.output).unwrap_or_default()),
                     80
                 )
             );
@@ -335,7 +332,7 @@ fn print_streams(output: &mut Map) -> anyhow::Result<bool> {
         *value = Value::String(text);
     }
     if any && !rest.is_empty() {
-        println!("{}", pretty(&json!(rest)));
+        println!("{}", pretty(&rest));
     }
     Ok(any)
 }
@@ -364,11 +361,9 @@ fn print_usage(runs: &[sluice_engine::NodeRunInfo]) {
     }
 }
 
-/// Pretty JSON for stdout, secrets masked.
-fn pretty(value: &serde_json::Value) -> String {
-    let mut value = value.clone();
-    redact::redact_json(&mut value);
-    serde_json::to_string_pretty(&value).unwrap_or_default()
+/// Pretty JSON for stdout (`NaN` and `Infinity` as promptflow prints them), secrets masked.
+fn pretty(value: &impl serde::Serialize) -> String {
+    redact(&sluice_engine::json::to_string_pretty(value).unwrap_or_default()).into_owned()
 }
 
 fn truncate(s: &str, n: usize) -> String {
@@ -390,11 +385,10 @@ fn print_error(e: &sluice_engine::ErrorInfo) {
 }
 
 /// Writes a file in `.promptflow/`, secrets masked; failing to do so is not a reason to fail the run.
-fn write_json(path: &Path, value: &serde_json::Value) {
-    let mut value = value.clone();
-    redact::redact_json(&mut value);
+fn write_json(path: &Path, value: &impl serde::Serialize) {
+    let text = pretty(value);
     let result = std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))
-        .and_then(|_| std::fs::write(path, serde_json::to_vec_pretty(&value).unwrap_or_default()));
+        .and_then(|_| std::fs::write(path, text));
     if let Err(e) = result {
         tracing::warn!("cannot write {}: {e}", path.display());
     }

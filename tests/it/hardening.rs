@@ -467,3 +467,80 @@ fn a_flow_with_thousands_of_problems_prints_a_screenful() {
     assert!(stderr.len() < 64 * 1024, "{} bytes", stderr.len());
     assert!(stderr.contains("more problems"), "{stderr}");
 }
+
+#[test]
+fn non_finite_numbers_are_written_and_read_back_as_python_writes_them() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    common::write_files(
+        dir.path(),
+        &[
+            (
+                "flow.dag.yaml",
+                "inputs:\n  v: {type: double}\noutputs:\n  v: {reference: '${tool.output.v}'}\n  is_nan: {reference: '${tool.output.is_nan}'}\n  inf: {reference: '${tool.output.inf}'}\n  ninf: {reference: '${tool.output.ninf}'}\nnodes:\n- name: tool\n  type: python\n  source: {type: code, path: tool.py}\n  inputs: {v: '${inputs.v}'}\n",
+            ),
+            (
+                "tool.py",
+                "import math\nfrom promptflow.core import tool\n\n@tool\ndef run(v: float):\n    return {'v': v, 'is_nan': math.isnan(v), 'inf': float('inf'), 'ninf': -math.inf}\n",
+            ),
+            (
+                "data.jsonl",
+                "{\"v\": NaN}\n{\"v\": 1.5}\n{\"v\": -Infinity}\n",
+            ),
+        ],
+    );
+    // `flow test` prints them as promptflow does, not as null.
+    let out = sluice(home.path())
+        .args(["flow", "test", "--flow"])
+        .arg(dir.path())
+        .args(["--inputs", "v=nan"])
+        .timeout(Duration::from_secs(120))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in ["\"inf\": Infinity", "\"ninf\": -Infinity"] {
+        assert!(stdout.contains(needle), "{needle} not in {stdout}");
+    }
+
+    // A batch run reads them from the data and writes them to its records.
+    sluice(home.path())
+        .args(["run", "create", "--name", "base", "--flow"])
+        .arg(dir.path())
+        .arg("--data")
+        .arg(dir.path().join("data.jsonl"))
+        .timeout(Duration::from_secs(120))
+        .assert()
+        .success();
+    let runs = home.path().join("runs");
+    let outputs = std::fs::read_to_string(runs.join("base/outputs.jsonl")).unwrap();
+    let lines: Vec<&str> = outputs.lines().collect();
+    assert_eq!(
+        lines[0],
+        r#"{"line_number":0,"v":NaN,"is_nan":true,"inf":Infinity,"ninf":-Infinity}"#
+    );
+    assert!(
+        lines[2].contains(r#""v":-Infinity,"is_nan":false"#),
+        "{}",
+        lines[2]
+    );
+    let details = std::fs::read_to_string(runs.join("base/details.jsonl")).unwrap();
+    assert!(details.contains(r#""v":NaN"#), "{details}");
+
+    // A run over that run's outputs gets the same numbers back.
+    sluice(home.path())
+        .args([
+            "run", "create", "--name", "again", "--run", "base", "--flow",
+        ])
+        .arg(dir.path())
+        .args(["--column-mapping", "v=${run.outputs.v}"])
+        .timeout(Duration::from_secs(120))
+        .assert()
+        .success();
+    let again = std::fs::read_to_string(runs.join("again/outputs.jsonl")).unwrap();
+    assert_eq!(again, outputs, "the round trip changed a value");
+}

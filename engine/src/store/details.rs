@@ -51,7 +51,7 @@ impl DetailsWriter {
     /// Writes one record as one `write` call, so that a record reaches the OS whole.
     pub fn append(&mut self, record: &impl Serialize) -> Result<(), StoreError> {
         self.buf.clear();
-        serde_json::to_writer(&mut self.buf, record)
+        crate::json::to_writer(&mut self.buf, record)
             .map_err(|e| StoreError::io(&self.path, std::io::Error::other(e)))?;
         self.buf.push(b'\n');
         // Connection secrets never reach the records (an error that echoes a key, an output).
@@ -109,7 +109,7 @@ fn stream_records(path: &Path) -> impl Iterator<Item = LineRecord> + use<> {
         .into_iter()
         .flat_map(|f| BufReader::new(f).lines())
         .map_while(Result::ok)
-        .filter_map(|line| serde_json::from_str::<LineRecord>(&line).ok())
+        .filter_map(|line| crate::json::from_str::<LineRecord>(&line).ok())
 }
 
 /// Every line's last record, by line number.

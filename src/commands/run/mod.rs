@@ -11,7 +11,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use serde_json::json;
 
 use sluice_engine::store::RunRecord;
 use sluice_engine::{
@@ -272,8 +271,20 @@ impl BatchObserver for Progress {
 
     fn line_finished(&mut self, line: &LineResult) {
         if self.stream {
-            let record = json!({"line_number": line.line_number, "status": line.status.as_str(),
-                                "output": Value::Map(line.output.clone()).to_json_lossy(), "error": line.error});
+            #[derive(serde::Serialize)]
+            struct Streamed<'a> {
+                line_number: Option<usize>,
+                status: &'a str,
+                output: &'a sluice_engine::Map,
+                error: &'a Option<sluice_engine::ErrorInfo>,
+            }
+            let record = sluice_engine::json::to_string(&Streamed {
+                line_number: line.line_number,
+                status: line.status.as_str(),
+                output: &line.output,
+                error: &line.error,
+            })
+            .unwrap_or_default();
             let mut out = std::io::stdout().lock();
             // A closed reader (`| head`) ends the printing, not the run.
             if writeln!(out, "{record}")

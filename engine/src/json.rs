@@ -1,0 +1,220 @@
+//! JSON as promptflow writes and reads it: strict JSON, except that a float that is not a number or
+//! is infinite is written `NaN`, `Infinity` or `-Infinity` (what Python's `json.dumps` writes), where
+//! `serde_json` would silently write `null`. Every run file and every output printed goes through
+//! [`to_string`] / [`to_string_pretty`] / [`to_writer`], and every reader of such files through
+//! [`from_str`], which takes those three words back.
+//!
+//! How it works: [`crate::Value`] serialises a non-finite float by leaving it in a thread-local slot and
+//! asking the serializer for an `f64`; `serde_json` turns a non-finite `f64` into a `null` call on its
+//! formatter, and this module's formatter writes the slot's word instead. Any other serializer (or
+//! `serde_json`'s own formatters) still sees the `null` it always did.
+
+use std::cell::Cell;
+use std::io;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::ser::{CompactFormatter, Formatter, PrettyFormatter};
+
+thread_local! {
+    static NON_FINITE: Cell<Option<f64>> = const { Cell::new(None) };
+}
+
+/// Serialises a non-finite float: as its word through this module's writers, as `null` elsewhere.
+pub(crate) fn serialize_non_finite<S: serde::Serializer>(f: f64, s: S) -> Result<S::Ok, S::Error> {
+    NON_FINITE.with(|slot| slot.set(Some(f)));
+    let result = s.serialize_f64(f);
+    NON_FINITE.with(|slot| slot.set(None));
+    result
+}
+
+/// The word Python's `json.dumps` writes for a non-finite float.
+pub fn non_finite_word(f: f64) -> &'static str {
+    if f.is_nan() {
+        "NaN"
+    } else if f > 0.0 {
+        "Infinity"
+    } else {
+        "-Infinity"
+    }
+}
+
+/// A formatter that writes a pending non-finite float as its word.
+struct Words<F>(F);
+
+impl<F: Formatter> Formatter for Words<F> {
+    fn write_null<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
+        match NON_FINITE.with(|slot| slot.take()) {
+            Some(f) => w.write_all(non_finite_word(f).as_bytes()),
+            None => w.write_all(b"null"),
+        }
+    }
+    fn begin_array<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
+        self.0.begin_array(w)
+    }
+    fn end_array<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
+        self.0.end_array(w)
+    }
+    fn begin_array_value<W: ?Sized + io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> io::Result<()> {
+        self.0.begin_array_value(w, first)
+    }
+    fn end_array_value<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
+        self.0.end_array_value(w)
+    }
+    fn begin_object<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
+        self.0.begin_object(w)
+    }
+    fn end_object<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
+        self.0.end_object(w)
+    }
+    fn begin_object_key<W: ?Sized + io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> io::Result<()> {
+        self.0.begin_object_key(w, first)
+    }
+    fn end_object_key<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
+        self.0.end_object_key(w)
+    }
+    fn begin_object_value<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
+        self.0.begin_object_value(w)
+    }
+    fn end_object_value<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
+        self.0.end_object_value(w)
+    }
+}
+
+/// Writes `value` as compact JSON, non-finite floats as words.
+pub fn to_writer<W: io::Write, T: Serialize + ?Sized>(w: W, value: &T) -> serde_json::Result<()> {
+    let mut ser = serde_json::Serializer::with_formatter(w, Words(CompactFormatter));
+    value.serialize(&mut ser)
+}
+
+/// `value` as compact JSON, non-finite floats as words.
+pub fn to_string<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<String> {
+    let mut out = Vec::with_capacity(128);
+    to_writer(&mut out, value)?;
+    Ok(String::from_utf8(out).expect("serde_json writes UTF-8"))
+}
+
+/// `value` as indented JSON, non-finite floats as words.
+pub fn to_string_pretty<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<String> {
+    let mut out = Vec::with_capacity(128);
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, Words(PrettyFormatter::new()));
+    value.serialize(&mut ser)?;
+    Ok(String::from_utf8(out).expect("serde_json writes UTF-8"))
+}
+
+/// Why a JSON text did not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ParseError {
+    message: String,
+    /// The 1-based line and column, when the parser knows them.
+    pub position: Option<(usize, usize)>,
+}
+
+/// Parses JSON that may hold `NaN`, `Infinity` and `-Infinity` (as Python writes them). Strict JSON
+/// takes the fast path; only text that fails it and holds one of the three words is parsed again,
+/// as JSON5 (a superset of JSON that has them). Errors are the strict parser's.
+pub fn from_str<T: DeserializeOwned>(text: &str) -> Result<T, ParseError> {
+    match serde_json::from_str(text) {
+        Ok(v) => Ok(v),
+        Err(strict) => {
+            if (text.contains("NaN") || text.contains("Infinity"))
+                && let Ok(v) = json5::from_str(text)
+            {
+                return Ok(v);
+            }
+            Err(ParseError {
+                position: (strict.line() > 0).then(|| (strict.line(), strict.column())),
+                message: strict.to_string(),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Map, Value};
+
+    fn sample() -> Value {
+        let map: Map = [
+            ("nan".to_string(), Value::Float(f64::NAN)),
+            ("inf".to_string(), Value::Float(f64::INFINITY)),
+            ("ninf".to_string(), Value::Float(f64::NEG_INFINITY)),
+            ("none".to_string(), Value::Null),
+            ("x".to_string(), Value::Float(0.5)),
+            (
+                "list".to_string(),
+                Value::List(vec![Value::Float(f64::NAN), Value::Null, Value::Int(1)]),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        Value::Map(map)
+    }
+
+    #[test]
+    fn non_finite_floats_are_written_as_python_writes_them() {
+        assert_eq!(
+            to_string(&sample()).unwrap(),
+            r#"{"nan":NaN,"inf":Infinity,"ninf":-Infinity,"none":null,"x":0.5,"list":[NaN,null,1]}"#
+        );
+        assert!(
+            to_string_pretty(&sample())
+                .unwrap()
+                .contains("\"nan\": NaN,")
+        );
+        // serde_json's own writers keep writing null, and nothing is left pending for them.
+        assert_eq!(
+            serde_json::to_string(&sample()).unwrap(),
+            r#"{"nan":null,"inf":null,"ninf":null,"none":null,"x":0.5,"list":[null,null,1]}"#
+        );
+        assert_eq!(to_string(&Value::Null).unwrap(), "null");
+    }
+
+    #[test]
+    fn what_is_written_reads_back() {
+        let text = to_string(&sample()).unwrap();
+        let back: Value = from_str(&text).unwrap();
+        let Value::Map(m) = back else {
+            panic!("{back:?}")
+        };
+        assert!(matches!(m["nan"], Value::Float(f) if f.is_nan()));
+        assert!(matches!(m["inf"], Value::Float(f) if f == f64::INFINITY));
+        assert!(matches!(m["ninf"], Value::Float(f) if f == f64::NEG_INFINITY));
+        assert_eq!(m["none"], Value::Null);
+        assert_eq!(m["x"], Value::Float(0.5));
+        let Value::List(items) = &m["list"] else {
+            panic!("{:?}", m["list"])
+        };
+        assert!(matches!(items[0], Value::Float(f) if f.is_nan()));
+        assert_eq!(items[1..], [Value::Null, Value::Int(1)]);
+    }
+
+    #[test]
+    fn a_word_inside_a_string_is_text_and_bad_json_keeps_its_position() {
+        let v: Value = from_str(r#"{"a": "NaN Infinity"}"#).unwrap();
+        assert_eq!(
+            v,
+            Value::Map(
+                [("a".to_string(), Value::from("NaN Infinity"))]
+                    .into_iter()
+                    .collect()
+            )
+        );
+        let e = from_str::<Value>("{\"a\": NaN,\n \"b\": }").unwrap_err();
+        assert_eq!(e.position.map(|p| p.0), Some(1));
+        assert!(
+            from_str::<Value>("nan").is_err(),
+            "only Python's spelling is JSON"
+        );
+    }
+}
