@@ -338,6 +338,8 @@ impl BatchObserver for () {}
 pub enum Stop {
     Canceled,
     TimedOut,
+    /// A record could not be written (a full disk).
+    WriteFailed,
 }
 
 /// Where a run's data comes from: a file or folder (streamed), or rows in memory (the inputs of a
@@ -697,6 +699,9 @@ impl BatchRun {
             run_id: self.name.to_string(),
         };
         let mut write_error: Option<StoreError> = None;
+        // A record that cannot be written (a full disk) stops the run: no more lines start, so no
+        // work is done that could not be kept, and a resume takes over from what was written.
+        let write_failed = tokio::sync::Notify::new();
         let deadline = async {
             match self.opts.batch_timeout {
                 Some(d) => tokio::time::sleep(d).await,
@@ -707,6 +712,7 @@ impl BatchRun {
             let n = line.line_number.unwrap_or(0);
             if let Err(e) = details_append(&details, &LineRecordRef::new(line)) {
                 write_error.get_or_insert(e);
+                write_failed.notify_one();
             }
             if let Some(e) = &line.error {
                 log.line(&format!("line {n} failed: {}", e.message));
@@ -719,7 +725,8 @@ impl BatchRun {
             ordered.push(n, Pending::from_line(line));
             let frontier = lock(&dispatch).finished(n);
             if let Err(e) = ordered.flush_before(frontier) {
-                write_error.get_or_insert(StoreError::io(&self.dir, e));
+                write_error.get_or_insert(e);
+                write_failed.notify_one();
             }
         };
         let stopped = {
@@ -746,6 +753,7 @@ impl BatchRun {
                 r = lines_phase => { r?; None }
                 _ = stop => Some(Stop::Canceled),
                 _ = deadline => Some(Stop::TimedOut),
+                _ = write_failed.notified() => Some(Stop::WriteFailed),
             }
         };
         observer.lines_done();
@@ -767,13 +775,18 @@ impl BatchRun {
                 aggregation_inputs: Default::default(),
                 isolated: false,
             };
-            details_append(&details, &record)?;
+            if let Err(e) = details_append(&details, &record) {
+                write_error.get_or_insert(e);
+            }
         }
-        ordered
+        if let Err(e) = ordered
             .flush_before(usize::MAX)
             .and_then(|()| ordered.finish())
-            .map_err(|e| StoreError::io(&self.dir, e))?;
+        {
+            write_error.get_or_insert(e);
+        }
         if let Some(e) = write_error {
+            self.record_write_failure(&e);
             return Err(e.into());
         }
 
@@ -787,6 +800,8 @@ impl BatchRun {
                 log.line("batch timeout");
                 RunStatus::Failed
             }
+            // Returned above with the error that stopped it.
+            Some(Stop::WriteFailed) => RunStatus::Failed,
         };
         let aggregation = if stopped.is_none() && has_aggregation {
             kept.sort_by_key(|(n, _)| *n);
@@ -870,6 +885,10 @@ impl BatchRun {
                 "stopped by the batch timeout; resume it with --resume-from {}",
                 self.name
             )),
+            Some(Stop::WriteFailed) => Some(format!(
+                "a record could not be written; resume it with --resume-from {}",
+                self.name
+            )),
             None => None,
         };
         record.properties.system_metrics = SystemMetrics {
@@ -898,6 +917,21 @@ impl BatchRun {
         ));
         log.flush();
         Ok(record)
+    }
+
+    /// Marks the run failed after a record could not be written, if the disk still takes that much;
+    /// otherwise the run's dead owner already shows it as not running.
+    fn record_write_failure(&self, error: &StoreError) {
+        let mut record = self.record.clone();
+        record.status = RunStatus::Failed;
+        record.owner = None;
+        record.status_note = Some(format!(
+            "stopped: {error}; make room and resume it with --resume-from {}",
+            self.name
+        ));
+        if let Err(e) = self.store.write_record(&record) {
+            tracing::debug!("could not record the failure either: {e}");
+        }
     }
 
     /// The lines to run, read from the data as the batch takes them: those not in `skip` (or only
@@ -1111,6 +1145,8 @@ struct OrderedOutputs {
     outputs: BufWriter<File>,
     flow_outputs: BufWriter<File>,
     inputs: BufWriter<File>,
+    /// The three files' paths, in the order above, for errors.
+    paths: [PathBuf; 3],
     pending: BTreeMap<usize, Pending>,
 }
 
@@ -1121,10 +1157,16 @@ impl OrderedOutputs {
                 .map(BufWriter::new)
                 .map_err(|e| StoreError::io(&p, e))
         };
+        let paths = [
+            dir.join("outputs.jsonl"),
+            dir.join("flow_outputs/output.jsonl"),
+            dir.join("inputs.jsonl"),
+        ];
         Ok(OrderedOutputs {
-            outputs: open(dir.join("outputs.jsonl"))?,
-            flow_outputs: open(dir.join("flow_outputs/output.jsonl"))?,
-            inputs: open(dir.join("inputs.jsonl"))?,
+            outputs: open(paths[0].clone())?,
+            flow_outputs: open(paths[1].clone())?,
+            inputs: open(paths[2].clone())?,
+            paths,
             pending: BTreeMap::new(),
         })
     }
@@ -1134,26 +1176,30 @@ impl OrderedOutputs {
     }
 
     /// Writes the pending lines numbered below `frontier`.
-    fn flush_before(&mut self, frontier: usize) -> std::io::Result<()> {
+    fn flush_before(&mut self, frontier: usize) -> Result<(), StoreError> {
         while let Some(entry) = self.pending.first_entry() {
             if *entry.key() >= frontier {
                 break;
             }
             let p = entry.remove();
-            writeln!(self.inputs, "{}", crate::redact::redact(&p.input))?;
+            writeln!(self.inputs, "{}", crate::redact::redact(&p.input))
+                .map_err(|e| StoreError::io(&self.paths[2], e))?;
             if let Some(out) = p.output {
                 let out = crate::redact::redact(&out);
-                writeln!(self.outputs, "{out}")?;
-                writeln!(self.flow_outputs, "{out}")?;
+                writeln!(self.outputs, "{out}").map_err(|e| StoreError::io(&self.paths[0], e))?;
+                writeln!(self.flow_outputs, "{out}")
+                    .map_err(|e| StoreError::io(&self.paths[1], e))?;
             }
         }
         Ok(())
     }
 
-    fn finish(&mut self) -> std::io::Result<()> {
-        for w in [&mut self.outputs, &mut self.flow_outputs, &mut self.inputs] {
-            w.flush()?;
-            w.get_ref().sync_data()?;
+    fn finish(&mut self) -> Result<(), StoreError> {
+        let writers = [&mut self.outputs, &mut self.flow_outputs, &mut self.inputs];
+        for (w, path) in writers.into_iter().zip(&self.paths) {
+            w.flush()
+                .and_then(|()| w.get_ref().sync_data())
+                .map_err(|e| StoreError::io(path, e))?;
         }
         Ok(())
     }

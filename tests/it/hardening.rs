@@ -544,3 +544,111 @@ fn non_finite_numbers_are_written_and_read_back_as_python_writes_them() {
     let again = std::fs::read_to_string(runs.join("again/outputs.jsonl")).unwrap();
     assert_eq!(again, outputs, "the round trip changed a value");
 }
+
+/// A small tmpfs mounted on a temporary folder, unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    /// `None` where this process may not mount (not root, or in a container that forbids it).
+    fn mount(size: &str) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(SmallDisk { dir })
+    }
+
+    fn grow(&self, size: &str) {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(self.dir.path())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_stops_the_run_naming_the_file_and_a_resume_completes_it() {
+    let Some(disk) = SmallDisk::mount("3m") else {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    let home = disk.dir.path().join("home");
+    let dir = tempfile::tempdir().unwrap();
+    common::write_files(
+        dir.path(),
+        &[
+            ("flow.dag.yaml", common::DOUBLE_FLOW),
+            (
+                "double.py",
+                "from promptflow.core import tool\n\n@tool\ndef double(n: int):\n    return str(n * 2) * 500\n",
+            ),
+        ],
+    );
+    let data = common::numbers_data(dir.path(), 2000);
+    let out = sluice(&home)
+        .args(["run", "create", "--name", "full", "--flow"])
+        .arg(dir.path())
+        .arg("--data")
+        .arg(&data)
+        .timeout(Duration::from_secs(120))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // A run that started and could not keep its records failed (1), not "nothing ran" (2).
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("No space left on device"), "{stderr}");
+    let run_dir = home.join("runs/full");
+    assert!(
+        stderr.contains(&run_dir.display().to_string()),
+        "the error names no file: {stderr}"
+    );
+    // It stopped early instead of running every line it could not record.
+    let recorded = std::fs::read_to_string(run_dir.join("details.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
+    assert!(recorded < 2000, "{recorded} lines recorded");
+    let shown = common::json(&home, &["run", "show", "-n", "full"]);
+    assert_eq!(shown["status"], "Failed", "{shown}");
+    assert!(
+        !run_dir.join(".run.json.tmp").exists(),
+        "a temporary file was left"
+    );
+    assert!(std::fs::metadata(run_dir.join("run.json")).unwrap().len() > 0);
+
+    disk.grow("60m");
+    sluice(&home)
+        .args([
+            "run",
+            "create",
+            "--name",
+            "full2",
+            "--resume-from",
+            "full",
+            "--flow",
+        ])
+        .arg(dir.path())
+        .timeout(Duration::from_secs(120))
+        .assert()
+        .success();
+    common::assert_every_line_once(&home.join("runs/full2/details.jsonl"), 2000);
+    assert_eq!(
+        common::read_jsonl(&home.join("runs/full2/outputs.jsonl")).len(),
+        2000
+    );
+}

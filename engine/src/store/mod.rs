@@ -261,8 +261,13 @@ impl RunStore {
         let tmp = dir.join(".run.json.tmp");
         let text = serde_json::to_vec_pretty(record)
             .map_err(|e| StoreError::io(&path, std::io::Error::other(e)))?;
-        write_synced(&tmp, &text)?;
-        std::fs::rename(&tmp, &path).map_err(|e| StoreError::io(&path, e))
+        let written = write_synced(&tmp, &text)
+            .and_then(|()| std::fs::rename(&tmp, &path).map_err(|e| StoreError::io(&path, e)));
+        if written.is_err() {
+            // A full disk leaves no half-written temporary file behind.
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written
     }
 
     /// Deletes a run's folder (only a real folder inside the store with a run record) and its index row.
