@@ -207,3 +207,50 @@ fn flow_test_stops_a_stuck_tool_at_the_line_timeout() {
         started.elapsed()
     );
 }
+
+#[test]
+fn in_process_a_tool_holding_the_gil_is_named_and_the_process_still_ends() {
+    let home = tempfile::tempdir().unwrap();
+    let flow = tempfile::tempdir().unwrap();
+    std::fs::write(
+        flow.path().join("flow.dag.yaml"),
+        crate::common::DOUBLE_FLOW,
+    )
+    .unwrap();
+    std::fs::write(
+        flow.path().join("double.py"),
+        "from promptflow.core import tool\n\n@tool\ndef double(n: int) -> int:\n    if n == 1:\n        return 10 ** (10 ** 9)\n    return 2 * n\n",
+    )
+    .unwrap();
+    let data = numbers_data(flow.path(), 6);
+    let started = Instant::now();
+    let out = sluice(home.path())
+        .args([
+            "run",
+            "create",
+            "--name",
+            "gil",
+            "--line-timeout",
+            "4",
+            "--flow",
+        ])
+        .arg(flow.path())
+        .arg("--data")
+        .arg(&data)
+        .timeout(Duration::from_secs(120))
+        .output()
+        .unwrap();
+    // The stuck call cannot be stopped in process, but the run ends at its line timeout.
+    assert!(started.elapsed() < Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("node `double` (line 1) has held the interpreter")
+            && stderr.contains("--isolation process"),
+        "{stderr}"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the run completed with failed lines: {stderr}"
+    );
+}

@@ -11,7 +11,9 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 pub use isolation::{Isolation, serve as serve_worker, set_isolation};
 
@@ -326,9 +328,14 @@ impl Node for PythonNode {
         let func = self.func.clone();
         let metrics = cx.metrics.clone();
         let node_name = cx.node.clone();
-        run_blocking(move || {
+        let line = cx.line;
+        let entered = Arc::new(AtomicBool::new(false));
+        let entered_in_call = entered.clone();
+        let call = run_blocking(move || {
             let rt = runtime().map_err(|e| NodeError::system("PythonNotAvailable", e))?;
             Python::attach(|py| {
+                entered_in_call.store(true, Ordering::Relaxed);
+                let _holder = Holder::enter(&node_name, line);
                 let kwargs = PyDict::new(py);
                 for (k, v) in &inputs {
                     kwargs.set_item(k, to_py(py, v)?)?;
@@ -361,9 +368,18 @@ impl Node for PythonNode {
                     NodeError::system("PythonHostError", describe(py, &e).message)
                 }))
             })
-        })
-        .await
-        .map_err(|mut e| {
+        });
+        tokio::pin!(call);
+        let result = tokio::select! {
+            r = &mut call => r,
+            () = tokio::time::sleep(HOLDER_WARN_AFTER) => {
+                if !entered.load(Ordering::Relaxed) {
+                    Holder::warn_if_stuck(&self.name);
+                }
+                call.await
+            }
+        };
+        result.map_err(|mut e| {
             if let Some(t) = &mut e.tool
                 && t.name.is_none()
             {
@@ -371,6 +387,52 @@ impl Node for PythonNode {
             }
             e
         })
+    }
+}
+
+/// How long a Python node waits for the interpreter before it checks whether a tool holds it.
+const HOLDER_WARN_AFTER: Duration = Duration::from_secs(2);
+
+/// The in-process tool call that holds the interpreter now: its node, line and start.
+static HOLDER: Mutex<Option<(String, Option<usize>, Instant)>> = Mutex::new(None);
+/// Whether the run was already told that a tool holds the interpreter (it is said once).
+static HOLDER_WARNED: AtomicBool = AtomicBool::new(false);
+
+/// Marks the interpreter held by a tool call for as long as it lives.
+struct Holder;
+
+impl Holder {
+    fn enter(node: &str, line: Option<usize>) -> Holder {
+        *HOLDER.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((node.to_owned(), line, Instant::now()));
+        Holder
+    }
+
+    /// Says (once) which tool keeps other Python nodes waiting, when one has held the interpreter
+    /// past [`HOLDER_WARN_AFTER`]: a tool computing without releasing it cannot be stopped in
+    /// process, so every other Python node waits, and its lines time out.
+    fn warn_if_stuck(waiting: &str) {
+        let holder = HOLDER.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some((node, line, since)) = holder else {
+            return;
+        };
+        if since.elapsed() < HOLDER_WARN_AFTER || HOLDER_WARNED.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let line = line.map(|l| format!(" (line {l})")).unwrap_or_default();
+        tracing::warn!(
+            "node `{waiting}` waits for Python: node `{node}`{line} has held the interpreter for {:.0} s \
+             and cannot be stopped in process; Python nodes of other lines wait (and may time out) until \
+             it returns. Run with --isolation process to run tools in worker processes that are stopped at \
+             the line timeout.",
+            since.elapsed().as_secs_f64()
+        );
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        *HOLDER.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 }
 
