@@ -69,6 +69,13 @@ impl Template {
             .at(path, Some(Span { line, col: 1 }))
             .help("split the expression; minijinja walks such chains recursively"));
         }
+        if let Some((line, col)) = namespace_into_namespace(&source) {
+            return Err(BuildError::new(
+                "template error: a namespace (or a list or map holding one) is stored in a namespace's attribute",
+            )
+            .at(path, Some(Span { line, col }))
+            .help("store the values you need (ns.a = other.value), not the namespace itself: a namespace that holds itself can never be printed"));
+        }
         let mut env = environment();
         let size = source.len();
         let ordered = variables_in_order(&source);
@@ -119,6 +126,130 @@ impl Template {
         let ctx = JValue::from_pairs(vars.into_iter().map(|(k, v)| (k, to_jinja(v))));
         let tmpl = self.env.get_template(NAME).map_err(|e| render_error(&e))?;
         tmpl.render(ctx).map_err(|e| render_error(&e))
+    }
+}
+
+/// Where a template stores a namespace into a namespace's attribute (`{% set ns.a = ns %}`, also
+/// through a list, a map, a loop variable or another name), as a 1-based line and column.
+///
+/// Namespaces are the only values a template can change after making them, so refusing this one
+/// statement means no value can come to hold itself; printing one that did (`~`, `|string`) would
+/// recurse without end inside minijinja and overflow the stack. The check is conservative: a name
+/// that may hold a namespace anywhere in the template counts as holding one everywhere.
+fn namespace_into_namespace(source: &str) -> Option<(usize, usize)> {
+    use minijinja::machinery::ast::{CallArg, Expr, Stmt};
+    use std::collections::HashSet;
+
+    /// Whether `e`'s value may be, or contain, a namespace.
+    fn holds(e: &Expr<'_>, names: &HashSet<String>) -> bool {
+        let any = |items: &[Expr<'_>]| items.iter().any(|i| holds(i, names));
+        let args = |args: &[CallArg<'_>]| {
+            args.iter().any(|a| match a {
+                CallArg::Pos(e)
+                | CallArg::Kwarg(_, e)
+                | CallArg::PosSplat(e)
+                | CallArg::KwargSplat(e) => holds(e, names),
+            })
+        };
+        match e {
+            Expr::Var(v) => names.contains(v.id),
+            Expr::Call(c) => {
+                matches!(&c.expr, Expr::Var(v) if v.id == "namespace") || args(&c.args)
+            }
+            Expr::List(l) => any(&l.items),
+            Expr::Tuple(t) => any(&t.items),
+            Expr::Map(m) => any(&m.values),
+            Expr::IfExpr(i) => {
+                holds(&i.true_expr, names) || i.false_expr.as_ref().is_some_and(|f| holds(f, names))
+            }
+            Expr::Filter(f) => f.expr.as_ref().is_some_and(|x| holds(x, names)) || args(&f.args),
+            Expr::GetItem(g) => holds(&g.expr, names),
+            Expr::Slice(s) => holds(&s.expr, names),
+            // Reading an attribute, arithmetic, comparisons and tests make new plain values.
+            _ => false,
+        }
+    }
+
+    /// The variable names an assignment target binds (`x`, `(a, b)`).
+    fn bound(target: &Expr<'_>, out: &mut Vec<String>) {
+        match target {
+            Expr::Var(v) => out.push(v.id.to_owned()),
+            Expr::Tuple(t) => t.items.iter().for_each(|i| bound(i, out)),
+            Expr::List(l) => l.items.iter().for_each(|i| bound(i, out)),
+            _ => {}
+        }
+    }
+
+    /// One pass over the statements: adds the names that may hold a namespace; returns the position
+    /// of the first attribute assignment whose value may hold one.
+    fn walk(stmts: &[Stmt<'_>], names: &mut HashSet<String>, found: &mut Option<(usize, usize)>) {
+        for stmt in stmts {
+            let bind = |target: &Expr<'_>, value_holds: bool, names: &mut HashSet<String>| {
+                if value_holds {
+                    let mut out = Vec::new();
+                    bound(target, &mut out);
+                    names.extend(out);
+                }
+            };
+            match stmt {
+                Stmt::Template(t) => walk(&t.children, names, found),
+                Stmt::Set(set) => {
+                    if let Expr::GetAttr(attr) = &set.target {
+                        // Only a namespace takes `x.attr = ...`: its base holds one.
+                        let mut out = Vec::new();
+                        bound(&attr.expr, &mut out);
+                        names.extend(out);
+                        if found.is_none() && holds(&set.expr, names) {
+                            let span = set.span();
+                            *found = Some((span.start_line as usize, span.start_col as usize + 1));
+                        }
+                    } else {
+                        let h = holds(&set.expr, names);
+                        bind(&set.target, h, names);
+                    }
+                }
+                Stmt::ForLoop(f) => {
+                    let h = holds(&f.iter, names);
+                    bind(&f.target, h, names);
+                    walk(&f.body, names, found);
+                    walk(&f.else_body, names, found);
+                }
+                Stmt::WithBlock(w) => {
+                    for (target, value) in &w.assignments {
+                        let h = holds(value, names);
+                        bind(target, h, names);
+                    }
+                    walk(&w.body, names, found);
+                }
+                Stmt::IfCond(i) => {
+                    walk(&i.true_body, names, found);
+                    walk(&i.false_body, names, found);
+                }
+                Stmt::SetBlock(s) => walk(&s.body, names, found),
+                Stmt::AutoEscape(a) => walk(&a.body, names, found),
+                Stmt::FilterBlock(f) => walk(&f.body, names, found),
+                Stmt::Block(b) => walk(&b.body, names, found),
+                Stmt::Macro(m) => walk(&m.body, names, found),
+                Stmt::CallBlock(c) => walk(&c.macro_decl.body, names, found),
+                _ => {}
+            }
+        }
+    }
+
+    let ast = minijinja::machinery::parse(source, NAME, Default::default()).ok()?;
+    let mut names = HashSet::new();
+    // Names learn that they hold a namespace from statements further down (a loop body, a macro):
+    // repeat until nothing changes.
+    loop {
+        let before = names.len();
+        let mut found = None;
+        walk(std::slice::from_ref(&ast), &mut names, &mut found);
+        if found.is_some() {
+            return found;
+        }
+        if names.len() == before {
+            return None;
+        }
     }
 }
 
@@ -770,15 +901,34 @@ mod tests {
     }
 
     #[test]
-    fn a_namespace_that_holds_itself_is_an_error_when_printed() {
-        for src in [
-            "{% set ns = namespace() %}{% set ns.a = ns %}{{ ns }}",
-            "{% set ns = namespace() %}{% set ns.a = [ns] %}{{ ns.a }}",
-            "{% set ns = namespace() %}{% set ns.a = ns %}{{ ns|pprint }}",
+    fn storing_a_namespace_in_a_namespace_is_refused_when_the_template_loads() {
+        for bad in [
+            "{% set ns = namespace(a=1) %}{% set ns.a = ns %}{{ ns ~ '' }}",
+            "{% set ns = namespace() %}{% set ns.a = [ns] %}{{ ns|string }}",
+            "{% set ns = namespace() %}{% set ns.a = {'k': ns} %}",
+            "{% set a = namespace() %}{% set b = namespace() %}{% set a.x = b %}{% set b.x = a %}",
+            "{% set ns = namespace() %}{% set y = [ns] %}{% set ns.a = y %}",
+            "{% set ns = namespace() %}{% for x in [ns] %}{% set ns.a = x %}{% endfor %}",
+            "{% set ns = namespace() %}{% set ns.a = 1 if q else ns %}",
+            "{% macro f(n) %}{% set n.a = n %}{% endmacro %}",
+            "{% set ns = namespace() %}{% set ns.a = [ns]|first %}",
         ] {
-            let err = render_err(src);
-            assert!(err.contains("nested more than"), "{src}: {err}");
+            let e = Template::from_source(bad.into(), Path::new("t.jinja2")).unwrap_err();
+            assert!(e.to_string().contains("namespace"), "{bad}: {e}");
         }
+        for good in [
+            "{% set ns = namespace(total=0) %}{% for i in [1, 2] %}{% set ns.total = ns.total + i %}{% endfor %}{{ ns.total }}",
+            "{% set ns = namespace(items=[]) %}{% set ns.items = ns.items + [q] %}{{ ns.items }}",
+            "{% set a = namespace(v=1) %}{% set b = namespace(v=2) %}{% set a.v = b.v %}{{ a.v }}",
+            "{% set ns = namespace(s='') %}{% set ns.s = ns.s ~ q %}{{ ns.s }}",
+        ] {
+            let t = Template::from_source(good.into(), Path::new("t.jinja2"));
+            assert!(t.is_ok(), "{good}: {:?}", t.err());
+        }
+    }
+
+    #[test]
+    fn printing_a_value_that_shares_parts_exponentially_runs_out_of_budget() {
         let err = render_err(
             "{% set ns = namespace(v=[1]) %}{% for i in range(60) %}{% set ns.v = [ns.v, ns.v] %}{% endfor %}{{ ns.v }}",
         );

@@ -652,3 +652,27 @@ fn a_full_disk_stops_the_run_naming_the_file_and_a_resume_completes_it() {
         2000
     );
 }
+
+#[test]
+fn a_template_that_stores_a_namespace_in_itself_is_refused_at_load_not_a_stack_overflow() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for template in [
+        "{% set ns = namespace(a=1) %}\n{% set ns.a = ns %}{{ ns ~ '' }}",
+        "{% set ns = namespace(a=1) %}\n{% set ns.a = [ns] %}{{ ns|string }}",
+    ] {
+        prompt_flow(dir.path(), template);
+        let out = sluice(home.path())
+            .args(["flow", "test", "--flow"])
+            .arg(dir.path())
+            .timeout(Duration::from_secs(60))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{template}: {stderr}");
+        assert!(
+            stderr.contains("namespace") && stderr.contains("t.jinja2:2:"),
+            "{template}: {stderr}"
+        );
+    }
+}
