@@ -369,6 +369,31 @@ fn fuzz_connection_loader() {
 }
 
 #[test]
+fn fuzz_run_yaml() {
+    use sluice_engine::runner::RunSpec;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("run.yaml");
+    let seeds = seeds_from(
+        &[],
+        &[],
+        &[
+            "$schema: https://azuremlschemas.azureedge.net/promptflow/latest/Run.schema.json\nflow: ../flow\ndata: data.jsonl\nrun: base\nvariant: '${summarize.variant_1}'\ncolumn_mapping:\n  url: ${data.url}\n  answer: ${run.outputs.answer}\nenvironment_variables:\n  KEY: ${env:KEY}\ntags: {team: a}\n",
+            "flow: f\ndata: d.csv\nname: my_run\ndisplay_name: 'Run ${variant_id}'\ndescription: x\nconnections:\n  llm:\n    connection: c\n    deployment_name: gpt\nresources: {instance_type: a}\n",
+        ],
+    );
+    fuzz("run-yaml", seeds, YAML_TOKENS, |input| {
+        std::fs::write(&file, input).unwrap();
+        match RunSpec::from_yaml(&file) {
+            Ok(spec) => spec.check().is_ok(),
+            Err(e) => {
+                assert!(e.to_string().len() < 64 * 1024, "an unbounded error");
+                false
+            }
+        }
+    });
+}
+
+#[test]
 fn fuzz_templates() {
     use sluice_engine::Value;
     use sluice_nodes::template::Template;
