@@ -127,6 +127,7 @@ pub fn from_str<T: DeserializeOwned>(text: &str) -> Result<T, ParseError> {
         Ok(v) => Ok(v),
         Err(strict) => {
             if (text.contains("NaN") || text.contains("Infinity"))
+                && nesting(text) <= MAX_LENIENT_NESTING
                 && let Ok(v) = json5::from_str(text)
             {
                 return Ok(v);
@@ -137,6 +138,36 @@ pub fn from_str<T: DeserializeOwned>(text: &str) -> Result<T, ParseError> {
             })
         }
     }
+}
+
+/// The deepest nesting the JSON5 fallback is given: its parser recurses, so deeper text keeps the
+/// strict parser's error (which stops at 128 levels) instead of risking the stack.
+const MAX_LENIENT_NESTING: usize = 128;
+
+/// How deep `[` and `{` nest in `text`, outside strings.
+fn nesting(text: &str) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for b in text.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
 }
 
 #[cfg(test)]
@@ -216,5 +247,11 @@ mod tests {
             from_str::<Value>("nan").is_err(),
             "only Python's spelling is JSON"
         );
+        let deep = format!("{}NaN{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(
+            from_str::<Value>(&deep).is_err(),
+            "deep text keeps the strict error"
+        );
+        assert_eq!(nesting(r#"{"a": ["[[", {"b": "\"{"}]}"#), 3);
     }
 }
