@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use sluice_engine::{
     BuildContext, BuildError, Built, InputValue, Node, NodeContext, NodeDef, NodeError, NodeInputs,
-    NodeKind, Signature, Value, ValueType,
+    NodeKind, NodeMetrics, Signature, TokenCounts, Value, ValueType,
 };
 
 use super::connections::{self, ConnectionType};
@@ -115,7 +115,13 @@ impl Node for EmbeddingNode {
             }
             Target::Http { backend, model } => {
                 let e = backend.embed(&texts, model.as_deref()).await?;
-                cx.add_metric("prompt_tokens", e.prompt_tokens as f64);
+                cx.add_metrics(&NodeMetrics {
+                    tokens: TokenCounts {
+                        prompt_tokens: Some(e.prompt_tokens),
+                        ..TokenCounts::default()
+                    },
+                    ..NodeMetrics::default()
+                });
                 e.vectors
             }
         };

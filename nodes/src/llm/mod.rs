@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use sluice_engine::{
     BuildContext, BuildError, Built, InputValue, Node, NodeContext, NodeDef, NodeError, NodeInputs,
-    NodeKind, Opaque, Param, Value, ValueType,
+    NodeKind, NodeMetrics, Opaque, Param, TokenCounts, Value, ValueType,
 };
 
 use crate::template::Template;
@@ -306,26 +306,21 @@ impl Node for LlmNode {
 /// Token counts and timings as the node's system metrics (summed per line and per run).
 fn record_usage(cx: &NodeContext, done: &Completion) {
     let u = &done.usage;
-    cx.add_metric("prompt_tokens", u.prompt_tokens as f64);
-    cx.add_metric("completion_tokens", u.completion_tokens as f64);
-    cx.add_metric(
-        "total_tokens",
-        (u.prompt_tokens + u.completion_tokens) as f64,
-    );
-    if u.cached_tokens > 0 {
-        cx.add_metric("cached_tokens", u.cached_tokens as f64);
-    }
-    if let Some(t) = u.time_to_first_token {
-        cx.add_metric("time_to_first_token_ms", (t.as_secs_f64() * 1000.0).round());
-    }
     let secs = u.duration.as_secs_f64();
-    cx.add_metric("llm_duration_ms", (secs * 1000.0).round());
-    if secs > 0.0 && u.completion_tokens > 0 {
-        cx.add_metric(
-            "completion_tokens_per_s",
-            (u.completion_tokens as f64 / secs * 10.0).round() / 10.0,
-        );
-    }
+    let ms = |secs: f64| (secs * 1000.0).round() as u64;
+    cx.add_metrics(&NodeMetrics {
+        tokens: TokenCounts {
+            prompt_tokens: Some(u.prompt_tokens),
+            completion_tokens: Some(u.completion_tokens),
+            total_tokens: Some(u.prompt_tokens + u.completion_tokens),
+            cached_tokens: (u.cached_tokens > 0).then_some(u.cached_tokens),
+        },
+        time_to_first_token_ms: u.time_to_first_token.map(|t| ms(t.as_secs_f64())),
+        llm_duration_ms: Some(ms(secs)),
+        completion_tokens_per_s: (secs > 0.0 && u.completion_tokens > 0)
+            .then(|| (u.completion_tokens as f64 / secs * 10.0).round() / 10.0),
+        ..NodeMetrics::default()
+    });
 }
 
 fn apply_param(
