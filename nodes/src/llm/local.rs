@@ -569,11 +569,12 @@ struct SamplingSpec {
 impl SamplingSpec {
     fn from_params(p: &GenParams) -> Self {
         SamplingSpec {
-            temperature: p.temperature,
-            top_p: p.top_p,
-            presence: p.presence_penalty,
-            frequency: p.frequency_penalty,
-            seed: p.seed.unwrap_or(0x5eed),
+            temperature: p.temperature as f32,
+            top_p: p.top_p as f32,
+            presence: p.presence_penalty as f32,
+            frequency: p.frequency_penalty as f32,
+            // llama.cpp's seed is 32 bits; a negative or larger one wraps, as it always has.
+            seed: p.seed.map_or(0x5eed, |s| s as u32),
             json: p.json_object,
         }
     }

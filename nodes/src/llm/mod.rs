@@ -10,6 +10,7 @@ pub mod embed;
 pub mod embedding_node;
 pub mod local;
 pub mod openai;
+pub mod protocol;
 pub mod scripted;
 pub mod types;
 
@@ -21,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use sluice_engine::{
     BuildContext, BuildError, Built, InputValue, Node, NodeContext, NodeDef, NodeError, NodeInputs,
-    NodeKind, NodeMetrics, Opaque, Param, TokenCounts, Value, ValueType,
+    NodeKind, NodeMetrics, Opaque, Param, TokenCounts, Value,
 };
 
 use crate::template::Template;
@@ -29,36 +30,11 @@ use chat::{Escaper, parse_chat};
 use connections::{Connection, ConnectionType};
 use local::{LocalConfig, LocalModel};
 use openai::{HttpBackend, HttpConfig};
-use types::{Backend, Completion, Event, GenParams, Prompt, TokenStream};
+use types::{Backend, Completion, Event, Prompt, TokenStream};
 
 /// The `llm` node kind.
 #[derive(Debug, Default)]
 pub struct LlmKind;
-
-/// API parameters and their types; every other input is a template variable.
-const API_PARAMS: &[(&str, ValueType)] = &[
-    ("model", ValueType::String),
-    ("deployment_name", ValueType::String),
-    ("temperature", ValueType::Double),
-    ("top_p", ValueType::Double),
-    ("max_tokens", ValueType::Int),
-    ("stop", ValueType::List),
-    ("presence_penalty", ValueType::Double),
-    ("frequency_penalty", ValueType::Double),
-    ("seed", ValueType::Int),
-    ("response_format", ValueType::Object),
-    ("n", ValueType::Int),
-    ("logit_bias", ValueType::Object),
-    ("user", ValueType::String),
-    ("best_of", ValueType::Int),
-    ("echo", ValueType::Bool),
-    ("logprobs", ValueType::Int),
-    ("suffix", ValueType::String),
-    ("functions", ValueType::List),
-    ("function_call", ValueType::Object),
-    ("tools", ValueType::List),
-    ("tool_choice", ValueType::Object),
-];
 
 impl NodeKind for LlmKind {
     fn type_name(&self) -> &'static str {
@@ -82,11 +58,7 @@ impl NodeKind for LlmKind {
         // Template variables are string inputs (as for `prompt` nodes); a variable named like an API
         // parameter is an error (§7.5).
         let mut signature = crate::prompt::template_signature(&template)?;
-        if let Some(var) = template
-            .variables()
-            .iter()
-            .find(|v| API_PARAMS.iter().any(|(p, _)| p == v))
-        {
+        if let Some(var) = template.variables().iter().find(|v| protocol::is_param(v)) {
             return Err(BuildError::new(format!(
                 "the template of node `{}` uses a variable named `{var}`, which is an LLM API parameter",
                 node.name
@@ -94,7 +66,7 @@ impl NodeKind for LlmKind {
             .at(template.path(), None)
             .help("rename the template variable"));
         }
-        for (name, ty) in API_PARAMS {
+        for (name, ty) in protocol::PARAMS {
             signature.params.insert(
                 (*name).to_owned(),
                 Param {
@@ -268,20 +240,20 @@ impl LlmNode {
 #[async_trait]
 impl Node for LlmNode {
     async fn run(&self, mut inputs: NodeInputs, cx: &NodeContext) -> Result<Value, NodeError> {
-        let mut params = GenParams::default();
-        let mut model = None;
+        let params = protocol::from_fields(inputs.iter().filter(|(k, _)| protocol::is_param(k)))
+            .map_err(|e| NodeError::user("InputTypeError", e.to_string()))?;
+        let model = params.model.clone();
         let mut vars: Vec<(String, Value)> = Vec::new();
         let escaper = Escaper::new();
         for (k, v) in inputs.drain(..) {
-            if API_PARAMS.iter().any(|(p, _)| *p == k) {
-                apply_param(&mut params, &mut model, &k, v)?;
+            if protocol::is_param(&k) {
+                continue;
             } else if self.api == Api::Chat && self.escape.contains(&k) {
                 vars.push((k, escaper.escape(v)));
             } else {
                 vars.push((k, v));
             }
         }
-        params.model = model.clone();
         let text = self
             .template
             .render(vars.iter().map(|(k, v)| (k.as_str(), v)))?;
@@ -321,90 +293,6 @@ fn record_usage(cx: &NodeContext, done: &Completion) {
             .then(|| (u.completion_tokens as f64 / secs * 10.0).round() / 10.0),
         ..NodeMetrics::default()
     });
-}
-
-fn apply_param(
-    p: &mut GenParams,
-    model: &mut Option<String>,
-    key: &str,
-    v: Value,
-) -> Result<(), NodeError> {
-    let bad = |what: &str| {
-        NodeError::user(
-            "InputTypeError",
-            format!("the llm parameter `{key}` must be {what}"),
-        )
-    };
-    let num = |v: &Value| -> Option<f64> {
-        match v {
-            Value::Int(i) => Some(*i as f64),
-            Value::Float(f) => Some(*f),
-            Value::String(s) => s.trim().parse().ok(),
-            _ => None,
-        }
-        .filter(|f: &f64| f.is_finite())
-    };
-    if matches!(v, Value::Null) {
-        return Ok(());
-    }
-    match key {
-        "model" | "deployment_name" => match v {
-            Value::String(s) if !s.is_empty() => *model = Some(s),
-            Value::String(_) => {}
-            _ => return Err(bad("a string")),
-        },
-        "temperature" => p.temperature = num(&v).ok_or_else(|| bad("a number"))? as f32,
-        "top_p" => p.top_p = num(&v).ok_or_else(|| bad("a number"))? as f32,
-        "presence_penalty" => p.presence_penalty = num(&v).ok_or_else(|| bad("a number"))? as f32,
-        "frequency_penalty" => p.frequency_penalty = num(&v).ok_or_else(|| bad("a number"))? as f32,
-        "max_tokens" => {
-            let n = num(&v).ok_or_else(|| bad("an integer"))?;
-            if n < 1.0 {
-                return Err(bad("a positive integer"));
-            }
-            p.max_tokens = Some(n as u32);
-        }
-        "seed" => p.seed = Some(num(&v).ok_or_else(|| bad("an integer"))? as i64 as u32),
-        "stop" => {
-            p.stop = match v {
-                Value::String(s) => vec![s],
-                Value::List(items) => items
-                    .into_iter()
-                    .map(|i| match i {
-                        Value::String(s) => Ok(s),
-                        _ => Err(bad("a list of strings")),
-                    })
-                    .collect::<Result<_, _>>()?,
-                _ => return Err(bad("a string or a list of strings")),
-            }
-        }
-        "response_format" => {
-            let ty = match &v {
-                Value::Map(m) => m.get("type").and_then(|t| match t {
-                    Value::String(s) => Some(s.clone()),
-                    _ => None,
-                }),
-                Value::String(s) => Some(s.clone()),
-                _ => None,
-            };
-            match ty.as_deref() {
-                Some("json_object") => p.json_object = true,
-                Some("text") | None => {}
-                Some(other) => {
-                    return Err(NodeError::user(
-                        "InputTypeError",
-                        format!(
-                            "response_format type `{other}` is not supported; use `text` or `json_object`"
-                        ),
-                    ));
-                }
-            }
-        }
-        "n" if num(&v) != Some(1.0) => return Err(bad("1 (one choice per call)")),
-        // Accepted for compatibility; they do not change local generation.
-        _ => {}
-    }
-    Ok(())
 }
 
 /// A streaming llm output: the flow-output printer reads its chunks as they are generated.

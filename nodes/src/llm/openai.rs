@@ -22,6 +22,7 @@ use tokio::sync::Semaphore;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::connections::{Connection, ConnectionType};
+use super::protocol::encode_request;
 use super::types::{Backend, Event, FinishReason, GenParams, LlmError, Prompt, TokenStream, Usage};
 
 /// The most bytes read from a successful response (JSON, or one server-sent event line).
@@ -206,49 +207,6 @@ async fn read_json(mut resp: reqwest::Response) -> Result<Json, LlmError> {
     serde_json::from_slice(&bytes).map_err(|e| bad(format!("the response is not JSON: {e}")))
 }
 
-fn body(prompt: &Prompt, p: &GenParams, stream: bool) -> Json {
-    let mut b = serde_json::Map::new();
-    match prompt {
-        Prompt::Chat(messages) => {
-            b.insert(
-                "messages".into(),
-                serde_json::to_value(messages).unwrap_or(Json::Null),
-            );
-        }
-        Prompt::Text(t) => {
-            b.insert("prompt".into(), json!(t));
-        }
-    }
-    if let Some(m) = &p.model {
-        b.insert("model".into(), json!(m));
-    }
-    b.insert("temperature".into(), json!(p.temperature));
-    b.insert("top_p".into(), json!(p.top_p));
-    if let Some(n) = p.max_tokens {
-        b.insert("max_tokens".into(), json!(n));
-    }
-    if !p.stop.is_empty() {
-        b.insert("stop".into(), json!(p.stop));
-    }
-    if p.presence_penalty != 0.0 {
-        b.insert("presence_penalty".into(), json!(p.presence_penalty));
-    }
-    if p.frequency_penalty != 0.0 {
-        b.insert("frequency_penalty".into(), json!(p.frequency_penalty));
-    }
-    if let Some(s) = p.seed {
-        b.insert("seed".into(), json!(s));
-    }
-    if p.json_object {
-        b.insert("response_format".into(), json!({"type": "json_object"}));
-    }
-    if stream {
-        b.insert("stream".into(), json!(true));
-        b.insert("stream_options".into(), json!({"include_usage": true}));
-    }
-    Json::Object(b)
-}
-
 #[async_trait]
 impl Backend for HttpBackend {
     fn describe(&self) -> String {
@@ -263,7 +221,7 @@ impl Backend for HttpBackend {
             "completions"
         };
         let url = self.url(leaf, params.model.as_deref())?;
-        let request = body(&prompt, &params, true);
+        let request = encode_request(&prompt, &params, true);
         let (tx, stream) = TokenStream::channel();
         let this = self.clone();
         let task = SpawnedTask::spawn(async move {
@@ -660,22 +618,6 @@ mod tests {
         assert!(backoff(b, 0) <= Duration::from_millis(1250));
         assert!(backoff(b, 3) >= Duration::from_secs(6));
         assert!(backoff(b, 30) <= Duration::from_secs(75));
-    }
-
-    #[test]
-    fn request_body_has_openai_fields() {
-        let p = GenParams {
-            max_tokens: Some(5),
-            stop: vec!["\n".into()],
-            json_object: true,
-            model: Some("m".into()),
-            ..GenParams::default()
-        };
-        let b = body(&Prompt::Text("hi".into()), &p, false);
-        assert_eq!(b["prompt"], "hi");
-        assert_eq!(b["max_tokens"], 5);
-        assert_eq!(b["response_format"]["type"], "json_object");
-        assert!(b.get("stream").is_none());
     }
 
     fn connection_with(key: &str, value: &str) -> Connection {
