@@ -62,3 +62,16 @@ pub fn builtin_registry() -> NodeRegistry {
     }
     registry
 }
+
+/// An error and its sources on one line (`what: why: deeper why`), for messages that travel as text
+/// (a build error, an error code's message).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

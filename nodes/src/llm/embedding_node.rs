@@ -76,9 +76,11 @@ impl NodeKind for EmbeddingKind {
                         node.name
                     )));
                 }
-                let config = HttpConfig::from_connection(&c).map_err(BuildError::new)?;
+                let config = HttpConfig::from_connection(&c)
+                    .map_err(|e| BuildError::new(crate::error_chain(&e)))?;
                 Target::Http {
-                    backend: HttpBackend::new(&c.name, config).map_err(BuildError::new)?,
+                    backend: HttpBackend::new(&c.name, config)
+                        .map_err(|e| BuildError::new(crate::error_chain(&e)))?,
                     model,
                 }
             }

@@ -177,7 +177,7 @@ pub fn llama_backend() -> Result<&'static LlamaBackend, LlmError> {
 }
 
 fn backend() -> Result<&'static LlamaBackend, LlmError> {
-    static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+    static BACKEND: OnceLock<Result<LlamaBackend, llama_cpp_2::LlamaCppError>> = OnceLock::new();
     BACKEND
         .get_or_init(|| {
             // llama.cpp's own log (model quirks it works around, buffer sizes) shows from `-vv` on.
@@ -185,17 +185,39 @@ fn backend() -> Result<&'static LlamaBackend, LlmError> {
             llama_cpp_2::send_logs_to_tracing(
                 llama_cpp_2::LogOptions::default().with_logs_enabled(verbose),
             );
-            LlamaBackend::init().map_err(|e| e.to_string())
+            LlamaBackend::init()
         })
         .as_ref()
         .map_err(|e| LlmError::system("LocalModelError", format!("llama.cpp did not start: {e}")))
+}
+
+/// Why a model's worker could not set up, or a request's sampler could not be built.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SetupError {
+    #[error(transparent)]
+    Backend(LlmError),
+    #[error("could not create a llama context")]
+    Context(#[source] llama_cpp_2::LlamaContextLoadError),
+    #[error("no embedding context")]
+    EmbeddingContext(#[source] llama_cpp_2::LlamaContextLoadError),
+    #[error("the JSON grammar did not load")]
+    Grammar(#[source] llama_cpp_2::GrammarError),
+}
+
+impl From<SetupError> for LlmError {
+    fn from(e: SetupError) -> Self {
+        match e {
+            SetupError::Backend(e) => e,
+            other => LlmError::system("LocalModelError", crate::error_chain(&other)),
+        }
+    }
 }
 
 /// Starts a model's worker thread and waits until it reports that its llama context is ready (or why
 /// it could not create one).
 pub(crate) fn start_worker(
     name: String,
-    work: impl FnOnce(std_mpsc::SyncSender<Result<(), String>>) + Send + 'static,
+    work: impl FnOnce(std_mpsc::SyncSender<Result<(), SetupError>>) + Send + 'static,
 ) -> Result<(), LlmError> {
     let (ready_tx, ready_rx) = std_mpsc::sync_channel(1);
     thread(name.clone(), move || work(ready_tx)).map_err(|e| {
@@ -206,7 +228,7 @@ pub(crate) fn start_worker(
     })?;
     match ready_rx.recv() {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(LlmError::system("LocalModelError", e)),
+        Ok(Err(e)) => Err(e.into()),
         Err(_) => Err(LlmError::system(
             "LocalModelError",
             format!("thread {name} stopped while starting"),
@@ -584,7 +606,7 @@ impl SamplingSpec {
         self.temperature <= 0.0 && !self.json && self.presence == 0.0 && self.frequency == 0.0
     }
 
-    fn build(&self, model: &LlamaModel) -> Result<Option<LlamaSampler>, String> {
+    fn build(&self, model: &LlamaModel) -> Result<Option<LlamaSampler>, SetupError> {
         if self.is_plain_greedy() {
             return Ok(None);
         }
@@ -592,7 +614,7 @@ impl SamplingSpec {
         if self.json {
             chain.push(
                 LlamaSampler::grammar(model, JSON_OBJECT_GRAMMAR, "root")
-                    .map_err(|e| format!("the JSON grammar did not load: {e}"))?,
+                    .map_err(SetupError::Grammar)?,
             );
         }
         if self.presence != 0.0 || self.frequency != 0.0 {
@@ -663,12 +685,12 @@ fn decode_thread(
     model: Arc<LlamaModel>,
     config: LocalConfig,
     rx: std_mpsc::Receiver<Job>,
-    ready: std_mpsc::SyncSender<Result<(), String>>,
+    ready: std_mpsc::SyncSender<Result<(), SetupError>>,
 ) {
     let backend = match backend() {
         Ok(b) => b,
         Err(e) => {
-            let _ = ready.send(Err(e.message));
+            let _ = ready.send(Err(SetupError::Backend(e)));
             return;
         }
     };
@@ -680,7 +702,7 @@ fn decode_thread(
     let ctx = match ctx {
         Ok(c) => c,
         Err(e) => {
-            let _ = ready.send(Err(format!("could not create a llama context: {e}")));
+            let _ = ready.send(Err(SetupError::Context(e)));
             return;
         }
     };
@@ -867,9 +889,7 @@ impl DecodeLoop<'_> {
             let sampler = match job.sampling.build(self.model) {
                 Ok(s) => s,
                 Err(e) => {
-                    let _ = job
-                        .tx
-                        .send(Event::Error(LlmError::system("LocalModelError", e)));
+                    let _ = job.tx.send(Event::Error(e.into()));
                     continue;
                 }
             };

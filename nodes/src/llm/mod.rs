@@ -140,7 +140,7 @@ fn resolve_backend(
     if let Some(file) = literal_model.and_then(|m| m.strip_prefix("scripted:")) {
         return scripted::ScriptedBackend::load(&cx.flow_dir().join(file))
             .map(BackendChoice::Scripted)
-            .map_err(BuildError::new);
+            .map_err(|e| BuildError::new(crate::error_chain(&e)));
     }
     let conn = match node.connection.as_deref() {
         None | Some("local") | Some("") => None,
@@ -168,8 +168,10 @@ fn resolve_backend(
                     node.name, c.name
                 )));
             }
-            let config = HttpConfig::from_connection(&c).map_err(BuildError::new)?;
-            let backend = HttpBackend::new(&c.name, config).map_err(BuildError::new)?;
+            let config = HttpConfig::from_connection(&c)
+                .map_err(|e| BuildError::new(crate::error_chain(&e)))?;
+            let backend = HttpBackend::new(&c.name, config)
+                .map_err(|e| BuildError::new(crate::error_chain(&e)))?;
             Ok(BackendChoice::Http(backend))
         }
         c => {

@@ -50,30 +50,74 @@ pub struct HttpConfig {
     pub max_concurrency: usize,
 }
 
+/// Why a URL did not parse (the `url` crate's error, as reqwest uses it).
+pub type UrlError = <reqwest::Url as std::str::FromStr>::Err;
+
+/// Why a connection cannot be used for HTTP requests.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpConfigError {
+    /// A setting could not be read (an environment variable it names is not set, ...).
+    #[error("{0}")]
+    Setting(String),
+    #[error("connection `{connection}` has no `api_base`")]
+    NoApiBase { connection: String },
+    #[error(
+        "connection `{connection}`: `{key}` must be a number from {min} to {max}, got `{value}`"
+    )]
+    OutOfRange {
+        connection: String,
+        key: &'static str,
+        min: f64,
+        max: f64,
+        value: String,
+    },
+    /// `api_base` is shown redacted.
+    #[error("connection `{connection}`: `api_base` {api_base} is not a URL")]
+    NotAUrl {
+        connection: String,
+        api_base: String,
+        #[source]
+        source: UrlError,
+    },
+    #[error("connection `{connection}`: the HTTP client could not be set up")]
+    Client {
+        connection: String,
+        #[source]
+        source: reqwest::Error,
+    },
+}
+
 impl HttpConfig {
-    pub fn from_connection(c: &Connection) -> Result<HttpConfig, String> {
-        let get = |k: &str| c.get(k);
+    pub fn from_connection(c: &Connection) -> Result<HttpConfig, HttpConfigError> {
+        let get = |k: &str| c.get(k).map_err(HttpConfigError::Setting);
         let api_base = match (c.kind, get("api_base")?) {
             (_, Some(b)) => b,
             (ConnectionType::OpenAi, None) => "https://api.openai.com/v1".to_owned(),
-            _ => return Err(format!("connection `{}` has no `api_base`", c.name)),
+            _ => {
+                return Err(HttpConfigError::NoApiBase {
+                    connection: c.name.clone(),
+                });
+            }
         };
         // Each setting is a finite number in its range: `timeout: inf` or `max_concurrency: 1e30`
         // would otherwise panic when it becomes a Duration or a semaphore.
-        let num = |k: &str, d: f64| -> Result<f64, String> {
-            let (min, max) = match k {
+        let num = |key: &'static str, d: f64| -> Result<f64, HttpConfigError> {
+            let (min, max) = match key {
                 "timeout" => (0.001, 1e9),
                 "retry_backoff" => (0.0, 3600.0),
                 "max_retries" => (0.0, 100.0),
                 _ => (1.0, 4096.0),
             };
-            match get(k)? {
+            match get(key)? {
                 Some(v) => match v.trim().parse::<f64>() {
                     Ok(n) if (min..=max).contains(&n) => Ok(n),
-                    _ => Err(format!(
-                        "connection `{}`: `{k}` must be a number from {min} to {max}, got `{v}`",
-                        c.name
-                    )),
+                    _ => Err(HttpConfigError::OutOfRange {
+                        connection: c.name.clone(),
+                        key,
+                        min,
+                        max,
+                        value: v,
+                    }),
                 },
                 None => Ok(d),
             }
@@ -104,18 +148,21 @@ pub struct HttpBackend {
 }
 
 impl HttpBackend {
-    pub fn new(name: &str, config: HttpConfig) -> Result<HttpBackend, String> {
-        let base = reqwest::Url::parse(&config.api_base).map_err(|e| {
-            format!(
-                "connection `{name}`: `api_base` {} is not a URL: {e}",
-                redact(&config.api_base)
-            )
-        })?;
+    pub fn new(name: &str, config: HttpConfig) -> Result<HttpBackend, HttpConfigError> {
+        let base =
+            reqwest::Url::parse(&config.api_base).map_err(|source| HttpConfigError::NotAUrl {
+                connection: name.to_owned(),
+                api_base: redact(&config.api_base).into_owned(),
+                source,
+            })?;
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10).min(config.timeout))
             .redirect(reqwest::redirect::Policy::custom(same_origin_redirects))
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(|source| HttpConfigError::Client {
+                connection: name.to_owned(),
+                source,
+            })?;
         Ok(HttpBackend {
             name: name.to_owned(),
             limit: Arc::new(Semaphore::new(config.max_concurrency)),
@@ -640,7 +687,9 @@ mod tests {
             ("max_retries", "-1"),
             ("retry_backoff", "nan"),
         ] {
-            let err = HttpConfig::from_connection(&connection_with(key, value)).unwrap_err();
+            let err = HttpConfig::from_connection(&connection_with(key, value))
+                .unwrap_err()
+                .to_string();
             assert!(
                 err.contains(&format!("`{key}` must be a number from")),
                 "{err}"
