@@ -51,6 +51,7 @@ impl NodeKind for EmbeddingKind {
         let target = match node.connection.as_deref() {
             None | Some("local") | Some("") => {
                 let wanted = model.unwrap_or_else(|| "minilm".to_owned());
+                super::require_local_models(&node.name, &wanted)?;
                 let (name, path) = store::resolve_model(&wanted, cx.flow_dir()).map_err(|e| {
                     BuildError::new(format!(
                         "node `{}` needs the embedding model `{}`, which is not installed",

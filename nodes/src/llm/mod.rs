@@ -6,13 +6,20 @@
 pub mod chat;
 // The model store and connections live in sluice-config; their old paths keep working.
 pub use sluice_config::{connections, gguf, store};
+#[cfg(feature = "local-llm")]
 pub mod embed;
 pub mod embedding_node;
+#[cfg(feature = "local-llm")]
 pub mod local;
+mod local_config;
 pub mod openai;
 pub mod protocol;
 pub mod scripted;
 pub mod types;
+#[cfg(not(feature = "local-llm"))]
+mod without_local;
+#[cfg(not(feature = "local-llm"))]
+pub use without_local::{embed, local};
 
 use std::any::Any;
 use std::collections::HashSet;
@@ -182,6 +189,7 @@ fn resolve_backend(
                         .and_then(|c: &Connection| c.configs.get("model").cloned())
                 })
                 .unwrap_or_else(|| "default".to_owned());
+            require_local_models(&node.name, &model)?;
             let (name, path) = store::resolve_model(&model, cx.flow_dir()).map_err(|e| {
                 BuildError::new(format!(
                     "node `{}` needs the local model `{}`, which is not installed",
@@ -196,6 +204,18 @@ fn resolve_backend(
             })
         }
     }
+}
+
+/// Refuses a node that needs a local model when this build has none (no `local-llm` feature), as
+/// the flow loads.
+pub(crate) fn require_local_models(node: &str, model: &str) -> Result<(), BuildError> {
+    if cfg!(feature = "local-llm") {
+        return Ok(());
+    }
+    Err(BuildError::new(format!(
+        "node `{node}` uses the local model `{model}`, but this sluice was built without local models"
+    ))
+    .help("give the node an OpenAI-compatible `connection:`, or build sluice with the `local-llm` feature"))
 }
 
 #[derive(Debug)]
@@ -338,5 +358,24 @@ impl Opaque for LlmStream {
 
     fn as_any(&self) -> &dyn Any {
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_local_model_needs_a_build_with_local_models() {
+        let checked = super::require_local_models("answer", "default");
+        if cfg!(feature = "local-llm") {
+            assert!(checked.is_ok());
+        } else {
+            let e = checked.unwrap_err();
+            assert!(
+                e.message
+                    .contains("node `answer` uses the local model `default`, but this sluice was built without local models"),
+                "{}",
+                e.message
+            );
+        }
     }
 }
