@@ -164,9 +164,11 @@ fn through_sluice(flow: &Arc<Flow>, lines: usize, concurrency: usize) -> Measure
     let mut tokens = 0u64;
     let started = Instant::now();
     let summary = rt.block_on(run_batch(flow.clone(), batch, vec![], &opts, |line| {
-        if let Some(Value::Int(n)) = line.node_runs[0].system_metrics.get("completion_tokens") {
-            tokens += *n as u64;
-        }
+        tokens += line.node_runs[0]
+            .system_metrics
+            .tokens
+            .completion_tokens
+            .unwrap_or(0);
     }));
     assert_eq!(summary.failed_lines, 0, "lines failed");
     Measured {

@@ -8,4 +8,6 @@ sluice_build_and_pull
 sluice_start_chroma
 cargo fmt --all -- --check
 cargo clippy --release --all-targets --locked -- -D warnings
+# The CLI and the node kinds build without CPython and without llama.cpp.
+cargo check --release --locked --workspace --no-default-features
 cargo test --release --locked --workspace --no-fail-fast

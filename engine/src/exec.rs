@@ -18,6 +18,7 @@ use crate::error::{ErrorCode, ErrorInfo, NodeError};
 use crate::model::{InputValue, ValueType};
 use crate::node::{NodeContext, NodeInputs};
 use crate::plan::{Flow, PlannedNode};
+use crate::store::NodeMetrics;
 use crate::value::{Map, Value};
 
 /// The status of a line or a node run, as promptflow names them.
@@ -53,7 +54,7 @@ pub struct NodeRunInfo {
     pub end_time: DateTime<Utc>,
     pub index: Option<usize>,
     /// `duration` (seconds) plus whatever the node reported (tokens, ...).
-    pub system_metrics: Map,
+    pub system_metrics: NodeMetrics,
 }
 
 /// The result of one line.
@@ -566,7 +567,7 @@ impl Flow {
                             start_time: now,
                             end_time: now,
                             index,
-                            system_metrics: Map::new(),
+                            system_metrics: NodeMetrics::default(),
                         };
                         if let Some(o) = &opts.observer {
                             o.node_finished(opts.line_number, &run);
@@ -676,7 +677,7 @@ impl Flow {
                 .system_metrics
                 .into_inner()
                 .unwrap_or_else(|e| e.into_inner());
-            system_metrics.insert("duration".into(), Value::Float(elapsed.as_secs_f64()));
+            system_metrics.duration = Some(elapsed.as_secs_f64());
             let name = self.nodes[i].def.name.clone();
             let mut run = NodeRunInfo {
                 node: name.clone(),
@@ -737,7 +738,7 @@ fn cancel_running(
             start_time,
             end_time: Utc::now(),
             index,
-            system_metrics: Map::new(),
+            system_metrics: NodeMetrics::default(),
         });
     }
 }

@@ -78,5 +78,5 @@ pub use node::{
 };
 pub use plan::{Flow, LoadOptions, PlannedNode};
 pub use runner::{BatchObserver, BatchRun, RunError, RunOptions, RunSpec, Stop};
-pub use store::{RunName, RunStore, StoreError};
+pub use store::{NodeMetrics, RunName, RunStore, StoreError, TokenCounts};
 pub use value::{Map, Opaque, PathStep, Value};

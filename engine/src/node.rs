@@ -13,6 +13,7 @@ use indexmap::IndexMap;
 
 use crate::error::{BuildError, NodeError};
 use crate::model::{FlowDef, NodeDef, ValueType};
+use crate::store::NodeMetrics;
 use crate::value::{Map, Value};
 
 /// The inputs of one node call, by parameter name.
@@ -156,29 +157,17 @@ pub struct NodeContext {
     pub stream: bool,
     /// Metrics logged with `log_metric`, collected only while aggregation nodes run.
     pub metrics: Option<Arc<Mutex<Map>>>,
-    /// Counters a node reports about itself (tokens, time to first token), summed per run.
-    pub system_metrics: Mutex<Map>,
+    /// What a node reports about its own work (tokens, time to first token), summed per run.
+    pub system_metrics: Mutex<NodeMetrics>,
 }
 
 impl NodeContext {
-    /// Adds to a numeric system metric of this node.
-    pub fn add_metric(&self, key: &str, amount: f64) {
-        let mut m = self
-            .system_metrics
+    /// Adds to this node's system metrics (see [`NodeMetrics::add`]).
+    pub fn add_metrics(&self, more: &NodeMetrics) {
+        self.system_metrics
             .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let old = match m.get(key) {
-            Some(Value::Int(i)) => *i as f64,
-            Some(Value::Float(f)) => *f,
-            _ => 0.0,
-        };
-        let new = old + amount;
-        let v = if new.fract() == 0.0 && new.abs() < 9e15 {
-            Value::Int(new as i64)
-        } else {
-            Value::Float(new)
-        };
-        m.insert(key.to_owned(), v);
+            .unwrap_or_else(|e| e.into_inner())
+            .add(more);
     }
 }
 

@@ -1245,8 +1245,7 @@ impl Tally {
         });
         for run in &line.node_runs {
             self.node(&run.node, run.status.as_str());
-            self.tokens
-                .add(&TokenCounts::from_metrics(&run.system_metrics));
+            self.tokens.add(&run.system_metrics.tokens);
         }
     }
 

@@ -7,6 +7,11 @@
 //! - [`retrieval::node::RetrievalKind`] (`type: retrieval`): search an index built by `sluice index`.
 //! - `python::PythonKind` (`type: python`, feature `python`): calls a `@tool` function in an embedded CPython.
 //!
+//! Local models run in-process on llama.cpp with the `local-llm` feature (on by default); without it,
+//! `llm` and `embedding` nodes need an OpenAI-compatible connection, and a flow that names a local
+//! model is refused when it loads. [`llm::protocol`] holds the OpenAI parameters' rules, shared by the
+//! `llm` node, the HTTP backend and `sluice model serve`.
+//!
 //! ```
 //! let registry = sluice_nodes::builtin_registry();
 //! assert!(registry.get("prompt").is_some());
@@ -61,4 +66,17 @@ pub fn builtin_registry() -> NodeRegistry {
         );
     }
     registry
+}
+
+/// An error and its sources on one line (`what: why: deeper why`), for messages that travel as text
+/// (a build error, an error code's message).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }

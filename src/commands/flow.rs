@@ -339,24 +339,19 @@ fn print_streams(output: &mut Map) -> anyhow::Result<bool> {
 
 /// One line on stderr with the tokens and speed the LLM nodes reported.
 fn print_usage(runs: &[sluice_engine::NodeRunInfo]) {
-    let get = |m: &Map, k: &str| match m.get(k) {
-        Some(Value::Int(i)) => *i as f64,
-        Some(Value::Float(f)) => *f,
-        _ => 0.0,
-    };
     for run in runs {
         let m = &run.system_metrics;
-        if !m.contains_key("total_tokens") {
+        if m.tokens.total_tokens.is_none() {
             continue;
         }
         eprintln!(
             "llm {:<20} {} prompt ({} cached) + {} completion tokens, first token {} ms, {} tok/s",
             run.node,
-            get(m, "prompt_tokens"),
-            get(m, "cached_tokens"),
-            get(m, "completion_tokens"),
-            get(m, "time_to_first_token_ms"),
-            get(m, "completion_tokens_per_s"),
+            m.tokens.prompt_tokens.unwrap_or(0),
+            m.tokens.cached_tokens.unwrap_or(0),
+            m.tokens.completion_tokens.unwrap_or(0),
+            m.time_to_first_token_ms.unwrap_or(0),
+            m.completion_tokens_per_s.unwrap_or(0.0),
         );
     }
 }

@@ -29,10 +29,10 @@ use serde_json::{Value as Json_, json};
 use sluice_engine::redact::redact;
 use sluice_nodes::llm::embed::LocalEmbedder;
 use sluice_nodes::llm::local::{LocalConfig, LocalModel};
-use sluice_nodes::llm::store;
 use sluice_nodes::llm::types::{
     Backend, ChatMessage, Event, GenParams, LlmError, Prompt, TokenStream, Usage,
 };
+use sluice_nodes::llm::{protocol, store};
 
 use super::flow::runtime;
 use crate::ExitStatus;
@@ -47,13 +47,8 @@ struct Served {
 const MAX_BODY_BYTES: usize = 16 << 20;
 /// The most inputs one /v1/embeddings request may embed (OpenAI's limit).
 const MAX_EMBEDDING_INPUTS: usize = 2048;
-/// The most stop sequences, and bytes in one, a request may give.
-const MAX_STOPS: usize = 16;
-const MAX_STOP_BYTES: usize = 1024;
 /// The most chat messages in one request.
 const MAX_MESSAGES: usize = 4096;
-/// The largest `max_tokens` accepted.
-const MAX_TOKENS: u32 = 1 << 17;
 
 /// Time and connection limits of the server.
 #[derive(Clone, Copy, Debug)]
@@ -398,23 +393,17 @@ async fn list_models(State(s): State<Arc<Served>>) -> Json<Json_> {
     Json(json!({"object": "list", "data": data}))
 }
 
+/// A chat or completion request. Its sampling parameters are the other fields, read by
+/// [`protocol::from_fields`] under the same rules as an `llm` node's.
 #[derive(Debug, Deserialize)]
 struct Request {
     model: Option<String>,
     messages: Option<Vec<ChatMessage>>,
     prompt: Option<Json_>,
-    temperature: Option<f32>,
-    top_p: Option<f32>,
-    max_tokens: Option<u32>,
-    max_completion_tokens: Option<u32>,
-    stop: Option<Json_>,
-    presence_penalty: Option<f32>,
-    frequency_penalty: Option<f32>,
-    seed: Option<i64>,
-    response_format: Option<Json_>,
     #[serde(default)]
     stream: bool,
-    n: Option<u32>,
+    #[serde(flatten)]
+    params: serde_json::Map<String, Json_>,
 }
 
 /// An OpenAI-style error body; the message is redacted.
@@ -433,35 +422,6 @@ fn invalid(message: impl Into<String>) -> Response {
 
 impl Request {
     fn params(&self) -> Result<GenParams, Response> {
-        let stop = match &self.stop {
-            None | Some(Json_::Null) => vec![],
-            Some(Json_::String(s)) => vec![s.clone()],
-            Some(Json_::Array(a)) => a
-                .iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect(),
-            Some(_) => {
-                return Err(api_error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request_error",
-                    "`stop` must be a string or a list of strings",
-                ));
-            }
-        };
-        if self.n.is_some_and(|n| n != 1) {
-            return Err(invalid("only n=1 is supported"));
-        }
-        if stop.len() > MAX_STOPS || stop.iter().any(|s| s.len() > MAX_STOP_BYTES) {
-            return Err(invalid(format!(
-                "`stop` takes at most {MAX_STOPS} sequences of at most {MAX_STOP_BYTES} bytes"
-            )));
-        }
-        let max_tokens = self.max_completion_tokens.or(self.max_tokens);
-        if max_tokens.is_some_and(|n| n == 0 || n > MAX_TOKENS) {
-            return Err(invalid(format!(
-                "`max_tokens` must be between 1 and {MAX_TOKENS}"
-            )));
-        }
         if self
             .messages
             .as_ref()
@@ -471,20 +431,10 @@ impl Request {
                 "a request takes at most {MAX_MESSAGES} messages"
             )));
         }
-        Ok(GenParams {
-            max_tokens,
-            temperature: self.temperature.unwrap_or(1.0),
-            top_p: self.top_p.unwrap_or(1.0),
-            stop,
-            presence_penalty: self.presence_penalty.unwrap_or(0.0),
-            frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
-            seed: self.seed.map(|s| s as u32),
-            json_object: self
-                .response_format
-                .as_ref()
-                .is_some_and(|f| f["type"] == "json_object"),
-            model: None,
-        })
+        let mut params = protocol::from_fields(&self.params).map_err(|e| invalid(e.to_string()))?;
+        // The model is chosen by name among the served ones, not passed on.
+        params.model = None;
+        Ok(params)
     }
 }
 

@@ -113,9 +113,9 @@ fn chat_history_reaches_the_model() {
             Value::String(s) => s.clone(),
             other => panic!("{other:?}"),
         };
-        let prompt_tokens = match line.node_runs[0].system_metrics.get("prompt_tokens") {
-            Some(Value::Int(n)) => *n,
-            other => panic!("no prompt_tokens: {other:?}"),
+        let prompt_tokens = match line.node_runs[0].system_metrics.tokens.prompt_tokens {
+            Some(n) => n as i64,
+            None => panic!("no prompt_tokens: {:?}", line.node_runs[0].system_metrics),
         };
         (answer, prompt_tokens)
     };
@@ -308,12 +308,10 @@ fn a_thousand_line_batch_loads_the_model_once_and_reuses_the_prompt_prefix() {
         vec![],
         &opts,
         |line| {
-            let m = &line.node_runs[0].system_metrics;
-            if let (Some(Value::Int(p)), c) = (m.get("prompt_tokens"), m.get("cached_tokens")) {
-                prompt += p;
-                if let Some(Value::Int(c)) = c {
-                    cached += c;
-                }
+            let m = &line.node_runs[0].system_metrics.tokens;
+            if let Some(p) = m.prompt_tokens {
+                prompt += p as i64;
+                cached += m.cached_tokens.unwrap_or(0) as i64;
             }
             if line.line_number.unwrap() % countries.len() == 0 {
                 france.push(line.output["answer"].clone());

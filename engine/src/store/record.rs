@@ -146,21 +146,6 @@ impl TokenCounts {
         }
     }
 
-    /// The counts a node reported in its `system_metrics`.
-    pub fn from_metrics(metrics: &Map) -> TokenCounts {
-        let get = |k: &str| match metrics.get(k) {
-            Some(crate::Value::Int(i)) if *i >= 0 => Some(*i as u64),
-            Some(crate::Value::Float(f)) if f.is_finite() && *f >= 0.0 => Some(*f as u64),
-            _ => None,
-        };
-        TokenCounts {
-            prompt_tokens: get("prompt_tokens"),
-            completion_tokens: get("completion_tokens"),
-            total_tokens: get("total_tokens"),
-            cached_tokens: get("cached_tokens"),
-        }
-    }
-
     pub fn is_empty(&self) -> bool {
         *self == TokenCounts::default()
     }
@@ -269,16 +254,67 @@ pub struct NodeRecord {
     pub system_metrics: NodeMetrics,
 }
 
-/// A node's timings and token counts.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+/// A node run's `system_metrics`: how long the node ran (measured by the engine) and what the node
+/// kind reported about its work (an `llm` node's tokens, latency and speed). The JSON keys are
+/// promptflow's and Sluice's record format; a key that was not reported is left out.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct NodeMetrics {
-    #[serde(default)]
-    pub duration: Option<f64>,
     #[serde(flatten)]
     pub tokens: TokenCounts,
-    /// Anything else the node kind reported.
+    /// From the model request to its first generated token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_to_first_token_ms: Option<u64>,
+    /// From the model request to its end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm_duration_ms: Option<u64>,
+    /// Generated tokens per second of `llm_duration_ms`, to one decimal.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "whole_as_integer"
+    )]
+    pub completion_tokens_per_s: Option<f64>,
+    /// Seconds the node ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<f64>,
+    /// Keys this version does not know, kept when a record is read back.
     #[serde(flatten)]
     pub other: BTreeMap<String, Json>,
+}
+
+impl NodeMetrics {
+    /// Adds what a node reported again: counts and times add up; the speed is the latest one.
+    pub fn add(&mut self, more: &NodeMetrics) {
+        self.tokens.add(&more.tokens);
+        for (mine, theirs) in [
+            (
+                &mut self.time_to_first_token_ms,
+                more.time_to_first_token_ms,
+            ),
+            (&mut self.llm_duration_ms, more.llm_duration_ms),
+        ] {
+            if let Some(n) = theirs {
+                *mine = Some(mine.unwrap_or(0) + n);
+            }
+        }
+        if more.completion_tokens_per_s.is_some() {
+            self.completion_tokens_per_s = more.completion_tokens_per_s;
+        }
+        if let Some(d) = more.duration {
+            self.duration = Some(self.duration.unwrap_or(0.0) + d);
+        }
+        self.other
+            .extend(more.other.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+}
+
+/// A whole number as an integer (`12`, not `12.0`), as records have always written it.
+fn whole_as_integer<S: serde::Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(f) if f.fract() == 0.0 && f.abs() < 9e15 => s.serialize_i64(*f as i64),
+        Some(f) => s.serialize_f64(*f),
+        None => s.serialize_none(),
+    }
 }
 
 /// A finished line, borrowed from its result, in the shape of [`LineRecord`].
@@ -327,9 +363,15 @@ mod tests {
 
     #[test]
     fn a_recorded_line_reads_back_typed() {
-        let mut metrics = Map::new();
-        metrics.insert("duration".into(), crate::Value::Float(0.5));
-        metrics.insert("prompt_tokens".into(), crate::Value::Int(7));
+        let metrics = NodeMetrics {
+            duration: Some(0.5),
+            tokens: TokenCounts {
+                prompt_tokens: Some(7),
+                ..TokenCounts::default()
+            },
+            completion_tokens_per_s: Some(40.0),
+            ..NodeMetrics::default()
+        };
         let now = Utc::now();
         let line = LineResult {
             line_number: Some(3),
@@ -357,11 +399,20 @@ mod tests {
             end_time: now,
         };
         let text = serde_json::to_string(&LineRecordRef::new(&line)).unwrap();
+        assert!(
+            text.contains(
+                r#""system_metrics":{"prompt_tokens":7,"completion_tokens_per_s":40,"duration":0.5}"#
+            ),
+            "{text}"
+        );
         let back: LineRecord = serde_json::from_str(&text).unwrap();
         assert_eq!(back.line_number, 3);
         assert_eq!(back.status, LineStatus::Completed);
         assert_eq!(back.output["a"], 1);
         assert_eq!(back.tokens().prompt_tokens, Some(7));
-        assert_eq!(back.node_runs[0].system_metrics.duration, Some(0.5));
+        assert_eq!(
+            back.node_runs[0].system_metrics,
+            line.node_runs[0].system_metrics
+        );
     }
 }

@@ -14,7 +14,7 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
 use sluice_engine::spawn::run_blocking;
 
-use super::local::{llama_backend, start_worker};
+use super::local::{SetupError, llama_backend, start_worker};
 use super::types::LlmError;
 
 /// Tokens evaluated per call (every text must fit, as encoders see a whole sequence at once).
@@ -92,7 +92,7 @@ impl LocalEmbedder {
             let mut ctx = match model.new_context(backend, params) {
                 Ok(c) => c,
                 Err(e) => {
-                    let _ = ready_tx.send(Err(format!("no embedding context: {e}")));
+                    let _ = ready_tx.send(Err(SetupError::EmbeddingContext(e)));
                     return;
                 }
             };

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use sluice_engine::{
     BuildContext, BuildError, Built, InputValue, Node, NodeContext, NodeDef, NodeError, NodeInputs,
-    NodeKind, Signature, Value, ValueType,
+    NodeKind, NodeMetrics, Signature, TokenCounts, Value, ValueType,
 };
 
 use super::connections::{self, ConnectionType};
@@ -51,6 +51,7 @@ impl NodeKind for EmbeddingKind {
         let target = match node.connection.as_deref() {
             None | Some("local") | Some("") => {
                 let wanted = model.unwrap_or_else(|| "minilm".to_owned());
+                super::require_local_models(&node.name, &wanted)?;
                 let (name, path) = store::resolve_model(&wanted, cx.flow_dir()).map_err(|e| {
                     BuildError::new(format!(
                         "node `{}` needs the embedding model `{}`, which is not installed",
@@ -76,9 +77,11 @@ impl NodeKind for EmbeddingKind {
                         node.name
                     )));
                 }
-                let config = HttpConfig::from_connection(&c).map_err(BuildError::new)?;
+                let config = HttpConfig::from_connection(&c)
+                    .map_err(|e| BuildError::new(crate::error_chain(&e)))?;
                 Target::Http {
-                    backend: HttpBackend::new(&c.name, config).map_err(BuildError::new)?,
+                    backend: HttpBackend::new(&c.name, config)
+                        .map_err(|e| BuildError::new(crate::error_chain(&e)))?,
                     model,
                 }
             }
@@ -115,7 +118,13 @@ impl Node for EmbeddingNode {
             }
             Target::Http { backend, model } => {
                 let e = backend.embed(&texts, model.as_deref()).await?;
-                cx.add_metric("prompt_tokens", e.prompt_tokens as f64);
+                cx.add_metrics(&NodeMetrics {
+                    tokens: TokenCounts {
+                        prompt_tokens: Some(e.prompt_tokens),
+                        ..TokenCounts::default()
+                    },
+                    ..NodeMetrics::default()
+                });
                 e.vectors
             }
         };

@@ -31,50 +31,7 @@ use super::types::{
     Backend, ChatMessage, Event, FinishReason, GenParams, LlmError, Prompt, TokenStream, Usage,
 };
 
-/// How a local model's context is sized and run.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct LocalConfig {
-    /// Sequences decoded together (requests in flight at once).
-    pub parallel: u32,
-    /// The most tokens (prompt + completion) one request can use.
-    pub seq_ctx: u32,
-    /// One KV cache shared by all sequences (the default) rather than one per sequence
-    /// (`SLUICE_LLM_KV=split`). Shared cells make prefix reuse free and suit short answers (measured on
-    /// 2 cores: 200 classification lines 5.5 s shared vs 8.6 s split; 16 sequences x 64 tokens 138 vs
-    /// 112 tok/s), but every token attends over all cells, so at high concurrency split wins (64
-    /// sequences x 64 tokens: 141 vs 68 tok/s).
-    pub unified_kv: bool,
-    /// KV cache cells shared by all sequences, in unified mode.
-    pub n_ctx: u32,
-    /// Tokens per decode call; also the largest prompt chunk evaluated at once.
-    pub n_batch: u32,
-    /// CPU threads for decoding.
-    pub threads: i32,
-    /// Layers offloaded to the GPU (0 on a CPU build).
-    pub gpu_layers: u32,
-    /// Generation cap when a request sets no `max_tokens`.
-    pub default_max_tokens: u32,
-}
-
-impl Default for LocalConfig {
-    fn default() -> Self {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as i32;
-        LocalConfig {
-            parallel: 16,
-            seq_ctx: 1024,
-            unified_kv: true,
-            n_ctx: 8192,
-            n_batch: 512,
-            threads: cores.clamp(1, 8),
-            gpu_layers: if cfg!(any(feature = "cuda", feature = "gpu-dl")) {
-                u32::MAX
-            } else {
-                0
-            },
-            default_max_tokens: 512,
-        }
-    }
-}
+pub use super::local_config::LocalConfig;
 
 impl LocalConfig {
     /// The llama context these settings describe (benchmarks build their reference loop from it too).
@@ -88,56 +45,6 @@ impl LocalConfig {
             .with_n_threads_batch(self.threads)
             .with_kv_unified(self.unified_kv)
             .with_swa_full(true)
-    }
-
-    /// KV cells allocated: one stream of `seq_ctx` per sequence, or `n_ctx` shared.
-    pub fn kv_cells(&self) -> u32 {
-        if self.unified_kv {
-            self.n_ctx
-        } else {
-            self.parallel * self.seq_ctx
-        }
-    }
-
-    /// The defaults, overridden by `SLUICE_LLM_PARALLEL`, `SLUICE_LLM_SEQ_CTX`, `SLUICE_LLM_KV`,
-    /// `SLUICE_LLM_CTX`, `SLUICE_LLM_BATCH`,
-    /// `SLUICE_LLM_THREADS`, `SLUICE_LLM_GPU_LAYERS` and `SLUICE_LLM_MAX_TOKENS`.
-    pub fn from_env() -> Self {
-        fn var<T: std::str::FromStr>(name: &str) -> Option<T> {
-            std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
-        }
-        let d = LocalConfig::default();
-        LocalConfig {
-            parallel: var("SLUICE_LLM_PARALLEL")
-                .unwrap_or(d.parallel)
-                .clamp(1, 256),
-            seq_ctx: var("SLUICE_LLM_SEQ_CTX").unwrap_or(d.seq_ctx).max(64),
-            unified_kv: !std::env::var("SLUICE_LLM_KV")
-                .is_ok_and(|v| v.eq_ignore_ascii_case("split")),
-            n_ctx: var("SLUICE_LLM_CTX").unwrap_or(d.n_ctx).max(256),
-            n_batch: var("SLUICE_LLM_BATCH").unwrap_or(d.n_batch).clamp(32, 8192),
-            threads: var("SLUICE_LLM_THREADS").unwrap_or(d.threads).max(1),
-            gpu_layers: var("SLUICE_LLM_GPU_LAYERS").unwrap_or(d.gpu_layers),
-            default_max_tokens: var("SLUICE_LLM_MAX_TOKENS").unwrap_or(d.default_max_tokens),
-        }
-    }
-}
-
-static CONFIGURED: OnceLock<LocalConfig> = OnceLock::new();
-
-impl LocalConfig {
-    /// Sets the configuration local models use in this process (instead of the environment's);
-    /// false when one was already set.
-    pub fn set_process_default(config: LocalConfig) -> bool {
-        CONFIGURED.set(config).is_ok()
-    }
-
-    /// The process default if one was set, else [`LocalConfig::from_env`].
-    pub fn current() -> LocalConfig {
-        CONFIGURED
-            .get()
-            .cloned()
-            .unwrap_or_else(LocalConfig::from_env)
     }
 }
 
@@ -177,7 +84,7 @@ pub fn llama_backend() -> Result<&'static LlamaBackend, LlmError> {
 }
 
 fn backend() -> Result<&'static LlamaBackend, LlmError> {
-    static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+    static BACKEND: OnceLock<Result<LlamaBackend, llama_cpp_2::LlamaCppError>> = OnceLock::new();
     BACKEND
         .get_or_init(|| {
             // llama.cpp's own log (model quirks it works around, buffer sizes) shows from `-vv` on.
@@ -185,17 +92,39 @@ fn backend() -> Result<&'static LlamaBackend, LlmError> {
             llama_cpp_2::send_logs_to_tracing(
                 llama_cpp_2::LogOptions::default().with_logs_enabled(verbose),
             );
-            LlamaBackend::init().map_err(|e| e.to_string())
+            LlamaBackend::init()
         })
         .as_ref()
         .map_err(|e| LlmError::system("LocalModelError", format!("llama.cpp did not start: {e}")))
+}
+
+/// Why a model's worker could not set up, or a request's sampler could not be built.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SetupError {
+    #[error(transparent)]
+    Backend(LlmError),
+    #[error("could not create a llama context")]
+    Context(#[source] llama_cpp_2::LlamaContextLoadError),
+    #[error("no embedding context")]
+    EmbeddingContext(#[source] llama_cpp_2::LlamaContextLoadError),
+    #[error("the JSON grammar did not load")]
+    Grammar(#[source] llama_cpp_2::GrammarError),
+}
+
+impl From<SetupError> for LlmError {
+    fn from(e: SetupError) -> Self {
+        match e {
+            SetupError::Backend(e) => e,
+            other => LlmError::system("LocalModelError", crate::error_chain(&other)),
+        }
+    }
 }
 
 /// Starts a model's worker thread and waits until it reports that its llama context is ready (or why
 /// it could not create one).
 pub(crate) fn start_worker(
     name: String,
-    work: impl FnOnce(std_mpsc::SyncSender<Result<(), String>>) + Send + 'static,
+    work: impl FnOnce(std_mpsc::SyncSender<Result<(), SetupError>>) + Send + 'static,
 ) -> Result<(), LlmError> {
     let (ready_tx, ready_rx) = std_mpsc::sync_channel(1);
     thread(name.clone(), move || work(ready_tx)).map_err(|e| {
@@ -206,7 +135,7 @@ pub(crate) fn start_worker(
     })?;
     match ready_rx.recv() {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(LlmError::system("LocalModelError", e)),
+        Ok(Err(e)) => Err(e.into()),
         Err(_) => Err(LlmError::system(
             "LocalModelError",
             format!("thread {name} stopped while starting"),
@@ -569,11 +498,12 @@ struct SamplingSpec {
 impl SamplingSpec {
     fn from_params(p: &GenParams) -> Self {
         SamplingSpec {
-            temperature: p.temperature,
-            top_p: p.top_p,
-            presence: p.presence_penalty,
-            frequency: p.frequency_penalty,
-            seed: p.seed.unwrap_or(0x5eed),
+            temperature: p.temperature as f32,
+            top_p: p.top_p as f32,
+            presence: p.presence_penalty as f32,
+            frequency: p.frequency_penalty as f32,
+            // llama.cpp's seed is 32 bits; a negative or larger one wraps, as it always has.
+            seed: p.seed.map_or(0x5eed, |s| s as u32),
             json: p.json_object,
         }
     }
@@ -583,7 +513,7 @@ impl SamplingSpec {
         self.temperature <= 0.0 && !self.json && self.presence == 0.0 && self.frequency == 0.0
     }
 
-    fn build(&self, model: &LlamaModel) -> Result<Option<LlamaSampler>, String> {
+    fn build(&self, model: &LlamaModel) -> Result<Option<LlamaSampler>, SetupError> {
         if self.is_plain_greedy() {
             return Ok(None);
         }
@@ -591,7 +521,7 @@ impl SamplingSpec {
         if self.json {
             chain.push(
                 LlamaSampler::grammar(model, JSON_OBJECT_GRAMMAR, "root")
-                    .map_err(|e| format!("the JSON grammar did not load: {e}"))?,
+                    .map_err(SetupError::Grammar)?,
             );
         }
         if self.presence != 0.0 || self.frequency != 0.0 {
@@ -662,12 +592,12 @@ fn decode_thread(
     model: Arc<LlamaModel>,
     config: LocalConfig,
     rx: std_mpsc::Receiver<Job>,
-    ready: std_mpsc::SyncSender<Result<(), String>>,
+    ready: std_mpsc::SyncSender<Result<(), SetupError>>,
 ) {
     let backend = match backend() {
         Ok(b) => b,
         Err(e) => {
-            let _ = ready.send(Err(e.message));
+            let _ = ready.send(Err(SetupError::Backend(e)));
             return;
         }
     };
@@ -679,7 +609,7 @@ fn decode_thread(
     let ctx = match ctx {
         Ok(c) => c,
         Err(e) => {
-            let _ = ready.send(Err(format!("could not create a llama context: {e}")));
+            let _ = ready.send(Err(SetupError::Context(e)));
             return;
         }
     };
@@ -866,9 +796,7 @@ impl DecodeLoop<'_> {
             let sampler = match job.sampling.build(self.model) {
                 Ok(s) => s,
                 Err(e) => {
-                    let _ = job
-                        .tx
-                        .send(Event::Error(LlmError::system("LocalModelError", e)));
+                    let _ = job.tx.send(Event::Error(e.into()));
                     continue;
                 }
             };

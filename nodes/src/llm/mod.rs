@@ -6,12 +6,20 @@
 pub mod chat;
 // The model store and connections live in sluice-config; their old paths keep working.
 pub use sluice_config::{connections, gguf, store};
+#[cfg(feature = "local-llm")]
 pub mod embed;
 pub mod embedding_node;
+#[cfg(feature = "local-llm")]
 pub mod local;
+mod local_config;
 pub mod openai;
+pub mod protocol;
 pub mod scripted;
 pub mod types;
+#[cfg(not(feature = "local-llm"))]
+mod without_local;
+#[cfg(not(feature = "local-llm"))]
+pub use without_local::{embed, local};
 
 use std::any::Any;
 use std::collections::HashSet;
@@ -21,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use sluice_engine::{
     BuildContext, BuildError, Built, InputValue, Node, NodeContext, NodeDef, NodeError, NodeInputs,
-    NodeKind, Opaque, Param, Value, ValueType,
+    NodeKind, NodeMetrics, Opaque, Param, TokenCounts, Value,
 };
 
 use crate::template::Template;
@@ -29,36 +37,11 @@ use chat::{Escaper, parse_chat};
 use connections::{Connection, ConnectionType};
 use local::{LocalConfig, LocalModel};
 use openai::{HttpBackend, HttpConfig};
-use types::{Backend, Completion, Event, GenParams, Prompt, TokenStream};
+use types::{Backend, Completion, Event, Prompt, TokenStream};
 
 /// The `llm` node kind.
 #[derive(Debug, Default)]
 pub struct LlmKind;
-
-/// API parameters and their types; every other input is a template variable.
-const API_PARAMS: &[(&str, ValueType)] = &[
-    ("model", ValueType::String),
-    ("deployment_name", ValueType::String),
-    ("temperature", ValueType::Double),
-    ("top_p", ValueType::Double),
-    ("max_tokens", ValueType::Int),
-    ("stop", ValueType::List),
-    ("presence_penalty", ValueType::Double),
-    ("frequency_penalty", ValueType::Double),
-    ("seed", ValueType::Int),
-    ("response_format", ValueType::Object),
-    ("n", ValueType::Int),
-    ("logit_bias", ValueType::Object),
-    ("user", ValueType::String),
-    ("best_of", ValueType::Int),
-    ("echo", ValueType::Bool),
-    ("logprobs", ValueType::Int),
-    ("suffix", ValueType::String),
-    ("functions", ValueType::List),
-    ("function_call", ValueType::Object),
-    ("tools", ValueType::List),
-    ("tool_choice", ValueType::Object),
-];
 
 impl NodeKind for LlmKind {
     fn type_name(&self) -> &'static str {
@@ -82,11 +65,7 @@ impl NodeKind for LlmKind {
         // Template variables are string inputs (as for `prompt` nodes); a variable named like an API
         // parameter is an error (§7.5).
         let mut signature = crate::prompt::template_signature(&template)?;
-        if let Some(var) = template
-            .variables()
-            .iter()
-            .find(|v| API_PARAMS.iter().any(|(p, _)| p == v))
-        {
+        if let Some(var) = template.variables().iter().find(|v| protocol::is_param(v)) {
             return Err(BuildError::new(format!(
                 "the template of node `{}` uses a variable named `{var}`, which is an LLM API parameter",
                 node.name
@@ -94,7 +73,7 @@ impl NodeKind for LlmKind {
             .at(template.path(), None)
             .help("rename the template variable"));
         }
-        for (name, ty) in API_PARAMS {
+        for (name, ty) in protocol::PARAMS {
             signature.params.insert(
                 (*name).to_owned(),
                 Param {
@@ -168,7 +147,7 @@ fn resolve_backend(
     if let Some(file) = literal_model.and_then(|m| m.strip_prefix("scripted:")) {
         return scripted::ScriptedBackend::load(&cx.flow_dir().join(file))
             .map(BackendChoice::Scripted)
-            .map_err(BuildError::new);
+            .map_err(|e| BuildError::new(crate::error_chain(&e)));
     }
     let conn = match node.connection.as_deref() {
         None | Some("local") | Some("") => None,
@@ -196,8 +175,10 @@ fn resolve_backend(
                     node.name, c.name
                 )));
             }
-            let config = HttpConfig::from_connection(&c).map_err(BuildError::new)?;
-            let backend = HttpBackend::new(&c.name, config).map_err(BuildError::new)?;
+            let config = HttpConfig::from_connection(&c)
+                .map_err(|e| BuildError::new(crate::error_chain(&e)))?;
+            let backend = HttpBackend::new(&c.name, config)
+                .map_err(|e| BuildError::new(crate::error_chain(&e)))?;
             Ok(BackendChoice::Http(backend))
         }
         c => {
@@ -208,6 +189,7 @@ fn resolve_backend(
                         .and_then(|c: &Connection| c.configs.get("model").cloned())
                 })
                 .unwrap_or_else(|| "default".to_owned());
+            require_local_models(&node.name, &model)?;
             let (name, path) = store::resolve_model(&model, cx.flow_dir()).map_err(|e| {
                 BuildError::new(format!(
                     "node `{}` needs the local model `{}`, which is not installed",
@@ -222,6 +204,18 @@ fn resolve_backend(
             })
         }
     }
+}
+
+/// Refuses a node that needs a local model when this build has none (no `local-llm` feature), as
+/// the flow loads.
+pub(crate) fn require_local_models(node: &str, model: &str) -> Result<(), BuildError> {
+    if cfg!(feature = "local-llm") {
+        return Ok(());
+    }
+    Err(BuildError::new(format!(
+        "node `{node}` uses the local model `{model}`, but this sluice was built without local models"
+    ))
+    .help("give the node an OpenAI-compatible `connection:`, or build sluice with the `local-llm` feature"))
 }
 
 #[derive(Debug)]
@@ -268,20 +262,20 @@ impl LlmNode {
 #[async_trait]
 impl Node for LlmNode {
     async fn run(&self, mut inputs: NodeInputs, cx: &NodeContext) -> Result<Value, NodeError> {
-        let mut params = GenParams::default();
-        let mut model = None;
+        let params = protocol::from_fields(inputs.iter().filter(|(k, _)| protocol::is_param(k)))
+            .map_err(|e| NodeError::user("InputTypeError", e.to_string()))?;
+        let model = params.model.clone();
         let mut vars: Vec<(String, Value)> = Vec::new();
         let escaper = Escaper::new();
         for (k, v) in inputs.drain(..) {
-            if API_PARAMS.iter().any(|(p, _)| *p == k) {
-                apply_param(&mut params, &mut model, &k, v)?;
+            if protocol::is_param(&k) {
+                continue;
             } else if self.api == Api::Chat && self.escape.contains(&k) {
                 vars.push((k, escaper.escape(v)));
             } else {
                 vars.push((k, v));
             }
         }
-        params.model = model.clone();
         let text = self
             .template
             .render(vars.iter().map(|(k, v)| (k.as_str(), v)))?;
@@ -306,110 +300,21 @@ impl Node for LlmNode {
 /// Token counts and timings as the node's system metrics (summed per line and per run).
 fn record_usage(cx: &NodeContext, done: &Completion) {
     let u = &done.usage;
-    cx.add_metric("prompt_tokens", u.prompt_tokens as f64);
-    cx.add_metric("completion_tokens", u.completion_tokens as f64);
-    cx.add_metric(
-        "total_tokens",
-        (u.prompt_tokens + u.completion_tokens) as f64,
-    );
-    if u.cached_tokens > 0 {
-        cx.add_metric("cached_tokens", u.cached_tokens as f64);
-    }
-    if let Some(t) = u.time_to_first_token {
-        cx.add_metric("time_to_first_token_ms", (t.as_secs_f64() * 1000.0).round());
-    }
     let secs = u.duration.as_secs_f64();
-    cx.add_metric("llm_duration_ms", (secs * 1000.0).round());
-    if secs > 0.0 && u.completion_tokens > 0 {
-        cx.add_metric(
-            "completion_tokens_per_s",
-            (u.completion_tokens as f64 / secs * 10.0).round() / 10.0,
-        );
-    }
-}
-
-fn apply_param(
-    p: &mut GenParams,
-    model: &mut Option<String>,
-    key: &str,
-    v: Value,
-) -> Result<(), NodeError> {
-    let bad = |what: &str| {
-        NodeError::user(
-            "InputTypeError",
-            format!("the llm parameter `{key}` must be {what}"),
-        )
-    };
-    let num = |v: &Value| -> Option<f64> {
-        match v {
-            Value::Int(i) => Some(*i as f64),
-            Value::Float(f) => Some(*f),
-            Value::String(s) => s.trim().parse().ok(),
-            _ => None,
-        }
-        .filter(|f: &f64| f.is_finite())
-    };
-    if matches!(v, Value::Null) {
-        return Ok(());
-    }
-    match key {
-        "model" | "deployment_name" => match v {
-            Value::String(s) if !s.is_empty() => *model = Some(s),
-            Value::String(_) => {}
-            _ => return Err(bad("a string")),
+    let ms = |secs: f64| (secs * 1000.0).round() as u64;
+    cx.add_metrics(&NodeMetrics {
+        tokens: TokenCounts {
+            prompt_tokens: Some(u.prompt_tokens),
+            completion_tokens: Some(u.completion_tokens),
+            total_tokens: Some(u.prompt_tokens + u.completion_tokens),
+            cached_tokens: (u.cached_tokens > 0).then_some(u.cached_tokens),
         },
-        "temperature" => p.temperature = num(&v).ok_or_else(|| bad("a number"))? as f32,
-        "top_p" => p.top_p = num(&v).ok_or_else(|| bad("a number"))? as f32,
-        "presence_penalty" => p.presence_penalty = num(&v).ok_or_else(|| bad("a number"))? as f32,
-        "frequency_penalty" => p.frequency_penalty = num(&v).ok_or_else(|| bad("a number"))? as f32,
-        "max_tokens" => {
-            let n = num(&v).ok_or_else(|| bad("an integer"))?;
-            if n < 1.0 {
-                return Err(bad("a positive integer"));
-            }
-            p.max_tokens = Some(n as u32);
-        }
-        "seed" => p.seed = Some(num(&v).ok_or_else(|| bad("an integer"))? as i64 as u32),
-        "stop" => {
-            p.stop = match v {
-                Value::String(s) => vec![s],
-                Value::List(items) => items
-                    .into_iter()
-                    .map(|i| match i {
-                        Value::String(s) => Ok(s),
-                        _ => Err(bad("a list of strings")),
-                    })
-                    .collect::<Result<_, _>>()?,
-                _ => return Err(bad("a string or a list of strings")),
-            }
-        }
-        "response_format" => {
-            let ty = match &v {
-                Value::Map(m) => m.get("type").and_then(|t| match t {
-                    Value::String(s) => Some(s.clone()),
-                    _ => None,
-                }),
-                Value::String(s) => Some(s.clone()),
-                _ => None,
-            };
-            match ty.as_deref() {
-                Some("json_object") => p.json_object = true,
-                Some("text") | None => {}
-                Some(other) => {
-                    return Err(NodeError::user(
-                        "InputTypeError",
-                        format!(
-                            "response_format type `{other}` is not supported; use `text` or `json_object`"
-                        ),
-                    ));
-                }
-            }
-        }
-        "n" if num(&v) != Some(1.0) => return Err(bad("1 (one choice per call)")),
-        // Accepted for compatibility; they do not change local generation.
-        _ => {}
-    }
-    Ok(())
+        time_to_first_token_ms: u.time_to_first_token.map(|t| ms(t.as_secs_f64())),
+        llm_duration_ms: Some(ms(secs)),
+        completion_tokens_per_s: (secs > 0.0 && u.completion_tokens > 0)
+            .then(|| (u.completion_tokens as f64 / secs * 10.0).round() / 10.0),
+        ..NodeMetrics::default()
+    });
 }
 
 /// A streaming llm output: the flow-output printer reads its chunks as they are generated.
@@ -453,5 +358,24 @@ impl Opaque for LlmStream {
 
     fn as_any(&self) -> &dyn Any {
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_local_model_needs_a_build_with_local_models() {
+        let checked = super::require_local_models("answer", "default");
+        if cfg!(feature = "local-llm") {
+            assert!(checked.is_ok());
+        } else {
+            let e = checked.unwrap_err();
+            assert!(
+                e.message
+                    .contains("node `answer` uses the local model `default`, but this sluice was built without local models"),
+                "{}",
+                e.message
+            );
+        }
     }
 }

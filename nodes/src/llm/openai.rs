@@ -22,6 +22,7 @@ use tokio::sync::Semaphore;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::connections::{Connection, ConnectionType};
+use super::protocol::encode_request;
 use super::types::{Backend, Event, FinishReason, GenParams, LlmError, Prompt, TokenStream, Usage};
 
 /// The most bytes read from a successful response (JSON, or one server-sent event line).
@@ -49,30 +50,74 @@ pub struct HttpConfig {
     pub max_concurrency: usize,
 }
 
+/// Why a URL did not parse (the `url` crate's error, as reqwest uses it).
+pub type UrlError = <reqwest::Url as std::str::FromStr>::Err;
+
+/// Why a connection cannot be used for HTTP requests.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpConfigError {
+    /// A setting could not be read (an environment variable it names is not set, ...).
+    #[error("{0}")]
+    Setting(String),
+    #[error("connection `{connection}` has no `api_base`")]
+    NoApiBase { connection: String },
+    #[error(
+        "connection `{connection}`: `{key}` must be a number from {min} to {max}, got `{value}`"
+    )]
+    OutOfRange {
+        connection: String,
+        key: &'static str,
+        min: f64,
+        max: f64,
+        value: String,
+    },
+    /// `api_base` is shown redacted.
+    #[error("connection `{connection}`: `api_base` {api_base} is not a URL")]
+    NotAUrl {
+        connection: String,
+        api_base: String,
+        #[source]
+        source: UrlError,
+    },
+    #[error("connection `{connection}`: the HTTP client could not be set up")]
+    Client {
+        connection: String,
+        #[source]
+        source: reqwest::Error,
+    },
+}
+
 impl HttpConfig {
-    pub fn from_connection(c: &Connection) -> Result<HttpConfig, String> {
-        let get = |k: &str| c.get(k);
+    pub fn from_connection(c: &Connection) -> Result<HttpConfig, HttpConfigError> {
+        let get = |k: &str| c.get(k).map_err(HttpConfigError::Setting);
         let api_base = match (c.kind, get("api_base")?) {
             (_, Some(b)) => b,
             (ConnectionType::OpenAi, None) => "https://api.openai.com/v1".to_owned(),
-            _ => return Err(format!("connection `{}` has no `api_base`", c.name)),
+            _ => {
+                return Err(HttpConfigError::NoApiBase {
+                    connection: c.name.clone(),
+                });
+            }
         };
         // Each setting is a finite number in its range: `timeout: inf` or `max_concurrency: 1e30`
         // would otherwise panic when it becomes a Duration or a semaphore.
-        let num = |k: &str, d: f64| -> Result<f64, String> {
-            let (min, max) = match k {
+        let num = |key: &'static str, d: f64| -> Result<f64, HttpConfigError> {
+            let (min, max) = match key {
                 "timeout" => (0.001, 1e9),
                 "retry_backoff" => (0.0, 3600.0),
                 "max_retries" => (0.0, 100.0),
                 _ => (1.0, 4096.0),
             };
-            match get(k)? {
+            match get(key)? {
                 Some(v) => match v.trim().parse::<f64>() {
                     Ok(n) if (min..=max).contains(&n) => Ok(n),
-                    _ => Err(format!(
-                        "connection `{}`: `{k}` must be a number from {min} to {max}, got `{v}`",
-                        c.name
-                    )),
+                    _ => Err(HttpConfigError::OutOfRange {
+                        connection: c.name.clone(),
+                        key,
+                        min,
+                        max,
+                        value: v,
+                    }),
                 },
                 None => Ok(d),
             }
@@ -103,18 +148,21 @@ pub struct HttpBackend {
 }
 
 impl HttpBackend {
-    pub fn new(name: &str, config: HttpConfig) -> Result<HttpBackend, String> {
-        let base = reqwest::Url::parse(&config.api_base).map_err(|e| {
-            format!(
-                "connection `{name}`: `api_base` {} is not a URL: {e}",
-                redact(&config.api_base)
-            )
-        })?;
+    pub fn new(name: &str, config: HttpConfig) -> Result<HttpBackend, HttpConfigError> {
+        let base =
+            reqwest::Url::parse(&config.api_base).map_err(|source| HttpConfigError::NotAUrl {
+                connection: name.to_owned(),
+                api_base: redact(&config.api_base).into_owned(),
+                source,
+            })?;
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10).min(config.timeout))
             .redirect(reqwest::redirect::Policy::custom(same_origin_redirects))
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(|source| HttpConfigError::Client {
+                connection: name.to_owned(),
+                source,
+            })?;
         Ok(HttpBackend {
             name: name.to_owned(),
             limit: Arc::new(Semaphore::new(config.max_concurrency)),
@@ -206,49 +254,6 @@ async fn read_json(mut resp: reqwest::Response) -> Result<Json, LlmError> {
     serde_json::from_slice(&bytes).map_err(|e| bad(format!("the response is not JSON: {e}")))
 }
 
-fn body(prompt: &Prompt, p: &GenParams, stream: bool) -> Json {
-    let mut b = serde_json::Map::new();
-    match prompt {
-        Prompt::Chat(messages) => {
-            b.insert(
-                "messages".into(),
-                serde_json::to_value(messages).unwrap_or(Json::Null),
-            );
-        }
-        Prompt::Text(t) => {
-            b.insert("prompt".into(), json!(t));
-        }
-    }
-    if let Some(m) = &p.model {
-        b.insert("model".into(), json!(m));
-    }
-    b.insert("temperature".into(), json!(p.temperature));
-    b.insert("top_p".into(), json!(p.top_p));
-    if let Some(n) = p.max_tokens {
-        b.insert("max_tokens".into(), json!(n));
-    }
-    if !p.stop.is_empty() {
-        b.insert("stop".into(), json!(p.stop));
-    }
-    if p.presence_penalty != 0.0 {
-        b.insert("presence_penalty".into(), json!(p.presence_penalty));
-    }
-    if p.frequency_penalty != 0.0 {
-        b.insert("frequency_penalty".into(), json!(p.frequency_penalty));
-    }
-    if let Some(s) = p.seed {
-        b.insert("seed".into(), json!(s));
-    }
-    if p.json_object {
-        b.insert("response_format".into(), json!({"type": "json_object"}));
-    }
-    if stream {
-        b.insert("stream".into(), json!(true));
-        b.insert("stream_options".into(), json!({"include_usage": true}));
-    }
-    Json::Object(b)
-}
-
 #[async_trait]
 impl Backend for HttpBackend {
     fn describe(&self) -> String {
@@ -263,7 +268,7 @@ impl Backend for HttpBackend {
             "completions"
         };
         let url = self.url(leaf, params.model.as_deref())?;
-        let request = body(&prompt, &params, true);
+        let request = encode_request(&prompt, &params, true);
         let (tx, stream) = TokenStream::channel();
         let this = self.clone();
         let task = SpawnedTask::spawn(async move {
@@ -662,22 +667,6 @@ mod tests {
         assert!(backoff(b, 30) <= Duration::from_secs(75));
     }
 
-    #[test]
-    fn request_body_has_openai_fields() {
-        let p = GenParams {
-            max_tokens: Some(5),
-            stop: vec!["\n".into()],
-            json_object: true,
-            model: Some("m".into()),
-            ..GenParams::default()
-        };
-        let b = body(&Prompt::Text("hi".into()), &p, false);
-        assert_eq!(b["prompt"], "hi");
-        assert_eq!(b["max_tokens"], 5);
-        assert_eq!(b["response_format"]["type"], "json_object");
-        assert!(b.get("stream").is_none());
-    }
-
     fn connection_with(key: &str, value: &str) -> Connection {
         Connection::from_yaml(
             &format!("name: c\ntype: open_ai\napi_key: k\n{key}: {value}\n"),
@@ -698,7 +687,9 @@ mod tests {
             ("max_retries", "-1"),
             ("retry_backoff", "nan"),
         ] {
-            let err = HttpConfig::from_connection(&connection_with(key, value)).unwrap_err();
+            let err = HttpConfig::from_connection(&connection_with(key, value))
+                .unwrap_err()
+                .to_string();
             assert!(
                 err.contains(&format!("`{key}` must be a number from")),
                 "{err}"

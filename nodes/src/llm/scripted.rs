@@ -7,7 +7,7 @@
 //! streamed back word by word; a reply without `when` matches anything; `"error": "message"` instead
 //! of `"reply"` makes the call fail. Token counts are words.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -36,23 +36,47 @@ pub struct ScriptedBackend {
     script: Script,
 }
 
+/// What is wrong with an LLM script.
+#[derive(Debug, thiserror::Error)]
+pub enum ScriptError {
+    #[error("cannot read the LLM script {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the LLM script {} is not valid", path.display())]
+    Invalid {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// `reply` counts from 1.
+    #[error("the LLM script {}: reply {reply} needs exactly one of `reply` and `error`", path.display())]
+    ReplyOrError { path: PathBuf, reply: usize },
+}
+
 impl ScriptedBackend {
     /// Reads a script; the error says what is wrong with it.
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read the LLM script {}: {e}", path.display()))?;
-        let script: Script = serde_json::from_str(&text)
-            .map_err(|e| format!("the LLM script {} is not valid: {e}", path.display()))?;
+    pub fn load(path: &Path) -> Result<Self, ScriptError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ScriptError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let script: Script =
+            serde_json::from_str(&text).map_err(|source| ScriptError::Invalid {
+                path: path.to_owned(),
+                source,
+            })?;
         if let Some(i) = script
             .replies
             .iter()
             .position(|r| r.reply.is_some() == r.error.is_some())
         {
-            return Err(format!(
-                "the LLM script {}: reply {} needs exactly one of `reply` and `error`",
-                path.display(),
-                i + 1
-            ));
+            return Err(ScriptError::ReplyOrError {
+                path: path.to_owned(),
+                reply: i + 1,
+            });
         }
         Ok(ScriptedBackend {
             name: path

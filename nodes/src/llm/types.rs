@@ -41,17 +41,19 @@ pub enum Prompt {
     Text(String),
 }
 
-/// Sampling and stopping parameters, with OpenAI's meanings.
+/// Sampling and stopping parameters, with OpenAI's meanings, read and checked by [`super::protocol`].
+/// Numbers keep the values they were given (f64, as YAML and JSON have them), so a request to a
+/// server carries `0.7`, not the nearest `f32`; the local model narrows them itself.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GenParams {
     /// `None`: until the model stops (capped by the backend's context).
     pub max_tokens: Option<u32>,
-    pub temperature: f32,
-    pub top_p: f32,
+    pub temperature: f64,
+    pub top_p: f64,
     pub stop: Vec<String>,
-    pub presence_penalty: f32,
-    pub frequency_penalty: f32,
-    pub seed: Option<u32>,
+    pub presence_penalty: f64,
+    pub frequency_penalty: f64,
+    pub seed: Option<i64>,
     /// `response_format: {type: json_object}`: the output must be one JSON object.
     pub json_object: bool,
     /// The model name or deployment a remote backend is asked for.

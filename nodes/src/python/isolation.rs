@@ -249,7 +249,18 @@ pub fn serve(input: impl BufRead, mut answers: impl Write) -> std::io::Result<()
     Ok(())
 }
 
+/// A tool's output that has no plain (JSON) form, so it cannot be sent back from the worker.
+#[derive(Debug, thiserror::Error)]
+#[error("{reason}")]
+pub(crate) struct NotPlain {
+    /// Why, as the value's conversion tells it.
+    reason: String,
+}
+
 /// A value as the worker sends it back.
-pub(crate) fn output_json(value: &Value) -> Result<Json, String> {
-    value.to_plain().map(|v| v.to_json_lossy())
+pub(crate) fn output_json(value: &Value) -> Result<Json, NotPlain> {
+    value
+        .to_plain()
+        .map(|v| v.to_json_lossy())
+        .map_err(|reason| NotPlain { reason })
 }

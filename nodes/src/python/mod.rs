@@ -34,9 +34,21 @@ struct Runtime {
     host: Py<PyModule>,
 }
 
-static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
+/// Why the embedded Python cannot be used. The Python exception is kept as its text: the runtime's
+/// failure is remembered for the life of the process, outside any interpreter lock.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum PythonError {
+    /// The interpreter, or Sluice's host module in it, did not start.
+    #[error("{exception}")]
+    Start { exception: String },
+    /// Asking the running interpreter about itself raised.
+    #[error("{exception}")]
+    Query { exception: String },
+}
 
-fn runtime() -> Result<&'static Runtime, String> {
+static RUNTIME: OnceLock<Result<Runtime, PythonError>> = OnceLock::new();
+
+fn runtime() -> Result<&'static Runtime, PythonError> {
     RUNTIME
         .get_or_init(|| {
             Python::initialize();
@@ -49,14 +61,16 @@ fn runtime() -> Result<&'static Runtime, String> {
                     host: host.unbind(),
                 })
             })
-            .map_err(|e| e.to_string())
+            .map_err(|e| PythonError::Start {
+                exception: e.to_string(),
+            })
         })
         .as_ref()
         .map_err(Clone::clone)
 }
 
 /// The Python version Sluice runs tools with, e.g. `3.11.7 (/usr/lib/python3.11)`.
-pub fn python_info() -> Result<String, String> {
+pub fn python_info() -> Result<String, PythonError> {
     runtime()?;
     Python::attach(|py| {
         let sys = py.import("sys")?;
@@ -67,7 +81,9 @@ pub fn python_info() -> Result<String, String> {
             version.split_whitespace().next().unwrap_or("?")
         ))
     })
-    .map_err(|e| e.to_string())
+    .map_err(|e| PythonError::Query {
+        exception: e.to_string(),
+    })
 }
 
 /// The `python` node kind.
@@ -332,7 +348,8 @@ impl Node for PythonNode {
         let entered = Arc::new(AtomicBool::new(false));
         let entered_in_call = entered.clone();
         let call = run_blocking(move || {
-            let rt = runtime().map_err(|e| NodeError::system("PythonNotAvailable", e))?;
+            let rt =
+                runtime().map_err(|e| NodeError::system("PythonNotAvailable", e.to_string()))?;
             Python::attach(|py| {
                 entered_in_call.store(true, Ordering::Relaxed);
                 let _holder = Holder::enter(&node_name, line);
@@ -621,7 +638,7 @@ impl Opaque for PyObj {
     }
 
     fn drain(&self) -> Result<Vec<String>, String> {
-        let rt = runtime()?;
+        let rt = runtime().map_err(|e| e.to_string())?;
         Python::attach(|py| {
             rt.host
                 .bind(py)
