@@ -219,10 +219,11 @@ fn in_process_a_tool_holding_the_gil_is_named_and_the_process_still_ends() {
     .unwrap();
     std::fs::write(
         flow.path().join("double.py"),
-        "from promptflow.core import tool\n\n@tool\ndef double(n: int) -> int:\n    if n == 1:\n        return 10 ** (10 ** 9)\n    return 2 * n\n",
+        "from promptflow.core import tool\n\n@tool\ndef double(n: int) -> int:\n    if n == 0:\n        return 10 ** (10 ** 9)\n    return 2 * n\n",
     )
     .unwrap();
-    let data = numbers_data(flow.path(), 6);
+    // One line at a time, so the next line surely waits for the interpreter the first one holds.
+    let data = numbers_data(flow.path(), 3);
     let started = Instant::now();
     let out = sluice(home.path())
         .args([
@@ -230,8 +231,10 @@ fn in_process_a_tool_holding_the_gil_is_named_and_the_process_still_ends() {
             "create",
             "--name",
             "gil",
+            "--max-concurrency",
+            "1",
             "--line-timeout",
-            "4",
+            "3",
             "--flow",
         ])
         .arg(flow.path())
@@ -244,7 +247,7 @@ fn in_process_a_tool_holding_the_gil_is_named_and_the_process_still_ends() {
     assert!(started.elapsed() < Duration::from_secs(60));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("node `double` (line 1) has held the interpreter")
+        stderr.contains("node `double` (line 0) has held the interpreter")
             && stderr.contains("--isolation process"),
         "{stderr}"
     );
