@@ -111,7 +111,11 @@ pub fn add(args: AddArgs) -> anyhow::Result<ExitStatus> {
             Ok(ExitStatus::Ok)
         }
         Err(e) => {
-            eprintln!("error: cannot add {}: {e}", args.path.display());
+            eprintln!(
+                "{} cannot add {}: {e}",
+                crate::style::error_label(),
+                args.path.display()
+            );
             Ok(ExitStatus::Invalid)
         }
     }
@@ -124,7 +128,11 @@ pub fn rm(args: ModelName) -> anyhow::Result<ExitStatus> {
             Ok(ExitStatus::Ok)
         }
         None => {
-            eprintln!("error: no model named `{}`", args.name);
+            eprintln!(
+                "{} no model named `{}`",
+                crate::style::error_label(),
+                args.name
+            );
             Ok(ExitStatus::Failed)
         }
     }
@@ -169,7 +177,11 @@ pub fn import(args: ImportArgs) -> anyhow::Result<ExitStatus> {
             Ok(ExitStatus::Ok)
         }
         Err(e) => {
-            eprintln!("error: cannot import {}: {e}", args.dir.display());
+            eprintln!(
+                "{} cannot import {}: {e}",
+                crate::style::error_label(),
+                args.dir.display()
+            );
             Ok(ExitStatus::Invalid)
         }
     }
@@ -194,7 +206,7 @@ pub fn embed(args: EmbedArgs) -> anyhow::Result<ExitStatus> {
             Ok(ExitStatus::Ok)
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("{} {e}", crate::style::error_label());
             Ok(ExitStatus::Failed)
         }
     }

@@ -120,7 +120,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitStatus> {
     let limits = match Limits::from_env() {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("{} {e:#}", crate::style::error_label());
             return Ok(ExitStatus::Invalid);
         }
     };
@@ -143,8 +143,10 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitStatus> {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!(
-                        "error: embedding model `{}` is not installed: {}",
-                        e.name, e.help
+                        "{} embedding model `{}` is not installed: {}",
+                        crate::style::error_label(),
+                        e.name,
+                        e.help
                     );
                     return Ok(ExitStatus::Invalid);
                 }

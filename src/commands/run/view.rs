@@ -13,6 +13,7 @@ use crate::ExitStatus;
 use crate::cli::{
     CompareArgs, DeleteArgs, DetailsArgs, ListArgs, NameArg, OutputFormat, ShowArgs, VisualizeArgs,
 };
+use crate::style::{self, Paint};
 
 /// A loaded run: its record, metrics and per-line records.
 pub(crate) struct LoadedRun {
@@ -42,7 +43,7 @@ pub(crate) fn load_run(name: &str) -> Result<LoadedRun, StoreError> {
 }
 
 fn not_found(e: StoreError) -> anyhow::Result<ExitStatus> {
-    eprintln!("error: {e}");
+    eprintln!("{} {e}", style::error_label());
     Ok(if e.is_user_error() {
         ExitStatus::Invalid
     } else {
@@ -59,8 +60,9 @@ fn outcome(l: &LineRecord) -> Json {
     }
 }
 
-/// Renders rows as an aligned text table; cells are cut at `width` characters.
-pub(crate) fn table(headers: &[String], rows: &[Vec<String>], width: usize) -> String {
+/// Renders rows as an aligned text table; cells are cut at `width` characters. With `color`, the
+/// header is bold, the rule dim and status words (`Completed`, `Failed`, ...) in their colours.
+pub(crate) fn table(headers: &[String], rows: &[Vec<String>], width: usize, color: bool) -> String {
     let cut = |s: &str| {
         let one_line = s.replace(['\n', '\r', '\t'], " ");
         if one_line.chars().count() > width {
@@ -88,14 +90,20 @@ pub(crate) fn table(headers: &[String], rows: &[Vec<String>], width: usize) -> S
         let line: Vec<String> = (0..n)
             .map(|i| {
                 let c = row.get(i).map_or("", String::as_str);
-                format!("{c:<w$}", w = widths[i])
+                let pad = " ".repeat(widths[i] - c.chars().count());
+                let c = if k == 0 {
+                    style::paint(color, Paint::Bold, c)
+                } else {
+                    style::status(color, c)
+                };
+                format!("{c}{pad}")
             })
             .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
         if k == 0 {
             let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
-            out.push_str(&rule.join("  "));
+            out.push_str(&style::paint(color, Paint::Dim, &rule.join("  ")));
             out.push('\n');
         }
     }
@@ -182,7 +190,7 @@ pub fn list(args: ListArgs) -> anyhow::Result<ExitStatus> {
                     ]
                 })
                 .collect();
-            print!("{}", table(&headers, &rows, 60));
+            print!("{}", table(&headers, &rows, 60, style::stdout()));
         }
     }
     Ok(ExitStatus::Ok)
@@ -231,7 +239,15 @@ pub fn show(args: ShowArgs) -> anyhow::Result<ExitStatus> {
                     rows.push(vec![format!("metric {k}"), cell(v)]);
                 }
             }
-            print!("{}", table(&["field".into(), "value".into()], &rows, 80));
+            print!(
+                "{}",
+                table(
+                    &["field".into(), "value".into()],
+                    &rows,
+                    80,
+                    style::stdout()
+                )
+            );
         }
     }
     Ok(ExitStatus::Ok)
@@ -250,7 +266,15 @@ pub fn show_metrics(args: ShowArgs) -> anyhow::Result<ExitStatus> {
                 .iter()
                 .map(|(k, v)| vec![k.clone(), cell(v)])
                 .collect();
-            print!("{}", table(&["metric".into(), "value".into()], &rows, 60));
+            print!(
+                "{}",
+                table(
+                    &["metric".into(), "value".into()],
+                    &rows,
+                    60,
+                    style::stdout()
+                )
+            );
         }
     }
     Ok(ExitStatus::Ok)
@@ -309,7 +333,7 @@ pub fn show_details(args: DetailsArgs) -> anyhow::Result<ExitStatus> {
                         .collect()
                 })
                 .collect();
-            print!("{}", table(&headers, &rows, 60));
+            print!("{}", table(&headers, &rows, 60, style::stdout()));
             if run.lines.len() > lines.len() {
                 eprintln!(
                     "({} of {} lines; --all-results for every line)",
@@ -381,11 +405,11 @@ fn comparison(runs: &[LoadedRun], max_diffs: usize) -> Json {
 }
 
 fn print_table_comparison(c: &Json) {
-    print!("{}", table_comparison(c));
+    print!("{}", table_comparison(c, style::stdout()));
 }
 
 /// The comparison as text tables and line diffs.
-fn table_comparison(c: &Json) -> String {
+fn table_comparison(c: &Json, color: bool) -> String {
     use std::fmt::Write as _;
     let mut text = String::new();
     let runs = c["runs"].as_array().cloned().unwrap_or_default();
@@ -423,7 +447,7 @@ fn table_comparison(c: &Json) -> String {
             rows.push(row);
         }
     }
-    text.push_str(&table(&headers, &rows, 40));
+    text.push_str(&table(&headers, &rows, 40, color));
     let _ = writeln!(
         text,
         "\n{} of {} lines have different outputs",
@@ -454,7 +478,10 @@ pub(crate) fn print_comparison_to_stderr(names: &[String]) -> anyhow::Result<Exi
             Err(e) => return not_found(e),
         }
     }
-    eprint!("{}", table_comparison(&comparison(&runs, 20)));
+    eprint!(
+        "{}",
+        table_comparison(&comparison(&runs, 20), style::stderr())
+    );
     Ok(ExitStatus::Ok)
 }
 
@@ -536,7 +563,8 @@ pub fn delete(args: DeleteArgs) -> anyhow::Result<ExitStatus> {
     if !args.yes {
         if !std::io::stdin().is_terminal() {
             eprintln!(
-                "error: deleting run `{}` needs --yes when not at a terminal",
+                "{} deleting run `{}` needs --yes when not at a terminal",
+                crate::style::error_label(),
                 args.name
             );
             return Ok(ExitStatus::Invalid);
