@@ -54,6 +54,9 @@ pub struct NodeRunInfo {
     pub index: Option<usize>,
     /// `duration` (seconds) plus whatever the node reported (tokens, ...).
     pub system_metrics: Map,
+    /// The calls the node made to a model or service (an `llm` node's prompt), in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub api_calls: Vec<serde_json::Value>,
 }
 
 /// The result of one line.
@@ -567,6 +570,7 @@ impl Flow {
                             end_time: now,
                             index,
                             system_metrics: Map::new(),
+                            api_calls: Vec::new(),
                         };
                         if let Some(o) = &opts.observer {
                             o.node_finished(opts.line_number, &run);
@@ -601,6 +605,7 @@ impl Flow {
                                 .any(|(_, v)| v.node_name() == Some(&n.def.name)),
                         metrics: metrics.clone(),
                         system_metrics: Default::default(),
+                        api_calls: Default::default(),
                     };
                     if let Some(o) = &opts.observer {
                         o.node_started(opts.line_number, &n.def.name);
@@ -677,6 +682,7 @@ impl Flow {
                 .into_inner()
                 .unwrap_or_else(|e| e.into_inner());
             system_metrics.insert("duration".into(), Value::Float(elapsed.as_secs_f64()));
+            let api_calls = cx.api_calls.into_inner().unwrap_or_else(|e| e.into_inner());
             let name = self.nodes[i].def.name.clone();
             let mut run = NodeRunInfo {
                 node: name.clone(),
@@ -688,6 +694,7 @@ impl Flow {
                 end_time: Utc::now(),
                 index,
                 system_metrics,
+                api_calls,
             };
             match result {
                 Ok(v) => {
@@ -738,6 +745,7 @@ fn cancel_running(
             end_time: Utc::now(),
             index,
             system_metrics: Map::new(),
+            api_calls: Vec::new(),
         });
     }
 }

@@ -158,9 +158,20 @@ pub struct NodeContext {
     pub metrics: Option<Arc<Mutex<Map>>>,
     /// Counters a node reports about itself (tokens, time to first token), summed per run.
     pub system_metrics: Mutex<Map>,
+    /// What the node sent to a model or service (an `llm` node's rendered prompt), recorded with its
+    /// run so that a run's details show what was asked.
+    pub api_calls: Mutex<Vec<serde_json::Value>>,
 }
 
 impl NodeContext {
+    /// Records one call the node made (see [`NodeContext::api_calls`]).
+    pub fn record_call(&self, call: serde_json::Value) {
+        self.api_calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(call);
+    }
+
     /// Adds to a numeric system metric of this node.
     pub fn add_metric(&self, key: &str, amount: f64) {
         let mut m = self

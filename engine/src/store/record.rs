@@ -267,6 +267,9 @@ pub struct NodeRecord {
     pub index: Option<usize>,
     #[serde(default)]
     pub system_metrics: NodeMetrics,
+    /// What the node sent to a model or service (an `llm` node's prompt).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub api_calls: Vec<Json>,
 }
 
 /// A node's timings and token counts.
@@ -351,6 +354,7 @@ mod tests {
                 end_time: now,
                 index: Some(3),
                 system_metrics: metrics,
+                api_calls: vec![serde_json::json!({"prompt": "hi"})],
             }],
             aggregation_inputs: Map::new(),
             start_time: now,
@@ -363,5 +367,6 @@ mod tests {
         assert_eq!(back.output["a"], 1);
         assert_eq!(back.tokens().prompt_tokens, Some(7));
         assert_eq!(back.node_runs[0].system_metrics.duration, Some(0.5));
+        assert_eq!(back.node_runs[0].api_calls[0]["prompt"], "hi");
     }
 }

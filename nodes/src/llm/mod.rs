@@ -291,6 +291,7 @@ impl Node for LlmNode {
         };
         let backend = self.backend(model.as_deref()).await?;
         tracing::debug!(node = %self.name, backend = %backend.describe(), "llm request");
+        cx.record_call(call_record(self.api, &*backend, &prompt, &params));
         let stream = backend.generate(prompt, params).await?;
         if cx.stream {
             return Ok(Value::Opaque(Arc::new(LlmStream {
@@ -301,6 +302,34 @@ impl Node for LlmNode {
         record_usage(cx, &done);
         Ok(Value::String(done.text))
     }
+}
+
+/// What the node asks the model, for the run's details: the api, the backend, the prompt as sent (the
+/// chat messages after role lines were split, or the completion text) and the sampling parameters.
+fn call_record(
+    api: Api,
+    backend: &dyn Backend,
+    prompt: &Prompt,
+    p: &GenParams,
+) -> serde_json::Value {
+    let prompt = match prompt {
+        Prompt::Chat(messages) => serde_json::to_value(messages).unwrap_or_default(),
+        Prompt::Text(text) => serde_json::Value::String(text.clone()),
+    };
+    serde_json::json!({
+        "type": "LLM",
+        "api": match api { Api::Chat => "chat", Api::Completion => "completion" },
+        "backend": backend.describe(),
+        "prompt": prompt,
+        "params": {
+            "max_tokens": p.max_tokens,
+            "temperature": p.temperature,
+            "top_p": p.top_p,
+            "stop": p.stop,
+            "seed": p.seed,
+            "json_object": p.json_object,
+        },
+    })
 }
 
 /// Token counts and timings as the node's system metrics (summed per line and per run).
