@@ -261,10 +261,33 @@ fn listings_print_json_for_scripts_and_tables_for_people() {
             .iter()
             .any(|m| m["name"] == "smollm2")
     );
+    // Which model `default` is, for which api.
+    assert_eq!(models["defaults"]["chat"], "smollm2", "{models}");
+    assert_eq!(models["defaults"]["completion"], "smollm2", "{models}");
+    assert_eq!(models["defaults"]["embedding"], "minilm", "{models}");
+    let smollm2 = models["available"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "smollm2")
+        .unwrap();
+    assert_eq!(
+        smollm2["default_for"],
+        serde_json::json!(["chat", "completion"])
+    );
     let table = run(&["model", "list", "--format", "table"]);
     let header = table.lines().next().unwrap();
     assert!(
-        header.contains("name") && header.contains("installed") && header.contains("about"),
+        header.contains("name")
+            && header.contains("installed")
+            && header.contains("default for")
+            && header.contains("about"),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("smollm2") && l.contains("chat, completion")),
         "{table}"
     );
     assert!(

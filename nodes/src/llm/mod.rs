@@ -126,7 +126,7 @@ impl NodeKind for LlmKind {
                 _ => None,
             })
         });
-        let backend = resolve_backend(node, cx, literal_model.as_deref())?;
+        let backend = resolve_backend(node, cx, literal_model.as_deref(), api.model_use())?;
         Ok(Built {
             signature,
             node: Arc::new(LlmNode {
@@ -144,6 +144,16 @@ impl NodeKind for LlmKind {
 enum Api {
     Chat,
     Completion,
+}
+
+impl Api {
+    /// Which model `default` means for this api.
+    fn model_use(self) -> store::ModelUse {
+        match self {
+            Api::Chat => store::ModelUse::Chat,
+            Api::Completion => store::ModelUse::Completion,
+        }
+    }
 }
 
 /// Where a node's requests go, decided when the flow loads.
@@ -164,6 +174,7 @@ fn resolve_backend(
     node: &NodeDef,
     cx: &BuildContext,
     literal_model: Option<&str>,
+    use_: store::ModelUse,
 ) -> Result<BackendChoice, BuildError> {
     if let Some(file) = literal_model.and_then(|m| m.strip_prefix("scripted:")) {
         return scripted::ScriptedBackend::load(&cx.flow_dir().join(file))
@@ -208,7 +219,7 @@ fn resolve_backend(
                         .and_then(|c: &Connection| c.configs.get("model").cloned())
                 })
                 .unwrap_or_else(|| "default".to_owned());
-            let (name, path) = store::resolve_model(&model, cx.flow_dir()).map_err(|e| {
+            let (name, path) = store::resolve_model(&model, cx.flow_dir(), use_).map_err(|e| {
                 BuildError::new(format!(
                     "node `{}` needs the local model `{}`, which is not installed",
                     node.name, e.name
@@ -246,7 +257,7 @@ impl LlmNode {
                 // A model given by reference is only known now.
                 let (name, path) = match model {
                     Some(m) if m != name && path.file_stem().is_none_or(|s| s != m) => {
-                        store::resolve_model(m, flow_dir).map_err(|e| {
+                        store::resolve_model(m, flow_dir, self.api.model_use()).map_err(|e| {
                             NodeError::user(
                                 "LocalModelError",
                                 format!(
