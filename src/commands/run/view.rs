@@ -110,6 +110,21 @@ pub(crate) fn table(headers: &[String], rows: &[Vec<String>], width: usize, colo
     out
 }
 
+/// A run's `node_variant` as text: `variant_1` for one node, `node: variant` each for several, `-` for
+/// none.
+fn variant_cell(v: &Json) -> String {
+    let variants: indexmap::IndexMap<String, String> = v
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), cell(v)))
+        .collect();
+    match report::variant_label(&variants) {
+        s if s.is_empty() => "-".to_owned(),
+        s => s,
+    }
+}
+
 /// A JSON value as a table cell: strings bare, floats rounded to 4 places.
 pub(crate) fn cell(v: &Json) -> String {
     match v {
@@ -226,7 +241,7 @@ pub fn show(args: ShowArgs) -> anyhow::Result<ExitStatus> {
             }
             rows.push(vec![
                 "variant".into(),
-                cell(&record["properties"]["node_variant"]),
+                variant_cell(&record["properties"]["node_variant"]),
             ]);
             rows.push(vec!["run".into(), cell(&record["properties"]["run"])]);
             if let Some(m) = sm.as_object() {
@@ -431,7 +446,7 @@ fn table_comparison(c: &Json, color: bool) -> String {
                     .as_f64()
                     .map(|d| format!("{d:.3}s"))
                     .unwrap_or_default(),
-                "variant" if r[key].as_object().is_some_and(|m| m.is_empty()) => "-".to_owned(),
+                "variant" => variant_cell(&r[key]),
                 _ => cell(&r[key]),
             }
         }));
@@ -510,6 +525,21 @@ pub fn visualize(mut args: VisualizeArgs) -> anyhow::Result<ExitStatus> {
             Err(e) => return not_found(e),
         }
     }
+    // An evaluation run is shown next to the run it scored, which joins the report if it was not named.
+    let bases: Vec<String> = runs
+        .iter()
+        .filter_map(|r| r.record.properties.run.clone())
+        .collect();
+    for base in bases {
+        if runs.iter().any(|r| r.name == base) {
+            continue;
+        }
+        if let Ok(r) = load_run(&base) {
+            eprintln!("including run {base}, which an evaluation run in the report scored");
+            runs.push(r);
+        }
+    }
+    let runs = evaluations_after_their_runs(runs);
     let html = report::render(&runs, &comparison(&runs, usize::MAX));
     let path = args.html_path.unwrap_or_else(|| {
         let stem: String = args.names.join("__").chars().take(150).collect();
@@ -521,6 +551,39 @@ pub fn visualize(mut args: VisualizeArgs) -> anyhow::Result<ExitStatus> {
     std::fs::write(&path, html)?;
     println!("{}", std::path::absolute(&path).unwrap_or(path).display());
     Ok(ExitStatus::Ok)
+}
+
+/// Orders runs so that each evaluation run follows the run it scored; the rest keep their order.
+fn evaluations_after_their_runs(runs: Vec<LoadedRun>) -> Vec<LoadedRun> {
+    let names: Vec<String> = runs.iter().map(|r| r.name.clone()).collect();
+    let scores_one_here = |r: &LoadedRun| {
+        r.record
+            .properties
+            .run
+            .as_ref()
+            .is_some_and(|b| names.contains(b) && *b != r.name)
+    };
+    let (evals, mut rest): (Vec<LoadedRun>, Vec<LoadedRun>) =
+        runs.into_iter().partition(scores_one_here);
+    let mut evals: Vec<Option<LoadedRun>> = evals.into_iter().map(Some).collect();
+    let mut i = 0;
+    while i < rest.len() {
+        let name = rest[i].name.clone();
+        let mut at = i + 1;
+        for slot in evals.iter_mut() {
+            if slot
+                .as_ref()
+                .is_some_and(|e| e.record.properties.run.as_deref() == Some(name.as_str()))
+            {
+                rest.insert(at, slot.take().expect("checked"));
+                at += 1;
+            }
+        }
+        i += 1;
+    }
+    // Evaluations of evaluations whose base came later in the loop.
+    rest.extend(evals.into_iter().flatten());
+    rest
 }
 
 fn set_archived(name: &str, archived: bool) -> anyhow::Result<ExitStatus> {
