@@ -508,3 +508,26 @@ pub fn remove(name: &str) -> io::Result<Option<ModelEntry>> {
     index.save(&dir)?;
     Ok(Some(entry))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_means_a_model_per_use_and_pull_fetches_each_once() {
+        assert_eq!(default_model(ModelUse::Chat), "smollm2");
+        assert_eq!(default_model(ModelUse::Completion), "smollm2");
+        assert_eq!(default_model(ModelUse::Embedding), "minilm");
+        assert_eq!(
+            default_uses("smollm2"),
+            vec![ModelUse::Chat, ModelUse::Completion]
+        );
+        assert!(default_uses("gemma3-270m").is_empty());
+        let pulled: Vec<&str> = default_catalog_models().iter().map(|m| m.name).collect();
+        assert_eq!(pulled, vec!["smollm2", "minilm"]);
+        // Every default is a model Sluice can fetch.
+        for u in ModelUse::ALL {
+            assert!(catalog(default_model(u)).is_some(), "{u:?}");
+        }
+    }
+}
