@@ -12,6 +12,8 @@ sluice="${SLUICE:-${CARGO_TARGET_DIR:-$root/target}/release/sluice}"
 [ -x "$sluice" ] || { echo "no sluice binary at $sluice: run cargo build --release" >&2; exit 2; }
 models=("$@"); [ ${#models[@]} -gt 0 ] || models=(gemma3-270m smollm2)
 work="$(mktemp -d)"; trap 'rm -rf "$work"' EXIT
+# Runs go to a scratch home; models stay where they are.
+export SLUICE_MODELS_DIR="${SLUICE_MODELS_DIR:-${SLUICE_HOME:-$HOME/.sluice}/models}"
 export SLUICE_HOME="$work/home"
 echo "| model | api | exact | first sentence | seconds |"
 echo "|---|---|---:|---:|---:|"

@@ -1,4 +1,5 @@
-//! Batched LLM throughput, measured side by side in one process on the embedded default model:
+//! Batched LLM throughput, measured side by side in one process on Gemma 3 270M (the model of the
+//! figures in the README; `sluice model pull gemma3-270m`):
 //!
 //! 1. **raw**: llama.cpp's own batched loop, driven directly through llama-cpp-2: every prompt is
 //!    evaluated, then all sequences decode together, one token each per `llama_decode`, greedy.
@@ -135,7 +136,7 @@ fn flow_dir(max_new: usize) -> tempfile::TempDir {
     std::fs::write(dir.path().join("p.jinja2"), "{{ text }}").unwrap();
     std::fs::write(
         dir.path().join("flow.dag.yaml"),
-        format!("inputs:\n  text: {{type: string}}\noutputs:\n  out: {{reference: '${{gen.output}}'}}\nnodes:\n- name: gen\n  type: llm\n  api: completion\n  source: {{type: code, path: p.jinja2}}\n  inputs:\n    temperature: 0\n    max_tokens: {max_new}\n    text: ${{inputs.text}}\n"),
+        format!("inputs:\n  text: {{type: string}}\noutputs:\n  out: {{reference: '${{gen.output}}'}}\nnodes:\n- name: gen\n  type: llm\n  api: completion\n  source: {{type: code, path: p.jinja2}}\n  inputs:\n    model: gemma3-270m\n    temperature: 0\n    max_tokens: {max_new}\n    text: ${{inputs.text}}\n"),
     )
     .unwrap();
     dir
@@ -185,13 +186,15 @@ fn main() {
         .collect();
     let lines = args.first().copied().unwrap_or(64);
     let max_new = args.get(1).copied().unwrap_or(64);
-    let (_, path) = store::resolve_model("default", Path::new(".")).unwrap_or_else(|e| {
-        eprintln!(
-            "the default model is not installed ({}): run `sluice model pull default`",
-            e.help
-        );
-        std::process::exit(2)
-    });
+    let (_, path) =
+        store::resolve_model("gemma3-270m", Path::new("."), store::ModelUse::Completion)
+            .unwrap_or_else(|e| {
+                eprintln!(
+                    "Gemma 3 270M is not installed ({}): run `sluice model pull gemma3-270m`",
+                    e.help
+                );
+                std::process::exit(2)
+            });
     // Both batched runs: one sequence per line, room for every prompt and answer.
     let env = LocalConfig::from_env();
     let config = LocalConfig {

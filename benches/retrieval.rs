@@ -86,8 +86,12 @@ async fn main() {
         std::env::set_var("SLUICE_MODELS_DIR", models);
         std::env::set_var("SLUICE_HOME", home.path());
     }
-    let (name, path) = store::resolve_model("minilm", std::path::Path::new("."))
-        .expect("the embedding model: run `sluice model pull minilm`");
+    let (name, path) = store::resolve_model(
+        "minilm",
+        std::path::Path::new("."),
+        store::ModelUse::Embedding,
+    )
+    .expect("the embedding model: run `sluice model pull minilm`");
     let embedder = LocalEmbedder::get(&name, &path).await.unwrap();
 
     // 1. Indexing throughput.

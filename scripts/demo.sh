@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds Sluice, fetches the embedded default model, and runs the main job a new user would, locally on
+# Builds Sluice, fetches the default local models, and runs the main job a new user would, locally on
 # the CPU with no keys: single flow tests, then a batch classification run for each of two prompt
 # variants, an evaluation run over each, a comparison, and an HTML report; then retrieval over Sluice's
 # own docs: an index, a question answered with sources, and a RAG batch scored for hit rate and MRR.

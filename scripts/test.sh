@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 sluice_build_and_pull
+# Gemma 3 270M too: the tests of its chat template and the throughput bench use it.
+"$SLUICE_BIN" model pull gemma3-270m >/dev/null
 sluice_start_chroma
 cargo fmt --all -- --check
 cargo clippy --release --all-targets --locked -- -D warnings

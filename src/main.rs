@@ -3,6 +3,7 @@
 mod cli;
 mod commands;
 mod logging;
+mod style;
 
 use std::io::Write;
 
@@ -49,7 +50,11 @@ fn main() {
     let code = match commands::run(cli.command, cli.verbose) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", redact::redact(&format!("{e:#}")));
+            eprintln!(
+                "{} {}",
+                style::error_label(),
+                redact::redact(&format!("{e:#}"))
+            );
             ExitStatus::Invalid
         }
     };

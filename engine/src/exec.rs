@@ -55,6 +55,9 @@ pub struct NodeRunInfo {
     pub index: Option<usize>,
     /// `duration` (seconds) plus whatever the node reported (tokens, ...).
     pub system_metrics: NodeMetrics,
+    /// The calls the node made to a model or service (an `llm` node's prompt), in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub api_calls: Vec<serde_json::Value>,
 }
 
 /// The result of one line.
@@ -568,6 +571,7 @@ impl Flow {
                             end_time: now,
                             index,
                             system_metrics: NodeMetrics::default(),
+                            api_calls: Vec::new(),
                         };
                         if let Some(o) = &opts.observer {
                             o.node_finished(opts.line_number, &run);
@@ -602,6 +606,7 @@ impl Flow {
                                 .any(|(_, v)| v.node_name() == Some(&n.def.name)),
                         metrics: metrics.clone(),
                         system_metrics: Default::default(),
+                        api_calls: Default::default(),
                     };
                     if let Some(o) = &opts.observer {
                         o.node_started(opts.line_number, &n.def.name);
@@ -678,6 +683,7 @@ impl Flow {
                 .into_inner()
                 .unwrap_or_else(|e| e.into_inner());
             system_metrics.duration = Some(elapsed.as_secs_f64());
+            let api_calls = cx.api_calls.into_inner().unwrap_or_else(|e| e.into_inner());
             let name = self.nodes[i].def.name.clone();
             let mut run = NodeRunInfo {
                 node: name.clone(),
@@ -689,6 +695,7 @@ impl Flow {
                 end_time: Utc::now(),
                 index,
                 system_metrics,
+                api_calls,
             };
             match result {
                 Ok(v) => {
@@ -739,6 +746,7 @@ fn cancel_running(
             end_time: Utc::now(),
             index,
             system_metrics: NodeMetrics::default(),
+            api_calls: Vec::new(),
         });
     }
 }

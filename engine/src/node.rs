@@ -159,9 +159,20 @@ pub struct NodeContext {
     pub metrics: Option<Arc<Mutex<Map>>>,
     /// What a node reports about its own work (tokens, time to first token), summed per run.
     pub system_metrics: Mutex<NodeMetrics>,
+    /// What the node sent to a model or service (an `llm` node's rendered prompt), recorded with its
+    /// run so that a run's details show what was asked.
+    pub api_calls: Mutex<Vec<serde_json::Value>>,
 }
 
 impl NodeContext {
+    /// Records one call the node made (see [`NodeContext::api_calls`]).
+    pub fn record_call(&self, call: serde_json::Value) {
+        self.api_calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(call);
+    }
+
     /// Adds to this node's system metrics (see [`NodeMetrics::add`]).
     pub fn add_metrics(&self, more: &NodeMetrics) {
         self.system_metrics

@@ -28,21 +28,26 @@ pub fn create(args: ConnCreateArgs) -> anyhow::Result<ExitStatus> {
     let text = match std::fs::read_to_string(&args.file) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("error: cannot read {}: {e}", args.file.display());
+            eprintln!(
+                "{} cannot read {}: {e}",
+                crate::style::error_label(),
+                args.file.display()
+            );
             return Ok(ExitStatus::Invalid);
         }
     };
     let mut conn = match Connection::from_yaml(&text, &args.file) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {}", redact::redact(&e));
+            eprintln!("{} {}", crate::style::error_label(), redact::redact(&e));
             return Ok(ExitStatus::Invalid);
         }
     };
     for item in &args.set {
         let Some((k, v)) = item.split_once('=') else {
             eprintln!(
-                "error: --set expects KEY=VALUE, got `{}`",
+                "{} --set expects KEY=VALUE, got `{}`",
+                crate::style::error_label(),
                 redact::redact(item)
             );
             return Ok(ExitStatus::Invalid);
@@ -78,7 +83,7 @@ pub fn create(args: ConnCreateArgs) -> anyhow::Result<ExitStatus> {
             Ok(ExitStatus::Ok)
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("{} {e}", crate::style::error_label());
             Ok(ExitStatus::Invalid)
         }
     }
@@ -104,7 +109,11 @@ pub fn show(args: ConnName) -> anyhow::Result<ExitStatus> {
             Ok(ExitStatus::Ok)
         }
         None => {
-            eprintln!("error: no connection named `{}`", args.name);
+            eprintln!(
+                "{} no connection named `{}`",
+                crate::style::error_label(),
+                args.name
+            );
             Ok(ExitStatus::Failed)
         }
     }
@@ -115,7 +124,11 @@ pub fn delete(args: ConnName) -> anyhow::Result<ExitStatus> {
         eprintln!("deleted connection `{}`", args.name);
         Ok(ExitStatus::Ok)
     } else {
-        eprintln!("error: no connection named `{}`", args.name);
+        eprintln!(
+            "{} no connection named `{}`",
+            crate::style::error_label(),
+            args.name
+        );
         Ok(ExitStatus::Failed)
     }
 }

@@ -17,7 +17,10 @@ use crate::cli::{FlowArgs, InitArgs, InitType, PlanArgs, TestArgs};
 pub(crate) fn load(flow: &Path, variant: Option<&str>) -> Result<Flow, ExitStatus> {
     let variant = match variant.map(|v| VariantSelection::parse(v).ok_or(v)) {
         Some(Err(v)) => {
-            eprintln!("error: --variant must look like '${{node.variant_id}}', got {v:?}");
+            eprintln!(
+                "{} --variant must look like '${{node.variant_id}}', got {v:?}",
+                crate::style::error_label()
+            );
             return Err(ExitStatus::Invalid);
         }
         Some(Ok(v)) => Some(v),
@@ -25,7 +28,10 @@ pub(crate) fn load(flow: &Path, variant: Option<&str>) -> Result<Flow, ExitStatu
     };
     let registry = sluice_nodes::builtin_registry();
     Flow::load(flow, &registry, &LoadOptions { variant }).map_err(|e: FlowError| {
-        eprint!("{}", redact(&e.render()));
+        eprint!(
+            "{}",
+            crate::style::diagnostics(crate::style::stderr(), &redact(&e.render()))
+        );
         ExitStatus::Invalid
     })
 }
@@ -34,8 +40,9 @@ pub fn validate(args: FlowArgs) -> anyhow::Result<ExitStatus> {
     match load(&args.flow, None) {
         Ok(flow) => {
             eprintln!(
-                "flow `{}` is valid: {} nodes ({} aggregation), {} inputs, {} outputs",
+                "flow `{}` is {}: {} nodes ({} aggregation), {} inputs, {} outputs",
                 flow.def.name,
+                crate::style::paint(crate::style::stderr(), crate::style::Paint::Ok, "valid"),
                 flow.nodes.len(),
                 flow.aggregation_nodes.len(),
                 flow.def.inputs.len(),
@@ -185,7 +192,8 @@ pub fn test(args: TestArgs) -> anyhow::Result<ExitStatus> {
             .collect();
         if !unknown.is_empty() {
             eprintln!(
-                "warning: the flow has no input{} {} (its inputs: {}); ignored",
+                "{} the flow has no input{} {} (its inputs: {}); ignored",
+                crate::style::warning_label(),
                 if unknown.len() == 1 { "" } else { "s" },
                 unknown
                     .iter()
@@ -242,7 +250,11 @@ pub fn test(args: TestArgs) -> anyhow::Result<ExitStatus> {
         metrics = agg.metrics;
         node_runs.extend(agg.node_runs);
         if let Some((node, e)) = &agg.error {
-            eprintln!("error: aggregation node `{}` failed", redact(node));
+            eprintln!(
+                "{} aggregation node `{}` failed",
+                crate::style::error_label(),
+                redact(node)
+            );
             print_error(e);
             failed = true;
         }
@@ -370,7 +382,15 @@ fn truncate(s: &str, n: usize) -> String {
 }
 
 fn print_error(e: &sluice_engine::ErrorInfo) {
-    eprintln!("error[{}]: {}", e.error_type, redact(&e.message));
+    eprintln!(
+        "{} {}",
+        crate::style::paint(
+            crate::style::stderr(),
+            crate::style::Paint::Error,
+            &format!("error[{}]:", e.error_type)
+        ),
+        redact(&e.message)
+    );
     if let Some(tool) = &e.tool {
         eprint!("{}", redact(&tool.traceback));
         if !tool.traceback.is_empty() && !tool.traceback.ends_with('\n') {
@@ -396,7 +416,11 @@ pub fn init(args: InitArgs) -> anyhow::Result<ExitStatus> {
             .map(|mut d| d.next().is_some())
             .unwrap_or(true)
     {
-        eprintln!("error: {} already exists and is not empty", dir.display());
+        eprintln!(
+            "{} {} already exists and is not empty",
+            crate::style::error_label(),
+            dir.display()
+        );
         return Ok(ExitStatus::Invalid);
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;

@@ -13,19 +13,20 @@ fn open(name: &str, must_exist: bool) -> anyhow::Result<Result<Index, ExitStatus
     let path = match index_path(name) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("{} {e}", crate::style::error_label());
             return Ok(Err(ExitStatus::Invalid));
         }
     };
     if must_exist && !path.is_file() {
         eprintln!(
-            "error: no index named `{name}` in {} (see `sluice index list`)",
+            "{} no index named `{name}` in {} (see `sluice index list`)",
+            crate::style::error_label(),
             indexes_dir().display()
         );
         return Ok(Err(ExitStatus::Invalid));
     }
     Ok(Index::open(&path).map_err(|e| {
-        eprintln!("error: {e}");
+        eprintln!("{} {e}", crate::style::error_label());
         ExitStatus::Failed
     }))
 }
@@ -51,7 +52,7 @@ pub fn build(args: IndexBuildArgs) -> anyhow::Result<ExitStatus> {
     match rt.block_on(index.build(&args.source, &opts, &mut progress)) {
         Ok(report) => {
             for f in &report.files_failed {
-                eprintln!("error: {}: {}", f.path, f.error);
+                eprintln!("{} {}: {}", crate::style::error_label(), f.path, f.error);
             }
             let failed = report.files_failed.len();
             println!(
@@ -69,7 +70,7 @@ pub fn build(args: IndexBuildArgs) -> anyhow::Result<ExitStatus> {
             Ok(ExitStatus::Ok)
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("{} {e}", crate::style::error_label());
             Ok(ExitStatus::Failed)
         }
     }
@@ -142,7 +143,7 @@ pub fn query(args: IndexQueryArgs) -> anyhow::Result<ExitStatus> {
     let filter = match Filter::from_pairs(&args.filter) {
         Ok(f) => f,
         Err(e) => {
-            eprintln!("error: --filter {e}");
+            eprintln!("{} --filter {e}", crate::style::error_label());
             return Ok(ExitStatus::Invalid);
         }
     };
@@ -153,7 +154,7 @@ pub fn query(args: IndexQueryArgs) -> anyhow::Result<ExitStatus> {
             Ok(ExitStatus::Ok)
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("{} {e}", crate::style::error_label());
             Ok(ExitStatus::Failed)
         }
     }
@@ -205,7 +206,7 @@ pub fn rm(args: IndexName) -> anyhow::Result<ExitStatus> {
     let path = match index_path(&args.name) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("{} {e}", crate::style::error_label());
             return Ok(ExitStatus::Invalid);
         }
     };
@@ -214,12 +215,13 @@ pub fn rm(args: IndexName) -> anyhow::Result<ExitStatus> {
             Ok(index) => {
                 if let Err(e) = runtime()?.block_on(index.drop_store()) {
                     eprintln!(
-                        "error: {e}; the index is kept, remove it again once the server is back"
+                        "{} {e}; the index is kept, remove it again once the server is back",
+                        crate::style::error_label()
                     );
                     return Ok(ExitStatus::Failed);
                 }
             }
-            Err(e) => eprintln!("warning: {e}"),
+            Err(e) => eprintln!("{} {e}", crate::style::warning_label()),
         }
         let _ = std::fs::remove_file(path.with_extension("hnsw"));
     }
@@ -229,7 +231,11 @@ pub fn rm(args: IndexName) -> anyhow::Result<ExitStatus> {
             Ok(ExitStatus::Ok)
         }
         Err(_) => {
-            eprintln!("error: no index named `{}`", args.name);
+            eprintln!(
+                "{} no index named `{}`",
+                crate::style::error_label(),
+                args.name
+            );
             Ok(ExitStatus::Failed)
         }
     }

@@ -115,7 +115,10 @@ fn print_listing(
                 .iter()
                 .map(|r| columns.iter().map(|c| run::cell(&r[*c])).collect())
                 .collect();
-            print!("{}", run::table(&headers, &cells, 60));
+            print!(
+                "{}",
+                run::table(&headers, &cells, 60, crate::style::stdout())
+            );
         }
     }
     Ok(())
@@ -128,9 +131,10 @@ fn draw_bar(done: usize, total: usize, text: &str) {
         .checked_div(total)
         .unwrap_or(width)
         .min(width);
+    let on = crate::style::stderr();
     eprint!(
         "\r\x1b[2K[{}{}] {text}",
-        "#".repeat(filled),
-        "-".repeat(width - filled)
+        crate::style::paint(on, crate::style::Paint::Ok, &"#".repeat(filled)),
+        crate::style::paint(on, crate::style::Paint::Dim, &"-".repeat(width - filled))
     );
 }

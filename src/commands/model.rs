@@ -13,21 +13,33 @@ use crate::cli::{AddArgs, EmbedArgs, ImportArgs, ModelName, PullArgs};
 pub fn list(format: crate::cli::OutputFormat) -> anyhow::Result<ExitStatus> {
     let dir = store::models_dir();
     let index = ModelIndex::load(&dir)?;
+    // The apis a model serves as `model: default`, e.g. ["chat", "completion"].
+    let default_for = |name: &str| -> Vec<&str> {
+        store::default_uses(name)
+            .into_iter()
+            .map(store::ModelUse::as_str)
+            .collect()
+    };
     let installed: Vec<_> = index
         .models
         .iter()
         .map(|(name, e)| {
             json!({"name": name, "path": e.path, "size": e.size, "sha256": e.sha256,
                    "source": e.source, "present": e.path.is_file(),
-                   "default": name == store::DEFAULT_MODEL})
+                   "default_for": default_for(name)})
         })
         .collect();
     let available: Vec<_> = store::catalog_models()
         .iter()
         .map(|m| {
             json!({"name": m.name, "size": m.size, "about": m.about,
-                        "installed": index.models.contains_key(m.name)})
+                   "installed": index.models.contains_key(m.name),
+                   "default_for": default_for(m.name)})
         })
+        .collect();
+    let defaults: serde_json::Map<String, serde_json::Value> = store::ModelUse::ALL
+        .into_iter()
+        .map(|u| (u.as_str().to_owned(), json!(store::default_model(u))))
         .collect();
     if format == crate::cli::OutputFormat::Table {
         let rows: Vec<_> = available
@@ -37,8 +49,11 @@ pub fn list(format: crate::cli::OutputFormat) -> anyhow::Result<ExitStatus> {
                     .iter()
                     .find(|i| i["name"] == m["name"])
                     .map_or(serde_json::Value::Null, |i| i["path"].clone());
-                json!({"name": m["name"], "installed": m["installed"], "size": m["size"],
-                       "path": path, "about": m["about"]})
+                json!({"name": m["name"], "installed": m["installed"],
+                       "default for": m["default_for"].as_array().map(|a| {
+                           a.iter().filter_map(|u| u.as_str()).collect::<Vec<_>>().join(", ")
+                       }),
+                       "size": m["size"], "path": path, "about": m["about"]})
             })
             .chain(
                 installed
@@ -52,46 +67,68 @@ pub fn list(format: crate::cli::OutputFormat) -> anyhow::Result<ExitStatus> {
             .collect();
         super::print_listing(
             &rows,
-            &["name", "installed", "size", "path", "about"],
+            &["name", "installed", "default for", "size", "path", "about"],
             format,
         )?;
-        eprintln!("models are kept in {}", dir.display());
+        eprintln!(
+            "`model: default` is {} for api: chat, {} for api: completion, {} for embeddings; models are kept in {}",
+            store::DEFAULT_CHAT_MODEL,
+            store::DEFAULT_COMPLETION_MODEL,
+            store::DEFAULT_EMBEDDING_MODEL,
+            dir.display()
+        );
         return Ok(ExitStatus::Ok);
     }
     println!(
         "{}",
         serde_json::to_string_pretty(
-            &json!({"models_dir": dir, "installed": installed, "available": available})
+            &json!({"models_dir": dir, "defaults": defaults, "installed": installed, "available": available})
         )?
     );
     Ok(ExitStatus::Ok)
 }
 
 pub fn pull(args: PullArgs) -> anyhow::Result<ExitStatus> {
-    let Some(model) = store::catalog(&args.name) else {
+    // `default` is every model the defaults need (chat, completion, embeddings), each once.
+    let models = if args.name == "default" {
+        store::default_catalog_models()
+    } else if let Some(m) = store::catalog(&args.name) {
+        vec![m]
+    } else {
         let names: Vec<_> = store::catalog_models().iter().map(|m| m.name).collect();
         eprintln!(
-            "error: Sluice cannot fetch `{}`; it can fetch: default, {}. For other GGUF files use `sluice model add FILE --name NAME`.",
+            "{} Sluice cannot fetch `{}`; it can fetch: default, {}. For other GGUF files use `sluice model add FILE --name NAME`.",
+            crate::style::error_label(),
             args.name,
             names.join(", ")
         );
         return Ok(ExitStatus::Invalid);
     };
-    match store::pull(model, &args.python, &mut |m| eprintln!("{m}")) {
-        Ok(entry) => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(
-                    &json!({"name": model.name, "path": entry.path, "sha256": entry.sha256, "size": entry.size})
-                )?
-            );
-            Ok(ExitStatus::Ok)
-        }
-        Err(e) => {
-            eprintln!("error: could not pull {}: {e}", model.name);
-            Ok(ExitStatus::Failed)
+    let mut pulled = Vec::new();
+    for model in &models {
+        match store::pull(model, &args.python, &mut |m| eprintln!("{m}")) {
+            Ok(entry) => pulled.push(
+                json!({"name": model.name, "path": entry.path, "sha256": entry.sha256, "size": entry.size,
+                       "default_for": store::default_uses(model.name).into_iter().map(store::ModelUse::as_str).collect::<Vec<_>>()}),
+            ),
+            Err(e) => {
+                eprintln!(
+                    "{} could not pull {}: {e}",
+                    crate::style::error_label(),
+                    model.name
+                );
+                return Ok(ExitStatus::Failed);
+            }
         }
     }
+    // One model: its record; `default`: a list of them.
+    let out = if args.name == "default" {
+        json!(pulled)
+    } else {
+        pulled.pop().unwrap_or_default()
+    };
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(ExitStatus::Ok)
 }
 
 pub fn add(args: AddArgs) -> anyhow::Result<ExitStatus> {
@@ -111,7 +148,11 @@ pub fn add(args: AddArgs) -> anyhow::Result<ExitStatus> {
             Ok(ExitStatus::Ok)
         }
         Err(e) => {
-            eprintln!("error: cannot add {}: {e}", args.path.display());
+            eprintln!(
+                "{} cannot add {}: {e}",
+                crate::style::error_label(),
+                args.path.display()
+            );
             Ok(ExitStatus::Invalid)
         }
     }
@@ -124,17 +165,27 @@ pub fn rm(args: ModelName) -> anyhow::Result<ExitStatus> {
             Ok(ExitStatus::Ok)
         }
         None => {
-            eprintln!("error: no model named `{}`", args.name);
+            eprintln!(
+                "{} no model named `{}`",
+                crate::style::error_label(),
+                args.name
+            );
             Ok(ExitStatus::Failed)
         }
     }
 }
 
 pub fn info(args: ModelName) -> anyhow::Result<ExitStatus> {
-    let (name, path) = match store::resolve_model(&args.name, Path::new(".")) {
+    let (name, path) = match store::resolve_model(&args.name, Path::new("."), store::ModelUse::Chat)
+    {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: model `{}` is not installed: {}", e.name, e.help);
+            eprintln!(
+                "{} model `{}` is not installed: {}",
+                crate::style::error_label(),
+                e.name,
+                e.help
+            );
             return Ok(ExitStatus::Invalid);
         }
     };
@@ -169,20 +220,30 @@ pub fn import(args: ImportArgs) -> anyhow::Result<ExitStatus> {
             Ok(ExitStatus::Ok)
         }
         Err(e) => {
-            eprintln!("error: cannot import {}: {e}", args.dir.display());
+            eprintln!(
+                "{} cannot import {}: {e}",
+                crate::style::error_label(),
+                args.dir.display()
+            );
             Ok(ExitStatus::Invalid)
         }
     }
 }
 
 pub fn embed(args: EmbedArgs) -> anyhow::Result<ExitStatus> {
-    let (name, path) = match store::resolve_model(&args.model, Path::new(".")) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: model `{}` is not installed: {}", e.name, e.help);
-            return Ok(ExitStatus::Invalid);
-        }
-    };
+    let (name, path) =
+        match store::resolve_model(&args.model, Path::new("."), store::ModelUse::Embedding) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!(
+                    "{} model `{}` is not installed: {}",
+                    crate::style::error_label(),
+                    e.name,
+                    e.help
+                );
+                return Ok(ExitStatus::Invalid);
+            }
+        };
     let rt = runtime()?;
     let vectors = rt.block_on(async {
         let model = sluice_nodes::llm::embed::LocalEmbedder::get(&name, &path).await?;
@@ -194,7 +255,7 @@ pub fn embed(args: EmbedArgs) -> anyhow::Result<ExitStatus> {
             Ok(ExitStatus::Ok)
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("{} {e}", crate::style::error_label());
             Ok(ExitStatus::Failed)
         }
     }

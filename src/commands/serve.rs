@@ -115,7 +115,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitStatus> {
     let limits = match Limits::from_env() {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("{} {e:#}", crate::style::error_label());
             return Ok(ExitStatus::Invalid);
         }
     };
@@ -123,23 +123,35 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitStatus> {
     rt.block_on(async move {
         let mut models = Vec::new();
         for m in &args.models {
-            let (name, path) = match store::resolve_model(m, std::path::Path::new(".")) {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("error: model `{}` is not installed: {}", e.name, e.help);
-                    return Ok(ExitStatus::Invalid);
-                }
-            };
+            let (name, path) =
+                match store::resolve_model(m, std::path::Path::new("."), store::ModelUse::Chat) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        eprintln!(
+                            "{} model `{}` is not installed: {}",
+                            crate::style::error_label(),
+                            e.name,
+                            e.help
+                        );
+                        return Ok(ExitStatus::Invalid);
+                    }
+                };
             models.push(LocalModel::get(&name, &path, LocalConfig::current()).await?);
         }
         let mut embedders = Vec::new();
         for m in &args.embedding_models {
-            let (name, path) = match store::resolve_model(m, std::path::Path::new(".")) {
+            let (name, path) = match store::resolve_model(
+                m,
+                std::path::Path::new("."),
+                store::ModelUse::Embedding,
+            ) {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!(
-                        "error: embedding model `{}` is not installed: {}",
-                        e.name, e.help
+                        "{} embedding model `{}` is not installed: {}",
+                        crate::style::error_label(),
+                        e.name,
+                        e.help
                     );
                     return Ok(ExitStatus::Invalid);
                 }
@@ -438,13 +450,18 @@ impl Request {
     }
 }
 
-fn pick(s: &Served, wanted: Option<&str>) -> Result<Arc<LocalModel>, Response> {
+/// The served model a request names; `default` is the default model for the request's api.
+fn pick(
+    s: &Served,
+    wanted: Option<&str>,
+    use_: store::ModelUse,
+) -> Result<Arc<LocalModel>, Response> {
     match wanted {
         None | Some("") => Ok(s.models[0].clone()),
         Some(w) => s
             .models
             .iter()
-            .find(|m| m.name() == w || (w == "default" && m.name() == store::DEFAULT_MODEL))
+            .find(|m| m.name() == w || (w == "default" && m.name() == store::default_model(use_)))
             .cloned()
             .ok_or_else(|| {
                 api_error(
@@ -513,7 +530,12 @@ async fn completions(State(s): State<Arc<Served>>, Json(req): Json<Request>) -> 
 }
 
 async fn run(s: Arc<Served>, req: Request, prompt: Prompt, chat: bool) -> Response {
-    let model = match pick(&s, req.model.as_deref()) {
+    let use_ = if chat {
+        store::ModelUse::Chat
+    } else {
+        store::ModelUse::Completion
+    };
+    let model = match pick(&s, req.model.as_deref(), use_) {
         Ok(m) => m,
         Err(r) => return r,
     };

@@ -261,10 +261,33 @@ fn listings_print_json_for_scripts_and_tables_for_people() {
             .iter()
             .any(|m| m["name"] == "smollm2")
     );
+    // Which model `default` is, for which api.
+    assert_eq!(models["defaults"]["chat"], "smollm2", "{models}");
+    assert_eq!(models["defaults"]["completion"], "smollm2", "{models}");
+    assert_eq!(models["defaults"]["embedding"], "minilm", "{models}");
+    let smollm2 = models["available"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "smollm2")
+        .unwrap();
+    assert_eq!(
+        smollm2["default_for"],
+        serde_json::json!(["chat", "completion"])
+    );
     let table = run(&["model", "list", "--format", "table"]);
     let header = table.lines().next().unwrap();
     assert!(
-        header.contains("name") && header.contains("installed") && header.contains("about"),
+        header.contains("name")
+            && header.contains("installed")
+            && header.contains("default for")
+            && header.contains("about"),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("smollm2") && l.contains("chat, completion")),
         "{table}"
     );
     assert!(
@@ -294,4 +317,90 @@ fn listings_print_json_for_scripts_and_tables_for_people() {
     );
     assert_eq!(run(&["index", "list"]).trim(), "[]");
     assert!(run(&["index", "list", "--format", "table"]).starts_with("name"));
+}
+
+/// Colour only on a terminal, never with `NO_COLOR`; piped output (and JSON) has no escape codes.
+#[test]
+fn colour_only_on_a_terminal_and_never_with_no_color() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("flow.dag.yaml"),
+        "inputs: {x: {type: string}}\noutputs: {y: {reference: '${a.output}'}}\nnodes:\n- name: a\n  type: prompt\n  source: {type: code, path: a.jinja2}\n  inputs:\n    text: ${missing_node.output}\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("a.jinja2"), "{{ text }}").unwrap();
+    let home = tempfile::tempdir().unwrap();
+    // Not a terminal, NO_COLOR unset: plain text.
+    let out = crate::common::sluice(home.path())
+        .env_remove("NO_COLOR")
+        .args(["flow", "validate", "--flow"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("NodeReferenceNotFound"), "{stderr}");
+    assert!(
+        !stderr.contains('\x1b'),
+        "escape codes in piped stderr: {stderr:?}"
+    );
+    for args in [
+        &["model", "list", "--format", "table"][..],
+        &["model", "list"][..],
+        &["run", "list", "--format", "table"][..],
+    ] {
+        let out = crate::common::sluice(home.path())
+            .env_remove("NO_COLOR")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert!(
+            !out.stdout.contains(&0x1b) && !out.stderr.contains(&0x1b),
+            "escape codes in {args:?}"
+        );
+    }
+
+    // On a terminal (a pseudo-terminal from util-linux's `script`): colour, unless NO_COLOR is set.
+    let Some(script) = which_script() else {
+        eprintln!("skipping the terminal half: no `script` (util-linux)");
+        return;
+    };
+    let bin = assert_cmd::cargo::cargo_bin("sluice");
+    let on_tty = |no_color: Option<&str>| {
+        let mut cmd = std::process::Command::new(&script);
+        cmd.args(["-qec"])
+            .arg(format!(
+                "{} flow validate --flow {}",
+                bin.display(),
+                dir.path().display()
+            ))
+            .arg("/dev/null")
+            .env("SLUICE_HOME", home.path())
+            .env_remove("NO_COLOR");
+        if let Some(v) = no_color {
+            cmd.env("NO_COLOR", v);
+        }
+        let out = cmd.output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let coloured = on_tty(None);
+    assert!(coloured.contains("NodeReferenceNotFound"), "{coloured:?}");
+    assert!(
+        coloured.contains("\x1b[1;31merror[NodeReferenceNotFound]:\x1b[0m"),
+        "no colour on a terminal: {coloured:?}"
+    );
+    let plain = on_tty(Some("1"));
+    assert!(plain.contains("NodeReferenceNotFound"), "{plain:?}");
+    assert!(
+        !plain.contains('\x1b'),
+        "colour despite NO_COLOR: {plain:?}"
+    );
+}
+
+fn which_script() -> Option<std::path::PathBuf> {
+    ["/usr/bin/script", "/bin/script"]
+        .iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.exists())
 }

@@ -93,3 +93,47 @@ pub fn assert_every_line_once(details: &Path, lines: u64) {
         "every line exactly once"
     );
 }
+
+/// Debian's Chromium, which the report tests render in; `None` (with a note) where it is missing,
+/// unless `CI` is set, where it must be there (the setup script installs it).
+pub fn chromium() -> Option<std::path::PathBuf> {
+    let path = std::path::PathBuf::from("/usr/bin/chromium");
+    if path.exists() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "the report tests need Debian's chromium: apt-get install chromium"
+    );
+    eprintln!("skipping the browser checks: no /usr/bin/chromium (apt-get install chromium)");
+    None
+}
+
+/// Headless Chromium with a profile of its own, nothing fetched, at `width` x `height`.
+pub fn chromium_at(
+    chromium: &Path,
+    profile: &Path,
+    width: u32,
+    height: u32,
+) -> std::process::Command {
+    let mut cmd = std::process::Command::new(chromium);
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ])
+    .arg(format!("--window-size={width},{height}"))
+    .arg(format!("--user-data-dir={}", profile.display()));
+    cmd
+}
+
+/// [`chromium_at`] 1300 x 1400; panics where Chromium is missing.
+pub fn chromium_cmd(profile: &Path) -> std::process::Command {
+    let chromium = chromium().expect("chromium");
+    chromium_at(&chromium, profile, 1300, 1400)
+}

@@ -400,5 +400,8 @@ fn variants_keep_stdout_json_lines() {
         .success();
     let html = std::fs::read_to_string(&report).unwrap();
     assert!(html.contains("p_greet_hello") && html.contains("p_greet_hi"));
-    assert!(html.contains("greet: hi"), "variants are labelled by name");
+    assert!(
+        html.contains(r#"title="variant of node greet">hi</span>"#),
+        "variants are labelled by name"
+    );
 }

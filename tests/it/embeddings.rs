@@ -29,7 +29,12 @@ fn floats(v: &Json) -> Vec<f64> {
 fn imported_minilm_matches_the_reference_vectors() {
     let models = sluice_nodes::llm::store::models_dir();
     assert!(
-        sluice_nodes::llm::store::resolve_model("minilm", Path::new(".")).is_ok(),
+        sluice_nodes::llm::store::resolve_model(
+            "minilm",
+            Path::new("."),
+            sluice_nodes::llm::store::ModelUse::Embedding
+        )
+        .is_ok(),
         "minilm is not installed in {}: run `sluice model pull minilm`",
         models.display()
     );

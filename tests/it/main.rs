@@ -2,7 +2,7 @@
 //!
 //! Each module tests one area through the built `sluice` binary or the library crates: `cli` the
 //! commands and exit statuses, `fixtures` the engine semantics fixtures under `tests/fixtures`, `batch`,
-//! `runs` and `streaming` batch runs and the run store, `llm`, `embeddings`, `retrieval` and `rag` the
+//! `runs` and `streaming` batch runs and the run store, `report` the HTML report, `llm`, `embeddings`, `retrieval` and `rag` the
 //! local models, HTTP backends and indexes.
 
 mod batch;
@@ -15,6 +15,7 @@ mod hardening;
 mod isolation;
 mod llm;
 mod rag;
+mod report;
 mod retrieval;
 mod runs;
 mod scheduler;

@@ -8,7 +8,8 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    DOUBLE_FLOW, DOUBLE_FLOW_WITH_TOTAL, numbers_data, read_jsonl, sluice, stdout_json, write_files,
+    DOUBLE_FLOW, DOUBLE_FLOW_WITH_TOTAL, chromium_cmd, numbers_data, read_jsonl, sluice,
+    stdout_json, write_files,
 };
 use serde_json::Value as Json;
 
@@ -437,32 +438,6 @@ fn run_list_archive_restore_delete_and_the_index() {
 }
 
 /// Headless Chromium, as the project's CI installs it.
-fn chromium() -> PathBuf {
-    let path = PathBuf::from("/usr/bin/chromium");
-    assert!(
-        path.exists(),
-        "the report tests need Debian's chromium: apt-get install chromium"
-    );
-    path
-}
-
-fn chromium_cmd(profile: &Path) -> std::process::Command {
-    let mut cmd = std::process::Command::new(chromium());
-    cmd.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1300,1400",
-    ])
-    .arg(format!("--user-data-dir={}", profile.display()));
-    cmd
-}
-
 #[test]
 fn classify_then_evaluate_compare_and_visualize_on_the_local_model() {
     let home = tempfile::tempdir().unwrap();

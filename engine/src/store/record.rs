@@ -252,6 +252,9 @@ pub struct NodeRecord {
     pub index: Option<usize>,
     #[serde(default)]
     pub system_metrics: NodeMetrics,
+    /// What the node sent to a model or service (an `llm` node's prompt).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub api_calls: Vec<Json>,
 }
 
 /// A node run's `system_metrics`: how long the node ran (measured by the engine) and what the node
@@ -393,6 +396,7 @@ mod tests {
                 end_time: now,
                 index: Some(3),
                 system_metrics: metrics,
+                api_calls: vec![serde_json::json!({"prompt": "hi"})],
             }],
             aggregation_inputs: Map::new(),
             start_time: now,
@@ -414,5 +418,6 @@ mod tests {
             back.node_runs[0].system_metrics,
             line.node_runs[0].system_metrics
         );
+        assert_eq!(back.node_runs[0].api_calls[0]["prompt"], "hi");
     }
 }

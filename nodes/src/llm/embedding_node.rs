@@ -50,15 +50,17 @@ impl NodeKind for EmbeddingKind {
         let model = literal("model").or_else(|| literal("deployment_name"));
         let target = match node.connection.as_deref() {
             None | Some("local") | Some("") => {
-                let wanted = model.unwrap_or_else(|| "minilm".to_owned());
+                let wanted = model.unwrap_or_else(|| "default".to_owned());
                 super::require_local_models(&node.name, &wanted)?;
-                let (name, path) = store::resolve_model(&wanted, cx.flow_dir()).map_err(|e| {
-                    BuildError::new(format!(
-                        "node `{}` needs the embedding model `{}`, which is not installed",
-                        node.name, e.name
-                    ))
-                    .help(e.help)
-                })?;
+                let (name, path) =
+                    store::resolve_model(&wanted, cx.flow_dir(), store::ModelUse::Embedding)
+                        .map_err(|e| {
+                            BuildError::new(format!(
+                                "node `{}` needs the embedding model `{}`, which is not installed",
+                                node.name, e.name
+                            ))
+                            .help(e.help)
+                        })?;
                 Target::Local { name, path }
             }
             Some(conn) => {

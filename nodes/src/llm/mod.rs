@@ -37,7 +37,7 @@ use chat::{Escaper, parse_chat};
 use connections::{Connection, ConnectionType};
 use local::{LocalConfig, LocalModel};
 use openai::{HttpBackend, HttpConfig};
-use types::{Backend, Completion, Event, Prompt, TokenStream};
+use types::{Backend, Completion, Event, GenParams, Prompt, TokenStream};
 
 /// The `llm` node kind.
 #[derive(Debug, Default)]
@@ -105,7 +105,7 @@ impl NodeKind for LlmKind {
                 _ => None,
             })
         });
-        let backend = resolve_backend(node, cx, literal_model.as_deref())?;
+        let backend = resolve_backend(node, cx, literal_model.as_deref(), api.model_use())?;
         Ok(Built {
             signature,
             node: Arc::new(LlmNode {
@@ -123,6 +123,16 @@ impl NodeKind for LlmKind {
 enum Api {
     Chat,
     Completion,
+}
+
+impl Api {
+    /// Which model `default` means for this api.
+    fn model_use(self) -> store::ModelUse {
+        match self {
+            Api::Chat => store::ModelUse::Chat,
+            Api::Completion => store::ModelUse::Completion,
+        }
+    }
 }
 
 /// Where a node's requests go, decided when the flow loads.
@@ -143,6 +153,7 @@ fn resolve_backend(
     node: &NodeDef,
     cx: &BuildContext,
     literal_model: Option<&str>,
+    use_: store::ModelUse,
 ) -> Result<BackendChoice, BuildError> {
     if let Some(file) = literal_model.and_then(|m| m.strip_prefix("scripted:")) {
         return scripted::ScriptedBackend::load(&cx.flow_dir().join(file))
@@ -190,7 +201,7 @@ fn resolve_backend(
                 })
                 .unwrap_or_else(|| "default".to_owned());
             require_local_models(&node.name, &model)?;
-            let (name, path) = store::resolve_model(&model, cx.flow_dir()).map_err(|e| {
+            let (name, path) = store::resolve_model(&model, cx.flow_dir(), use_).map_err(|e| {
                 BuildError::new(format!(
                     "node `{}` needs the local model `{}`, which is not installed",
                     node.name, e.name
@@ -240,7 +251,7 @@ impl LlmNode {
                 // A model given by reference is only known now.
                 let (name, path) = match model {
                     Some(m) if m != name && path.file_stem().is_none_or(|s| s != m) => {
-                        store::resolve_model(m, flow_dir).map_err(|e| {
+                        store::resolve_model(m, flow_dir, self.api.model_use()).map_err(|e| {
                             NodeError::user(
                                 "LocalModelError",
                                 format!(
@@ -285,6 +296,7 @@ impl Node for LlmNode {
         };
         let backend = self.backend(model.as_deref()).await?;
         tracing::debug!(node = %self.name, backend = %backend.describe(), "llm request");
+        cx.record_call(call_record(self.api, &*backend, &prompt, &params));
         let stream = backend.generate(prompt, params).await?;
         if cx.stream {
             return Ok(Value::Opaque(Arc::new(LlmStream {
@@ -295,6 +307,34 @@ impl Node for LlmNode {
         record_usage(cx, &done);
         Ok(Value::String(done.text))
     }
+}
+
+/// What the node asks the model, for the run's details: the api, the backend, the prompt as sent (the
+/// chat messages after role lines were split, or the completion text) and the sampling parameters.
+fn call_record(
+    api: Api,
+    backend: &dyn Backend,
+    prompt: &Prompt,
+    p: &GenParams,
+) -> serde_json::Value {
+    let prompt = match prompt {
+        Prompt::Chat(messages) => serde_json::to_value(messages).unwrap_or_default(),
+        Prompt::Text(text) => serde_json::Value::String(text.clone()),
+    };
+    serde_json::json!({
+        "type": "LLM",
+        "api": match api { Api::Chat => "chat", Api::Completion => "completion" },
+        "backend": backend.describe(),
+        "prompt": prompt,
+        "params": {
+            "max_tokens": p.max_tokens,
+            "temperature": p.temperature,
+            "top_p": p.top_p,
+            "stop": p.stop,
+            "seed": p.seed,
+            "json_object": p.json_object,
+        },
+    })
 }
 
 /// Token counts and timings as the node's system metrics (summed per line and per run).

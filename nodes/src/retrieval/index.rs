@@ -387,8 +387,10 @@ impl Index {
         opts: &BuildOptions,
         progress: &mut (dyn FnMut(Phase, usize, usize) + Send),
     ) -> Result<BuildReport, String> {
-        let (name, path) = store::resolve_model(&opts.model, Path::new("."))
-            .map_err(|e| format!("embedding model `{}` is not installed: {}", e.name, e.help))?;
+        let (name, path) =
+            store::resolve_model(&opts.model, Path::new("."), store::ModelUse::Embedding).map_err(
+                |e| format!("embedding model `{}` is not installed: {}", e.name, e.help),
+            )?;
         if let Some(m) = self.meta("model")
             && m != name
         {
@@ -911,18 +913,19 @@ impl Index {
         let model = self
             .meta("model")
             .ok_or("the index is empty: build it first")?;
-        let (name, path) = match store::resolve_model(&model, Path::new(".")) {
-            Ok(found) => found,
-            Err(e) => match self.meta("model_path").map(PathBuf::from) {
-                Some(p) if p.is_file() => (model.clone(), p),
-                _ => {
-                    return Err(format!(
-                        "embedding model `{}` is not installed: {}",
-                        e.name, e.help
-                    ));
-                }
-            },
-        };
+        let (name, path) =
+            match store::resolve_model(&model, Path::new("."), store::ModelUse::Embedding) {
+                Ok(found) => found,
+                Err(e) => match self.meta("model_path").map(PathBuf::from) {
+                    Some(p) if p.is_file() => (model.clone(), p),
+                    _ => {
+                        return Err(format!(
+                            "embedding model `{}` is not installed: {}",
+                            e.name, e.help
+                        ));
+                    }
+                },
+            };
         let embedder = LocalEmbedder::get(&name, &path)
             .await
             .map_err(|e| e.message)?;

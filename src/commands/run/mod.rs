@@ -20,6 +20,7 @@ use sluice_engine::{
 use super::flow::{enter_flow, line_timeout, load, runtime};
 use crate::ExitStatus;
 use crate::cli::CreateArgs;
+use crate::style::{self, Paint};
 
 pub use view::{
     archive, compare, delete, list, restore, show, show_details, show_metrics, visualize,
@@ -96,7 +97,13 @@ fn spec_from_args(args: &CreateArgs) -> anyhow::Result<RunSpec> {
 
 /// Prints a run error and returns its exit status: 2 when nothing ran through the user's mistake.
 fn report_error(e: &RunError) -> ExitStatus {
-    eprintln!("error: {e}");
+    eprint!(
+        "{}",
+        style::diagnostics(
+            style::stderr(),
+            &sluice_engine::redact::redact(&format!("error: {e}\n"))
+        )
+    );
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         if !e.to_string().contains(&s.to_string()) {
@@ -157,7 +164,10 @@ pub fn create(args: CreateArgs) -> anyhow::Result<ExitStatus> {
     };
     let fan_out = variants.len() > 1;
     if fan_out && spec.resume_from.is_some() {
-        eprintln!("error: --resume-from continues one run; give one --variant");
+        eprintln!(
+            "{} --resume-from continues one run; give one --variant",
+            crate::style::error_label()
+        );
         return Ok(ExitStatus::Invalid);
     }
     let rt = runtime()?;
@@ -234,8 +244,8 @@ fn summary_line(record: &RunRecord) {
         .unwrap_or_default();
     eprintln!(
         "run {}: {} — {} lines, {} failed, {} not run, {:.2}s{tokens}; stored in {}",
-        record.name,
-        record.status.as_str(),
+        style::paint(style::stderr(), Paint::Bold, &record.name),
+        style::status(style::stderr(), record.status.as_str()),
         sm.total_lines,
         sm.failed_lines.unwrap_or(0),
         sm.not_run_lines.unwrap_or(0),

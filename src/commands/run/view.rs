@@ -13,6 +13,7 @@ use crate::ExitStatus;
 use crate::cli::{
     CompareArgs, DeleteArgs, DetailsArgs, ListArgs, NameArg, OutputFormat, ShowArgs, VisualizeArgs,
 };
+use crate::style::{self, Paint};
 
 /// A loaded run: its record, metrics and per-line records.
 pub(crate) struct LoadedRun {
@@ -42,7 +43,7 @@ pub(crate) fn load_run(name: &str) -> Result<LoadedRun, StoreError> {
 }
 
 fn not_found(e: StoreError) -> anyhow::Result<ExitStatus> {
-    eprintln!("error: {e}");
+    eprintln!("{} {e}", style::error_label());
     Ok(if e.is_user_error() {
         ExitStatus::Invalid
     } else {
@@ -59,8 +60,9 @@ fn outcome(l: &LineRecord) -> Json {
     }
 }
 
-/// Renders rows as an aligned text table; cells are cut at `width` characters.
-pub(crate) fn table(headers: &[String], rows: &[Vec<String>], width: usize) -> String {
+/// Renders rows as an aligned text table; cells are cut at `width` characters. With `color`, the
+/// header is bold, the rule dim and status words (`Completed`, `Failed`, ...) in their colours.
+pub(crate) fn table(headers: &[String], rows: &[Vec<String>], width: usize, color: bool) -> String {
     let cut = |s: &str| {
         let one_line = s.replace(['\n', '\r', '\t'], " ");
         if one_line.chars().count() > width {
@@ -88,18 +90,39 @@ pub(crate) fn table(headers: &[String], rows: &[Vec<String>], width: usize) -> S
         let line: Vec<String> = (0..n)
             .map(|i| {
                 let c = row.get(i).map_or("", String::as_str);
-                format!("{c:<w$}", w = widths[i])
+                let pad = " ".repeat(widths[i] - c.chars().count());
+                let c = if k == 0 {
+                    style::paint(color, Paint::Bold, c)
+                } else {
+                    style::status(color, c)
+                };
+                format!("{c}{pad}")
             })
             .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
         if k == 0 {
             let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
-            out.push_str(&rule.join("  "));
+            out.push_str(&style::paint(color, Paint::Dim, &rule.join("  ")));
             out.push('\n');
         }
     }
     out
+}
+
+/// A run's `node_variant` as text: `variant_1` for one node, `node: variant` each for several, `-` for
+/// none.
+fn variant_cell(v: &Json) -> String {
+    let variants: indexmap::IndexMap<String, String> = v
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), cell(v)))
+        .collect();
+    match report::variant_label(&variants) {
+        s if s.is_empty() => "-".to_owned(),
+        s => s,
+    }
 }
 
 /// A JSON value as a table cell: strings bare, floats rounded to 4 places.
@@ -182,7 +205,7 @@ pub fn list(args: ListArgs) -> anyhow::Result<ExitStatus> {
                     ]
                 })
                 .collect();
-            print!("{}", table(&headers, &rows, 60));
+            print!("{}", table(&headers, &rows, 60, style::stdout()));
         }
     }
     Ok(ExitStatus::Ok)
@@ -218,7 +241,7 @@ pub fn show(args: ShowArgs) -> anyhow::Result<ExitStatus> {
             }
             rows.push(vec![
                 "variant".into(),
-                cell(&record["properties"]["node_variant"]),
+                variant_cell(&record["properties"]["node_variant"]),
             ]);
             rows.push(vec!["run".into(), cell(&record["properties"]["run"])]);
             if let Some(m) = sm.as_object() {
@@ -231,7 +254,15 @@ pub fn show(args: ShowArgs) -> anyhow::Result<ExitStatus> {
                     rows.push(vec![format!("metric {k}"), cell(v)]);
                 }
             }
-            print!("{}", table(&["field".into(), "value".into()], &rows, 80));
+            print!(
+                "{}",
+                table(
+                    &["field".into(), "value".into()],
+                    &rows,
+                    80,
+                    style::stdout()
+                )
+            );
         }
     }
     Ok(ExitStatus::Ok)
@@ -250,7 +281,15 @@ pub fn show_metrics(args: ShowArgs) -> anyhow::Result<ExitStatus> {
                 .iter()
                 .map(|(k, v)| vec![k.clone(), cell(v)])
                 .collect();
-            print!("{}", table(&["metric".into(), "value".into()], &rows, 60));
+            print!(
+                "{}",
+                table(
+                    &["metric".into(), "value".into()],
+                    &rows,
+                    60,
+                    style::stdout()
+                )
+            );
         }
     }
     Ok(ExitStatus::Ok)
@@ -309,7 +348,7 @@ pub fn show_details(args: DetailsArgs) -> anyhow::Result<ExitStatus> {
                         .collect()
                 })
                 .collect();
-            print!("{}", table(&headers, &rows, 60));
+            print!("{}", table(&headers, &rows, 60, style::stdout()));
             if run.lines.len() > lines.len() {
                 eprintln!(
                     "({} of {} lines; --all-results for every line)",
@@ -381,11 +420,11 @@ fn comparison(runs: &[LoadedRun], max_diffs: usize) -> Json {
 }
 
 fn print_table_comparison(c: &Json) {
-    print!("{}", table_comparison(c));
+    print!("{}", table_comparison(c, style::stdout()));
 }
 
 /// The comparison as text tables and line diffs.
-fn table_comparison(c: &Json) -> String {
+fn table_comparison(c: &Json, color: bool) -> String {
     use std::fmt::Write as _;
     let mut text = String::new();
     let runs = c["runs"].as_array().cloned().unwrap_or_default();
@@ -407,7 +446,7 @@ fn table_comparison(c: &Json) -> String {
                     .as_f64()
                     .map(|d| format!("{d:.3}s"))
                     .unwrap_or_default(),
-                "variant" if r[key].as_object().is_some_and(|m| m.is_empty()) => "-".to_owned(),
+                "variant" => variant_cell(&r[key]),
                 _ => cell(&r[key]),
             }
         }));
@@ -423,7 +462,7 @@ fn table_comparison(c: &Json) -> String {
             rows.push(row);
         }
     }
-    text.push_str(&table(&headers, &rows, 40));
+    text.push_str(&table(&headers, &rows, 40, color));
     let _ = writeln!(
         text,
         "\n{} of {} lines have different outputs",
@@ -454,7 +493,10 @@ pub(crate) fn print_comparison_to_stderr(names: &[String]) -> anyhow::Result<Exi
             Err(e) => return not_found(e),
         }
     }
-    eprint!("{}", table_comparison(&comparison(&runs, 20)));
+    eprint!(
+        "{}",
+        table_comparison(&comparison(&runs, 20), style::stderr())
+    );
     Ok(ExitStatus::Ok)
 }
 
@@ -483,6 +525,21 @@ pub fn visualize(mut args: VisualizeArgs) -> anyhow::Result<ExitStatus> {
             Err(e) => return not_found(e),
         }
     }
+    // An evaluation run is shown next to the run it scored, which joins the report if it was not named.
+    let bases: Vec<String> = runs
+        .iter()
+        .filter_map(|r| r.record.properties.run.clone())
+        .collect();
+    for base in bases {
+        if runs.iter().any(|r| r.name == base) {
+            continue;
+        }
+        if let Ok(r) = load_run(&base) {
+            eprintln!("including run {base}, which an evaluation run in the report scored");
+            runs.push(r);
+        }
+    }
+    let runs = evaluations_after_their_runs(runs);
     let html = report::render(&runs, &comparison(&runs, usize::MAX));
     let path = args.html_path.unwrap_or_else(|| {
         let stem: String = args.names.join("__").chars().take(150).collect();
@@ -494,6 +551,39 @@ pub fn visualize(mut args: VisualizeArgs) -> anyhow::Result<ExitStatus> {
     std::fs::write(&path, html)?;
     println!("{}", std::path::absolute(&path).unwrap_or(path).display());
     Ok(ExitStatus::Ok)
+}
+
+/// Orders runs so that each evaluation run follows the run it scored; the rest keep their order.
+fn evaluations_after_their_runs(runs: Vec<LoadedRun>) -> Vec<LoadedRun> {
+    let names: Vec<String> = runs.iter().map(|r| r.name.clone()).collect();
+    let scores_one_here = |r: &LoadedRun| {
+        r.record
+            .properties
+            .run
+            .as_ref()
+            .is_some_and(|b| names.contains(b) && *b != r.name)
+    };
+    let (evals, mut rest): (Vec<LoadedRun>, Vec<LoadedRun>) =
+        runs.into_iter().partition(scores_one_here);
+    let mut evals: Vec<Option<LoadedRun>> = evals.into_iter().map(Some).collect();
+    let mut i = 0;
+    while i < rest.len() {
+        let name = rest[i].name.clone();
+        let mut at = i + 1;
+        for slot in evals.iter_mut() {
+            if slot
+                .as_ref()
+                .is_some_and(|e| e.record.properties.run.as_deref() == Some(name.as_str()))
+            {
+                rest.insert(at, slot.take().expect("checked"));
+                at += 1;
+            }
+        }
+        i += 1;
+    }
+    // Evaluations of evaluations whose base came later in the loop.
+    rest.extend(evals.into_iter().flatten());
+    rest
 }
 
 fn set_archived(name: &str, archived: bool) -> anyhow::Result<ExitStatus> {
@@ -536,7 +626,8 @@ pub fn delete(args: DeleteArgs) -> anyhow::Result<ExitStatus> {
     if !args.yes {
         if !std::io::stdin().is_terminal() {
             eprintln!(
-                "error: deleting run `{}` needs --yes when not at a terminal",
+                "{} deleting run `{}` needs --yes when not at a terminal",
+                crate::style::error_label(),
                 args.name
             );
             return Ok(ExitStatus::Invalid);
