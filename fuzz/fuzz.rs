@@ -394,6 +394,59 @@ fn fuzz_run_yaml() {
 }
 
 #[test]
+fn fuzz_openai_requests() {
+    use sluice_nodes::llm::protocol::{encode_request, from_fields};
+    use sluice_nodes::llm::types::Prompt;
+    let seeds = seeds_from(
+        &[],
+        &[],
+        &[
+            r#"{"model": "default", "messages": [{"role": "user", "content": "hi"}], "temperature": 0.7, "top_p": 1, "max_tokens": 64, "stop": ["\n", "Q:"], "seed": 42, "stream": true}"#,
+            r#"{"prompt": "Q: 1+1?\nA:", "max_tokens": "8", "presence_penalty": -0.5, "frequency_penalty": 2, "response_format": {"type": "json_object"}, "n": 1, "stop": "."}"#,
+            r#"{"model": "m", "max_completion_tokens": 100, "temperature": null, "user": "u", "logit_bias": {"50256": -100}}"#,
+        ],
+    );
+    let tokens: &[&str] = &[
+        "\"temperature\": ",
+        "\"top_p\": ",
+        "\"max_tokens\": ",
+        "\"stop\": ",
+        "\"seed\": ",
+        "\"n\": ",
+        "1e400",
+        "-1e308",
+        "NaN",
+        "null",
+        "[1, \"x\"]",
+        "\"",
+        ",",
+        "{",
+        "}",
+        "[",
+        "]",
+        "18446744073709551616",
+        "0.1",
+        "-3",
+    ];
+    let prompt = Prompt::Text("hi".into());
+    fuzz("openai-request", seeds, tokens, |input| {
+        let Ok(body) = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(input)
+        else {
+            return false;
+        };
+        let Ok(params) = from_fields(&body) else {
+            return false;
+        };
+        // What is accepted is sent as it was read: encoding then reading again changes nothing.
+        let sent = encode_request(&prompt, &params, false);
+        let again = from_fields(sent.as_object().expect("a request body is an object"))
+            .expect("an encoded request reads back");
+        assert_eq!(again, params, "{sent}");
+        true
+    });
+}
+
+#[test]
 fn fuzz_templates() {
     use sluice_engine::Value;
     use sluice_nodes::template::Template;
