@@ -9,7 +9,7 @@ sluice_build_and_pull
 "$SLUICE_BIN" model pull gemma3-270m >/dev/null
 sluice_start_chroma
 cargo fmt --all -- --check
-cargo clippy --release --all-targets --locked -- -D warnings
+cargo clippy --release --workspace --all-targets --locked -- -D warnings
 # The CLI and the node kinds build without CPython and without llama.cpp.
 cargo check --release --locked --workspace --no-default-features
 cargo test --release --locked --workspace --no-fail-fast

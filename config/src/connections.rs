@@ -68,16 +68,66 @@ pub struct Connection {
     pub secrets: BTreeMap<String, String>,
 }
 
+/// Why a connection could not be read, resolved, stored or removed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    /// The YAML file is not a connection (the message names the file and, where known, the line).
+    #[error("{0}")]
+    Yaml(String),
+    #[error("{}: {problem}", file.display())]
+    Invalid { file: PathBuf, problem: String },
+    #[error(
+        "connection `{connection}`: `{key}` refers to the environment variable {var}, which is not set"
+    )]
+    MissingEnv {
+        connection: String,
+        key: String,
+        var: String,
+    },
+    #[error("`{0}` is not a valid connection name (letters, digits, `_`, `-`, `.`)")]
+    BadName(String),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl ConnectionError {
+    fn io(path: &Path, source: io::Error) -> Self {
+        ConnectionError::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+
+    fn json(path: &Path, source: serde_json::Error) -> Self {
+        ConnectionError::Json {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
 impl Connection {
     /// Reads promptflow's connection YAML: `name`, `type`, flat fields, or `configs:`/`secrets:`.
-    pub fn from_yaml(text: &str, file: &Path) -> Result<Connection, String> {
+    pub fn from_yaml(text: &str, file: &Path) -> Result<Connection, ConnectionError> {
         use yaml_rust2::Yaml;
-        let doc = sluice_engine::yaml::load_document(text, file).map_err(|e| e.snippet())?;
+        let invalid = |problem: String| ConnectionError::Invalid {
+            file: file.to_owned(),
+            problem,
+        };
+        let doc = sluice_engine::yaml::load_document(text, file)
+            .map_err(|e| ConnectionError::Yaml(e.snippet()))?;
         let Yaml::Hash(h) = doc else {
-            return Err(format!(
-                "{}: expected a mapping with `name` and `type`",
-                file.display()
-            ));
+            return Err(invalid("expected a mapping with `name` and `type`".into()));
         };
         let scalar = |y: &Yaml| -> Option<String> {
             match y {
@@ -98,16 +148,15 @@ impl Connection {
                 "type" => {
                     let t = scalar(v).unwrap_or_default();
                     kind = Some(ConnectionType::parse(&t).ok_or_else(|| {
-                        format!(
-                            "{}: unknown connection type `{t}`; use local, open_ai, azure_open_ai or custom",
-                            file.display()
-                        )
+                        invalid(format!(
+                            "unknown connection type `{t}`; use local, open_ai, azure_open_ai or custom"
+                        ))
                     })?);
                 }
                 "$schema" | "module" => {}
                 "configs" | "secrets" => {
                     let Yaml::Hash(inner) = v else {
-                        return Err(format!("{}: `{key}` must be a mapping", file.display()));
+                        return Err(invalid(format!("`{key}` must be a mapping")));
                     };
                     for (ik, iv) in inner {
                         if let (Some(ik), Some(iv)) = (ik.as_str(), scalar(iv)) {
@@ -130,10 +179,8 @@ impl Connection {
                 }
             }
         }
-        let name =
-            name.ok_or_else(|| format!("{}: the connection has no `name`", file.display()))?;
-        let kind =
-            kind.ok_or_else(|| format!("{}: the connection has no `type`", file.display()))?;
+        let name = name.ok_or_else(|| invalid("the connection has no `name`".into()))?;
+        let kind = kind.ok_or_else(|| invalid("the connection has no `type`".into()))?;
         // promptflow's OpenAI connection calls the endpoint `base_url`.
         if let Some(b) = configs.remove("base_url") {
             configs.entry("api_base".to_owned()).or_insert(b);
@@ -172,15 +219,14 @@ impl Connection {
 
     /// A value with `${env:VAR}` resolved; secrets and configs alike. A secret's resolved value is
     /// registered for redaction.
-    pub fn get(&self, key: &str) -> Result<Option<String>, String> {
+    pub fn get(&self, key: &str) -> Result<Option<String>, ConnectionError> {
         let Some(raw) = self.secrets.get(key).or_else(|| self.configs.get(key)) else {
             return Ok(None);
         };
-        let value = resolve_env(raw).map_err(|var| {
-            format!(
-                "connection `{}`: `{key}` refers to the environment variable {var}, which is not set",
-                self.name
-            )
+        let value = resolve_env(raw).map_err(|var| ConnectionError::MissingEnv {
+            connection: self.name.clone(),
+            key: key.to_owned(),
+            var,
         })?;
         if self.is_secret(key) {
             redact::register_secret(&value);
@@ -208,7 +254,8 @@ impl Connection {
     }
 }
 
-/// Resolves `${env:VAR}`; a value that is not such a reference is returned as is.
+/// Resolves `${env:VAR}`; a value that is not such a reference is returned as is. The error is the
+/// name of the variable that is not set.
 fn resolve_env(raw: &str) -> Result<String, String> {
     let t = raw.trim();
     if let Some(var) = t.strip_prefix("${env:").and_then(|r| r.strip_suffix('}')) {
@@ -222,27 +269,25 @@ pub fn connections_dir() -> PathBuf {
     sluice_home().join("connections")
 }
 
-fn path_of(name: &str) -> Result<PathBuf, String> {
+fn path_of(name: &str) -> Result<PathBuf, ConnectionError> {
     if name.is_empty()
         || !name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
         || name.starts_with('.')
     {
-        return Err(format!(
-            "`{name}` is not a valid connection name (letters, digits, `_`, `-`, `.`)"
-        ));
+        return Err(ConnectionError::BadName(name.to_owned()));
     }
     Ok(connections_dir().join(format!("{name}.json")))
 }
 
 /// Saves a connection, readable only by the user.
-pub fn save(conn: &Connection) -> Result<PathBuf, String> {
+pub fn save(conn: &Connection) -> Result<PathBuf, ConnectionError> {
     let path = path_of(&conn.name)?;
     let dir = connections_dir();
-    fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let body = serde_json::to_vec_pretty(conn).map_err(|e| e.to_string())?;
-    write_private(&dir, &path, &body).map_err(|e| format!("{}: {e}", path.display()))?;
+    fs::create_dir_all(&dir).map_err(|e| ConnectionError::io(&dir, e))?;
+    let body = serde_json::to_vec_pretty(conn).map_err(|e| ConnectionError::json(&path, e))?;
+    write_private(&dir, &path, &body).map_err(|e| ConnectionError::io(&path, e))?;
     Ok(path)
 }
 
@@ -270,7 +315,7 @@ fn write_private(_dir: &Path, path: &Path, body: &[u8]) -> io::Result<()> {
 }
 
 /// Loads a connection by name.
-pub fn load(name: &str) -> Result<Option<Connection>, String> {
+pub fn load(name: &str) -> Result<Option<Connection>, ConnectionError> {
     let path = path_of(name)?;
     match fs::read(&path) {
         Ok(b) => serde_json::from_slice::<Connection>(&b)
@@ -278,27 +323,27 @@ pub fn load(name: &str) -> Result<Option<Connection>, String> {
                 c.register_secrets();
                 Some(c)
             })
-            .map_err(|e| format!("{}: {e}", path.display())),
+            .map_err(|e| ConnectionError::json(&path, e)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("{}: {e}", path.display())),
+        Err(e) => Err(ConnectionError::io(&path, e)),
     }
 }
 
 /// Every stored connection, by name.
-pub fn list() -> Result<Vec<Connection>, String> {
+pub fn list() -> Result<Vec<Connection>, ConnectionError> {
     let dir = connections_dir();
     let entries = match fs::read_dir(&dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(format!("{}: {e}", dir.display())),
+        Err(e) => return Err(ConnectionError::io(&dir, e)),
     };
     let mut out = Vec::new();
     for e in entries.filter_map(Result::ok) {
         let p = e.path();
         if p.extension().is_some_and(|x| x == "json") {
-            let b = fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+            let b = fs::read(&p).map_err(|e| ConnectionError::io(&p, e))?;
             let c: Connection =
-                serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", p.display()))?;
+                serde_json::from_slice(&b).map_err(|e| ConnectionError::json(&p, e))?;
             c.register_secrets();
             out.push(c);
         }
@@ -308,12 +353,12 @@ pub fn list() -> Result<Vec<Connection>, String> {
 }
 
 /// Deletes a connection; false when there was none.
-pub fn delete(name: &str) -> Result<bool, String> {
+pub fn delete(name: &str) -> Result<bool, ConnectionError> {
     let path = path_of(name)?;
     match fs::remove_file(&path) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(format!("{}: {e}", path.display())),
+        Err(e) => Err(ConnectionError::io(&path, e)),
     }
 }
 
@@ -337,7 +382,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(custom.configs["a"], "1");
-        let err = custom.get("tok").unwrap_err();
+        let err = custom.get("tok").unwrap_err().to_string();
         assert!(err.contains("SLUICE_TEST_UNSET_VAR"), "{err}");
     }
 

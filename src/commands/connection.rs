@@ -39,7 +39,11 @@ pub fn create(args: ConnCreateArgs) -> anyhow::Result<ExitStatus> {
     let mut conn = match Connection::from_yaml(&text, &args.file) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("{} {}", crate::style::error_label(), redact::redact(&e));
+            eprintln!(
+                "{} {}",
+                crate::style::error_label(),
+                redact::redact(&e.to_string())
+            );
             return Ok(ExitStatus::Invalid);
         }
     };

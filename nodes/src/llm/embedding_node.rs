@@ -65,7 +65,7 @@ impl NodeKind for EmbeddingKind {
             }
             Some(conn) => {
                 let c = connections::load(conn)
-                    .map_err(BuildError::new)?
+                    .map_err(|e| BuildError::new(e.to_string()))?
                     .ok_or_else(|| {
                         BuildError::new(format!(
                             "node `{}` uses connection `{conn}`, which does not exist",

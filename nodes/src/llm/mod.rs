@@ -175,7 +175,7 @@ fn resolve_backend(
                     connections::connections_dir().display()
                 )));
             }
-            Err(e) => return Err(BuildError::new(e)),
+            Err(e) => return Err(BuildError::new(e.to_string())),
         },
     };
     match conn {

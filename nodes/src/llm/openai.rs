@@ -57,8 +57,8 @@ pub type UrlError = <reqwest::Url as std::str::FromStr>::Err;
 #[derive(Debug, thiserror::Error)]
 pub enum HttpConfigError {
     /// A setting could not be read (an environment variable it names is not set, ...).
-    #[error("{0}")]
-    Setting(String),
+    #[error(transparent)]
+    Setting(#[from] crate::llm::connections::ConnectionError),
     #[error("connection `{connection}` has no `api_base`")]
     NoApiBase { connection: String },
     #[error(
