@@ -223,7 +223,7 @@ impl Connection {
         let Some(raw) = self.secrets.get(key).or_else(|| self.configs.get(key)) else {
             return Ok(None);
         };
-        let value = resolve_env(raw).map_err(|var| ConnectionError::MissingEnv {
+        let value = resolve_env(raw).map_err(|UnsetVar(var)| ConnectionError::MissingEnv {
             connection: self.name.clone(),
             key: key.to_owned(),
             var,
@@ -254,12 +254,14 @@ impl Connection {
     }
 }
 
-/// Resolves `${env:VAR}`; a value that is not such a reference is returned as is. The error is the
-/// name of the variable that is not set.
-fn resolve_env(raw: &str) -> Result<String, String> {
+/// An environment variable a value refers to that is not set.
+struct UnsetVar(String);
+
+/// Resolves `${env:VAR}`; a value that is not such a reference is returned as is.
+fn resolve_env(raw: &str) -> Result<String, UnsetVar> {
     let t = raw.trim();
     if let Some(var) = t.strip_prefix("${env:").and_then(|r| r.strip_suffix('}')) {
-        return std::env::var(var).map_err(|_| var.to_owned());
+        return std::env::var(var).map_err(|_| UnsetVar(var.to_owned()));
     }
     Ok(raw.to_owned())
 }

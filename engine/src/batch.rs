@@ -219,8 +219,11 @@ impl RowReader for JsonArray {
         let text = std::str::from_utf8(bytes).map_err(|e| err(format!("not UTF-8: {e}")))?;
         let v: Value = crate::json::from_str(text).map_err(|e| err(e.to_string()))?;
         let rows: Vec<Result<Map, BatchError>> = match v {
-            Value::List(items) => items.into_iter().map(|i| row(i).map_err(&err)).collect(),
-            other => vec![row(other).map_err(&err)],
+            Value::List(items) => items
+                .into_iter()
+                .map(|i| row(i).map_err(|e| err(e.to_string())))
+                .collect(),
+            other => vec![row(other).map_err(|e| err(e.to_string()))],
         };
         Ok(Box::new(rows.into_iter()))
     }
@@ -255,18 +258,18 @@ impl RowReader for Parquet {
     fn rows(&self, path: &Path) -> Result<RowStream, BatchError> {
         use parquet::file::reader::{FileReader, SerializedFileReader};
         let err = data_error(path);
-        let read = || -> Result<Vec<Result<Map, BatchError>>, String> {
-            let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-            let reader = SerializedFileReader::new(file).map_err(|e| e.to_string())?;
-            let rows = reader.get_row_iter(None).map_err(|e| e.to_string())?;
+        type Failure = Box<dyn std::error::Error + Send + Sync>;
+        let read = || -> Result<Vec<Result<Map, BatchError>>, Failure> {
+            let reader = SerializedFileReader::new(std::fs::File::open(path)?)?;
             let mut out = Vec::new();
-            for r in rows {
-                let r = r.map_err(|e| e.to_string())?;
-                out.push(Ok(row(r.to_json_value())?));
+            for r in reader.get_row_iter(None)? {
+                out.push(Ok(row(r?.to_json_value())?));
             }
             Ok(out)
         };
-        Ok(Box::new(read().map_err(&err)?.into_iter()))
+        Ok(Box::new(
+            read().map_err(|e| err(e.to_string()))?.into_iter(),
+        ))
     }
 }
 
@@ -323,14 +326,20 @@ pub fn scan_data(path: &Path) -> Result<DataScan, BatchError> {
     Ok(scan)
 }
 
-fn row(v: impl Into<Value>) -> Result<Map, String> {
+fn row(v: impl Into<Value>) -> Result<Map, NotARow> {
     match v.into() {
         Value::Map(m) => Ok(m),
-        other => Err(format!(
-            "a row must be a JSON object, found {}",
-            other.type_name()
-        )),
+        other => Err(NotARow {
+            found: other.type_name(),
+        }),
     }
+}
+
+/// A data row that is not an object.
+#[derive(Debug, thiserror::Error)]
+#[error("a row must be a JSON object, found {found}")]
+struct NotARow {
+    found: String,
 }
 
 /// One line to run: its number in the data and its flow inputs.

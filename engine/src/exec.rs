@@ -15,7 +15,7 @@ use serde::Serialize;
 use tracing::Instrument;
 
 use crate::error::{ErrorCode, ErrorInfo, NodeError};
-use crate::model::{InputValue, ValueType};
+use crate::model::InputValue;
 use crate::node::{NodeContext, NodeInputs};
 use crate::plan::{Flow, PlannedNode};
 use crate::store::NodeMetrics;
@@ -180,7 +180,7 @@ impl Flow {
                 },
             };
             let typed = def.ty.parse(value).map_err(|e| {
-                let code = if matches!(def.ty, ValueType::List) && e.contains("JSON") {
+                let code = if matches!(e, crate::model::TypeError::NotJson { .. }) {
                     "InputParseError"
                 } else {
                     "InputTypeError"
@@ -404,7 +404,7 @@ impl Flow {
         } else {
             output
                 .to_plain()
-                .map_err(|e| line_error("FlowOutputUnserializable", e))
+                .map_err(|e| line_error("FlowOutputUnserializable", e.to_string()))
         }
     }
 

@@ -79,4 +79,4 @@ pub use node::{
 pub use plan::{Flow, LoadOptions, PlannedNode};
 pub use runner::{BatchObserver, BatchRun, RunError, RunOptions, RunSpec, Stop};
 pub use store::{NodeMetrics, RunName, RunStore, StoreError, TokenCounts};
-pub use value::{Map, Opaque, PathStep, Value};
+pub use value::{Map, Opaque, PathStep, PlainError, StreamError, Value};

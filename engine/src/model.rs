@@ -167,6 +167,19 @@ impl fmt::Display for InputValue {
     }
 }
 
+/// Why a value cannot take a flow input's or a tool parameter's type.
+#[derive(Debug, thiserror::Error)]
+pub enum TypeError {
+    #[error("value {value} does not match the expected type '{expected}'")]
+    Mismatch { value: String, expected: String },
+    #[error("value {value} is not valid JSON: {source}")]
+    NotJson {
+        value: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
 /// Why a `${...}` string is not a reference Sluice can follow.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ReferenceError {
@@ -223,7 +236,7 @@ pub fn parse_input_value(value: Value) -> Result<InputValue, ReferenceError> {
             match prop {
                 None => vec![],
                 Some(prop) => {
-                    parse_path(prop).map_err(|at| ReferenceError::BadPath(s.clone(), at))?
+                    parse_path(prop).map_err(|e| ReferenceError::BadPath(s.clone(), e.at))?
                 }
             }
         }
@@ -234,8 +247,18 @@ pub fn parse_input_value(value: Value) -> Result<InputValue, ReferenceError> {
     })
 }
 
+/// Where a property path stops making sense: the rest of the text from there.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unreadable property path at `{at}`")]
+pub struct PathSyntaxError {
+    pub at: String,
+}
+
 /// Tokenises a property path like `a['b c'][0].d` into steps.
-pub fn parse_path(text: &str) -> Result<Vec<PathStep>, String> {
+pub fn parse_path(text: &str) -> Result<Vec<PathStep>, PathSyntaxError> {
+    let fail = |rest: &str| PathSyntaxError {
+        at: rest.to_owned(),
+    };
     let mut steps = vec![];
     let mut rest = text;
     while !rest.is_empty() {
@@ -247,12 +270,12 @@ pub fn parse_path(text: &str) -> Result<Vec<PathStep>, String> {
             let quote = r.chars().next().filter(|c| *c == '\'' || *c == '"');
             if let Some(q) = quote {
                 let body = &r[1..];
-                let end = body.find(&format!("{q}]")).ok_or_else(|| rest.to_owned())?;
+                let end = body.find(&format!("{q}]")).ok_or_else(|| fail(rest))?;
                 steps.push(PathStep::Key(body[..end].to_owned()));
                 rest = &body[end + 2..];
             } else {
-                let end = r.find(']').ok_or_else(|| rest.to_owned())?;
-                let index = r[..end].parse::<usize>().map_err(|_| rest.to_owned())?;
+                let end = r.find(']').ok_or_else(|| fail(rest))?;
+                let index = r[..end].parse::<usize>().map_err(|_| fail(rest))?;
                 steps.push(PathStep::Index(index));
                 rest = &r[end + 1..];
             }
@@ -262,7 +285,7 @@ pub fn parse_path(text: &str) -> Result<Vec<PathStep>, String> {
             .find(|c: char| !(c.is_alphanumeric() || c == '_'))
             .unwrap_or(rest.len());
         if end == 0 {
-            return Err(rest.to_owned());
+            return Err(fail(rest));
         }
         steps.push(PathStep::Key(rest[..end].to_owned()));
         rest = &rest[end..];
@@ -316,13 +339,12 @@ impl ValueType {
     }
 
     /// Converts a value to this type as promptflow's `ValueType.parse` does (§3.2).
-    pub fn parse(&self, value: Value) -> Result<Value, String> {
+    pub fn parse(&self, value: Value) -> Result<Value, TypeError> {
         let fail = |v: &Value| {
-            Err(format!(
-                "value {} does not match the expected type '{}'",
-                v.py_repr(),
-                self.name()
-            ))
+            Err(TypeError::Mismatch {
+                value: v.py_repr(),
+                expected: self.name().to_owned(),
+            })
         };
         match self {
             ValueType::Int => match value {
@@ -359,11 +381,11 @@ impl ValueType {
                 let parsed = match value {
                     Value::String(ref s) => match serde_json::from_str::<serde_json::Value>(s) {
                         Ok(v) => Value::from(v),
-                        Err(e) => {
-                            return Err(format!(
-                                "value {} is not valid JSON: {e}",
-                                value.py_repr()
-                            ));
+                        Err(source) => {
+                            return Err(TypeError::NotJson {
+                                value: value.py_repr(),
+                                source,
+                            });
                         }
                     },
                     v => v,

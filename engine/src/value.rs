@@ -35,6 +35,30 @@ pub enum Value {
     Opaque(Arc<dyn Opaque>),
 }
 
+/// A stream (a generator) that failed before its end: what its producer said.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct StreamError {
+    pub message: String,
+}
+
+impl StreamError {
+    pub fn new(message: impl Into<String>) -> Self {
+        StreamError {
+            message: message.into(),
+        }
+    }
+}
+
+/// Why a value has no JSON form.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum PlainError {
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    #[error("Object of type {type_name} is not JSON serializable")]
+    NotJson { type_name: String },
+}
+
 /// An object owned by a node kind's runtime (for example a Python object).
 pub trait Opaque: Debug + Send + Sync + 'static {
     /// The producer's type name, e.g. `generator`.
@@ -54,12 +78,15 @@ pub trait Opaque: Debug + Send + Sync + 'static {
         false
     }
     /// Drains a stream into its items' `str()`s. Only called when [`Opaque::is_stream`] is true.
-    fn drain(&self) -> Result<Vec<String>, String> {
-        Err(format!("{} is not a stream", self.type_name()))
+    fn drain(&self) -> Result<Vec<String>, StreamError> {
+        Err(StreamError::new(format!(
+            "{} is not a stream",
+            self.type_name()
+        )))
     }
     /// Calls `f` with each item's `str()` as the stream produces it (a terminal prints them as they come).
     /// Blocks the thread; the default drains first.
-    fn for_each_chunk(&self, f: &mut dyn FnMut(&str)) -> Result<(), String> {
+    fn for_each_chunk(&self, f: &mut dyn FnMut(&str)) -> Result<(), StreamError> {
         for item in self.drain()? {
             f(&item);
         }
@@ -206,7 +233,7 @@ impl Value {
     /// The value as JSON, or the path to the first part that has no JSON form.
     ///
     /// Streams are joined into one string (promptflow's `"".join(str(x) for x in it)`).
-    pub fn to_plain(&self) -> Result<Value, String> {
+    pub fn to_plain(&self) -> Result<Value, PlainError> {
         match self {
             Value::List(items) => items
                 .iter()
@@ -219,8 +246,8 @@ impl Value {
                 .collect::<Result<_, _>>()
                 .map(Value::Map),
             Value::Opaque(o) if o.is_stream() => Ok(Value::String(o.drain()?.concat())),
-            Value::Opaque(o) => o.to_plain().ok_or_else(|| {
-                format!("Object of type {} is not JSON serializable", o.type_name())
+            Value::Opaque(o) => o.to_plain().ok_or_else(|| PlainError::NotJson {
+                type_name: o.type_name(),
             }),
             other => Ok(other.clone()),
         }

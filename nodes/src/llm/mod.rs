@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use sluice_engine::{
     BuildContext, BuildError, Built, InputValue, Node, NodeContext, NodeDef, NodeError, NodeInputs,
-    NodeKind, NodeMetrics, Opaque, Param, TokenCounts, Value,
+    NodeKind, NodeMetrics, Opaque, Param, StreamError, TokenCounts, Value,
 };
 
 use crate::template::Template;
@@ -376,21 +376,21 @@ impl Opaque for LlmStream {
         true
     }
 
-    fn drain(&self) -> Result<Vec<String>, String> {
+    fn drain(&self) -> Result<Vec<String>, StreamError> {
         let mut out = Vec::new();
         self.for_each_chunk(&mut |t| out.push(t.to_owned()))?;
         Ok(out)
     }
 
-    fn for_each_chunk(&self, f: &mut dyn FnMut(&str)) -> Result<(), String> {
+    fn for_each_chunk(&self, f: &mut dyn FnMut(&str)) -> Result<(), StreamError> {
         let Some(mut stream) = self.stream.lock().unwrap_or_else(|e| e.into_inner()).take() else {
-            return Err("the stream was already read".to_owned());
+            return Err(StreamError::new("the stream was already read"));
         };
         while let Some(ev) = futures::executor::block_on(stream.next()) {
             match ev {
                 Event::Text(t) => f(&t),
                 Event::Done(..) => return Ok(()),
-                Event::Error(e) => return Err(e.message),
+                Event::Error(e) => return Err(StreamError::new(e.message)),
             }
         }
         Ok(())

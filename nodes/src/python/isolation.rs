@@ -262,5 +262,7 @@ pub(crate) fn output_json(value: &Value) -> Result<Json, NotPlain> {
     value
         .to_plain()
         .map(|v| v.to_json_lossy())
-        .map_err(|reason| NotPlain { reason })
+        .map_err(|e| NotPlain {
+            reason: e.to_string(),
+        })
 }

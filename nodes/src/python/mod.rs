@@ -629,7 +629,7 @@ impl Opaque for PyObj {
             }
             let v = from_py(rt, &plain)?;
             v.to_plain()
-                .map_err(PyErr::new::<pyo3::exceptions::PyTypeError, _>)
+                .map_err(|e| PyErr::new::<pyo3::exceptions::PyTypeError, _>(e.to_string()))
         })
     }
 
@@ -637,8 +637,8 @@ impl Opaque for PyObj {
         self.stream
     }
 
-    fn drain(&self) -> Result<Vec<String>, String> {
-        let rt = runtime().map_err(|e| e.to_string())?;
+    fn drain(&self) -> Result<Vec<String>, sluice_engine::StreamError> {
+        let rt = runtime().map_err(|e| sluice_engine::StreamError::new(e.to_string()))?;
         Python::attach(|py| {
             rt.host
                 .bind(py)
@@ -649,7 +649,7 @@ impl Opaque for PyObj {
         .map_err(|e| {
             Python::attach(|py| {
                 let d = describe(py, &e);
-                format!("({}) {}", d.exc_type, d.message)
+                sluice_engine::StreamError::new(format!("({}) {}", d.exc_type, d.message))
             })
         })
     }
