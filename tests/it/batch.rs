@@ -21,22 +21,19 @@ fn lines(path: &Path) -> Vec<serde_json::Value> {
 
 /// A flow whose tool fails on odd numbers, with an aggregation node averaging the successful lines.
 fn flaky_flow(dir: &Path) {
-    std::fs::write(
-        dir.join("flow.dag.yaml"),
-        "inputs:\n  n: {type: int}\n  label: {type: string, default: fixed}\noutputs:\n  doubled: {reference: '${double.output}'}\n  label: {reference: '${inputs.label}'}\nnodes:\n- name: double\n  type: python\n  source: {type: code, path: double.py}\n  inputs: {n: '${inputs.n}'}\n- name: mean\n  type: python\n  source: {type: code, path: mean.py}\n  inputs: {values: '${double.output}'}\n  aggregation: true\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("double.py"),
-        "from promptflow.core import tool\n\n@tool\ndef double(n: int) -> int:\n    if n % 2:\n        raise ValueError(f'odd: {n}')\n    return 2 * n\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("mean.py"),
-        "from promptflow.core import tool, log_metric\n\n@tool\ndef mean(values: list):\n    log_metric('mean', sum(values) / len(values))\n    log_metric('count', len(values))\n",
-    )
-    .unwrap();
+    crate::common::write_files(
+        dir,
+        &[
+            ("flow.dag.yaml", FLAKY_FLOW),
+            ("double.py", ODD_FAILING_DOUBLE),
+            ("mean.py", MEAN_METRIC),
+        ],
+    );
 }
+
+const FLAKY_FLOW: &str = "inputs:\n  n: {type: int}\n  label: {type: string, default: fixed}\noutputs:\n  doubled: {reference: '${double.output}'}\n  label: {reference: '${inputs.label}'}\nnodes:\n- name: double\n  type: python\n  source: {type: code, path: double.py}\n  inputs: {n: '${inputs.n}'}\n- name: mean\n  type: python\n  source: {type: code, path: mean.py}\n  inputs: {values: '${double.output}'}\n  aggregation: true\n";
+const ODD_FAILING_DOUBLE: &str = "from promptflow.core import tool\n\n@tool\ndef double(n: int) -> int:\n    if n % 2:\n        raise ValueError(f'odd: {n}')\n    return 2 * n\n";
+const MEAN_METRIC: &str = "from promptflow.core import tool, log_metric\n\n@tool\ndef mean(values: list):\n    log_metric('mean', sum(values) / len(values))\n    log_metric('count', len(values))\n";
 
 #[test]
 fn a_batch_records_every_line_and_failed_lines_do_not_stop_the_others() {
@@ -51,22 +48,11 @@ fn a_batch_records_every_line_and_failed_lines_do_not_stop_the_others() {
             .collect::<String>(),
     )
     .unwrap();
-    let out = sluice(home.path())
-        .args([
-            "run",
-            "create",
-            "--name",
-            "r",
-            "--max-concurrency",
-            "4",
-            "--flow",
-        ])
-        .arg(flow.path())
-        .arg("--data")
-        .arg(&data)
-        .assert()
-        .success()
-        .stderr(predicate::str::contains("has a default"));
+    let out =
+        crate::common::run_create(home.path(), "r", "--max-concurrency 4", flow.path(), &data)
+            .assert()
+            .success()
+            .stderr(predicate::str::contains("has a default"));
     let record: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
     assert_eq!(record["properties"]["system_metrics"]["failed_lines"], 5);
     assert_eq!(
@@ -129,11 +115,7 @@ fn every_unresolvable_mapping_is_reported_before_any_line_runs() {
     flaky_flow(flow.path());
     let data = flow.path().join("data.csv");
     std::fs::write(&data, "number,other\n1,a\n").unwrap();
-    sluice(home.path())
-        .args(["run", "create", "--name", "bad", "--flow"])
-        .arg(flow.path())
-        .arg("--data")
-        .arg(&data)
+    crate::common::run_create(home.path(), "bad", "", flow.path(), &data)
         .args(["--column-mapping", "label=${data.nope}"])
         .assert()
         .code(2)
@@ -153,11 +135,7 @@ fn csv_cells_are_strings_converted_by_input_types() {
     flaky_flow(flow.path());
     let data = flow.path().join("data.csv");
     std::fs::write(&data, "number\n2\n4\n").unwrap();
-    sluice(home.path())
-        .args(["run", "create", "--name", "csv", "--flow"])
-        .arg(flow.path())
-        .arg("--data")
-        .arg(&data)
+    crate::common::run_create(home.path(), "csv", "", flow.path(), &data)
         .args(["--column-mapping", "n=${data.number}"])
         .assert()
         .success();

@@ -47,12 +47,19 @@ fn init_then_test_prints_outputs_as_json() {
 #[test]
 fn a_failing_tool_exits_1_with_node_and_traceback() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("bad.py"), "from promptflow import tool\n\n@tool\ndef bad(x: str):\n    raise ValueError('no good: ' + x)\n").unwrap();
-    std::fs::write(
-        dir.path().join("flow.dag.yaml"),
-        "inputs: {x: {type: string}}\noutputs: {y: {reference: '${bad.output}'}}\nnodes:\n- name: bad\n  type: python\n  source: {type: code, path: bad.py}\n  inputs: {x: '${inputs.x}'}\n",
-    )
-    .unwrap();
+    crate::common::write_files(
+        dir.path(),
+        &[
+            (
+                "bad.py",
+                "from promptflow import tool\n\n@tool\ndef bad(x: str):\n    raise ValueError('no good: ' + x)\n",
+            ),
+            (
+                "flow.dag.yaml",
+                "inputs: {x: {type: string}}\noutputs: {y: {reference: '${bad.output}'}}\nnodes:\n- name: bad\n  type: python\n  source: {type: code, path: bad.py}\n  inputs: {x: '${inputs.x}'}\n",
+            ),
+        ],
+    );
     sluice()
         .args(["flow", "test", "--flow"])
         .arg(dir.path())
@@ -67,15 +74,25 @@ fn a_failing_tool_exits_1_with_node_and_traceback() {
         );
 }
 
+/// A flow whose prompt node `a` reads the output of a node that does not exist (line 8, column 11).
+fn missing_node_flow() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    crate::common::write_files(
+        dir.path(),
+        &[
+            (
+                "flow.dag.yaml",
+                "inputs: {x: {type: string}}\noutputs: {y: {reference: '${a.output}'}}\nnodes:\n- name: a\n  type: prompt\n  source: {type: code, path: a.jinja2}\n  inputs:\n    text: ${missing_node.output}\n",
+            ),
+            ("a.jinja2", "{{ text }}"),
+        ],
+    );
+    dir
+}
+
 #[test]
 fn an_invalid_flow_exits_2_naming_file_node_line_and_column() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("flow.dag.yaml"),
-        "inputs: {x: {type: string}}\noutputs: {y: {reference: '${a.output}'}}\nnodes:\n- name: a\n  type: prompt\n  source: {type: code, path: a.jinja2}\n  inputs:\n    text: ${missing_node.output}\n",
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("a.jinja2"), "{{ text }}").unwrap();
+    let dir = missing_node_flow();
     for cmd in ["test", "validate"] {
         sluice()
             .args(["flow", cmd, "--flow"])
@@ -193,12 +210,16 @@ fn prompty_and_flex_flows_are_refused_clearly_not_run_as_empty_flows() {
 fn a_missing_connection_points_at_its_line() {
     let dir = tempfile::tempdir().unwrap();
     let home = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("chat.jinja2"), "user:\n{{q}}\n").unwrap();
-    std::fs::write(
-        dir.path().join("flow.dag.yaml"),
-        "inputs:\n  q: {type: string}\noutputs:\n  a: {type: string, reference: '${ask.output}'}\nnodes:\n- name: ask\n  type: llm\n  api: chat\n  source: {type: code, path: chat.jinja2}\n  connection: nowhere\n  inputs: {q: '${inputs.q}'}\n",
-    )
-    .unwrap();
+    crate::common::write_files(
+        dir.path(),
+        &[
+            ("chat.jinja2", "user:\n{{q}}\n"),
+            (
+                "flow.dag.yaml",
+                "inputs:\n  q: {type: string}\noutputs:\n  a: {type: string, reference: '${ask.output}'}\nnodes:\n- name: ask\n  type: llm\n  api: chat\n  source: {type: code, path: chat.jinja2}\n  connection: nowhere\n  inputs: {q: '${inputs.q}'}\n",
+            ),
+        ],
+    );
     sluice()
         .env("SLUICE_HOME", home.path())
         .args(["flow", "validate", "--flow"])
@@ -322,13 +343,7 @@ fn listings_print_json_for_scripts_and_tables_for_people() {
 /// Colour only on a terminal, never with `NO_COLOR`; piped output (and JSON) has no escape codes.
 #[test]
 fn colour_only_on_a_terminal_and_never_with_no_color() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("flow.dag.yaml"),
-        "inputs: {x: {type: string}}\noutputs: {y: {reference: '${a.output}'}}\nnodes:\n- name: a\n  type: prompt\n  source: {type: code, path: a.jinja2}\n  inputs:\n    text: ${missing_node.output}\n",
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("a.jinja2"), "{{ text }}").unwrap();
+    let dir = missing_node_flow();
     let home = tempfile::tempdir().unwrap();
     // Not a terminal, NO_COLOR unset: plain text.
     let out = crate::common::sluice(home.path())

@@ -137,3 +137,57 @@ pub fn chromium_cmd(profile: &Path) -> std::process::Command {
     let chromium = chromium().expect("chromium");
     chromium_at(&chromium, profile, 1300, 1400)
 }
+
+/// What a finished command left: its exit code (`None` where a signal ended it), stdout and stderr
+/// as text.
+#[derive(Debug)]
+pub struct Ran {
+    pub code: Option<i32>,
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `cmd` to its end and returns what it left.
+pub fn ran(cmd: &mut Command) -> Ran {
+    let out = cmd.output().unwrap();
+    Ran {
+        code: out.status.code(),
+        success: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// `sluice flow test --flow FLOW`, given `secs` seconds.
+pub fn flow_test(home: &Path, flow: &Path, secs: u64) -> Ran {
+    ran(sluice(home)
+        .args(["flow", "test", "--flow"])
+        .arg(flow)
+        .timeout(std::time::Duration::from_secs(secs)))
+}
+
+/// Runs `cmd` and asserts that it succeeded, showing its stderr where it did not; returns what it
+/// left.
+pub fn succeeded(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `sluice run create --name NAME OPTIONS --flow FLOW --data DATA` in `home`; `options` are words
+/// apart by spaces.
+pub fn run_create(home: &Path, name: &str, options: &str, flow: &Path, data: &Path) -> Command {
+    let mut cmd = sluice(home);
+    cmd.args(["run", "create", "--name", name])
+        .args(options.split_whitespace())
+        .arg("--flow")
+        .arg(flow)
+        .arg("--data")
+        .arg(data);
+    cmd
+}

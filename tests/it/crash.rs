@@ -321,11 +321,7 @@ fn a_snapshot_copies_no_symbolic_link() {
     .unwrap();
     std::os::unix::fs::symlink(outside.path(), flow.path().join("linked_dir")).unwrap();
     std::os::unix::fs::symlink(flow.path(), flow.path().join("loop")).unwrap();
-    let out = sluice(home.path())
-        .args(["run", "create", "--name", "snap", "--flow"])
-        .arg(flow.path())
-        .arg("--data")
-        .arg(&data)
+    let out = crate::common::run_create(home.path(), "snap", "", flow.path(), &data)
         .output()
         .unwrap();
     assert_eq!(stdout_json(&out)["status"], "Completed");

@@ -47,16 +47,11 @@ fn imported_minilm_matches_the_reference_vectors() {
     .unwrap();
     let rows = reference["rows"].as_array().unwrap();
     let texts: Vec<&str> = rows.iter().map(|r| r["text"].as_str().unwrap()).collect();
-    let out = Command::cargo_bin("sluice")
-        .unwrap()
-        .args(["model", "embed", "minilm"])
-        .args(&texts)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = crate::common::succeeded(
+        Command::cargo_bin("sluice")
+            .unwrap()
+            .args(["model", "embed", "minilm"])
+            .args(&texts),
     );
     let got: Json = serde_json::from_slice(&out.stdout).unwrap();
     let got = got.as_array().unwrap();

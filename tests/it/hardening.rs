@@ -25,14 +25,24 @@ fn alias_bomb(key: &str) -> String {
     s
 }
 
+/// A flow of one prompt node `p` that renders `t.jinja2` (it gets `x`).
+const PROMPT_FLOW: &str = "inputs:\n  x:\n    type: string\n    default: a\noutputs:\n  out:\n    type: string\n    reference: ${p.output}\nnodes:\n- name: p\n  type: prompt\n  source:\n    type: code\n    path: t.jinja2\n  inputs:\n    x: ${inputs.x}\n";
+
 /// A flow of one prompt node that renders `template`.
 fn prompt_flow(dir: &Path, template: &str) {
-    std::fs::write(dir.join("t.jinja2"), template).unwrap();
-    std::fs::write(
-        dir.join("flow.dag.yaml"),
-        "inputs:\n  x:\n    type: string\n    default: a\noutputs:\n  out:\n    type: string\n    reference: ${p.output}\nnodes:\n- name: p\n  type: prompt\n  source:\n    type: code\n    path: t.jinja2\n  inputs:\n    x: ${inputs.x}\n",
-    )
-    .unwrap();
+    common::write_files(
+        dir,
+        &[("t.jinja2", template), ("flow.dag.yaml", PROMPT_FLOW)],
+    );
+}
+
+/// `flow test` of the flow `write` makes of `text` (a [`prompt_flow`] or a [`python_flow`]), in a
+/// home of its own, given `secs`.
+fn test_flow(write: fn(&Path, &str), text: &str, secs: u64) -> common::Ran {
+    let home = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), text);
+    common::flow_test(home.path(), dir.path(), secs)
 }
 
 #[test]
@@ -118,66 +128,43 @@ fn a_yaml_error_on_a_huge_line_prints_a_bounded_message() {
 
 #[test]
 fn a_template_cpu_loop_ends_with_an_error() {
-    let home = tempfile::tempdir().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    prompt_flow(
-        dir.path(),
-        "{% for i in range(100000) %}{% for j in range(100000) %}{{ x }}{% endfor %}{% endfor %}",
-    );
     let start = Instant::now();
-    let out = sluice(home.path())
-        .args(["flow", "test", "--flow"])
-        .arg(dir.path())
-        .timeout(Duration::from_secs(120))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("budget"), "{stderr}");
+    let ran = test_flow(
+        prompt_flow,
+        "{% for i in range(100000) %}{% for j in range(100000) %}{{ x }}{% endfor %}{% endfor %}",
+        120,
+    );
+    assert!(!ran.success);
+    assert!(ran.stderr.contains("budget"), "{}", ran.stderr);
     assert!(start.elapsed() < Duration::from_secs(60));
 }
 
 #[test]
 fn string_building_helpers_in_a_template_fail_the_line_not_the_process() {
-    let home = tempfile::tempdir().unwrap();
-    let dir = tempfile::tempdir().unwrap();
     for template in [
         "{{ x.zfill(10**13) }}",
         "{{ x.ljust(10**13) }}",
         "{% set s = namespace(v=x) %}{% for i in range(64) %}{% set s.v = s.v ~ s.v %}{% endfor %}{{ s.v }}",
     ] {
-        prompt_flow(dir.path(), template);
-        let out = sluice(home.path())
-            .args(["flow", "test", "--flow"])
-            .arg(dir.path())
-            .timeout(Duration::from_secs(120))
-            .output()
-            .unwrap();
+        let ran = test_flow(prompt_flow, template, 120);
         // A failed line, not an abort (which has no exit code) or a success.
-        assert_eq!(out.status.code(), Some(1), "{template}: {out:?}");
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(ran.code, Some(1), "{template}: {ran:?}");
+        let stderr = &ran.stderr;
         assert!(stderr.contains("Failed to render"), "{template}: {stderr}");
     }
 }
 
+/// A flow of one Python node `tool` that runs `tool.py` (it gets `x`).
+const PYTHON_FLOW: &str = "inputs:\n  x:\n    type: string\n    default: a\noutputs:\n  out:\n    type: object\n    reference: ${tool.output}\nnodes:\n- name: tool\n  type: python\n  source:\n    type: code\n    path: tool.py\n  inputs:\n    x: ${inputs.x}\n";
+
 /// A flow of one Python node `tool` whose function body is `body` (it gets `x`).
 fn python_flow(dir: &Path, body: &str) {
-    std::fs::write(
-        dir.join("tool.py"),
-        format!("from promptflow.core import tool\n\n@tool\ndef run(x: str):\n{body}\n"),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("flow.dag.yaml"),
-        "inputs:\n  x:\n    type: string\n    default: a\noutputs:\n  out:\n    type: object\n    reference: ${tool.output}\nnodes:\n- name: tool\n  type: python\n  source:\n    type: code\n    path: tool.py\n  inputs:\n    x: ${inputs.x}\n",
-    )
-    .unwrap();
+    let tool = format!("from promptflow.core import tool\n\n@tool\ndef run(x: str):\n{body}\n");
+    common::write_files(dir, &[("tool.py", &tool), ("flow.dag.yaml", PYTHON_FLOW)]);
 }
 
 #[test]
 fn a_tool_returning_a_cyclic_or_very_deep_value_fails_its_line_naming_the_node() {
-    let home = tempfile::tempdir().unwrap();
-    let dir = tempfile::tempdir().unwrap();
     for (body, needle) in [
         (
             "    a = [1]\n    a.append(a)\n    return a",
@@ -193,15 +180,9 @@ fn a_tool_returning_a_cyclic_or_very_deep_value_fails_its_line_naming_the_node()
         ),
         ("    return 10 ** 400", "too large"),
     ] {
-        python_flow(dir.path(), body);
-        let out = sluice(home.path())
-            .args(["flow", "test", "--flow"])
-            .arg(dir.path())
-            .timeout(Duration::from_secs(120))
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{body}: {stderr}");
+        let ran = test_flow(python_flow, body, 120);
+        let stderr = &ran.stderr;
+        assert_eq!(ran.code, Some(1), "{body}: {stderr}");
         assert!(stderr.contains(needle), "{body}: {stderr}");
         assert!(stderr.contains("node `tool`"), "{body}: {stderr}");
     }
@@ -347,15 +328,10 @@ fn a_jsonl_line_that_is_not_utf8_is_named() {
     assert!(stderr.contains("line 2: not UTF-8"), "{stderr}");
     // A byte-order mark at the start of the file is accepted, as pandas and promptflow do.
     std::fs::write(&file, b"\xEF\xBB\xBF{\"name\": \"a\"}\n").unwrap();
-    let out = sluice(home.path())
-        .args(["run", "create", "--flow", "flows/hello", "--data"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    common::succeeded(
+        sluice(home.path())
+            .args(["run", "create", "--flow", "flows/hello", "--data"])
+            .arg(&file),
     );
 }
 
@@ -370,21 +346,23 @@ fn index_sources_stay_in_their_folder_and_skip_special_files() {
     let (docs, outside) = (base.path().join("docs"), base.path().join("outside"));
     std::fs::create_dir_all(docs.join("sub")).unwrap();
     std::fs::create_dir_all(&outside).unwrap();
-    std::fs::write(
-        docs.join("bees.md"),
-        "# Bees\n\nHoney bees live in hives and make honey.\n",
-    )
-    .unwrap();
-    std::fs::write(
-        docs.join("sub/trains.txt"),
-        "Steam locomotives pulled the first trains.\n",
-    )
-    .unwrap();
-    std::fs::write(
-        docs.join("volcanoes.txt"),
-        "Volcanoes erupt when magma rises through the crust.\n",
-    )
-    .unwrap();
+    common::write_files(
+        &docs,
+        &[
+            (
+                "bees.md",
+                "# Bees\n\nHoney bees live in hives and make honey.\n",
+            ),
+            (
+                "sub/trains.txt",
+                "Steam locomotives pulled the first trains.\n",
+            ),
+            (
+                "volcanoes.txt",
+                "Volcanoes erupt when magma rises through the crust.\n",
+            ),
+        ],
+    );
     std::fs::write(outside.join("secret.txt"), "a secret outside the folder\n").unwrap();
     symlink(&docs, docs.join("sub/loop")).unwrap();
     symlink(&outside, docs.join("outside")).unwrap();
@@ -412,15 +390,10 @@ fn index_sources_stay_in_their_folder_and_skip_special_files() {
     // A hybrid query of one word repeated 18,000 times answers quickly.
     let long = "honey ".repeat(18_000);
     let start = Instant::now();
-    let out = sluice(home.path())
-        .args(["index", "query", "kb", &long, "--hybrid", "-k", "2"])
-        .timeout(Duration::from_secs(120))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    common::succeeded(
+        sluice(home.path())
+            .args(["index", "query", "kb", &long, "--hybrid", "-k", "2"])
+            .timeout(Duration::from_secs(120)),
     );
     assert!(
         start.elapsed() < Duration::from_secs(20),
@@ -600,11 +573,7 @@ fn a_full_disk_stops_the_run_naming_the_file_and_a_resume_completes_it() {
         ],
     );
     let data = common::numbers_data(dir.path(), 2000);
-    let out = sluice(&home)
-        .args(["run", "create", "--name", "full", "--flow"])
-        .arg(dir.path())
-        .arg("--data")
-        .arg(&data)
+    let out = common::run_create(&home, "full", "", dir.path(), &data)
         .timeout(Duration::from_secs(120))
         .output()
         .unwrap();
@@ -655,21 +624,13 @@ fn a_full_disk_stops_the_run_naming_the_file_and_a_resume_completes_it() {
 
 #[test]
 fn a_template_that_stores_a_namespace_in_itself_is_refused_at_load_not_a_stack_overflow() {
-    let home = tempfile::tempdir().unwrap();
-    let dir = tempfile::tempdir().unwrap();
     for template in [
         "{% set ns = namespace(a=1) %}\n{% set ns.a = ns %}{{ ns ~ '' }}",
         "{% set ns = namespace(a=1) %}\n{% set ns.a = [ns] %}{{ ns|string }}",
     ] {
-        prompt_flow(dir.path(), template);
-        let out = sluice(home.path())
-            .args(["flow", "test", "--flow"])
-            .arg(dir.path())
-            .timeout(Duration::from_secs(60))
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{template}: {stderr}");
+        let ran = test_flow(prompt_flow, template, 60);
+        let stderr = &ran.stderr;
+        assert_eq!(ran.code, Some(2), "{template}: {stderr}");
         assert!(
             stderr.contains("namespace") && stderr.contains("t.jinja2:2:"),
             "{template}: {stderr}"

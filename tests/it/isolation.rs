@@ -46,25 +46,15 @@ fn crashing_hanging_and_gil_holding_tools_fail_only_their_lines() {
     let flow = tempfile::tempdir().unwrap();
     let data = hostile_flow(flow.path(), 20);
     let started = Instant::now();
-    let out = sluice(home.path())
-        .args([
-            "run",
-            "create",
-            "--name",
-            "iso",
-            "--isolation",
-            "process",
-            "--max-concurrency",
-            "4",
-            "--line-timeout",
-            "3",
-            "--flow",
-        ])
-        .arg(flow.path())
-        .arg("--data")
-        .arg(&data)
-        .output()
-        .unwrap();
+    let out = crate::common::run_create(
+        home.path(),
+        "iso",
+        "--isolation process --max-concurrency 4 --line-timeout 3",
+        flow.path(),
+        &data,
+    )
+    .output()
+    .unwrap();
     let took = started.elapsed();
     let record = stdout_json(&out);
     assert!(took < Duration::from_secs(60), "took {took:?}");
@@ -225,24 +215,16 @@ fn in_process_a_tool_holding_the_gil_is_named_and_the_process_still_ends() {
     // One line at a time, so the next line surely waits for the interpreter the first one holds.
     let data = numbers_data(flow.path(), 3);
     let started = Instant::now();
-    let out = sluice(home.path())
-        .args([
-            "run",
-            "create",
-            "--name",
-            "gil",
-            "--max-concurrency",
-            "1",
-            "--line-timeout",
-            "3",
-            "--flow",
-        ])
-        .arg(flow.path())
-        .arg("--data")
-        .arg(&data)
-        .timeout(Duration::from_secs(120))
-        .output()
-        .unwrap();
+    let out = crate::common::run_create(
+        home.path(),
+        "gil",
+        "--max-concurrency 1 --line-timeout 3",
+        flow.path(),
+        &data,
+    )
+    .timeout(Duration::from_secs(120))
+    .output()
+    .unwrap();
     // The stuck call cannot be stopped in process, but the run ends at its line timeout.
     assert!(started.elapsed() < Duration::from_secs(60));
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -305,25 +305,19 @@ fn concurrent_lines_give_the_same_answers_as_one_at_a_time() {
     }
     assert_eq!(outputs[0], outputs[1]);
     // The few-shot variant is right on these unambiguous reviews.
-    let expected: Vec<String> = std::fs::read_to_string(&data)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Json>(l).unwrap()["label"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
-    let got: Vec<String> = outputs[0]
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Json>(l).unwrap()["label"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
+    let labels = |jsonl: &str| -> Vec<String> {
+        jsonl
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Json>(l).unwrap()["label"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    };
+    let expected = labels(&std::fs::read_to_string(&data).unwrap());
+    let got = labels(&outputs[0]);
     let right = expected.iter().zip(&got).filter(|(a, b)| a == b).count();
     assert!(right >= 10, "only {right}/12 right: {got:?}");
 }
@@ -543,6 +537,29 @@ struct FakeServer {
     bodies: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
+/// A fake server that answers the first `failures` requests with `status`, the one header `retry`
+/// and the body `error`, and every later one with 200 and `ok`.
+async fn fails_then_ok(
+    failures: usize,
+    (status, retry): (u16, (&'static str, &'static str)),
+    error: &'static str,
+    ok: String,
+) -> FakeServer {
+    fake_server(Arc::new(move |n| {
+        if n < failures {
+            (
+                status,
+                vec![(retry.0, retry.1.into())],
+                error.into(),
+                Duration::ZERO,
+            )
+        } else {
+            (200, vec![], ok.clone(), Duration::ZERO)
+        }
+    }))
+    .await
+}
+
 /// A minimal HTTP/1.1 server on loopback that answers by `script`, to produce faults a real provider
 /// gives only sometimes (429, 5xx, hangs).
 async fn fake_server(script: Arc<Script>) -> FakeServer {
@@ -652,36 +669,18 @@ fn http_faults_are_retried_as_promptflow_does() {
     let rt = runtime();
     rt.block_on(async {
         // 429 twice (Retry-After: 0), then success.
-        let s = fake_server(Arc::new(|n| {
-            if n < 2 {
-                (
-                    429,
-                    vec![("retry-after", "0".into())],
-                    r#"{"error": {"message": "slow down"}}"#.into(),
-                    Duration::ZERO,
-                )
-            } else {
-                (200, vec![], ok_body("fine"), Duration::ZERO)
-            }
-        }))
+        let s = fails_then_ok(
+            2,
+            (429, ("retry-after", "0")),
+            r#"{"error": {"message": "slow down"}}"#,
+            ok_body("fine"),
+        )
         .await;
         assert_eq!(ask(&backend_for(&s, "")).await.unwrap(), "fine");
         assert_eq!(s.requests.load(Ordering::SeqCst), 3);
 
         // Retry-After in milliseconds is waited for.
-        let s = fake_server(Arc::new(|n| {
-            if n == 0 {
-                (
-                    503,
-                    vec![("retry-after-ms", "300".into())],
-                    "{}".into(),
-                    Duration::ZERO,
-                )
-            } else {
-                (200, vec![], ok_body("late"), Duration::ZERO)
-            }
-        }))
-        .await;
+        let s = fails_then_ok(1, (503, ("retry-after-ms", "300")), "{}", ok_body("late")).await;
         let t = Instant::now();
         assert_eq!(ask(&backend_for(&s, "")).await.unwrap(), "late");
         assert!(
@@ -846,23 +845,11 @@ use predicates::prelude::PredicateBooleanExt;
 fn embeddings_over_http_are_retried_and_kept_in_input_order() {
     let rt = runtime();
     rt.block_on(async {
-        let s = fake_server(Arc::new(|n| {
-            if n == 0 {
-                (
-                    429,
-                    vec![("retry-after", "0".into())],
-                    "{}".into(),
-                    Duration::ZERO,
-                )
-            } else {
-                let body = json!({"object": "list", "data": [
-                    {"object": "embedding", "index": 1, "embedding": [0.0, 1.0]},
-                    {"object": "embedding", "index": 0, "embedding": [1.0, 0.0]}],
-                    "usage": {"prompt_tokens": 4, "total_tokens": 4}});
-                (200, vec![], body.to_string(), Duration::ZERO)
-            }
-        }))
-        .await;
+        let body = json!({"object": "list", "data": [
+            {"object": "embedding", "index": 1, "embedding": [0.0, 1.0]},
+            {"object": "embedding", "index": 0, "embedding": [1.0, 0.0]}],
+            "usage": {"prompt_tokens": 4, "total_tokens": 4}});
+        let s = fails_then_ok(1, (429, ("retry-after", "0")), "{}", body.to_string()).await;
         let b = backend_for(&s, "");
         let e = b
             .embed(

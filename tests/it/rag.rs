@@ -7,6 +7,13 @@ use crate::common;
 use common::json;
 use serde_json::Value as Json;
 
+/// `sluice flow test --flow flows/rag --inputs INPUTS...`: its JSON output.
+fn test_rag(home: &std::path::Path, inputs: &[&str]) -> Json {
+    let mut args = vec!["flow", "test", "--flow", "flows/rag", "--inputs"];
+    args.extend_from_slice(inputs);
+    json(home, &args)
+}
+
 #[test]
 fn rag_batch_and_evaluation_meet_the_retrieval_floor() {
     let home = tempfile::tempdir().unwrap();
@@ -25,30 +32,18 @@ fn rag_batch_and_evaluation_meet_the_retrieval_floor() {
     assert_eq!(built["report"]["files_embedded"], 32, "{built}");
 
     // One question through `flow test`: the right page is retrieved and the answer is text.
-    let v = json(
+    let v = test_rag(
         home,
-        &[
-            "flow",
-            "test",
-            "--flow",
-            "flows/rag",
-            "--inputs",
-            "question=How do I continue a batch run that was killed?",
-        ],
+        &["question=How do I continue a batch run that was killed?"],
     );
     assert_eq!(v["sources"][0], "resume-runs.md", "{v}");
     assert!(v["context"].as_str().unwrap().contains("[resume-runs.md]"));
     assert!(!v["answer"].as_str().unwrap().trim().is_empty());
 
     // As a chat flow: earlier turns go into the prompt and the answer still comes.
-    let v = json(
+    let v = test_rag(
         home,
         &[
-            "flow",
-            "test",
-            "--flow",
-            "flows/rag",
-            "--inputs",
             "question=How do I store the API key for an OpenAI server?",
             r#"chat_history=[{"inputs": {"question": "What is Sluice?"}, "outputs": {"answer": "A Rust engine for prompt flows [installing.md]."}}]"#,
         ],

@@ -74,21 +74,15 @@ fn a_run_killed_with_sigkill_resumes_with_every_line_exactly_once() {
     let (flow_s, data_s) = (flow.path().to_str().unwrap(), data.to_str().unwrap());
 
     // The reference: the same run, uninterrupted.
-    sluice(home.path())
-        .args([
-            "run",
-            "create",
-            "--name",
-            "full",
-            "--max-concurrency",
-            "8",
-            "--flow",
-            flow_s,
-            "--data",
-            data_s,
-        ])
-        .assert()
-        .success();
+    common::run_create(
+        home.path(),
+        "full",
+        "--max-concurrency 8",
+        flow.path(),
+        &data,
+    )
+    .assert()
+    .success();
     let full_dir = home.path().join("runs/full");
     assert!(
         file_count(&full_dir) < 20,
@@ -271,17 +265,7 @@ fn an_eval_run_aligns_with_the_lines_that_succeeded_in_the_base_run() {
     let home = tempfile::tempdir().unwrap();
     let flow = tempfile::tempdir().unwrap();
     let data = flaky_flow(flow.path());
-    sluice(home.path())
-        .args([
-            "run",
-            "create",
-            "--name",
-            "base",
-            "--flow",
-            flow.path().to_str().unwrap(),
-            "--data",
-            data.to_str().unwrap(),
-        ])
+    common::run_create(home.path(), "base", "", flow.path(), &data)
         .assert()
         .success();
     // Without --data, the base run's data is the data; ${run.outputs.*} lines up by line_number.
@@ -368,17 +352,7 @@ fn run_list_archive_restore_delete_and_the_index() {
     let flow = tempfile::tempdir().unwrap();
     let data = flaky_flow(flow.path());
     for name in ["first", "second"] {
-        sluice(home.path())
-            .args([
-                "run",
-                "create",
-                "--name",
-                name,
-                "--flow",
-                flow.path().to_str().unwrap(),
-                "--data",
-                data.to_str().unwrap(),
-            ])
+        common::run_create(home.path(), name, "", flow.path(), &data)
             .assert()
             .success();
     }
@@ -444,26 +418,13 @@ fn classify_then_evaluate_compare_and_visualize_on_the_local_model() {
     let classify = root().join("flows/classify");
     let data = classify.join("data.jsonl");
     // Both prompt variants as sibling runs, then a comparison table.
-    let out = sluice(home.path())
-        .args([
-            "run",
-            "create",
-            "--name",
-            "sentiment",
-            "--variant",
-            "all",
-            "--flow",
-        ])
-        .arg(&classify)
-        .arg("--data")
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = common::succeeded(&mut common::run_create(
+        home.path(),
+        "sentiment",
+        "--variant all",
+        &classify,
+        &data,
+    ));
     // One record per variant on stdout, the comparison on stderr.
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -352,22 +352,17 @@ fn connection_secrets_given_any_way_are_stored_as_secrets_and_shown_masked() {
          api_base: https://bob:pw-in-url-000666@search.example/v1?key=qk-secret-000777&region=eu\n",
     )
     .unwrap();
-    let out = sluice(home.path())
-        .args(["connection", "create", "-f"])
-        .arg(&file)
-        .args([
-            "--set",
-            "token=tok-secret-000888",
-            "password=pw-secret-000999",
-            "key=key-secret-001000",
-            "region=eu",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = crate::common::succeeded(
+        sluice(home.path())
+            .args(["connection", "create", "-f"])
+            .arg(&file)
+            .args([
+                "--set",
+                "token=tok-secret-000888",
+                "password=pw-secret-000999",
+                "key=key-secret-001000",
+                "region=eu",
+            ]),
     );
     let created = String::from_utf8_lossy(&out.stdout).into_owned();
     let shown = sluice(home.path())
