@@ -175,19 +175,28 @@ pub fn rm(args: ModelName) -> anyhow::Result<ExitStatus> {
     }
 }
 
+/// Finds an installed model by name for `use_`, or says on stderr that it is not installed (`what`
+/// names the kind of model: "model", "embedding model") and gives the exit status for that.
+pub(crate) fn resolve_or_report(
+    name: &str,
+    use_: store::ModelUse,
+    what: &str,
+) -> Result<(String, std::path::PathBuf), ExitStatus> {
+    store::resolve_model(name, Path::new("."), use_).map_err(|e| {
+        eprintln!(
+            "{} {what} `{}` is not installed: {}",
+            crate::style::error_label(),
+            e.name,
+            e.help
+        );
+        ExitStatus::Invalid
+    })
+}
+
 pub fn info(args: ModelName) -> anyhow::Result<ExitStatus> {
-    let (name, path) = match store::resolve_model(&args.name, Path::new("."), store::ModelUse::Chat)
-    {
+    let (name, path) = match resolve_or_report(&args.name, store::ModelUse::Chat, "model") {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!(
-                "{} model `{}` is not installed: {}",
-                crate::style::error_label(),
-                e.name,
-                e.help
-            );
-            return Ok(ExitStatus::Invalid);
-        }
+        Err(status) => return Ok(status),
     };
     let rt = runtime()?;
     let model = rt.block_on(LocalModel::get(&name, &path, LocalConfig::from_env()))?;
@@ -231,19 +240,10 @@ pub fn import(args: ImportArgs) -> anyhow::Result<ExitStatus> {
 }
 
 pub fn embed(args: EmbedArgs) -> anyhow::Result<ExitStatus> {
-    let (name, path) =
-        match store::resolve_model(&args.model, Path::new("."), store::ModelUse::Embedding) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!(
-                    "{} model `{}` is not installed: {}",
-                    crate::style::error_label(),
-                    e.name,
-                    e.help
-                );
-                return Ok(ExitStatus::Invalid);
-            }
-        };
+    let (name, path) = match resolve_or_report(&args.model, store::ModelUse::Embedding, "model") {
+        Ok(r) => r,
+        Err(status) => return Ok(status),
+    };
     let rt = runtime()?;
     let vectors = rt.block_on(async {
         let model = sluice_nodes::llm::embed::LocalEmbedder::get(&name, &path).await?;

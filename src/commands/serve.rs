@@ -8,6 +8,8 @@
 //! The limits are read from the environment ([`Limits::from_env`]).
 
 use std::convert::Infallible;
+
+use super::model::resolve_or_report;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -123,39 +125,19 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitStatus> {
     rt.block_on(async move {
         let mut models = Vec::new();
         for m in &args.models {
-            let (name, path) =
-                match store::resolve_model(m, std::path::Path::new("."), store::ModelUse::Chat) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        eprintln!(
-                            "{} model `{}` is not installed: {}",
-                            crate::style::error_label(),
-                            e.name,
-                            e.help
-                        );
-                        return Ok(ExitStatus::Invalid);
-                    }
-                };
+            let (name, path) = match resolve_or_report(m, store::ModelUse::Chat, "model") {
+                Ok(r) => r,
+                Err(status) => return Ok(status),
+            };
             models.push(LocalModel::get(&name, &path, LocalConfig::current()).await?);
         }
         let mut embedders = Vec::new();
         for m in &args.embedding_models {
-            let (name, path) = match store::resolve_model(
-                m,
-                std::path::Path::new("."),
-                store::ModelUse::Embedding,
-            ) {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!(
-                        "{} embedding model `{}` is not installed: {}",
-                        crate::style::error_label(),
-                        e.name,
-                        e.help
-                    );
-                    return Ok(ExitStatus::Invalid);
-                }
-            };
+            let (name, path) =
+                match resolve_or_report(m, store::ModelUse::Embedding, "embedding model") {
+                    Ok(r) => r,
+                    Err(status) => return Ok(status),
+                };
             embedders.push((name.clone(), LocalEmbedder::get(&name, &path).await?));
         }
         let state = Arc::new(Served { models, embedders });
