@@ -1,8 +1,16 @@
 //! A Chroma server as an index's vector store (`--store chroma://HOST:PORT/COLLECTION`), through its
 //! v2 HTTP API. Sluice embeds; Chroma stores the vectors, the chunk text and metadata, and searches.
 
+use std::collections::HashSet;
+
+use async_trait::async_trait;
+use rusqlite::Connection;
 use serde_json::{Map, Value as Json, json};
 use tokio::sync::OnceCell;
+
+use super::document::Chunk;
+use super::index::Hit;
+use super::store::{FileChunks, Search, StoreError, VectorStore};
 
 /// One collection on one server.
 #[derive(Debug)]
@@ -261,5 +269,102 @@ impl Chroma {
         )
         .await
         .map(drop)
+    }
+}
+
+/// Chroma keeps the vectors, and a copy of each chunk's text and metadata so that it can filter and
+/// answer queries alone; its ids are the chunks' SQLite ids.
+#[async_trait]
+impl VectorStore for Chroma {
+    fn create(&mut self, _db: &Connection, _dims: usize) -> Result<(), StoreError> {
+        // The collection is created with the first vectors.
+        Ok(())
+    }
+
+    async fn put(&mut self, _db: &mut Connection, file: FileChunks<'_>) -> Result<(), StoreError> {
+        let metas: Vec<Map<String, Json>> = file
+            .chunks
+            .iter()
+            .map(|c| chroma_metadata(file.key, c, file.metadata))
+            .collect();
+        let texts: Vec<String> = file.chunks.iter().map(|c| c.text.clone()).collect();
+        let sids: Vec<String> = file.ids.iter().map(i64::to_string).collect();
+        self.upsert(file.model, &sids, file.vectors, &texts, &metas)
+            .await?;
+        Ok(())
+    }
+
+    async fn remove(&mut self, _db: &mut Connection, ids: &[i64]) -> Result<(), StoreError> {
+        let sids: Vec<String> = ids.iter().map(i64::to_string).collect();
+        Ok(self.delete(&sids).await?)
+    }
+
+    async fn search(&mut self, db: &mut Connection, s: Search<'_>) -> Result<Vec<Hit>, StoreError> {
+        if s.hybrid {
+            return Err(StoreError::NoHybrid);
+        }
+        let list_keys = list_keys(db)?;
+        let hits = self.query(s.q, s.k, s.filter.to_chroma(&list_keys)).await?;
+        Ok(hits.into_iter().map(hit_from_chroma).collect())
+    }
+
+    async fn drop_all(&self) -> Result<(), StoreError> {
+        Ok(self.drop_collection().await?)
+    }
+
+    async fn count(&self) -> Result<Option<u64>, StoreError> {
+        Ok(Some(Chroma::count(self).await?))
+    }
+}
+
+/// Metadata keys that hold lists somewhere in the index (filters on them test membership).
+fn list_keys(db: &Connection) -> Result<HashSet<String>, StoreError> {
+    let mut stmt = db.prepare_cached("SELECT DISTINCT metadata FROM chunks")?;
+    let metas: Vec<String> = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(metas
+        .iter()
+        .filter_map(|m| serde_json::from_str::<Map<String, Json>>(m).ok())
+        .flat_map(|m| m.into_iter().filter(|(_, v)| v.is_array()).map(|(k, _)| k))
+        .collect())
+}
+
+/// What Chroma keeps with a chunk: its metadata plus where it is (Chroma has no nulls or empty lists).
+fn chroma_metadata(key: &str, c: &Chunk, metadata: &Map<String, Json>) -> Map<String, Json> {
+    let mut m: Map<String, Json> = metadata
+        .iter()
+        .filter(|(_, v)| !v.is_null() && v.as_array().is_none_or(|a| !a.is_empty()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    m.insert("sluice:source".into(), Json::String(key.to_owned()));
+    m.insert("sluice:start".into(), Json::from(c.start));
+    m.insert("sluice:end".into(), Json::from(c.end));
+    if let Some(h) = &c.heading {
+        m.insert("heading".into(), Json::String(h.clone()));
+    }
+    m
+}
+
+fn hit_from_chroma(h: ChromaHit) -> Hit {
+    let mut m = h.metadata;
+    let num = |v: Option<Json>| v.and_then(|v| v.as_u64()).unwrap_or(0) as usize;
+    let source = m
+        .remove("sluice:source")
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let start = num(m.remove("sluice:start"));
+    let end = num(m.remove("sluice:end"));
+    let heading = m
+        .remove("heading")
+        .and_then(|v| v.as_str().map(str::to_owned));
+    Hit {
+        text: h.document,
+        source,
+        score: 1.0 - h.distance,
+        start,
+        end,
+        heading,
+        metadata: m,
     }
 }

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use sluice_engine::spawn::run_blocking;
 use sluice_engine::{
     BuildContext, BuildError, Built, InputValue, Map, Node, NodeContext, NodeDef, NodeError,
     NodeInputs, NodeKind, Signature, Value, ValueType,
@@ -223,20 +224,57 @@ impl Node for RetrievalNode {
             .embed(texts.clone())
             .await
             .map_err(|e| NodeError::user("RetrievalError", e.message))?;
-        let mut index = self.index.lock().await;
-        let mut all = Vec::with_capacity(texts.len());
-        for (text, v) in texts.iter().zip(vectors) {
-            all.push(hits_value(
-                index
-                    .query_embedded(v, text, k, hybrid, &filter)
-                    .await
-                    .map_err(err)?,
-            ));
-        }
+        let mut all = if self.index.lock().await.is_local() {
+            // The index file's own store searches SQLite and memory: blocking work, kept off the
+            // async worker threads.
+            let index = Arc::clone(&self.index);
+            let texts = texts.clone();
+            let filter = filter.clone();
+            run_blocking(move || {
+                let mut index = index.blocking_lock();
+                texts
+                    .iter()
+                    .zip(vectors)
+                    .map(|(text, v)| {
+                        index
+                            .query_embedded_blocking(v, text, k, hybrid, &filter)
+                            .unwrap_or_else(|| Err("the index's store changed".into()))
+                            .map(hits_value)
+                    })
+                    .collect::<Result<Vec<Value>, String>>()
+            })
+            .await
+            .map_err(err)?
+        } else {
+            self.query_store(&texts, vectors, k, hybrid, &filter)
+                .await
+                .map_err(err)?
+        };
         Ok(match query {
             Query::Texts(_) => Value::List(all),
             _ => all.pop().unwrap_or(Value::Null),
         })
+    }
+}
+
+impl RetrievalNode {
+    /// Searches a store elsewhere (Chroma), one query text after another.
+    async fn query_store(
+        &self,
+        texts: &[String],
+        vectors: Vec<Vec<f32>>,
+        k: usize,
+        hybrid: bool,
+        filter: &Filter,
+    ) -> Result<Vec<Value>, String> {
+        let mut index = self.index.lock().await;
+        let mut all = Vec::with_capacity(texts.len());
+        for (text, v) in texts.iter().zip(vectors) {
+            all.push(hits_value(
+                index.query_embedded(v, text, k, hybrid, filter).await?,
+            ));
+        }
+        Ok(all)
     }
 }
 
