@@ -13,8 +13,9 @@ use serde_json::{Map, Value as Json};
 
 use super::chroma::Chroma;
 use super::document::{self, Chunk, Chunking};
+pub use super::error::IndexError;
 use super::filter::Filter;
-use super::store::{FileChunks, LocalStore, Search, VectorStore, search_sqlite_vec};
+use super::store::{FileChunks, LocalStore, Search, StoreError, VectorStore, search_sqlite_vec};
 use crate::llm::embed::LocalEmbedder;
 use crate::llm::store::{self, sha256_file};
 
@@ -59,16 +60,16 @@ pub fn indexes_dir() -> PathBuf {
 }
 
 /// The file of an index by name.
-pub fn index_path(name: &str) -> Result<PathBuf, String> {
+pub fn index_path(name: &str) -> Result<PathBuf, IndexError> {
     if name.is_empty()
         || name.starts_with('.')
         || !name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
     {
-        return Err(format!(
-            "`{name}` is not a valid index name (letters, digits, `_`, `-`, `.`)"
-        ));
+        return Err(IndexError::BadName {
+            name: name.to_owned(),
+        });
     }
     Ok(indexes_dir().join(format!("{name}.sqlite")))
 }
@@ -146,10 +147,6 @@ pub struct Index {
     embedder: Option<Arc<LocalEmbedder>>,
 }
 
-fn sqlerr(e: rusqlite::Error) -> String {
-    e.to_string()
-}
-
 /// A value from the index's meta table.
 pub(super) fn meta(db: &Connection, key: &str) -> Option<String> {
     db.query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
@@ -197,27 +194,26 @@ fn load_sqlite_vec() {
 }
 
 impl Index {
-    pub fn open(path: &Path) -> Result<Index, String> {
+    pub fn open(path: &Path) -> Result<Index, IndexError> {
         load_sqlite_vec();
         if let Some(d) = path.parent() {
-            std::fs::create_dir_all(d).map_err(|e| e.to_string())?;
+            std::fs::create_dir_all(d).map_err(|source| IndexError::Io {
+                path: d.to_owned(),
+                source,
+            })?;
         }
-        let db = Connection::open(path).map_err(sqlerr)?;
-        db.busy_timeout(std::time::Duration::from_secs(30))
-            .map_err(sqlerr)?;
-        let fresh: bool = db
-            .query_row(
-                "SELECT COUNT(*) = 0 FROM sqlite_master WHERE name = 'meta'",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(sqlerr)?;
-        db.execute_batch(SCHEMA).map_err(|e| {
-            format!(
-                "{}: {e}; this index was made by an older Sluice: remove it with `sluice index rm` and build it again",
-                path.display()
-            )
-        })?;
+        let db = Connection::open(path)?;
+        db.busy_timeout(std::time::Duration::from_secs(30))?;
+        let fresh: bool = db.query_row(
+            "SELECT COUNT(*) = 0 FROM sqlite_master WHERE name = 'meta'",
+            [],
+            |r| r.get(0),
+        )?;
+        db.execute_batch(SCHEMA)
+            .map_err(|e| IndexError::OlderFormat {
+                path: path.to_owned(),
+                source: Some(e),
+            })?;
         let mut index = Index {
             db,
             store: Box::new(LocalStore::new(path)),
@@ -226,10 +222,10 @@ impl Index {
         if fresh {
             index.set_meta("schema", SCHEMA_VERSION)?;
         } else if index.meta("schema").as_deref() != Some(SCHEMA_VERSION) {
-            return Err(format!(
-                "{} was made by an older Sluice: remove it with `sluice index rm` and build it again",
-                path.display()
-            ));
+            return Err(IndexError::OlderFormat {
+                path: path.to_owned(),
+                source: None,
+            });
         }
         if let Some(url) = index.meta("store") {
             index.store = Box::new(Chroma::parse(&url)?);
@@ -241,18 +237,16 @@ impl Index {
         meta(&self.db, key)
     }
 
-    fn set_meta(&self, key: &str, value: &str) -> Result<(), String> {
-        self.db
-            .execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
-                params![key, value],
-            )
-            .map(drop)
-            .map_err(sqlerr)
+    fn set_meta(&self, key: &str, value: &str) -> Result<(), IndexError> {
+        self.db.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+            params![key, value],
+        )?;
+        Ok(())
     }
 
-    fn count(&self, sql: &str) -> Result<usize, String> {
-        count(&self.db, sql).map_err(sqlerr)
+    fn count(&self, sql: &str) -> Result<usize, IndexError> {
+        Ok(count(&self.db, sql)?)
     }
 
     fn generation(&self) -> u64 {
@@ -260,7 +254,7 @@ impl Index {
     }
 
     /// Files, chunks, the embedding model and the store.
-    pub fn info(&self) -> Result<Json, String> {
+    pub fn info(&self) -> Result<Json, IndexError> {
         Ok(serde_json::json!({
             "model": self.meta("model"),
             "dims": self.meta("dims").and_then(|d| d.parse::<u64>().ok()),
@@ -281,12 +275,13 @@ impl Index {
 
     /// Sets the embedding model and vector size of a new index (creating the vector table); an index
     /// keeps the model it was first built with.
-    pub fn set_model(&mut self, model: &str, dims: usize) -> Result<(), String> {
+    pub fn set_model(&mut self, model: &str, dims: usize) -> Result<(), IndexError> {
         if let Some(m) = self.meta("model") {
             if m != model {
-                return Err(format!(
-                    "this index was built with the model `{m}`; build another index to use `{model}`"
-                ));
+                return Err(IndexError::OtherModel {
+                    built: m,
+                    asked: model.to_owned(),
+                });
             }
             return Ok(());
         }
@@ -296,17 +291,19 @@ impl Index {
     }
 
     /// Sets the store of a new index (`chroma://...`); an index keeps the store it was first built with.
-    pub fn set_store(&mut self, store: Option<&str>) -> Result<(), String> {
+    pub fn set_store(&mut self, store: Option<&str>) -> Result<(), IndexError> {
         let current = self.meta("store");
         match (store, current.as_deref()) {
             (None, _) => Ok(()),
             (Some(s), Some(c)) if s == c => Ok(()),
-            (Some(s), Some(c)) => Err(format!(
-                "this index keeps its vectors in {c}; build another index to use {s}"
-            )),
-            (Some(s), None) if self.meta("model").is_some() => Err(format!(
-                "this index keeps its vectors in its own file; build another index to use {s}"
-            )),
+            (Some(s), Some(c)) => Err(IndexError::OtherStore {
+                kept: c.to_owned(),
+                asked: s.to_owned(),
+            }),
+            (Some(s), None) if self.meta("model").is_some() => Err(IndexError::OtherStore {
+                kept: "its own file".to_owned(),
+                asked: s.to_owned(),
+            }),
             (Some(s), None) => {
                 self.store = Box::new(Chroma::parse(s)?);
                 self.set_meta("store", s)
@@ -323,53 +320,51 @@ impl Index {
         sources: &[PathBuf],
         opts: &BuildOptions,
         progress: &mut (dyn FnMut(Phase, usize, usize) + Send),
-    ) -> Result<BuildReport, String> {
+    ) -> Result<BuildReport, IndexError> {
         let (name, path) =
             store::resolve_model(&opts.model, Path::new("."), store::ModelUse::Embedding).map_err(
-                |e| format!("embedding model `{}` is not installed: {}", e.name, e.help),
+                |e| IndexError::ModelNotInstalled {
+                    name: e.name,
+                    help: e.help,
+                },
             )?;
         if let Some(m) = self.meta("model")
             && m != name
         {
-            return Err(format!(
-                "this index was built with the model `{m}`; build another index to use `{name}`"
-            ));
+            return Err(IndexError::OtherModel {
+                built: m,
+                asked: name,
+            });
         }
         self.set_store(opts.store.as_deref())?;
         self.set_meta("ann_threshold", &opts.ann_threshold.to_string())?;
-        let embedder = LocalEmbedder::get(&name, &path)
-            .await
-            .map_err(|e| e.message)?;
+        let embedder = LocalEmbedder::get(&name, &path).await?;
         self.set_model(&name, embedder.dims())?;
         self.embedder = Some(Arc::clone(&embedder));
         let absolute = std::path::absolute(&path).unwrap_or(path.clone());
         self.set_meta("model_path", &absolute.display().to_string())?;
         let limit = embedder.max_tokens().saturating_sub(2);
         if opts.chunking.size > limit {
-            return Err(format!(
-                "a chunk size of {} tokens is more than `{name}` reads at once ({limit}); use --chunk-size {limit} or less",
-                opts.chunking.size
-            ));
+            return Err(IndexError::ChunkTooLarge {
+                size: opts.chunking.size,
+                model: name,
+                limit,
+            });
         }
 
         let mut files = Vec::new();
         for s in sources {
             if !s.exists() {
-                return Err(format!("{}: no such file or folder", s.display()));
+                return Err(IndexError::NoSuchSource { path: s.clone() });
             }
             document::collect(s, &mut files);
         }
         files.sort();
         files.dedup();
         let known: HashMap<String, String> = {
-            let mut stmt = self
-                .db
-                .prepare("SELECT path, sha256 FROM files")
-                .map_err(sqlerr)?;
-            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-                .map_err(sqlerr)?
-                .collect::<Result<_, _>>()
-                .map_err(sqlerr)?
+            let mut stmt = self.db.prepare("SELECT path, sha256 FROM files")?;
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?
         };
         let mut report = BuildReport::default();
         let current: HashSet<String> = files.iter().map(|f| f.display().to_string()).collect();
@@ -424,7 +419,10 @@ impl Index {
                         metadata: doc.metadata,
                     });
                 }
-                Err(error) => report.files_failed.push(FileError { path: key, error }),
+                Err(error) => report.files_failed.push(FileError {
+                    path: key,
+                    error: error.to_string(),
+                }),
             }
         }
         progress(Phase::Reading, files.len(), files.len());
@@ -450,7 +448,7 @@ impl Index {
                 .map(|b| embedder.embed(b))
                 .buffered(EMBED_IN_FLIGHT);
             while let Some(batch) = stream.next().await {
-                let batch = batch.map_err(|e| e.message)?;
+                let batch = batch?;
                 done += batch.len();
                 vectors.extend(batch);
                 progress(Phase::Embedding, done, total);
@@ -485,21 +483,20 @@ impl Index {
         chunks: &[Chunk],
         vectors: &[Vec<f32>],
         metadata: &Map<String, Json>,
-    ) -> Result<(), String> {
+    ) -> Result<(), IndexError> {
         assert_eq!(chunks.len(), vectors.len(), "a vector per chunk");
         self.remove_file(key).await?;
         let meta_text = Json::Object(metadata.clone()).to_string();
-        let tx = self.db.transaction().map_err(sqlerr)?;
+        let tx = self.db.transaction()?;
         let mut ids = Vec::with_capacity(chunks.len());
         {
             let mut put = tx
                 .prepare_cached(
                     "INSERT INTO chunks (path, start, end, heading, text, metadata) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )
-                .map_err(sqlerr)?;
-            let mut fts = tx
-                .prepare_cached("INSERT INTO chunks_fts (rowid, text) VALUES (?1, ?2)")
-                .map_err(sqlerr)?;
+                ?;
+            let mut fts =
+                tx.prepare_cached("INSERT INTO chunks_fts (rowid, text) VALUES (?1, ?2)")?;
             for c in chunks {
                 put.execute(params![
                     key,
@@ -508,15 +505,14 @@ impl Index {
                     c.heading,
                     c.text,
                     meta_text
-                ])
-                .map_err(sqlerr)?;
+                ])?;
                 let id = tx.last_insert_rowid();
-                fts.execute(params![id, c.text]).map_err(sqlerr)?;
+                fts.execute(params![id, c.text])?;
                 ids.push(id);
             }
         }
-        tx.execute(BUMP_GENERATION, []).map_err(sqlerr)?;
-        tx.commit().map_err(sqlerr)?;
+        tx.execute(BUMP_GENERATION, [])?;
+        tx.commit()?;
         let model = self.meta("model").unwrap_or_default();
         self.store
             .put(
@@ -533,62 +529,56 @@ impl Index {
             .await?;
         // A new generation once the vectors are in, so that readers in other processes that looked
         // in between read them again.
-        let tx = self.db.transaction().map_err(sqlerr)?;
+        let tx = self.db.transaction()?;
         tx.execute(
             "INSERT OR REPLACE INTO files (path, sha256, chunks) VALUES (?1, ?2, ?3)",
             params![key, digest, chunks.len() as i64],
-        )
-        .map_err(sqlerr)?;
-        tx.execute(BUMP_GENERATION, []).map_err(sqlerr)?;
-        tx.commit().map_err(sqlerr)
+        )?;
+        tx.execute(BUMP_GENERATION, [])?;
+        Ok(tx.commit()?)
     }
 
     /// Forgets a file: first as indexed (if the store fails now, the next build sends the file
     /// again), then its vectors in the store, then its chunks.
-    async fn remove_file(&mut self, path: &str) -> Result<(), String> {
+    async fn remove_file(&mut self, path: &str) -> Result<(), IndexError> {
         let ids: Vec<i64> = {
             let mut stmt = self
                 .db
-                .prepare_cached("SELECT id FROM chunks WHERE path = ?1")
-                .map_err(sqlerr)?;
-            stmt.query_map(params![path], |r| r.get(0))
-                .map_err(sqlerr)?
-                .collect::<Result<_, _>>()
-                .map_err(sqlerr)?
+                .prepare_cached("SELECT id FROM chunks WHERE path = ?1")?;
+            stmt.query_map(params![path], |r| r.get(0))?
+                .collect::<Result<_, _>>()?
         };
         self.db
-            .execute("DELETE FROM files WHERE path = ?1", params![path])
-            .map_err(sqlerr)?;
+            .execute("DELETE FROM files WHERE path = ?1", params![path])?;
         self.store.remove(&mut self.db, &ids).await?;
-        let tx = self.db.transaction().map_err(sqlerr)?;
+        let tx = self.db.transaction()?;
         tx.execute(
             "INSERT INTO chunks_fts (chunks_fts, rowid, text) SELECT 'delete', id, text FROM chunks WHERE path = ?1",
             params![path],
         )
-        .map_err(sqlerr)?;
-        tx.execute("DELETE FROM chunks WHERE path = ?1", params![path])
-            .map_err(sqlerr)?;
-        tx.execute(BUMP_GENERATION, []).map_err(sqlerr)?;
-        tx.commit().map_err(sqlerr)
+        ?;
+        tx.execute("DELETE FROM chunks WHERE path = ?1", params![path])?;
+        tx.execute(BUMP_GENERATION, [])?;
+        Ok(tx.commit()?)
     }
 
     /// The index file's own store; an index in Chroma has none.
-    fn local(&mut self) -> Result<(&Connection, &mut LocalStore), String> {
+    fn local(&mut self) -> Result<(&Connection, &mut LocalStore), IndexError> {
         match self.store.as_local() {
             Some(l) => Ok((&self.db, l)),
-            None => Err("this index keeps its vectors in Chroma".into()),
+            None => Err(StoreError::NotLocal.into()),
         }
     }
 
     /// Builds the HNSW graph for the current generation now, whatever the threshold.
-    pub fn build_ann_now(&mut self) -> Result<(), String> {
+    pub fn build_ann_now(&mut self) -> Result<(), IndexError> {
         let (db, local) = self.local()?;
         Ok(local.build_ann_now(db)?)
     }
 
     /// Stores bare vectors as chunks of synthetic files of 1,000 (`file0`, `file1`, ...): for recall
     /// tests and benchmarks that need no model.
-    pub async fn put_synthetic(&mut self, vectors: &[Vec<f32>]) -> Result<(), String> {
+    pub async fn put_synthetic(&mut self, vectors: &[Vec<f32>]) -> Result<(), IndexError> {
         for (f, vs) in vectors.chunks(1000).enumerate() {
             let chunks: Vec<Chunk> = (0..vs.len())
                 .map(|i| Chunk {
@@ -606,11 +596,9 @@ impl Index {
 
     /// Moves the index to a new generation without writing, as any write does: what was kept in
     /// memory or on disk for the old one (vectors, metadata, the HNSW graph) is read again.
-    pub fn bump_generation(&self) -> Result<(), String> {
-        self.db
-            .execute(BUMP_GENERATION, [])
-            .map(drop)
-            .map_err(sqlerr)
+    pub fn bump_generation(&self) -> Result<(), IndexError> {
+        self.db.execute(BUMP_GENERATION, [])?;
+        Ok(())
     }
 
     /// Exact search over the chunks in `allowed` (all when `None`): ids with cosine similarity, best
@@ -620,7 +608,7 @@ impl Index {
         q: &[f32],
         k: usize,
         allowed: Option<&HashSet<i64>>,
-    ) -> Result<Vec<(i64, f64)>, String> {
+    ) -> Result<Vec<(i64, f64)>, IndexError> {
         let (db, local) = self.local()?;
         Ok(local.search_exact(db, q, k, allowed)?)
     }
@@ -632,7 +620,7 @@ impl Index {
         q: &[f32],
         k: usize,
         allowed: Option<&HashSet<i64>>,
-    ) -> Result<Vec<(i64, f64)>, String> {
+    ) -> Result<Vec<(i64, f64)>, IndexError> {
         Ok(search_sqlite_vec(&self.db, q, k, allowed)?)
     }
 
@@ -642,36 +630,32 @@ impl Index {
         q: &[f32],
         k: usize,
         allowed: Option<&HashSet<i64>>,
-    ) -> Result<Vec<(i64, f64)>, String> {
+    ) -> Result<Vec<(i64, f64)>, IndexError> {
         let (db, local) = self.local()?;
         Ok(local.search_vectors(db, q, k, allowed)?)
     }
 
     /// The index's embedding model, found and loaded on first use: by its name, or else by the file
     /// the index was built from.
-    pub async fn embedder(&mut self) -> Result<Arc<LocalEmbedder>, String> {
+    pub async fn embedder(&mut self) -> Result<Arc<LocalEmbedder>, IndexError> {
         if let Some(e) = &self.embedder {
             return Ok(Arc::clone(e));
         }
-        let model = self
-            .meta("model")
-            .ok_or("the index is empty: build it first")?;
+        let model = self.meta("model").ok_or(IndexError::Empty)?;
         let (name, path) =
             match store::resolve_model(&model, Path::new("."), store::ModelUse::Embedding) {
                 Ok(found) => found,
                 Err(e) => match self.meta("model_path").map(PathBuf::from) {
                     Some(p) if p.is_file() => (model.clone(), p),
                     _ => {
-                        return Err(format!(
-                            "embedding model `{}` is not installed: {}",
-                            e.name, e.help
-                        ));
+                        return Err(IndexError::ModelNotInstalled {
+                            name: e.name,
+                            help: e.help,
+                        });
                     }
                 },
             };
-        let embedder = LocalEmbedder::get(&name, &path)
-            .await
-            .map_err(|e| e.message)?;
+        let embedder = LocalEmbedder::get(&name, &path).await?;
         self.embedder = Some(Arc::clone(&embedder));
         Ok(embedder)
     }
@@ -684,13 +668,9 @@ impl Index {
         k: usize,
         hybrid: bool,
         filter: &Filter,
-    ) -> Result<Vec<Hit>, String> {
+    ) -> Result<Vec<Hit>, IndexError> {
         let embedder = self.embedder().await?;
-        let q = embedder
-            .embed(vec![query.to_owned()])
-            .await
-            .map_err(|e| e.message)?
-            .remove(0);
+        let q = embedder.embed(vec![query.to_owned()]).await?.remove(0);
         self.query_embedded(q, query, k, hybrid, filter).await
     }
 
@@ -703,7 +683,7 @@ impl Index {
         k: usize,
         hybrid: bool,
         filter: &Filter,
-    ) -> Result<Vec<Hit>, String> {
+    ) -> Result<Vec<Hit>, IndexError> {
         self.check_query_dims(&q)?;
         self.search(q, Some(query), k, hybrid, filter).await
     }
@@ -713,41 +693,39 @@ impl Index {
         self.store.as_local().is_some()
     }
 
-    /// [`Index::query_embedded`] without a runtime, for an index that keeps its vectors in its own
-    /// file: the search reads SQLite and memory only, so callers run it on a blocking thread.
-    /// `None` for an index in Chroma.
+    /// A search without a runtime, for an index that keeps its vectors in its own file: it reads
+    /// SQLite and memory only, so callers run it on a blocking thread. `q` comes from
+    /// [`Index::embedder`] for `text`, or from [`Index::prepare_vector`] with no text. `None` for an
+    /// index in Chroma.
     pub fn query_embedded_blocking(
         &mut self,
         q: Vec<f32>,
-        query: &str,
+        text: Option<&str>,
         k: usize,
         hybrid: bool,
         filter: &Filter,
-    ) -> Option<Result<Vec<Hit>, String>> {
+    ) -> Option<Result<Vec<Hit>, IndexError>> {
         if let Err(e) = self.check_query_dims(&q) {
             return Some(Err(e));
         }
         let local = self.store.as_local()?;
         let s = Search {
             q: &q,
-            text: Some(query),
+            text,
             k,
-            hybrid,
+            hybrid: hybrid && text.is_some(),
             filter,
         };
-        Some(local.search_now(&self.db, s).map_err(String::from))
+        Some(local.search_now(&self.db, s).map_err(IndexError::from))
     }
 
-    fn check_query_dims(&self, q: &[f32]) -> Result<(), String> {
+    fn check_query_dims(&self, q: &[f32]) -> Result<(), IndexError> {
         let dims: usize = self
             .meta("dims")
             .and_then(|d| d.parse().ok())
             .unwrap_or(q.len());
         if q.len() != dims {
-            return Err(format!(
-                "the embedding model now gives {}-dimensional vectors, but this index holds {dims}-dimensional ones: the model file changed; build the index again under another name",
-                q.len()
-            ));
+            return Err(IndexError::ModelChanged { got: q.len(), dims });
         }
         Ok(())
     }
@@ -755,26 +733,32 @@ impl Index {
     /// The `k` chunks nearest to a vector already embedded by the index's model (normalised here).
     pub async fn query_vector(
         &mut self,
-        mut q: Vec<f32>,
+        q: Vec<f32>,
         k: usize,
         filter: &Filter,
-    ) -> Result<Vec<Hit>, String> {
+    ) -> Result<Vec<Hit>, IndexError> {
+        let q = self.prepare_vector(q)?;
+        self.search(q, None, k, false, filter).await
+    }
+
+    /// A query vector given by the caller, checked against the index's vector size and normalised.
+    pub fn prepare_vector(&self, mut q: Vec<f32>) -> Result<Vec<f32>, IndexError> {
         let dims: usize = self
             .meta("dims")
             .and_then(|d| d.parse().ok())
-            .ok_or("the index is empty: build it first")?;
+            .ok_or(IndexError::Empty)?;
         if q.len() != dims {
-            return Err(format!(
-                "the query vector has {} numbers, but this index holds {dims}-dimensional vectors of the model `{}`",
-                q.len(),
-                self.meta("model").unwrap_or_default()
-            ));
+            return Err(IndexError::QueryDims {
+                got: q.len(),
+                dims,
+                model: self.meta("model").unwrap_or_default(),
+            });
         }
         let norm = q.iter().map(|x| x * x).sum::<f32>().sqrt();
         if norm > 0.0 {
             q.iter_mut().for_each(|x| *x /= norm);
         }
-        self.search(q, None, k, false, filter).await
+        Ok(q)
     }
 
     async fn search(
@@ -784,7 +768,7 @@ impl Index {
         k: usize,
         hybrid: bool,
         filter: &Filter,
-    ) -> Result<Vec<Hit>, String> {
+    ) -> Result<Vec<Hit>, IndexError> {
         let s = Search {
             q: &q,
             text,
@@ -796,12 +780,12 @@ impl Index {
     }
 
     /// Removes what the store keeps outside the index file (a Chroma collection) before `index rm`.
-    pub async fn drop_store(&self) -> Result<(), String> {
+    pub async fn drop_store(&self) -> Result<(), IndexError> {
         Ok(self.store.drop_all().await?)
     }
 
     /// The Chroma collection's size, when the vectors live there.
-    pub async fn store_count(&self) -> Result<Option<u64>, String> {
+    pub async fn store_count(&self) -> Result<Option<u64>, IndexError> {
         Ok(self.store.count().await?)
     }
 }

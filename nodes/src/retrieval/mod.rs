@@ -7,6 +7,7 @@
 pub mod ann;
 pub mod chroma;
 pub mod document;
+pub mod error;
 pub mod filter;
 pub mod index;
 pub mod node;

@@ -12,6 +12,7 @@ use sluice_engine::{
 };
 use tokio::sync::Mutex;
 
+use super::error::{IndexError, StoreError};
 use super::filter::Filter;
 use super::index::{Index, index_path};
 
@@ -57,7 +58,7 @@ impl NodeKind for RetrievalKind {
                 "build it with `sluice index build --source DOCS --out {name}`"
             )));
         }
-        let index = Index::open(&path).map_err(BuildError::new)?;
+        let index = Index::open(&path).map_err(|e| BuildError::new(e.to_string()))?;
         // A literal filter is checked now, not at the first line.
         if let Some(InputValue::Literal(v)) = node.inputs.get("filter").map(|b| &b.value)
             && !matches!(v, Value::Null)
@@ -144,15 +145,18 @@ fn query_of(v: &Value) -> Result<Query, NodeError> {
 }
 
 /// promptflow's Index Lookup `query_type`: vector or hybrid search; keyword-only search is not offered.
-fn hybrid_of(query_type: &str) -> Result<bool, String> {
+fn hybrid_of(query_type: &str) -> Result<bool, NodeError> {
     let t = query_type.to_ascii_lowercase();
     if t.contains("hybrid") {
         Ok(true)
     } else if t.contains("vector") || t.contains("dense") || t.is_empty() {
         Ok(false)
     } else {
-        Err(format!(
-            "query_type `{query_type}` is not offered: use `Vector` or `Hybrid (vector + keyword)`"
+        Err(NodeError::user(
+            "InvalidQueryType",
+            format!(
+                "query_type `{query_type}` is not offered: use `Vector` or `Hybrid (vector + keyword)`"
+            ),
         ))
     }
 }
@@ -196,39 +200,31 @@ impl Node for RetrievalNode {
         let k = top_k(inputs.get("top_k"))?;
         let mut hybrid = matches!(inputs.get("hybrid"), Some(Value::Bool(true)));
         if let Some(Value::String(t)) = inputs.get("query_type") {
-            hybrid |= hybrid_of(t).map_err(|e| NodeError::user("InvalidQueryType", e))?;
+            hybrid |= hybrid_of(t)?;
         }
         let filter = match inputs.get("filter") {
             None | Some(Value::Null) => Filter::default(),
             Some(v) => Filter::from_json(&v.to_json_lossy())
-                .map_err(|e| NodeError::user("InvalidFilter", e))?,
+                .map_err(|e| NodeError::user("InvalidFilter", e.to_string()))?,
         };
-        let err = |e| NodeError::user("RetrievalError", e);
+        let err = |e: IndexError| NodeError::user("RetrievalError", e.to_string());
         // Queries are embedded without holding the index, so concurrent lines embed together; only
         // the search itself takes the index.
-        let texts = match &query {
-            Query::Text(q) => vec![q.clone()],
-            Query::Texts(qs) => qs.clone(),
+        let (texts, vectors): (Vec<Option<String>>, Vec<Vec<f32>>) = match &query {
             Query::Vector(v) => {
-                let mut index = self.index.lock().await;
-                return Ok(hits_value(
-                    index
-                        .query_vector(v.clone(), k, &filter)
-                        .await
-                        .map_err(err)?,
-                ));
+                let v = self.index.lock().await.prepare_vector(v.clone());
+                (vec![None], vec![v.map_err(err)?])
             }
+            Query::Text(q) => (vec![Some(q.clone())], self.embed(vec![q.clone()]).await?),
+            Query::Texts(qs) => (
+                qs.iter().cloned().map(Some).collect(),
+                self.embed(qs.clone()).await?,
+            ),
         };
-        let embedder = self.index.lock().await.embedder().await.map_err(err)?;
-        let vectors = embedder
-            .embed(texts.clone())
-            .await
-            .map_err(|e| NodeError::user("RetrievalError", e.message))?;
         let mut all = if self.index.lock().await.is_local() {
             // The index file's own store searches SQLite and memory: blocking work, kept off the
             // async worker threads.
             let index = Arc::clone(&self.index);
-            let texts = texts.clone();
             let filter = filter.clone();
             run_blocking(move || {
                 let mut index = index.blocking_lock();
@@ -237,11 +233,11 @@ impl Node for RetrievalNode {
                     .zip(vectors)
                     .map(|(text, v)| {
                         index
-                            .query_embedded_blocking(v, text, k, hybrid, &filter)
-                            .unwrap_or_else(|| Err("the index's store changed".into()))
+                            .query_embedded_blocking(v, text.as_deref(), k, hybrid, &filter)
+                            .unwrap_or(Err(IndexError::Store(StoreError::NotLocal)))
                             .map(hits_value)
                     })
-                    .collect::<Result<Vec<Value>, String>>()
+                    .collect::<Result<Vec<Value>, IndexError>>()
             })
             .await
             .map_err(err)?
@@ -258,21 +254,34 @@ impl Node for RetrievalNode {
 }
 
 impl RetrievalNode {
-    /// Searches a store elsewhere (Chroma), one query text after another.
+    /// Embeds query texts with the index's model, without holding the index while they are embedded
+    /// (the embedder batches concurrent lines' queries together).
+    async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, NodeError> {
+        let embedder = self.index.lock().await.embedder().await;
+        let embedder = embedder.map_err(|e| NodeError::user("RetrievalError", e.to_string()))?;
+        embedder
+            .embed(texts)
+            .await
+            .map_err(|e| NodeError::user("RetrievalError", e.message))
+    }
+
+    /// Searches a store elsewhere (Chroma), one query after another.
     async fn query_store(
         &self,
-        texts: &[String],
+        texts: &[Option<String>],
         vectors: Vec<Vec<f32>>,
         k: usize,
         hybrid: bool,
         filter: &Filter,
-    ) -> Result<Vec<Value>, String> {
+    ) -> Result<Vec<Value>, IndexError> {
         let mut index = self.index.lock().await;
         let mut all = Vec::with_capacity(texts.len());
         for (text, v) in texts.iter().zip(vectors) {
-            all.push(hits_value(
-                index.query_embedded(v, text, k, hybrid, filter).await?,
-            ));
+            let hits = match text {
+                Some(text) => index.query_embedded(v, text, k, hybrid, filter).await?,
+                None => index.query_vector(v, k, filter).await?,
+            };
+            all.push(hits_value(hits));
         }
         Ok(all)
     }

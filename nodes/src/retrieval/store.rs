@@ -1,6 +1,6 @@
 //! Where an index keeps its vectors: [`VectorStore`], with the index's own file ([`LocalStore`]:
 //! sqlite-vec, an in-memory flat copy for exact scans, an HNSW graph above a threshold) and a Chroma
-//! server ([`super::chroma::ChromaStore`]). The chunks' text, metadata and FTS5 table stay in the
+//! server ([`super::chroma::Chroma`]). The chunks' text, metadata and FTS5 table stay in the
 //! index's SQLite file whatever the store; a store is given that connection with each call.
 //!
 //! Writes follow one rule for every store: the chunks go into SQLite in a transaction, then the store
@@ -20,29 +20,7 @@ use super::document::Chunk;
 use super::filter::Filter;
 use super::index::{DEFAULT_ANN_THRESHOLD, Hit, Phase, count, generation, meta};
 
-/// What went wrong in a store.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error(transparent)]
-    Sql(#[from] rusqlite::Error),
-    /// The Chroma server, or the HNSW graph file, said no; the message says which and why.
-    #[error("{0}")]
-    Backend(String),
-    #[error("hybrid search needs the embedded store; this index keeps its vectors in Chroma")]
-    NoHybrid,
-}
-
-impl From<String> for StoreError {
-    fn from(s: String) -> Self {
-        StoreError::Backend(s)
-    }
-}
-
-impl From<StoreError> for String {
-    fn from(e: StoreError) -> Self {
-        e.to_string()
-    }
-}
+pub use super::error::StoreError;
 
 /// One file's chunks as the store gets them: their SQLite ids, vectors and what they say.
 #[derive(Debug)]
@@ -299,7 +277,12 @@ impl LocalStore {
     pub fn build_ann_now(&mut self, db: &Connection) -> Result<(), StoreError> {
         let generation = generation(db);
         let graph = Ann::build(all_vectors(db)?);
-        graph.save(&self.ann_path, generation)?;
+        graph
+            .save(&self.ann_path, generation)
+            .map_err(|source| StoreError::Graph {
+                path: self.ann_path.clone(),
+                source,
+            })?;
         db.execute(
             "INSERT OR REPLACE INTO meta (key, value) VALUES ('ann_built', ?1)",
             params![generation.to_string()],
