@@ -642,10 +642,7 @@ impl BatchRun {
                 }
                 details_append(&details, &record)?;
                 if has_aggregation {
-                    kept.push((
-                        n,
-                        Value::from(Json::Object(record.aggregation_inputs.clone())).into_map(),
-                    ));
+                    kept.push((n, record.aggregation_inputs.clone()));
                 }
                 tally.add_record(&record);
                 ordered.push(n, Pending::from_record(&record));

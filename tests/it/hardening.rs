@@ -516,6 +516,22 @@ fn non_finite_numbers_are_written_and_read_back_as_python_writes_them() {
         .success();
     let again = std::fs::read_to_string(runs.join("again/outputs.jsonl")).unwrap();
     assert_eq!(again, outputs, "the round trip changed a value");
+
+    // A resumed run carries the finished lines over from the records, numbers and all.
+    sluice(home.path())
+        .args([
+            "run",
+            "create",
+            "--name",
+            "resumed",
+            "--resume-from",
+            "base",
+        ])
+        .timeout(Duration::from_secs(120))
+        .assert()
+        .success();
+    let resumed = std::fs::read_to_string(runs.join("resumed/outputs.jsonl")).unwrap();
+    assert_eq!(resumed, outputs, "carrying lines over changed a value");
 }
 
 /// A small tmpfs mounted on a temporary folder, unmounted when dropped.

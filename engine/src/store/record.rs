@@ -12,7 +12,7 @@ use serde_json::Value as Json;
 
 use crate::error::ErrorInfo;
 use crate::exec::{LineResult, NodeRunInfo, Status};
-use crate::value::Map;
+use crate::value::{Map, Value};
 
 /// A run's state, as promptflow names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -191,9 +191,9 @@ pub struct LineRecord {
     pub line_number: usize,
     pub status: LineStatus,
     #[serde(default)]
-    pub inputs: serde_json::Map<String, Json>,
+    pub inputs: Map,
     #[serde(default)]
-    pub output: serde_json::Map<String, Json>,
+    pub output: Map,
     /// promptflow's error dict (`message`, `code`, `innerError`, ...).
     #[serde(default)]
     pub error: Option<Json>,
@@ -204,7 +204,7 @@ pub struct LineRecord {
     #[serde(default)]
     pub end_time: Option<DateTime<Utc>>,
     #[serde(default)]
-    pub aggregation_inputs: serde_json::Map<String, Json>,
+    pub aggregation_inputs: Map,
     /// A start mark made while the line ran alone (a resumed run retrying the lines that were running
     /// when its predecessor died).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -239,9 +239,9 @@ pub struct NodeRecord {
     pub node: String,
     pub status: LineStatus,
     #[serde(default)]
-    pub inputs: serde_json::Map<String, Json>,
+    pub inputs: Map,
     #[serde(default)]
-    pub output: Json,
+    pub output: Value,
     #[serde(default)]
     pub error: Option<Json>,
     #[serde(default)]
@@ -412,7 +412,7 @@ mod tests {
         let back: LineRecord = serde_json::from_str(&text).unwrap();
         assert_eq!(back.line_number, 3);
         assert_eq!(back.status, LineStatus::Completed);
-        assert_eq!(back.output["a"], 1);
+        assert_eq!(back.output["a"], Value::Int(1));
         assert_eq!(back.tokens().prompt_tokens, Some(7));
         assert_eq!(
             back.node_runs[0].system_metrics,

@@ -14,6 +14,7 @@ use std::fmt::Write;
 
 use serde_json::Value as Json;
 use sluice_engine::store::{LineRecord, LineStatus, NodeRecord};
+use sluice_engine::{Map, Value, json};
 
 use super::view::{LoadedRun, cell as text};
 
@@ -41,8 +42,18 @@ fn show(v: &Json) -> String {
     }
 }
 
-/// The values of a JSON object as an aligned key/value grid.
-fn fields(m: &serde_json::Map<String, Json>) -> String {
+/// A value as display text: strings bare, everything else as JSON (lists and maps indented), with
+/// NaN and infinities as the run files write them.
+fn show_value(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::List(_) | Value::Map(_) => json::to_string_pretty(v).unwrap_or_default(),
+        other => json::to_string(other).unwrap_or_default(),
+    }
+}
+
+/// A record's values as an aligned key/value grid.
+fn fields(m: &Map) -> String {
     if m.is_empty() {
         return String::new();
     }
@@ -52,7 +63,7 @@ fn fields(m: &serde_json::Map<String, Json>) -> String {
             out,
             r#"<span class="k">{}</span><span class="v">{}</span>"#,
             esc(k),
-            esc(&show(v))
+            esc(&show_value(v))
         );
     }
     out.push_str("</div>");
@@ -60,8 +71,8 @@ fn fields(m: &serde_json::Map<String, Json>) -> String {
 }
 
 /// The plain text of an object's values, for sorting and searching.
-fn sort_text(m: &serde_json::Map<String, Json>) -> String {
-    m.values().map(show).collect::<Vec<_>>().join(" ")
+fn sort_text(m: &Map) -> String {
+    m.values().map(show_value).collect::<Vec<_>>().join(" ")
 }
 
 const STYLE: &str = r#"
@@ -476,7 +487,7 @@ fn node_html(n: &NodeRecord) -> String {
     if !n.output.is_null() {
         out.push_str(&part(
             "output",
-            &format!("<pre>{}</pre>", esc(&show(&n.output))),
+            &format!("<pre>{}</pre>", esc(&show_value(&n.output))),
         ));
     }
     if let Some(e) = &n.error {
@@ -721,7 +732,7 @@ pub(crate) fn render(runs: &[LoadedRun], comparison: &Json) -> String {
             };
             match &g.truth {
                 Some(truth) => {
-                    let shown: serde_json::Map<String, Json> = if truth.is_empty() {
+                    let shown: Map = if truth.is_empty() {
                         l.inputs.clone()
                     } else {
                         l.inputs
