@@ -104,14 +104,7 @@ impl RunSpec {
             ));
         };
         let base = path.parent().unwrap_or(Path::new("."));
-        let scalar = |y: &Yaml| -> Option<String> {
-            match y {
-                Yaml::String(s) | Yaml::Real(s) => Some(s.clone()),
-                Yaml::Integer(i) => Some(i.to_string()),
-                Yaml::Boolean(b) => Some(b.to_string()),
-                _ => None,
-            }
-        };
+        let scalar = crate::yaml::scalar_text;
         let map = |y: &Yaml| -> BTreeMap<String, String> {
             match y {
                 Yaml::Hash(m) => m

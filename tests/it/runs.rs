@@ -8,8 +8,8 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    DOUBLE_FLOW, DOUBLE_FLOW_WITH_TOTAL, chromium_cmd, numbers_data, read_jsonl, sluice,
-    stdout_json, write_files,
+    DOUBLE_FLOW, DOUBLE_FLOW_WITH_TOTAL, chromium, dump_dom, numbers_data, read_jsonl, screenshot,
+    sluice, stdout_json, write_files,
 };
 use serde_json::Value as Json;
 
@@ -508,32 +508,21 @@ fn classify_then_evaluate_compare_and_visualize_on_the_local_model() {
     assert!(html.contains("<svg") && html.contains("accuracy"));
     let profile = tempfile::tempdir().unwrap();
     let png = home.path().join("report.png");
-    let shot = chromium_cmd(profile.path())
-        .arg(format!("--screenshot={}", png.display()))
-        .arg(format!("file://{}", report.display()))
-        .output()
-        .unwrap();
-    assert!(
-        shot.status.success(),
-        "{}",
-        String::from_utf8_lossy(&shot.stderr)
-    );
-    let bytes = std::fs::read(&png).unwrap();
-    assert_eq!(&bytes[1..4], b"PNG");
-    let width = u32::from_be_bytes(bytes[16..20].try_into().unwrap());
-    assert_eq!(width, 1300);
+    let chromium = chromium().expect("chromium");
+    let url = format!("file://{}", report.display());
+    let bytes = screenshot(&chromium, profile.path(), &url, &png, (1300, 1400));
     assert!(
         bytes.len() > 20_000,
         "the screenshot looks empty: {} bytes",
         bytes.len()
     );
     // The search box works: the report opened with a query shows only the matching line.
-    let dom = chromium_cmd(profile.path())
-        .arg("--dump-dom")
-        .arg(format!("file://{}#q=smelled", report.display()))
-        .output()
-        .unwrap();
-    let dom = String::from_utf8_lossy(&dom.stdout);
+    let dom = dump_dom(
+        &chromium,
+        profile.path(),
+        &format!("{url}#q=smelled"),
+        (1300, 1400),
+    );
     assert!(
         dom.contains("1 of 12 lines"),
         "{}",

@@ -125,6 +125,17 @@ pub struct BuildReport {
     pub ann: bool,
 }
 
+/// How [`Index::rank`] ranks chunks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ranking {
+    /// Exact: the in-memory scan, or sqlite-vec above its size (see [`LocalStore::search_exact`]).
+    Exact,
+    /// Exact by sqlite-vec alone: its KNN query, or its cosine function over the allowed rows.
+    SqliteVec,
+    /// What queries use: the HNSW graph when there is one and no filter, else exact.
+    Vectors,
+}
+
 /// A search hit.
 #[derive(Clone, Debug, Serialize)]
 pub struct Hit {
@@ -601,38 +612,23 @@ impl Index {
         Ok(())
     }
 
-    /// Exact search over the chunks in `allowed` (all when `None`): ids with cosine similarity, best
-    /// first (see [`LocalStore::search_exact`]).
-    pub fn search_exact(
+    /// The ids of the `k` chunks in `allowed` (all when `None`) nearest to `q`, with their cosine
+    /// similarity, best first, ranked the way `how` says (for recall tests and benchmarks).
+    pub fn rank(
         &mut self,
+        how: Ranking,
         q: &[f32],
         k: usize,
         allowed: Option<&HashSet<i64>>,
     ) -> Result<Vec<(i64, f64)>, IndexError> {
+        if how == Ranking::SqliteVec {
+            return Ok(search_sqlite_vec(&self.db, q, k, allowed)?);
+        }
         let (db, local) = self.local()?;
-        Ok(local.search_exact(db, q, k, allowed)?)
-    }
-
-    /// Exact search by sqlite-vec alone: its KNN query (`vec0 ... MATCH`), or its cosine distance
-    /// function over the allowed rows.
-    pub fn search_sqlite_vec(
-        &self,
-        q: &[f32],
-        k: usize,
-        allowed: Option<&HashSet<i64>>,
-    ) -> Result<Vec<(i64, f64)>, IndexError> {
-        Ok(search_sqlite_vec(&self.db, q, k, allowed)?)
-    }
-
-    /// The vector ranking for a query: the HNSW graph when there is one and no filter, else exact.
-    pub fn search_vectors(
-        &mut self,
-        q: &[f32],
-        k: usize,
-        allowed: Option<&HashSet<i64>>,
-    ) -> Result<Vec<(i64, f64)>, IndexError> {
-        let (db, local) = self.local()?;
-        Ok(local.search_vectors(db, q, k, allowed)?)
+        Ok(match how {
+            Ranking::Exact => local.search_exact(db, q, k, allowed)?,
+            _ => local.search_vectors(db, q, k, allowed)?,
+        })
     }
 
     /// The index's embedding model, found and loaded on first use: by its name, or else by the file
