@@ -172,71 +172,18 @@ fn a_tool_returning_a_cyclic_or_very_deep_value_fails_its_line_naming_the_node()
 #[test]
 fn numbers_out_of_range_on_the_command_line_are_usage_errors() {
     let home = tempfile::tempdir().unwrap();
-    for args in [
-        &[
-            "flow",
-            "test",
-            "--flow",
-            "flows/hello",
-            "--line-timeout",
-            "1e300",
-        ][..],
-        &[
-            "flow",
-            "test",
-            "--flow",
-            "flows/hello",
-            "--line-timeout",
-            "nan",
-        ],
-        &[
-            "flow",
-            "test",
-            "--flow",
-            "flows/hello",
-            "--line-timeout",
-            "inf",
-        ],
-        &[
-            "flow",
-            "test",
-            "--flow",
-            "flows/hello",
-            "--concurrency",
-            "0",
-        ],
-        &[
-            "run",
-            "create",
-            "--flow",
-            "flows/hello",
-            "--data",
-            "x.jsonl",
-            "--batch-timeout",
-            "nan",
-        ],
-        &[
-            "run",
-            "create",
-            "--flow",
-            "flows/hello",
-            "--data",
-            "x.jsonl",
-            "--line-timeout=-1",
-        ],
-        &[
-            "run",
-            "create",
-            "--flow",
-            "flows/hello",
-            "--data",
-            "x.jsonl",
-            "--max-concurrency",
-            "18446744073709551615",
-        ],
-        &["index", "query", "kb", "text", "-k", "0"],
+    for line in [
+        "flow test --flow flows/hello --line-timeout 1e300",
+        "flow test --flow flows/hello --line-timeout nan",
+        "flow test --flow flows/hello --line-timeout inf",
+        "flow test --flow flows/hello --concurrency 0",
+        "run create --flow flows/hello --data x.jsonl --batch-timeout nan",
+        "run create --flow flows/hello --data x.jsonl --line-timeout=-1",
+        "run create --flow flows/hello --data x.jsonl --max-concurrency 18446744073709551615",
+        "index query kb text -k 0",
     ] {
-        let out = sluice(home.path()).args(args).output().unwrap();
+        let args: Vec<&str> = line.split_whitespace().collect();
+        let out = sluice(home.path()).args(&args).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");

@@ -189,7 +189,7 @@ fn chat_history_reaches_the_model() {
 #[test]
 fn json_mode_returns_parseable_json() {
     let dir = tempfile::tempdir().unwrap();
-    write(
+    crate::common::write_files(
         dir.path(),
         &[
             (
@@ -737,7 +737,7 @@ fn role_lines_typed_by_users_stay_inside_their_message() {
         .assert()
         .success();
     let dir = tempfile::tempdir().unwrap();
-    write(
+    crate::common::write_files(
         dir.path(),
         &[
             (

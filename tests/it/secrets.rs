@@ -289,7 +289,7 @@ fn a_provider_error_that_echoes_the_key_leaks_nowhere() {
 #[test]
 fn a_secret_in_a_python_tool_error_is_masked() {
     let flow = tempfile::tempdir().unwrap();
-    write(
+    crate::common::write_files(
         flow.path(),
         &[
             (
@@ -516,7 +516,7 @@ fn stuck_tool_flow(dir: &Path) {
         "stuck.py",
         "import time\nfrom promptflow.core import tool\n\n@tool\ndef stuck(x: str) -> str:\n    time.sleep(3600)\n    return x\n",
     );
-    write(
+    crate::common::write_files(
         dir,
         &[
             (

@@ -681,7 +681,14 @@ impl Index {
         filter: &Filter,
     ) -> Result<Vec<Hit>, IndexError> {
         self.check_query_dims(&q)?;
-        self.search(q, Some(query), k, hybrid, filter).await
+        let s = Search {
+            q: &q,
+            text: Some(query),
+            k,
+            hybrid,
+            filter,
+        };
+        Ok(self.store.search(&mut self.db, s).await?)
     }
 
     /// Whether the vectors are in the index file, so that [`Index::query_embedded_blocking`] answers.
@@ -695,22 +702,15 @@ impl Index {
     /// index in Chroma.
     pub fn query_embedded_blocking(
         &mut self,
-        q: Vec<f32>,
-        text: Option<&str>,
-        k: usize,
-        hybrid: bool,
-        filter: &Filter,
+        s: Search<'_>,
     ) -> Option<Result<Vec<Hit>, IndexError>> {
-        if let Err(e) = self.check_query_dims(&q) {
+        if let Err(e) = self.check_query_dims(s.q) {
             return Some(Err(e));
         }
         let local = self.store.as_local()?;
         let s = Search {
-            q: &q,
-            text,
-            k,
-            hybrid: hybrid && text.is_some(),
-            filter,
+            hybrid: s.hybrid && s.text.is_some(),
+            ..s
         };
         Some(local.search_now(&self.db, s).map_err(IndexError::from))
     }
@@ -734,7 +734,14 @@ impl Index {
         filter: &Filter,
     ) -> Result<Vec<Hit>, IndexError> {
         let q = self.prepare_vector(q)?;
-        self.search(q, None, k, false, filter).await
+        let s = Search {
+            q: &q,
+            text: None,
+            k,
+            hybrid: false,
+            filter,
+        };
+        Ok(self.store.search(&mut self.db, s).await?)
     }
 
     /// A query vector given by the caller, checked against the index's vector size and normalised.
@@ -755,24 +762,6 @@ impl Index {
             q.iter_mut().for_each(|x| *x /= norm);
         }
         Ok(q)
-    }
-
-    async fn search(
-        &mut self,
-        q: Vec<f32>,
-        text: Option<&str>,
-        k: usize,
-        hybrid: bool,
-        filter: &Filter,
-    ) -> Result<Vec<Hit>, IndexError> {
-        let s = Search {
-            q: &q,
-            text,
-            k,
-            hybrid,
-            filter,
-        };
-        Ok(self.store.search(&mut self.db, s).await?)
     }
 
     /// Removes what the store keeps outside the index file (a Chroma collection) before `index rm`.

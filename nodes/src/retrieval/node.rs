@@ -15,6 +15,7 @@ use tokio::sync::Mutex;
 use super::error::{IndexError, StoreError};
 use super::filter::Filter;
 use super::index::{Index, index_path};
+use super::store::Search;
 
 /// The `retrieval` node kind.
 #[derive(Debug, Default)]
@@ -232,8 +233,15 @@ impl Node for RetrievalNode {
                     .iter()
                     .zip(vectors)
                     .map(|(text, v)| {
+                        let s = Search {
+                            q: &v,
+                            text: text.as_deref(),
+                            k,
+                            hybrid,
+                            filter: &filter,
+                        };
                         index
-                            .query_embedded_blocking(v, text.as_deref(), k, hybrid, &filter)
+                            .query_embedded_blocking(s)
                             .unwrap_or(Err(IndexError::Store(StoreError::NotLocal)))
                             .map(hits_value)
                     })
