@@ -77,6 +77,6 @@ pub use node::{
     Signature,
 };
 pub use plan::{Flow, LoadOptions, PlannedNode};
-pub use runner::{BatchObserver, BatchRun, RunError, RunOptions, RunSpec, Stop};
+pub use runner::{BatchObserver, BatchRun, RunError, RunOptions, RunSpec, Shard, Stop};
 pub use store::{NodeMetrics, RunName, RunStore, StoreError, TokenCounts};
 pub use value::{Map, Opaque, PathStep, PlainError, StreamError, Value};

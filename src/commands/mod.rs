@@ -89,6 +89,7 @@ fn python_worker() -> anyhow::Result<ExitStatus> {
 fn run_command(command: RunCommand) -> anyhow::Result<ExitStatus> {
     match command {
         RunCommand::Create(args) => run::create(*args),
+        RunCommand::Merge(args) => run::merge(args),
         RunCommand::List(args) => run::list(args),
         RunCommand::Show(args) => run::show(args),
         RunCommand::ShowDetails(args) => run::show_details(args),

@@ -8,8 +8,8 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    DOUBLE_FLOW, DOUBLE_FLOW_WITH_TOTAL, chromium, dump_dom, numbers_data, read_jsonl, screenshot,
-    sluice, stdout_json, write_files,
+    DOUBLE_FLOW, DOUBLE_FLOW_WITH_TOTAL, chromium, dump_dom, numbers_data, read_jsonl, run_create,
+    screenshot, sluice, stdout_json, succeeded, write_files,
 };
 use serde_json::Value as Json;
 
@@ -602,4 +602,83 @@ fn capitals_then_token_f1_over_the_run_outputs() {
             .unwrap()
             .contains("exact_match")
     );
+}
+
+#[test]
+fn four_shards_merged_give_the_outputs_and_metrics_of_one_run() {
+    let home = tempfile::tempdir().unwrap();
+    let flow = tempfile::tempdir().unwrap();
+    let data = slow_flow(flow.path(), 103);
+    succeeded(&mut run_create(
+        home.path(),
+        "whole",
+        "",
+        flow.path(),
+        &data,
+    ));
+    for i in 0..4 {
+        let shard = format!("--shard {i}/4");
+        let out = succeeded(&mut run_create(
+            home.path(),
+            &format!("part{i}"),
+            &shard,
+            flow.path(),
+            &data,
+        ));
+        let record: Json = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(record["properties"]["shard"], format!("{i}/4"));
+        let numbers: Vec<u64> =
+            read_jsonl(&home.path().join(format!("runs/part{i}/details.jsonl")))
+                .iter()
+                .map(|r| r["line_number"].as_u64().unwrap())
+                .collect();
+        assert_eq!(numbers.len(), (103usize - i).div_ceil(4), "shard {i}");
+        assert!(
+            numbers.iter().all(|n| n % 4 == i as u64),
+            "shard {i}: {numbers:?}"
+        );
+    }
+    // Shards of another flow are not the same run.
+    let other = tempfile::tempdir().unwrap();
+    let other_data = slow_flow(other.path(), 4);
+    succeeded(&mut run_create(
+        home.path(),
+        "stranger",
+        "",
+        other.path(),
+        &other_data,
+    ));
+    let refused = crate::common::ran(
+        sluice(home.path()).args(["run", "merge", "mixed", "--from", "part0", "stranger"]),
+    );
+    assert_eq!(refused.code, Some(2), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("differ in their flow"),
+        "{}",
+        refused.stderr
+    );
+
+    let out = succeeded(sluice(home.path()).args([
+        "run", "merge", "merged", "--from", "part0", "part1", "part2", "part3",
+    ]));
+    let record: Json = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(record["status"], "Completed");
+    assert_eq!(
+        record["properties"]["system_metrics"]["carried_over_lines"],
+        103
+    );
+    let runs = home.path().join("runs");
+    for file in ["outputs.jsonl", "metrics.json", "flow_outputs/output.jsonl"] {
+        assert_eq!(
+            std::fs::read_to_string(runs.join("merged").join(file)).unwrap(),
+            std::fs::read_to_string(runs.join("whole").join(file)).unwrap(),
+            "{file}"
+        );
+    }
+    crate::common::assert_every_line_once(&runs.join("merged/details.jsonl"), 103);
+    let metrics: Json =
+        serde_json::from_str(&std::fs::read_to_string(runs.join("merged/metrics.json")).unwrap())
+            .unwrap();
+    assert_eq!(metrics["count"], 103);
+    assert_eq!(metrics["mean"], 102.0);
 }

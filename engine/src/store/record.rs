@@ -90,6 +90,12 @@ pub struct RunProperties {
     pub run: Option<String>,
     #[serde(default)]
     pub resume_from: Option<String>,
+    /// The shard of the data this run took (`I/N`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
+    /// The runs whose lines this run took over (`run merge`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub merged_from: Vec<String>,
     #[serde(default)]
     pub column_mapping: serde_json::Map<String, Json>,
     #[serde(default)]
