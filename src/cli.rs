@@ -86,11 +86,40 @@ pub enum Command {
     /// Connections to LLM endpoints (OpenAI, Azure OpenAI, any OpenAI-compatible server), like `pf connection`.
     #[command(subcommand)]
     Connection(ConnectionCommand),
+    /// A run's lines as span trees (line, then each node on one time axis, with tokens), from the
+    /// run's own records.
+    #[command(subcommand)]
+    Trace(TraceCommand),
     /// Show the versions Sluice runs with (Python, node kinds).
     Info,
     /// Runs Python tool calls for a parent Sluice process (`--isolation process`); not for direct use.
     #[command(name = "__python-worker", hide = true)]
     PythonWorker,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TraceCommand {
+    /// Print the span tree of a run's lines: each node's start on the line's time axis, its duration,
+    /// status, tokens and time to first token (a text tree; --format json for scripts).
+    #[command(
+        after_help = "Examples:\n  sluice trace show base --line 3\n  sluice trace show base --max-lines 100 --format json"
+    )]
+    Show(TraceShowArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TraceShowArgs {
+    /// The run.
+    pub name: String,
+    /// Only this line.
+    #[arg(long)]
+    pub line: Option<usize>,
+    /// Lines shown at most when no --line is given.
+    #[arg(long, default_value_t = 20)]
+    pub max_lines: usize,
+    /// A text tree (table) or JSON.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub format: OutputFormat,
 }
 
 /// Where Python tools run.

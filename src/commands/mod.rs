@@ -7,9 +7,12 @@ mod info;
 mod model;
 mod run;
 mod serve;
+mod trace;
 
 use crate::ExitStatus;
-use crate::cli::{Command, ConnectionCommand, FlowCommand, IndexCommand, ModelCommand, RunCommand};
+use crate::cli::{
+    Command, ConnectionCommand, FlowCommand, IndexCommand, ModelCommand, RunCommand, TraceCommand,
+};
 
 pub fn run(command: Command, verbose: u8) -> anyhow::Result<ExitStatus> {
     match command {
@@ -38,6 +41,7 @@ pub fn run(command: Command, verbose: u8) -> anyhow::Result<ExitStatus> {
         Command::Index(IndexCommand::List(args)) => index::list(args.format),
         Command::Index(IndexCommand::Info(args)) => index::info(args),
         Command::Index(IndexCommand::Rm(args)) => index::rm(args),
+        Command::Trace(TraceCommand::Show(args)) => trace::show(args),
         Command::Info => info::run(),
         Command::PythonWorker => python_worker(),
     }

@@ -682,3 +682,68 @@ fn four_shards_merged_give_the_outputs_and_metrics_of_one_run() {
     assert_eq!(metrics["count"], 103);
     assert_eq!(metrics["mean"], 102.0);
 }
+
+#[test]
+fn trace_show_draws_each_line_as_a_span_tree_and_the_report_as_a_waterfall() {
+    let home = tempfile::tempdir().unwrap();
+    let flow = tempfile::tempdir().unwrap();
+    let data = slow_flow(flow.path(), 5);
+    succeeded(&mut run_create(
+        home.path(),
+        "traced",
+        "",
+        flow.path(),
+        &data,
+    ));
+
+    let text =
+        crate::common::ran(sluice(home.path()).args(["trace", "show", "traced", "--line", "2"]));
+    assert!(text.success, "{}", text.stderr);
+    let rows: Vec<&str> = text.stdout.lines().collect();
+    assert!(rows[0].starts_with("line 2  Completed"), "{}", text.stdout);
+    assert!(
+        rows[1].contains("└─ double") && rows[1].contains('█'),
+        "{}",
+        text.stdout
+    );
+
+    let spans = common::json(
+        home.path(),
+        &["trace", "show", "traced", "--format", "json"],
+    );
+    let spans = spans.as_array().unwrap();
+    assert_eq!(spans.len(), 5);
+    for (i, s) in spans.iter().enumerate() {
+        assert_eq!(s["line_number"], i);
+        let node = &s["nodes"][0];
+        assert_eq!(node["node"], "double");
+        // The tool sleeps 2 ms; the node starts within its line and ends before the line does.
+        let (start, dur) = (
+            node["start_ms"].as_f64().unwrap(),
+            node["duration_ms"].as_f64().unwrap(),
+        );
+        assert!(dur >= 2.0, "{s}");
+        assert!(
+            start >= 0.0 && start + dur <= s["duration_ms"].as_f64().unwrap() + 0.01,
+            "{s}"
+        );
+    }
+    let missing =
+        crate::common::ran(sluice(home.path()).args(["trace", "show", "traced", "--line", "9"]));
+    assert_eq!(missing.code, Some(2));
+    assert!(
+        missing.stderr.contains("has no line 9"),
+        "{}",
+        missing.stderr
+    );
+
+    let report = home.path().join("r.html");
+    succeeded(
+        sluice(home.path())
+            .args(["run", "visualize", "traced", "--html-path"])
+            .arg(&report),
+    );
+    let html = std::fs::read_to_string(&report).unwrap();
+    assert_eq!(html.matches(r#"<div class="waterfall">"#).count(), 5);
+    assert!(html.contains(r#"class="wf-bar Completed""#));
+}

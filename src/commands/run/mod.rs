@@ -25,7 +25,7 @@ use crate::style::{self, Paint};
 pub use view::{
     archive, compare, delete, list, restore, show, show_details, show_metrics, visualize,
 };
-pub(crate) use view::{cell, table};
+pub(crate) use view::{cell, load_run, table};
 
 /// `$SLUICE_HOME`, default `~/.sluice`.
 pub(crate) fn sluice_home() -> PathBuf {
