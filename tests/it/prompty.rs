@@ -48,7 +48,7 @@ impl FakeOpenAi {
         let base = format!("http://{}/v1", listener.local_addr().unwrap());
         let seen = Arc::new(Mutex::new(Vec::new()));
         let record = seen.clone();
-        std::thread::spawn(move || {
+        let serve = move || {
             for sock in listener.incoming() {
                 let Ok(mut sock) = sock else { continue };
                 let mut reader = BufReader::new(sock.try_clone().unwrap());
@@ -91,7 +91,11 @@ impl FakeOpenAi {
                 );
                 let _ = sock.flush();
             }
-        });
+        };
+        std::thread::Builder::new()
+            .name("fake-openai".into())
+            .spawn(serve)
+            .unwrap();
         FakeOpenAi { base, seen }
     }
 
