@@ -289,10 +289,27 @@ impl Reader<'_> {
                 }
             },
         };
-        let configuration = model
+        let mut configuration = model
             .and_then(|m| m.get("configuration"))
             .filter(|c| !c.is_null())
             .and_then(|c| self.configuration(c));
+        // The older form: `model.connection: <name>` beside the parameters.
+        if let Some(c) = model
+            .and_then(|m| m.get("connection"))
+            .filter(|c| !c.is_null())
+        {
+            let conf = configuration.get_or_insert_with(|| ModelConfiguration {
+                kind: None,
+                connection: None,
+                connection_span: None,
+                fields: IndexMap::new(),
+                span: c.span,
+            });
+            if conf.connection.is_none() {
+                conf.connection = Some(c.key_string());
+                conf.connection_span = Some(c.span);
+            }
+        }
 
         let sample = yaml
             .get("sample")
@@ -570,6 +587,15 @@ impl Reader<'_> {
 
     fn sample(&mut self, s: &Yaml) -> Option<Map> {
         let value = match &s.kind {
+            // promptflow also reads a bare `sample: sample.json` as a file.
+            YamlKind::Str(text)
+                if !text.starts_with("${")
+                    && [".json", ".yaml", ".yml"]
+                        .iter()
+                        .any(|e| text.to_ascii_lowercase().ends_with(e)) =>
+            {
+                self.file_reference(&format!("${{file:{text}}}"), s.span)?
+            }
             YamlKind::Str(text) => self.file_reference(text, s.span)?,
             _ => s.to_value(),
         };

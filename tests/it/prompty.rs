@@ -614,3 +614,82 @@ fn streaming_tool_calls_and_whole_responses_come_back_as_promptflow_returns_them
     );
     assert_eq!(out["output"]["usage"]["total_tokens"], 8, "{out}");
 }
+
+#[test]
+fn the_older_form_and_completion_prompts_are_sent_as_promptflow_sends_them() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = FakeOpenAi::start(|seen| {
+        let body = seen.json();
+        if body.get("prompt").is_some() {
+            let reply =
+                json!({"choices": [{"index": 0, "text": " completed", "finish_reason": "stop"}]});
+            return ("application/json", reply.to_string());
+        }
+        ("application/json", chat_reply(&last_message(seen)))
+    });
+    write_files(
+        dir.path(),
+        &[
+            (
+                "conn.yaml",
+                &format!(
+                    "name: oai\ntype: open_ai\napi_key: sk-old\napi_base: {}\n",
+                    server.base
+                ),
+            ),
+            (
+                "sample.json",
+                r#"{"question": "Why?", "chat_history": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}"#,
+            ),
+            // `model.connection` and `parameters.deployment_name`, a bare `sample: file.json`,
+            // and a chat history rendered into messages.
+            (
+                "chat.prompty",
+                "---\nname: Chat\nmodel:\n    api: chat\n    connection: oai\n    parameters:\n        deployment_name: gpt-4\n        max_tokens: 256\ninputs:\n    question:\n        type: string\n    chat_history:\n        type: list\n        default: []\nsample: sample.json\n---\nsystem:\nBe brief.\n\n{% for item in chat_history %}\n{{item.role}}:\n{{item.content}}\n{% endfor %}\n\nuser:\n{{question}}",
+            ),
+            (
+                "complete.prompty",
+                &format!(
+                    "---\nmodel:\n  api: completion\n  configuration:\n    type: openai\n    model: davinci\n    base_url: {}\n    api_key: k\n  parameters:\n    max_tokens: 3\ninputs:\n  word: {{type: string, default: Once}}\n---\n{{{{word}}}} upon a time\n",
+                    server.base
+                ),
+            ),
+        ],
+    );
+    sluice(home.path())
+        .args(["connection", "create", "-f"])
+        .arg(dir.path().join("conn.yaml"))
+        .assert()
+        .success();
+    let out = stdout_json(&flow_test(
+        home.path(),
+        &dir.path().join("chat.prompty"),
+        &[],
+    ));
+    assert_eq!(out["output"], "Why?");
+    let out = stdout_json(&flow_test(
+        home.path(),
+        &dir.path().join("complete.prompty"),
+        &[],
+    ));
+    assert_eq!(out["output"], " completed");
+
+    let seen = server.seen();
+    assert_eq!(
+        seen[0].json(),
+        json!({"model": "gpt-4", "max_tokens": 256, "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello"},
+            {"role": "user", "content": "Why?"},
+        ]}),
+        "{}",
+        seen[0].body
+    );
+    assert_eq!(seen[1].request_line, "POST /v1/completions HTTP/1.1");
+    assert_eq!(
+        seen[1].json(),
+        json!({"model": "davinci", "max_tokens": 3, "prompt": "Once upon a time\n"})
+    );
+}

@@ -74,10 +74,15 @@ pub(super) fn build(
         BuildError::new(format!("`model.parameters`: {e}")).at(file, Some(def.parameters_span))
     })?;
     params.model = None;
-    let raw = match Value::Map(def.parameters.clone()).to_json_lossy() {
+    let mut raw = match Value::Map(def.parameters.clone()).to_json_lossy() {
         Json::Object(m) => m,
         _ => serde_json::Map::new(),
     };
+    // The older form names the deployment among the parameters; it goes out as `model`.
+    let named_in_parameters = ["deployment_name", "model"]
+        .iter()
+        .find_map(|k| raw.get(*k).and_then(Json::as_str).map(str::to_owned));
+    raw.remove("deployment_name");
     let conf = def.configuration.as_ref();
     let field = |k: &str| {
         conf.and_then(|c| c.fields.get(k))
@@ -88,7 +93,8 @@ pub(super) fn build(
     let deployment = match kind {
         Some("azure_openai") => field("azure_deployment").or_else(|| field("model")),
         _ => field("model").or_else(|| field("azure_deployment")),
-    };
+    }
+    .or(named_in_parameters);
     let backend = match (kind, conf.and_then(|c| c.connection.as_deref())) {
         (_, Some(_)) => resolve_backend(node, cx, deployment.as_deref(), api.model_use())?,
         (None | Some("local"), None) => {
