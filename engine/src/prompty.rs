@@ -72,7 +72,7 @@ pub enum PromptyResponse {
 }
 
 /// `model.configuration`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct ModelConfiguration {
     /// `type:` (`azure_openai`, `openai`, or `local`), lowercased; `None` when not given.
     pub kind: Option<String>,

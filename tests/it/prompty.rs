@@ -693,3 +693,43 @@ fn the_older_form_and_completion_prompts_are_sent_as_promptflow_sends_them() {
         json!({"model": "davinci", "max_tokens": 3, "prompt": "Once upon a time\n"})
     );
 }
+
+#[test]
+fn a_python_tool_runs_a_prompty_with_prompty_load() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = FakeOpenAi::start(|seen| {
+        (
+            "application/json",
+            chat_reply(&format!("answer to {}", last_message(seen))),
+        )
+    });
+    write_files(
+        dir.path(),
+        &[
+            (
+                "ask.prompty",
+                &openai_prompty(
+                    &server.base,
+                    "    max_tokens: 5\n    temperature: 0.7\n",
+                    "inputs:\n  question:\n    type: string\n",
+                ),
+            ),
+            (
+                "flow.dag.yaml",
+                "inputs:\n  q: {type: string}\noutputs:\n  a: {reference: '${ask.output}'}\nnodes:\n- name: ask\n  type: python\n  source: {type: code, path: ask.py}\n  inputs: {q: '${inputs.q}'}\n",
+            ),
+            (
+                "ask.py",
+                "from promptflow.core import tool, Prompty\n\n\n@tool\ndef ask(q: str) -> str:\n    p = Prompty.load(\"ask.prompty\", model={\"parameters\": {\"max_tokens\": 7}})\n    return p(question=q).upper()\n",
+            ),
+        ],
+    );
+    let out = stdout_json(&flow_test(home.path(), dir.path(), &["--inputs", "q=why"]));
+    assert_eq!(out["a"], "ANSWER TO WHY");
+    let seen = server.seen();
+    assert_eq!(seen.len(), 1);
+    let body = seen[0].json();
+    assert_eq!(body["max_tokens"], 7, "the override wins");
+    assert_eq!(body["temperature"], 0.7, "the rest is kept");
+}
