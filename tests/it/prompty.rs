@@ -312,7 +312,7 @@ fn a_named_azure_connection_env_and_file_references_are_resolved() {
             (
                 "env.prompty",
                 &format!(
-                    "---\nname: Env\nmodel:\n  configuration:\n    type: openai\n    model: gpt-4o\n    base_url: {}\n    api_key: ${{env:PROMPTY_TEST_KEY}}\n---\nuser:\nhello\n",
+                    "---\nname: Env\nmodel:\n  configuration:\n    type: openai\n    model: ${{env:PROMPTY_TEST_MODEL}}\n    base_url: {}\n    api_key: ${{env:PROMPTY_TEST_KEY}}\n---\nuser:\nhello\n",
                     server.base
                 ),
             ),
@@ -333,6 +333,7 @@ fn a_named_azure_connection_env_and_file_references_are_resolved() {
         .args(["flow", "test", "--flow"])
         .arg(dir.path().join("env.prompty"))
         .env("PROMPTY_TEST_KEY", "sk-from-env")
+        .env("PROMPTY_TEST_MODEL", "gpt-4o")
         .output()
         .unwrap();
     assert_eq!(stdout_json(&out)["output"], "hello");

@@ -94,7 +94,8 @@ pub(super) fn build(
         Some("azure_openai") => field("azure_deployment").or_else(|| field("model")),
         _ => field("model").or_else(|| field("azure_deployment")),
     }
-    .or(named_in_parameters);
+    .or(named_in_parameters)
+    .map(|m| env_or_literal(&m));
     let backend = match (kind, conf.and_then(|c| c.connection.as_deref())) {
         (_, Some(_)) => resolve_backend(node, cx, deployment.as_deref(), api.model_use())?,
         (None | Some("local"), None) => {
@@ -163,6 +164,15 @@ pub(super) fn build(
             })),
         }),
     })
+}
+
+/// `${env:VAR}` as the variable's value when it is set, else the text as written (promptflow's rule
+/// for the model and deployment names).
+fn env_or_literal(text: &str) -> String {
+    text.strip_prefix("${env:")
+        .and_then(|r| r.strip_suffix('}'))
+        .and_then(|var| std::env::var(var.trim()).ok())
+        .unwrap_or_else(|| text.to_owned())
 }
 
 /// A connection made from `model.configuration`'s keys; keys left empty come from promptflow's
