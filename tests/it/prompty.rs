@@ -734,3 +734,34 @@ fn a_python_tool_runs_a_prompty_with_prompty_load() {
     assert_eq!(body["max_tokens"], 7, "the override wins");
     assert_eq!(body["temperature"], 0.7, "the rest is kept");
 }
+
+#[test]
+fn without_inputs_the_sample_gives_the_inputs_and_their_types() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = FakeOpenAi::start(|seen| ("application/json", chat_reply(&last_message(seen))));
+    let prompty = dir.path().join("count.prompty");
+    std::fs::write(
+        &prompty,
+        format!(
+            "---\nmodel:\n  configuration:\n    type: openai\n    model: m\n    base_url: {}\n    api_key: k\nsample:\n  word: apple\n  times: 3\n---\nuser:\n{{{{word}}}} x{{{{times + 1}}}}\n",
+            server.base
+        ),
+    )
+    .unwrap();
+    sluice(home.path())
+        .args(["flow", "validate", "--flow"])
+        .arg(&prompty)
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("2 inputs"));
+    let out = stdout_json(&flow_test(home.path(), &prompty, &[]));
+    assert_eq!(out["output"], "apple x4");
+    // Given inputs replace the sample, and `times` is read as an int.
+    let out = stdout_json(&flow_test(
+        home.path(),
+        &prompty,
+        &["--inputs", "word=pear", "times=1"],
+    ));
+    assert_eq!(out["output"], "pear x2");
+}
