@@ -54,6 +54,7 @@ pub mod load;
 pub mod model;
 pub mod node;
 pub mod plan;
+pub mod prompty;
 pub mod redact;
 pub mod runner;
 pub mod spawn;
