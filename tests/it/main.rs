@@ -14,6 +14,7 @@ mod fixtures;
 mod hardening;
 mod isolation;
 mod llm;
+mod py_connections;
 mod rag;
 mod report;
 mod retrieval;
