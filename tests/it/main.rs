@@ -14,6 +14,7 @@ mod fixtures;
 mod hardening;
 mod isolation;
 mod llm;
+mod llm_requests;
 mod py_connections;
 mod rag;
 mod report;

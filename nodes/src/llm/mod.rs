@@ -50,7 +50,18 @@ impl NodeKind for LlmKind {
 
     fn build(&self, node: &NodeDef, cx: &BuildContext) -> Result<Built, BuildError> {
         let path = cx.source_file(node)?;
-        let template = Template::from_file(&path)?;
+        let mut template = Template::from_file(&path)?;
+        // A node input named `prompt` is the template instead of the file's, as in promptflow
+        // (unless the file's template uses a variable of that name).
+        let mut prompt_input = node.inputs.contains_key("prompt")
+            && !template.variables().iter().any(|v| v == "prompt");
+        if prompt_input
+            && let Some(InputValue::Literal(Value::String(text))) =
+                node.inputs.get("prompt").map(|b| &b.value)
+        {
+            template = Template::from_source(text.clone(), &cx.flow.file)?;
+            prompt_input = false;
+        }
         let api = match node.api.as_deref().map(str::to_ascii_lowercase).as_deref() {
             None | Some("chat") => Api::Chat,
             Some("completion") => Api::Completion,
@@ -111,6 +122,7 @@ impl NodeKind for LlmKind {
             node: Arc::new(LlmNode {
                 name: node.name.clone(),
                 template: Arc::new(template),
+                prompt_input: prompt_input.then(|| cx.flow.file.clone()),
                 api,
                 escape,
                 backend,
@@ -180,10 +192,12 @@ fn resolve_backend(
     };
     match conn {
         Some(c) if c.kind != ConnectionType::Local => {
-            if c.kind == ConnectionType::Custom {
+            if !matches!(c.kind, ConnectionType::OpenAi | ConnectionType::AzureOpenAi) {
                 return Err(BuildError::new(format!(
-                    "node `{}` uses the custom connection `{}`; an llm node needs an open_ai, azure_open_ai or local connection",
-                    node.name, c.name
+                    "node `{}` uses the {} connection `{}`; an llm node needs an open_ai, azure_open_ai or local connection",
+                    node.name,
+                    c.kind.as_str(),
+                    c.name
                 )));
             }
             let config = HttpConfig::from_connection(&c)
@@ -233,6 +247,8 @@ pub(crate) fn require_local_models(node: &str, model: &str) -> Result<(), BuildE
 struct LlmNode {
     name: String,
     template: Arc<Template>,
+    /// The node's `prompt` input replaces the template; the flow file names it in errors.
+    prompt_input: Option<PathBuf>,
     api: Api,
     escape: HashSet<String>,
     backend: BackendChoice,
@@ -273,9 +289,21 @@ impl LlmNode {
 #[async_trait]
 impl Node for LlmNode {
     async fn run(&self, mut inputs: NodeInputs, cx: &NodeContext) -> Result<Value, NodeError> {
-        let params = protocol::from_fields(inputs.iter().filter(|(k, _)| protocol::is_param(k)))
-            .map_err(|e| NodeError::user("InputTypeError", e.to_string()))?;
+        let mut params =
+            protocol::from_fields(inputs.iter().filter(|(k, _)| protocol::is_param(k)))
+                .map_err(|e| NodeError::user("InputTypeError", e.to_string()))?;
+        params.stream = cx.stream;
         let model = params.model.clone();
+        let template = match &self.prompt_input {
+            Some(file) => match inputs.shift_remove("prompt") {
+                Some(Value::String(text)) => Arc::new(
+                    Template::from_source(text, file)
+                        .map_err(|e| NodeError::user("InvalidPrompt", e.message))?,
+                ),
+                _ => self.template.clone(),
+            },
+            None => self.template.clone(),
+        };
         let mut vars: Vec<(String, Value)> = Vec::new();
         let escaper = Escaper::new();
         for (k, v) in inputs.drain(..) {
@@ -287,9 +315,7 @@ impl Node for LlmNode {
                 vars.push((k, v));
             }
         }
-        let text = self
-            .template
-            .render(vars.iter().map(|(k, v)| (k.as_str(), v)))?;
+        let text = template.render(vars.iter().map(|(k, v)| (k.as_str(), v)))?;
         let prompt = match self.api {
             Api::Chat => Prompt::Chat(parse_chat(&text, Some(&escaper))?),
             Api::Completion => Prompt::Text(text),
@@ -305,7 +331,11 @@ impl Node for LlmNode {
         }
         let done = stream.collect().await?;
         record_usage(cx, &done);
-        Ok(Value::String(done.text))
+        // With functions or tools, promptflow returns the whole message (it may hold calls).
+        Ok(match done.message {
+            Some(message) => Value::from(message),
+            None => Value::String(done.text),
+        })
     }
 }
 
@@ -390,6 +420,7 @@ impl Opaque for LlmStream {
             match ev {
                 Event::Text(t) => f(&t),
                 Event::Done(..) => return Ok(()),
+                Event::Message(_) => {}
                 Event::Error(e) => return Err(StreamError::new(e.message)),
             }
         }

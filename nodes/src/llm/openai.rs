@@ -267,13 +267,30 @@ impl Backend for HttpBackend {
         } else {
             "completions"
         };
-        let url = self.url(leaf, params.model.as_deref())?;
-        let request = encode_request(&prompt, &params, true);
+        // Azure routes by deployment (`deployment_name` before `model`); OpenAI by `model`.
+        let model = match self.config.kind {
+            ConnectionType::AzureOpenAi => params.deployment_name.clone().or(params.model.clone()),
+            _ => params.model.clone(),
+        };
+        let url = self.url(leaf, model.as_deref())?;
+        let mut request = encode_request(&prompt, &params, params.stream);
+        if let Some(m) = model {
+            request["model"] = json!(m);
+        }
+        let message = chat
+            && (params.tool_calling.contains_key("functions")
+                || params.tool_calling.contains_key("tools"));
         let (tx, stream) = TokenStream::channel();
         let this = self.clone();
         let task = SpawnedTask::spawn(async move {
             let started = Instant::now();
-            match this.call(&url, &request, chat, &tx, started).await {
+            let reply = Reply::Stream {
+                chat,
+                message,
+                tx: &tx,
+                started,
+            };
+            match this.exchange(&url, &request, reply).await.map(|_| ()) {
                 Ok(()) => {}
                 Err(e) => {
                     let _ = tx.send(Event::Error(e));
@@ -285,20 +302,6 @@ impl Backend for HttpBackend {
 }
 
 impl HttpBackend {
-    /// Sends the request with retries and forwards the streamed answer.
-    async fn call(
-        &self,
-        url: &str,
-        request: &Json,
-        chat: bool,
-        tx: &UnboundedSender<Event>,
-        started: Instant,
-    ) -> Result<(), LlmError> {
-        self.exchange(url, request, Reply::Stream { chat, tx, started })
-            .await
-            .map(|_| ())
-    }
-
     /// Embeds `inputs` with `/embeddings` (OpenAI's endpoint, or an Azure deployment's), with the
     /// same retries, timeouts and concurrency limit as completions. Vectors come back in input order.
     pub async fn embed(
@@ -306,8 +309,21 @@ impl HttpBackend {
         inputs: &[String],
         model: Option<&str>,
     ) -> Result<Embeddings, LlmError> {
+        self.embeddings(json!(inputs), model).await
+    }
+
+    /// Embeds one text, sent as a string (`"input": "text"`), as promptflow's embedding tool does.
+    pub async fn embed_text(
+        &self,
+        input: &str,
+        model: Option<&str>,
+    ) -> Result<Embeddings, LlmError> {
+        self.embeddings(json!(input), model).await
+    }
+
+    async fn embeddings(&self, input: Json, model: Option<&str>) -> Result<Embeddings, LlmError> {
         let url = self.url("embeddings", model)?;
-        let mut body = json!({"input": inputs});
+        let mut body = json!({"input": input});
         if let Some(m) = model {
             body["model"] = json!(m);
         }
@@ -373,8 +389,13 @@ impl HttpBackend {
             let outcome = match req.send().await {
                 Ok(resp) if resp.status().is_success() => {
                     let handled = match &reply {
-                        Reply::Stream { chat, tx, started } => self
-                            .forward(resp, *chat, tx, *started)
+                        Reply::Stream {
+                            chat,
+                            message,
+                            tx,
+                            started,
+                        } => self
+                            .forward(resp, (*chat, *message), tx, *started)
                             .await
                             .map(|()| Outcome::Streamed),
                         Reply::Embeddings => {
@@ -467,12 +488,12 @@ impl HttpBackend {
         }
     }
 
-    /// Reads a successful response (SSE or JSON) and sends its text. The flag in the error says whether
-    /// any text was already sent.
+    /// Reads a successful response (SSE or JSON) and sends its text (and, where `message`, the whole
+    /// reply message). The flag in the error says whether any text was already sent.
     async fn forward(
         &self,
         mut resp: reqwest::Response,
-        chat: bool,
+        (chat, message): (bool, bool),
         tx: &UnboundedSender<Event>,
         started: Instant,
     ) -> Result<(), (LlmError, bool)> {
@@ -499,6 +520,9 @@ impl HttpBackend {
                 choice["text"].as_str()
             };
             let _ = tx.send(Event::Text(content.unwrap_or_default().to_owned()));
+            if chat && message {
+                let _ = tx.send(Event::Message(reply_message(&choice["message"])));
+            }
             let _ = tx.send(Event::Done(
                 finish(choice["finish_reason"].as_str()),
                 usage(&v["usage"], Some(started.elapsed()), started),
@@ -568,10 +592,24 @@ pub struct Embeddings {
     pub prompt_tokens: u64,
 }
 
+/// The reply message as promptflow returns it with functions or tools (the OpenAI SDK's
+/// `message.model_dump()`): the server's message, with `content`, `function_call` and `tool_calls`
+/// present (null where absent).
+fn reply_message(m: &Json) -> Json {
+    let mut out = m.as_object().cloned().unwrap_or_default();
+    out.entry("role").or_insert(json!("assistant"));
+    for key in ["content", "function_call", "tool_calls"] {
+        out.entry(key).or_insert(Json::Null);
+    }
+    Json::Object(out)
+}
+
 /// What to do with a successful response.
 enum Reply<'a> {
     Stream {
         chat: bool,
+        /// Send the whole reply message too (the request offered functions or tools).
+        message: bool,
         tx: &'a UnboundedSender<Event>,
         started: Instant,
     },

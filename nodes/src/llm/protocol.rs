@@ -90,6 +90,8 @@ pub trait ParamValue {
     fn text(&self) -> Option<&str>;
     fn items(&self) -> Option<Vec<&Self>>;
     fn field(&self, key: &str) -> Option<&Self>;
+    /// The value as JSON, as it is sent to a server.
+    fn to_json(&self) -> Json;
 }
 
 impl ParamValue for Json {
@@ -110,6 +112,9 @@ impl ParamValue for Json {
     }
     fn field(&self, key: &str) -> Option<&Self> {
         self.as_object()?.get(key)
+    }
+    fn to_json(&self) -> Json {
+        self.clone()
     }
 }
 
@@ -144,6 +149,9 @@ impl ParamValue for Value {
             Value::Map(m) => m.get(key),
             _ => None,
         }
+    }
+    fn to_json(&self) -> Json {
+        self.to_json_lossy()
     }
 }
 
@@ -195,7 +203,8 @@ where
         match name.as_str() {
             "model" | "deployment_name" => match v.text() {
                 Some("") => {}
-                Some(m) => p.model = Some(m.to_owned()),
+                Some(m) if name == "model" => p.model = Some(m.to_owned()),
+                Some(m) => p.deployment_name = Some(m.to_owned()),
                 None => {
                     return Err(ParamError::Invalid {
                         param: if name == "model" {
@@ -226,6 +235,20 @@ where
             "seed" => p.seed = Some(whole(v, "seed", "a whole number")?),
             "stop" => p.stop = stop(v)?,
             "response_format" => p.json_object = json_object(v)?,
+            "functions" | "tools" => {
+                let param = if name == "tools" { "tools" } else { "functions" };
+                let list = json_text(v.to_json());
+                if !list.is_array() {
+                    return Err(ParamError::Invalid {
+                        param,
+                        expected: "a list of definitions (or JSON text of one)",
+                    });
+                }
+                p.tool_calling.insert(param.to_owned(), list);
+            }
+            "function_call" | "tool_choice" => {
+                p.tool_calling.insert(name.clone(), json_text(v.to_json()));
+            }
             "n" if whole(v, "n", "1 (one choice per call)")? != 1 => {
                 return Err(ParamError::Invalid {
                     param: "n",
@@ -238,7 +261,24 @@ where
     if max_completion_tokens.is_some() {
         p.max_tokens = max_completion_tokens;
     }
+    if p.model.is_none() {
+        p.model = p.deployment_name.clone();
+    }
+    // As in promptflow: with `tools`, the legacy `functions` are not sent.
+    if p.tool_calling.contains_key("tools") {
+        p.tool_calling.remove("functions");
+        p.tool_calling.remove("function_call");
+    }
     Ok(p)
+}
+
+/// A value given as JSON text (`'[{"type": "function", ...}]'`) as the JSON it spells; other text
+/// (`auto`) and other values as they are.
+fn json_text(v: Json) -> Json {
+    match v {
+        Json::String(s) => serde_json::from_str(&s).unwrap_or(Json::String(s)),
+        other => other,
+    }
 }
 
 fn max_tokens<V: ParamValue + ?Sized>(v: &V, param: &'static str) -> Result<u32, ParamError> {
@@ -323,6 +363,9 @@ pub fn encode_request(prompt: &Prompt, p: &GenParams, stream: bool) -> Json {
     }
     if p.json_object {
         b.insert("response_format".into(), json!({"type": "json_object"}));
+    }
+    for (k, v) in &p.tool_calling {
+        b.insert(k.clone(), v.clone());
     }
     if stream {
         b.insert("stream".into(), json!(true));

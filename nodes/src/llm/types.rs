@@ -56,8 +56,16 @@ pub struct GenParams {
     pub seed: Option<i64>,
     /// `response_format: {type: json_object}`: the output must be one JSON object.
     pub json_object: bool,
-    /// The model name or deployment a remote backend is asked for.
+    /// The model a backend is asked for: `model`, else `deployment_name`.
     pub model: Option<String>,
+    /// `deployment_name` as given: an Azure OpenAI connection sends requests to this deployment
+    /// (before `model`), as promptflow's Azure provider does.
+    pub deployment_name: Option<String>,
+    /// Whether the caller reads the reply as it is generated (a remote backend asks for a stream).
+    pub stream: bool,
+    /// `functions` / `function_call` / `tools` / `tool_choice` as they are sent to a server (JSON).
+    /// With them, the reply is the whole message ([`Event::Message`]), as promptflow returns it.
+    pub tool_calling: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Default for GenParams {
@@ -72,6 +80,9 @@ impl Default for GenParams {
             seed: None,
             json_object: false,
             model: None,
+            deployment_name: None,
+            stream: false,
+            tool_calling: serde_json::Map::new(),
         }
     }
 }
@@ -115,6 +126,9 @@ pub enum Event {
     Text(String),
     Done(FinishReason, Usage),
     Error(LlmError),
+    /// The whole reply message (`role`, `content`, `function_call`, `tool_calls`), sent before
+    /// `Done` when the request offered functions or tools.
+    Message(serde_json::Value),
 }
 
 /// Errors from a backend, with promptflow's error codes.
@@ -178,6 +192,8 @@ pub struct Completion {
     pub text: String,
     pub finish_reason: FinishReason,
     pub usage: Usage,
+    /// The whole reply message, where the backend sent one ([`Event::Message`]).
+    pub message: Option<serde_json::Value>,
 }
 
 impl TokenStream {
@@ -221,6 +237,7 @@ impl TokenStream {
     fn note(&mut self, ev: Option<Event>) -> Option<Event> {
         match ev {
             Some(Event::Text(t)) => Some(Event::Text(t)),
+            Some(Event::Message(m)) => Some(Event::Message(m)),
             Some(other) => {
                 self.done = true;
                 Some(other)
@@ -238,14 +255,17 @@ impl TokenStream {
     /// Waits for the whole text.
     pub async fn collect(mut self) -> Result<Completion, LlmError> {
         let mut text = String::new();
+        let mut message = None;
         while let Some(ev) = self.next().await {
             match ev {
                 Event::Text(t) => text.push_str(&t),
+                Event::Message(m) => message = Some(m),
                 Event::Done(finish_reason, usage) => {
                     return Ok(Completion {
                         text,
                         finish_reason,
                         usage,
+                        message,
                     });
                 }
                 Event::Error(e) => return Err(e),
