@@ -350,3 +350,35 @@ def imports() -> dict:
         })
     );
 }
+
+#[test]
+fn a_tool_provider_receives_its_connection_in_init() {
+    let home = tempfile::tempdir().unwrap();
+    create_connections(home.path());
+    let flow = tempfile::tempdir().unwrap();
+    write_files(
+        flow.path(),
+        &[
+            (
+                "flow.dag.yaml",
+                "inputs:\n  q: {type: string, default: weather}\noutputs:\n  a: {reference: '${search.output}'}\nnodes:\n- name: search\n  type: python\n  source: {type: code, path: search.py}\n  inputs: {conn: my_azure, q: '${inputs.q}'}\n",
+            ),
+            (
+                "search.py",
+                "from promptflow.connections import AzureOpenAIConnection\nfrom promptflow.core import ToolProvider, tool\n\n\nclass Search(ToolProvider):\n    def __init__(self, conn: AzureOpenAIConnection):\n        self.conn = conn\n\n    @tool\n    def search(self, q: str) -> str:\n        return '%s via %s at %s' % (q, type(self.conn).__name__, self.conn.api_base)\n",
+            ),
+        ],
+    );
+    for isolation in ["thread", "process"] {
+        let out = sluice(home.path())
+            .args(["flow", "test", "--isolation", isolation, "--flow"])
+            .arg(flow.path())
+            .output()
+            .unwrap();
+        assert_eq!(
+            stdout_json(&out)["a"],
+            "weather via AzureOpenAIConnection at https://res.openai.azure.com/",
+            "--isolation {isolation}"
+        );
+    }
+}

@@ -196,8 +196,12 @@ def _describe(func):
     return params, kwargs, connections
 
 
-def load_tool(path, flow_dir, literals, references):
-    """Imports a tool file and finds its one tool. Returns a dict describing it."""
+def load_tool(path, flow_dir, literals, references, stored_connections=None):
+    """Imports a tool file and finds its one tool. Returns a dict describing it.
+
+    `stored_connections` maps the connection names among `literals` to (type, configs, secrets), for
+    `ToolProvider.__init__` parameters annotated with a connection class.
+    """
     module = _import_file(path, flow_dir)
     functions = [
         (name, obj)
@@ -234,7 +238,15 @@ def load_tool(path, flow_dir, literals, references):
                     "input `%s` initialises %s and must be a literal, not a reference" % (p.name, cls.__name__)
                 )
             if p.name in literals:
-                init_kwargs[p.name] = _coerce(literals[p.name], _type_name(p.annotation, p.default), p.name)
+                type_name = _type_name(p.annotation, p.default)
+                value = literals[p.name]
+                if type_name == "connection" and isinstance(value, str):
+                    stored = (stored_connections or {}).get(value)
+                    if stored is None:
+                        raise LoadError("init input `%s`: connection `%s` does not exist" % (p.name, value))
+                    init_kwargs[p.name] = make_connection(p.name, p.annotation, value, *stored)
+                else:
+                    init_kwargs[p.name] = _coerce(value, type_name, p.name)
                 consumed.append(p.name)
             elif p.default is inspect.Parameter.empty:
                 raise LoadError("%s needs init input `%s`; set it as a literal node input" % (cls.__name__, p.name))

@@ -132,6 +132,7 @@ impl NodeKind for PythonKind {
                 cx.flow_dir().to_string_lossy().as_ref(),
                 to_py(py, &Value::Map(literals.clone()))?,
                 references.clone(),
+                stored_connections(py, &literals)?,
             ))?;
             let func: Py<PyAny> = info.get_item("func")?.unbind();
             let name: String = info.get_item("name")?.extract()?;
@@ -234,6 +235,41 @@ fn connection_params(
         out.push((param, annotation.unbind(), literal));
     }
     Ok(out)
+}
+
+/// The stored connections that string literals among `literals` name, as `(type, configs, secrets)`
+/// by name, for tools whose `__init__` takes a connection. A connection that cannot be read is left
+/// out (the tool then says it does not exist, if it wants it).
+fn stored_connections<'py>(py: Python<'py>, literals: &Map) -> PyResult<Bound<'py, PyDict>> {
+    let out = PyDict::new(py);
+    for value in literals.values() {
+        let Value::String(name) = value else { continue };
+        let Ok(Some(conn)) = crate::llm::connections::load(name) else {
+            continue;
+        };
+        let (configs, secrets) = (PyDict::new(py), PyDict::new(py));
+        let mut readable = true;
+        for (keys, dict) in [(&conn.configs, &configs), (&conn.secrets, &secrets)] {
+            for key in keys.keys() {
+                match conn.get(key) {
+                    Ok(v) => dict.set_item(key, v)?,
+                    Err(_) => readable = false,
+                }
+            }
+        }
+        if readable {
+            out.set_item(name, (conn.kind.as_str(), configs, secrets))?;
+        }
+    }
+    Ok(out)
+}
+
+/// A node's literals as they cross to a worker (a JSON object) as a map.
+fn literal_map(literals: &serde_json::Value) -> Map {
+    match Value::from(literals.clone()) {
+        Value::Map(m) => m,
+        _ => Map::new(),
+    }
 }
 
 /// Why a tool's connection argument could not be made.
@@ -436,6 +472,7 @@ pub(crate) fn call_in_worker(request: &isolation::Request) -> isolation::Respons
                     request.flow_dir.to_string_lossy().as_ref(),
                     to_py(py, &Value::from(request.literals.clone()))?,
                     request.references.clone(),
+                    stored_connections(py, &literal_map(&request.literals))?,
                 ))?;
                 let f: Py<PyAny> = info.get_item("func")?.unbind();
                 let connections: HashMap<String, ConnectionParam> =
