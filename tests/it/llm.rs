@@ -528,7 +528,8 @@ fn the_http_backend_talks_to_sluice_model_serve() {
 }
 
 /// What the fake server answers to the n-th request (0-based): status, extra headers, body, delay.
-pub(crate) type Script = dyn Fn(usize) -> (u16, Vec<(&'static str, String)>, String, Duration) + Send + Sync;
+pub(crate) type Script =
+    dyn Fn(usize) -> (u16, Vec<(&'static str, String)>, String, Duration) + Send + Sync;
 
 pub(crate) struct FakeServer {
     pub(crate) base: String,

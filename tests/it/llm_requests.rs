@@ -252,7 +252,11 @@ fn stream_is_sent_only_when_the_flow_streams_and_numbers_keep_their_yaml_values(
         .arg(flow.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("streamed"));
     let streamed: Json = serde_json::from_str(&rec.server.bodies.lock().unwrap()[1]).unwrap();
     assert_eq!(streamed["stream"], true, "{streamed}");

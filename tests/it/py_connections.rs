@@ -165,7 +165,10 @@ fn run_records_show_connection_names_not_secrets() {
     let flow = tempfile::tempdir().unwrap();
     connections_flow(flow.path());
     let data = crate::common::numbers_data(flow.path(), 2);
-    for (name, isolation) in [("in_process", "--isolation thread"), ("workers", "--isolation process")] {
+    for (name, isolation) in [
+        ("in_process", "--isolation thread"),
+        ("workers", "--isolation process"),
+    ] {
         let out = run_create(home.path(), name, isolation, flow.path(), &data)
             .output()
             .unwrap();

@@ -236,7 +236,11 @@ where
             "stop" => p.stop = stop(v)?,
             "response_format" => p.json_object = json_object(v)?,
             "functions" | "tools" => {
-                let param = if name == "tools" { "tools" } else { "functions" };
+                let param = if name == "tools" {
+                    "tools"
+                } else {
+                    "functions"
+                };
                 let list = json_text(v.to_json());
                 if !list.is_array() {
                     return Err(ParamError::Invalid {
@@ -469,6 +473,42 @@ mod tests {
             let (a, b) = both(name, node, body);
             assert_eq!(a, b, "{name}");
         }
+    }
+
+    #[test]
+    fn tools_are_read_from_lists_or_json_text_and_replace_functions() {
+        let body = json!({"tools": "[{\"type\": \"function\"}]", "tool_choice": "auto",
+                          "functions": [{"name": "f"}], "function_call": "{\"name\": \"f\"}"});
+        let p = from_fields(body.as_object().unwrap()).unwrap();
+        let sent = encode_request(&Prompt::Text("hi".into()), &p, false);
+        assert_eq!(sent["tools"], json!([{"type": "function"}]));
+        assert_eq!(sent["tool_choice"], "auto");
+        assert!(sent.get("functions").is_none(), "{sent}");
+        assert!(sent.get("function_call").is_none(), "{sent}");
+        let body =
+            json!({"functions": "[{\"name\": \"f\"}]", "function_call": "{\"name\": \"f\"}"});
+        let sent = encode_request(
+            &Prompt::Text("hi".into()),
+            &from_fields(body.as_object().unwrap()).unwrap(),
+            false,
+        );
+        assert_eq!(sent["functions"], json!([{"name": "f"}]));
+        assert_eq!(sent["function_call"], json!({"name": "f"}));
+        let err = from_fields(json!({"tools": "auto"}).as_object().unwrap()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the parameter `tools` must be a list of definitions (or JSON text of one)"
+        );
+    }
+
+    #[test]
+    fn deployment_name_is_kept_apart_from_model() {
+        let body = json!({"deployment_name": "dep", "model": "m"});
+        let p = from_fields(body.as_object().unwrap()).unwrap();
+        assert_eq!(p.model.as_deref(), Some("m"));
+        assert_eq!(p.deployment_name.as_deref(), Some("dep"));
+        let p = from_fields(json!({"deployment_name": "dep"}).as_object().unwrap()).unwrap();
+        assert_eq!(p.model.as_deref(), Some("dep"));
     }
 
     #[test]

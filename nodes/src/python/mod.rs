@@ -159,15 +159,30 @@ impl NodeKind for PythonKind {
                 );
             }
             let mut connection_args = HashMap::new();
-            for (param, annotation, literal) in connections {
+            for DeclaredConnection {
+                param,
+                annotation,
+                literal,
+            } in connections
+            {
                 let resolved = match literal {
-                    Some(conn) => match connection_arg(py, rt, &param, annotation.bind(py), &conn) {
-                        Ok(obj) => Some((conn, obj.unbind())),
-                        Err(e) => return Ok(Err(connection_build_error(&node.name, &param, &e))),
-                    },
+                    Some(conn) => {
+                        match connection_arg(py, rt, &param, annotation.bind(py), &conn) {
+                            Ok(obj) => Some((conn, obj.unbind())),
+                            Err(e) => {
+                                return Ok(Err(connection_build_error(&node.name, &param, &e)));
+                            }
+                        }
+                    }
                     None => None,
                 };
-                connection_args.insert(param, ConnectionParam { annotation, resolved });
+                connection_args.insert(
+                    param,
+                    ConnectionParam {
+                        annotation,
+                        resolved,
+                    },
+                );
             }
             Ok::<_, PyErr>(Ok(Built {
                 node: Arc::new(PythonNode {
@@ -219,12 +234,16 @@ struct ConnectionParam {
     resolved: Option<(String, Py<PyAny>)>,
 }
 
-/// The tool's connection parameters from `host.load_tool`'s answer: name, annotation, and the
-/// connection the node names as a literal, if it does.
-fn connection_params(
-    info: &Bound<'_, PyAny>,
-    literals: &Map,
-) -> PyResult<Vec<(String, Py<PyAny>, Option<String>)>> {
+/// A connection parameter as `host.load_tool` describes it.
+struct DeclaredConnection {
+    param: String,
+    annotation: Py<PyAny>,
+    /// The connection the node names as a literal, if it does.
+    literal: Option<String>,
+}
+
+/// The tool's connection parameters from `host.load_tool`'s answer.
+fn connection_params(info: &Bound<'_, PyAny>, literals: &Map) -> PyResult<Vec<DeclaredConnection>> {
     let mut out = Vec::new();
     for (param, annotation) in info.get_item("connections")?.cast::<PyDict>()?.iter() {
         let param: String = param.extract()?;
@@ -232,7 +251,11 @@ fn connection_params(
             Some(Value::String(name)) if !name.is_empty() => Some(name.clone()),
             _ => None,
         };
-        out.push((param, annotation.unbind(), literal));
+        out.push(DeclaredConnection {
+            param,
+            annotation: annotation.unbind(),
+            literal,
+        });
     }
     Ok(out)
 }
@@ -328,11 +351,12 @@ fn connection_arg<'py>(
         name: name.to_owned(),
         source,
     };
-    let conn = connections::load(name)
-        .map_err(store)?
-        .ok_or_else(|| ConnectionArgError::Missing {
-            name: name.to_owned(),
-        })?;
+    let conn =
+        connections::load(name)
+            .map_err(store)?
+            .ok_or_else(|| ConnectionArgError::Missing {
+                name: name.to_owned(),
+            })?;
     let python = |e: PyErr| {
         let d = describe(py, &e);
         ConnectionArgError::Python {
@@ -351,7 +375,16 @@ fn connection_arg<'py>(
     rt.host
         .bind(py)
         .getattr("make_connection")
-        .and_then(|f| f.call1((param, annotation, name, conn.kind.as_str(), configs, secrets)))
+        .and_then(|f| {
+            f.call1((
+                param,
+                annotation,
+                name,
+                conn.kind.as_str(),
+                configs,
+                secrets,
+            ))
+        })
         .map_err(python)
 }
 
@@ -478,10 +511,20 @@ pub(crate) fn call_in_worker(request: &isolation::Request) -> isolation::Respons
                 let connections: HashMap<String, ConnectionParam> =
                     connection_params(&info, &Map::new())?
                         .into_iter()
-                        .map(|(param, annotation, _)| {
-                            let resolved = None;
-                            (param, ConnectionParam { annotation, resolved })
-                        })
+                        .map(
+                            |DeclaredConnection {
+                                 param, annotation, ..
+                             }| {
+                                let resolved = None;
+                                (
+                                    param,
+                                    ConnectionParam {
+                                        annotation,
+                                        resolved,
+                                    },
+                                )
+                            },
+                        )
                         .collect();
                 let connections = Arc::new(connections);
                 tools
@@ -496,7 +539,11 @@ pub(crate) fn call_in_worker(request: &isolation::Request) -> isolation::Respons
             kwargs.set_item(k, to_py(py, &Value::from(v.clone()))?)?;
         }
         if let Err(e) = with_connections(py, rt, &connections, &kwargs) {
-            return Ok(fail(format!("node `{}`: {}", request.node, crate::error_chain(&e))));
+            return Ok(fail(format!(
+                "node `{}`: {}",
+                request.node,
+                crate::error_chain(&e)
+            )));
         }
         let sink = PyDict::new(py);
         let (ok, result): (bool, Bound<PyAny>) = rt
@@ -566,10 +613,7 @@ impl Node for PythonNode {
                     kwargs.set_item(k, to_py(py, v)?)?;
                 }
                 if let Err(e) = with_connections(py, rt, &connections, &kwargs) {
-                    return Ok(Err(NodeError::user(
-                        e.error_type(),
-                        crate::error_chain(&e),
-                    )));
+                    return Ok(Err(NodeError::user(e.error_type(), crate::error_chain(&e))));
                 }
                 let sink = metrics.as_ref().map(|_| PyDict::new(py));
                 let (ok, result): (bool, Bound<PyAny>) = rt
