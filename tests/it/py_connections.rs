@@ -385,3 +385,49 @@ fn a_tool_provider_receives_its_connection_in_init() {
         );
     }
 }
+
+#[test]
+fn a_connection_named_by_a_flow_input_is_looked_up_when_the_line_runs() {
+    let home = tempfile::tempdir().unwrap();
+    create_connections(home.path());
+    let flow = tempfile::tempdir().unwrap();
+    write_files(
+        flow.path(),
+        &[
+            (
+                "flow.dag.yaml",
+                "inputs:\n  conn: {type: string}\noutputs:\n  a: {reference: '${which.output}'}\nnodes:\n- name: which\n  type: python\n  source: {type: code, path: which.py}\n  inputs: {conn: '${inputs.conn}'}\n",
+            ),
+            (
+                "which.py",
+                "from typing import Union\n\nfrom promptflow.connections import AzureOpenAIConnection, CustomConnection\nfrom promptflow.core import tool\n\n\n@tool\ndef which(conn: Union[AzureOpenAIConnection, CustomConnection]) -> str:\n    return '%s %s' % (type(conn).__name__, conn.name)\n",
+            ),
+        ],
+    );
+    for isolation in ["thread", "process"] {
+        let run = |conn: &str| {
+            sluice(home.path())
+                .args(["flow", "test", "--isolation", isolation, "--inputs"])
+                .arg(format!("conn={conn}"))
+                .arg("--flow")
+                .arg(flow.path())
+                .output()
+                .unwrap()
+        };
+        assert_eq!(
+            stdout_json(&run("my_azure"))["a"],
+            "AzureOpenAIConnection my_azure"
+        );
+        assert_eq!(
+            stdout_json(&run("my_custom"))["a"],
+            "CustomConnection my_custom"
+        );
+        let out = run("my_serp");
+        assert!(!out.status.success(), "--isolation {isolation}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("connection `my_serp` is of type serp"),
+            "--isolation {isolation}: {stderr}"
+        );
+    }
+}
