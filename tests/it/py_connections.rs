@@ -155,6 +155,18 @@ fn connection_annotated_parameters_receive_connection_objects_in_process_and_in_
         for secret in [CUSTOM_SECRET, AZURE_KEY, OPENAI_KEY] {
             assert!(!stderr.contains(secret), "a secret was printed: {stderr}");
         }
+        // flow test's own record shows the names.
+        let detail: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(flow.path().join(".promptflow/flow.detail.json")).unwrap(),
+        )
+        .unwrap();
+        let inputs = &detail["flow_runs"][0]["node_runs"][0]["inputs"];
+        assert_eq!(inputs["custom"], "my_custom", "{detail}");
+        assert_eq!(inputs["openai"], "my_openai", "{detail}");
+        let text = detail.to_string();
+        for secret in [CUSTOM_SECRET, AZURE_KEY, OPENAI_KEY] {
+            assert!(!text.contains(secret), "a secret in flow.detail.json");
+        }
     }
 }
 
