@@ -297,3 +297,39 @@ fn embeddings_are_requested_as_promptflow_sends_them() {
         json!({"input": "hello", "model": "text-embedding-3-small"})
     );
 }
+
+#[test]
+fn a_serverless_connection_is_called_as_openai_under_v1() {
+    let rec = Recorder::new(ok_body("ok"));
+    let home = tempfile::tempdir().unwrap();
+    let file = home.path().join("serverless.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "name: maas\ntype: serverless\napi_key: k\napi_base: {}\n",
+            rec.server.base.trim_end_matches("/v1")
+        ),
+    )
+    .unwrap();
+    succeeded(
+        sluice(home.path())
+            .args(["connection", "create", "-f"])
+            .arg(&file),
+    );
+    let flow = tempfile::tempdir().unwrap();
+    write_files(
+        flow.path(),
+        &[
+            ("chat.jinja2", "# user:\nhi\n"),
+            (
+                "flow.dag.yaml",
+                "outputs:\n  a: {reference: '${chat.output}'}\nnodes:\n- name: chat\n  type: llm\n  api: chat\n  connection: maas\n  source: {type: code, path: chat.jinja2}\n  inputs:\n    model: llama\n",
+            ),
+        ],
+    );
+    assert_eq!(flow_test(home.path(), flow.path(), &[]), json!({"a": "ok"}));
+    assert_eq!(
+        rec.request_to("POST /v1/chat/completions ")["model"],
+        "llama"
+    );
+}

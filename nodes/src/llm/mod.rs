@@ -192,9 +192,12 @@ fn resolve_backend(
     };
     match conn {
         Some(c) if c.kind != ConnectionType::Local => {
-            if !matches!(c.kind, ConnectionType::OpenAi | ConnectionType::AzureOpenAi) {
+            if !matches!(
+                c.kind,
+                ConnectionType::OpenAi | ConnectionType::AzureOpenAi | ConnectionType::Serverless
+            ) {
                 return Err(BuildError::new(format!(
-                    "node `{}` uses the {} connection `{}`; an llm node needs an open_ai, azure_open_ai or local connection",
+                    "node `{}` uses the {} connection `{}`; an llm node needs an open_ai, azure_open_ai, serverless or local connection",
                     node.name,
                     c.kind.as_str(),
                     c.name

@@ -91,6 +91,15 @@ impl HttpConfig {
     pub fn from_connection(c: &Connection) -> Result<HttpConfig, HttpConfigError> {
         let get = |k: &str| c.get(k).map_err(HttpConfigError::Setting);
         let api_base = match (c.kind, get("api_base")?) {
+            // As promptflow does, a serverless endpoint is called as OpenAI under `/v1`.
+            (ConnectionType::Serverless, Some(b)) => {
+                let b = b.trim_end_matches('/');
+                if b.ends_with("/v1") {
+                    b.to_owned()
+                } else {
+                    format!("{b}/v1")
+                }
+            }
             (_, Some(b)) => b,
             (ConnectionType::OpenAi, None) => "https://api.openai.com/v1".to_owned(),
             _ => {
@@ -123,7 +132,10 @@ impl HttpConfig {
             }
         };
         Ok(HttpConfig {
-            kind: c.kind,
+            kind: match c.kind {
+                ConnectionType::Serverless => ConnectionType::OpenAi,
+                kind => kind,
+            },
             api_base: api_base.trim_end_matches('/').to_owned(),
             api_key: get("api_key")?,
             api_version: get("api_version")?.unwrap_or_else(|| "2024-02-01".to_owned()),
