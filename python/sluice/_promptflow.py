@@ -416,6 +416,20 @@ def normalize_connection_config(connection):
     }
 
 
+def init_azure_openai_client(connection):
+    """An ``openai.AzureOpenAI`` client for an Azure OpenAI connection (needs the ``openai`` package)."""
+    from openai import AzureOpenAI
+
+    return AzureOpenAI(**normalize_connection_config(connection))
+
+
+def init_openai_client(connection):
+    """An ``openai.OpenAI`` client for an OpenAI connection (needs the ``openai`` package)."""
+    from openai import OpenAI
+
+    return OpenAI(**normalize_connection_config(connection))
+
+
 # ---------------------------------------------------------------------------------------------------
 # Installing the modules.
 
@@ -458,12 +472,17 @@ def install(sluice):
     internal = module("promptflow._internal", **api)
     legacy_tool = module("promptflow._core.tool", **api)
     legacy_core = module("promptflow._core", tool=legacy_tool)
+    # Older flows import connection classes from the SDK's entities.
+    sdk_entities = module("promptflow._sdk.entities", **conns)
+    sdk = module("promptflow._sdk", entities=sdk_entities)
     common = module(
         "promptflow.tools.common",
         to_bool=to_bool,
         render_jinja_template=render_jinja_template,
         parse_chat=parse_chat,
         normalize_connection_config=normalize_connection_config,
+        init_azure_openai_client=init_azure_openai_client,
+        init_openai_client=init_openai_client,
     )
     tools = module("promptflow.tools", common=common)
     module(
@@ -476,6 +495,7 @@ def install(sluice):
         tools=tools,
         _internal=internal,
         _core=legacy_core,
+        _sdk=sdk,
         __version__="0.0.0+sluice",
         **api,
     )

@@ -320,7 +320,8 @@ from promptflow.connections import CustomConnection
 from promptflow.contracts.multimedia import Image
 from promptflow.core import AzureOpenAIModelConfiguration, OpenAIModelConfiguration, log_metric, tool
 from promptflow.entities import AzureOpenAIConnection
-from promptflow.tools.common import parse_chat, render_jinja_template
+from promptflow._sdk.entities import CustomConnection as SdkCustomConnection
+from promptflow.tools.common import init_azure_openai_client, parse_chat, render_jinja_template
 from promptflow.tracing import start_trace, trace
 
 start_trace(collection="demo")
@@ -345,6 +346,7 @@ def imports() -> dict:
         "chat": chat,
         "custom": dict(CustomConnection(configs={"a": "1"}, secrets={"b": "2"})),
         "legacy_is_core": legacy_tool is tool,
+        "sdk_entities": SdkCustomConnection is CustomConnection and callable(init_azure_openai_client),
     }
 "##,
             ),
@@ -361,7 +363,7 @@ def imports() -> dict:
             "shout": "HI", "deployment": "gpt", "endpoint": "https://a.example", "model": "gpt-4o",
             "image": "data:image/png;base64,cG5n",
             "chat": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}],
-            "custom": {"a": "1", "b": "2"}, "legacy_is_core": true,
+            "custom": {"a": "1", "b": "2"}, "legacy_is_core": true, "sdk_entities": true,
         })
     );
 }
