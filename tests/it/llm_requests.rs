@@ -228,7 +228,7 @@ fn stream_is_sent_only_when_the_flow_streams_and_numbers_keep_their_yaml_values(
             ("chat.jinja2", "# user:\nhi\n"),
             (
                 "flow.dag.yaml",
-                "outputs:\n  a: {reference: '${chat.output}'}\nnodes:\n- name: chat\n  type: llm\n  api: chat\n  connection: oai\n  source: {type: code, path: chat.jinja2}\n  inputs:\n    model: m\n    temperature: 0.7\n    top_p: 0.9\n    presence_penalty: 0.1\n    max_tokens: 20\n",
+                "outputs:\n  a: {reference: '${chat.output}'}\nnodes:\n- name: chat\n  type: llm\n  api: chat\n  connection: oai\n  source: {type: code, path: chat.jinja2}\n  inputs:\n    model: m\n    temperature: 0.7\n    top_p: 0.9\n    presence_penalty: 0.1\n    max_tokens: 20\n    user: u-42\n    logit_bias: {'50256': -100}\n",
             ),
         ],
     );
@@ -239,6 +239,8 @@ fn stream_is_sent_only_when_the_flow_streams_and_numbers_keep_their_yaml_values(
     let raw = rec.server.bodies.lock().unwrap()[0].clone();
     let body: Json = serde_json::from_str(&raw).unwrap();
     assert!(body.get("stream").is_none(), "{raw}");
+    assert_eq!(body["user"], "u-42");
+    assert_eq!(body["logit_bias"], json!({"50256": -100}));
     for sent in [
         "\"temperature\":0.7",
         "\"top_p\":0.9",

@@ -290,8 +290,8 @@ impl Backend for HttpBackend {
             request["model"] = json!(m);
         }
         let message = chat
-            && (params.tool_calling.contains_key("functions")
-                || params.tool_calling.contains_key("tools"));
+            && (params.passthrough.contains_key("functions")
+                || params.passthrough.contains_key("tools"));
         let (tx, stream) = TokenStream::channel();
         let this = self.clone();
         let task = SpawnedTask::spawn(async move {

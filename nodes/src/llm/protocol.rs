@@ -20,8 +20,9 @@
 //! (a flow input arrives as text). `max_tokens` (or `max_completion_tokens`, which wins) is a whole
 //! number from 1 to [`MAX_TOKENS`]; `seed` a whole number; `stop` a string or a list of at most
 //! [`MAX_STOPS`] strings of at most [`MAX_STOP_BYTES`] bytes; `n` is 1; `response_format` is `text` or
-//! `json_object` (a `{type: ...}` object or the bare name). Other OpenAI parameters are accepted and
-//! have no effect on local generation.
+//! `json_object` (a `{type: ...}` object or the bare name). `functions`, `function_call`, `tools`,
+//! `tool_choice` (lists and objects, or JSON text of them), `logit_bias` and `user` are sent to a
+//! server as given. Other OpenAI parameters are accepted and have no effect on local generation.
 
 use serde_json::{Value as Json, json};
 use sluice_engine::{Value, ValueType};
@@ -248,11 +249,35 @@ where
                         expected: "a list of definitions (or JSON text of one)",
                     });
                 }
-                p.tool_calling.insert(param.to_owned(), list);
+                p.passthrough.insert(param.to_owned(), list);
             }
             "function_call" | "tool_choice" => {
-                p.tool_calling.insert(name.clone(), json_text(v.to_json()));
+                p.passthrough.insert(name.clone(), json_text(v.to_json()));
             }
+            "logit_bias" => match json_text(v.to_json()) {
+                Json::Object(m) if m.is_empty() => {}
+                bias @ Json::Object(_) => {
+                    p.passthrough.insert(name.clone(), bias);
+                }
+                _ => {
+                    return Err(ParamError::Invalid {
+                        param: "logit_bias",
+                        expected: "a map of token ids to numbers",
+                    });
+                }
+            },
+            "user" => match v.text() {
+                Some("") => {}
+                Some(u) => {
+                    p.passthrough.insert(name.clone(), json!(u));
+                }
+                None => {
+                    return Err(ParamError::Invalid {
+                        param: "user",
+                        expected: "a string",
+                    });
+                }
+            },
             "n" if whole(v, "n", "1 (one choice per call)")? != 1 => {
                 return Err(ParamError::Invalid {
                     param: "n",
@@ -269,9 +294,9 @@ where
         p.model = p.deployment_name.clone();
     }
     // As in promptflow: with `tools`, the legacy `functions` are not sent.
-    if p.tool_calling.contains_key("tools") {
-        p.tool_calling.remove("functions");
-        p.tool_calling.remove("function_call");
+    if p.passthrough.contains_key("tools") {
+        p.passthrough.remove("functions");
+        p.passthrough.remove("function_call");
     }
     Ok(p)
 }
@@ -368,7 +393,7 @@ pub fn encode_request(prompt: &Prompt, p: &GenParams, stream: bool) -> Json {
     if p.json_object {
         b.insert("response_format".into(), json!({"type": "json_object"}));
     }
-    for (k, v) in &p.tool_calling {
+    for (k, v) in &p.passthrough {
         b.insert(k.clone(), v.clone());
     }
     if stream {

@@ -63,9 +63,10 @@ pub struct GenParams {
     pub deployment_name: Option<String>,
     /// Whether the caller reads the reply as it is generated (a remote backend asks for a stream).
     pub stream: bool,
-    /// `functions` / `function_call` / `tools` / `tool_choice` as they are sent to a server (JSON).
-    /// With them, the reply is the whole message ([`Event::Message`]), as promptflow returns it.
-    pub tool_calling: serde_json::Map<String, serde_json::Value>,
+    /// Parameters a server receives as given and a local model ignores: `functions` /
+    /// `function_call` / `tools` / `tool_choice` (with functions or tools, the reply is the whole
+    /// message, [`Event::Message`], as promptflow returns it), `logit_bias` and `user`.
+    pub passthrough: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Default for GenParams {
@@ -82,7 +83,7 @@ impl Default for GenParams {
             model: None,
             deployment_name: None,
             stream: false,
-            tool_calling: serde_json::Map::new(),
+            passthrough: serde_json::Map::new(),
         }
     }
 }
