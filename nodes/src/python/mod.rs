@@ -508,23 +508,17 @@ pub(crate) fn call_in_worker(request: &isolation::Request) -> isolation::Respons
                     stored_connections(py, &literal_map(&request.literals))?,
                 ))?;
                 let f: Py<PyAny> = info.get_item("func")?.unbind();
+                // Names arrive per call here; each is looked up then.
                 let connections: HashMap<String, ConnectionParam> =
                     connection_params(&info, &Map::new())?
                         .into_iter()
-                        .map(
-                            |DeclaredConnection {
-                                 param, annotation, ..
-                             }| {
-                                let resolved = None;
-                                (
-                                    param,
-                                    ConnectionParam {
-                                        annotation,
-                                        resolved,
-                                    },
-                                )
-                            },
-                        )
+                        .map(|d| {
+                            let p = ConnectionParam {
+                                annotation: d.annotation,
+                                resolved: None,
+                            };
+                            (d.param, p)
+                        })
                         .collect();
                 let connections = Arc::new(connections);
                 tools
