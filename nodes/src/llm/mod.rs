@@ -51,15 +51,14 @@ impl NodeKind for LlmKind {
     fn build(&self, node: &NodeDef, cx: &BuildContext) -> Result<Built, BuildError> {
         let path = cx.source_file(node)?;
         let mut template = Template::from_file(&path)?;
-        // A node input named `prompt` is the template instead of the file's, as in promptflow
-        // (unless the file's template uses a variable of that name).
-        let mut prompt_input = node.inputs.contains_key("prompt")
-            && !template.variables().iter().any(|v| v == "prompt");
-        if prompt_input
-            && let Some(InputValue::Literal(Value::String(text))) =
-                node.inputs.get("prompt").map(|b| &b.value)
+        check_variables(&node.name, &template)?;
+        // A node input named `prompt` is the template instead of the file's, as in promptflow.
+        let mut prompt_input = node.inputs.contains_key("prompt");
+        if let Some(InputValue::Literal(Value::String(text))) =
+            node.inputs.get("prompt").map(|b| &b.value)
         {
             template = Template::from_source(text.clone(), &cx.flow.file)?;
+            check_variables(&node.name, &template)?;
             prompt_input = false;
         }
         let api = match node.api.as_deref().map(str::to_ascii_lowercase).as_deref() {
@@ -73,17 +72,8 @@ impl NodeKind for LlmKind {
                 .help("set `api: chat` (role-separated prompt) or `api: completion` (raw text)"));
             }
         };
-        // Template variables are string inputs (as for `prompt` nodes); a variable named like an API
-        // parameter is an error (§7.5).
+        // Template variables are string inputs (as for `prompt` nodes).
         let mut signature = crate::prompt::template_signature(&template)?;
-        if let Some(var) = template.variables().iter().find(|v| protocol::is_param(v)) {
-            return Err(BuildError::new(format!(
-                "the template of node `{}` uses a variable named `{var}`, which is an LLM API parameter",
-                node.name
-            ))
-            .at(template.path(), None)
-            .help("rename the template variable"));
-        }
         for (name, ty) in protocol::PARAMS {
             signature.params.insert(
                 (*name).to_owned(),
@@ -128,6 +118,23 @@ impl NodeKind for LlmKind {
                 backend,
             }),
         })
+    }
+}
+
+/// Refuses a template variable named like an API parameter, `prompt` (the template itself)
+/// included, as promptflow does (§7.5).
+fn check_variables(node: &str, template: &Template) -> Result<(), BuildError> {
+    match template
+        .variables()
+        .iter()
+        .find(|v| protocol::is_param(v) || *v == "prompt")
+    {
+        Some(var) => Err(BuildError::new(format!(
+            "the template of node `{node}` uses a variable named `{var}`, which is an LLM API parameter"
+        ))
+        .at(template.path(), None)
+        .help("rename the template variable")),
+        None => Ok(()),
     }
 }
 
