@@ -28,6 +28,16 @@ pub enum ConnectionType {
     OpenAi,
     AzureOpenAi,
     Custom,
+    // promptflow's other connection types: Sluice stores them for the Python tools that take them.
+    Serverless,
+    Serp,
+    CognitiveSearch,
+    AzureContentSafety,
+    FormRecognizer,
+    Qdrant,
+    Weaviate,
+    #[serde(rename = "azure_ai_services")]
+    AzureAiServices,
 }
 
 impl ConnectionType {
@@ -38,6 +48,14 @@ impl ConnectionType {
                 "open_ai" | "openai" | "openai_connection" => ConnectionType::OpenAi,
                 "azure_open_ai" | "azure_openai" | "azureopenai" => ConnectionType::AzureOpenAi,
                 "custom" => ConnectionType::Custom,
+                "serverless" => ConnectionType::Serverless,
+                "serp" => ConnectionType::Serp,
+                "cognitive_search" => ConnectionType::CognitiveSearch,
+                "azure_content_safety" => ConnectionType::AzureContentSafety,
+                "form_recognizer" => ConnectionType::FormRecognizer,
+                "qdrant" => ConnectionType::Qdrant,
+                "weaviate" => ConnectionType::Weaviate,
+                "azure_ai_services" => ConnectionType::AzureAiServices,
                 _ => return None,
             },
         )
@@ -49,6 +67,14 @@ impl ConnectionType {
             ConnectionType::OpenAi => "open_ai",
             ConnectionType::AzureOpenAi => "azure_open_ai",
             ConnectionType::Custom => "custom",
+            ConnectionType::Serverless => "serverless",
+            ConnectionType::Serp => "serp",
+            ConnectionType::CognitiveSearch => "cognitive_search",
+            ConnectionType::AzureContentSafety => "azure_content_safety",
+            ConnectionType::FormRecognizer => "form_recognizer",
+            ConnectionType::Qdrant => "qdrant",
+            ConnectionType::Weaviate => "weaviate",
+            ConnectionType::AzureAiServices => "azure_ai_services",
         }
     }
 }
@@ -142,7 +168,7 @@ impl Connection {
                     let t = scalar(v).unwrap_or_default();
                     kind = Some(ConnectionType::parse(&t).ok_or_else(|| {
                         invalid(format!(
-                            "unknown connection type `{t}`; use local, open_ai, azure_open_ai or custom"
+                            "unknown connection type `{t}`; use local, open_ai, azure_open_ai, custom, serverless, serp, cognitive_search, azure_content_safety, form_recognizer, qdrant, weaviate or azure_ai_services"
                         ))
                     })?);
                 }

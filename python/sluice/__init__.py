@@ -104,22 +104,13 @@ def trace(func: F = None, **_kwargs: Any):
     return func
 
 
-class CustomConnection(dict):
-    """A connection holding free-form ``configs`` and ``secrets``; behaves like a dict of both."""
+def __getattr__(name: str) -> Any:
+    # The connection classes live with the promptflow stand-in, which Sluice loads with this module.
+    if name == "CustomConnection":
+        from sluice._promptflow import CustomConnection
 
-    def __init__(self, configs: Optional[dict] = None, secrets: Optional[dict] = None, **kwargs: Any):
-        super().__init__()
-        self.configs = dict(configs or {})
-        self.secrets = dict(secrets or {})
-        self.update(self.configs)
-        self.update(self.secrets)
-        self.update(kwargs)
-
-    def __getattr__(self, item: str) -> Any:
-        try:
-            return self[item]
-        except KeyError as e:
-            raise AttributeError(item) from e
+        return CustomConnection
+    raise AttributeError("module 'sluice' has no attribute %r" % name)
 
 
 class PromptTemplate(str):

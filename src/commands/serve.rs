@@ -599,6 +599,7 @@ fn sse(
                     let _ = tx.send(SseEvent::default().data("[DONE]"));
                     return;
                 }
+                Event::Message(_) => {}
                 Event::Error(e) => {
                     let _ = tx.send(
                         SseEvent::default()

@@ -490,13 +490,16 @@ fn the_http_backend_talks_to_sluice_model_serve() {
 }
 
 /// What the fake server answers to the n-th request (0-based): status, extra headers, body, delay.
-type Script = dyn Fn(usize) -> (u16, Vec<(&'static str, String)>, String, Duration) + Send + Sync;
+pub(crate) type Script =
+    dyn Fn(usize) -> (u16, Vec<(&'static str, String)>, String, Duration) + Send + Sync;
 
-struct FakeServer {
-    base: String,
+pub(crate) struct FakeServer {
+    pub(crate) base: String,
     requests: Arc<AtomicUsize>,
     max_in_flight: Arc<AtomicUsize>,
-    bodies: Arc<std::sync::Mutex<Vec<String>>>,
+    pub(crate) bodies: Arc<std::sync::Mutex<Vec<String>>>,
+    /// Each request's first line (`POST /v1/chat/completions HTTP/1.1`).
+    pub(crate) lines: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 /// A fake server that answers the first `failures` requests with `status`, the one header `retry`
@@ -524,23 +527,32 @@ async fn fails_then_ok(
 
 /// A minimal HTTP/1.1 server on loopback that answers by `script`, to produce faults a real provider
 /// gives only sometimes (429, 5xx, hangs).
-async fn fake_server(script: Arc<Script>) -> FakeServer {
+pub(crate) async fn fake_server(script: Arc<Script>) -> FakeServer {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}/v1", listener.local_addr().unwrap());
     let requests = Arc::new(AtomicUsize::new(0));
     let in_flight = Arc::new(AtomicUsize::new(0));
     let max_in_flight = Arc::new(AtomicUsize::new(0));
     let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let (r, f, m, b) = (
+    let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (r, f, m, b, l) = (
         requests.clone(),
         in_flight,
         max_in_flight.clone(),
         bodies.clone(),
+        lines.clone(),
     );
     std::mem::forget(sluice_engine::spawn::SpawnedTask::spawn(async move {
         loop {
             let (mut sock, _) = listener.accept().await.unwrap();
-            let (script, r, f, m, b) = (script.clone(), r.clone(), f.clone(), m.clone(), b.clone());
+            let (script, r, f, m, b, l) = (
+                script.clone(),
+                r.clone(),
+                f.clone(),
+                m.clone(),
+                b.clone(),
+                l.clone(),
+            );
             std::mem::forget(sluice_engine::spawn::SpawnedTask::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
@@ -569,6 +581,10 @@ async fn fake_server(script: Arc<Script>) -> FakeServer {
                     }
                     buf.extend_from_slice(&chunk[..n]);
                 }
+                let head_case = String::from_utf8_lossy(&buf[..body_start]).into_owned();
+                l.lock()
+                    .unwrap()
+                    .push(head_case.lines().next().unwrap_or_default().to_owned());
                 b.lock()
                     .unwrap()
                     .push(String::from_utf8_lossy(&buf[body_start..]).into_owned());
@@ -597,10 +613,11 @@ async fn fake_server(script: Arc<Script>) -> FakeServer {
         requests,
         max_in_flight,
         bodies,
+        lines,
     }
 }
 
-fn ok_body(text: &str) -> String {
+pub(crate) fn ok_body(text: &str) -> String {
     json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "text": text, "finish_reason": "stop"}],
            "usage": {"prompt_tokens": 7, "completion_tokens": 2}})
     .to_string()

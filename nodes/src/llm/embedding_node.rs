@@ -81,6 +81,13 @@ impl NodeKind for EmbeddingKind {
                 }
                 let config = HttpConfig::from_connection(&c)
                     .map_err(|e| BuildError::new(crate::error_chain(&e)))?;
+                // As promptflow's embedding tool: Azure asks the deployment, OpenAI the model.
+                let model = match c.kind {
+                    ConnectionType::AzureOpenAi => {
+                        literal("deployment_name").or_else(|| literal("model"))
+                    }
+                    _ => model,
+                };
                 Target::Http {
                     backend: HttpBackend::new(&c.name, config)
                         .map_err(|e| BuildError::new(crate::error_chain(&e)))?,
@@ -119,7 +126,11 @@ impl Node for EmbeddingNode {
                 LocalEmbedder::get(name, path).await?.embed(texts).await?
             }
             Target::Http { backend, model } => {
-                let e = backend.embed(&texts, model.as_deref()).await?;
+                let e = if single {
+                    backend.embed_text(&texts[0], model.as_deref()).await?
+                } else {
+                    backend.embed(&texts, model.as_deref()).await?
+                };
                 cx.add_metrics(&NodeMetrics {
                     tokens: TokenCounts {
                         prompt_tokens: Some(e.prompt_tokens),

@@ -60,7 +60,17 @@ impl NodeKind for LlmKind {
             return prompty::build(node, cx, def);
         }
         let path = cx.source_file(node)?;
-        let template = Template::from_file(&path)?;
+        let mut template = Template::from_file(&path)?;
+        check_variables(&node.name, &template)?;
+        // A node input named `prompt` is the template instead of the file's, as in promptflow.
+        let mut prompt_input = node.inputs.contains_key("prompt");
+        if let Some(InputValue::Literal(Value::String(text))) =
+            node.inputs.get("prompt").map(|b| &b.value)
+        {
+            template = Template::from_source(text.clone(), &cx.flow.file)?;
+            check_variables(&node.name, &template)?;
+            prompt_input = false;
+        }
         let api = match node.api.as_deref().map(str::to_ascii_lowercase).as_deref() {
             None | Some("chat") => Api::Chat,
             Some("completion") => Api::Completion,
@@ -72,17 +82,8 @@ impl NodeKind for LlmKind {
                 .help("set `api: chat` (role-separated prompt) or `api: completion` (raw text)"));
             }
         };
-        // Template variables are string inputs (as for `prompt` nodes); a variable named like an API
-        // parameter is an error (§7.5).
+        // Template variables are string inputs (as for `prompt` nodes).
         let mut signature = crate::prompt::template_signature(&template)?;
-        if let Some(var) = template.variables().iter().find(|v| protocol::is_param(v)) {
-            return Err(BuildError::new(format!(
-                "the template of node `{}` uses a variable named `{var}`, which is an LLM API parameter",
-                node.name
-            ))
-            .at(template.path(), None)
-            .help("rename the template variable"));
-        }
         for (name, ty) in protocol::PARAMS {
             signature.params.insert(
                 (*name).to_owned(),
@@ -121,12 +122,30 @@ impl NodeKind for LlmKind {
             node: Arc::new(LlmNode {
                 name: node.name.clone(),
                 template: Arc::new(template),
+                prompt_input: prompt_input.then(|| cx.flow.file.clone()),
                 api,
                 escape,
                 backend,
                 prompty: None,
             }),
         })
+    }
+}
+
+/// Refuses a template variable named like an API parameter, `prompt` (the template itself)
+/// included, as promptflow does (§7.5).
+fn check_variables(node: &str, template: &Template) -> Result<(), BuildError> {
+    match template
+        .variables()
+        .iter()
+        .find(|v| protocol::is_param(v) || *v == "prompt")
+    {
+        Some(var) => Err(BuildError::new(format!(
+            "the template of node `{node}` uses a variable named `{var}`, which is an LLM API parameter"
+        ))
+        .at(template.path(), None)
+        .help("rename the template variable")),
+        None => Ok(()),
     }
 }
 
@@ -191,10 +210,15 @@ fn resolve_backend(
     };
     match conn {
         Some(c) if c.kind != ConnectionType::Local => {
-            if c.kind == ConnectionType::Custom {
+            if !matches!(
+                c.kind,
+                ConnectionType::OpenAi | ConnectionType::AzureOpenAi | ConnectionType::Serverless
+            ) {
                 return Err(BuildError::new(format!(
-                    "node `{}` uses the custom connection `{}`; an llm node needs an open_ai, azure_open_ai or local connection",
-                    node.name, c.name
+                    "node `{}` uses the {} connection `{}`; an llm node needs an open_ai, azure_open_ai, serverless or local connection",
+                    node.name,
+                    c.kind.as_str(),
+                    c.name
                 )));
             }
             let config = HttpConfig::from_connection(&c)
@@ -244,6 +268,8 @@ pub(crate) fn require_local_models(node: &str, model: &str) -> Result<(), BuildE
 struct LlmNode {
     name: String,
     template: Arc<Template>,
+    /// The node's `prompt` input replaces the template; the flow file names it in errors.
+    prompt_input: Option<PathBuf>,
     api: Api,
     escape: HashSet<String>,
     backend: BackendChoice,
@@ -291,7 +317,18 @@ impl Node for LlmNode {
             None => protocol::from_fields(inputs.iter().filter(|(k, _)| protocol::is_param(k)))
                 .map_err(|e| NodeError::user("InputTypeError", e.to_string()))?,
         };
+        params.stream = cx.stream;
         let model = params.model.clone();
+        let template = match &self.prompt_input {
+            Some(file) => match inputs.shift_remove("prompt") {
+                Some(Value::String(text)) => Arc::new(
+                    Template::from_source(text, file)
+                        .map_err(|e| NodeError::user("InvalidPrompt", e.message))?,
+                ),
+                _ => self.template.clone(),
+            },
+            None => self.template.clone(),
+        };
         let mut vars: Vec<(String, Value)> = Vec::new();
         let escaper = Escaper::new();
         for (k, v) in inputs.drain(..) {
@@ -303,9 +340,7 @@ impl Node for LlmNode {
                 vars.push((k, v));
             }
         }
-        let text = self
-            .template
-            .render(vars.iter().map(|(k, v)| (k.as_str(), v)))?;
+        let text = template.render(vars.iter().map(|(k, v)| (k.as_str(), v)))?;
         let prompt = match self.api {
             Api::Chat => Prompt::Chat(parse_chat(&text, Some(&escaper))?),
             Api::Completion => Prompt::Text(text),
@@ -332,12 +367,16 @@ impl Node for LlmNode {
         record_usage(cx, &done);
         match &self.prompty {
             Some(p) => Ok(p.shape(self.api, done)?),
-            None if done.finish_reason == types::FinishReason::ToolCalls => {
-                Ok(serde_json::from_str::<serde_json::Value>(&done.text)
-                    .map(Value::from)
-                    .unwrap_or(Value::String(done.text)))
-            }
-            None => Ok(Value::String(done.text)),
+            // With functions or tools, promptflow returns the whole message (it may hold calls).
+            None => Ok(match done.message {
+                Some(message) => Value::from(message),
+                None if done.finish_reason == types::FinishReason::ToolCalls => {
+                    serde_json::from_str::<serde_json::Value>(&done.text)
+                        .map(Value::from)
+                        .unwrap_or(Value::String(done.text))
+                }
+                None => Value::String(done.text),
+            }),
         }
     }
 }
@@ -423,6 +462,7 @@ impl Opaque for LlmStream {
             match ev {
                 Event::Text(t) => f(&t),
                 Event::Done(..) => return Ok(()),
+                Event::Message(_) => {}
                 Event::Error(e) => return Err(StreamError::new(e.message)),
             }
         }

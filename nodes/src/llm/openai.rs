@@ -91,6 +91,15 @@ impl HttpConfig {
     pub fn from_connection(c: &Connection) -> Result<HttpConfig, HttpConfigError> {
         let get = |k: &str| c.get(k).map_err(HttpConfigError::Setting);
         let api_base = match (c.kind, get("api_base")?) {
+            // As promptflow does, a serverless endpoint is called as OpenAI under `/v1`.
+            (ConnectionType::Serverless, Some(b)) => {
+                let b = b.trim_end_matches('/');
+                if b.ends_with("/v1") {
+                    b.to_owned()
+                } else {
+                    format!("{b}/v1")
+                }
+            }
             (_, Some(b)) => b,
             (ConnectionType::OpenAi, None) => "https://api.openai.com/v1".to_owned(),
             _ => {
@@ -123,7 +132,10 @@ impl HttpConfig {
             }
         };
         Ok(HttpConfig {
-            kind: c.kind,
+            kind: match c.kind {
+                ConnectionType::Serverless => ConnectionType::OpenAi,
+                kind => kind,
+            },
             api_base: api_base.trim_end_matches('/').to_owned(),
             api_key: get("api_key")?,
             api_version: get("api_version")?.unwrap_or_else(|| "2024-02-01".to_owned()),
@@ -267,18 +279,37 @@ impl Backend for HttpBackend {
         } else {
             "completions"
         };
-        let url = self.url(leaf, params.model.as_deref())?;
-        // Parameters sent as written stream only when they ask to, as promptflow sends them.
-        let stream = params
-            .raw
-            .as_ref()
-            .is_none_or(|raw| raw.get("stream").and_then(Json::as_bool) == Some(true));
-        let request = encode_request(&prompt, &params, stream);
+        // Azure routes by deployment (`deployment_name` before `model`); OpenAI by `model`.
+        let model = match self.config.kind {
+            ConnectionType::AzureOpenAi => params.deployment_name.clone().or(params.model.clone()),
+            _ => params.model.clone(),
+        };
+        let url = self.url(leaf, model.as_deref())?;
+        // A reply streams when the caller reads it as it comes, or when parameters sent as written
+        // (a prompty's) ask for it, as promptflow sends them.
+        let stream = params.stream
+            || params
+                .raw
+                .as_ref()
+                .is_some_and(|raw| raw.get("stream").and_then(Json::as_bool) == Some(true));
+        let mut request = encode_request(&prompt, &params, stream);
+        if let Some(m) = model {
+            request["model"] = json!(m);
+        }
+        let message = chat
+            && (params.passthrough.contains_key("functions")
+                || params.passthrough.contains_key("tools"));
         let (tx, stream) = TokenStream::channel();
         let this = self.clone();
         let task = SpawnedTask::spawn(async move {
             let started = Instant::now();
-            match this.call(&url, &request, chat, &tx, started).await {
+            let reply = Reply::Stream {
+                chat,
+                message,
+                tx: &tx,
+                started,
+            };
+            match this.exchange(&url, &request, reply).await.map(|_| ()) {
                 Ok(()) => {}
                 Err(e) => {
                     let _ = tx.send(Event::Error(e));
@@ -290,20 +321,6 @@ impl Backend for HttpBackend {
 }
 
 impl HttpBackend {
-    /// Sends the request with retries and forwards the streamed answer.
-    async fn call(
-        &self,
-        url: &str,
-        request: &Json,
-        chat: bool,
-        tx: &UnboundedSender<Event>,
-        started: Instant,
-    ) -> Result<(), LlmError> {
-        self.exchange(url, request, Reply::Stream { chat, tx, started })
-            .await
-            .map(|_| ())
-    }
-
     /// Embeds `inputs` with `/embeddings` (OpenAI's endpoint, or an Azure deployment's), with the
     /// same retries, timeouts and concurrency limit as completions. Vectors come back in input order.
     pub async fn embed(
@@ -311,8 +328,21 @@ impl HttpBackend {
         inputs: &[String],
         model: Option<&str>,
     ) -> Result<Embeddings, LlmError> {
+        self.embeddings(json!(inputs), model).await
+    }
+
+    /// Embeds one text, sent as a string (`"input": "text"`), as promptflow's embedding tool does.
+    pub async fn embed_text(
+        &self,
+        input: &str,
+        model: Option<&str>,
+    ) -> Result<Embeddings, LlmError> {
+        self.embeddings(json!(input), model).await
+    }
+
+    async fn embeddings(&self, input: Json, model: Option<&str>) -> Result<Embeddings, LlmError> {
         let url = self.url("embeddings", model)?;
-        let mut body = json!({"input": inputs});
+        let mut body = json!({"input": input});
         if let Some(m) = model {
             body["model"] = json!(m);
         }
@@ -378,8 +408,13 @@ impl HttpBackend {
             let outcome = match req.send().await {
                 Ok(resp) if resp.status().is_success() => {
                     let handled = match &reply {
-                        Reply::Stream { chat, tx, started } => self
-                            .forward(resp, *chat, tx, *started)
+                        Reply::Stream {
+                            chat,
+                            message,
+                            tx,
+                            started,
+                        } => self
+                            .forward(resp, (*chat, *message), tx, *started)
                             .await
                             .map(|()| Outcome::Streamed),
                         Reply::Embeddings => {
@@ -472,12 +507,12 @@ impl HttpBackend {
         }
     }
 
-    /// Reads a successful response (SSE or JSON) and sends its text. The flag in the error says whether
-    /// any text was already sent.
+    /// Reads a successful response (SSE or JSON) and sends its text (and, where `message`, the whole
+    /// reply message). The flag in the error says whether any text was already sent.
     async fn forward(
         &self,
         mut resp: reqwest::Response,
-        chat: bool,
+        (chat, message): (bool, bool),
         tx: &UnboundedSender<Event>,
         started: Instant,
     ) -> Result<(), (LlmError, bool)> {
@@ -498,9 +533,12 @@ impl HttpBackend {
         if !is_sse {
             let v = read_json(resp).await.map_err(|e| (e, false))?;
             let choice = &v["choices"][0];
-            let message = &choice["message"];
-            if chat && (!message["tool_calls"].is_null() || !message["function_call"].is_null()) {
-                let _ = tx.send(Event::Text(message.to_string()));
+            let reply = &choice["message"];
+            if chat && message {
+                let _ = tx.send(Event::Message(reply_message(reply)));
+            }
+            if chat && (!reply["tool_calls"].is_null() || !reply["function_call"].is_null()) {
+                let _ = tx.send(Event::Text(reply.to_string()));
                 let _ = tx.send(Event::Done(
                     FinishReason::ToolCalls,
                     usage(&v["usage"], Some(started.elapsed()), started),
@@ -508,7 +546,7 @@ impl HttpBackend {
                 return Ok(());
             }
             let content = if chat {
-                message["content"].as_str()
+                reply["content"].as_str()
             } else {
                 choice["text"].as_str()
             };
@@ -582,10 +620,24 @@ pub struct Embeddings {
     pub prompt_tokens: u64,
 }
 
+/// The reply message as promptflow returns it with functions or tools (the OpenAI SDK's
+/// `message.model_dump()`): the server's message, with `content`, `function_call` and `tool_calls`
+/// present (null where absent).
+fn reply_message(m: &Json) -> Json {
+    let mut out = m.as_object().cloned().unwrap_or_default();
+    out.entry("role").or_insert(json!("assistant"));
+    for key in ["content", "function_call", "tool_calls"] {
+        out.entry(key).or_insert(Json::Null);
+    }
+    Json::Object(out)
+}
+
 /// What to do with a successful response.
 enum Reply<'a> {
     Stream {
         chat: bool,
+        /// Send the whole reply message too (the request offered functions or tools).
+        message: bool,
         tx: &'a UnboundedSender<Event>,
         started: Instant,
     },

@@ -156,6 +156,7 @@ pub(super) fn build(
             api,
             escape,
             backend,
+            prompt_input: None,
             prompty: Some(Arc::new(Settings {
                 params,
                 response: def.response,

@@ -20,8 +20,9 @@
 //! (a flow input arrives as text). `max_tokens` (or `max_completion_tokens`, which wins) is a whole
 //! number from 1 to [`MAX_TOKENS`]; `seed` a whole number; `stop` a string or a list of at most
 //! [`MAX_STOPS`] strings of at most [`MAX_STOP_BYTES`] bytes; `n` is 1; `response_format` is `text` or
-//! `json_object` (a `{type: ...}` object or the bare name). Other OpenAI parameters are accepted and
-//! have no effect on local generation.
+//! `json_object` (a `{type: ...}` object or the bare name). `functions`, `function_call`, `tools`,
+//! `tool_choice` (lists and objects, or JSON text of them), `logit_bias` and `user` are sent to a
+//! server as given. Other OpenAI parameters are accepted and have no effect on local generation.
 
 use serde_json::{Value as Json, json};
 use sluice_engine::{Value, ValueType};
@@ -90,6 +91,8 @@ pub trait ParamValue {
     fn text(&self) -> Option<&str>;
     fn items(&self) -> Option<Vec<&Self>>;
     fn field(&self, key: &str) -> Option<&Self>;
+    /// The value as JSON, as it is sent to a server.
+    fn to_json(&self) -> Json;
 }
 
 impl ParamValue for Json {
@@ -110,6 +113,9 @@ impl ParamValue for Json {
     }
     fn field(&self, key: &str) -> Option<&Self> {
         self.as_object()?.get(key)
+    }
+    fn to_json(&self) -> Json {
+        self.clone()
     }
 }
 
@@ -144,6 +150,9 @@ impl ParamValue for Value {
             Value::Map(m) => m.get(key),
             _ => None,
         }
+    }
+    fn to_json(&self) -> Json {
+        self.to_json_lossy()
     }
 }
 
@@ -195,7 +204,8 @@ where
         match name.as_str() {
             "model" | "deployment_name" => match v.text() {
                 Some("") => {}
-                Some(m) => p.model = Some(m.to_owned()),
+                Some(m) if name == "model" => p.model = Some(m.to_owned()),
+                Some(m) => p.deployment_name = Some(m.to_owned()),
                 None => {
                     return Err(ParamError::Invalid {
                         param: if name == "model" {
@@ -226,6 +236,48 @@ where
             "seed" => p.seed = Some(whole(v, "seed", "a whole number")?),
             "stop" => p.stop = stop(v)?,
             "response_format" => p.json_object = json_object(v)?,
+            "functions" | "tools" => {
+                let param = if name == "tools" {
+                    "tools"
+                } else {
+                    "functions"
+                };
+                let list = json_text(v.to_json());
+                if !list.is_array() {
+                    return Err(ParamError::Invalid {
+                        param,
+                        expected: "a list of definitions (or JSON text of one)",
+                    });
+                }
+                p.passthrough.insert(param.to_owned(), list);
+            }
+            "function_call" | "tool_choice" => {
+                p.passthrough.insert(name.clone(), json_text(v.to_json()));
+            }
+            "logit_bias" => match json_text(v.to_json()) {
+                Json::Object(m) if m.is_empty() => {}
+                bias @ Json::Object(_) => {
+                    p.passthrough.insert(name.clone(), bias);
+                }
+                _ => {
+                    return Err(ParamError::Invalid {
+                        param: "logit_bias",
+                        expected: "a map of token ids to numbers",
+                    });
+                }
+            },
+            "user" => match v.text() {
+                Some("") => {}
+                Some(u) => {
+                    p.passthrough.insert(name.clone(), json!(u));
+                }
+                None => {
+                    return Err(ParamError::Invalid {
+                        param: "user",
+                        expected: "a string",
+                    });
+                }
+            },
             "n" if whole(v, "n", "1 (one choice per call)")? != 1 => {
                 return Err(ParamError::Invalid {
                     param: "n",
@@ -238,7 +290,24 @@ where
     if max_completion_tokens.is_some() {
         p.max_tokens = max_completion_tokens;
     }
+    if p.model.is_none() {
+        p.model = p.deployment_name.clone();
+    }
+    // As in promptflow: with `tools`, the legacy `functions` are not sent.
+    if p.passthrough.contains_key("tools") {
+        p.passthrough.remove("functions");
+        p.passthrough.remove("function_call");
+    }
     Ok(p)
+}
+
+/// A value given as JSON text (`'[{"type": "function", ...}]'`) as the JSON it spells; other text
+/// (`auto`) and other values as they are.
+fn json_text(v: Json) -> Json {
+    match v {
+        Json::String(s) => serde_json::from_str(&s).unwrap_or(Json::String(s)),
+        other => other,
+    }
 }
 
 fn max_tokens<V: ParamValue + ?Sized>(v: &V, param: &'static str) -> Result<u32, ParamError> {
@@ -335,6 +404,9 @@ pub fn encode_request(prompt: &Prompt, p: &GenParams, stream: bool) -> Json {
     }
     if p.json_object {
         b.insert("response_format".into(), json!({"type": "json_object"}));
+    }
+    for (k, v) in &p.passthrough {
+        b.insert(k.clone(), v.clone());
     }
     if stream {
         b.insert("stream".into(), json!(true));
@@ -438,6 +510,42 @@ mod tests {
             let (a, b) = both(name, node, body);
             assert_eq!(a, b, "{name}");
         }
+    }
+
+    #[test]
+    fn tools_are_read_from_lists_or_json_text_and_replace_functions() {
+        let body = json!({"tools": "[{\"type\": \"function\"}]", "tool_choice": "auto",
+                          "functions": [{"name": "f"}], "function_call": "{\"name\": \"f\"}"});
+        let p = from_fields(body.as_object().unwrap()).unwrap();
+        let sent = encode_request(&Prompt::Text("hi".into()), &p, false);
+        assert_eq!(sent["tools"], json!([{"type": "function"}]));
+        assert_eq!(sent["tool_choice"], "auto");
+        assert!(sent.get("functions").is_none(), "{sent}");
+        assert!(sent.get("function_call").is_none(), "{sent}");
+        let body =
+            json!({"functions": "[{\"name\": \"f\"}]", "function_call": "{\"name\": \"f\"}"});
+        let sent = encode_request(
+            &Prompt::Text("hi".into()),
+            &from_fields(body.as_object().unwrap()).unwrap(),
+            false,
+        );
+        assert_eq!(sent["functions"], json!([{"name": "f"}]));
+        assert_eq!(sent["function_call"], json!({"name": "f"}));
+        let err = from_fields(json!({"tools": "auto"}).as_object().unwrap()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the parameter `tools` must be a list of definitions (or JSON text of one)"
+        );
+    }
+
+    #[test]
+    fn deployment_name_is_kept_apart_from_model() {
+        let body = json!({"deployment_name": "dep", "model": "m"});
+        let p = from_fields(body.as_object().unwrap()).unwrap();
+        assert_eq!(p.model.as_deref(), Some("m"));
+        assert_eq!(p.deployment_name.as_deref(), Some("dep"));
+        let p = from_fields(json!({"deployment_name": "dep"}).as_object().unwrap()).unwrap();
+        assert_eq!(p.model.as_deref(), Some("dep"));
     }
 
     #[test]

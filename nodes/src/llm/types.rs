@@ -56,11 +56,20 @@ pub struct GenParams {
     pub seed: Option<i64>,
     /// `response_format: {type: json_object}`: the output must be one JSON object.
     pub json_object: bool,
-    /// The model name or deployment a remote backend is asked for.
+    /// The model a backend is asked for: `model`, else `deployment_name`.
     pub model: Option<String>,
     /// Parameters a server is sent exactly as written (a prompty's `model.parameters`), in place of
     /// the fields above; `stream: true` among them asks for a streamed reply.
     pub raw: Option<serde_json::Map<String, serde_json::Value>>,
+    /// `deployment_name` as given: an Azure OpenAI connection sends requests to this deployment
+    /// (before `model`), as promptflow's Azure provider does.
+    pub deployment_name: Option<String>,
+    /// Whether the caller reads the reply as it is generated (a remote backend asks for a stream).
+    pub stream: bool,
+    /// Parameters a server receives as given and a local model ignores: `functions` /
+    /// `function_call` / `tools` / `tool_choice` (with functions or tools, the reply is the whole
+    /// message, [`Event::Message`], as promptflow returns it), `logit_bias` and `user`.
+    pub passthrough: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Default for GenParams {
@@ -76,6 +85,9 @@ impl Default for GenParams {
             json_object: false,
             model: None,
             raw: None,
+            deployment_name: None,
+            stream: false,
+            passthrough: serde_json::Map::new(),
         }
     }
 }
@@ -122,6 +134,9 @@ pub enum Event {
     Text(String),
     Done(FinishReason, Usage),
     Error(LlmError),
+    /// The whole reply message (`role`, `content`, `function_call`, `tool_calls`), sent before
+    /// `Done` when the request offered functions or tools.
+    Message(serde_json::Value),
 }
 
 /// Errors from a backend, with promptflow's error codes.
@@ -185,6 +200,8 @@ pub struct Completion {
     pub text: String,
     pub finish_reason: FinishReason,
     pub usage: Usage,
+    /// The whole reply message, where the backend sent one ([`Event::Message`]).
+    pub message: Option<serde_json::Value>,
 }
 
 impl TokenStream {
@@ -228,6 +245,7 @@ impl TokenStream {
     fn note(&mut self, ev: Option<Event>) -> Option<Event> {
         match ev {
             Some(Event::Text(t)) => Some(Event::Text(t)),
+            Some(Event::Message(m)) => Some(Event::Message(m)),
             Some(other) => {
                 self.done = true;
                 Some(other)
@@ -245,14 +263,17 @@ impl TokenStream {
     /// Waits for the whole text.
     pub async fn collect(mut self) -> Result<Completion, LlmError> {
         let mut text = String::new();
+        let mut message = None;
         while let Some(ev) = self.next().await {
             match ev {
                 Event::Text(t) => text.push_str(&t),
+                Event::Message(m) => message = Some(m),
                 Event::Done(finish_reason, usage) => {
                     return Ok(Completion {
                         text,
                         finish_reason,
                         usage,
+                        message,
                     });
                 }
                 Event::Error(e) => return Err(e),

@@ -11,6 +11,7 @@ import enum
 import importlib.util
 import inspect
 import os
+import re
 import sys
 import threading
 import traceback
@@ -27,20 +28,32 @@ _modules = {}
 # Start-up: the `sluice` module and, when promptflow is not installed, a small `promptflow` stand-in.
 
 
-def install(sluice_source, virtual_env):
+def install(sluice_source, promptflow_source, virtual_env):
     if virtual_env:
         _add_virtualenv(virtual_env)
+    # The stand-in is always Sluice's own copy, so its connection classes match what Rust hands over.
+    compat = types.ModuleType("sluice._promptflow")
+    compat.__file__ = "<sluice/_promptflow.py>"
+    exec(compile(promptflow_source, "sluice/_promptflow.py", "exec"), compat.__dict__)
     try:
         import sluice  # noqa: F401  (the user's installed package wins)
     except ImportError:
         module = types.ModuleType("sluice")
         module.__file__ = "<sluice>"
-        exec(compile(sluice_source, "sluice/__init__.py", "exec"), module.__dict__)
         sys.modules["sluice"] = module
-    if importlib.util.find_spec("promptflow") is None:
-        _install_promptflow_compat(sys.modules["sluice"])
+        sys.modules["sluice._promptflow"] = compat
+        exec(compile(sluice_source, "sluice/__init__.py", "exec"), module.__dict__)
+    sys.modules["sluice._promptflow"] = compat
+    sys.modules["sluice"]._promptflow = compat
+    if not (_wants_real_promptflow() and importlib.util.find_spec("promptflow") is not None):
+        compat.install(sys.modules["sluice"])
     # Tools' prints must not mix with the flow's JSON output on stdout.
     sys.stdout = sys.stderr
+
+
+def _wants_real_promptflow():
+    """`SLUICE_USE_PROMPTFLOW=1` lets an installed promptflow serve `import promptflow`."""
+    return os.environ.get("SLUICE_USE_PROMPTFLOW", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _add_virtualenv(root):
@@ -51,69 +64,6 @@ def _add_virtualenv(root):
         path = os.path.join(root, sub)
         if os.path.isdir(path) and path not in sys.path:
             site.addsitedir(path)
-
-
-def _install_promptflow_compat(sluice):
-    def module(name, **attrs):
-        m = types.ModuleType(name)
-        m.__file__ = "<sluice promptflow compatibility>"
-        m.__path__ = []
-        m.__dict__.update(attrs)
-        sys.modules[name] = m
-        return m
-
-    api = dict(
-        tool=sluice.tool,
-        log_metric=sluice.log_metric,
-        log_flow_metric=sluice.log_metric,
-        ToolProvider=sluice.ToolProvider,
-        trace=sluice.trace,
-    )
-    connection_types = {
-        name: type(name, (sluice.CustomConnection,), {})
-        for name in (
-            "AzureOpenAIConnection",
-            "OpenAIConnection",
-            "ServerlessConnection",
-            "AzureContentSafetyConnection",
-            "CognitiveSearchConnection",
-            "SerpConnection",
-            "QdrantConnection",
-            "WeaviateConnection",
-            "FormRecognizerConnection",
-        )
-    }
-    connections = module(
-        "promptflow.connections",
-        CustomConnection=sluice.CustomConnection,
-        CustomStrongTypeConnection=type("CustomStrongTypeConnection", (sluice.CustomConnection,), {}),
-        **connection_types,
-    )
-    types_mod = module(
-        "promptflow.contracts.types",
-        PromptTemplate=sluice.PromptTemplate,
-        Secret=sluice.Secret,
-        FilePath=sluice.FilePath,
-    )
-    contracts = module("promptflow.contracts", types=types_mod)
-    tracing = module("promptflow.tracing", trace=sluice.trace, start_trace=lambda *a, **k: None)
-    core = module("promptflow.core", **api)
-    internal = module("promptflow._internal", **api)
-    legacy_tool = module("promptflow._core.tool", **api)
-    legacy_core = module("promptflow._core", tool=legacy_tool)
-    entities = module("promptflow.entities", CustomConnection=sluice.CustomConnection, **connection_types)
-    module(
-        "promptflow",
-        core=core,
-        tracing=tracing,
-        connections=connections,
-        contracts=contracts,
-        _internal=internal,
-        _core=legacy_core,
-        entities=entities,
-        __version__="0.0.0+sluice",
-        **api,
-    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -198,7 +148,7 @@ def _type_name(annotation, default):
 
 
 def _is_connection(cls):
-    return inspect.isclass(cls) and cls.__name__.endswith("Connection")
+    return inspect.isclass(cls) and any(c.__name__.endswith("Connection") for c in cls.__mro__)
 
 
 def _coerce(value, type_name, name):
@@ -230,6 +180,7 @@ def set_environment(variables):
 
 def _describe(func):
     params = []
+    connections = {}
     kwargs = False
     for p in inspect.signature(func).parameters.values():
         if p.kind is p.VAR_KEYWORD:
@@ -238,12 +189,19 @@ def _describe(func):
         if p.kind is p.VAR_POSITIONAL:
             continue
         has_default = p.default is not inspect.Parameter.empty
-        params.append((p.name, _type_name(p.annotation, p.default), has_default))
-    return params, kwargs
+        type_name = _type_name(p.annotation, p.default)
+        params.append((p.name, type_name, has_default))
+        if type_name == "connection":
+            connections[p.name] = p.annotation
+    return params, kwargs, connections
 
 
-def load_tool(path, flow_dir, literals, references):
-    """Imports a tool file and finds its one tool. Returns a dict describing it."""
+def load_tool(path, flow_dir, literals, references, stored_connections=None):
+    """Imports a tool file and finds its one tool. Returns a dict describing it.
+
+    `stored_connections` maps the connection names among `literals` to (type, configs, secrets), for
+    `ToolProvider.__init__` parameters annotated with a connection class.
+    """
     module = _import_file(path, flow_dir)
     functions = [
         (name, obj)
@@ -280,19 +238,80 @@ def load_tool(path, flow_dir, literals, references):
                     "input `%s` initialises %s and must be a literal, not a reference" % (p.name, cls.__name__)
                 )
             if p.name in literals:
-                init_kwargs[p.name] = _coerce(literals[p.name], _type_name(p.annotation, p.default), p.name)
+                type_name = _type_name(p.annotation, p.default)
+                value = literals[p.name]
+                if type_name == "connection" and isinstance(value, str):
+                    stored = (stored_connections or {}).get(value)
+                    if stored is None:
+                        raise LoadError("init input `%s`: connection `%s` does not exist" % (p.name, value))
+                    init_kwargs[p.name] = make_connection(p.name, p.annotation, value, *stored)
+                else:
+                    init_kwargs[p.name] = _coerce(value, type_name, p.name)
                 consumed.append(p.name)
             elif p.default is inspect.Parameter.empty:
                 raise LoadError("%s needs init input `%s`; set it as a literal node input" % (cls.__name__, p.name))
         func = getattr(cls(**init_kwargs), method)
-    params, kwargs = _describe(func)
+    params, kwargs, connections = _describe(func)
     return {
         "func": func,
         "name": getattr(func, "__qualname__", getattr(func, "__name__", "tool")),
         "params": params,
         "kwargs": kwargs,
         "consumed": consumed,
+        "connections": connections,
     }
+
+
+# ---------------------------------------------------------------------------------------------------
+# Connections as tool arguments.
+
+
+class ConnectionTypeError(Exception):
+    """A stored connection whose type the tool's parameter does not take."""
+
+
+def _connection_classes(annotation):
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union or (hasattr(types, "UnionType") and origin is types.UnionType):
+        return [a for a in typing.get_args(annotation) if _is_connection(a)]
+    return [annotation] if _is_connection(annotation) else []
+
+
+def _is_custom_strong_type(cls):
+    return any(base.__name__ == "CustomStrongTypeConnection" for base in cls.__mro__[1:])
+
+
+def _kind_of(cls):
+    """The stored connection type a class stands for: AzureOpenAIConnection -> azure_open_ai."""
+    if _is_custom_strong_type(cls) or cls.__name__ == "CustomStrongTypeConnection":
+        return "custom"
+    stem = cls.__name__[: -len("Connection")]
+    words = re.findall(r"[A-Z]+(?=[A-Z][a-z]|$)|[A-Z]?[a-z]+|\d+", stem)
+    return "_".join(w.lower() for w in words)
+
+
+def make_connection(param, annotation, name, kind, configs, secrets):
+    """The object a tool's connection parameter receives for the stored connection `name`."""
+    classes = _connection_classes(annotation)
+    matching = [c for c in classes if _kind_of(c) == kind]
+    if not matching:
+        wanted = " or ".join(c.__name__ for c in classes) or "a connection"
+        raise ConnectionTypeError(
+            "parameter `%s` takes %s, but connection `%s` is of type %s" % (param, wanted, name, kind)
+        )
+    cls = matching[0]
+    if cls.__name__ == "CustomConnection" or _is_custom_strong_type(cls):
+        return cls(configs=dict(configs), secrets=dict(secrets), name=name)
+    values = dict(configs)
+    values.update(secrets)
+    if cls.__name__ == "OpenAIConnection" and "api_base" in values:
+        values.setdefault("base_url", values.pop("api_base"))
+    for reserved in ("name", "module", "configs", "secrets"):
+        values.pop(reserved, None)
+    sig = inspect.signature(cls.__init__)
+    if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        values = {k: v for k, v in values.items() if k in sig.parameters}
+    return cls(name=name, **values)
 
 
 # ---------------------------------------------------------------------------------------------------

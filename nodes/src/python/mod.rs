@@ -29,6 +29,7 @@ use sluice_engine::{
 
 const HOST_SOURCE: &str = include_str!("host.py");
 const SLUICE_SOURCE: &str = include_str!("../../../python/sluice/__init__.py");
+const PROMPTFLOW_SOURCE: &str = include_str!("../../../python/sluice/_promptflow.py");
 
 /// The embedded interpreter and Sluice's host module in it.
 struct Runtime {
@@ -57,7 +58,8 @@ fn runtime() -> Result<&'static Runtime, PythonError> {
                 let code = CString::new(HOST_SOURCE).expect("host source has no NUL");
                 let host = PyModule::from_code(py, &code, c"sluice/host.py", c"_sluice_host")?;
                 let venv = std::env::var("VIRTUAL_ENV").ok().filter(|v| !v.is_empty());
-                host.getattr("install")?.call1((SLUICE_SOURCE, venv))?;
+                host.getattr("install")?
+                    .call1((SLUICE_SOURCE, PROMPTFLOW_SOURCE, venv))?;
                 prompty::install(py)?;
                 Ok::<_, PyErr>(Runtime {
                     host: host.unbind(),
@@ -132,11 +134,13 @@ impl NodeKind for PythonKind {
                 cx.flow_dir().to_string_lossy().as_ref(),
                 to_py(py, &Value::Map(literals.clone()))?,
                 references.clone(),
+                stored_connections(py, &literals)?,
             ))?;
             let func: Py<PyAny> = info.get_item("func")?.unbind();
             let name: String = info.get_item("name")?.extract()?;
             let params: Vec<(String, String, bool)> = info.get_item("params")?.extract()?;
             let consumed: Vec<String> = info.get_item("consumed")?.extract()?;
+            let connections = connection_params(&info, &literals)?;
             let mut signature = Signature {
                 accepts_kwargs: info.get_item("kwargs")?.extract()?,
                 consumed,
@@ -156,9 +160,36 @@ impl NodeKind for PythonKind {
                     },
                 );
             }
-            Ok::<_, PyErr>(Built {
+            let mut connection_args = HashMap::new();
+            for DeclaredConnection {
+                param,
+                annotation,
+                literal,
+            } in connections
+            {
+                let resolved = match literal {
+                    Some(conn) => {
+                        match connection_arg(py, rt, &param, annotation.bind(py), &conn) {
+                            Ok(obj) => Some((conn, obj.unbind())),
+                            Err(e) => {
+                                return Ok(Err(connection_build_error(&node.name, &param, &e)));
+                            }
+                        }
+                    }
+                    None => None,
+                };
+                connection_args.insert(
+                    param,
+                    ConnectionParam {
+                        annotation,
+                        resolved,
+                    },
+                );
+            }
+            Ok::<_, PyErr>(Ok(Built {
                 node: Arc::new(PythonNode {
                     func: Arc::new(func),
+                    connections: Arc::new(connection_args),
                     name,
                     node: node.name.clone(),
                     tool: path.clone(),
@@ -167,7 +198,7 @@ impl NodeKind for PythonKind {
                     references: references.clone(),
                 }),
                 signature,
-            })
+            }))
         })
         .map_err(|e| {
             let d = Python::attach(|py| describe(py, &e));
@@ -192,13 +223,206 @@ impl NodeKind for PythonKind {
                 );
             }
             err
-        })
+        })?
     }
+}
+
+/// A tool parameter annotated with a connection class.
+#[derive(Debug)]
+struct ConnectionParam {
+    /// The annotation (a connection class, or a `Union` of them).
+    annotation: Py<PyAny>,
+    /// The object for the connection the node names as a literal, made when the flow loads.
+    resolved: Option<(String, Py<PyAny>)>,
+}
+
+/// A connection parameter as `host.load_tool` describes it.
+struct DeclaredConnection {
+    param: String,
+    annotation: Py<PyAny>,
+    /// The connection the node names as a literal, if it does.
+    literal: Option<String>,
+}
+
+/// The tool's connection parameters from `host.load_tool`'s answer.
+fn connection_params(info: &Bound<'_, PyAny>, literals: &Map) -> PyResult<Vec<DeclaredConnection>> {
+    let mut out = Vec::new();
+    for (param, annotation) in info.get_item("connections")?.cast::<PyDict>()?.iter() {
+        let param: String = param.extract()?;
+        let literal = match literals.get(&param) {
+            Some(Value::String(name)) if !name.is_empty() => Some(name.clone()),
+            _ => None,
+        };
+        out.push(DeclaredConnection {
+            param,
+            annotation: annotation.unbind(),
+            literal,
+        });
+    }
+    Ok(out)
+}
+
+/// The stored connections that string literals among `literals` name, as `(type, configs, secrets)`
+/// by name, for tools whose `__init__` takes a connection. A connection that cannot be read is left
+/// out (the tool then says it does not exist, if it wants it).
+fn stored_connections<'py>(py: Python<'py>, literals: &Map) -> PyResult<Bound<'py, PyDict>> {
+    let out = PyDict::new(py);
+    for value in literals.values() {
+        let Value::String(name) = value else { continue };
+        let Ok(Some(conn)) = crate::llm::connections::load(name) else {
+            continue;
+        };
+        let (configs, secrets) = (PyDict::new(py), PyDict::new(py));
+        let mut readable = true;
+        for (keys, dict) in [(&conn.configs, &configs), (&conn.secrets, &secrets)] {
+            for key in keys.keys() {
+                match conn.get(key) {
+                    Ok(v) => dict.set_item(key, v)?,
+                    Err(_) => readable = false,
+                }
+            }
+        }
+        if readable {
+            out.set_item(name, (conn.kind.as_str(), configs, secrets))?;
+        }
+    }
+    Ok(out)
+}
+
+/// A node's literals as they cross to a worker (a JSON object) as a map.
+fn literal_map(literals: &serde_json::Value) -> Map {
+    match Value::from(literals.clone()) {
+        Value::Map(m) => m,
+        _ => Map::new(),
+    }
+}
+
+/// Why a tool's connection argument could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionArgError {
+    #[error("connection `{name}` does not exist")]
+    Missing { name: String },
+    #[error("connection `{name}` cannot be read")]
+    Store {
+        name: String,
+        #[source]
+        source: crate::llm::connections::ConnectionError,
+    },
+    /// The tool's parameter does not take this type of connection, or its class refused the values.
+    #[error("{message}")]
+    Python { exc_type: String, message: String },
+}
+
+impl ConnectionArgError {
+    fn error_type(&self) -> &'static str {
+        match self {
+            ConnectionArgError::Missing { .. } | ConnectionArgError::Store { .. } => {
+                "GetConnectionError"
+            }
+            ConnectionArgError::Python { .. } => "ConnectionTypeError",
+        }
+    }
+}
+
+fn connection_build_error(node: &str, param: &str, e: &ConnectionArgError) -> BuildError {
+    let err = BuildError::new(format!(
+        "node `{node}`, input `{param}`: {}",
+        crate::error_chain(e)
+    ));
+    match e {
+        ConnectionArgError::Missing { .. } => err.help(format!(
+            "create it with `sluice connection create -f <file.yaml>` (stored in {})",
+            crate::llm::connections::connections_dir().display()
+        )),
+        _ => err,
+    }
+}
+
+/// The object a tool's connection parameter receives for the stored connection `name`: an instance
+/// of the annotated class (promptflow's `CustomConnection`, `AzureOpenAIConnection`, ...) holding
+/// the connection's configs and secrets, `${env:...}` resolved.
+fn connection_arg<'py>(
+    py: Python<'py>,
+    rt: &Runtime,
+    param: &str,
+    annotation: &Bound<'py, PyAny>,
+    name: &str,
+) -> Result<Bound<'py, PyAny>, ConnectionArgError> {
+    use crate::llm::connections;
+    let store = |source| ConnectionArgError::Store {
+        name: name.to_owned(),
+        source,
+    };
+    let conn =
+        connections::load(name)
+            .map_err(store)?
+            .ok_or_else(|| ConnectionArgError::Missing {
+                name: name.to_owned(),
+            })?;
+    let python = |e: PyErr| {
+        let d = describe(py, &e);
+        ConnectionArgError::Python {
+            exc_type: d.exc_type,
+            message: d.message,
+        }
+    };
+    let configs = PyDict::new(py);
+    let secrets = PyDict::new(py);
+    for (keys, dict) in [(&conn.configs, &configs), (&conn.secrets, &secrets)] {
+        for key in keys.keys() {
+            let value = conn.get(key).map_err(store)?;
+            dict.set_item(key, value).map_err(python)?;
+        }
+    }
+    rt.host
+        .bind(py)
+        .getattr("make_connection")
+        .and_then(|f| {
+            f.call1((
+                param,
+                annotation,
+                name,
+                conn.kind.as_str(),
+                configs,
+                secrets,
+            ))
+        })
+        .map_err(python)
+}
+
+/// Replaces connection names among a tool's arguments by connection objects.
+fn with_connections(
+    py: Python<'_>,
+    rt: &Runtime,
+    params: &HashMap<String, ConnectionParam>,
+    kwargs: &Bound<'_, PyDict>,
+) -> Result<(), ConnectionArgError> {
+    for (param, p) in params {
+        let Ok(Some(value)) = kwargs.get_item(param) else {
+            continue;
+        };
+        let Ok(name) = value.extract::<String>() else {
+            continue;
+        };
+        let obj = match &p.resolved {
+            Some((literal, obj)) if *literal == name => obj.bind(py).clone(),
+            _ => connection_arg(py, rt, param, p.annotation.bind(py), &name)?,
+        };
+        kwargs
+            .set_item(param, obj)
+            .map_err(|e| ConnectionArgError::Python {
+                exc_type: "TypeError".into(),
+                message: describe(py, &e).message,
+            })?;
+    }
+    Ok(())
 }
 
 #[derive(Debug)]
 struct PythonNode {
     func: Arc<Py<PyAny>>,
+    /// Parameters that take connections, by name.
+    connections: Arc<HashMap<String, ConnectionParam>>,
     name: String,
     /// What a worker process needs to load the same tool.
     node: String,
@@ -249,8 +473,11 @@ fn tool_error(result: &Bound<'_, PyAny>) -> PyResult<ToolErrorDetails> {
     })
 }
 
+/// A tool loaded in a worker process, and its connection parameters.
+type WorkerTool = (Py<PyAny>, Arc<HashMap<String, ConnectionParam>>);
+
 /// Tools loaded in a worker process, by file and init literals.
-static WORKER_TOOLS: OnceLock<Mutex<HashMap<String, Py<PyAny>>>> = OnceLock::new();
+static WORKER_TOOLS: OnceLock<Mutex<HashMap<String, WorkerTool>>> = OnceLock::new();
 
 /// A worker process's side of one call: load the tool (once), call it, return JSON.
 pub(crate) fn call_in_worker(request: &isolation::Request) -> isolation::Response {
@@ -271,8 +498,8 @@ pub(crate) fn call_in_worker(request: &isolation::Request) -> isolation::Respons
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)
-            .map(|f| f.clone_ref(py));
-        let func = match cached {
+            .map(|(f, c)| (f.clone_ref(py), c.clone()));
+        let (func, connections) = match cached {
             Some(f) => f,
             None => {
                 let info = rt.host.bind(py).getattr("load_tool")?.call1((
@@ -280,18 +507,39 @@ pub(crate) fn call_in_worker(request: &isolation::Request) -> isolation::Respons
                     request.flow_dir.to_string_lossy().as_ref(),
                     to_py(py, &Value::from(request.literals.clone()))?,
                     request.references.clone(),
+                    stored_connections(py, &literal_map(&request.literals))?,
                 ))?;
                 let f: Py<PyAny> = info.get_item("func")?.unbind();
+                // Names arrive per call here; each is looked up then.
+                let connections: HashMap<String, ConnectionParam> =
+                    connection_params(&info, &Map::new())?
+                        .into_iter()
+                        .map(|d| {
+                            let p = ConnectionParam {
+                                annotation: d.annotation,
+                                resolved: None,
+                            };
+                            (d.param, p)
+                        })
+                        .collect();
+                let connections = Arc::new(connections);
                 tools
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .insert(key, f.clone_ref(py));
-                f
+                    .insert(key, (f.clone_ref(py), connections.clone()));
+                (f, connections)
             }
         };
         let kwargs = PyDict::new(py);
         for (k, v) in &request.kwargs {
             kwargs.set_item(k, to_py(py, &Value::from(v.clone()))?)?;
+        }
+        if let Err(e) = with_connections(py, rt, &connections, &kwargs) {
+            return Ok(fail(format!(
+                "node `{}`: {}",
+                request.node,
+                crate::error_chain(&e)
+            )));
         }
         let sink = PyDict::new(py);
         let (ok, result): (bool, Bound<PyAny>) = rt
@@ -344,6 +592,7 @@ impl Node for PythonNode {
             return self.run_isolated(&inputs, cx).await;
         }
         let func = self.func.clone();
+        let connections = self.connections.clone();
         let metrics = cx.metrics.clone();
         let node_name = cx.node.clone();
         let line = cx.line;
@@ -358,6 +607,9 @@ impl Node for PythonNode {
                 let kwargs = PyDict::new(py);
                 for (k, v) in &inputs {
                     kwargs.set_item(k, to_py(py, v)?)?;
+                }
+                if let Err(e) = with_connections(py, rt, &connections, &kwargs) {
+                    return Ok(Err(NodeError::user(e.error_type(), crate::error_chain(&e))));
                 }
                 let sink = metrics.as_ref().map(|_| PyDict::new(py));
                 let (ok, result): (bool, Bound<PyAny>) = rt

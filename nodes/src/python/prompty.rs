@@ -48,7 +48,7 @@ class Prompty:
 def _install(sluice):
     sluice.Prompty = Prompty
     core = _sys.modules.get("promptflow.core")
-    if core is not None and getattr(core, "__file__", "") == "<sluice promptflow compatibility>":
+    if core is not None and getattr(core, "__file__", "") == "<sluice promptflow stand-in>":
         core.Prompty = Prompty
 "#;
 

@@ -1,0 +1,501 @@
+"""Sluice's stand-in for the parts of ``promptflow`` that flow tools import.
+
+Sluice installs these as ``promptflow``, ``promptflow.core``, ``promptflow.connections``,
+``promptflow.entities``, ``promptflow.tracing``, ``promptflow.contracts.*`` and
+``promptflow.tools.common`` (unless ``SLUICE_USE_PROMPTFLOW=1`` asks for an installed promptflow), so
+tools written for promptflow run unchanged without it.
+
+Connections follow promptflow's API: ``.name``, ``.type``, ``.configs``, ``.secrets``, item access to
+any key, ``dict(conn)``, and the typed attributes of each connection class (``api_key``,
+``api_base``, ...). Their ``repr`` never shows a secret.
+"""
+
+import re
+import sys
+import types
+from typing import Any, Dict, Optional
+
+_SCRUBBED = "******"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Connections.
+
+
+class _Connection:
+    """A named set of ``configs`` and ``secrets``."""
+
+    TYPE = ""
+
+    def __init__(
+        self,
+        name: Optional[str] = None,
+        module: str = "promptflow.connections",
+        configs: Optional[Dict[str, Any]] = None,
+        secrets: Optional[Dict[str, Any]] = None,
+        **kwargs: Any,
+    ):
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "type", self.TYPE)
+        object.__setattr__(self, "class_name", "%sConnection" % self.TYPE)
+        object.__setattr__(self, "module", module)
+        object.__setattr__(self, "configs", dict(configs or {}))
+        object.__setattr__(self, "secrets", dict(secrets or {}))
+        object.__setattr__(self, "expiry_time", kwargs.get("expiry_time"))
+
+    def keys(self):
+        return list(self.configs) + list(self.secrets)
+
+    def __getitem__(self, item):
+        if item in self.secrets:
+            return self.secrets[item]
+        if item in self.configs:
+            return self.configs[item]
+        raise KeyError("Key %r not found in connection %r." % (item, self.name))
+
+    def __contains__(self, item):
+        return item in self.secrets or item in self.configs
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def __len__(self):
+        return len(self.configs) + len(self.secrets)
+
+    def __repr__(self):
+        shown = dict(self.configs)
+        shown.update({k: _SCRUBBED for k in self.secrets})
+        return "%s(name=%r, %s)" % (type(self).__name__, self.name, shown)
+
+    __str__ = __repr__
+
+
+class _StrongTypeConnection(_Connection):
+    @property
+    def api_key(self):
+        return self.secrets.get("api_key")
+
+    @api_key.setter
+    def api_key(self, value):
+        self.secrets["api_key"] = value
+
+
+def _config_property(key, default=None):
+    def get(self):
+        return self.configs.get(key, default)
+
+    def set(self, value):
+        self.configs[key] = value
+
+    return property(get, set)
+
+
+class AzureOpenAIConnection(_StrongTypeConnection):
+    TYPE = "AzureOpenAI"
+
+    def __init__(
+        self,
+        api_base: str,
+        api_key: Optional[str] = None,
+        api_type: str = "azure",
+        api_version: str = "2024-02-01",
+        auth_mode: str = "key",
+        **kwargs: Any,
+    ):
+        configs = {"api_base": api_base, "api_type": api_type, "api_version": api_version, "auth_mode": auth_mode}
+        secrets = {"api_key": api_key} if auth_mode == "key" else {}
+        super().__init__(configs=configs, secrets=secrets, **kwargs)
+
+    api_base = _config_property("api_base")
+    api_type = _config_property("api_type")
+    api_version = _config_property("api_version")
+    auth_mode = _config_property("auth_mode", "key")
+
+
+class OpenAIConnection(_StrongTypeConnection):
+    TYPE = "OpenAI"
+
+    def __init__(self, api_key: str, organization: Optional[str] = None, base_url: Optional[str] = None, **kwargs):
+        if base_url in ("", "_"):
+            base_url = None
+        super().__init__(configs={"organization": organization, "base_url": base_url}, secrets={"api_key": api_key}, **kwargs)
+
+    organization = _config_property("organization")
+    base_url = _config_property("base_url")
+    # Sluice's (and most OpenAI-compatible servers') name for the endpoint.
+    api_base = _config_property("base_url")
+
+
+class ServerlessConnection(_StrongTypeConnection):
+    TYPE = "Serverless"
+
+    def __init__(self, api_key: str, api_base: str, **kwargs: Any):
+        super().__init__(configs={"api_base": api_base}, secrets={"api_key": api_key}, **kwargs)
+
+    api_base = _config_property("api_base")
+
+
+class SerpConnection(_StrongTypeConnection):
+    TYPE = "Serp"
+
+    def __init__(self, api_key: str, **kwargs: Any):
+        super().__init__(secrets={"api_key": api_key}, **kwargs)
+
+
+class _EmbeddingStoreConnection(_StrongTypeConnection):
+    def __init__(self, api_key: str, api_base: str, **kwargs: Any):
+        kwargs.setdefault("module", "promptflow_vectordb.connections")
+        super().__init__(configs={"api_base": api_base}, secrets={"api_key": api_key}, **kwargs)
+
+    api_base = _config_property("api_base")
+
+
+class QdrantConnection(_EmbeddingStoreConnection):
+    TYPE = "Qdrant"
+
+
+class WeaviateConnection(_EmbeddingStoreConnection):
+    TYPE = "Weaviate"
+
+
+class CognitiveSearchConnection(_StrongTypeConnection):
+    TYPE = "CognitiveSearch"
+
+    def __init__(self, api_key: str, api_base: str, api_version: str = "2023-11-01", **kwargs: Any):
+        super().__init__(configs={"api_base": api_base, "api_version": api_version}, secrets={"api_key": api_key}, **kwargs)
+
+    api_base = _config_property("api_base")
+    api_version = _config_property("api_version")
+
+
+class AzureContentSafetyConnection(_StrongTypeConnection):
+    TYPE = "AzureContentSafety"
+
+    def __init__(
+        self, api_key: str, endpoint: str, api_version: str = "2023-10-01", api_type: str = "Content Safety", **kwargs
+    ):
+        configs = {"endpoint": endpoint, "api_version": api_version, "api_type": api_type}
+        super().__init__(configs=configs, secrets={"api_key": api_key}, **kwargs)
+
+    endpoint = _config_property("endpoint")
+    api_version = _config_property("api_version")
+    api_type = _config_property("api_type")
+
+
+class FormRecognizerConnection(AzureContentSafetyConnection):
+    TYPE = "FormRecognizer"
+
+    def __init__(
+        self, api_key: str, endpoint: str, api_version: str = "2023-07-31", api_type: str = "Form Recognizer", **kwargs
+    ):
+        super().__init__(api_key=api_key, endpoint=endpoint, api_version=api_version, api_type=api_type, **kwargs)
+
+
+class AzureAIServicesConnection(_StrongTypeConnection):
+    TYPE = "AzureAIServices"
+
+    def __init__(self, endpoint: str, api_key: Optional[str] = None, auth_mode: str = "key", **kwargs: Any):
+        secrets = {"api_key": api_key} if auth_mode == "key" else {}
+        super().__init__(configs={"endpoint": endpoint, "auth_mode": auth_mode}, secrets=secrets, **kwargs)
+
+    endpoint = _config_property("endpoint")
+    auth_mode = _config_property("auth_mode", "key")
+
+
+class CustomConnection(_Connection):
+    """Free-form ``configs`` and ``secrets``; each key is also an attribute."""
+
+    TYPE = "Custom"
+
+    def __init__(self, secrets: Optional[Dict[str, Any]] = None, configs: Optional[Dict[str, Any]] = None, **kwargs):
+        super().__init__(secrets=secrets, configs=configs, **kwargs)
+
+    def __getattr__(self, item):
+        if item in ("secrets", "configs") or item.startswith("__"):
+            raise AttributeError(item)
+        if item in self.secrets:
+            return self.secrets[item]
+        if item in self.configs:
+            return self.configs[item]
+        raise AttributeError("%r has no key %r" % (self.name, item))
+
+    def is_secret(self, item):
+        return item in self.secrets
+
+    def _convert_to_custom_strong_type(self, module=None, to_class=None):
+        cls = getattr(module, to_class) if isinstance(to_class, str) else to_class
+        return cls(configs=self.configs, secrets=self.secrets, name=self.name)
+
+
+class CustomStrongTypeConnection(_Connection):
+    """Base of a custom connection with typed keys: ``api_key: Secret`` is a secret, any other
+    annotated name a config."""
+
+    TYPE = "Custom"
+
+    def __init__(self, secrets: Optional[Dict[str, Any]] = None, configs: Optional[Dict[str, Any]] = None, **kwargs):
+        super().__init__(secrets=secrets, configs=configs, **kwargs)
+        object.__setattr__(self, "module", kwargs.get("module", type(self).__module__))
+        object.__setattr__(self, "custom_type", kwargs.get("custom_type") or type(self).__name__)
+
+    @classmethod
+    def _annotations(cls):
+        found = {}
+        for klass in reversed(cls.__mro__):
+            found.update(getattr(klass, "__annotations__", {}) if klass.__module__ != __name__ else {})
+        return found
+
+    def __getattribute__(self, item):
+        if not item.startswith("_"):
+            annotations = type(self)._annotations()
+            if item in annotations:
+                store = "secrets" if _is_secret_type(annotations[item]) else "configs"
+                values = object.__getattribute__(self, store)
+                if item in values:
+                    return values[item]
+        return object.__getattribute__(self, item)
+
+    def __setattr__(self, key, value):
+        annotations = type(self)._annotations()
+        if key in annotations:
+            store = "secrets" if _is_secret_type(annotations[key]) else "configs"
+            object.__getattribute__(self, store)[key] = value
+            return
+        object.__setattr__(self, key, value)
+
+
+def _is_secret_type(annotation):
+    return getattr(annotation, "__name__", annotation) == "Secret"
+
+
+CONNECTION_CLASSES = [
+    AzureOpenAIConnection,
+    OpenAIConnection,
+    ServerlessConnection,
+    SerpConnection,
+    QdrantConnection,
+    WeaviateConnection,
+    CognitiveSearchConnection,
+    AzureContentSafetyConnection,
+    FormRecognizerConnection,
+    AzureAIServicesConnection,
+    CustomConnection,
+    CustomStrongTypeConnection,
+]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Model configurations, multimedia, tracing.
+
+
+class _ModelConfiguration:
+    def __init__(self, **fields: Any):
+        for k, v in fields.items():
+            setattr(self, k, v)
+
+    def __repr__(self):
+        shown = {k: (_SCRUBBED if k == "api_key" and v else v) for k, v in vars(self).items()}
+        return "%s(%s)" % (type(self).__name__, ", ".join("%s=%r" % kv for kv in shown.items()))
+
+
+class AzureOpenAIModelConfiguration(_ModelConfiguration):
+    def __init__(
+        self,
+        azure_deployment: str,
+        azure_endpoint: Optional[str] = None,
+        api_version: Optional[str] = None,
+        api_key: Optional[str] = None,
+        connection: Optional[str] = None,
+    ):
+        super().__init__(
+            azure_deployment=azure_deployment,
+            azure_endpoint=azure_endpoint,
+            api_version=api_version,
+            api_key=api_key,
+            connection=connection,
+        )
+
+    @classmethod
+    def from_connection(cls, connection, azure_deployment: str):
+        return cls(
+            azure_deployment=azure_deployment,
+            azure_endpoint=connection.api_base,
+            api_version=connection.api_version,
+            api_key=connection.api_key,
+        )
+
+
+class OpenAIModelConfiguration(_ModelConfiguration):
+    def __init__(
+        self,
+        model: str,
+        base_url: Optional[str] = None,
+        api_key: Optional[str] = None,
+        organization: Optional[str] = None,
+        connection: Optional[str] = None,
+    ):
+        super().__init__(model=model, base_url=base_url, api_key=api_key, organization=organization, connection=connection)
+
+    @classmethod
+    def from_connection(cls, connection, model: str):
+        return cls(model=model, base_url=connection.base_url, api_key=connection.api_key, organization=connection.organization)
+
+
+class Image(bytes):
+    """An image: its bytes, the MIME type and, where it came from one, the source URL."""
+
+    def __new__(cls, value: bytes, mime_type: Optional[str] = None, source_url: Optional[str] = None):
+        obj = super().__new__(cls, value)
+        obj._mime_type = mime_type or "image/*"
+        obj.source_url = source_url
+        return obj
+
+    def __str__(self):
+        import hashlib
+
+        return "Image(%s)" % hashlib.sha1(bytes(self)).hexdigest()[:8]
+
+    def to_base64(self, with_type: bool = False):
+        import base64
+
+        encoded = base64.b64encode(bytes(self)).decode()
+        return "data:%s;base64,%s" % (self._mime_type, encoded) if with_type else encoded
+
+
+def start_trace(*args: Any, **kwargs: Any) -> None:
+    """Accepted for compatibility; Sluice records node runs itself (see ``sluice run show``)."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# promptflow.tools.common: the helpers tools call most.
+
+_ROLE_LINE = re.compile(r"^\s*#?\s*(system|user|assistant|function|tool)\s*:\s*\n", re.IGNORECASE | re.MULTILINE)
+
+
+def to_bool(value) -> bool:
+    return value if isinstance(value, bool) else str(value).lower() == "true"
+
+
+def render_jinja_template(prompt, trim_blocks=True, keep_trailing_newline=True, **kwargs):
+    from jinja2.sandbox import SandboxedEnvironment
+
+    env = SandboxedEnvironment(trim_blocks=trim_blocks, keep_trailing_newline=keep_trailing_newline)
+    return env.from_string(prompt).render(**kwargs)
+
+
+def parse_chat(chat_str, images=None, valid_roles=None, image_detail="auto"):
+    """Splits a rendered chat prompt at its role lines into ``{"role", "content"}`` messages."""
+    valid = set(valid_roles or ("system", "user", "assistant", "function", "tool"))
+    parts = _ROLE_LINE.split(chat_str)
+    if parts[0].strip():
+        raise ValueError(
+            "The Chat API requires a specific format for prompt definition: a role line such as "
+            "'# user:' before the first message."
+        )
+    messages = []
+    for role, content in zip(parts[1::2], parts[2::2]):
+        role = role.lower()
+        if role not in valid:
+            raise ValueError("role %r is not one of %s" % (role, sorted(valid)))
+        messages.append({"role": role, "content": content.strip()})
+    return messages
+
+
+def normalize_connection_config(connection):
+    """The keyword arguments an ``openai`` client takes for a connection."""
+    if isinstance(connection, AzureOpenAIConnection) or type(connection).__name__ == "AzureOpenAIConnection":
+        return {
+            "api_key": connection.api_key,
+            "api_version": connection.api_version,
+            "azure_endpoint": connection.api_base,
+        }
+    return {
+        "api_key": connection.api_key,
+        "organization": getattr(connection, "organization", None),
+        "base_url": getattr(connection, "base_url", None),
+    }
+
+
+def init_azure_openai_client(connection):
+    """An ``openai.AzureOpenAI`` client for an Azure OpenAI connection (needs the ``openai`` package)."""
+    from openai import AzureOpenAI
+
+    return AzureOpenAI(**normalize_connection_config(connection))
+
+
+def init_openai_client(connection):
+    """An ``openai.OpenAI`` client for an OpenAI connection (needs the ``openai`` package)."""
+    from openai import OpenAI
+
+    return OpenAI(**normalize_connection_config(connection))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Installing the modules.
+
+
+def install(sluice):
+    """Registers the ``promptflow`` modules in ``sys.modules``, backed by ``sluice``'s tool API."""
+
+    def module(name, **attrs):
+        m = types.ModuleType(name)
+        m.__file__ = "<sluice promptflow stand-in>"
+        m.__path__ = []
+        m.__dict__.update(attrs)
+        sys.modules[name] = m
+        return m
+
+    api = dict(
+        tool=sluice.tool,
+        log_metric=sluice.log_metric,
+        log_flow_metric=sluice.log_metric,
+        ToolProvider=sluice.ToolProvider,
+        trace=sluice.trace,
+    )
+    conns = {cls.__name__: cls for cls in CONNECTION_CLASSES}
+    connections = module("promptflow.connections", **conns)
+    entities = module("promptflow.entities", **conns)
+    types_mod = module(
+        "promptflow.contracts.types",
+        PromptTemplate=sluice.PromptTemplate,
+        Secret=sluice.Secret,
+        FilePath=sluice.FilePath,
+    )
+    multimedia = module("promptflow.contracts.multimedia", Image=Image)
+    contracts = module("promptflow.contracts", types=types_mod, multimedia=multimedia)
+    tracing = module("promptflow.tracing", trace=sluice.trace, start_trace=start_trace)
+    model_configs = dict(
+        AzureOpenAIModelConfiguration=AzureOpenAIModelConfiguration,
+        OpenAIModelConfiguration=OpenAIModelConfiguration,
+    )
+    core = module("promptflow.core", **api, **model_configs)
+    internal = module("promptflow._internal", **api)
+    legacy_tool = module("promptflow._core.tool", **api)
+    legacy_core = module("promptflow._core", tool=legacy_tool)
+    # Older flows import connection classes from the SDK's entities.
+    sdk_entities = module("promptflow._sdk.entities", **conns)
+    sdk = module("promptflow._sdk", entities=sdk_entities)
+    common = module(
+        "promptflow.tools.common",
+        to_bool=to_bool,
+        render_jinja_template=render_jinja_template,
+        parse_chat=parse_chat,
+        normalize_connection_config=normalize_connection_config,
+        init_azure_openai_client=init_azure_openai_client,
+        init_openai_client=init_openai_client,
+    )
+    tools = module("promptflow.tools", common=common)
+    module(
+        "promptflow",
+        core=core,
+        tracing=tracing,
+        connections=connections,
+        contracts=contracts,
+        entities=entities,
+        tools=tools,
+        _internal=internal,
+        _core=legacy_core,
+        _sdk=sdk,
+        __version__="0.0.0+sluice",
+        **api,
+    )
