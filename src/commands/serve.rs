@@ -154,6 +154,14 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitStatus> {
         println!("listening on http://{addr}/v1");
         use std::io::Write;
         std::io::stdout().flush()?;
+        let app = with_body_limit(
+            app,
+            BodyLimit {
+                max_bytes: MAX_BODY_BYTES,
+                timeout: limits.body_timeout,
+                error: body_error,
+            },
+        );
         serve_http(listener, app, limits, shutdown).await;
         Ok(ExitStatus::Ok)
     })
@@ -161,7 +169,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitStatus> {
 
 /// A future that resolves on SIGINT or SIGTERM. The handlers are installed before this returns, so a
 /// signal that arrives once the address is printed is never missed (or fatal, for SIGTERM).
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+pub(crate) fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -182,6 +190,25 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     }
 }
 
+/// How much of a request body is read, how long it may take, and how a refusal is answered.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BodyLimit {
+    pub max_bytes: usize,
+    pub timeout: Duration,
+    /// The response for a body that is too large (413), unreadable (400) or late (408).
+    pub error: fn(StatusCode, String) -> Response,
+}
+
+/// `app` with every request body read whole, within `limit`, before a handler sees it.
+pub(crate) fn with_body_limit(app: Router, limit: BodyLimit) -> Router {
+    app.layer(axum::middleware::from_fn_with_state(limit, read_body))
+        .layer(DefaultBodyLimit::max(limit.max_bytes))
+}
+
+fn body_error(status: StatusCode, message: String) -> Response {
+    api_error(status, "invalid_request_error", message)
+}
+
 /// Serves `app` on `listener` within `limits` until `shutdown` resolves, then closes connections with
 /// no request in progress at once and gives the others `limits.shutdown_timeout` to finish.
 pub(crate) async fn serve_http(
@@ -190,12 +217,6 @@ pub(crate) async fn serve_http(
     limits: Limits,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let app = app
-        .layer(axum::middleware::from_fn_with_state(
-            limits.body_timeout,
-            read_body,
-        ))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut conns = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
@@ -326,52 +347,51 @@ impl http_body::Body for Tracked {
     }
 }
 
-fn body_too_large() -> Response {
-    api_error(
+fn body_too_large(limit: &BodyLimit) -> Response {
+    let size = if limit.max_bytes >= 1 << 20 && limit.max_bytes % (1 << 20) == 0 {
+        format!("{} MiB", limit.max_bytes >> 20)
+    } else {
+        format!("{} bytes", limit.max_bytes)
+    };
+    (limit.error)(
         StatusCode::PAYLOAD_TOO_LARGE,
-        "invalid_request_error",
-        format!(
-            "the request body is larger than {} MiB",
-            MAX_BODY_BYTES >> 20
-        ),
+        format!("the request body is larger than {size}"),
     )
 }
 
 /// Reads the whole request body within the body timeout and size limit before a handler sees it.
-async fn read_body(State(timeout): State<Duration>, req: HttpRequest, next: Next) -> Response {
+async fn read_body(State(limit): State<BodyLimit>, req: HttpRequest, next: Next) -> Response {
     let declared = req
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return body_too_large();
+    if declared.is_some_and(|n| n > limit.max_bytes as u64) {
+        return body_too_large(&limit);
     }
     let (parts, body) = req.into_parts();
-    let bytes =
-        match tokio::time::timeout(timeout, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
-            Ok(Ok(b)) => b,
-            Ok(Err(e)) => {
-                let too_large = std::error::Error::source(&e)
-                    .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-                return if too_large {
-                    body_too_large()
-                } else {
-                    api_error(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_request_error",
-                        format!("the request body could not be read: {e}"),
-                    )
-                };
-            }
-            Err(_) => {
-                return api_error(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "invalid_request_error",
-                    format!("the request body did not arrive within {timeout:?}"),
-                );
-            }
-        };
+    let read = axum::body::to_bytes(body, limit.max_bytes);
+    let bytes = match tokio::time::timeout(limit.timeout, read).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            return if too_large {
+                body_too_large(&limit)
+            } else {
+                (limit.error)(
+                    StatusCode::BAD_REQUEST,
+                    format!("the request body could not be read: {e}"),
+                )
+            };
+        }
+        Err(_) => {
+            return (limit.error)(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the request body did not arrive within {:?}", limit.timeout),
+            );
+        }
+    };
     next.run(HttpRequest::from_parts(parts, Body::from(bytes)))
         .await
 }
@@ -612,7 +632,7 @@ fn sse(
 }
 
 /// A stream fed by an async producer through a channel; the producer stops when the client goes away.
-fn async_stream<F, Fut>(
+pub(crate) fn async_stream<F, Fut>(
     producer: F,
 ) -> impl Stream<Item = Result<SseEvent, std::convert::Infallible>>
 where
