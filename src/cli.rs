@@ -322,7 +322,12 @@ pub struct FlowServeArgs {
     #[arg(long, value_name = "SECONDS", value_parser = seconds)]
     pub drain_timeout: Option<f64>,
     /// Require `Authorization: Bearer KEY` on every route but /health.
-    #[arg(long, env = "SLUICE_API_KEY", hide_env_values = true, value_name = "KEY")]
+    #[arg(
+        long,
+        env = "SLUICE_API_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
     pub api_key: Option<String>,
     /// Allow listening on a non-loopback address without an API key.
     #[arg(long)]
@@ -582,7 +587,8 @@ pub struct CreateArgs {
     pub data: Option<PathBuf>,
     /// Evaluate another run: its lines are available as ${run.outputs.COL} and ${run.inputs.COL},
     /// aligned by line_number (lines that failed there are skipped). Without --data, its inputs are the data.
-    #[arg(long, value_name = "NAME")]
+    /// A path to a run folder works too (a segment of `flow serve`'s traffic log).
+    #[arg(long, value_name = "NAME|DIR")]
     pub run: Option<String>,
     /// Map flow inputs to columns: NAME='${data.column}', NAME='${run.outputs.column}' or a literal.
     /// Inputs without a default map to the same-named data column unless mapped here.

@@ -265,7 +265,8 @@ impl IntoResponse for ApiError {
         }});
         let mut r = (self.status, Json(body)).into_response();
         if let Some(s) = self.retry_after {
-            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
         if self.status == StatusCode::UNAUTHORIZED {
             r.headers_mut()
@@ -471,8 +472,8 @@ fn inputs_of(flow: &Flow, body: &[u8]) -> Result<Map, ApiError> {
         return Ok(Map::new());
     }
     let bad = |m: String| ApiError::user(StatusCode::BAD_REQUEST, "InvalidRequestBody", m);
-    let text = std::str::from_utf8(body)
-        .map_err(|_| bad("the request body is not UTF-8 text".into()))?;
+    let text =
+        std::str::from_utf8(body).map_err(|_| bad("the request body is not UTF-8 text".into()))?;
     let parsed = sluice_engine::json::from_str::<Value>(text);
     let given = match parsed {
         Ok(Value::Map(m)) => m,
@@ -482,7 +483,11 @@ fn inputs_of(flow: &Flow, body: &[u8]) -> Result<Map, ApiError> {
                 .into_iter()
                 .collect()
         }
-        Ok(_) => return Err(bad("the request body must be a JSON object of flow inputs".into())),
+        Ok(_) => {
+            return Err(bad(
+                "the request body must be a JSON object of flow inputs".into()
+            ));
+        }
         Err(e) => return Err(bad(format!("the request body is not JSON: {e}"))),
     };
     let missing: Vec<String> = inputs
@@ -620,7 +625,12 @@ impl App {
 /// Server-sent events: the other outputs first (if any), then one event per chunk of the streaming
 /// output, `{"<field>": "<chunk>"}`. The line keeps its place among those in flight until the stream
 /// ends; it is then logged with the stream's whole text.
-fn stream_response(app: Arc<App>, mut line: LineResult, field: String, in_flight: InFlight) -> Response {
+fn stream_response(
+    app: Arc<App>,
+    mut line: LineResult,
+    field: String,
+    in_flight: InFlight,
+) -> Response {
     let Some(Value::Opaque(stream)) = line.output.get(&field).cloned() else {
         unreachable!("the field was picked as a stream");
     };
@@ -628,7 +638,12 @@ fn stream_response(app: Arc<App>, mut line: LineResult, field: String, in_flight
         .output
         .iter()
         .filter(|(k, _)| **k != field && !app.evaluation_only.contains(k))
-        .map(|(k, v)| (k.clone(), v.to_plain().unwrap_or_else(|_| Value::String(v.py_str()))))
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.to_plain().unwrap_or_else(|_| Value::String(v.py_str())),
+            )
+        })
         .collect();
     let events = async_stream(move |tx| async move {
         let _in_flight = in_flight;
@@ -653,7 +668,9 @@ fn stream_response(app: Arc<App>, mut line: LineResult, field: String, in_flight
             if client_gone {
                 continue;
             }
-            let one: Map = [(field.clone(), Value::String(chunk))].into_iter().collect();
+            let one: Map = [(field.clone(), Value::String(chunk))]
+                .into_iter()
+                .collect();
             client_gone = tx.send(event(&one)).is_err();
         }
         match drain.await {

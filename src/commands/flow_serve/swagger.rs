@@ -64,7 +64,8 @@ pub(super) fn document(def: &FlowDef, version: &str) -> Json {
         "properties": {"error": {"type": "object", "properties": {
             "code": {"type": "string"}, "message": {"type": "string"}}}}
     });
-    let mut request_schema = json!({"type": "object", "properties": properties, "required": required});
+    let mut request_schema =
+        json!({"type": "object", "properties": properties, "required": required});
     if !example.is_empty() {
         request_schema["example"] = Json::Object(example);
     }

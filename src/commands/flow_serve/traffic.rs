@@ -149,12 +149,7 @@ impl TrafficLog {
     /// Writes what is queued, closes the open segment and stops the writer.
     pub(crate) fn close(&self) {
         drop(self.tx.lock().unwrap_or_else(|e| e.into_inner()).take());
-        if let Some(h) = self
-            .writer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
+        if let Some(h) = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = h.join();
         }
     }
@@ -207,19 +202,36 @@ impl Writer {
     }
 
     fn open(&self) -> Result<Segment, StoreError> {
-        let name = RunName::parse(&format!(
+        let stem = format!(
             "{}_serve_{}",
             RunName::sanitize(&self.flow_name),
             Utc::now().format("%Y%m%d_%H%M%S_%6f")
-        ))?;
-        let dir = self.store.create_dir(&name)?;
+        );
+        // Two segments opened within a microsecond get different names.
+        let mut attempt = 0;
+        let (name, dir) = loop {
+            let name = match attempt {
+                0 => RunName::parse(&stem)?,
+                n => RunName::parse(&format!("{stem}_{n}"))?,
+            };
+            match self.store.create_dir(&name) {
+                Ok(dir) => break (name, dir),
+                Err(StoreError::Exists { .. }) if attempt < 100 => attempt += 1,
+                Err(e) => return Err(e),
+            }
+        };
         let record = RunRecord {
             name: name.to_string(),
             created_on: Utc::now(),
             status: RunStatus::Running,
             display_name: name.to_string(),
-            description: Some(format!("traffic served by `sluice flow serve` for {}", self.flow_name)),
-            tags: [("source".to_owned(), "serve".to_owned())].into_iter().collect(),
+            description: Some(format!(
+                "traffic served by `sluice flow serve` for {}",
+                self.flow_name
+            )),
+            tags: [("source".to_owned(), "serve".to_owned())]
+                .into_iter()
+                .collect(),
             properties: RunProperties {
                 flow_path: self.flow_dir.clone(),
                 output_path: dir.clone(),
@@ -319,7 +331,11 @@ impl Writer {
         for run in &line.node_runs {
             *segment
                 .node_status
-                .entry(format!("{}.{}", run.node, run.status.as_str().to_lowercase()))
+                .entry(format!(
+                    "{}.{}",
+                    run.node,
+                    run.status.as_str().to_lowercase()
+                ))
                 .or_default() += 1;
             segment.tokens.add(&run.system_metrics.tokens);
         }
