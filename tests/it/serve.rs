@@ -262,6 +262,14 @@ impl Server {
     }
 }
 
+/// A client on a thread of its own.
+fn client(f: impl FnOnce() -> Answer + Send + 'static) -> std::thread::JoinHandle<Answer> {
+    std::thread::Builder::new()
+        .name("client".into())
+        .spawn(f)
+        .unwrap()
+}
+
 /// The one traffic log segment of a flow named `flow`.
 fn segment(home: &Path) -> PathBuf {
     let runs = home.join("serve/flow/runs");
@@ -518,7 +526,7 @@ fn flow_serve_answers_429_with_retry_after_beyond_the_queue() {
     );
     let addr = server.addr.clone();
     let slow = |addr: String| {
-        std::thread::spawn(move || {
+        client(move || {
             request(
                 &addr,
                 "POST",
@@ -654,7 +662,7 @@ fn sigterm_stops_accepting_and_finishes_the_lines_in_flight() {
     let clients: Vec<_> = (0..4)
         .map(|i| {
             let addr = server.addr.clone();
-            std::thread::spawn(move || {
+            client(move || {
                 let body = format!(r#"{{"text": "line{i}", "wait": 1.5}}"#);
                 request(&addr, "POST", "/score", &[], body.as_bytes())
             })

@@ -649,7 +649,7 @@ fn stream_response(
         let _in_flight = in_flight;
         let event = |v: &Map| {
             let text = sluice_engine::json::to_string(v).unwrap_or_default();
-            SseEvent::default().data(redact(&text).into_owned())
+            SseEvent::default().data(&*redact(&text))
         };
         if !first.is_empty() {
             let _ = tx.send(event(&first));
