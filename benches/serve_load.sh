@@ -48,3 +48,8 @@ for c in 1 16 64; do
   printf 'concurrency %-3s ' "$c"
   wrk -t"$threads" -c"$c" -d"${secs}s" -s "$script" "$addr/score" | sed -n 's/^RESULT //p'
 done
+curl -s "$addr/metrics" | grep -E '^sluice_serve_(traffic_log_dropped_total|rejections_total)' || true
+# What the traffic log kept: lines written, and records dropped because its writer fell behind.
+kill -TERM $pid; wait $pid 2>/dev/null || true
+lines=$(cat "$home"/serve/*/runs/*/details.jsonl 2>/dev/null | wc -l)
+echo "traffic log: $lines lines written"

@@ -840,3 +840,78 @@ fn the_traffic_log_starts_a_new_segment_past_its_size() {
         assert_eq!(record["status"], "Completed");
     }
 }
+
+#[test]
+fn two_streaming_outputs_cannot_be_streamed_together() {
+    let root = tempfile::tempdir().unwrap();
+    let flow = flow_dir(
+        root.path(),
+        &[
+            (
+                "flow.dag.yaml",
+                "inputs:\n  text: {type: string}\noutputs:\n  one: {reference: '${a.output}'}\n  two: {reference: '${b.output}'}\nnodes:\n- name: a\n  type: python\n  source: {type: code, path: chars.py}\n  inputs: {text: '${inputs.text}'}\n- name: b\n  type: python\n  source: {type: code, path: chars.py}\n  inputs: {text: '${inputs.text}'}\n",
+            ),
+            (
+                "chars.py",
+                "from promptflow.core import tool\n\n@tool\ndef chars(text: str):\n    yield from text\n",
+            ),
+        ],
+    );
+    let server = serve(root.path(), &flow, &[], &[]);
+    let body = br#"{"text": "ab"}"#;
+    let streamed = request(
+        &server.addr,
+        "POST",
+        "/score",
+        &[("accept", "text/event-stream")],
+        body,
+    );
+    assert_eq!(streamed.status, 400, "{}", streamed.body);
+    assert_eq!(
+        streamed.error_code(),
+        "MultipleStreamOutputFieldsNotSupported"
+    );
+    let joined = request(&server.addr, "POST", "/score", &[], body);
+    assert_eq!(joined.json(), json!({"one": "ab", "two": "ab"}));
+}
+
+#[test]
+fn slow_clients_cannot_hold_the_server() {
+    let root = tempfile::tempdir().unwrap();
+    let flow = flow_dir(root.path(), SLOW_UPPER);
+    let server = serve(
+        root.path(),
+        &flow,
+        &[],
+        &[
+            ("SLUICE_SERVE_HEADER_TIMEOUT", "1"),
+            ("SLUICE_SERVE_BODY_TIMEOUT", "1"),
+        ],
+    );
+    // Headers that never finish: the connection is closed.
+    let mut half = TcpStream::connect(&server.addr).unwrap();
+    half.write_all(b"POST /score HTTP/1.1\r\nhost: x\r\ncontent-ty")
+        .unwrap();
+    half.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let _ = half.read_to_end(&mut buf);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "a half-sent request was held for {:?}",
+        started.elapsed()
+    );
+    // A body that stops arriving: 408 after the body timeout.
+    let mut slow = TcpStream::connect(&server.addr).unwrap();
+    slow.write_all(
+        b"POST /score HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\nconnection: close\r\n\r\n{\"text\"",
+    )
+    .unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut answer = String::new();
+    let _ = slow.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("RequestTimeout"), "{answer}");
+    // And the server still answers.
+    assert_eq!(server.score(&json!({"text": "ok"})).json()["shout"], "OK");
+}
