@@ -82,6 +82,7 @@ fn command(home: &Path, flow: &Path, args: &[&str]) -> Command {
         .arg(flow)
         .args(args)
         .env("SLUICE_HOME", home)
+        .env("SLUICE_MODELS_DIR", sluice_nodes::llm::store::models_dir())
         .env_remove("SLUICE_API_KEY");
     cmd
 }
@@ -914,4 +915,50 @@ fn slow_clients_cannot_hold_the_server() {
     assert!(answer.contains("RequestTimeout"), "{answer}");
     // And the server still answers.
     assert_eq!(server.score(&json!({"text": "ok"})).json()["shout"], "OK");
+}
+
+#[test]
+fn an_llm_answer_streams_chunk_by_chunk_and_its_tokens_are_counted() {
+    let root = tempfile::tempdir().unwrap();
+    let flow = flow_dir(
+        root.path(),
+        &[
+            (
+                "flow.dag.yaml",
+                "inputs:\n  question: {type: string}\noutputs:\n  answer: {reference: '${chat.output}'}\nnodes:\n- name: chat\n  type: llm\n  api: chat\n  source: {type: code, path: chat.jinja2}\n  inputs:\n    model: default\n    temperature: 0\n    max_tokens: 32\n    question: ${inputs.question}\n",
+            ),
+            ("chat.jinja2", "# user:\n{{question}}\n"),
+        ],
+    );
+    let server = serve(root.path(), &flow, &[], &[]);
+    let r = request(
+        &server.addr,
+        "POST",
+        "/score",
+        &[("accept", "text/event-stream")],
+        br#"{"question": "What is the capital of France?"}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("content-type"), Some("text/event-stream"));
+    let events: Vec<Json> = r
+        .body
+        .split("\n\n")
+        .filter(|e| !e.is_empty())
+        .map(|e| serde_json::from_str(e.strip_prefix("data: ").unwrap()).unwrap())
+        .collect();
+    assert!(events.len() > 1, "one event per chunk: {events:?}");
+    let text: String = events
+        .iter()
+        .map(|e| e["answer"].as_str().unwrap())
+        .collect();
+    assert!(text.contains("Paris"), "{text:?}");
+    // A streamed answer's usage is not part of its line's result; a whole answer's is.
+    let whole = server.score(&json!({"question": "What is the capital of France?"}));
+    assert!(
+        whole.json()["answer"].as_str().unwrap().contains("Paris"),
+        "{}",
+        whole.body
+    );
+    assert!(server.metric(r#"sluice_serve_llm_tokens_total{direction="prompt"}"#) > 0.0);
+    assert!(server.metric(r#"sluice_serve_llm_tokens_total{direction="completion"}"#) > 0.0);
 }
