@@ -218,6 +218,17 @@ pub struct ServeArgs {
     /// CPU threads for decoding (default: the machine's cores, at most 8, or SLUICE_LLM_THREADS).
     #[arg(long)]
     pub threads: Option<i32>,
+    /// Require `Authorization: Bearer KEY` on every route but /health.
+    #[arg(
+        long,
+        env = "SLUICE_API_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
+    pub api_key: Option<String>,
+    /// Allow listening on a non-loopback address without an API key.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 #[derive(Debug, Subcommand)]

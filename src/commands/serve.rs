@@ -99,6 +99,13 @@ impl Limits {
 }
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<ExitStatus> {
+    let api_key = match api_key(args.api_key.as_deref(), &args.host, args.insecure) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("{} {e}", crate::style::error_label());
+            return Ok(ExitStatus::Invalid);
+        }
+    };
     let mut config = LocalConfig::from_env();
     if let Some(p) = args.parallel {
         config.parallel = p.clamp(1, 256);
@@ -162,6 +169,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitStatus> {
                 error: body_error,
             },
         );
+        let app = with_api_key(app, api_key.as_deref(), unauthorized);
         serve_http(listener, app, limits, shutdown).await;
         Ok(ExitStatus::Ok)
     })
@@ -188,6 +196,102 @@ pub(crate) fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Outpu
             let _ = tokio::signal::ctrl_c().await;
         })
     }
+}
+
+/// Why a server will not start with the API key it was given.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum KeyError {
+    #[error(
+        "refusing to listen on `{host}` (not a loopback address) without an API key: set --api-key or SLUICE_API_KEY, or pass --insecure"
+    )]
+    Insecure { host: String },
+    #[error("the API key is empty")]
+    Empty,
+}
+
+/// Whether `host` names only this machine.
+pub(crate) fn is_loopback(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    h.eq_ignore_ascii_case("localhost")
+        || h.parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Checks `--api-key` against the address: a server reachable from other machines needs a key unless
+/// `insecure`. The key is registered as a secret, so it is masked in everything the process writes.
+pub(crate) fn api_key(
+    key: Option<&str>,
+    host: &str,
+    insecure: bool,
+) -> Result<Option<String>, KeyError> {
+    let key = match key.map(str::trim) {
+        Some("") => return Err(KeyError::Empty),
+        Some(k) => {
+            sluice_engine::redact::register_secret(k);
+            Some(k.to_owned())
+        }
+        None => None,
+    };
+    if key.is_none() && !insecure && !is_loopback(host) {
+        return Err(KeyError::Insecure {
+            host: host.to_owned(),
+        });
+    }
+    Ok(key)
+}
+
+/// The key a server requires, and its answer to a request without it.
+#[derive(Clone, Debug)]
+struct KeyGuard {
+    key: Arc<str>,
+    refuse: fn() -> Response,
+}
+
+/// `app` with `Authorization: Bearer KEY` required (compared in constant time) on every route but
+/// `/health`, before the request body is read; without a key, `app` as it is.
+pub(crate) fn with_api_key(app: Router, key: Option<&str>, refuse: fn() -> Response) -> Router {
+    match key {
+        Some(k) => app.layer(axum::middleware::from_fn_with_state(
+            KeyGuard {
+                key: k.into(),
+                refuse,
+            },
+            require_key,
+        )),
+        None => app,
+    }
+}
+
+async fn require_key(State(guard): State<KeyGuard>, req: HttpRequest, next: Next) -> Response {
+    use subtle::ConstantTimeEq;
+    if req.uri().path() != "/health" {
+        let given = req
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                let (scheme, token) = v.trim().split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+            });
+        let ok = given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(guard.key.as_bytes())));
+        if !ok {
+            let mut r = (guard.refuse)();
+            r.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+            return r;
+        }
+    }
+    next.run(req).await
+}
+
+fn unauthorized() -> Response {
+    api_error(
+        StatusCode::UNAUTHORIZED,
+        "invalid_request_error",
+        "this server needs `Authorization: Bearer <key>` with its API key",
+    )
 }
 
 /// How much of a request body is read, how long it may take, and how a refusal is answered.

@@ -962,3 +962,60 @@ fn an_llm_answer_streams_chunk_by_chunk_and_its_tokens_are_counted() {
     assert!(server.metric(r#"sluice_serve_llm_tokens_total{direction="prompt"}"#) > 0.0);
     assert!(server.metric(r#"sluice_serve_llm_tokens_total{direction="completion"}"#) > 0.0);
 }
+
+#[test]
+fn model_serve_shares_the_api_key_check() {
+    let home = tempfile::tempdir().unwrap();
+    let key = "sk-model-serve-test-0123456789";
+    let model_serve = || {
+        let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("sluice"));
+        cmd.args([
+            "model",
+            "serve",
+            "--port",
+            "0",
+            "--parallel",
+            "2",
+            "--ctx",
+            "512",
+        ])
+        .env("SLUICE_HOME", home.path())
+        .env("SLUICE_MODELS_DIR", sluice_nodes::llm::store::models_dir())
+        .env_remove("SLUICE_API_KEY");
+        cmd
+    };
+    let refused = model_serve().args(["--host", "0.0.0.0"]).output().unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--insecure"));
+
+    let mut child = model_serve()
+        .env("SLUICE_API_KEY", key)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .and_then(|a| a.strip_suffix("/v1"))
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+        .to_owned();
+    let server = Server { child, addr };
+    let none = server.get("/v1/models");
+    assert_eq!(none.status, 401, "{}", none.body);
+    assert_eq!(none.header("www-authenticate"), Some("Bearer"));
+    let auth = format!("Bearer {key}");
+    let ok = request(
+        &server.addr,
+        "GET",
+        "/v1/models",
+        &[("authorization", &auth)],
+        b"",
+    );
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert!(ok.json()["data"].as_array().is_some_and(|d| !d.is_empty()));
+}

@@ -13,7 +13,6 @@ mod page;
 mod swagger;
 mod traffic;
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -31,12 +30,14 @@ use serde_json::{Value as Json_, json};
 use sluice_engine::redact::redact;
 use sluice_engine::spawn::{SpawnedTask, run_blocking};
 use sluice_engine::{ErrorCode, ErrorInfo, Flow, LineOptions, LineResult, Map, Status, Value};
-use subtle::ConstantTimeEq;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use self::metrics::Metrics;
 use self::traffic::{TrafficLog, TrafficOptions};
-use super::serve::{BodyLimit, Limits, async_stream, serve_http, shutdown_signal, with_body_limit};
+use super::serve::{
+    BodyLimit, Limits, api_key, async_stream, serve_http, shutdown_signal, with_api_key,
+    with_body_limit,
+};
 use crate::ExitStatus;
 use crate::cli::FlowServeArgs;
 
@@ -45,12 +46,6 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Why the server did not start.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ServeError {
-    #[error(
-        "refusing to listen on `{host}` (not a loopback address) without an API key: set --api-key or SLUICE_API_KEY, or pass --insecure"
-    )]
-    Insecure { host: String },
-    #[error("the API key is empty")]
-    EmptyKey,
     #[error("cannot listen on {host}:{port}")]
     Bind {
         host: String,
@@ -80,32 +75,14 @@ struct App {
     page: String,
 }
 
-/// Whether `host` names only this machine.
-fn is_loopback(host: &str) -> bool {
-    let h = host.trim_start_matches('[').trim_end_matches(']');
-    h.eq_ignore_ascii_case("localhost") || h.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
-
 pub fn serve(args: FlowServeArgs) -> anyhow::Result<ExitStatus> {
-    let api_key = match args.api_key.as_deref().map(str::trim) {
-        Some("") => {
-            eprintln!("{} {}", crate::style::error_label(), ServeError::EmptyKey);
+    let api_key = match api_key(args.api_key.as_deref(), &args.host, args.insecure) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("{} {e}", crate::style::error_label());
             return Ok(ExitStatus::Invalid);
         }
-        Some(k) => {
-            // The key is masked in everything the process writes.
-            sluice_engine::redact::register_secret(k);
-            Some(k.to_owned())
-        }
-        None => None,
     };
-    if api_key.is_none() && !args.insecure && !is_loopback(&args.host) {
-        let e = ServeError::Insecure {
-            host: args.host.clone(),
-        };
-        eprintln!("{} {e}", crate::style::error_label());
-        return Ok(ExitStatus::Invalid);
-    }
     let timeout = super::flow::line_timeout(args.line_timeout)?;
     let mut limits = match Limits::from_env() {
         Ok(l) => l,
@@ -178,9 +155,9 @@ pub fn serve(args: FlowServeArgs) -> anyhow::Result<ExitStatus> {
                 timeout: limits.body_timeout,
                 error: body_error,
             },
-        )
-        .layer(axum::middleware::from_fn_with_state(served.clone(), auth))
-        .layer(axum::middleware::from_fn_with_state(served.clone(), count));
+        );
+        let router = with_api_key(router, served.api_key.as_deref(), unauthorized)
+            .layer(axum::middleware::from_fn_with_state(served.clone(), count));
         let shutdown = shutdown_signal()?;
         let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
             .await
@@ -315,30 +292,13 @@ async fn count(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
     response
 }
 
-/// Requires `Authorization: Bearer KEY` (compared in constant time) on every route but `/health`.
-async fn auth(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
-    if let Some(key) = &app.api_key
-        && req.uri().path() != "/health"
-    {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                let (scheme, token) = v.trim().split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-            });
-        let ok = given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(key.as_bytes())));
-        if !ok {
-            return ApiError::user(
-                StatusCode::UNAUTHORIZED,
-                "Unauthorized",
-                "this endpoint needs `Authorization: Bearer <key>` with the server's API key",
-            )
-            .into_response();
-        }
-    }
-    next.run(req).await
+fn unauthorized() -> Response {
+    ApiError::user(
+        StatusCode::UNAUTHORIZED,
+        "Unauthorized",
+        "this endpoint needs `Authorization: Bearer <key>` with the server's API key",
+    )
+    .into_response()
 }
 
 /// Lines in flight and the requests waiting for one.
@@ -820,6 +780,7 @@ mod tests {
 
     #[test]
     fn only_loopback_hosts_count_as_local() {
+        use crate::commands::serve::is_loopback;
         for h in ["127.0.0.1", "localhost", "::1", "[::1]", "127.1.2.3"] {
             assert!(is_loopback(h), "{h}");
         }
