@@ -99,10 +99,13 @@ pub fn serve(args: FlowServeArgs) -> anyhow::Result<ExitStatus> {
         Ok(f) => f,
         Err(code) => return Ok(code),
     };
+    // The home is found before the working directory moves into the flow folder (it may be relative).
+    let home = super::run::sluice_home();
+    let home = std::path::absolute(&home).unwrap_or(home);
     super::flow::enter_flow(&flow)?;
     let metrics = Metrics::new().map_err(ServeError::Metrics)?;
     let traffic = TrafficLog::start(
-        &super::run::sluice_home(),
+        &home,
         &flow.def.name,
         &flow.def.dir,
         flow.def.selected_variants.clone(),

@@ -27,7 +27,7 @@ use sluice_engine::store::{
 use sluice_engine::{LineResult, Map, RunName, RunStore, Status};
 
 /// Records waiting for the writer beyond this many are dropped.
-const CHANNEL: usize = 1024;
+const CHANNEL: usize = 4096;
 
 /// What can go wrong writing the traffic log.
 #[derive(Debug, thiserror::Error)]
@@ -184,20 +184,33 @@ struct Segment {
 
 impl Writer {
     fn run(mut self, rx: Receiver<Entry>) {
-        for entry in rx {
-            let result = match entry {
-                Entry::Line(line) => self.line(*line),
-                Entry::Feedback(record) => self.feedback(&record),
-            };
-            if let Err(e) = result {
-                tracing::warn!("the traffic log lost a record: {e}");
-                self.dropped.inc();
+        // Records that arrive together are written together, and handed to the OS once they are.
+        while let Ok(first) = rx.recv() {
+            self.handle(first);
+            while let Ok(more) = rx.try_recv() {
+                self.handle(more);
+            }
+            if let Some(s) = &mut self.segment
+                && let Err(e) = s.flush()
+            {
+                tracing::warn!("the traffic log cannot write: {e}");
             }
         }
         if let Some(segment) = self.segment.take()
             && let Err(e) = self.close(segment)
         {
             tracing::warn!("cannot close the traffic log segment: {e}");
+        }
+    }
+
+    fn handle(&mut self, entry: Entry) {
+        let result = match entry {
+            Entry::Line(line) => self.line(*line),
+            Entry::Feedback(record) => self.feedback(&record),
+        };
+        if let Err(e) = result {
+            tracing::warn!("the traffic log lost a record: {e}");
+            self.dropped.inc();
         }
     }
 
@@ -376,20 +389,31 @@ fn numbered(n: usize, map: &Map) -> String {
     sluice_engine::redact::redact(&text).into_owned()
 }
 
+impl Segment {
+    /// Hands what the buffered files hold to the OS.
+    fn flush(&mut self) -> Result<(), StoreError> {
+        for (w, name) in [
+            (&mut self.inputs, "inputs.jsonl"),
+            (&mut self.outputs, "outputs.jsonl"),
+            (&mut self.flow_outputs, "flow_outputs/output.jsonl"),
+        ] {
+            w.flush()
+                .map_err(|e| StoreError::io(&self.dir.join(name), e))?;
+        }
+        Ok(())
+    }
+}
+
 fn write_line(s: &mut Segment, line: &LineResult) -> Result<(), StoreError> {
     let n = line.line_number.unwrap_or(0);
     s.details.append(&LineRecordRef::new(line))?;
     let path = |name: &str| s.dir.join(name);
     writeln!(s.inputs, "{}", numbered(n, &line.inputs))
-        .and_then(|()| s.inputs.flush())
         .map_err(|e| StoreError::io(&path("inputs.jsonl"), e))?;
     if line.status == Status::Completed {
         let out = numbered(n, &line.output);
-        writeln!(s.outputs, "{out}")
-            .and_then(|()| s.outputs.flush())
-            .map_err(|e| StoreError::io(&path("outputs.jsonl"), e))?;
+        writeln!(s.outputs, "{out}").map_err(|e| StoreError::io(&path("outputs.jsonl"), e))?;
         writeln!(s.flow_outputs, "{out}")
-            .and_then(|()| s.flow_outputs.flush())
             .map_err(|e| StoreError::io(&path("flow_outputs/output.jsonl"), e))?;
     }
     Ok(())
