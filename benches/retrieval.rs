@@ -20,7 +20,7 @@ use sluice_nodes::llm::store;
 use sluice_nodes::retrieval::ann::synthetic_vectors;
 use sluice_nodes::retrieval::document::{self, Chunking};
 use sluice_nodes::retrieval::filter::Filter;
-use sluice_nodes::retrieval::index::{BuildOptions, DEFAULT_ANN_THRESHOLD, Index};
+use sluice_nodes::retrieval::index::{BuildOptions, DEFAULT_ANN_THRESHOLD, Index, Ranking};
 
 const DIMS: usize = 384;
 
@@ -177,7 +177,7 @@ async fn main() {
         let mut times = Vec::with_capacity(queries.len());
         for q in &queries {
             let t = Instant::now();
-            assert_eq!(index.search_sqlite_vec(q, 5, None).unwrap().len(), 5);
+            assert_eq!(index.rank(Ranking::SqliteVec, q, 5, None).unwrap().len(), 5);
             times.push(t.elapsed());
         }
         times.sort();

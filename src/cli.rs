@@ -86,11 +86,40 @@ pub enum Command {
     /// Connections to LLM endpoints (OpenAI, Azure OpenAI, any OpenAI-compatible server), like `pf connection`.
     #[command(subcommand)]
     Connection(ConnectionCommand),
+    /// A run's lines as span trees (line, then each node on one time axis, with tokens), from the
+    /// run's own records.
+    #[command(subcommand)]
+    Trace(TraceCommand),
     /// Show the versions Sluice runs with (Python, node kinds).
     Info,
     /// Runs Python tool calls for a parent Sluice process (`--isolation process`); not for direct use.
     #[command(name = "__python-worker", hide = true)]
     PythonWorker,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TraceCommand {
+    /// Print the span tree of a run's lines: each node's start on the line's time axis, its duration,
+    /// status, tokens and time to first token (a text tree; --format json for scripts).
+    #[command(
+        after_help = "Examples:\n  sluice trace show base --line 3\n  sluice trace show base --max-lines 100 --format json"
+    )]
+    Show(TraceShowArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TraceShowArgs {
+    /// The run.
+    pub name: String,
+    /// Only this line.
+    #[arg(long)]
+    pub line: Option<usize>,
+    /// Lines shown at most when no --line is given.
+    #[arg(long, default_value_t = 20)]
+    pub max_lines: usize,
+    /// A text tree (table) or JSON.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub format: OutputFormat,
 }
 
 /// Where Python tools run.
@@ -457,6 +486,13 @@ pub enum RunCommand {
         after_help = "Examples:\n  sluice run create --flow flows/classify --data flows/classify/data.jsonl --name base\n  sluice run create --flow flows/eval_accuracy --run base --column-mapping groundtruth='${data.label}' prediction='${run.outputs.label}'\n  sluice run create --flow flows/classify --data flows/classify/data.jsonl --variant all --name cmp\n  sluice run create -f run.yml --set display_name=nightly tags.team=search\n  sluice run create --resume-from base --name base_resumed"
     )]
     Create(Box<CreateArgs>),
+    /// Make one run of the shards of a run (`run create --shard I/N`): their completed lines are taken
+    /// over, lines no shard completed run now, and aggregation nodes and metrics are computed over all
+    /// the lines. Prints the run record as JSON; exit status as `run create`.
+    #[command(
+        after_help = "Example:\n  for i in 0 1 2 3; do sluice run create --flow flows/classify --data flows/classify/data.jsonl --shard $i/4 --name part$i; done\n  sluice run merge whole --from part0 part1 part2 part3"
+    )]
+    Merge(MergeArgs),
     /// List runs, newest first (JSON; --format table for humans).
     List(ListArgs),
     /// Print a run's record as JSON.
@@ -582,6 +618,21 @@ pub struct VisualizeArgs {
     pub html_path: Option<PathBuf>,
 }
 
+/// `run merge`.
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// The name of the merged run.
+    pub name: String,
+    /// The runs to merge (the shards of one run).
+    #[arg(long, required = true, num_args = 1.., value_name = "RUN")]
+    pub from: Vec<String>,
+    /// Lines running at once, for lines no shard completed.
+    #[arg(long, default_value_t = 16, value_name = "N", value_parser = concurrency)]
+    pub max_concurrency: usize,
+    #[command(flatten)]
+    pub isolation: IsolationArgs,
+}
+
 #[derive(Debug, Args)]
 pub struct CreateArgs {
     /// The flow folder (holding flow.dag.yaml) or the flow file.
@@ -625,6 +676,11 @@ pub struct CreateArgs {
     /// Continue an earlier run: its completed lines are copied, only missing and failed lines run.
     #[arg(long, value_name = "NAME")]
     pub resume_from: Option<String>,
+    /// Run only the I-th of N deterministic shards of the data (lines whose number leaves I when
+    /// divided by N; I from 0), e.g. one per Slurm array task or Kubernetes job index; put the
+    /// shards together with `sluice run merge`.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
     /// Lines running at once.
     #[arg(long, default_value_t = 16, value_name = "N", value_parser = concurrency)]
     pub max_concurrency: usize,

@@ -129,14 +129,7 @@ impl Connection {
         let Yaml::Hash(h) = doc else {
             return Err(invalid("expected a mapping with `name` and `type`".into()));
         };
-        let scalar = |y: &Yaml| -> Option<String> {
-            match y {
-                Yaml::String(s) | Yaml::Real(s) => Some(s.clone()),
-                Yaml::Integer(i) => Some(i.to_string()),
-                Yaml::Boolean(b) => Some(b.to_string()),
-                _ => None,
-            }
-        };
+        let scalar = sluice_engine::yaml::scalar_text;
         let mut name = None;
         let mut kind = None;
         let mut configs = BTreeMap::new();

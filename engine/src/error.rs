@@ -14,14 +14,14 @@ use crate::yaml::{Span, YamlError};
 #[derive(Debug, thiserror::Error)]
 pub enum FlowError {
     #[error(
-        "no flow found at {path}: expected a folder with flow.dag.yaml (or flow.dag.yml), or the file itself"
+        "no flow found at {path}: expected a folder with flow.dag.yaml (or flow.dag.yml, or one .prompty file), or the file itself"
     )]
     NotFound { path: PathBuf },
     #[error("{dir} holds several flow files ({}); pass the one to use", files.join(", "))]
     Ambiguous { dir: PathBuf, files: Vec<String> },
-    /// A prompty file or a flex flow given to a command that runs DAG flows.
+    /// A flex flow: Sluice runs DAG flows and prompty files.
     #[error(
-        "{path} is a {kind}; this command runs DAG flows (flow.dag.yaml), so nothing was run. Write the flow as a flow.dag.yaml with nodes"
+        "{path} is a {kind}; Sluice runs DAG flows (flow.dag.yaml) and prompty files, so nothing was run. Write the flow as a flow.dag.yaml with nodes"
     )]
     Unsupported { path: PathBuf, kind: &'static str },
     #[error("cannot read {path}")]

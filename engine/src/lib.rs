@@ -54,6 +54,7 @@ pub mod load;
 pub mod model;
 pub mod node;
 pub mod plan;
+pub mod prompty;
 pub mod redact;
 pub mod runner;
 pub mod spawn;
@@ -77,6 +78,6 @@ pub use node::{
     Signature,
 };
 pub use plan::{Flow, LoadOptions, PlannedNode};
-pub use runner::{BatchObserver, BatchRun, RunError, RunOptions, RunSpec, Stop};
+pub use runner::{BatchObserver, BatchRun, RunError, RunOptions, RunSpec, Shard, Stop};
 pub use store::{NodeMetrics, RunName, RunStore, StoreError, TokenCounts};
 pub use value::{Map, Opaque, PathStep, PlainError, StreamError, Value};

@@ -91,7 +91,8 @@ fn closest<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
         .map(|(_, k)| k)
 }
 
-/// Finds the flow file for a `--flow` argument: a folder holding `flow.dag.yaml`/`.yml`, or the file.
+/// Finds the flow file for a `--flow` argument: a folder holding `flow.dag.yaml`/`.yml` (or else
+/// exactly one `.prompty`), or the file.
 pub fn locate_flow(path: &Path) -> Result<PathBuf, FlowError> {
     let unsupported = |p: &Path, kind| FlowError::Unsupported {
         path: p.to_path_buf(),
@@ -102,9 +103,6 @@ pub fn locate_flow(path: &Path) -> Result<PathBuf, FlowError> {
             .file_name()
             .map(|n| n.to_string_lossy().to_ascii_lowercase())
             .unwrap_or_default();
-        if name.ends_with(".prompty") {
-            return Err(unsupported(path, "prompty file"));
-        }
         if name == "flow.flex.yaml" || name == "flow.flex.yml" {
             return Err(unsupported(path, "flex flow"));
         }
@@ -122,10 +120,23 @@ pub fn locate_flow(path: &Path) -> Result<PathBuf, FlowError> {
                 .flatten()
                 .flatten()
                 .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|e| e == "prompty"))
+                .filter(|p| crate::prompty::is_prompty(p) && p.is_file())
                 .collect();
-            if let [one] = prompty.as_slice() {
-                return Err(unsupported(one, "prompty file"));
+            match prompty.as_slice() {
+                [one] => return Ok(one.clone()),
+                [] => {}
+                _ => {
+                    let mut files: Vec<String> = prompty
+                        .iter()
+                        .filter_map(|p| p.file_name())
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .collect();
+                    files.sort();
+                    return Err(FlowError::Ambiguous {
+                        dir: path.to_path_buf(),
+                        files,
+                    });
+                }
             }
         }
         let found: Vec<String> = FLOW_FILES
@@ -181,6 +192,25 @@ pub fn load_flow_def(
             source,
         })?
         .into();
+    if crate::prompty::is_prompty(&file) {
+        if let Some(sel) = variant {
+            return Err(FlowError::Invalid {
+                file,
+                text,
+                problems: vec![
+                    Problem::new(
+                        "InvalidFlowError",
+                        format!(
+                            "variant `${{{}.{}}}` was asked for, but a prompty file has no variants",
+                            sel.node, sel.variant
+                        ),
+                    )
+                    .help("leave out `--variant`"),
+                ],
+            });
+        }
+        return crate::prompty::load(&file, text);
+    }
     let yaml = Yaml::parse(&text).map_err(|source| FlowError::Yaml {
         file: file.clone(),
         span: source.span,
@@ -233,6 +263,7 @@ impl Reader {
             selected_variants: IndexMap::new(),
             environment_variables: IndexMap::new(),
             additional_includes: vec![],
+            prompty: None,
         };
         if !matches!(yaml.kind, YamlKind::Map(_)) {
             self.problem(

@@ -30,6 +30,8 @@ pub struct FlowDef {
     pub selected_variants: IndexMap<String, String>,
     pub environment_variables: IndexMap<String, String>,
     pub additional_includes: Vec<String>,
+    /// The front matter of a prompty file, when the flow is one (its single node runs it).
+    pub prompty: Option<Arc<crate::prompty::PromptyDef>>,
 }
 
 /// A flow input's declaration.

@@ -8,6 +8,11 @@
 //! running when its process died run first, one at a time, and a line that was running alone when a
 //! process died is recorded as failed instead of run again, so a line that kills the process cannot stop
 //! the run from finishing.
+//!
+//! A run can take one [`Shard`] of the data (`line_number % count == index`), so that several machines
+//! share a dataset; [`RunSpec::merge`] then makes one run of the shards: their completed lines are
+//! carried over (each once), any line no shard completed runs, and aggregation nodes and metrics are
+//! computed once over all the lines.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs::File;
@@ -84,6 +89,48 @@ pub struct RunSpec {
     pub tags: BTreeMap<String, String>,
     pub environment_variables: BTreeMap<String, String>,
     pub resume_from: Option<String>,
+    /// Run only this shard of the data's lines.
+    pub shard: Option<Shard>,
+    /// Runs whose completed lines this run takes over (the shards it merges).
+    pub merge_from: Vec<String>,
+}
+
+/// The `index`-th of `count` deterministic shards of a dataset: the lines whose number leaves
+/// `index` when divided by `count` (`0/4` takes lines 0, 4, 8, ...).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Shard {
+    /// Reads `I/N` (0 <= I < N).
+    pub fn parse(text: &str) -> Result<Shard, RunError> {
+        let bad = || {
+            RunError::Spec(format!(
+                "--shard {text}: write I/N with 0 <= I < N, for example 0/4 for the first of four shards"
+            ))
+        };
+        let (i, n) = text.split_once('/').ok_or_else(bad)?;
+        let (index, count): (usize, usize) = (
+            i.trim().parse().map_err(|_| bad())?,
+            n.trim().parse().map_err(|_| bad())?,
+        );
+        if count == 0 || index >= count {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+
+    pub fn contains(&self, line_number: usize) -> bool {
+        line_number % self.count == self.index
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
 }
 
 impl RunSpec {
@@ -104,14 +151,7 @@ impl RunSpec {
             ));
         };
         let base = path.parent().unwrap_or(Path::new("."));
-        let scalar = |y: &Yaml| -> Option<String> {
-            match y {
-                Yaml::String(s) | Yaml::Real(s) => Some(s.clone()),
-                Yaml::Integer(i) => Some(i.to_string()),
-                Yaml::Boolean(b) => Some(b.to_string()),
-                _ => None,
-            }
-        };
+        let scalar = crate::yaml::scalar_text;
         let map = |y: &Yaml| -> BTreeMap<String, String> {
             match y {
                 Yaml::Hash(m) => m
@@ -196,7 +236,11 @@ impl RunSpec {
                     .into(),
             ));
         }
-        for name in [&self.name, &self.resume_from].into_iter().flatten() {
+        for name in [&self.name, &self.resume_from]
+            .into_iter()
+            .flatten()
+            .chain(&self.merge_from)
+        {
             RunName::parse(name)?;
         }
         if let Some(run) = &self.run
@@ -232,6 +276,9 @@ impl RunSpec {
             )));
         }
         let props = &old.properties;
+        if self.shard.is_none() {
+            self.shard = props.shard.as_deref().map(Shard::parse).transpose()?;
+        }
         self.flow.get_or_insert_with(|| props.flow_path.clone());
         if self.data.is_none() {
             self.data = old.data.clone();
@@ -254,6 +301,72 @@ impl RunSpec {
                 .take(1)
                 .collect();
         }
+        Ok(())
+    }
+
+    /// Makes this spec the merge of `merge_from`: the runs must have run the same flow, data, base
+    /// run, column mapping and variant; those fill what this spec does not say. The merged run takes
+    /// no shard.
+    pub fn merge(&mut self, store: &RunStore) -> Result<(), RunError> {
+        if self.merge_from.is_empty() {
+            return Ok(());
+        }
+        let mut first: Option<RunRecord> = None;
+        for from in &self.merge_from {
+            let name = store.existing(from)?;
+            let old = store.read_record(&name)?;
+            if old.status == RunStatus::Running {
+                return Err(RunError::Spec(format!(
+                    "run `{from}` is still running (pid {}); merge it once it has stopped",
+                    old.owner.as_ref().map_or(0, |o| o.pid)
+                )));
+            }
+            if let Some(f) = &first {
+                let (a, b) = (&f.properties, &old.properties);
+                let differs = [
+                    ("flow", a.flow_path != b.flow_path),
+                    ("data", f.data != old.data),
+                    ("run", a.run != b.run),
+                    ("column mapping", a.column_mapping != b.column_mapping),
+                    ("variant", a.node_variant != b.node_variant),
+                ]
+                .into_iter()
+                .find(|(_, d)| *d);
+                if let Some((what, _)) = differs {
+                    return Err(RunError::Spec(format!(
+                        "runs `{}` and `{from}` differ in their {what}: only shards of one run can be merged",
+                        f.name
+                    )));
+                }
+            } else {
+                first = Some(old);
+            }
+        }
+        let first = first.expect("at least one run");
+        let props = &first.properties;
+        self.flow.get_or_insert_with(|| props.flow_path.clone());
+        if self.data.is_none() {
+            self.data = first.data.clone();
+        }
+        if self.run.is_none() {
+            self.run = props.run.clone();
+        }
+        if self.column_mapping.is_empty() {
+            self.column_mapping = props
+                .column_mapping
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::from(v.clone())))
+                .collect();
+        }
+        if self.variants.is_empty() {
+            self.variants = props
+                .node_variant
+                .iter()
+                .map(|(n, v)| format!("${{{n}.{v}}}"))
+                .take(1)
+                .collect();
+        }
+        self.shard = None;
         Ok(())
     }
 
@@ -518,11 +631,14 @@ impl BatchRun {
             }
         }
         let mapper = LineMapper::new(&flow, &spec.column_mapping, &columns)?;
-        // Lines exist where every source has a row.
-        let expected_lines = if run_sources.is_empty() {
+        // Lines exist where every source has a row (and in the shard, if any).
+        let expected_lines = if run_sources.is_empty() && spec.shard.is_none() {
             scan.rows
         } else {
-            let has_all = |n: &usize| run_sources.iter().all(|(_, r)| r.contains_key(n));
+            let has_all = |n: &usize| {
+                spec.shard.is_none_or(|s| s.contains(*n))
+                    && run_sources.iter().all(|(_, r)| r.contains_key(n))
+            };
             if !scan.numbered {
                 (0..scan.rows).filter(has_all).count()
             } else {
@@ -574,6 +690,8 @@ impl BatchRun {
                 node_variant: flow.def.selected_variants.clone(),
                 run: spec.run.clone(),
                 resume_from: spec.resume_from.clone(),
+                shard: spec.shard.map(|s| s.to_string()),
+                merged_from: spec.merge_from.clone(),
                 column_mapping: spec
                     .column_mapping
                     .iter()
@@ -651,11 +769,19 @@ impl BatchRun {
         // when its process died are retried alone, and a line that was running alone then is failed.
         let mut done: HashSet<usize> = HashSet::new();
         let mut suspects: BTreeSet<usize> = BTreeSet::new();
-        if let Some(from) = &self.spec.resume_from {
-            let from = RunName::parse(from)?;
-            let from_dir = self.store.dir(&from);
-            let mut finished: HashSet<usize> = HashSet::new();
-            for record in stream_details(&from_dir) {
+        let carry_from: Vec<&String> = self
+            .spec
+            .resume_from
+            .iter()
+            .chain(&self.spec.merge_from)
+            .collect();
+        let carry_from = carry_from
+            .into_iter()
+            .map(|f| RunName::parse(f))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut finished: HashSet<usize> = HashSet::new();
+        for from in &carry_from {
+            for record in stream_details(&self.store.dir(from)) {
                 let n = record.line_number;
                 finished.insert(n);
                 if record.status != LineStatus::Completed || !done.insert(n) {
@@ -663,22 +789,21 @@ impl BatchRun {
                 }
                 details_append(&details, &record)?;
                 if has_aggregation {
-                    kept.push((
-                        n,
-                        Value::from(Json::Object(record.aggregation_inputs.clone())).into_map(),
-                    ));
+                    kept.push((n, record.aggregation_inputs.clone()));
                 }
                 tally.add_record(&record);
                 ordered.push(n, Pending::from_record(&record));
             }
-            // Lines that started and have no record: the process died while they ran.
-            for mark in stream_marks(&from_dir) {
+        }
+        // Lines that started and have no record: the process died while they ran.
+        for from in &carry_from {
+            for mark in stream_marks(&self.store.dir(from)) {
                 let n = mark.line_number;
                 if finished.contains(&n) || done.contains(&n) {
                     continue;
                 }
                 if mark.isolated {
-                    let failed = poison_record(n, &from);
+                    let failed = poison_record(n, from);
                     log.line(&format!(
                         "line {n} failed: {}",
                         failed.error_message().unwrap_or_default()
@@ -704,11 +829,14 @@ impl BatchRun {
                 .next()
                 .map_or("variant_0", String::as_str),
             self.expected_lines,
-            self.spec
-                .resume_from
-                .as_ref()
-                .map(|f| format!(" ({carried} carried over from {f})"))
-                .unwrap_or_default()
+            match (&self.spec.resume_from, self.spec.merge_from.is_empty()) {
+                (Some(f), _) => format!(" ({carried} carried over from {f})"),
+                (None, false) => format!(
+                    " ({carried} carried over from {})",
+                    self.spec.merge_from.join(", ")
+                ),
+                (None, true) => String::new(),
+            }
         ));
         observer.started(&self.record, self.expected_lines, carried);
 
@@ -988,7 +1116,10 @@ impl BatchRun {
                 };
                 let Ok(row) = row else { continue };
                 let n = line_number_of(i, &row);
-                if skip.contains(&n) || only.as_ref().is_some_and(|o| !o.contains(&n)) {
+                if skip.contains(&n)
+                    || only.as_ref().is_some_and(|o| !o.contains(&n))
+                    || self.spec.shard.is_some_and(|s| !s.contains(n))
+                {
                     continue;
                 }
                 let mut sources: IndexMap<&str, &Map> = IndexMap::new();
@@ -1278,5 +1409,21 @@ impl Tally {
             self.node(&run.node, run.status.as_str());
         }
         self.tokens.add(&r.tokens());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Shard;
+
+    #[test]
+    fn shards_split_lines_by_remainder_and_refuse_nonsense() {
+        let s = Shard::parse("1/4").unwrap();
+        assert_eq!(s.to_string(), "1/4");
+        let taken: Vec<usize> = (0..10).filter(|n| s.contains(*n)).collect();
+        assert_eq!(taken, [1, 5, 9]);
+        for bad in ["4/4", "1/0", "x/2", "3", "-1/4", ""] {
+            assert!(Shard::parse(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -172,6 +172,17 @@ pub fn snippet_lines(text: &str, span: Span) -> Option<String> {
     ))
 }
 
+/// A scalar as the text it was written as (`1.50` stays `1.50`); `None` for lists, mappings and null.
+pub fn scalar_text(y: &yaml_rust2::Yaml) -> Option<String> {
+    use yaml_rust2::Yaml;
+    match y {
+        Yaml::String(s) | Yaml::Real(s) => Some(s.clone()),
+        Yaml::Integer(i) => Some(i.to_string()),
+        Yaml::Boolean(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
 /// Reads the first YAML document of `text` (from `file`, named in errors) with the default [`Limits`],
 /// as a `yaml_rust2` tree. The loader for connection files, run files and front matter.
 pub fn load_document(text: &str, file: &Path) -> Result<yaml_rust2::Yaml, YamlError> {

@@ -185,6 +185,11 @@ pub fn test(args: TestArgs) -> anyhow::Result<ExitStatus> {
         Ok(f) => f,
         Err(code) => return Ok(code),
     };
+    // A prompty's `sample` stands in for inputs not given.
+    let inputs = match flow.def.prompty.as_ref().and_then(|p| p.sample.as_ref()) {
+        Some(sample) if inputs.is_empty() && args.node.is_none() => sample.clone(),
+        _ => inputs,
+    };
     if args.node.is_none() {
         let unknown: Vec<&String> = inputs
             .keys()

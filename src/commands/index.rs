@@ -196,7 +196,7 @@ pub fn info(args: IndexName) -> anyhow::Result<ExitStatus> {
     match runtime()?.block_on(index.store_count()) {
         Ok(Some(n)) => info["store_chunks"] = json!(n),
         Ok(None) => {}
-        Err(e) => info["store_error"] = json!(e),
+        Err(e) => info["store_error"] = json!(e.to_string()),
     }
     println!("{}", serde_json::to_string_pretty(&info)?);
     Ok(ExitStatus::Ok)

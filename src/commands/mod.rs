@@ -8,9 +8,12 @@ mod info;
 mod model;
 mod run;
 mod serve;
+mod trace;
 
 use crate::ExitStatus;
-use crate::cli::{Command, ConnectionCommand, FlowCommand, IndexCommand, ModelCommand, RunCommand};
+use crate::cli::{
+    Command, ConnectionCommand, FlowCommand, IndexCommand, ModelCommand, RunCommand, TraceCommand,
+};
 
 pub fn run(command: Command, verbose: u8) -> anyhow::Result<ExitStatus> {
     match command {
@@ -40,6 +43,7 @@ pub fn run(command: Command, verbose: u8) -> anyhow::Result<ExitStatus> {
         Command::Index(IndexCommand::List(args)) => index::list(args.format),
         Command::Index(IndexCommand::Info(args)) => index::info(args),
         Command::Index(IndexCommand::Rm(args)) => index::rm(args),
+        Command::Trace(TraceCommand::Show(args)) => trace::show(args),
         Command::Info => info::run(),
         Command::PythonWorker => python_worker(),
     }
@@ -91,6 +95,7 @@ fn python_worker() -> anyhow::Result<ExitStatus> {
 fn run_command(command: RunCommand) -> anyhow::Result<ExitStatus> {
     match command {
         RunCommand::Create(args) => run::create(*args),
+        RunCommand::Merge(args) => run::merge(args),
         RunCommand::List(args) => run::list(args),
         RunCommand::Show(args) => run::show(args),
         RunCommand::ShowDetails(args) => run::show_details(args),

@@ -173,29 +173,7 @@ fn example_flows_run() {
 }
 
 #[test]
-fn prompty_and_flex_flows_are_refused_clearly_not_run_as_empty_flows() {
-    let dir = tempfile::tempdir().unwrap();
-    let prompty = dir.path().join("basic.prompty");
-    std::fs::write(&prompty, "---\nname: basic\n---\nsystem:\nHi {{name}}\n").unwrap();
-    for args in [
-        vec!["flow", "validate", "--source"],
-        vec!["flow", "test", "--flow"],
-    ] {
-        sluice()
-            .args(&args)
-            .arg(&prompty)
-            .assert()
-            .code(2)
-            .stdout(predicate::str::is_empty())
-            .stderr(predicate::str::contains("is a prompty file"));
-    }
-    // A folder holding only a prompty file, and a flex flow.
-    sluice()
-        .args(["flow", "test", "--flow"])
-        .arg(dir.path())
-        .assert()
-        .code(2)
-        .stderr(predicate::str::contains("is a prompty file"));
+fn flex_flows_are_refused_clearly_not_run_as_empty_flows() {
     let flex = tempfile::tempdir().unwrap();
     std::fs::write(flex.path().join("flow.flex.yaml"), "entry: app:run\n").unwrap();
     sluice()

@@ -132,12 +132,6 @@ pub fn chromium_at(
     cmd
 }
 
-/// [`chromium_at`] 1300 x 1400; panics where Chromium is missing.
-pub fn chromium_cmd(profile: &Path) -> std::process::Command {
-    let chromium = chromium().expect("chromium");
-    chromium_at(&chromium, profile, 1300, 1400)
-}
-
 /// What a finished command left: its exit code (`None` where a signal ended it), stdout and stderr
 /// as text.
 #[derive(Debug)]
@@ -190,4 +184,161 @@ pub fn run_create(home: &Path, name: &str, options: &str, flow: &Path, data: &Pa
         .arg("--data")
         .arg(data);
     cmd
+}
+
+/// `sluice flow validate --flow FLOW` in `home`, which must refuse the flow (exit 2) with every one of
+/// `needles` in its stderr; returns the stderr.
+pub fn refused(home: &Path, flow: &Path, needles: &[&str]) -> String {
+    let out = ran(sluice(home)
+        .args(["flow", "validate", "--flow"])
+        .arg(flow)
+        .timeout(std::time::Duration::from_secs(60)));
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    for needle in needles {
+        assert!(
+            out.stderr.contains(needle),
+            "{needle:?} not in {}",
+            out.stderr
+        );
+    }
+    out.stderr
+}
+
+/// The models folder, after checking that `name` is installed there for `use_` (the failure says
+/// how to install it).
+pub fn installed(name: &str, use_: sluice_nodes::llm::store::ModelUse) -> std::path::PathBuf {
+    let dir = sluice_nodes::llm::store::models_dir();
+    assert!(
+        sluice_nodes::llm::store::resolve_model(name, Path::new("."), use_).is_ok(),
+        "model `{name}` is not installed in {}: run `sluice model pull {name}`",
+        dir.display()
+    );
+    dir
+}
+
+/// A screenshot of `url` by headless Chromium at `width` x `height` into `png`; checks that Chromium
+/// succeeded and wrote a PNG that wide, and returns its bytes.
+pub fn screenshot(
+    chromium: &Path,
+    profile: &Path,
+    url: &str,
+    png: &Path,
+    (width, height): (u32, u32),
+) -> Vec<u8> {
+    let shot = chromium_at(chromium, profile, width, height)
+        .arg(format!("--screenshot={}", png.display()))
+        .arg(url)
+        .output()
+        .unwrap();
+    assert!(
+        shot.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shot.stderr)
+    );
+    let bytes = std::fs::read(png).unwrap();
+    assert_eq!(&bytes[1..4], b"PNG");
+    assert_eq!(u32::from_be_bytes(bytes[16..20].try_into().unwrap()), width);
+    bytes
+}
+
+/// The first line a spawned child writes to its piped stdout.
+pub fn first_line(child: &mut std::process::Child) -> String {
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout piped"))
+        .read_line(&mut line)
+        .unwrap();
+    line
+}
+
+/// Reads one HTTP request from a blocking socket: its head (as sent) and body (by
+/// `Content-Length`); `None` when the peer closed first.
+pub fn read_request(sock: &mut impl std::io::Read) -> Option<(String, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let end = loop {
+        let n = sock.read(&mut chunk).unwrap_or(0);
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let len = content_length(&head);
+    while buf.len() < end + len {
+        let n = sock.read(&mut chunk).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body = buf[end..(end + len).min(buf.len())].to_vec();
+    Some((head, body))
+}
+
+/// The `Content-Length` of a request head; 0 where there is none.
+pub fn content_length(head: &str) -> usize {
+    head.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().unwrap_or(0))
+        })
+        .unwrap_or(0)
+}
+
+/// The DOM of `url` after its scripts ran, as headless Chromium at `width` x `height` dumps it.
+pub fn dump_dom(chromium: &Path, profile: &Path, url: &str, (width, height): (u32, u32)) -> String {
+    let out = chromium_at(chromium, profile, width, height)
+        .arg("--dump-dom")
+        .arg(url)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A `sluice` server (`model serve`, `flow serve`) on a free loopback port, killed on drop.
+#[derive(Debug)]
+pub struct Served {
+    pub child: std::process::Child,
+    /// What it said it listens on: `http://127.0.0.1:PORT` plus any path it named (`/v1`).
+    pub url: String,
+    /// `127.0.0.1:PORT`, for raw sockets.
+    pub addr: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `sluice ARGS` in `home` with `env` and waits for its first line, `listening on URL`.
+pub fn serve(home: &Path, args: &[&str], env: &[(&str, &str)]) -> Served {
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("sluice"))
+        .args(args)
+        .env("SLUICE_HOME", home)
+        .env("SLUICE_MODELS_DIR", sluice_nodes::llm::store::models_dir())
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let line = first_line(&mut child);
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+        .to_owned();
+    let addr = url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    Served { child, url, addr }
 }

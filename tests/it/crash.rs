@@ -290,10 +290,7 @@ fn a_run_killed_by_a_closed_pipe_is_not_shown_running() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut first = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
+    let first = crate::common::first_line(&mut child);
     // The reader is gone now; the run's next write ends the process.
     let status = child.wait().unwrap();
     assert!(!status.success());

@@ -27,17 +27,7 @@ fn floats(v: &Json) -> Vec<f64> {
 
 #[test]
 fn imported_minilm_matches_the_reference_vectors() {
-    let models = sluice_nodes::llm::store::models_dir();
-    assert!(
-        sluice_nodes::llm::store::resolve_model(
-            "minilm",
-            Path::new("."),
-            sluice_nodes::llm::store::ModelUse::Embedding
-        )
-        .is_ok(),
-        "minilm is not installed in {}: run `sluice model pull minilm`",
-        models.display()
-    );
+    crate::common::installed("minilm", sluice_nodes::llm::store::ModelUse::Embedding);
     let reference: Json = serde_json::from_str(
         &std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/minilm_reference.json"),

@@ -54,13 +54,7 @@ fn a_flow_with_an_alias_bomb_is_refused_quickly() {
     yaml.push_str(&alias_bomb("environment_variables"));
     std::fs::write(dir.path().join("flow.dag.yaml"), yaml).unwrap();
     let start = Instant::now();
-    sluice(home.path())
-        .args(["flow", "validate", "--flow"])
-        .arg(dir.path())
-        .timeout(Duration::from_secs(60))
-        .assert()
-        .code(2)
-        .stderr(predicates::str::contains("alias"));
+    common::refused(home.path(), dir.path(), &["alias"]);
     assert!(start.elapsed() < Duration::from_secs(20));
 }
 
@@ -95,13 +89,11 @@ fn a_repeated_key_in_a_flow_is_an_error_with_its_position() {
         format!("{yaml}outputs:\n  other:\n    type: string\n    reference: ${{inputs.x}}\n"),
     )
     .unwrap();
-    sluice(home.path())
-        .args(["flow", "validate", "--flow"])
-        .arg(dir.path())
-        .assert()
-        .code(2)
-        .stderr(predicates::str::contains("duplicate key `outputs`"))
-        .stderr(predicates::str::contains("line 5, column 1"));
+    common::refused(
+        home.path(),
+        dir.path(),
+        &["duplicate key `outputs`", "line 5, column 1"],
+    );
 }
 
 #[test]
@@ -111,19 +103,8 @@ fn a_yaml_error_on_a_huge_line_prints_a_bounded_message() {
     // 8 MB on one line, never closed.
     let yaml = format!("inputs: [{}", "xxxxxxx, ".repeat(900_000));
     std::fs::write(dir.path().join("flow.dag.yaml"), yaml).unwrap();
-    let out = sluice(home.path())
-        .args(["flow", "validate", "--flow"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        out.stderr.len() < 4096,
-        "{} bytes of stderr: {}",
-        out.stderr.len(),
-        String::from_utf8_lossy(&out.stderr[..500.min(out.stderr.len())])
-    );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid YAML"));
+    let stderr = common::refused(home.path(), dir.path(), &["invalid YAML"]);
+    assert!(stderr.len() < 4096, "{} bytes of stderr", stderr.len());
 }
 
 #[test]
@@ -191,71 +172,18 @@ fn a_tool_returning_a_cyclic_or_very_deep_value_fails_its_line_naming_the_node()
 #[test]
 fn numbers_out_of_range_on_the_command_line_are_usage_errors() {
     let home = tempfile::tempdir().unwrap();
-    for args in [
-        &[
-            "flow",
-            "test",
-            "--flow",
-            "flows/hello",
-            "--line-timeout",
-            "1e300",
-        ][..],
-        &[
-            "flow",
-            "test",
-            "--flow",
-            "flows/hello",
-            "--line-timeout",
-            "nan",
-        ],
-        &[
-            "flow",
-            "test",
-            "--flow",
-            "flows/hello",
-            "--line-timeout",
-            "inf",
-        ],
-        &[
-            "flow",
-            "test",
-            "--flow",
-            "flows/hello",
-            "--concurrency",
-            "0",
-        ],
-        &[
-            "run",
-            "create",
-            "--flow",
-            "flows/hello",
-            "--data",
-            "x.jsonl",
-            "--batch-timeout",
-            "nan",
-        ],
-        &[
-            "run",
-            "create",
-            "--flow",
-            "flows/hello",
-            "--data",
-            "x.jsonl",
-            "--line-timeout=-1",
-        ],
-        &[
-            "run",
-            "create",
-            "--flow",
-            "flows/hello",
-            "--data",
-            "x.jsonl",
-            "--max-concurrency",
-            "18446744073709551615",
-        ],
-        &["index", "query", "kb", "text", "-k", "0"],
+    for line in [
+        "flow test --flow flows/hello --line-timeout 1e300",
+        "flow test --flow flows/hello --line-timeout nan",
+        "flow test --flow flows/hello --line-timeout inf",
+        "flow test --flow flows/hello --concurrency 0",
+        "run create --flow flows/hello --data x.jsonl --batch-timeout nan",
+        "run create --flow flows/hello --data x.jsonl --line-timeout=-1",
+        "run create --flow flows/hello --data x.jsonl --max-concurrency 18446744073709551615",
+        "index query kb text -k 0",
     ] {
-        let out = sluice(home.path()).args(args).output().unwrap();
+        let args: Vec<&str> = line.split_whitespace().collect();
+        let out = sluice(home.path()).args(&args).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
@@ -430,13 +358,7 @@ fn a_flow_with_thousands_of_problems_prints_a_screenful() {
         yaml.push_str("- type: prompt\n");
     }
     std::fs::write(dir.path().join("flow.dag.yaml"), yaml).unwrap();
-    let out = sluice(home.path())
-        .args(["flow", "validate", "--flow"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let stderr = common::refused(home.path(), dir.path(), &[]);
     assert!(stderr.len() < 64 * 1024, "{} bytes", stderr.len());
     assert!(stderr.contains("more problems"), "{stderr}");
 }
@@ -516,6 +438,22 @@ fn non_finite_numbers_are_written_and_read_back_as_python_writes_them() {
         .success();
     let again = std::fs::read_to_string(runs.join("again/outputs.jsonl")).unwrap();
     assert_eq!(again, outputs, "the round trip changed a value");
+
+    // A resumed run carries the finished lines over from the records, numbers and all.
+    sluice(home.path())
+        .args([
+            "run",
+            "create",
+            "--name",
+            "resumed",
+            "--resume-from",
+            "base",
+        ])
+        .timeout(Duration::from_secs(120))
+        .assert()
+        .success();
+    let resumed = std::fs::read_to_string(runs.join("resumed/outputs.jsonl")).unwrap();
+    assert_eq!(resumed, outputs, "carrying lines over changed a value");
 }
 
 /// A small tmpfs mounted on a temporary folder, unmounted when dropped.

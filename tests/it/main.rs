@@ -2,7 +2,7 @@
 //!
 //! Each module tests one area through the built `sluice` binary or the library crates: `cli` the
 //! commands and exit statuses, `fixtures` the engine semantics fixtures under `tests/fixtures`, `batch`,
-//! `runs` and `streaming` batch runs and the run store, `report` the HTML report, `llm`, `embeddings`, `retrieval` and `rag` the
+//! `runs` and `streaming` batch runs and the run store, `report` the HTML report, `prompty` prompty files as flows, `llm`, `embeddings`, `retrieval` and `rag` the
 //! local models, HTTP backends and indexes.
 
 mod batch;
@@ -14,6 +14,7 @@ mod fixtures;
 mod hardening;
 mod isolation;
 mod llm;
+mod prompty;
 mod rag;
 mod report;
 mod retrieval;

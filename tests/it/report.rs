@@ -9,7 +9,7 @@ use crate::common;
 
 use std::path::{Path, PathBuf};
 
-use common::{chromium, chromium_at, sluice, stdout_json};
+use common::{chromium, dump_dom, screenshot, sluice, stdout_json};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
@@ -214,28 +214,13 @@ fn the_report_joins_evaluations_names_variants_and_drills_into_lines() {
         ("report-variants-drill-down.png", "variants.html#line-1"),
     ] {
         let png = shots.join(png);
-        let shot = chromium_at(&chromium, profile.path(), 1400, 900)
-            .arg(format!("--screenshot={}", png.display()))
-            .arg(format!("file://{}/{page}", out.display()))
-            .output()
-            .unwrap();
-        assert!(
-            shot.status.success(),
-            "{}",
-            String::from_utf8_lossy(&shot.stderr)
-        );
-        let bytes = std::fs::read(&png).unwrap();
-        assert_eq!(&bytes[1..4], b"PNG");
-        assert_eq!(u32::from_be_bytes(bytes[16..20].try_into().unwrap()), 1400);
+        let url = format!("file://{}/{page}", out.display());
+        let bytes = screenshot(&chromium, profile.path(), &url, &png, (1400, 900));
         assert!(bytes.len() > 20_000, "{} looks empty", png.display());
     }
     let dom = |page: &str| {
-        let out = chromium_at(&chromium, profile.path(), 1400, 900)
-            .arg("--dump-dom")
-            .arg(format!("file://{}/{page}", out.display()))
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let url = format!("file://{}/{page}", out.display());
+        dump_dom(&chromium, profile.path(), &url, (1400, 900))
     };
     let order = |dom: &str| -> Vec<usize> {
         dom.match_indices("<tr class=\"line")

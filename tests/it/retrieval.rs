@@ -58,12 +58,7 @@ impl Env {
     /// Writes `yaml` as the flow in `dir` and checks that loading it fails (exit 2) saying `needle`.
     fn load_error(&self, dir: &Path, yaml: &str, needle: &str) {
         std::fs::write(dir.join("flow.dag.yaml"), yaml).unwrap();
-        self.sluice()
-            .args(["flow", "validate", "--flow"])
-            .arg(dir)
-            .assert()
-            .code(2)
-            .stderr(predicates::str::contains(needle));
+        crate::common::refused(self.home.path(), dir, &[needle]);
     }
 
     fn build(&self) -> Json {
@@ -401,7 +396,7 @@ fn pdfs_front_matter_filters_and_unreadable_files() {
 
 #[test]
 fn hnsw_recall_at_10_against_exact_search() {
-    use sluice_nodes::retrieval::index::Index;
+    use sluice_nodes::retrieval::index::{Index, Ranking};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("synthetic.sqlite");
     let (n, dims) = (20_000, 384);
@@ -421,12 +416,12 @@ fn hnsw_recall_at_10_against_exact_search() {
     let mut found = 0;
     for q in &queries {
         let exact: std::collections::HashSet<i64> = index
-            .search_exact(q, 10, None)
+            .rank(Ranking::Exact, q, 10, None)
             .unwrap()
             .into_iter()
             .map(|h| h.0)
             .collect();
-        let approx = index.search_vectors(q, 10, None).unwrap();
+        let approx = index.rank(Ranking::Vectors, q, 10, None).unwrap();
         assert_eq!(approx.len(), 10);
         found += approx.iter().filter(|h| exact.contains(&h.0)).count();
     }
@@ -438,8 +433,8 @@ fn hnsw_recall_at_10_against_exact_search() {
     assert_eq!(index.info().unwrap()["ann"], false);
     let q = &queries[0];
     assert_eq!(
-        index.search_vectors(q, 10, None).unwrap(),
-        index.search_exact(q, 10, None).unwrap()
+        index.rank(Ranking::Vectors, q, 10, None).unwrap(),
+        index.rank(Ranking::Exact, q, 10, None).unwrap()
     );
 }
 

@@ -8,8 +8,8 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    DOUBLE_FLOW, DOUBLE_FLOW_WITH_TOTAL, chromium_cmd, numbers_data, read_jsonl, sluice,
-    stdout_json, write_files,
+    DOUBLE_FLOW, DOUBLE_FLOW_WITH_TOTAL, chromium, dump_dom, numbers_data, read_jsonl, run_create,
+    screenshot, sluice, stdout_json, succeeded, write_files,
 };
 use serde_json::Value as Json;
 
@@ -508,32 +508,21 @@ fn classify_then_evaluate_compare_and_visualize_on_the_local_model() {
     assert!(html.contains("<svg") && html.contains("accuracy"));
     let profile = tempfile::tempdir().unwrap();
     let png = home.path().join("report.png");
-    let shot = chromium_cmd(profile.path())
-        .arg(format!("--screenshot={}", png.display()))
-        .arg(format!("file://{}", report.display()))
-        .output()
-        .unwrap();
-    assert!(
-        shot.status.success(),
-        "{}",
-        String::from_utf8_lossy(&shot.stderr)
-    );
-    let bytes = std::fs::read(&png).unwrap();
-    assert_eq!(&bytes[1..4], b"PNG");
-    let width = u32::from_be_bytes(bytes[16..20].try_into().unwrap());
-    assert_eq!(width, 1300);
+    let chromium = chromium().expect("chromium");
+    let url = format!("file://{}", report.display());
+    let bytes = screenshot(&chromium, profile.path(), &url, &png, (1300, 1400));
     assert!(
         bytes.len() > 20_000,
         "the screenshot looks empty: {} bytes",
         bytes.len()
     );
     // The search box works: the report opened with a query shows only the matching line.
-    let dom = chromium_cmd(profile.path())
-        .arg("--dump-dom")
-        .arg(format!("file://{}#q=smelled", report.display()))
-        .output()
-        .unwrap();
-    let dom = String::from_utf8_lossy(&dom.stdout);
+    let dom = dump_dom(
+        &chromium,
+        profile.path(),
+        &format!("{url}#q=smelled"),
+        (1300, 1400),
+    );
     assert!(
         dom.contains("1 of 12 lines"),
         "{}",
@@ -613,4 +602,148 @@ fn capitals_then_token_f1_over_the_run_outputs() {
             .unwrap()
             .contains("exact_match")
     );
+}
+
+#[test]
+fn four_shards_merged_give_the_outputs_and_metrics_of_one_run() {
+    let home = tempfile::tempdir().unwrap();
+    let flow = tempfile::tempdir().unwrap();
+    let data = slow_flow(flow.path(), 103);
+    succeeded(&mut run_create(
+        home.path(),
+        "whole",
+        "",
+        flow.path(),
+        &data,
+    ));
+    for i in 0..4 {
+        let shard = format!("--shard {i}/4");
+        let out = succeeded(&mut run_create(
+            home.path(),
+            &format!("part{i}"),
+            &shard,
+            flow.path(),
+            &data,
+        ));
+        let record: Json = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(record["properties"]["shard"], format!("{i}/4"));
+        let numbers: Vec<u64> =
+            read_jsonl(&home.path().join(format!("runs/part{i}/details.jsonl")))
+                .iter()
+                .map(|r| r["line_number"].as_u64().unwrap())
+                .collect();
+        assert_eq!(numbers.len(), (103usize - i).div_ceil(4), "shard {i}");
+        assert!(
+            numbers.iter().all(|n| n % 4 == i as u64),
+            "shard {i}: {numbers:?}"
+        );
+    }
+    // Shards of another flow are not the same run.
+    let other = tempfile::tempdir().unwrap();
+    let other_data = slow_flow(other.path(), 4);
+    succeeded(&mut run_create(
+        home.path(),
+        "stranger",
+        "",
+        other.path(),
+        &other_data,
+    ));
+    let refused = crate::common::ran(
+        sluice(home.path()).args(["run", "merge", "mixed", "--from", "part0", "stranger"]),
+    );
+    assert_eq!(refused.code, Some(2), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("differ in their flow"),
+        "{}",
+        refused.stderr
+    );
+
+    let out = succeeded(sluice(home.path()).args([
+        "run", "merge", "merged", "--from", "part0", "part1", "part2", "part3",
+    ]));
+    let record: Json = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(record["status"], "Completed");
+    assert_eq!(
+        record["properties"]["system_metrics"]["carried_over_lines"],
+        103
+    );
+    let runs = home.path().join("runs");
+    for file in ["outputs.jsonl", "metrics.json", "flow_outputs/output.jsonl"] {
+        assert_eq!(
+            std::fs::read_to_string(runs.join("merged").join(file)).unwrap(),
+            std::fs::read_to_string(runs.join("whole").join(file)).unwrap(),
+            "{file}"
+        );
+    }
+    crate::common::assert_every_line_once(&runs.join("merged/details.jsonl"), 103);
+    let metrics: Json =
+        serde_json::from_str(&std::fs::read_to_string(runs.join("merged/metrics.json")).unwrap())
+            .unwrap();
+    assert_eq!(metrics["count"], 103);
+    assert_eq!(metrics["mean"], 102.0);
+}
+
+#[test]
+fn trace_show_draws_each_line_as_a_span_tree_and_the_report_as_a_waterfall() {
+    let home = tempfile::tempdir().unwrap();
+    let flow = tempfile::tempdir().unwrap();
+    let data = slow_flow(flow.path(), 5);
+    succeeded(&mut run_create(
+        home.path(),
+        "traced",
+        "",
+        flow.path(),
+        &data,
+    ));
+
+    let text =
+        crate::common::ran(sluice(home.path()).args(["trace", "show", "traced", "--line", "2"]));
+    assert!(text.success, "{}", text.stderr);
+    let rows: Vec<&str> = text.stdout.lines().collect();
+    assert!(rows[0].starts_with("line 2  Completed"), "{}", text.stdout);
+    assert!(
+        rows[1].contains("└─ double") && rows[1].contains('█'),
+        "{}",
+        text.stdout
+    );
+
+    let spans = common::json(
+        home.path(),
+        &["trace", "show", "traced", "--format", "json"],
+    );
+    let spans = spans.as_array().unwrap();
+    assert_eq!(spans.len(), 5);
+    for (i, s) in spans.iter().enumerate() {
+        assert_eq!(s["line_number"], i);
+        let node = &s["nodes"][0];
+        assert_eq!(node["node"], "double");
+        // The tool sleeps 2 ms; the node starts within its line and ends before the line does.
+        let (start, dur) = (
+            node["start_ms"].as_f64().unwrap(),
+            node["duration_ms"].as_f64().unwrap(),
+        );
+        assert!(dur >= 2.0, "{s}");
+        assert!(
+            start >= 0.0 && start + dur <= s["duration_ms"].as_f64().unwrap() + 0.01,
+            "{s}"
+        );
+    }
+    let missing =
+        crate::common::ran(sluice(home.path()).args(["trace", "show", "traced", "--line", "9"]));
+    assert_eq!(missing.code, Some(2));
+    assert!(
+        missing.stderr.contains("has no line 9"),
+        "{}",
+        missing.stderr
+    );
+
+    let report = home.path().join("r.html");
+    succeeded(
+        sluice(home.path())
+            .args(["run", "visualize", "traced", "--html-path"])
+            .arg(&report),
+    );
+    let html = std::fs::read_to_string(&report).unwrap();
+    assert_eq!(html.matches(r#"<div class="waterfall">"#).count(), 5);
+    assert!(html.contains(r#"class="wf-bar Completed""#));
 }

@@ -5,7 +5,7 @@
 
 use crate::common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -67,37 +67,12 @@ fn fake_server(answer: impl Fn(&Seen, &mut TcpStream) + Send + Sync + 'static) -
                 std::thread::Builder::new()
                     .name("fake-conn".into())
                     .spawn(move || {
-                        let mut buf = Vec::new();
-                        let mut chunk = [0u8; 8192];
-                        let end = loop {
-                            let n = sock.read(&mut chunk).unwrap_or(0);
-                            if n == 0 {
-                                return;
-                            }
-                            buf.extend_from_slice(&chunk[..n]);
-                            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                                break p + 4;
-                            }
+                        let Some((head, body)) = crate::common::read_request(&mut sock) else {
+                            return;
                         };
-                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                        let len: usize = head
-                            .lines()
-                            .find_map(|l| {
-                                let (k, v) = l.split_once(':')?;
-                                k.eq_ignore_ascii_case("content-length")
-                                    .then(|| v.trim().parse().unwrap_or(0))
-                            })
-                            .unwrap_or(0);
-                        while buf.len() < end + len {
-                            let n = sock.read(&mut chunk).unwrap_or(0);
-                            if n == 0 {
-                                break;
-                            }
-                            buf.extend_from_slice(&chunk[..n]);
-                        }
                         let seen = Seen {
                             head,
-                            body: String::from_utf8_lossy(&buf[end..]).into_owned(),
+                            body: String::from_utf8_lossy(&body).into_owned(),
                         };
                         record.lock().unwrap().push(seen.clone());
                         answer(&seen, &mut sock);
@@ -314,15 +289,18 @@ fn a_provider_error_that_echoes_the_key_leaks_nowhere() {
 #[test]
 fn a_secret_in_a_python_tool_error_is_masked() {
     let flow = tempfile::tempdir().unwrap();
-    write(
+    crate::common::write_files(
         flow.path(),
-        "leak.py",
-        "import os\nfrom promptflow.core import tool\n\n@tool\ndef leak(x: str) -> str:\n    raise ValueError('token ' + os.environ['MY_SERVICE_TOKEN'] + ' and ' + os.environ['SERVICE_PASSWORD'])\n",
-    );
-    write(
-        flow.path(),
-        "flow.dag.yaml",
-        "environment_variables:\n  SERVICE_PASSWORD: pw-from-the-flow-yaml-77\ninputs:\n  x: {type: string, default: a}\noutputs:\n  y: {reference: '${leak.output}'}\nnodes:\n- name: leak\n  type: python\n  source: {type: code, path: leak.py}\n  inputs:\n    x: ${inputs.x}\n",
+        &[
+            (
+                "leak.py",
+                "import os\nfrom promptflow.core import tool\n\n@tool\ndef leak(x: str) -> str:\n    raise ValueError('token ' + os.environ['MY_SERVICE_TOKEN'] + ' and ' + os.environ['SERVICE_PASSWORD'])\n",
+            ),
+            (
+                "flow.dag.yaml",
+                "environment_variables:\n  SERVICE_PASSWORD: pw-from-the-flow-yaml-77\ninputs:\n  x: {type: string, default: a}\noutputs:\n  y: {reference: '${leak.output}'}\nnodes:\n- name: leak\n  type: python\n  source: {type: code, path: leak.py}\n  inputs:\n    x: ${inputs.x}\n",
+            ),
+        ],
     );
     let home = tempfile::tempdir().unwrap();
     let out = sluice(home.path())
@@ -538,10 +516,18 @@ fn stuck_tool_flow(dir: &Path) {
         "stuck.py",
         "import time\nfrom promptflow.core import tool\n\n@tool\ndef stuck(x: str) -> str:\n    time.sleep(3600)\n    return x\n",
     );
-    write(
+    crate::common::write_files(
         dir,
-        "flow.dag.yaml",
-        "inputs:\n  x: {type: string, default: a}\noutputs:\n  y: {reference: '${stuck.output}'}\nnodes:\n- name: stuck\n  type: python\n  source: {type: code, path: stuck.py}\n  inputs:\n    x: ${inputs.x}\n",
+        &[
+            (
+                "stuck.py",
+                "import time\nfrom promptflow.core import tool\n\n@tool\ndef stuck(x: str) -> str:\n    time.sleep(3600)\n    return x\n",
+            ),
+            (
+                "flow.dag.yaml",
+                "inputs:\n  x: {type: string, default: a}\noutputs:\n  y: {reference: '${stuck.output}'}\nnodes:\n- name: stuck\n  type: python\n  source: {type: code, path: stuck.py}\n  inputs:\n    x: ${inputs.x}\n",
+            ),
+        ],
     );
     write(dir, "data.jsonl", "{\"x\": \"a\"}\n{\"x\": \"b\"}\n");
 }
@@ -587,49 +573,19 @@ fn a_stuck_python_tool_does_not_keep_the_process_alive_after_a_line_timeout() {
     }
 }
 
-/// `sluice model serve` on a free loopback port; killed on drop.
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(home: &Path, env: &[(&str, &str)]) -> Server {
-    let mut child = Command::new(assert_cmd::cargo::cargo_bin("sluice"))
-        .args([
-            "model",
-            "serve",
-            "--port",
-            "0",
-            "--parallel",
-            "2",
-            "--ctx",
-            "512",
-        ])
-        .env("SLUICE_HOME", home)
-        .env("SLUICE_MODELS_DIR", sluice_nodes::llm::store::models_dir())
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on http://")
-        .and_then(|a| a.strip_suffix("/v1"))
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-        .to_owned();
-    Server { child, addr }
+/// `sluice model serve` on a free loopback port, two slots of 512 tokens; killed on drop.
+fn serve(home: &Path, env: &[(&str, &str)]) -> common::Served {
+    let args = [
+        "model",
+        "serve",
+        "--port",
+        "0",
+        "--parallel",
+        "2",
+        "--ctx",
+        "512",
+    ];
+    common::serve(home, &args, env)
 }
 
 /// Reads until the server closes the connection (true) or `limit` passes (false).

@@ -12,7 +12,7 @@ use serde_json::Value as Json;
 
 use crate::error::ErrorInfo;
 use crate::exec::{LineResult, NodeRunInfo, Status};
-use crate::value::Map;
+use crate::value::{Map, Value};
 
 /// A run's state, as promptflow names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,6 +90,12 @@ pub struct RunProperties {
     pub run: Option<String>,
     #[serde(default)]
     pub resume_from: Option<String>,
+    /// The shard of the data this run took (`I/N`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
+    /// The runs whose lines this run took over (`run merge`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub merged_from: Vec<String>,
     #[serde(default)]
     pub column_mapping: serde_json::Map<String, Json>,
     #[serde(default)]
@@ -191,9 +197,9 @@ pub struct LineRecord {
     pub line_number: usize,
     pub status: LineStatus,
     #[serde(default)]
-    pub inputs: serde_json::Map<String, Json>,
+    pub inputs: Map,
     #[serde(default)]
-    pub output: serde_json::Map<String, Json>,
+    pub output: Map,
     /// promptflow's error dict (`message`, `code`, `innerError`, ...).
     #[serde(default)]
     pub error: Option<Json>,
@@ -204,7 +210,7 @@ pub struct LineRecord {
     #[serde(default)]
     pub end_time: Option<DateTime<Utc>>,
     #[serde(default)]
-    pub aggregation_inputs: serde_json::Map<String, Json>,
+    pub aggregation_inputs: Map,
     /// A start mark made while the line ran alone (a resumed run retrying the lines that were running
     /// when its predecessor died).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -239,9 +245,9 @@ pub struct NodeRecord {
     pub node: String,
     pub status: LineStatus,
     #[serde(default)]
-    pub inputs: serde_json::Map<String, Json>,
+    pub inputs: Map,
     #[serde(default)]
-    pub output: Json,
+    pub output: Value,
     #[serde(default)]
     pub error: Option<Json>,
     #[serde(default)]
@@ -412,7 +418,7 @@ mod tests {
         let back: LineRecord = serde_json::from_str(&text).unwrap();
         assert_eq!(back.line_number, 3);
         assert_eq!(back.status, LineStatus::Completed);
-        assert_eq!(back.output["a"], 1);
+        assert_eq!(back.output["a"], Value::Int(1));
         assert_eq!(back.tokens().prompt_tokens, Some(7));
         assert_eq!(
             back.node_runs[0].system_metrics,

@@ -13,6 +13,7 @@ pub mod embedding_node;
 pub mod local;
 mod local_config;
 pub mod openai;
+mod prompty;
 pub mod protocol;
 pub mod scripted;
 pub mod types;
@@ -37,6 +38,7 @@ use chat::{Escaper, parse_chat};
 use connections::{Connection, ConnectionType};
 use local::{LocalConfig, LocalModel};
 use openai::{HttpBackend, HttpConfig};
+use sluice_engine::prompty::PromptyResponse;
 use types::{Backend, Completion, Event, GenParams, Prompt, TokenStream};
 
 /// The `llm` node kind.
@@ -49,6 +51,14 @@ impl NodeKind for LlmKind {
     }
 
     fn build(&self, node: &NodeDef, cx: &BuildContext) -> Result<Built, BuildError> {
+        if node
+            .source
+            .as_ref()
+            .is_some_and(|s| s.ty == sluice_engine::prompty::SOURCE_TYPE)
+            && let Some(def) = &cx.flow.prompty
+        {
+            return prompty::build(node, cx, def);
+        }
         let path = cx.source_file(node)?;
         let template = Template::from_file(&path)?;
         let api = match node.api.as_deref().map(str::to_ascii_lowercase).as_deref() {
@@ -114,6 +124,7 @@ impl NodeKind for LlmKind {
                 api,
                 escape,
                 backend,
+                prompty: None,
             }),
         })
     }
@@ -236,6 +247,8 @@ struct LlmNode {
     api: Api,
     escape: HashSet<String>,
     backend: BackendChoice,
+    /// Set for the node of a prompty file: fixed parameters and the shape of its output.
+    prompty: Option<Arc<prompty::Settings>>,
 }
 
 impl LlmNode {
@@ -273,13 +286,16 @@ impl LlmNode {
 #[async_trait]
 impl Node for LlmNode {
     async fn run(&self, mut inputs: NodeInputs, cx: &NodeContext) -> Result<Value, NodeError> {
-        let params = protocol::from_fields(inputs.iter().filter(|(k, _)| protocol::is_param(k)))
-            .map_err(|e| NodeError::user("InputTypeError", e.to_string()))?;
+        let mut params = match &self.prompty {
+            Some(p) => p.params.clone(),
+            None => protocol::from_fields(inputs.iter().filter(|(k, _)| protocol::is_param(k)))
+                .map_err(|e| NodeError::user("InputTypeError", e.to_string()))?,
+        };
         let model = params.model.clone();
         let mut vars: Vec<(String, Value)> = Vec::new();
         let escaper = Escaper::new();
         for (k, v) in inputs.drain(..) {
-            if protocol::is_param(&k) {
+            if self.prompty.is_none() && protocol::is_param(&k) {
                 continue;
             } else if self.api == Api::Chat && self.escape.contains(&k) {
                 vars.push((k, escaper.escape(v)));
@@ -294,18 +310,35 @@ impl Node for LlmNode {
             Api::Chat => Prompt::Chat(parse_chat(&text, Some(&escaper))?),
             Api::Completion => Prompt::Text(text),
         };
+        // A prompty streams to a caller that streams, unless its reply is parsed as a whole.
+        let stream_out = cx.stream
+            && self
+                .prompty
+                .as_ref()
+                .is_none_or(|p| !p.json_object && p.response == PromptyResponse::First);
+        if stream_out && let Some(raw) = params.raw.as_mut() {
+            raw.insert("stream".into(), serde_json::Value::Bool(true));
+        }
         let backend = self.backend(model.as_deref()).await?;
         tracing::debug!(node = %self.name, backend = %backend.describe(), "llm request");
         cx.record_call(call_record(self.api, &*backend, &prompt, &params));
         let stream = backend.generate(prompt, params).await?;
-        if cx.stream {
+        if stream_out {
             return Ok(Value::Opaque(Arc::new(LlmStream {
                 stream: Mutex::new(Some(stream)),
             })));
         }
         let done = stream.collect().await?;
         record_usage(cx, &done);
-        Ok(Value::String(done.text))
+        match &self.prompty {
+            Some(p) => Ok(p.shape(self.api, done)?),
+            None if done.finish_reason == types::FinishReason::ToolCalls => {
+                Ok(serde_json::from_str::<serde_json::Value>(&done.text)
+                    .map(Value::from)
+                    .unwrap_or(Value::String(done.text)))
+            }
+            None => Ok(Value::String(done.text)),
+        }
     }
 }
 

@@ -268,7 +268,12 @@ impl Backend for HttpBackend {
             "completions"
         };
         let url = self.url(leaf, params.model.as_deref())?;
-        let request = encode_request(&prompt, &params, true);
+        // Parameters sent as written stream only when they ask to, as promptflow sends them.
+        let stream = params
+            .raw
+            .as_ref()
+            .is_none_or(|raw| raw.get("stream").and_then(Json::as_bool) == Some(true));
+        let request = encode_request(&prompt, &params, stream);
         let (tx, stream) = TokenStream::channel();
         let this = self.clone();
         let task = SpawnedTask::spawn(async move {
@@ -493,8 +498,17 @@ impl HttpBackend {
         if !is_sse {
             let v = read_json(resp).await.map_err(|e| (e, false))?;
             let choice = &v["choices"][0];
+            let message = &choice["message"];
+            if chat && (!message["tool_calls"].is_null() || !message["function_call"].is_null()) {
+                let _ = tx.send(Event::Text(message.to_string()));
+                let _ = tx.send(Event::Done(
+                    FinishReason::ToolCalls,
+                    usage(&v["usage"], Some(started.elapsed()), started),
+                ));
+                return Ok(());
+            }
             let content = if chat {
-                choice["message"]["content"].as_str()
+                message["content"].as_str()
             } else {
                 choice["text"].as_str()
             };

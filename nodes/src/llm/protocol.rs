@@ -287,7 +287,8 @@ fn json_object<V: ParamValue + ?Sized>(v: &V) -> Result<bool, ParamError> {
 }
 
 /// The JSON body of a `/chat/completions` (chat prompt) or `/completions` (text prompt) request.
-/// Numbers go out as they were given (`temperature: 0.7` is sent as `0.7`).
+/// Numbers go out as they were given (`temperature: 0.7` is sent as `0.7`). With
+/// [`GenParams::raw`], the body is the prompt, the model and those parameters, nothing else.
 pub fn encode_request(prompt: &Prompt, p: &GenParams, stream: bool) -> Json {
     let mut b = serde_json::Map::new();
     match prompt {
@@ -303,6 +304,17 @@ pub fn encode_request(prompt: &Prompt, p: &GenParams, stream: bool) -> Json {
     }
     if let Some(m) = &p.model {
         b.insert("model".into(), json!(m));
+    }
+    if let Some(raw) = &p.raw {
+        for (k, v) in raw {
+            if !["model", "messages", "prompt"].contains(&k.as_str()) {
+                b.insert(k.clone(), v.clone());
+            }
+        }
+        if stream {
+            b.insert("stream".into(), json!(true));
+        }
+        return Json::Object(b);
     }
     b.insert("temperature".into(), json!(p.temperature));
     b.insert("top_p".into(), json!(p.top_p));

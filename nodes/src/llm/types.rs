@@ -58,6 +58,9 @@ pub struct GenParams {
     pub json_object: bool,
     /// The model name or deployment a remote backend is asked for.
     pub model: Option<String>,
+    /// Parameters a server is sent exactly as written (a prompty's `model.parameters`), in place of
+    /// the fields above; `stream: true` among them asks for a streamed reply.
+    pub raw: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl Default for GenParams {
@@ -72,6 +75,7 @@ impl Default for GenParams {
             seed: None,
             json_object: false,
             model: None,
+            raw: None,
         }
     }
 }
@@ -98,6 +102,8 @@ pub enum FinishReason {
     Stop,
     /// `max_tokens` (or the context) was reached.
     Length,
+    /// The model called tools; the text is the whole reply message as JSON.
+    ToolCalls,
 }
 
 impl FinishReason {
@@ -105,6 +111,7 @@ impl FinishReason {
         match self {
             FinishReason::Stop => "stop",
             FinishReason::Length => "length",
+            FinishReason::ToolCalls => "tool_calls",
         }
     }
 }

@@ -6,6 +6,7 @@
 //! others run. `async def` tools run on one shared asyncio loop, so independent async nodes overlap.
 
 pub mod isolation;
+mod prompty;
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -57,6 +58,7 @@ fn runtime() -> Result<&'static Runtime, PythonError> {
                 let host = PyModule::from_code(py, &code, c"sluice/host.py", c"_sluice_host")?;
                 let venv = std::env::var("VIRTUAL_ENV").ok().filter(|v| !v.is_empty());
                 host.getattr("install")?.call1((SLUICE_SOURCE, venv))?;
+                prompty::install(py)?;
                 Ok::<_, PyErr>(Runtime {
                     host: host.unbind(),
                 })

@@ -87,20 +87,16 @@ impl Ann {
     }
 
     /// Writes the graph with the index generation it was built from.
-    pub fn save(&self, path: &Path, generation: u64) -> Result<(), String> {
+    pub fn save(&self, path: &Path, generation: u64) -> std::io::Result<()> {
         let tmp = path.with_extension("hnsw.tmp");
-        let mut f = std::io::BufWriter::new(
-            std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?,
-        );
-        f.write_all(MAGIC).map_err(|e| e.to_string())?;
-        f.write_all(&generation.to_le_bytes())
-            .map_err(|e| e.to_string())?;
-        bincode::serialize_into(&mut f, self).map_err(|e| e.to_string())?;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        f.write_all(MAGIC)?;
+        f.write_all(&generation.to_le_bytes())?;
+        bincode::serialize_into(&mut f, self).map_err(std::io::Error::other)?;
         f.into_inner()
-            .map_err(|e| e.to_string())?
-            .sync_all()
-            .map_err(|e| e.to_string())?;
-        std::fs::rename(&tmp, path).map_err(|e| e.to_string())
+            .map_err(std::io::IntoInnerError::into_error)?
+            .sync_all()?;
+        std::fs::rename(&tmp, path)
     }
 
     /// Reads a graph written by [`Ann::save`]: `None` when it is missing or from another generation.

@@ -1,8 +1,17 @@
 //! A Chroma server as an index's vector store (`--store chroma://HOST:PORT/COLLECTION`), through its
 //! v2 HTTP API. Sluice embeds; Chroma stores the vectors, the chunk text and metadata, and searches.
 
+use std::collections::HashSet;
+
+use async_trait::async_trait;
+use rusqlite::Connection;
 use serde_json::{Map, Value as Json, json};
 use tokio::sync::OnceCell;
+
+use super::document::Chunk;
+use super::error::{ChromaError, StoreError};
+use super::index::Hit;
+use super::store::{FileChunks, Search, VectorStore};
 
 /// One collection on one server.
 #[derive(Debug)]
@@ -26,30 +35,32 @@ pub struct ChromaHit {
 
 impl Chroma {
     /// Parses `chroma://HOST:PORT/COLLECTION[?tenant=T&database=D]`.
-    pub fn parse(url: &str) -> Result<Chroma, String> {
-        let bad = || {
-            format!(
-                "`{url}` is not a Chroma store address: write chroma://HOST:PORT/COLLECTION (for example chroma://127.0.0.1:8000/docs)"
-            )
+    pub fn parse(url: &str) -> Result<Chroma, ChromaError> {
+        let bad = |option: Option<&str>| ChromaError::BadAddress {
+            url: url.to_owned(),
+            option: option.map(str::to_owned),
         };
-        let rest = url.strip_prefix("chroma://").ok_or_else(bad)?;
+        let rest = url.strip_prefix("chroma://").ok_or_else(|| bad(None))?;
         let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let (host, collection) = rest.split_once('/').ok_or_else(bad)?;
+        let (host, collection) = rest.split_once('/').ok_or_else(|| bad(None))?;
         if host.is_empty() || collection.is_empty() || collection.contains('/') {
-            return Err(bad());
+            return Err(bad(None));
         }
         let (mut tenant, mut database) = ("default_tenant", "default_database");
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             match pair.split_once('=') {
                 Some(("tenant", t)) => tenant = t,
                 Some(("database", d)) => database = d,
-                _ => return Err(format!("{}: unknown option `{pair}`", bad())),
+                _ => return Err(bad(Some(pair))),
             }
         }
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(120))
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(|source| ChromaError::Unreachable {
+                url: url.to_owned(),
+                source,
+            })?;
         Ok(Chroma {
             http,
             base: format!("http://{host}/api/v2/tenants/{tenant}/databases/{database}"),
@@ -64,7 +75,7 @@ impl Chroma {
         method: reqwest::Method,
         path: &str,
         body: Option<Json>,
-    ) -> Result<Json, String> {
+    ) -> Result<Json, ChromaError> {
         let url = format!("{}{path}", self.base);
         let mut req = self.http.request(method, &url);
         if let Some(b) = body {
@@ -72,22 +83,34 @@ impl Chroma {
         }
         let resp = req.send().await.map_err(|e| self.unreachable(e))?;
         let status = resp.status();
-        let text = resp.text().await.map_err(|e| e.to_string())?;
+        let text = resp.text().await.map_err(|e| self.unreachable(e))?;
         if !status.is_success() {
-            return Err(format!("Chroma ({}) answered {status}: {text}", self.url));
+            return Err(ChromaError::Refused {
+                url: self.url.clone(),
+                status,
+                body: text,
+            });
         }
         Ok(serde_json::from_str(&text).unwrap_or(Json::Null))
     }
 
-    fn unreachable(&self, e: reqwest::Error) -> String {
-        format!(
-            "cannot reach the Chroma server of {} ({e}); is `chroma run` running?",
-            self.url
-        )
+    fn unreachable(&self, source: reqwest::Error) -> ChromaError {
+        ChromaError::Unreachable {
+            url: self.url.clone(),
+            source,
+        }
+    }
+
+    fn malformed(&self, what: &'static str, v: &Json) -> ChromaError {
+        ChromaError::Malformed {
+            url: self.url.clone(),
+            what,
+            body: v.to_string(),
+        }
     }
 
     /// Whether the collection exists (a 404 says it does not; other failures are errors).
-    async fn exists(&self) -> Result<bool, String> {
+    async fn exists(&self) -> Result<bool, ChromaError> {
         if self.id.initialized() {
             return Ok(true);
         }
@@ -101,16 +124,16 @@ impl Chroma {
         match resp.status() {
             reqwest::StatusCode::NOT_FOUND => Ok(false),
             s if s.is_success() => Ok(true),
-            s => Err(format!(
-                "Chroma ({}) answered {s}: {}",
-                self.url,
-                resp.text().await.unwrap_or_default()
-            )),
+            status => Err(ChromaError::Refused {
+                url: self.url.clone(),
+                status,
+                body: resp.text().await.unwrap_or_default(),
+            }),
         }
     }
 
     /// The collection's id; created (cosine space, the model in its metadata) when `create` is given.
-    async fn id(&self, create: Option<(&str, usize)>) -> Result<&str, String> {
+    async fn id(&self, create: Option<(&str, usize)>) -> Result<&str, ChromaError> {
         self.id
             .get_or_try_init(|| async {
                 let existing = self
@@ -135,7 +158,7 @@ impl Chroma {
                 v["id"]
                     .as_str()
                     .map(str::to_owned)
-                    .ok_or_else(|| format!("Chroma gave no collection id: {v}"))
+                    .ok_or_else(|| self.malformed("collection id", &v))
             })
             .await
             .map(String::as_str)
@@ -149,7 +172,7 @@ impl Chroma {
         vectors: &[Vec<f32>],
         documents: &[String],
         metadatas: &[Map<String, Json>],
-    ) -> Result<(), String> {
+    ) -> Result<(), ChromaError> {
         let id = self
             .id(Some((model, vectors.first().map_or(0, Vec::len))))
             .await?
@@ -172,7 +195,7 @@ impl Chroma {
     }
 
     /// Removes chunks; nothing to do when the collection was never created.
-    pub async fn delete(&self, ids: &[String]) -> Result<(), String> {
+    pub async fn delete(&self, ids: &[String]) -> Result<(), ChromaError> {
         if ids.is_empty() || !self.exists().await? {
             return Ok(());
         }
@@ -186,7 +209,7 @@ impl Chroma {
         .map(drop)
     }
 
-    pub async fn count(&self) -> Result<u64, String> {
+    pub async fn count(&self) -> Result<u64, ChromaError> {
         let id = self.id(None).await?.to_owned();
         let v = self
             .call(
@@ -195,8 +218,7 @@ impl Chroma {
                 None,
             )
             .await?;
-        v.as_u64()
-            .ok_or_else(|| format!("Chroma gave no count: {v}"))
+        v.as_u64().ok_or_else(|| self.malformed("count", &v))
     }
 
     /// The `k` nearest chunks passing `filter` (a Chroma `where` clause).
@@ -205,7 +227,7 @@ impl Chroma {
         q: &[f32],
         k: usize,
         filter: Option<Json>,
-    ) -> Result<Vec<ChromaHit>, String> {
+    ) -> Result<Vec<ChromaHit>, ChromaError> {
         let id = self.id(None).await?.to_owned();
         let mut body = json!({
             "query_embeddings": [q],
@@ -250,7 +272,7 @@ impl Chroma {
     }
 
     /// Deletes the collection; done already when there is none.
-    pub async fn drop_collection(&self) -> Result<(), String> {
+    pub async fn drop_collection(&self) -> Result<(), ChromaError> {
         if !self.exists().await? {
             return Ok(());
         }
@@ -261,5 +283,102 @@ impl Chroma {
         )
         .await
         .map(drop)
+    }
+}
+
+/// Chroma keeps the vectors, and a copy of each chunk's text and metadata so that it can filter and
+/// answer queries alone; its ids are the chunks' SQLite ids.
+#[async_trait]
+impl VectorStore for Chroma {
+    fn create(&mut self, _db: &Connection, _dims: usize) -> Result<(), StoreError> {
+        // The collection is created with the first vectors.
+        Ok(())
+    }
+
+    async fn put(&mut self, _db: &mut Connection, file: FileChunks<'_>) -> Result<(), StoreError> {
+        let metas: Vec<Map<String, Json>> = file
+            .chunks
+            .iter()
+            .map(|c| chroma_metadata(file.key, c, file.metadata))
+            .collect();
+        let texts: Vec<String> = file.chunks.iter().map(|c| c.text.clone()).collect();
+        let sids: Vec<String> = file.ids.iter().map(i64::to_string).collect();
+        self.upsert(file.model, &sids, file.vectors, &texts, &metas)
+            .await?;
+        Ok(())
+    }
+
+    async fn remove(&mut self, _db: &mut Connection, ids: &[i64]) -> Result<(), StoreError> {
+        let sids: Vec<String> = ids.iter().map(i64::to_string).collect();
+        Ok(self.delete(&sids).await?)
+    }
+
+    async fn search(&mut self, db: &mut Connection, s: Search<'_>) -> Result<Vec<Hit>, StoreError> {
+        if s.hybrid {
+            return Err(StoreError::NoHybrid);
+        }
+        let list_keys = list_keys(db)?;
+        let hits = self.query(s.q, s.k, s.filter.to_chroma(&list_keys)).await?;
+        Ok(hits.into_iter().map(hit_from_chroma).collect())
+    }
+
+    async fn drop_all(&self) -> Result<(), StoreError> {
+        Ok(self.drop_collection().await?)
+    }
+
+    async fn count(&self) -> Result<Option<u64>, StoreError> {
+        Ok(Some(Chroma::count(self).await?))
+    }
+}
+
+/// Metadata keys that hold lists somewhere in the index (filters on them test membership).
+fn list_keys(db: &Connection) -> Result<HashSet<String>, StoreError> {
+    let mut stmt = db.prepare_cached("SELECT DISTINCT metadata FROM chunks")?;
+    let metas: Vec<String> = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(metas
+        .iter()
+        .filter_map(|m| serde_json::from_str::<Map<String, Json>>(m).ok())
+        .flat_map(|m| m.into_iter().filter(|(_, v)| v.is_array()).map(|(k, _)| k))
+        .collect())
+}
+
+/// What Chroma keeps with a chunk: its metadata plus where it is (Chroma has no nulls or empty lists).
+fn chroma_metadata(key: &str, c: &Chunk, metadata: &Map<String, Json>) -> Map<String, Json> {
+    let mut m: Map<String, Json> = metadata
+        .iter()
+        .filter(|(_, v)| !v.is_null() && v.as_array().is_none_or(|a| !a.is_empty()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    m.insert("sluice:source".into(), Json::String(key.to_owned()));
+    m.insert("sluice:start".into(), Json::from(c.start));
+    m.insert("sluice:end".into(), Json::from(c.end));
+    if let Some(h) = &c.heading {
+        m.insert("heading".into(), Json::String(h.clone()));
+    }
+    m
+}
+
+fn hit_from_chroma(h: ChromaHit) -> Hit {
+    let mut m = h.metadata;
+    let num = |v: Option<Json>| v.and_then(|v| v.as_u64()).unwrap_or(0) as usize;
+    let source = m
+        .remove("sluice:source")
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let start = num(m.remove("sluice:start"));
+    let end = num(m.remove("sluice:end"));
+    let heading = m
+        .remove("heading")
+        .and_then(|v| v.as_str().map(str::to_owned));
+    Hit {
+        text: h.document,
+        source,
+        score: 1.0 - h.distance,
+        start,
+        end,
+        heading,
+        metadata: m,
     }
 }

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::error::DocumentError;
 use serde_json::{Map, Value as Json};
 
 /// The file kinds an index reads.
@@ -19,7 +20,7 @@ pub struct Document {
 
 /// Reads a file into a [`Document`]: Markdown and text as they are (less a `---` front matter block,
 /// which becomes metadata), HTML without tags, scripts or styles, PDF as its text.
-pub fn read(path: &Path) -> Result<Document, String> {
+pub fn read(path: &Path) -> Result<Document, DocumentError> {
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
@@ -30,16 +31,17 @@ pub fn read(path: &Path) -> Result<Document, String> {
         metadata.insert("file".into(), Json::String(name.to_owned()));
     }
     let text = if ext == "pdf" {
-        let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+        let bytes = std::fs::read(path)?;
         // The PDF parser panics on some malformed files; a bad file must not take the build down.
         let text = std::panic::catch_unwind(|| pdf_extract::extract_text_from_mem(&bytes))
-            .map_err(|_| "the PDF parser failed on this file".to_owned())?
-            .map_err(|e| format!("not a readable PDF: {e}"))?;
+            .map_err(|_| DocumentError::PdfPanicked)?
+            .map_err(DocumentError::Pdf)?;
         tidy_pdf_text(&text)
     } else {
-        let raw = std::fs::read(path).map_err(|e| e.to_string())?;
-        let raw = String::from_utf8(raw)
-            .map_err(|e| format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()))?;
+        let raw = std::fs::read(path)?;
+        let raw = String::from_utf8(raw).map_err(|e| DocumentError::NotUtf8 {
+            byte: e.utf8_error().valid_up_to(),
+        })?;
         if ext == "html" || ext == "htm" {
             if let Some(t) = html_title(&raw) {
                 metadata.insert("title".into(), Json::String(t));
@@ -48,7 +50,7 @@ pub fn read(path: &Path) -> Result<Document, String> {
         } else {
             let (front, body) = split_front_matter(&raw);
             if let Some(front) = front {
-                front_matter(front, &mut metadata).map_err(|e| format!("front matter: {e}"))?;
+                front_matter(front, &mut metadata)?;
             }
             body.to_owned()
         }
@@ -80,7 +82,7 @@ fn split_front_matter(raw: &str) -> (Option<&str>, &str) {
 }
 
 /// The scalar and list-of-scalar entries of a YAML front matter block.
-fn front_matter(yaml: &str, out: &mut Map<String, Json>) -> Result<(), String> {
+fn front_matter(yaml: &str, out: &mut Map<String, Json>) -> Result<(), DocumentError> {
     use yaml_rust2::Yaml;
     fn scalar(y: &Yaml) -> Option<Json> {
         Some(match y {
@@ -91,8 +93,12 @@ fn front_matter(yaml: &str, out: &mut Map<String, Json>) -> Result<(), String> {
             _ => return None,
         })
     }
-    let doc = sluice_engine::yaml::load_document(yaml, Path::new(""))
-        .map_err(|e| format!("{}: {}", e.span, e.message))?;
+    let doc = sluice_engine::yaml::load_document(yaml, Path::new("")).map_err(|e| {
+        DocumentError::FrontMatter {
+            span: e.span.to_string(),
+            message: e.message,
+        }
+    })?;
     let Yaml::Hash(map) = doc else {
         return Ok(());
     };
@@ -406,7 +412,7 @@ mod tests {
             ));
         }
         let mut out = Map::new();
-        let err = front_matter(&yaml, &mut out).unwrap_err();
+        let err = front_matter(&yaml, &mut out).unwrap_err().to_string();
         assert!(err.contains("alias"), "{err}");
         assert!(front_matter("a: 1\na: 2\n", &mut out).is_err());
     }

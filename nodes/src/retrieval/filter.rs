@@ -5,17 +5,17 @@ use std::collections::HashSet;
 
 use serde_json::{Map, Value as Json};
 
+use super::error::FilterError;
+
 /// A parsed filter; empty matches everything.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Filter(Vec<(String, Vec<Json>)>);
 
 impl Filter {
     /// From a JSON object of scalars or lists of scalars.
-    pub fn from_json(v: &Json) -> Result<Filter, String> {
+    pub fn from_json(v: &Json) -> Result<Filter, FilterError> {
         let Json::Object(map) = v else {
-            return Err(format!(
-                "a filter is a mapping of metadata keys to values, like {{tags: runs}}; got {v}"
-            ));
+            return Err(FilterError::NotAMapping { got: v.to_string() });
         };
         let mut out = Vec::new();
         for (k, v) in map {
@@ -27,12 +27,13 @@ impl Filter {
                 .iter()
                 .find(|x| matches!(x, Json::Object(_) | Json::Array(_) | Json::Null))
             {
-                return Err(format!(
-                    "filter `{k}`: values are strings, numbers or booleans, got {bad}"
-                ));
+                return Err(FilterError::BadValue {
+                    key: k.clone(),
+                    got: bad.to_string(),
+                });
             }
             if values.is_empty() {
-                return Err(format!("filter `{k}`: an empty list matches nothing"));
+                return Err(FilterError::EmptyList { key: k.clone() });
             }
             out.push((k.clone(), values));
         }
@@ -40,12 +41,12 @@ impl Filter {
     }
 
     /// From `key=value` pairs (the command line); values that parse as JSON scalars are taken as such.
-    pub fn from_pairs(pairs: &[String]) -> Result<Filter, String> {
+    pub fn from_pairs(pairs: &[String]) -> Result<Filter, FilterError> {
         let mut map = Map::new();
         for p in pairs {
             let (k, v) = p
                 .split_once('=')
-                .ok_or_else(|| format!("`{p}`: a filter is KEY=VALUE"))?;
+                .ok_or_else(|| FilterError::NotAPair { pair: p.clone() })?;
             let v = match serde_json::from_str::<Json>(v) {
                 Ok(j @ (Json::Number(_) | Json::Bool(_))) => j,
                 _ => Json::String(v.to_owned()),

@@ -1,6 +1,6 @@
 //! One index = one SQLite file in `$SLUICE_HOME/indexes/<name>.sqlite`: the catalog (files and their
-//! content hashes, chunks with text and metadata, FTS5 for BM25) and, for the embedded store, the
-//! vectors in a sqlite-vec `vec0` table. An index may keep its vectors in a Chroma server instead.
+//! content hashes, chunks with text and metadata, FTS5 for BM25) and a [`VectorStore`] for the
+//! vectors: the file's own sqlite-vec table ([`LocalStore`]) or a Chroma server.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -11,10 +11,11 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use serde_json::{Map, Value as Json};
 
-use super::ann::{self, Ann};
 use super::chroma::Chroma;
 use super::document::{self, Chunk, Chunking};
+pub use super::error::IndexError;
 use super::filter::Filter;
+use super::store::{FileChunks, LocalStore, Search, StoreError, VectorStore, search_sqlite_vec};
 use crate::llm::embed::LocalEmbedder;
 use crate::llm::store::{self, sha256_file};
 
@@ -59,16 +60,16 @@ pub fn indexes_dir() -> PathBuf {
 }
 
 /// The file of an index by name.
-pub fn index_path(name: &str) -> Result<PathBuf, String> {
+pub fn index_path(name: &str) -> Result<PathBuf, IndexError> {
     if name.is_empty()
         || name.starts_with('.')
         || !name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
     {
-        return Err(format!(
-            "`{name}` is not a valid index name (letters, digits, `_`, `-`, `.`)"
-        ));
+        return Err(IndexError::BadName {
+            name: name.to_owned(),
+        });
     }
     Ok(indexes_dir().join(format!("{name}.sqlite")))
 }
@@ -124,6 +125,17 @@ pub struct BuildReport {
     pub ann: bool,
 }
 
+/// How [`Index::rank`] ranks chunks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ranking {
+    /// Exact: the in-memory scan, or sqlite-vec above its size (see [`LocalStore::search_exact`]).
+    Exact,
+    /// Exact by sqlite-vec alone: its KNN query, or its cosine function over the allowed rows.
+    SqliteVec,
+    /// What queries use: the HNSW graph when there is one and no filter, else exact.
+    Vectors,
+}
+
 /// A search hit.
 #[derive(Clone, Debug, Serialize)]
 pub struct Hit {
@@ -140,75 +152,33 @@ pub struct Hit {
 #[derive(Debug)]
 pub struct Index {
     db: Connection,
-    path: PathBuf,
-    chroma: Option<Chroma>,
-    /// The HNSW graph and the generation it was loaded for.
-    ann: Option<(u64, Option<Arc<Ann>>)>,
-    /// The vectors in memory for exact scans, and the generation they were read at.
-    flat: Option<(u64, Arc<Flat>)>,
-    /// The chunks' metadata for filters, and the generation it was read at.
-    metas: Option<(u64, Arc<Metas>)>,
+    /// Where the vectors are: the index file itself, or a Chroma server.
+    store: Box<dyn VectorStore>,
     /// The embedding model, once loaded.
     embedder: Option<Arc<LocalEmbedder>>,
 }
 
-/// Chunk ids with an index into the distinct metadata maps.
-#[derive(Debug, Default)]
-struct Metas {
-    ids: Vec<i64>,
-    which: Vec<u32>,
-    maps: Vec<Map<String, Json>>,
+/// A value from the index's meta table.
+pub(super) fn meta(db: &Connection, key: &str) -> Option<String> {
+    db.query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
+        r.get(0)
+    })
+    .optional()
+    .ok()
+    .flatten()
 }
 
-/// Up to this many chunks, exact search scans the vectors in memory (read once per generation from
-/// sqlite-vec: 150 MB at 100,000 chunks of 384 dimensions); above it, sqlite-vec scans its table.
-const FLAT_MAX: usize = 250_000;
-
-/// Vectors in one contiguous block, for exact scans.
-#[derive(Debug)]
-struct Flat {
-    ids: Vec<i64>,
-    data: Vec<f32>,
-    dims: usize,
+/// A `SELECT COUNT(*)`.
+pub(super) fn count(db: &Connection, sql: &str) -> Result<usize, rusqlite::Error> {
+    db.query_row(sql, [], |r| r.get::<_, i64>(0))
+        .map(|n| n as usize)
 }
 
-impl Flat {
-    fn search(&self, q: &[f32], k: usize, allowed: Option<&HashSet<i64>>) -> Vec<(i64, f64)> {
-        let mut scored: Vec<(f32, usize)> = self
-            .data
-            .chunks_exact(self.dims)
-            .enumerate()
-            .filter(|(i, _)| allowed.is_none_or(|a| a.contains(&self.ids[*i])))
-            .map(|(i, v)| (ann::dot(q, v), i))
-            .collect();
-        let k = k.min(scored.len());
-        if k == 0 {
-            return Vec::new();
-        }
-        if k < scored.len() {
-            scored.select_nth_unstable_by(k - 1, |a, b| b.0.total_cmp(&a.0));
-            scored.truncate(k);
-        }
-        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-        scored
-            .into_iter()
-            .map(|(s, i)| (self.ids[i], f64::from(s)))
-            .collect()
-    }
-}
-
-fn sqlerr(e: rusqlite::Error) -> String {
-    e.to_string()
-}
-
-fn blob(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-fn unblob(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-        .collect()
+/// The index's generation (see [`BUMP_GENERATION`]).
+pub(super) fn generation(db: &Connection) -> u64 {
+    meta(db, "generation")
+        .and_then(|g| g.parse().ok())
+        .unwrap_or(0)
 }
 
 /// sqlite-vec registers itself with every connection opened after this.
@@ -235,89 +205,67 @@ fn load_sqlite_vec() {
 }
 
 impl Index {
-    pub fn open(path: &Path) -> Result<Index, String> {
+    pub fn open(path: &Path) -> Result<Index, IndexError> {
         load_sqlite_vec();
         if let Some(d) = path.parent() {
-            std::fs::create_dir_all(d).map_err(|e| e.to_string())?;
+            std::fs::create_dir_all(d).map_err(|source| IndexError::Io {
+                path: d.to_owned(),
+                source,
+            })?;
         }
-        let db = Connection::open(path).map_err(sqlerr)?;
-        db.busy_timeout(std::time::Duration::from_secs(30))
-            .map_err(sqlerr)?;
-        let fresh: bool = db
-            .query_row(
-                "SELECT COUNT(*) = 0 FROM sqlite_master WHERE name = 'meta'",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(sqlerr)?;
-        db.execute_batch(SCHEMA).map_err(|e| {
-            format!(
-                "{}: {e}; this index was made by an older Sluice: remove it with `sluice index rm` and build it again",
-                path.display()
-            )
-        })?;
+        let db = Connection::open(path)?;
+        db.busy_timeout(std::time::Duration::from_secs(30))?;
+        let fresh: bool = db.query_row(
+            "SELECT COUNT(*) = 0 FROM sqlite_master WHERE name = 'meta'",
+            [],
+            |r| r.get(0),
+        )?;
+        db.execute_batch(SCHEMA)
+            .map_err(|e| IndexError::OlderFormat {
+                path: path.to_owned(),
+                source: Some(e),
+            })?;
         let mut index = Index {
             db,
-            path: path.to_owned(),
-            chroma: None,
-            ann: None,
-            flat: None,
-            metas: None,
+            store: Box::new(LocalStore::new(path)),
             embedder: None,
         };
         if fresh {
             index.set_meta("schema", SCHEMA_VERSION)?;
         } else if index.meta("schema").as_deref() != Some(SCHEMA_VERSION) {
-            return Err(format!(
-                "{} was made by an older Sluice: remove it with `sluice index rm` and build it again",
-                path.display()
-            ));
+            return Err(IndexError::OlderFormat {
+                path: path.to_owned(),
+                source: None,
+            });
         }
         if let Some(url) = index.meta("store") {
-            index.chroma = Some(Chroma::parse(&url)?);
+            index.store = Box::new(Chroma::parse(&url)?);
         }
         Ok(index)
     }
 
     pub fn meta(&self, key: &str) -> Option<String> {
-        self.db
-            .query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
-                r.get(0)
-            })
-            .optional()
-            .ok()
-            .flatten()
+        meta(&self.db, key)
     }
 
-    fn set_meta(&self, key: &str, value: &str) -> Result<(), String> {
-        self.db
-            .execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
-                params![key, value],
-            )
-            .map(drop)
-            .map_err(sqlerr)
+    fn set_meta(&self, key: &str, value: &str) -> Result<(), IndexError> {
+        self.db.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+            params![key, value],
+        )?;
+        Ok(())
     }
 
-    fn count(&self, sql: &str) -> Result<usize, String> {
-        self.db
-            .query_row(sql, [], |r| r.get::<_, i64>(0))
-            .map(|n| n as usize)
-            .map_err(sqlerr)
+    fn count(&self, sql: &str) -> Result<usize, IndexError> {
+        Ok(count(&self.db, sql)?)
     }
 
     fn generation(&self) -> u64 {
-        self.meta("generation")
-            .and_then(|g| g.parse().ok())
-            .unwrap_or(0)
-    }
-
-    fn ann_path(&self) -> PathBuf {
-        self.path.with_extension("hnsw")
+        generation(&self.db)
     }
 
     /// Files, chunks, the embedding model and the store.
-    pub fn info(&self) -> Result<Json, String> {
+    pub fn info(&self) -> Result<Json, IndexError> {
         Ok(serde_json::json!({
             "model": self.meta("model"),
             "dims": self.meta("dims").and_then(|d| d.parse::<u64>().ok()),
@@ -338,40 +286,37 @@ impl Index {
 
     /// Sets the embedding model and vector size of a new index (creating the vector table); an index
     /// keeps the model it was first built with.
-    pub fn set_model(&mut self, model: &str, dims: usize) -> Result<(), String> {
+    pub fn set_model(&mut self, model: &str, dims: usize) -> Result<(), IndexError> {
         if let Some(m) = self.meta("model") {
             if m != model {
-                return Err(format!(
-                    "this index was built with the model `{m}`; build another index to use `{model}`"
-                ));
+                return Err(IndexError::OtherModel {
+                    built: m,
+                    asked: model.to_owned(),
+                });
             }
             return Ok(());
         }
-        if self.chroma.is_none() {
-            self.db
-                .execute_batch(&format!(
-                    "CREATE VIRTUAL TABLE IF NOT EXISTS chunks_vec USING vec0(embedding float[{dims}] distance_metric=cosine)"
-                ))
-                .map_err(sqlerr)?;
-        }
+        self.store.create(&self.db, dims)?;
         self.set_meta("model", model)?;
         self.set_meta("dims", &dims.to_string())
     }
 
     /// Sets the store of a new index (`chroma://...`); an index keeps the store it was first built with.
-    pub fn set_store(&mut self, store: Option<&str>) -> Result<(), String> {
+    pub fn set_store(&mut self, store: Option<&str>) -> Result<(), IndexError> {
         let current = self.meta("store");
         match (store, current.as_deref()) {
             (None, _) => Ok(()),
             (Some(s), Some(c)) if s == c => Ok(()),
-            (Some(s), Some(c)) => Err(format!(
-                "this index keeps its vectors in {c}; build another index to use {s}"
-            )),
-            (Some(s), None) if self.meta("model").is_some() => Err(format!(
-                "this index keeps its vectors in its own file; build another index to use {s}"
-            )),
+            (Some(s), Some(c)) => Err(IndexError::OtherStore {
+                kept: c.to_owned(),
+                asked: s.to_owned(),
+            }),
+            (Some(s), None) if self.meta("model").is_some() => Err(IndexError::OtherStore {
+                kept: "its own file".to_owned(),
+                asked: s.to_owned(),
+            }),
             (Some(s), None) => {
-                self.chroma = Some(Chroma::parse(s)?);
+                self.store = Box::new(Chroma::parse(s)?);
                 self.set_meta("store", s)
             }
         }
@@ -386,53 +331,51 @@ impl Index {
         sources: &[PathBuf],
         opts: &BuildOptions,
         progress: &mut (dyn FnMut(Phase, usize, usize) + Send),
-    ) -> Result<BuildReport, String> {
+    ) -> Result<BuildReport, IndexError> {
         let (name, path) =
             store::resolve_model(&opts.model, Path::new("."), store::ModelUse::Embedding).map_err(
-                |e| format!("embedding model `{}` is not installed: {}", e.name, e.help),
+                |e| IndexError::ModelNotInstalled {
+                    name: e.name,
+                    help: e.help,
+                },
             )?;
         if let Some(m) = self.meta("model")
             && m != name
         {
-            return Err(format!(
-                "this index was built with the model `{m}`; build another index to use `{name}`"
-            ));
+            return Err(IndexError::OtherModel {
+                built: m,
+                asked: name,
+            });
         }
         self.set_store(opts.store.as_deref())?;
         self.set_meta("ann_threshold", &opts.ann_threshold.to_string())?;
-        let embedder = LocalEmbedder::get(&name, &path)
-            .await
-            .map_err(|e| e.message)?;
+        let embedder = LocalEmbedder::get(&name, &path).await?;
         self.set_model(&name, embedder.dims())?;
         self.embedder = Some(Arc::clone(&embedder));
         let absolute = std::path::absolute(&path).unwrap_or(path.clone());
         self.set_meta("model_path", &absolute.display().to_string())?;
         let limit = embedder.max_tokens().saturating_sub(2);
         if opts.chunking.size > limit {
-            return Err(format!(
-                "a chunk size of {} tokens is more than `{name}` reads at once ({limit}); use --chunk-size {limit} or less",
-                opts.chunking.size
-            ));
+            return Err(IndexError::ChunkTooLarge {
+                size: opts.chunking.size,
+                model: name,
+                limit,
+            });
         }
 
         let mut files = Vec::new();
         for s in sources {
             if !s.exists() {
-                return Err(format!("{}: no such file or folder", s.display()));
+                return Err(IndexError::NoSuchSource { path: s.clone() });
             }
             document::collect(s, &mut files);
         }
         files.sort();
         files.dedup();
         let known: HashMap<String, String> = {
-            let mut stmt = self
-                .db
-                .prepare("SELECT path, sha256 FROM files")
-                .map_err(sqlerr)?;
-            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-                .map_err(sqlerr)?
-                .collect::<Result<_, _>>()
-                .map_err(sqlerr)?
+            let mut stmt = self.db.prepare("SELECT path, sha256 FROM files")?;
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?
         };
         let mut report = BuildReport::default();
         let current: HashSet<String> = files.iter().map(|f| f.display().to_string()).collect();
@@ -487,7 +430,10 @@ impl Index {
                         metadata: doc.metadata,
                     });
                 }
-                Err(error) => report.files_failed.push(FileError { path: key, error }),
+                Err(error) => report.files_failed.push(FileError {
+                    path: key,
+                    error: error.to_string(),
+                }),
             }
         }
         progress(Phase::Reading, files.len(), files.len());
@@ -513,7 +459,7 @@ impl Index {
                 .map(|b| embedder.embed(b))
                 .buffered(EMBED_IN_FLIGHT);
             while let Some(batch) = stream.next().await {
-                let batch = batch.map_err(|e| e.message)?;
+                let batch = batch?;
                 done += batch.len();
                 vectors.extend(batch);
                 progress(Phase::Embedding, done, total);
@@ -534,11 +480,13 @@ impl Index {
             }
         }
         report.chunks_total = self.count("SELECT COUNT(*) FROM chunks")?;
-        report.ann = self.refresh_ann(progress)?;
+        report.ann = self.store.refresh(&self.db, progress)?;
         Ok(report)
     }
 
-    /// Writes one file's chunks and vectors, replacing what the index had of it.
+    /// Writes one file's chunks and vectors, replacing what the index had of it: the chunks in one
+    /// transaction, then the vectors to the store, and only then the file as indexed (so a build
+    /// interrupted in between sends the file again).
     pub async fn put_file(
         &mut self,
         key: &str,
@@ -546,31 +494,21 @@ impl Index {
         chunks: &[Chunk],
         vectors: &[Vec<f32>],
         metadata: &Map<String, Json>,
-    ) -> Result<(), String> {
+    ) -> Result<(), IndexError> {
         assert_eq!(chunks.len(), vectors.len(), "a vector per chunk");
         self.remove_file(key).await?;
         let meta_text = Json::Object(metadata.clone()).to_string();
-        let local_vectors = self.chroma.is_none();
-        let tx = self.db.transaction().map_err(sqlerr)?;
+        let tx = self.db.transaction()?;
         let mut ids = Vec::with_capacity(chunks.len());
         {
             let mut put = tx
                 .prepare_cached(
                     "INSERT INTO chunks (path, start, end, heading, text, metadata) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )
-                .map_err(sqlerr)?;
-            let mut fts = tx
-                .prepare_cached("INSERT INTO chunks_fts (rowid, text) VALUES (?1, ?2)")
-                .map_err(sqlerr)?;
-            let mut vec = if local_vectors {
-                Some(
-                    tx.prepare_cached("INSERT INTO chunks_vec (rowid, embedding) VALUES (?1, ?2)")
-                        .map_err(sqlerr)?,
-                )
-            } else {
-                None
-            };
-            for (c, v) in chunks.iter().zip(vectors) {
+                ?;
+            let mut fts =
+                tx.prepare_cached("INSERT INTO chunks_fts (rowid, text) VALUES (?1, ?2)")?;
+            for c in chunks {
                 put.execute(params![
                     key,
                     c.start as i64,
@@ -578,155 +516,80 @@ impl Index {
                     c.heading,
                     c.text,
                     meta_text
-                ])
-                .map_err(sqlerr)?;
+                ])?;
                 let id = tx.last_insert_rowid();
-                fts.execute(params![id, c.text]).map_err(sqlerr)?;
-                if let Some(vec) = vec.as_mut() {
-                    vec.execute(params![id, blob(v)]).map_err(sqlerr)?;
-                }
+                fts.execute(params![id, c.text])?;
                 ids.push(id);
             }
         }
-        // With Chroma, the file counts as indexed only once the server has its chunks.
-        if local_vectors {
-            tx.execute(
-                "INSERT OR REPLACE INTO files (path, sha256, chunks) VALUES (?1, ?2, ?3)",
-                params![key, digest, chunks.len() as i64],
+        tx.execute(BUMP_GENERATION, [])?;
+        tx.commit()?;
+        let model = self.meta("model").unwrap_or_default();
+        self.store
+            .put(
+                &mut self.db,
+                FileChunks {
+                    model: &model,
+                    key,
+                    ids: &ids,
+                    chunks,
+                    vectors,
+                    metadata,
+                },
             )
-            .map_err(sqlerr)?;
-        }
-        tx.execute(BUMP_GENERATION, []).map_err(sqlerr)?;
-        tx.commit().map_err(sqlerr)?;
-        if let Some(chroma) = &self.chroma {
-            let model = self.meta("model").unwrap_or_default();
-            let metas: Vec<Map<String, Json>> = chunks
-                .iter()
-                .map(|c| chroma_metadata(key, c, metadata))
-                .collect();
-            let texts: Vec<String> = chunks.iter().map(|c| c.text.clone()).collect();
-            let sids: Vec<String> = ids.iter().map(i64::to_string).collect();
-            chroma
-                .upsert(&model, &sids, vectors, &texts, &metas)
-                .await?;
-            self.db
-                .execute(
-                    "INSERT OR REPLACE INTO files (path, sha256, chunks) VALUES (?1, ?2, ?3)",
-                    params![key, digest, chunks.len() as i64],
-                )
-                .map_err(sqlerr)?;
-        }
-        Ok(())
+            .await?;
+        // A new generation once the vectors are in, so that readers in other processes that looked
+        // in between read them again.
+        let tx = self.db.transaction()?;
+        tx.execute(
+            "INSERT OR REPLACE INTO files (path, sha256, chunks) VALUES (?1, ?2, ?3)",
+            params![key, digest, chunks.len() as i64],
+        )?;
+        tx.execute(BUMP_GENERATION, [])?;
+        Ok(tx.commit()?)
     }
 
-    async fn remove_file(&mut self, path: &str) -> Result<(), String> {
+    /// Forgets a file: first as indexed (if the store fails now, the next build sends the file
+    /// again), then its vectors in the store, then its chunks.
+    async fn remove_file(&mut self, path: &str) -> Result<(), IndexError> {
         let ids: Vec<i64> = {
             let mut stmt = self
                 .db
-                .prepare_cached("SELECT id FROM chunks WHERE path = ?1")
-                .map_err(sqlerr)?;
-            stmt.query_map(params![path], |r| r.get(0))
-                .map_err(sqlerr)?
-                .collect::<Result<_, _>>()
-                .map_err(sqlerr)?
+                .prepare_cached("SELECT id FROM chunks WHERE path = ?1")?;
+            stmt.query_map(params![path], |r| r.get(0))?
+                .collect::<Result<_, _>>()?
         };
-        if let Some(chroma) = &self.chroma {
-            // Forget the file first: if the server fails now, the next build sends the file again.
-            self.db
-                .execute("DELETE FROM files WHERE path = ?1", params![path])
-                .map_err(sqlerr)?;
-            let sids: Vec<String> = ids.iter().map(i64::to_string).collect();
-            chroma.delete(&sids).await?;
-        }
-        let tx = self.db.transaction().map_err(sqlerr)?;
+        self.db
+            .execute("DELETE FROM files WHERE path = ?1", params![path])?;
+        self.store.remove(&mut self.db, &ids).await?;
+        let tx = self.db.transaction()?;
         tx.execute(
             "INSERT INTO chunks_fts (chunks_fts, rowid, text) SELECT 'delete', id, text FROM chunks WHERE path = ?1",
             params![path],
         )
-        .map_err(sqlerr)?;
-        if self.chroma.is_none() && !ids.is_empty() {
-            let mut del = tx
-                .prepare_cached("DELETE FROM chunks_vec WHERE rowid = ?1")
-                .map_err(sqlerr)?;
-            for id in &ids {
-                del.execute(params![id]).map_err(sqlerr)?;
-            }
-        }
-        tx.execute("DELETE FROM chunks WHERE path = ?1", params![path])
-            .map_err(sqlerr)?;
-        tx.execute("DELETE FROM files WHERE path = ?1", params![path])
-            .map_err(sqlerr)?;
-        tx.execute(BUMP_GENERATION, []).map_err(sqlerr)?;
-        tx.commit().map_err(sqlerr)
+        ?;
+        tx.execute("DELETE FROM chunks WHERE path = ?1", params![path])?;
+        tx.execute(BUMP_GENERATION, [])?;
+        Ok(tx.commit()?)
     }
 
-    /// Builds or drops the HNSW graph to match the chunk count and the threshold; whether one is in use.
-    fn refresh_ann(
-        &mut self,
-        progress: &mut (dyn FnMut(Phase, usize, usize) + Send),
-    ) -> Result<bool, String> {
-        let generation = self.generation();
-        let chunks = self.count("SELECT COUNT(*) FROM chunks")?;
-        if self.chroma.is_some() || chunks < self.ann_threshold() || chunks == 0 {
-            let _ = std::fs::remove_file(self.ann_path());
-            self.db
-                .execute("DELETE FROM meta WHERE key = 'ann_built'", [])
-                .map_err(sqlerr)?;
-            self.ann = None;
-            return Ok(false);
+    /// The index file's own store; an index in Chroma has none.
+    fn local(&mut self) -> Result<(&Connection, &mut LocalStore), IndexError> {
+        match self.store.as_local() {
+            Some(l) => Ok((&self.db, l)),
+            None => Err(StoreError::NotLocal.into()),
         }
-        if self.meta("ann_built") == Some(generation.to_string()) && self.ann_path().is_file() {
-            return Ok(true);
-        }
-        progress(Phase::Graph, 0, 1);
-        self.build_ann_now()?;
-        progress(Phase::Graph, 1, 1);
-        Ok(true)
     }
 
     /// Builds the HNSW graph for the current generation now, whatever the threshold.
-    pub fn build_ann_now(&mut self) -> Result<(), String> {
-        let generation = self.generation();
-        let graph = Ann::build(self.all_vectors()?);
-        graph.save(&self.ann_path(), generation)?;
-        self.set_meta("ann_built", &generation.to_string())?;
-        self.ann = Some((generation, Some(Arc::new(graph))));
-        Ok(())
-    }
-
-    fn all_vectors(&self) -> Result<Vec<(i64, Vec<f32>)>, String> {
-        let mut stmt = self
-            .db
-            .prepare("SELECT rowid, embedding FROM chunks_vec")
-            .map_err(sqlerr)?;
-        stmt.query_map([], |r| Ok((r.get(0)?, unblob(&r.get::<_, Vec<u8>>(1)?))))
-            .map_err(sqlerr)?
-            .collect::<Result<_, _>>()
-            .map_err(sqlerr)
-    }
-
-    /// The HNSW graph for the current generation, loaded once.
-    fn ann(&mut self) -> Option<Arc<Ann>> {
-        let generation = self.generation();
-        if self.meta("ann_built") != Some(generation.to_string()) {
-            return None;
-        }
-        match &self.ann {
-            Some((g, graph)) if *g == generation => graph.clone(),
-            _ => {
-                let graph = Ann::load(&self.ann_path(), generation).map(Arc::new);
-                if graph.is_none() {
-                    tracing::warn!(index = %self.path.display(), "the HNSW graph is missing or stale; searching exactly");
-                }
-                self.ann = Some((generation, graph.clone()));
-                graph
-            }
-        }
+    pub fn build_ann_now(&mut self) -> Result<(), IndexError> {
+        let (db, local) = self.local()?;
+        Ok(local.build_ann_now(db)?)
     }
 
     /// Stores bare vectors as chunks of synthetic files of 1,000 (`file0`, `file1`, ...): for recall
     /// tests and benchmarks that need no model.
-    pub async fn put_synthetic(&mut self, vectors: &[Vec<f32>]) -> Result<(), String> {
+    pub async fn put_synthetic(&mut self, vectors: &[Vec<f32>]) -> Result<(), IndexError> {
         for (f, vs) in vectors.chunks(1000).enumerate() {
             let chunks: Vec<Chunk> = (0..vs.len())
                 .map(|i| Chunk {
@@ -744,191 +607,51 @@ impl Index {
 
     /// Moves the index to a new generation without writing, as any write does: what was kept in
     /// memory or on disk for the old one (vectors, metadata, the HNSW graph) is read again.
-    pub fn bump_generation(&self) -> Result<(), String> {
-        self.db
-            .execute(BUMP_GENERATION, [])
-            .map(drop)
-            .map_err(sqlerr)
+    pub fn bump_generation(&self) -> Result<(), IndexError> {
+        self.db.execute(BUMP_GENERATION, [])?;
+        Ok(())
     }
 
-    /// Chunk ids whose metadata passes `filter`.
-    fn ids_matching(&mut self, filter: &Filter) -> Result<HashSet<i64>, String> {
-        let generation = self.generation();
-        let cache = match &self.metas {
-            Some((g, c)) if *g == generation => Arc::clone(c),
-            _ => {
-                let c = Arc::new(self.read_metas()?);
-                self.metas = Some((generation, Arc::clone(&c)));
-                c
-            }
-        };
-        // Each distinct metadata is tested once.
-        let pass: Vec<bool> = cache.maps.iter().map(|m| filter.matches(m)).collect();
-        Ok(cache
-            .ids
-            .iter()
-            .zip(&cache.which)
-            .filter(|(_, w)| pass[**w as usize])
-            .map(|(id, _)| *id)
-            .collect())
-    }
-
-    /// Every chunk's metadata (with its heading), the distinct ones once.
-    fn read_metas(&self) -> Result<Metas, String> {
-        let mut stmt = self
-            .db
-            .prepare_cached("SELECT id, metadata, heading FROM chunks")
-            .map_err(sqlerr)?;
-        let mut rows = stmt.query([]).map_err(sqlerr)?;
-        let mut metas = Metas::default();
-        let mut seen: HashMap<(String, Option<String>), u32> = HashMap::new();
-        while let Some(r) = rows.next().map_err(sqlerr)? {
-            let key: (String, Option<String>) =
-                (r.get(1).map_err(sqlerr)?, r.get(2).map_err(sqlerr)?);
-            let next = metas.maps.len() as u32;
-            let which = *seen.entry(key.clone()).or_insert_with(|| {
-                let mut meta: Map<String, Json> = serde_json::from_str(&key.0).unwrap_or_default();
-                if let Some(h) = &key.1 {
-                    meta.insert("heading".into(), Json::String(h.clone()));
-                }
-                metas.maps.push(meta);
-                next
-            });
-            metas.ids.push(r.get(0).map_err(sqlerr)?);
-            metas.which.push(which);
-        }
-        Ok(metas)
-    }
-
-    /// The vectors in memory for the current generation, when the index is small enough.
-    fn flat(&mut self) -> Result<Option<Arc<Flat>>, String> {
-        let generation = self.generation();
-        if let Some((g, flat)) = &self.flat
-            && *g == generation
-        {
-            return Ok(Some(Arc::clone(flat)));
-        }
-        if self.count("SELECT COUNT(*) FROM chunks")? > FLAT_MAX {
-            return Ok(None);
-        }
-        let dims: usize = self.meta("dims").and_then(|d| d.parse().ok()).unwrap_or(0);
-        let rows = self.all_vectors()?;
-        let mut flat = Flat {
-            ids: Vec::with_capacity(rows.len()),
-            data: Vec::with_capacity(rows.len() * dims),
-            dims: dims.max(1),
-        };
-        for (id, v) in rows {
-            if v.len() == dims {
-                flat.ids.push(id);
-                flat.data.extend(v);
-            }
-        }
-        let flat = Arc::new(flat);
-        self.flat = Some((generation, Arc::clone(&flat)));
-        Ok(Some(flat))
-    }
-
-    /// Exact search over the chunks in `allowed` (all when `None`): ids with cosine similarity, best
-    /// first. The vectors are scanned in memory (SIMD dot products) up to [`FLAT_MAX`] chunks, and by
-    /// sqlite-vec in its table above that.
-    pub fn search_exact(
+    /// The ids of the `k` chunks in `allowed` (all when `None`) nearest to `q`, with their cosine
+    /// similarity, best first, ranked the way `how` says (for recall tests and benchmarks).
+    pub fn rank(
         &mut self,
+        how: Ranking,
         q: &[f32],
         k: usize,
         allowed: Option<&HashSet<i64>>,
-    ) -> Result<Vec<(i64, f64)>, String> {
-        if k == 0 {
-            return Ok(Vec::new());
+    ) -> Result<Vec<(i64, f64)>, IndexError> {
+        if how == Ranking::SqliteVec {
+            return Ok(search_sqlite_vec(&self.db, q, k, allowed)?);
         }
-        if let Some(flat) = self.flat()? {
-            return Ok(flat.search(q, k, allowed));
-        }
-        self.search_sqlite_vec(q, k, allowed)
-    }
-
-    /// Exact search by sqlite-vec alone: its KNN query (`vec0 ... MATCH`), or its cosine distance
-    /// function over the allowed rows.
-    pub fn search_sqlite_vec(
-        &self,
-        q: &[f32],
-        k: usize,
-        allowed: Option<&HashSet<i64>>,
-    ) -> Result<Vec<(i64, f64)>, String> {
-        if allowed.is_none() && k <= 4096 {
-            let mut stmt = self
-                .db
-                .prepare_cached(
-                    "SELECT rowid, distance FROM chunks_vec WHERE embedding MATCH ?1 AND k = ?2 ORDER BY distance",
-                )
-                .map_err(sqlerr)?;
-            return stmt
-                .query_map(params![blob(q), k as i64], |r| {
-                    Ok((r.get::<_, i64>(0)?, 1.0 - r.get::<_, f64>(1)?))
-                })
-                .map_err(sqlerr)?
-                .collect::<Result<_, _>>()
-                .map_err(sqlerr);
-        }
-        let mut stmt = self
-            .db
-            .prepare_cached("SELECT rowid, vec_distance_cosine(embedding, ?1) FROM chunks_vec")
-            .map_err(sqlerr)?;
-        let mut rows = stmt.query(params![blob(q)]).map_err(sqlerr)?;
-        let mut best: Vec<(i64, f64)> = Vec::new();
-        while let Some(r) = rows.next().map_err(sqlerr)? {
-            let id: i64 = r.get(0).map_err(sqlerr)?;
-            if allowed.is_some_and(|a| !a.contains(&id)) {
-                continue;
-            }
-            best.push((id, 1.0 - r.get::<_, f64>(1).map_err(sqlerr)?));
-        }
-        best.sort_by(|a, b| b.1.total_cmp(&a.1));
-        best.truncate(k);
-        Ok(best)
-    }
-
-    /// The vector ranking for a query: the HNSW graph when there is one and no filter, else exact.
-    pub fn search_vectors(
-        &mut self,
-        q: &[f32],
-        k: usize,
-        allowed: Option<&HashSet<i64>>,
-    ) -> Result<Vec<(i64, f64)>, String> {
-        if allowed.is_none()
-            && k <= ann::EF_SEARCH
-            && let Some(graph) = self.ann()
-        {
-            return Ok(graph.search(q, k));
-        }
-        self.search_exact(q, k, allowed)
+        let (db, local) = self.local()?;
+        Ok(match how {
+            Ranking::Exact => local.search_exact(db, q, k, allowed)?,
+            _ => local.search_vectors(db, q, k, allowed)?,
+        })
     }
 
     /// The index's embedding model, found and loaded on first use: by its name, or else by the file
     /// the index was built from.
-    pub async fn embedder(&mut self) -> Result<Arc<LocalEmbedder>, String> {
+    pub async fn embedder(&mut self) -> Result<Arc<LocalEmbedder>, IndexError> {
         if let Some(e) = &self.embedder {
             return Ok(Arc::clone(e));
         }
-        let model = self
-            .meta("model")
-            .ok_or("the index is empty: build it first")?;
+        let model = self.meta("model").ok_or(IndexError::Empty)?;
         let (name, path) =
             match store::resolve_model(&model, Path::new("."), store::ModelUse::Embedding) {
                 Ok(found) => found,
                 Err(e) => match self.meta("model_path").map(PathBuf::from) {
                     Some(p) if p.is_file() => (model.clone(), p),
                     _ => {
-                        return Err(format!(
-                            "embedding model `{}` is not installed: {}",
-                            e.name, e.help
-                        ));
+                        return Err(IndexError::ModelNotInstalled {
+                            name: e.name,
+                            help: e.help,
+                        });
                     }
                 },
             };
-        let embedder = LocalEmbedder::get(&name, &path)
-            .await
-            .map_err(|e| e.message)?;
+        let embedder = LocalEmbedder::get(&name, &path).await?;
         self.embedder = Some(Arc::clone(&embedder));
         Ok(embedder)
     }
@@ -941,13 +664,9 @@ impl Index {
         k: usize,
         hybrid: bool,
         filter: &Filter,
-    ) -> Result<Vec<Hit>, String> {
+    ) -> Result<Vec<Hit>, IndexError> {
         let embedder = self.embedder().await?;
-        let q = embedder
-            .embed(vec![query.to_owned()])
-            .await
-            .map_err(|e| e.message)?
-            .remove(0);
+        let q = embedder.embed(vec![query.to_owned()]).await?.remove(0);
         self.query_embedded(q, query, k, hybrid, filter).await
     }
 
@@ -960,252 +679,98 @@ impl Index {
         k: usize,
         hybrid: bool,
         filter: &Filter,
-    ) -> Result<Vec<Hit>, String> {
+    ) -> Result<Vec<Hit>, IndexError> {
+        self.check_query_dims(&q)?;
+        let s = Search {
+            q: &q,
+            text: Some(query),
+            k,
+            hybrid,
+            filter,
+        };
+        Ok(self.store.search(&mut self.db, s).await?)
+    }
+
+    /// Whether the vectors are in the index file, so that [`Index::query_embedded_blocking`] answers.
+    pub fn is_local(&mut self) -> bool {
+        self.store.as_local().is_some()
+    }
+
+    /// A search without a runtime, for an index that keeps its vectors in its own file: it reads
+    /// SQLite and memory only, so callers run it on a blocking thread. `q` comes from
+    /// [`Index::embedder`] for `text`, or from [`Index::prepare_vector`] with no text. `None` for an
+    /// index in Chroma.
+    pub fn query_embedded_blocking(
+        &mut self,
+        s: Search<'_>,
+    ) -> Option<Result<Vec<Hit>, IndexError>> {
+        if let Err(e) = self.check_query_dims(s.q) {
+            return Some(Err(e));
+        }
+        let local = self.store.as_local()?;
+        let s = Search {
+            hybrid: s.hybrid && s.text.is_some(),
+            ..s
+        };
+        Some(local.search_now(&self.db, s).map_err(IndexError::from))
+    }
+
+    fn check_query_dims(&self, q: &[f32]) -> Result<(), IndexError> {
         let dims: usize = self
             .meta("dims")
             .and_then(|d| d.parse().ok())
             .unwrap_or(q.len());
         if q.len() != dims {
-            return Err(format!(
-                "the embedding model now gives {}-dimensional vectors, but this index holds {dims}-dimensional ones: the model file changed; build the index again under another name",
-                q.len()
-            ));
+            return Err(IndexError::ModelChanged { got: q.len(), dims });
         }
-        self.search(q, Some(query), k, hybrid, filter).await
+        Ok(())
     }
 
     /// The `k` chunks nearest to a vector already embedded by the index's model (normalised here).
     pub async fn query_vector(
         &mut self,
-        mut q: Vec<f32>,
+        q: Vec<f32>,
         k: usize,
         filter: &Filter,
-    ) -> Result<Vec<Hit>, String> {
+    ) -> Result<Vec<Hit>, IndexError> {
+        let q = self.prepare_vector(q)?;
+        let s = Search {
+            q: &q,
+            text: None,
+            k,
+            hybrid: false,
+            filter,
+        };
+        Ok(self.store.search(&mut self.db, s).await?)
+    }
+
+    /// A query vector given by the caller, checked against the index's vector size and normalised.
+    pub fn prepare_vector(&self, mut q: Vec<f32>) -> Result<Vec<f32>, IndexError> {
         let dims: usize = self
             .meta("dims")
             .and_then(|d| d.parse().ok())
-            .ok_or("the index is empty: build it first")?;
+            .ok_or(IndexError::Empty)?;
         if q.len() != dims {
-            return Err(format!(
-                "the query vector has {} numbers, but this index holds {dims}-dimensional vectors of the model `{}`",
-                q.len(),
-                self.meta("model").unwrap_or_default()
-            ));
+            return Err(IndexError::QueryDims {
+                got: q.len(),
+                dims,
+                model: self.meta("model").unwrap_or_default(),
+            });
         }
         let norm = q.iter().map(|x| x * x).sum::<f32>().sqrt();
         if norm > 0.0 {
             q.iter_mut().for_each(|x| *x /= norm);
         }
-        self.search(q, None, k, false, filter).await
+        Ok(q)
     }
 
-    async fn search(
-        &mut self,
-        q: Vec<f32>,
-        text: Option<&str>,
-        k: usize,
-        hybrid: bool,
-        filter: &Filter,
-    ) -> Result<Vec<Hit>, String> {
-        if let Some(chroma) = &self.chroma {
-            if hybrid {
-                return Err("hybrid search needs the embedded store; this index keeps its vectors in Chroma".into());
-            }
-            let list_keys = self.list_keys()?;
-            let hits = chroma.query(&q, k, filter.to_chroma(&list_keys)).await?;
-            return Ok(hits.into_iter().map(hit_from_chroma).collect());
-        }
-        let hybrid = hybrid && text.is_some();
-        let allowed = if filter.is_empty() {
-            None
-        } else {
-            Some(self.ids_matching(filter)?)
-        };
-        let depth = if hybrid { k.max(100) } else { k };
-        let ranked = self.search_vectors(&q, depth, allowed.as_ref())?;
-        let ranked: Vec<(i64, f64)> = if hybrid {
-            let bm25 = self.bm25(text.unwrap_or_default(), allowed.as_ref())?;
-            let mut fused: HashMap<i64, f64> = HashMap::new();
-            for list in [&ranked, &bm25] {
-                for (rank, (id, _)) in list.iter().enumerate() {
-                    *fused.entry(*id).or_default() += 1.0 / (60.0 + rank as f64 + 1.0);
-                }
-            }
-            let mut fused: Vec<(i64, f64)> = fused.into_iter().collect();
-            fused.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-            fused.truncate(k);
-            fused
-        } else {
-            ranked
-        };
-        let mut hits = Vec::with_capacity(ranked.len());
-        for (id, score) in ranked {
-            // A chunk removed since a stale HNSW graph was read is skipped, not an error.
-            if let Some(hit) = self.hit(id, score)? {
-                hits.push(hit);
-            }
-        }
-        Ok(hits)
-    }
-
-    /// BM25 ranks from FTS5 over the query's words (stop words left out), at most 200.
-    fn bm25(&self, query: &str, allowed: Option<&HashSet<i64>>) -> Result<Vec<(i64, f64)>, String> {
-        let terms = bm25_terms(query);
-        if terms.is_empty() {
-            return Ok(Vec::new());
-        }
-        // With a filter, every match is read and filtered before the best 200 are kept.
-        let sql = if allowed.is_some() {
-            "SELECT rowid, bm25(chunks_fts) FROM chunks_fts WHERE chunks_fts MATCH ?1 ORDER BY bm25(chunks_fts)"
-        } else {
-            "SELECT rowid, bm25(chunks_fts) FROM chunks_fts WHERE chunks_fts MATCH ?1 ORDER BY bm25(chunks_fts) LIMIT 200"
-        };
-        let mut fts = self.db.prepare_cached(sql).map_err(sqlerr)?;
-        let rows: Vec<(i64, f64)> = fts
-            .query_map(params![terms.join(" OR ")], |r| Ok((r.get(0)?, r.get(1)?)))
-            .map_err(sqlerr)?
-            .collect::<Result<_, _>>()
-            .map_err(sqlerr)?;
-        Ok(rows
-            .into_iter()
-            .filter(|(id, _)| allowed.is_none_or(|a| a.contains(id)))
-            .take(200)
-            .collect())
-    }
-
-    fn hit(&self, id: i64, score: f64) -> Result<Option<Hit>, String> {
-        self.db
-            .query_row(
-                "SELECT path, start, end, heading, text, metadata FROM chunks WHERE id = ?1",
-                params![id],
-                |r| {
-                    Ok(Hit {
-                        source: r.get(0)?,
-                        start: r.get::<_, i64>(1)? as usize,
-                        end: r.get::<_, i64>(2)? as usize,
-                        heading: r.get(3)?,
-                        text: r.get(4)?,
-                        score,
-                        metadata: serde_json::from_str(&r.get::<_, String>(5)?).unwrap_or_default(),
-                    })
-                },
-            )
-            .optional()
-            .map_err(sqlerr)
-    }
-
-    /// Metadata keys that hold lists somewhere in the index (filters on them test membership).
-    fn list_keys(&self) -> Result<HashSet<String>, String> {
-        let mut stmt = self
-            .db
-            .prepare_cached("SELECT DISTINCT metadata FROM chunks")
-            .map_err(sqlerr)?;
-        let metas: Vec<String> = stmt
-            .query_map([], |r| r.get(0))
-            .map_err(sqlerr)?
-            .collect::<Result<_, _>>()
-            .map_err(sqlerr)?;
-        Ok(metas
-            .iter()
-            .filter_map(|m| serde_json::from_str::<Map<String, Json>>(m).ok())
-            .flat_map(|m| m.into_iter().filter(|(_, v)| v.is_array()).map(|(k, _)| k))
-            .collect())
-    }
-
-    /// Removes the index's vectors from its Chroma collection, if it has one (before `index rm`).
-    pub async fn drop_store(&self) -> Result<(), String> {
-        match &self.chroma {
-            Some(c) => c.drop_collection().await,
-            None => Ok(()),
-        }
+    /// Removes what the store keeps outside the index file (a Chroma collection) before `index rm`.
+    pub async fn drop_store(&self) -> Result<(), IndexError> {
+        Ok(self.store.drop_all().await?)
     }
 
     /// The Chroma collection's size, when the vectors live there.
-    pub async fn store_count(&self) -> Result<Option<u64>, String> {
-        match &self.chroma {
-            Some(c) => c.count().await.map(Some),
-            None => Ok(None),
-        }
-    }
-}
-
-/// What Chroma keeps with a chunk: its metadata plus where it is (Chroma has no nulls or empty lists).
-fn chroma_metadata(key: &str, c: &Chunk, metadata: &Map<String, Json>) -> Map<String, Json> {
-    let mut m: Map<String, Json> = metadata
-        .iter()
-        .filter(|(_, v)| !v.is_null() && v.as_array().is_none_or(|a| !a.is_empty()))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    m.insert("sluice:source".into(), Json::String(key.to_owned()));
-    m.insert("sluice:start".into(), Json::from(c.start));
-    m.insert("sluice:end".into(), Json::from(c.end));
-    if let Some(h) = &c.heading {
-        m.insert("heading".into(), Json::String(h.clone()));
-    }
-    m
-}
-
-fn hit_from_chroma(h: super::chroma::ChromaHit) -> Hit {
-    let mut m = h.metadata;
-    let num = |v: Option<Json>| v.and_then(|v| v.as_u64()).unwrap_or(0) as usize;
-    let source = m
-        .remove("sluice:source")
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default();
-    let start = num(m.remove("sluice:start"));
-    let end = num(m.remove("sluice:end"));
-    let heading = m
-        .remove("heading")
-        .and_then(|v| v.as_str().map(str::to_owned));
-    Hit {
-        text: h.document,
-        source,
-        score: 1.0 - h.distance,
-        start,
-        end,
-        heading,
-        metadata: m,
-    }
-}
-
-/// Words too common to say anything about a chunk's topic; left out of BM25 queries.
-const STOPWORDS: &[&str] = &[
-    "a", "an", "and", "are", "as", "at", "be", "by", "can", "do", "does", "for", "from", "how",
-    "i", "in", "is", "it", "of", "on", "or", "out", "that", "the", "this", "to", "was", "what",
-    "when", "where", "which", "who", "why", "with", "you",
-];
-
-/// The most distinct words of a query that BM25 matches on. Each term is one more OR in the FTS5
-/// query, and FTS5's cost grows with terms times matches, so a pasted page (or one word 18,000 times)
-/// took over a minute; the first 64 distinct words keep any real question whole.
-const MAX_QUERY_TERMS: usize = 64;
-
-/// The query's distinct words, lower-cased, stop words and one-letter words left out, quoted for FTS5.
-fn bm25_terms(query: &str) -> Vec<String> {
-    let mut seen = HashSet::new();
-    query
-        .split(|c: char| !c.is_alphanumeric())
-        .map(str::to_lowercase)
-        .filter(|w| w.len() > 1 && !STOPWORDS.contains(&w.as_str()))
-        .filter(|w| seen.insert(w.clone()))
-        .take(MAX_QUERY_TERMS)
-        .map(|w| format!("\"{w}\""))
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn query_terms_are_distinct_and_bounded() {
-        let repeated = "honey ".repeat(18_000);
-        assert_eq!(bm25_terms(&repeated), ["\"honey\""]);
-        let many: String = (0..1000).map(|i| format!("w{i} ")).collect();
-        assert_eq!(bm25_terms(&many).len(), MAX_QUERY_TERMS);
-        assert_eq!(
-            bm25_terms("How do bees make Honey honey?"),
-            ["\"bees\"", "\"make\"", "\"honey\""]
-        );
+    pub async fn store_count(&self) -> Result<Option<u64>, IndexError> {
+        Ok(self.store.count().await?)
     }
 }

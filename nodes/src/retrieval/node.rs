@@ -5,14 +5,17 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use sluice_engine::spawn::run_blocking;
 use sluice_engine::{
     BuildContext, BuildError, Built, InputValue, Map, Node, NodeContext, NodeDef, NodeError,
     NodeInputs, NodeKind, Signature, Value, ValueType,
 };
 use tokio::sync::Mutex;
 
+use super::error::{IndexError, StoreError};
 use super::filter::Filter;
 use super::index::{Index, index_path};
+use super::store::Search;
 
 /// The `retrieval` node kind.
 #[derive(Debug, Default)]
@@ -56,7 +59,7 @@ impl NodeKind for RetrievalKind {
                 "build it with `sluice index build --source DOCS --out {name}`"
             )));
         }
-        let index = Index::open(&path).map_err(BuildError::new)?;
+        let index = Index::open(&path).map_err(|e| BuildError::new(e.to_string()))?;
         // A literal filter is checked now, not at the first line.
         if let Some(InputValue::Literal(v)) = node.inputs.get("filter").map(|b| &b.value)
             && !matches!(v, Value::Null)
@@ -143,15 +146,18 @@ fn query_of(v: &Value) -> Result<Query, NodeError> {
 }
 
 /// promptflow's Index Lookup `query_type`: vector or hybrid search; keyword-only search is not offered.
-fn hybrid_of(query_type: &str) -> Result<bool, String> {
+fn hybrid_of(query_type: &str) -> Result<bool, NodeError> {
     let t = query_type.to_ascii_lowercase();
     if t.contains("hybrid") {
         Ok(true)
     } else if t.contains("vector") || t.contains("dense") || t.is_empty() {
         Ok(false)
     } else {
-        Err(format!(
-            "query_type `{query_type}` is not offered: use `Vector` or `Hybrid (vector + keyword)`"
+        Err(NodeError::user(
+            "InvalidQueryType",
+            format!(
+                "query_type `{query_type}` is not offered: use `Vector` or `Hybrid (vector + keyword)`"
+            ),
         ))
     }
 }
@@ -195,48 +201,97 @@ impl Node for RetrievalNode {
         let k = top_k(inputs.get("top_k"))?;
         let mut hybrid = matches!(inputs.get("hybrid"), Some(Value::Bool(true)));
         if let Some(Value::String(t)) = inputs.get("query_type") {
-            hybrid |= hybrid_of(t).map_err(|e| NodeError::user("InvalidQueryType", e))?;
+            hybrid |= hybrid_of(t)?;
         }
         let filter = match inputs.get("filter") {
             None | Some(Value::Null) => Filter::default(),
             Some(v) => Filter::from_json(&v.to_json_lossy())
-                .map_err(|e| NodeError::user("InvalidFilter", e))?,
+                .map_err(|e| NodeError::user("InvalidFilter", e.to_string()))?,
         };
-        let err = |e| NodeError::user("RetrievalError", e);
+        let err = |e: IndexError| NodeError::user("RetrievalError", e.to_string());
         // Queries are embedded without holding the index, so concurrent lines embed together; only
         // the search itself takes the index.
-        let texts = match &query {
-            Query::Text(q) => vec![q.clone()],
-            Query::Texts(qs) => qs.clone(),
+        let (texts, vectors): (Vec<Option<String>>, Vec<Vec<f32>>) = match &query {
             Query::Vector(v) => {
-                let mut index = self.index.lock().await;
-                return Ok(hits_value(
-                    index
-                        .query_vector(v.clone(), k, &filter)
-                        .await
-                        .map_err(err)?,
-                ));
+                let v = self.index.lock().await.prepare_vector(v.clone());
+                (vec![None], vec![v.map_err(err)?])
             }
+            Query::Text(q) => (vec![Some(q.clone())], self.embed(vec![q.clone()]).await?),
+            Query::Texts(qs) => (
+                qs.iter().cloned().map(Some).collect(),
+                self.embed(qs.clone()).await?,
+            ),
         };
-        let embedder = self.index.lock().await.embedder().await.map_err(err)?;
-        let vectors = embedder
-            .embed(texts.clone())
+        let mut all = if self.index.lock().await.is_local() {
+            // The index file's own store searches SQLite and memory: blocking work, kept off the
+            // async worker threads.
+            let index = Arc::clone(&self.index);
+            let filter = filter.clone();
+            run_blocking(move || {
+                let mut index = index.blocking_lock();
+                texts
+                    .iter()
+                    .zip(vectors)
+                    .map(|(text, v)| {
+                        let s = Search {
+                            q: &v,
+                            text: text.as_deref(),
+                            k,
+                            hybrid,
+                            filter: &filter,
+                        };
+                        index
+                            .query_embedded_blocking(s)
+                            .unwrap_or(Err(IndexError::Store(StoreError::NotLocal)))
+                            .map(hits_value)
+                    })
+                    .collect::<Result<Vec<Value>, IndexError>>()
+            })
             .await
-            .map_err(|e| NodeError::user("RetrievalError", e.message))?;
-        let mut index = self.index.lock().await;
-        let mut all = Vec::with_capacity(texts.len());
-        for (text, v) in texts.iter().zip(vectors) {
-            all.push(hits_value(
-                index
-                    .query_embedded(v, text, k, hybrid, &filter)
-                    .await
-                    .map_err(err)?,
-            ));
-        }
+            .map_err(err)?
+        } else {
+            self.query_store(&texts, vectors, k, hybrid, &filter)
+                .await
+                .map_err(err)?
+        };
         Ok(match query {
             Query::Texts(_) => Value::List(all),
             _ => all.pop().unwrap_or(Value::Null),
         })
+    }
+}
+
+impl RetrievalNode {
+    /// Embeds query texts with the index's model, without holding the index while they are embedded
+    /// (the embedder batches concurrent lines' queries together).
+    async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, NodeError> {
+        let embedder = self.index.lock().await.embedder().await;
+        let embedder = embedder.map_err(|e| NodeError::user("RetrievalError", e.to_string()))?;
+        embedder
+            .embed(texts)
+            .await
+            .map_err(|e| NodeError::user("RetrievalError", e.message))
+    }
+
+    /// Searches a store elsewhere (Chroma), one query after another.
+    async fn query_store(
+        &self,
+        texts: &[Option<String>],
+        vectors: Vec<Vec<f32>>,
+        k: usize,
+        hybrid: bool,
+        filter: &Filter,
+    ) -> Result<Vec<Value>, IndexError> {
+        let mut index = self.index.lock().await;
+        let mut all = Vec::with_capacity(texts.len());
+        for (text, v) in texts.iter().zip(vectors) {
+            let hits = match text {
+                Some(text) => index.query_embedded(v, text, k, hybrid, filter).await?,
+                None => index.query_vector(v, k, filter).await?,
+            };
+            all.push(hits_value(hits));
+        }
+        Ok(all)
     }
 }
 

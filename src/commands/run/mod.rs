@@ -19,13 +19,13 @@ use sluice_engine::{
 
 use super::flow::{enter_flow, line_timeout, load, runtime};
 use crate::ExitStatus;
-use crate::cli::CreateArgs;
+use crate::cli::{CreateArgs, MergeArgs};
 use crate::style::{self, Paint};
 
 pub use view::{
     archive, compare, delete, list, restore, show, show_details, show_metrics, visualize,
 };
-pub(crate) use view::{cell, table};
+pub(crate) use view::{cell, load_run, table};
 
 /// `$SLUICE_HOME`, default `~/.sluice`.
 pub(crate) fn sluice_home() -> PathBuf {
@@ -80,6 +80,9 @@ fn spec_from_args(args: &CreateArgs) -> anyhow::Result<RunSpec> {
             *field = value.clone();
         }
     }
+    if let Some(shard) = &args.shard {
+        spec.shard = Some(sluice_engine::Shard::parse(shard)?);
+    }
     for item in &args.tags {
         let (k, v) = split_kv(item, "--tags")?;
         spec.tags.insert(k, v);
@@ -125,17 +128,6 @@ pub fn create(args: CreateArgs) -> anyhow::Result<ExitStatus> {
     if let Err(e) = spec.resume(&store).and_then(|()| spec.check()) {
         return Ok(report_error(&e));
     }
-    let flow_path = spec.flow.clone().expect("checked");
-    let flow_path = std::path::absolute(&flow_path).unwrap_or(flow_path);
-    spec.flow = Some(flow_path.clone());
-    spec.data = spec.data.map(|d| std::path::absolute(&d).unwrap_or(d));
-    for (k, v) in &spec.environment_variables {
-        // SAFETY: set before the async runtime or any other thread of ours starts.
-        #[allow(unsafe_code)]
-        unsafe {
-            std::env::set_var(k, v)
-        };
-    }
     let opts = RunOptions {
         max_concurrency: args.max_concurrency.max(1),
         node_concurrency: 2,
@@ -148,7 +140,47 @@ pub fn create(args: CreateArgs) -> anyhow::Result<ExitStatus> {
             None => None,
         },
     };
+    execute(&store, spec, opts, args.stream)
+}
 
+/// `sluice run merge`: one run of the shards of a run.
+pub fn merge(args: MergeArgs) -> anyhow::Result<ExitStatus> {
+    let store = store();
+    super::set_isolation(&args.isolation, args.max_concurrency.max(1));
+    let mut spec = RunSpec {
+        name: Some(args.name.clone()),
+        merge_from: args.from.clone(),
+        ..RunSpec::default()
+    };
+    if let Err(e) = spec.merge(&store).and_then(|()| spec.check()) {
+        return Ok(report_error(&e));
+    }
+    let opts = RunOptions {
+        max_concurrency: args.max_concurrency.max(1),
+        line_timeout: line_timeout(None)?.or(Some(Duration::from_secs(600))),
+        ..RunOptions::default()
+    };
+    execute(&store, spec, opts, false)
+}
+
+/// Runs `spec` (once per variant it selects) and prints the records; the worst exit status.
+fn execute(
+    store: &RunStore,
+    mut spec: RunSpec,
+    opts: RunOptions,
+    stream: bool,
+) -> anyhow::Result<ExitStatus> {
+    let flow_path = spec.flow.clone().expect("checked");
+    let flow_path = std::path::absolute(&flow_path).unwrap_or(flow_path);
+    spec.flow = Some(flow_path.clone());
+    spec.data = spec.data.map(|d| std::path::absolute(&d).unwrap_or(d));
+    for (k, v) in &spec.environment_variables {
+        // SAFETY: set before the async runtime or any other thread of ours starts.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var(k, v)
+        };
+    }
     // `--variant all` (or a list): one sibling run per variant, then a comparison.
     let variants = if spec.variants.is_empty() {
         vec![None]
@@ -163,7 +195,7 @@ pub fn create(args: CreateArgs) -> anyhow::Result<ExitStatus> {
         }
     };
     let fan_out = variants.len() > 1;
-    if fan_out && spec.resume_from.is_some() {
+    if fan_out && (spec.resume_from.is_some() || !spec.merge_from.is_empty()) {
         eprintln!(
             "{} --resume-from continues one run; give one --variant",
             crate::style::error_label()
@@ -182,7 +214,7 @@ pub fn create(args: CreateArgs) -> anyhow::Result<ExitStatus> {
                 break;
             }
         };
-        let run = match BatchRun::prepare(&store, flow, &one, opts.clone()) {
+        let run = match BatchRun::prepare(store, flow, &one, opts.clone()) {
             Ok(r) => r,
             Err(e) => {
                 worst = worst.max(report_error(&e));
@@ -191,7 +223,7 @@ pub fn create(args: CreateArgs) -> anyhow::Result<ExitStatus> {
         };
         let flow_dir = run.flow().def.dir.clone();
         enter_flow(run.flow())?;
-        let mut progress = Progress::new(args.stream);
+        let mut progress = Progress::new(stream);
         let result = rt.block_on(run.execute(&mut progress, async {
             let _ = tokio::signal::ctrl_c().await;
         }));
@@ -208,7 +240,7 @@ pub fn create(args: CreateArgs) -> anyhow::Result<ExitStatus> {
             eprintln!("run {}: {note}", record.name);
         }
         summary_line(&record);
-        if !args.stream {
+        if !stream {
             // One run: its record; several (variants): one record per line, so stdout stays JSON lines.
             if fan_out {
                 println!("{}", serde_json::to_string(&record)?);

@@ -14,6 +14,7 @@ use std::fmt::Write;
 
 use serde_json::Value as Json;
 use sluice_engine::store::{LineRecord, LineStatus, NodeRecord};
+use sluice_engine::{Map, Value, json};
 
 use super::view::{LoadedRun, cell as text};
 
@@ -41,8 +42,18 @@ fn show(v: &Json) -> String {
     }
 }
 
-/// The values of a JSON object as an aligned key/value grid.
-fn fields(m: &serde_json::Map<String, Json>) -> String {
+/// A value as display text: strings bare, everything else as JSON (lists and maps indented), with
+/// NaN and infinities as the run files write them.
+fn show_value(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::List(_) | Value::Map(_) => json::to_string_pretty(v).unwrap_or_default(),
+        other => json::to_string(other).unwrap_or_default(),
+    }
+}
+
+/// A record's values as an aligned key/value grid.
+fn fields(m: &Map) -> String {
     if m.is_empty() {
         return String::new();
     }
@@ -52,7 +63,7 @@ fn fields(m: &serde_json::Map<String, Json>) -> String {
             out,
             r#"<span class="k">{}</span><span class="v">{}</span>"#,
             esc(k),
-            esc(&show(v))
+            esc(&show_value(v))
         );
     }
     out.push_str("</div>");
@@ -60,11 +71,20 @@ fn fields(m: &serde_json::Map<String, Json>) -> String {
 }
 
 /// The plain text of an object's values, for sorting and searching.
-fn sort_text(m: &serde_json::Map<String, Json>) -> String {
-    m.values().map(show).collect::<Vec<_>>().join(" ")
+fn sort_text(m: &Map) -> String {
+    m.values().map(show_value).collect::<Vec<_>>().join(" ")
 }
 
 const STYLE: &str = r#"
+.waterfall { display: grid; gap: 3px; margin: 2px 0 6px; }
+.wf-row { display: grid; grid-template-columns: minmax(80px, max-content) 1fr 70px; gap: 8px; align-items: center; font-size: 12px; }
+.wf-name { font-family: ui-monospace, monospace; }
+.wf-axis { position: relative; height: 12px; background: var(--head); border-radius: 3px; }
+.wf-bar { position: absolute; top: 0; bottom: 0; background: var(--accent); border-radius: 3px; overflow: hidden; min-width: 2px; }
+.wf-bar.Failed { background: var(--bad); }
+.wf-bar.Bypassed { background: var(--muted); }
+.wf-wait { display: block; height: 100%; background: rgba(255,255,255,.45); }
+.wf-ms { color: var(--muted); text-align: right; }
 :root { --fg:#1d2330; --muted:#667085; --line:#e4e7ec; --ok:#127a3e; --bad:#b42318; --warn:#b54708; --accent:#3559e0; --head:#f2f4f7; }
 * { box-sizing: border-box; }
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: var(--fg); margin: 0; background: #f7f8fa; }
@@ -476,7 +496,7 @@ fn node_html(n: &NodeRecord) -> String {
     if !n.output.is_null() {
         out.push_str(&part(
             "output",
-            &format!("<pre>{}</pre>", esc(&show(&n.output))),
+            &format!("<pre>{}</pre>", esc(&show_value(&n.output))),
         ));
     }
     if let Some(e) = &n.error {
@@ -496,6 +516,48 @@ fn node_html(n: &NodeRecord) -> String {
 }
 
 /// The drill-down card of one run's line.
+/// A line's node runs on one time axis: a bar per node from its start to its end, the part before the
+/// first token shaded, with time and tokens in its tooltip.
+fn waterfall(l: &LineRecord) -> String {
+    let span = crate::commands::trace::line_span(l);
+    let total = span
+        .nodes
+        .iter()
+        .map(|n| n.start_ms + n.duration_ms)
+        .fold(span.duration_ms, f64::max)
+        .max(1e-6);
+    let pct = |ms: f64| (ms / total * 100.0).clamp(0.0, 100.0);
+    let mut out = String::from(r#"<div class="waterfall">"#);
+    for n in &span.nodes {
+        let mut tip = format!(
+            "{}: starts at {:.0} ms, runs {:.1} ms",
+            n.node, n.start_ms, n.duration_ms
+        );
+        if let Some(t) = n.tokens.total_tokens {
+            let _ = write!(tip, ", {t} tokens");
+        }
+        let first = n.time_to_first_token_ms.map(|t| t as f64);
+        if let Some(t) = first {
+            let _ = write!(tip, ", first token after {t:.0} ms");
+        }
+        let wait = first.map_or(0.0, |t| {
+            (t / n.duration_ms.max(1e-6) * 100.0).clamp(0.0, 100.0)
+        });
+        let _ = write!(
+            out,
+            r#"<div class="wf-row" title="{}"><span class="wf-name">{}</span><span class="wf-axis"><span class="wf-bar {}" style="left:{:.2}%;width:{:.2}%"><span class="wf-wait" style="width:{wait:.1}%"></span></span></span><span class="wf-ms">{:.0} ms</span></div>"#,
+            esc(&tip),
+            esc(&n.node),
+            n.status,
+            pct(n.start_ms),
+            pct(n.duration_ms).max(0.5),
+            n.duration_ms
+        );
+    }
+    out.push_str("</div>");
+    out
+}
+
 fn line_card(g: &Group, l: &LineRecord) -> String {
     let status = l.status.as_str();
     let tokens = l.tokens();
@@ -526,6 +588,8 @@ fn line_card(g: &Group, l: &LineRecord) -> String {
     if l.node_runs.is_empty() {
         out.push_str(&part("inputs", &fields(&l.inputs)));
         out.push_str(&part("outputs", &fields(&l.output)));
+    } else {
+        out.push_str(&part("timeline", &waterfall(l)));
     }
     for n in &l.node_runs {
         out.push_str(&node_html(n));
@@ -721,7 +785,7 @@ pub(crate) fn render(runs: &[LoadedRun], comparison: &Json) -> String {
             };
             match &g.truth {
                 Some(truth) => {
-                    let shown: serde_json::Map<String, Json> = if truth.is_empty() {
+                    let shown: Map = if truth.is_empty() {
                         l.inputs.clone()
                     } else {
                         l.inputs

@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 use serde_json::{Value as Json, json};
 
 use sluice_engine::store::{Archived, LineRecord, LineStatus, RunRecord, read_details};
-use sluice_engine::{RunName, StoreError};
+use sluice_engine::{RunName, StoreError, Value};
 
 use super::{report, sluice_home, store};
 use crate::ExitStatus;
@@ -54,7 +54,7 @@ fn not_found(e: StoreError) -> anyhow::Result<ExitStatus> {
 /// A line's output, or its error, as JSON for comparisons.
 fn outcome(l: &LineRecord) -> Json {
     if l.status == LineStatus::Completed {
-        Json::Object(l.output.clone())
+        Value::Map(l.output.clone()).to_json_lossy()
     } else {
         json!({"error": l.error_message()})
     }
@@ -314,7 +314,7 @@ pub fn show_details(args: DetailsArgs) -> anyhow::Result<ExitStatus> {
             o.insert("line_number".into(), json!(l.line_number));
             for (prefix, m) in [("inputs", &l.inputs), ("outputs", &l.output)] {
                 for (k, v) in m {
-                    o.insert(format!("{prefix}.{k}"), v.clone());
+                    o.insert(format!("{prefix}.{k}"), v.to_json_lossy());
                 }
             }
             o.insert("status".into(), json!(l.status.as_str()));
@@ -400,7 +400,11 @@ fn comparison(runs: &[LoadedRun], max_diffs: usize) -> Json {
                     .collect();
                 let inputs = runs
                     .iter()
-                    .find_map(|r| r.lines.get(n).map(|l| Json::Object(l.inputs.clone())))
+                    .find_map(|r| {
+                        r.lines
+                            .get(n)
+                            .map(|l| Value::Map(l.inputs.clone()).to_json_lossy())
+                    })
                     .unwrap_or(Json::Null);
                 diffs.push(json!({"line_number": n, "inputs": inputs, "outputs": per}));
             }

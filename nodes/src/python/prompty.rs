@@ -1,0 +1,163 @@
+//! `Prompty.load(path, model=...)(**inputs)` for Python tools: a prompty file run by Sluice's own
+//! loader and `llm` node, from the tool's thread, with the interpreter lock released while it runs.
+//!
+//! The class is added to the `sluice` module and, when promptflow is not installed, to the
+//! `promptflow.core` stand-in; with promptflow installed, its own `Prompty` is left in place.
+
+use std::path::PathBuf;
+
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use sluice_engine::prompty::PromptyResponse;
+use sluice_engine::{Flow, FlowError, LineOptions, Map, Value};
+
+const PROMPTY_SOURCE: &str = r#"
+import inspect as _inspect
+import os as _os
+import sys as _sys
+
+
+class Prompty:
+    """A prompty file, run by Sluice: ``Prompty.load("chat.prompty")(question="...")``."""
+
+    def __init__(self, path, model=None, **kwargs):
+        self._path = path
+        self._model = dict(model or {})
+
+    @classmethod
+    def load(cls, source, model=None, **kwargs):
+        path = _os.fspath(source)
+        if not _os.path.isabs(path) and not _os.path.exists(path):
+            # Relative to the calling tool's file, where a flow keeps its prompty files.
+            caller = _inspect.stack()[1].filename
+            candidate = _os.path.join(_os.path.dirname(_os.path.abspath(caller)), path)
+            if _os.path.exists(candidate):
+                path = candidate
+        return cls(_os.path.abspath(path), model=model)
+
+    def __call__(self, *args, **kwargs):
+        if args:
+            raise TypeError("Prompty can only be called with keyword arguments")
+        return _run_prompty(self._path, kwargs, self._model)
+
+    def __repr__(self):
+        return "Prompty(%r)" % self._path
+
+
+def _install(sluice):
+    sluice.Prompty = Prompty
+    core = _sys.modules.get("promptflow.core")
+    if core is not None and getattr(core, "__file__", "") == "<sluice promptflow compatibility>":
+        core.Prompty = Prompty
+"#;
+
+/// Why a prompty called from Python did not give a result.
+#[derive(Debug, thiserror::Error)]
+enum PromptyCallError {
+    #[error("{}", .0.render().trim_end())]
+    Load(#[from] FlowError),
+    #[error("the prompty failed: {error_type}: {message}")]
+    Line { error_type: String, message: String },
+    #[error("could not start a thread to run the prompty")]
+    Thread(#[source] std::io::Error),
+    #[error("the prompty's thread stopped unexpectedly")]
+    Panicked,
+}
+
+/// Adds `Prompty` to the `sluice` module (and the `promptflow.core` stand-in).
+pub(super) fn install(py: Python<'_>) -> PyResult<()> {
+    let code = std::ffi::CString::new(PROMPTY_SOURCE).expect("no NUL in the source");
+    let module = PyModule::from_code(py, &code, c"sluice/prompty.py", c"_sluice_prompty")?;
+    module.add_function(wrap_pyfunction!(run_prompty, &module)?)?;
+    module.setattr("_run_prompty", module.getattr("run_prompty")?)?;
+    let sluice = py.import("sluice")?;
+    module.getattr("_install")?.call1((sluice,))?;
+    Ok(())
+}
+
+/// Runs the prompty at `path` with `inputs`; `model` overrides the front matter's `model`
+/// (`parameters` and `configuration` merged key by key, `api` and `response` replaced).
+#[pyfunction]
+fn run_prompty(
+    py: Python<'_>,
+    path: PathBuf,
+    inputs: &Bound<'_, PyDict>,
+    model: &Bound<'_, PyDict>,
+) -> PyResult<Py<PyAny>> {
+    let rt = super::runtime().map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+    let inputs = match super::from_py(rt, inputs.as_any())? {
+        Value::Map(m) => m,
+        _ => Map::new(),
+    };
+    let model = match super::from_py(rt, model.as_any())? {
+        Value::Map(m) => m,
+        _ => Map::new(),
+    };
+    let result = py.detach(move || {
+        std::thread::Builder::new()
+            .name("sluice-prompty".into())
+            .spawn(move || run(path, inputs, model))
+            .map_err(PromptyCallError::Thread)?
+            .join()
+            .map_err(|_| PromptyCallError::Panicked)?
+    });
+    match result {
+        Ok(v) => Ok(super::to_py(py, &v)?.unbind()),
+        Err(e) => Err(PyRuntimeError::new_err(e.to_string())),
+    }
+}
+
+fn run(path: PathBuf, inputs: Map, model: Map) -> Result<Value, PromptyCallError> {
+    let mut def = sluice_engine::load_flow_def(&path, None)?;
+    if let Some(p) = def.prompty.as_mut() {
+        let p = std::sync::Arc::make_mut(p);
+        if let Some(Value::Map(params)) = model.get("parameters") {
+            for (k, v) in params {
+                p.parameters.insert(k.clone(), v.clone());
+            }
+        }
+        if let Some(Value::Map(conf)) = model.get("configuration") {
+            let c = p.configuration.get_or_insert_with(Default::default);
+            for (k, v) in conf {
+                let text = v.py_str();
+                match k.as_str() {
+                    "type" => c.kind = Some(text.to_ascii_lowercase()),
+                    "connection" => c.connection = Some(text),
+                    _ => {
+                        c.fields.insert(k.clone(), text);
+                    }
+                }
+            }
+            if let Some(node) = def.nodes.first_mut() {
+                node.connection = c.connection.clone();
+            }
+        }
+        match model.get("response").and_then(Value::as_str) {
+            Some("all") => p.response = PromptyResponse::All,
+            Some("first") => p.response = PromptyResponse::First,
+            _ => {}
+        }
+    }
+    let flow = Flow::from_def(def, &crate::builtin_registry())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(PromptyCallError::Thread)?;
+    let line = runtime.block_on(flow.run_line(&inputs, &LineOptions::default()));
+    if let Some(e) = line.error {
+        return Err(PromptyCallError::Line {
+            error_type: e.error_type,
+            message: e.message,
+        });
+    }
+    let mut output = line.output;
+    Ok(match (output.len(), output.shift_remove("output")) {
+        (1, Some(v)) => v,
+        (_, Some(v)) => {
+            output.insert("output".into(), v);
+            Value::Map(output)
+        }
+        (_, None) => Value::Map(output),
+    })
+}
