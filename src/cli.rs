@@ -247,6 +247,17 @@ pub struct ServeArgs {
     /// CPU threads for decoding (default: the machine's cores, at most 8, or SLUICE_LLM_THREADS).
     #[arg(long)]
     pub threads: Option<i32>,
+    /// Require `Authorization: Bearer KEY` on every route but /health.
+    #[arg(
+        long,
+        env = "SLUICE_API_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
+    pub api_key: Option<String>,
+    /// Allow listening on a non-loopback address without an API key.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -305,6 +316,88 @@ pub enum FlowCommand {
     Plan(PlanArgs),
     /// Create a new flow folder that runs as-is.
     Init(InitArgs),
+    /// Serve the flow as an HTTP endpoint (promptflow's served-flow API).
+    ///
+    /// The flow is loaded and checked once; every request runs one line of it, and all requests share
+    /// the loaded flow (so concurrent local-model calls are decoded together). Routes: POST /score
+    /// (JSON object of inputs; server-sent events with `Accept: text/event-stream`), GET /health,
+    /// GET /version, GET /swagger.json, GET /metrics, POST /feedback, GET / (a test page).
+    /// The address is printed on stdout once listening; SIGINT or SIGTERM stop accepting and let the
+    /// lines in flight finish.
+    #[command(
+        after_help = "Examples:\n  sluice flow serve --flow ./my-flow --port 8080\n  curl localhost:8080/score -d '{\"question\": \"What is Sluice?\"}'\n  SLUICE_API_KEY=secret sluice flow serve --flow ./my-flow --host 0.0.0.0"
+    )]
+    Serve(Box<FlowServeArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct FlowServeArgs {
+    #[command(flatten)]
+    pub flow: FlowArgs,
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// 0 picks a free port; the address is printed on stdout once listening.
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Use this variant of a node: '${node.variant_id}'.
+    #[arg(long)]
+    pub variant: Option<String>,
+    /// How many nodes of a line may run at once.
+    #[arg(long, default_value_t = 16, value_name = "N", value_parser = concurrency)]
+    pub concurrency: usize,
+    /// Lines run at once; more requests wait in the queue.
+    #[arg(long, default_value_t = 16, value_name = "N", value_parser = concurrency)]
+    pub max_inflight: usize,
+    /// Requests that may wait for a line; beyond that, 429 with Retry-After.
+    #[arg(long, default_value_t = 64, value_name = "N", value_parser = queue_len)]
+    pub max_queue: usize,
+    /// Fail a line (504), cancelling its running nodes, after this many seconds
+    /// (default: PF_LINE_TIMEOUT_SEC if set, else no limit).
+    #[arg(long, value_name = "SECONDS", value_parser = seconds)]
+    pub line_timeout: Option<f64>,
+    /// The largest request body, in bytes (413 beyond).
+    #[arg(long, default_value_t = 16 << 20, value_name = "BYTES", value_parser = body_bytes)]
+    pub max_body_bytes: usize,
+    /// On SIGINT or SIGTERM, how long the lines in flight get to finish.
+    #[arg(long, value_name = "SECONDS", value_parser = seconds)]
+    pub drain_timeout: Option<f64>,
+    /// Require `Authorization: Bearer KEY` on every route but /health.
+    #[arg(
+        long,
+        env = "SLUICE_API_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
+    pub api_key: Option<String>,
+    /// Allow listening on a non-loopback address without an API key.
+    #[arg(long)]
+    pub insecure: bool,
+    /// The share of lines written to the traffic log under $SLUICE_HOME/serve/<flow>/ (0 to 1).
+    #[arg(long, default_value_t = 1.0, value_name = "RATE", value_parser = rate)]
+    pub log_sample: f64,
+    /// Keep inputs, outputs and node payloads out of the traffic log (status, timings and tokens stay).
+    #[arg(long)]
+    pub no_log_payloads: bool,
+    /// Start a new traffic log segment once the current one holds this many bytes.
+    #[arg(long, default_value_t = 64 << 20, value_name = "BYTES", value_parser = body_bytes)]
+    pub log_max_bytes: usize,
+    #[command(flatten)]
+    pub isolation: IsolationArgs,
+}
+
+fn queue_len(s: &str) -> Result<usize, String> {
+    count_in(s, 0, 1_000_000)
+}
+
+fn body_bytes(s: &str) -> Result<usize, String> {
+    count_in(s, 1, 1 << 40)
+}
+
+fn rate(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("expected a number from 0 to 1; got {s}")),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -556,7 +649,8 @@ pub struct CreateArgs {
     pub data: Option<PathBuf>,
     /// Evaluate another run: its lines are available as ${run.outputs.COL} and ${run.inputs.COL},
     /// aligned by line_number (lines that failed there are skipped). Without --data, its inputs are the data.
-    #[arg(long, value_name = "NAME")]
+    /// A path to a run folder works too (a segment of `flow serve`'s traffic log).
+    #[arg(long, value_name = "NAME|DIR")]
     pub run: Option<String>,
     /// Map flow inputs to columns: NAME='${data.column}', NAME='${run.outputs.column}' or a literal.
     /// Inputs without a default map to the same-named data column unless mapped here.

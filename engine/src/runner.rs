@@ -236,12 +236,17 @@ impl RunSpec {
                     .into(),
             ));
         }
-        for name in [&self.name, &self.run, &self.resume_from]
+        for name in [&self.name, &self.resume_from]
             .into_iter()
             .flatten()
             .chain(&self.merge_from)
         {
             RunName::parse(name)?;
+        }
+        if let Some(run) = &self.run
+            && !is_run_folder(run)
+        {
+            RunName::parse(run)?;
         }
         if self.flow.is_none() {
             return Err(RunError::Spec(
@@ -499,11 +504,35 @@ fn columns_of<'a>(rows: impl Iterator<Item = &'a Map>) -> Vec<String> {
     cols
 }
 
+/// Whether `--run` names a run folder (a path holding `run.json`, such as a segment of `flow serve`'s
+/// traffic log) rather than a run of the store.
+fn is_run_folder(run: &str) -> bool {
+    run.contains(std::path::MAIN_SEPARATOR) && Path::new(run).join(crate::store::RUN_JSON).is_file()
+}
+
+/// The folder of the run `--run` names, and its record when it can be read.
+fn base_run(store: &RunStore, base: &str) -> Result<(PathBuf, Option<RunRecord>), RunError> {
+    let error = |source: StoreError| RunError::BaseRun {
+        name: base.to_owned(),
+        source,
+    };
+    if is_run_folder(base) {
+        let dir = PathBuf::from(base);
+        let path = dir.join(crate::store::RUN_JSON);
+        let text = std::fs::read(&path).map_err(|e| error(StoreError::io(&path, e)))?;
+        let record = serde_json::from_slice::<RunRecord>(&text)
+            .map_err(|source| error(StoreError::Record { path, source }))?;
+        return Ok((dir, Some(record)));
+    }
+    let name = store.existing(base).map_err(error)?;
+    Ok((store.dir(&name), store.read_record(&name).ok()))
+}
+
 /// Reads a finished run's outputs or inputs file as rows.
-fn run_rows(store: &RunStore, name: &RunName, file: &str) -> Result<Vec<Map>, RunError> {
-    let path = store.dir(name).join(file);
+fn run_rows(dir: &Path, name: &str, file: &str) -> Result<Vec<Map>, RunError> {
+    let path = dir.join(file);
     let base = |source: StoreError| RunError::BaseRun {
-        name: name.to_string(),
+        name: name.to_owned(),
         source,
     };
     let text = std::fs::read_to_string(&path).map_err(|e| base(StoreError::io(&path, e)))?;
@@ -560,19 +589,14 @@ impl BatchRun {
             .clone()
             .map(|d| DataRows::File(std::path::absolute(&d).unwrap_or(d)));
         if let Some(base) = &spec.run {
-            let base_name = store.existing(base).map_err(|source| RunError::BaseRun {
-                name: base.clone(),
-                source,
-            })?;
-            let outputs = run_rows(store, &base_name, "outputs.jsonl")?;
-            let inputs = run_rows(store, &base_name, "inputs.jsonl")?;
+            let (base_dir, base_record) = base_run(store, base)?;
+            let outputs = run_rows(&base_dir, base, "outputs.jsonl")?;
+            let inputs = run_rows(&base_dir, base, "inputs.jsonl")?;
             // Without data, the referenced run's data is the data (as in promptflow); its inputs
             // when that file is gone.
             if data.is_none() {
                 data = Some(
-                    store
-                        .read_record(&base_name)
-                        .ok()
+                    base_record
                         .and_then(|r| r.data)
                         .filter(|p| p.exists())
                         .map_or_else(|| DataRows::Memory(inputs.clone()), DataRows::File),

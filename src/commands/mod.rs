@@ -2,6 +2,7 @@
 
 mod connection;
 mod flow;
+mod flow_serve;
 mod index;
 mod info;
 mod model;
@@ -23,6 +24,7 @@ pub fn run(command: Command, verbose: u8) -> anyhow::Result<ExitStatus> {
         Command::Flow(FlowCommand::Validate(args)) => flow::validate(args),
         Command::Flow(FlowCommand::Plan(args)) => flow::plan(args),
         Command::Flow(FlowCommand::Init(args)) => flow::init(args),
+        Command::Flow(FlowCommand::Serve(args)) => flow_serve::serve(*args),
         Command::Run(run) => run_command(*run),
         Command::Model(ModelCommand::List(args)) => model::list(args.format),
         Command::Model(ModelCommand::Pull(args)) => model::pull(args),

@@ -99,6 +99,13 @@ impl Limits {
 }
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<ExitStatus> {
+    let api_key = match api_key(args.api_key.as_deref(), &args.host, args.insecure) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("{} {e}", crate::style::error_label());
+            return Ok(ExitStatus::Invalid);
+        }
+    };
     let mut config = LocalConfig::from_env();
     if let Some(p) = args.parallel {
         config.parallel = p.clamp(1, 256);
@@ -154,6 +161,15 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitStatus> {
         println!("listening on http://{addr}/v1");
         use std::io::Write;
         std::io::stdout().flush()?;
+        let app = with_body_limit(
+            app,
+            BodyLimit {
+                max_bytes: MAX_BODY_BYTES,
+                timeout: limits.body_timeout,
+                error: body_error,
+            },
+        );
+        let app = with_api_key(app, api_key.as_deref(), unauthorized);
         serve_http(listener, app, limits, shutdown).await;
         Ok(ExitStatus::Ok)
     })
@@ -161,7 +177,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitStatus> {
 
 /// A future that resolves on SIGINT or SIGTERM. The handlers are installed before this returns, so a
 /// signal that arrives once the address is printed is never missed (or fatal, for SIGTERM).
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+pub(crate) fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -182,6 +198,121 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     }
 }
 
+/// Why a server will not start with the API key it was given.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum KeyError {
+    #[error(
+        "refusing to listen on `{host}` (not a loopback address) without an API key: set --api-key or SLUICE_API_KEY, or pass --insecure"
+    )]
+    Insecure { host: String },
+    #[error("the API key is empty")]
+    Empty,
+}
+
+/// Whether `host` names only this machine.
+pub(crate) fn is_loopback(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    h.eq_ignore_ascii_case("localhost")
+        || h.parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Checks `--api-key` against the address: a server reachable from other machines needs a key unless
+/// `insecure`. The key is registered as a secret, so it is masked in everything the process writes.
+pub(crate) fn api_key(
+    key: Option<&str>,
+    host: &str,
+    insecure: bool,
+) -> Result<Option<String>, KeyError> {
+    let key = match key.map(str::trim) {
+        Some("") => return Err(KeyError::Empty),
+        Some(k) => {
+            sluice_engine::redact::register_secret(k);
+            Some(k.to_owned())
+        }
+        None => None,
+    };
+    if key.is_none() && !insecure && !is_loopback(host) {
+        return Err(KeyError::Insecure {
+            host: host.to_owned(),
+        });
+    }
+    Ok(key)
+}
+
+/// The key a server requires, and its answer to a request without it.
+#[derive(Clone, Debug)]
+struct KeyGuard {
+    key: Arc<str>,
+    refuse: fn() -> Response,
+}
+
+/// `app` with `Authorization: Bearer KEY` required (compared in constant time) on every route but
+/// `/health`, before the request body is read; without a key, `app` as it is.
+pub(crate) fn with_api_key(app: Router, key: Option<&str>, refuse: fn() -> Response) -> Router {
+    match key {
+        Some(k) => app.layer(axum::middleware::from_fn_with_state(
+            KeyGuard {
+                key: k.into(),
+                refuse,
+            },
+            require_key,
+        )),
+        None => app,
+    }
+}
+
+async fn require_key(State(guard): State<KeyGuard>, req: HttpRequest, next: Next) -> Response {
+    use subtle::ConstantTimeEq;
+    if req.uri().path() != "/health" {
+        let given = req
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                let (scheme, token) = v.trim().split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+            });
+        let ok = given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(guard.key.as_bytes())));
+        if !ok {
+            let mut r = (guard.refuse)();
+            r.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+            return r;
+        }
+    }
+    next.run(req).await
+}
+
+fn unauthorized() -> Response {
+    api_error(
+        StatusCode::UNAUTHORIZED,
+        "invalid_request_error",
+        "this server needs `Authorization: Bearer <key>` with its API key",
+    )
+}
+
+/// How much of a request body is read, how long it may take, and how a refusal is answered.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BodyLimit {
+    pub max_bytes: usize,
+    pub timeout: Duration,
+    /// The response for a body that is too large (413), unreadable (400) or late (408).
+    pub error: fn(StatusCode, String) -> Response,
+}
+
+/// `app` with every request body read whole, within `limit`, before a handler sees it.
+pub(crate) fn with_body_limit(app: Router, limit: BodyLimit) -> Router {
+    app.layer(axum::middleware::from_fn_with_state(limit, read_body))
+        .layer(DefaultBodyLimit::max(limit.max_bytes))
+}
+
+fn body_error(status: StatusCode, message: String) -> Response {
+    api_error(status, "invalid_request_error", message)
+}
+
 /// Serves `app` on `listener` within `limits` until `shutdown` resolves, then closes connections with
 /// no request in progress at once and gives the others `limits.shutdown_timeout` to finish.
 pub(crate) async fn serve_http(
@@ -190,12 +321,6 @@ pub(crate) async fn serve_http(
     limits: Limits,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let app = app
-        .layer(axum::middleware::from_fn_with_state(
-            limits.body_timeout,
-            read_body,
-        ))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut conns = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
@@ -326,52 +451,51 @@ impl http_body::Body for Tracked {
     }
 }
 
-fn body_too_large() -> Response {
-    api_error(
+fn body_too_large(limit: &BodyLimit) -> Response {
+    let size = if limit.max_bytes >= 1 << 20 && limit.max_bytes % (1 << 20) == 0 {
+        format!("{} MiB", limit.max_bytes >> 20)
+    } else {
+        format!("{} bytes", limit.max_bytes)
+    };
+    (limit.error)(
         StatusCode::PAYLOAD_TOO_LARGE,
-        "invalid_request_error",
-        format!(
-            "the request body is larger than {} MiB",
-            MAX_BODY_BYTES >> 20
-        ),
+        format!("the request body is larger than {size}"),
     )
 }
 
 /// Reads the whole request body within the body timeout and size limit before a handler sees it.
-async fn read_body(State(timeout): State<Duration>, req: HttpRequest, next: Next) -> Response {
+async fn read_body(State(limit): State<BodyLimit>, req: HttpRequest, next: Next) -> Response {
     let declared = req
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return body_too_large();
+    if declared.is_some_and(|n| n > limit.max_bytes as u64) {
+        return body_too_large(&limit);
     }
     let (parts, body) = req.into_parts();
-    let bytes =
-        match tokio::time::timeout(timeout, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
-            Ok(Ok(b)) => b,
-            Ok(Err(e)) => {
-                let too_large = std::error::Error::source(&e)
-                    .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-                return if too_large {
-                    body_too_large()
-                } else {
-                    api_error(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_request_error",
-                        format!("the request body could not be read: {e}"),
-                    )
-                };
-            }
-            Err(_) => {
-                return api_error(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "invalid_request_error",
-                    format!("the request body did not arrive within {timeout:?}"),
-                );
-            }
-        };
+    let read = axum::body::to_bytes(body, limit.max_bytes);
+    let bytes = match tokio::time::timeout(limit.timeout, read).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            return if too_large {
+                body_too_large(&limit)
+            } else {
+                (limit.error)(
+                    StatusCode::BAD_REQUEST,
+                    format!("the request body could not be read: {e}"),
+                )
+            };
+        }
+        Err(_) => {
+            return (limit.error)(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the request body did not arrive within {:?}", limit.timeout),
+            );
+        }
+    };
     next.run(HttpRequest::from_parts(parts, Body::from(bytes)))
         .await
 }
@@ -613,7 +737,7 @@ fn sse(
 }
 
 /// A stream fed by an async producer through a channel; the producer stops when the client goes away.
-fn async_stream<F, Fut>(
+pub(crate) fn async_stream<F, Fut>(
     producer: F,
 ) -> impl Stream<Item = Result<SseEvent, std::convert::Infallible>>
 where

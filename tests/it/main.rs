@@ -23,4 +23,5 @@ mod retrieval;
 mod runs;
 mod scheduler;
 mod secrets;
+mod serve;
 mod streaming;

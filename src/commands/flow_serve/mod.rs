@@ -1,0 +1,794 @@
+//! `sluice flow serve`: one flow as an HTTP endpoint, with promptflow's served-flow API.
+//!
+//! The flow is loaded and checked once; every `POST /score` runs one line of the same [`Flow`] (so
+//! concurrent local-model calls join one continuous batch). At most `--max-inflight` lines run at once
+//! and at most `--max-queue` requests wait for one; beyond that a request is answered 429 at once. A
+//! line that runs past `--line-timeout` is cancelled and answered 504. With an API key every route but
+//! `/health` needs `Authorization: Bearer KEY`. Connections, body reading and the drain on SIGINT or
+//! SIGTERM are [`super::serve`]'s. Served lines are recorded in a traffic log ([`traffic`]) and counted
+//! in `/metrics` ([`metrics`]).
+
+mod metrics;
+mod page;
+mod swagger;
+mod traffic;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{MatchedPath, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value as Json_, json};
+use sluice_engine::redact::redact;
+use sluice_engine::spawn::{SpawnedTask, run_blocking};
+use sluice_engine::{ErrorCode, ErrorInfo, Flow, LineOptions, LineResult, Map, Status, Value};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use self::metrics::Metrics;
+use self::traffic::{TrafficLog, TrafficOptions};
+use super::serve::{
+    BodyLimit, Limits, api_key, async_stream, serve_http, shutdown_signal, with_api_key,
+    with_body_limit,
+};
+use crate::ExitStatus;
+use crate::cli::FlowServeArgs;
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Why the server did not start.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ServeError {
+    #[error("cannot listen on {host}:{port}")]
+    Bind {
+        host: String,
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot set up the metrics")]
+    Metrics(#[source] prometheus::Error),
+    #[error("cannot start the traffic log")]
+    Traffic(#[source] traffic::TrafficError),
+}
+
+/// What every request shares.
+#[derive(Debug)]
+struct App {
+    flow: Arc<Flow>,
+    node_concurrency: usize,
+    timeout: Option<Duration>,
+    admission: Admission,
+    metrics: Metrics,
+    traffic: Option<TrafficLog>,
+    swagger: Json_,
+    api_key: Option<String>,
+    /// Output names left out of responses (`evaluation_only: true`).
+    evaluation_only: Vec<String>,
+    page: String,
+}
+
+pub fn serve(args: FlowServeArgs) -> anyhow::Result<ExitStatus> {
+    let api_key = match api_key(args.api_key.as_deref(), &args.host, args.insecure) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("{} {e}", crate::style::error_label());
+            return Ok(ExitStatus::Invalid);
+        }
+    };
+    let timeout = super::flow::line_timeout(args.line_timeout)?;
+    let mut limits = match Limits::from_env() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("{} {e:#}", crate::style::error_label());
+            return Ok(ExitStatus::Invalid);
+        }
+    };
+    if let Some(d) = args.drain_timeout {
+        limits.shutdown_timeout = Duration::from_secs_f64(d);
+    }
+    super::set_isolation(&args.isolation, args.max_inflight);
+    let flow = match super::flow::load(&args.flow.flow, args.variant.as_deref()) {
+        Ok(f) => f,
+        Err(code) => return Ok(code),
+    };
+    // The home is found before the working directory moves into the flow folder (it may be relative).
+    let home = super::run::sluice_home();
+    let home = std::path::absolute(&home).unwrap_or(home);
+    super::flow::enter_flow(&flow)?;
+    let metrics = Metrics::new().map_err(ServeError::Metrics)?;
+    let traffic = TrafficLog::start(
+        &home,
+        &flow.def.name,
+        &flow.def.dir,
+        flow.def.selected_variants.clone(),
+        TrafficOptions {
+            sample: args.log_sample,
+            payloads: !args.no_log_payloads,
+            max_bytes: args.log_max_bytes as u64,
+        },
+        metrics.log_dropped.clone(),
+    )
+    .map_err(ServeError::Traffic)?;
+    let swagger = swagger::document(&flow.def, VERSION);
+    let page = page::html(&flow.def, api_key.is_some());
+    let evaluation_only = flow
+        .def
+        .outputs
+        .values()
+        .filter(|o| o.evaluation_only)
+        .map(|o| o.name.clone())
+        .collect();
+    let app = Arc::new(App {
+        flow: Arc::new(flow),
+        node_concurrency: args.concurrency,
+        timeout,
+        admission: Admission::new(args.max_inflight, args.max_queue),
+        metrics,
+        traffic: Some(traffic),
+        swagger,
+        api_key,
+        evaluation_only,
+        page,
+    });
+    let rt = super::flow::runtime()?;
+    let served = app.clone();
+    let result = rt.block_on(async move {
+        let router = Router::new()
+            .route("/score", post(score))
+            .route("/health", get(health))
+            .route("/version", get(version))
+            .route("/swagger.json", get(swagger_json))
+            .route("/metrics", get(metrics_text))
+            .route("/feedback", post(feedback))
+            .route("/", get(index).post(index))
+            .fallback(not_found)
+            .with_state(served.clone());
+        let router = with_body_limit(
+            router,
+            BodyLimit {
+                max_bytes: args.max_body_bytes,
+                timeout: limits.body_timeout,
+                error: body_error,
+            },
+        );
+        let router = with_api_key(router, served.api_key.as_deref(), unauthorized)
+            .layer(axum::middleware::from_fn_with_state(served.clone(), count));
+        let shutdown = shutdown_signal()?;
+        let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+            .await
+            .map_err(|source| ServeError::Bind {
+                host: args.host.clone(),
+                port: args.port,
+                source,
+            })?;
+        let addr = listener.local_addr()?;
+        if let Some(t) = &served.traffic {
+            eprintln!("traffic log: {}", t.root().display());
+        }
+        println!("listening on http://{addr}");
+        use std::io::Write;
+        std::io::stdout().flush()?;
+        serve_http(listener, router, limits, shutdown).await;
+        anyhow::Ok(())
+    });
+    if let Some(t) = &app.traffic {
+        t.close();
+    }
+    result.map(|()| ExitStatus::Ok)
+}
+
+/// A refused or failed request: `{"error": {"code", "message", "innerError": {"code"}}}`, where
+/// `code` is `UserError` or `SystemError` (as promptflow answers) and the inner code says what
+/// happened (`MissingRequiredFlowInput`, `ToolExecutionError`, ...). Messages are redacted.
+#[derive(Debug, thiserror::Error)]
+#[error("{inner}: {message}")]
+struct ApiError {
+    status: StatusCode,
+    code: ErrorCode,
+    inner: String,
+    message: String,
+    retry_after: Option<u64>,
+}
+
+/// The inner error code of an answered error, for the error counter.
+#[derive(Clone, Debug)]
+struct ErrorLabel(String);
+
+impl ApiError {
+    fn user(status: StatusCode, inner: &str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code: ErrorCode::UserError,
+            inner: inner.to_owned(),
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// The answer for a failed line: 504 for a timeout, 500 for a system error, else 400.
+    fn from_line(e: &ErrorInfo) -> ApiError {
+        let status = if e.error_type == "LineExecutionTimeoutError" {
+            StatusCode::GATEWAY_TIMEOUT
+        } else if e.code == ErrorCode::SystemError {
+            StatusCode::INTERNAL_SERVER_ERROR
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        ApiError {
+            status,
+            code: e.code,
+            inner: e.error_type.clone(),
+            message: e.message.clone(),
+            retry_after: None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let code = match self.code {
+            ErrorCode::UserError => "UserError",
+            ErrorCode::SystemError => "SystemError",
+        };
+        let body = json!({"error": {
+            "code": code,
+            "message": redact(&self.message),
+            "innerError": {"code": self.inner},
+        }});
+        let mut r = (self.status, Json(body)).into_response();
+        if let Some(s) = self.retry_after {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        r.extensions_mut().insert(ErrorLabel(self.inner));
+        r
+    }
+}
+
+fn body_error(status: StatusCode, message: String) -> Response {
+    let inner = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "RequestEntityTooLarge",
+        StatusCode::REQUEST_TIMEOUT => "RequestTimeout",
+        _ => "InvalidRequestBody",
+    };
+    ApiError::user(status, inner, message).into_response()
+}
+
+/// Counts every answer by route and status, and refusals and errors by kind.
+async fn count(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let response = next.run(req).await;
+    let m = &app.metrics;
+    let status = response.status();
+    m.requests
+        .with_label_values(&[route.as_str(), status.as_str()])
+        .inc();
+    let reason = match status {
+        StatusCode::UNAUTHORIZED => Some("unauthorized"),
+        StatusCode::PAYLOAD_TOO_LARGE => Some("body_too_large"),
+        StatusCode::TOO_MANY_REQUESTS => Some("queue_full"),
+        StatusCode::REQUEST_TIMEOUT => Some("body_timeout"),
+        _ => None,
+    };
+    if let Some(r) = reason {
+        m.rejected.with_label_values(&[r]).inc();
+    }
+    if let Some(ErrorLabel(code)) = response.extensions().get::<ErrorLabel>() {
+        m.errors.with_label_values(&[code.as_str()]).inc();
+    }
+    response
+}
+
+fn unauthorized() -> Response {
+    ApiError::user(
+        StatusCode::UNAUTHORIZED,
+        "Unauthorized",
+        "this endpoint needs `Authorization: Bearer <key>` with the server's API key",
+    )
+    .into_response()
+}
+
+/// Lines in flight and the requests waiting for one.
+#[derive(Debug)]
+struct Admission {
+    permits: Arc<Semaphore>,
+    waiting: AtomicUsize,
+    max_queue: usize,
+}
+
+/// A line's place among those in flight, counted in the gauge while it lasts.
+#[derive(Debug)]
+struct InFlight {
+    _permit: OwnedSemaphorePermit,
+    gauge: prometheus::IntGauge,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+/// A request's place in the queue, given up when it starts or goes away.
+struct Queued<'a> {
+    admission: &'a Admission,
+    gauge: &'a prometheus::IntGauge,
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.admission.waiting.fetch_sub(1, Ordering::SeqCst);
+        self.gauge.dec();
+    }
+}
+
+impl Admission {
+    fn new(max_inflight: usize, max_queue: usize) -> Admission {
+        Admission {
+            permits: Arc::new(Semaphore::new(max_inflight)),
+            waiting: AtomicUsize::new(0),
+            max_queue,
+        }
+    }
+
+    /// Waits for a line to start, or refuses at once (429) when the queue is full.
+    async fn enter(&self, m: &Metrics) -> Result<InFlight, ApiError> {
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.max_queue {
+                    self.waiting.fetch_sub(1, Ordering::SeqCst);
+                    return Err(ApiError {
+                        retry_after: Some(1),
+                        ..ApiError::user(
+                            StatusCode::TOO_MANY_REQUESTS,
+                            "TooManyRequests",
+                            "too many lines are running or waiting; retry later",
+                        )
+                    });
+                }
+                m.queued.inc();
+                let _queued = Queued {
+                    admission: self,
+                    gauge: &m.queued,
+                };
+                self.permits
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("the semaphore is never closed")
+            }
+        };
+        m.in_flight.inc();
+        Ok(InFlight {
+            _permit: permit,
+            gauge: m.in_flight.clone(),
+        })
+    }
+}
+
+/// What the client accepts.
+#[derive(Clone, Copy, Debug)]
+struct Accept {
+    json: bool,
+    event_stream: bool,
+}
+
+impl Accept {
+    /// No `Accept`, `*/*` and `application/json` take JSON; `text/event-stream` takes a stream.
+    fn of(headers: &HeaderMap) -> Accept {
+        let text = headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(",")
+            .to_ascii_lowercase();
+        if text.trim().is_empty() {
+            return Accept {
+                json: true,
+                event_stream: false,
+            };
+        }
+        let types: Vec<&str> = text
+            .split(',')
+            .map(|t| t.split(';').next().unwrap_or("").trim())
+            .collect();
+        Accept {
+            json: types
+                .iter()
+                .any(|t| matches!(*t, "application/json" | "application/*" | "*/*")),
+            event_stream: types.contains(&"text/event-stream"),
+        }
+    }
+}
+
+fn not_acceptable() -> ApiError {
+    ApiError::user(
+        StatusCode::NOT_ACCEPTABLE,
+        "NotAcceptable",
+        "the response can be application/json, or text/event-stream when an output streams; check the Accept header",
+    )
+}
+
+/// The flow inputs a request body gives: a JSON object, or for a flow with one input any other
+/// body as that input's text. A flow with no inputs ignores the body.
+fn inputs_of(flow: &Flow, body: &[u8]) -> Result<Map, ApiError> {
+    let inputs = &flow.def.inputs;
+    if inputs.is_empty() {
+        return Ok(Map::new());
+    }
+    let bad = |m: String| ApiError::user(StatusCode::BAD_REQUEST, "InvalidRequestBody", m);
+    let text =
+        std::str::from_utf8(body).map_err(|_| bad("the request body is not UTF-8 text".into()))?;
+    let parsed = sluice_engine::json::from_str::<Value>(text);
+    let given = match parsed {
+        Ok(Value::Map(m)) => m,
+        _ if inputs.len() == 1 => {
+            let name = inputs.keys().next().expect("one input").clone();
+            [(name, Value::String(text.to_owned()))]
+                .into_iter()
+                .collect()
+        }
+        Ok(_) => {
+            return Err(bad(
+                "the request body must be a JSON object of flow inputs".into()
+            ));
+        }
+        Err(e) => return Err(bad(format!("the request body is not JSON: {e}"))),
+    };
+    let missing: Vec<String> = inputs
+        .values()
+        .filter(|i| i.default.is_none() && given.get(&i.name).is_none_or(Value::is_null))
+        .map(|i| format!("'{}'", i.name))
+        .collect();
+    if !missing.is_empty() {
+        return Err(ApiError::user(
+            StatusCode::BAD_REQUEST,
+            "MissingRequiredFlowInput",
+            format!(
+                "Required input fields [{}] are missing in the request data.",
+                missing.join(", ")
+            ),
+        ));
+    }
+    Ok(given)
+}
+
+fn json_response(value: &impl serde::Serialize) -> Response {
+    let text = sluice_engine::json::to_string(value).unwrap_or_else(|_| "null".into());
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        redact(&text).into_owned(),
+    )
+        .into_response()
+}
+
+async fn score(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    match run_score(app, &headers, &body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn run_score(app: Arc<App>, headers: &HeaderMap, body: &[u8]) -> Result<Response, ApiError> {
+    let accept = Accept::of(headers);
+    if !accept.json && !accept.event_stream {
+        return Err(not_acceptable());
+    }
+    let inputs = inputs_of(&app.flow, body)?;
+    let in_flight = app.admission.enter(&app.metrics).await?;
+    let opts = LineOptions {
+        node_concurrency: app.node_concurrency,
+        timeout: app.timeout,
+        run_id: "serve".into(),
+        stream: accept.event_stream,
+        ..LineOptions::default()
+    };
+    let mut line = app.flow.run_line(&inputs, &opts).await;
+    app.metrics.line(&line);
+    if let Some(e) = &line.error {
+        let error = ApiError::from_line(e);
+        app.log(line);
+        return Err(error);
+    }
+    let streams: Vec<String> = line
+        .output
+        .iter()
+        .filter(|(_, v)| matches!(v, Value::Opaque(o) if o.is_stream()))
+        .map(|(k, _)| k.clone())
+        .filter(|k| !app.evaluation_only.contains(k))
+        .collect();
+    if streams.len() > 1 {
+        return Err(ApiError::user(
+            StatusCode::BAD_REQUEST,
+            "MultipleStreamOutputFieldsNotSupported",
+            format!(
+                "Multiple stream output fields not supported: {}; at most one output may stream.",
+                streams.join(", ")
+            ),
+        ));
+    }
+    if let Some(field) = streams.into_iter().next() {
+        return Ok(stream_response(app, line, field, in_flight));
+    }
+    if !accept.json {
+        return Err(not_acceptable());
+    }
+    let output = std::mem::take(&mut line.output);
+    let plain = run_blocking(move || {
+        output
+            .into_iter()
+            .map(|(k, v)| v.to_plain().map(|p| (k.clone(), p)).map_err(|e| (k, e)))
+            .collect::<Result<Map, _>>()
+    })
+    .await;
+    match plain {
+        Ok(output) => {
+            line.output = output;
+            let response = json_response(&app.visible(&line.output));
+            app.log(line);
+            Ok(response)
+        }
+        Err((name, e)) => {
+            let error = ApiError {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                code: ErrorCode::SystemError,
+                inner: "FlowOutputUnserializable".into(),
+                message: format!("The output '{name}' for flow is not JSON serializable: {e}."),
+                retry_after: None,
+            };
+            line.status = Status::Failed;
+            line.error = Some(ErrorInfo::new(
+                ErrorCode::SystemError,
+                "FlowOutputUnserializable",
+                error.message.clone(),
+            ));
+            app.log(line);
+            Err(error)
+        }
+    }
+}
+
+impl App {
+    /// The outputs a client sees: all but the `evaluation_only` ones.
+    fn visible(&self, output: &Map) -> Map {
+        output
+            .iter()
+            .filter(|(k, _)| !self.evaluation_only.contains(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    fn log(&self, line: LineResult) {
+        if let Some(t) = &self.traffic
+            && !t.line(line)
+        {
+            self.metrics.log_dropped.inc();
+        }
+    }
+}
+
+/// Server-sent events: the other outputs first (if any), then one event per chunk of the streaming
+/// output, `{"<field>": "<chunk>"}`. The line keeps its place among those in flight until the stream
+/// ends; it is then logged with the stream's whole text.
+fn stream_response(
+    app: Arc<App>,
+    mut line: LineResult,
+    field: String,
+    in_flight: InFlight,
+) -> Response {
+    let Some(Value::Opaque(stream)) = line.output.get(&field).cloned() else {
+        unreachable!("the field was picked as a stream");
+    };
+    let first: Map = line
+        .output
+        .iter()
+        .filter(|(k, _)| **k != field && !app.evaluation_only.contains(k))
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.to_plain().unwrap_or_else(|_| Value::String(v.py_str())),
+            )
+        })
+        .collect();
+    let events = async_stream(move |tx| async move {
+        let _in_flight = in_flight;
+        let event = |v: &Map| {
+            let text = sluice_engine::json::to_string(v).unwrap_or_default();
+            SseEvent::default().data(&*redact(&text))
+        };
+        if !first.is_empty() {
+            let _ = tx.send(event(&first));
+        }
+        let (chunk_tx, mut chunks) = tokio::sync::mpsc::channel::<String>(64);
+        let drain = SpawnedTask::spawn(run_blocking(move || {
+            let mut text = String::new();
+            let result = stream.for_each_chunk(&mut |chunk| {
+                text.push_str(chunk);
+                let _ = chunk_tx.blocking_send(chunk.to_owned());
+            });
+            result.map(|()| text)
+        }));
+        let mut client_gone = false;
+        while let Some(chunk) = chunks.recv().await {
+            if client_gone {
+                continue;
+            }
+            let one: Map = [(field.clone(), Value::String(chunk))]
+                .into_iter()
+                .collect();
+            client_gone = tx.send(event(&one)).is_err();
+        }
+        match drain.await {
+            Ok(Ok(text)) => {
+                line.output.insert(field, Value::String(text));
+                for (k, v) in first {
+                    line.output.insert(k, v);
+                }
+            }
+            Ok(Err(e)) => {
+                let message = format!("The output '{field}' stopped streaming: {e}");
+                let _ = tx.send(
+                    SseEvent::default().data(
+                        json!({"error": {"code": "UserError", "message": redact(&message),
+                                         "innerError": {"code": "FlowOutputStreamError"}}})
+                        .to_string(),
+                    ),
+                );
+                app.metrics
+                    .errors
+                    .with_label_values(&["FlowOutputStreamError"])
+                    .inc();
+                line.status = Status::Failed;
+                line.output = Map::new();
+                line.error = Some(ErrorInfo::new(
+                    ErrorCode::UserError,
+                    "FlowOutputStreamError",
+                    message,
+                ));
+            }
+            Err(_) => return,
+        }
+        app.log(line);
+    });
+    Sse::new(events).into_response()
+}
+
+async fn health() -> Json<Json_> {
+    Json(json!({"status": "Healthy", "version": VERSION}))
+}
+
+async fn version() -> Json<Json_> {
+    let build_info = std::env::var("BUILD_INFO")
+        .ok()
+        .map(|b| serde_json::from_str::<Json_>(&b).unwrap_or(Json_::String(b)))
+        .unwrap_or(Json_::String(String::new()));
+    Json(json!({"status": "Healthy", "build_info": build_info, "version": VERSION}))
+}
+
+async fn swagger_json(State(app): State<Arc<App>>) -> Json<Json_> {
+    Json(app.swagger.clone())
+}
+
+async fn metrics_text(State(app): State<Arc<App>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        app.metrics.render(),
+    )
+        .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct FeedbackQuery {
+    flatten: Option<String>,
+}
+
+/// Records the body with the trace headers it came with (`feedback.jsonl` of the traffic log).
+async fn feedback(
+    State(app): State<Arc<App>>,
+    Query(q): Query<FeedbackQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let text = String::from_utf8_lossy(&body);
+    let value = serde_json::from_str::<Json_>(&text).unwrap_or(Json_::String(text.into_owned()));
+    let header_text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let record = json!({
+        "time": chrono::Utc::now(),
+        "flatten": q.flatten.as_deref().is_some_and(|f| f.eq_ignore_ascii_case("true")),
+        "traceparent": header_text("traceparent"),
+        "tracestate": header_text("tracestate"),
+        "feedback": value,
+    });
+    if let Some(t) = &app.traffic
+        && !t.feedback(record)
+    {
+        app.metrics.log_dropped.inc();
+    }
+    Json(json!({"status": "Feedback received."})).into_response()
+}
+
+async fn index(State(app): State<Arc<App>>) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'",
+            ),
+        ],
+        app.page.clone(),
+    )
+        .into_response()
+}
+
+async fn not_found(req: Request) -> Response {
+    ApiError::user(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        format!(
+            "no route {} {}; see /swagger.json",
+            req.method(),
+            req.uri().path()
+        ),
+    )
+    .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_headers_choose_json_or_a_stream() {
+        let of = |v: Option<&str>| {
+            let mut h = HeaderMap::new();
+            if let Some(v) = v {
+                h.insert(header::ACCEPT, HeaderValue::from_str(v).unwrap());
+            }
+            let a = Accept::of(&h);
+            (a.json, a.event_stream)
+        };
+        assert_eq!(of(None), (true, false));
+        assert_eq!(of(Some("*/*")), (true, false));
+        assert_eq!(of(Some("text/event-stream")), (false, true));
+        assert_eq!(
+            of(Some("text/event-stream, application/json;q=0.9")),
+            (true, true)
+        );
+        assert_eq!(of(Some("text/html")), (false, false));
+    }
+
+    #[test]
+    fn only_loopback_hosts_count_as_local() {
+        use crate::commands::serve::is_loopback;
+        for h in ["127.0.0.1", "localhost", "::1", "[::1]", "127.1.2.3"] {
+            assert!(is_loopback(h), "{h}");
+        }
+        for h in ["0.0.0.0", "::", "10.0.0.1", "example.com"] {
+            assert!(!is_loopback(h), "{h}");
+        }
+    }
+}

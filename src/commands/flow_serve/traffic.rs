@@ -1,0 +1,420 @@
+//! The traffic log: every served line (or a sample of them) recorded as a batch run's lines are, so
+//! that the traffic can be read back as a run.
+//!
+//! The log of a flow is a run store of its own at `$SLUICE_HOME/serve/<flow>/`: each segment is a run
+//! folder under `runs/` (`run.json`, `details.jsonl`, `inputs.jsonl`, `outputs.jsonl`,
+//! `flow_outputs/output.jsonl`) indexed in `runs.sqlite`, so `SLUICE_HOME=$SLUICE_HOME/serve/<flow>
+//! sluice run show-details -n SEGMENT` shows it and `sluice run create --run <segment folder>` evaluates
+//! it. A segment is closed (marked `Completed`) and a new one started once it holds `max_bytes`, and
+//! when the server stops. Feedback (`POST /feedback`) goes to `feedback.jsonl` beside `runs/`.
+//!
+//! Records are written by one thread of their own, fed through a bounded channel: a request never
+//! waits on the disk, and a record that does not fit in the channel is dropped and counted.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::time::Instant;
+
+use chrono::Utc;
+use serde_json::{Value as Json, json};
+use sluice_engine::store::{
+    DetailsWriter, LineRecordRef, Owner, RunProperties, RunRecord, RunStatus, StoreError,
+    SystemMetrics, TokenCounts,
+};
+use sluice_engine::{LineResult, Map, RunName, RunStore, Status};
+
+/// Records waiting for the writer beyond this many are dropped.
+const CHANNEL: usize = 4096;
+
+/// What can go wrong writing the traffic log.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum TrafficError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot start the traffic log writer")]
+    Thread(#[source] std::io::Error),
+}
+
+/// How lines are logged.
+#[derive(Clone, Debug)]
+pub(crate) struct TrafficOptions {
+    /// The share of lines logged, from 0 to 1.
+    pub sample: f64,
+    /// Whether inputs, outputs and node payloads are kept.
+    pub payloads: bool,
+    /// A segment holding this many bytes of `details.jsonl` is closed.
+    pub max_bytes: u64,
+}
+
+enum Entry {
+    Line(Box<LineResult>),
+    Feedback(Json),
+}
+
+/// The traffic log of one served flow.
+#[derive(Debug)]
+pub(crate) struct TrafficLog {
+    root: PathBuf,
+    tx: Mutex<Option<SyncSender<Entry>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Sampling: the share of a line owed to the log so far.
+    owed: Mutex<f64>,
+    options: TrafficOptions,
+}
+
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Entry::Line(_) => "Line",
+            Entry::Feedback(_) => "Feedback",
+        })
+    }
+}
+
+impl TrafficLog {
+    /// Starts the writer for `flow_name`'s log under `home/serve/`.
+    pub(crate) fn start(
+        home: &Path,
+        flow_name: &str,
+        flow_dir: &Path,
+        node_variant: indexmap::IndexMap<String, String>,
+        options: TrafficOptions,
+        dropped: prometheus::IntCounter,
+    ) -> Result<TrafficLog, TrafficError> {
+        let root = home.join("serve").join(RunName::sanitize(flow_name));
+        std::fs::create_dir_all(&root).map_err(|e| StoreError::io(&root, e))?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(CHANNEL);
+        let writer = Writer {
+            store: RunStore::new(&root),
+            root: root.clone(),
+            flow_name: flow_name.to_owned(),
+            flow_dir: flow_dir.to_owned(),
+            node_variant,
+            options: options.clone(),
+            segment: None,
+            dropped,
+        };
+        let handle = sluice_engine::spawn::thread("traffic-log", move || writer.run(rx))
+            .map_err(TrafficError::Thread)?;
+        Ok(TrafficLog {
+            root,
+            tx: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(handle)),
+            owed: Mutex::new(0.0),
+            options,
+        })
+    }
+
+    /// The folder of the log (`$SLUICE_HOME/serve/<flow>`).
+    pub(crate) fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Whether this line is one of the sample to log.
+    fn sampled(&self) -> bool {
+        let mut owed = self.owed.lock().unwrap_or_else(|e| e.into_inner());
+        *owed += self.options.sample;
+        if *owed >= 1.0 - 1e-9 {
+            *owed -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn send(&self, entry: Entry) -> bool {
+        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+        match tx.as_ref().map(|tx| tx.try_send(entry)) {
+            Some(Ok(())) => true,
+            Some(Err(TrySendError::Full(_) | TrySendError::Disconnected(_))) | None => false,
+        }
+    }
+
+    /// Logs a served line if it is in the sample; returns false when it had to be dropped.
+    pub(crate) fn line(&self, line: LineResult) -> bool {
+        if !self.sampled() {
+            return true;
+        }
+        self.send(Entry::Line(Box::new(line)))
+    }
+
+    /// Logs a feedback body with the trace headers it came with.
+    pub(crate) fn feedback(&self, record: Json) -> bool {
+        self.send(Entry::Feedback(record))
+    }
+
+    /// Writes what is queued, closes the open segment and stops the writer.
+    pub(crate) fn close(&self) {
+        drop(self.tx.lock().unwrap_or_else(|e| e.into_inner()).take());
+        if let Some(h) = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = h.join();
+        }
+    }
+}
+
+struct Writer {
+    store: RunStore,
+    root: PathBuf,
+    flow_name: String,
+    flow_dir: PathBuf,
+    node_variant: indexmap::IndexMap<String, String>,
+    options: TrafficOptions,
+    segment: Option<Segment>,
+    dropped: prometheus::IntCounter,
+}
+
+/// The run folder lines are appended to now.
+struct Segment {
+    dir: PathBuf,
+    record: RunRecord,
+    details: DetailsWriter,
+    inputs: BufWriter<File>,
+    outputs: BufWriter<File>,
+    flow_outputs: BufWriter<File>,
+    next_line: usize,
+    completed: usize,
+    failed: usize,
+    node_status: std::collections::BTreeMap<String, u64>,
+    tokens: TokenCounts,
+    opened: Instant,
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<Entry>) {
+        // Records that arrive together are written together, and handed to the OS once they are.
+        while let Ok(first) = rx.recv() {
+            self.handle(first);
+            while let Ok(more) = rx.try_recv() {
+                self.handle(more);
+            }
+            if let Some(s) = &mut self.segment
+                && let Err(e) = s.flush()
+            {
+                tracing::warn!("the traffic log cannot write: {e}");
+            }
+        }
+        if let Some(segment) = self.segment.take()
+            && let Err(e) = self.close(segment)
+        {
+            tracing::warn!("cannot close the traffic log segment: {e}");
+        }
+    }
+
+    fn handle(&mut self, entry: Entry) {
+        let result = match entry {
+            Entry::Line(line) => self.line(*line),
+            Entry::Feedback(record) => self.feedback(&record),
+        };
+        if let Err(e) = result {
+            tracing::warn!("the traffic log lost a record: {e}");
+            self.dropped.inc();
+        }
+    }
+
+    fn open(&self) -> Result<Segment, StoreError> {
+        let stem = format!(
+            "{}_serve_{}",
+            RunName::sanitize(&self.flow_name),
+            Utc::now().format("%Y%m%d_%H%M%S_%6f")
+        );
+        // Two segments opened within a microsecond get different names.
+        let mut attempt = 0;
+        let (name, dir) = loop {
+            let name = match attempt {
+                0 => RunName::parse(&stem)?,
+                n => RunName::parse(&format!("{stem}_{n}"))?,
+            };
+            match self.store.create_dir(&name) {
+                Ok(dir) => break (name, dir),
+                Err(StoreError::Exists { .. }) if attempt < 100 => attempt += 1,
+                Err(e) => return Err(e),
+            }
+        };
+        let record = RunRecord {
+            name: name.to_string(),
+            created_on: Utc::now(),
+            status: RunStatus::Running,
+            display_name: name.to_string(),
+            description: Some(format!(
+                "traffic served by `sluice flow serve` for {}",
+                self.flow_name
+            )),
+            tags: [("source".to_owned(), "serve".to_owned())]
+                .into_iter()
+                .collect(),
+            properties: RunProperties {
+                flow_path: self.flow_dir.clone(),
+                output_path: dir.clone(),
+                node_variant: self.node_variant.clone(),
+                ..RunProperties::default()
+            },
+            flow_name: self.flow_name.clone(),
+            data: None,
+            output: dir.join("flow_outputs"),
+            metrics: Default::default(),
+            status_note: None,
+            owner: Some(Owner::current()),
+            archived: None,
+        };
+        self.store.write_record(&record)?;
+        if let Ok(index) = self.store.open_index() {
+            let _ = index.upsert(&record);
+        }
+        let open = |p: PathBuf| {
+            File::create(&p)
+                .map(BufWriter::new)
+                .map_err(|e| StoreError::io(&p, e))
+        };
+        Ok(Segment {
+            details: DetailsWriter::create(&dir.join(sluice_engine::store::DETAILS))?,
+            inputs: open(dir.join("inputs.jsonl"))?,
+            outputs: open(dir.join("outputs.jsonl"))?,
+            flow_outputs: open(dir.join("flow_outputs/output.jsonl"))?,
+            dir,
+            record,
+            next_line: 0,
+            completed: 0,
+            failed: 0,
+            node_status: Default::default(),
+            tokens: TokenCounts::default(),
+            opened: Instant::now(),
+        })
+    }
+
+    fn close(&self, mut s: Segment) -> Result<(), StoreError> {
+        for (w, name) in [
+            (&mut s.inputs, "inputs.jsonl"),
+            (&mut s.outputs, "outputs.jsonl"),
+            (&mut s.flow_outputs, "flow_outputs/output.jsonl"),
+        ] {
+            w.flush()
+                .and_then(|()| w.get_ref().sync_data())
+                .map_err(|e| StoreError::io(&s.dir.join(name), e))?;
+        }
+        s.details.sync()?;
+        sluice_engine::store::write_synced(&s.dir.join("metrics.json"), b"{}")?;
+        s.record.status = RunStatus::Completed;
+        s.record.owner = None;
+        s.record.properties.system_metrics = SystemMetrics {
+            duration: Some(s.opened.elapsed().as_secs_f64()),
+            total_lines: s.completed + s.failed,
+            completed_lines: Some(s.completed),
+            failed_lines: Some(s.failed),
+            not_run_lines: Some(0),
+            carried_over_lines: Some(0),
+            node_status: s.node_status,
+            tokens: s.tokens,
+        };
+        self.store.write_record(&s.record)?;
+        if let Ok(index) = self.store.open_index() {
+            let _ = index.upsert(&s.record);
+        }
+        Ok(())
+    }
+
+    fn line(&mut self, mut line: LineResult) -> Result<(), StoreError> {
+        let mut segment = match self.segment.take() {
+            Some(s) => s,
+            None => self.open()?,
+        };
+        let n = segment.next_line;
+        segment.next_line += 1;
+        line.line_number = Some(n);
+        for run in &mut line.node_runs {
+            run.index = Some(n);
+        }
+        if !self.options.payloads {
+            line.inputs = Map::new();
+            line.output = Map::new();
+            for run in &mut line.node_runs {
+                run.inputs = Map::new();
+                run.output = sluice_engine::Value::Null;
+                run.api_calls.clear();
+            }
+        }
+        let written = write_line(&mut segment, &line);
+        if line.status == Status::Completed {
+            segment.completed += 1;
+        } else {
+            segment.failed += 1;
+        }
+        for run in &line.node_runs {
+            *segment
+                .node_status
+                .entry(format!(
+                    "{}.{}",
+                    run.node,
+                    run.status.as_str().to_lowercase()
+                ))
+                .or_default() += 1;
+            segment.tokens.add(&run.system_metrics.tokens);
+        }
+        let full = std::fs::metadata(segment.dir.join(sluice_engine::store::DETAILS))
+            .is_ok_and(|m| m.len() >= self.options.max_bytes);
+        if full {
+            self.close(segment)?;
+        } else {
+            self.segment = Some(segment);
+        }
+        written
+    }
+
+    fn feedback(&self, record: &Json) -> Result<(), StoreError> {
+        let path = self.root.join("feedback.jsonl");
+        let mut text = serde_json::to_vec(record)
+            .map_err(|e| StoreError::io(&path, std::io::Error::other(e)))?;
+        text.push(b'\n');
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(&text))
+            .map_err(|e| StoreError::io(&path, e))
+    }
+}
+
+/// A map with `line_number` first, as a batch run writes `inputs.jsonl` and `outputs.jsonl`.
+fn numbered(n: usize, map: &Map) -> String {
+    let mut out = serde_json::Map::new();
+    out.insert("line_number".into(), json!(n));
+    for (k, v) in map {
+        if k != "line_number" {
+            out.insert(k.clone(), v.to_json_lossy());
+        }
+    }
+    let text = sluice_engine::json::to_string(&out).unwrap_or_default();
+    sluice_engine::redact::redact(&text).into_owned()
+}
+
+impl Segment {
+    /// Hands what the buffered files hold to the OS.
+    fn flush(&mut self) -> Result<(), StoreError> {
+        for (w, name) in [
+            (&mut self.inputs, "inputs.jsonl"),
+            (&mut self.outputs, "outputs.jsonl"),
+            (&mut self.flow_outputs, "flow_outputs/output.jsonl"),
+        ] {
+            w.flush()
+                .map_err(|e| StoreError::io(&self.dir.join(name), e))?;
+        }
+        Ok(())
+    }
+}
+
+fn write_line(s: &mut Segment, line: &LineResult) -> Result<(), StoreError> {
+    let n = line.line_number.unwrap_or(0);
+    s.details.append(&LineRecordRef::new(line))?;
+    let path = |name: &str| s.dir.join(name);
+    writeln!(s.inputs, "{}", numbered(n, &line.inputs))
+        .map_err(|e| StoreError::io(&path("inputs.jsonl"), e))?;
+    if line.status == Status::Completed {
+        let out = numbered(n, &line.output);
+        writeln!(s.outputs, "{out}").map_err(|e| StoreError::io(&path("outputs.jsonl"), e))?;
+        writeln!(s.flow_outputs, "{out}")
+            .map_err(|e| StoreError::io(&path("flow_outputs/output.jsonl"), e))?;
+    }
+    Ok(())
+}
