@@ -275,10 +275,21 @@ impl RunSpec {
                 old.owner.as_ref().map_or(0, |o| o.pid)
             )));
         }
-        let props = &old.properties;
         if self.shard.is_none() {
-            self.shard = props.shard.as_deref().map(Shard::parse).transpose()?;
+            self.shard = old
+                .properties
+                .shard
+                .as_deref()
+                .map(Shard::parse)
+                .transpose()?;
         }
+        self.fill_from(&old);
+        Ok(())
+    }
+
+    /// Takes what this spec does not say (flow, data, base run, mapping, variant) from an earlier run.
+    fn fill_from(&mut self, old: &RunRecord) {
+        let props = &old.properties;
         self.flow.get_or_insert_with(|| props.flow_path.clone());
         if self.data.is_none() {
             self.data = old.data.clone();
@@ -301,7 +312,6 @@ impl RunSpec {
                 .take(1)
                 .collect();
         }
-        Ok(())
     }
 
     /// Makes this spec the merge of `merge_from`: the runs must have run the same flow, data, base
@@ -342,30 +352,7 @@ impl RunSpec {
                 first = Some(old);
             }
         }
-        let first = first.expect("at least one run");
-        let props = &first.properties;
-        self.flow.get_or_insert_with(|| props.flow_path.clone());
-        if self.data.is_none() {
-            self.data = first.data.clone();
-        }
-        if self.run.is_none() {
-            self.run = props.run.clone();
-        }
-        if self.column_mapping.is_empty() {
-            self.column_mapping = props
-                .column_mapping
-                .iter()
-                .map(|(k, v)| (k.clone(), Value::from(v.clone())))
-                .collect();
-        }
-        if self.variants.is_empty() {
-            self.variants = props
-                .node_variant
-                .iter()
-                .map(|(n, v)| format!("${{{n}.{v}}}"))
-                .take(1)
-                .collect();
-        }
+        self.fill_from(&first.expect("at least one run"));
         self.shard = None;
         Ok(())
     }
