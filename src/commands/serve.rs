@@ -516,12 +516,79 @@ async fn list_models(State(s): State<Arc<Served>>) -> Json<Json_> {
 #[derive(Debug, Deserialize)]
 struct Request {
     model: Option<String>,
-    messages: Option<Vec<ChatMessage>>,
+    messages: Option<Vec<WireMessage>>,
     prompt: Option<Json_>,
     #[serde(default)]
     stream: bool,
     #[serde(flatten)]
     params: serde_json::Map<String, Json_>,
+}
+
+/// A chat message as OpenAI clients send it: `content` is text, a list of parts, or null.
+#[derive(Clone, Debug, Deserialize)]
+struct WireMessage {
+    role: String,
+    #[serde(default)]
+    content: Option<Json_>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    tool_call_id: Option<String>,
+}
+
+impl WireMessage {
+    /// The message as the model reads it: text parts joined in order (as OpenAI clients send a
+    /// text-only message in parts); other parts (images, audio) are refused, never dropped.
+    fn to_chat(&self, i: usize) -> Result<ChatMessage, Response> {
+        let content = match &self.content {
+            None | Some(Json_::Null) => String::new(),
+            Some(Json_::String(t)) => t.clone(),
+            Some(Json_::Array(parts)) => {
+                let mut text = String::new();
+                for (j, part) in parts.iter().enumerate() {
+                    match (part["type"].as_str(), part["text"].as_str()) {
+                        (Some("text"), Some(t)) => text.push_str(t),
+                        (kind, _) => {
+                            return Err(invalid(format!(
+                                "messages[{i}].content[{j}]: a part of type {} cannot be read by the local models; send text parts",
+                                kind.map_or_else(|| "(none)".to_owned(), |k| format!("`{k}`"))
+                            )));
+                        }
+                    }
+                }
+                text
+            }
+            Some(other) => {
+                return Err(invalid(format!(
+                    "messages[{i}].content must be text or a list of parts, not {other}"
+                )));
+            }
+        };
+        let mut m = ChatMessage::new(self.role.clone(), content);
+        m.name = self.name.clone();
+        m.tool_call_id = self.tool_call_id.clone();
+        Ok(m)
+    }
+}
+
+/// A JSON request body read whatever its `Content-Type` says (curl's `-d` sends
+/// `application/x-www-form-urlencoded`, and OpenAI-compatible servers take it); a body that is not
+/// the JSON expected is a 400 in OpenAI's error shape.
+struct OpenAiJson<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S>
+    for OpenAiJson<T>
+{
+    type Rejection = Response;
+
+    async fn from_request(req: HttpRequest, state: &S) -> Result<Self, Response> {
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        serde_json::from_slice(&bytes)
+            .map(OpenAiJson)
+            .map_err(|e| invalid(format!("the request body is not the JSON expected: {e}")))
+    }
 }
 
 /// An OpenAI-style error body; the message is redacted.
@@ -607,18 +674,25 @@ fn usage_json(u: &Usage) -> Json_ {
            "prompt_tokens_details": {"cached_tokens": u.cached_tokens}})
 }
 
-async fn chat(State(s): State<Arc<Served>>, Json(req): Json<Request>) -> Response {
-    let Some(messages) = req.messages.clone() else {
+async fn chat(State(s): State<Arc<Served>>, OpenAiJson(req): OpenAiJson<Request>) -> Response {
+    let Some(wire) = &req.messages else {
         return api_error(
             StatusCode::BAD_REQUEST,
             "invalid_request_error",
             "`messages` is required",
         );
     };
+    let messages = match wire.iter().enumerate().map(|(i, m)| m.to_chat(i)).collect() {
+        Ok(m) => m,
+        Err(response) => return response,
+    };
     run(s, req, Prompt::Chat(messages), true).await
 }
 
-async fn completions(State(s): State<Arc<Served>>, Json(req): Json<Request>) -> Response {
+async fn completions(
+    State(s): State<Arc<Served>>,
+    OpenAiJson(req): OpenAiJson<Request>,
+) -> Response {
     let prompt = match &req.prompt {
         Some(Json_::String(p)) => p.clone(),
         Some(Json_::Array(a)) if a.len() == 1 && a[0].is_string() => {
@@ -757,7 +831,10 @@ struct EmbeddingRequest {
     input: Json_,
 }
 
-async fn embeddings(State(s): State<Arc<Served>>, Json(req): Json<EmbeddingRequest>) -> Response {
+async fn embeddings(
+    State(s): State<Arc<Served>>,
+    OpenAiJson(req): OpenAiJson<EmbeddingRequest>,
+) -> Response {
     if req
         .input
         .as_array()

@@ -1019,3 +1019,79 @@ fn model_serve_shares_the_api_key_check() {
     assert_eq!(ok.status, 200, "{}", ok.body);
     assert!(ok.json()["data"].as_array().is_some_and(|d| !d.is_empty()));
 }
+
+#[test]
+fn model_serve_reads_content_parts_and_bodies_without_a_json_content_type() {
+    let home = tempfile::tempdir().unwrap();
+    let args = [
+        "model",
+        "serve",
+        "--port",
+        "0",
+        "--parallel",
+        "2",
+        "--ctx",
+        "512",
+    ];
+    let server = crate::common::serve(home.path(), &args, &[]);
+    let ask = |body: &str, headers: &[(&str, &str)]| {
+        request(
+            &server.addr,
+            "POST",
+            "/v1/chat/completions",
+            headers,
+            body.as_bytes(),
+        )
+    };
+    let words = r#""messages": [{"role": "user", "content": "What is the capital of France?"}]"#;
+    let parts = r#""messages": [{"role": "user", "content": [{"type": "text", "text": "What is the capital"}, {"type": "text", "text": " of France?"}]}]"#;
+    let body = |messages: &str| {
+        format!(r#"{{"model": "default", "temperature": 0, "max_tokens": 8, {messages}}}"#)
+    };
+    // curl -d sends a form content type; the body is JSON all the same.
+    let plain = ask(
+        &body(words),
+        &[("content-type", "application/x-www-form-urlencoded")],
+    );
+    assert_eq!(plain.status, 200, "{}", plain.body);
+    let split = ask(&body(parts), &[]);
+    assert_eq!(split.status, 200, "{}", split.body);
+    let answer = |a: &Answer| {
+        let v: Json = serde_json::from_str(&a.body).unwrap();
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    // Text parts joined make the same prompt, so greedy decoding gives the same answer.
+    assert_eq!(answer(&plain), answer(&split));
+    assert!(answer(&plain).contains("Paris"), "{}", answer(&plain));
+
+    let image = ask(
+        &body(
+            r#""messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]"#,
+        ),
+        &[],
+    );
+    assert_eq!(image.status, 400);
+    let v: Json = serde_json::from_str(&image.body).unwrap();
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`image_url`"),
+        "{v}"
+    );
+
+    let broken = ask("{not json", &[("content-type", "application/json")]);
+    assert_eq!(broken.status, 400);
+    let v: Json = serde_json::from_str(&broken.body).unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not the JSON expected"),
+        "{v}"
+    );
+}
