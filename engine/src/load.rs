@@ -251,20 +251,7 @@ impl Reader {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let mut def = FlowDef {
-            file: file.to_path_buf(),
-            dir,
-            source,
-            name: folder_name,
-            inputs: IndexMap::new(),
-            outputs: IndexMap::new(),
-            nodes: vec![],
-            node_variants: IndexMap::new(),
-            selected_variants: IndexMap::new(),
-            environment_variables: IndexMap::new(),
-            additional_includes: vec![],
-            prompty: None,
-        };
+        let mut def = FlowDef::empty(file, dir, source, folder_name);
         if !matches!(yaml.kind, YamlKind::Map(_)) {
             self.problem(
                 Problem::new(

@@ -34,6 +34,26 @@ pub struct FlowDef {
     pub prompty: Option<Arc<crate::prompty::PromptyDef>>,
 }
 
+impl FlowDef {
+    /// A flow read from `file` in `dir` with nothing in it yet, for a loader to fill.
+    pub fn empty(file: &std::path::Path, dir: PathBuf, source: Arc<str>, name: String) -> FlowDef {
+        FlowDef {
+            file: file.to_path_buf(),
+            dir,
+            source,
+            name,
+            inputs: IndexMap::new(),
+            outputs: IndexMap::new(),
+            nodes: vec![],
+            node_variants: IndexMap::new(),
+            selected_variants: IndexMap::new(),
+            environment_variables: IndexMap::new(),
+            additional_includes: vec![],
+            prompty: None,
+        }
+    }
+}
+
 /// A flow input's declaration.
 #[derive(Clone, Debug)]
 pub struct InputDef {

@@ -180,20 +180,7 @@ impl Reader<'_> {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let mut def = FlowDef {
-            file: file.to_path_buf(),
-            dir: self.dir.to_path_buf(),
-            source: text.clone(),
-            name: stem.clone(),
-            inputs: IndexMap::new(),
-            outputs: IndexMap::new(),
-            nodes: vec![],
-            node_variants: IndexMap::new(),
-            selected_variants: IndexMap::new(),
-            environment_variables: IndexMap::new(),
-            additional_includes: vec![],
-            prompty: None,
-        };
+        let mut def = FlowDef::empty(file, self.dir.to_path_buf(), text.clone(), stem.clone());
         let start = Span { line: 1, col: 1 };
         match &yaml.kind {
             YamlKind::Map(_) => {}
