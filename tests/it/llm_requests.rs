@@ -3,56 +3,11 @@
 //! and body. No model is needed.
 
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::{Value as Json, json};
 
-use crate::common::{sluice, stdout_json, succeeded, write_files};
-use crate::llm::{FakeServer, fake_server, ok_body};
-
-/// A fake server that answers every request with `reply`, and the runtime it runs on.
-struct Recorder {
-    server: FakeServer,
-    _rt: tokio::runtime::Runtime,
-}
-
-impl Recorder {
-    fn new(reply: String) -> Recorder {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let server = rt.block_on(fake_server(Arc::new(move |_| {
-            (200, vec![], reply.clone(), Duration::ZERO)
-        })));
-        Recorder { server, _rt: rt }
-    }
-
-    /// Each request as (first line, JSON body).
-    fn requests(&self) -> Vec<(String, Json)> {
-        let lines = self.server.lines.lock().unwrap().clone();
-        let bodies = self.server.bodies.lock().unwrap().clone();
-        lines
-            .into_iter()
-            .zip(bodies)
-            .map(|(l, b)| (l, serde_json::from_str(&b).unwrap()))
-            .collect()
-    }
-
-    /// The one request whose first line contains `path`.
-    fn request_to(&self, path: &str) -> Json {
-        let found: Vec<Json> = self
-            .requests()
-            .into_iter()
-            .filter(|(l, _)| l.contains(path))
-            .map(|(_, b)| b)
-            .collect();
-        assert_eq!(found.len(), 1, "{path}: {:?}", self.requests());
-        found.into_iter().next().unwrap()
-    }
-}
+use crate::common::{add_connection, flow_test_with, tested, write_files};
+use crate::fake::{FakeServer, ok_body};
 
 /// Stores connections to the recorder in `home`: `oai` (open_ai) and `aoai` (azure_open_ai).
 fn connect(home: &Path, server: &FakeServer) {
@@ -60,36 +15,22 @@ fn connect(home: &Path, server: &FakeServer) {
         ("oai", "open_ai", ""),
         ("aoai", "azure_open_ai", "api_version: 2024-06-01\n"),
     ] {
-        let file = home.join(format!("{name}.yaml"));
-        std::fs::write(
-            &file,
-            format!(
+        add_connection(
+            home,
+            name,
+            &format!(
                 "name: {name}\ntype: {kind}\napi_key: k\napi_base: {}\n{extra}",
                 server.base
             ),
-        )
-        .unwrap();
-        succeeded(sluice(home).args(["connection", "create", "-f"]).arg(&file));
+        );
     }
-}
-
-/// `sluice flow test` of `flow` with `args`; its JSON output.
-fn flow_test(home: &Path, flow: &Path, args: &[&str]) -> Json {
-    let out = sluice(home)
-        .args(["flow", "test"])
-        .args(args)
-        .arg("--flow")
-        .arg(flow)
-        .output()
-        .unwrap();
-    stdout_json(&out)
 }
 
 #[test]
 fn a_prompt_input_replaces_the_template_from_source_path() {
-    let rec = Recorder::new(ok_body("ok"));
+    let rec = FakeServer::replying(ok_body("ok"));
     let home = tempfile::tempdir().unwrap();
-    connect(home.path(), &rec.server);
+    connect(home.path(), &rec);
     let flow = tempfile::tempdir().unwrap();
     write_files(
         flow.path(),
@@ -101,21 +42,14 @@ fn a_prompt_input_replaces_the_template_from_source_path() {
             ),
         ],
     );
-    let out = flow_test(
+    let out = tested(
         home.path(),
         flow.path(),
         &["--inputs", "q=hello", "tpl=# user:\nref {{q}}"],
     );
     assert_eq!(out, json!({"a": "ok", "b": "ok"}));
-    let requests = rec.requests();
-    assert_eq!(requests.len(), 2, "{requests:?}");
-    let messages = |model: &str| {
-        requests
-            .iter()
-            .find(|(_, b)| b["model"] == model)
-            .map(|(_, b)| b["messages"].clone())
-            .unwrap()
-    };
+    assert_eq!(rec.requests(), 2);
+    let messages = |model: &str| rec.request_for(model)["messages"].clone();
     assert_eq!(
         messages("literal-model"),
         json!([{"role": "system", "content": "Inline."}, {"role": "user", "content": "hello"}])
@@ -128,9 +62,9 @@ fn a_prompt_input_replaces_the_template_from_source_path() {
 
 #[test]
 fn azure_requests_go_to_deployment_name_when_model_is_also_set() {
-    let rec = Recorder::new(ok_body("ok"));
+    let rec = FakeServer::replying(ok_body("ok"));
     let home = tempfile::tempdir().unwrap();
-    connect(home.path(), &rec.server);
+    connect(home.path(), &rec);
     let flow = tempfile::tempdir().unwrap();
     // The same inputs on both nodes, `deployment_name` first: Azure takes it, OpenAI takes `model`.
     let node = |name: &str, conn: &str| {
@@ -153,7 +87,7 @@ fn azure_requests_go_to_deployment_name_when_model_is_also_set() {
         ],
     );
     assert_eq!(
-        flow_test(home.path(), flow.path(), &[]),
+        tested(home.path(), flow.path(), &[]),
         json!({"a": "ok", "o": "ok"})
     );
     let azure = rec.request_to(
@@ -170,9 +104,9 @@ fn functions_and_tools_are_sent_and_a_call_comes_back_as_the_message() {
         "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]});
     let reply = json!({"choices": [{"index": 0, "message": call, "finish_reason": "tool_calls"}],
         "usage": {"prompt_tokens": 9, "completion_tokens": 5}});
-    let rec = Recorder::new(reply.to_string());
+    let rec = FakeServer::replying(reply.to_string());
     let home = tempfile::tempdir().unwrap();
-    connect(home.path(), &rec.server);
+    connect(home.path(), &rec);
     let flow = tempfile::tempdir().unwrap();
     write_files(
         flow.path(),
@@ -184,19 +118,12 @@ fn functions_and_tools_are_sent_and_a_call_comes_back_as_the_message() {
             ),
         ],
     );
-    let out = flow_test(home.path(), flow.path(), &[]);
+    let out = tested(home.path(), flow.path(), &[]);
     let mut message = call.clone();
     message["function_call"] = Json::Null;
     assert_eq!(out["t"], message, "{out}");
     assert_eq!(out["f"], message, "{out}");
-    let requests = rec.requests();
-    let body = |model: &str| {
-        requests
-            .iter()
-            .find(|(_, b)| b["model"] == model)
-            .map(|(_, b)| b.clone())
-            .unwrap()
-    };
+    let body = |model: &str| rec.request_for(model);
     let tools = body("with-tools");
     assert_eq!(tools["tools"][0]["function"]["name"], "get_weather");
     assert_eq!(
@@ -218,9 +145,9 @@ fn functions_and_tools_are_sent_and_a_call_comes_back_as_the_message() {
 
 #[test]
 fn stream_is_sent_only_when_the_flow_streams_and_numbers_keep_their_yaml_values() {
-    let rec = Recorder::new(ok_body("streamed"));
+    let rec = FakeServer::replying(ok_body("streamed"));
     let home = tempfile::tempdir().unwrap();
-    connect(home.path(), &rec.server);
+    connect(home.path(), &rec);
     let flow = tempfile::tempdir().unwrap();
     write_files(
         flow.path(),
@@ -233,10 +160,10 @@ fn stream_is_sent_only_when_the_flow_streams_and_numbers_keep_their_yaml_values(
         ],
     );
     assert_eq!(
-        flow_test(home.path(), flow.path(), &[]),
+        tested(home.path(), flow.path(), &[]),
         json!({"a": "streamed"})
     );
-    let raw = rec.server.bodies.lock().unwrap()[0].clone();
+    let raw = rec.bodies()[0].clone();
     let body: Json = serde_json::from_str(&raw).unwrap();
     assert!(body.get("stream").is_none(), "{raw}");
     assert_eq!(body["user"], "u-42");
@@ -249,18 +176,14 @@ fn stream_is_sent_only_when_the_flow_streams_and_numbers_keep_their_yaml_values(
     ] {
         assert!(raw.contains(sent), "{sent} in {raw}");
     }
-    let out = sluice(home.path())
-        .args(["flow", "test", "--stream", "--flow"])
-        .arg(flow.path())
-        .output()
-        .unwrap();
+    let out = flow_test_with(home.path(), flow.path(), &["--stream"]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("streamed"));
-    let streamed: Json = serde_json::from_str(&rec.server.bodies.lock().unwrap()[1]).unwrap();
+    let streamed: Json = serde_json::from_str(&rec.bodies()[1]).unwrap();
     assert_eq!(streamed["stream"], true, "{streamed}");
 }
 
@@ -268,9 +191,9 @@ fn stream_is_sent_only_when_the_flow_streams_and_numbers_keep_their_yaml_values(
 fn embeddings_are_requested_as_promptflow_sends_them() {
     let reply = json!({"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.5, 0.75]}],
         "usage": {"prompt_tokens": 2, "total_tokens": 2}});
-    let rec = Recorder::new(reply.to_string());
+    let rec = FakeServer::replying(reply.to_string());
     let home = tempfile::tempdir().unwrap();
-    connect(home.path(), &rec.server);
+    connect(home.path(), &rec);
     let flow = tempfile::tempdir().unwrap();
     let node = |name: &str, conn: &str| {
         format!(
@@ -288,7 +211,7 @@ fn embeddings_are_requested_as_promptflow_sends_them() {
             ),
         )],
     );
-    let out = flow_test(home.path(), flow.path(), &["--inputs", "text=hello"]);
+    let out = tested(home.path(), flow.path(), &["--inputs", "text=hello"]);
     assert_eq!(out, json!({"a": [0.5, 0.75], "o": [0.5, 0.75]}));
     let azure =
         rec.request_to("POST /v1/openai/deployments/emb-deployment/embeddings?api-version=");
@@ -302,21 +225,15 @@ fn embeddings_are_requested_as_promptflow_sends_them() {
 
 #[test]
 fn a_serverless_connection_is_called_as_openai_under_v1() {
-    let rec = Recorder::new(ok_body("ok"));
+    let rec = FakeServer::replying(ok_body("ok"));
     let home = tempfile::tempdir().unwrap();
-    let file = home.path().join("serverless.yaml");
-    std::fs::write(
-        &file,
-        format!(
+    add_connection(
+        home.path(),
+        "maas",
+        &format!(
             "name: maas\ntype: serverless\napi_key: k\napi_base: {}\n",
-            rec.server.base.trim_end_matches("/v1")
+            rec.origin
         ),
-    )
-    .unwrap();
-    succeeded(
-        sluice(home.path())
-            .args(["connection", "create", "-f"])
-            .arg(&file),
     );
     let flow = tempfile::tempdir().unwrap();
     write_files(
@@ -329,7 +246,7 @@ fn a_serverless_connection_is_called_as_openai_under_v1() {
             ),
         ],
     );
-    assert_eq!(flow_test(home.path(), flow.path(), &[]), json!({"a": "ok"}));
+    assert_eq!(tested(home.path(), flow.path(), &[]), json!({"a": "ok"}));
     assert_eq!(
         rec.request_to("POST /v1/chat/completions ")["model"],
         "llama"
