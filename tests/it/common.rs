@@ -36,13 +36,7 @@ pub fn stdout_json(out: &Output) -> Json {
 
 /// Runs `sluice ARGS` and returns its JSON output.
 pub fn json(home: &Path, args: &[&str]) -> Json {
-    let out = sluice(home).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout_json(&out)
+    stdout_json(&sluice(home).args(args).output().unwrap())
 }
 
 /// Every JSON line of a file; unreadable lines (and a missing file) give nothing.
@@ -165,12 +159,17 @@ pub fn flow_test(home: &Path, flow: &Path, secs: u64) -> Ran {
 /// left.
 pub fn succeeded(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap();
+    assert_ok(&out);
+    out
+}
+
+/// Asserts that a command succeeded, showing its stderr where it did not.
+pub fn assert_ok(out: &Output) {
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    out
 }
 
 /// `sluice run create --name NAME OPTIONS --flow FLOW --data DATA` in `home`; `options` are words

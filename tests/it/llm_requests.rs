@@ -2,45 +2,49 @@
 //! reply, next to what promptflow sends: a fake server on loopback records each request's first line
 //! and body. No model is needed.
 
-use std::path::Path;
-
 use serde_json::{Value as Json, json};
+
+use tempfile::TempDir;
 
 use crate::common::{add_connection, flow_test_with, tested, write_files};
 use crate::fake::{FakeServer, ok_body};
 
-/// Stores connections to the recorder in `home`: `oai` (open_ai) and `aoai` (azure_open_ai).
-fn connect(home: &Path, server: &FakeServer) {
-    for (name, kind, extra) in [
-        ("oai", "open_ai", ""),
-        ("aoai", "azure_open_ai", "api_version: 2024-06-01\n"),
+/// A fake server that answers every request with `reply`, a home whose connections point at it
+/// (`oai` open_ai, `aoai` azure_open_ai, `maas` serverless) and a flow folder holding `chat.jinja2`
+/// (`template`) and `flow.dag.yaml` (`yaml`).
+fn setup(reply: String, template: &str, yaml: &str) -> (FakeServer, TempDir, TempDir) {
+    let rec = FakeServer::replying(reply);
+    let home = tempfile::tempdir().unwrap();
+    for (name, kind, base, extra) in [
+        ("oai", "open_ai", &rec.base, ""),
+        (
+            "aoai",
+            "azure_open_ai",
+            &rec.base,
+            "api_version: 2024-06-01\n",
+        ),
+        ("maas", "serverless", &rec.origin, ""),
     ] {
         add_connection(
-            home,
+            home.path(),
             name,
-            &format!(
-                "name: {name}\ntype: {kind}\napi_key: k\napi_base: {}\n{extra}",
-                server.base
-            ),
+            &format!("name: {name}\ntype: {kind}\napi_key: k\napi_base: {base}\n{extra}"),
         );
     }
+    let flow = tempfile::tempdir().unwrap();
+    write_files(
+        flow.path(),
+        &[("chat.jinja2", template), ("flow.dag.yaml", yaml)],
+    );
+    (rec, home, flow)
 }
 
 #[test]
 fn a_prompt_input_replaces_the_template_from_source_path() {
-    let rec = FakeServer::replying(ok_body("ok"));
-    let home = tempfile::tempdir().unwrap();
-    connect(home.path(), &rec);
-    let flow = tempfile::tempdir().unwrap();
-    write_files(
-        flow.path(),
-        &[
-            ("chat.jinja2", "# user:\nfrom the file: {{q}}\n"),
-            (
-                "flow.dag.yaml",
-                "inputs:\n  q: {type: string}\n  tpl: {type: string}\noutputs:\n  a: {reference: '${literal.output}'}\n  b: {reference: '${by_ref.output}'}\nnodes:\n- name: literal\n  type: llm\n  api: chat\n  connection: oai\n  source: {type: code, path: chat.jinja2}\n  inputs:\n    model: literal-model\n    prompt: \"# system:\\nInline.\\n# user:\\n{{q}}\\n\"\n    q: ${inputs.q}\n- name: by_ref\n  type: llm\n  api: chat\n  connection: oai\n  source: {type: code, path: chat.jinja2}\n  inputs:\n    model: ref-model\n    prompt: ${inputs.tpl}\n    q: ${inputs.q}\n",
-            ),
-        ],
+    let (rec, home, flow) = setup(
+        ok_body("ok"),
+        "# user:\nfrom the file: {{q}}\n",
+        "inputs:\n  q: {type: string}\n  tpl: {type: string}\noutputs:\n  a: {reference: '${literal.output}'}\n  b: {reference: '${by_ref.output}'}\nnodes:\n- name: literal\n  type: llm\n  api: chat\n  connection: oai\n  source: {type: code, path: chat.jinja2}\n  inputs:\n    model: literal-model\n    prompt: \"# system:\\nInline.\\n# user:\\n{{q}}\\n\"\n    q: ${inputs.q}\n- name: by_ref\n  type: llm\n  api: chat\n  connection: oai\n  source: {type: code, path: chat.jinja2}\n  inputs:\n    model: ref-model\n    prompt: ${inputs.tpl}\n    q: ${inputs.q}\n",
     );
     let out = tested(
         home.path(),
@@ -62,29 +66,20 @@ fn a_prompt_input_replaces_the_template_from_source_path() {
 
 #[test]
 fn azure_requests_go_to_deployment_name_when_model_is_also_set() {
-    let rec = FakeServer::replying(ok_body("ok"));
-    let home = tempfile::tempdir().unwrap();
-    connect(home.path(), &rec);
-    let flow = tempfile::tempdir().unwrap();
     // The same inputs on both nodes, `deployment_name` first: Azure takes it, OpenAI takes `model`.
     let node = |name: &str, conn: &str| {
         format!(
             "- name: {name}\n  type: llm\n  api: chat\n  connection: {conn}\n  source: {{type: code, path: chat.jinja2}}\n  inputs:\n    deployment_name: my-deployment\n    model: gpt-4o\n"
         )
     };
-    write_files(
-        flow.path(),
-        &[
-            ("chat.jinja2", "# user:\nhi\n"),
-            (
-                "flow.dag.yaml",
-                &format!(
-                    "outputs:\n  a: {{reference: '${{azure.output}}'}}\n  o: {{reference: '${{openai.output}}'}}\nnodes:\n{}{}",
-                    node("azure", "aoai"),
-                    node("openai", "oai")
-                ),
-            ),
-        ],
+    let (rec, home, flow) = setup(
+        ok_body("ok"),
+        "# user:\nhi\n",
+        &format!(
+            "outputs:\n  a: {{reference: '${{azure.output}}'}}\n  o: {{reference: '${{openai.output}}'}}\nnodes:\n{}{}",
+            node("azure", "aoai"),
+            node("openai", "oai")
+        ),
     );
     assert_eq!(
         tested(home.path(), flow.path(), &[]),
@@ -104,19 +99,10 @@ fn functions_and_tools_are_sent_and_a_call_comes_back_as_the_message() {
         "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]});
     let reply = json!({"choices": [{"index": 0, "message": call, "finish_reason": "tool_calls"}],
         "usage": {"prompt_tokens": 9, "completion_tokens": 5}});
-    let rec = FakeServer::replying(reply.to_string());
-    let home = tempfile::tempdir().unwrap();
-    connect(home.path(), &rec);
-    let flow = tempfile::tempdir().unwrap();
-    write_files(
-        flow.path(),
-        &[
-            ("chat.jinja2", "# user:\nWeather in Paris?\n"),
-            (
-                "flow.dag.yaml",
-                "outputs:\n  t: {reference: '${tools.output}'}\n  f: {reference: '${functions.output}'}\nnodes:\n- name: tools\n  type: llm\n  api: chat\n  connection: oai\n  source: {type: code, path: chat.jinja2}\n  inputs:\n    model: with-tools\n    tools:\n    - type: function\n      function: {name: get_weather, parameters: {type: object, properties: {city: {type: string}}}}\n    tool_choice: auto\n    functions: '[{\"name\": \"ignored\"}]'\n- name: functions\n  type: llm\n  api: chat\n  connection: oai\n  source: {type: code, path: chat.jinja2}\n  inputs:\n    model: with-functions\n    functions: '[{\"name\": \"get_weather\", \"parameters\": {\"type\": \"object\", \"properties\": {}}}]'\n    function_call: '{\"name\": \"get_weather\"}'\n",
-            ),
-        ],
+    let (rec, home, flow) = setup(
+        reply.to_string(),
+        "# user:\nWeather in Paris?\n",
+        "outputs:\n  t: {reference: '${tools.output}'}\n  f: {reference: '${functions.output}'}\nnodes:\n- name: tools\n  type: llm\n  api: chat\n  connection: oai\n  source: {type: code, path: chat.jinja2}\n  inputs:\n    model: with-tools\n    tools:\n    - type: function\n      function: {name: get_weather, parameters: {type: object, properties: {city: {type: string}}}}\n    tool_choice: auto\n    functions: '[{\"name\": \"ignored\"}]'\n- name: functions\n  type: llm\n  api: chat\n  connection: oai\n  source: {type: code, path: chat.jinja2}\n  inputs:\n    model: with-functions\n    functions: '[{\"name\": \"get_weather\", \"parameters\": {\"type\": \"object\", \"properties\": {}}}]'\n    function_call: '{\"name\": \"get_weather\"}'\n",
     );
     let out = tested(home.path(), flow.path(), &[]);
     let mut message = call.clone();
@@ -145,19 +131,10 @@ fn functions_and_tools_are_sent_and_a_call_comes_back_as_the_message() {
 
 #[test]
 fn stream_is_sent_only_when_the_flow_streams_and_numbers_keep_their_yaml_values() {
-    let rec = FakeServer::replying(ok_body("streamed"));
-    let home = tempfile::tempdir().unwrap();
-    connect(home.path(), &rec);
-    let flow = tempfile::tempdir().unwrap();
-    write_files(
-        flow.path(),
-        &[
-            ("chat.jinja2", "# user:\nhi\n"),
-            (
-                "flow.dag.yaml",
-                "outputs:\n  a: {reference: '${chat.output}'}\nnodes:\n- name: chat\n  type: llm\n  api: chat\n  connection: oai\n  source: {type: code, path: chat.jinja2}\n  inputs:\n    model: m\n    temperature: 0.7\n    top_p: 0.9\n    presence_penalty: 0.1\n    max_tokens: 20\n    user: u-42\n    logit_bias: {'50256': -100}\n",
-            ),
-        ],
+    let (rec, home, flow) = setup(
+        ok_body("streamed"),
+        "# user:\nhi\n",
+        "outputs:\n  a: {reference: '${chat.output}'}\nnodes:\n- name: chat\n  type: llm\n  api: chat\n  connection: oai\n  source: {type: code, path: chat.jinja2}\n  inputs:\n    model: m\n    temperature: 0.7\n    top_p: 0.9\n    presence_penalty: 0.1\n    max_tokens: 20\n    user: u-42\n    logit_bias: {'50256': -100}\n",
     );
     assert_eq!(
         tested(home.path(), flow.path(), &[]),
@@ -177,11 +154,7 @@ fn stream_is_sent_only_when_the_flow_streams_and_numbers_keep_their_yaml_values(
         assert!(raw.contains(sent), "{sent} in {raw}");
     }
     let out = flow_test_with(home.path(), flow.path(), &["--stream"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::common::assert_ok(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("streamed"));
     let streamed: Json = serde_json::from_str(&rec.bodies()[1]).unwrap();
     assert_eq!(streamed["stream"], true, "{streamed}");
@@ -191,25 +164,19 @@ fn stream_is_sent_only_when_the_flow_streams_and_numbers_keep_their_yaml_values(
 fn embeddings_are_requested_as_promptflow_sends_them() {
     let reply = json!({"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.5, 0.75]}],
         "usage": {"prompt_tokens": 2, "total_tokens": 2}});
-    let rec = FakeServer::replying(reply.to_string());
-    let home = tempfile::tempdir().unwrap();
-    connect(home.path(), &rec);
-    let flow = tempfile::tempdir().unwrap();
     let node = |name: &str, conn: &str| {
         format!(
             "- name: {name}\n  type: python\n  source: {{type: package, tool: promptflow.tools.embedding.embedding}}\n  inputs:\n    connection: {conn}\n    deployment_name: emb-deployment\n    model: text-embedding-3-small\n    input: ${{inputs.text}}\n"
         )
     };
-    write_files(
-        flow.path(),
-        &[(
-            "flow.dag.yaml",
-            &format!(
-                "inputs:\n  text: {{type: string}}\noutputs:\n  a: {{reference: '${{azure.output}}'}}\n  o: {{reference: '${{openai.output}}'}}\nnodes:\n{}{}",
-                node("azure", "aoai"),
-                node("openai", "oai")
-            ),
-        )],
+    let (rec, home, flow) = setup(
+        reply.to_string(),
+        "",
+        &format!(
+            "inputs:\n  text: {{type: string}}\noutputs:\n  a: {{reference: '${{azure.output}}'}}\n  o: {{reference: '${{openai.output}}'}}\nnodes:\n{}{}",
+            node("azure", "aoai"),
+            node("openai", "oai")
+        ),
     );
     let out = tested(home.path(), flow.path(), &["--inputs", "text=hello"]);
     assert_eq!(out, json!({"a": [0.5, 0.75], "o": [0.5, 0.75]}));
@@ -225,26 +192,10 @@ fn embeddings_are_requested_as_promptflow_sends_them() {
 
 #[test]
 fn a_serverless_connection_is_called_as_openai_under_v1() {
-    let rec = FakeServer::replying(ok_body("ok"));
-    let home = tempfile::tempdir().unwrap();
-    add_connection(
-        home.path(),
-        "maas",
-        &format!(
-            "name: maas\ntype: serverless\napi_key: k\napi_base: {}\n",
-            rec.origin
-        ),
-    );
-    let flow = tempfile::tempdir().unwrap();
-    write_files(
-        flow.path(),
-        &[
-            ("chat.jinja2", "# user:\nhi\n"),
-            (
-                "flow.dag.yaml",
-                "outputs:\n  a: {reference: '${chat.output}'}\nnodes:\n- name: chat\n  type: llm\n  api: chat\n  connection: maas\n  source: {type: code, path: chat.jinja2}\n  inputs:\n    model: llama\n",
-            ),
-        ],
+    let (rec, home, flow) = setup(
+        ok_body("ok"),
+        "# user:\nhi\n",
+        "outputs:\n  a: {reference: '${chat.output}'}\nnodes:\n- name: chat\n  type: llm\n  api: chat\n  connection: maas\n  source: {type: code, path: chat.jinja2}\n  inputs:\n    model: llama\n",
     );
     assert_eq!(tested(home.path(), flow.path(), &[]), json!({"a": "ok"}));
     assert_eq!(

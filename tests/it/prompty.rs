@@ -3,12 +3,22 @@
 //! as written), the shape of the reply, and front-matter errors with their positions.
 
 use predicates::prelude::*;
+use std::path::{Path, PathBuf};
+
 use serde_json::{Value as Json, json};
 
 use crate::common::{
-    create_connection, flow_test_with, read_jsonl, sluice, stdout_json, tested, write_files,
+    create_connection, flow_test_with, read_jsonl, sluice, stdout_json, succeeded, tested,
+    write_files,
 };
 use crate::fake::{FakeServer, Reply, Seen, ok_body};
+
+/// Writes `openai_prompty(base, parameters, rest)` to `dir/name` and returns its path.
+fn ask_prompty(dir: &Path, name: &str, base: &str, parameters: &str, rest: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, openai_prompty(base, parameters, rest)).unwrap();
+    path
+}
 
 /// A prompty that answers questions through `base` with explicit OpenAI settings.
 fn openai_prompty(base: &str, parameters: &str, rest: &str) -> String {
@@ -92,16 +102,13 @@ fn the_request_carries_the_messages_model_and_parameters_as_promptflow_sends_the
             r#"{"answer": "Paris", "confidence": 0.9, "extra": true}"#,
         ))
     });
-    let prompty = dir.path().join("ask.prompty");
-    std::fs::write(
-        &prompty,
-        openai_prompty(
-            &server.base,
-            "    max_tokens: 128\n    temperature: 0.7\n    response_format:\n      type: json_object\n",
-            "inputs:\n  question:\n    type: string\noutputs:\n  answer:\n    type: string\n  confidence:\n    type: double\n",
-        ),
-    )
-    .unwrap();
+    let prompty = ask_prompty(
+        dir.path(),
+        "ask.prompty",
+        &server.base,
+        "    max_tokens: 128\n    temperature: 0.7\n    response_format:\n      type: json_object\n",
+        "inputs:\n  question:\n    type: string\noutputs:\n  answer:\n    type: string\n  confidence:\n    type: double\n",
+    );
     let out = tested(
         home.path(),
         &prompty,
@@ -142,16 +149,13 @@ fn a_json_reply_without_a_declared_output_fails_the_line() {
     let home = tempfile::tempdir().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let server = FakeServer::replying(ok_body(r#"{"other": 1}"#));
-    let prompty = dir.path().join("ask.prompty");
-    std::fs::write(
-        &prompty,
-        openai_prompty(
-            &server.base,
-            "    response_format: {type: json_object}\n",
-            "sample:\n  question: q\noutputs:\n  answer: {type: string}\n",
-        ),
-    )
-    .unwrap();
+    let prompty = ask_prompty(
+        dir.path(),
+        "ask.prompty",
+        &server.base,
+        "    response_format: {type: json_object}\n",
+        "sample:\n  question: q\noutputs:\n  answer: {type: string}\n",
+    );
     let out = flow_test_with(home.path(), &prompty, &[]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -322,17 +326,12 @@ fn run_create_on_a_prompty_writes_each_lines_output_and_an_eval_run_reads_them()
         ],
     );
     let run = |args: &[&str]| {
-        let out = sluice(home.path())
-            .current_dir(dir.path())
-            .args(["run", "create"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        succeeded(
+            sluice(home.path())
+                .current_dir(dir.path())
+                .args(["run", "create"])
+                .args(args),
+        )
     };
     run(&[
         "--flow",
@@ -415,37 +414,27 @@ fn streaming_tool_calls_and_whole_responses_come_back_as_promptflow_returns_them
         }
         Reply::json(ok_body("whole"))
     });
-    let stream = dir.path().join("stream.prompty");
-    std::fs::write(
-        &stream,
-        openai_prompty(
-            &server.base,
-            "    max_tokens: 5\n",
-            "sample:\n  question: hi\n",
-        ),
-    )
-    .unwrap();
-    let out = flow_test_with(home.path(), &stream, &["--stream"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stream = ask_prompty(
+        dir.path(),
+        "stream.prompty",
+        &server.base,
+        "    max_tokens: 5\n",
+        "sample:\n  question: hi\n",
     );
+    let out = flow_test_with(home.path(), &stream, &["--stream"]);
+    crate::common::assert_ok(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("Hello!"));
     let body = server.seen()[0].json();
     assert_eq!(body["stream"], true);
     assert_eq!(body["max_tokens"], 5);
 
-    let tools = dir.path().join("tools.prompty");
-    std::fs::write(
-        &tools,
-        openai_prompty(
-            &server.base,
-            "    tools:\n    - type: function\n      function:\n        name: get_weather\n        parameters: {type: object, properties: {city: {type: string}}}\n    tool_choice: auto\n",
-            "sample:\n  question: weather in Paris?\n",
-        ),
-    )
-    .unwrap();
+    let tools = ask_prompty(
+        dir.path(),
+        "tools.prompty",
+        &server.base,
+        "    tools:\n    - type: function\n      function:\n        name: get_weather\n        parameters: {type: object, properties: {city: {type: string}}}\n    tool_choice: auto\n",
+        "sample:\n  question: weather in Paris?\n",
+    );
     let out = tested(home.path(), &tools, &[]);
     assert_eq!(
         out["output"]["tool_calls"][0]["function"]["name"], "get_weather",
@@ -455,16 +444,13 @@ fn streaming_tool_calls_and_whole_responses_come_back_as_promptflow_returns_them
     assert_eq!(body["tools"][0]["function"]["name"], "get_weather");
     assert_eq!(body["tool_choice"], "auto");
 
-    let all = dir.path().join("all.prompty");
-    std::fs::write(
-        &all,
-        openai_prompty(
-            &server.base,
-            "    max_tokens: 5\n  response: all\n",
-            "sample:\n  question: hi\n",
-        ),
-    )
-    .unwrap();
+    let all = ask_prompty(
+        dir.path(),
+        "all.prompty",
+        &server.base,
+        "    max_tokens: 5\n  response: all\n",
+        "sample:\n  question: hi\n",
+    );
     let out = tested(home.path(), &all, &[]);
     assert_eq!(
         out["output"]["choices"][0]["message"]["content"], "whole",
