@@ -276,16 +276,8 @@ fn connection_secrets_given_any_way_are_stored_as_secrets_and_shown_masked() {
     let stored: Json =
         serde_json::from_slice(&std::fs::read(home.path().join("connections/many.json")).unwrap())
             .unwrap();
-    for k in [
-        "client_secret",
-        "access_token",
-        "secret",
-        "apikey",
-        "search_api_key",
-        "token",
-        "password",
-        "key",
-    ] {
+    let keys = "client_secret access_token secret apikey search_api_key token password key";
+    for k in keys.split(' ') {
         assert!(
             stored["secrets"][k]
                 .as_str()
