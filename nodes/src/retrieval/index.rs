@@ -15,7 +15,9 @@ use super::chroma::Chroma;
 use super::document::{self, Chunk, Chunking};
 pub use super::error::IndexError;
 use super::filter::Filter;
-use super::store::{FileChunks, LocalStore, Search, StoreError, VectorStore, search_sqlite_vec};
+use super::store::{
+    FileChunks, LocalStore, Nearest, Search, StoreError, VectorStore, search_sqlite_vec,
+};
 use crate::llm::embed::LocalEmbedder;
 use crate::llm::store::{self, sha256_file};
 
@@ -625,7 +627,7 @@ impl Index {
             return Ok(search_sqlite_vec(&self.db, q, k, allowed)?);
         }
         let (db, local) = self.local()?;
-        Ok(local.rank(db, how, q, k, allowed)?)
+        Ok(local.rank(db, Nearest { how, q, k, allowed })?)
     }
 
     /// The index's embedding model, found and loaded on first use: by its name, or else by the file

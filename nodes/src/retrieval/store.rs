@@ -45,6 +45,17 @@ pub struct Search<'a> {
     pub filter: &'a Filter,
 }
 
+/// A ranking of the chunks' vectors: the `k` chunks in `allowed` (all when `None`) nearest to `q`,
+/// found the way `how` says.
+#[derive(Clone, Copy, Debug)]
+pub struct Nearest<'a> {
+    pub how: Ranking,
+    /// The query vector, unit length.
+    pub q: &'a [f32],
+    pub k: usize,
+    pub allowed: Option<&'a HashSet<i64>>,
+}
+
 /// A place for an index's vectors. `db` is the index's SQLite connection (the chunks and the meta
 /// table); the store may keep its own tables there.
 #[async_trait]
@@ -247,7 +258,15 @@ impl LocalStore {
             Some(self.ids_matching(db, s.filter)?)
         };
         let depth = if hybrid { s.k.max(100) } else { s.k };
-        let ranked = self.rank(db, Ranking::Vectors, s.q, depth, allowed.as_ref())?;
+        let ranked = self.rank(
+            db,
+            Nearest {
+                how: Ranking::Vectors,
+                q: s.q,
+                k: depth,
+                allowed: allowed.as_ref(),
+            },
+        )?;
         let ranked: Vec<(i64, f64)> = if hybrid {
             let bm25 = bm25(db, s.text.unwrap_or_default(), allowed.as_ref())?;
             let mut fused: HashMap<i64, f64> = HashMap::new();
@@ -365,18 +384,16 @@ impl LocalStore {
         Ok(Some(flat))
     }
 
-    /// The `k` chunks in `allowed` (all when `None`) nearest to `q`: ids with cosine similarity, best
-    /// first, ranked the way `how` says. [`Ranking::Vectors`] uses the HNSW graph when there is one,
-    /// no filter and `k` is within its search width, else it is exact. Exact search scans the vectors
-    /// in memory (SIMD dot products) up to [`FLAT_MAX`] chunks, and uses sqlite-vec above that.
+    /// The ranking `nearest` asks for: ids with cosine similarity, best first.
+    /// [`Ranking::Vectors`] uses the HNSW graph when there is one, no filter and `k` is within its
+    /// search width, else it is exact. Exact search scans the vectors in memory (SIMD dot products)
+    /// up to [`FLAT_MAX`] chunks, and uses sqlite-vec above that.
     pub fn rank(
         &mut self,
         db: &Connection,
-        how: Ranking,
-        q: &[f32],
-        k: usize,
-        allowed: Option<&HashSet<i64>>,
+        nearest: Nearest<'_>,
     ) -> Result<Vec<(i64, f64)>, StoreError> {
+        let Nearest { how, q, k, allowed } = nearest;
         if how == Ranking::SqliteVec {
             return search_sqlite_vec(db, q, k, allowed);
         }
