@@ -9,8 +9,7 @@
 # --install-pf creates a virtualenv in the work folder and pip-installs promptflow into it.
 # Uses target/release/sluice (or $SLUICE); build it first with `cargo build --release`.
 set -euo pipefail
-here="$(cd "$(dirname "$0")" && pwd)"
-root="$(dirname "$here")"
+source "$(dirname "$0")/common.sh"
 lines=50
 install_pf=0
 for arg in "$@"; do
@@ -19,8 +18,6 @@ for arg in "$@"; do
     *) lines="$arg" ;;
   esac
 done
-sluice="${SLUICE:-${CARGO_TARGET_DIR:-$root/target}/release/sluice}"
-[ -x "$sluice" ] || { echo "no sluice binary at $sluice: run cargo build --release" >&2; exit 2; }
 work="$(mktemp -d)"
 server_pid=""
 cleanup() {
