@@ -575,17 +575,7 @@ fn a_stuck_python_tool_does_not_keep_the_process_alive_after_a_line_timeout() {
 
 /// `sluice model serve` on a free loopback port, two slots of 512 tokens; killed on drop.
 fn serve(home: &Path, env: &[(&str, &str)]) -> common::Served {
-    let args = [
-        "model",
-        "serve",
-        "--port",
-        "0",
-        "--parallel",
-        "2",
-        "--ctx",
-        "512",
-    ];
-    common::serve(home, &args, env)
+    common::model_serve(home, &[], env)
 }
 
 /// Reads until the server closes the connection (true) or `limit` passes (false).

@@ -1,14 +1,13 @@
 //! `sluice flow serve`: the real binary on a loopback port, driven over real HTTP.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value as Json, json};
 
-use crate::common::{read_jsonl, write_files};
+use crate::common::{Answer, Served, client, read_jsonl, request, write_files};
 
 /// A flow with a Python node that upper-cases `text` after sleeping `wait` seconds, and an
 /// evaluation-only output.
@@ -63,212 +62,29 @@ fn flow_dir(root: &Path, files: &[(&str, &str)]) -> PathBuf {
     dir
 }
 
-/// `sluice flow serve` on a free loopback port; killed on drop.
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn command(home: &Path, flow: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("sluice"));
+/// `sluice flow serve --flow FLOW ARGS` in `home`, without an API key but one `env` gives.
+fn command(home: &Path, flow: &Path, args: &[&str]) -> assert_cmd::Command {
+    let mut cmd = crate::common::sluice(home);
     cmd.args(["flow", "serve", "--port", "0", "--flow"])
         .arg(flow)
         .args(args)
-        .env("SLUICE_HOME", home)
-        .env("SLUICE_MODELS_DIR", sluice_nodes::llm::store::models_dir())
         .env_remove("SLUICE_API_KEY");
     cmd
 }
 
-fn serve(home: &Path, flow: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
-    let mut child = command(home, flow, args)
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on http://")
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-        .to_owned();
-    let server = Server { child, addr };
+/// `sluice flow serve` on a free loopback port, answering /health; killed on drop.
+fn serve(home: &Path, flow: &Path, args: &[&str], env: &[(&str, &str)]) -> Served {
+    let flow = flow.to_str().unwrap();
+    let mut all = vec!["flow", "serve", "--port", "0", "--flow", flow];
+    all.extend_from_slice(args);
+    let server = crate::common::serve(home, &all, env);
     assert_eq!(server.get("/health").status, 200);
     server
 }
 
-/// An answer: status, headers (lowercased names) and the body, de-chunked.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> Json {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.body))
-    }
-
-    /// `error.innerError.code` of an error answer.
-    fn error_code(&self) -> String {
-        self.json()["error"]["innerError"]["code"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
-    }
-}
-
-fn dechunk(mut raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let Some(end) = raw.windows(2).position(|w| w == b"\r\n") else {
-            return out;
-        };
-        let size = usize::from_str_radix(
-            String::from_utf8_lossy(&raw[..end])
-                .split(';')
-                .next()
-                .unwrap()
-                .trim(),
-            16,
-        )
-        .unwrap_or(0);
-        if size == 0 {
-            return out;
-        }
-        out.extend_from_slice(&raw[end + 2..end + 2 + size]);
-        raw = &raw[end + 2 + size + 2..];
-    }
-}
-
-/// Sends one request (`connection: close`) and reads the whole answer.
-fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    s.write_all(head.as_bytes()).unwrap();
-    // A refused body may be answered before it is all sent.
-    let _ = s.write_all(body);
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no answer: {:?}", String::from_utf8_lossy(&raw)));
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
-    let rest = &raw[split + 4..];
-    let body = if chunked {
-        dechunk(rest)
-    } else {
-        rest.to_vec()
-    };
-    Answer {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
-}
-
-impl Server {
-    fn get(&self, path: &str) -> Answer {
-        request(&self.addr, "GET", path, &[], b"")
-    }
-
-    fn score(&self, body: &Json) -> Answer {
-        request(
-            &self.addr,
-            "POST",
-            "/score",
-            &[("content-type", "application/json")],
-            body.to_string().as_bytes(),
-        )
-    }
-
-    /// The value of a metric line (`name{labels}`) in /metrics, 0 when absent.
-    fn metric(&self, series: &str) -> f64 {
-        let text = self.get("/metrics").body;
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or(0.0)
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(sig)
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    }
-
-    /// Stops the server with SIGTERM, as a supervisor would, and checks it exits 0.
-    fn stop(mut self) {
-        self.signal("-TERM");
-        let status = self.wait_within(Duration::from_secs(10));
-        assert_eq!(status.and_then(|s| s.code()), Some(0));
-    }
-
-    fn wait_within(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let started = Instant::now();
-        while started.elapsed() < limit {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return Some(s);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
-    }
-}
-
-/// A client on a thread of its own.
-fn client(f: impl FnOnce() -> Answer + Send + 'static) -> std::thread::JoinHandle<Answer> {
-    std::thread::Builder::new()
-        .name("client".into())
-        .spawn(f)
-        .unwrap()
+/// `POST /score` with a JSON body.
+fn score(server: &Served, body: &Json) -> Answer {
+    server.post_json("/score", body)
 }
 
 /// The one traffic log segment of a flow named `flow`.
@@ -293,7 +109,7 @@ fn flow_serve_answers_score_health_version_swagger_feedback_metrics_and_the_page
         &[("BUILD_INFO", r#"{"commit": "abc"}"#)],
     );
 
-    let ok = server.score(&json!({"text": "hi"}));
+    let ok = score(&server, &json!({"text": "hi"}));
     assert_eq!(ok.status, 200, "{}", ok.body);
     assert_eq!(ok.header("content-type"), Some("application/json"));
     // The evaluation-only output is left out.
@@ -389,7 +205,7 @@ fn flow_serve_takes_a_raw_body_for_a_one_input_flow_and_marks_chat_flows() {
         b"plain words",
     );
     assert_eq!(raw.json(), json!({"echoed": "said: plain words"}));
-    let as_json = server.score(&json!({"text": "x"}));
+    let as_json = score(&server, &json!({"text": "x"}));
     assert_eq!(as_json.json(), json!({"echoed": "said: x"}));
     drop(server);
 
@@ -412,7 +228,7 @@ fn flow_serve_answers_a_missing_required_input_with_400_missing_required_flow_in
     let root = tempfile::tempdir().unwrap();
     let flow = flow_dir(root.path(), SLOW_UPPER);
     let server = serve(root.path(), &flow, &[], &[]);
-    let r = server.score(&json!({"wait": 0}));
+    let r = score(&server, &json!({"wait": 0}));
     assert_eq!(r.status, 400, "{}", r.body);
     assert_eq!(r.json()["error"]["code"], "UserError");
     assert_eq!(r.error_code(), "MissingRequiredFlowInput");
@@ -423,7 +239,7 @@ fn flow_serve_answers_a_missing_required_input_with_400_missing_required_flow_in
             .contains("'text'")
     );
     // An input of the wrong type is a user error too.
-    let bad = server.score(&json!({"text": "x", "wait": "soon"}));
+    let bad = score(&server, &json!({"text": "x", "wait": "soon"}));
     assert_eq!(bad.status, 400, "{}", bad.body);
     assert_eq!(
         server.metric(r#"sluice_serve_errors_total{code="MissingRequiredFlowInput"}"#),
@@ -504,10 +320,10 @@ fn flow_serve_refuses_a_body_over_the_limit_with_413() {
     let flow = flow_dir(root.path(), SLOW_UPPER);
     let server = serve(root.path(), &flow, &["--max-body-bytes", "1000"], &[]);
     let big = json!({"text": "x".repeat(2000)});
-    let r = server.score(&big);
+    let r = score(&server, &big);
     assert_eq!(r.status, 413, "{}", r.body);
     assert_eq!(r.error_code(), "RequestEntityTooLarge");
-    let small = server.score(&json!({"text": "x".repeat(500)}));
+    let small = score(&server, &json!({"text": "x".repeat(500)}));
     assert_eq!(small.status, 200);
     assert_eq!(
         server.metric(r#"sluice_serve_rejections_total{reason="body_too_large"}"#),
@@ -538,18 +354,21 @@ fn flow_serve_answers_429_with_retry_after_beyond_the_queue() {
         })
     };
     let running = slow(addr.clone());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while server.metric("sluice_serve_lines_in_flight") < 1.0 {
-        assert!(Instant::now() < deadline, "the first line never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    server.await_metric(
+        "sluice_serve_lines_in_flight",
+        1.0,
+        &[],
+        "the first line never started",
+    );
     let queued = slow(addr.clone());
-    while server.metric("sluice_serve_queue_depth") < 1.0 {
-        assert!(Instant::now() < deadline, "the second request never queued");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    server.await_metric(
+        "sluice_serve_queue_depth",
+        1.0,
+        &[],
+        "the second request never queued",
+    );
     let started = Instant::now();
-    let refused = server.score(&json!({"text": "third"}));
+    let refused = score(&server, &json!({"text": "third"}));
     assert_eq!(refused.status, 429, "{}", refused.body);
     assert!(
         started.elapsed() < Duration::from_secs(1),
@@ -577,7 +396,7 @@ fn a_line_past_the_line_timeout_is_cancelled_and_answered_504() {
         &[],
     );
     let started = Instant::now();
-    let r = server.score(&json!({"text": "late", "wait": 5}));
+    let r = score(&server, &json!({"text": "late", "wait": 5}));
     assert_eq!(r.status, 504, "{}", r.body);
     assert_eq!(r.error_code(), "LineExecutionTimeoutError");
     assert!(
@@ -587,7 +406,7 @@ fn a_line_past_the_line_timeout_is_cancelled_and_answered_504() {
     );
     // The line gave its place back: the one line allowed runs the next request.
     assert_eq!(server.metric("sluice_serve_lines_in_flight"), 0.0);
-    let next = server.score(&json!({"text": "next"}));
+    let next = score(&server, &json!({"text": "next"}));
     assert_eq!(next.json()["shout"], "NEXT");
 }
 
@@ -646,7 +465,7 @@ fn a_streaming_output_is_sent_as_server_sent_events() {
         "data: {\"length\":3}\n\ndata: {\"streamed\":\"A\"}\n\ndata: {\"streamed\":\"B\"}\n\ndata: {\"streamed\":\"C\"}\n\n"
     );
     // Without a stream in Accept, the stream is joined.
-    let joined = server.score(&json!({"text": "abc"}));
+    let joined = score(&server, &json!({"text": "abc"}));
     assert_eq!(joined.json(), json!({"streamed": "ABC", "length": 3}));
     server.stop();
     // The streamed line is logged with the whole text.
@@ -669,11 +488,12 @@ fn sigterm_stops_accepting_and_finishes_the_lines_in_flight() {
             })
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while server.metric("sluice_serve_lines_in_flight") < 4.0 {
-        assert!(Instant::now() < deadline, "the lines never all started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    server.await_metric(
+        "sluice_serve_lines_in_flight",
+        4.0,
+        &[],
+        "the lines never all started",
+    );
     server.signal("-TERM");
     std::thread::sleep(Duration::from_millis(300));
     assert!(
@@ -687,6 +507,7 @@ fn sigterm_stops_accepting_and_finishes_the_lines_in_flight() {
     }
     let status = server.wait_within(Duration::from_secs(10));
     assert_eq!(status.and_then(|s| s.code()), Some(0));
+    drop(server);
     // Every drained line is in the traffic log, and the segment is closed.
     let seg = segment(root.path());
     assert_eq!(read_jsonl(&seg.join("details.jsonl")).len(), 4);
@@ -700,22 +521,16 @@ fn sigterm_stops_accepting_and_finishes_the_lines_in_flight() {
 fn the_traffic_log_reads_back_as_a_run() {
     let root = tempfile::tempdir().unwrap();
     let flow = flow_dir(root.path(), SLOW_UPPER);
-    let mut server = serve(root.path(), &flow, &[], &[]);
+    let server = serve(root.path(), &flow, &[], &[]);
     for text in ["a", "b", "c"] {
-        assert_eq!(server.score(&json!({"text": text})).status, 200);
+        assert_eq!(score(&server, &json!({"text": text})).status, 200);
     }
     // A failed line is logged too.
     assert_eq!(
-        server.score(&json!({"text": "x", "wait": "soon"})).status,
+        score(&server, &json!({"text": "x", "wait": "soon"})).status,
         400
     );
-    server.signal("-INT");
-    assert_eq!(
-        server
-            .wait_within(Duration::from_secs(10))
-            .and_then(|s| s.code()),
-        Some(0)
-    );
+    server.stop_with("-INT");
     let seg = segment(root.path());
     let details = read_jsonl(&seg.join("details.jsonl"));
     assert_eq!(details.len(), 4);
@@ -782,7 +597,7 @@ fn the_traffic_log_reads_back_as_a_run() {
 fn the_traffic_log_samples_and_can_leave_payloads_out() {
     let root = tempfile::tempdir().unwrap();
     let flow = flow_dir(root.path(), SLOW_UPPER);
-    let mut server = serve(
+    let server = serve(
         root.path(),
         &flow,
         &["--log-sample", "0.5", "--no-log-payloads"],
@@ -790,17 +605,11 @@ fn the_traffic_log_samples_and_can_leave_payloads_out() {
     );
     for i in 0..4 {
         assert_eq!(
-            server.score(&json!({"text": format!("secret{i}")})).status,
+            score(&server, &json!({"text": format!("secret{i}")})).status,
             200
         );
     }
-    server.signal("-TERM");
-    assert_eq!(
-        server
-            .wait_within(Duration::from_secs(10))
-            .and_then(|s| s.code()),
-        Some(0)
-    );
+    server.stop();
     let seg = segment(root.path());
     let details = std::fs::read_to_string(seg.join("details.jsonl")).unwrap();
     assert_eq!(details.lines().count(), 2, "{details}");
@@ -817,17 +626,11 @@ fn the_traffic_log_samples_and_can_leave_payloads_out() {
 fn the_traffic_log_starts_a_new_segment_past_its_size() {
     let root = tempfile::tempdir().unwrap();
     let flow = flow_dir(root.path(), SLOW_UPPER);
-    let mut server = serve(root.path(), &flow, &["--log-max-bytes", "1"], &[]);
+    let server = serve(root.path(), &flow, &["--log-max-bytes", "1"], &[]);
     for text in ["a", "b", "c"] {
-        assert_eq!(server.score(&json!({"text": text})).status, 200);
+        assert_eq!(score(&server, &json!({"text": text})).status, 200);
     }
-    server.signal("-TERM");
-    assert_eq!(
-        server
-            .wait_within(Duration::from_secs(10))
-            .and_then(|s| s.code()),
-        Some(0)
-    );
+    server.stop();
     let runs = root.path().join("serve/flow/runs");
     let segments: Vec<PathBuf> = std::fs::read_dir(&runs)
         .unwrap()
@@ -914,7 +717,7 @@ fn slow_clients_cannot_hold_the_server() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("RequestTimeout"), "{answer}");
     // And the server still answers.
-    assert_eq!(server.score(&json!({"text": "ok"})).json()["shout"], "OK");
+    assert_eq!(score(&server, &json!({"text": "ok"})).json()["shout"], "OK");
 }
 
 #[test]
@@ -953,7 +756,10 @@ fn an_llm_answer_streams_chunk_by_chunk_and_its_tokens_are_counted() {
         .collect();
     assert!(text.contains("Paris"), "{text:?}");
     // A streamed answer's usage is not part of its line's result; a whole answer's is.
-    let whole = server.score(&json!({"question": "What is the capital of France?"}));
+    let whole = score(
+        &server,
+        &json!({"question": "What is the capital of France?"}),
+    );
     assert!(
         whole.json()["answer"].as_str().unwrap().contains("Paris"),
         "{}",
@@ -961,137 +767,4 @@ fn an_llm_answer_streams_chunk_by_chunk_and_its_tokens_are_counted() {
     );
     assert!(server.metric(r#"sluice_serve_llm_tokens_total{direction="prompt"}"#) > 0.0);
     assert!(server.metric(r#"sluice_serve_llm_tokens_total{direction="completion"}"#) > 0.0);
-}
-
-#[test]
-fn model_serve_shares_the_api_key_check() {
-    let home = tempfile::tempdir().unwrap();
-    let key = "sk-model-serve-test-0123456789";
-    let model_serve = || {
-        let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("sluice"));
-        cmd.args([
-            "model",
-            "serve",
-            "--port",
-            "0",
-            "--parallel",
-            "2",
-            "--ctx",
-            "512",
-        ])
-        .env("SLUICE_HOME", home.path())
-        .env("SLUICE_MODELS_DIR", sluice_nodes::llm::store::models_dir())
-        .env_remove("SLUICE_API_KEY");
-        cmd
-    };
-    let refused = model_serve().args(["--host", "0.0.0.0"]).output().unwrap();
-    assert_eq!(refused.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("--insecure"));
-
-    let mut child = model_serve()
-        .env("SLUICE_API_KEY", key)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on http://")
-        .and_then(|a| a.strip_suffix("/v1"))
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-        .to_owned();
-    let server = Server { child, addr };
-    let none = server.get("/v1/models");
-    assert_eq!(none.status, 401, "{}", none.body);
-    assert_eq!(none.header("www-authenticate"), Some("Bearer"));
-    let auth = format!("Bearer {key}");
-    let ok = request(
-        &server.addr,
-        "GET",
-        "/v1/models",
-        &[("authorization", &auth)],
-        b"",
-    );
-    assert_eq!(ok.status, 200, "{}", ok.body);
-    assert!(ok.json()["data"].as_array().is_some_and(|d| !d.is_empty()));
-}
-
-#[test]
-fn model_serve_reads_content_parts_and_bodies_without_a_json_content_type() {
-    let home = tempfile::tempdir().unwrap();
-    let args = [
-        "model",
-        "serve",
-        "--port",
-        "0",
-        "--parallel",
-        "2",
-        "--ctx",
-        "512",
-    ];
-    let server = crate::common::serve(home.path(), &args, &[]);
-    let ask = |body: &str, headers: &[(&str, &str)]| {
-        request(
-            &server.addr,
-            "POST",
-            "/v1/chat/completions",
-            headers,
-            body.as_bytes(),
-        )
-    };
-    let words = r#""messages": [{"role": "user", "content": "What is the capital of France?"}]"#;
-    let parts = r#""messages": [{"role": "user", "content": [{"type": "text", "text": "What is the capital"}, {"type": "text", "text": " of France?"}]}]"#;
-    let body = |messages: &str| {
-        format!(r#"{{"model": "default", "temperature": 0, "max_tokens": 8, {messages}}}"#)
-    };
-    // curl -d sends a form content type; the body is JSON all the same.
-    let plain = ask(
-        &body(words),
-        &[("content-type", "application/x-www-form-urlencoded")],
-    );
-    assert_eq!(plain.status, 200, "{}", plain.body);
-    let split = ask(&body(parts), &[]);
-    assert_eq!(split.status, 200, "{}", split.body);
-    let answer = |a: &Answer| {
-        let v: Json = serde_json::from_str(&a.body).unwrap();
-        v["choices"][0]["message"]["content"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    };
-    // Text parts joined make the same prompt, so greedy decoding gives the same answer.
-    assert_eq!(answer(&plain), answer(&split));
-    assert!(answer(&plain).contains("Paris"), "{}", answer(&plain));
-
-    let image = ask(
-        &body(
-            r#""messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]"#,
-        ),
-        &[],
-    );
-    assert_eq!(image.status, 400);
-    let v: Json = serde_json::from_str(&image.body).unwrap();
-    assert_eq!(v["error"]["type"], "invalid_request_error");
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("`image_url`"),
-        "{v}"
-    );
-
-    let broken = ask("{not json", &[("content-type", "application/json")]);
-    assert_eq!(broken.status, 400);
-    let v: Json = serde_json::from_str(&broken.body).unwrap();
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("not the JSON expected"),
-        "{v}"
-    );
 }
