@@ -291,8 +291,21 @@ pub fn content_length(head: &str) -> usize {
 }
 
 /// The DOM of `url` after its scripts ran, as headless Chromium at `width` x `height` dumps it.
-pub fn dump_dom(chromium: &Path, profile: &Path, url: &str, (width, height): (u32, u32)) -> String {
+pub fn dump_dom(chromium: &Path, profile: &Path, url: &str, size: (u32, u32)) -> String {
+    dump_dom_with(chromium, profile, url, size, &[])
+}
+
+/// [`dump_dom`] with more Chromium switches (`--virtual-time-budget=MS` to wait for what the
+/// page's scripts fetch).
+pub fn dump_dom_with(
+    chromium: &Path,
+    profile: &Path,
+    url: &str,
+    (width, height): (u32, u32),
+    switches: &[&str],
+) -> String {
     let out = chromium_at(chromium, profile, width, height)
+        .args(switches)
         .arg("--dump-dom")
         .arg(url)
         .output()
@@ -431,6 +444,16 @@ pub fn serve_to(
 
 /// `sluice model serve ARGS` on a free loopback port with two slots of 512 tokens.
 pub fn model_serve(home: &Path, args: &[&str], env: &[(&str, &str)]) -> Served {
+    model_serve_to(home, args, env, std::process::Stdio::inherit())
+}
+
+/// [`model_serve`], with the server's stderr sent to `stderr`.
+pub fn model_serve_to(
+    home: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    stderr: std::process::Stdio,
+) -> Served {
     let mut all = vec![
         "model",
         "serve",
@@ -442,7 +465,7 @@ pub fn model_serve(home: &Path, args: &[&str], env: &[(&str, &str)]) -> Served {
         "512",
     ];
     all.extend_from_slice(args);
-    serve(home, &all, env)
+    serve_to(home, &all, env, stderr)
 }
 
 /// An answer: status, headers (lowercased names) and the body, de-chunked.

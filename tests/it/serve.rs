@@ -7,58 +7,37 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value as Json, json};
 
-use crate::common::{Answer, Served, client, read_jsonl, request, write_files};
+use crate::common::{Answer, Served, client, read_jsonl, request, succeeded, write_files};
 
 /// A flow with a Python node that upper-cases `text` after sleeping `wait` seconds, and an
 /// evaluation-only output.
-const SLOW_UPPER: &[(&str, &str)] = &[
-    (
-        "flow.dag.yaml",
-        "inputs:\n  text: {type: string}\n  wait: {type: double, default: 0}\noutputs:\n  shout: {type: string, reference: '${up.output}'}\n  graded: {type: string, reference: '${inputs.text}', evaluation_only: true}\nnodes:\n- name: up\n  type: python\n  source: {type: code, path: up.py}\n  inputs: {text: '${inputs.text}', wait: '${inputs.wait}'}\n",
-    ),
-    (
-        "up.py",
-        "import time\nfrom promptflow.core import tool\n\n@tool\ndef up(text: str, wait: float) -> str:\n    time.sleep(wait)\n    return text.upper()\n",
-    ),
-];
+const SLOW_UPPER: &str = "slow_upper";
 
 /// One input, one output: the raw body is the input.
-const ECHO: &[(&str, &str)] = &[
-    (
-        "flow.dag.yaml",
-        "inputs:\n  text: {type: string}\noutputs:\n  echoed: {type: string, reference: '${echo.output}'}\nnodes:\n- name: echo\n  type: prompt\n  source: {type: code, path: echo.jinja2}\n  inputs: {text: '${inputs.text}'}\n",
-    ),
-    ("echo.jinja2", "said: {{ text }}"),
-];
+const ECHO: &str = "echo";
 
 /// A generator output next to a plain one.
-const STREAMING: &[(&str, &str)] = &[
-    (
-        "flow.dag.yaml",
-        "inputs:\n  text: {type: string}\noutputs:\n  streamed: {type: string, reference: '${chars.output}'}\n  length: {type: int, reference: '${count.output}'}\nnodes:\n- name: chars\n  type: python\n  source: {type: code, path: chars.py}\n  inputs: {text: '${inputs.text}'}\n- name: count\n  type: python\n  source: {type: code, path: count.py}\n  inputs: {text: '${inputs.text}'}\n",
-    ),
-    (
-        "chars.py",
-        "from promptflow.core import tool\n\n@tool\ndef chars(text: str):\n    for ch in text:\n        yield ch.upper()\n",
-    ),
-    (
-        "count.py",
-        "from promptflow.core import tool\n\n@tool\ndef count(text: str) -> int:\n    return len(text)\n",
-    ),
-];
+const STREAMING: &str = "streaming";
 
-const CHAT: &[(&str, &str)] = &[
-    (
-        "flow.dag.yaml",
-        "inputs:\n  chat_history: {type: list, is_chat_history: true, default: []}\n  question: {type: string, is_chat_input: true}\noutputs:\n  answer: {type: string, reference: '${reply.output}', is_chat_output: true}\nnodes:\n- name: reply\n  type: prompt\n  source: {type: code, path: reply.jinja2}\n  inputs: {question: '${inputs.question}'}\n",
-    ),
-    ("reply.jinja2", "you asked {{ question }}"),
-];
+const CHAT: &str = "chat";
 
-fn flow_dir(root: &Path, files: &[(&str, &str)]) -> PathBuf {
+/// Two generator outputs.
+const TWO_STREAMS: &str = "two_streams";
+
+/// An `llm` node on the local chat model.
+const LLM_CHAT: &str = "llm_chat";
+
+/// A copy of the test flow `name` (a folder of `tests/data/serve_flows`) at `ROOT/flow`.
+fn flow_dir(root: &Path, name: &str) -> PathBuf {
+    let from = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/serve_flows")
+        .join(name);
     let dir = root.join("flow");
     std::fs::create_dir_all(&dir).unwrap();
-    write_files(&dir, files);
+    for entry in std::fs::read_dir(&from).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+    }
     dir
 }
 
@@ -87,6 +66,33 @@ fn score(server: &Served, body: &Json) -> Answer {
     server.post_json("/score", body)
 }
 
+/// `POST /score` with `headers` and a body as it is.
+fn post_score(server: &Served, headers: &[(&str, &str)], body: &[u8]) -> Answer {
+    request(&server.addr, "POST", "/score", headers, body)
+}
+
+/// `POST /score` asking for server-sent events.
+fn stream_score(server: &Served, body: &[u8]) -> Answer {
+    post_score(server, &[("accept", "text/event-stream")], body)
+}
+
+/// The test flow `flow` in a new temporary root, and `flow serve` on it with `args`.
+fn start(flow: &str, args: &[&str]) -> (tempfile::TempDir, PathBuf, Served) {
+    start_with(flow, args, &[])
+}
+
+/// [`start`] with `env`.
+fn start_with(
+    flow: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (tempfile::TempDir, PathBuf, Served) {
+    let root = tempfile::tempdir().unwrap();
+    let flow = flow_dir(root.path(), flow);
+    let server = serve(root.path(), &flow, args, env);
+    (root, flow, server)
+}
+
 /// The one traffic log segment of a flow named `flow`.
 fn segment(home: &Path) -> PathBuf {
     let runs = home.join("serve/flow/runs");
@@ -100,14 +106,7 @@ fn segment(home: &Path) -> PathBuf {
 
 #[test]
 fn flow_serve_answers_score_health_version_swagger_feedback_metrics_and_the_page() {
-    let root = tempfile::tempdir().unwrap();
-    let flow = flow_dir(root.path(), SLOW_UPPER);
-    let server = serve(
-        root.path(),
-        &flow,
-        &[],
-        &[("BUILD_INFO", r#"{"commit": "abc"}"#)],
-    );
+    let (root, _, server) = start_with(SLOW_UPPER, &[], &[("BUILD_INFO", r#"{"commit": "abc"}"#)]);
 
     let ok = score(&server, &json!({"text": "hi"}));
     assert_eq!(ok.status, 200, "{}", ok.body);
@@ -194,16 +193,8 @@ fn flow_serve_answers_score_health_version_swagger_feedback_metrics_and_the_page
 
 #[test]
 fn flow_serve_takes_a_raw_body_for_a_one_input_flow_and_marks_chat_flows() {
-    let root = tempfile::tempdir().unwrap();
-    let flow = flow_dir(root.path(), ECHO);
-    let server = serve(root.path(), &flow, &[], &[]);
-    let raw = request(
-        &server.addr,
-        "POST",
-        "/score",
-        &[("content-type", "text/plain")],
-        b"plain words",
-    );
+    let (_root, _, server) = start(ECHO, &[]);
+    let raw = post_score(&server, &[("content-type", "text/plain")], b"plain words");
     assert_eq!(raw.json(), json!({"echoed": "said: plain words"}));
     let as_json = score(&server, &json!({"text": "x"}));
     assert_eq!(as_json.json(), json!({"echoed": "said: x"}));
@@ -218,16 +209,14 @@ fn flow_serve_takes_a_raw_body_for_a_one_input_flow_and_marks_chat_flows() {
     assert_eq!(info["x-chat-history"], "chat_history");
     assert_eq!(info["x-chat-output"], "answer");
     // Not a JSON object, and more than one input: a 400.
-    let two_inputs = request(&server.addr, "POST", "/score", &[], b"hello");
+    let two_inputs = post_score(&server, &[], b"hello");
     assert_eq!(two_inputs.status, 400, "{}", two_inputs.body);
     assert_eq!(two_inputs.error_code(), "InvalidRequestBody");
 }
 
 #[test]
 fn flow_serve_answers_a_missing_required_input_with_400_missing_required_flow_input() {
-    let root = tempfile::tempdir().unwrap();
-    let flow = flow_dir(root.path(), SLOW_UPPER);
-    let server = serve(root.path(), &flow, &[], &[]);
+    let (_root, _, server) = start(SLOW_UPPER, &[]);
     let r = score(&server, &json!({"wait": 0}));
     assert_eq!(r.status, 400, "{}", r.body);
     assert_eq!(r.json()["error"]["code"], "UserError");
@@ -250,13 +239,7 @@ fn flow_serve_answers_a_missing_required_input_with_400_missing_required_flow_in
 #[test]
 fn a_broken_flow_refuses_to_start_and_prints_its_problems() {
     let root = tempfile::tempdir().unwrap();
-    let flow = flow_dir(
-        root.path(),
-        &[(
-            "flow.dag.yaml",
-            "inputs: {}\noutputs:\n  o: {reference: '${nowhere.output}'}\nnodes: []\n",
-        )],
-    );
+    let flow = flow_dir(root.path(), "broken");
     let out = command(root.path(), &flow, &[]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(out.stdout.is_empty(), "it must not say it listens");
@@ -297,13 +280,7 @@ fn flow_serve_requires_the_api_key_on_every_route_but_health() {
     }
     assert_eq!(server.get("/health").status, 200);
     let auth = format!("Bearer {key}");
-    let ok = request(
-        &server.addr,
-        "POST",
-        "/score",
-        &[("authorization", &auth)],
-        body,
-    );
+    let ok = post_score(&server, &[("authorization", &auth)], body);
     assert_eq!(ok.status, 200, "{}", ok.body);
     assert_eq!(ok.json()["shout"], "HI");
     // A non-loopback address without a key is refused before anything listens.
@@ -316,9 +293,7 @@ fn flow_serve_requires_the_api_key_on_every_route_but_health() {
 
 #[test]
 fn flow_serve_refuses_a_body_over_the_limit_with_413() {
-    let root = tempfile::tempdir().unwrap();
-    let flow = flow_dir(root.path(), SLOW_UPPER);
-    let server = serve(root.path(), &flow, &["--max-body-bytes", "1000"], &[]);
+    let (_root, _, server) = start(SLOW_UPPER, &["--max-body-bytes", "1000"]);
     let big = json!({"text": "x".repeat(2000)});
     let r = score(&server, &big);
     assert_eq!(r.status, 413, "{}", r.body);
@@ -333,14 +308,7 @@ fn flow_serve_refuses_a_body_over_the_limit_with_413() {
 
 #[test]
 fn flow_serve_answers_429_with_retry_after_beyond_the_queue() {
-    let root = tempfile::tempdir().unwrap();
-    let flow = flow_dir(root.path(), SLOW_UPPER);
-    let server = serve(
-        root.path(),
-        &flow,
-        &["--max-inflight", "1", "--max-queue", "1"],
-        &[],
-    );
+    let (_root, _, server) = start(SLOW_UPPER, &["--max-inflight", "1", "--max-queue", "1"]);
     let addr = server.addr.clone();
     let slow = |addr: String| {
         client(move || {
@@ -387,14 +355,7 @@ fn flow_serve_answers_429_with_retry_after_beyond_the_queue() {
 
 #[test]
 fn a_line_past_the_line_timeout_is_cancelled_and_answered_504() {
-    let root = tempfile::tempdir().unwrap();
-    let flow = flow_dir(root.path(), SLOW_UPPER);
-    let server = serve(
-        root.path(),
-        &flow,
-        &["--line-timeout", "1", "--max-inflight", "1"],
-        &[],
-    );
+    let (_root, _, server) = start(SLOW_UPPER, &["--line-timeout", "1", "--max-inflight", "1"]);
     let started = Instant::now();
     let r = score(&server, &json!({"text": "late", "wait": 5}));
     assert_eq!(r.status, 504, "{}", r.body);
@@ -412,34 +373,20 @@ fn a_line_past_the_line_timeout_is_cancelled_and_answered_504() {
 
 #[test]
 fn accept_headers_that_cannot_be_served_are_answered_406() {
-    let root = tempfile::tempdir().unwrap();
-    let flow = flow_dir(root.path(), SLOW_UPPER);
-    let server = serve(root.path(), &flow, &[], &[]);
+    let (_root, _, server) = start(SLOW_UPPER, &[]);
     let body = br#"{"text": "hi"}"#;
-    let html = request(
-        &server.addr,
-        "POST",
-        "/score",
-        &[("accept", "text/html")],
-        body,
-    );
+    let html = post_score(&server, &[("accept", "text/html")], body);
     assert_eq!(html.status, 406);
     assert_eq!(html.error_code(), "NotAcceptable");
     // Only a stream is accepted, and no output streams.
-    let sse_only = request(
-        &server.addr,
-        "POST",
-        "/score",
-        &[("accept", "text/event-stream")],
-        body,
-    );
+    let sse_only = stream_score(&server, body);
     assert_eq!(sse_only.status, 406, "{}", sse_only.body);
     for accept in [
         "application/json",
         "*/*",
         "text/event-stream, application/json",
     ] {
-        let ok = request(&server.addr, "POST", "/score", &[("accept", accept)], body);
+        let ok = post_score(&server, &[("accept", accept)], body);
         assert_eq!(ok.status, 200, "{accept}: {}", ok.body);
         assert_eq!(ok.json()["shout"], "HI");
     }
@@ -447,16 +394,8 @@ fn accept_headers_that_cannot_be_served_are_answered_406() {
 
 #[test]
 fn a_streaming_output_is_sent_as_server_sent_events() {
-    let root = tempfile::tempdir().unwrap();
-    let flow = flow_dir(root.path(), STREAMING);
-    let server = serve(root.path(), &flow, &[], &[]);
-    let r = request(
-        &server.addr,
-        "POST",
-        "/score",
-        &[("accept", "text/event-stream")],
-        br#"{"text": "abc"}"#,
-    );
+    let (root, _, server) = start(STREAMING, &[]);
+    let r = stream_score(&server, br#"{"text": "abc"}"#);
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.header("content-type"), Some("text/event-stream"));
     // The other outputs first, then one event per chunk, each `data: {...}` and a blank line.
@@ -519,9 +458,7 @@ fn sigterm_stops_accepting_and_finishes_the_lines_in_flight() {
 
 #[test]
 fn the_traffic_log_reads_back_as_a_run() {
-    let root = tempfile::tempdir().unwrap();
-    let flow = flow_dir(root.path(), SLOW_UPPER);
-    let server = serve(root.path(), &flow, &[], &[]);
+    let (root, _, server) = start(SLOW_UPPER, &[]);
     for text in ["a", "b", "c"] {
         assert_eq!(score(&server, &json!({"text": text})).status, 200);
     }
@@ -543,15 +480,10 @@ fn the_traffic_log_reads_back_as_a_run() {
     assert!(details[0]["start_time"].is_string() && details[0]["end_time"].is_string());
 
     // The serve store lists it as a run.
-    let shown = crate::common::sluice(&root.path().join("serve/flow"))
-        .args(["run", "show-details", "-n"])
-        .arg(seg.file_name().unwrap())
-        .output()
-        .unwrap();
-    assert!(
-        shown.status.success(),
-        "{}",
-        String::from_utf8_lossy(&shown.stderr)
+    let shown = succeeded(
+        crate::common::sluice(&root.path().join("serve/flow"))
+            .args(["run", "show-details", "-n"])
+            .arg(seg.file_name().unwrap()),
     );
     assert!(String::from_utf8_lossy(&shown.stdout).contains("A"));
 
@@ -568,22 +500,17 @@ fn the_traffic_log_reads_back_as_a_run() {
             ("g.jinja2", "{{ question }}->{{ answer }}"),
         ],
     );
-    let out = crate::common::sluice(root.path())
-        .args(["run", "create", "--name", "graded", "--flow"])
-        .arg(&eval)
-        .arg("--run")
-        .arg(&seg)
-        .args([
-            "--column-mapping",
-            "answer=${run.outputs.shout}",
-            "question=${data.text}",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeeded(
+        crate::common::sluice(root.path())
+            .args(["run", "create", "--name", "graded", "--flow"])
+            .arg(&eval)
+            .arg("--run")
+            .arg(&seg)
+            .args([
+                "--column-mapping",
+                "answer=${run.outputs.shout}",
+                "question=${data.text}",
+            ]),
     );
     let graded = read_jsonl(&root.path().join("runs/graded/outputs.jsonl"));
     let grades: Vec<&str> = graded
@@ -595,14 +522,7 @@ fn the_traffic_log_reads_back_as_a_run() {
 
 #[test]
 fn the_traffic_log_samples_and_can_leave_payloads_out() {
-    let root = tempfile::tempdir().unwrap();
-    let flow = flow_dir(root.path(), SLOW_UPPER);
-    let server = serve(
-        root.path(),
-        &flow,
-        &["--log-sample", "0.5", "--no-log-payloads"],
-        &[],
-    );
+    let (root, _, server) = start(SLOW_UPPER, &["--log-sample", "0.5", "--no-log-payloads"]);
     for i in 0..4 {
         assert_eq!(
             score(&server, &json!({"text": format!("secret{i}")})).status,
@@ -624,9 +544,7 @@ fn the_traffic_log_samples_and_can_leave_payloads_out() {
 
 #[test]
 fn the_traffic_log_starts_a_new_segment_past_its_size() {
-    let root = tempfile::tempdir().unwrap();
-    let flow = flow_dir(root.path(), SLOW_UPPER);
-    let server = serve(root.path(), &flow, &["--log-max-bytes", "1"], &[]);
+    let (root, _, server) = start(SLOW_UPPER, &["--log-max-bytes", "1"]);
     for text in ["a", "b", "c"] {
         assert_eq!(score(&server, &json!({"text": text})).status, 200);
     }
@@ -647,45 +565,22 @@ fn the_traffic_log_starts_a_new_segment_past_its_size() {
 
 #[test]
 fn two_streaming_outputs_cannot_be_streamed_together() {
-    let root = tempfile::tempdir().unwrap();
-    let flow = flow_dir(
-        root.path(),
-        &[
-            (
-                "flow.dag.yaml",
-                "inputs:\n  text: {type: string}\noutputs:\n  one: {reference: '${a.output}'}\n  two: {reference: '${b.output}'}\nnodes:\n- name: a\n  type: python\n  source: {type: code, path: chars.py}\n  inputs: {text: '${inputs.text}'}\n- name: b\n  type: python\n  source: {type: code, path: chars.py}\n  inputs: {text: '${inputs.text}'}\n",
-            ),
-            (
-                "chars.py",
-                "from promptflow.core import tool\n\n@tool\ndef chars(text: str):\n    yield from text\n",
-            ),
-        ],
-    );
-    let server = serve(root.path(), &flow, &[], &[]);
+    let (_root, _, server) = start(TWO_STREAMS, &[]);
     let body = br#"{"text": "ab"}"#;
-    let streamed = request(
-        &server.addr,
-        "POST",
-        "/score",
-        &[("accept", "text/event-stream")],
-        body,
-    );
+    let streamed = stream_score(&server, body);
     assert_eq!(streamed.status, 400, "{}", streamed.body);
     assert_eq!(
         streamed.error_code(),
         "MultipleStreamOutputFieldsNotSupported"
     );
-    let joined = request(&server.addr, "POST", "/score", &[], body);
+    let joined = post_score(&server, &[], body);
     assert_eq!(joined.json(), json!({"one": "ab", "two": "ab"}));
 }
 
 #[test]
 fn slow_clients_cannot_hold_the_server() {
-    let root = tempfile::tempdir().unwrap();
-    let flow = flow_dir(root.path(), SLOW_UPPER);
-    let server = serve(
-        root.path(),
-        &flow,
+    let (_root, _, server) = start_with(
+        SLOW_UPPER,
         &[],
         &[
             ("SLUICE_SERVE_HEADER_TIMEOUT", "1"),
@@ -722,23 +617,9 @@ fn slow_clients_cannot_hold_the_server() {
 
 #[test]
 fn an_llm_answer_streams_chunk_by_chunk_and_its_tokens_are_counted() {
-    let root = tempfile::tempdir().unwrap();
-    let flow = flow_dir(
-        root.path(),
-        &[
-            (
-                "flow.dag.yaml",
-                "inputs:\n  question: {type: string}\noutputs:\n  answer: {reference: '${chat.output}'}\nnodes:\n- name: chat\n  type: llm\n  api: chat\n  source: {type: code, path: chat.jinja2}\n  inputs:\n    model: default\n    temperature: 0\n    max_tokens: 32\n    question: ${inputs.question}\n",
-            ),
-            ("chat.jinja2", "# user:\n{{question}}\n"),
-        ],
-    );
-    let server = serve(root.path(), &flow, &[], &[]);
-    let r = request(
-        &server.addr,
-        "POST",
-        "/score",
-        &[("accept", "text/event-stream")],
+    let (_root, _, server) = start(LLM_CHAT, &[]);
+    let r = stream_score(
+        &server,
         br#"{"question": "What is the capital of France?"}"#,
     );
     assert_eq!(r.status, 200, "{}", r.body);
@@ -767,4 +648,41 @@ fn an_llm_answer_streams_chunk_by_chunk_and_its_tokens_are_counted() {
     );
     assert!(server.metric(r#"sluice_serve_llm_tokens_total{direction="prompt"}"#) > 0.0);
     assert!(server.metric(r#"sluice_serve_llm_tokens_total{direction="completion"}"#) > 0.0);
+}
+
+#[test]
+fn the_test_page_runs_inputs_against_the_server_in_chromium() {
+    let Some(chromium) = crate::common::chromium() else {
+        return;
+    };
+    // The page's own script fills in the inputs from the link, runs them and shows the answer.
+    let page = |server: &Served, profile: &Path, query: &str| {
+        let url = format!("http://{}/?{query}&run=1", server.addr);
+        let wait = ["--virtual-time-budget=20000"];
+        crate::common::dump_dom_with(&chromium, profile, &url, (900, 700), &wait)
+    };
+    let (root, _, server) = start(SLOW_UPPER, &[]);
+    let dom = page(
+        &server,
+        &root.path().join("profile"),
+        "inputs=%7B%22text%22%3A%22from%20the%20page%22%7D",
+    );
+    let out = dom.split(r#"<pre id="out">"#).nth(1).unwrap_or_default();
+    assert!(out.starts_with("200\n"), "{dom}");
+    assert!(out.contains("FROM THE PAGE"), "{dom}");
+    assert!(!out.contains("graded"), "evaluation-only outputs stay out: {out}");
+    assert_eq!(
+        server.metric(r#"sluice_serve_requests_total{route="/score",status="200"}"#),
+        1.0
+    );
+
+    // With stream ticked the answer arrives as events: the plain output, then the chunks.
+    let (root, _, streaming) = start(STREAMING, &[]);
+    let dom = page(
+        &streaming,
+        &root.path().join("profile"),
+        "inputs=%7B%22text%22%3A%22abc%22%7D&stream=1",
+    );
+    let out = dom.split(r#"<pre id="out">"#).nth(1).unwrap_or_default();
+    assert!(out.starts_with("{\"length\":3}\nABC</pre>"), "{dom}");
 }
