@@ -630,23 +630,24 @@ async fn metrics_text(State(s): State<Arc<Served>>) -> Response {
         .into_response()
 }
 
+/// The answer to a request for a path no route takes (404), or with a method its route does not
+/// take (405).
+fn no_route(status: StatusCode, req: &HttpRequest) -> Response {
+    let what = if status == StatusCode::NOT_FOUND {
+        "Unknown request URL"
+    } else {
+        "Method not allowed"
+    };
+    let message = format!("{what}: {} {}", req.method(), req.uri().path());
+    OpenAiError::new(status, "invalid_request_error", message).into_response()
+}
+
 async fn not_found(req: HttpRequest) -> Response {
-    OpenAiError::new(
-        StatusCode::NOT_FOUND,
-        "invalid_request_error",
-        format!("Unknown request URL: {} {}", req.method(), req.uri().path()),
-    )
-    .code("unknown_url")
-    .into_response()
+    no_route(StatusCode::NOT_FOUND, &req)
 }
 
 async fn method_not_allowed(req: HttpRequest) -> Response {
-    OpenAiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "invalid_request_error",
-        format!("{} is not allowed on {}", req.method(), req.uri().path()),
-    )
-    .into_response()
+    no_route(StatusCode::METHOD_NOT_ALLOWED, &req)
 }
 
 /// A chat or completion request. Its sampling parameters are the other fields, read by
