@@ -540,7 +540,8 @@ pub fn request(
 ) -> Answer {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+    // A generous bound: on a loaded machine the local model can take minutes.
+    s.set_read_timeout(Some(std::time::Duration::from_secs(600)))
         .unwrap();
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",

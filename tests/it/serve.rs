@@ -27,6 +27,9 @@ const TWO_STREAMS: &str = "two_streams";
 /// An `llm` node on the local chat model.
 const LLM_CHAT: &str = "llm_chat";
 
+/// An `llm` completion that counts on for up to 2,000 tokens.
+const LLM_COUNT: &str = "llm_count";
+
 /// A copy of the test flow `name` (a folder of `tests/data/serve_flows`) at `ROOT/flow`.
 fn flow_dir(root: &Path, name: &str) -> PathBuf {
     let from = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -617,7 +620,7 @@ fn slow_clients_cannot_hold_the_server() {
 
 #[test]
 fn an_llm_answer_streams_chunk_by_chunk_and_its_tokens_are_counted() {
-    let (_root, _, server) = start(LLM_CHAT, &[]);
+    let (root, _, server) = start(LLM_CHAT, &[]);
     let r = stream_score(
         &server,
         br#"{"question": "What is the capital of France?"}"#,
@@ -625,10 +628,9 @@ fn an_llm_answer_streams_chunk_by_chunk_and_its_tokens_are_counted() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.header("content-type"), Some("text/event-stream"));
     let events: Vec<Json> = r
-        .body
-        .split("\n\n")
-        .filter(|e| !e.is_empty())
-        .map(|e| serde_json::from_str(e.strip_prefix("data: ").unwrap()).unwrap())
+        .events()
+        .into_iter()
+        .map(|e| serde_json::from_str(e).unwrap())
         .collect();
     assert!(events.len() > 1, "one event per chunk: {events:?}");
     let text: String = events
@@ -636,7 +638,11 @@ fn an_llm_answer_streams_chunk_by_chunk_and_its_tokens_are_counted() {
         .map(|e| e["answer"].as_str().unwrap())
         .collect();
     assert!(text.contains("Paris"), "{text:?}");
-    // A streamed answer's usage is not part of its line's result; a whole answer's is.
+    // The stream's tokens are counted once it has ended, in the metrics and in the traffic log.
+    let completion = r#"sluice_serve_llm_tokens_total{direction="completion"}"#;
+    let streamed = server.metric(completion);
+    assert!(streamed > 0.0);
+    assert!(server.metric(r#"sluice_serve_llm_tokens_total{direction="prompt"}"#) > 0.0);
     let whole = score(
         &server,
         &json!({"question": "What is the capital of France?"}),
@@ -646,8 +652,19 @@ fn an_llm_answer_streams_chunk_by_chunk_and_its_tokens_are_counted() {
         "{}",
         whole.body
     );
-    assert!(server.metric(r#"sluice_serve_llm_tokens_total{direction="prompt"}"#) > 0.0);
-    assert!(server.metric(r#"sluice_serve_llm_tokens_total{direction="completion"}"#) > 0.0);
+    // Greedy decoding: the whole answer is the streamed one, token for token.
+    assert_eq!(server.metric(completion), 2.0 * streamed);
+    server.stop();
+    let details = read_jsonl(&segment(root.path()).join("details.jsonl"));
+    let tokens: Vec<f64> = details
+        .iter()
+        .map(|d| {
+            d["node_runs"][0]["system_metrics"]["completion_tokens"]
+                .as_f64()
+                .unwrap_or(0.0)
+        })
+        .collect();
+    assert_eq!(tokens, [streamed, streamed], "{details:?}");
 }
 
 #[test]
@@ -670,19 +687,51 @@ fn the_test_page_runs_inputs_against_the_server_in_chromium() {
     let out = dom.split(r#"<pre id="out">"#).nth(1).unwrap_or_default();
     assert!(out.starts_with("200\n"), "{dom}");
     assert!(out.contains("FROM THE PAGE"), "{dom}");
-    assert!(!out.contains("graded"), "evaluation-only outputs stay out: {out}");
+    assert!(
+        !out.contains("graded"),
+        "evaluation-only outputs stay out: {out}"
+    );
     assert_eq!(
         server.metric(r#"sluice_serve_requests_total{route="/score",status="200"}"#),
         1.0
     );
+}
 
-    // With stream ticked the answer arrives as events: the plain output, then the chunks.
-    let (root, _, streaming) = start(STREAMING, &[]);
-    let dom = page(
-        &streaming,
-        &root.path().join("profile"),
-        "inputs=%7B%22text%22%3A%22abc%22%7D&stream=1",
+#[test]
+fn a_stream_past_the_line_timeout_is_cancelled_and_logged_as_timed_out() {
+    // A completion that would count on for 2,000 tokens, given three seconds.
+    let (root, _, server) = start(LLM_COUNT, &["--line-timeout", "3"]);
+    // The model loads in the first line, which times out as a whole answer (504).
+    let first = score(&server, &json!({"start": "1,"}));
+    assert_eq!(first.status, 504, "{}", first.body);
+    let r = stream_score(&server, br#"{"start": "1, 2, 3, 4, 5, 6, 7,"}"#);
+    assert_eq!(r.status, 200, "{}", r.body);
+    // The chunks that came in time (how many depends on the machine's speed), then the error.
+    let events = r.events();
+    let last: Json = serde_json::from_str(events.last().unwrap()).unwrap();
+    assert_eq!(
+        last["error"]["innerError"]["code"], "LineExecutionTimeoutError",
+        "{}",
+        r.body
     );
-    let out = dom.split(r#"<pre id="out">"#).nth(1).unwrap_or_default();
-    assert!(out.starts_with("{\"length\":3}\nABC</pre>"), "{dom}");
+    for e in &events[..events.len() - 1] {
+        let chunk: Json = serde_json::from_str(e).unwrap();
+        assert!(chunk["counted"].is_string(), "{e}");
+    }
+    assert_eq!(
+        server.metric(r#"sluice_serve_errors_total{code="LineExecutionTimeoutError"}"#),
+        2.0
+    );
+    assert_eq!(server.metric("sluice_serve_lines_in_flight"), 0.0);
+    server.stop();
+    let details = read_jsonl(&segment(root.path()).join("details.jsonl"));
+    assert_eq!(details.len(), 2);
+    assert_eq!(details[1]["status"], "Failed");
+    assert!(
+        details[1]["error"]
+            .to_string()
+            .contains("LineExecutionTimeoutError"),
+        "{}",
+        details[1]
+    );
 }

@@ -75,6 +75,16 @@ impl Metrics {
         }
     }
 
+    /// Records the tokens of a streamed output, known once its stream has ended.
+    pub(super) fn stream_tokens(&self, t: &sluice_engine::TokenCounts) {
+        if let Some(n) = t.prompt_tokens {
+            self.tokens.with_label_values(&["prompt"]).inc_by(n);
+        }
+        if let Some(n) = t.completion_tokens {
+            self.tokens.with_label_values(&["completion"]).inc_by(n);
+        }
+    }
+
     /// The text exposition of every metric.
     pub(super) fn render(&self) -> String {
         self.registry.render()

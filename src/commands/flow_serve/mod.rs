@@ -478,7 +478,9 @@ impl App {
 
 /// Server-sent events: the other outputs first (if any), then one event per chunk of the streaming
 /// output, `{"<field>": "<chunk>"}`. The line keeps its place among those in flight until the stream
-/// ends; it is then logged with the stream's whole text.
+/// ends; it is then logged with the stream's whole text and the tokens the stream reported. A stream
+/// still running at the line's timeout is cancelled: the events end with a
+/// `LineExecutionTimeoutError`, and the line is logged as failed with it.
 fn stream_response(
     app: Arc<App>,
     mut line: LineResult,
@@ -488,6 +490,8 @@ fn stream_response(
     let Some(Value::Opaque(stream)) = line.output.get(&field).cloned() else {
         unreachable!("the field was picked as a stream");
     };
+    let timeout = app.timeout;
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t.saturating_sub(line.duration()));
     let first: Map = line
         .output
         .iter()
@@ -509,16 +513,48 @@ fn stream_response(
             let _ = tx.send(event(&first));
         }
         let (chunk_tx, mut chunks) = tokio::sync::mpsc::channel::<String>(64);
+        let reader = stream.clone();
         let drain = SpawnedTask::spawn(run_blocking(move || {
             let mut text = String::new();
-            let result = stream.for_each_chunk(&mut |chunk| {
+            let result = reader.for_each_chunk(&mut |chunk| {
                 text.push_str(chunk);
                 let _ = chunk_tx.blocking_send(chunk.to_owned());
             });
             result.map(|()| text)
         }));
         let mut client_gone = false;
-        while let Some(chunk) = chunks.recv().await {
+        loop {
+            let next = match deadline {
+                Some(d) => tokio::time::timeout_at(d, chunks.recv()).await,
+                None => Ok(chunks.recv().await),
+            };
+            let Ok(next) = next else {
+                // Past the line's timeout: the stream stops and the line fails.
+                stream.cancel();
+                drop(chunks);
+                let secs = timeout.map_or(0.0, |t| t.as_secs_f64());
+                let error = ErrorInfo::new(
+                    ErrorCode::UserError,
+                    "LineExecutionTimeoutError",
+                    format!(
+                        "Line execution timeout after {secs} seconds, while the output '{field}' streamed."
+                    ),
+                );
+                let _ = tx.send(SseEvent::default().data(error_event(&error)));
+                app.metrics
+                    .http
+                    .errors
+                    .with_label_values(&["LineExecutionTimeoutError"])
+                    .inc();
+                line.status = Status::Failed;
+                line.output = Map::new();
+                line.error = Some(error);
+                app.log(line);
+                return;
+            };
+            let Some(chunk) = next else {
+                break;
+            };
             if client_gone {
                 continue;
             }
@@ -529,6 +565,16 @@ fn stream_response(
         }
         match drain.await {
             Ok(Ok(text)) => {
+                if let Some(m) = stream.metrics() {
+                    app.metrics.stream_tokens(&m.tokens);
+                    let made_it = line
+                        .node_runs
+                        .iter_mut()
+                        .find(|r| matches!(&r.output, Value::Opaque(o) if Arc::ptr_eq(o, &stream)));
+                    if let Some(run) = made_it {
+                        run.system_metrics.add(&m);
+                    }
+                }
                 line.output.insert(field, Value::String(text));
                 for (k, v) in first {
                     line.output.insert(k, v);
@@ -536,13 +582,8 @@ fn stream_response(
             }
             Ok(Err(e)) => {
                 let message = format!("The output '{field}' stopped streaming: {e}");
-                let _ = tx.send(
-                    SseEvent::default().data(
-                        json!({"error": {"code": "UserError", "message": redact(&message),
-                                         "innerError": {"code": "FlowOutputStreamError"}}})
-                        .to_string(),
-                    ),
-                );
+                let error = ErrorInfo::new(ErrorCode::UserError, "FlowOutputStreamError", message);
+                let _ = tx.send(SseEvent::default().data(error_event(&error)));
                 app.metrics
                     .http
                     .errors
@@ -550,17 +591,20 @@ fn stream_response(
                     .inc();
                 line.status = Status::Failed;
                 line.output = Map::new();
-                line.error = Some(ErrorInfo::new(
-                    ErrorCode::UserError,
-                    "FlowOutputStreamError",
-                    message,
-                ));
+                line.error = Some(error);
             }
             Err(_) => return,
         }
         app.log(line);
     });
     Sse::new(events).into_response()
+}
+
+/// An error ending a stream of events, in the shape of an error answer.
+fn error_event(e: &ErrorInfo) -> String {
+    json!({"error": {"code": "UserError", "message": redact(&e.message),
+                     "innerError": {"code": e.error_type}}})
+    .to_string()
 }
 
 async fn health() -> Json<Json_> {
