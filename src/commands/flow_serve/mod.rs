@@ -80,10 +80,11 @@ pub fn serve(args: FlowServeArgs) -> anyhow::Result<ExitStatus> {
     };
     let timeout = super::flow::line_timeout(args.line_timeout)?;
     super::set_isolation(&args.isolation, args.http.max_inflight);
-    let flow = match super::flow::load(&args.flow.flow, args.variant.as_deref()) {
-        Ok(f) => f,
-        Err(code) => return Ok(code),
-    };
+    let flow =
+        match super::flow::load_with(&args.flow.flow, args.variant.as_deref(), &args.connections) {
+            Ok(f) => f,
+            Err(code) => return Ok(code),
+        };
     // The home is found before the working directory moves into the flow folder (it may be relative).
     let home = super::run::sluice_home();
     let home = std::path::absolute(&home).unwrap_or(home);
@@ -540,15 +541,7 @@ fn stream_response(
                         "Line execution timeout after {secs} seconds, while the output '{field}' streamed."
                     ),
                 );
-                let _ = tx.send(SseEvent::default().data(error_event(&error)));
-                app.metrics
-                    .http
-                    .errors
-                    .with_label_values(&["LineExecutionTimeoutError"])
-                    .inc();
-                line.status = Status::Failed;
-                line.output = Map::new();
-                line.error = Some(error);
+                let _ = tx.send(app.fail_stream(&mut line, error));
                 app.log(line);
                 return;
             };
@@ -583,15 +576,7 @@ fn stream_response(
             Ok(Err(e)) => {
                 let message = format!("The output '{field}' stopped streaming: {e}");
                 let error = ErrorInfo::new(ErrorCode::UserError, "FlowOutputStreamError", message);
-                let _ = tx.send(SseEvent::default().data(error_event(&error)));
-                app.metrics
-                    .http
-                    .errors
-                    .with_label_values(&["FlowOutputStreamError"])
-                    .inc();
-                line.status = Status::Failed;
-                line.output = Map::new();
-                line.error = Some(error);
+                let _ = tx.send(app.fail_stream(&mut line, error));
             }
             Err(_) => return,
         }
@@ -600,11 +585,22 @@ fn stream_response(
     Sse::new(events).into_response()
 }
 
-/// An error ending a stream of events, in the shape of an error answer.
-fn error_event(e: &ErrorInfo) -> String {
-    json!({"error": {"code": "UserError", "message": redact(&e.message),
-                     "innerError": {"code": e.error_type}}})
-    .to_string()
+impl App {
+    /// Marks a streamed line failed with `error`, counts the error, and returns the event that ends
+    /// the stream with it (in the shape of an error answer).
+    fn fail_stream(&self, line: &mut LineResult, error: ErrorInfo) -> SseEvent {
+        self.metrics
+            .http
+            .errors
+            .with_label_values(&[error.error_type.as_str()])
+            .inc();
+        let event = json!({"error": {"code": "UserError", "message": redact(&error.message),
+                                     "innerError": {"code": error.error_type}}});
+        line.status = Status::Failed;
+        line.output = Map::new();
+        line.error = Some(error);
+        SseEvent::default().data(event.to_string())
+    }
 }
 
 async fn health() -> Json<Json_> {
