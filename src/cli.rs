@@ -366,6 +366,10 @@ pub struct FlowServeArgs {
     /// (default: PF_LINE_TIMEOUT_SEC if set, else no limit).
     #[arg(long, value_name = "SECONDS", value_parser = seconds)]
     pub line_timeout: Option<f64>,
+    /// Set a node's connection, deployment or model for the served flow, as promptflow's
+    /// `--connections` does: NODE.connection=NAME, NODE.deployment_name=NAME, NODE.model=NAME.
+    #[arg(long, num_args = 1.., value_name = "NODE.KEY=VALUE")]
+    pub connections: Vec<String>,
     /// The share of lines written to the traffic log under $SLUICE_HOME/serve/<flow>/ (0 to 1).
     #[arg(long, default_value_t = 1.0, value_name = "RATE", value_parser = rate)]
     pub log_sample: f64,

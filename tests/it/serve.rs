@@ -27,6 +27,9 @@ const TWO_STREAMS: &str = "two_streams";
 /// An `llm` node on the local chat model.
 const LLM_CHAT: &str = "llm_chat";
 
+/// An `llm` chat node on the Azure OpenAI connection `aoai`, deployment `placeholder`.
+const LLM_REMOTE: &str = "llm_remote";
+
 /// An `llm` completion that counts on for up to 2,000 tokens.
 const LLM_COUNT: &str = "llm_count";
 
@@ -733,5 +736,40 @@ fn a_stream_past_the_line_timeout_is_cancelled_and_logged_as_timed_out() {
             .contains("LineExecutionTimeoutError"),
         "{}",
         details[1]
+    );
+}
+
+#[test]
+fn connections_given_on_the_command_line_are_what_the_served_llm_node_calls() {
+    let rec = crate::llm_requests::Recorder::new(crate::llm::ok_body("from the fake"));
+    let root = tempfile::tempdir().unwrap();
+    crate::llm_requests::connect(root.path(), &rec.server);
+    let flow = flow_dir(root.path(), LLM_REMOTE);
+    // The flow names the Azure connection; the server is told to use the OpenAI one, and a model.
+    let args = [
+        "--connections",
+        "ask.connection=oai",
+        "ask.model=gpt-served",
+    ];
+    let server = serve(root.path(), &flow, &args, &[]);
+    let r = score(&server, &json!({"question": "hi"}));
+    assert_eq!(r.json(), json!({"answer": "from the fake"}), "{}", r.body);
+    let sent = rec.request_to("POST /v1/chat/completions ");
+    assert_eq!(sent["model"], "gpt-served");
+    assert_eq!(sent["messages"][0]["content"], "hi");
+    drop(server);
+    // A setting for a node the flow does not have is refused before anything listens.
+    let refused = command(
+        root.path(),
+        &flow,
+        &["--connections", "nope.connection=oai"],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("`nope`"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
     );
 }
