@@ -968,14 +968,7 @@ impl BatchRun {
         crate::store::write_synced(&self.dir.join("meta.json"), br#"{"batch_size": 1}"#)?;
         if let Some(agg) = &aggregation {
             for run in &agg.node_runs {
-                *tally
-                    .node_status
-                    .entry(format!(
-                        "{}.{}",
-                        run.node,
-                        run.status.as_str().to_lowercase()
-                    ))
-                    .or_default() += 1;
+                tally.node(&run.node, run.status.as_str());
             }
             if let Some((node, e)) = &agg.error {
                 log.line(&format!("aggregation node {node} failed: {}", e.message));

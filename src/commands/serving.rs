@@ -30,36 +30,26 @@ pub(crate) struct Metrics {
     registry: Registry,
 }
 
+/// A metric made and registered, or why not.
+type Made<T> = Result<T, prometheus::Error>;
+
 impl Metrics {
-    pub(crate) fn counter(
-        &self,
-        name: &str,
-        help: &str,
-        labels: &[&str],
-    ) -> Result<IntCounterVec, prometheus::Error> {
-        let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    fn register<C: prometheus::core::Collector + Clone + 'static>(&self, c: C) -> Made<C> {
         self.registry.register(Box::new(c.clone()))?;
         Ok(c)
     }
 
-    pub(crate) fn histogram(
-        &self,
-        name: &str,
-        help: &str,
-        labels: &[&str],
-    ) -> Result<HistogramVec, prometheus::Error> {
-        let h = HistogramVec::new(
-            HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
-            labels,
-        )?;
-        self.registry.register(Box::new(h.clone()))?;
-        Ok(h)
+    pub(crate) fn counter(&self, name: &str, help: &str, labels: &[&str]) -> Made<IntCounterVec> {
+        self.register(IntCounterVec::new(Opts::new(name, help), labels)?)
     }
 
-    pub(crate) fn gauge(&self, name: &str, help: &str) -> Result<IntGauge, prometheus::Error> {
-        let g = IntGauge::new(name, help)?;
-        self.registry.register(Box::new(g.clone()))?;
-        Ok(g)
+    pub(crate) fn histogram(&self, name: &str, help: &str, labels: &[&str]) -> Made<HistogramVec> {
+        let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+        self.register(HistogramVec::new(opts, labels)?)
+    }
+
+    pub(crate) fn gauge(&self, name: &str, help: &str) -> Made<IntGauge> {
+        self.register(IntGauge::new(name, help)?)
     }
 
     /// The text exposition (format 0.0.4) of every metric.

@@ -518,30 +518,21 @@ pub fn visualize(home: &Path, runs: &[&str], report: &Path) -> String {
     std::fs::read_to_string(report).unwrap()
 }
 
-/// `sluice model serve ARGS` on a free loopback port with two slots of 512 tokens.
-pub fn model_serve(home: &Path, args: &[&str], env: &[(&str, &str)]) -> Served {
-    model_serve_to(home, args, env, std::process::Stdio::inherit())
-}
+/// `sluice model serve` on a free loopback port with two slots of 512 tokens.
+pub const MODEL_SERVE: [&str; 8] = [
+    "model",
+    "serve",
+    "--port",
+    "0",
+    "--parallel",
+    "2",
+    "--ctx",
+    "512",
+];
 
-/// [`model_serve`], with the server's stderr sent to `stderr`.
-pub fn model_serve_to(
-    home: &Path,
-    args: &[&str],
-    env: &[(&str, &str)],
-    stderr: std::process::Stdio,
-) -> Served {
-    let mut all = vec![
-        "model",
-        "serve",
-        "--port",
-        "0",
-        "--parallel",
-        "2",
-        "--ctx",
-        "512",
-    ];
-    all.extend_from_slice(args);
-    serve_to(home, &all, env, stderr)
+/// [`MODEL_SERVE`] with `args`, started by [`serve`].
+pub fn model_serve(home: &Path, args: &[&str], env: &[(&str, &str)]) -> Served {
+    serve(home, &[&MODEL_SERVE[..], args].concat(), env)
 }
 
 /// An answer: status, headers (lowercased names) and the body, de-chunked.

@@ -6,7 +6,7 @@ use std::process::Stdio;
 
 use serde_json::{Value as Json, json};
 
-use crate::common::{Answer, client, model_serve, model_serve_to, request, succeeded};
+use crate::common::{Answer, client, model_serve, request, succeeded};
 
 /// The Python that has the official `openai` package: `SLUICE_OPENAI_PYTHON`, else the venv
 /// `~/.cache/sluice/openai-venv` (`python3 -m venv ~/.cache/sluice/openai-venv &&
@@ -292,9 +292,9 @@ fn model_serve_limits_what_it_takes_on_counts_it_in_metrics_logs_each_request_an
         "--drain-timeout",
         "120",
     ];
-    let mut server = model_serve_to(
+    let mut server = crate::common::serve_to(
         home.path(),
-        &args,
+        &[&crate::common::MODEL_SERVE[..], &args].concat(),
         &[("SLUICE_API_KEY", key)],
         Stdio::from(log),
     );
