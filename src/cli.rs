@@ -425,6 +425,10 @@ pub struct TestArgs {
     /// .json file (an object) or .jsonl file (its first line). Inputs left out take their defaults.
     #[arg(long, num_args = 1.., value_name = "NAME=VALUE|FILE")]
     pub inputs: Vec<String>,
+    /// The `__init__` arguments of a flex flow's class entry: a JSON object, a .json file, or
+    /// NAME=VALUE pairs (text values).
+    #[arg(long, num_args = 1.., value_name = "JSON|FILE|NAME=VALUE")]
+    pub init: Vec<String>,
     /// Run only this node; give its inputs (flow inputs by name, upstream outputs by node name) with --inputs.
     #[arg(long)]
     pub node: Option<String>,
@@ -656,6 +660,10 @@ pub struct CreateArgs {
     /// Inputs without a default map to the same-named data column unless mapped here.
     #[arg(long, num_args = 1.., value_name = "NAME=VALUE")]
     pub column_mapping: Vec<String>,
+    /// The `__init__` arguments of a flex flow's class entry: a JSON object, a .json file, or
+    /// NAME=VALUE pairs (text values).
+    #[arg(long, num_args = 1.., value_name = "JSON|FILE|NAME=VALUE")]
+    pub init: Vec<String>,
     /// The run's name (default: <flow name>_<variant>_<timestamp>).
     #[arg(long)]
     pub name: Option<String>,

@@ -83,6 +83,8 @@ pub struct RunSpec {
     /// Variant selections (`${node.variant_1}`), or `all`.
     pub variants: Vec<String>,
     pub column_mapping: IndexMap<String, Value>,
+    /// The `__init__` arguments of a flex flow's class entry (`init:`, `--init`).
+    pub init: Option<Map>,
     pub name: Option<String>,
     pub display_name: Option<String>,
     pub description: Option<String>,
@@ -179,6 +181,19 @@ impl RunSpec {
                         .into_iter()
                         .map(|(k, v)| (k, Value::from(v.as_str())))
                         .collect()
+                }
+                "init" => {
+                    spec.init =
+                        match crate::yaml::Yaml::parse(&text)
+                            .map(|y| y.get("init").map(crate::yaml::Yaml::to_value))
+                        {
+                            Ok(Some(Value::Map(m))) => Some(m),
+                            Ok(Some(Value::Null) | None) => None,
+                            _ => return Err(file_error(
+                                "`init` is a mapping of the flex flow entry's __init__ arguments"
+                                    .into(),
+                            )),
+                        }
                 }
                 "$schema" | "type" | "connections" | "resources" | "properties" => {}
                 "resume_from" => tracing::warn!(

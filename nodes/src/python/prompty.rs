@@ -16,6 +16,7 @@ const PROMPTY_SOURCE: &str = r#"
 import inspect as _inspect
 import os as _os
 import sys as _sys
+import types as _types
 
 
 class Prompty:
@@ -50,6 +51,11 @@ def _install(sluice):
     core = _sys.modules.get("promptflow.core")
     if core is not None and getattr(core, "__file__", "") == "<sluice promptflow stand-in>":
         core.Prompty = Prompty
+        flow = _types.ModuleType("promptflow.core._flow")
+        flow.__file__ = core.__file__
+        flow.Prompty = Prompty
+        core._flow = flow
+        _sys.modules["promptflow.core._flow"] = flow
 "#;
 
 /// Why a prompty called from Python did not give a result.

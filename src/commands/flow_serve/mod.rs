@@ -95,7 +95,15 @@ pub fn serve(args: FlowServeArgs) -> anyhow::Result<ExitStatus> {
         limits.shutdown_timeout = Duration::from_secs_f64(d);
     }
     super::set_isolation(&args.isolation, args.max_inflight);
-    let flow = match super::flow::load(&args.flow.flow, args.variant.as_deref()) {
+    // A flex flow's class entry takes its `__init__` arguments from PF_FLOW_INIT_CONFIG, as in
+    // promptflow's serving.
+    let init = match std::env::var("PF_FLOW_INIT_CONFIG") {
+        Ok(text) if !text.trim().is_empty() => {
+            super::flow::parse_init(std::slice::from_ref(&text))?
+        }
+        _ => None,
+    };
+    let flow = match super::flow::load(&args.flow.flow, args.variant.as_deref(), init.as_ref()) {
         Ok(f) => f,
         Err(code) => return Ok(code),
     };
