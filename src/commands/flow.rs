@@ -329,7 +329,19 @@ pub fn test(args: TestArgs) -> anyhow::Result<ExitStatus> {
         );
     }
     if !streamed {
-        println!("{}", pretty(&line.output));
+        // A flex entry that returned something other than a dict: its value, as promptflow prints
+        // it (text as it is).
+        let entry_value = line
+            .node_runs
+            .first()
+            .filter(|_| flow.def.flex.is_some())
+            .filter(|run| !matches!(run.output, Value::Map(_)))
+            .and_then(|_| line.output.get("output"));
+        match entry_value {
+            Some(Value::String(text)) if line.output.len() == 1 => println!("{}", redact(text)),
+            Some(value) if line.output.len() == 1 => println!("{}", pretty(value)),
+            _ => println!("{}", pretty(&line.output)),
+        }
     }
     if args.detail || args.verbose > 0 {
         print_usage(&node_runs);
