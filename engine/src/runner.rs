@@ -302,7 +302,8 @@ impl RunSpec {
         Ok(())
     }
 
-    /// Takes what this spec does not say (flow, data, base run, mapping, variant) from an earlier run.
+    /// Takes what this spec does not say (flow, data, base run, mapping, init, variant) from an
+    /// earlier run.
     fn fill_from(&mut self, old: &RunRecord) {
         let props = &old.properties;
         self.flow.get_or_insert_with(|| props.flow_path.clone());
@@ -318,6 +319,15 @@ impl RunSpec {
                 .iter()
                 .map(|(k, v)| (k.clone(), Value::from(v.clone())))
                 .collect();
+        }
+        if self.init.is_none() {
+            self.init = props
+                .init
+                .as_ref()
+                .map(|m| match Value::from(Json::Object(m.clone())) {
+                    Value::Map(m) => m,
+                    _ => Map::new(),
+                });
         }
         if self.variants.is_empty() {
             self.variants = props
@@ -699,6 +709,11 @@ impl BatchRun {
                     .iter()
                     .map(|(k, v)| (k.clone(), v.to_json_lossy()))
                     .collect(),
+                init: spec.init.as_ref().map(|init| {
+                    init.iter()
+                        .map(|(k, v)| (k.clone(), v.to_json_lossy()))
+                        .collect()
+                }),
                 system_metrics: SystemMetrics {
                     total_lines: expected_lines,
                     ..Default::default()

@@ -12,13 +12,13 @@ use crate::common::{sluice, stdout_json, succeeded, write_files};
 use crate::llm::{FakeServer, fake_server, ok_body};
 
 /// A fake server that answers every request with `reply`, and the runtime it runs on.
-struct Recorder {
-    server: FakeServer,
+pub(crate) struct Recorder {
+    pub(crate) server: FakeServer,
     _rt: tokio::runtime::Runtime,
 }
 
 impl Recorder {
-    fn new(reply: String) -> Recorder {
+    pub(crate) fn new(reply: String) -> Recorder {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -42,7 +42,7 @@ impl Recorder {
     }
 
     /// The one request whose first line contains `path`.
-    fn request_to(&self, path: &str) -> Json {
+    pub(crate) fn request_to(&self, path: &str) -> Json {
         let found: Vec<Json> = self
             .requests()
             .into_iter()
@@ -55,7 +55,7 @@ impl Recorder {
 }
 
 /// Stores connections to the recorder in `home`: `oai` (open_ai) and `aoai` (azure_open_ai).
-fn connect(home: &Path, server: &FakeServer) {
+pub(crate) fn connect(home: &Path, server: &FakeServer) {
     for (name, kind, extra) in [
         ("oai", "open_ai", ""),
         ("aoai", "azure_open_ai", "api_version: 2024-06-01\n"),

@@ -98,6 +98,9 @@ pub struct RunProperties {
     pub merged_from: Vec<String>,
     #[serde(default)]
     pub column_mapping: serde_json::Map<String, Json>,
+    /// The `__init__` arguments of a flex flow's class entry, when given to the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<serde_json::Map<String, Json>>,
     #[serde(default)]
     pub system_metrics: SystemMetrics,
 }
