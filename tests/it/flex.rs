@@ -8,9 +8,12 @@ use std::path::Path;
 
 use serde_json::{Value as Json, json};
 
-use crate::common::{flow_test, json, ran, read_jsonl, refused, run_create, sluice, write_files};
+use crate::common::{
+    flow_test, json, ran, read_jsonl, refused, run_create, serve, sluice, write_files,
+};
 use crate::llm::ok_body;
 use crate::llm_requests::{Recorder, connect};
+use crate::serve::request;
 
 /// A function entry: typed and defaulted parameters, an environment variable from the YAML.
 const GREET: &[(&str, &str)] = &[
@@ -609,4 +612,32 @@ class CodeEvaluator:
         read_jsonl(&home.path().join("runs/quality/outputs.jsonl"))[1],
         json!({"line_number": 1, "correctness": 4, "readability": 3, "explanation": "fine"})
     );
+}
+
+#[test]
+fn flow_serve_runs_a_class_entry_made_with_pf_flow_init_config() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = flow_dir(SCORER);
+    let served = serve(
+        home.path(),
+        &[
+            "flow",
+            "serve",
+            "--port",
+            "0",
+            "--flow",
+            dir.path().to_str().unwrap(),
+        ],
+        &[("PF_FLOW_INIT_CONFIG", "{\"bonus\": 7}")],
+    );
+    let answer = request(
+        &served.addr,
+        "POST",
+        "/score",
+        &[("content-type", "application/json")],
+        br#"{"answer": "1", "truth": "2"}"#,
+    );
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let body: Json = serde_json::from_str(&answer.body).unwrap();
+    assert_eq!(body, json!({"score": 7, "match": false}));
 }

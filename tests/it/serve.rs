@@ -110,10 +110,10 @@ fn serve(home: &Path, flow: &Path, args: &[&str], env: &[(&str, &str)]) -> Serve
 
 /// An answer: status, headers (lowercased names) and the body, de-chunked.
 #[derive(Debug)]
-struct Answer {
-    status: u16,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
     headers: Vec<(String, String)>,
-    body: String,
+    pub(crate) body: String,
 }
 
 impl Answer {
@@ -162,7 +162,13 @@ fn dechunk(mut raw: &[u8]) -> Vec<u8> {
 }
 
 /// Sends one request (`connection: close`) and reads the whole answer.
-fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
+pub(crate) fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Answer {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let mut head = format!(
