@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # A cold `flow test` of a flex flow, Sluice vs promptflow: a new process per run, the median of RUNS
-# runs each. The flow is shaped like promptflow's examples/flex-flows/chat-basic: a class entry whose
-# __init__ takes an AzureOpenAIModelConfiguration and whose __call__ runs a prompty through
-# Prompty.load. Both call one fake OpenAI server on loopback (a fixed reply), so the difference is
-# start-up, loading and the runner.
+# runs each. The flow, benches/flows/flex_chat, is shaped like promptflow's
+# examples/flex-flows/chat-basic: a class entry whose __init__ takes an AzureOpenAIModelConfiguration
+# (given with --init) and whose __call__ runs a prompty through Prompty.load. Both call one fake
+# OpenAI server on loopback (a fixed reply), so the difference is start-up, loading and the runner.
 #
 #   benches/compare_flex.sh [RUNS] [--install-pf]      (default 5 runs)
 #
@@ -11,25 +11,10 @@
 # pip-installs promptflow into it. Uses target/release/sluice (or $SLUICE); build it first with
 # `cargo build --release`.
 set -euo pipefail
-here="$(cd "$(dirname "$0")" && pwd)"
-root="$(dirname "$here")"
-runs=5
-install_pf=0
-for arg in "$@"; do
-  case "$arg" in
-    --install-pf) install_pf=1 ;;
-    *) runs="$arg" ;;
-  esac
-done
-sluice="${SLUICE:-${CARGO_TARGET_DIR:-$root/target}/release/sluice}"
-[ -x "$sluice" ] || { echo "no sluice binary at $sluice: run cargo build --release" >&2; exit 2; }
-work="$(mktemp -d)"
-server_pid=""
-cleanup() {
-  if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=benches/lib.sh
+. "$(dirname "$0")/lib.sh"
+bench_start 5 "$@"
+runs="$count"
 
 # The fake server prints its port once listening.
 python3 - > "$work/port" <<'PY' &
@@ -63,65 +48,9 @@ server_pid=$!
 for _ in $(seq 1 100); do [ -s "$work/port" ] && break; sleep 0.1; done
 base="http://127.0.0.1:$(cat "$work/port")"
 
-mkdir -p "$work/flow"
-cat > "$work/flow/flow.flex.yaml" <<EOF
-entry: flow:ChatFlow
-sample:
-  inputs:
-    question: What is Azure Machine Learning?
-  init:
-    model_config:
-      azure_deployment: gpt-4o
-      azure_endpoint: $base
-      api_key: not-needed
-      api_version: "2024-06-01"
-EOF
-cat > "$work/flow/flow.py" <<'EOF'
-from pathlib import Path
-
-from promptflow.core import AzureOpenAIModelConfiguration, Prompty
-from promptflow.tracing import trace
-
-BASE_DIR = Path(__file__).absolute().parent
-
-
-class ChatFlow:
-    def __init__(self, model_config: AzureOpenAIModelConfiguration, max_total_token=4096):
-        self.model_config = model_config
-        self.max_total_token = max_total_token
-
-    @trace
-    def __call__(self, question: str = "What is promptflow?", chat_history: list = None) -> str:
-        prompty = Prompty.load(source=BASE_DIR / "chat.prompty", model={"configuration": self.model_config})
-        return prompty(question=question, chat_history=chat_history or [])
-EOF
-cat > "$work/flow/chat.prompty" <<'EOF'
----
-name: Basic Chat
-model:
-  api: chat
-  configuration:
-    type: azure_openai
-    azure_deployment: gpt-4o
-  parameters:
-    temperature: 0.2
-    max_tokens: 256
-inputs:
-  question:
-    type: string
-  chat_history:
-    type: list
----
-system:
-You are a helpful assistant.
-
-{% for item in chat_history %}
-{{item.role}}:
-{{item.content}}
-{% endfor %}
-
-user:
-{{question}}
+cp -r "$(dirname "$0")/flows/flex_chat" "$work/flow"
+cat > "$work/init.json" <<EOF
+{"model_config": {"azure_deployment": "gpt-4o", "azure_endpoint": "$base", "api_key": "not-needed", "api_version": "2024-06-01"}}
 EOF
 
 median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
@@ -145,19 +74,14 @@ measure() { # label, command...
 echo "| runner | runs | median seconds | output |"
 echo "|---|---:|---:|---|"
 export SLUICE_HOME="$work/sluice-home"
-measure sluice "$sluice" flow test --flow "$work/flow"
-pf_bin="${PF:-$(command -v pf || true)}"
-if [ -z "$pf_bin" ] && [ "$install_pf" = 1 ]; then
-  python3 -m venv "$work/pf-venv"
-  "$work/pf-venv/bin/pip" install --quiet promptflow >&2
-  pf_bin="$work/pf-venv/bin/pf"
-fi
+measure sluice "$sluice" flow test --flow "$work/flow" --init "$work/init.json"
+bench_find_pf
 if [ -n "$pf_bin" ]; then
   export HOME="$work/pf-home"; mkdir -p "$HOME"
   "$pf_bin" config set telemetry.enabled=false >/dev/null 2>&1 || true
   # pf starts its trace service on the first run; that run is not counted.
-  "$pf_bin" flow test --flow "$work/flow" >/dev/null 2>&1 || true
-  measure pf "$pf_bin" flow test --flow "$work/flow"
+  "$pf_bin" flow test --flow "$work/flow" --init "$work/init.json" >/dev/null 2>&1 || true
+  measure pf "$pf_bin" flow test --flow "$work/flow" --init "$work/init.json"
   awk -v p="$(cat "$work/pf.secs")" -v s="$(cat "$work/sluice.secs")" \
     'BEGIN {printf "\nsluice flow test is %.1fx faster than pf flow test (median of cold runs)\n", p/s}'
 else

@@ -171,21 +171,7 @@ fn flow(
 
     let declared_inputs = match yaml.get("inputs").filter(|i| !i.is_null()) {
         Some(inputs) => {
-            match &inputs.kind {
-                YamlKind::Map(entries) => {
-                    for (k, v) in entries {
-                        if let Some(input) = r.input(k, v) {
-                            def.inputs.insert(input.name.clone(), input);
-                        }
-                    }
-                }
-                _ => {
-                    r.problem(
-                        format!("`inputs` must be a mapping, found {}", inputs.type_name()),
-                        inputs.span,
-                    );
-                }
-            }
+            r.inputs(inputs, &mut def);
             true
         }
         None => false,

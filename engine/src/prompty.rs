@@ -306,21 +306,7 @@ impl Reader<'_> {
             .filter(|s| !s.is_null())
             .and_then(|s| self.sample(s));
         if let Some(inputs) = yaml.get("inputs").filter(|i| !i.is_null()) {
-            match &inputs.kind {
-                YamlKind::Map(entries) => {
-                    for (k, v) in entries {
-                        if let Some(input) = self.input(k, v) {
-                            def.inputs.insert(input.name.clone(), input);
-                        }
-                    }
-                }
-                _ => {
-                    self.problem(
-                        format!("`inputs` must be a mapping, found {}", inputs.type_name()),
-                        inputs.span,
-                    );
-                }
-            }
+            self.inputs(inputs, &mut def);
         } else if let Some(sample) = &sample {
             // Without `inputs:`, the sample's keys are the inputs.
             let at = yaml.get("sample").map_or(start, |s| s.span);
@@ -600,6 +586,25 @@ impl Reader<'_> {
                     s.span,
                 );
                 None
+            }
+        }
+    }
+
+    /// Reads an `inputs:` mapping into the flow's inputs.
+    pub(crate) fn inputs(&mut self, inputs: &Yaml, def: &mut FlowDef) {
+        match &inputs.kind {
+            YamlKind::Map(entries) => {
+                for (k, v) in entries {
+                    if let Some(input) = self.input(k, v) {
+                        def.inputs.insert(input.name.clone(), input);
+                    }
+                }
+            }
+            _ => {
+                self.problem(
+                    format!("`inputs` must be a mapping, found {}", inputs.type_name()),
+                    inputs.span,
+                );
             }
         }
     }

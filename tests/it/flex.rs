@@ -8,9 +8,7 @@ use std::path::Path;
 
 use serde_json::{Value as Json, json};
 
-use crate::common::{
-    flow_test, json, ran, read_jsonl, refused, run_create, serve, sluice, write_files,
-};
+use crate::common::{json, ran, read_jsonl, refused, run_create, serve, sluice, write_files};
 use crate::llm::ok_body;
 use crate::llm_requests::{Recorder, connect};
 use crate::serve::request;
@@ -71,10 +69,61 @@ class Scorer:
     ),
 ];
 
+/// A function returning a number, or text for negative numbers.
+const DOUBLE: (&str, &str) = (
+    "calc.py",
+    "def double(x: int, label: str = 'n'):\n    return x * 2 if x >= 0 else f'{label}{x}'\n",
+);
+
+/// A generator of words.
+const SAY: (&str, &str) = (
+    "words.py",
+    "def say(text: str, n: int = 2):\n    for w in text.split()[:n]:\n        yield w + ' '\n",
+);
+
 fn flow_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     write_files(dir.path(), files);
     dir
+}
+
+/// `sluice flow test --flow FLOW ARGS`, run to its end.
+fn tested(home: &Path, flow: &Path, args: &[&str]) -> crate::common::Ran {
+    ran(sluice(home)
+        .args(["flow", "test", "--flow"])
+        .arg(flow)
+        .args(args))
+}
+
+/// A flow folder of `flow.flex.yaml` (`entry: ENTRY`), the entry's module `(file, code)` and
+/// `data.jsonl`.
+fn flex_flow(entry: &str, (file, code): (&str, &str), data: &str) -> tempfile::TempDir {
+    flow_dir(&[
+        ("flow.flex.yaml", &format!("entry: {entry}\n")),
+        (file, code),
+        ("data.jsonl", data),
+    ])
+}
+
+/// `sluice run create --name NAME OPTIONS --flow FLOW --data FLOW/data.jsonl`, which must succeed;
+/// the run record it printed.
+fn batch(home: &Path, name: &str, options: &str, flow: &Path) -> Json {
+    let out = ran(&mut run_create(
+        home,
+        name,
+        options,
+        flow,
+        &flow.join("data.jsonl"),
+    ));
+    assert!(out.success, "{}", out.stderr);
+    serde_json::from_str(&out.stdout).unwrap()
+}
+
+/// A flow folder of `files`, and what `flow test` prints for it given no inputs (its sample's).
+fn with_sample(home: &Path, files: &[(&str, &str)]) -> (tempfile::TempDir, Json) {
+    let dir = flow_dir(files);
+    let output = test_json(home, dir.path(), &[]);
+    (dir, output)
 }
 
 fn test_json(home: &Path, flow: &Path, args: &[&str]) -> Json {
@@ -86,12 +135,9 @@ fn test_json(home: &Path, flow: &Path, args: &[&str]) -> Json {
 #[test]
 fn a_function_entry_takes_its_inputs_from_its_signature() {
     let home = tempfile::tempdir().unwrap();
-    let dir = flow_dir(GREET);
     // No inputs: the sample's; the YAML's environment variable reaches the entry.
-    assert_eq!(
-        test_json(home.path(), dir.path(), &[]),
-        json!({"text": "Hi Sample", "tags": null})
-    );
+    let (dir, sample) = with_sample(home.path(), GREET);
+    assert_eq!(sample, json!({"text": "Hi Sample", "tags": null}));
     // Text is converted to the annotated type; the file itself names the flow too.
     let file = dir.path().join("flow.flex.yaml");
     assert_eq!(
@@ -112,22 +158,15 @@ fn a_function_entry_takes_its_inputs_from_its_signature() {
 #[test]
 fn a_value_that_is_not_a_dict_is_the_output_named_output() {
     let home = tempfile::tempdir().unwrap();
-    let dir = flow_dir(&[
-        ("flow.flex.yaml", "entry: calc:double\n"),
-        (
-            "calc.py",
-            "def double(x: int, label: str = 'n'):\n    return x * 2 if x >= 0 else f'{label}{x}'\n",
-        ),
-        ("data.jsonl", "{\"x\": \"4\"}\n{\"x\": 5}\n{\"x\": -1}\n"),
-    ]);
+    let dir = flex_flow(
+        "calc:double",
+        DOUBLE,
+        "{\"x\": \"4\"}\n{\"x\": 5}\n{\"x\": -1}\n",
+    );
     // flow test prints the value as promptflow does: a number as JSON, text as it is.
-    let out = ran(sluice(home.path())
-        .args(["flow", "test", "--inputs", "x=3", "--flow"])
-        .arg(dir.path()));
+    let out = tested(home.path(), dir.path(), &["--inputs", "x=3"]);
     assert_eq!(out.stdout.trim(), "6", "{}", out.stderr);
-    let out = ran(sluice(home.path())
-        .args(["flow", "test", "--inputs", "x=-2", "--flow"])
-        .arg(dir.path()));
+    let out = tested(home.path(), dir.path(), &["--inputs", "x=-2"]);
     assert_eq!(out.stdout.trim(), "n-2", "{}", out.stderr);
     let saved: Json = serde_json::from_str(
         &std::fs::read_to_string(dir.path().join(".promptflow/flow.output.json")).unwrap(),
@@ -135,17 +174,7 @@ fn a_value_that_is_not_a_dict_is_the_output_named_output() {
     .unwrap();
     assert_eq!(saved, json!({"output": "n-2"}));
     // A batch run stores `{"output": value}` per line.
-    let record = crate::common::stdout_json(
-        &run_create(
-            home.path(),
-            "doubles",
-            "",
-            dir.path(),
-            &dir.path().join("data.jsonl"),
-        )
-        .output()
-        .unwrap(),
-    );
+    let record = batch(home.path(), "doubles", "", dir.path());
     assert_eq!(record["status"], "Completed");
     let outputs = read_jsonl(&home.path().join("runs/doubles/outputs.jsonl"));
     assert_eq!(
@@ -161,12 +190,9 @@ fn a_value_that_is_not_a_dict_is_the_output_named_output() {
 #[test]
 fn a_class_entry_is_made_with_init_and_aggregates_a_batch_into_metrics() {
     let home = tempfile::tempdir().unwrap();
-    let dir = flow_dir(SCORER);
     // The sample's init and inputs; the dataclass comes back as its dict.
-    assert_eq!(
-        test_json(home.path(), dir.path(), &[]),
-        json!({"score": 2, "match": true})
-    );
+    let (dir, sample) = with_sample(home.path(), SCORER);
+    assert_eq!(sample, json!({"score": 2, "match": true}));
     // --init as a JSON object, and as a file.
     assert_eq!(
         test_json(
@@ -184,17 +210,8 @@ fn a_class_entry_is_made_with_init_and_aggregates_a_batch_into_metrics() {
     );
     std::fs::write(dir.path().join("init.json"), "{\"bonus\": 5}").unwrap();
     let init = dir.path().join("init.json");
-    let data = dir.path().join("data.jsonl");
     let options = format!("--init {}", init.display());
-    let out = ran(&mut run_create(
-        home.path(),
-        "scored",
-        &options,
-        dir.path(),
-        &data,
-    ));
-    assert!(out.success, "{}", out.stderr);
-    let record: Json = serde_json::from_str(&out.stdout).unwrap();
+    let record = batch(home.path(), "scored", &options, dir.path());
     // The failed line is left out of the aggregation.
     assert_eq!(record["metrics"], json!({"accuracy": 0.5, "lines": 2}));
     assert_eq!(
@@ -265,14 +282,7 @@ fn an_eval_run_scores_a_flex_flow_run_and_resume_keeps_its_lines() {
         base.path(),
         &[("data.jsonl", "{\"name\": \"Ann\"}\n{\"name\": \"Bo\"}\n")],
     );
-    let out = ran(&mut run_create(
-        home.path(),
-        "greetings",
-        "",
-        base.path(),
-        &base.path().join("data.jsonl"),
-    ));
-    assert!(out.success, "{}", out.stderr);
+    batch(home.path(), "greetings", "", base.path());
     let eval = flow_dir(&[
         ("flow.flex.yaml", "entry: judge:Judge\n"),
         (
@@ -331,41 +341,18 @@ fn an_eval_run_scores_a_flex_flow_run_and_resume_keeps_its_lines() {
 #[test]
 fn a_generator_is_joined_in_a_batch_and_streamed_by_flow_test() {
     let home = tempfile::tempdir().unwrap();
-    let dir = flow_dir(&[
-        ("flow.flex.yaml", "entry: words:say\n"),
-        (
-            "words.py",
-            "def say(text: str, n: int = 2):\n    for w in text.split()[:n]:\n        yield w + ' '\n",
-        ),
-        (
-            "data.jsonl",
-            "{\"text\": \"a b c\"}\n{\"text\": \"x y z\", \"n\": 3}\n",
-        ),
-    ]);
-    let out = ran(sluice(home.path())
-        .args(["flow", "test", "--inputs", "text=one two three", "--flow"])
-        .arg(dir.path()));
+    let data = "{\"text\": \"a b c\"}\n{\"text\": \"x y z\", \"n\": 3}\n";
+    let dir = flex_flow("words:say", SAY, data);
+    let out = tested(home.path(), dir.path(), &["--inputs", "text=one two three"]);
     assert_eq!(out.stdout.trim_end(), "one two", "{}", out.stderr);
-    let out = ran(sluice(home.path())
-        .args([
-            "flow",
-            "test",
-            "--stream",
-            "--inputs",
-            "text=one two three",
-            "--flow",
-        ])
-        .arg(dir.path()));
+    let out = tested(
+        home.path(),
+        dir.path(),
+        &["--stream", "--inputs", "text=one two three"],
+    );
     assert!(out.success, "{}", out.stderr);
     assert!(out.stdout.contains("one two"), "{}", out.stdout);
-    let out = ran(&mut run_create(
-        home.path(),
-        "said",
-        "",
-        dir.path(),
-        &dir.path().join("data.jsonl"),
-    ));
-    assert!(out.success, "{}", out.stderr);
+    batch(home.path(), "said", "", dir.path());
     // An input with a default is not taken from a same-named column unless mapped, as in
     // promptflow; mapped, it is.
     assert_eq!(
@@ -375,14 +362,12 @@ fn a_generator_is_joined_in_a_batch_and_streamed_by_flow_test() {
             json!({"line_number": 1, "output": "x y "}),
         ]
     );
-    let out = ran(&mut run_create(
+    batch(
         home.path(),
         "said_mapped",
         "--column-mapping text=${data.text} n=${data.n}",
         dir.path(),
-        &dir.path().join("data.jsonl"),
-    ));
-    assert!(out.success, "{}", out.stderr);
+    );
     let outputs = read_jsonl(&home.path().join("runs/said_mapped/outputs.jsonl"));
     assert!(
         outputs.contains(&json!({"line_number": 1, "output": "x y z "})),
@@ -436,15 +421,11 @@ fn flex_flow_mistakes_are_refused_with_their_place() {
         scorer.path(),
         &["Scorer.__init__ needs `bonus`", "--init"],
     );
-    let out = ran(sluice(home.path())
-        .args([
-            "flow",
-            "test",
-            "--init",
-            "{\"bonus\": 1, \"colour\": \"red\"}",
-        ])
-        .args(["--inputs", "answer=1", "truth=1", "--flow"])
-        .arg(scorer.path()));
+    let out = tested(
+        home.path(),
+        scorer.path(),
+        &["--init", "{\"bonus\": 1, \"colour\": \"red\"}"],
+    );
     assert_eq!(out.code, Some(2), "{}", out.stderr);
     assert!(
         out.stderr.contains("`colour`") && out.stderr.contains("bonus, label"),
@@ -452,9 +433,7 @@ fn flex_flow_mistakes_are_refused_with_their_place() {
         out.stderr
     );
     // Flex flows have no variants.
-    let out = ran(sluice(home.path())
-        .args(["flow", "test", "--variant", "${x.v1}", "--flow"])
-        .arg(scorer.path()));
+    let out = tested(home.path(), scorer.path(), &["--variant", "${x.v1}"]);
     assert_eq!(out.code, Some(2), "{}", out.stderr);
     assert!(
         out.stderr.contains("a flex flow has no variants"),
@@ -462,17 +441,11 @@ fn flex_flow_mistakes_are_refused_with_their_place() {
         out.stderr
     );
     // An exception in the entry at flow test: the entry named, the traceback shown, exit 1.
-    let out = ran(sluice(home.path())
-        .args([
-            "flow",
-            "test",
-            "--init",
-            "bonus=1",
-            "--inputs",
-            "answer=boom",
-        ])
-        .args(["truth=1", "--flow"])
-        .arg(scorer.path()));
+    let out = tested(
+        home.path(),
+        scorer.path(),
+        &["--init", "bonus=1", "--inputs", "answer=boom", "truth=1"],
+    );
     assert_eq!(out.code, Some(1), "{}", out.stderr);
     assert!(
         out.stderr
@@ -493,41 +466,25 @@ fn flows_like_promptflows_flex_examples_call_the_model_their_init_configures() {
         "{\"correctness\": 4, \"readability\": 3, \"explanation\": \"fine\"}",
     ));
     connect(home.path(), &rec.server);
-    let chat = flow_dir(&[
-        (
-            "flow.flex.yaml",
-            "entry: flow:ChatFlow\nsample:\n  inputs:\n    question: What is Sluice?\n  init:\n    model_config:\n      connection: aoai\n      azure_deployment: gpt-4o\n    max_total_token: 1024\n",
-        ),
-        (
-            "flow.py",
-            r#"from pathlib import Path
-
-from promptflow.core import AzureOpenAIModelConfiguration, Prompty
-from promptflow.tracing import trace
-
-BASE_DIR = Path(__file__).absolute().parent
-
-
-class ChatFlow:
-    def __init__(self, model_config: AzureOpenAIModelConfiguration, max_total_token=4096):
-        self.model_config = model_config
-        self.max_total_token = max_total_token
-
-    @trace
-    def __call__(self, question: str = "What is promptflow?", chat_history: list = None) -> str:
-        prompty = Prompty.load(source=BASE_DIR / "chat.prompty", model={"configuration": self.model_config})
-        chat_history = chat_history or []
-        while chat_history and prompty.estimate_token_count(question=question, chat_history=chat_history) > self.max_total_token:
-            chat_history = chat_history[1:]
-        return prompty(question=question, chat_history=chat_history)
-"#,
-        ),
-        (
-            "chat.prompty",
-            "---\nname: Basic Chat\nmodel:\n  api: chat\n  configuration:\n    type: azure_openai\n    azure_deployment: gpt-4o\n  parameters:\n    temperature: 0.2\n    max_tokens: 1024\ninputs:\n  question:\n    type: string\n  chat_history:\n    type: list\n---\nsystem:\nYou are a helpful assistant.\n\n{% for item in chat_history %}\n{{item.role}}:\n{{item.content}}\n{% endfor %}\n\nuser:\n{{question}}\n",
-        ),
-    ]);
-    let out = flow_test(home.path(), chat.path(), 60);
+    // benches/flows/flex_chat, the flow benches/compare_flex.sh times.
+    let chat = tempfile::tempdir().unwrap();
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/flows/flex_chat");
+    for file in ["flow.flex.yaml", "flow.py", "chat.prompty"] {
+        std::fs::copy(source.join(file), chat.path().join(file)).unwrap();
+    }
+    write_files(
+        chat.path(),
+        &[(
+            "init.json",
+            "{\"model_config\": {\"connection\": \"aoai\", \"azure_deployment\": \"gpt-4o\"}, \"max_total_token\": 1024}",
+        )],
+    );
+    let init = chat.path().join("init.json");
+    let out = tested(
+        home.path(),
+        chat.path(),
+        &["--init", init.to_str().unwrap()],
+    );
     assert!(out.success, "{}", out.stderr);
     assert_eq!(
         out.stdout.trim_end(),
@@ -541,7 +498,7 @@ class ChatFlow:
         sent["messages"],
         json!([
             {"role": "system", "content": "You are a helpful assistant."},
-            {"role": "user", "content": "What is Sluice?"}
+            {"role": "user", "content": "What is Azure Machine Learning?"}
         ])
     );
 
@@ -595,15 +552,7 @@ class CodeEvaluator:
         ),
     ]);
     let options = format!("--init {}", eval.path().join("init.json").display());
-    let out = ran(&mut run_create(
-        home.path(),
-        "quality",
-        &options,
-        eval.path(),
-        &eval.path().join("data.jsonl"),
-    ));
-    assert!(out.success, "{}", out.stderr);
-    let record: Json = serde_json::from_str(&out.stdout).unwrap();
+    let record = batch(home.path(), "quality", &options, eval.path());
     assert_eq!(
         record["metrics"],
         json!({"average_correctness": 4.0, "total": 2})

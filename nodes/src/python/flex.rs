@@ -19,7 +19,7 @@ use sluice_engine::{
     Param, Signature, Value,
 };
 
-use super::{PythonNode, from_py, load_error, runtime, stored_connections, to_py};
+use super::{PythonNode, from_py, load_error, runtime, set_environment, stored_connections, to_py};
 
 /// A flex flow's entry (or its `__aggregate__`), failing as promptflow's entries fail.
 #[derive(Debug)]
@@ -61,13 +61,7 @@ impl NodeKind for FlexKind {
         let aggregate = node.extra.contains_key(AGGREGATE_KEY);
         let entry = format!("{}:{}", flex.module, flex.attr);
         Python::attach(|py| {
-            if !cx.flow.environment_variables.is_empty() {
-                let env = PyDict::new(py);
-                for (k, v) in &cx.flow.environment_variables {
-                    env.set_item(k, v)?;
-                }
-                rt.host.bind(py).getattr("set_environment")?.call1((env,))?;
-            }
+            set_environment(py, rt, cx)?;
             let info = rt.host.bind(py).getattr("load_flex")?.call1((
                 &flex.module,
                 &flex.attr,

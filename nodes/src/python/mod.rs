@@ -124,13 +124,7 @@ impl NodeKind for PythonKind {
             }
         }
         Python::attach(|py| {
-            if !cx.flow.environment_variables.is_empty() {
-                let env = PyDict::new(py);
-                for (k, v) in &cx.flow.environment_variables {
-                    env.set_item(k, v)?;
-                }
-                rt.host.bind(py).getattr("set_environment")?.call1((env,))?;
-            }
+            set_environment(py, rt, cx)?;
             let info = rt.host.bind(py).getattr("load_tool")?.call1((
                 path.to_string_lossy().as_ref(),
                 cx.flow_dir().to_string_lossy().as_ref(),
@@ -205,6 +199,20 @@ impl NodeKind for PythonKind {
         })
         .map_err(|e| load_error(&format!("cannot load tool from {}", path.display()), &e))?
     }
+}
+
+/// Applies the flow's `environment_variables` to the interpreter's `os.environ`, as promptflow does
+/// before it loads tools.
+fn set_environment(py: Python<'_>, rt: &Runtime, cx: &BuildContext) -> PyResult<()> {
+    if cx.flow.environment_variables.is_empty() {
+        return Ok(());
+    }
+    let env = PyDict::new(py);
+    for (k, v) in &cx.flow.environment_variables {
+        env.set_item(k, v)?;
+    }
+    rt.host.bind(py).getattr("set_environment")?.call1((env,))?;
+    Ok(())
 }
 
 /// A failed import of a tool or entry as a build error: `LoadError`s say what to do themselves;
