@@ -142,16 +142,16 @@ fn repo() -> PathBuf {
 
 /// Files under `dir` (recursively) whose name ends with one of `suffixes`.
 fn files(dir: &Path, suffixes: &[&str], out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        let Ok(ty) = e.file_type() else { continue };
-        if ty.is_dir() {
-            files(&p, suffixes, out);
-        } else if ty.is_file() && suffixes.iter().any(|s| p.to_string_lossy().ends_with(s)) {
-            out.push(p);
+    let mut folders = vec![dir.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        let entries = std::fs::read_dir(&folder).into_iter().flatten().flatten();
+        for (path, ty) in entries.filter_map(|e| Some((e.path(), e.file_type().ok()?))) {
+            let wanted = suffixes.iter().any(|s| path.to_string_lossy().ends_with(s));
+            match (ty.is_dir(), ty.is_file() && wanted) {
+                (true, _) => folders.push(path),
+                (false, true) => out.push(path),
+                _ => {}
+            }
         }
     }
 }

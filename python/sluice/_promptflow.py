@@ -10,10 +10,11 @@ any key, ``dict(conn)``, and the typed attributes of each connection class (``ap
 ``api_base``, ...). Their ``repr`` never shows a secret.
 """
 
+import dataclasses
 import re
 import sys
 import types
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 _SCRUBBED = "******"
 
@@ -71,6 +72,17 @@ class _Connection:
 
 
 class _StrongTypeConnection(_Connection):
+    """A connection of a known type: ``CONFIGS`` names the configs read and written as attributes
+    (``conn.api_base``), ``api_key`` is its secret."""
+
+    CONFIGS: Tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        for key in cls.__dict__.get("CONFIGS", ()):
+            default = "key" if key == "auth_mode" else None
+            setattr(cls, key, _config_property(key, default))
+
     @property
     def api_key(self):
         return self.secrets.get("api_key")
@@ -91,6 +103,7 @@ def _config_property(key, default=None):
 
 
 class AzureOpenAIConnection(_StrongTypeConnection):
+    CONFIGS = ("api_base", "api_type", "api_version", "auth_mode")
     TYPE = "AzureOpenAI"
 
     def __init__(
@@ -106,13 +119,9 @@ class AzureOpenAIConnection(_StrongTypeConnection):
         secrets = {"api_key": api_key} if auth_mode == "key" else {}
         super().__init__(configs=configs, secrets=secrets, **kwargs)
 
-    api_base = _config_property("api_base")
-    api_type = _config_property("api_type")
-    api_version = _config_property("api_version")
-    auth_mode = _config_property("auth_mode", "key")
-
 
 class OpenAIConnection(_StrongTypeConnection):
+    CONFIGS = ("organization", "base_url")
     TYPE = "OpenAI"
 
     def __init__(self, api_key: str, organization: Optional[str] = None, base_url: Optional[str] = None, **kwargs):
@@ -120,19 +129,16 @@ class OpenAIConnection(_StrongTypeConnection):
             base_url = None
         super().__init__(configs={"organization": organization, "base_url": base_url}, secrets={"api_key": api_key}, **kwargs)
 
-    organization = _config_property("organization")
-    base_url = _config_property("base_url")
     # Sluice's (and most OpenAI-compatible servers') name for the endpoint.
     api_base = _config_property("base_url")
 
 
 class ServerlessConnection(_StrongTypeConnection):
+    CONFIGS = ("api_base",)
     TYPE = "Serverless"
 
     def __init__(self, api_key: str, api_base: str, **kwargs: Any):
         super().__init__(configs={"api_base": api_base}, secrets={"api_key": api_key}, **kwargs)
-
-    api_base = _config_property("api_base")
 
 
 class SerpConnection(_StrongTypeConnection):
@@ -143,11 +149,11 @@ class SerpConnection(_StrongTypeConnection):
 
 
 class _EmbeddingStoreConnection(_StrongTypeConnection):
+    CONFIGS = ("api_base",)
+
     def __init__(self, api_key: str, api_base: str, **kwargs: Any):
         kwargs.setdefault("module", "promptflow_vectordb.connections")
         super().__init__(configs={"api_base": api_base}, secrets={"api_key": api_key}, **kwargs)
-
-    api_base = _config_property("api_base")
 
 
 class QdrantConnection(_EmbeddingStoreConnection):
@@ -159,16 +165,15 @@ class WeaviateConnection(_EmbeddingStoreConnection):
 
 
 class CognitiveSearchConnection(_StrongTypeConnection):
+    CONFIGS = ("api_base", "api_version")
     TYPE = "CognitiveSearch"
 
     def __init__(self, api_key: str, api_base: str, api_version: str = "2023-11-01", **kwargs: Any):
         super().__init__(configs={"api_base": api_base, "api_version": api_version}, secrets={"api_key": api_key}, **kwargs)
 
-    api_base = _config_property("api_base")
-    api_version = _config_property("api_version")
-
 
 class AzureContentSafetyConnection(_StrongTypeConnection):
+    CONFIGS = ("endpoint", "api_version", "api_type")
     TYPE = "AzureContentSafety"
 
     def __init__(
@@ -176,10 +181,6 @@ class AzureContentSafetyConnection(_StrongTypeConnection):
     ):
         configs = {"endpoint": endpoint, "api_version": api_version, "api_type": api_type}
         super().__init__(configs=configs, secrets={"api_key": api_key}, **kwargs)
-
-    endpoint = _config_property("endpoint")
-    api_version = _config_property("api_version")
-    api_type = _config_property("api_type")
 
 
 class FormRecognizerConnection(AzureContentSafetyConnection):
@@ -192,14 +193,12 @@ class FormRecognizerConnection(AzureContentSafetyConnection):
 
 
 class AzureAIServicesConnection(_StrongTypeConnection):
+    CONFIGS = ("endpoint", "auth_mode")
     TYPE = "AzureAIServices"
 
     def __init__(self, endpoint: str, api_key: Optional[str] = None, auth_mode: str = "key", **kwargs: Any):
         secrets = {"api_key": api_key} if auth_mode == "key" else {}
         super().__init__(configs={"endpoint": endpoint, "auth_mode": auth_mode}, secrets=secrets, **kwargs)
-
-    endpoint = _config_property("endpoint")
-    auth_mode = _config_property("auth_mode", "key")
 
 
 class CustomConnection(_Connection):
@@ -289,56 +288,28 @@ CONNECTION_CLASSES = [
 
 
 class _ModelConfiguration:
-    def __init__(self, **fields: Any):
-        for k, v in fields.items():
-            setattr(self, k, v)
-
     def __repr__(self):
         shown = {k: (_SCRUBBED if k == "api_key" and v else v) for k, v in vars(self).items()}
         return "%s(%s)" % (type(self).__name__, ", ".join("%s=%r" % kv for kv in shown.items()))
 
 
-class AzureOpenAIModelConfiguration(_ModelConfiguration):
-    def __init__(
-        self,
-        azure_deployment: str,
-        azure_endpoint: Optional[str] = None,
-        api_version: Optional[str] = None,
-        api_key: Optional[str] = None,
-        connection: Optional[str] = None,
-    ):
-        super().__init__(
-            azure_deployment=azure_deployment,
-            azure_endpoint=azure_endpoint,
-            api_version=api_version,
-            api_key=api_key,
-            connection=connection,
-        )
+def _model_configuration(first: str, *optional: str) -> type:
+    """A dataclass of model settings: `first` is required, the rest and ``connection`` default to
+    None."""
+    fields = [(first, str)] + [(f, Optional[str], None) for f in optional + ("connection",)]
+    return dataclasses.make_dataclass("_" + first, fields, bases=(_ModelConfiguration,), repr=False)
 
+
+class AzureOpenAIModelConfiguration(_model_configuration("azure_deployment", "azure_endpoint", "api_version", "api_key")):
     @classmethod
     def from_connection(cls, connection, azure_deployment: str):
-        return cls(
-            azure_deployment=azure_deployment,
-            azure_endpoint=connection.api_base,
-            api_version=connection.api_version,
-            api_key=connection.api_key,
-        )
+        return cls(azure_deployment, connection.api_base, connection.api_version, connection.api_key)
 
 
-class OpenAIModelConfiguration(_ModelConfiguration):
-    def __init__(
-        self,
-        model: str,
-        base_url: Optional[str] = None,
-        api_key: Optional[str] = None,
-        organization: Optional[str] = None,
-        connection: Optional[str] = None,
-    ):
-        super().__init__(model=model, base_url=base_url, api_key=api_key, organization=organization, connection=connection)
-
+class OpenAIModelConfiguration(_model_configuration("model", "base_url", "api_key", "organization")):
     @classmethod
     def from_connection(cls, connection, model: str):
-        return cls(model=model, base_url=connection.base_url, api_key=connection.api_key, organization=connection.organization)
+        return cls(model, connection.base_url, connection.api_key, connection.organization)
 
 
 class Image(bytes):
@@ -475,15 +446,9 @@ def install(sluice):
     # Older flows import connection classes from the SDK's entities.
     sdk_entities = module("promptflow._sdk.entities", **conns)
     sdk = module("promptflow._sdk", entities=sdk_entities)
-    common = module(
-        "promptflow.tools.common",
-        to_bool=to_bool,
-        render_jinja_template=render_jinja_template,
-        parse_chat=parse_chat,
-        normalize_connection_config=normalize_connection_config,
-        init_azure_openai_client=init_azure_openai_client,
-        init_openai_client=init_openai_client,
-    )
+    helpers = (to_bool, render_jinja_template, parse_chat, normalize_connection_config)
+    clients = (init_azure_openai_client, init_openai_client)
+    common = module("promptflow.tools.common", **{f.__name__: f for f in helpers + clients})
     tools = module("promptflow.tools", common=common)
     module(
         "promptflow",

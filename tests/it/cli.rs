@@ -241,15 +241,7 @@ fn unknown_inputs_warn_and_pf_flag_spellings_work() {
 fn listings_print_json_for_scripts_and_tables_for_people() {
     let home = tempfile::tempdir().unwrap();
     let run = |args: &[&str]| {
-        let out = crate::common::sluice(home.path())
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = crate::common::succeeded(crate::common::sluice(home.path()).args(args));
         String::from_utf8(out.stdout).unwrap()
     };
     let models: serde_json::Value = serde_json::from_str(&run(&["model", "list"])).unwrap();

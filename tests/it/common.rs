@@ -36,13 +36,7 @@ pub fn stdout_json(out: &Output) -> Json {
 
 /// Runs `sluice ARGS` and returns its JSON output.
 pub fn json(home: &Path, args: &[&str]) -> Json {
-    let out = sluice(home).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout_json(&out)
+    stdout_json(&sluice(home).args(args).output().unwrap())
 }
 
 /// Every JSON line of a file; unreadable lines (and a missing file) give nothing.
@@ -165,12 +159,17 @@ pub fn flow_test(home: &Path, flow: &Path, secs: u64) -> Ran {
 /// left.
 pub fn succeeded(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap();
+    assert_ok(&out);
+    out
+}
+
+/// Asserts that a command succeeded, showing its stderr where it did not.
+pub fn assert_ok(out: &Output) {
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    out
 }
 
 /// `sluice run create --name NAME OPTIONS --flow FLOW --data DATA` in `home`; `options` are words
@@ -341,4 +340,45 @@ pub fn serve(home: &Path, args: &[&str], env: &[(&str, &str)]) -> Served {
         .unwrap_or_default()
         .to_owned();
     Served { child, url, addr }
+}
+
+/// `sluice flow test --flow FLOW ARGS` in `home`, run to its end.
+pub fn flow_test_with(home: &Path, flow: &Path, args: &[&str]) -> Output {
+    sluice(home)
+        .args(["flow", "test", "--flow"])
+        .arg(flow)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// The same, which must succeed: the outputs it printed.
+pub fn tested(home: &Path, flow: &Path, args: &[&str]) -> Json {
+    stdout_json(&flow_test_with(home, flow, args))
+}
+
+/// Stores the connection that the YAML `file` describes in `home`.
+pub fn create_connection(home: &Path, file: &Path) {
+    succeeded(sluice(home).args(["connection", "create", "-f"]).arg(file));
+}
+
+/// Writes `yaml` to `home/NAME.yaml` and stores it as the connection `name`.
+pub fn add_connection(home: &Path, name: &str, yaml: &str) {
+    let file = home.join(format!("{name}.yaml"));
+    std::fs::write(&file, yaml).unwrap();
+    create_connection(home, &file);
+}
+
+/// Writes `text` to `dir/name`.
+pub fn write_file(dir: &Path, name: &str, text: &str) {
+    std::fs::write(dir.join(name), text).unwrap();
+}
+
+/// A tokio runtime with two workers, as on this machine.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }

@@ -379,11 +379,7 @@ fn variants_keep_stdout_json_lines() {
             cmd.arg("--stream");
         }
         let out = cmd.output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        crate::common::assert_ok(&out);
         let stdout = String::from_utf8(out.stdout).unwrap();
         let lines: Vec<Json> = stdout
             .lines()

@@ -58,14 +58,6 @@ fn summary(line: &LineResult) -> Json {
     })
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
 fn check_case_dir(dir: &Path, rt: &tokio::runtime::Runtime) -> Vec<String> {
     let name = dir.file_name().unwrap().to_string_lossy().to_string();
     let mut failures = vec![];
@@ -410,7 +402,7 @@ fn check_batches(
 
 #[test]
 fn every_fixture_behaves_as_expected_under_both_schedulers() {
-    let rt = runtime();
+    let rt = crate::common::runtime();
     let mut failures = vec![];
     let mut count = 0;
     for dir in case_dirs() {

@@ -8,9 +8,10 @@ use std::path::Path;
 
 use serde_json::{Value as Json, json};
 
-use crate::common::{json, ran, read_jsonl, refused, run_create, serve, sluice, write_files};
-use crate::llm::ok_body;
-use crate::llm_requests::{Recorder, connect};
+use crate::common::{
+    add_connection, ran, read_jsonl, refused, run_create, serve, sluice, tested, write_files,
+};
+use crate::fake::{FakeServer, ok_body};
 use crate::serve::request;
 
 /// A function entry: typed and defaulted parameters, an environment variable from the YAML.
@@ -88,7 +89,7 @@ fn flow_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
 }
 
 /// `sluice flow test --flow FLOW ARGS`, run to its end.
-fn tested(home: &Path, flow: &Path, args: &[&str]) -> crate::common::Ran {
+fn test_run(home: &Path, flow: &Path, args: &[&str]) -> crate::common::Ran {
     ran(sluice(home)
         .args(["flow", "test", "--flow"])
         .arg(flow)
@@ -122,14 +123,8 @@ fn batch(home: &Path, name: &str, options: &str, flow: &Path) -> Json {
 /// A flow folder of `files`, and what `flow test` prints for it given no inputs (its sample's).
 fn with_sample(home: &Path, files: &[(&str, &str)]) -> (tempfile::TempDir, Json) {
     let dir = flow_dir(files);
-    let output = test_json(home, dir.path(), &[]);
+    let output = tested(home, dir.path(), &[]);
     (dir, output)
-}
-
-fn test_json(home: &Path, flow: &Path, args: &[&str]) -> Json {
-    let mut all = vec!["flow", "test", "--flow", flow.to_str().unwrap()];
-    all.extend_from_slice(args);
-    json(home, &all)
 }
 
 #[test]
@@ -141,7 +136,7 @@ fn a_function_entry_takes_its_inputs_from_its_signature() {
     // Text is converted to the annotated type; the file itself names the flow too.
     let file = dir.path().join("flow.flex.yaml");
     assert_eq!(
-        test_json(
+        tested(
             home.path(),
             &file,
             &["--inputs", "name=Bob", "times=2", "tags=[\"a\"]"]
@@ -164,9 +159,9 @@ fn a_value_that_is_not_a_dict_is_the_output_named_output() {
         "{\"x\": \"4\"}\n{\"x\": 5}\n{\"x\": -1}\n",
     );
     // flow test prints the value as promptflow does: a number as JSON, text as it is.
-    let out = tested(home.path(), dir.path(), &["--inputs", "x=3"]);
+    let out = test_run(home.path(), dir.path(), &["--inputs", "x=3"]);
     assert_eq!(out.stdout.trim(), "6", "{}", out.stderr);
-    let out = tested(home.path(), dir.path(), &["--inputs", "x=-2"]);
+    let out = test_run(home.path(), dir.path(), &["--inputs", "x=-2"]);
     assert_eq!(out.stdout.trim(), "n-2", "{}", out.stderr);
     let saved: Json = serde_json::from_str(
         &std::fs::read_to_string(dir.path().join(".promptflow/flow.output.json")).unwrap(),
@@ -195,7 +190,7 @@ fn a_class_entry_is_made_with_init_and_aggregates_a_batch_into_metrics() {
     assert_eq!(sample, json!({"score": 2, "match": true}));
     // --init as a JSON object, and as a file.
     assert_eq!(
-        test_json(
+        tested(
             home.path(),
             dir.path(),
             &[
@@ -343,9 +338,9 @@ fn a_generator_is_joined_in_a_batch_and_streamed_by_flow_test() {
     let home = tempfile::tempdir().unwrap();
     let data = "{\"text\": \"a b c\"}\n{\"text\": \"x y z\", \"n\": 3}\n";
     let dir = flex_flow("words:say", SAY, data);
-    let out = tested(home.path(), dir.path(), &["--inputs", "text=one two three"]);
+    let out = test_run(home.path(), dir.path(), &["--inputs", "text=one two three"]);
     assert_eq!(out.stdout.trim_end(), "one two", "{}", out.stderr);
-    let out = tested(
+    let out = test_run(
         home.path(),
         dir.path(),
         &["--stream", "--inputs", "text=one two three"],
@@ -421,7 +416,7 @@ fn flex_flow_mistakes_are_refused_with_their_place() {
         scorer.path(),
         &["Scorer.__init__ needs `bonus`", "--init"],
     );
-    let out = tested(
+    let out = test_run(
         home.path(),
         scorer.path(),
         &["--init", "{\"bonus\": 1, \"colour\": \"red\"}"],
@@ -433,7 +428,7 @@ fn flex_flow_mistakes_are_refused_with_their_place() {
         out.stderr
     );
     // Flex flows have no variants.
-    let out = tested(home.path(), scorer.path(), &["--variant", "${x.v1}"]);
+    let out = test_run(home.path(), scorer.path(), &["--variant", "${x.v1}"]);
     assert_eq!(out.code, Some(2), "{}", out.stderr);
     assert!(
         out.stderr.contains("a flex flow has no variants"),
@@ -441,7 +436,7 @@ fn flex_flow_mistakes_are_refused_with_their_place() {
         out.stderr
     );
     // An exception in the entry at flow test: the entry named, the traceback shown, exit 1.
-    let out = tested(
+    let out = test_run(
         home.path(),
         scorer.path(),
         &["--init", "bonus=1", "--inputs", "answer=boom", "truth=1"],
@@ -462,10 +457,17 @@ fn flex_flow_mistakes_are_refused_with_their_place() {
 #[test]
 fn flows_like_promptflows_flex_examples_call_the_model_their_init_configures() {
     let home = tempfile::tempdir().unwrap();
-    let rec = Recorder::new(ok_body(
+    let rec = FakeServer::replying(ok_body(
         "{\"correctness\": 4, \"readability\": 3, \"explanation\": \"fine\"}",
     ));
-    connect(home.path(), &rec.server);
+    add_connection(
+        home.path(),
+        "aoai",
+        &format!(
+            "name: aoai\ntype: azure_open_ai\napi_key: k\napi_base: {}\napi_version: 2024-06-01\n",
+            rec.base
+        ),
+    );
     // benches/flows/flex_chat, the flow benches/compare_flex.sh times.
     let chat = tempfile::tempdir().unwrap();
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/flows/flex_chat");
@@ -480,7 +482,7 @@ fn flows_like_promptflows_flex_examples_call_the_model_their_init_configures() {
         )],
     );
     let init = chat.path().join("init.json");
-    let out = tested(
+    let out = test_run(
         home.path(),
         chat.path(),
         &["--init", init.to_str().unwrap()],

@@ -393,11 +393,7 @@ fn non_finite_numbers_are_written_and_read_back_as_python_writes_them() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::common::assert_ok(&out);
     for needle in ["\"inf\": Infinity", "\"ninf\": -Infinity"] {
         assert!(stdout.contains(needle), "{needle} not in {stdout}");
     }

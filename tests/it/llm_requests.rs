@@ -2,120 +2,58 @@
 //! reply, next to what promptflow sends: a fake server on loopback records each request's first line
 //! and body. No model is needed.
 
-use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
-
 use serde_json::{Value as Json, json};
 
-use crate::common::{sluice, stdout_json, succeeded, write_files};
-use crate::llm::{FakeServer, fake_server, ok_body};
+use tempfile::TempDir;
 
-/// A fake server that answers every request with `reply`, and the runtime it runs on.
-pub(crate) struct Recorder {
-    pub(crate) server: FakeServer,
-    _rt: tokio::runtime::Runtime,
-}
+use crate::common::{add_connection, flow_test_with, tested, write_files};
+use crate::fake::{FakeServer, ok_body};
 
-impl Recorder {
-    pub(crate) fn new(reply: String) -> Recorder {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let server = rt.block_on(fake_server(Arc::new(move |_| {
-            (200, vec![], reply.clone(), Duration::ZERO)
-        })));
-        Recorder { server, _rt: rt }
-    }
-
-    /// Each request as (first line, JSON body).
-    fn requests(&self) -> Vec<(String, Json)> {
-        let lines = self.server.lines.lock().unwrap().clone();
-        let bodies = self.server.bodies.lock().unwrap().clone();
-        lines
-            .into_iter()
-            .zip(bodies)
-            .map(|(l, b)| (l, serde_json::from_str(&b).unwrap()))
-            .collect()
-    }
-
-    /// The one request whose first line contains `path`.
-    pub(crate) fn request_to(&self, path: &str) -> Json {
-        let found: Vec<Json> = self
-            .requests()
-            .into_iter()
-            .filter(|(l, _)| l.contains(path))
-            .map(|(_, b)| b)
-            .collect();
-        assert_eq!(found.len(), 1, "{path}: {:?}", self.requests());
-        found.into_iter().next().unwrap()
-    }
-}
-
-/// Stores connections to the recorder in `home`: `oai` (open_ai) and `aoai` (azure_open_ai).
-pub(crate) fn connect(home: &Path, server: &FakeServer) {
-    for (name, kind, extra) in [
-        ("oai", "open_ai", ""),
-        ("aoai", "azure_open_ai", "api_version: 2024-06-01\n"),
+/// A fake server that answers every request with `reply`, a home whose connections point at it
+/// (`oai` open_ai, `aoai` azure_open_ai, `maas` serverless) and a flow folder holding `chat.jinja2`
+/// (`template`) and `flow.dag.yaml` (`yaml`).
+fn setup(reply: String, template: &str, yaml: &str) -> (FakeServer, TempDir, TempDir) {
+    let rec = FakeServer::replying(reply);
+    let home = tempfile::tempdir().unwrap();
+    for (name, kind, base, extra) in [
+        ("oai", "open_ai", &rec.base, ""),
+        (
+            "aoai",
+            "azure_open_ai",
+            &rec.base,
+            "api_version: 2024-06-01\n",
+        ),
+        ("maas", "serverless", &rec.origin, ""),
     ] {
-        let file = home.join(format!("{name}.yaml"));
-        std::fs::write(
-            &file,
-            format!(
-                "name: {name}\ntype: {kind}\napi_key: k\napi_base: {}\n{extra}",
-                server.base
-            ),
-        )
-        .unwrap();
-        succeeded(sluice(home).args(["connection", "create", "-f"]).arg(&file));
+        add_connection(
+            home.path(),
+            name,
+            &format!("name: {name}\ntype: {kind}\napi_key: k\napi_base: {base}\n{extra}"),
+        );
     }
-}
-
-/// `sluice flow test` of `flow` with `args`; its JSON output.
-fn flow_test(home: &Path, flow: &Path, args: &[&str]) -> Json {
-    let out = sluice(home)
-        .args(["flow", "test"])
-        .args(args)
-        .arg("--flow")
-        .arg(flow)
-        .output()
-        .unwrap();
-    stdout_json(&out)
+    let flow = tempfile::tempdir().unwrap();
+    write_files(
+        flow.path(),
+        &[("chat.jinja2", template), ("flow.dag.yaml", yaml)],
+    );
+    (rec, home, flow)
 }
 
 #[test]
 fn a_prompt_input_replaces_the_template_from_source_path() {
-    let rec = Recorder::new(ok_body("ok"));
-    let home = tempfile::tempdir().unwrap();
-    connect(home.path(), &rec.server);
-    let flow = tempfile::tempdir().unwrap();
-    write_files(
-        flow.path(),
-        &[
-            ("chat.jinja2", "# user:\nfrom the file: {{q}}\n"),
-            (
-                "flow.dag.yaml",
-                "inputs:\n  q: {type: string}\n  tpl: {type: string}\noutputs:\n  a: {reference: '${literal.output}'}\n  b: {reference: '${by_ref.output}'}\nnodes:\n- name: literal\n  type: llm\n  api: chat\n  connection: oai\n  source: {type: code, path: chat.jinja2}\n  inputs:\n    model: literal-model\n    prompt: \"# system:\\nInline.\\n# user:\\n{{q}}\\n\"\n    q: ${inputs.q}\n- name: by_ref\n  type: llm\n  api: chat\n  connection: oai\n  source: {type: code, path: chat.jinja2}\n  inputs:\n    model: ref-model\n    prompt: ${inputs.tpl}\n    q: ${inputs.q}\n",
-            ),
-        ],
+    let (rec, home, flow) = setup(
+        ok_body("ok"),
+        "# user:\nfrom the file: {{q}}\n",
+        "inputs:\n  q: {type: string}\n  tpl: {type: string}\noutputs:\n  a: {reference: '${literal.output}'}\n  b: {reference: '${by_ref.output}'}\nnodes:\n- name: literal\n  type: llm\n  api: chat\n  connection: oai\n  source: {type: code, path: chat.jinja2}\n  inputs:\n    model: literal-model\n    prompt: \"# system:\\nInline.\\n# user:\\n{{q}}\\n\"\n    q: ${inputs.q}\n- name: by_ref\n  type: llm\n  api: chat\n  connection: oai\n  source: {type: code, path: chat.jinja2}\n  inputs:\n    model: ref-model\n    prompt: ${inputs.tpl}\n    q: ${inputs.q}\n",
     );
-    let out = flow_test(
+    let out = tested(
         home.path(),
         flow.path(),
         &["--inputs", "q=hello", "tpl=# user:\nref {{q}}"],
     );
     assert_eq!(out, json!({"a": "ok", "b": "ok"}));
-    let requests = rec.requests();
-    assert_eq!(requests.len(), 2, "{requests:?}");
-    let messages = |model: &str| {
-        requests
-            .iter()
-            .find(|(_, b)| b["model"] == model)
-            .map(|(_, b)| b["messages"].clone())
-            .unwrap()
-    };
+    assert_eq!(rec.requests(), 2);
+    let messages = |model: &str| rec.request_for(model)["messages"].clone();
     assert_eq!(
         messages("literal-model"),
         json!([{"role": "system", "content": "Inline."}, {"role": "user", "content": "hello"}])
@@ -128,32 +66,23 @@ fn a_prompt_input_replaces_the_template_from_source_path() {
 
 #[test]
 fn azure_requests_go_to_deployment_name_when_model_is_also_set() {
-    let rec = Recorder::new(ok_body("ok"));
-    let home = tempfile::tempdir().unwrap();
-    connect(home.path(), &rec.server);
-    let flow = tempfile::tempdir().unwrap();
     // The same inputs on both nodes, `deployment_name` first: Azure takes it, OpenAI takes `model`.
     let node = |name: &str, conn: &str| {
         format!(
             "- name: {name}\n  type: llm\n  api: chat\n  connection: {conn}\n  source: {{type: code, path: chat.jinja2}}\n  inputs:\n    deployment_name: my-deployment\n    model: gpt-4o\n"
         )
     };
-    write_files(
-        flow.path(),
-        &[
-            ("chat.jinja2", "# user:\nhi\n"),
-            (
-                "flow.dag.yaml",
-                &format!(
-                    "outputs:\n  a: {{reference: '${{azure.output}}'}}\n  o: {{reference: '${{openai.output}}'}}\nnodes:\n{}{}",
-                    node("azure", "aoai"),
-                    node("openai", "oai")
-                ),
-            ),
-        ],
+    let (rec, home, flow) = setup(
+        ok_body("ok"),
+        "# user:\nhi\n",
+        &format!(
+            "outputs:\n  a: {{reference: '${{azure.output}}'}}\n  o: {{reference: '${{openai.output}}'}}\nnodes:\n{}{}",
+            node("azure", "aoai"),
+            node("openai", "oai")
+        ),
     );
     assert_eq!(
-        flow_test(home.path(), flow.path(), &[]),
+        tested(home.path(), flow.path(), &[]),
         json!({"a": "ok", "o": "ok"})
     );
     let azure = rec.request_to(
@@ -170,33 +99,17 @@ fn functions_and_tools_are_sent_and_a_call_comes_back_as_the_message() {
         "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]});
     let reply = json!({"choices": [{"index": 0, "message": call, "finish_reason": "tool_calls"}],
         "usage": {"prompt_tokens": 9, "completion_tokens": 5}});
-    let rec = Recorder::new(reply.to_string());
-    let home = tempfile::tempdir().unwrap();
-    connect(home.path(), &rec.server);
-    let flow = tempfile::tempdir().unwrap();
-    write_files(
-        flow.path(),
-        &[
-            ("chat.jinja2", "# user:\nWeather in Paris?\n"),
-            (
-                "flow.dag.yaml",
-                "outputs:\n  t: {reference: '${tools.output}'}\n  f: {reference: '${functions.output}'}\nnodes:\n- name: tools\n  type: llm\n  api: chat\n  connection: oai\n  source: {type: code, path: chat.jinja2}\n  inputs:\n    model: with-tools\n    tools:\n    - type: function\n      function: {name: get_weather, parameters: {type: object, properties: {city: {type: string}}}}\n    tool_choice: auto\n    functions: '[{\"name\": \"ignored\"}]'\n- name: functions\n  type: llm\n  api: chat\n  connection: oai\n  source: {type: code, path: chat.jinja2}\n  inputs:\n    model: with-functions\n    functions: '[{\"name\": \"get_weather\", \"parameters\": {\"type\": \"object\", \"properties\": {}}}]'\n    function_call: '{\"name\": \"get_weather\"}'\n",
-            ),
-        ],
+    let (rec, home, flow) = setup(
+        reply.to_string(),
+        "# user:\nWeather in Paris?\n",
+        "outputs:\n  t: {reference: '${tools.output}'}\n  f: {reference: '${functions.output}'}\nnodes:\n- name: tools\n  type: llm\n  api: chat\n  connection: oai\n  source: {type: code, path: chat.jinja2}\n  inputs:\n    model: with-tools\n    tools:\n    - type: function\n      function: {name: get_weather, parameters: {type: object, properties: {city: {type: string}}}}\n    tool_choice: auto\n    functions: '[{\"name\": \"ignored\"}]'\n- name: functions\n  type: llm\n  api: chat\n  connection: oai\n  source: {type: code, path: chat.jinja2}\n  inputs:\n    model: with-functions\n    functions: '[{\"name\": \"get_weather\", \"parameters\": {\"type\": \"object\", \"properties\": {}}}]'\n    function_call: '{\"name\": \"get_weather\"}'\n",
     );
-    let out = flow_test(home.path(), flow.path(), &[]);
+    let out = tested(home.path(), flow.path(), &[]);
     let mut message = call.clone();
     message["function_call"] = Json::Null;
     assert_eq!(out["t"], message, "{out}");
     assert_eq!(out["f"], message, "{out}");
-    let requests = rec.requests();
-    let body = |model: &str| {
-        requests
-            .iter()
-            .find(|(_, b)| b["model"] == model)
-            .map(|(_, b)| b.clone())
-            .unwrap()
-    };
+    let body = |model: &str| rec.request_for(model);
     let tools = body("with-tools");
     assert_eq!(tools["tools"][0]["function"]["name"], "get_weather");
     assert_eq!(
@@ -218,25 +131,16 @@ fn functions_and_tools_are_sent_and_a_call_comes_back_as_the_message() {
 
 #[test]
 fn stream_is_sent_only_when_the_flow_streams_and_numbers_keep_their_yaml_values() {
-    let rec = Recorder::new(ok_body("streamed"));
-    let home = tempfile::tempdir().unwrap();
-    connect(home.path(), &rec.server);
-    let flow = tempfile::tempdir().unwrap();
-    write_files(
-        flow.path(),
-        &[
-            ("chat.jinja2", "# user:\nhi\n"),
-            (
-                "flow.dag.yaml",
-                "outputs:\n  a: {reference: '${chat.output}'}\nnodes:\n- name: chat\n  type: llm\n  api: chat\n  connection: oai\n  source: {type: code, path: chat.jinja2}\n  inputs:\n    model: m\n    temperature: 0.7\n    top_p: 0.9\n    presence_penalty: 0.1\n    max_tokens: 20\n    user: u-42\n    logit_bias: {'50256': -100}\n",
-            ),
-        ],
+    let (rec, home, flow) = setup(
+        ok_body("streamed"),
+        "# user:\nhi\n",
+        "outputs:\n  a: {reference: '${chat.output}'}\nnodes:\n- name: chat\n  type: llm\n  api: chat\n  connection: oai\n  source: {type: code, path: chat.jinja2}\n  inputs:\n    model: m\n    temperature: 0.7\n    top_p: 0.9\n    presence_penalty: 0.1\n    max_tokens: 20\n    user: u-42\n    logit_bias: {'50256': -100}\n",
     );
     assert_eq!(
-        flow_test(home.path(), flow.path(), &[]),
+        tested(home.path(), flow.path(), &[]),
         json!({"a": "streamed"})
     );
-    let raw = rec.server.bodies.lock().unwrap()[0].clone();
+    let raw = rec.bodies()[0].clone();
     let body: Json = serde_json::from_str(&raw).unwrap();
     assert!(body.get("stream").is_none(), "{raw}");
     assert_eq!(body["user"], "u-42");
@@ -249,18 +153,10 @@ fn stream_is_sent_only_when_the_flow_streams_and_numbers_keep_their_yaml_values(
     ] {
         assert!(raw.contains(sent), "{sent} in {raw}");
     }
-    let out = sluice(home.path())
-        .args(["flow", "test", "--stream", "--flow"])
-        .arg(flow.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = flow_test_with(home.path(), flow.path(), &["--stream"]);
+    crate::common::assert_ok(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("streamed"));
-    let streamed: Json = serde_json::from_str(&rec.server.bodies.lock().unwrap()[1]).unwrap();
+    let streamed: Json = serde_json::from_str(&rec.bodies()[1]).unwrap();
     assert_eq!(streamed["stream"], true, "{streamed}");
 }
 
@@ -268,27 +164,21 @@ fn stream_is_sent_only_when_the_flow_streams_and_numbers_keep_their_yaml_values(
 fn embeddings_are_requested_as_promptflow_sends_them() {
     let reply = json!({"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.5, 0.75]}],
         "usage": {"prompt_tokens": 2, "total_tokens": 2}});
-    let rec = Recorder::new(reply.to_string());
-    let home = tempfile::tempdir().unwrap();
-    connect(home.path(), &rec.server);
-    let flow = tempfile::tempdir().unwrap();
     let node = |name: &str, conn: &str| {
         format!(
             "- name: {name}\n  type: python\n  source: {{type: package, tool: promptflow.tools.embedding.embedding}}\n  inputs:\n    connection: {conn}\n    deployment_name: emb-deployment\n    model: text-embedding-3-small\n    input: ${{inputs.text}}\n"
         )
     };
-    write_files(
-        flow.path(),
-        &[(
-            "flow.dag.yaml",
-            &format!(
-                "inputs:\n  text: {{type: string}}\noutputs:\n  a: {{reference: '${{azure.output}}'}}\n  o: {{reference: '${{openai.output}}'}}\nnodes:\n{}{}",
-                node("azure", "aoai"),
-                node("openai", "oai")
-            ),
-        )],
+    let (rec, home, flow) = setup(
+        reply.to_string(),
+        "",
+        &format!(
+            "inputs:\n  text: {{type: string}}\noutputs:\n  a: {{reference: '${{azure.output}}'}}\n  o: {{reference: '${{openai.output}}'}}\nnodes:\n{}{}",
+            node("azure", "aoai"),
+            node("openai", "oai")
+        ),
     );
-    let out = flow_test(home.path(), flow.path(), &["--inputs", "text=hello"]);
+    let out = tested(home.path(), flow.path(), &["--inputs", "text=hello"]);
     assert_eq!(out, json!({"a": [0.5, 0.75], "o": [0.5, 0.75]}));
     let azure =
         rec.request_to("POST /v1/openai/deployments/emb-deployment/embeddings?api-version=");
@@ -302,34 +192,12 @@ fn embeddings_are_requested_as_promptflow_sends_them() {
 
 #[test]
 fn a_serverless_connection_is_called_as_openai_under_v1() {
-    let rec = Recorder::new(ok_body("ok"));
-    let home = tempfile::tempdir().unwrap();
-    let file = home.path().join("serverless.yaml");
-    std::fs::write(
-        &file,
-        format!(
-            "name: maas\ntype: serverless\napi_key: k\napi_base: {}\n",
-            rec.server.base.trim_end_matches("/v1")
-        ),
-    )
-    .unwrap();
-    succeeded(
-        sluice(home.path())
-            .args(["connection", "create", "-f"])
-            .arg(&file),
+    let (rec, home, flow) = setup(
+        ok_body("ok"),
+        "# user:\nhi\n",
+        "outputs:\n  a: {reference: '${chat.output}'}\nnodes:\n- name: chat\n  type: llm\n  api: chat\n  connection: maas\n  source: {type: code, path: chat.jinja2}\n  inputs:\n    model: llama\n",
     );
-    let flow = tempfile::tempdir().unwrap();
-    write_files(
-        flow.path(),
-        &[
-            ("chat.jinja2", "# user:\nhi\n"),
-            (
-                "flow.dag.yaml",
-                "outputs:\n  a: {reference: '${chat.output}'}\nnodes:\n- name: chat\n  type: llm\n  api: chat\n  connection: maas\n  source: {type: code, path: chat.jinja2}\n  inputs:\n    model: llama\n",
-            ),
-        ],
-    );
-    assert_eq!(flow_test(home.path(), flow.path(), &[]), json!({"a": "ok"}));
+    assert_eq!(tested(home.path(), flow.path(), &[]), json!({"a": "ok"}));
     assert_eq!(
         rec.request_to("POST /v1/chat/completions ")["model"],
         "llama"

@@ -10,6 +10,7 @@ mod cli;
 mod common;
 mod crash;
 mod embeddings;
+mod fake;
 mod fixtures;
 mod flex;
 mod hardening;

@@ -2,125 +2,22 @@
 //! a server receives (checked against promptflow's: the messages, the model and `model.parameters`
 //! as written), the shape of the reply, and front-matter errors with their positions.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
-use std::path::Path;
-use std::sync::{Arc, Mutex};
-
 use predicates::prelude::*;
+use std::path::{Path, PathBuf};
+
 use serde_json::{Value as Json, json};
 
-use crate::common::{read_jsonl, sluice, stdout_json, write_files};
+use crate::common::{
+    create_connection, flow_test_with, read_jsonl, sluice, stdout_json, succeeded, tested,
+    write_files,
+};
+use crate::fake::{FakeServer, Reply, Seen, ok_body};
 
-/// One request the fake server received.
-#[derive(Clone, Debug)]
-struct Seen {
-    /// `POST /v1/chat/completions HTTP/1.1`
-    request_line: String,
-    /// Header lines, lowercased names.
-    headers: Vec<(String, String)>,
-    /// The body as sent (numbers as written).
-    body: String,
-}
-
-impl Seen {
-    fn json(&self) -> Json {
-        serde_json::from_str(&self.body).unwrap()
-    }
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// An OpenAI-compatible server on loopback that records each request and answers with
-/// `answer(request) -> (content type, body)`.
-struct FakeOpenAi {
-    base: String,
-    seen: Arc<Mutex<Vec<Seen>>>,
-}
-
-impl FakeOpenAi {
-    fn start(answer: impl Fn(&Seen) -> (&'static str, String) + Send + Sync + 'static) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = format!("http://{}/v1", listener.local_addr().unwrap());
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let record = seen.clone();
-        let serve = move || {
-            for sock in listener.incoming() {
-                let Ok(mut sock) = sock else { continue };
-                let mut reader = BufReader::new(sock.try_clone().unwrap());
-                let mut request_line = String::new();
-                if reader.read_line(&mut request_line).is_err() {
-                    continue;
-                }
-                let mut headers = Vec::new();
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        break;
-                    }
-                    let line = line.trim_end();
-                    if line.is_empty() {
-                        break;
-                    }
-                    if let Some((k, v)) = line.split_once(':') {
-                        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
-                    }
-                }
-                let len: usize = headers
-                    .iter()
-                    .find(|(k, _)| k == "content-length")
-                    .and_then(|(_, v)| v.parse().ok())
-                    .unwrap_or(0);
-                let mut body = vec![0u8; len];
-                let _ = reader.read_exact(&mut body);
-                let seen = Seen {
-                    request_line: request_line.trim_end().to_owned(),
-                    headers,
-                    body: String::from_utf8_lossy(&body).into_owned(),
-                };
-                let (content_type, reply) = answer(&seen);
-                record.lock().unwrap().push(seen);
-                let _ = write!(
-                    sock,
-                    "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}",
-                    reply.len()
-                );
-                let _ = sock.flush();
-            }
-        };
-        std::thread::Builder::new()
-            .name("fake-openai".into())
-            .spawn(serve)
-            .unwrap();
-        FakeOpenAi { base, seen }
-    }
-
-    fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
-    }
-}
-
-/// A chat completion whose first choice says `content`.
-fn chat_reply(content: &str) -> String {
-    json!({"id": "x", "object": "chat.completion", "model": "m",
-           "choices": [{"index": 0, "finish_reason": "stop",
-                        "message": {"role": "assistant", "content": content}}],
-           "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}})
-    .to_string()
-}
-
-/// The content of the last message of a chat request.
-fn last_message(seen: &Seen) -> String {
-    seen.json()["messages"]
-        .as_array()
-        .and_then(|m| m.last())
-        .and_then(|m| m["content"].as_str())
-        .unwrap_or_default()
-        .to_owned()
+/// Writes `openai_prompty(base, parameters, rest)` to `dir/name` and returns its path.
+fn ask_prompty(dir: &Path, name: &str, base: &str, parameters: &str, rest: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, openai_prompty(base, parameters, rest)).unwrap();
+    path
 }
 
 /// A prompty that answers questions through `base` with explicit OpenAI settings.
@@ -128,15 +25,6 @@ fn openai_prompty(base: &str, parameters: &str, rest: &str) -> String {
     format!(
         "---\nname: Ask\nmodel:\n  api: chat\n  configuration:\n    type: openai\n    model: gpt-4o-mini\n    base_url: {base}\n    api_key: sk-test-123\n  parameters:\n{parameters}{rest}---\nsystem:\nYou are a helpful assistant.\n\nuser:\n{{{{question}}}}\n"
     )
-}
-
-fn flow_test(home: &Path, flow: &Path, extra: &[&str]) -> std::process::Output {
-    sluice(home)
-        .args(["flow", "test", "--flow"])
-        .arg(flow)
-        .args(extra)
-        .output()
-        .unwrap()
 }
 
 #[test]
@@ -151,11 +39,7 @@ fn a_prompty_runs_on_the_local_model_with_its_sample() {
         )],
     );
     // No inputs: the sample is used. The local model answers (no configuration means no keys).
-    let out = stdout_json(&flow_test(
-        home.path(),
-        &dir.path().join("basic.prompty"),
-        &[],
-    ));
+    let out = tested(home.path(), &dir.path().join("basic.prompty"), &[]);
     let text = out["output"].as_str().expect("the output is text");
     assert!(!text.trim().is_empty(), "{out}");
     assert_eq!(out.as_object().unwrap().len(), 1, "{out}");
@@ -168,11 +52,7 @@ fn a_prompty_runs_on_the_local_model_with_its_sample() {
         details["flow_runs"][0]["inputs"]["question"],
         "What is the capital of France?"
     );
-    let out = stdout_json(&flow_test(
-        home.path(),
-        dir.path(),
-        &["--inputs", "question=Say hi."],
-    ));
+    let out = tested(home.path(), dir.path(), &["--inputs", "question=Say hi."]);
     assert!(!out["output"].as_str().unwrap().trim().is_empty(), "{out}");
 }
 
@@ -180,7 +60,7 @@ fn a_prompty_runs_on_the_local_model_with_its_sample() {
 fn a_folder_with_one_prompty_validates_and_one_with_two_is_ambiguous() {
     let home = tempfile::tempdir().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let server = FakeOpenAi::start(|_| ("application/json", chat_reply("ok")));
+    let server = FakeServer::replying(ok_body("ok"));
     write_files(
         dir.path(),
         &[(
@@ -217,35 +97,34 @@ fn a_folder_with_one_prompty_validates_and_one_with_two_is_ambiguous() {
 fn the_request_carries_the_messages_model_and_parameters_as_promptflow_sends_them() {
     let home = tempfile::tempdir().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let server = FakeOpenAi::start(|_| {
-        (
-            "application/json",
-            chat_reply(r#"{"answer": "Paris", "confidence": 0.9, "extra": true}"#),
-        )
+    let server = FakeServer::start(|_| {
+        Reply::json(ok_body(
+            r#"{"answer": "Paris", "confidence": 0.9, "extra": true}"#,
+        ))
     });
-    let prompty = dir.path().join("ask.prompty");
-    std::fs::write(
-        &prompty,
-        openai_prompty(
-            &server.base,
-            "    max_tokens: 128\n    temperature: 0.7\n    response_format:\n      type: json_object\n",
-            "inputs:\n  question:\n    type: string\noutputs:\n  answer:\n    type: string\n  confidence:\n    type: double\n",
-        ),
-    )
-    .unwrap();
-    let out = stdout_json(&flow_test(
+    let prompty = ask_prompty(
+        dir.path(),
+        "ask.prompty",
+        &server.base,
+        "    max_tokens: 128\n    temperature: 0.7\n    response_format:\n      type: json_object\n",
+        "inputs:\n  question:\n    type: string\noutputs:\n  answer:\n    type: string\n  confidence:\n    type: double\n",
+    );
+    let out = tested(
         home.path(),
         &prompty,
         &["--inputs", "question=Capital of France?"],
-    ));
+    );
     // The JSON reply is parsed and restricted to the declared outputs, one flow output each.
     assert_eq!(out, json!({"answer": "Paris", "confidence": 0.9}));
 
     let seen = server.seen();
     assert_eq!(seen.len(), 1);
     let req = &seen[0];
-    assert_eq!(req.request_line, "POST /v1/chat/completions HTTP/1.1");
-    assert_eq!(req.header("authorization"), Some("Bearer sk-test-123"));
+    assert_eq!(req.request_line(), "POST /v1/chat/completions HTTP/1.1");
+    assert_eq!(
+        req.header("authorization").as_deref(),
+        Some("Bearer sk-test-123")
+    );
     let body = req.json();
     assert_eq!(
         body,
@@ -269,18 +148,15 @@ fn the_request_carries_the_messages_model_and_parameters_as_promptflow_sends_the
 fn a_json_reply_without_a_declared_output_fails_the_line() {
     let home = tempfile::tempdir().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let server = FakeOpenAi::start(|_| ("application/json", chat_reply(r#"{"other": 1}"#)));
-    let prompty = dir.path().join("ask.prompty");
-    std::fs::write(
-        &prompty,
-        openai_prompty(
-            &server.base,
-            "    response_format: {type: json_object}\n",
-            "sample:\n  question: q\noutputs:\n  answer: {type: string}\n",
-        ),
-    )
-    .unwrap();
-    let out = flow_test(home.path(), &prompty, &[]);
+    let server = FakeServer::replying(ok_body(r#"{"other": 1}"#));
+    let prompty = ask_prompty(
+        dir.path(),
+        "ask.prompty",
+        &server.base,
+        "    response_format: {type: json_object}\n",
+        "sample:\n  question: q\noutputs:\n  answer: {type: string}\n",
+    );
+    let out = flow_test_with(home.path(), &prompty, &[]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -293,7 +169,7 @@ fn a_json_reply_without_a_declared_output_fails_the_line() {
 fn a_named_azure_connection_env_and_file_references_are_resolved() {
     let home = tempfile::tempdir().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let server = FakeOpenAi::start(|seen| ("application/json", chat_reply(&last_message(seen))));
+    let server = FakeServer::start(|seen| Reply::json(ok_body(&seen.last_message())));
     write_files(
         dir.path(),
         &[
@@ -318,16 +194,8 @@ fn a_named_azure_connection_env_and_file_references_are_resolved() {
             ),
         ],
     );
-    sluice(home.path())
-        .args(["connection", "create", "-f"])
-        .arg(dir.path().join("conn.yaml"))
-        .assert()
-        .success();
-    let out = stdout_json(&flow_test(
-        home.path(),
-        &dir.path().join("named.prompty"),
-        &[],
-    ));
+    create_connection(home.path(), &dir.path().join("conn.yaml"));
+    let out = tested(home.path(), &dir.path().join("named.prompty"), &[]);
     assert_eq!(out["output"], "from the sample file");
     let out = sluice(home.path())
         .args(["flow", "test", "--flow"])
@@ -341,16 +209,19 @@ fn a_named_azure_connection_env_and_file_references_are_resolved() {
     let seen = server.seen();
     assert_eq!(seen.len(), 2);
     assert_eq!(
-        seen[0].request_line,
+        seen[0].request_line(),
         "POST /openai/deployments/gpt-35-turbo/chat/completions?api-version=2024-02-01 HTTP/1.1"
     );
-    assert_eq!(seen[0].header("api-key"), Some("aoai-key-1"));
+    assert_eq!(seen[0].header("api-key").as_deref(), Some("aoai-key-1"));
     assert_eq!(
         seen[0].json(),
         json!({"model": "gpt-35-turbo", "temperature": 0.2,
                "messages": [{"role": "user", "content": "from the sample file"}]})
     );
-    assert_eq!(seen[1].header("authorization"), Some("Bearer sk-from-env"));
+    assert_eq!(
+        seen[1].header("authorization").as_deref(),
+        Some("Bearer sk-from-env")
+    );
     assert_eq!(seen[1].json()["model"], "gpt-4o");
 
     // An unset variable is reported when the flow loads, and nothing is sent.
@@ -428,12 +299,8 @@ fn bad_front_matter_is_reported_at_its_file_line_and_column() {
 fn run_create_on_a_prompty_writes_each_lines_output_and_an_eval_run_reads_them() {
     let home = tempfile::tempdir().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let server = FakeOpenAi::start(|seen| {
-        (
-            "application/json",
-            chat_reply(&format!("echo: {}", last_message(seen))),
-        )
-    });
+    let server =
+        FakeServer::start(|seen| Reply::json(ok_body(&format!("echo: {}", seen.last_message()))));
     write_files(
         dir.path(),
         &[
@@ -459,17 +326,12 @@ fn run_create_on_a_prompty_writes_each_lines_output_and_an_eval_run_reads_them()
         ],
     );
     let run = |args: &[&str]| {
-        let out = sluice(home.path())
-            .current_dir(dir.path())
-            .args(["run", "create"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        succeeded(
+            sluice(home.path())
+                .current_dir(dir.path())
+                .args(["run", "create"])
+                .args(args),
+        )
     };
     run(&[
         "--flow",
@@ -532,7 +394,7 @@ fn run_create_on_a_prompty_writes_each_lines_output_and_an_eval_run_reads_them()
 fn streaming_tool_calls_and_whole_responses_come_back_as_promptflow_returns_them() {
     let home = tempfile::tempdir().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let server = FakeOpenAi::start(|seen| {
+    let server = FakeServer::start(|seen| {
         let body = seen.json();
         if body["stream"] == true {
             let chunk = |t: &str| {
@@ -541,55 +403,39 @@ fn streaming_tool_calls_and_whole_responses_come_back_as_promptflow_returns_them
                     json!({"choices": [{"index": 0, "delta": {"content": t}, "finish_reason": null}]})
                 )
             };
-            return (
-                "text/event-stream",
-                format!("{}{}data: [DONE]\n\n", chunk("Hel"), chunk("lo!")),
-            );
+            return Reply::events(format!("{}{}data: [DONE]\n\n", chunk("Hel"), chunk("lo!")));
         }
         if body.get("tools").is_some() {
-            return (
-                "application/json",
-                json!({"choices": [{"index": 0, "finish_reason": "tool_calls",
+            return Reply::json(json!({"choices": [{"index": 0, "finish_reason": "tool_calls",
                   "message": {"role": "assistant", "content": null, "tool_calls": [
                     {"id": "call_1", "type": "function",
                      "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]}}]})
-                .to_string(),
-            );
+                .to_string());
         }
-        ("application/json", chat_reply("whole"))
+        Reply::json(ok_body("whole"))
     });
-    let stream = dir.path().join("stream.prompty");
-    std::fs::write(
-        &stream,
-        openai_prompty(
-            &server.base,
-            "    max_tokens: 5\n",
-            "sample:\n  question: hi\n",
-        ),
-    )
-    .unwrap();
-    let out = flow_test(home.path(), &stream, &["--stream"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stream = ask_prompty(
+        dir.path(),
+        "stream.prompty",
+        &server.base,
+        "    max_tokens: 5\n",
+        "sample:\n  question: hi\n",
     );
+    let out = flow_test_with(home.path(), &stream, &["--stream"]);
+    crate::common::assert_ok(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("Hello!"));
     let body = server.seen()[0].json();
     assert_eq!(body["stream"], true);
     assert_eq!(body["max_tokens"], 5);
 
-    let tools = dir.path().join("tools.prompty");
-    std::fs::write(
-        &tools,
-        openai_prompty(
-            &server.base,
-            "    tools:\n    - type: function\n      function:\n        name: get_weather\n        parameters: {type: object, properties: {city: {type: string}}}\n    tool_choice: auto\n",
-            "sample:\n  question: weather in Paris?\n",
-        ),
-    )
-    .unwrap();
-    let out = stdout_json(&flow_test(home.path(), &tools, &[]));
+    let tools = ask_prompty(
+        dir.path(),
+        "tools.prompty",
+        &server.base,
+        "    tools:\n    - type: function\n      function:\n        name: get_weather\n        parameters: {type: object, properties: {city: {type: string}}}\n    tool_choice: auto\n",
+        "sample:\n  question: weather in Paris?\n",
+    );
+    let out = tested(home.path(), &tools, &[]);
     assert_eq!(
         out["output"]["tool_calls"][0]["function"]["name"], "get_weather",
         "{out}"
@@ -598,36 +444,33 @@ fn streaming_tool_calls_and_whole_responses_come_back_as_promptflow_returns_them
     assert_eq!(body["tools"][0]["function"]["name"], "get_weather");
     assert_eq!(body["tool_choice"], "auto");
 
-    let all = dir.path().join("all.prompty");
-    std::fs::write(
-        &all,
-        openai_prompty(
-            &server.base,
-            "    max_tokens: 5\n  response: all\n",
-            "sample:\n  question: hi\n",
-        ),
-    )
-    .unwrap();
-    let out = stdout_json(&flow_test(home.path(), &all, &[]));
+    let all = ask_prompty(
+        dir.path(),
+        "all.prompty",
+        &server.base,
+        "    max_tokens: 5\n  response: all\n",
+        "sample:\n  question: hi\n",
+    );
+    let out = tested(home.path(), &all, &[]);
     assert_eq!(
         out["output"]["choices"][0]["message"]["content"], "whole",
         "{out}"
     );
-    assert_eq!(out["output"]["usage"]["total_tokens"], 8, "{out}");
+    assert_eq!(out["output"]["usage"]["total_tokens"], 9, "{out}");
 }
 
 #[test]
 fn the_older_form_and_completion_prompts_are_sent_as_promptflow_sends_them() {
     let home = tempfile::tempdir().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let server = FakeOpenAi::start(|seen| {
+    let server = FakeServer::start(|seen| {
         let body = seen.json();
         if body.get("prompt").is_some() {
             let reply =
                 json!({"choices": [{"index": 0, "text": " completed", "finish_reason": "stop"}]});
-            return ("application/json", reply.to_string());
+            return Reply::json(reply.to_string());
         }
-        ("application/json", chat_reply(&last_message(seen)))
+        Reply::json(ok_body(&seen.last_message()))
     });
     write_files(
         dir.path(),
@@ -658,22 +501,10 @@ fn the_older_form_and_completion_prompts_are_sent_as_promptflow_sends_them() {
             ),
         ],
     );
-    sluice(home.path())
-        .args(["connection", "create", "-f"])
-        .arg(dir.path().join("conn.yaml"))
-        .assert()
-        .success();
-    let out = stdout_json(&flow_test(
-        home.path(),
-        &dir.path().join("chat.prompty"),
-        &[],
-    ));
+    create_connection(home.path(), &dir.path().join("conn.yaml"));
+    let out = tested(home.path(), &dir.path().join("chat.prompty"), &[]);
     assert_eq!(out["output"], "Why?");
-    let out = stdout_json(&flow_test(
-        home.path(),
-        &dir.path().join("complete.prompty"),
-        &[],
-    ));
+    let out = tested(home.path(), &dir.path().join("complete.prompty"), &[]);
     assert_eq!(out["output"], " completed");
 
     let seen = server.seen();
@@ -688,7 +519,7 @@ fn the_older_form_and_completion_prompts_are_sent_as_promptflow_sends_them() {
         "{}",
         seen[0].body
     );
-    assert_eq!(seen[1].request_line, "POST /v1/completions HTTP/1.1");
+    assert_eq!(seen[1].request_line(), "POST /v1/completions HTTP/1.1");
     assert_eq!(
         seen[1].json(),
         json!({"model": "davinci", "max_tokens": 3, "prompt": "Once upon a time\n"})
@@ -699,11 +530,8 @@ fn the_older_form_and_completion_prompts_are_sent_as_promptflow_sends_them() {
 fn a_python_tool_runs_a_prompty_with_prompty_load() {
     let home = tempfile::tempdir().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let server = FakeOpenAi::start(|seen| {
-        (
-            "application/json",
-            chat_reply(&format!("answer to {}", last_message(seen))),
-        )
+    let server = FakeServer::start(|seen| {
+        Reply::json(ok_body(&format!("answer to {}", seen.last_message())))
     });
     write_files(
         dir.path(),
@@ -726,7 +554,7 @@ fn a_python_tool_runs_a_prompty_with_prompty_load() {
             ),
         ],
     );
-    let out = stdout_json(&flow_test(home.path(), dir.path(), &["--inputs", "q=why"]));
+    let out = tested(home.path(), dir.path(), &["--inputs", "q=why"]);
     assert_eq!(out["a"], "ANSWER TO WHY");
     let seen = server.seen();
     assert_eq!(seen.len(), 1);
@@ -739,7 +567,7 @@ fn a_python_tool_runs_a_prompty_with_prompty_load() {
 fn without_inputs_the_sample_gives_the_inputs_and_their_types() {
     let home = tempfile::tempdir().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let server = FakeOpenAi::start(|seen| ("application/json", chat_reply(&last_message(seen))));
+    let server = FakeServer::start(|seen| Reply::json(ok_body(&seen.last_message())));
     let prompty = dir.path().join("count.prompty");
     std::fs::write(
         &prompty,
@@ -755,13 +583,9 @@ fn without_inputs_the_sample_gives_the_inputs_and_their_types() {
         .assert()
         .success()
         .stderr(predicate::str::contains("2 inputs"));
-    let out = stdout_json(&flow_test(home.path(), &prompty, &[]));
+    let out = tested(home.path(), &prompty, &[]);
     assert_eq!(out["output"], "apple x4");
     // Given inputs replace the sample, and `times` is read as an int.
-    let out = stdout_json(&flow_test(
-        home.path(),
-        &prompty,
-        &["--inputs", "word=pear", "times=1"],
-    ));
+    let out = tested(home.path(), &prompty, &["--inputs", "word=pear", "times=1"]);
     assert_eq!(out["output"], "pear x2");
 }

@@ -8,7 +8,11 @@ use std::path::Path;
 
 use serde_json::json;
 
-use crate::common::{read_jsonl, run_create, sluice, stdout_json, succeeded, write_files};
+use tempfile::TempDir;
+
+use crate::common::{
+    flow_test_with, read_jsonl, run_create, sluice, stdout_json, succeeded, write_files,
+};
 
 const CUSTOM_SECRET: &str = "custom-secret-4711-abcdef";
 const AZURE_KEY: &str = "azure-key-0815-abcdef";
@@ -46,6 +50,15 @@ fn create_connections(home: &Path) {
         std::fs::write(&path, text).unwrap();
         succeeded(sluice(home).args(["connection", "create", "-f"]).arg(&path));
     }
+}
+
+/// A home holding the connections of `create_connections`, and a flow folder holding `files`.
+fn connected(files: &[(&str, &str)]) -> (TempDir, TempDir) {
+    let home = tempfile::tempdir().unwrap();
+    create_connections(home.path());
+    let flow = tempfile::tempdir().unwrap();
+    write_files(flow.path(), files);
+    (home, flow)
 }
 
 /// A flow whose one tool takes each kind of connection and describes what it received.
@@ -138,16 +151,10 @@ fn expected_description() -> serde_json::Value {
 
 #[test]
 fn connection_annotated_parameters_receive_connection_objects_in_process_and_in_workers() {
-    let home = tempfile::tempdir().unwrap();
-    create_connections(home.path());
-    let flow = tempfile::tempdir().unwrap();
+    let (home, flow) = connected(&[]);
     connections_flow(flow.path());
     for isolation in ["thread", "process"] {
-        let out = sluice(home.path())
-            .args(["flow", "test", "--isolation", isolation, "--flow"])
-            .arg(flow.path())
-            .output()
-            .unwrap();
+        let out = flow_test_with(home.path(), flow.path(), &["--isolation", isolation]);
         let v = stdout_json(&out);
         assert_eq!(v["seen"], expected_description(), "--isolation {isolation}");
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -172,9 +179,7 @@ fn connection_annotated_parameters_receive_connection_objects_in_process_and_in_
 
 #[test]
 fn run_records_show_connection_names_not_secrets() {
-    let home = tempfile::tempdir().unwrap();
-    create_connections(home.path());
-    let flow = tempfile::tempdir().unwrap();
+    let (home, flow) = connected(&[]);
     connections_flow(flow.path());
     let data = crate::common::numbers_data(flow.path(), 2);
     for (name, isolation) in [
@@ -370,28 +375,18 @@ def imports() -> dict:
 
 #[test]
 fn a_tool_provider_receives_its_connection_in_init() {
-    let home = tempfile::tempdir().unwrap();
-    create_connections(home.path());
-    let flow = tempfile::tempdir().unwrap();
-    write_files(
-        flow.path(),
-        &[
-            (
-                "flow.dag.yaml",
-                "inputs:\n  q: {type: string, default: weather}\noutputs:\n  a: {reference: '${search.output}'}\nnodes:\n- name: search\n  type: python\n  source: {type: code, path: search.py}\n  inputs: {conn: my_azure, q: '${inputs.q}'}\n",
-            ),
-            (
-                "search.py",
-                "from promptflow.connections import AzureOpenAIConnection\nfrom promptflow.core import ToolProvider, tool\n\n\nclass Search(ToolProvider):\n    def __init__(self, conn: AzureOpenAIConnection):\n        self.conn = conn\n\n    @tool\n    def search(self, q: str) -> str:\n        return '%s via %s at %s' % (q, type(self.conn).__name__, self.conn.api_base)\n",
-            ),
-        ],
-    );
+    let (home, flow) = connected(&[
+        (
+            "flow.dag.yaml",
+            "inputs:\n  q: {type: string, default: weather}\noutputs:\n  a: {reference: '${search.output}'}\nnodes:\n- name: search\n  type: python\n  source: {type: code, path: search.py}\n  inputs: {conn: my_azure, q: '${inputs.q}'}\n",
+        ),
+        (
+            "search.py",
+            "from promptflow.connections import AzureOpenAIConnection\nfrom promptflow.core import ToolProvider, tool\n\n\nclass Search(ToolProvider):\n    def __init__(self, conn: AzureOpenAIConnection):\n        self.conn = conn\n\n    @tool\n    def search(self, q: str) -> str:\n        return '%s via %s at %s' % (q, type(self.conn).__name__, self.conn.api_base)\n",
+        ),
+    ]);
     for isolation in ["thread", "process"] {
-        let out = sluice(home.path())
-            .args(["flow", "test", "--isolation", isolation, "--flow"])
-            .arg(flow.path())
-            .output()
-            .unwrap();
+        let out = flow_test_with(home.path(), flow.path(), &["--isolation", isolation]);
         assert_eq!(
             stdout_json(&out)["a"],
             "weather via AzureOpenAIConnection at https://res.openai.azure.com/",
@@ -402,31 +397,24 @@ fn a_tool_provider_receives_its_connection_in_init() {
 
 #[test]
 fn a_connection_named_by_a_flow_input_is_looked_up_when_the_line_runs() {
-    let home = tempfile::tempdir().unwrap();
-    create_connections(home.path());
-    let flow = tempfile::tempdir().unwrap();
-    write_files(
-        flow.path(),
-        &[
-            (
-                "flow.dag.yaml",
-                "inputs:\n  conn: {type: string}\noutputs:\n  a: {reference: '${which.output}'}\nnodes:\n- name: which\n  type: python\n  source: {type: code, path: which.py}\n  inputs: {conn: '${inputs.conn}'}\n",
-            ),
-            (
-                "which.py",
-                "from typing import Union\n\nfrom promptflow.connections import AzureOpenAIConnection, CustomConnection\nfrom promptflow.core import tool\n\n\n@tool\ndef which(conn: Union[AzureOpenAIConnection, CustomConnection]) -> str:\n    return '%s %s' % (type(conn).__name__, conn.name)\n",
-            ),
-        ],
-    );
+    let (home, flow) = connected(&[
+        (
+            "flow.dag.yaml",
+            "inputs:\n  conn: {type: string}\noutputs:\n  a: {reference: '${which.output}'}\nnodes:\n- name: which\n  type: python\n  source: {type: code, path: which.py}\n  inputs: {conn: '${inputs.conn}'}\n",
+        ),
+        (
+            "which.py",
+            "from typing import Union\n\nfrom promptflow.connections import AzureOpenAIConnection, CustomConnection\nfrom promptflow.core import tool\n\n\n@tool\ndef which(conn: Union[AzureOpenAIConnection, CustomConnection]) -> str:\n    return '%s %s' % (type(conn).__name__, conn.name)\n",
+        ),
+    ]);
     for isolation in ["thread", "process"] {
         let run = |conn: &str| {
-            sluice(home.path())
-                .args(["flow", "test", "--isolation", isolation, "--inputs"])
-                .arg(format!("conn={conn}"))
-                .arg("--flow")
-                .arg(flow.path())
-                .output()
-                .unwrap()
+            let input = format!("conn={conn}");
+            flow_test_with(
+                home.path(),
+                flow.path(),
+                &["--isolation", isolation, "--inputs", &input],
+            )
         };
         assert_eq!(
             stdout_json(&run("my_azure"))["a"],

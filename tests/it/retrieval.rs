@@ -61,6 +61,13 @@ impl Env {
         crate::common::refused(self.home.path(), dir, &[needle]);
     }
 
+    /// `sluice index query kb TEXT ARGS`: the hits.
+    fn query(&self, text: &str, args: &[&str]) -> Json {
+        let mut all = vec!["index", "query", "kb", text];
+        all.extend(args);
+        self.json(&all)
+    }
+
     fn build(&self) -> Json {
         let docs = self.docs.path().to_str().unwrap().to_owned();
         self.json(&["index", "build", "--source", &docs, "--out", "kb"])
@@ -89,7 +96,7 @@ fn the_right_document_comes_first_and_rebuilds_are_incremental() {
         }
     }
     // HTML is indexed as text: no tags, no script.
-    let hits = env.json(&["index", "query", "kb", "steam locomotives", "-k", "1"]);
+    let hits = env.query("steam locomotives", &["-k", "1"]);
     let text = hits[0]["text"].as_str().unwrap();
     assert!(
         text.contains("Steam locomotives") && !text.contains('<') && !text.contains("var x"),
@@ -107,7 +114,7 @@ fn the_right_document_comes_first_and_rebuilds_are_incremental() {
     assert_eq!(report["report"]["files_embedded"], 1);
     assert_eq!(report["report"]["files_unchanged"], 1);
     assert_eq!(report["report"]["files_removed"], 1);
-    let hits = env.json(&["index", "query", "kb", "fuzzy bumblebees", "-k", "5"]);
+    let hits = env.query("fuzzy bumblebees", &["-k", "5"]);
     assert!(hits[0]["text"].as_str().unwrap().contains("Bumblebees"));
     assert!(
         hits.as_array()
@@ -204,14 +211,7 @@ nodes:
     }
     assert_eq!(v["by_vector"].as_array().unwrap().len(), 2);
     // The vector lookup scores like the text query it came from.
-    let by_text = env.json(&[
-        "index",
-        "query",
-        "kb",
-        "Where do honey bees live?",
-        "-k",
-        "1",
-    ]);
+    let by_text = env.query("Where do honey bees live?", &["-k", "1"]);
     let (a, b) = (
         v["faiss"][0]["score"].as_f64().unwrap(),
         by_text[0]["score"].as_f64().unwrap(),
@@ -313,14 +313,7 @@ fn pdfs_front_matter_filters_and_unreadable_files() {
     );
 
     // PDF text is found by meaning.
-    let hits = env.json(&[
-        "index",
-        "query",
-        "kb",
-        "ice flowing through mountain valleys",
-        "-k",
-        "1",
-    ]);
+    let hits = env.query("ice flowing through mountain valleys", &["-k", "1"]);
     assert!(
         hits[0]["source"]
             .as_str()
@@ -331,16 +324,10 @@ fn pdfs_front_matter_filters_and_unreadable_files() {
     assert!(hits[0]["text"].as_str().unwrap().contains("rivers of ice"));
 
     // Front matter is metadata: the filter keeps only matching chunks, whatever the query says.
-    let hits = env.json(&[
-        "index",
-        "query",
-        "kb",
+    let hits = env.query(
         "Where do honey bees live?",
-        "-k",
-        "5",
-        "--filter",
-        "tags=farming",
-    ]);
+        &["-k", "5", "--filter", "tags=farming"],
+    );
     let hits = hits.as_array().unwrap();
     assert_eq!(hits.len(), 1, "{hits:?}");
     assert!(hits[0]["source"].as_str().unwrap().ends_with("hives.md"));
@@ -350,19 +337,18 @@ fn pdfs_front_matter_filters_and_unreadable_files() {
         serde_json::json!(["bees", "farming"])
     );
     // Any of several values; the file name is metadata too.
-    let hits = env.json(&[
-        "index",
-        "query",
-        "kb",
+    let hits = env.query(
         "honey",
-        "-k",
-        "5",
-        "--filter",
-        "file=bees.md",
-        "--filter",
-        "file=trains.html",
-        "--hybrid",
-    ]);
+        &[
+            "-k",
+            "5",
+            "--filter",
+            "file=bees.md",
+            "--filter",
+            "file=trains.html",
+            "--hybrid",
+        ],
+    );
     let files: Vec<&str> = hits
         .as_array()
         .unwrap()
@@ -544,14 +530,7 @@ fn model_paths_and_partial_sources() {
     env.json(&[
         "index", "build", "--source", &docs, "--out", "kb", "--model", model,
     ]);
-    let hits = env.json(&[
-        "index",
-        "query",
-        "kb",
-        "Where do honey bees live?",
-        "-k",
-        "1",
-    ]);
+    let hits = env.query("Where do honey bees live?", &["-k", "1"]);
     assert!(
         hits[0]["source"].as_str().unwrap().ends_with("bees.md"),
         "{hits}"
@@ -575,7 +554,7 @@ fn model_paths_and_partial_sources() {
     assert_eq!(report["report"]["files_embedded"], 1, "{report}");
     assert_eq!(report["report"]["files_removed"], 0, "{report}");
     assert_eq!(report["info"]["files"], 4, "{report}");
-    let hits = env.json(&["index", "query", "kb", "What do owls hunt?", "-k", "1"]);
+    let hits = env.query("What do owls hunt?", &["-k", "1"]);
     assert!(
         hits[0]["source"].as_str().unwrap().ends_with("owls.md"),
         "{hits}"

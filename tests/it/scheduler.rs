@@ -61,13 +61,7 @@ fn flow(yaml: &str) -> Flow {
         .unwrap_or_else(|e| panic!("{}", e.render()))
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
+use crate::common::runtime as rt;
 
 const FAN_OUT: &str = "
 outputs: {out: {reference: '${join.output}'}}

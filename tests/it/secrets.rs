@@ -6,107 +6,17 @@
 use crate::common;
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::fake::{FakeServer, Reply, ok_body};
 use common::sluice;
 use serde_json::Value as Json;
 use sluice_nodes::llm::connections::Connection;
 use sluice_nodes::llm::openai::{HttpBackend, HttpConfig};
 use sluice_nodes::llm::types::{Backend, GenParams, Prompt};
-
-fn write(dir: &Path, name: &str, text: &str) {
-    std::fs::write(dir.join(name), text).unwrap();
-}
-
-/// One request as the fake server read it.
-#[derive(Clone, Debug)]
-struct Seen {
-    /// The request line and headers, as sent.
-    head: String,
-    #[allow(dead_code)]
-    body: String,
-}
-
-impl Seen {
-    fn header(&self, name: &str) -> Option<String> {
-        self.head.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| v.trim().to_owned())
-        })
-    }
-
-    fn request_line(&self) -> &str {
-        self.head.lines().next().unwrap_or_default()
-    }
-}
-
-/// A tiny HTTP/1.1 server on 127.0.0.1: reads each request whole, records it, and lets `answer`
-/// write the reply on the socket (one request per connection).
-struct FakeServer {
-    base: String,
-    seen: Arc<Mutex<Vec<Seen>>>,
-}
-
-fn fake_server(answer: impl Fn(&Seen, &mut TcpStream) + Send + Sync + 'static) -> FakeServer {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let (answer, record) = (Arc::new(answer), seen.clone());
-    std::thread::Builder::new()
-        .name("fake-server".into())
-        .spawn(move || {
-            for sock in listener.incoming() {
-                let Ok(mut sock) = sock else { continue };
-                let (answer, record) = (answer.clone(), record.clone());
-                std::thread::Builder::new()
-                    .name("fake-conn".into())
-                    .spawn(move || {
-                        let Some((head, body)) = crate::common::read_request(&mut sock) else {
-                            return;
-                        };
-                        let seen = Seen {
-                            head,
-                            body: String::from_utf8_lossy(&body).into_owned(),
-                        };
-                        record.lock().unwrap().push(seen.clone());
-                        answer(&seen, &mut sock);
-                    })
-                    .unwrap();
-            }
-        })
-        .unwrap();
-    FakeServer { base, seen }
-}
-
-fn reply(sock: &mut TcpStream, status: u16, extra: &str, body: &str) {
-    let _ = sock.write_all(
-        format!(
-            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n{extra}\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    );
-}
-
-fn ok_body(text: &str) -> String {
-    serde_json::json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-        "text": text, "finish_reason": "stop"}], "usage": {"prompt_tokens": 1, "completion_tokens": 1}})
-    .to_string()
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 fn backend(yaml: &str) -> HttpBackend {
     let c = Connection::from_yaml(yaml, Path::new("c.yaml")).unwrap();
@@ -146,7 +56,7 @@ fn all_text_under(dir: &Path) -> String {
 #[test]
 fn a_provider_error_that_echoes_the_key_leaks_nowhere() {
     // The provider fails once with a 500, then with a 401, each echoing the key it was sent.
-    let server = fake_server(|seen, sock| {
+    let server = FakeServer::raw(|seen, sock| {
         let key = seen
             .header("authorization")
             .unwrap_or_default()
@@ -158,7 +68,7 @@ fn a_provider_error_that_echoes_the_key_leaks_nowhere() {
             401
         };
         let body = serde_json::json!({"error": {"message": format!("Incorrect API key provided: {key}.")}});
-        reply(sock, status, "", &body.to_string());
+        Reply::status(status, body.to_string()).send(sock);
     });
     let home = tempfile::tempdir().unwrap();
     let literal_key = "sk-literal-0123456789abcdef";
@@ -167,12 +77,12 @@ fn a_provider_error_that_echoes_the_key_leaks_nowhere() {
         (
             "leaky",
             literal_key.to_owned(),
-            format!("{}/v1", server.base),
+            format!("{}/v1", server.origin),
         ),
         (
             "leaky_env",
             "${env:SLUICE_TEST_LEAKY_KEY}".to_owned(),
-            format!("{}/v1?retry-me=1", server.base),
+            format!("{}/v1?retry-me=1", server.origin),
         ),
     ] {
         let file = home.path().join(format!("{name}.yaml"));
@@ -191,8 +101,8 @@ fn a_provider_error_that_echoes_the_key_leaks_nowhere() {
     }
     for (conn, key) in [("leaky", literal_key), ("leaky_env", env_key)] {
         let flow = tempfile::tempdir().unwrap();
-        write(flow.path(), "prompt.jinja2", "Say hi to {{name}}");
-        write(
+        common::write_file(flow.path(), "prompt.jinja2", "Say hi to {{name}}");
+        common::write_file(
             flow.path(),
             "flow.dag.yaml",
             &format!(
@@ -226,7 +136,7 @@ fn a_provider_error_that_echoes_the_key_leaks_nowhere() {
         }
         // A batch run's records, its report and what the run commands print hold no key either.
         let data = flow.path().join("data.jsonl");
-        write(
+        common::write_file(
             flow.path(),
             "data.jsonl",
             "{\"name\": \"a\"}\n{\"name\": \"b\"}\n",
@@ -277,9 +187,7 @@ fn a_provider_error_that_echoes_the_key_leaks_nowhere() {
         // The key did reach the provider: the connection works, only its echo is masked.
         assert!(
             server
-                .seen
-                .lock()
-                .unwrap()
+                .seen()
                 .iter()
                 .any(|s| s.header("authorization").as_deref() == Some(&format!("Bearer {key}"))),
         );
@@ -368,16 +276,8 @@ fn connection_secrets_given_any_way_are_stored_as_secrets_and_shown_masked() {
     let stored: Json =
         serde_json::from_slice(&std::fs::read(home.path().join("connections/many.json")).unwrap())
             .unwrap();
-    for k in [
-        "client_secret",
-        "access_token",
-        "secret",
-        "apikey",
-        "search_api_key",
-        "token",
-        "password",
-        "key",
-    ] {
+    let keys = "client_secret access_token secret apikey search_api_key token password key";
+    for k in keys.split(' ') {
         assert!(
             stored["secrets"][k]
                 .as_str()
@@ -390,19 +290,19 @@ fn connection_secrets_given_any_way_are_stored_as_secrets_and_shown_masked() {
 
 #[test]
 fn a_query_string_in_api_base_stays_after_the_endpoint_path() {
-    let server = fake_server(|_, sock| reply(sock, 200, "", &ok_body("fine")));
-    let rt = runtime();
+    let server = FakeServer::raw(|_, sock| Reply::json(ok_body("fine")).send(sock));
+    let rt = crate::common::runtime();
     let b = backend(&format!(
         "name: q\ntype: open_ai\napi_key: sk-q-0123456789\napi_base: {}/v1/?key=qk-1&x=2\n",
-        server.base
+        server.origin
     ));
     assert_eq!(ask(&rt, &b, None).unwrap(), "fine");
     let b = backend(&format!(
         "name: qa\ntype: azure_open_ai\napi_key: az-q-0123456789\napi_base: {}/?sig=s1\napi_version: 2024-06-01\n",
-        server.base
+        server.origin
     ));
     assert_eq!(ask(&rt, &b, Some("dep")).unwrap(), "fine");
-    let seen = server.seen.lock().unwrap();
+    let seen = server.seen();
     assert_eq!(
         seen[0].request_line(),
         "POST /v1/completions?key=qk-1&x=2 HTTP/1.1"
@@ -415,38 +315,42 @@ fn a_query_string_in_api_base_stays_after_the_endpoint_path() {
 
 #[test]
 fn keys_do_not_follow_a_redirect_to_another_origin() {
-    let elsewhere = fake_server(|_, sock| reply(sock, 200, "", &ok_body("stolen")));
-    let target = format!("{}/v1/completions", elsewhere.base);
-    let origin = fake_server(move |seen, sock| {
+    let elsewhere = FakeServer::raw(|_, sock| Reply::json(ok_body("stolen")).send(sock));
+    let target = format!("{}/v1/completions", elsewhere.origin);
+    let origin = FakeServer::raw(move |seen, sock| {
         if seen.request_line().contains("/moved/") {
             // Same origin: followed.
-            reply(sock, 200, "", &ok_body("same origin"));
+            Reply::json(ok_body("same origin")).send(sock);
         } else if seen.request_line().contains("/local/") {
-            reply(sock, 307, "location: /moved/completions\r\n", "");
+            Reply::status(307, "")
+                .header("location", "/moved/completions")
+                .send(sock);
         } else {
-            reply(sock, 307, &format!("location: {target}\r\n"), "");
+            Reply::status(307, "")
+                .header("location", &target)
+                .send(sock);
         }
     });
-    let rt = runtime();
+    let rt = crate::common::runtime();
     for (kind, key) in [
         ("azure_open_ai", "az-redirect-0123456789"),
         ("open_ai", "sk-redirect-0123456789"),
     ] {
         let b = backend(&format!(
             "name: r\ntype: {kind}\napi_key: {key}\napi_base: {}/v1\nmax_retries: 0\n",
-            origin.base
+            origin.origin
         ));
         let err = ask(&rt, &b, Some("dep")).unwrap_err();
         assert!(err.contains("redirected to another origin"), "{err}");
     }
     assert!(
-        elsewhere.seen.lock().unwrap().is_empty(),
+        elsewhere.seen().is_empty(),
         "a request reached the other origin: {:?}",
-        elsewhere.seen.lock().unwrap()
+        elsewhere.seen()
     );
     let b = backend(&format!(
         "name: r\ntype: open_ai\napi_key: sk-redirect-0123456789\napi_base: {}/local\n",
-        origin.base
+        origin.origin
     ));
     assert_eq!(ask(&rt, &b, None).unwrap(), "same origin");
 }
@@ -472,13 +376,13 @@ fn endless(sock: &mut TcpStream, status: u16, bytes: usize) {
 
 #[test]
 fn an_endless_provider_response_is_cut_off() {
-    let ok = fake_server(|_, sock| endless(sock, 200, 80 << 20));
-    let bad = fake_server(|_, sock| endless(sock, 401, 80 << 20));
-    let rt = runtime();
+    let ok = FakeServer::raw(|_, sock| endless(sock, 200, 80 << 20));
+    let bad = FakeServer::raw(|_, sock| endless(sock, 401, 80 << 20));
+    let rt = crate::common::runtime();
     for (server, want) in [(&ok, "larger than 64 MiB"), (&bad, "AuthenticationError")] {
         let b = backend(&format!(
             "name: big\ntype: open_ai\napi_key: sk-big-0123456789\napi_base: {}/v1\nmax_retries: 0\ntimeout: 30\n",
-            server.base
+            server.origin
         ));
         let started = Instant::now();
         let err = ask(&rt, &b, None).unwrap_err();
@@ -511,7 +415,7 @@ fn wait_within(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
 }
 
 fn stuck_tool_flow(dir: &Path) {
-    write(
+    common::write_file(
         dir,
         "stuck.py",
         "import time\nfrom promptflow.core import tool\n\n@tool\ndef stuck(x: str) -> str:\n    time.sleep(3600)\n    return x\n",
@@ -529,7 +433,7 @@ fn stuck_tool_flow(dir: &Path) {
             ),
         ],
     );
-    write(dir, "data.jsonl", "{\"x\": \"a\"}\n{\"x\": \"b\"}\n");
+    common::write_file(dir, "data.jsonl", "{\"x\": \"a\"}\n{\"x\": \"b\"}\n");
 }
 
 #[test]

@@ -38,6 +38,24 @@ struct Runtime {
     host: Py<PyModule>,
 }
 
+impl Runtime {
+    /// Calls a tool through the host's `invoke`: whether it returned, and what it returned or
+    /// raised. Metrics it logs land in `sink`.
+    fn invoke<'py>(
+        &self,
+        func: &Py<PyAny>,
+        kwargs: Bound<'py, PyDict>,
+        sink: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<(bool, Bound<'py, PyAny>)> {
+        let py = kwargs.py();
+        self.host
+            .bind(py)
+            .getattr("invoke")?
+            .call1((func.bind(py), kwargs, sink))?
+            .extract()
+    }
+}
+
 /// Why the embedded Python cannot be used. The Python exception is kept as its text: the runtime's
 /// failure is remembered for the life of the process, outside any interpreter lock.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -554,12 +572,7 @@ pub(crate) fn call_in_worker(request: &isolation::Request) -> isolation::Respons
             )));
         }
         let sink = PyDict::new(py);
-        let (ok, result): (bool, Bound<PyAny>) = rt
-            .host
-            .bind(py)
-            .getattr("invoke")?
-            .call1((func.bind(py), kwargs, sink.clone()))?
-            .extract()?;
+        let (ok, result) = rt.invoke(&func, kwargs, Some(&sink))?;
         let mut metrics = serde_json::Map::new();
         for (k, v) in sink.iter() {
             metrics.insert(k.str()?.to_string(), from_py(rt, &v)?.to_json_lossy());
@@ -624,12 +637,7 @@ impl Node for PythonNode {
                     return Ok(Err(NodeError::user(e.error_type(), crate::error_chain(&e))));
                 }
                 let sink = metrics.as_ref().map(|_| PyDict::new(py));
-                let (ok, result): (bool, Bound<PyAny>) = rt
-                    .host
-                    .bind(py)
-                    .getattr("invoke")?
-                    .call1((func.bind(py), kwargs, sink.clone()))?
-                    .extract()?;
+                let (ok, result) = rt.invoke(&func, kwargs, sink.as_ref())?;
                 if let (Some(sink), Some(metrics)) = (sink, metrics) {
                     let mut m = metrics.lock().unwrap_or_else(|e| e.into_inner());
                     for (k, v) in sink.iter() {
