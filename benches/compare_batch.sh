@@ -6,12 +6,9 @@
 #
 #   PF=/path/to/venv/bin/pf benches/compare_batch.sh [LINES]      (default 1000)
 set -euo pipefail
-here="$(cd "$(dirname "$0")" && pwd)"
-root="$(dirname "$here")"
+source "$(dirname "$0")/common.sh"
 lines="${1:-1000}"
 flow="$here/flows/three_node"
-sluice="${SLUICE:-${CARGO_TARGET_DIR:-$root/target}/release/sluice}"
-[ -x "$sluice" ] || { echo "no sluice binary at $sluice: run cargo build --release" >&2; exit 2; }
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 python3 - "$lines" "$work/data.jsonl" <<'PY'

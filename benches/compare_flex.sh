@@ -11,10 +11,10 @@
 # pip-installs promptflow into it. Uses target/release/sluice (or $SLUICE); build it first with
 # `cargo build --release`.
 set -euo pipefail
-# shellcheck source=benches/lib.sh
-. "$(dirname "$0")/lib.sh"
-bench_start 5 "$@"
+source "$(dirname "$0")/common.sh"
+bench_args 5 "$@"
 runs="$count"
+bench_workdir
 
 # The fake server prints its port once listening.
 python3 - > "$work/port" <<'PY' &
@@ -48,7 +48,7 @@ server_pid=$!
 for _ in $(seq 1 100); do [ -s "$work/port" ] && break; sleep 0.1; done
 base="http://127.0.0.1:$(cat "$work/port")"
 
-cp -r "$(dirname "$0")/flows/flex_chat" "$work/flow"
+cp -r "$here/flows/flex_chat" "$work/flow"
 cat > "$work/init.json" <<EOF
 {"model_config": {"azure_deployment": "gpt-4o", "azure_endpoint": "$base", "api_key": "not-needed", "api_version": "2024-06-01"}}
 EOF

@@ -8,12 +8,9 @@
 # pf executable (e.g. one in a virtualenv) without putting that environment on PATH, where the embedded
 # Python would pick it up.
 set -euo pipefail
-here="$(cd "$(dirname "$0")" && pwd)"
-root="$(dirname "$here")"
+source "$(dirname "$0")/common.sh"
 runs="${1:-10}"
 flow="$here/flows/three_node"
-sluice="${SLUICE:-${CARGO_TARGET_DIR:-$root/target}/release/sluice}"
-[ -x "$sluice" ] || { echo "no sluice binary at $sluice: run cargo build --release" >&2; exit 2; }
 
 # Median wall time in milliseconds of running "$@" $runs times.
 median_ms() {

@@ -9,10 +9,10 @@
 # --install-pf creates a virtualenv in the work folder and pip-installs promptflow into it.
 # Uses target/release/sluice (or $SLUICE); build it first with `cargo build --release`.
 set -euo pipefail
-# shellcheck source=benches/lib.sh
-. "$(dirname "$0")/lib.sh"
-bench_start 50 "$@"
+source "$(dirname "$0")/common.sh"
+bench_args 50 "$@"
 lines="$count"
+bench_workdir
 
 # The server prints its address once listening.
 "$sluice" model serve --port 0 --quiet > "$work/serve.out" 2>"$work/serve.err" &

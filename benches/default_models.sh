@@ -6,10 +6,7 @@
 #
 #   benches/default_models.sh [MODEL ...]      (default: gemma3-270m smollm2)
 set -euo pipefail
-here="$(cd "$(dirname "$0")" && pwd)"
-root="$(dirname "$here")"
-sluice="${SLUICE:-${CARGO_TARGET_DIR:-$root/target}/release/sluice}"
-[ -x "$sluice" ] || { echo "no sluice binary at $sluice: run cargo build --release" >&2; exit 2; }
+source "$(dirname "$0")/common.sh"
 models=("$@"); [ ${#models[@]} -gt 0 ] || models=(gemma3-270m smollm2)
 work="$(mktemp -d)"; trap 'rm -rf "$work"' EXIT
 # Runs go to a scratch home; models stay where they are.

@@ -5,12 +5,12 @@
 //!
 //! `cargo bench --bench http_concurrency -- [LINES] [CONCURRENCY]`
 
+mod common;
+
 use std::path::Path;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sluice_engine::spawn::SpawnedTask;
-use sluice_engine::{BatchLine, BatchOptions, Flow, LoadOptions, Map, Value, run_batch};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 const DELAY: Duration = Duration::from_millis(200);
@@ -73,38 +73,14 @@ fn measure(
     lines: usize,
     concurrency: usize,
 ) -> (f64, usize) {
-    let flow = Arc::new(
-        Flow::load(
-            dir,
-            &sluice_nodes::builtin_registry(),
-            &LoadOptions::default(),
-        )
-        .unwrap_or_else(|e| panic!("{}", e.render())),
-    );
-    let batch: Vec<BatchLine> = (0..lines)
-        .map(|i| {
-            let mut inputs = Map::new();
-            inputs.insert("q".into(), Value::String(format!("question {i}")));
-            BatchLine {
-                line_number: i,
-                inputs,
-            }
-        })
-        .collect();
-    let opts = BatchOptions {
-        max_concurrency: concurrency,
-        ..BatchOptions::default()
-    };
-    let started = Instant::now();
-    let summary = rt.block_on(run_batch(flow, batch, vec![], &opts, |_| {}));
-    (started.elapsed().as_secs_f64(), summary.failed_lines)
+    let flow = common::load_flow(dir);
+    let question = |i| format!("question {i}");
+    let (summary, secs) = common::run_lines(rt, flow, lines, concurrency, "q", question, |_| {});
+    (secs, summary.failed_lines)
 }
 
 fn main() {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
+    let args = common::number_args();
     let lines = args.first().copied().unwrap_or(1000);
     let concurrency = args.get(1).copied().unwrap_or(64);
     let home = tempfile::tempdir().unwrap();

@@ -11,11 +11,13 @@
 //! context. Usage: `cargo bench --bench llm_throughput -- [LINES] [TOKENS]` (default 64 lines × 64 tokens).
 //! Prints one table and the ratios.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use sluice_engine::{BatchLine, BatchOptions, Flow, LoadOptions, Map, Value, run_batch};
+use sluice_engine::Flow;
 use sluice_nodes::llm::local::llama_cpp_2::llama_batch::LlamaBatch;
 use sluice_nodes::llm::local::llama_cpp_2::model::LlamaModel;
 use sluice_nodes::llm::local::llama_cpp_2::model::params::LlamaModelParams;
@@ -148,42 +150,32 @@ fn through_sluice(flow: &Arc<Flow>, lines: usize, concurrency: usize) -> Measure
         .enable_all()
         .build()
         .unwrap();
-    let batch: Vec<BatchLine> = (0..lines)
-        .map(|i| {
-            let mut inputs = Map::new();
-            inputs.insert("text".into(), Value::String(prompt(i)));
-            BatchLine {
-                line_number: i,
-                inputs,
-            }
-        })
-        .collect();
-    let opts = BatchOptions {
-        max_concurrency: concurrency,
-        ..BatchOptions::default()
-    };
     let mut tokens = 0u64;
-    let started = Instant::now();
-    let summary = rt.block_on(run_batch(flow.clone(), batch, vec![], &opts, |line| {
-        tokens += line.node_runs[0]
-            .system_metrics
-            .tokens
-            .completion_tokens
-            .unwrap_or(0);
-    }));
+    let (summary, seconds) = common::run_lines(
+        &rt,
+        flow.clone(),
+        lines,
+        concurrency,
+        "text",
+        prompt,
+        |line| {
+            tokens += line.node_runs[0]
+                .system_metrics
+                .tokens
+                .completion_tokens
+                .unwrap_or(0);
+        },
+    );
     assert_eq!(summary.failed_lines, 0, "lines failed");
     Measured {
         tokens,
-        seconds: started.elapsed().as_secs_f64(),
+        seconds,
         decode_seconds: None,
     }
 }
 
 fn main() {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
+    let args = common::number_args();
     let lines = args.first().copied().unwrap_or(64);
     let max_new = args.get(1).copied().unwrap_or(64);
     let (_, path) =
@@ -216,14 +208,7 @@ fn main() {
 
     let raw = raw_loop(&path, &config, lines, max_new);
     let dir = flow_dir(max_new);
-    let flow = Arc::new(
-        Flow::load(
-            dir.path(),
-            &sluice_nodes::builtin_registry(),
-            &LoadOptions::default(),
-        )
-        .unwrap_or_else(|e| panic!("{}", e.render())),
-    );
+    let flow = common::load_flow(dir.path());
     // Warm-up: loads the model once (not timed), then the measured batch.
     through_sluice(&flow, 1, 1);
     let sluice = through_sluice(&flow, lines, lines);

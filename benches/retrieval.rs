@@ -24,9 +24,11 @@ use sluice_nodes::retrieval::index::{BuildOptions, DEFAULT_ANN_THRESHOLD, Index,
 
 const DIMS: usize = 384;
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1e3
+/// The 50th and 99th percentiles of `times`, in ms.
+fn p50_p99(mut times: Vec<Duration>) -> (f64, f64) {
+    times.sort();
+    let ms = |p: f64| times[((times.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1e3;
+    (ms(0.5), ms(0.99))
 }
 
 /// p50 and p99 in ms, and the seconds of a first query that warms caches, connections and what the
@@ -46,8 +48,8 @@ async fn latencies(index: &mut Index, queries: &[Vec<f32>]) -> (f64, f64, f64) {
         times.push(t.elapsed());
         assert_eq!(hits.len(), 5);
     }
-    times.sort();
-    (percentile(&times, 0.5), percentile(&times, 0.99), first)
+    let (p50, p99) = p50_p99(times);
+    (p50, p99, first)
 }
 
 /// Chunks per second of the embedder alone, batched as the index build batches.
@@ -157,12 +159,8 @@ async fn main() {
             .unwrap();
         times.push(t.elapsed());
     }
-    times.sort();
-    println!(
-        "embedding one query: p50 {:.2} ms, p99 {:.2} ms",
-        percentile(&times, 0.5),
-        percentile(&times, 0.99)
-    );
+    let (p50, p99) = p50_p99(times);
+    println!("embedding one query: p50 {p50:.2} ms, p99 {p99:.2} ms");
     let queries = synthetic_vectors(n_queries, DIMS, 7);
     let chroma = std::env::var("SLUICE_CHROMA_URL").ok();
     println!("| chunks | store | p50 ms | p99 ms | load s |");
@@ -180,12 +178,8 @@ async fn main() {
             assert_eq!(index.rank(Ranking::SqliteVec, q, 5, None).unwrap().len(), 5);
             times.push(t.elapsed());
         }
-        times.sort();
-        println!(
-            "| {n} | sqlite-vec KNN (vec0, search only) | {:.2} | {:.2} | {load:.1} |",
-            percentile(&times, 0.5),
-            percentile(&times, 0.99)
-        );
+        let (p50, p99) = p50_p99(times);
+        println!("| {n} | sqlite-vec KNN (vec0, search only) | {p50:.2} | {p99:.2} | {load:.1} |");
         let (p50, p99, first) = latencies(&mut index, &queries).await;
         println!(
             "| {n} | exact, vectors in memory (the default below the threshold) | {p50:.2} | {p99:.2} | {first:.1} (first query) |"

@@ -8,11 +8,8 @@
 # Uses target/release/sluice (or $SLUICE); build it first with `cargo build --release`. The traffic
 # log goes to a temporary SLUICE_HOME, removed at the end.
 set -euo pipefail
-here="$(cd "$(dirname "$0")" && pwd)"
-root="$(dirname "$here")"
+source "$(dirname "$0")/common.sh"
 secs="${1:-5}"
-sluice="${SLUICE:-${CARGO_TARGET_DIR:-$root/target}/release/sluice}"
-[ -x "$sluice" ] || { echo "no sluice binary at $sluice: run cargo build --release" >&2; exit 2; }
 command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install -y wrk)" >&2; exit 2; }
 
 home="$(mktemp -d)"

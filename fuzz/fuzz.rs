@@ -108,19 +108,12 @@ fn mutate(rng: &mut Rng, input: &[u8], corpus: &[Vec<u8>], tokens: &[&str]) -> V
     v
 }
 
-fn budget() -> Duration {
-    let secs: f64 = std::env::var("SLUICE_FUZZ_SECS")
+/// The seconds the environment variable `name` gives, else `default`.
+fn secs_from_env(name: &str, default: f64) -> Duration {
+    let secs: f64 = std::env::var(name)
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(2.0);
-    Duration::from_secs_f64(secs)
-}
-
-fn slow_limit() -> Duration {
-    let secs: f64 = std::env::var("SLUICE_FUZZ_SLOW_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10.0);
+        .unwrap_or(default);
     Duration::from_secs_f64(secs)
 }
 
@@ -188,8 +181,8 @@ fn fuzz(name: &str, seeds: Vec<Vec<u8>>, tokens: &[&str], mut target: impl FnMut
     }
     let seed = seed();
     let mut rng = Rng(seed);
-    let budget = budget();
-    let slow = slow_limit();
+    let budget = secs_from_env("SLUICE_FUZZ_SECS", 2.0);
+    let slow = secs_from_env("SLUICE_FUZZ_SLOW_SECS", 10.0);
     let start = Instant::now();
     let mut corpus = seeds;
     let initial = corpus.len() as u64;

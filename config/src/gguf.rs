@@ -23,6 +23,27 @@ enum Kv {
     I32s(Vec<i32>),
 }
 
+/// GGUF's numbers for the types of metadata values.
+const GGUF_U32: u32 = 4;
+const GGUF_I32: u32 = 5;
+const GGUF_F32: u32 = 6;
+const GGUF_BOOL: u32 = 7;
+const GGUF_STRING: u32 = 8;
+const GGUF_ARRAY: u32 = 9;
+
+impl Kv {
+    /// The GGUF type of the value.
+    fn type_id(&self) -> u32 {
+        match self {
+            Kv::U32(_) => GGUF_U32,
+            Kv::F32(_) => GGUF_F32,
+            Kv::Bool(_) => GGUF_BOOL,
+            Kv::Str(_) => GGUF_STRING,
+            Kv::Strs(_) | Kv::I32s(_) => GGUF_ARRAY,
+        }
+    }
+}
+
 /// A tensor ready to write.
 struct Tensor {
     name: String,
@@ -277,6 +298,12 @@ fn put_str(w: &mut impl Write, s: &str) -> io::Result<()> {
     w.write_all(s.as_bytes())
 }
 
+/// The start of an array value after its type: the type of its items and how many there are.
+fn put_array_head(head: &mut Vec<u8>, item_type: u32, len: usize) {
+    head.extend_from_slice(&item_type.to_le_bytes());
+    head.extend_from_slice(&(len as u64).to_le_bytes());
+}
+
 fn write_gguf(path: &Path, meta: &[(&str, Kv)], tensors: &[Tensor]) -> io::Result<()> {
     let tmp = path.with_extension("gguf.partial");
     let mut w = BufWriter::new(fs::File::create(&tmp)?);
@@ -288,35 +315,20 @@ fn write_gguf(path: &Path, meta: &[(&str, Kv)], tensors: &[Tensor]) -> io::Resul
     head.extend_from_slice(&(meta.len() as u64).to_le_bytes());
     for (key, value) in meta {
         put_str(&mut head, key)?;
+        head.extend_from_slice(&value.type_id().to_le_bytes());
         match value {
-            Kv::U32(v) => {
-                head.extend_from_slice(&4u32.to_le_bytes());
-                head.extend_from_slice(&v.to_le_bytes());
-            }
-            Kv::F32(v) => {
-                head.extend_from_slice(&6u32.to_le_bytes());
-                head.extend_from_slice(&v.to_le_bytes());
-            }
-            Kv::Bool(v) => {
-                head.extend_from_slice(&7u32.to_le_bytes());
-                head.push(u8::from(*v));
-            }
-            Kv::Str(s) => {
-                head.extend_from_slice(&8u32.to_le_bytes());
-                put_str(&mut head, s)?;
-            }
+            Kv::U32(v) => head.extend_from_slice(&v.to_le_bytes()),
+            Kv::F32(v) => head.extend_from_slice(&v.to_le_bytes()),
+            Kv::Bool(v) => head.push(u8::from(*v)),
+            Kv::Str(s) => put_str(&mut head, s)?,
             Kv::Strs(items) => {
-                head.extend_from_slice(&9u32.to_le_bytes());
-                head.extend_from_slice(&8u32.to_le_bytes());
-                head.extend_from_slice(&(items.len() as u64).to_le_bytes());
+                put_array_head(&mut head, GGUF_STRING, items.len());
                 for s in items {
                     put_str(&mut head, s)?;
                 }
             }
             Kv::I32s(items) => {
-                head.extend_from_slice(&9u32.to_le_bytes());
-                head.extend_from_slice(&5u32.to_le_bytes());
-                head.extend_from_slice(&(items.len() as u64).to_le_bytes());
+                put_array_head(&mut head, GGUF_I32, items.len());
                 for v in items {
                     head.extend_from_slice(&v.to_le_bytes());
                 }

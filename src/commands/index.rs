@@ -148,16 +148,8 @@ pub fn query(args: IndexQueryArgs) -> anyhow::Result<ExitStatus> {
         }
     };
     let rt = runtime()?;
-    match rt.block_on(index.query(&args.text, args.k.max(1), args.hybrid, &filter)) {
-        Ok(hits) => {
-            println!("{}", serde_json::to_string_pretty(&hits)?);
-            Ok(ExitStatus::Ok)
-        }
-        Err(e) => {
-            eprintln!("{} {e}", crate::style::error_label());
-            Ok(ExitStatus::Failed)
-        }
-    }
+    let hits = rt.block_on(index.query(&args.text, args.k.max(1), args.hybrid, &filter));
+    super::print_outcome(hits, serde_json::to_string_pretty)
 }
 
 pub fn list(format: crate::cli::OutputFormat) -> anyhow::Result<ExitStatus> {

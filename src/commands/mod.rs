@@ -131,6 +131,24 @@ fn print_listing(
     Ok(())
 }
 
+/// Ends a command whose answer is one JSON value: prints it (written by `to_json`) and succeeds, or
+/// prints the error and fails.
+fn print_outcome<T, E: std::fmt::Display>(
+    outcome: Result<T, E>,
+    to_json: fn(&T) -> serde_json::Result<String>,
+) -> anyhow::Result<ExitStatus> {
+    match outcome {
+        Ok(value) => {
+            println!("{}", to_json(&value)?);
+            Ok(ExitStatus::Ok)
+        }
+        Err(e) => {
+            eprintln!("{} {e}", crate::style::error_label());
+            Ok(ExitStatus::Failed)
+        }
+    }
+}
+
 /// Redraws the terminal's progress line: a 30-wide bar for `done` of `total`, then `text`.
 fn draw_bar(done: usize, total: usize, text: &str) {
     let width = 30;

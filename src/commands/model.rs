@@ -249,14 +249,5 @@ pub fn embed(args: EmbedArgs) -> anyhow::Result<ExitStatus> {
         let model = sluice_nodes::llm::embed::LocalEmbedder::get(&name, &path).await?;
         model.embed(args.texts.clone()).await
     });
-    match vectors {
-        Ok(v) => {
-            println!("{}", serde_json::to_string(&v)?);
-            Ok(ExitStatus::Ok)
-        }
-        Err(e) => {
-            eprintln!("{} {e}", crate::style::error_label());
-            Ok(ExitStatus::Failed)
-        }
-    }
+    super::print_outcome(vectors, serde_json::to_string)
 }

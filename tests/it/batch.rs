@@ -3,7 +3,9 @@
 use std::path::Path;
 
 use assert_cmd::Command;
+use assert_cmd::assert::Assert;
 use predicates::prelude::*;
+use tempfile::TempDir;
 
 fn sluice(home: &Path) -> Command {
     let mut cmd = Command::cargo_bin("sluice").unwrap();
@@ -37,8 +39,7 @@ const MEAN_METRIC: &str = "from promptflow.core import tool, log_metric\n\n@tool
 
 #[test]
 fn a_batch_records_every_line_and_failed_lines_do_not_stop_the_others() {
-    let home = tempfile::tempdir().unwrap();
-    let flow = tempfile::tempdir().unwrap();
+    let (home, flow) = crate::common::home_and_flow();
     flaky_flow(flow.path());
     let data = flow.path().join("data.jsonl");
     std::fs::write(
@@ -108,37 +109,32 @@ fn a_batch_records_every_line_and_failed_lines_do_not_stop_the_others() {
         .stdout(predicate::str::contains("\"failed_lines\": 5"));
 }
 
-#[test]
-fn every_unresolvable_mapping_is_reported_before_any_line_runs() {
-    let home = tempfile::tempdir().unwrap();
-    let flow = tempfile::tempdir().unwrap();
+/// The flaky flow run as `name` over a CSV file holding `csv`, with `--column-mapping MAPPING`.
+fn csv_run(csv: &str, name: &str, mapping: &str) -> (TempDir, Assert) {
+    let (home, flow) = crate::common::home_and_flow();
     flaky_flow(flow.path());
     let data = flow.path().join("data.csv");
-    std::fs::write(&data, "number,other\n1,a\n").unwrap();
-    crate::common::run_create(home.path(), "bad", "", flow.path(), &data)
-        .args(["--column-mapping", "label=${data.nope}"])
-        .assert()
-        .code(2)
-        .stderr(
-            predicate::str::contains(
-                "Couldn't find these mapping relations: ${data.n}, ${data.nope}",
-            )
+    std::fs::write(&data, csv).unwrap();
+    let assert = crate::common::run_create(home.path(), name, "", flow.path(), &data)
+        .args(["--column-mapping", mapping])
+        .assert();
+    (home, assert)
+}
+
+#[test]
+fn every_unresolvable_mapping_is_reported_before_any_line_runs() {
+    let (home, run) = csv_run("number,other\n1,a\n", "bad", "label=${data.nope}");
+    run.code(2).stderr(
+        predicate::str::contains("Couldn't find these mapping relations: ${data.n}, ${data.nope}")
             .and(predicate::str::contains("${data.number}")),
-        );
+    );
     assert!(!home.path().join("runs/bad").exists());
 }
 
 #[test]
 fn csv_cells_are_strings_converted_by_input_types() {
-    let home = tempfile::tempdir().unwrap();
-    let flow = tempfile::tempdir().unwrap();
-    flaky_flow(flow.path());
-    let data = flow.path().join("data.csv");
-    std::fs::write(&data, "number\n2\n4\n").unwrap();
-    crate::common::run_create(home.path(), "csv", "", flow.path(), &data)
-        .args(["--column-mapping", "n=${data.number}"])
-        .assert()
-        .success();
+    let (home, run) = csv_run("number\n2\n4\n", "csv", "n=${data.number}");
+    run.success();
     let outputs = lines(&home.path().join("runs/csv/flow_outputs/output.jsonl"));
     assert_eq!(outputs[1]["doubled"], 8);
 }

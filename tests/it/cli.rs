@@ -46,19 +46,10 @@ fn init_then_test_prints_outputs_as_json() {
 
 #[test]
 fn a_failing_tool_exits_1_with_node_and_traceback() {
-    let dir = tempfile::tempdir().unwrap();
-    crate::common::write_files(
-        dir.path(),
-        &[
-            (
-                "bad.py",
-                "from promptflow import tool\n\n@tool\ndef bad(x: str):\n    raise ValueError('no good: ' + x)\n",
-            ),
-            (
-                "flow.dag.yaml",
-                "inputs: {x: {type: string}}\noutputs: {y: {reference: '${bad.output}'}}\nnodes:\n- name: bad\n  type: python\n  source: {type: code, path: bad.py}\n  inputs: {x: '${inputs.x}'}\n",
-            ),
-        ],
+    let dir = crate::common::flow_with(
+        "bad.py",
+        "from promptflow import tool\n\n@tool\ndef bad(x: str):\n    raise ValueError('no good: ' + x)\n",
+        "inputs: {x: {type: string}}\noutputs: {y: {reference: '${bad.output}'}}\nnodes:\n- name: bad\n  type: python\n  source: {type: code, path: bad.py}\n  inputs: {x: '${inputs.x}'}\n",
     );
     sluice()
         .args(["flow", "test", "--flow"])
@@ -186,29 +177,18 @@ fn a_flex_flow_without_its_entry_module_is_refused_not_run_as_an_empty_flow() {
 
 #[test]
 fn a_missing_connection_points_at_its_line() {
-    let dir = tempfile::tempdir().unwrap();
-    let home = tempfile::tempdir().unwrap();
-    crate::common::write_files(
-        dir.path(),
-        &[
-            ("chat.jinja2", "user:\n{{q}}\n"),
-            (
-                "flow.dag.yaml",
-                "inputs:\n  q: {type: string}\noutputs:\n  a: {type: string, reference: '${ask.output}'}\nnodes:\n- name: ask\n  type: llm\n  api: chat\n  source: {type: code, path: chat.jinja2}\n  connection: nowhere\n  inputs: {q: '${inputs.q}'}\n",
-            ),
-        ],
+    let dir = crate::common::flow_with(
+        "chat.jinja2",
+        "user:\n{{q}}\n",
+        "inputs:\n  q: {type: string}\noutputs:\n  a: {type: string, reference: '${ask.output}'}\nnodes:\n- name: ask\n  type: llm\n  api: chat\n  source: {type: code, path: chat.jinja2}\n  connection: nowhere\n  inputs: {q: '${inputs.q}'}\n",
     );
-    sluice()
-        .env("SLUICE_HOME", home.path())
-        .args(["flow", "validate", "--flow"])
-        .arg(dir.path())
-        .assert()
-        .code(2)
-        .stderr(
-            predicate::str::contains("connection `nowhere`")
-                .and(predicate::str::contains("flow.dag.yaml:10:15"))
-                .and(predicate::str::contains("sluice connection create")),
-        );
+    let home = tempfile::tempdir().unwrap();
+    let needles = [
+        "connection `nowhere`",
+        "flow.dag.yaml:10:15",
+        "sluice connection create",
+    ];
+    crate::common::refused(home.path(), dir.path(), &needles);
 }
 
 #[test]

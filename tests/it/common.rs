@@ -309,6 +309,18 @@ pub struct Served {
     pub addr: String,
 }
 
+impl Served {
+    /// Sends the server `signal` (`-TERM`, `-INT`) with `kill`.
+    pub fn signal(&self, signal: &str) {
+        let killed = std::process::Command::new("kill")
+            .arg(signal)
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(killed.success());
+    }
+}
+
 impl Drop for Served {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -381,4 +393,39 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
+}
+
+/// Writes a flow into `dir`: `flow.dag.yaml` (`yaml`) and the one file its node reads (`file`, holding
+/// `source`).
+pub fn write_flow(dir: &Path, file: &str, source: &str, yaml: &str) {
+    write_files(dir, &[(file, source), ("flow.dag.yaml", yaml)]);
+}
+
+/// The same flow in a new temporary folder.
+pub fn flow_with(file: &str, source: &str, yaml: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    write_flow(dir.path(), file, source, yaml);
+    dir
+}
+
+/// `run_create`, which must succeed: what it left.
+pub fn created(home: &Path, name: &str, options: &str, flow: &Path, data: &Path) -> Output {
+    succeeded(&mut run_create(home, name, options, flow, data))
+}
+
+/// Two new temporary folders: a Sluice home and a flow folder.
+pub fn home_and_flow() -> (tempfile::TempDir, tempfile::TempDir) {
+    (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap())
+}
+
+/// `sluice run visualize RUNS --html-path PATH` in `home`, which must succeed: the report's HTML.
+pub fn visualize(home: &Path, runs: &[&str], report: &Path) -> String {
+    succeeded(
+        sluice(home)
+            .args(["run", "visualize"])
+            .args(runs)
+            .arg("--html-path")
+            .arg(report),
+    );
+    std::fs::read_to_string(report).unwrap()
 }

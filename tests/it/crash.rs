@@ -82,8 +82,7 @@ fn run_names_that_leave_the_store_are_refused_by_every_command() {
 
 #[test]
 fn a_tool_that_kills_the_process_fails_its_line_after_the_second_death_and_the_run_finishes() {
-    let home = tempfile::tempdir().unwrap();
-    let flow = tempfile::tempdir().unwrap();
+    let (home, flow) = crate::common::home_and_flow();
     let data = doubling_flow(flow.path(), 50, Some(25), 0.005);
     let create = |name: &str, extra: &[&str]| {
         sluice(home.path())
@@ -173,8 +172,7 @@ fn next_random(state: &mut u64) -> u64 {
 
 #[test]
 fn sigkill_at_random_points_loses_and_duplicates_no_line() {
-    let home = tempfile::tempdir().unwrap();
-    let flow = tempfile::tempdir().unwrap();
+    let (home, flow) = crate::common::home_and_flow();
     let data = doubling_flow(flow.path(), 2000, None, 0.01);
     let mut seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -283,8 +281,7 @@ fn sigkill_at_random_points_loses_and_duplicates_no_line() {
 
 #[test]
 fn a_run_killed_by_a_closed_pipe_is_not_shown_running() {
-    let home = tempfile::tempdir().unwrap();
-    let flow = tempfile::tempdir().unwrap();
+    let (home, flow) = crate::common::home_and_flow();
     let data = doubling_flow(flow.path(), 2000, None, 0.002);
     // `sluice run create --stream ... | head -1`
     let mut child = Command::new(bin())
@@ -322,8 +319,7 @@ fn a_run_killed_by_a_closed_pipe_is_not_shown_running() {
 
 #[test]
 fn a_snapshot_copies_no_symbolic_link() {
-    let home = tempfile::tempdir().unwrap();
-    let flow = tempfile::tempdir().unwrap();
+    let (home, flow) = crate::common::home_and_flow();
     let outside = tempfile::tempdir().unwrap();
     std::fs::write(outside.path().join("secret.txt"), "top secret").unwrap();
     let data = doubling_flow(flow.path(), 2, None, 0.0);
@@ -350,8 +346,7 @@ fn a_snapshot_copies_no_symbolic_link() {
 
 #[test]
 fn variants_keep_stdout_json_lines() {
-    let home = tempfile::tempdir().unwrap();
-    let flow = tempfile::tempdir().unwrap();
+    let (home, flow) = crate::common::home_and_flow();
     std::fs::write(
         flow.path().join("flow.dag.yaml"),
         "inputs:\n  name: {type: string}\noutputs:\n  text: {reference: '${greet.output}'}\nnodes:\n- name: greet\n  use_variants: true\nnode_variants:\n  greet:\n    default_variant_id: hello\n    variants:\n      hello:\n        node: {type: prompt, source: {type: code, path: hello.jinja2}, inputs: {name: '${inputs.name}'}}\n      hi:\n        node: {type: prompt, source: {type: code, path: hi.jinja2}, inputs: {name: '${inputs.name}'}}\n",
@@ -392,18 +387,11 @@ fn variants_keep_stdout_json_lines() {
     }
     // promptflow's spelling of the report command.
     let report = home.path().join("report.html");
-    sluice(home.path())
-        .args([
-            "run",
-            "visualize",
-            "--names",
-            "p_greet_hello,p_greet_hi",
-            "--html-path",
-        ])
-        .arg(&report)
-        .assert()
-        .success();
-    let html = std::fs::read_to_string(&report).unwrap();
+    let html = crate::common::visualize(
+        home.path(),
+        &["--names", "p_greet_hello,p_greet_hi"],
+        &report,
+    );
     assert!(html.contains("p_greet_hello") && html.contains("p_greet_hi"));
     assert!(
         html.contains(r#"title="variant of node greet">hi</span>"#),

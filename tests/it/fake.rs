@@ -106,6 +106,10 @@ impl Reply {
     /// Writes the reply and closes the connection.
     pub fn send(&self, sock: &mut TcpStream) {
         std::thread::sleep(self.delay);
+        self.write(sock);
+    }
+
+    fn write(&self, sock: &mut TcpStream) {
         let _ = write!(
             sock,
             "HTTP/1.1 {} X\r\ncontent-type: {}\r\ncontent-length: {}\r\nconnection: close\r\n{}\r\n{}",
@@ -131,8 +135,14 @@ pub struct FakeServer {
 
 impl FakeServer {
     /// Answers each request with what `answer` makes of it.
+    /// A request counts as in flight from when it is read until its reply starts.
     pub fn start(answer: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> FakeServer {
-        FakeServer::raw(move |seen, sock| answer(seen).send(sock))
+        FakeServer::listen(move |seen, sock, in_flight| {
+            let reply = answer(seen);
+            std::thread::sleep(reply.delay);
+            in_flight.fetch_sub(1, Ordering::SeqCst);
+            reply.write(sock);
+        })
     }
 
     /// Answers every request with 200 and the JSON `body`.
@@ -142,6 +152,16 @@ impl FakeServer {
 
     /// Lets `answer` write whatever it likes on the socket.
     pub fn raw(answer: impl Fn(&Seen, &mut TcpStream) + Send + Sync + 'static) -> FakeServer {
+        FakeServer::listen(move |seen, sock, in_flight| {
+            answer(seen, sock);
+            in_flight.fetch_sub(1, Ordering::SeqCst);
+        })
+    }
+
+    /// Serves each request on a thread of its own; `answer` ends the request's time in flight.
+    fn listen(
+        answer: impl Fn(&Seen, &mut TcpStream, &AtomicUsize) + Send + Sync + 'static,
+    ) -> FakeServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let origin = format!("http://{}", listener.local_addr().unwrap());
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -176,8 +196,7 @@ impl FakeServer {
                             record.lock().unwrap().push(seen.clone());
                             let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
                             max.fetch_max(now, Ordering::SeqCst);
-                            answer(&seen, &mut sock);
-                            in_flight.fetch_sub(1, Ordering::SeqCst);
+                            answer(&seen, &mut sock, &in_flight);
                         })
                         .unwrap();
                 }

@@ -39,16 +39,14 @@ fn prompt_flow(dir: &Path, template: &str) {
 /// `flow test` of the flow `write` makes of `text` (a [`prompt_flow`] or a [`python_flow`]), in a
 /// home of its own, given `secs`.
 fn test_flow(write: fn(&Path, &str), text: &str, secs: u64) -> common::Ran {
-    let home = tempfile::tempdir().unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let (home, dir) = crate::common::home_and_flow();
     write(dir.path(), text);
     common::flow_test(home.path(), dir.path(), secs)
 }
 
 #[test]
 fn a_flow_with_an_alias_bomb_is_refused_quickly() {
-    let home = tempfile::tempdir().unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let (home, dir) = crate::common::home_and_flow();
     prompt_flow(dir.path(), "{{ x }}");
     let mut yaml = std::fs::read_to_string(dir.path().join("flow.dag.yaml")).unwrap();
     yaml.push_str(&alias_bomb("environment_variables"));
@@ -60,8 +58,7 @@ fn a_flow_with_an_alias_bomb_is_refused_quickly() {
 
 #[test]
 fn a_connection_file_with_an_alias_bomb_is_refused() {
-    let home = tempfile::tempdir().unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let (home, dir) = crate::common::home_and_flow();
     let file = dir.path().join("c.yaml");
     std::fs::write(
         &file,
@@ -79,8 +76,7 @@ fn a_connection_file_with_an_alias_bomb_is_refused() {
 
 #[test]
 fn a_repeated_key_in_a_flow_is_an_error_with_its_position() {
-    let home = tempfile::tempdir().unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let (home, dir) = crate::common::home_and_flow();
     prompt_flow(dir.path(), "{{ x }}");
     let yaml = std::fs::read_to_string(dir.path().join("flow.dag.yaml")).unwrap();
     // The second `outputs:` would silently replace the first.
@@ -98,8 +94,7 @@ fn a_repeated_key_in_a_flow_is_an_error_with_its_position() {
 
 #[test]
 fn a_yaml_error_on_a_huge_line_prints_a_bounded_message() {
-    let home = tempfile::tempdir().unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let (home, dir) = crate::common::home_and_flow();
     // 8 MB on one line, never closed.
     let yaml = format!("inputs: [{}", "xxxxxxx, ".repeat(900_000));
     std::fs::write(dir.path().join("flow.dag.yaml"), yaml).unwrap();
@@ -351,8 +346,7 @@ fn index_sources_stay_in_their_folder_and_skip_special_files() {
 
 #[test]
 fn a_flow_with_thousands_of_problems_prints_a_screenful() {
-    let home = tempfile::tempdir().unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let (home, dir) = crate::common::home_and_flow();
     let mut yaml = String::from("inputs: {}\noutputs: {}\nnodes:\n");
     for _ in 0..2000 {
         yaml.push_str("- type: prompt\n");
@@ -365,8 +359,7 @@ fn a_flow_with_thousands_of_problems_prints_a_screenful() {
 
 #[test]
 fn non_finite_numbers_are_written_and_read_back_as_python_writes_them() {
-    let home = tempfile::tempdir().unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let (home, dir) = crate::common::home_and_flow();
     common::write_files(
         dir.path(),
         &[

@@ -42,19 +42,13 @@ def double(n: int) -> int:
 
 #[test]
 fn crashing_hanging_and_gil_holding_tools_fail_only_their_lines() {
-    let home = tempfile::tempdir().unwrap();
-    let flow = tempfile::tempdir().unwrap();
+    let (home, flow) = crate::common::home_and_flow();
     let data = hostile_flow(flow.path(), 20);
     let started = Instant::now();
-    let out = crate::common::run_create(
-        home.path(),
-        "iso",
-        "--isolation process --max-concurrency 4 --line-timeout 3",
-        flow.path(),
-        &data,
-    )
-    .output()
-    .unwrap();
+    let options = "--isolation process --max-concurrency 4 --line-timeout 3";
+    let out = crate::common::run_create(home.path(), "iso", options, flow.path(), &data)
+        .output()
+        .unwrap();
     let took = started.elapsed();
     let record = stdout_json(&out);
     assert!(took < Duration::from_secs(60), "took {took:?}");
@@ -107,47 +101,17 @@ fn crashing_hanging_and_gil_holding_tools_fail_only_their_lines() {
 
 #[test]
 fn process_isolation_gives_the_same_results_as_in_process() {
-    let home = tempfile::tempdir().unwrap();
-    let flow = tempfile::tempdir().unwrap();
-    std::fs::write(
-        flow.path().join("flow.dag.yaml"),
-        "inputs:\n  n: {type: int}\n  word: {type: string, default: x}\noutputs:\n  out: {reference: '${shape.output}'}\nnodes:\n- name: shape\n  type: python\n  source: {type: code, path: shape.py}\n  inputs: {n: '${inputs.n}', word: '${inputs.word}', factor: 3}\n- name: total\n  type: python\n  source: {type: code, path: total.py}\n  inputs: {values: '${shape.output}'}\n  aggregation: true\n",
-    )
-    .unwrap();
-    std::fs::write(
-        flow.path().join("shape.py"),
-        "from promptflow.core import tool\n\n@tool\ndef shape(n: int, word: str, factor: int) -> dict:\n    return {'n': n * factor, 'list': [word] * (n % 3), 'half': n / 2, 'none': None}\n",
-    )
-    .unwrap();
-    std::fs::write(
-        flow.path().join("total.py"),
-        "from promptflow.core import tool, log_metric\n\n@tool\ndef total(values: list):\n    log_metric('total', sum(v['n'] for v in values))\n",
-    )
-    .unwrap();
-    let data = flow.path().join("data.jsonl");
-    std::fs::write(
-        &data,
-        (0..30)
-            .map(|n| format!("{{\"n\": {n}}}\n"))
-            .collect::<String>(),
-    )
-    .unwrap();
+    let (home, flow) = crate::common::home_and_flow();
+    let files = [
+        ("flow.dag.yaml", SHAPE_FLOW),
+        ("shape.py", SHAPE_PY),
+        ("total.py", TOTAL_PY),
+    ];
+    crate::common::write_files(flow.path(), &files);
+    let data = numbers_data(flow.path(), 30);
     for mode in ["thread", "process"] {
-        let out = sluice(home.path())
-            .args([
-                "run",
-                "create",
-                "--name",
-                mode,
-                "--isolation",
-                mode,
-                "--flow",
-            ])
-            .arg(flow.path())
-            .arg("--data")
-            .arg(&data)
-            .output()
-            .unwrap();
+        let isolation = format!("--isolation {mode}");
+        let out = crate::common::created(home.path(), mode, &isolation, flow.path(), &data);
         assert_eq!(stdout_json(&out)["status"], "Completed");
     }
     let read = |name: &str, file: &str| {
@@ -166,8 +130,7 @@ fn process_isolation_gives_the_same_results_as_in_process() {
 
 #[test]
 fn flow_test_stops_a_stuck_tool_at_the_line_timeout() {
-    let home = tempfile::tempdir().unwrap();
-    let flow = tempfile::tempdir().unwrap();
+    let (home, flow) = crate::common::home_and_flow();
     hostile_flow(flow.path(), 1);
     let started = Instant::now();
     let out = sluice(home.path())
@@ -200,8 +163,7 @@ fn flow_test_stops_a_stuck_tool_at_the_line_timeout() {
 
 #[test]
 fn in_process_a_tool_holding_the_gil_is_named_and_the_process_still_ends() {
-    let home = tempfile::tempdir().unwrap();
-    let flow = tempfile::tempdir().unwrap();
+    let (home, flow) = crate::common::home_and_flow();
     std::fs::write(
         flow.path().join("flow.dag.yaml"),
         crate::common::DOUBLE_FLOW,
@@ -215,16 +177,11 @@ fn in_process_a_tool_holding_the_gil_is_named_and_the_process_still_ends() {
     // One line at a time, so the next line surely waits for the interpreter the first one holds.
     let data = numbers_data(flow.path(), 3);
     let started = Instant::now();
-    let out = crate::common::run_create(
-        home.path(),
-        "gil",
-        "--max-concurrency 1 --line-timeout 3",
-        flow.path(),
-        &data,
-    )
-    .timeout(Duration::from_secs(120))
-    .output()
-    .unwrap();
+    let options = "--max-concurrency 1 --line-timeout 3";
+    let out = crate::common::run_create(home.path(), "gil", options, flow.path(), &data)
+        .timeout(Duration::from_secs(120))
+        .output()
+        .unwrap();
     // The stuck call cannot be stopped in process, but the run ends at its line timeout.
     assert!(started.elapsed() < Duration::from_secs(60));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -239,3 +196,8 @@ fn in_process_a_tool_holding_the_gil_is_named_and_the_process_still_ends() {
         "the run completed with failed lines: {stderr}"
     );
 }
+
+/// A flow whose node shapes each line's inputs into a dict, with an aggregation over them.
+const SHAPE_FLOW: &str = "inputs:\n  n: {type: int}\n  word: {type: string, default: x}\noutputs:\n  out: {reference: '${shape.output}'}\nnodes:\n- name: shape\n  type: python\n  source: {type: code, path: shape.py}\n  inputs: {n: '${inputs.n}', word: '${inputs.word}', factor: 3}\n- name: total\n  type: python\n  source: {type: code, path: total.py}\n  inputs: {values: '${shape.output}'}\n  aggregation: true\n";
+const SHAPE_PY: &str = "from promptflow.core import tool\n\n@tool\ndef shape(n: int, word: str, factor: int) -> dict:\n    return {'n': n * factor, 'list': [word] * (n % 3), 'half': n / 2, 'none': None}\n";
+const TOTAL_PY: &str = "from promptflow.core import tool, log_metric\n\n@tool\ndef total(values: list):\n    log_metric('total', sum(v['n'] for v in values))\n";

@@ -8,8 +8,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value as Json, json};
 
 use crate::common::{
-    create_connection, flow_test_with, read_jsonl, sluice, stdout_json, succeeded, tested,
-    write_files,
+    add_connection, flow_test_with, read_jsonl, sluice, stdout_json, succeeded, tested, write_files,
 };
 use crate::fake::{FakeServer, Reply, Seen, ok_body};
 
@@ -29,8 +28,7 @@ fn openai_prompty(base: &str, parameters: &str, rest: &str) -> String {
 
 #[test]
 fn a_prompty_runs_on_the_local_model_with_its_sample() {
-    let home = tempfile::tempdir().unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let (home, dir) = crate::common::home_and_flow();
     write_files(
         dir.path(),
         &[(
@@ -58,8 +56,7 @@ fn a_prompty_runs_on_the_local_model_with_its_sample() {
 
 #[test]
 fn a_folder_with_one_prompty_validates_and_one_with_two_is_ambiguous() {
-    let home = tempfile::tempdir().unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let (home, dir) = crate::common::home_and_flow();
     let server = FakeServer::replying(ok_body("ok"));
     write_files(
         dir.path(),
@@ -95,8 +92,7 @@ fn a_folder_with_one_prompty_validates_and_one_with_two_is_ambiguous() {
 
 #[test]
 fn the_request_carries_the_messages_model_and_parameters_as_promptflow_sends_them() {
-    let home = tempfile::tempdir().unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let (home, dir) = crate::common::home_and_flow();
     let server = FakeServer::start(|_| {
         Reply::json(ok_body(
             r#"{"answer": "Paris", "confidence": 0.9, "extra": true}"#,
@@ -146,8 +142,7 @@ fn the_request_carries_the_messages_model_and_parameters_as_promptflow_sends_the
 
 #[test]
 fn a_json_reply_without_a_declared_output_fails_the_line() {
-    let home = tempfile::tempdir().unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let (home, dir) = crate::common::home_and_flow();
     let server = FakeServer::replying(ok_body(r#"{"other": 1}"#));
     let prompty = ask_prompty(
         dir.path(),
@@ -167,19 +162,19 @@ fn a_json_reply_without_a_declared_output_fails_the_line() {
 
 #[test]
 fn a_named_azure_connection_env_and_file_references_are_resolved() {
-    let home = tempfile::tempdir().unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let (home, dir) = crate::common::home_and_flow();
     let server = FakeServer::start(|seen| Reply::json(ok_body(&seen.last_message())));
+    add_connection(
+        home.path(),
+        "my_aoai",
+        &format!(
+            "name: my_aoai\ntype: azure_open_ai\napi_base: {}\napi_key: aoai-key-1\napi_version: 2024-02-01\n",
+            server.base.trim_end_matches("/v1")
+        ),
+    );
     write_files(
         dir.path(),
         &[
-            (
-                "conn.yaml",
-                &format!(
-                    "name: my_aoai\ntype: azure_open_ai\napi_base: {}\napi_key: aoai-key-1\napi_version: 2024-02-01\n",
-                    server.base.trim_end_matches("/v1")
-                ),
-            ),
             ("sample.json", r#"{"question": "from the sample file"}"#),
             (
                 "named.prompty",
@@ -194,7 +189,6 @@ fn a_named_azure_connection_env_and_file_references_are_resolved() {
             ),
         ],
     );
-    create_connection(home.path(), &dir.path().join("conn.yaml"));
     let out = tested(home.path(), &dir.path().join("named.prompty"), &[]);
     assert_eq!(out["output"], "from the sample file");
     let out = sluice(home.path())
@@ -239,8 +233,7 @@ fn a_named_azure_connection_env_and_file_references_are_resolved() {
 
 #[test]
 fn bad_front_matter_is_reported_at_its_file_line_and_column() {
-    let home = tempfile::tempdir().unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let (home, dir) = crate::common::home_and_flow();
     let cases = [
         // A value the loader refuses: `model.api` on line 4, column 8.
         (
@@ -297,8 +290,7 @@ fn bad_front_matter_is_reported_at_its_file_line_and_column() {
 
 #[test]
 fn run_create_on_a_prompty_writes_each_lines_output_and_an_eval_run_reads_them() {
-    let home = tempfile::tempdir().unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let (home, dir) = crate::common::home_and_flow();
     let server =
         FakeServer::start(|seen| Reply::json(ok_body(&format!("echo: {}", seen.last_message()))));
     write_files(
@@ -392,8 +384,7 @@ fn run_create_on_a_prompty_writes_each_lines_output_and_an_eval_run_reads_them()
 
 #[test]
 fn streaming_tool_calls_and_whole_responses_come_back_as_promptflow_returns_them() {
-    let home = tempfile::tempdir().unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let (home, dir) = crate::common::home_and_flow();
     let server = FakeServer::start(|seen| {
         let body = seen.json();
         if body["stream"] == true {
@@ -436,10 +427,8 @@ fn streaming_tool_calls_and_whole_responses_come_back_as_promptflow_returns_them
         "sample:\n  question: weather in Paris?\n",
     );
     let out = tested(home.path(), &tools, &[]);
-    assert_eq!(
-        out["output"]["tool_calls"][0]["function"]["name"], "get_weather",
-        "{out}"
-    );
+    let called = &out["output"]["tool_calls"][0]["function"]["name"];
+    assert_eq!(called, "get_weather", "{out}");
     let body = server.seen()[1].json();
     assert_eq!(body["tools"][0]["function"]["name"], "get_weather");
     assert_eq!(body["tool_choice"], "auto");
@@ -461,8 +450,7 @@ fn streaming_tool_calls_and_whole_responses_come_back_as_promptflow_returns_them
 
 #[test]
 fn the_older_form_and_completion_prompts_are_sent_as_promptflow_sends_them() {
-    let home = tempfile::tempdir().unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let (home, dir) = crate::common::home_and_flow();
     let server = FakeServer::start(|seen| {
         let body = seen.json();
         if body.get("prompt").is_some() {
@@ -472,16 +460,17 @@ fn the_older_form_and_completion_prompts_are_sent_as_promptflow_sends_them() {
         }
         Reply::json(ok_body(&seen.last_message()))
     });
+    add_connection(
+        home.path(),
+        "oai",
+        &format!(
+            "name: oai\ntype: open_ai\napi_key: sk-old\napi_base: {}\n",
+            server.base
+        ),
+    );
     write_files(
         dir.path(),
         &[
-            (
-                "conn.yaml",
-                &format!(
-                    "name: oai\ntype: open_ai\napi_key: sk-old\napi_base: {}\n",
-                    server.base
-                ),
-            ),
             (
                 "sample.json",
                 r#"{"question": "Why?", "chat_history": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}"#,
@@ -501,11 +490,10 @@ fn the_older_form_and_completion_prompts_are_sent_as_promptflow_sends_them() {
             ),
         ],
     );
-    create_connection(home.path(), &dir.path().join("conn.yaml"));
-    let out = tested(home.path(), &dir.path().join("chat.prompty"), &[]);
-    assert_eq!(out["output"], "Why?");
-    let out = tested(home.path(), &dir.path().join("complete.prompty"), &[]);
-    assert_eq!(out["output"], " completed");
+    for (prompty, answer) in [("chat.prompty", "Why?"), ("complete.prompty", " completed")] {
+        let out = tested(home.path(), &dir.path().join(prompty), &[]);
+        assert_eq!(out["output"], answer);
+    }
 
     let seen = server.seen();
     assert_eq!(
@@ -528,8 +516,7 @@ fn the_older_form_and_completion_prompts_are_sent_as_promptflow_sends_them() {
 
 #[test]
 fn a_python_tool_runs_a_prompty_with_prompty_load() {
-    let home = tempfile::tempdir().unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let (home, dir) = crate::common::home_and_flow();
     let server = FakeServer::start(|seen| {
         Reply::json(ok_body(&format!("answer to {}", seen.last_message())))
     });
@@ -565,8 +552,7 @@ fn a_python_tool_runs_a_prompty_with_prompty_load() {
 
 #[test]
 fn without_inputs_the_sample_gives_the_inputs_and_their_types() {
-    let home = tempfile::tempdir().unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let (home, dir) = crate::common::home_and_flow();
     let server = FakeServer::start(|seen| Reply::json(ok_body(&seen.last_message())));
     let prompty = dir.path().join("count.prompty");
     std::fs::write(

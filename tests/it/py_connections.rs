@@ -54,9 +54,8 @@ fn create_connections(home: &Path) {
 
 /// A home holding the connections of `create_connections`, and a flow folder holding `files`.
 fn connected(files: &[(&str, &str)]) -> (TempDir, TempDir) {
-    let home = tempfile::tempdir().unwrap();
+    let (home, flow) = crate::common::home_and_flow();
     create_connections(home.path());
-    let flow = tempfile::tempdir().unwrap();
     write_files(flow.path(), files);
     (home, flow)
 }
@@ -239,17 +238,7 @@ fn a_missing_connection_or_one_of_the_wrong_type_is_a_load_error() {
                 ),
             ],
         );
-        let out = sluice(home.path())
-            .args(["flow", "validate", "--flow"])
-            .arg(flow.path())
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(2));
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            stderr.contains(want) && stderr.contains("input `conn`"),
-            "{stderr}"
-        );
+        crate::common::refused(home.path(), flow.path(), &[want, "input `conn`"]);
     }
 }
 
@@ -272,8 +261,7 @@ fn which_promptflow_flow(dir: &Path) {
 
 #[test]
 fn the_stand_in_serves_promptflow_unless_sluice_use_promptflow_is_set() {
-    let home = tempfile::tempdir().unwrap();
-    let flow = tempfile::tempdir().unwrap();
+    let (home, flow) = crate::common::home_and_flow();
     which_promptflow_flow(flow.path());
     // An "installed" promptflow on PYTHONPATH.
     let site = tempfile::tempdir().unwrap();
@@ -309,8 +297,7 @@ fn the_stand_in_serves_promptflow_unless_sluice_use_promptflow_is_set() {
 
 #[test]
 fn the_stand_in_covers_what_example_flows_import() {
-    let home = tempfile::tempdir().unwrap();
-    let flow = tempfile::tempdir().unwrap();
+    let (home, flow) = crate::common::home_and_flow();
     write_files(
         flow.path(),
         &[
@@ -397,14 +384,12 @@ fn a_tool_provider_receives_its_connection_in_init() {
 
 #[test]
 fn a_connection_named_by_a_flow_input_is_looked_up_when_the_line_runs() {
+    let which = "from typing import Union\n\nfrom promptflow.connections import AzureOpenAIConnection, CustomConnection\nfrom promptflow.core import tool\n\n\n@tool\ndef which(conn: Union[AzureOpenAIConnection, CustomConnection]) -> str:\n    return '%s %s' % (type(conn).__name__, conn.name)\n";
     let (home, flow) = connected(&[
+        ("which.py", which),
         (
             "flow.dag.yaml",
             "inputs:\n  conn: {type: string}\noutputs:\n  a: {reference: '${which.output}'}\nnodes:\n- name: which\n  type: python\n  source: {type: code, path: which.py}\n  inputs: {conn: '${inputs.conn}'}\n",
-        ),
-        (
-            "which.py",
-            "from typing import Union\n\nfrom promptflow.connections import AzureOpenAIConnection, CustomConnection\nfrom promptflow.core import tool\n\n\n@tool\ndef which(conn: Union[AzureOpenAIConnection, CustomConnection]) -> str:\n    return '%s %s' % (type(conn).__name__, conn.name)\n",
         ),
     ]);
     for isolation in ["thread", "process"] {

@@ -135,18 +135,12 @@ fn a_flow_retrieves_from_an_index() {
     let v = env.flow_test(flow.path(), yaml, &["question=Where do honey bees live?"]);
     let hits = v["hits"].as_array().unwrap();
     assert_eq!(hits.len(), 2);
-    assert!(
-        hits[0]["source"].as_str().unwrap().ends_with("bees.md"),
-        "{v}"
-    );
+    assert!(source(&hits[0]).ends_with("bees.md"), "{v}");
     assert!(hits[0]["score"].as_f64().unwrap() > hits[1]["score"].as_f64().unwrap());
     assert_eq!(hits[0]["metadata"]["heading"], "Bees");
     // A missing index is found when the flow loads.
-    env.load_error(
-        flow.path(),
-        &yaml.replace("index: kb", "index: nope"),
-        "index `nope`",
-    );
+    let missing = yaml.replace("index: kb", "index: nope");
+    env.load_error(flow.path(), &missing, "index `nope`");
 }
 
 /// Flows written for promptflow's embedding and vector lookup tools run on Sluice's kinds unchanged
@@ -175,33 +169,19 @@ nodes:
 - name: by_vector
   type: python
   source: {type: package, tool: promptflow_vectordb.tool.vector_index_lookup.VectorIndexLookup.search}
-  inputs:
-    path: kb
-    query: ${embed.output}
-    top_k: 2
+  inputs: {path: kb, query: '${embed.output}', top_k: 2}
 - name: faiss
   type: python
   source: {type: package, tool: promptflow_vectordb.tool.faiss_index_lookup.FaissIndexLookup.search}
-  inputs:
-    path: kb
-    vector: ${embed.output}
-    top_k: 1
+  inputs: {path: kb, vector: '${embed.output}', top_k: 1}
 - name: lookup
   type: python
   source: {type: package, tool: promptflow_vectordb.tool.common_index_lookup.search}
-  inputs:
-    mlindex_content: kb
-    queries: ${inputs.question}
-    query_type: Hybrid (vector + keyword)
-    top_k: 2
+  inputs: {mlindex_content: kb, queries: '${inputs.question}', query_type: Hybrid (vector + keyword), top_k: 2}
 - name: many
   type: python
   source: {type: package, tool: promptflow_vectordb.tool.common_index_lookup.search}
-  inputs:
-    mlindex_content: kb
-    queries: ["steam locomotives", "lava and ash"]
-    query_type: Vector
-    top_k: 1
+  inputs: {mlindex_content: kb, queries: ["steam locomotives", "lava and ash"], query_type: Vector, top_k: 1}
 "#;
     let v = env.flow_test(flow.path(), yaml, &["question=Where do honey bees live?"]);
     assert_eq!(v["vector"].as_array().unwrap().len(), 384);
@@ -218,30 +198,23 @@ nodes:
     );
     assert!((a - b).abs() < 1e-4, "{a} vs {b}");
     let many = v["many"].as_array().unwrap();
-    assert!(
-        many[0][0]["source"]
-            .as_str()
-            .unwrap()
-            .ends_with("trains.html"),
-        "{v}"
-    );
-    assert!(
-        many[1][0]["source"]
-            .as_str()
-            .unwrap()
-            .ends_with("volcanoes.txt"),
-        "{v}"
-    );
+    assert!(source(&many[0][0]).ends_with("trains.html"), "{v}");
+    assert!(source(&many[1][0]).ends_with("volcanoes.txt"), "{v}");
 
     // An Azure ML index description is not a Sluice index: the load error says what to do.
     env.load_error(
         flow.path(),
         &yaml.replace(
-            "mlindex_content: kb\n    queries: ${",
-            "mlindex_content: \"azureml://subscriptions/x/index\"\n    queries: ${",
+            "mlindex_content: kb, queries: '${",
+            "mlindex_content: \"azureml://subscriptions/x/index\", queries: '${",
         ),
         "sluice index build",
     );
+}
+
+/// Where a hit came from.
+fn source(hit: &Json) -> &str {
+    hit["source"].as_str().unwrap()
 }
 
 /// A one-page PDF with `text` in Helvetica (offsets in the cross-reference table computed here).
@@ -314,13 +287,7 @@ fn pdfs_front_matter_filters_and_unreadable_files() {
 
     // PDF text is found by meaning.
     let hits = env.query("ice flowing through mountain valleys", &["-k", "1"]);
-    assert!(
-        hits[0]["source"]
-            .as_str()
-            .unwrap()
-            .ends_with("glaciers.pdf"),
-        "{hits}"
-    );
+    assert!(source(&hits[0]).ends_with("glaciers.pdf"), "{hits}");
     assert!(hits[0]["text"].as_str().unwrap().contains("rivers of ice"));
 
     // Front matter is metadata: the filter keeps only matching chunks, whatever the query says.
@@ -330,7 +297,7 @@ fn pdfs_front_matter_filters_and_unreadable_files() {
     );
     let hits = hits.as_array().unwrap();
     assert_eq!(hits.len(), 1, "{hits:?}");
-    assert!(hits[0]["source"].as_str().unwrap().ends_with("hives.md"));
+    assert!(source(&hits[0]).ends_with("hives.md"));
     assert_eq!(hits[0]["metadata"]["title"], "Hive care");
     assert_eq!(
         hits[0]["metadata"]["tags"],
@@ -531,10 +498,7 @@ fn model_paths_and_partial_sources() {
         "index", "build", "--source", &docs, "--out", "kb", "--model", model,
     ]);
     let hits = env.query("Where do honey bees live?", &["-k", "1"]);
-    assert!(
-        hits[0]["source"].as_str().unwrap().ends_with("bees.md"),
-        "{hits}"
-    );
+    assert!(source(&hits[0]).ends_with("bees.md"), "{hits}");
     std::fs::write(
         env.docs.path().join("owls.md"),
         "# Owls\n\nOwls hunt mice at night.\n",
@@ -555,10 +519,7 @@ fn model_paths_and_partial_sources() {
     assert_eq!(report["report"]["files_removed"], 0, "{report}");
     assert_eq!(report["info"]["files"], 4, "{report}");
     let hits = env.query("What do owls hunt?", &["-k", "1"]);
-    assert!(
-        hits[0]["source"].as_str().unwrap().ends_with("owls.md"),
-        "{hits}"
-    );
+    assert!(source(&hits[0]).ends_with("owls.md"), "{hits}");
 }
 
 /// One open index serving many queries (as a retrieval node in a batch) sees changes that another

@@ -8,8 +8,8 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    DOUBLE_FLOW, DOUBLE_FLOW_WITH_TOTAL, chromium, dump_dom, numbers_data, read_jsonl, run_create,
-    screenshot, sluice, stdout_json, succeeded, write_files,
+    DOUBLE_FLOW, DOUBLE_FLOW_WITH_TOTAL, chromium, dump_dom, numbers_data, read_jsonl, screenshot,
+    sluice, stdout_json, succeeded, write_files,
 };
 use serde_json::Value as Json;
 
@@ -68,21 +68,18 @@ fn file_count(dir: &Path) -> usize {
 
 #[test]
 fn a_run_killed_with_sigkill_resumes_with_every_line_exactly_once() {
-    let home = tempfile::tempdir().unwrap();
-    let flow = tempfile::tempdir().unwrap();
+    let (home, flow) = crate::common::home_and_flow();
     let data = slow_flow(flow.path(), 10_000);
     let (flow_s, data_s) = (flow.path().to_str().unwrap(), data.to_str().unwrap());
 
     // The reference: the same run, uninterrupted.
-    common::run_create(
+    common::created(
         home.path(),
         "full",
         "--max-concurrency 8",
         flow.path(),
         &data,
-    )
-    .assert()
-    .success();
+    );
     let full_dir = home.path().join("runs/full");
     assert!(
         file_count(&full_dir) < 20,
@@ -175,8 +172,7 @@ fn a_run_killed_with_sigkill_resumes_with_every_line_exactly_once() {
 
 #[test]
 fn ctrl_c_cancels_the_run_and_marks_it_canceled() {
-    let home = tempfile::tempdir().unwrap();
-    let flow = tempfile::tempdir().unwrap();
+    let (home, flow) = crate::common::home_and_flow();
     let data = slow_flow(flow.path(), 5_000);
     let mut child = spawn_sluice(
         home.path(),
@@ -262,21 +258,20 @@ fn flaky_flow(dir: &Path) -> PathBuf {
 
 #[test]
 fn an_eval_run_aligns_with_the_lines_that_succeeded_in_the_base_run() {
-    let home = tempfile::tempdir().unwrap();
-    let flow = tempfile::tempdir().unwrap();
+    let (home, flow) = crate::common::home_and_flow();
     let data = flaky_flow(flow.path());
-    common::run_create(home.path(), "base", "", flow.path(), &data)
-        .assert()
-        .success();
+    common::created(home.path(), "base", "", flow.path(), &data);
     // Without --data, the base run's data is the data; ${run.outputs.*} lines up by line_number.
-    let out = sluice(home.path())
-        .args(["run", "create", "--name", "eval", "--run", "base", "--flow"])
-        .arg(root().join("flows/eval_accuracy"))
-        .args([
-            "--column-mapping",
-            "groundtruth=${data.expected}",
-            "prediction=${run.outputs.doubled}",
-        ])
+    let evaluate = |name: &str, groundtruth: &str, prediction: &str| {
+        let mut cmd = sluice(home.path());
+        cmd.args(["run", "create", "--name", name, "--run", "base", "--flow"])
+            .arg(root().join("flows/eval_accuracy"))
+            .arg("--column-mapping")
+            .arg(format!("groundtruth={groundtruth}"))
+            .arg(format!("prediction={prediction}"));
+        cmd
+    };
+    let out = evaluate("eval", "${data.expected}", "${run.outputs.doubled}")
         .output()
         .unwrap();
     let record = stdout_json(&out);
@@ -293,14 +288,7 @@ fn an_eval_run_aligns_with_the_lines_that_succeeded_in_the_base_run() {
     assert_eq!(inputs[2]["prediction"], "8");
 
     // A mapping to a column no source has is reported before anything runs.
-    sluice(home.path())
-        .args(["run", "create", "--name", "bad", "--run", "base", "--flow"])
-        .arg(root().join("flows/eval_accuracy"))
-        .args([
-            "--column-mapping",
-            "groundtruth=${data.nope}",
-            "prediction=${run.outputs.missing}",
-        ])
+    evaluate("bad", "${data.nope}", "${run.outputs.missing}")
         .assert()
         .code(2)
         .stderr(
@@ -314,8 +302,7 @@ use predicates::prelude::PredicateBooleanExt;
 
 #[test]
 fn a_run_file_with_set_overrides() {
-    let home = tempfile::tempdir().unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let (home, dir) = crate::common::home_and_flow();
     let data = flaky_flow(dir.path());
     let run_yml = dir.path().join("run.yml");
     std::fs::write(
@@ -348,13 +335,10 @@ fn a_run_file_with_set_overrides() {
 
 #[test]
 fn run_list_archive_restore_delete_and_the_index() {
-    let home = tempfile::tempdir().unwrap();
-    let flow = tempfile::tempdir().unwrap();
+    let (home, flow) = crate::common::home_and_flow();
     let data = flaky_flow(flow.path());
     for name in ["first", "second"] {
-        common::run_create(home.path(), name, "", flow.path(), &data)
-            .assert()
-            .success();
+        common::created(home.path(), name, "", flow.path(), &data);
     }
     let names = |args: &[&str]| -> Vec<String> {
         let out = sluice(home.path())
@@ -402,13 +386,12 @@ fn run_list_archive_restore_delete_and_the_index() {
         .assert()
         .success()
         .stdout(predicates::str::contains("second").and(predicates::str::contains("Completed")));
-    sluice(home.path())
-        .args(["run", "show-details", "-n", "second"])
-        .assert()
-        .success()
-        .stdout(
-            predicates::str::contains("outputs.doubled").and(predicates::str::contains("odd: 3")),
-        );
+    let details = succeeded(sluice(home.path()).args(["run", "show-details", "-n", "second"]));
+    let table = String::from_utf8_lossy(&details.stdout);
+    assert!(
+        table.contains("outputs.doubled") && table.contains("odd: 3"),
+        "{table}"
+    );
 }
 
 /// Headless Chromium, as the project's CI installs it.
@@ -418,13 +401,7 @@ fn classify_then_evaluate_compare_and_visualize_on_the_local_model() {
     let classify = root().join("flows/classify");
     let data = classify.join("data.jsonl");
     // Both prompt variants as sibling runs, then a comparison table.
-    let out = common::succeeded(&mut common::run_create(
-        home.path(),
-        "sentiment",
-        "--variant all",
-        &classify,
-        &data,
-    ));
+    let out = common::created(home.path(), "sentiment", "--variant all", &classify, &data);
     // One record per variant on stdout, the comparison on stderr.
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -488,19 +465,15 @@ fn classify_then_evaluate_compare_and_visualize_on_the_local_model() {
 
     // Visualize, then look at it in headless Chromium.
     let report = home.path().join("report.html");
-    sluice(home.path())
-        .args([
-            "run",
-            "visualize",
+    let html = crate::common::visualize(
+        home.path(),
+        &[
             "sentiment_classify_variant_0",
             "eval_variant_0",
             "eval_variant_1",
-            "--html-path",
-        ])
-        .arg(&report)
-        .assert()
-        .success();
-    let html = std::fs::read_to_string(&report).unwrap();
+        ],
+        &report,
+    );
     assert!(
         !html.contains("http://") && !html.contains("https://"),
         "the report must not fetch anything"
@@ -585,46 +558,19 @@ fn capitals_then_token_f1_over_the_run_outputs() {
     let c = stdout_json(&out);
     assert_eq!(c["metrics"]["f1"]["f1_completion"], completion["f1"]);
     let report = home.path().join("f1.html");
-    sluice(home.path())
-        .args([
-            "run",
-            "visualize",
-            "caps",
-            "f1_completion",
-            "f1_chat",
-            "--html-path",
-        ])
-        .arg(&report)
-        .assert()
-        .success();
-    assert!(
-        std::fs::read_to_string(&report)
-            .unwrap()
-            .contains("exact_match")
-    );
+    let html =
+        crate::common::visualize(home.path(), &["caps", "f1_completion", "f1_chat"], &report);
+    assert!(html.contains("exact_match"));
 }
 
 #[test]
 fn four_shards_merged_give_the_outputs_and_metrics_of_one_run() {
-    let home = tempfile::tempdir().unwrap();
-    let flow = tempfile::tempdir().unwrap();
+    let (home, flow) = crate::common::home_and_flow();
     let data = slow_flow(flow.path(), 103);
-    succeeded(&mut run_create(
-        home.path(),
-        "whole",
-        "",
-        flow.path(),
-        &data,
-    ));
+    common::created(home.path(), "whole", "", flow.path(), &data);
     for i in 0..4 {
         let shard = format!("--shard {i}/4");
-        let out = succeeded(&mut run_create(
-            home.path(),
-            &format!("part{i}"),
-            &shard,
-            flow.path(),
-            &data,
-        ));
+        let out = common::created(home.path(), &format!("part{i}"), &shard, flow.path(), &data);
         let record: Json = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(record["properties"]["shard"], format!("{i}/4"));
         let numbers: Vec<u64> =
@@ -641,13 +587,7 @@ fn four_shards_merged_give_the_outputs_and_metrics_of_one_run() {
     // Shards of another flow are not the same run.
     let other = tempfile::tempdir().unwrap();
     let other_data = slow_flow(other.path(), 4);
-    succeeded(&mut run_create(
-        home.path(),
-        "stranger",
-        "",
-        other.path(),
-        &other_data,
-    ));
+    common::created(home.path(), "stranger", "", other.path(), &other_data);
     let refused = crate::common::ran(
         sluice(home.path()).args(["run", "merge", "mixed", "--from", "part0", "stranger"]),
     );
@@ -685,16 +625,9 @@ fn four_shards_merged_give_the_outputs_and_metrics_of_one_run() {
 
 #[test]
 fn trace_show_draws_each_line_as_a_span_tree_and_the_report_as_a_waterfall() {
-    let home = tempfile::tempdir().unwrap();
-    let flow = tempfile::tempdir().unwrap();
+    let (home, flow) = crate::common::home_and_flow();
     let data = slow_flow(flow.path(), 5);
-    succeeded(&mut run_create(
-        home.path(),
-        "traced",
-        "",
-        flow.path(),
-        &data,
-    ));
+    common::created(home.path(), "traced", "", flow.path(), &data);
 
     let text =
         crate::common::ran(sluice(home.path()).args(["trace", "show", "traced", "--line", "2"]));
@@ -738,12 +671,7 @@ fn trace_show_draws_each_line_as_a_span_tree_and_the_report_as_a_waterfall() {
     );
 
     let report = home.path().join("r.html");
-    succeeded(
-        sluice(home.path())
-            .args(["run", "visualize", "traced", "--html-path"])
-            .arg(&report),
-    );
-    let html = std::fs::read_to_string(&report).unwrap();
+    let html = crate::common::visualize(home.path(), &["traced"], &report);
     assert_eq!(html.matches(r#"<div class="waterfall">"#).count(), 5);
     assert!(html.contains(r#"class="wf-bar Completed""#));
 }

@@ -196,23 +196,16 @@ fn a_provider_error_that_echoes_the_key_leaks_nowhere() {
 
 #[test]
 fn a_secret_in_a_python_tool_error_is_masked() {
-    let flow = tempfile::tempdir().unwrap();
-    crate::common::write_files(
+    let token = "tok-env-secret-0042";
+    let (home, flow) = crate::common::home_and_flow();
+    crate::common::write_flow(
         flow.path(),
-        &[
-            (
-                "leak.py",
-                "import os\nfrom promptflow.core import tool\n\n@tool\ndef leak(x: str) -> str:\n    raise ValueError('token ' + os.environ['MY_SERVICE_TOKEN'] + ' and ' + os.environ['SERVICE_PASSWORD'])\n",
-            ),
-            (
-                "flow.dag.yaml",
-                "environment_variables:\n  SERVICE_PASSWORD: pw-from-the-flow-yaml-77\ninputs:\n  x: {type: string, default: a}\noutputs:\n  y: {reference: '${leak.output}'}\nnodes:\n- name: leak\n  type: python\n  source: {type: code, path: leak.py}\n  inputs:\n    x: ${inputs.x}\n",
-            ),
-        ],
+        "leak.py",
+        "import os\nfrom promptflow.core import tool\n\n@tool\ndef leak(x: str) -> str:\n    raise ValueError('token ' + os.environ['MY_SERVICE_TOKEN'] + ' and ' + os.environ['SERVICE_PASSWORD'])\n",
+        "environment_variables:\n  SERVICE_PASSWORD: pw-from-the-flow-yaml-77\ninputs:\n  x: {type: string, default: a}\noutputs:\n  y: {reference: '${leak.output}'}\nnodes:\n- name: leak\n  type: python\n  source: {type: code, path: leak.py}\n  inputs:\n    x: ${inputs.x}\n",
     );
-    let home = tempfile::tempdir().unwrap();
     let out = sluice(home.path())
-        .env("MY_SERVICE_TOKEN", "tok-env-secret-0042")
+        .env("MY_SERVICE_TOKEN", token)
         .args(["flow", "test", "--flow"])
         .arg(flow.path())
         .output()
@@ -221,7 +214,7 @@ fn a_secret_in_a_python_tool_error_is_masked() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("ValueError"), "{stderr}");
     let records = all_text_under(&flow.path().join(".promptflow"));
-    for secret in ["tok-env-secret-0042", "pw-from-the-flow-yaml-77"] {
+    for secret in [token, "pw-from-the-flow-yaml-77"] {
         assert!(!stderr.contains(secret), "{stderr}");
         assert!(!records.contains(secret), "{records}");
     }
@@ -262,10 +255,9 @@ fn connection_secrets_given_any_way_are_stored_as_secrets_and_shown_masked() {
         .unwrap();
     let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
     for text in [&created, &shown, &listed] {
-        assert!(
-            !text.contains("-secret-") && !text.contains("pw-in-url"),
-            "a secret is shown: {text}"
-        );
+        for secret in ["-secret-", "pw-in-url"] {
+            assert!(!text.contains(secret), "a secret is shown: {text}");
+        }
     }
     assert!(
         listed.contains("https://bob:***@search.example/v1?key=***&region=eu"),
@@ -415,23 +407,11 @@ fn wait_within(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
 }
 
 fn stuck_tool_flow(dir: &Path) {
-    common::write_file(
+    crate::common::write_flow(
         dir,
         "stuck.py",
         "import time\nfrom promptflow.core import tool\n\n@tool\ndef stuck(x: str) -> str:\n    time.sleep(3600)\n    return x\n",
-    );
-    crate::common::write_files(
-        dir,
-        &[
-            (
-                "stuck.py",
-                "import time\nfrom promptflow.core import tool\n\n@tool\ndef stuck(x: str) -> str:\n    time.sleep(3600)\n    return x\n",
-            ),
-            (
-                "flow.dag.yaml",
-                "inputs:\n  x: {type: string, default: a}\noutputs:\n  y: {reference: '${stuck.output}'}\nnodes:\n- name: stuck\n  type: python\n  source: {type: code, path: stuck.py}\n  inputs:\n    x: ${inputs.x}\n",
-            ),
-        ],
+        "inputs:\n  x: {type: string, default: a}\noutputs:\n  y: {reference: '${stuck.output}'}\nnodes:\n- name: stuck\n  type: python\n  source: {type: code, path: stuck.py}\n  inputs:\n    x: ${inputs.x}\n",
     );
     common::write_file(dir, "data.jsonl", "{\"x\": \"a\"}\n{\"x\": \"b\"}\n");
 }
@@ -479,17 +459,21 @@ fn a_stuck_python_tool_does_not_keep_the_process_alive_after_a_line_timeout() {
 
 /// `sluice model serve` on a free loopback port, two slots of 512 tokens; killed on drop.
 fn serve(home: &Path, env: &[(&str, &str)]) -> common::Served {
-    let args = [
-        "model",
-        "serve",
-        "--port",
-        "0",
-        "--parallel",
-        "2",
-        "--ctx",
-        "512",
-    ];
+    let args: Vec<&str> = "model serve --port 0 --parallel 2 --ctx 512"
+        .split(' ')
+        .collect();
     common::serve(home, &args, env)
+}
+
+/// Two clients of `addr`: one that sent only `head` of a request, one that sent a whole request
+/// and then nothing.
+fn half_and_idle(addr: &str, head: &[u8]) -> (TcpStream, TcpStream) {
+    let mut half = TcpStream::connect(addr).unwrap();
+    half.write_all(head).unwrap();
+    let mut idle = TcpStream::connect(addr).unwrap();
+    idle.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    (half, idle)
 }
 
 /// Reads until the server closes the connection (true) or `limit` passes (false).
@@ -514,12 +498,10 @@ fn closed_within(sock: &mut TcpStream, limit: Duration) -> bool {
 fn model_serve_closes_half_sent_requests_and_idle_connections_after_the_header_timeout() {
     let home = tempfile::tempdir().unwrap();
     let server = serve(home.path(), &[("SLUICE_SERVE_HEADER_TIMEOUT", "1")]);
-    let mut half = TcpStream::connect(&server.addr).unwrap();
-    half.write_all(b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: applic")
-        .unwrap();
-    let mut idle = TcpStream::connect(&server.addr).unwrap();
-    idle.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
-        .unwrap();
+    let (mut half, mut idle) = half_and_idle(
+        &server.addr,
+        b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: applic",
+    );
     let started = Instant::now();
     assert!(
         closed_within(&mut half, Duration::from_secs(5)),
@@ -585,23 +567,16 @@ fn model_serve_shuts_down_promptly_with_idle_and_half_open_clients() {
     for signal in ["-INT", "-TERM"] {
         let home = tempfile::tempdir().unwrap();
         let mut server = serve(home.path(), &[]);
-        let mut half = TcpStream::connect(&server.addr).unwrap();
-        half.write_all(b"POST /v1/completions HTTP/1.1\r\nhost: x\r\n")
-            .unwrap();
-        let mut idle = TcpStream::connect(&server.addr).unwrap();
-        idle.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
-            .unwrap();
+        let (_half, mut idle) = half_and_idle(
+            &server.addr,
+            b"POST /v1/completions HTTP/1.1\r\nhost: x\r\n",
+        );
         let mut buf = [0u8; 512];
         let _ = idle.read(&mut buf).unwrap();
         let _silent = TcpStream::connect(&server.addr).unwrap();
         std::thread::sleep(Duration::from_millis(200));
         let started = Instant::now();
-        let killed = Command::new("kill")
-            .arg(signal)
-            .arg(server.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(killed.success());
+        server.signal(signal);
         let status = wait_within(&mut server.child, Duration::from_secs(8));
         assert_eq!(
             status.and_then(|s| s.code()),

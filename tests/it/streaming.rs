@@ -5,14 +5,17 @@ use std::path::Path;
 
 #[test]
 fn a_dataset_larger_than_the_memory_used_is_streamed() {
-    let dir = tempfile::tempdir().unwrap();
-    let home = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("echo.jinja2"), "Q: {{ q }}").unwrap();
-    std::fs::write(
-        dir.path().join("flow.dag.yaml"),
-        "inputs:\n  q: {type: string}\noutputs:\n  prompt: {reference: '${echo.output}'}\nnodes:\n- name: echo\n  type: prompt\n  source: {type: code, path: echo.jinja2}\n  inputs: {q: '${inputs.q}'}\n",
-    )
-    .unwrap();
+    let (home, dir) = crate::common::home_and_flow();
+    crate::common::write_files(
+        dir.path(),
+        &[
+            ("echo.jinja2", "Q: {{ q }}"),
+            (
+                "flow.dag.yaml",
+                "inputs:\n  q: {type: string}\noutputs:\n  prompt: {reference: '${echo.output}'}\nnodes:\n- name: echo\n  type: prompt\n  source: {type: code, path: echo.jinja2}\n  inputs: {q: '${inputs.q}'}\n",
+            ),
+        ],
+    );
     // 100,000 rows, each with a 2.2 KB column the flow never reads: a file of over 200 MB.
     let data = dir.path().join("data.jsonl");
     {

@@ -77,51 +77,45 @@ pub struct RunRecord {
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct RunProperties {
-    #[serde(default)]
     pub flow_path: PathBuf,
-    #[serde(default)]
     pub output_path: PathBuf,
     /// The variant chosen per node (`{"node": "variant_1"}`).
-    #[serde(default)]
     pub node_variant: IndexMap<String, String>,
     /// The run this one evaluates (`--run`).
-    #[serde(default)]
     pub run: Option<String>,
-    #[serde(default)]
     pub resume_from: Option<String>,
     /// The shard of the data this run took (`I/N`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub shard: Option<String>,
     /// The runs whose lines this run took over (`run merge`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub merged_from: Vec<String>,
-    #[serde(default)]
     pub column_mapping: serde_json::Map<String, Json>,
     /// The `__init__` arguments of a flex flow's class entry, when given to the run.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub init: Option<serde_json::Map<String, Json>>,
-    #[serde(default)]
     pub system_metrics: SystemMetrics,
 }
 
 /// Counters of a run, filled in when it ends (only `total_lines` while it runs).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct SystemMetrics {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub duration: Option<f64>,
-    #[serde(default)]
     pub total_lines: usize,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub completed_lines: Option<usize>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub failed_lines: Option<usize>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub not_run_lines: Option<usize>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub carried_over_lines: Option<usize>,
     /// `node.status` → count, e.g. `{"answer.completed": 10}`.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub node_status: BTreeMap<String, u64>,
     #[serde(flatten)]
     pub tokens: TokenCounts,
@@ -129,14 +123,15 @@ pub struct SystemMetrics {
 
 /// LLM token counts of a node, a line or a run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct TokenCounts {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub prompt_tokens: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub completion_tokens: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub total_tokens: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cached_tokens: Option<u64>,
 }
 
@@ -428,5 +423,22 @@ mod tests {
             line.node_runs[0].system_metrics
         );
         assert_eq!(back.node_runs[0].api_calls[0]["prompt"], "hi");
+    }
+
+    #[test]
+    fn missing_keys_read_back_as_defaults() {
+        let p: RunProperties = serde_json::from_str("{}").unwrap();
+        assert_eq!(p.system_metrics, SystemMetrics::default());
+        assert!(p.merged_from.is_empty() && p.shard.is_none() && p.run.is_none());
+        let m: SystemMetrics =
+            serde_json::from_str(r#"{"total_lines": 3, "prompt_tokens": 2}"#).unwrap();
+        assert_eq!(
+            (m.total_lines, m.tokens.prompt_tokens, m.completed_lines),
+            (3, Some(2), None)
+        );
+        assert_eq!(
+            serde_json::to_string(&m).unwrap(),
+            r#"{"total_lines":3,"prompt_tokens":2}"#
+        );
     }
 }

@@ -8,26 +8,36 @@ use sluice_engine::{NodeError, Value};
 
 use super::types::ChatMessage;
 
-static ROLE_LINE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?im)^\s*#?\s*(system|user|assistant|function|tool)\s*:\s*\n")
-        .expect("valid regex")
-});
+static ROLE_LINE: LazyLock<Regex> =
+    LazyLock::new(|| regex(r"(?im)^\s*#?\s*(system|user|assistant|function|tool)\s*:\s*\n"));
 
 /// A role line inside a value: the whole line is a role marker.
 static ROLE_IN_VALUE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?im)^([ \t]*#?[ \t]*)(system|user|assistant|function|tool)([ \t]*:[ \t]*\r?)$")
-        .expect("valid regex")
+    regex(r"(?im)^([ \t]*#?[ \t]*)(system|user|assistant|function|tool)([ \t]*:[ \t]*\r?)$")
 });
 
-static SUB_HEADERS: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?s)^\s*#{0,2}\s*name\s*:\s*\n(.*?)\n\s*#{0,2}\s*content\s*:\s*\n(.*)$")
-        .expect("valid regex")
+/// A message body that starts with a `name:` or `tool_call_id:` header, then `content:`.
+static HEADERS: LazyLock<Regex> = LazyLock::new(|| {
+    regex(r"(?s)^\s*#{0,2}\s*(name|tool_call_id)\s*:\s*\n(.*?)\n\s*#{0,2}\s*content\s*:\s*\n(.*)$")
 });
 
-static TOOL_HEADERS: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?s)^\s*#{0,2}\s*tool_call_id\s*:\s*\n(.*?)\n\s*#{0,2}\s*content\s*:\s*\n(.*)$")
-        .expect("valid regex")
-});
+/// A regex from one of this module's patterns, which are known to be valid.
+fn regex(pattern: &str) -> Regex {
+    Regex::new(pattern).expect("valid regex")
+}
+
+/// The value of a message body's `key:` header (`name` or `tool_call_id`) and its content, trimmed,
+/// when the body is written with those headers.
+fn headers<'a>(body: &'a str, key: &str) -> Option<(&'a str, &'a str)> {
+    let h = HEADERS.captures(body).filter(|h| &h[1] == key)?;
+    Some((h.get(2)?.as_str().trim(), h.get(3)?.as_str().trim()))
+}
+
+/// The error message for a function message without its `name:` and `content:` headers.
+const FUNCTION_FORMAT: &str = "Failed to parse function role prompt. Please make sure the prompt follows the format: 'name:\\nfunction_name\\ncontent:\\nfunction_content'. 'name' is required if role is function, and it should be the name of the function whose response is in the content. May contain a-z, A-Z, 0-9, and underscores, with a maximum length of 64 characters. See more details in https://platform.openai.com/docs/api-reference/chat/create#chat/create-name";
+
+/// The error message for a tool message without its `tool_call_id:` and `content:` headers.
+const TOOL_FORMAT: &str = "Failed to parse tool role prompt. Please make sure the prompt follows the format: 'tool_call_id:\\ntool_call_id\\ncontent:\\ntool_content'. 'tool_call_id' is required if role is tool, and it should be the tool call that this message is responding to. See more details in https://platform.openai.com/docs/api-reference/chat/create#chat-create-messages";
 
 /// Replaces role words on role lines in user-supplied values by placeholders, so they cannot start a
 /// message; [`Escaper::restore`] puts them back into the parsed messages.
@@ -116,34 +126,31 @@ pub fn parse_chat(text: &str, escaper: Option<&Escaper>) -> Result<Vec<ChatMessa
             .map_or(text.len(), |n| n.get(0).expect("whole").start());
         let body = &text[start..end];
         let mut msg = ChatMessage::new(role.clone(), String::new());
-        match role.as_str() {
-            "function" => {
-                let Some(h) = SUB_HEADERS.captures(body) else {
-                    return Err(NodeError::user(
-                        "ChatAPIFunctionRoleInvalidFormat",
-                        "Failed to parse function role prompt. Please make sure the prompt follows the format: 'name:\\nfunction_name\\ncontent:\\nfunction_content'. 'name' is required if role is function, and it should be the name of the function whose response is in the content. May contain a-z, A-Z, 0-9, and underscores, with a maximum length of 64 characters. See more details in https://platform.openai.com/docs/api-reference/chat/create#chat/create-name",
-                    ));
-                };
-                msg.name = Some(restore(h[1].trim()));
-                msg.content = restore(h[2].trim());
-            }
-            "tool" => {
-                let Some(h) = TOOL_HEADERS.captures(body) else {
-                    return Err(NodeError::user(
-                        "ChatAPIToolRoleInvalidFormat",
-                        "Failed to parse tool role prompt. Please make sure the prompt follows the format: 'tool_call_id:\\ntool_call_id\\ncontent:\\ntool_content'. 'tool_call_id' is required if role is tool, and it should be the tool call that this message is responding to. See more details in https://platform.openai.com/docs/api-reference/chat/create#chat-create-messages",
-                    ));
-                };
-                msg.tool_call_id = Some(restore(h[1].trim()));
-                msg.content = restore(h[2].trim());
-            }
-            _ => match SUB_HEADERS.captures(body) {
-                Some(h) => {
-                    msg.name = Some(restore(h[1].trim()));
-                    msg.content = restore(h[2].trim());
+        let (key, required) = match role.as_str() {
+            // A function message must name the function; a tool message, the call it answers.
+            "function" => (
+                "name",
+                Some(("ChatAPIFunctionRoleInvalidFormat", FUNCTION_FORMAT)),
+            ),
+            "tool" => (
+                "tool_call_id",
+                Some(("ChatAPIToolRoleInvalidFormat", TOOL_FORMAT)),
+            ),
+            // Any other message may have a name.
+            _ => ("name", None),
+        };
+        match (headers(body, key), required) {
+            (Some((value, content)), _) => {
+                let value = Some(restore(value));
+                if key == "name" {
+                    msg.name = value;
+                } else {
+                    msg.tool_call_id = value;
                 }
-                None => msg.content = restore(body.trim()),
-            },
+                msg.content = restore(content);
+            }
+            (None, Some((code, format))) => return Err(NodeError::user(code, format)),
+            (None, None) => msg.content = restore(body.trim()),
         }
         messages.push(msg);
     }

@@ -386,19 +386,20 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sluice-doc-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("a.md");
-        std::fs::write(
-            &p,
+        let read_back = |text: &str| {
+            std::fs::write(&p, text).unwrap();
+            read(&p).unwrap()
+        };
+        let d = read_back(
             "---\ntitle: Batch runs\ntags: [runs, batch]\nlevel: 2\n---\n# Heading\nbody text\n",
-        )
-        .unwrap();
-        let d = read(&p).unwrap();
+        );
         assert_eq!(d.text, "# Heading\nbody text\n");
         assert_eq!(
             Json::Object(d.metadata),
             serde_json::json!({"file": "a.md", "title": "Batch runs", "tags": ["runs", "batch"], "level": 2})
         );
-        std::fs::write(&p, "no front matter\n---\n").unwrap();
-        assert_eq!(read(&p).unwrap().text, "no front matter\n---\n");
+        let d = read_back("no front matter\n---\n");
+        assert_eq!(d.text, "no front matter\n---\n");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -479,44 +480,30 @@ mod tests {
         assert_eq!(&text[chunks[1].start..chunks[1].end], chunks[1].text);
     }
 
+    /// The texts of the chunks [`chunk_text_weighted`] cuts `text` into.
+    fn weighted_texts(
+        text: &str,
+        size: usize,
+        overlap: usize,
+        weigh: &dyn Fn(&[&str]) -> Vec<usize>,
+    ) -> Vec<String> {
+        chunk_text_weighted(text, Chunking { size, overlap }, weigh)
+            .into_iter()
+            .map(|c| c.text)
+            .collect()
+    }
+
     #[test]
     fn weights_decide_where_chunks_end() {
         // "bb" weighs 3: with size 4 the first chunk ends after it, and as it weighs more than the
         // overlap (1), nothing is repeated.
         let text = "aa bb cc dd ee";
         let weigh = |ws: &[&str]| ws.iter().map(|w| if *w == "bb" { 3 } else { 1 }).collect();
-        let chunks = chunk_text_weighted(
-            text,
-            Chunking {
-                size: 4,
-                overlap: 1,
-            },
-            &weigh,
-        );
-        let texts: Vec<&str> = chunks.iter().map(|c| c.text.as_str()).collect();
-        assert_eq!(texts, ["aa bb", "cc dd ee"]);
-        let chunks = chunk_text_weighted(
-            text,
-            Chunking {
-                size: 3,
-                overlap: 1,
-            },
-            &weigh,
-        );
-        let texts: Vec<&str> = chunks.iter().map(|c| c.text.as_str()).collect();
-        assert_eq!(texts, ["aa", "bb", "cc dd ee"]);
+        assert_eq!(weighted_texts(text, 4, 1, &weigh), ["aa bb", "cc dd ee"]);
+        assert_eq!(weighted_texts(text, 3, 1, &weigh), ["aa", "bb", "cc dd ee"]);
         // A heavy word after the chunk: the overlap is dropped rather than repeating the tail alone.
         let weigh = |ws: &[&str]| ws.iter().map(|w| if *w == "x" { 5 } else { 1 }).collect();
-        let chunks = chunk_text_weighted(
-            "a b c x",
-            Chunking {
-                size: 5,
-                overlap: 2,
-            },
-            &weigh,
-        );
-        let texts: Vec<&str> = chunks.iter().map(|c| c.text.as_str()).collect();
-        assert_eq!(texts, ["a b c", "x"]);
+        assert_eq!(weighted_texts("a b c x", 5, 2, &weigh), ["a b c", "x"]);
     }
 
     #[test]

@@ -15,7 +15,9 @@ use super::chroma::Chroma;
 use super::document::{self, Chunk, Chunking};
 pub use super::error::IndexError;
 use super::filter::Filter;
-use super::store::{FileChunks, LocalStore, Search, StoreError, VectorStore, search_sqlite_vec};
+use super::store::{
+    FileChunks, LocalStore, Nearest, Search, StoreError, VectorStore, search_sqlite_vec,
+};
 use crate::llm::embed::LocalEmbedder;
 use crate::llm::store::{self, sha256_file};
 
@@ -128,7 +130,7 @@ pub struct BuildReport {
 /// How [`Index::rank`] ranks chunks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ranking {
-    /// Exact: the in-memory scan, or sqlite-vec above its size (see [`LocalStore::search_exact`]).
+    /// Exact: the in-memory scan, or sqlite-vec above its size (see [`LocalStore::rank`]).
     Exact,
     /// Exact by sqlite-vec alone: its KNN query, or its cosine function over the allowed rows.
     SqliteVec,
@@ -625,10 +627,7 @@ impl Index {
             return Ok(search_sqlite_vec(&self.db, q, k, allowed)?);
         }
         let (db, local) = self.local()?;
-        Ok(match how {
-            Ranking::Exact => local.search_exact(db, q, k, allowed)?,
-            _ => local.search_vectors(db, q, k, allowed)?,
-        })
+        Ok(local.rank(db, Nearest { how, q, k, allowed })?)
     }
 
     /// The index's embedding model, found and loaded on first use: by its name, or else by the file

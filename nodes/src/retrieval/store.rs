@@ -18,7 +18,7 @@ use serde_json::{Map, Value as Json};
 use super::ann::{self, Ann};
 use super::document::Chunk;
 use super::filter::Filter;
-use super::index::{DEFAULT_ANN_THRESHOLD, Hit, Phase, count, generation, meta};
+use super::index::{DEFAULT_ANN_THRESHOLD, Hit, Phase, Ranking, count, generation, meta};
 
 pub use super::error::StoreError;
 
@@ -43,6 +43,17 @@ pub struct Search<'a> {
     pub k: usize,
     pub hybrid: bool,
     pub filter: &'a Filter,
+}
+
+/// A ranking of the chunks' vectors: the `k` chunks in `allowed` (all when `None`) nearest to `q`,
+/// found the way `how` says.
+#[derive(Clone, Copy, Debug)]
+pub struct Nearest<'a> {
+    pub how: Ranking,
+    /// The query vector, unit length.
+    pub q: &'a [f32],
+    pub k: usize,
+    pub allowed: Option<&'a HashSet<i64>>,
 }
 
 /// A place for an index's vectors. `db` is the index's SQLite connection (the chunks and the meta
@@ -247,7 +258,15 @@ impl LocalStore {
             Some(self.ids_matching(db, s.filter)?)
         };
         let depth = if hybrid { s.k.max(100) } else { s.k };
-        let ranked = self.search_vectors(db, s.q, depth, allowed.as_ref())?;
+        let ranked = self.rank(
+            db,
+            Nearest {
+                how: Ranking::Vectors,
+                q: s.q,
+                k: depth,
+                allowed: allowed.as_ref(),
+            },
+        )?;
         let ranked: Vec<(i64, f64)> = if hybrid {
             let bm25 = bm25(db, s.text.unwrap_or_default(), allowed.as_ref())?;
             let mut fused: HashMap<i64, f64> = HashMap::new();
@@ -365,16 +384,26 @@ impl LocalStore {
         Ok(Some(flat))
     }
 
-    /// Exact search over the chunks in `allowed` (all when `None`): ids with cosine similarity, best
-    /// first. The vectors are scanned in memory (SIMD dot products) up to [`FLAT_MAX`] chunks, and by
-    /// sqlite-vec in its table above that.
-    pub fn search_exact(
+    /// The ranking `nearest` asks for: ids with cosine similarity, best first.
+    /// [`Ranking::Vectors`] uses the HNSW graph when there is one, no filter and `k` is within its
+    /// search width, else it is exact. Exact search scans the vectors in memory (SIMD dot products)
+    /// up to [`FLAT_MAX`] chunks, and uses sqlite-vec above that.
+    pub fn rank(
         &mut self,
         db: &Connection,
-        q: &[f32],
-        k: usize,
-        allowed: Option<&HashSet<i64>>,
+        nearest: Nearest<'_>,
     ) -> Result<Vec<(i64, f64)>, StoreError> {
+        let Nearest { how, q, k, allowed } = nearest;
+        if how == Ranking::SqliteVec {
+            return search_sqlite_vec(db, q, k, allowed);
+        }
+        if how == Ranking::Vectors
+            && allowed.is_none()
+            && k <= ann::EF_SEARCH
+            && let Some(graph) = self.ann(db)
+        {
+            return Ok(graph.search(q, k));
+        }
         if k == 0 {
             return Ok(Vec::new());
         }
@@ -382,23 +411,6 @@ impl LocalStore {
             return Ok(flat.search(q, k, allowed));
         }
         search_sqlite_vec(db, q, k, allowed)
-    }
-
-    /// The vector ranking for a query: the HNSW graph when there is one and no filter, else exact.
-    pub fn search_vectors(
-        &mut self,
-        db: &Connection,
-        q: &[f32],
-        k: usize,
-        allowed: Option<&HashSet<i64>>,
-    ) -> Result<Vec<(i64, f64)>, StoreError> {
-        if allowed.is_none()
-            && k <= ann::EF_SEARCH
-            && let Some(graph) = self.ann(db)
-        {
-            return Ok(graph.search(q, k));
-        }
-        self.search_exact(db, q, k, allowed)
     }
 }
 
