@@ -390,3 +390,71 @@ pub(crate) fn no_variants(variant: &str) -> Problem {
     )
     .help("leave out `--variant`")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_text(text: &str, init: Option<&Map>) -> Result<FlowDef, FlowError> {
+        let yaml = Yaml::parse(text).unwrap();
+        load(
+            Path::new("/flows/f/flow.flex.yaml"),
+            text.into(),
+            &yaml,
+            init,
+        )
+    }
+
+    #[test]
+    fn an_entry_becomes_one_node_and_the_sample_splits_into_inputs_and_init() {
+        let def = load_text(
+            "entry: pkg.mod:Judge\nsample:\n  inputs: {q: hi}\n  init: {k: 1}\n",
+            None,
+        )
+        .unwrap();
+        let flex = def.flex.as_ref().unwrap();
+        assert_eq!(
+            (flex.module.as_str(), flex.attr.as_str()),
+            ("pkg.mod", "Judge")
+        );
+        assert_eq!(flex.init.get("k"), Some(&Value::Int(1)));
+        assert_eq!(
+            flex.sample.as_ref().unwrap().get("q"),
+            Some(&Value::from("hi"))
+        );
+        assert_eq!(def.nodes.len(), 1);
+        assert_eq!(def.nodes[0].kind, NODE_KIND);
+        assert!(!flex.declared_inputs);
+    }
+
+    #[test]
+    fn given_init_replaces_the_samples_and_a_plain_sample_is_inputs() {
+        let given: Map = [("k".to_owned(), Value::Int(2))].into_iter().collect();
+        let def = load_text("entry: m:f\nsample: {q: hi}\n", Some(&given)).unwrap();
+        let flex = def.flex.as_ref().unwrap();
+        assert_eq!(flex.init.get("k"), Some(&Value::Int(2)));
+        assert_eq!(
+            flex.sample.as_ref().unwrap().get("q"),
+            Some(&Value::from("hi"))
+        );
+    }
+
+    #[test]
+    fn a_malformed_entry_is_refused_where_it_is_written() {
+        for text in [
+            "entry: m.f\n",
+            "entry: 'm:f:g'\n",
+            "entry: ':f'\n",
+            "name: x\n",
+        ] {
+            let Err(FlowError::Invalid { problems, .. }) = load_text(text, None) else {
+                panic!("{text} was accepted");
+            };
+            assert_eq!(problems[0].code, "InvalidFlexFlowError", "{text}");
+        }
+        let Err(FlowError::Invalid { problems, .. }) = load_text("# c\nentry: 3\n", None) else {
+            panic!("accepted");
+        };
+        assert_eq!(problems[0].span, Some(Span { line: 2, col: 8 }));
+    }
+}
