@@ -82,6 +82,8 @@ if [ -n "$pf_bin" ]; then
   # pf starts its trace service on the first run; that run is not counted.
   "$pf_bin" flow test --flow "$work/flow" --init "$work/init.json" >/dev/null 2>&1 || true
   measure pf "$pf_bin" flow test --flow "$work/flow" --init "$work/init.json"
+  # pf leaves its trace service running for this home; stop it.
+  "$pf_bin" service stop >/dev/null 2>&1 || true
   awk -v p="$(cat "$work/pf.secs")" -v s="$(cat "$work/sluice.secs")" \
     'BEGIN {printf "\nsluice flow test is %.1fx faster than pf flow test (median of cold runs)\n", p/s}'
 else
