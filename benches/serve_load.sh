@@ -1,52 +1,173 @@
 #!/usr/bin/env bash
-# Load on `sluice flow serve`: wrk POSTs one line at a time to /score of the 3-node prompt+python flow
-# (benches/flows/three_node) at 1, 16 and 64 connections, a few seconds each, on loopback; prints
-# requests/s and latency percentiles per level.
+# Load on `sluice flow serve`, next to `pf flow serve` (promptflow 1.18.5) on the same flow: wrk POSTs
+# one line at a time to /score at 1, 16, 64 and 256 connections, a few seconds each, on loopback, and
+# prints requests/s, p50/p99 latency and the answers that were not 200 (429s under overload) per level.
 #
-#   benches/serve_load.sh [SECONDS]       (default 5 s per level; needs `wrk`: apt-get install -y wrk)
+#   benches/serve_load.sh [SECONDS] [--no-pf] [--no-llm] [--only-llm] [--llm-seconds N]
+#                                   (default 5 s per level, 30 s per level of the llm flow)
 #
-# Uses target/release/sluice (or $SLUICE); build it first with `cargo build --release`. The traffic
-# log goes to a temporary SLUICE_HOME, removed at the end.
+# 1. The pure 3-node flow (benches/flows/three_node: prompt -> python -> python) on Sluice with the
+#    traffic log and metrics on, then with `--log-sample 0` (the log's overhead), then on
+#    `pf flow serve` (installed once into ~/.cache/sluice/pf-venv, or $SLUICE_PF_VENV).
+# 2. The llm flow (benches/flows/qa_chat) on the local model, the questions of benches/data/qa.jsonl
+#    in turn: requests/s, latency, and completion tokens/s from /metrics; then a batch run of the same
+#    20 lines, whose tokens/s the 16-client level is set against.
+#
+# Needs `wrk` (apt-get install -y wrk) and target/release/sluice (or $SLUICE; `cargo build --release`).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
-secs="${1:-5}"
-command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install -y wrk)" >&2; exit 2; }
-
-home="$(mktemp -d)"
-out="$home/stdout"
-SLUICE_HOME="$home" "$sluice" flow serve --flow "$here/flows/three_node" --port 0 \
-  --max-inflight 64 --max-queue 256 >"$out" 2>"$home/stderr" &
-pid=$!
-trap 'kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$home"' EXIT
-for _ in $(seq 100); do
-  grep -q '^listening on ' "$out" 2>/dev/null && break
-  sleep 0.1
+secs=5 llm_secs=30 pure=1 pf=1 llm=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --no-pf) pf=0 ;;
+    --no-llm) llm=0 ;;
+    --only-llm) pure=0 pf=0 ;;
+    --llm-seconds) llm_secs="$2"; shift ;;
+    *) secs="$1" ;;
+  esac
+  shift
 done
-addr="$(sed -n 's/^listening on //p' "$out")"
-[ -n "$addr" ] || { echo "the server did not start:" >&2; cat "$home/stderr" >&2; exit 1; }
+command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install -y wrk)" >&2; exit 2; }
+levels="1 16 64 256"
+# The servers get homes of their own; the models stay where they are.
+export SLUICE_MODELS_DIR="${SLUICE_MODELS_DIR:-${SLUICE_HOME:-$HOME/.sluice}/models}"
 
-script="$home/post.lua"
-cat >"$script" <<'LUA'
+work="$(mktemp -d)"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# Starts `sluice flow serve ARGS` with a home of its own; sets $addr.
+start_sluice() {
+  local name="$1"; shift
+  mkdir -p "$work/$name"
+  SLUICE_HOME="$work/$name" "$sluice" flow serve --port 0 "$@" >"$work/$name.out" 2>"$work/$name.err" &
+  pids+=($!)
+  for _ in $(seq 300); do
+    grep -q '^listening on ' "$work/$name.out" 2>/dev/null && break
+    sleep 0.1
+  done
+  addr="$(sed -n 's/^listening on //p' "$work/$name.out")"
+  [ -n "$addr" ] || { echo "$name did not start:" >&2; cat "$work/$name.err" >&2; exit 1; }
+}
+
+# A wrk script that posts the JSON bodies of file $1 (one a line) in turn.
+wrk_script() {
+  local bodies="$1" lua="$2"
+  {
+    echo 'local bodies = {'
+    while IFS= read -r line; do
+      printf '  [==[%s]==],\n' "$line"
+    done <"$bodies"
+    cat <<'LUA'
+}
+local i = 0
 wrk.method = "POST"
-wrk.body = '{"question": "How fast is a served flow?"}'
 wrk.headers["Content-Type"] = "application/json"
+request = function()
+  i = i % #bodies + 1
+  return wrk.format(nil, nil, nil, bodies[i])
+end
 done = function(summary, latency, requests)
-  io.write(string.format("RESULT %.0f req/s  p50 %.2f ms  p99 %.2f ms  errors %d\n",
+  io.write(string.format("RESULT %8.1f req/s  p50 %8.2f ms  p99 %8.2f ms  not-200 %d  errors %d\n",
     summary.requests / (summary.duration / 1e6), latency:percentile(50) / 1000,
-    latency:percentile(99) / 1000,
-    summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
+    latency:percentile(99) / 1000, summary.errors.status,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
 end
 LUA
-curl -sf -XPOST "$addr/score" -H 'Content-Type: application/json' -d '{"question": "warm up"}' >/dev/null
+  } >"$lua"
+}
 
-echo "flow serve, benches/flows/three_node, ${secs}s per level ($(nproc) cores)"
-for c in 1 16 64; do
-  threads=$(( c < 2 ? 1 : 2 ))
-  printf 'concurrency %-3s ' "$c"
-  wrk -t"$threads" -c"$c" -d"${secs}s" -s "$script" "$addr/score" | sed -n 's/^RESULT //p'
-done
-curl -s "$addr/metrics" | grep -E '^sluice_serve_(traffic_log_dropped_total|rejections_total)' || true
-# What the traffic log kept: lines written, and records dropped because its writer fell behind.
-kill -TERM $pid; wait $pid 2>/dev/null || true
-lines=$(cat "$home"/serve/*/runs/*/details.jsonl 2>/dev/null | wc -l)
-echo "traffic log: $lines lines written"
+# wrk at each level against $1 with script $2; a line per level, prefixed with $3.
+levels_run() {
+  local url="$1" lua="$2" label="$3" c threads
+  for c in $levels; do
+    threads=$(( c < 2 ? 1 : 2 ))
+    printf '%-28s c=%-3s ' "$label" "$c"
+    wrk -t"$threads" -c"$c" -d"${secs}s" --timeout 30s -s "$lua" "$url" | sed -n 's/^RESULT //p'
+  done
+}
+
+if [ "$pure" = 1 ]; then
+echo '{"question": "How fast is a served flow?"}' >"$work/pure.jsonl"
+wrk_script "$work/pure.jsonl" "$work/pure.lua"
+echo "== pure 3-node flow (benches/flows/three_node), ${secs}s per level, $(nproc) cores"
+start_sluice logged --flow "$here/flows/three_node" --max-inflight 64 --max-queue 256
+curl -sf -XPOST "$addr/score" -H 'Content-Type: application/json' -d '{"question": "warm up"}' >/dev/null
+levels_run "$addr/score" "$work/pure.lua" "sluice (log + metrics)"
+logged_lines=$(cat "$work"/logged/serve/*/runs/*/details.jsonl 2>/dev/null | wc -l)
+dropped=$(curl -s "$addr/metrics" | sed -n 's/^sluice_serve_traffic_log_dropped_total //p')
+echo "traffic log: $logged_lines lines written, ${dropped:-0} dropped"
+kill -TERM "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
+
+start_sluice unlogged --flow "$here/flows/three_node" --max-inflight 64 --max-queue 256 --log-sample 0
+curl -sf -XPOST "$addr/score" -H 'Content-Type: application/json' -d '{"question": "warm up"}' >/dev/null
+levels_run "$addr/score" "$work/pure.lua" "sluice (--log-sample 0)"
+kill -TERM "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
+fi
+
+if [ "$pf" = 1 ]; then
+  venv="${SLUICE_PF_VENV:-$HOME/.cache/sluice/pf-venv}"
+  # promptflow-tools holds the `prompt` node's tool.
+  if ! "$venv/bin/python" -c 'import promptflow.tools, promptflow, sys; sys.exit(promptflow.__version__ != "1.18.5")' 2>/dev/null; then
+    echo "installing promptflow 1.18.5 and promptflow-tools into $venv" >&2
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q "promptflow==1.18.5" promptflow-tools >&2
+  fi
+  flow_copy="$work/pf_three_node"
+  cp -r "$here/flows/three_node" "$flow_copy"
+  port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  PF_DISABLE_TRACING=true "$venv/bin/pf" flow serve --source "$flow_copy" --host 127.0.0.1 --port "$port" \
+    --skip-open-browser >"$work/pf.out" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 600); do
+    curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  curl -sf -XPOST "http://127.0.0.1:$port/score" -H 'Content-Type: application/json' \
+    -d '{"question": "warm up"}' >/dev/null || { echo "pf flow serve did not answer:" >&2; tail -20 "$work/pf.out" >&2; exit 1; }
+  levels_run "http://127.0.0.1:$port/score" "$work/pure.lua" "pf flow serve 1.18.5"
+  kill -TERM "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
+fi
+
+if [ "$llm" = 1 ]; then
+  echo "== llm flow (benches/flows/qa_chat) on the local model, ${llm_secs}s per level"
+  wrk_script "$here/data/qa.jsonl" "$work/qa.lua"
+  start_sluice llm --flow "$here/flows/qa_chat" --log-sample 0
+  tokens() { curl -s "$addr/metrics" | sed -n 's/^sluice_serve_llm_tokens_total{direction="completion"} //p'; }
+  curl -sf -XPOST "$addr/score" -H 'Content-Type: application/json' -d '{"question": "warm up"}' >/dev/null
+  for c in $levels; do
+    # Lines left running by the level before finish first.
+    for _ in $(seq 600); do
+      [ "$(curl -s "$addr/metrics" | sed -n 's/^sluice_serve_lines_in_flight //p')" = 0 ] && break
+      sleep 0.1
+    done
+    before=$(tokens); before=${before:-0}
+    start=$(date +%s.%N)
+    levels=$c secs=$llm_secs levels_run "$addr/score" "$work/qa.lua" "sluice llm flow" | tr -d '\n'
+    end=$(date +%s.%N)
+    after=$(tokens)
+    python3 -c "print('  %.1f completion tokens/s' % (($after - $before) / ($end - $start)))"
+  done
+  kill -TERM "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
+
+  mkdir -p "$work/batch"
+  SLUICE_HOME="$work/batch" "$sluice" run create --name qa --flow "$here/flows/qa_chat" \
+    --data "$here/data/qa.jsonl" >/dev/null 2>"$work/batch.err" || { cat "$work/batch.err" >&2; exit 1; }
+  python3 - "$work/batch/runs/qa/details.jsonl" <<'PY'
+import json, sys
+from datetime import datetime
+tokens, starts, ends = 0, [], []
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    starts.append(datetime.fromisoformat(r["start_time"]))
+    ends.append(datetime.fromisoformat(r["end_time"]))
+    for run in r.get("node_runs", []):
+        tokens += (run.get("system_metrics") or {}).get("completion_tokens") or 0
+secs = (max(ends) - min(starts)).total_seconds()
+print(f"batch run of the same 20 lines: {tokens} completion tokens in {secs:.2f} s = {tokens / secs:.1f} tokens/s (first line start to last line end)")
+PY
+fi

@@ -40,6 +40,19 @@ sluice_build_and_pull() {
   "$SLUICE_BIN" model pull >/dev/null
 }
 
+# Installs the official `openai` Python client, once, into its own venv for the tests that call
+# `sluice model serve` as OpenAI's own SDK does; exports SLUICE_OPENAI_PYTHON.
+sluice_openai_client() {
+  local venv="${SLUICE_OPENAI_VENV:-$HOME/.cache/sluice/openai-venv}"
+  if ! "$venv/bin/python" -c 'import openai' 2>/dev/null; then
+    echo "setup: installing the openai client into $venv" >&2
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q "openai>=1.40,<4" \
+      || { echo "setup: could not install openai from PyPI" >&2; exit 2; }
+  fi
+  export SLUICE_OPENAI_PYTHON="$venv/bin/python"
+}
+
 # Starts a Chroma vector database server on a free loopback port for the tests of `--store chroma://`
 # (chromadb from PyPI, in its own venv, installed once), exports SLUICE_CHROMA_URL, and stops the server
 # when the calling shell exits.

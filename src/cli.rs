@@ -233,11 +233,8 @@ pub struct ServeArgs {
     /// Embedding models for /v1/embeddings (e.g. `minilm`); the first answers requests that name none.
     #[arg(long = "embedding-model")]
     pub embedding_models: Vec<String>,
-    #[arg(long, default_value = "127.0.0.1")]
-    pub host: String,
-    /// 0 picks a free port; the address is printed on stdout once listening.
-    #[arg(long, default_value_t = 8080)]
-    pub port: u16,
+    #[command(flatten)]
+    pub http: HttpArgs,
     /// Requests decoded together per model (default 16, or SLUICE_LLM_PARALLEL).
     #[arg(long)]
     pub parallel: Option<u32>,
@@ -248,6 +245,29 @@ pub struct ServeArgs {
     /// CPU threads for decoding (default: the machine's cores, at most 8, or SLUICE_LLM_THREADS).
     #[arg(long)]
     pub threads: Option<i32>,
+}
+
+/// Where a server listens, who may call it and how much it takes on: `model serve` and `flow serve`.
+#[derive(Debug, Args)]
+pub struct HttpArgs {
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// 0 picks a free port; the address is printed on stdout once listening.
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Requests (lines, for `flow serve`) run at once; more wait in the queue.
+    #[arg(long, default_value_t = 16, value_name = "N", value_parser = concurrency)]
+    pub max_inflight: usize,
+    /// Requests that may wait for their turn; beyond that, 429 with Retry-After.
+    #[arg(long, default_value_t = 64, value_name = "N", value_parser = queue_len)]
+    pub max_queue: usize,
+    /// The largest request body, in bytes (413 beyond).
+    #[arg(long, default_value_t = 16 << 20, value_name = "BYTES", value_parser = body_bytes)]
+    pub max_body_bytes: usize,
+    /// On SIGINT or SIGTERM, how long the requests in flight get to finish
+    /// (default: SLUICE_SERVE_SHUTDOWN_TIMEOUT, else 10).
+    #[arg(long, value_name = "SECONDS", value_parser = seconds)]
+    pub drain_timeout: Option<f64>,
     /// Require `Authorization: Bearer KEY` on every route but /health.
     #[arg(
         long,
@@ -335,44 +355,22 @@ pub enum FlowCommand {
 pub struct FlowServeArgs {
     #[command(flatten)]
     pub flow: FlowArgs,
-    #[arg(long, default_value = "127.0.0.1")]
-    pub host: String,
-    /// 0 picks a free port; the address is printed on stdout once listening.
-    #[arg(long, default_value_t = 8080)]
-    pub port: u16,
+    #[command(flatten)]
+    pub http: HttpArgs,
     /// Use this variant of a node: '${node.variant_id}'.
     #[arg(long)]
     pub variant: Option<String>,
     /// How many nodes of a line may run at once.
     #[arg(long, default_value_t = 16, value_name = "N", value_parser = concurrency)]
     pub concurrency: usize,
-    /// Lines run at once; more requests wait in the queue.
-    #[arg(long, default_value_t = 16, value_name = "N", value_parser = concurrency)]
-    pub max_inflight: usize,
-    /// Requests that may wait for a line; beyond that, 429 with Retry-After.
-    #[arg(long, default_value_t = 64, value_name = "N", value_parser = queue_len)]
-    pub max_queue: usize,
     /// Fail a line (504), cancelling its running nodes, after this many seconds
     /// (default: PF_LINE_TIMEOUT_SEC if set, else no limit).
     #[arg(long, value_name = "SECONDS", value_parser = seconds)]
     pub line_timeout: Option<f64>,
-    /// The largest request body, in bytes (413 beyond).
-    #[arg(long, default_value_t = 16 << 20, value_name = "BYTES", value_parser = body_bytes)]
-    pub max_body_bytes: usize,
-    /// On SIGINT or SIGTERM, how long the lines in flight get to finish.
-    #[arg(long, value_name = "SECONDS", value_parser = seconds)]
-    pub drain_timeout: Option<f64>,
-    /// Require `Authorization: Bearer KEY` on every route but /health.
-    #[arg(
-        long,
-        env = "SLUICE_API_KEY",
-        hide_env_values = true,
-        value_name = "KEY"
-    )]
-    pub api_key: Option<String>,
-    /// Allow listening on a non-loopback address without an API key.
-    #[arg(long)]
-    pub insecure: bool,
+    /// Set a node's connection, deployment or model for the served flow, as promptflow's
+    /// `--connections` does: NODE.connection=NAME, NODE.deployment_name=NAME, NODE.model=NAME.
+    #[arg(long, num_args = 1.., value_name = "NODE.KEY=VALUE")]
+    pub connections: Vec<String>,
     /// The share of lines written to the traffic log under $SLUICE_HOME/serve/<flow>/ (0 to 1).
     #[arg(long, default_value_t = 1.0, value_name = "RATE", value_parser = rate)]
     pub log_sample: f64,

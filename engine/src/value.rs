@@ -92,6 +92,14 @@ pub trait Opaque: Debug + Send + Sync + 'static {
         }
         Ok(())
     }
+    /// What a stream reports once it has ended (an `llm` stream's tokens and timings), for the node
+    /// run that made it; `None` before the end, or when it reports nothing.
+    fn metrics(&self) -> Option<crate::NodeMetrics> {
+        None
+    }
+    /// Asks a stream to stop: a stream being read stops at its next item, and its producer (a model's
+    /// generation) is cancelled. Streams that cannot stop early ignore it.
+    fn cancel(&self) {}
     /// Looks up `key` (an attribute or a dict key) or `index` for a reference path.
     fn lookup(&self, _step: &PathStep) -> Option<Value> {
         None

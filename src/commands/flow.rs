@@ -19,6 +19,17 @@ pub(crate) fn load(
     variant: Option<&str>,
     init: Option<&Map>,
 ) -> Result<Flow, ExitStatus> {
+    load_with(flow, variant, init, &[])
+}
+
+/// [`load`], with nodes' connections, deployments or models set by `connections` (each
+/// `NODE.KEY=VALUE`, as promptflow's `--connections` takes them) before the flow is checked.
+pub(crate) fn load_with(
+    flow: &Path,
+    variant: Option<&str>,
+    init: Option<&Map>,
+    connections: &[String],
+) -> Result<Flow, ExitStatus> {
     let variant = match variant.map(|v| VariantSelection::parse(v).ok_or(v)) {
         Some(Err(v)) => {
             eprintln!(
@@ -30,18 +41,96 @@ pub(crate) fn load(
         Some(Ok(v)) => Some(v),
         None => None,
     };
-    let registry = sluice_nodes::builtin_registry();
-    let options = LoadOptions {
-        variant,
-        init: init.cloned(),
-    };
-    Flow::load(flow, &registry, &options).map_err(|e: FlowError| {
+    let report = |e: FlowError| {
         eprint!(
             "{}",
             crate::style::diagnostics(crate::style::stderr(), &redact(&e.render()))
         );
         ExitStatus::Invalid
-    })
+    };
+    let registry = sluice_nodes::builtin_registry();
+    if connections.is_empty() {
+        let options = LoadOptions {
+            variant,
+            init: init.cloned(),
+        };
+        return Flow::load(flow, &registry, &options).map_err(report);
+    }
+    let mut def =
+        sluice_engine::load::load_flow_def_with(flow, variant.as_ref(), init).map_err(report)?;
+    if let Err(e) = set_connections(&mut def, connections) {
+        eprintln!("{} {e}", crate::style::error_label());
+        return Err(ExitStatus::Invalid);
+    }
+    Flow::from_def(def, &registry).map_err(report)
+}
+
+/// Why a `--connections` setting cannot be applied.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConnectionsError {
+    #[error("--connections takes NODE.KEY=VALUE (e.g. `chat.connection=my_openai`), not `{0}`")]
+    Shape(String),
+    #[error("--connections names the node `{0}`, which the flow does not have")]
+    NoNode(String),
+    #[error(
+        "--connections: the llm node `{node}` takes `connection`, `deployment_name` and `model`, not `{key}`"
+    )]
+    NotForLlm { node: String, key: String },
+    #[error("--connections: the node `{node}` has no input `{key}`")]
+    NoInput { node: String, key: String },
+}
+
+/// Sets each `NODE.KEY=VALUE` of `settings` on the flow: an `llm` node's `connection`, or its
+/// `deployment_name` or `model` input; another node's input (a connection-typed input of a Python
+/// tool, its `deployment_name` or `model`).
+pub(crate) fn set_connections(
+    def: &mut sluice_engine::FlowDef,
+    settings: &[String],
+) -> Result<(), ConnectionsError> {
+    for setting in settings {
+        let shape = || ConnectionsError::Shape(setting.clone());
+        let (path, value) = setting.split_once('=').ok_or_else(shape)?;
+        let (node, key) = path.trim().split_once('.').ok_or_else(shape)?;
+        if node.is_empty() || key.is_empty() {
+            return Err(shape());
+        }
+        let def_node = def
+            .nodes
+            .iter_mut()
+            .find(|n| n.name == node)
+            .ok_or_else(|| ConnectionsError::NoNode(node.to_owned()))?;
+        let value = value.trim().to_owned();
+        let is_llm = def_node.kind == "llm";
+        match key {
+            "connection" if is_llm => def_node.connection = Some(value),
+            "deployment_name" | "model" => set_input(def_node, key, value),
+            _ if is_llm => {
+                return Err(ConnectionsError::NotForLlm {
+                    node: node.to_owned(),
+                    key: key.to_owned(),
+                });
+            }
+            _ if def_node.inputs.contains_key(key) => set_input(def_node, key, value),
+            _ => {
+                return Err(ConnectionsError::NoInput {
+                    node: node.to_owned(),
+                    key: key.to_owned(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn set_input(node: &mut sluice_engine::NodeDef, key: &str, value: String) {
+    let span = node.inputs.get(key).map(|b| b.span).unwrap_or(node.span);
+    node.inputs.insert(
+        key.to_owned(),
+        sluice_engine::model::InputBinding {
+            value: sluice_engine::InputValue::Literal(Value::String(value)),
+            span,
+        },
+    );
 }
 
 pub fn validate(args: FlowArgs) -> anyhow::Result<ExitStatus> {

@@ -8,6 +8,7 @@ mod info;
 mod model;
 mod run;
 mod serve;
+mod serving;
 mod trace;
 
 use crate::ExitStatus;

@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Request as HttpRequest, State};
+use axum::extract::{DefaultBodyLimit, Path, Request as HttpRequest, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -37,20 +37,75 @@ use sluice_nodes::llm::types::{
 use sluice_nodes::llm::{protocol, store};
 
 use super::flow::runtime;
+use super::serving::{
+    self, Admission, Counting, ErrorLabel, InFlight, QueueFull, RequestMetrics, count,
+};
 use crate::ExitStatus;
-use crate::cli::ServeArgs;
+use crate::cli::{HttpArgs, ServeArgs};
 
 struct Served {
     models: Vec<Arc<LocalModel>>,
     embedders: Vec<(String, Arc<LocalEmbedder>)>,
+    admission: Admission,
+    metrics: ModelMetrics,
 }
 
-/// The most bytes a request body may have.
-const MAX_BODY_BYTES: usize = 16 << 20;
+/// The metrics of `model serve`: its requests (as every server's) and its models' tokens.
+#[derive(Clone, Debug)]
+struct ModelMetrics {
+    registry: serving::Metrics,
+    http: RequestMetrics,
+    /// Tokens by model and direction (`prompt`, `completion`).
+    tokens: prometheus::IntCounterVec,
+    /// Seconds from a request to its first generated token, by model.
+    first_token_seconds: prometheus::HistogramVec,
+}
+
+impl ModelMetrics {
+    fn new() -> Result<ModelMetrics, prometheus::Error> {
+        let registry = serving::Metrics::default();
+        Ok(ModelMetrics {
+            http: RequestMetrics::new(
+                &registry,
+                (
+                    "sluice_serve_requests_in_flight",
+                    "Requests generating or embedding now.",
+                ),
+            )?,
+            tokens: registry.counter(
+                "sluice_serve_llm_tokens_total",
+                "Tokens read and generated, by model and direction (prompt, completion).",
+                &["model", "direction"],
+            )?,
+            first_token_seconds: registry.histogram(
+                "sluice_serve_llm_time_to_first_token_seconds",
+                "Seconds from a request to its first generated token, by model.",
+                &["model"],
+            )?,
+            registry,
+        })
+    }
+
+    fn usage(&self, model: &str, u: &Usage) {
+        self.tokens
+            .with_label_values(&[model, "prompt"])
+            .inc_by(u.prompt_tokens);
+        self.tokens
+            .with_label_values(&[model, "completion"])
+            .inc_by(u.completion_tokens);
+        if let Some(t) = u.time_to_first_token {
+            self.first_token_seconds
+                .with_label_values(&[model])
+                .observe(t.as_secs_f64());
+        }
+    }
+}
 /// The most inputs one /v1/embeddings request may embed (OpenAI's limit).
 const MAX_EMBEDDING_INPUTS: usize = 2048;
 /// The most chat messages in one request.
 const MAX_MESSAGES: usize = 4096;
+/// The most choices (`n`) one request may ask for.
+const MAX_CHOICES: u64 = 16;
 
 /// Time and connection limits of the server.
 #[derive(Clone, Copy, Debug)]
@@ -96,15 +151,22 @@ impl Limits {
             max_connections,
         })
     }
+
+    /// [`Limits::from_env`], with `--drain-timeout` in place of the shutdown timeout where given.
+    pub(crate) fn for_server(drain_timeout: Option<f64>) -> anyhow::Result<Limits> {
+        let mut limits = Limits::from_env()?;
+        if let Some(d) = drain_timeout {
+            limits.shutdown_timeout = Duration::from_secs_f64(d);
+        }
+        Ok(limits)
+    }
 }
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<ExitStatus> {
-    let api_key = match api_key(args.api_key.as_deref(), &args.host, args.insecure) {
+    let http = &args.http;
+    let (api_key, limits) = match key_and_limits(http) {
         Ok(k) => k,
-        Err(e) => {
-            eprintln!("{} {e}", crate::style::error_label());
-            return Ok(ExitStatus::Invalid);
-        }
+        Err(status) => return Ok(status),
     };
     let mut config = LocalConfig::from_env();
     if let Some(p) = args.parallel {
@@ -121,13 +183,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitStatus> {
         config.threads = t.max(1);
     }
     LocalConfig::set_process_default(config);
-    let limits = match Limits::from_env() {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("{} {e:#}", crate::style::error_label());
-            return Ok(ExitStatus::Invalid);
-        }
-    };
+    let metrics = ModelMetrics::new()?;
+    let admission = Admission::new(http.max_inflight, http.max_queue, &metrics.http);
     let rt = runtime()?;
     rt.block_on(async move {
         let mut models = Vec::new();
@@ -147,16 +204,29 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitStatus> {
                 };
             embedders.push((name.clone(), LocalEmbedder::get(&name, &path).await?));
         }
-        let state = Arc::new(Served { models, embedders });
+        let state = Arc::new(Served {
+            models,
+            embedders,
+            admission,
+            metrics,
+        });
+        let counting = Counting {
+            metrics: state.metrics.http.clone(),
+            access_log: true,
+        };
         let app = Router::new()
             .route("/health", get(|| async { "ok" }))
+            .route("/metrics", get(metrics_text))
             .route("/v1/models", get(list_models))
+            .route("/v1/models/{*id}", get(get_model))
             .route("/v1/chat/completions", post(chat))
             .route("/v1/completions", post(completions))
             .route("/v1/embeddings", post(embeddings))
+            .fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed)
             .with_state(state);
         let shutdown = shutdown_signal()?;
-        let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await?;
+        let listener = tokio::net::TcpListener::bind((http.host.as_str(), http.port)).await?;
         let addr = listener.local_addr()?;
         println!("listening on http://{addr}/v1");
         use std::io::Write;
@@ -164,15 +234,29 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitStatus> {
         let app = with_body_limit(
             app,
             BodyLimit {
-                max_bytes: MAX_BODY_BYTES,
+                max_bytes: http.max_body_bytes,
                 timeout: limits.body_timeout,
                 error: body_error,
             },
         );
-        let app = with_api_key(app, api_key.as_deref(), unauthorized);
+        let app = with_api_key(app, api_key.as_deref(), unauthorized)
+            .layer(axum::middleware::from_fn_with_state(counting, count));
         serve_http(listener, app, limits, shutdown).await;
         Ok(ExitStatus::Ok)
     })
+}
+
+/// The API key and limits a server starts with (see [`api_key`], [`Limits::for_server`]); a
+/// problem with them is printed, and the server exits with status 2.
+pub(crate) fn key_and_limits(http: &HttpArgs) -> Result<(Option<String>, Limits), ExitStatus> {
+    let refuse = |e: &dyn std::fmt::Display| {
+        eprintln!("{} {e:#}", crate::style::error_label());
+        ExitStatus::Invalid
+    };
+    let key =
+        api_key(http.api_key.as_deref(), &http.host, http.insecure).map_err(|e| refuse(&e))?;
+    let limits = Limits::for_server(http.drain_timeout).map_err(|e| refuse(&format!("{e:#}")))?;
+    Ok((key, limits))
 }
 
 /// A future that resolves on SIGINT or SIGTERM. The handlers are installed before this returns, so a
@@ -500,15 +584,70 @@ async fn read_body(State(limit): State<BodyLimit>, req: HttpRequest, next: Next)
         .await
 }
 
-async fn list_models(State(s): State<Arc<Served>>) -> Json<Json_> {
-    let data: Vec<_> = s
-        .models
+fn model_json(id: &str) -> Json_ {
+    json!({"id": id, "object": "model", "created": 0, "owned_by": "sluice"})
+}
+
+/// The names of every served model, chat and completion models first.
+fn model_names(s: &Served) -> impl Iterator<Item = &str> {
+    s.models
         .iter()
-        .map(|m| m.name().to_owned())
-        .chain(s.embedders.iter().map(|(n, _)| n.clone()))
-        .map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "sluice"}))
-        .collect();
+        .map(|m| m.name())
+        .chain(s.embedders.iter().map(|(n, _)| n.as_str()))
+}
+
+async fn list_models(State(s): State<Arc<Served>>) -> Json<Json_> {
+    let data: Vec<_> = model_names(&s).map(model_json).collect();
     Json(json!({"object": "list", "data": data}))
+}
+
+async fn get_model(State(s): State<Arc<Served>>, Path(id): Path<String>) -> Response {
+    match model_names(&s).find(|n| *n == id) {
+        Some(n) => Json(model_json(n)).into_response(),
+        None => no_such_model(&id),
+    }
+}
+
+fn no_such_model(id: &str) -> Response {
+    OpenAiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        format!("The model `{id}` does not exist"),
+    )
+    .code("model_not_found")
+    .param("model")
+    .into_response()
+}
+
+async fn metrics_text(State(s): State<Arc<Served>>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            serving::METRICS_CONTENT_TYPE,
+        )],
+        s.metrics.registry.render(),
+    )
+        .into_response()
+}
+
+/// The answer to a request for a path no route takes (404), or with a method its route does not
+/// take (405).
+fn no_route(status: StatusCode, req: &HttpRequest) -> Response {
+    let what = if status == StatusCode::NOT_FOUND {
+        "Unknown request URL"
+    } else {
+        "Method not allowed"
+    };
+    let message = format!("{what}: {} {}", req.method(), req.uri().path());
+    OpenAiError::new(status, "invalid_request_error", message).into_response()
+}
+
+async fn not_found(req: HttpRequest) -> Response {
+    no_route(StatusCode::NOT_FOUND, &req)
+}
+
+async fn method_not_allowed(req: HttpRequest) -> Response {
+    no_route(StatusCode::METHOD_NOT_ALLOWED, &req)
 }
 
 /// A chat or completion request. Its sampling parameters are the other fields, read by
@@ -591,21 +730,180 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<
     }
 }
 
+/// An error in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`; the message is
+/// redacted.
+#[derive(Debug)]
+struct OpenAiError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+    param: Option<&'static str>,
+    code: Option<&'static str>,
+}
+
+impl OpenAiError {
+    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> OpenAiError {
+        OpenAiError {
+            status,
+            kind,
+            message: message.into(),
+            param: None,
+            code: None,
+        }
+    }
+
+    fn param(self, param: &'static str) -> OpenAiError {
+        OpenAiError {
+            param: Some(param),
+            ..self
+        }
+    }
+
+    fn code(self, code: &'static str) -> OpenAiError {
+        OpenAiError {
+            code: Some(code),
+            ..self
+        }
+    }
+}
+
+impl IntoResponse for OpenAiError {
+    fn into_response(self) -> Response {
+        let message = redact(&self.message).into_owned();
+        let body = json!({"error": {"message": message, "type": self.kind, "param": self.param, "code": self.code}});
+        let mut r = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            r.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        r.extensions_mut()
+            .insert(ErrorLabel(self.code.unwrap_or(self.kind).to_owned()));
+        r
+    }
+}
+
 /// An OpenAI-style error body; the message is redacted.
-fn api_error(status: StatusCode, kind: &str, message: impl Into<String>) -> Response {
-    let message = redact(&message.into()).into_owned();
-    (
-        status,
-        Json(json!({"error": {"message": message, "type": kind, "code": null}})),
-    )
-        .into_response()
+fn api_error(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Response {
+    OpenAiError::new(status, kind, message).into_response()
 }
 
 fn invalid(message: impl Into<String>) -> Response {
     api_error(StatusCode::BAD_REQUEST, "invalid_request_error", message)
 }
 
+/// A parameter the local models cannot honour, refused rather than ignored.
+fn unsupported(param: &'static str, why: &str) -> Response {
+    OpenAiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_request_error",
+        format!("`{param}` is not supported by this server: {why}"),
+    )
+    .param(param)
+    .code("unsupported_parameter")
+    .into_response()
+}
+
+fn queue_full(e: QueueFull) -> Response {
+    OpenAiError::new(StatusCode::TOO_MANY_REQUESTS, "requests", e.to_string())
+        .code("rate_limit_exceeded")
+        .into_response()
+}
+
+/// Whether a parameter asks for something: not absent, null, false, 0, "" or an empty list or map.
+fn asks_for(v: Option<&Json_>) -> bool {
+    match v {
+        None | Some(Json_::Null) | Some(Json_::Bool(false)) => false,
+        Some(Json_::Number(n)) => n.as_f64() != Some(0.0),
+        Some(Json_::String(s)) => !s.is_empty(),
+        Some(Json_::Array(a)) => !a.is_empty(),
+        Some(Json_::Object(o)) => !o.is_empty(),
+        Some(Json_::Bool(true)) => true,
+    }
+}
+
 impl Request {
+    /// Refuses what the local models cannot do (function calling, log probabilities, ...) with a
+    /// 400 that names the parameter, rather than answering as if it had not been asked.
+    fn refuse_unsupported(&self, chat: bool) -> Result<(), Response> {
+        let p = &self.params;
+        for tools in ["tools", "functions"] {
+            if asks_for(p.get(tools)) {
+                return Err(unsupported(
+                    tools,
+                    "the local models have no function calling",
+                ));
+            }
+        }
+        for choice in ["tool_choice", "function_call"] {
+            if asks_for(p.get(choice)) && p.get(choice) != Some(&json!("none")) {
+                return Err(unsupported(
+                    choice,
+                    "the local models have no function calling",
+                ));
+            }
+        }
+        for logprobs in ["logprobs", "top_logprobs"] {
+            if asks_for(p.get(logprobs)) {
+                return Err(unsupported(
+                    logprobs,
+                    "the local models do not return log probabilities",
+                ));
+            }
+        }
+        if asks_for(p.get("logit_bias")) {
+            return Err(unsupported(
+                "logit_bias",
+                "the local models sample without token biases",
+            ));
+        }
+        if !chat {
+            if asks_for(p.get("echo")) {
+                return Err(unsupported("echo", "the prompt is not echoed"));
+            }
+            if asks_for(p.get("suffix")) {
+                return Err(unsupported("suffix", "the local models do not insert text"));
+            }
+            if p.get("best_of").and_then(Json_::as_u64).unwrap_or(1) > 1 {
+                return Err(unsupported("best_of", "ask for `n` choices instead"));
+            }
+        }
+        Ok(())
+    }
+
+    /// `n`: how many choices to generate, 1 when absent.
+    fn choices(&self) -> Result<usize, Response> {
+        match self.params.get("n") {
+            None | Some(Json_::Null) => Ok(1),
+            Some(n) => match n.as_u64() {
+                Some(n) if (1..=MAX_CHOICES).contains(&n) => Ok(n as usize),
+                _ => Err(OpenAiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    format!("`n` must be a whole number from 1 to {MAX_CHOICES}, not {n}"),
+                )
+                .param("n")
+                .into_response()),
+            },
+        }
+    }
+
+    /// `stream_options.include_usage`: a streamed answer ends with a chunk of usage.
+    fn include_usage(&self) -> Result<bool, Response> {
+        match self.params.get("stream_options") {
+            None | Some(Json_::Null) => Ok(false),
+            Some(Json_::Object(o)) => match o.get("include_usage") {
+                None | Some(Json_::Null) => Ok(false),
+                Some(Json_::Bool(b)) => Ok(*b),
+                Some(_) => Err(invalid(
+                    "`stream_options.include_usage` must be true or false",
+                )),
+            },
+            Some(_) => Err(invalid("`stream_options` must be an object")),
+        }
+    }
+
     fn params(&self) -> Result<GenParams, Response> {
         if self
             .messages
@@ -616,7 +914,9 @@ impl Request {
                 "a request takes at most {MAX_MESSAGES} messages"
             )));
         }
-        let mut params = protocol::from_fields(&self.params).map_err(|e| invalid(e.to_string()))?;
+        // `n` is answered here, with one generation per choice.
+        let fields = self.params.iter().filter(|(k, _)| k.as_str() != "n");
+        let mut params = protocol::from_fields(fields).map_err(|e| invalid(e.to_string()))?;
         // The model is chosen by name among the served ones, not passed on.
         params.model = None;
         Ok(params)
@@ -636,23 +936,17 @@ fn pick(
             .iter()
             .find(|m| m.name() == w || (w == "default" && m.name() == store::default_model(use_)))
             .cloned()
-            .ok_or_else(|| {
-                api_error(
-                    StatusCode::NOT_FOUND,
-                    "invalid_request_error",
-                    format!("The model `{w}` does not exist"),
-                )
-            }),
+            .ok_or_else(|| no_such_model(w)),
     }
 }
 
 fn llm_error(e: LlmError) -> Response {
-    let status = if e.user {
-        StatusCode::BAD_REQUEST
+    let (status, kind) = if e.user {
+        (StatusCode::BAD_REQUEST, "invalid_request_error")
     } else {
-        StatusCode::INTERNAL_SERVER_ERROR
+        (StatusCode::INTERNAL_SERVER_ERROR, "server_error")
     };
-    api_error(status, "server_error", e.message)
+    api_error(status, kind, e.message)
 }
 
 fn now() -> u64 {
@@ -674,13 +968,16 @@ fn usage_json(u: &Usage) -> Json_ {
            "prompt_tokens_details": {"cached_tokens": u.cached_tokens}})
 }
 
+/// The usage of a request answered with several choices: the prompt once, every completion.
+fn total_usage(all: &[Usage]) -> Usage {
+    let mut total = all.first().cloned().unwrap_or_default();
+    total.completion_tokens = all.iter().map(|u| u.completion_tokens).sum();
+    total
+}
+
 async fn chat(State(s): State<Arc<Served>>, OpenAiJson(req): OpenAiJson<Request>) -> Response {
     let Some(wire) = &req.messages else {
-        return api_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            "`messages` is required",
-        );
+        return invalid("`messages` is required");
     };
     let messages = match wire.iter().enumerate().map(|(i, m)| m.to_chat(i)).collect() {
         Ok(m) => m,
@@ -698,15 +995,27 @@ async fn completions(
         Some(Json_::Array(a)) if a.len() == 1 && a[0].is_string() => {
             a[0].as_str().unwrap_or_default().to_owned()
         }
-        _ => {
-            return api_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                "`prompt` must be a string",
-            );
-        }
+        _ => return invalid("`prompt` must be a string"),
     };
     run(s, req, Prompt::Text(prompt), false).await
+}
+
+/// What a request asks of a model, checked.
+struct Asked {
+    params: GenParams,
+    choices: usize,
+    include_usage: bool,
+}
+
+impl Request {
+    fn asked(&self, chat: bool) -> Result<Asked, Response> {
+        self.refuse_unsupported(chat)?;
+        Ok(Asked {
+            params: self.params()?,
+            choices: self.choices()?,
+            include_usage: self.include_usage()?,
+        })
+    }
 }
 
 async fn run(s: Arc<Served>, req: Request, prompt: Prompt, chat: bool) -> Response {
@@ -719,94 +1028,165 @@ async fn run(s: Arc<Served>, req: Request, prompt: Prompt, chat: bool) -> Respon
         Ok(m) => m,
         Err(r) => return r,
     };
-    let params = match req.params() {
-        Ok(p) => p,
+    let asked = match req.asked(chat) {
+        Ok(a) => a,
         Err(r) => return r,
     };
-    let stream = match model.generate(prompt, params).await {
-        Ok(s) => s,
-        Err(e) => return llm_error(e),
+    let in_flight = match s.admission.enter().await {
+        Ok(g) => g,
+        Err(e) => return queue_full(e),
     };
+    // One generation per choice, decoded together; each after the first samples with a seed of
+    // its own, so that the choices differ where sampling is random.
+    let mut streams = Vec::with_capacity(asked.choices);
+    for i in 0..asked.choices {
+        let mut params = asked.params.clone();
+        if i > 0 {
+            params.seed = Some(params.seed.unwrap_or(0).wrapping_add(i as i64));
+        }
+        match model.generate(prompt.clone(), params).await {
+            Ok(st) => streams.push(st),
+            Err(e) => return llm_error(e),
+        }
+    }
     let name = model.name().to_owned();
+    let shape = Shape { chat, model: name };
     if req.stream {
-        return Sse::new(sse(stream, name, chat))
+        let events = sse(streams, shape, asked.include_usage, (s.clone(), in_flight));
+        return Sse::new(events)
             .keep_alive(KeepAlive::default())
             .into_response();
     }
-    match stream.collect().await {
-        Ok(done) => {
-            let choice = if chat {
-                json!({"index": 0, "message": {"role": "assistant", "content": done.text}, "finish_reason": done.finish_reason.as_str()})
-            } else {
-                json!({"index": 0, "text": done.text, "finish_reason": done.finish_reason.as_str(), "logprobs": null})
-            };
-            let object = if chat {
-                "chat.completion"
-            } else {
-                "text_completion"
-            };
-            Json(json!({"id": format!("sluice-{}", id()), "object": object, "created": now(), "model": name,
-                        "choices": [choice], "usage": usage_json(&done.usage)}))
-                .into_response()
+    let done = futures::future::join_all(streams.into_iter().map(TokenStream::collect)).await;
+    drop(in_flight);
+    let mut choices = Vec::with_capacity(done.len());
+    let mut usages = Vec::with_capacity(done.len());
+    for (i, d) in done.into_iter().enumerate() {
+        match d {
+            Ok(d) => {
+                s.metrics.usage(&shape.model, &d.usage);
+                choices.push(shape.choice(i, &d.text, Some(d.finish_reason.as_str()), false));
+                usages.push(d.usage);
+            }
+            Err(e) => return llm_error(e),
         }
-        Err(e) => llm_error(e),
+    }
+    let object = if chat {
+        "chat.completion"
+    } else {
+        "text_completion"
+    };
+    Json(json!({"id": format!("sluice-{}", id()), "object": object, "created": now(), "model": shape.model,
+                "choices": choices, "usage": usage_json(&total_usage(&usages))}))
+        .into_response()
+}
+
+/// How an answer is written: chat or completion, and the model's name.
+#[derive(Clone, Debug)]
+struct Shape {
+    chat: bool,
+    model: String,
+}
+
+impl Shape {
+    /// Choice `i` with `text`: a whole message, or a chunk's delta when `delta`.
+    fn choice(&self, i: usize, text: &str, finish: Option<&str>, delta: bool) -> Json_ {
+        match (self.chat, delta) {
+            (true, false) => {
+                json!({"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": finish, "logprobs": null})
+            }
+            (true, true) if text.is_empty() && finish.is_some() => {
+                json!({"index": i, "delta": {}, "finish_reason": finish, "logprobs": null})
+            }
+            (true, true) => {
+                json!({"index": i, "delta": {"content": text}, "finish_reason": finish, "logprobs": null})
+            }
+            (false, _) => {
+                json!({"index": i, "text": text, "finish_reason": finish, "logprobs": null})
+            }
+        }
     }
 }
 
+/// The chunks of a streamed answer with `streams.len()` choices: for chat, a first chunk per
+/// choice with the role; a chunk per piece of text; a last chunk per choice with why it ended; with
+/// `include_usage`, a chunk with no choices and the usage (and `"usage": null` on the others), as
+/// OpenAI streams it; then `[DONE]`. The request keeps its place in flight until the end.
 fn sse(
-    mut stream: TokenStream,
-    model: String,
-    chat: bool,
+    streams: Vec<TokenStream>,
+    shape: Shape,
+    include_usage: bool,
+    (served, in_flight): (Arc<Served>, InFlight),
 ) -> impl Stream<Item = Result<SseEvent, std::convert::Infallible>> {
     let rid = format!("sluice-{}", id());
-    let object = if chat {
+    let object = if shape.chat {
         "chat.completion.chunk"
     } else {
         "text_completion"
     };
     async_stream(move |tx| async move {
-        let chunk = |choice: Json_, usage: Option<Json_>| {
-            let mut v = json!({"id": rid, "object": object, "created": now(), "model": model, "choices": [choice]});
-            if let Some(u) = usage {
-                v["usage"] = u;
+        let _in_flight = in_flight;
+        let n = streams.len();
+        let chunk = |choices: Vec<Json_>, usage: Option<Json_>| {
+            let mut v = json!({"id": rid, "object": object, "created": now(), "model": shape.model, "choices": choices});
+            if include_usage {
+                v["usage"] = usage.unwrap_or(Json_::Null);
             }
             SseEvent::default().data(v.to_string())
         };
-        if chat {
-            let _ = tx.send(chunk(json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}), None));
+        if shape.chat {
+            for i in 0..n {
+                let first = json!({"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": null, "logprobs": null});
+                let _ = tx.send(chunk(vec![first], None));
+            }
         }
-        while let Some(ev) = stream.next().await {
+        let mut merged =
+            futures::stream::select_all(streams.into_iter().enumerate().map(|(i, st)| {
+                Box::pin(futures::stream::unfold(st, move |mut st| async move {
+                    st.next().await.map(|ev| ((i, ev), st))
+                }))
+            }));
+        let mut usages = Vec::with_capacity(n);
+        while let Some((i, ev)) = futures::StreamExt::next(&mut merged).await {
             match ev {
                 Event::Text(t) => {
-                    let choice = if chat {
-                        json!({"index": 0, "delta": {"content": t}, "finish_reason": null})
-                    } else {
-                        json!({"index": 0, "text": t, "finish_reason": null})
-                    };
-                    if tx.send(chunk(choice, None)).is_err() {
+                    if tx
+                        .send(chunk(vec![shape.choice(i, &t, None, true)], None))
+                        .is_err()
+                    {
                         return;
                     }
                 }
                 Event::Done(reason, usage) => {
-                    let choice = if chat {
-                        json!({"index": 0, "delta": {}, "finish_reason": reason.as_str()})
-                    } else {
-                        json!({"index": 0, "text": "", "finish_reason": reason.as_str()})
-                    };
-                    let _ = tx.send(chunk(choice, Some(usage_json(&usage))));
-                    let _ = tx.send(SseEvent::default().data("[DONE]"));
-                    return;
+                    served.metrics.usage(&shape.model, &usage);
+                    let _ = tx.send(chunk(
+                        vec![shape.choice(i, "", Some(reason.as_str()), true)],
+                        None,
+                    ));
+                    usages.push(usage);
+                    if usages.len() == n {
+                        break;
+                    }
                 }
                 Event::Message(_) => {}
                 Event::Error(e) => {
-                    let _ = tx.send(
-                        SseEvent::default()
-                            .data(json!({"error": {"message": redact(&e.message)}}).to_string()),
-                    );
+                    let kind = if e.user {
+                        "invalid_request_error"
+                    } else {
+                        "server_error"
+                    };
+                    let _ = tx.send(SseEvent::default().data(
+                        json!({"error": {"message": redact(&e.message), "type": kind, "param": null, "code": null}})
+                            .to_string(),
+                    ));
                     return;
                 }
             }
         }
+        if include_usage {
+            let _ = tx.send(chunk(Vec::new(), Some(usage_json(&total_usage(&usages)))));
+        }
+        let _ = tx.send(SseEvent::default().data("[DONE]"));
     })
 }
 
@@ -829,6 +1209,22 @@ where
 struct EmbeddingRequest {
     model: Option<String>,
     input: Json_,
+    #[serde(default)]
+    encoding_format: Option<String>,
+    #[serde(default)]
+    dimensions: Option<Json_>,
+}
+
+/// An embedding as OpenAI sends it: a list of numbers, or with `encoding_format: base64` the
+/// little-endian `f32`s in base64.
+fn embedding_json(v: &[f32], base64: bool) -> Json_ {
+    if base64 {
+        use base64::Engine as _;
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        Json_::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+    } else {
+        json!(v)
+    }
 }
 
 async fn embeddings(
@@ -844,6 +1240,19 @@ async fn embeddings(
             "`input` takes at most {MAX_EMBEDDING_INPUTS} items"
         ));
     }
+    let base64 = match req.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return OpenAiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                format!("`encoding_format` must be `float` or `base64`, not `{other}`"),
+            )
+            .param("encoding_format")
+            .into_response();
+        }
+    };
     let embedder = match req.model.as_deref() {
         _ if s.embedders.is_empty() => {
             return api_error(
@@ -855,38 +1264,57 @@ async fn embeddings(
         None | Some("") => s.embedders[0].clone(),
         Some(w) => match s.embedders.iter().find(|(n, _)| n == w) {
             Some(e) => e.clone(),
-            None => {
-                return api_error(
-                    StatusCode::NOT_FOUND,
-                    "invalid_request_error",
-                    format!("The model `{w}` does not exist"),
-                );
-            }
+            None => return no_such_model(w),
         },
     };
+    if let Some(d) = &req.dimensions
+        && !d.is_null()
+        && d.as_u64() != Some(embedder.1.dims() as u64)
+    {
+        return unsupported(
+            "dimensions",
+            &format!(
+                "`{}` makes vectors of {} dimensions only",
+                embedder.0,
+                embedder.1.dims()
+            ),
+        );
+    }
     let texts: Vec<String> = match &req.input {
         Json_::String(t) => vec![t.clone()],
         Json_::Array(items) if items.iter().all(Json_::is_string) => items
             .iter()
             .filter_map(|i| i.as_str().map(str::to_owned))
             .collect(),
-        _ => {
-            return api_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                "`input` must be a string or a list of strings",
-            );
-        }
+        _ => return invalid("`input` must be a string or a list of strings"),
     };
-    match embedder.1.embed(texts).await {
+    let in_flight = match s.admission.enter().await {
+        Ok(g) => g,
+        Err(e) => return queue_full(e),
+    };
+    // The tokens each text is read as, up to the longest text the model reads whole.
+    let read = embedder.1.max_tokens().saturating_sub(2);
+    let tokens: u64 = embedder
+        .1
+        .token_counts(&texts.iter().map(String::as_str).collect::<Vec<_>>())
+        .into_iter()
+        .map(|n| n.min(read) as u64)
+        .sum();
+    let result = embedder.1.embed(texts).await;
+    drop(in_flight);
+    match result {
         Ok(vectors) => {
+            s.metrics
+                .tokens
+                .with_label_values(&[embedder.0.as_str(), "prompt"])
+                .inc_by(tokens);
             let data: Vec<_> = vectors
-                .into_iter()
+                .iter()
                 .enumerate()
-                .map(|(i, v)| json!({"object": "embedding", "index": i, "embedding": v}))
+                .map(|(i, v)| json!({"object": "embedding", "index": i, "embedding": embedding_json(v, base64)}))
                 .collect();
             Json(json!({"object": "list", "data": data, "model": embedder.0,
-                        "usage": {"prompt_tokens": 0, "total_tokens": 0}}))
+                        "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}))
             .into_response()
         }
         Err(e) => llm_error(e),

@@ -290,8 +290,21 @@ pub fn content_length(head: &str) -> usize {
 }
 
 /// The DOM of `url` after its scripts ran, as headless Chromium at `width` x `height` dumps it.
-pub fn dump_dom(chromium: &Path, profile: &Path, url: &str, (width, height): (u32, u32)) -> String {
+pub fn dump_dom(chromium: &Path, profile: &Path, url: &str, size: (u32, u32)) -> String {
+    dump_dom_with(chromium, profile, url, size, &[])
+}
+
+/// [`dump_dom`] with more Chromium switches (`--virtual-time-budget=MS` to wait for what the
+/// page's scripts fetch).
+pub fn dump_dom_with(
+    chromium: &Path,
+    profile: &Path,
+    url: &str,
+    (width, height): (u32, u32),
+    switches: &[&str],
+) -> String {
     let out = chromium_at(chromium, profile, width, height)
+        .args(switches)
         .arg("--dump-dom")
         .arg(url)
         .output()
@@ -309,18 +322,6 @@ pub struct Served {
     pub addr: String,
 }
 
-impl Served {
-    /// Sends the server `signal` (`-TERM`, `-INT`) with `kill`.
-    pub fn signal(&self, signal: &str) {
-        let killed = std::process::Command::new("kill")
-            .arg(signal)
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(killed.success());
-    }
-}
-
 impl Drop for Served {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -328,15 +329,102 @@ impl Drop for Served {
     }
 }
 
-/// Starts `sluice ARGS` in `home` with `env` and waits for its first line, `listening on URL`.
+impl Served {
+    pub fn get(&self, path: &str) -> Answer {
+        request(&self.addr, "GET", path, &[], b"")
+    }
+
+    /// `POST PATH` with a JSON body.
+    pub fn post_json(&self, path: &str, body: &Json) -> Answer {
+        request(
+            &self.addr,
+            "POST",
+            path,
+            &[("content-type", "application/json")],
+            body.to_string().as_bytes(),
+        )
+    }
+
+    /// The value of a metric line (`name{labels}`) in /metrics, 0 when absent; `headers` go with the
+    /// request (an API key).
+    pub fn metric_with(&self, series: &str, headers: &[(&str, &str)]) -> f64 {
+        let text = request(&self.addr, "GET", "/metrics", headers, b"").body;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// The value of a metric line (`name{labels}`) in /metrics, 0 when absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        self.metric_with(series, &[])
+    }
+
+    /// Waits (10 s at most) until the metric `series` is at least `at_least`; `what` says what that
+    /// means for the failure.
+    pub fn await_metric(&self, series: &str, at_least: f64, headers: &[(&str, &str)], what: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.metric_with(series, headers) < at_least {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Sends the server `sig` (`-TERM`, `-INT`) with `kill`.
+    pub fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .arg(sig)
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// Stops the server with `sig` (`-TERM`, `-INT`), as a supervisor would, and checks that it
+    /// exits 0 within 10 seconds.
+    pub fn stop_with(mut self, sig: &str) {
+        self.signal(sig);
+        let status = self.wait_within(std::time::Duration::from_secs(10));
+        assert_eq!(status.and_then(|s| s.code()), Some(0), "{sig}: {status:?}");
+    }
+
+    /// Stops the server with SIGTERM and checks that it exits 0.
+    pub fn stop(self) {
+        self.stop_with("-TERM");
+    }
+
+    pub fn wait_within(&mut self, limit: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let started = std::time::Instant::now();
+        while started.elapsed() < limit {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+/// Starts `sluice ARGS` in `home` with `env` (and no `SLUICE_API_KEY` but one `env` gives) and waits
+/// for its first line, `listening on URL`; its stderr is the test's.
 pub fn serve(home: &Path, args: &[&str], env: &[(&str, &str)]) -> Served {
+    serve_to(home, args, env, std::process::Stdio::inherit())
+}
+
+/// [`serve`], with the server's stderr sent to `stderr`.
+pub fn serve_to(
+    home: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    stderr: std::process::Stdio,
+) -> Served {
     let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("sluice"))
         .args(args)
         .env("SLUICE_HOME", home)
         .env("SLUICE_MODELS_DIR", sluice_nodes::llm::store::models_dir())
+        .env_remove("SLUICE_API_KEY")
         .envs(env.iter().copied())
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let line = first_line(&mut child);
@@ -428,4 +516,162 @@ pub fn visualize(home: &Path, runs: &[&str], report: &Path) -> String {
             .arg(report),
     );
     std::fs::read_to_string(report).unwrap()
+}
+
+/// `sluice model serve ARGS` on a free loopback port with two slots of 512 tokens.
+pub fn model_serve(home: &Path, args: &[&str], env: &[(&str, &str)]) -> Served {
+    model_serve_to(home, args, env, std::process::Stdio::inherit())
+}
+
+/// [`model_serve`], with the server's stderr sent to `stderr`.
+pub fn model_serve_to(
+    home: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    stderr: std::process::Stdio,
+) -> Served {
+    let mut all = vec![
+        "model",
+        "serve",
+        "--port",
+        "0",
+        "--parallel",
+        "2",
+        "--ctx",
+        "512",
+    ];
+    all.extend_from_slice(args);
+    serve_to(home, &all, env, stderr)
+}
+
+/// An answer: status, headers (lowercased names) and the body, de-chunked.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Json {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.body))
+    }
+
+    /// `error.innerError.code` of a `flow serve` error answer.
+    pub fn error_code(&self) -> String {
+        self.json()["error"]["innerError"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// The `data:` of each server-sent event.
+    pub fn events(&self) -> Vec<&str> {
+        self.body
+            .split("\n\n")
+            .filter(|e| !e.is_empty())
+            .map(|e| e.strip_prefix("data: ").unwrap_or(e))
+            .collect()
+    }
+}
+
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(end) = raw.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size = usize::from_str_radix(
+            String::from_utf8_lossy(&raw[..end])
+                .split(';')
+                .next()
+                .unwrap()
+                .trim(),
+            16,
+        )
+        .unwrap_or(0);
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&raw[end + 2..end + 2 + size]);
+        raw = &raw[end + 2 + size + 2..];
+    }
+}
+
+/// Sends one request (`connection: close`) and reads the whole answer.
+pub fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Answer {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    // A generous bound: on a loaded machine the local model can take minutes.
+    s.set_read_timeout(Some(std::time::Duration::from_secs(600)))
+        .unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    // A refused body may be answered before it is all sent.
+    let _ = s.write_all(body);
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no answer: {:?}", String::from_utf8_lossy(&raw)));
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    let rest = &raw[split + 4..];
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_vec()
+    };
+    Answer {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// A client on a thread of its own.
+pub fn client<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    std::thread::Builder::new()
+        .name("client".into())
+        .spawn(f)
+        .unwrap()
 }

@@ -12,7 +12,6 @@ use crate::common::{
     add_connection, ran, read_jsonl, refused, run_create, serve, sluice, tested, write_files,
 };
 use crate::fake::{FakeServer, ok_body};
-use crate::serve::request;
 
 /// A function entry: typed and defaulted parameters, an environment variable from the YAML.
 const GREET: &[(&str, &str)] = &[
@@ -581,13 +580,7 @@ fn flow_serve_runs_a_class_entry_made_with_pf_flow_init_config() {
         ],
         &[("PF_FLOW_INIT_CONFIG", "{\"bonus\": 7}")],
     );
-    let answer = request(
-        &served.addr,
-        "POST",
-        "/score",
-        &[("content-type", "application/json")],
-        br#"{"answer": "1", "truth": "2"}"#,
-    );
+    let answer = served.post_json("/score", &json!({"answer": "1", "truth": "2"}));
     assert_eq!(answer.status, 200, "{}", answer.body);
     let body: Json = serde_json::from_str(&answer.body).unwrap();
     assert_eq!(body, json!({"score": 7, "match": false}));

@@ -443,6 +443,24 @@ fn non_finite_numbers_are_written_and_read_back_as_python_writes_them() {
         .success();
     let resumed = std::fs::read_to_string(runs.join("resumed/outputs.jsonl")).unwrap();
     assert_eq!(resumed, outputs, "carrying lines over changed a value");
+
+    // `run show-details` shows them as the records hold them.
+    let details = ["run", "show-details", "-n", "base", "--format", "json"];
+    let shown = crate::common::succeeded(sluice(home.path()).args(details));
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    for needle in [
+        "\"outputs.v\": NaN",
+        "\"inputs.v\": -Infinity",
+        "\"outputs.inf\": Infinity",
+    ] {
+        assert!(shown.contains(needle), "{needle} not in {shown}");
+    }
+    let table = crate::common::succeeded(sluice(home.path()).args(&details[..4]));
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("NaN") && table.contains("-Infinity"),
+        "{table}"
+    );
 }
 
 /// A small tmpfs mounted on a temporary folder, unmounted when dropped.

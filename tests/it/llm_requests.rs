@@ -4,17 +4,16 @@
 
 use serde_json::{Value as Json, json};
 
+use std::path::Path;
+
 use tempfile::TempDir;
 
 use crate::common::{add_connection, flow_test_with, tested, write_files};
 use crate::fake::{FakeServer, ok_body};
 
-/// A fake server that answers every request with `reply`, a home whose connections point at it
-/// (`oai` open_ai, `aoai` azure_open_ai, `maas` serverless) and a flow folder holding `chat.jinja2`
-/// (`template`) and `flow.dag.yaml` (`yaml`).
-fn setup(reply: String, template: &str, yaml: &str) -> (FakeServer, TempDir, TempDir) {
-    let rec = FakeServer::replying(reply);
-    let home = tempfile::tempdir().unwrap();
+/// Stores connections to `rec` in `home`: `oai` (open_ai), `aoai` (azure_open_ai) and `maas`
+/// (serverless).
+pub(crate) fn connect(home: &Path, rec: &FakeServer) {
     for (name, kind, base, extra) in [
         ("oai", "open_ai", &rec.base, ""),
         (
@@ -26,12 +25,20 @@ fn setup(reply: String, template: &str, yaml: &str) -> (FakeServer, TempDir, Tem
         ("maas", "serverless", &rec.origin, ""),
     ] {
         add_connection(
-            home.path(),
+            home,
             name,
             &format!("name: {name}\ntype: {kind}\napi_key: k\napi_base: {base}\n{extra}"),
         );
     }
-    let flow = tempfile::tempdir().unwrap();
+}
+
+/// A fake server that answers every request with `reply`, a home whose connections point at it
+/// (as `connect` stores them) and a flow folder holding `chat.jinja2` (`template`) and
+/// `flow.dag.yaml` (`yaml`).
+fn setup(reply: String, template: &str, yaml: &str) -> (FakeServer, TempDir, TempDir) {
+    let rec = FakeServer::replying(reply);
+    let (home, flow) = crate::common::home_and_flow();
+    connect(home.path(), &rec);
     write_files(
         flow.path(),
         &[("chat.jinja2", template), ("flow.dag.yaml", yaml)],

@@ -459,10 +459,7 @@ fn a_stuck_python_tool_does_not_keep_the_process_alive_after_a_line_timeout() {
 
 /// `sluice model serve` on a free loopback port, two slots of 512 tokens; killed on drop.
 fn serve(home: &Path, env: &[(&str, &str)]) -> common::Served {
-    let args: Vec<&str> = "model serve --port 0 --parallel 2 --ctx 512"
-        .split(' ')
-        .collect();
-    common::serve(home, &args, env)
+    common::model_serve(home, &[], env)
 }
 
 /// Two clients of `addr`: one that sent only `head` of a request, one that sent a whole request

@@ -1,280 +1,102 @@
 //! `sluice flow serve`: the real binary on a loopback port, driven over real HTTP.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value as Json, json};
 
-use crate::common::{read_jsonl, write_files};
+use crate::common::{Answer, Served, client, read_jsonl, request, succeeded, write_files};
 
 /// A flow with a Python node that upper-cases `text` after sleeping `wait` seconds, and an
 /// evaluation-only output.
-const SLOW_UPPER: &[(&str, &str)] = &[
-    (
-        "flow.dag.yaml",
-        "inputs:\n  text: {type: string}\n  wait: {type: double, default: 0}\noutputs:\n  shout: {type: string, reference: '${up.output}'}\n  graded: {type: string, reference: '${inputs.text}', evaluation_only: true}\nnodes:\n- name: up\n  type: python\n  source: {type: code, path: up.py}\n  inputs: {text: '${inputs.text}', wait: '${inputs.wait}'}\n",
-    ),
-    (
-        "up.py",
-        "import time\nfrom promptflow.core import tool\n\n@tool\ndef up(text: str, wait: float) -> str:\n    time.sleep(wait)\n    return text.upper()\n",
-    ),
-];
+const SLOW_UPPER: &str = "slow_upper";
 
 /// One input, one output: the raw body is the input.
-const ECHO: &[(&str, &str)] = &[
-    (
-        "flow.dag.yaml",
-        "inputs:\n  text: {type: string}\noutputs:\n  echoed: {type: string, reference: '${echo.output}'}\nnodes:\n- name: echo\n  type: prompt\n  source: {type: code, path: echo.jinja2}\n  inputs: {text: '${inputs.text}'}\n",
-    ),
-    ("echo.jinja2", "said: {{ text }}"),
-];
+const ECHO: &str = "echo";
 
 /// A generator output next to a plain one.
-const STREAMING: &[(&str, &str)] = &[
-    (
-        "flow.dag.yaml",
-        "inputs:\n  text: {type: string}\noutputs:\n  streamed: {type: string, reference: '${chars.output}'}\n  length: {type: int, reference: '${count.output}'}\nnodes:\n- name: chars\n  type: python\n  source: {type: code, path: chars.py}\n  inputs: {text: '${inputs.text}'}\n- name: count\n  type: python\n  source: {type: code, path: count.py}\n  inputs: {text: '${inputs.text}'}\n",
-    ),
-    (
-        "chars.py",
-        "from promptflow.core import tool\n\n@tool\ndef chars(text: str):\n    for ch in text:\n        yield ch.upper()\n",
-    ),
-    (
-        "count.py",
-        "from promptflow.core import tool\n\n@tool\ndef count(text: str) -> int:\n    return len(text)\n",
-    ),
-];
+const STREAMING: &str = "streaming";
 
-const CHAT: &[(&str, &str)] = &[
-    (
-        "flow.dag.yaml",
-        "inputs:\n  chat_history: {type: list, is_chat_history: true, default: []}\n  question: {type: string, is_chat_input: true}\noutputs:\n  answer: {type: string, reference: '${reply.output}', is_chat_output: true}\nnodes:\n- name: reply\n  type: prompt\n  source: {type: code, path: reply.jinja2}\n  inputs: {question: '${inputs.question}'}\n",
-    ),
-    ("reply.jinja2", "you asked {{ question }}"),
-];
+const CHAT: &str = "chat";
 
-fn flow_dir(root: &Path, files: &[(&str, &str)]) -> PathBuf {
+/// Two generator outputs.
+const TWO_STREAMS: &str = "two_streams";
+
+/// An `llm` node on the local chat model.
+const LLM_CHAT: &str = "llm_chat";
+
+/// An `llm` chat node on the Azure OpenAI connection `aoai`, deployment `placeholder`.
+const LLM_REMOTE: &str = "llm_remote";
+
+/// An `llm` completion that counts on for up to 2,000 tokens.
+const LLM_COUNT: &str = "llm_count";
+
+/// A copy of the test flow `name` (a folder of `tests/data/serve_flows`) at `ROOT/flow`.
+fn flow_dir(root: &Path, name: &str) -> PathBuf {
+    let from = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/serve_flows")
+        .join(name);
     let dir = root.join("flow");
     std::fs::create_dir_all(&dir).unwrap();
-    write_files(&dir, files);
+    for entry in std::fs::read_dir(&from).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+    }
     dir
 }
 
-/// `sluice flow serve` on a free loopback port; killed on drop.
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn command(home: &Path, flow: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("sluice"));
+/// `sluice flow serve --flow FLOW ARGS` in `home`, without an API key but one `env` gives.
+fn command(home: &Path, flow: &Path, args: &[&str]) -> assert_cmd::Command {
+    let mut cmd = crate::common::sluice(home);
     cmd.args(["flow", "serve", "--port", "0", "--flow"])
         .arg(flow)
         .args(args)
-        .env("SLUICE_HOME", home)
-        .env("SLUICE_MODELS_DIR", sluice_nodes::llm::store::models_dir())
         .env_remove("SLUICE_API_KEY");
     cmd
 }
 
-fn serve(home: &Path, flow: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
-    let mut child = command(home, flow, args)
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on http://")
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-        .to_owned();
-    let server = Server { child, addr };
+/// `sluice flow serve` on a free loopback port, answering /health; killed on drop.
+fn serve(home: &Path, flow: &Path, args: &[&str], env: &[(&str, &str)]) -> Served {
+    let flow = flow.to_str().unwrap();
+    let mut all = vec!["flow", "serve", "--port", "0", "--flow", flow];
+    all.extend_from_slice(args);
+    let server = crate::common::serve(home, &all, env);
     assert_eq!(server.get("/health").status, 200);
     server
 }
 
-/// An answer: status, headers (lowercased names) and the body, de-chunked.
-#[derive(Debug)]
-pub(crate) struct Answer {
-    pub(crate) status: u16,
-    headers: Vec<(String, String)>,
-    pub(crate) body: String,
+/// `POST /score` with a JSON body.
+fn score(server: &Served, body: &Json) -> Answer {
+    server.post_json("/score", body)
 }
 
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> Json {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.body))
-    }
-
-    /// `error.innerError.code` of an error answer.
-    fn error_code(&self) -> String {
-        self.json()["error"]["innerError"]["code"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
-    }
+/// `POST /score` with `headers` and a body as it is.
+fn post_score(server: &Served, headers: &[(&str, &str)], body: &[u8]) -> Answer {
+    request(&server.addr, "POST", "/score", headers, body)
 }
 
-fn dechunk(mut raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let Some(end) = raw.windows(2).position(|w| w == b"\r\n") else {
-            return out;
-        };
-        let size = usize::from_str_radix(
-            String::from_utf8_lossy(&raw[..end])
-                .split(';')
-                .next()
-                .unwrap()
-                .trim(),
-            16,
-        )
-        .unwrap_or(0);
-        if size == 0 {
-            return out;
-        }
-        out.extend_from_slice(&raw[end + 2..end + 2 + size]);
-        raw = &raw[end + 2 + size + 2..];
-    }
+/// `POST /score` asking for server-sent events.
+fn stream_score(server: &Served, body: &[u8]) -> Answer {
+    post_score(server, &[("accept", "text/event-stream")], body)
 }
 
-/// Sends one request (`connection: close`) and reads the whole answer.
-pub(crate) fn request(
-    addr: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Answer {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    s.write_all(head.as_bytes()).unwrap();
-    // A refused body may be answered before it is all sent.
-    let _ = s.write_all(body);
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no answer: {:?}", String::from_utf8_lossy(&raw)));
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
-    let rest = &raw[split + 4..];
-    let body = if chunked {
-        dechunk(rest)
-    } else {
-        rest.to_vec()
-    };
-    Answer {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
+/// The test flow `flow` in a new temporary root, and `flow serve` on it with `args`.
+fn start(flow: &str, args: &[&str]) -> (tempfile::TempDir, PathBuf, Served) {
+    start_with(flow, args, &[])
 }
 
-impl Server {
-    fn get(&self, path: &str) -> Answer {
-        request(&self.addr, "GET", path, &[], b"")
-    }
-
-    fn score(&self, body: &Json) -> Answer {
-        request(
-            &self.addr,
-            "POST",
-            "/score",
-            &[("content-type", "application/json")],
-            body.to_string().as_bytes(),
-        )
-    }
-
-    /// The value of a metric line (`name{labels}`) in /metrics, 0 when absent.
-    fn metric(&self, series: &str) -> f64 {
-        let text = self.get("/metrics").body;
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or(0.0)
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(sig)
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    }
-
-    /// Stops the server with SIGTERM, as a supervisor would, and checks it exits 0.
-    fn stop(mut self) {
-        self.signal("-TERM");
-        let status = self.wait_within(Duration::from_secs(10));
-        assert_eq!(status.and_then(|s| s.code()), Some(0));
-    }
-
-    fn wait_within(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let started = Instant::now();
-        while started.elapsed() < limit {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return Some(s);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
-    }
-}
-
-/// A client on a thread of its own.
-fn client(f: impl FnOnce() -> Answer + Send + 'static) -> std::thread::JoinHandle<Answer> {
-    std::thread::Builder::new()
-        .name("client".into())
-        .spawn(f)
-        .unwrap()
+/// [`start`] with `env`.
+fn start_with(
+    flow: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (tempfile::TempDir, PathBuf, Served) {
+    let root = tempfile::tempdir().unwrap();
+    let flow = flow_dir(root.path(), flow);
+    let server = serve(root.path(), &flow, args, env);
+    (root, flow, server)
 }
 
 /// The one traffic log segment of a flow named `flow`.
@@ -290,16 +112,9 @@ fn segment(home: &Path) -> PathBuf {
 
 #[test]
 fn flow_serve_answers_score_health_version_swagger_feedback_metrics_and_the_page() {
-    let root = tempfile::tempdir().unwrap();
-    let flow = flow_dir(root.path(), SLOW_UPPER);
-    let server = serve(
-        root.path(),
-        &flow,
-        &[],
-        &[("BUILD_INFO", r#"{"commit": "abc"}"#)],
-    );
+    let (root, _, server) = start_with(SLOW_UPPER, &[], &[("BUILD_INFO", r#"{"commit": "abc"}"#)]);
 
-    let ok = server.score(&json!({"text": "hi"}));
+    let ok = score(&server, &json!({"text": "hi"}));
     assert_eq!(ok.status, 200, "{}", ok.body);
     assert_eq!(ok.header("content-type"), Some("application/json"));
     // The evaluation-only output is left out.
@@ -384,18 +199,10 @@ fn flow_serve_answers_score_health_version_swagger_feedback_metrics_and_the_page
 
 #[test]
 fn flow_serve_takes_a_raw_body_for_a_one_input_flow_and_marks_chat_flows() {
-    let root = tempfile::tempdir().unwrap();
-    let flow = flow_dir(root.path(), ECHO);
-    let server = serve(root.path(), &flow, &[], &[]);
-    let raw = request(
-        &server.addr,
-        "POST",
-        "/score",
-        &[("content-type", "text/plain")],
-        b"plain words",
-    );
+    let (_root, _, server) = start(ECHO, &[]);
+    let raw = post_score(&server, &[("content-type", "text/plain")], b"plain words");
     assert_eq!(raw.json(), json!({"echoed": "said: plain words"}));
-    let as_json = server.score(&json!({"text": "x"}));
+    let as_json = score(&server, &json!({"text": "x"}));
     assert_eq!(as_json.json(), json!({"echoed": "said: x"}));
     drop(server);
 
@@ -408,17 +215,15 @@ fn flow_serve_takes_a_raw_body_for_a_one_input_flow_and_marks_chat_flows() {
     assert_eq!(info["x-chat-history"], "chat_history");
     assert_eq!(info["x-chat-output"], "answer");
     // Not a JSON object, and more than one input: a 400.
-    let two_inputs = request(&server.addr, "POST", "/score", &[], b"hello");
+    let two_inputs = post_score(&server, &[], b"hello");
     assert_eq!(two_inputs.status, 400, "{}", two_inputs.body);
     assert_eq!(two_inputs.error_code(), "InvalidRequestBody");
 }
 
 #[test]
 fn flow_serve_answers_a_missing_required_input_with_400_missing_required_flow_input() {
-    let root = tempfile::tempdir().unwrap();
-    let flow = flow_dir(root.path(), SLOW_UPPER);
-    let server = serve(root.path(), &flow, &[], &[]);
-    let r = server.score(&json!({"wait": 0}));
+    let (_root, _, server) = start(SLOW_UPPER, &[]);
+    let r = score(&server, &json!({"wait": 0}));
     assert_eq!(r.status, 400, "{}", r.body);
     assert_eq!(r.json()["error"]["code"], "UserError");
     assert_eq!(r.error_code(), "MissingRequiredFlowInput");
@@ -429,7 +234,7 @@ fn flow_serve_answers_a_missing_required_input_with_400_missing_required_flow_in
             .contains("'text'")
     );
     // An input of the wrong type is a user error too.
-    let bad = server.score(&json!({"text": "x", "wait": "soon"}));
+    let bad = score(&server, &json!({"text": "x", "wait": "soon"}));
     assert_eq!(bad.status, 400, "{}", bad.body);
     assert_eq!(
         server.metric(r#"sluice_serve_errors_total{code="MissingRequiredFlowInput"}"#),
@@ -440,13 +245,7 @@ fn flow_serve_answers_a_missing_required_input_with_400_missing_required_flow_in
 #[test]
 fn a_broken_flow_refuses_to_start_and_prints_its_problems() {
     let root = tempfile::tempdir().unwrap();
-    let flow = flow_dir(
-        root.path(),
-        &[(
-            "flow.dag.yaml",
-            "inputs: {}\noutputs:\n  o: {reference: '${nowhere.output}'}\nnodes: []\n",
-        )],
-    );
+    let flow = flow_dir(root.path(), "broken");
     let out = command(root.path(), &flow, &[]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(out.stdout.is_empty(), "it must not say it listens");
@@ -487,13 +286,7 @@ fn flow_serve_requires_the_api_key_on_every_route_but_health() {
     }
     assert_eq!(server.get("/health").status, 200);
     let auth = format!("Bearer {key}");
-    let ok = request(
-        &server.addr,
-        "POST",
-        "/score",
-        &[("authorization", &auth)],
-        body,
-    );
+    let ok = post_score(&server, &[("authorization", &auth)], body);
     assert_eq!(ok.status, 200, "{}", ok.body);
     assert_eq!(ok.json()["shout"], "HI");
     // A non-loopback address without a key is refused before anything listens.
@@ -506,14 +299,12 @@ fn flow_serve_requires_the_api_key_on_every_route_but_health() {
 
 #[test]
 fn flow_serve_refuses_a_body_over_the_limit_with_413() {
-    let root = tempfile::tempdir().unwrap();
-    let flow = flow_dir(root.path(), SLOW_UPPER);
-    let server = serve(root.path(), &flow, &["--max-body-bytes", "1000"], &[]);
+    let (_root, _, server) = start(SLOW_UPPER, &["--max-body-bytes", "1000"]);
     let big = json!({"text": "x".repeat(2000)});
-    let r = server.score(&big);
+    let r = score(&server, &big);
     assert_eq!(r.status, 413, "{}", r.body);
     assert_eq!(r.error_code(), "RequestEntityTooLarge");
-    let small = server.score(&json!({"text": "x".repeat(500)}));
+    let small = score(&server, &json!({"text": "x".repeat(500)}));
     assert_eq!(small.status, 200);
     assert_eq!(
         server.metric(r#"sluice_serve_rejections_total{reason="body_too_large"}"#),
@@ -523,14 +314,7 @@ fn flow_serve_refuses_a_body_over_the_limit_with_413() {
 
 #[test]
 fn flow_serve_answers_429_with_retry_after_beyond_the_queue() {
-    let root = tempfile::tempdir().unwrap();
-    let flow = flow_dir(root.path(), SLOW_UPPER);
-    let server = serve(
-        root.path(),
-        &flow,
-        &["--max-inflight", "1", "--max-queue", "1"],
-        &[],
-    );
+    let (_root, _, server) = start(SLOW_UPPER, &["--max-inflight", "1", "--max-queue", "1"]);
     let addr = server.addr.clone();
     let slow = |addr: String| {
         client(move || {
@@ -544,18 +328,21 @@ fn flow_serve_answers_429_with_retry_after_beyond_the_queue() {
         })
     };
     let running = slow(addr.clone());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while server.metric("sluice_serve_lines_in_flight") < 1.0 {
-        assert!(Instant::now() < deadline, "the first line never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    server.await_metric(
+        "sluice_serve_lines_in_flight",
+        1.0,
+        &[],
+        "the first line never started",
+    );
     let queued = slow(addr.clone());
-    while server.metric("sluice_serve_queue_depth") < 1.0 {
-        assert!(Instant::now() < deadline, "the second request never queued");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    server.await_metric(
+        "sluice_serve_queue_depth",
+        1.0,
+        &[],
+        "the second request never queued",
+    );
     let started = Instant::now();
-    let refused = server.score(&json!({"text": "third"}));
+    let refused = score(&server, &json!({"text": "third"}));
     assert_eq!(refused.status, 429, "{}", refused.body);
     assert!(
         started.elapsed() < Duration::from_secs(1),
@@ -574,16 +361,9 @@ fn flow_serve_answers_429_with_retry_after_beyond_the_queue() {
 
 #[test]
 fn a_line_past_the_line_timeout_is_cancelled_and_answered_504() {
-    let root = tempfile::tempdir().unwrap();
-    let flow = flow_dir(root.path(), SLOW_UPPER);
-    let server = serve(
-        root.path(),
-        &flow,
-        &["--line-timeout", "1", "--max-inflight", "1"],
-        &[],
-    );
+    let (_root, _, server) = start(SLOW_UPPER, &["--line-timeout", "1", "--max-inflight", "1"]);
     let started = Instant::now();
-    let r = server.score(&json!({"text": "late", "wait": 5}));
+    let r = score(&server, &json!({"text": "late", "wait": 5}));
     assert_eq!(r.status, 504, "{}", r.body);
     assert_eq!(r.error_code(), "LineExecutionTimeoutError");
     assert!(
@@ -593,40 +373,26 @@ fn a_line_past_the_line_timeout_is_cancelled_and_answered_504() {
     );
     // The line gave its place back: the one line allowed runs the next request.
     assert_eq!(server.metric("sluice_serve_lines_in_flight"), 0.0);
-    let next = server.score(&json!({"text": "next"}));
+    let next = score(&server, &json!({"text": "next"}));
     assert_eq!(next.json()["shout"], "NEXT");
 }
 
 #[test]
 fn accept_headers_that_cannot_be_served_are_answered_406() {
-    let root = tempfile::tempdir().unwrap();
-    let flow = flow_dir(root.path(), SLOW_UPPER);
-    let server = serve(root.path(), &flow, &[], &[]);
+    let (_root, _, server) = start(SLOW_UPPER, &[]);
     let body = br#"{"text": "hi"}"#;
-    let html = request(
-        &server.addr,
-        "POST",
-        "/score",
-        &[("accept", "text/html")],
-        body,
-    );
+    let html = post_score(&server, &[("accept", "text/html")], body);
     assert_eq!(html.status, 406);
     assert_eq!(html.error_code(), "NotAcceptable");
     // Only a stream is accepted, and no output streams.
-    let sse_only = request(
-        &server.addr,
-        "POST",
-        "/score",
-        &[("accept", "text/event-stream")],
-        body,
-    );
+    let sse_only = stream_score(&server, body);
     assert_eq!(sse_only.status, 406, "{}", sse_only.body);
     for accept in [
         "application/json",
         "*/*",
         "text/event-stream, application/json",
     ] {
-        let ok = request(&server.addr, "POST", "/score", &[("accept", accept)], body);
+        let ok = post_score(&server, &[("accept", accept)], body);
         assert_eq!(ok.status, 200, "{accept}: {}", ok.body);
         assert_eq!(ok.json()["shout"], "HI");
     }
@@ -634,16 +400,8 @@ fn accept_headers_that_cannot_be_served_are_answered_406() {
 
 #[test]
 fn a_streaming_output_is_sent_as_server_sent_events() {
-    let root = tempfile::tempdir().unwrap();
-    let flow = flow_dir(root.path(), STREAMING);
-    let server = serve(root.path(), &flow, &[], &[]);
-    let r = request(
-        &server.addr,
-        "POST",
-        "/score",
-        &[("accept", "text/event-stream")],
-        br#"{"text": "abc"}"#,
-    );
+    let (root, _, server) = start(STREAMING, &[]);
+    let r = stream_score(&server, br#"{"text": "abc"}"#);
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.header("content-type"), Some("text/event-stream"));
     // The other outputs first, then one event per chunk, each `data: {...}` and a blank line.
@@ -652,7 +410,7 @@ fn a_streaming_output_is_sent_as_server_sent_events() {
         "data: {\"length\":3}\n\ndata: {\"streamed\":\"A\"}\n\ndata: {\"streamed\":\"B\"}\n\ndata: {\"streamed\":\"C\"}\n\n"
     );
     // Without a stream in Accept, the stream is joined.
-    let joined = server.score(&json!({"text": "abc"}));
+    let joined = score(&server, &json!({"text": "abc"}));
     assert_eq!(joined.json(), json!({"streamed": "ABC", "length": 3}));
     server.stop();
     // The streamed line is logged with the whole text.
@@ -675,11 +433,12 @@ fn sigterm_stops_accepting_and_finishes_the_lines_in_flight() {
             })
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while server.metric("sluice_serve_lines_in_flight") < 4.0 {
-        assert!(Instant::now() < deadline, "the lines never all started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    server.await_metric(
+        "sluice_serve_lines_in_flight",
+        4.0,
+        &[],
+        "the lines never all started",
+    );
     server.signal("-TERM");
     std::thread::sleep(Duration::from_millis(300));
     assert!(
@@ -693,6 +452,7 @@ fn sigterm_stops_accepting_and_finishes_the_lines_in_flight() {
     }
     let status = server.wait_within(Duration::from_secs(10));
     assert_eq!(status.and_then(|s| s.code()), Some(0));
+    drop(server);
     // Every drained line is in the traffic log, and the segment is closed.
     let seg = segment(root.path());
     assert_eq!(read_jsonl(&seg.join("details.jsonl")).len(), 4);
@@ -704,24 +464,16 @@ fn sigterm_stops_accepting_and_finishes_the_lines_in_flight() {
 
 #[test]
 fn the_traffic_log_reads_back_as_a_run() {
-    let root = tempfile::tempdir().unwrap();
-    let flow = flow_dir(root.path(), SLOW_UPPER);
-    let mut server = serve(root.path(), &flow, &[], &[]);
+    let (root, _, server) = start(SLOW_UPPER, &[]);
     for text in ["a", "b", "c"] {
-        assert_eq!(server.score(&json!({"text": text})).status, 200);
+        assert_eq!(score(&server, &json!({"text": text})).status, 200);
     }
     // A failed line is logged too.
     assert_eq!(
-        server.score(&json!({"text": "x", "wait": "soon"})).status,
+        score(&server, &json!({"text": "x", "wait": "soon"})).status,
         400
     );
-    server.signal("-INT");
-    assert_eq!(
-        server
-            .wait_within(Duration::from_secs(10))
-            .and_then(|s| s.code()),
-        Some(0)
-    );
+    server.stop_with("-INT");
     let seg = segment(root.path());
     let details = read_jsonl(&seg.join("details.jsonl"));
     assert_eq!(details.len(), 4);
@@ -734,15 +486,10 @@ fn the_traffic_log_reads_back_as_a_run() {
     assert!(details[0]["start_time"].is_string() && details[0]["end_time"].is_string());
 
     // The serve store lists it as a run.
-    let shown = crate::common::sluice(&root.path().join("serve/flow"))
-        .args(["run", "show-details", "-n"])
-        .arg(seg.file_name().unwrap())
-        .output()
-        .unwrap();
-    assert!(
-        shown.status.success(),
-        "{}",
-        String::from_utf8_lossy(&shown.stderr)
+    let shown = succeeded(
+        crate::common::sluice(&root.path().join("serve/flow"))
+            .args(["run", "show-details", "-n"])
+            .arg(seg.file_name().unwrap()),
     );
     assert!(String::from_utf8_lossy(&shown.stdout).contains("A"));
 
@@ -759,22 +506,17 @@ fn the_traffic_log_reads_back_as_a_run() {
             ("g.jinja2", "{{ question }}->{{ answer }}"),
         ],
     );
-    let out = crate::common::sluice(root.path())
-        .args(["run", "create", "--name", "graded", "--flow"])
-        .arg(&eval)
-        .arg("--run")
-        .arg(&seg)
-        .args([
-            "--column-mapping",
-            "answer=${run.outputs.shout}",
-            "question=${data.text}",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeeded(
+        crate::common::sluice(root.path())
+            .args(["run", "create", "--name", "graded", "--flow"])
+            .arg(&eval)
+            .arg("--run")
+            .arg(&seg)
+            .args([
+                "--column-mapping",
+                "answer=${run.outputs.shout}",
+                "question=${data.text}",
+            ]),
     );
     let graded = read_jsonl(&root.path().join("runs/graded/outputs.jsonl"));
     let grades: Vec<&str> = graded
@@ -786,27 +528,14 @@ fn the_traffic_log_reads_back_as_a_run() {
 
 #[test]
 fn the_traffic_log_samples_and_can_leave_payloads_out() {
-    let root = tempfile::tempdir().unwrap();
-    let flow = flow_dir(root.path(), SLOW_UPPER);
-    let mut server = serve(
-        root.path(),
-        &flow,
-        &["--log-sample", "0.5", "--no-log-payloads"],
-        &[],
-    );
+    let (root, _, server) = start(SLOW_UPPER, &["--log-sample", "0.5", "--no-log-payloads"]);
     for i in 0..4 {
         assert_eq!(
-            server.score(&json!({"text": format!("secret{i}")})).status,
+            score(&server, &json!({"text": format!("secret{i}")})).status,
             200
         );
     }
-    server.signal("-TERM");
-    assert_eq!(
-        server
-            .wait_within(Duration::from_secs(10))
-            .and_then(|s| s.code()),
-        Some(0)
-    );
+    server.stop();
     let seg = segment(root.path());
     let details = std::fs::read_to_string(seg.join("details.jsonl")).unwrap();
     assert_eq!(details.lines().count(), 2, "{details}");
@@ -821,19 +550,11 @@ fn the_traffic_log_samples_and_can_leave_payloads_out() {
 
 #[test]
 fn the_traffic_log_starts_a_new_segment_past_its_size() {
-    let root = tempfile::tempdir().unwrap();
-    let flow = flow_dir(root.path(), SLOW_UPPER);
-    let mut server = serve(root.path(), &flow, &["--log-max-bytes", "1"], &[]);
+    let (root, _, server) = start(SLOW_UPPER, &["--log-max-bytes", "1"]);
     for text in ["a", "b", "c"] {
-        assert_eq!(server.score(&json!({"text": text})).status, 200);
+        assert_eq!(score(&server, &json!({"text": text})).status, 200);
     }
-    server.signal("-TERM");
-    assert_eq!(
-        server
-            .wait_within(Duration::from_secs(10))
-            .and_then(|s| s.code()),
-        Some(0)
-    );
+    server.stop();
     let runs = root.path().join("serve/flow/runs");
     let segments: Vec<PathBuf> = std::fs::read_dir(&runs)
         .unwrap()
@@ -850,45 +571,22 @@ fn the_traffic_log_starts_a_new_segment_past_its_size() {
 
 #[test]
 fn two_streaming_outputs_cannot_be_streamed_together() {
-    let root = tempfile::tempdir().unwrap();
-    let flow = flow_dir(
-        root.path(),
-        &[
-            (
-                "flow.dag.yaml",
-                "inputs:\n  text: {type: string}\noutputs:\n  one: {reference: '${a.output}'}\n  two: {reference: '${b.output}'}\nnodes:\n- name: a\n  type: python\n  source: {type: code, path: chars.py}\n  inputs: {text: '${inputs.text}'}\n- name: b\n  type: python\n  source: {type: code, path: chars.py}\n  inputs: {text: '${inputs.text}'}\n",
-            ),
-            (
-                "chars.py",
-                "from promptflow.core import tool\n\n@tool\ndef chars(text: str):\n    yield from text\n",
-            ),
-        ],
-    );
-    let server = serve(root.path(), &flow, &[], &[]);
+    let (_root, _, server) = start(TWO_STREAMS, &[]);
     let body = br#"{"text": "ab"}"#;
-    let streamed = request(
-        &server.addr,
-        "POST",
-        "/score",
-        &[("accept", "text/event-stream")],
-        body,
-    );
+    let streamed = stream_score(&server, body);
     assert_eq!(streamed.status, 400, "{}", streamed.body);
     assert_eq!(
         streamed.error_code(),
         "MultipleStreamOutputFieldsNotSupported"
     );
-    let joined = request(&server.addr, "POST", "/score", &[], body);
+    let joined = post_score(&server, &[], body);
     assert_eq!(joined.json(), json!({"one": "ab", "two": "ab"}));
 }
 
 #[test]
 fn slow_clients_cannot_hold_the_server() {
-    let root = tempfile::tempdir().unwrap();
-    let flow = flow_dir(root.path(), SLOW_UPPER);
-    let server = serve(
-        root.path(),
-        &flow,
+    let (_root, _, server) = start_with(
+        SLOW_UPPER,
         &[],
         &[
             ("SLUICE_SERVE_HEADER_TIMEOUT", "1"),
@@ -920,37 +618,22 @@ fn slow_clients_cannot_hold_the_server() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("RequestTimeout"), "{answer}");
     // And the server still answers.
-    assert_eq!(server.score(&json!({"text": "ok"})).json()["shout"], "OK");
+    assert_eq!(score(&server, &json!({"text": "ok"})).json()["shout"], "OK");
 }
 
 #[test]
 fn an_llm_answer_streams_chunk_by_chunk_and_its_tokens_are_counted() {
-    let root = tempfile::tempdir().unwrap();
-    let flow = flow_dir(
-        root.path(),
-        &[
-            (
-                "flow.dag.yaml",
-                "inputs:\n  question: {type: string}\noutputs:\n  answer: {reference: '${chat.output}'}\nnodes:\n- name: chat\n  type: llm\n  api: chat\n  source: {type: code, path: chat.jinja2}\n  inputs:\n    model: default\n    temperature: 0\n    max_tokens: 32\n    question: ${inputs.question}\n",
-            ),
-            ("chat.jinja2", "# user:\n{{question}}\n"),
-        ],
-    );
-    let server = serve(root.path(), &flow, &[], &[]);
-    let r = request(
-        &server.addr,
-        "POST",
-        "/score",
-        &[("accept", "text/event-stream")],
+    let (root, _, server) = start(LLM_CHAT, &[]);
+    let r = stream_score(
+        &server,
         br#"{"question": "What is the capital of France?"}"#,
     );
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.header("content-type"), Some("text/event-stream"));
     let events: Vec<Json> = r
-        .body
-        .split("\n\n")
-        .filter(|e| !e.is_empty())
-        .map(|e| serde_json::from_str(e.strip_prefix("data: ").unwrap()).unwrap())
+        .events()
+        .into_iter()
+        .map(|e| serde_json::from_str(e).unwrap())
         .collect();
     assert!(events.len() > 1, "one event per chunk: {events:?}");
     let text: String = events
@@ -958,146 +641,135 @@ fn an_llm_answer_streams_chunk_by_chunk_and_its_tokens_are_counted() {
         .map(|e| e["answer"].as_str().unwrap())
         .collect();
     assert!(text.contains("Paris"), "{text:?}");
-    // A streamed answer's usage is not part of its line's result; a whole answer's is.
-    let whole = server.score(&json!({"question": "What is the capital of France?"}));
+    // The stream's tokens are counted once it has ended, in the metrics and in the traffic log.
+    let completion = r#"sluice_serve_llm_tokens_total{direction="completion"}"#;
+    let streamed = server.metric(completion);
+    assert!(streamed > 0.0);
+    assert!(server.metric(r#"sluice_serve_llm_tokens_total{direction="prompt"}"#) > 0.0);
+    let whole = score(
+        &server,
+        &json!({"question": "What is the capital of France?"}),
+    );
     assert!(
         whole.json()["answer"].as_str().unwrap().contains("Paris"),
         "{}",
         whole.body
     );
-    assert!(server.metric(r#"sluice_serve_llm_tokens_total{direction="prompt"}"#) > 0.0);
-    assert!(server.metric(r#"sluice_serve_llm_tokens_total{direction="completion"}"#) > 0.0);
+    // Greedy decoding: the whole answer is the streamed one, token for token.
+    assert_eq!(server.metric(completion), 2.0 * streamed);
+    server.stop();
+    let details = read_jsonl(&segment(root.path()).join("details.jsonl"));
+    let tokens: Vec<f64> = details
+        .iter()
+        .map(|d| {
+            d["node_runs"][0]["system_metrics"]["completion_tokens"]
+                .as_f64()
+                .unwrap_or(0.0)
+        })
+        .collect();
+    assert_eq!(tokens, [streamed, streamed], "{details:?}");
 }
 
 #[test]
-fn model_serve_shares_the_api_key_check() {
-    let home = tempfile::tempdir().unwrap();
-    let key = "sk-model-serve-test-0123456789";
-    let model_serve = || {
-        let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("sluice"));
-        cmd.args([
-            "model",
-            "serve",
-            "--port",
-            "0",
-            "--parallel",
-            "2",
-            "--ctx",
-            "512",
-        ])
-        .env("SLUICE_HOME", home.path())
-        .env("SLUICE_MODELS_DIR", sluice_nodes::llm::store::models_dir())
-        .env_remove("SLUICE_API_KEY");
-        cmd
+fn the_test_page_runs_inputs_against_the_server_in_chromium() {
+    let Some(chromium) = crate::common::chromium() else {
+        return;
     };
-    let refused = model_serve().args(["--host", "0.0.0.0"]).output().unwrap();
-    assert_eq!(refused.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("--insecure"));
-
-    let mut child = model_serve()
-        .env("SLUICE_API_KEY", key)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on http://")
-        .and_then(|a| a.strip_suffix("/v1"))
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-        .to_owned();
-    let server = Server { child, addr };
-    let none = server.get("/v1/models");
-    assert_eq!(none.status, 401, "{}", none.body);
-    assert_eq!(none.header("www-authenticate"), Some("Bearer"));
-    let auth = format!("Bearer {key}");
-    let ok = request(
-        &server.addr,
-        "GET",
-        "/v1/models",
-        &[("authorization", &auth)],
-        b"",
+    // The page's own script fills in the inputs from the link, runs them and shows the answer.
+    let page = |server: &Served, profile: &Path, query: &str| {
+        let url = format!("http://{}/?{query}&run=1", server.addr);
+        let wait = ["--virtual-time-budget=20000"];
+        crate::common::dump_dom_with(&chromium, profile, &url, (900, 700), &wait)
+    };
+    let (root, _, server) = start(SLOW_UPPER, &[]);
+    let dom = page(
+        &server,
+        &root.path().join("profile"),
+        "inputs=%7B%22text%22%3A%22from%20the%20page%22%7D",
     );
-    assert_eq!(ok.status, 200, "{}", ok.body);
-    assert!(ok.json()["data"].as_array().is_some_and(|d| !d.is_empty()));
+    let out = dom.split(r#"<pre id="out">"#).nth(1).unwrap_or_default();
+    assert!(out.starts_with("200\n"), "{dom}");
+    assert!(out.contains("FROM THE PAGE"), "{dom}");
+    assert!(
+        !out.contains("graded"),
+        "evaluation-only outputs stay out: {out}"
+    );
+    assert_eq!(
+        server.metric(r#"sluice_serve_requests_total{route="/score",status="200"}"#),
+        1.0
+    );
 }
 
 #[test]
-fn model_serve_reads_content_parts_and_bodies_without_a_json_content_type() {
-    let home = tempfile::tempdir().unwrap();
+fn a_stream_past_the_line_timeout_is_cancelled_and_logged_as_timed_out() {
+    // A completion that would count on for 2,000 tokens, given three seconds.
+    let (root, _, server) = start(LLM_COUNT, &["--line-timeout", "3"]);
+    // The model loads in the first line, which times out as a whole answer (504).
+    let first = score(&server, &json!({"start": "1,"}));
+    assert_eq!(first.status, 504, "{}", first.body);
+    let r = stream_score(&server, br#"{"start": "1, 2, 3, 4, 5, 6, 7,"}"#);
+    assert_eq!(r.status, 200, "{}", r.body);
+    // The chunks that came in time (how many depends on the machine's speed), then the error.
+    let events = r.events();
+    let last: Json = serde_json::from_str(events.last().unwrap()).unwrap();
+    assert_eq!(
+        last["error"]["innerError"]["code"], "LineExecutionTimeoutError",
+        "{}",
+        r.body
+    );
+    for e in &events[..events.len() - 1] {
+        let chunk: Json = serde_json::from_str(e).unwrap();
+        assert!(chunk["counted"].is_string(), "{e}");
+    }
+    assert_eq!(
+        server.metric(r#"sluice_serve_errors_total{code="LineExecutionTimeoutError"}"#),
+        2.0
+    );
+    assert_eq!(server.metric("sluice_serve_lines_in_flight"), 0.0);
+    server.stop();
+    let details = read_jsonl(&segment(root.path()).join("details.jsonl"));
+    assert_eq!(details.len(), 2);
+    assert_eq!(details[1]["status"], "Failed");
+    assert!(
+        details[1]["error"]
+            .to_string()
+            .contains("LineExecutionTimeoutError"),
+        "{}",
+        details[1]
+    );
+}
+
+#[test]
+fn connections_given_on_the_command_line_are_what_the_served_llm_node_calls() {
+    let rec = crate::fake::FakeServer::replying(crate::fake::ok_body("from the fake"));
+    let root = tempfile::tempdir().unwrap();
+    crate::llm_requests::connect(root.path(), &rec);
+    let flow = flow_dir(root.path(), LLM_REMOTE);
+    // The flow names the Azure connection; the server is told to use the OpenAI one, and a model.
     let args = [
-        "model",
-        "serve",
-        "--port",
-        "0",
-        "--parallel",
-        "2",
-        "--ctx",
-        "512",
+        "--connections",
+        "ask.connection=oai",
+        "ask.model=gpt-served",
     ];
-    let server = crate::common::serve(home.path(), &args, &[]);
-    let ask = |body: &str, headers: &[(&str, &str)]| {
-        request(
-            &server.addr,
-            "POST",
-            "/v1/chat/completions",
-            headers,
-            body.as_bytes(),
-        )
-    };
-    let words = r#""messages": [{"role": "user", "content": "What is the capital of France?"}]"#;
-    let parts = r#""messages": [{"role": "user", "content": [{"type": "text", "text": "What is the capital"}, {"type": "text", "text": " of France?"}]}]"#;
-    let body = |messages: &str| {
-        format!(r#"{{"model": "default", "temperature": 0, "max_tokens": 8, {messages}}}"#)
-    };
-    // curl -d sends a form content type; the body is JSON all the same.
-    let plain = ask(
-        &body(words),
-        &[("content-type", "application/x-www-form-urlencoded")],
-    );
-    assert_eq!(plain.status, 200, "{}", plain.body);
-    let split = ask(&body(parts), &[]);
-    assert_eq!(split.status, 200, "{}", split.body);
-    let answer = |a: &Answer| {
-        let v: Json = serde_json::from_str(&a.body).unwrap();
-        v["choices"][0]["message"]["content"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    };
-    // Text parts joined make the same prompt, so greedy decoding gives the same answer.
-    assert_eq!(answer(&plain), answer(&split));
-    assert!(answer(&plain).contains("Paris"), "{}", answer(&plain));
-
-    let image = ask(
-        &body(
-            r#""messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]"#,
-        ),
-        &[],
-    );
-    assert_eq!(image.status, 400);
-    let v: Json = serde_json::from_str(&image.body).unwrap();
-    assert_eq!(v["error"]["type"], "invalid_request_error");
+    let server = serve(root.path(), &flow, &args, &[]);
+    let r = score(&server, &json!({"question": "hi"}));
+    assert_eq!(r.json(), json!({"answer": "from the fake"}), "{}", r.body);
+    let sent = rec.request_to("POST /v1/chat/completions ");
+    assert_eq!(sent["model"], "gpt-served");
+    assert_eq!(sent["messages"][0]["content"], "hi");
+    drop(server);
+    // A setting for a node the flow does not have is refused before anything listens.
+    let refused = command(
+        root.path(),
+        &flow,
+        &["--connections", "nope.connection=oai"],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
     assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("`image_url`"),
-        "{v}"
-    );
-
-    let broken = ask("{not json", &[("content-type", "application/json")]);
-    assert_eq!(broken.status, 400);
-    let v: Json = serde_json::from_str(&broken.body).unwrap();
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("not the JSON expected"),
-        "{v}"
+        String::from_utf8_lossy(&refused.stderr).contains("`nope`"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
     );
 }

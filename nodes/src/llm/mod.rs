@@ -359,9 +359,7 @@ impl Node for LlmNode {
         cx.record_call(call_record(self.api, &*backend, &prompt, &params));
         let stream = backend.generate(prompt, params).await?;
         if stream_out {
-            return Ok(Value::Opaque(Arc::new(LlmStream {
-                stream: Mutex::new(Some(stream)),
-            })));
+            return Ok(Value::Opaque(Arc::new(LlmStream::new(stream))));
         }
         let done = stream.collect().await?;
         record_usage(cx, &done);
@@ -411,10 +409,14 @@ fn call_record(
 
 /// Token counts and timings as the node's system metrics (summed per line and per run).
 fn record_usage(cx: &NodeContext, done: &Completion) {
-    let u = &done.usage;
+    cx.add_metrics(&usage_metrics(&done.usage));
+}
+
+/// Token counts and timings of a model call, as a node's system metrics.
+fn usage_metrics(u: &types::Usage) -> NodeMetrics {
     let secs = u.duration.as_secs_f64();
     let ms = |secs: f64| (secs * 1000.0).round() as u64;
-    cx.add_metrics(&NodeMetrics {
+    NodeMetrics {
         tokens: TokenCounts {
             prompt_tokens: Some(u.prompt_tokens),
             completion_tokens: Some(u.completion_tokens),
@@ -426,13 +428,26 @@ fn record_usage(cx: &NodeContext, done: &Completion) {
         completion_tokens_per_s: (secs > 0.0 && u.completion_tokens > 0)
             .then(|| (u.completion_tokens as f64 / secs * 10.0).round() / 10.0),
         ..NodeMetrics::default()
-    });
+    }
 }
 
-/// A streaming llm output: the flow-output printer reads its chunks as they are generated.
+/// A streaming llm output: the flow-output printer reads its chunks as they are generated. Once
+/// read to its end it holds the call's tokens and timings.
 #[derive(Debug)]
 pub struct LlmStream {
     stream: Mutex<Option<TokenStream>>,
+    usage: Mutex<Option<NodeMetrics>>,
+    cancelled: std::sync::atomic::AtomicBool,
+}
+
+impl LlmStream {
+    fn new(stream: TokenStream) -> LlmStream {
+        LlmStream {
+            stream: Mutex::new(Some(stream)),
+            usage: Mutex::new(None),
+            cancelled: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
 }
 
 impl Opaque for LlmStream {
@@ -459,14 +474,31 @@ impl Opaque for LlmStream {
             return Err(StreamError::new("the stream was already read"));
         };
         while let Some(ev) = futures::executor::block_on(stream.next()) {
+            if self.cancelled.load(std::sync::atomic::Ordering::SeqCst) {
+                // Dropping the stream cancels the generation.
+                return Err(StreamError::new("the stream was cancelled"));
+            }
             match ev {
                 Event::Text(t) => f(&t),
-                Event::Done(..) => return Ok(()),
+                Event::Done(_, usage) => {
+                    *self.usage.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(usage_metrics(&usage));
+                    return Ok(());
+                }
                 Event::Message(_) => {}
                 Event::Error(e) => return Err(StreamError::new(e.message)),
             }
         }
         Ok(())
+    }
+
+    fn metrics(&self) -> Option<NodeMetrics> {
+        self.usage.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn cancel(&self) {
+        self.cancelled
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn as_any(&self) -> &dyn Any {

@@ -14,13 +14,11 @@ mod swagger;
 mod traffic;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{MatchedPath, Query, Request, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -30,14 +28,14 @@ use serde_json::{Value as Json_, json};
 use sluice_engine::redact::redact;
 use sluice_engine::spawn::{SpawnedTask, run_blocking};
 use sluice_engine::{ErrorCode, ErrorInfo, Flow, LineOptions, LineResult, Map, Status, Value};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use self::metrics::Metrics;
 use self::traffic::{TrafficLog, TrafficOptions};
 use super::serve::{
-    BodyLimit, Limits, api_key, async_stream, serve_http, shutdown_signal, with_api_key,
+    BodyLimit, async_stream, key_and_limits, serve_http, shutdown_signal, with_api_key,
     with_body_limit,
 };
+use super::serving::{Admission, Counting, ErrorLabel, InFlight, QueueFull, count};
 use crate::ExitStatus;
 use crate::cli::FlowServeArgs;
 
@@ -76,25 +74,12 @@ struct App {
 }
 
 pub fn serve(args: FlowServeArgs) -> anyhow::Result<ExitStatus> {
-    let api_key = match api_key(args.api_key.as_deref(), &args.host, args.insecure) {
+    let (api_key, limits) = match key_and_limits(&args.http) {
         Ok(k) => k,
-        Err(e) => {
-            eprintln!("{} {e}", crate::style::error_label());
-            return Ok(ExitStatus::Invalid);
-        }
+        Err(status) => return Ok(status),
     };
     let timeout = super::flow::line_timeout(args.line_timeout)?;
-    let mut limits = match Limits::from_env() {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("{} {e:#}", crate::style::error_label());
-            return Ok(ExitStatus::Invalid);
-        }
-    };
-    if let Some(d) = args.drain_timeout {
-        limits.shutdown_timeout = Duration::from_secs_f64(d);
-    }
-    super::set_isolation(&args.isolation, args.max_inflight);
+    super::set_isolation(&args.isolation, args.http.max_inflight);
     // A flex flow's class entry takes its `__init__` arguments from PF_FLOW_INIT_CONFIG, as in
     // promptflow's serving.
     let init = match std::env::var("PF_FLOW_INIT_CONFIG") {
@@ -103,7 +88,12 @@ pub fn serve(args: FlowServeArgs) -> anyhow::Result<ExitStatus> {
         }
         _ => None,
     };
-    let flow = match super::flow::load(&args.flow.flow, args.variant.as_deref(), init.as_ref()) {
+    let flow = match super::flow::load_with(
+        &args.flow.flow,
+        args.variant.as_deref(),
+        init.as_ref(),
+        &args.connections,
+    ) {
         Ok(f) => f,
         Err(code) => return Ok(code),
     };
@@ -138,7 +128,7 @@ pub fn serve(args: FlowServeArgs) -> anyhow::Result<ExitStatus> {
         flow: Arc::new(flow),
         node_concurrency: args.concurrency,
         timeout,
-        admission: Admission::new(args.max_inflight, args.max_queue),
+        admission: Admission::new(args.http.max_inflight, args.http.max_queue, &metrics.http),
         metrics,
         traffic: Some(traffic),
         swagger,
@@ -162,19 +152,26 @@ pub fn serve(args: FlowServeArgs) -> anyhow::Result<ExitStatus> {
         let router = with_body_limit(
             router,
             BodyLimit {
-                max_bytes: args.max_body_bytes,
+                max_bytes: args.http.max_body_bytes,
                 timeout: limits.body_timeout,
                 error: body_error,
             },
         );
-        let router = with_api_key(router, served.api_key.as_deref(), unauthorized)
-            .layer(axum::middleware::from_fn_with_state(served.clone(), count));
+        let router = with_api_key(router, served.api_key.as_deref(), unauthorized).layer(
+            axum::middleware::from_fn_with_state(
+                Counting {
+                    metrics: served.metrics.http.clone(),
+                    access_log: false,
+                },
+                count,
+            ),
+        );
         let shutdown = shutdown_signal()?;
-        let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+        let listener = tokio::net::TcpListener::bind((args.http.host.as_str(), args.http.port))
             .await
             .map_err(|source| ServeError::Bind {
-                host: args.host.clone(),
-                port: args.port,
+                host: args.http.host.clone(),
+                port: args.http.port,
                 source,
             })?;
         let addr = listener.local_addr()?;
@@ -206,11 +203,18 @@ struct ApiError {
     retry_after: Option<u64>,
 }
 
-/// The inner error code of an answered error, for the error counter.
-#[derive(Clone, Debug)]
-struct ErrorLabel(String);
-
 impl ApiError {
+    fn queue_full(e: QueueFull) -> ApiError {
+        ApiError {
+            retry_after: Some(1),
+            ..ApiError::user(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyRequests",
+                e.to_string(),
+            )
+        }
+    }
+
     fn user(status: StatusCode, inner: &str, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
@@ -274,35 +278,6 @@ fn body_error(status: StatusCode, message: String) -> Response {
     ApiError::user(status, inner, message).into_response()
 }
 
-/// Counts every answer by route and status, and refusals and errors by kind.
-async fn count(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |p| p.as_str())
-        .to_owned();
-    let response = next.run(req).await;
-    let m = &app.metrics;
-    let status = response.status();
-    m.requests
-        .with_label_values(&[route.as_str(), status.as_str()])
-        .inc();
-    let reason = match status {
-        StatusCode::UNAUTHORIZED => Some("unauthorized"),
-        StatusCode::PAYLOAD_TOO_LARGE => Some("body_too_large"),
-        StatusCode::TOO_MANY_REQUESTS => Some("queue_full"),
-        StatusCode::REQUEST_TIMEOUT => Some("body_timeout"),
-        _ => None,
-    };
-    if let Some(r) = reason {
-        m.rejected.with_label_values(&[r]).inc();
-    }
-    if let Some(ErrorLabel(code)) = response.extensions().get::<ErrorLabel>() {
-        m.errors.with_label_values(&[code.as_str()]).inc();
-    }
-    response
-}
-
 fn unauthorized() -> Response {
     ApiError::user(
         StatusCode::UNAUTHORIZED,
@@ -310,85 +285,6 @@ fn unauthorized() -> Response {
         "this endpoint needs `Authorization: Bearer <key>` with the server's API key",
     )
     .into_response()
-}
-
-/// Lines in flight and the requests waiting for one.
-#[derive(Debug)]
-struct Admission {
-    permits: Arc<Semaphore>,
-    waiting: AtomicUsize,
-    max_queue: usize,
-}
-
-/// A line's place among those in flight, counted in the gauge while it lasts.
-#[derive(Debug)]
-struct InFlight {
-    _permit: OwnedSemaphorePermit,
-    gauge: prometheus::IntGauge,
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.gauge.dec();
-    }
-}
-
-/// A request's place in the queue, given up when it starts or goes away.
-struct Queued<'a> {
-    admission: &'a Admission,
-    gauge: &'a prometheus::IntGauge,
-}
-
-impl Drop for Queued<'_> {
-    fn drop(&mut self) {
-        self.admission.waiting.fetch_sub(1, Ordering::SeqCst);
-        self.gauge.dec();
-    }
-}
-
-impl Admission {
-    fn new(max_inflight: usize, max_queue: usize) -> Admission {
-        Admission {
-            permits: Arc::new(Semaphore::new(max_inflight)),
-            waiting: AtomicUsize::new(0),
-            max_queue,
-        }
-    }
-
-    /// Waits for a line to start, or refuses at once (429) when the queue is full.
-    async fn enter(&self, m: &Metrics) -> Result<InFlight, ApiError> {
-        let permit = match self.permits.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.max_queue {
-                    self.waiting.fetch_sub(1, Ordering::SeqCst);
-                    return Err(ApiError {
-                        retry_after: Some(1),
-                        ..ApiError::user(
-                            StatusCode::TOO_MANY_REQUESTS,
-                            "TooManyRequests",
-                            "too many lines are running or waiting; retry later",
-                        )
-                    });
-                }
-                m.queued.inc();
-                let _queued = Queued {
-                    admission: self,
-                    gauge: &m.queued,
-                };
-                self.permits
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .expect("the semaphore is never closed")
-            }
-        };
-        m.in_flight.inc();
-        Ok(InFlight {
-            _permit: permit,
-            gauge: m.in_flight.clone(),
-        })
-    }
 }
 
 /// What the client accepts.
@@ -501,7 +397,7 @@ async fn run_score(app: Arc<App>, headers: &HeaderMap, body: &[u8]) -> Result<Re
         return Err(not_acceptable());
     }
     let inputs = inputs_of(&app.flow, body)?;
-    let in_flight = app.admission.enter(&app.metrics).await?;
+    let in_flight = app.admission.enter().await.map_err(ApiError::queue_full)?;
     let opts = LineOptions {
         node_concurrency: app.node_concurrency,
         timeout: app.timeout,
@@ -595,7 +491,9 @@ impl App {
 
 /// Server-sent events: the other outputs first (if any), then one event per chunk of the streaming
 /// output, `{"<field>": "<chunk>"}`. The line keeps its place among those in flight until the stream
-/// ends; it is then logged with the stream's whole text.
+/// ends; it is then logged with the stream's whole text and the tokens the stream reported. A stream
+/// still running at the line's timeout is cancelled: the events end with a
+/// `LineExecutionTimeoutError`, and the line is logged as failed with it.
 fn stream_response(
     app: Arc<App>,
     mut line: LineResult,
@@ -605,6 +503,8 @@ fn stream_response(
     let Some(Value::Opaque(stream)) = line.output.get(&field).cloned() else {
         unreachable!("the field was picked as a stream");
     };
+    let timeout = app.timeout;
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t.saturating_sub(line.duration()));
     let first: Map = line
         .output
         .iter()
@@ -626,16 +526,40 @@ fn stream_response(
             let _ = tx.send(event(&first));
         }
         let (chunk_tx, mut chunks) = tokio::sync::mpsc::channel::<String>(64);
+        let reader = stream.clone();
         let drain = SpawnedTask::spawn(run_blocking(move || {
             let mut text = String::new();
-            let result = stream.for_each_chunk(&mut |chunk| {
+            let result = reader.for_each_chunk(&mut |chunk| {
                 text.push_str(chunk);
                 let _ = chunk_tx.blocking_send(chunk.to_owned());
             });
             result.map(|()| text)
         }));
         let mut client_gone = false;
-        while let Some(chunk) = chunks.recv().await {
+        loop {
+            let next = match deadline {
+                Some(d) => tokio::time::timeout_at(d, chunks.recv()).await,
+                None => Ok(chunks.recv().await),
+            };
+            let Ok(next) = next else {
+                // Past the line's timeout: the stream stops and the line fails.
+                stream.cancel();
+                drop(chunks);
+                let secs = timeout.map_or(0.0, |t| t.as_secs_f64());
+                let error = ErrorInfo::new(
+                    ErrorCode::UserError,
+                    "LineExecutionTimeoutError",
+                    format!(
+                        "Line execution timeout after {secs} seconds, while the output '{field}' streamed."
+                    ),
+                );
+                let _ = tx.send(app.fail_stream(&mut line, error));
+                app.log(line);
+                return;
+            };
+            let Some(chunk) = next else {
+                break;
+            };
             if client_gone {
                 continue;
             }
@@ -646,6 +570,16 @@ fn stream_response(
         }
         match drain.await {
             Ok(Ok(text)) => {
+                if let Some(m) = stream.metrics() {
+                    app.metrics.stream_tokens(&m.tokens);
+                    let made_it = line
+                        .node_runs
+                        .iter_mut()
+                        .find(|r| matches!(&r.output, Value::Opaque(o) if Arc::ptr_eq(o, &stream)));
+                    if let Some(run) = made_it {
+                        run.system_metrics.add(&m);
+                    }
+                }
                 line.output.insert(field, Value::String(text));
                 for (k, v) in first {
                     line.output.insert(k, v);
@@ -653,30 +587,32 @@ fn stream_response(
             }
             Ok(Err(e)) => {
                 let message = format!("The output '{field}' stopped streaming: {e}");
-                let _ = tx.send(
-                    SseEvent::default().data(
-                        json!({"error": {"code": "UserError", "message": redact(&message),
-                                         "innerError": {"code": "FlowOutputStreamError"}}})
-                        .to_string(),
-                    ),
-                );
-                app.metrics
-                    .errors
-                    .with_label_values(&["FlowOutputStreamError"])
-                    .inc();
-                line.status = Status::Failed;
-                line.output = Map::new();
-                line.error = Some(ErrorInfo::new(
-                    ErrorCode::UserError,
-                    "FlowOutputStreamError",
-                    message,
-                ));
+                let error = ErrorInfo::new(ErrorCode::UserError, "FlowOutputStreamError", message);
+                let _ = tx.send(app.fail_stream(&mut line, error));
             }
             Err(_) => return,
         }
         app.log(line);
     });
     Sse::new(events).into_response()
+}
+
+impl App {
+    /// Marks a streamed line failed with `error`, counts the error, and returns the event that ends
+    /// the stream with it (in the shape of an error answer).
+    fn fail_stream(&self, line: &mut LineResult, error: ErrorInfo) -> SseEvent {
+        self.metrics
+            .http
+            .errors
+            .with_label_values(&[error.error_type.as_str()])
+            .inc();
+        let event = json!({"error": {"code": "UserError", "message": redact(&error.message),
+                                     "innerError": {"code": error.error_type}}});
+        line.status = Status::Failed;
+        line.output = Map::new();
+        line.error = Some(error);
+        SseEvent::default().data(event.to_string())
+    }
 }
 
 async fn health() -> Json<Json_> {

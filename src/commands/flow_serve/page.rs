@@ -13,7 +13,8 @@ fn escape(text: &str) -> String {
 }
 
 /// The page: a JSON editor prefilled with the inputs (defaults where declared), a key field when the
-/// server needs one, and the answer below, streamed when the flow streams.
+/// server needs one, and the answer below, streamed when the flow streams. A link can fill in the
+/// inputs and run them: `/?inputs=JSON&stream=1&run=1`.
 pub(super) fn html(def: &FlowDef, needs_key: bool) -> String {
     let example: serde_json::Map<String, serde_json::Value> = def
         .inputs
@@ -78,6 +79,11 @@ document.getElementById('run').onclick = async () => {{
     }}
   }} catch (e) {{ out.textContent = String(e); }}
 }};
+// `?inputs=JSON` fills the inputs, `&stream=1` ticks stream, `&run=1` runs them as the page opens.
+const q = new URLSearchParams(location.search);
+if (q.has('inputs')) document.getElementById('inputs').value = q.get('inputs');
+if (q.get('stream') === '1') document.getElementById('stream').checked = true;
+if (q.get('run') === '1') document.getElementById('run').click();
 </script></body></html>
 "#,
         name = escape(&def.name),

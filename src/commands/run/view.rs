@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 use serde_json::{Value as Json, json};
 
 use sluice_engine::store::{Archived, LineRecord, LineStatus, RunRecord, read_details};
-use sluice_engine::{RunName, StoreError, Value};
+use sluice_engine::{PathStep, RunName, StoreError, Value};
 
 use super::{report, sluice_home, store};
 use crate::ExitStatus;
@@ -306,26 +306,34 @@ pub fn show_details(args: DetailsArgs) -> anyhow::Result<ExitStatus> {
         args.max_results
     };
     let lines: Vec<&LineRecord> = run.lines.values().take(limit).collect();
-    // promptflow's shape: one object per line with `inputs.x` and `outputs.y` keys.
-    let flat: Vec<Json> = lines
+    // promptflow's shape: one object per line with `inputs.x` and `outputs.y` keys; values as the
+    // run files hold them (NaN and infinities as Python writes them).
+    let records: Vec<Value> = lines
         .iter()
         .map(|l| {
-            let mut o = serde_json::Map::new();
-            o.insert("line_number".into(), json!(l.line_number));
+            let mut o = sluice_engine::Map::new();
+            o.insert("line_number".into(), Value::Int(l.line_number as i64));
             for (prefix, m) in [("inputs", &l.inputs), ("outputs", &l.output)] {
                 for (k, v) in m {
-                    o.insert(format!("{prefix}.{k}"), v.to_json_lossy());
+                    o.insert(format!("{prefix}.{k}"), v.clone());
                 }
             }
-            o.insert("status".into(), json!(l.status.as_str()));
-            o.insert("latency".into(), json!(l.latency()));
-            o.insert("error".into(), json!(l.error_message()));
-            Json::Object(o)
+            o.insert("status".into(), Value::from(l.status.as_str()));
+            o.insert(
+                "latency".into(),
+                l.latency().map_or(Value::Null, Value::Float),
+            );
+            o.insert(
+                "error".into(),
+                l.error_message().map_or(Value::Null, Value::from),
+            );
+            Value::Map(o)
         })
         .collect();
     match args.format {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&flat)?),
+        OutputFormat::Json => println!("{}", sluice_engine::json::to_string_pretty(&records)?),
         OutputFormat::Table => {
+            let flat: Vec<Json> = records.iter().map(Value::to_json_lossy).collect();
             let mut headers: Vec<String> = vec![];
             for row in &flat {
                 for k in row.as_object().into_iter().flat_map(|m| m.keys()) {
@@ -336,14 +344,20 @@ pub fn show_details(args: DetailsArgs) -> anyhow::Result<ExitStatus> {
             }
             let rows: Vec<Vec<String>> = flat
                 .iter()
-                .map(|r| {
+                .zip(&records)
+                .map(|(r, record)| {
                     headers
                         .iter()
                         .map(|h| match (h.as_str(), &r[h]) {
                             ("latency", Json::Number(n)) => {
                                 format!("{:.3}s", n.as_f64().unwrap_or(0.0))
                             }
-                            (_, v) => cell(v),
+                            _ => match record.lookup(&PathStep::Key(h.clone())) {
+                                Some(Value::Float(f)) if !f.is_finite() => {
+                                    sluice_engine::json::non_finite_word(f).to_owned()
+                                }
+                                _ => cell(&r[h]),
+                            },
                         })
                         .collect()
                 })

@@ -1,0 +1,7 @@
+import time
+from promptflow.core import tool
+
+@tool
+def up(text: str, wait: float) -> str:
+    time.sleep(wait)
+    return text.upper()
