@@ -10,21 +10,9 @@
 # Uses target/release/sluice (or $SLUICE); build it first with `cargo build --release`.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
-lines=50
-install_pf=0
-for arg in "$@"; do
-  case "$arg" in
-    --install-pf) install_pf=1 ;;
-    *) lines="$arg" ;;
-  esac
-done
-work="$(mktemp -d)"
-server_pid=""
-cleanup() {
-  if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
+bench_args 50 "$@"
+lines="$count"
+bench_workdir
 
 # The server prints its address once listening.
 "$sluice" model serve --port 0 --quiet > "$work/serve.out" 2>"$work/serve.err" &
@@ -84,12 +72,7 @@ echo "| runner | lines | seconds | lines/s | peak RSS |"
 echo "|---|---:|---:|---:|---:|"
 export SLUICE_HOME="$work/sluice-home"
 measure sluice "$sluice" run create --flow "$work/flow/ask.prompty" --data "$work/data.jsonl" --name bench
-pf_bin="${PF:-$(command -v pf || true)}"
-if [ -z "$pf_bin" ] && [ "$install_pf" = 1 ]; then
-  python3 -m venv "$work/pf-venv"
-  "$work/pf-venv/bin/pip" install --quiet promptflow >&2
-  pf_bin="$work/pf-venv/bin/pf"
-fi
+bench_find_pf
 if [ -n "$pf_bin" ]; then
   export HOME="$work/pf-home"; mkdir -p "$HOME"
   "$pf_bin" config set telemetry.enabled=false >/dev/null 2>&1 || true

@@ -43,7 +43,8 @@ fn hit_count(s: &str) -> Result<usize, String> {
     count_in(s, 1, 10_000)
 }
 
-/// Sluice runs promptflow flows (flow.dag.yaml + Jinja templates + Python tools) unchanged, fast.
+/// Sluice runs promptflow flows (flow.dag.yaml + Jinja templates + Python tools, flex flows,
+/// prompty files) unchanged, fast.
 ///
 /// `llm` nodes run on a local model inside the process (llama.cpp; `sluice model pull default` once)
 /// or on any OpenAI-compatible server (`sluice connection create`).
@@ -325,7 +326,7 @@ pub enum FlowCommand {
     /// Python traceback, goes to stderr), 2 when the flow itself is invalid. Also writes
     /// `.promptflow/flow.output.json` and `flow.detail.json` in the flow folder, as `pf flow test` does.
     #[command(
-        after_help = "Examples:\n  sluice flow test --flow ./my-flow --inputs question='What is Sluice?'\n  sluice flow test --flow ./my-flow --inputs data.jsonl\n  sluice flow test --flow ./my-flow --variant '${summarize.variant_1}'\n  sluice flow test --flow ./my-flow --node summarize --inputs text=hello"
+        after_help = "Examples:\n  sluice flow test --flow ./my-flow --inputs question='What is Sluice?'\n  sluice flow test --flow ./my-flow --inputs data.jsonl\n  sluice flow test --flow ./my-flow --variant '${summarize.variant_1}'\n  sluice flow test --flow ./my-flow --node summarize --inputs text=hello\n  sluice flow test --flow ./my-flex-flow --init init.json --inputs question=Why"
     )]
     Test(TestArgs),
     /// Check a flow without running it: YAML, references, cycles, templates, tool imports.
@@ -400,8 +401,8 @@ fn rate(s: &str) -> Result<f64, String> {
 
 #[derive(Debug, Args)]
 pub struct FlowArgs {
-    /// The flow folder (holding flow.dag.yaml) or the flow file (`--source` as promptflow spells it
-    /// for `flow validate`).
+    /// The flow folder (holding flow.dag.yaml or flow.flex.yaml, or one .prompty) or the flow file
+    /// (`--source` as promptflow spells it for `flow validate`).
     #[arg(long, short = 'f', visible_alias = "source", default_value = ".")]
     pub flow: PathBuf,
 }
@@ -423,6 +424,10 @@ pub struct TestArgs {
     /// .json file (an object) or .jsonl file (its first line). Inputs left out take their defaults.
     #[arg(long, num_args = 1.., value_name = "NAME=VALUE|FILE")]
     pub inputs: Vec<String>,
+    /// The `__init__` arguments of a flex flow's class entry: a JSON object, a .json file, or
+    /// NAME=VALUE pairs (text values).
+    #[arg(long, num_args = 1.., value_name = "JSON|FILE|NAME=VALUE")]
+    pub init: Vec<String>,
     /// Run only this node; give its inputs (flow inputs by name, upstream outputs by node name) with --inputs.
     #[arg(long)]
     pub node: Option<String>,
@@ -633,7 +638,7 @@ pub struct MergeArgs {
 
 #[derive(Debug, Args)]
 pub struct CreateArgs {
-    /// The flow folder (holding flow.dag.yaml) or the flow file.
+    /// The flow folder (holding flow.dag.yaml or flow.flex.yaml, or one .prompty) or the flow file.
     #[arg(long)]
     pub flow: Option<PathBuf>,
     /// A run file (promptflow's run YAML: flow, data, run, column_mapping, variant, ...); flags override it.
@@ -654,6 +659,10 @@ pub struct CreateArgs {
     /// Inputs without a default map to the same-named data column unless mapped here.
     #[arg(long, num_args = 1.., value_name = "NAME=VALUE")]
     pub column_mapping: Vec<String>,
+    /// The `__init__` arguments of a flex flow's class entry: a JSON object, a .json file, or
+    /// NAME=VALUE pairs (text values).
+    #[arg(long, num_args = 1.., value_name = "JSON|FILE|NAME=VALUE")]
+    pub init: Vec<String>,
     /// The run's name (default: <flow name>_<variant>_<timestamp>).
     #[arg(long)]
     pub name: Option<String>,

@@ -14,16 +14,11 @@ use crate::yaml::{Span, YamlError};
 #[derive(Debug, thiserror::Error)]
 pub enum FlowError {
     #[error(
-        "no flow found at {path}: expected a folder with flow.dag.yaml (or flow.dag.yml, or one .prompty file), or the file itself"
+        "no flow found at {path}: expected a folder with flow.dag.yaml or flow.flex.yaml (or one .prompty file), or the file itself"
     )]
     NotFound { path: PathBuf },
     #[error("{dir} holds several flow files ({}); pass the one to use", files.join(", "))]
     Ambiguous { dir: PathBuf, files: Vec<String> },
-    /// A flex flow: Sluice runs DAG flows and prompty files.
-    #[error(
-        "{path} is a {kind}; Sluice runs DAG flows (flow.dag.yaml) and prompty files, so nothing was run. Write the flow as a flow.dag.yaml with nodes"
-    )]
-    Unsupported { path: PathBuf, kind: &'static str },
     #[error("cannot read {path}")]
     Io {
         path: PathBuf,
@@ -286,6 +281,9 @@ impl NodeError {
     }
 }
 
+/// The error type of an exception raised by a flex flow's entry.
+pub const SCRIPT_ERROR: &str = "ScriptExecutionError";
+
 /// The error record of a failed line or node, serialised in promptflow's shape (§4.7).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ErrorInfo {
@@ -315,6 +313,11 @@ impl ErrorInfo {
 
     /// The record of `error` raised by `node`.
     pub fn from_node(node: &str, error: &NodeError) -> Self {
+        if error.error_type == SCRIPT_ERROR
+            && let Some(tool) = &error.tool
+        {
+            return ErrorInfo::script(error, tool);
+        }
         let (message, message_format) = if error.tool.is_some() {
             (
                 format!("Execution failure in '{node}': {}", error.message),
@@ -336,6 +339,24 @@ impl ErrorInfo {
         }
     }
 
+    /// A flex flow entry's exception, in promptflow's shape for it: the entry's name (`func`,
+    /// `Class.__call__`) is the tool details' `name`.
+    fn script(error: &NodeError, tool: &ToolErrorDetails) -> Self {
+        let func = tool.name.clone().unwrap_or_default();
+        let mut params = serde_json::Map::new();
+        params.insert("error_type_and_message".into(), json!(error.message));
+        params.insert("func_name".into(), json!(func));
+        ErrorInfo {
+            code: error.code,
+            error_type: SCRIPT_ERROR.into(),
+            message: format!("Execution failure in '{func}': {}", error.message),
+            message_format: "Execution failure in '{func_name}': {error_type_and_message}".into(),
+            message_parameters: params,
+            reference_code: Some("Unknown".into()),
+            tool: Some(tool.clone()),
+        }
+    }
+
     /// The error as promptflow's JSON error dict.
     pub fn to_json(&self) -> serde_json::Value {
         let mut out = json!({
@@ -347,7 +368,12 @@ impl ErrorInfo {
             "innerError": {"code": self.error_type, "innerError": null},
         });
         if let Some(tool) = &self.tool {
-            out["additionalInfo"] = json!([{"type": "ToolExecutionErrorDetails", "info": tool}]);
+            let details = if self.error_type == SCRIPT_ERROR {
+                "FlexFlowExecutionErrorDetails"
+            } else {
+                "ToolExecutionErrorDetails"
+            };
+            out["additionalInfo"] = json!([{"type": details, "info": tool}]);
             out["debugInfo"] = json!({
                 "type": tool.exc_type,
                 "message": tool.message,

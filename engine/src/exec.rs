@@ -170,6 +170,12 @@ impl Flow {
             let value = match given.get(name) {
                 Some(v) if !v.is_null() => v.clone(),
                 _ => match &def.default {
+                    // A flex entry's parameter defaulting to `None` (or to a value that is not
+                    // JSON) gets `None`, untyped.
+                    Some(Value::Null) => {
+                        out.insert(name.clone(), Value::Null);
+                        continue;
+                    }
                     Some(d) => d.clone(),
                     None => {
                         return Err(line_error(
@@ -268,6 +274,13 @@ impl Flow {
                 }
             };
             output.insert(name.clone(), value);
+        }
+        // A flex entry's dict is the line's outputs; any other value is the output `output`.
+        if self.def.flex.is_some()
+            && let Some(Value::Map(m)) = output.get("output")
+            && output.len() == 1
+        {
+            output = m.clone();
         }
         let mut aggregation_inputs = Map::new();
         for reference in &self.aggregation_refs {

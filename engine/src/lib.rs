@@ -49,6 +49,7 @@
 pub mod batch;
 pub mod error;
 pub mod exec;
+pub mod flex;
 pub mod json;
 pub mod load;
 pub mod model;

@@ -10,7 +10,12 @@ use crate::model::*;
 use crate::value::Value;
 use crate::yaml::{Span, Yaml, YamlKind};
 
-const FLOW_FILES: [&str; 2] = ["flow.dag.yaml", "flow.dag.yml"];
+const FLOW_FILES: [&str; 4] = [
+    "flow.dag.yaml",
+    "flow.dag.yml",
+    "flow.flex.yaml",
+    "flow.flex.yml",
+];
 
 /// The keys promptflow's schema knows at the top of a flow, on a node, a flow input and a flow output;
 /// any other key is a mistake (`output:` for `outputs:`) and reported as one.
@@ -91,29 +96,13 @@ fn closest<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
         .map(|(_, k)| k)
 }
 
-/// Finds the flow file for a `--flow` argument: a folder holding `flow.dag.yaml`/`.yml` (or else
-/// exactly one `.prompty`), or the file.
+/// Finds the flow file for a `--flow` argument: a folder holding one of `flow.dag.yaml`/`.yml` and
+/// `flow.flex.yaml`/`.yml` (or else exactly one `.prompty`), or the file.
 pub fn locate_flow(path: &Path) -> Result<PathBuf, FlowError> {
-    let unsupported = |p: &Path, kind| FlowError::Unsupported {
-        path: p.to_path_buf(),
-        kind,
-    };
     if path.is_file() {
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().to_ascii_lowercase())
-            .unwrap_or_default();
-        if name == "flow.flex.yaml" || name == "flow.flex.yml" {
-            return Err(unsupported(path, "flex flow"));
-        }
         return Ok(path.to_path_buf());
     }
     if path.is_dir() {
-        for flex in ["flow.flex.yaml", "flow.flex.yml"] {
-            if path.join(flex).is_file() && !FLOW_FILES.iter().any(|f| path.join(f).is_file()) {
-                return Err(unsupported(&path.join(flex), "flex flow"));
-            }
-        }
         if !FLOW_FILES.iter().any(|f| path.join(f).is_file()) {
             let prompty: Vec<PathBuf> = std::fs::read_dir(path)
                 .into_iter()
@@ -184,6 +173,15 @@ pub fn load_flow_def(
     path: &Path,
     variant: Option<&VariantSelection>,
 ) -> Result<FlowDef, FlowError> {
+    load_flow_def_with(path, variant, None)
+}
+
+/// [`load_flow_def`] with the `__init__` arguments of a flex flow's class entry.
+pub fn load_flow_def_with(
+    path: &Path,
+    variant: Option<&VariantSelection>,
+    init: Option<&crate::value::Map>,
+) -> Result<FlowDef, FlowError> {
     let file = locate_flow(path)?;
     let file = std::path::absolute(&file).unwrap_or(file);
     let text: Arc<str> = std::fs::read_to_string(&file)
@@ -217,6 +215,20 @@ pub fn load_flow_def(
         text: text.clone(),
         source,
     })?;
+    // Any YAML with a top-level `entry:` is a flex flow, whatever its name.
+    if crate::flex::is_flex(&file) || yaml.get("entry").is_some() {
+        if let Some(sel) = variant {
+            return Err(FlowError::Invalid {
+                file,
+                text,
+                problems: vec![crate::flex::no_variants(&format!(
+                    "${{{}.{}}}",
+                    sel.node, sel.variant
+                ))],
+            });
+        }
+        return crate::flex::load(&file, text, &yaml, init);
+    }
     let mut reader = Reader { problems: vec![] };
     let def = reader.flow(&file, text.clone(), &yaml, variant);
     if reader.problems.is_empty() {
@@ -230,8 +242,8 @@ pub fn load_flow_def(
     }
 }
 
-struct Reader {
-    problems: Vec<Problem>,
+pub(crate) struct Reader {
+    pub(crate) problems: Vec<Problem>,
 }
 
 impl Reader {
@@ -262,17 +274,6 @@ impl Reader {
                     ),
                 )
                 .at(yaml.span),
-            );
-            return def;
-        }
-        if let Some(entry) = yaml.get("entry") {
-            self.problem(
-                Problem::new(
-                    "UnsupportedFlow",
-                    "this is a flex flow (`entry:`); Sluice runs DAG flows",
-                )
-                .at(entry.span)
-                .help("write the flow as a flow.dag.yaml with nodes"),
             );
             return def;
         }
@@ -744,7 +745,11 @@ impl Reader {
         })
     }
 
-    fn environment_variables(&mut self, yaml: &Yaml, dir: &Path) -> IndexMap<String, String> {
+    pub(crate) fn environment_variables(
+        &mut self,
+        yaml: &Yaml,
+        dir: &Path,
+    ) -> IndexMap<String, String> {
         match &yaml.kind {
             YamlKind::Map(entries) => entries
                 .iter()

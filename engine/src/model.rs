@@ -32,6 +32,8 @@ pub struct FlowDef {
     pub additional_includes: Vec<String>,
     /// The front matter of a prompty file, when the flow is one (its single node runs it).
     pub prompty: Option<Arc<crate::prompty::PromptyDef>>,
+    /// The entry of a flex flow, when the flow is one (its node runs the entry).
+    pub flex: Option<Arc<crate::flex::FlexDef>>,
 }
 
 impl FlowDef {
@@ -50,6 +52,7 @@ impl FlowDef {
             environment_variables: IndexMap::new(),
             additional_includes: vec![],
             prompty: None,
+            flex: None,
         }
     }
 }

@@ -50,6 +50,12 @@ pub struct Signature {
     /// Literal inputs the kind consumed at build time (e.g. a `ToolProvider`'s `__init__` arguments);
     /// they are not passed on each call.
     pub consumed: Vec<String>,
+    /// Default values of parameters that have JSON-shaped ones, by name (a flex flow's inputs
+    /// take them).
+    pub defaults: IndexMap<String, Value>,
+    /// Whether the node's entry also aggregates the lines' outputs (a flex flow class with
+    /// `__aggregate__`).
+    pub aggregates: bool,
 }
 
 impl Signature {

@@ -10,7 +10,7 @@ use petgraph::algo::tarjan_scc;
 use petgraph::graph::DiGraph;
 
 use crate::error::{FlowError, Problem};
-use crate::load::{VariantSelection, load_flow_def};
+use crate::load::VariantSelection;
 use crate::model::{FlowDef, InputValue, NodeDef};
 use crate::node::{BuildContext, Node, NodeRegistry, Signature};
 use crate::value::Value;
@@ -20,6 +20,8 @@ use crate::value::Value;
 pub struct LoadOptions {
     /// `--variant '${node.variant_id}'`.
     pub variant: Option<VariantSelection>,
+    /// The `__init__` arguments of a flex flow's class entry (`--init`, a run's `init:`).
+    pub init: Option<crate::value::Map>,
 }
 
 /// A node ready to run, with its inputs resolved against the graph.
@@ -60,13 +62,15 @@ impl Flow {
         registry: &NodeRegistry,
         options: &LoadOptions,
     ) -> Result<Flow, FlowError> {
-        let def = load_flow_def(path, options.variant.as_ref())?;
+        let def =
+            crate::load::load_flow_def_with(path, options.variant.as_ref(), options.init.as_ref())?;
         Flow::from_def(def, registry)
     }
 
     /// Checks and builds an already-read flow definition.
     pub fn from_def(mut def: FlowDef, registry: &NodeRegistry) -> Result<Flow, FlowError> {
         registry.apply_package_tools(&mut def);
+        crate::flex::bind_signature(&mut def, registry);
         let mut problems = check_references(&def, registry);
         let order = match topological_order(&def) {
             Ok(order) => order,

@@ -147,6 +147,7 @@ pub(crate) fn load(file: &Path, text: Arc<str>) -> Result<FlowDef, FlowError> {
     let mut r = Reader {
         problems: vec![],
         dir: &dir,
+        code: "InvalidPromptyError",
     };
     let def = r.flow(file, &text, &yaml, template, template_line);
     if r.problems.is_empty() {
@@ -156,15 +157,17 @@ pub(crate) fn load(file: &Path, text: Arc<str>) -> Result<FlowDef, FlowError> {
     }
 }
 
-struct Reader<'a> {
-    problems: Vec<Problem>,
-    dir: &'a Path,
+/// Reads the parts prompty files and flex flows share (`${file:...}` values, input declarations),
+/// collecting problems with the error code of the file kind.
+pub(crate) struct Reader<'a> {
+    pub(crate) problems: Vec<Problem>,
+    pub(crate) dir: &'a Path,
+    pub(crate) code: &'static str,
 }
 
 impl Reader<'_> {
-    fn problem(&mut self, message: impl Into<String>, at: Span) -> &mut Problem {
-        self.problems
-            .push(Problem::new("InvalidPromptyError", message).at(at));
+    pub(crate) fn problem(&mut self, message: impl Into<String>, at: Span) -> &mut Problem {
+        self.problems.push(Problem::new(self.code, message).at(at));
         self.problems.last_mut().expect("just pushed")
     }
 
@@ -303,21 +306,7 @@ impl Reader<'_> {
             .filter(|s| !s.is_null())
             .and_then(|s| self.sample(s));
         if let Some(inputs) = yaml.get("inputs").filter(|i| !i.is_null()) {
-            match &inputs.kind {
-                YamlKind::Map(entries) => {
-                    for (k, v) in entries {
-                        if let Some(input) = self.input(k, v) {
-                            def.inputs.insert(input.name.clone(), input);
-                        }
-                    }
-                }
-                _ => {
-                    self.problem(
-                        format!("`inputs` must be a mapping, found {}", inputs.type_name()),
-                        inputs.span,
-                    );
-                }
-            }
+            self.inputs(inputs, &mut def);
         } else if let Some(sample) = &sample {
             // Without `inputs:`, the sample's keys are the inputs.
             let at = yaml.get("sample").map_or(start, |s| s.span);
@@ -531,7 +520,7 @@ impl Reader<'_> {
     }
 
     /// A `${file:path}` value read (JSON or YAML parsed, otherwise the text); other values as given.
-    fn file_reference(&mut self, text: &str, at: Span) -> Option<Value> {
+    pub(crate) fn file_reference(&mut self, text: &str, at: Span) -> Option<Value> {
         let Some(rel) = text
             .strip_prefix("${file:")
             .and_then(|r| r.strip_suffix('}'))
@@ -572,7 +561,7 @@ impl Reader<'_> {
         }
     }
 
-    fn sample(&mut self, s: &Yaml) -> Option<Map> {
+    pub(crate) fn sample(&mut self, s: &Yaml) -> Option<Map> {
         let value = match &s.kind {
             // promptflow also reads a bare `sample: sample.json` as a file.
             YamlKind::Str(text)
@@ -601,7 +590,26 @@ impl Reader<'_> {
         }
     }
 
-    fn input(&mut self, key: &Yaml, value: &Yaml) -> Option<InputDef> {
+    /// Reads an `inputs:` mapping into the flow's inputs.
+    pub(crate) fn inputs(&mut self, inputs: &Yaml, def: &mut FlowDef) {
+        match &inputs.kind {
+            YamlKind::Map(entries) => {
+                for (k, v) in entries {
+                    if let Some(input) = self.input(k, v) {
+                        def.inputs.insert(input.name.clone(), input);
+                    }
+                }
+            }
+            _ => {
+                self.problem(
+                    format!("`inputs` must be a mapping, found {}", inputs.type_name()),
+                    inputs.span,
+                );
+            }
+        }
+    }
+
+    pub(crate) fn input(&mut self, key: &Yaml, value: &Yaml) -> Option<InputDef> {
         let name = key.key_string();
         let (ty, default, description) = match &value.kind {
             YamlKind::Map(_) => {
@@ -672,7 +680,7 @@ fn prompty_type(name: &str) -> Option<ValueType> {
 }
 
 /// The input type a sample value implies.
-fn type_of(v: &Value) -> ValueType {
+pub(crate) fn type_of(v: &Value) -> ValueType {
     match v {
         Value::Bool(_) => ValueType::Bool,
         Value::Int(_) => ValueType::Int,

@@ -83,6 +83,8 @@ pub struct RunSpec {
     /// Variant selections (`${node.variant_1}`), or `all`.
     pub variants: Vec<String>,
     pub column_mapping: IndexMap<String, Value>,
+    /// The `__init__` arguments of a flex flow's class entry (`init:`, `--init`).
+    pub init: Option<Map>,
     pub name: Option<String>,
     pub display_name: Option<String>,
     pub description: Option<String>,
@@ -179,6 +181,19 @@ impl RunSpec {
                         .into_iter()
                         .map(|(k, v)| (k, Value::from(v.as_str())))
                         .collect()
+                }
+                "init" => {
+                    spec.init =
+                        match crate::yaml::Yaml::parse(&text)
+                            .map(|y| y.get("init").map(crate::yaml::Yaml::to_value))
+                        {
+                            Ok(Some(Value::Map(m))) => Some(m),
+                            Ok(Some(Value::Null) | None) => None,
+                            _ => return Err(file_error(
+                                "`init` is a mapping of the flex flow entry's __init__ arguments"
+                                    .into(),
+                            )),
+                        }
                 }
                 "$schema" | "type" | "connections" | "resources" | "properties" => {}
                 "resume_from" => tracing::warn!(
@@ -287,7 +302,8 @@ impl RunSpec {
         Ok(())
     }
 
-    /// Takes what this spec does not say (flow, data, base run, mapping, variant) from an earlier run.
+    /// Takes what this spec does not say (flow, data, base run, mapping, init, variant) from an
+    /// earlier run.
     fn fill_from(&mut self, old: &RunRecord) {
         let props = &old.properties;
         self.flow.get_or_insert_with(|| props.flow_path.clone());
@@ -303,6 +319,15 @@ impl RunSpec {
                 .iter()
                 .map(|(k, v)| (k.clone(), Value::from(v.clone())))
                 .collect();
+        }
+        if self.init.is_none() {
+            self.init = props
+                .init
+                .as_ref()
+                .map(|m| match Value::from(Json::Object(m.clone())) {
+                    Value::Map(m) => m,
+                    _ => Map::new(),
+                });
         }
         if self.variants.is_empty() {
             self.variants = props
@@ -684,6 +709,11 @@ impl BatchRun {
                     .iter()
                     .map(|(k, v)| (k.clone(), v.to_json_lossy()))
                     .collect(),
+                init: spec.init.as_ref().map(|init| {
+                    init.iter()
+                        .map(|(k, v)| (k.clone(), v.to_json_lossy()))
+                        .collect()
+                }),
                 system_metrics: SystemMetrics {
                     total_lines: expected_lines,
                     ..Default::default()

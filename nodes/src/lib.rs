@@ -6,6 +6,7 @@
 //! - [`llm::embedding_node::EmbeddingKind`] (`type: embedding`): text to vectors, local or over HTTP.
 //! - [`retrieval::node::RetrievalKind`] (`type: retrieval`): search an index built by `sluice index`.
 //! - `python::PythonKind` (`type: python`, feature `python`): calls a `@tool` function in an embedded CPython.
+//! - `python::FlexKind` (feature `python`): runs a flex flow's entry function or class.
 //!
 //! Local models run in-process on llama.cpp with the `local-llm` feature (on by default); without it,
 //! `llm` and `embedding` nodes need an OpenAI-compatible connection, and a flow that names a local
@@ -35,6 +36,8 @@ pub fn builtin_registry() -> NodeRegistry {
     registry.register(retrieval::node::RetrievalKind);
     #[cfg(feature = "python")]
     registry.register(python::PythonKind);
+    #[cfg(feature = "python")]
+    registry.register(python::FlexKind);
     // promptflow's own tools for embeddings and vector search, run by Sluice's kinds.
     registry.register_package_tool(
         "promptflow.tools.embedding.embedding",

@@ -14,8 +14,12 @@ use crate::ExitStatus;
 use crate::cli::{FlowArgs, InitArgs, InitType, PlanArgs, TestArgs};
 
 /// Loads a flow, printing its problems and returning `Err(exit status)` when it is invalid.
-pub(crate) fn load(flow: &Path, variant: Option<&str>) -> Result<Flow, ExitStatus> {
-    load_with(flow, variant, &[])
+pub(crate) fn load(
+    flow: &Path,
+    variant: Option<&str>,
+    init: Option<&Map>,
+) -> Result<Flow, ExitStatus> {
+    load_with(flow, variant, init, &[])
 }
 
 /// [`load`], with nodes' connections, deployments or models set by `connections` (each
@@ -23,6 +27,7 @@ pub(crate) fn load(flow: &Path, variant: Option<&str>) -> Result<Flow, ExitStatu
 pub(crate) fn load_with(
     flow: &Path,
     variant: Option<&str>,
+    init: Option<&Map>,
     connections: &[String],
 ) -> Result<Flow, ExitStatus> {
     let variant = match variant.map(|v| VariantSelection::parse(v).ok_or(v)) {
@@ -45,9 +50,14 @@ pub(crate) fn load_with(
     };
     let registry = sluice_nodes::builtin_registry();
     if connections.is_empty() {
-        return Flow::load(flow, &registry, &LoadOptions { variant }).map_err(report);
+        let options = LoadOptions {
+            variant,
+            init: init.cloned(),
+        };
+        return Flow::load(flow, &registry, &options).map_err(report);
     }
-    let mut def = sluice_engine::load_flow_def(flow, variant.as_ref()).map_err(report)?;
+    let mut def =
+        sluice_engine::load::load_flow_def_with(flow, variant.as_ref(), init).map_err(report)?;
     if let Err(e) = set_connections(&mut def, connections) {
         eprintln!("{} {e}", crate::style::error_label());
         return Err(ExitStatus::Invalid);
@@ -124,7 +134,7 @@ fn set_input(node: &mut sluice_engine::NodeDef, key: &str, value: String) {
 }
 
 pub fn validate(args: FlowArgs) -> anyhow::Result<ExitStatus> {
-    match load(&args.flow, None) {
+    match load(&args.flow, None, None) {
         Ok(flow) => {
             eprintln!(
                 "flow `{}` is {}: {} nodes ({} aggregation), {} inputs, {} outputs",
@@ -142,7 +152,7 @@ pub fn validate(args: FlowArgs) -> anyhow::Result<ExitStatus> {
 }
 
 pub fn plan(args: PlanArgs) -> anyhow::Result<ExitStatus> {
-    match load(&args.flow.flow, args.variant.as_deref()) {
+    match load(&args.flow.flow, args.variant.as_deref(), None) {
         Ok(flow) => {
             print!("{}", flow.explain());
             Ok(ExitStatus::Ok)
@@ -186,6 +196,31 @@ fn parse_inputs(items: &[String]) -> anyhow::Result<Map> {
         map.insert(k.trim().to_owned(), Value::from(v));
     }
     Ok(map)
+}
+
+/// Reads `--init`: a JSON object, a .json file holding one, or `NAME=VALUE` pairs (text values, as
+/// promptflow reads them). `None` when not given.
+pub(crate) fn parse_init(items: &[String]) -> anyhow::Result<Option<Map>> {
+    let mut map = Map::new();
+    for item in items {
+        let trimmed = item.trim_start();
+        let text = if trimmed.starts_with('{') {
+            item.clone()
+        } else if !item.contains('=') || Path::new(item).is_file() {
+            std::fs::read_to_string(item).with_context(|| format!("--init: cannot read {item}"))?
+        } else {
+            let (k, v) = item.split_once('=').expect("checked");
+            map.insert(k.trim().to_owned(), Value::from(v));
+            continue;
+        };
+        let value: Value = sluice_engine::json::from_str(&text)
+            .with_context(|| format!("--init: {item} is not valid JSON"))?;
+        let Value::Map(obj) = value else {
+            bail!("--init: {item} must hold a JSON object of __init__ arguments")
+        };
+        map.extend(obj);
+    }
+    Ok((!items.is_empty()).then_some(map))
 }
 
 /// Sets the flow's `environment_variables` and moves into the flow folder, as promptflow does.
@@ -268,12 +303,18 @@ pub fn test(args: TestArgs) -> anyhow::Result<ExitStatus> {
     let inputs = parse_inputs(&args.inputs)?;
     let timeout = line_timeout(args.line_timeout)?;
     super::set_isolation(&args.isolation, args.concurrency.max(1));
-    let flow = match load(&args.flow.flow, args.variant.as_deref()) {
+    let init = parse_init(&args.init)?;
+    let flow = match load(&args.flow.flow, args.variant.as_deref(), init.as_ref()) {
         Ok(f) => f,
         Err(code) => return Ok(code),
     };
-    // A prompty's `sample` stands in for inputs not given.
-    let inputs = match flow.def.prompty.as_ref().and_then(|p| p.sample.as_ref()) {
+    // A prompty's or flex flow's `sample` stands in for inputs not given.
+    let sample = match (&flow.def.prompty, &flow.def.flex) {
+        (Some(p), _) => p.sample.as_ref(),
+        (None, Some(f)) => f.sample.as_ref(),
+        (None, None) => None,
+    };
+    let inputs = match sample {
         Some(sample) if inputs.is_empty() && args.node.is_none() => sample.clone(),
         _ => inputs,
     };
@@ -337,7 +378,8 @@ pub fn test(args: TestArgs) -> anyhow::Result<ExitStatus> {
     let mut metrics = Map::new();
     let mut node_runs = line.node_runs.clone();
     let mut failed = line.status != Status::Completed;
-    if !failed && flow.has_aggregation() {
+    // As promptflow, testing a flex flow runs its line only, not `__aggregate__`.
+    if !failed && flow.has_aggregation() && flow.def.flex.is_none() {
         let agg = rt.block_on(flow.run_aggregation(&[&line.aggregation_inputs], &opts));
         metrics = agg.metrics;
         node_runs.extend(agg.node_runs);
@@ -376,7 +418,19 @@ pub fn test(args: TestArgs) -> anyhow::Result<ExitStatus> {
         );
     }
     if !streamed {
-        println!("{}", pretty(&line.output));
+        // A flex entry that returned something other than a dict: its value, as promptflow prints
+        // it (text as it is).
+        let entry_value = line
+            .node_runs
+            .first()
+            .filter(|_| flow.def.flex.is_some())
+            .filter(|run| !matches!(run.output, Value::Map(_)))
+            .and_then(|_| line.output.get("output"));
+        match entry_value {
+            Some(Value::String(text)) if line.output.len() == 1 => println!("{}", redact(text)),
+            Some(value) if line.output.len() == 1 => println!("{}", pretty(value)),
+            _ => println!("{}", pretty(&line.output)),
+        }
     }
     if args.detail || args.verbose > 0 {
         print_usage(&node_runs);

@@ -164,7 +164,7 @@ fn example_flows_run() {
 }
 
 #[test]
-fn flex_flows_are_refused_clearly_not_run_as_empty_flows() {
+fn a_flex_flow_without_its_entry_module_is_refused_not_run_as_an_empty_flow() {
     let flex = tempfile::tempdir().unwrap();
     std::fs::write(flex.path().join("flow.flex.yaml"), "entry: app:run\n").unwrap();
     sluice()
@@ -172,7 +172,7 @@ fn flex_flows_are_refused_clearly_not_run_as_empty_flows() {
         .arg(flex.path())
         .assert()
         .code(2)
-        .stderr(predicate::str::contains("is a flex flow"));
+        .stderr(predicate::str::contains("entry module `app` is not found"));
 }
 
 #[test]

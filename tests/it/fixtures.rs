@@ -65,7 +65,14 @@ fn check_case_dir(dir: &Path, rt: &tokio::runtime::Runtime) -> Vec<String> {
     let load = |variant: Option<&str>| {
         let variant =
             variant.map(|v| VariantSelection::parse(v).expect("a ${node.variant} selection"));
-        Flow::load(dir, &registry, &LoadOptions { variant })
+        Flow::load(
+            dir,
+            &registry,
+            &LoadOptions {
+                variant,
+                ..LoadOptions::default()
+            },
+        )
     };
     let default_flow = match load(None) {
         Ok(f) => f,

@@ -93,6 +93,9 @@ pub struct RunProperties {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub merged_from: Vec<String>,
     pub column_mapping: serde_json::Map<String, Json>,
+    /// The `__init__` arguments of a flex flow's class entry, when given to the run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init: Option<serde_json::Map<String, Json>>,
     pub system_metrics: SystemMetrics,
 }
 

@@ -145,7 +145,7 @@ pub(super) fn build(
             })
             .collect(),
         accepts_kwargs: true,
-        consumed: vec![],
+        ..Signature::default()
     };
     let escape: HashSet<String> = node.inputs.keys().cloned().collect();
     Ok(Built {

@@ -263,6 +263,180 @@ def load_tool(path, flow_dir, literals, references, stored_connections=None):
 
 
 # ---------------------------------------------------------------------------------------------------
+# Flex flow entries.
+
+_flex = {}
+
+
+def _jsonable(value):
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_jsonable(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _jsonable(v) for k, v in value.items())
+    return False
+
+
+def _flex_init_arg(cls, p, value, stored_connections):
+    """An `__init__` argument as promptflow passes it: model configurations and connections made
+    from their dict or name, other values as given."""
+    annotation = p.annotation
+    name = getattr(annotation, "__name__", "")
+    if name in ("AzureOpenAIModelConfiguration", "OpenAIModelConfiguration") and isinstance(value, dict):
+        try:
+            return annotation(**value)
+        except TypeError as e:
+            raise LoadError("init argument `%s` of %s is not a valid %s: %s" % (p.name, cls.__name__, name, e))
+    if _type_name(annotation, p.default) == "connection" and isinstance(value, str):
+        stored = (stored_connections or {}).get(value)
+        if stored is None:
+            raise LoadError("init argument `%s` of %s: connection `%s` does not exist" % (p.name, cls.__name__, value))
+        return make_connection(p.name, annotation, value, *stored)
+    return value
+
+
+def load_flex(module_name, attr, flow_dir, init, init_from, stored_connections=None):
+    """Imports a flex flow's entry (`module:function` or `module:Class`, made with `init`) and
+    describes what each line calls. The same entry and init give the same instance."""
+    key = (module_name, attr, flow_dir, repr(sorted(init.items())))
+    if key in _flex:
+        return _flex[key]
+    if flow_dir not in sys.path:
+        sys.path.insert(0, flow_dir)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and (module_name == e.name or module_name.startswith(e.name + ".")):
+            raise LoadError(
+                "entry module `%s` is not found: no %s.py in %s and no installed module of that name"
+                % (module_name, module_name.replace(".", "/"), flow_dir)
+            )
+        raise
+    target = getattr(module, attr, None)
+    if target is None:
+        raise LoadError(
+            "module `%s` (%s) has no `%s`" % (module_name, getattr(module, "__file__", "?"), attr)
+        )
+    aggregate = None
+    if inspect.isclass(target):
+        kwargs = {}
+        params = [
+            p
+            for p in list(inspect.signature(target.__init__).parameters.values())[1:]
+            if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+        ]
+        takes_any = any(
+            p.kind is p.VAR_KEYWORD for p in inspect.signature(target.__init__).parameters.values()
+        )
+        names = {p.name for p in params}
+        unknown = [k for k in init if k not in names and not takes_any]
+        if unknown:
+            raise LoadError(
+                "%s gives %s, which %s.__init__ does not take (it takes: %s)"
+                % (
+                    init_from or "the init arguments",
+                    ", ".join("`%s`" % k for k in unknown),
+                    target.__name__,
+                    ", ".join(p.name for p in params) or "nothing",
+                )
+            )
+        for p in params:
+            if p.name in init:
+                kwargs[p.name] = _flex_init_arg(target, p, init[p.name], stored_connections)
+            elif p.default is inspect.Parameter.empty:
+                raise LoadError(
+                    "%s.__init__ needs `%s`; give it with --init (a JSON object or file), `init:` in the "
+                    "run file, or `sample.init` in the flow" % (target.__name__, p.name)
+                )
+        for k in init:
+            if k not in names:
+                kwargs[k] = init[k]
+        instance = target(**kwargs)
+        if not callable(instance):
+            raise LoadError("class %s has no __call__ method to run each line" % target.__name__)
+        func = instance.__call__
+        agg = getattr(instance, "__aggregate__", None)
+        if callable(agg):
+            aggregate = agg
+        name = "%s.__call__" % target.__name__
+    else:
+        if not callable(target):
+            raise LoadError("`%s:%s` is not a function or class" % (module_name, attr))
+        if init:
+            raise LoadError(
+                "`%s:%s` is a function; init arguments (%s) are for class entries"
+                % (module_name, attr, ", ".join("`%s`" % k for k in init))
+            )
+        func = target
+        name = getattr(target, "__qualname__", attr)
+    params, kwargs_ok, _ = _describe(func)
+    defaults = {}
+    for p in inspect.signature(func).parameters.values():
+        if p.default is not inspect.Parameter.empty and _jsonable(p.default):
+            defaults[p.name] = p.default
+    info = {
+        "func": _flex_call(func),
+        "aggregate": _flex_aggregator(aggregate, target.__name__) if aggregate is not None else None,
+        "name": name,
+        "params": params,
+        "kwargs": kwargs_ok,
+        "defaults": defaults,
+    }
+    _flex[key] = info
+    return info
+
+
+class _AttrDict(dict):
+    """A line output as `__aggregate__` receives it: a dict whose keys are also attributes."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name)
+
+
+def _flex_output(result):
+    """A flex entry's return value as a line output: a dataclass becomes its dict."""
+    if dataclasses.is_dataclass(result) and not isinstance(result, type):
+        return dataclasses.asdict(result)
+    return result
+
+
+def _flex_call(func):
+    """What each line calls: the entry, its dataclass result as a dict."""
+
+    def call(**kwargs):
+        return _flex_output(func(**kwargs))
+
+    return call
+
+
+def _flex_aggregator(aggregate, owner):
+    """What the aggregation node calls: `__aggregate__` over the line outputs (dicts with attribute
+    access too); each key of the dict it returns becomes a run metric. A failure leaves the run
+    without metrics and is reported as a warning, as promptflow does."""
+
+    def call(line_results):
+        wrapped = [_AttrDict(r) if isinstance(r, dict) else r for r in line_results]
+        try:
+            result = aggregate(wrapped)
+        except Exception as e:  # noqa: BLE001 - a failed aggregation is a warning
+            sys.stderr.write(
+                "warning: %s.__aggregate__ failed, so the run has no metrics: (%s) %s\n"
+                % (owner, type(e).__name__, e)
+            )
+            return None
+        if isinstance(result, dict):
+            for k, v in result.items():
+                sys.modules["sluice"].log_metric(str(k), v)
+        return result
+
+    return call
+
+
+# ---------------------------------------------------------------------------------------------------
 # Connections as tool arguments.
 
 

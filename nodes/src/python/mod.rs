@@ -5,6 +5,7 @@
 //! blocking pool and hold the GIL only while Python runs, so a tool that sleeps or waits on I/O lets
 //! others run. `async def` tools run on one shared asyncio loop, so independent async nodes overlap.
 
+mod flex;
 pub mod isolation;
 mod prompty;
 
@@ -16,6 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+pub use flex::FlexKind;
 pub use isolation::{Isolation, serve as serve_worker, set_isolation};
 
 use async_trait::async_trait;
@@ -140,13 +142,7 @@ impl NodeKind for PythonKind {
             }
         }
         Python::attach(|py| {
-            if !cx.flow.environment_variables.is_empty() {
-                let env = PyDict::new(py);
-                for (k, v) in &cx.flow.environment_variables {
-                    env.set_item(k, v)?;
-                }
-                rt.host.bind(py).getattr("set_environment")?.call1((env,))?;
-            }
+            set_environment(py, rt, cx)?;
             let info = rt.host.bind(py).getattr("load_tool")?.call1((
                 path.to_string_lossy().as_ref(),
                 cx.flow_dir().to_string_lossy().as_ref(),
@@ -214,35 +210,49 @@ impl NodeKind for PythonKind {
                     flow_dir: cx.flow_dir().to_path_buf(),
                     literals: Value::Map(literals.clone()).to_json_lossy(),
                     references: references.clone(),
+                    in_process: false,
                 }),
                 signature,
             }))
         })
-        .map_err(|e| {
-            let d = Python::attach(|py| describe(py, &e));
-            let mut err = BuildError::new(format!(
-                "cannot load tool from {}: ({}) {}",
-                path.display(),
-                d.exc_type,
-                d.message
-            ));
-            if d.exc_type != "LoadError" {
-                err = err.help(format!("the import failed:\n{}", d.traceback.trim_end()));
-            }
-            if let (Some(file), Some(line)) = (&d.filename, d.lineno)
-                && Path::new(file).is_file()
-            {
-                err = err.at(
-                    file,
-                    Some(sluice_engine::yaml::Span {
-                        line: line as usize,
-                        col: 1,
-                    }),
-                );
-            }
-            err
-        })?
+        .map_err(|e| load_error(&format!("cannot load tool from {}", path.display()), &e))?
     }
+}
+
+/// Applies the flow's `environment_variables` to the interpreter's `os.environ`, as promptflow does
+/// before it loads tools.
+fn set_environment(py: Python<'_>, rt: &Runtime, cx: &BuildContext) -> PyResult<()> {
+    if cx.flow.environment_variables.is_empty() {
+        return Ok(());
+    }
+    let env = PyDict::new(py);
+    for (k, v) in &cx.flow.environment_variables {
+        env.set_item(k, v)?;
+    }
+    rt.host.bind(py).getattr("set_environment")?.call1((env,))?;
+    Ok(())
+}
+
+/// A failed import of a tool or entry as a build error: `LoadError`s say what to do themselves;
+/// other exceptions carry their traceback and point at the Python line that raised.
+fn load_error(what: &str, e: &PyErr) -> BuildError {
+    let d = Python::attach(|py| describe(py, e));
+    let mut err = BuildError::new(format!("{what}: ({}) {}", d.exc_type, d.message));
+    if d.exc_type != "LoadError" {
+        err = err.help(format!("the import failed:\n{}", d.traceback.trim_end()));
+    }
+    if let (Some(file), Some(line)) = (&d.filename, d.lineno)
+        && Path::new(file).is_file()
+    {
+        err = err.at(
+            file,
+            Some(sluice_engine::yaml::Span {
+                line: line as usize,
+                col: 1,
+            }),
+        );
+    }
+    err
 }
 
 /// A tool parameter annotated with a connection class.
@@ -448,6 +458,8 @@ struct PythonNode {
     flow_dir: PathBuf,
     literals: serde_json::Value,
     references: Vec<String>,
+    /// Whether calls stay in this process whatever the isolation (a flex flow's entry).
+    in_process: bool,
 }
 
 impl PythonNode {
@@ -601,7 +613,7 @@ pub(crate) fn call_in_worker(request: &isolation::Request) -> isolation::Respons
 #[async_trait]
 impl Node for PythonNode {
     async fn run(&self, inputs: NodeInputs, cx: &NodeContext) -> Result<Value, NodeError> {
-        if isolation::isolation() != Isolation::InProcess {
+        if !self.in_process && isolation::isolation() != Isolation::InProcess {
             return self.run_isolated(&inputs, cx).await;
         }
         let func = self.func.clone();

@@ -16,6 +16,26 @@ const PROMPTY_SOURCE: &str = r#"
 import inspect as _inspect
 import os as _os
 import sys as _sys
+import types as _types
+
+
+_CONFIG_TYPES = {"AzureOpenAIModelConfiguration": "azure_openai", "OpenAIModelConfiguration": "openai"}
+
+
+def _model_overrides(model):
+    """`model=` as plain dicts: a model configuration object (as flex flows pass their init's)
+    becomes its fields, its class giving the `type`; unset fields are left out."""
+    model = dict(model or {})
+    conf = model.get("configuration")
+    if conf is not None and not isinstance(conf, dict):
+        fields = dict(vars(conf))
+        kind = _CONFIG_TYPES.get(type(conf).__name__)
+        if kind:
+            fields.setdefault("type", kind)
+        conf = fields
+    if isinstance(conf, dict):
+        model["configuration"] = {k: v for k, v in conf.items() if v is not None}
+    return model
 
 
 class Prompty:
@@ -23,7 +43,7 @@ class Prompty:
 
     def __init__(self, path, model=None, **kwargs):
         self._path = path
-        self._model = dict(model or {})
+        self._model = _model_overrides(model)
 
     @classmethod
     def load(cls, source, model=None, **kwargs):
@@ -41,6 +61,16 @@ class Prompty:
             raise TypeError("Prompty can only be called with keyword arguments")
         return _run_prompty(self._path, kwargs, self._model)
 
+    def estimate_token_count(self, **kwargs):
+        """A rough count of the tokens a call would use: the template and the inputs at about four
+        characters a token, plus `max_tokens` when `model=` sets it. promptflow counts the
+        rendered prompt with tiktoken; this errs the same way on long inputs."""
+        with open(self._path, encoding="utf-8") as f:
+            text = f.read()
+        chars = len(text) + sum(len(str(v)) for v in kwargs.values())
+        max_tokens = (self._model.get("parameters") or {}).get("max_tokens") or 0
+        return chars // 4 + int(max_tokens)
+
     def __repr__(self):
         return "Prompty(%r)" % self._path
 
@@ -50,6 +80,11 @@ def _install(sluice):
     core = _sys.modules.get("promptflow.core")
     if core is not None and getattr(core, "__file__", "") == "<sluice promptflow stand-in>":
         core.Prompty = Prompty
+        flow = _types.ModuleType("promptflow.core._flow")
+        flow.__file__ = core.__file__
+        flow.Prompty = Prompty
+        core._flow = flow
+        _sys.modules["promptflow.core._flow"] = flow
 "#;
 
 /// Why a prompty called from Python did not give a result.
@@ -119,6 +154,11 @@ fn run(path: PathBuf, inputs: Map, model: Map) -> Result<Value, PromptyCallError
         }
         if let Some(Value::Map(conf)) = model.get("configuration") {
             let c = p.configuration.get_or_insert_with(Default::default);
+            // A connection given here brings its own endpoint and key.
+            if conf.contains_key("connection") {
+                c.fields
+                    .retain(|k, _| matches!(k.as_str(), "azure_deployment" | "model"));
+            }
             for (k, v) in conf {
                 let text = v.py_str();
                 match k.as_str() {

@@ -80,11 +80,23 @@ pub fn serve(args: FlowServeArgs) -> anyhow::Result<ExitStatus> {
     };
     let timeout = super::flow::line_timeout(args.line_timeout)?;
     super::set_isolation(&args.isolation, args.http.max_inflight);
-    let flow =
-        match super::flow::load_with(&args.flow.flow, args.variant.as_deref(), &args.connections) {
-            Ok(f) => f,
-            Err(code) => return Ok(code),
-        };
+    // A flex flow's class entry takes its `__init__` arguments from PF_FLOW_INIT_CONFIG, as in
+    // promptflow's serving.
+    let init = match std::env::var("PF_FLOW_INIT_CONFIG") {
+        Ok(text) if !text.trim().is_empty() => {
+            super::flow::parse_init(std::slice::from_ref(&text))?
+        }
+        _ => None,
+    };
+    let flow = match super::flow::load_with(
+        &args.flow.flow,
+        args.variant.as_deref(),
+        init.as_ref(),
+        &args.connections,
+    ) {
+        Ok(f) => f,
+        Err(code) => return Ok(code),
+    };
     // The home is found before the working directory moves into the flow folder (it may be relative).
     let home = super::run::sluice_home();
     let home = std::path::absolute(&home).unwrap_or(home);

@@ -66,6 +66,9 @@ fn spec_from_args(args: &CreateArgs) -> anyhow::Result<RunSpec> {
             .filter(|s| !s.is_empty())
             .collect();
     }
+    if let Some(init) = super::flow::parse_init(&args.init)? {
+        spec.init = Some(init);
+    }
     for item in &args.column_mapping {
         let (k, v) = split_kv(item, "--column-mapping")?;
         spec.column_mapping.insert(k, Value::from(v.as_str()));
@@ -185,7 +188,7 @@ fn execute(
     let variants = if spec.variants.is_empty() {
         vec![None]
     } else {
-        let flow = match load(&flow_path, None) {
+        let flow = match load(&flow_path, None, spec.init.as_ref()) {
             Ok(f) => f,
             Err(code) => return Ok(code),
         };
@@ -207,7 +210,7 @@ fn execute(
     let mut worst = ExitStatus::Ok;
     for variant in &variants {
         let one = spec.for_variant(variant.as_deref(), fan_out);
-        let flow = match load(&flow_path, variant.as_deref()) {
+        let flow = match load(&flow_path, variant.as_deref(), spec.init.as_ref()) {
             Ok(f) => f,
             Err(code) => {
                 worst = worst.max(code);
