@@ -102,7 +102,9 @@ fn rag_batch_and_evaluation_meet_the_retrieval_floor() {
     let outputs = std::fs::read_to_string(home.join("runs/rag/flow_outputs/output.jsonl")).unwrap();
     let evals =
         std::fs::read_to_string(home.join("runs/rag_eval/flow_outputs/output.jsonl")).unwrap();
-    let data = std::fs::read_to_string("flows/rag/data.jsonl").unwrap();
+    let data =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/flows/rag/data.jsonl"))
+            .unwrap();
     let questions: Vec<Json> = data
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
