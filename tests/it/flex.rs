@@ -202,6 +202,12 @@ fn a_class_entry_is_made_with_init_and_aggregates_a_batch_into_metrics() {
         ),
         json!({"score": 10, "match": false})
     );
+    // `key=value` gives text; `bonus: int` gets a number, as a flow input would.
+    let typed = ["--init", "bonus=10", "--inputs", "answer=2", "truth=2"];
+    assert_eq!(
+        tested(home.path(), dir.path(), &typed),
+        json!({"score": 11, "match": true})
+    );
     std::fs::write(dir.path().join("init.json"), "{\"bonus\": 5}").unwrap();
     let init = dir.path().join("init.json");
     let options = format!("--init {}", init.display());

@@ -280,7 +280,8 @@ def _jsonable(value):
 
 def _flex_init_arg(cls, p, value, stored_connections):
     """An `__init__` argument as promptflow passes it: model configurations and connections made
-    from their dict or name, other values as given."""
+    from their dict or name, text for an int, float or bool parameter converted, other values as
+    given."""
     annotation = p.annotation
     name = getattr(annotation, "__name__", "")
     if name in ("AzureOpenAIModelConfiguration", "OpenAIModelConfiguration") and isinstance(value, dict):
@@ -293,6 +294,10 @@ def _flex_init_arg(cls, p, value, stored_connections):
         if stored is None:
             raise LoadError("init argument `%s` of %s: connection `%s` does not exist" % (p.name, cls.__name__, value))
         return make_connection(p.name, annotation, value, *stored)
+    type_name = _type_name(annotation, p.default)
+    if isinstance(value, str) and type_name in ("int", "double", "bool"):
+        # `--init key=value` gives text; a typed parameter gets its type, as flow inputs do.
+        return _coerce(value, type_name, p.name)
     return value
 
 
