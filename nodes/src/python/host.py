@@ -196,12 +196,17 @@ def _describe(func):
     return params, kwargs, connections
 
 
-def load_tool(path, flow_dir, literals, references, stored_connections=None):
-    """Imports a tool file and finds its one tool. Returns a dict describing it.
+def load_tool(path, flow_dir, literals, references, stored_connections=None, package=None, prompt=None):
+    """Imports a tool file (or, with `package`, a package tool by its id) and finds its one tool.
+    Returns a dict describing it.
 
     `stored_connections` maps the connection names among `literals` to (type, configs, secrets), for
-    `ToolProvider.__init__` parameters annotated with a connection class.
+    `ToolProvider.__init__` parameters annotated with a connection class. `prompt`, a template's text,
+    is bound to the tool's `PromptTemplate` parameter (a `package_with_prompt` node).
     """
+    if package is not None:
+        func, cls, method = _import_package_tool(package, flow_dir)
+        return _tool_info(func, cls, method, literals, references, stored_connections, prompt, package)
     module = _import_file(path, flow_dir)
     functions = [
         (name, obj)
@@ -224,11 +229,84 @@ def load_tool(path, flow_dir, literals, references, stored_connections=None):
             "%s defines %d tools (%s); a tool file must define exactly one"
             % (os.path.basename(path), len(found), ", ".join(found))
         )
-    consumed = []
     if functions:
-        func = functions[0][1]
-    else:
-        cls, method = providers[0]
+        return _tool_info(functions[0][1], None, None, literals, references, stored_connections, None, None)
+    cls, method = providers[0]
+    return _tool_info(None, cls, method, literals, references, stored_connections, None, None)
+
+
+def _import_package_tool(tool_id, flow_dir):
+    """Finds a package tool by its id, `module.function` or `module.Class.method`: (function, None,
+    None) or (None, class, method)."""
+    if flow_dir not in sys.path:
+        sys.path.insert(0, flow_dir)
+    parts = tool_id.split(".")
+    if len(parts) < 2 or not all(p.isidentifier() for p in parts):
+        raise LoadError(
+            "package tool `%s` is not a tool id; write `module.function` or `module.Class.method`" % tool_id
+        )
+    missing = None
+    for split in (len(parts) - 1, len(parts) - 2):
+        if split < 1:
+            break
+        module_name = ".".join(parts[:split])
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name and (module_name == e.name or module_name.startswith(e.name + ".")):
+                missing = e.name
+                continue
+            raise
+        target = module
+        for attr in parts[split:]:
+            target = getattr(target, attr, None)
+            if target is None:
+                raise LoadError(
+                    "module `%s` (%s) has no `%s`, so package tool `%s` is not found; check the tool id, "
+                    "or upgrade the package that provides it"
+                    % (module_name, getattr(module, "__file__", "?"), ".".join(parts[split:]), tool_id)
+                )
+        if split == len(parts) - 1:
+            if not callable(target) or inspect.isclass(target):
+                raise LoadError("package tool `%s` is not a function" % tool_id)
+            return target, None, None
+        cls = getattr(module, parts[-2])
+        if not inspect.isclass(cls):
+            raise LoadError("package tool `%s`: `%s` is not a class" % (tool_id, parts[-2]))
+        return None, cls, parts[-1]
+    raise LoadError(
+        "package tool `%s`: module `%s` cannot be imported by the tools' Python (prefix %s); `pip install` "
+        "the package that provides it into that Python, or activate the virtualenv that has it"
+        % (tool_id, missing, sys.prefix)
+    )
+
+
+def _bind_prompt(func, prompt, tool_id):
+    """`func` with its `PromptTemplate` parameter set to the template text, as promptflow calls a
+    `package_with_prompt` tool; returns the function and that parameter's name."""
+    names = [
+        p.name
+        for p in inspect.signature(func).parameters.values()
+        if _type_name(p.annotation, p.default) == "prompt_template"
+    ]
+    if not names:
+        raise LoadError(
+            "package tool `%s` takes no prompt template: a `package_with_prompt` tool needs a parameter "
+            "annotated with PromptTemplate (from promptflow.contracts.types import PromptTemplate)" % tool_id
+        )
+    template = sys.modules["sluice"].PromptTemplate(prompt)
+
+    def call(**kwargs):
+        kwargs[names[0]] = template
+        return func(**kwargs)
+
+    return call, names[0]
+
+
+def _tool_info(func, cls, method, literals, references, stored_connections, prompt, tool_id):
+    """Describes a tool function, or the method `method` of `cls` made with its `__init__` inputs."""
+    consumed = []
+    if func is None:
         init_kwargs = {}
         for p in list(inspect.signature(cls.__init__).parameters.values())[1:]:
             if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
@@ -252,8 +330,12 @@ def load_tool(path, flow_dir, literals, references, stored_connections=None):
                 raise LoadError("%s needs init input `%s`; set it as a literal node input" % (cls.__name__, p.name))
         func = getattr(cls(**init_kwargs), method)
     params, kwargs, connections = _describe(func)
+    call = func
+    if prompt is not None:
+        call, prompt_param = _bind_prompt(func, prompt, tool_id)
+        params = [p for p in params if p[0] != prompt_param]
     return {
-        "func": func,
+        "func": call,
         "name": getattr(func, "__qualname__", getattr(func, "__name__", "tool")),
         "params": params,
         "kwargs": kwargs,
