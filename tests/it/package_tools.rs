@@ -80,15 +80,41 @@ nodes:
   inputs: {suffix: x, who: '${inputs.name}'}
 "#;
 
-/// Writes the package `my_tools` into `dir` (which goes on `PYTHONPATH`).
+/// The package's `package_tools` entry point: two tools by ids that are not import paths, one with
+/// an old id.
+const LISTING: &str = r#"def list_tools():
+    return {
+        "my_tools.greeting": {
+            "name": "Greeting", "type": "python", "module": "my_tools.tools.greet", "function": "greet",
+            "deprecated_tools": ["old_tools.greet"],
+        },
+        "my_tools.hello": {
+            "name": "Hello", "type": "python", "module": "my_tools.tools.greet", "class_name": "Greeter",
+            "function": "hello",
+        },
+    }
+"#;
+
+/// Writes the package `my_tools` into `dir` (which goes on `PYTHONPATH`), installed as pip installs
+/// it: with a `.dist-info` that declares its `package_tools` entry point.
 fn write_package(dir: &Path) {
     std::fs::create_dir_all(dir.join("my_tools/tools")).unwrap();
+    std::fs::create_dir_all(dir.join("my_tools-0.1.dist-info")).unwrap();
     write_files(
         dir,
         &[
             ("my_tools/__init__.py", ""),
             ("my_tools/tools/__init__.py", ""),
             ("my_tools/tools/greet.py", GREET),
+            ("my_tools/tools/listing.py", LISTING),
+            (
+                "my_tools-0.1.dist-info/METADATA",
+                "Metadata-Version: 2.1\nName: my-tools\nVersion: 0.1\n",
+            ),
+            (
+                "my_tools-0.1.dist-info/entry_points.txt",
+                "[package_tools]\nmy_tools = my_tools.tools.listing:list_tools\n",
+            ),
         ],
     );
 }
@@ -123,25 +149,49 @@ fn expected(name: &str) -> serde_json::Value {
     })
 }
 
+/// `sluice flow test --isolation ISOLATION --inputs name=NAME` of the flow in `dir`, with the
+/// package on `PYTHONPATH`, which must succeed: the outputs it printed.
+fn tested_in(
+    home: &tempfile::TempDir,
+    dir: &tempfile::TempDir,
+    packages: &tempfile::TempDir,
+    isolation: &str,
+    name: &str,
+) -> serde_json::Value {
+    let out = sluice(home.path())
+        .env("PYTHONPATH", packages.path())
+        .args(["flow", "test", "--isolation", isolation, "--inputs"])
+        .arg(format!("name={name}"))
+        .arg("--flow")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    stdout_json(&out)
+}
+
 #[test]
 fn package_tools_run_in_flow_test_in_process_and_in_workers() {
     let (home, dir, packages) = setup(FLOW);
     for isolation in ["thread", "process"] {
-        let out = sluice(home.path())
-            .env("PYTHONPATH", packages.path())
-            .args([
-                "flow",
-                "test",
-                "--isolation",
-                isolation,
-                "--inputs",
-                "name=Bo",
-                "--flow",
-            ])
-            .arg(dir.path())
-            .output()
-            .unwrap();
-        assert_eq!(stdout_json(&out), expected("Bo"), "isolation {isolation}");
+        assert_eq!(
+            tested_in(&home, &dir, &packages, isolation, "Bo"),
+            expected("Bo"),
+            "isolation {isolation}"
+        );
+    }
+}
+
+#[test]
+fn tools_listed_by_a_package_tools_entry_point_are_found_by_their_ids() {
+    let (home, dir, packages) = setup(
+        "inputs:\n  name: {type: string}\noutputs:\n  a: {reference: '${a.output}'}\n  b: {reference: '${b.output}'}\n  c: {reference: '${c.output}'}\nnodes:\n- name: a\n  type: python\n  source: {type: package, tool: my_tools.greeting}\n  inputs: {name: '${inputs.name}'}\n- name: b\n  type: python\n  source: {type: package, tool: old_tools.greet}\n  inputs: {name: '${inputs.name}', times: 2}\n- name: c\n  type: python\n  source: {type: package, tool: my_tools.hello}\n  inputs: {conn: greetings, name: '${inputs.name}'}\n",
+    );
+    for isolation in ["thread", "process"] {
+        assert_eq!(
+            tested_in(&home, &dir, &packages, isolation, "Di"),
+            json!({"a": "hello Di", "b": "hello Di hello Di", "c": "Howdy Di!"}),
+            "isolation {isolation}"
+        );
     }
 }
 

@@ -205,7 +205,13 @@ def load_tool(path, flow_dir, literals, references, stored_connections=None, pac
     is bound to the tool's `PromptTemplate` parameter (a `package_with_prompt` node).
     """
     if package is not None:
-        func, cls, method = _import_package_tool(package, flow_dir)
+        try:
+            func, cls, method = _import_package_tool(package, flow_dir)
+        except LoadError:
+            listed = _listed_package_tool(package)
+            if listed is None:
+                raise
+            func, cls, method = _import_package_tool(listed, flow_dir)
         return _tool_info(func, cls, method, literals, references, stored_connections, prompt, package)
     module = _import_file(path, flow_dir)
     functions = [
@@ -279,6 +285,39 @@ def _import_package_tool(tool_id, flow_dir):
         "the package that provides it into that Python, or activate the virtualenv that has it"
         % (tool_id, missing, sys.prefix)
     )
+
+
+def _listed_package_tool(tool_id):
+    """The import path (`module.function` or `module.Class.function`) of a tool that an installed
+    package lists under its `package_tools` entry point, by its id or a `deprecated_tools` alias, as
+    promptflow finds package tools; None if none lists it."""
+    from importlib import metadata
+
+    try:
+        points = metadata.entry_points(group="package_tools")
+    except TypeError:  # Python < 3.10
+        points = metadata.entry_points().get("package_tools", [])
+    for point in points:
+        try:
+            tools = point.load()()
+        except Exception as e:  # noqa: BLE001 - one broken package does not hide the others' tools
+            sys.stderr.write(
+                "warning: the package_tools entry point `%s` failed: (%s) %s\n" % (point.name, type(e).__name__, e)
+            )
+            continue
+        if not isinstance(tools, dict):
+            continue
+        for key, meta in tools.items():
+            if not isinstance(meta, dict) or not (key == tool_id or tool_id in (meta.get("deprecated_tools") or [])):
+                continue
+            if not meta.get("module") or not meta.get("function"):
+                raise LoadError(
+                    "package tool `%s`, listed by the package_tools entry point `%s`, has no `module` or "
+                    "`function` in its metadata" % (tool_id, point.name)
+                )
+            parts = [meta["module"], meta.get("class_name"), meta["function"]]
+            return ".".join(p for p in parts if p)
+    return None
 
 
 def _bind_prompt(func, prompt, tool_id):
