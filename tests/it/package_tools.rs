@@ -318,3 +318,31 @@ fn promptflow_own_package_tools_keep_their_mapping() {
         out.stderr
     );
 }
+
+#[test]
+fn a_package_installed_in_the_active_virtualenv_is_found() {
+    let (home, dir, _) = setup(
+        "inputs:\n  name: {type: string}\noutputs:\n  a: {reference: '${a.output}'}\nnodes:\n- name: a\n  type: python\n  source: {type: package, tool: my_tools.tools.greet.greet}\n  inputs: {name: '${inputs.name}'}\n",
+    );
+    let venv = tempfile::tempdir().unwrap();
+    assert_ok(
+        &std::process::Command::new(option_env!("PYO3_PYTHON").unwrap_or("python3"))
+            .args(["-m", "venv", "--without-pip"])
+            .arg(venv.path())
+            .output()
+            .unwrap(),
+    );
+    let lib = std::fs::read_dir(venv.path().join("lib"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.join("site-packages").is_dir())
+        .expect("the virtualenv has lib/pythonX.Y/site-packages");
+    write_package(&lib.join("site-packages"));
+    let out = sluice(home.path())
+        .env("VIRTUAL_ENV", venv.path())
+        .args(["flow", "test", "--inputs", "name=Ed", "--flow"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(stdout_json(&out), json!({"a": "hello Ed"}));
+}
