@@ -5,7 +5,10 @@
 //!   OpenAI-compatible server.
 //! - [`llm::embedding_node::EmbeddingKind`] (`type: embedding`): text to vectors, local or over HTTP.
 //! - [`retrieval::node::RetrievalKind`] (`type: retrieval`): search an index built by `sluice index`.
-//! - `python::PythonKind` (`type: python`, feature `python`): calls a `@tool` function in an embedded CPython.
+//! - `python::PythonKind` (`type: python`, feature `python`): calls a `@tool` function in an embedded CPython,
+//!   from a file in the flow folder or an installed package (`source.type: package`).
+//! - `python::CustomLlmKind` (`type: custom_llm`, feature `python`): an installed package tool given the
+//!   node's prompt template (`source.type: package_with_prompt`).
 //! - `python::FlexKind` (feature `python`): runs a flex flow's entry function or class.
 //!
 //! Local models run in-process on llama.cpp with the `local-llm` feature (on by default); without it,
@@ -38,6 +41,8 @@ pub fn builtin_registry() -> NodeRegistry {
     registry.register(python::PythonKind);
     #[cfg(feature = "python")]
     registry.register(python::FlexKind);
+    #[cfg(feature = "python")]
+    registry.register(python::CustomLlmKind);
     // promptflow's own tools for embeddings and vector search, run by Sluice's kinds.
     registry.register_package_tool(
         "promptflow.tools.embedding.embedding",

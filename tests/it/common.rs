@@ -188,7 +188,12 @@ pub fn run_create(home: &Path, name: &str, options: &str, flow: &Path, data: &Pa
 /// `sluice flow validate --flow FLOW` in `home`, which must refuse the flow (exit 2) with every one of
 /// `needles` in its stderr; returns the stderr.
 pub fn refused(home: &Path, flow: &Path, needles: &[&str]) -> String {
-    let out = ran(sluice(home)
+    refused_by(&mut sluice(home), flow, needles)
+}
+
+/// The same with `cmd`, a `sluice` command with options of its own (its environment).
+pub fn refused_by(cmd: &mut Command, flow: &Path, needles: &[&str]) -> String {
+    let out = ran(cmd
         .args(["flow", "validate", "--flow"])
         .arg(flow)
         .timeout(std::time::Duration::from_secs(60)));

@@ -18,6 +18,7 @@ mod isolation;
 mod llm;
 mod llm_requests;
 mod model_serve;
+mod package_tools;
 mod prompty;
 mod py_connections;
 mod rag;

@@ -100,6 +100,8 @@ impl NodeKind for FlexKind {
                 name: name.clone(),
                 node: node.name.clone(),
                 tool: cx.flow.file.clone(),
+                package: None,
+                prompt: None,
                 flow_dir: cx.flow_dir().to_path_buf(),
                 literals: serde_json::json!({}),
                 references: vec![],

@@ -196,12 +196,23 @@ def _describe(func):
     return params, kwargs, connections
 
 
-def load_tool(path, flow_dir, literals, references, stored_connections=None):
-    """Imports a tool file and finds its one tool. Returns a dict describing it.
+def load_tool(path, flow_dir, literals, references, stored_connections=None, package=None, prompt=None):
+    """Imports a tool file (or, with `package`, a package tool by its id) and finds its one tool.
+    Returns a dict describing it.
 
     `stored_connections` maps the connection names among `literals` to (type, configs, secrets), for
-    `ToolProvider.__init__` parameters annotated with a connection class.
+    `ToolProvider.__init__` parameters annotated with a connection class. `prompt`, a template's text,
+    is bound to the tool's `PromptTemplate` parameter (a `package_with_prompt` node).
     """
+    if package is not None:
+        try:
+            func, cls, method = _import_package_tool(package, flow_dir)
+        except LoadError:
+            listed = _listed_package_tool(package)
+            if listed is None:
+                raise
+            func, cls, method = _import_package_tool(listed, flow_dir)
+        return _tool_info(func, cls, method, literals, references, stored_connections, prompt, package)
     module = _import_file(path, flow_dir)
     functions = [
         (name, obj)
@@ -224,11 +235,117 @@ def load_tool(path, flow_dir, literals, references, stored_connections=None):
             "%s defines %d tools (%s); a tool file must define exactly one"
             % (os.path.basename(path), len(found), ", ".join(found))
         )
-    consumed = []
     if functions:
-        func = functions[0][1]
-    else:
-        cls, method = providers[0]
+        return _tool_info(functions[0][1], None, None, literals, references, stored_connections, None, None)
+    cls, method = providers[0]
+    return _tool_info(None, cls, method, literals, references, stored_connections, None, None)
+
+
+def _import_package_tool(tool_id, flow_dir):
+    """Finds a package tool by its id, `module.function` or `module.Class.method`: (function, None,
+    None) or (None, class, method)."""
+    if flow_dir not in sys.path:
+        sys.path.insert(0, flow_dir)
+    parts = tool_id.split(".")
+    if len(parts) < 2 or not all(p.isidentifier() for p in parts):
+        raise LoadError(
+            "package tool `%s` is not a tool id; write `module.function` or `module.Class.method`" % tool_id
+        )
+    missing = None
+    for split in (len(parts) - 1, len(parts) - 2):
+        if split < 1:
+            break
+        module_name = ".".join(parts[:split])
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name and (module_name == e.name or module_name.startswith(e.name + ".")):
+                missing = e.name
+                continue
+            raise
+        target = module
+        for attr in parts[split:]:
+            target = getattr(target, attr, None)
+            if target is None:
+                raise LoadError(
+                    "module `%s` (%s) has no `%s`, so package tool `%s` is not found; check the tool id, "
+                    "or upgrade the package that provides it"
+                    % (module_name, getattr(module, "__file__", "?"), ".".join(parts[split:]), tool_id)
+                )
+        if split == len(parts) - 1:
+            if not callable(target) or inspect.isclass(target):
+                raise LoadError("package tool `%s` is not a function" % tool_id)
+            return target, None, None
+        cls = getattr(module, parts[-2])
+        if not inspect.isclass(cls):
+            raise LoadError("package tool `%s`: `%s` is not a class" % (tool_id, parts[-2]))
+        return None, cls, parts[-1]
+    raise LoadError(
+        "package tool `%s`: module `%s` cannot be imported by the tools' Python (prefix %s); `pip install` "
+        "the package that provides it into that Python, or activate the virtualenv that has it"
+        % (tool_id, missing, sys.prefix)
+    )
+
+
+def _listed_package_tool(tool_id):
+    """The import path (`module.function` or `module.Class.function`) of a tool that an installed
+    package lists under its `package_tools` entry point, by its id or a `deprecated_tools` alias, as
+    promptflow finds package tools; None if none lists it."""
+    from importlib import metadata
+
+    try:
+        points = metadata.entry_points(group="package_tools")
+    except TypeError:  # Python < 3.10
+        points = metadata.entry_points().get("package_tools", [])
+    for point in points:
+        try:
+            tools = point.load()()
+        except Exception as e:  # noqa: BLE001 - one broken package does not hide the others' tools
+            sys.stderr.write(
+                "warning: the package_tools entry point `%s` failed: (%s) %s\n" % (point.name, type(e).__name__, e)
+            )
+            continue
+        if not isinstance(tools, dict):
+            continue
+        for key, meta in tools.items():
+            if not isinstance(meta, dict) or not (key == tool_id or tool_id in (meta.get("deprecated_tools") or [])):
+                continue
+            if not meta.get("module") or not meta.get("function"):
+                raise LoadError(
+                    "package tool `%s`, listed by the package_tools entry point `%s`, has no `module` or "
+                    "`function` in its metadata" % (tool_id, point.name)
+                )
+            parts = [meta["module"], meta.get("class_name"), meta["function"]]
+            return ".".join(p for p in parts if p)
+    return None
+
+
+def _bind_prompt(func, prompt, tool_id):
+    """`func` with its `PromptTemplate` parameter set to the template text, as promptflow calls a
+    `package_with_prompt` tool; returns the function and that parameter's name."""
+    names = [
+        p.name
+        for p in inspect.signature(func).parameters.values()
+        if _type_name(p.annotation, p.default) == "prompt_template"
+    ]
+    if not names:
+        raise LoadError(
+            "package tool `%s` takes no prompt template: a `package_with_prompt` tool needs a parameter "
+            "annotated with PromptTemplate (from promptflow.contracts.types import PromptTemplate)" % tool_id
+        )
+    template = sys.modules["sluice"].PromptTemplate(prompt)
+
+    def call(**kwargs):
+        kwargs[names[0]] = template
+        return func(**kwargs)
+
+    return call, names[0]
+
+
+def _tool_info(func, cls, method, literals, references, stored_connections, prompt, tool_id):
+    """Describes a tool function, or the method `method` of `cls` made with its `__init__` inputs."""
+    consumed = []
+    if func is None:
         init_kwargs = {}
         for p in list(inspect.signature(cls.__init__).parameters.values())[1:]:
             if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
@@ -252,8 +369,12 @@ def load_tool(path, flow_dir, literals, references, stored_connections=None):
                 raise LoadError("%s needs init input `%s`; set it as a literal node input" % (cls.__name__, p.name))
         func = getattr(cls(**init_kwargs), method)
     params, kwargs, connections = _describe(func)
+    call = func
+    if prompt is not None:
+        call, prompt_param = _bind_prompt(func, prompt, tool_id)
+        params = [p for p in params if p[0] != prompt_param]
     return {
-        "func": func,
+        "func": call,
         "name": getattr(func, "__qualname__", getattr(func, "__name__", "tool")),
         "params": params,
         "kwargs": kwargs,

@@ -55,6 +55,12 @@ pub(crate) fn pool() -> &'static WorkerPool {
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Request {
     pub tool: PathBuf,
+    /// A package tool's id; `tool` is then not a tool file.
+    #[serde(default)]
+    pub package: Option<String>,
+    /// The prompt template bound to a `package_with_prompt` tool.
+    #[serde(default)]
+    pub prompt: Option<String>,
     pub flow_dir: PathBuf,
     /// The node's literal inputs (they initialise class-based tools).
     pub literals: Json,

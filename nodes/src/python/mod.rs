@@ -1,4 +1,5 @@
-//! `python` nodes: a tool function in the flow folder, called in an embedded CPython.
+//! `python` nodes: a tool function in the flow folder, or in an installed package (`source.type:
+//! package`, and `custom_llm` nodes' `package_with_prompt`), called in an embedded CPython.
 //!
 //! The interpreter starts once per process. Each tool file is imported once when the flow is loaded
 //! (so an import error or a file without exactly one `@tool` is a load error); calls run on the
@@ -120,103 +121,206 @@ impl NodeKind for PythonKind {
     }
 
     fn build(&self, node: &NodeDef, cx: &BuildContext) -> Result<Built, BuildError> {
-        if let Some(source) = &node.source
-            && source.ty != "code"
-        {
-            return Err(BuildError::new(format!(
-                "source type `{}` is not supported for python nodes yet; Sluice runs `type: code` tools",
-                source.ty
-            ))
-            .help("copy the package tool's function into a .py file in the flow folder and use `source: {type: code, path: ...}`"));
-        }
-        let path = cx.source_file(node)?;
-        let rt = runtime().map_err(|e| BuildError::new(format!("cannot start Python: {e}")))?;
-        let mut literals = Map::new();
-        let mut references: Vec<String> = vec![];
-        for (name, binding) in &node.inputs {
-            match &binding.value {
-                InputValue::Literal(v) => {
-                    literals.insert(name.clone(), v.clone());
-                }
-                _ => references.push(name.clone()),
-            }
-        }
-        Python::attach(|py| {
-            set_environment(py, rt, cx)?;
-            let info = rt.host.bind(py).getattr("load_tool")?.call1((
-                path.to_string_lossy().as_ref(),
-                cx.flow_dir().to_string_lossy().as_ref(),
-                to_py(py, &Value::Map(literals.clone()))?,
-                references.clone(),
-                stored_connections(py, &literals)?,
-            ))?;
-            let func: Py<PyAny> = info.get_item("func")?.unbind();
-            let name: String = info.get_item("name")?.extract()?;
-            let params: Vec<(String, String, bool)> = info.get_item("params")?.extract()?;
-            let consumed: Vec<String> = info.get_item("consumed")?.extract()?;
-            let connections = connection_params(&info, &literals)?;
-            let mut signature = Signature {
-                accepts_kwargs: info.get_item("kwargs")?.extract()?,
-                consumed,
-                ..Default::default()
-            };
-            for (pname, ty, has_default) in params {
-                let ty = match ty.as_str() {
-                    "connection" => None,
-                    other => ValueType::from_name(other),
-                };
-                signature.params.insert(
-                    pname,
-                    Param {
-                        ty,
-                        has_default,
-                        required: !has_default,
-                    },
-                );
-            }
-            let mut connection_args = HashMap::new();
-            for DeclaredConnection {
-                param,
-                annotation,
-                literal,
-            } in connections
-            {
-                let resolved = match literal {
-                    Some(conn) => {
-                        match connection_arg(py, rt, &param, annotation.bind(py), &conn) {
-                            Ok(obj) => Some((conn, obj.unbind())),
-                            Err(e) => {
-                                return Ok(Err(connection_build_error(&node.name, &param, &e)));
-                            }
-                        }
-                    }
-                    None => None,
-                };
-                connection_args.insert(
-                    param,
-                    ConnectionParam {
-                        annotation,
-                        resolved,
-                    },
-                );
-            }
-            Ok::<_, PyErr>(Ok(Built {
-                node: Arc::new(PythonNode {
-                    func: Arc::new(func),
-                    connections: Arc::new(connection_args),
-                    name,
-                    node: node.name.clone(),
-                    tool: path.clone(),
-                    flow_dir: cx.flow_dir().to_path_buf(),
-                    literals: Value::Map(literals.clone()).to_json_lossy(),
-                    references: references.clone(),
-                    in_process: false,
-                }),
-                signature,
-            }))
-        })
-        .map_err(|e| load_error(&format!("cannot load tool from {}", path.display()), &e))?
+        build_tool(node, cx)
     }
+}
+
+/// The `custom_llm` node kind: a package tool with a prompt template (`source.type:
+/// package_with_prompt`), run as a `python` node is.
+#[derive(Debug, Default)]
+pub struct CustomLlmKind;
+
+impl NodeKind for CustomLlmKind {
+    fn type_name(&self) -> &'static str {
+        "custom_llm"
+    }
+
+    fn build(&self, node: &NodeDef, cx: &BuildContext) -> Result<Built, BuildError> {
+        build_tool(node, cx)
+    }
+}
+
+/// Where a node's tool comes from.
+struct ToolSource {
+    /// The tool file (`code`), or the template (`package_with_prompt`).
+    path: PathBuf,
+    /// The package tool id (`package`, `package_with_prompt`).
+    package: Option<String>,
+    /// The template's text, bound to the tool's `PromptTemplate` parameter.
+    prompt: Option<String>,
+    /// The template's variables.
+    variables: Vec<String>,
+}
+
+/// Reads a node's `source`: a tool file, a package tool, or a package tool with a template.
+fn tool_source(node: &NodeDef, cx: &BuildContext) -> Result<ToolSource, BuildError> {
+    let ty = node.source.as_ref().map_or("code", |s| s.ty.as_str());
+    let tool = node.source.as_ref().and_then(|s| s.tool.clone());
+    match ty {
+        "code" => Ok(ToolSource {
+            path: cx.source_file(node)?,
+            package: None,
+            prompt: None,
+            variables: vec![],
+        }),
+        "package" | "package_with_prompt" => {
+            let Some(tool) = tool.filter(|t| !t.is_empty()) else {
+                return Err(BuildError::new(format!(
+                    "node `{}` has `source.type: {ty}` but no `source.tool`",
+                    node.name
+                ))
+                .help("set `source.tool` to the tool's id, `module.function` or `module.Class.method`"));
+            };
+            if ty == "package" {
+                return Ok(ToolSource {
+                    path: cx.flow_dir().to_path_buf(),
+                    package: Some(tool),
+                    prompt: None,
+                    variables: vec![],
+                });
+            }
+            let path = cx.source_file(node)?;
+            let variables = crate::template::Template::from_file(&path)?
+                .variables()
+                .to_vec();
+            let prompt = std::fs::read_to_string(&path)
+                .map_err(|e| BuildError::new(format!("cannot read {}: {e}", path.display())))?;
+            Ok(ToolSource {
+                path,
+                package: Some(tool),
+                prompt: Some(prompt),
+                variables,
+            })
+        }
+        other => Err(BuildError::new(format!(
+            "source type `{other}` is not supported; use `code`, `package` or `package_with_prompt`"
+        ))),
+    }
+}
+
+/// Builds a node that calls a Python tool: a tool file or a package tool.
+fn build_tool(node: &NodeDef, cx: &BuildContext) -> Result<Built, BuildError> {
+    let ToolSource {
+        path,
+        package,
+        prompt,
+        variables,
+    } = tool_source(node, cx)?;
+    let rt = runtime().map_err(|e| BuildError::new(format!("cannot start Python: {e}")))?;
+    let mut literals = Map::new();
+    let mut references: Vec<String> = vec![];
+    for (name, binding) in &node.inputs {
+        match &binding.value {
+            InputValue::Literal(v) => {
+                literals.insert(name.clone(), v.clone());
+            }
+            _ => references.push(name.clone()),
+        }
+    }
+    Python::attach(|py| {
+        set_environment(py, rt, cx)?;
+        let info = rt.host.bind(py).getattr("load_tool")?.call1((
+            path.to_string_lossy().as_ref(),
+            cx.flow_dir().to_string_lossy().as_ref(),
+            to_py(py, &Value::Map(literals.clone()))?,
+            references.clone(),
+            stored_connections(py, &literals)?,
+            package.as_deref(),
+            prompt.as_deref(),
+        ))?;
+        let func: Py<PyAny> = info.get_item("func")?.unbind();
+        let name: String = info.get_item("name")?.extract()?;
+        let params: Vec<(String, String, bool)> = info.get_item("params")?.extract()?;
+        let consumed: Vec<String> = info.get_item("consumed")?.extract()?;
+        let connections = connection_params(&info, &literals)?;
+        let clashes: Vec<&str> = variables
+            .iter()
+            .filter(|v| params.iter().any(|(p, _, _)| p == *v))
+            .map(String::as_str)
+            .collect();
+        if !clashes.is_empty() {
+            return Ok(Err(BuildError::new(format!(
+                "the prompt template {} of node `{}` uses {}, which {} also takes as a parameter",
+                path.display(),
+                node.name,
+                clashes
+                    .iter()
+                    .map(|c| format!("`{c}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                package.as_deref().unwrap_or("the tool")
+            ))
+            .help(
+                "rename the template's variables so they differ from the tool's parameters",
+            )));
+        }
+        let mut signature = Signature {
+            accepts_kwargs: info.get_item("kwargs")?.extract()?,
+            consumed,
+            ..Default::default()
+        };
+        for (pname, ty, has_default) in params {
+            let ty = match ty.as_str() {
+                "connection" => None,
+                other => ValueType::from_name(other),
+            };
+            signature.params.insert(
+                pname,
+                Param {
+                    ty,
+                    has_default,
+                    required: !has_default,
+                },
+            );
+        }
+        let mut connection_args = HashMap::new();
+        for DeclaredConnection {
+            param,
+            annotation,
+            literal,
+        } in connections
+        {
+            let resolved = match literal {
+                Some(conn) => match connection_arg(py, rt, &param, annotation.bind(py), &conn) {
+                    Ok(obj) => Some((conn, obj.unbind())),
+                    Err(e) => {
+                        return Ok(Err(connection_build_error(&node.name, &param, &e)));
+                    }
+                },
+                None => None,
+            };
+            connection_args.insert(
+                param,
+                ConnectionParam {
+                    annotation,
+                    resolved,
+                },
+            );
+        }
+        Ok::<_, PyErr>(Ok(Built {
+            node: Arc::new(PythonNode {
+                func: Arc::new(func),
+                connections: Arc::new(connection_args),
+                name,
+                node: node.name.clone(),
+                tool: path.clone(),
+                package: package.clone(),
+                prompt: prompt.clone(),
+                flow_dir: cx.flow_dir().to_path_buf(),
+                literals: Value::Map(literals.clone()).to_json_lossy(),
+                references: references.clone(),
+                in_process: false,
+            }),
+            signature,
+        }))
+    })
+    .map_err(|e| {
+        let what = match &package {
+            Some(tool) => format!("cannot load package tool `{tool}`"),
+            None => format!("cannot load tool from {}", path.display()),
+        };
+        load_error(&what, &e)
+    })?
 }
 
 /// Applies the flow's `environment_variables` to the interpreter's `os.environ`, as promptflow does
@@ -455,6 +559,10 @@ struct PythonNode {
     /// What a worker process needs to load the same tool.
     node: String,
     tool: PathBuf,
+    /// The package tool id, for a package tool (`tool` is then the flow folder or the template).
+    package: Option<String>,
+    /// The prompt template's text bound to a `package_with_prompt` tool.
+    prompt: Option<String>,
     flow_dir: PathBuf,
     literals: serde_json::Value,
     references: Vec<String>,
@@ -467,6 +575,8 @@ impl PythonNode {
     async fn run_isolated(&self, inputs: &Map, cx: &NodeContext) -> Result<Value, NodeError> {
         let request = isolation::Request {
             tool: self.tool.clone(),
+            package: self.package.clone(),
+            prompt: self.prompt.clone(),
             flow_dir: self.flow_dir.clone(),
             literals: self.literals.clone(),
             references: self.references.clone(),
@@ -522,7 +632,13 @@ pub(crate) fn call_in_worker(request: &isolation::Request) -> isolation::Respons
         Err(e) => return fail(format!("cannot start Python: {e}")),
     };
     let result = Python::attach(|py| -> PyResult<isolation::Response> {
-        let key = format!("{}\u{0}{}", request.tool.display(), request.literals);
+        let key = format!(
+            "{}\u{0}{}\u{0}{:?}\u{0}{:?}",
+            request.tool.display(),
+            request.literals,
+            request.package,
+            request.prompt
+        );
         let tools = WORKER_TOOLS.get_or_init(Default::default);
         let cached = tools
             .lock()
@@ -538,6 +654,8 @@ pub(crate) fn call_in_worker(request: &isolation::Request) -> isolation::Respons
                     to_py(py, &Value::from(request.literals.clone()))?,
                     request.references.clone(),
                     stored_connections(py, &literal_map(&request.literals))?,
+                    request.package.as_deref(),
+                    request.prompt.as_deref(),
                 ))?;
                 let f: Py<PyAny> = info.get_item("func")?.unbind();
                 // Names arrive per call here; each is looked up then.
