@@ -4,7 +4,6 @@ This module is compiled into the `sluice` binary and runs inside its embedded CP
 functions below; user tools never see it.
 """
 
-import asyncio
 import collections.abc
 import dataclasses
 import enum
@@ -626,7 +625,11 @@ def make_connection(param, annotation, name, kind, configs, secrets):
 
 
 def _event_loop():
-    """One asyncio loop for the process, on its own thread: independent async tools overlap on it."""
+    """One asyncio loop for the process, on its own thread: independent async tools overlap on it.
+    asyncio is imported only here, when the first async tool runs: it costs every cold start tens of
+    milliseconds otherwise."""
+    import asyncio
+
     global _loop
     with _loop_lock:
         if _loop is None:
@@ -653,6 +656,8 @@ async def _with_sink(coro, sink):
 
 
 def _sync_from_async(agen):
+    import asyncio
+
     loop = _event_loop()
     while True:
         try:
@@ -668,6 +673,8 @@ def invoke(func, kwargs, sink):
     try:
         result = func(**kwargs)
         if inspect.iscoroutine(result):
+            import asyncio
+
             result = asyncio.run_coroutine_threadsafe(_with_sink(result, sink), _event_loop()).result()
         if inspect.isasyncgen(result):
             result = _sync_from_async(result)
