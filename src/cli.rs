@@ -215,8 +215,15 @@ pub struct EmbedArgs {
     /// The embedding model's name or .gguf path.
     pub model: String,
     /// The texts.
-    #[arg(required = true)]
+    #[arg(required_unless_present = "file")]
     pub texts: Vec<String>,
+    /// Also embed the texts of a JSON Lines file (`-`: standard input), one per line: a JSON string,
+    /// or an object whose `text` is one.
+    #[arg(long, value_name = "PATH")]
+    pub file: Option<PathBuf>,
+    /// Print the load time, texts, tokens and throughput as JSON on standard error.
+    #[arg(long)]
+    pub stats: bool,
 }
 
 #[derive(Debug, Args)]

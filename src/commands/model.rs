@@ -223,7 +223,8 @@ pub fn import(args: ImportArgs) -> anyhow::Result<ExitStatus> {
                 "{}",
                 serde_json::to_string_pretty(
                     &json!({"name": args.name, "path": entry.path, "sha256": entry.sha256,
-                    "tensors": info.tensors, "vocab": info.vocab, "dims": info.embedding_length, "pooling": info.pooling})
+                    "tensors": info.tensors, "vocab": info.vocab, "dims": info.embedding_length, "pooling": info.pooling,
+                    "max_seq_length": info.max_seq_length})
                 )?
             );
             Ok(ExitStatus::Ok)
@@ -239,15 +240,88 @@ pub fn import(args: ImportArgs) -> anyhow::Result<ExitStatus> {
     }
 }
 
+/// The texts of a JSON Lines file: each line a JSON string or an object with a string `text`.
+fn read_texts(path: &Path) -> Result<Vec<String>, String> {
+    let content = if path == Path::new("-") {
+        std::io::read_to_string(std::io::stdin()).map_err(|e| format!("standard input: {e}"))?
+    } else {
+        std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?
+    };
+    let mut texts = Vec::new();
+    for (i, line) in content.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = || format!("{}:{}", path.display(), i + 1);
+        let value: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| format!("{}: not JSON ({e}); write one JSON string per line", at()))?;
+        match value.get("text").unwrap_or(&value).as_str() {
+            Some(t) => texts.push(t.to_owned()),
+            None => {
+                return Err(format!(
+                    "{}: expected a JSON string or an object whose `text` is a string",
+                    at()
+                ));
+            }
+        }
+    }
+    Ok(texts)
+}
+
 pub fn embed(args: EmbedArgs) -> anyhow::Result<ExitStatus> {
     let (name, path) = match resolve_or_report(&args.model, store::ModelUse::Embedding, "model") {
         Ok(r) => r,
         Err(status) => return Ok(status),
     };
+    let mut texts = args.texts;
+    if let Some(file) = &args.file {
+        match read_texts(file) {
+            Ok(more) => texts.extend(more),
+            Err(e) => {
+                eprintln!("{} {e}", crate::style::error_label());
+                return Ok(ExitStatus::Invalid);
+            }
+        }
+    }
     let rt = runtime()?;
+    let started = std::time::Instant::now();
     let vectors = rt.block_on(async {
         let model = sluice_nodes::llm::embed::LocalEmbedder::get(&name, &path).await?;
-        model.embed(args.texts.clone()).await
+        let loaded = started.elapsed();
+        let count = texts.len();
+        let tokens: usize = if args.stats {
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            let max = model.max_tokens();
+            model
+                .token_counts(&refs)
+                .into_iter()
+                .map(|n| (n + 2).min(max))
+                .sum()
+        } else {
+            0
+        };
+        let embedding = std::time::Instant::now();
+        let vectors = model.embed(texts).await?;
+        if args.stats {
+            let secs = embedding.elapsed().as_secs_f64();
+            let layout = model.layout();
+            eprintln!(
+                "{}",
+                json!({
+                    "model": name,
+                    "load_seconds": loaded.as_secs_f64(),
+                    "texts": count,
+                    "tokens": tokens,
+                    "embed_seconds": secs,
+                    "texts_per_second": count as f64 / secs.max(1e-9),
+                    "tokens_per_second": tokens as f64 / secs.max(1e-9),
+                    "max_seq_length": layout.max_seq,
+                    "batch_tokens": layout.batch_tokens,
+                    "threads": layout.threads,
+                })
+            );
+        }
+        Ok::<_, sluice_nodes::llm::types::LlmError>(vectors)
     });
     super::print_outcome(vectors, serde_json::to_string)
 }

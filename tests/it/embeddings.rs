@@ -37,26 +37,118 @@ fn imported_minilm_matches_the_reference_vectors() {
     .unwrap();
     let rows = reference["rows"].as_array().unwrap();
     let texts: Vec<&str> = rows.iter().map(|r| r["text"].as_str().unwrap()).collect();
-    let out = crate::common::succeeded(
-        Command::cargo_bin("sluice")
-            .unwrap()
-            .args(["model", "embed", "minilm"])
-            .args(&texts),
-    );
-    let got: Json = serde_json::from_slice(&out.stdout).unwrap();
-    let got = got.as_array().unwrap();
+    // The last text is longer than the 256 tokens sentence-transformers reads of it.
+    assert!(rows.last().unwrap()["token_ids"].as_array().unwrap().len() == 256);
+    let got = embed(&[], &texts);
     assert_eq!(got.len(), texts.len());
-    for (row, vector) in rows.iter().zip(got) {
+    for (row, vector) in rows.iter().zip(&got) {
         let (want, have) = (floats(&row["embedding"]), floats(vector));
         assert_eq!(have.len(), 384);
         let norm: f64 = have.iter().map(|x| x * x).sum::<f64>().sqrt();
         assert!((norm - 1.0).abs() < 1e-3, "not normalised: {norm}");
         let c = cosine(&want, &have);
-        assert!(c > 0.99, "{:?}: cosine {c} with the reference", row["text"]);
+        assert!(
+            c > 0.9999,
+            "{:?}: cosine {c} with the reference",
+            row["text"]
+        );
     }
     // The classic pair from the sentence-transformers documentation.
     let sim = cosine(&floats(&got[0]), &floats(&got[1]));
     assert!((sim - 0.7553).abs() < 0.01, "{sim}");
+}
+
+/// `sluice model embed minilm TEXTS` with extra environment, as vectors.
+fn embed(env: &[(&str, &str)], texts: &[&str]) -> Vec<Json> {
+    let out = crate::common::succeeded(
+        Command::cargo_bin("sluice")
+            .unwrap()
+            .envs(env.iter().copied())
+            .args(["model", "embed", "minilm"])
+            .args(texts),
+    );
+    let got: Json = serde_json::from_slice(&out.stdout).unwrap();
+    got.as_array().unwrap().clone()
+}
+
+fn long_text() -> String {
+    let reference: Json = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/minilm_reference.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    reference["rows"].as_array().unwrap().last().unwrap()["text"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn longer_inputs_are_read_as_far_as_asked() {
+    crate::common::installed("minilm", sluice_nodes::llm::store::ModelUse::Embedding);
+    let long = long_text();
+    let short = "A man is eating food.";
+    let first_half: String = long.split("Telescope").next().unwrap().trim().to_owned();
+    let cut = embed(&[], &[&long, short, &first_half]);
+    let whole = embed(&[("SLUICE_EMBED_MAX_SEQ", "512")], &[&long, short]);
+    let v = |x: &Json| floats(x);
+    // Read to 256 tokens, the text's second subject is not in its vector; read to 512, it is.
+    let c = cosine(&v(&cut[0]), &v(&whole[0]));
+    assert!(c < 0.99, "the longer reading changed nothing: cosine {c}");
+    assert!(cosine(&v(&cut[0]), &v(&cut[2])) > 0.95);
+    // Short texts are the same either way.
+    assert!(cosine(&v(&cut[1]), &v(&whole[1])) > 0.99999);
+    // Never past the model's positions.
+    let capped = embed(&[("SLUICE_EMBED_MAX_SEQ", "100000")], &[&long]);
+    assert!(cosine(&v(&capped[0]), &v(&whole[0])) > 0.99999);
+}
+
+#[test]
+fn texts_come_from_a_json_lines_file_and_stats_go_to_stderr() {
+    crate::common::installed("minilm", sluice_nodes::llm::store::ModelUse::Embedding);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("texts.jsonl");
+    std::fs::write(
+        &file,
+        "\"A man is eating food.\"\n\n{\"text\": \"line one\\nline two\", \"id\": 7}\n",
+    )
+    .unwrap();
+    let out = crate::common::succeeded(
+        Command::cargo_bin("sluice")
+            .unwrap()
+            .args(["model", "embed", "minilm", "first", "--stats", "--file"])
+            .arg(&file),
+    );
+    let got: Json = serde_json::from_slice(&out.stdout).unwrap();
+    let want = embed(
+        &[],
+        &["first", "A man is eating food.", "line one\nline two"],
+    );
+    let got = got.as_array().unwrap();
+    assert_eq!(got.len(), 3);
+    for (a, b) in got.iter().zip(&want) {
+        assert!(cosine(&floats(a), &floats(b)) > 0.999999);
+    }
+    let stats: Json = serde_json::from_slice(&out.stderr).unwrap();
+    assert_eq!(stats["texts"], 3, "{stats}");
+    assert_eq!(stats["max_seq_length"], 256, "{stats}");
+    assert!(stats["tokens"].as_u64().unwrap() >= 3 * 3, "{stats}");
+    assert!(stats["texts_per_second"].as_f64().unwrap() > 0.0, "{stats}");
+
+    // A line that is not a text names its file and line.
+    std::fs::write(&file, "\"fine\"\n{\"text\": 3}\n").unwrap();
+    Command::cargo_bin("sluice")
+        .unwrap()
+        .args(["model", "embed", "minilm", "--file"])
+        .arg(&file)
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains(format!(
+            "{}:2: expected a JSON string",
+            file.display()
+        )));
 }
 
 #[test]

@@ -17,10 +17,58 @@ use sluice_engine::spawn::run_blocking;
 use super::local::{SetupError, llama_backend, start_worker};
 use super::types::LlmError;
 
-/// Tokens evaluated per call (every text must fit, as encoders see a whole sequence at once).
-const BATCH_TOKENS: u32 = 8192;
-/// Texts encoded together.
+/// Tokens encoded per llama.cpp call, unless `SLUICE_EMBED_BATCH` says otherwise (never fewer than the
+/// longest input, as an encoder sees a whole text at once). The texts of one call attend to each
+/// other through a mask, so a call's attention work grows with the square of its tokens: calls of
+/// a few hundred tokens waste little and keep the compute buffers small.
+const DEFAULT_BATCH_TOKENS: u32 = 1024;
+/// Texts encoded together at most.
 const MAX_SEQS: u32 = 64;
+
+/// How texts are cut and grouped for one model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EmbedLayout {
+    /// The longest input in tokens, with the start and end tokens; longer texts are cut to it.
+    pub max_seq: usize,
+    /// Tokens per llama.cpp call.
+    pub batch_tokens: u32,
+    pub threads: i32,
+}
+
+impl EmbedLayout {
+    /// The model's own input length (`max_seq_length` from its sentence-transformers configuration,
+    /// recorded at import; else its trained context), unless `SLUICE_EMBED_MAX_SEQ` asks for another
+    /// (at most the trained context); `SLUICE_EMBED_BATCH` and `SLUICE_EMBED_THREADS` set the rest.
+    fn for_model(model: &LlamaModel) -> EmbedLayout {
+        let trained = model.n_ctx_train().max(2) as usize;
+        let recorded = model
+            .meta_val_str(sluice_config::gguf::MAX_SEQ_LENGTH_KEY)
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok());
+        let env = |k: &str| {
+            std::env::var(k)
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .filter(|&n| n > 0)
+        };
+        let max_seq = env("SLUICE_EMBED_MAX_SEQ")
+            .or(recorded)
+            .unwrap_or(trained)
+            .clamp(2, trained);
+        let batch_tokens = env("SLUICE_EMBED_BATCH")
+            .map_or(DEFAULT_BATCH_TOKENS as usize, |b| b.min(1 << 16))
+            .max(max_seq) as u32;
+        let threads = env("SLUICE_EMBED_THREADS").map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| n.get()),
+            |t| t.min(256),
+        ) as i32;
+        EmbedLayout {
+            max_seq,
+            batch_tokens,
+            threads,
+        }
+    }
+}
 
 type Reply = mpsc::Sender<Result<Vec<Vec<f32>>, LlmError>>;
 
@@ -28,6 +76,7 @@ type Reply = mpsc::Sender<Result<Vec<Vec<f32>>, LlmError>>;
 pub struct LocalEmbedder {
     name: String,
     dims: usize,
+    layout: EmbedLayout,
     /// Shared with the encoding thread; tokenizing needs no context.
     model: Arc<LlamaModel>,
     jobs: Mutex<mpsc::Sender<(Vec<String>, Reply)>>,
@@ -78,14 +127,20 @@ impl LocalEmbedder {
         let model = Arc::new(model);
         let shared = Arc::clone(&model);
         let dims = model.n_embd() as usize;
+        let layout = EmbedLayout::for_model(&model);
+        tracing::debug!(model = %name, ?layout, "embedding layout");
+        let EmbedLayout {
+            max_seq,
+            batch_tokens,
+            threads,
+        } = layout;
         let (jobs, rx) = mpsc::channel::<(Vec<String>, Reply)>();
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as i32;
         start_worker(format!("sluice-embed-{name}"), move |ready_tx| {
             let params = LlamaContextParams::default()
                 .with_embeddings(true)
-                .with_n_ctx(NonZeroU32::new(BATCH_TOKENS))
-                .with_n_batch(BATCH_TOKENS)
-                .with_n_ubatch(BATCH_TOKENS)
+                .with_n_ctx(NonZeroU32::new(batch_tokens))
+                .with_n_batch(batch_tokens)
+                .with_n_ubatch(batch_tokens)
                 .with_n_seq_max(MAX_SEQS)
                 .with_n_threads(threads)
                 .with_n_threads_batch(threads);
@@ -97,8 +152,7 @@ impl LocalEmbedder {
                 }
             };
             let _ = ready_tx.send(Ok(()));
-            let n_ctx_train = model.n_ctx_train() as usize;
-            let mut batch = LlamaBatch::new(BATCH_TOKENS as usize, 1);
+            let mut batch = LlamaBatch::new(batch_tokens as usize, 1);
             while let Ok(first) = rx.recv() {
                 // Requests that arrived meanwhile (other lines, other nodes) are encoded together.
                 let mut jobs = vec![first];
@@ -119,10 +173,11 @@ impl LocalEmbedder {
                     .iter()
                     .map(|t| {
                         let mut toks = model.vocab().tokenize(t.as_bytes(), true, false);
-                        // Longer texts are cut to the model's context, as sentence-transformers does.
-                        if toks.len() > n_ctx_train {
+                        // Longer texts keep their first tokens and the end token, as
+                        // sentence-transformers cuts them.
+                        if toks.len() > max_seq {
                             let last = toks[toks.len() - 1];
-                            toks.truncate(n_ctx_train - 1);
+                            toks.truncate(max_seq - 1);
                             toks.push(last);
                         }
                         toks
@@ -135,7 +190,7 @@ impl LocalEmbedder {
                     let mut used = 0;
                     while end < tokenized.len()
                         && end - start < MAX_SEQS as usize
-                        && used + tokenized[end].len() <= BATCH_TOKENS as usize
+                        && used + tokenized[end].len() <= batch_tokens as usize
                     {
                         used += tokenized[end].len();
                         end += 1;
@@ -178,6 +233,7 @@ impl LocalEmbedder {
         Ok(LocalEmbedder {
             name,
             dims,
+            layout,
             model: shared,
             jobs: Mutex::new(jobs),
         })
@@ -203,7 +259,12 @@ impl LocalEmbedder {
 
     /// The longest text, in tokens with the start and end tokens, that the model reads whole.
     pub fn max_tokens(&self) -> usize {
-        self.model.n_ctx_train() as usize
+        self.layout.max_seq
+    }
+
+    /// How this model's texts are cut and grouped.
+    pub fn layout(&self) -> EmbedLayout {
+        self.layout
     }
 
     /// One L2-normalised vector per text, in order.
