@@ -401,8 +401,19 @@ impl Index {
             report.files_removed += 1;
         }
 
-        // Read and chunk what changed, then embed everything in large batches.
-        let mut todo: Vec<Pending> = Vec::new();
+        // Two passes keep memory flat whatever the corpus: the first finds what changed and counts
+        // its chunks (for progress), the second reads a group of files again and embeds and writes
+        // it before reading the next.
+        let chunking = opts.chunking;
+        let read_and_chunk = |file: &Path| {
+            document::read(file).map(|doc| {
+                let chunks = document::chunk_text_weighted(&doc.text, chunking, &|ws| {
+                    embedder.token_counts(ws)
+                });
+                (chunks, doc.metadata)
+            })
+        };
+        let mut planned: Vec<(PathBuf, String, usize)> = Vec::new();
         for (i, file) in files.iter().enumerate() {
             progress(Phase::Reading, i, files.len());
             let key = file.display().to_string();
@@ -420,18 +431,8 @@ impl Index {
                 report.files_unchanged += 1;
                 continue;
             }
-            match document::read(file) {
-                Ok(doc) => {
-                    let chunks = document::chunk_text_weighted(&doc.text, opts.chunking, &|ws| {
-                        embedder.token_counts(ws)
-                    });
-                    todo.push(Pending {
-                        key,
-                        digest,
-                        chunks,
-                        metadata: doc.metadata,
-                    });
-                }
+            match read_and_chunk(file) {
+                Ok((chunks, _)) => planned.push((file.clone(), digest, chunks.len())),
                 Err(error) => report.files_failed.push(FileError {
                     path: key,
                     error: error.to_string(),
@@ -439,24 +440,38 @@ impl Index {
             }
         }
         progress(Phase::Reading, files.len(), files.len());
-        let total: usize = todo.iter().map(|t| t.chunks.len()).sum();
+        let total: usize = planned.iter().map(|p| p.2).sum();
         let mut done = 0;
         progress(Phase::Embedding, 0, total);
-        let mut files_iter = todo.into_iter().peekable();
-        while files_iter.peek().is_some() {
+        let mut planned = planned.into_iter().peekable();
+        while planned.peek().is_some() {
             // A group of whole files, about GROUP_CHUNKS chunks.
             let mut group = Vec::new();
             let mut n = 0;
-            while let Some(f) = files_iter.next_if(|_| n < GROUP_CHUNKS) {
-                n += f.chunks.len();
-                group.push(f);
+            while let Some((file, digest, count)) = planned.next_if(|_| n < GROUP_CHUNKS) {
+                n += count;
+                let key = file.display().to_string();
+                match read_and_chunk(&file) {
+                    Ok((chunks, metadata)) => group.push(Pending {
+                        key,
+                        digest,
+                        chunks,
+                        metadata,
+                    }),
+                    // Changed or gone since the first pass: the next build sees it again.
+                    Err(error) => report.files_failed.push(FileError {
+                        path: key,
+                        error: error.to_string(),
+                    }),
+                }
             }
             let texts: Vec<String> = group
                 .iter()
                 .flat_map(|g| g.chunks.iter().map(|c| c.text.clone()))
                 .collect();
             let batches: Vec<Vec<String>> = texts.chunks(EMBED_BATCH).map(<[_]>::to_vec).collect();
-            let mut vectors: Vec<Vec<f32>> = Vec::with_capacity(texts.len());
+            drop(texts);
+            let mut vectors: Vec<Vec<f32>> = Vec::with_capacity(n);
             let mut stream = futures::stream::iter(batches)
                 .map(|b| embedder.embed(b))
                 .buffered(EMBED_IN_FLIGHT);
@@ -464,8 +479,9 @@ impl Index {
                 let batch = batch?;
                 done += batch.len();
                 vectors.extend(batch);
-                progress(Phase::Embedding, done, total);
+                progress(Phase::Embedding, done.min(total), total);
             }
+            drop(stream);
             let mut vectors = vectors.into_iter();
             for Pending {
                 key,
