@@ -659,6 +659,8 @@ pub struct MergeArgs {
     pub max_concurrency: usize,
     #[command(flatten)]
     pub isolation: IsolationArgs,
+    #[command(flatten)]
+    pub trace: TraceArgs,
 }
 
 #[derive(Debug, Args)]

@@ -163,11 +163,7 @@ pub fn merge(args: MergeArgs) -> anyhow::Result<ExitStatus> {
         line_timeout: line_timeout(None)?.or(Some(Duration::from_secs(600))),
         ..RunOptions::default()
     };
-    let no_trace = crate::cli::TraceArgs {
-        trace: None,
-        trace_payloads: true,
-    };
-    execute(&store, spec, opts, false, &no_trace)
+    execute(&store, spec, opts, false, &args.trace)
 }
 
 /// Runs `spec` (once per variant it selects) and prints the records; the worst exit status.
