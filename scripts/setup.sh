@@ -53,6 +53,25 @@ sluice_openai_client() {
   export SLUICE_OPENAI_PYTHON="$venv/bin/python"
 }
 
+# Runs CMD (a string, evaluated) when the calling shell exits, after the commands added before it:
+# each server the tests start adds its own stop, and no stop replaces another.
+[ -n "${SLUICE_EXIT_CMDS+set}" ] || SLUICE_EXIT_CMDS=()
+sluice_on_exit() {
+  if [ ${#SLUICE_EXIT_CMDS[@]} -eq 0 ]; then
+    # Keep an EXIT trap the calling shell set before.
+    local before
+    before="$(trap -p EXIT | sed -e "s/^trap -- '\(.*\)' EXIT\$/\1/")"
+    [ -n "$before" ] && SLUICE_EXIT_CMDS+=("$before")
+  fi
+  SLUICE_EXIT_CMDS+=("$1")
+  trap 'for c in "${SLUICE_EXIT_CMDS[@]}"; do eval "$c"; done' EXIT
+}
+
+# A free TCP port on loopback.
+sluice_free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
 # Starts a Chroma vector database server on a free loopback port for the tests of `--store chroma://`
 # (chromadb from PyPI, in its own venv, installed once), exports SLUICE_CHROMA_URL, and stops the server
 # when the calling shell exits.
@@ -65,12 +84,12 @@ sluice_start_chroma() {
       || { echo "setup: could not install chromadb from PyPI" >&2; exit 2; }
   fi
   local port data
-  port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  port="$(sluice_free_port)"
   data="$(mktemp -d)"
   ANONYMIZED_TELEMETRY=False "$venv/bin/chroma" run --host 127.0.0.1 --port "$port" --path "$data" \
     >"$data.log" 2>&1 &
   SLUICE_CHROMA_PID=$!
-  trap 'kill "$SLUICE_CHROMA_PID" 2>/dev/null || true' EXIT
+  sluice_on_exit 'kill "$SLUICE_CHROMA_PID" 2>/dev/null || true'
   for _ in $(seq 1 100); do
     curl -sf "http://127.0.0.1:$port/api/v2/heartbeat" >/dev/null && break
     sleep 0.2
@@ -78,4 +97,43 @@ sluice_start_chroma() {
   curl -sf "http://127.0.0.1:$port/api/v2/heartbeat" >/dev/null \
     || { echo "setup: the Chroma server did not start; its log:" >&2; cat "$data.log" >&2; exit 2; }
   export SLUICE_CHROMA_URL="http://127.0.0.1:$port"
+}
+
+# The Arize Phoenix version the tracing tests read spans back from.
+SLUICE_PHOENIX_VERSION="20.26.1"
+
+# Starts an Arize Phoenix server (an OpenTelemetry collector with a UI and a REST API) on free
+# loopback ports for the tracing tests: arize-phoenix from PyPI in its own venv (installed once,
+# about two minutes), its database in a temporary folder. Exports SLUICE_PHOENIX_URL (its UI, REST
+# API and OTLP/HTTP endpoint) and SLUICE_PHOENIX_GRPC (its OTLP/gRPC endpoint), and stops the server
+# when the calling shell exits. It takes about half a minute to start (database migrations).
+sluice_start_phoenix() {
+  local venv="${SLUICE_PHOENIX_VENV:-$HOME/.cache/sluice/phoenix-venv}"
+  if ! "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('arize-phoenix') != '$SLUICE_PHOENIX_VERSION')" 2>/dev/null; then
+    echo "setup: installing arize-phoenix $SLUICE_PHOENIX_VERSION into $venv" >&2
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q "arize-phoenix==$SLUICE_PHOENIX_VERSION" \
+      || { echo "setup: could not install arize-phoenix from PyPI" >&2; exit 2; }
+  fi
+  local port grpc_port dir
+  port="$(sluice_free_port)"
+  grpc_port="$(sluice_free_port)"
+  dir="$(mktemp -d)"
+  PHOENIX_WORKING_DIR="$dir" PHOENIX_HOST=127.0.0.1 PHOENIX_PORT="$port" \
+    PHOENIX_GRPC_PORT="$grpc_port" PHOENIX_TELEMETRY_ENABLED=false \
+    "$venv/bin/phoenix" serve >"$dir/phoenix.log" 2>&1 &
+  SLUICE_PHOENIX_PID=$!
+  sluice_on_exit 'kill "$SLUICE_PHOENIX_PID" 2>/dev/null || true'
+  local up=""
+  for _ in $(seq 1 600); do
+    if curl -sf "http://127.0.0.1:$port/healthz" >/dev/null \
+      && python3 -c "import socket; socket.create_connection(('127.0.0.1', $grpc_port), 1)" 2>/dev/null; then
+      up=1; break
+    fi
+    kill -0 "$SLUICE_PHOENIX_PID" 2>/dev/null || break
+    sleep 0.2
+  done
+  [ -n "$up" ] || { echo "setup: the Phoenix server did not start; its log:" >&2; tail -50 "$dir/phoenix.log" >&2; exit 2; }
+  export SLUICE_PHOENIX_URL="http://127.0.0.1:$port"
+  export SLUICE_PHOENIX_GRPC="http://127.0.0.1:$grpc_port"
 }

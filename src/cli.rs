@@ -147,6 +147,27 @@ pub struct IsolationArgs {
     pub workers: Option<u16>,
 }
 
+/// OpenTelemetry export of a run's spans (one per line, node and model call) over OTLP.
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// Export spans to this OTLP collector (e.g. http://127.0.0.1:6006 for Phoenix, or a gRPC
+    /// endpoint with OTEL_EXPORTER_OTLP_PROTOCOL=grpc). Default: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT
+    /// or OTEL_EXPORTER_OTLP_ENDPOINT when set, else no export.
+    #[arg(long = "trace", value_name = "URL")]
+    pub trace: Option<String>,
+    /// Export node inputs, outputs and prompts with the spans (`false`: timings, status and tokens
+    /// only).
+    #[arg(
+        long,
+        value_name = "BOOL",
+        env = "SLUICE_TRACE_PAYLOADS",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub trace_payloads: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ModelCommand {
     /// List installed models (name, size, path) and the ones `pull` can fetch.
@@ -389,6 +410,8 @@ pub struct FlowServeArgs {
     pub log_max_bytes: usize,
     #[command(flatten)]
     pub isolation: IsolationArgs,
+    #[command(flatten)]
+    pub trace: TraceArgs,
 }
 
 fn queue_len(s: &str) -> Result<usize, String> {
@@ -456,6 +479,8 @@ pub struct TestArgs {
     pub stream: bool,
     #[command(flatten)]
     pub isolation: IsolationArgs,
+    #[command(flatten)]
+    pub trace: TraceArgs,
     #[arg(skip)]
     pub verbose: u8,
 }
@@ -641,6 +666,8 @@ pub struct MergeArgs {
     pub max_concurrency: usize,
     #[command(flatten)]
     pub isolation: IsolationArgs,
+    #[command(flatten)]
+    pub trace: TraceArgs,
 }
 
 #[derive(Debug, Args)]
@@ -710,6 +737,8 @@ pub struct CreateArgs {
     pub stream: bool,
     #[command(flatten)]
     pub isolation: IsolationArgs,
+    #[command(flatten)]
+    pub trace: TraceArgs,
 }
 
 #[derive(Debug, Subcommand)]

@@ -3,6 +3,7 @@
 mod cli;
 mod commands;
 mod logging;
+mod otel;
 mod style;
 
 use std::io::Write;

@@ -171,12 +171,21 @@ pub struct NodeContext {
 }
 
 impl NodeContext {
-    /// Records one call the node made (see [`NodeContext::api_calls`]).
-    pub fn record_call(&self, call: serde_json::Value) {
-        self.api_calls
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(call);
+    /// Records one call the node made (see [`NodeContext::api_calls`]); returns its place, for
+    /// [`NodeContext::complete_call`].
+    pub fn record_call(&self, call: serde_json::Value) -> usize {
+        let mut calls = self.api_calls.lock().unwrap_or_else(|e| e.into_inner());
+        calls.push(call);
+        calls.len() - 1
+    }
+
+    /// Adds what became known when a recorded call ended (its end time, tokens, the model that
+    /// answered) to the call's record.
+    pub fn complete_call(&self, index: usize, fields: serde_json::Map<String, serde_json::Value>) {
+        let mut calls = self.api_calls.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(serde_json::Value::Object(call)) = calls.get_mut(index) {
+            call.extend(fields);
+        }
     }
 
     /// Adds to this node's system metrics (see [`NodeMetrics::add`]).

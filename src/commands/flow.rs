@@ -369,12 +369,20 @@ pub fn test(args: TestArgs) -> anyhow::Result<ExitStatus> {
         };
     }
 
+    let tracing = match super::Tracing::start(&args.trace, &flow) {
+        Ok(t) => t,
+        Err(code) => return Ok(code),
+    };
     let mut line = rt.block_on(flow.run_line(&inputs, &opts));
     let streamed = if args.stream && line.error.is_none() {
         print_streams(&mut line.output)?
     } else {
         false
     };
+    if let Some(t) = &tracing {
+        t.line(&line, &crate::otel::LineScope::default());
+        t.finish();
+    }
     let mut metrics = Map::new();
     let mut node_runs = line.node_runs.clone();
     let mut failed = line.status != Status::Completed;

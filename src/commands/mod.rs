@@ -50,6 +50,58 @@ pub fn run(command: Command, verbose: u8) -> anyhow::Result<ExitStatus> {
     }
 }
 
+/// Span export for a command's lines, when `--trace` or the OpenTelemetry environment asks for it.
+#[derive(Debug)]
+pub(crate) struct Tracing {
+    pub tracer: crate::otel::Tracer,
+    pub flow: crate::otel::FlowInfo,
+}
+
+impl Tracing {
+    /// Starts the exporter for `flow`; `Ok(None)` when no endpoint is set. A setting that cannot
+    /// work is printed and is a usage error.
+    pub(crate) fn start(
+        args: &crate::cli::TraceArgs,
+        flow: &sluice_engine::Flow,
+    ) -> Result<Option<Tracing>, ExitStatus> {
+        use crate::otel::{FlowInfo, TraceConfig, Tracer};
+        let started =
+            TraceConfig::from_env(args.trace.as_deref(), args.trace_payloads, &flow.def.name)
+                .and_then(|c| c.map(Tracer::start).transpose());
+        match started {
+            Ok(t) => Ok(t.map(|tracer| Tracing {
+                tracer,
+                flow: FlowInfo::of(flow),
+            })),
+            Err(e) => {
+                let mut text = format!("{} {e}", crate::style::error_label());
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    text.push_str(&format!("\n  caused by: {s}"));
+                    source = s.source();
+                }
+                eprintln!("{}", sluice_engine::redact::redact(&text));
+                Err(ExitStatus::Invalid)
+            }
+        }
+    }
+
+    /// Hands a finished line's spans to the exporter (never waits).
+    pub(crate) fn line(&self, line: &sluice_engine::LineResult, scope: &crate::otel::LineScope) {
+        self.tracer.line(line, &self.flow, scope);
+    }
+
+    /// Flushes what is queued (within the deadline) and prints what was exported and dropped.
+    pub(crate) fn finish(&self) {
+        let summary = self.tracer.shutdown();
+        if summary.dropped() > 0 {
+            eprintln!("{} {summary}", crate::style::warning_label());
+        } else {
+            eprintln!("{summary}");
+        }
+    }
+}
+
 /// Chooses where Python tools run (before any flow is loaded).
 pub(crate) fn set_isolation(args: &crate::cli::IsolationArgs, concurrency: usize) {
     #[cfg(feature = "python")]

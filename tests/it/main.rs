@@ -3,7 +3,7 @@
 //! Each module tests one area through the built `sluice` binary or the library crates: `cli` the
 //! commands and exit statuses, `fixtures` the engine semantics fixtures under `tests/fixtures`, `batch`,
 //! `runs` and `streaming` batch runs and the run store, `report` the HTML report, `prompty` prompty files as flows, `flex` flex flows, `serve` and `model_serve` the HTTP servers, `llm`, `embeddings`, `retrieval` and `rag` the
-//! local models, HTTP backends and indexes.
+//! local models, HTTP backends and indexes, `tracing` the OpenTelemetry export read back from Phoenix.
 
 mod batch;
 mod cli;
@@ -29,3 +29,4 @@ mod scheduler;
 mod secrets;
 mod serve;
 mod streaming;
+mod tracing;

@@ -13,6 +13,7 @@ use super::connections::{self, ConnectionType};
 use super::embed::LocalEmbedder;
 use super::openai::{HttpBackend, HttpConfig};
 use super::store;
+use super::types::Backend as _;
 
 /// The `embedding` node kind.
 #[derive(Debug, Default)]
@@ -121,6 +122,19 @@ impl Node for EmbeddingNode {
                 ));
             }
         };
+        let (backend_name, model_name) = match &self.target {
+            Target::Local { name, .. } => (format!("local:{name}"), Some(name.clone())),
+            Target::Http { backend, model } => (backend.describe(), model.clone()),
+        };
+        let call = cx.record_call(serde_json::json!({
+            "type": "Embedding",
+            "api": "embeddings",
+            "backend": backend_name,
+            "model": model_name,
+            "inputs": texts.len(),
+            "start_time": super::epoch_seconds(),
+        }));
+        let mut done = serde_json::Map::new();
         let vectors = match &self.target {
             Target::Local { name, path } => {
                 LocalEmbedder::get(name, path).await?.embed(texts).await?
@@ -138,9 +152,15 @@ impl Node for EmbeddingNode {
                     },
                     ..NodeMetrics::default()
                 });
+                done.insert(
+                    "usage".into(),
+                    serde_json::json!({"prompt_tokens": e.prompt_tokens, "total_tokens": e.prompt_tokens}),
+                );
                 e.vectors
             }
         };
+        done.insert("end_time".into(), super::epoch_seconds().into());
+        cx.complete_call(call, done);
         let as_value =
             |v: Vec<f32>| Value::List(v.into_iter().map(|x| Value::Float(f64::from(x))).collect());
         let mut vectors = vectors.into_iter().map(as_value);

@@ -1039,6 +1039,7 @@ impl DecodeLoop<'_> {
                     cached_tokens: a.cached as u64,
                     time_to_first_token: a.first_token.map(|t| t - a.job.submitted),
                     duration: now - a.job.submitted,
+                    response_model: None,
                 };
                 let _ = a.job.tx.send(Event::Done(reason, usage));
             }

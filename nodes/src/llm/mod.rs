@@ -356,13 +356,14 @@ impl Node for LlmNode {
         }
         let backend = self.backend(model.as_deref()).await?;
         tracing::debug!(node = %self.name, backend = %backend.describe(), "llm request");
-        cx.record_call(call_record(self.api, &*backend, &prompt, &params));
+        let call = cx.record_call(call_record(self.api, &*backend, &prompt, &params));
         let stream = backend.generate(prompt, params).await?;
         if stream_out {
             return Ok(Value::Opaque(Arc::new(LlmStream::new(stream))));
         }
         let done = stream.collect().await?;
         record_usage(cx, &done);
+        cx.complete_call(call, call_outcome(&done));
         match &self.prompty {
             Some(p) => Ok(p.shape(self.api, done)?),
             // With functions or tools, promptflow returns the whole message (it may hold calls).
@@ -395,6 +396,8 @@ fn call_record(
         "type": "LLM",
         "api": match api { Api::Chat => "chat", Api::Completion => "completion" },
         "backend": backend.describe(),
+        "model": p.model.as_deref().or(p.deployment_name.as_deref()),
+        "start_time": epoch_seconds(),
         "prompt": prompt,
         "params": {
             "max_tokens": p.max_tokens,
@@ -405,6 +408,40 @@ fn call_record(
             "json_object": p.json_object,
         },
     })
+}
+
+/// Now, in seconds since the Unix epoch (the time stamps of promptflow's `api_calls`).
+pub(crate) fn epoch_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// What a finished call adds to its record: when it ended, its tokens, why it stopped and the model
+/// that answered.
+fn call_outcome(done: &Completion) -> serde_json::Map<String, serde_json::Value> {
+    let u = &done.usage;
+    let mut out = serde_json::Map::new();
+    out.insert("end_time".into(), epoch_seconds().into());
+    out.insert(
+        "usage".into(),
+        serde_json::json!({
+            "prompt_tokens": u.prompt_tokens,
+            "completion_tokens": u.completion_tokens,
+            "total_tokens": u.prompt_tokens + u.completion_tokens,
+        }),
+    );
+    out.insert("finish_reason".into(), done.finish_reason.as_str().into());
+    if let Some(m) = &u.response_model {
+        out.insert("response_model".into(), m.clone().into());
+    }
+    if let Some(t) = u.time_to_first_token {
+        out.insert(
+            "time_to_first_token_ms".into(),
+            ((t.as_secs_f64() * 1000.0).round() as u64).into(),
+        );
+    }
+    out
 }
 
 /// Token counts and timings as the node's system metrics (summed per line and per run).

@@ -541,7 +541,7 @@ impl HttpBackend {
                 let _ = tx.send(Event::Text(reply.to_string()));
                 let _ = tx.send(Event::Done(
                     FinishReason::ToolCalls,
-                    usage(&v["usage"], Some(started.elapsed()), started),
+                    usage(&v, Some(started.elapsed()), started),
                 ));
                 return Ok(());
             }
@@ -553,7 +553,7 @@ impl HttpBackend {
             let _ = tx.send(Event::Text(content.unwrap_or_default().to_owned()));
             let _ = tx.send(Event::Done(
                 finish(choice["finish_reason"].as_str()),
-                usage(&v["usage"], Some(started.elapsed()), started),
+                usage(&v, Some(started.elapsed()), started),
             ));
             return Ok(());
         }
@@ -588,7 +588,9 @@ impl HttpBackend {
                     continue;
                 };
                 if v["usage"].is_object() {
-                    use_ = usage(&v["usage"], None, started);
+                    use_ = usage(&v, None, started);
+                } else if use_.response_model.is_none() {
+                    use_.response_model = v["model"].as_str().map(str::to_owned);
                 }
                 let choice = &v["choices"][0];
                 let delta = if chat {
@@ -661,8 +663,12 @@ fn finish(f: Option<&str>) -> FinishReason {
     }
 }
 
-fn usage(u: &Json, ttft: Option<Duration>, started: Instant) -> Usage {
+/// The usage of a reply (or of the chunk of a streamed reply that carries it), with the model that
+/// answered.
+fn usage(reply: &Json, ttft: Option<Duration>, started: Instant) -> Usage {
+    let u = &reply["usage"];
     Usage {
+        response_model: reply["model"].as_str().map(str::to_owned),
         prompt_tokens: u["prompt_tokens"].as_u64().unwrap_or(0),
         completion_tokens: u["completion_tokens"].as_u64().unwrap_or(0),
         cached_tokens: u["prompt_tokens_details"]["cached_tokens"]

@@ -105,6 +105,9 @@ pub struct Usage {
     /// From submission to the end.
     #[serde(skip)]
     pub duration: Duration,
+    /// The model that answered, where the server said (`model` of an OpenAI reply).
+    #[serde(skip)]
+    pub response_model: Option<String>,
 }
 
 /// Why generation ended.

@@ -1,7 +1,12 @@
 //! `GET /metrics`: the served flow's counters in Prometheus' text format (0.0.4).
 
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
 use prometheus::{HistogramVec, IntCounterVec};
 use sluice_engine::LineResult;
+
+use crate::otel::TraceStats;
 
 use crate::commands::serving::{self, RequestMetrics};
 
@@ -19,6 +24,11 @@ pub(super) struct Metrics {
     pub tokens: IntCounterVec,
     /// Traffic log records dropped because the writer fell behind or failed.
     pub log_dropped: prometheus::IntCounter,
+    /// Spans exported, and dropped by reason (`queue_full`, `export_failed`), copied from the
+    /// tracer's counters when the metrics are read.
+    trace_exported: prometheus::IntCounter,
+    trace_dropped: IntCounterVec,
+    trace_sync: Arc<Mutex<()>>,
 }
 
 impl Metrics {
@@ -52,8 +62,37 @@ impl Metrics {
                 &["direction"],
             )?,
             log_dropped,
+            trace_exported: registry
+                .counter(
+                    "sluice_trace_spans_exported_total",
+                    "OpenTelemetry spans the collector accepted.",
+                    &[],
+                )?
+                .with_label_values(&[] as &[&str]),
+            trace_dropped: registry.counter(
+                "sluice_trace_spans_dropped_total",
+                "OpenTelemetry spans dropped, by reason: queue_full (the exporter fell behind; lines never wait for it) or export_failed.",
+                &["reason"],
+            )?,
+            trace_sync: Arc::default(),
             registry,
         })
+    }
+
+    /// Brings the span counters up to the tracer's.
+    pub(super) fn trace_counts(&self, stats: &TraceStats) {
+        let _one_at_a_time = self.trace_sync.lock();
+        let raise = |c: &prometheus::IntCounter, to: u64| c.inc_by(to.saturating_sub(c.get()));
+        raise(&self.trace_exported, stats.exported());
+        for (reason, n) in [
+            ("queue_full", &stats.dropped_queue_full),
+            ("export_failed", &stats.dropped_export_failed),
+        ] {
+            raise(
+                &self.trace_dropped.with_label_values(&[reason]),
+                n.load(Ordering::Relaxed),
+            );
+        }
     }
 
     /// Records a finished line: its latency, its nodes' latencies and its tokens.

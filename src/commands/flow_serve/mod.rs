@@ -31,6 +31,7 @@ use sluice_engine::{ErrorCode, ErrorInfo, Flow, LineOptions, LineResult, Map, St
 
 use self::metrics::Metrics;
 use self::traffic::{TrafficLog, TrafficOptions};
+use super::Tracing;
 use super::serve::{
     BodyLimit, async_stream, key_and_limits, serve_http, shutdown_signal, with_api_key,
     with_body_limit,
@@ -38,6 +39,7 @@ use super::serve::{
 use super::serving::{Admission, Counting, ErrorLabel, InFlight, QueueFull, count};
 use crate::ExitStatus;
 use crate::cli::FlowServeArgs;
+use crate::otel::{LineScope, Parent};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -66,6 +68,8 @@ struct App {
     admission: Admission,
     metrics: Metrics,
     traffic: Option<TrafficLog>,
+    /// Span export, when `--trace` or the OpenTelemetry environment asks for it.
+    tracing: Option<Tracing>,
     swagger: Json_,
     api_key: Option<String>,
     /// Output names left out of responses (`evaluation_only: true`).
@@ -101,6 +105,10 @@ pub fn serve(args: FlowServeArgs) -> anyhow::Result<ExitStatus> {
     let home = super::run::sluice_home();
     let home = std::path::absolute(&home).unwrap_or(home);
     super::flow::enter_flow(&flow)?;
+    let tracing = match Tracing::start(&args.trace, &flow) {
+        Ok(t) => t,
+        Err(code) => return Ok(code),
+    };
     let metrics = Metrics::new().map_err(ServeError::Metrics)?;
     let traffic = TrafficLog::start(
         &home,
@@ -131,6 +139,7 @@ pub fn serve(args: FlowServeArgs) -> anyhow::Result<ExitStatus> {
         admission: Admission::new(args.http.max_inflight, args.http.max_queue, &metrics.http),
         metrics,
         traffic: Some(traffic),
+        tracing,
         swagger,
         api_key,
         evaluation_only,
@@ -186,6 +195,9 @@ pub fn serve(args: FlowServeArgs) -> anyhow::Result<ExitStatus> {
     });
     if let Some(t) = &app.traffic {
         t.close();
+    }
+    if let Some(t) = &app.tracing {
+        t.finish();
     }
     result.map(|()| ExitStatus::Ok)
 }
@@ -397,6 +409,10 @@ async fn run_score(app: Arc<App>, headers: &HeaderMap, body: &[u8]) -> Result<Re
         return Err(not_acceptable());
     }
     let inputs = inputs_of(&app.flow, body)?;
+    let parent = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(Parent::from_traceparent);
     let in_flight = app.admission.enter().await.map_err(ApiError::queue_full)?;
     let opts = LineOptions {
         node_concurrency: app.node_concurrency,
@@ -409,7 +425,7 @@ async fn run_score(app: Arc<App>, headers: &HeaderMap, body: &[u8]) -> Result<Re
     app.metrics.line(&line);
     if let Some(e) = &line.error {
         let error = ApiError::from_line(e);
-        app.log(line);
+        app.log(line, parent);
         return Err(error);
     }
     let streams: Vec<String> = line
@@ -430,7 +446,7 @@ async fn run_score(app: Arc<App>, headers: &HeaderMap, body: &[u8]) -> Result<Re
         ));
     }
     if let Some(field) = streams.into_iter().next() {
-        return Ok(stream_response(app, line, field, in_flight));
+        return Ok(stream_response(app, line, field, in_flight, parent));
     }
     if !accept.json {
         return Err(not_acceptable());
@@ -447,7 +463,7 @@ async fn run_score(app: Arc<App>, headers: &HeaderMap, body: &[u8]) -> Result<Re
         Ok(output) => {
             line.output = output;
             let response = json_response(&app.visible(&line.output));
-            app.log(line);
+            app.log(line, parent);
             Ok(response)
         }
         Err((name, e)) => {
@@ -464,7 +480,7 @@ async fn run_score(app: Arc<App>, headers: &HeaderMap, body: &[u8]) -> Result<Re
                 "FlowOutputUnserializable",
                 error.message.clone(),
             ));
-            app.log(line);
+            app.log(line, parent);
             Err(error)
         }
     }
@@ -480,7 +496,17 @@ impl App {
             .collect()
     }
 
-    fn log(&self, line: LineResult) {
+    /// Records a finished line: its spans (under `parent`, a request's `traceparent`) and its
+    /// place in the traffic log.
+    fn log(&self, line: LineResult, parent: Option<Parent>) {
+        if let Some(t) = &self.tracing {
+            let scope = LineScope {
+                parent,
+                server: true,
+                ..LineScope::default()
+            };
+            t.line(&line, &scope);
+        }
         if let Some(t) = &self.traffic
             && !t.line(line)
         {
@@ -499,6 +525,7 @@ fn stream_response(
     mut line: LineResult,
     field: String,
     in_flight: InFlight,
+    parent: Option<Parent>,
 ) -> Response {
     let Some(Value::Opaque(stream)) = line.output.get(&field).cloned() else {
         unreachable!("the field was picked as a stream");
@@ -554,7 +581,7 @@ fn stream_response(
                     ),
                 );
                 let _ = tx.send(app.fail_stream(&mut line, error));
-                app.log(line);
+                app.log(line, parent);
                 return;
             };
             let Some(chunk) = next else {
@@ -592,7 +619,7 @@ fn stream_response(
             }
             Err(_) => return,
         }
-        app.log(line);
+        app.log(line, parent);
     });
     Sse::new(events).into_response()
 }
@@ -632,6 +659,9 @@ async fn swagger_json(State(app): State<Arc<App>>) -> Json<Json_> {
 }
 
 async fn metrics_text(State(app): State<Arc<App>>) -> Response {
+    if let Some(t) = &app.tracing {
+        app.metrics.trace_counts(t.tracer.stats());
+    }
     (
         [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
         app.metrics.render(),

@@ -143,7 +143,7 @@ pub fn create(args: CreateArgs) -> anyhow::Result<ExitStatus> {
             None => None,
         },
     };
-    execute(&store, spec, opts, args.stream)
+    execute(&store, spec, opts, args.stream, &args.trace)
 }
 
 /// `sluice run merge`: one run of the shards of a run.
@@ -163,7 +163,7 @@ pub fn merge(args: MergeArgs) -> anyhow::Result<ExitStatus> {
         line_timeout: line_timeout(None)?.or(Some(Duration::from_secs(600))),
         ..RunOptions::default()
     };
-    execute(&store, spec, opts, false)
+    execute(&store, spec, opts, false, &args.trace)
 }
 
 /// Runs `spec` (once per variant it selects) and prints the records; the worst exit status.
@@ -172,6 +172,7 @@ fn execute(
     mut spec: RunSpec,
     opts: RunOptions,
     stream: bool,
+    trace: &crate::cli::TraceArgs,
 ) -> anyhow::Result<ExitStatus> {
     let flow_path = spec.flow.clone().expect("checked");
     let flow_path = std::path::absolute(&flow_path).unwrap_or(flow_path);
@@ -208,6 +209,7 @@ fn execute(
     let rt = runtime()?;
     let mut names = Vec::new();
     let mut worst = ExitStatus::Ok;
+    let mut tracing: Option<super::Tracing> = None;
     for variant in &variants {
         let one = spec.for_variant(variant.as_deref(), fan_out);
         let flow = match load(&flow_path, variant.as_deref(), spec.init.as_ref()) {
@@ -217,6 +219,16 @@ fn execute(
                 break;
             }
         };
+        if tracing.is_none() {
+            tracing = match super::Tracing::start(trace, &flow) {
+                Ok(t) => t,
+                Err(code) => {
+                    worst = worst.max(code);
+                    break;
+                }
+            };
+        }
+        let flow_info = tracing.as_ref().map(|_| crate::otel::FlowInfo::of(&flow));
         let run = match BatchRun::prepare(store, flow, &one, opts.clone()) {
             Ok(r) => r,
             Err(e) => {
@@ -227,6 +239,11 @@ fn execute(
         let flow_dir = run.flow().def.dir.clone();
         enter_flow(run.flow())?;
         let mut progress = Progress::new(stream);
+        progress.trace = tracing.as_ref().zip(flow_info).map(|(t, flow)| LineTrace {
+            tracer: &t.tracer,
+            flow,
+            scope: crate::otel::LineScope::default(),
+        });
         let result = rt.block_on(run.execute(&mut progress, async {
             let _ = tokio::signal::ctrl_c().await;
         }));
@@ -262,6 +279,9 @@ fn execute(
             break;
         }
     }
+    if let Some(t) = &tracing {
+        t.finish();
+    }
     if fan_out && !names.is_empty() {
         eprintln!();
         view::print_comparison_to_stderr(&names)?;
@@ -289,9 +309,18 @@ fn summary_line(record: &RunRecord) {
     );
 }
 
+/// Where a run's lines' spans go.
+struct LineTrace<'a> {
+    tracer: &'a crate::otel::Tracer,
+    flow: crate::otel::FlowInfo,
+    scope: crate::otel::LineScope,
+}
+
 /// Progress on stderr: a redrawn bar on a terminal, a plain line every few seconds otherwise; with
-/// `--stream`, each finished line as one JSON line on stdout.
-struct Progress {
+/// `--stream`, each finished line as one JSON line on stdout. With tracing on, each finished line's
+/// spans go to the exporter.
+struct Progress<'a> {
+    trace: Option<LineTrace<'a>>,
     total: usize,
     start: Instant,
     done: Cell<usize>,
@@ -305,8 +334,12 @@ struct Progress {
     last_tick: Cell<(Instant, usize)>,
 }
 
-impl BatchObserver for Progress {
-    fn started(&mut self, _record: &RunRecord, total: usize, carried: usize) {
+impl BatchObserver for Progress<'_> {
+    fn started(&mut self, record: &RunRecord, total: usize, carried: usize) {
+        if let Some(t) = &mut self.trace {
+            t.scope.batch_run_id = Some(record.name.clone());
+            t.scope.referenced_batch_run_id = record.properties.run.clone();
+        }
         self.total = total;
         self.carried = carried;
         self.done.set(carried);
@@ -315,6 +348,9 @@ impl BatchObserver for Progress {
     }
 
     fn line_finished(&mut self, line: &LineResult) {
+        if let Some(t) = &self.trace {
+            t.tracer.line(line, &t.flow, &t.scope);
+        }
         if self.stream {
             #[derive(serde::Serialize)]
             struct Streamed<'a> {
@@ -343,10 +379,11 @@ impl BatchObserver for Progress {
     }
 }
 
-impl Progress {
+impl Progress<'_> {
     fn new(stream: bool) -> Self {
         let now = Instant::now();
         Progress {
+            trace: None,
             total: 0,
             start: now,
             done: 0.into(),
