@@ -2,6 +2,7 @@
 //! (`sluice_engine::runner`, `sluice_engine::store`): flags become a [`RunSpec`], progress and streamed
 //! lines are drawn from the runner's observer, and runs are listed, shown and compared from the store.
 
+mod export;
 mod report;
 mod view;
 
@@ -22,6 +23,7 @@ use crate::ExitStatus;
 use crate::cli::{CreateArgs, MergeArgs};
 use crate::style::{self, Paint};
 
+pub use export::export;
 pub use view::{
     archive, compare, delete, list, restore, show, show_details, show_metrics, visualize,
 };
