@@ -53,6 +53,20 @@ sluice_openai_client() {
   export SLUICE_OPENAI_PYTHON="$venv/bin/python"
 }
 
+# The servers started for the tests, each as a `kill` argument (a pid, or -PGID for a process group),
+# all stopped by one EXIT trap, so each server's start adds to the trap instead of replacing it.
+declare -p SLUICE_SERVICES >/dev/null 2>&1 || SLUICE_SERVICES=()
+sluice_stop_services() {
+  local target
+  for target in "${SLUICE_SERVICES[@]}"; do
+    kill -- "$target" 2>/dev/null || true
+  done
+}
+sluice_stop_on_exit() {
+  SLUICE_SERVICES+=("$1")
+  trap sluice_stop_services EXIT
+}
+
 # Starts a Chroma vector database server on a free loopback port for the tests of `--store chroma://`
 # (chromadb from PyPI, in its own venv, installed once), exports SLUICE_CHROMA_URL, and stops the server
 # when the calling shell exits.
@@ -69,8 +83,7 @@ sluice_start_chroma() {
   data="$(mktemp -d)"
   ANONYMIZED_TELEMETRY=False "$venv/bin/chroma" run --host 127.0.0.1 --port "$port" --path "$data" \
     >"$data.log" 2>&1 &
-  SLUICE_CHROMA_PID=$!
-  trap 'kill "$SLUICE_CHROMA_PID" 2>/dev/null || true' EXIT
+  sluice_stop_on_exit "$!"
   for _ in $(seq 1 100); do
     curl -sf "http://127.0.0.1:$port/api/v2/heartbeat" >/dev/null && break
     sleep 0.2
@@ -78,4 +91,34 @@ sluice_start_chroma() {
   curl -sf "http://127.0.0.1:$port/api/v2/heartbeat" >/dev/null \
     || { echo "setup: the Chroma server did not start; its log:" >&2; cat "$data.log" >&2; exit 2; }
   export SLUICE_CHROMA_URL="http://127.0.0.1:$port"
+}
+
+# Starts an MLflow tracking server on a free loopback port for the tests of `sluice run export
+# --mlflow` (mlflow from PyPI, pinned, in its own venv, installed once: about 2 minutes and 600 MB),
+# with a SQLite backend store and served artifacts in a temporary folder; exports SLUICE_MLFLOW_URL and
+# stops the server (its whole process group: uvicorn runs as a child) when the calling shell exits.
+sluice_start_mlflow() {
+  local venv="${SLUICE_MLFLOW_VENV:-$HOME/.cache/sluice/mlflow-venv}"
+  if ! "$venv/bin/mlflow" --version 2>/dev/null | grep -q ' 3\.17\.2$'; then
+    echo "setup: installing mlflow into $venv" >&2
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q "mlflow==3.17.2" \
+      || { echo "setup: could not install mlflow from PyPI" >&2; exit 2; }
+  fi
+  local port data
+  port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  data="$(mktemp -d)"
+  # One worker and no background job runner: the tests need the REST API only, on a 2-core machine.
+  MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false setsid "$venv/bin/mlflow" server --host 127.0.0.1 \
+    --port "$port" --workers 1 --backend-store-uri "sqlite:///$data/mlflow.db" \
+    --artifacts-destination "$data/artifacts" >"$data.log" 2>&1 &
+  sluice_stop_on_exit "-$!"
+  # The first start creates the database (a minute or more on a busy machine).
+  for _ in $(seq 1 900); do
+    curl -sf "http://127.0.0.1:$port/health" >/dev/null && break
+    sleep 0.2
+  done
+  curl -sf "http://127.0.0.1:$port/health" >/dev/null \
+    || { echo "setup: the MLflow server did not start; its log:" >&2; cat "$data.log" >&2; exit 2; }
+  export SLUICE_MLFLOW_URL="http://127.0.0.1:$port"
 }

@@ -8,6 +8,7 @@ sluice_build_and_pull
 # Gemma 3 270M too: the tests of its chat template and the throughput bench use it.
 "$SLUICE_BIN" model pull gemma3-270m >/dev/null
 sluice_start_chroma
+sluice_start_mlflow
 sluice_openai_client
 cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets --locked -- -D warnings
