@@ -373,6 +373,18 @@ fn a_batch_run_and_its_evaluation_read_back_from_mlflow() {
     assert_eq!(ev_again.params, ev.params);
     assert_eq!(ev_again.info["end_time"], ev.info["end_time"]);
     assert_eq!(ev_again.info["status"], "FINISHED");
+
+    // A new run under a deleted run's name is another MLflow run; the earlier one is left alone.
+    common::succeeded(sluice(home.path()).args(["run", "delete", "-n", "base", "--yes"]));
+    common::created(home.path(), "base", "", flow.path(), &data);
+    let renewed = exported(home.path(), "base", &url, &["--experiment", &exp]);
+    assert_eq!(renewed["action"], "created");
+    assert_ne!(renewed["run_id"], run_id.as_str());
+    assert!(
+        renewed["warnings"].to_string().contains(&run_id),
+        "{renewed}"
+    );
+    assert_eq!(mlflow_run(&url, &run_id).info["status"], "FINISHED");
 }
 
 #[test]
