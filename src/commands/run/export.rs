@@ -6,28 +6,10 @@ use sluice_engine::mlflow::{
     Artifact, Auth, ExportError, ExportOptions, Exported, MlflowClient, export_run,
 };
 
-use super::{store, view};
+use super::{print_error, store, view};
 use crate::ExitStatus;
 use crate::cli::{ExportArgs, OutputFormat};
 use crate::style::{self, Paint};
-
-/// Prints an error and the chain of its causes on stderr (secrets masked).
-fn print_error(e: &dyn std::error::Error) {
-    let text = e.to_string();
-    eprintln!(
-        "{} {}",
-        style::error_label(),
-        sluice_engine::redact::redact(&text)
-    );
-    let mut source = e.source();
-    while let Some(s) = source {
-        let cause = s.to_string();
-        if !text.contains(&cause) {
-            eprintln!("  caused by: {}", sluice_engine::redact::redact(&cause));
-        }
-        source = s.source();
-    }
-}
 
 pub fn export(args: ExportArgs) -> anyhow::Result<ExitStatus> {
     let name = args
@@ -71,7 +53,7 @@ pub fn export(args: ExportArgs) -> anyhow::Result<ExitStatus> {
         }
     };
     for w in &exported.warnings {
-        eprintln!("warning: {w}");
+        eprintln!("{} {w}", style::warning_label());
     }
     match args.format {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&exported)?),
