@@ -522,7 +522,7 @@ pub enum RunCommand {
     /// Exit status: 0 exported, 1 the server could not be reached or refused a request, 2 no such run
     /// (or it is still running) or a bad address.
     #[command(
-        after_help = "Examples:\n  sluice run export base --mlflow http://127.0.0.1:5000\n  MLFLOW_TRACKING_URI=http://127.0.0.1:5000 sluice run export base_eval --experiment nightly --format table"
+        after_help = "Examples:\n  sluice run export base --mlflow http://127.0.0.1:5000 --format table\n  MLFLOW_TRACKING_URI=http://127.0.0.1:5000 sluice run export base_eval --experiment nightly"
     )]
     Export(ExportArgs),
     /// Hide a run from `run list` (its files stay).

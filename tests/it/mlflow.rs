@@ -589,3 +589,28 @@ fn credentials_from_the_environment_are_sent_and_never_printed() {
     );
     assert!(!out.stderr.contains(token) && !out.stdout.contains(token));
 }
+
+#[test]
+fn export_help_names_the_defaults_and_exit_statuses_but_no_address_from_the_environment() {
+    let home = tempfile::tempdir().unwrap();
+    let out = ran(sluice(home.path()).args(["run", "export", "--help"]).env(
+        "MLFLOW_TRACKING_URI",
+        "http://me:hunter2-secret@mlflow.example:5000",
+    ));
+    assert!(out.success, "{}", out.stderr);
+    for needle in [
+        "--mlflow <URI>",
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_TRACKING_TOKEN",
+        "--experiment",
+        "Exit status",
+        "sluice.run_name",
+    ] {
+        assert!(
+            out.stdout.contains(needle),
+            "{needle} missing:\n{}",
+            out.stdout
+        );
+    }
+    assert!(!out.stdout.contains("hunter2"), "{}", out.stdout);
+}
