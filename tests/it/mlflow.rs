@@ -544,12 +544,9 @@ fn an_unreachable_server_a_refusal_and_a_missing_run_are_clear_errors() {
     assert!(out.stderr.contains("--mlflow"), "{}", out.stderr);
 }
 
-#[test]
-fn credentials_from_the_environment_are_sent_and_never_printed() {
-    let (home, flow) = common::home_and_flow();
-    let data = doubling(flow.path(), 1);
-    common::created(home.path(), "one", "", flow.path(), &data);
-    // A server that answers every request with an MLflow error, and keeps what it was sent.
+/// Exports run `one` of `home` to a server that answers its first request with an MLflow error (403
+/// `PERMISSION_DENIED`), with `env` set: the head of that request, and what the export left.
+fn refused_once(home: &Path, env: &[(&str, &str)]) -> (String, Ran) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let server = common::client(move || {
@@ -564,13 +561,28 @@ fn credentials_from_the_environment_are_sent_and_never_printed() {
         );
         head
     });
-    let token = "mlflow-token-0123456789abcdef";
-    let out = ran(sluice(home.path())
-        .args(["run", "export", "one", "--mlflow"])
+    let mut cmd = sluice(home);
+    cmd.args(["run", "export", "one", "--mlflow"])
         .arg(format!("http://127.0.0.1:{port}"))
-        .env("MLFLOW_TRACKING_TOKEN", token)
-        .timeout(std::time::Duration::from_secs(60)));
-    let head = server.join().unwrap();
+        .env_remove("MLFLOW_TRACKING_TOKEN")
+        .env_remove("MLFLOW_TRACKING_USERNAME")
+        .env_remove("MLFLOW_TRACKING_PASSWORD")
+        .timeout(std::time::Duration::from_secs(60));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = ran(&mut cmd);
+    (server.join().unwrap(), out)
+}
+
+#[test]
+fn credentials_from_the_environment_are_sent_and_never_printed() {
+    let (home, flow) = common::home_and_flow();
+    let data = doubling(flow.path(), 1);
+    common::created(home.path(), "one", "", flow.path(), &data);
+
+    let token = "mlflow-token-0123456789abcdef";
+    let (head, out) = refused_once(home.path(), &[("MLFLOW_TRACKING_TOKEN", token)]);
     assert!(
         head.to_ascii_lowercase()
             .contains(&format!("authorization: bearer {token}")),
@@ -582,12 +594,35 @@ fn credentials_from_the_environment_are_sent_and_never_printed() {
     );
     assert_eq!(out.code, Some(1), "{}", out.stderr);
     assert!(
-        out.stderr
-            .contains("403 to GET api/2.0/mlflow/experiments/get-by-name: PERMISSION_DENIED: no access to experiment"),
+        out.stderr.contains(
+            "403 to GET api/2.0/mlflow/experiments/get-by-name: PERMISSION_DENIED: no access to experiment"
+        ),
         "{}",
         out.stderr
     );
     assert!(!out.stderr.contains(token) && !out.stdout.contains(token));
+
+    // A user name and password: HTTP basic authentication, as `mlflow server --app-name basic-auth`
+    // takes it.
+    let password = "pw-0123456789-secret";
+    let (head, out) = refused_once(
+        home.path(),
+        &[
+            ("MLFLOW_TRACKING_USERNAME", "ada"),
+            ("MLFLOW_TRACKING_PASSWORD", password),
+        ],
+    );
+    use base64::Engine as _;
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("ada:{password}"));
+    assert!(
+        head.to_ascii_lowercase().contains(&format!(
+            "authorization: basic {}",
+            basic.to_ascii_lowercase()
+        )),
+        "{head}"
+    );
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(!out.stderr.contains(password) && !out.stdout.contains(password));
 }
 
 #[test]
