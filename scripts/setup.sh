@@ -137,3 +137,34 @@ sluice_start_phoenix() {
   export SLUICE_PHOENIX_URL="http://127.0.0.1:$port"
   export SLUICE_PHOENIX_GRPC="http://127.0.0.1:$grpc_port"
 }
+
+# Starts an MLflow tracking server on a free loopback port for the tests of `sluice run export
+# --mlflow` (mlflow from PyPI, pinned, in its own venv, installed once: about 2 minutes and 600 MB),
+# with a SQLite backend store and served artifacts in a temporary folder; exports SLUICE_MLFLOW_URL and
+# stops the server (its whole process group: uvicorn runs as a child) when the calling shell exits.
+sluice_start_mlflow() {
+  local venv="${SLUICE_MLFLOW_VENV:-$HOME/.cache/sluice/mlflow-venv}"
+  if ! "$venv/bin/mlflow" --version 2>/dev/null | grep -q ' 3\.17\.2$'; then
+    echo "setup: installing mlflow into $venv" >&2
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q "mlflow==3.17.2" \
+      || { echo "setup: could not install mlflow from PyPI" >&2; exit 2; }
+  fi
+  local port data
+  port="$(sluice_free_port)"
+  data="$(mktemp -d)"
+  # One worker and no background job runner: the tests need the REST API only, on a 2-core machine.
+  MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false setsid "$venv/bin/mlflow" server --host 127.0.0.1 \
+    --port "$port" --workers 1 --backend-store-uri "sqlite:///$data/mlflow.db" \
+    --artifacts-destination "$data/artifacts" >"$data.log" 2>&1 &
+  SLUICE_MLFLOW_PGID=$!
+  sluice_on_exit 'kill -- "-$SLUICE_MLFLOW_PGID" 2>/dev/null || true'
+  # The first start creates the database (a minute or more on a busy machine).
+  for _ in $(seq 1 900); do
+    curl -sf "http://127.0.0.1:$port/health" >/dev/null && break
+    sleep 0.2
+  done
+  curl -sf "http://127.0.0.1:$port/health" >/dev/null \
+    || { echo "setup: the MLflow server did not start; its log:" >&2; cat "$data.log" >&2; exit 2; }
+  export SLUICE_MLFLOW_URL="http://127.0.0.1:$port"
+}

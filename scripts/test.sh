@@ -9,6 +9,7 @@ sluice_build_and_pull
 "$SLUICE_BIN" model pull gemma3-270m >/dev/null
 sluice_start_chroma
 sluice_start_phoenix
+sluice_start_mlflow
 sluice_openai_client
 cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets --locked -- -D warnings

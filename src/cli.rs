@@ -541,6 +541,22 @@ pub enum RunCommand {
     /// Write one self-contained HTML report of one or more runs (metrics table, a chart per metric,
     /// a searchable table of every line) and print its path.
     Visualize(VisualizeArgs),
+    /// Export a run to an MLflow tracking server through its REST API: an MLflow run named after it,
+    /// with its params (flow, data, variant, column mapping, the run it evaluates), metrics (the
+    /// aggregation's, and lines, duration and tokens as system/...), tags, final status, and its files,
+    /// flow snapshot and HTML report as artifacts. Prints what was exported as JSON (the MLflow run's id
+    /// and URL).
+    ///
+    /// Exporting a run again updates the MLflow run it made (found by its sluice.run_name tag) instead
+    /// of making another. The server must serve artifacts (`mlflow server`'s default). Credentials come
+    /// from MLFLOW_TRACKING_TOKEN, or MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD.
+    ///
+    /// Exit status: 0 exported, 1 the server could not be reached or refused a request, 2 no such run
+    /// (or it is still running) or a bad address.
+    #[command(
+        after_help = "Examples:\n  sluice run export base --mlflow http://127.0.0.1:5000 --format table\n  MLFLOW_TRACKING_URI=http://127.0.0.1:5000 sluice run export base_eval --experiment nightly"
+    )]
+    Export(ExportArgs),
     /// Hide a run from `run list` (its files stay).
     Archive(NameArg),
     /// Bring an archived run back into `run list`.
@@ -651,6 +667,34 @@ pub struct VisualizeArgs {
     /// Where to write the report (default: $SLUICE_HOME/reports/<names>.html).
     #[arg(long)]
     pub html_path: Option<PathBuf>,
+}
+
+/// `run export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The run's name.
+    #[arg(required_unless_present = "name_flag", conflicts_with = "name_flag")]
+    pub name: Option<String>,
+    /// The run's name, as the other run commands take it.
+    #[arg(long = "name", short = 'n', value_name = "NAME")]
+    pub name_flag: Option<String>,
+    /// The MLflow tracking server's address (http:// or https://).
+    #[arg(
+        long,
+        value_name = "URI",
+        env = "MLFLOW_TRACKING_URI",
+        hide_env_values = true
+    )]
+    pub mlflow: String,
+    /// The MLflow experiment, created if missing (default: the flow's name, else `sluice`).
+    #[arg(long, value_name = "NAME", env = "MLFLOW_EXPERIMENT_NAME")]
+    pub experiment: Option<String>,
+    /// Leave the HTML report (`run visualize`'s) out of the artifacts.
+    #[arg(long)]
+    pub no_report: bool,
+    /// JSON (for scripts) or a few lines of text (for people).
+    #[arg(long, value_enum, default_value_t = OutputFormat::Json)]
+    pub format: OutputFormat,
 }
 
 /// `run merge`.

@@ -52,6 +52,7 @@ pub mod exec;
 pub mod flex;
 pub mod json;
 pub mod load;
+pub mod mlflow;
 pub mod model;
 pub mod node;
 pub mod plan;

@@ -155,6 +155,7 @@ fn run_command(command: RunCommand) -> anyhow::Result<ExitStatus> {
         RunCommand::ShowMetrics(args) => run::show_metrics(args),
         RunCommand::Compare(args) => run::compare(args),
         RunCommand::Visualize(args) => run::visualize(args),
+        RunCommand::Export(args) => run::export(args),
         RunCommand::Archive(args) => run::archive(args),
         RunCommand::Restore(args) => run::restore(args),
         RunCommand::Delete(args) => run::delete(args),

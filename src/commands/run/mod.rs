@@ -2,6 +2,7 @@
 //! (`sluice_engine::runner`, `sluice_engine::store`): flags become a [`RunSpec`], progress and streamed
 //! lines are drawn from the runner's observer, and runs are listed, shown and compared from the store.
 
+mod export;
 mod report;
 mod view;
 
@@ -22,6 +23,7 @@ use crate::ExitStatus;
 use crate::cli::{CreateArgs, MergeArgs};
 use crate::style::{self, Paint};
 
+pub use export::export;
 pub use view::{
     archive, compare, delete, list, restore, show, show_details, show_metrics, visualize,
 };
@@ -101,22 +103,30 @@ fn spec_from_args(args: &CreateArgs) -> anyhow::Result<RunSpec> {
     Ok(spec)
 }
 
-/// Prints a run error and returns its exit status: 2 when nothing ran through the user's mistake.
-fn report_error(e: &RunError) -> ExitStatus {
+/// Prints an error on stderr, then each of its causes that its message does not already say
+/// (secrets masked).
+pub(crate) fn print_error(e: &dyn std::error::Error) {
+    let text = e.to_string();
     eprint!(
         "{}",
         style::diagnostics(
             style::stderr(),
-            &sluice_engine::redact::redact(&format!("error: {e}\n"))
+            &sluice_engine::redact::redact(&format!("error: {text}\n"))
         )
     );
-    let mut source = std::error::Error::source(e);
+    let mut source = e.source();
     while let Some(s) = source {
-        if !e.to_string().contains(&s.to_string()) {
-            eprintln!("  caused by: {s}");
+        let cause = s.to_string();
+        if !text.contains(&cause) {
+            eprintln!("  caused by: {}", sluice_engine::redact::redact(&cause));
         }
         source = s.source();
     }
+}
+
+/// Prints a run error and returns its exit status: 2 when nothing ran through the user's mistake.
+fn report_error(e: &RunError) -> ExitStatus {
+    print_error(e);
     if e.is_user_error() {
         ExitStatus::Invalid
     } else {

@@ -536,12 +536,27 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<ExitStatus> {
 
 pub fn visualize(mut args: VisualizeArgs) -> anyhow::Result<ExitStatus> {
     args.names.append(&mut args.names_flag);
+    let html = match report_html(&args.names) {
+        Ok(html) => html,
+        Err(e) => return not_found(e),
+    };
+    let path = args.html_path.unwrap_or_else(|| {
+        let stem: String = args.names.join("__").chars().take(150).collect();
+        sluice_home().join("reports").join(format!("{stem}.html"))
+    });
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&path, html)?;
+    println!("{}", std::path::absolute(&path).unwrap_or(path).display());
+    Ok(ExitStatus::Ok)
+}
+
+/// The HTML report of the runs `names` (and of the runs their evaluations scored).
+pub(crate) fn report_html(names: &[String]) -> Result<String, StoreError> {
     let mut runs = vec![];
-    for n in &args.names {
-        match load_run(n) {
-            Ok(r) => runs.push(r),
-            Err(e) => return not_found(e),
-        }
+    for n in names {
+        runs.push(load_run(n)?);
     }
     // An evaluation run is shown next to the run it scored, which joins the report if it was not named.
     let bases: Vec<String> = runs
@@ -558,17 +573,7 @@ pub fn visualize(mut args: VisualizeArgs) -> anyhow::Result<ExitStatus> {
         }
     }
     let runs = evaluations_after_their_runs(runs);
-    let html = report::render(&runs, &comparison(&runs, usize::MAX));
-    let path = args.html_path.unwrap_or_else(|| {
-        let stem: String = args.names.join("__").chars().take(150).collect();
-        sluice_home().join("reports").join(format!("{stem}.html"))
-    });
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&path, html)?;
-    println!("{}", std::path::absolute(&path).unwrap_or(path).display());
-    Ok(ExitStatus::Ok)
+    Ok(report::render(&runs, &comparison(&runs, usize::MAX)))
 }
 
 /// Orders runs so that each evaluation run follows the run it scored; the rest keep their order.
