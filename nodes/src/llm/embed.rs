@@ -15,6 +15,7 @@ use llama_cpp_2::model::params::LlamaModelParams;
 use sluice_engine::spawn::run_blocking;
 
 use super::local::{SetupError, llama_backend, start_worker};
+pub use super::types::EmbedLayout;
 use super::types::LlmError;
 
 /// Tokens encoded per llama.cpp call, unless `SLUICE_EMBED_BATCH` says otherwise (never fewer than the
@@ -25,48 +26,36 @@ const DEFAULT_BATCH_TOKENS: u32 = 1024;
 /// Texts encoded together at most.
 const MAX_SEQS: u32 = 64;
 
-/// How texts are cut and grouped for one model.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct EmbedLayout {
-    /// The longest input in tokens, with the start and end tokens; longer texts are cut to it.
-    pub max_seq: usize,
-    /// Tokens per llama.cpp call.
-    pub batch_tokens: u32,
-    pub threads: i32,
-}
-
-impl EmbedLayout {
-    /// The model's own input length (`max_seq_length` from its sentence-transformers configuration,
-    /// recorded at import; else its trained context), unless `SLUICE_EMBED_MAX_SEQ` asks for another
-    /// (at most the trained context); `SLUICE_EMBED_BATCH` and `SLUICE_EMBED_THREADS` set the rest.
-    fn for_model(model: &LlamaModel) -> EmbedLayout {
-        let trained = model.n_ctx_train().max(2) as usize;
-        let recorded = model
-            .meta_val_str(sluice_config::gguf::MAX_SEQ_LENGTH_KEY)
+/// The model's own input length (`max_seq_length` from its sentence-transformers configuration,
+/// recorded at import; else its trained context), unless `SLUICE_EMBED_MAX_SEQ` asks for another (at
+/// most the trained context); `SLUICE_EMBED_BATCH` and `SLUICE_EMBED_THREADS` set the rest.
+fn layout_for(model: &LlamaModel) -> EmbedLayout {
+    let trained = model.n_ctx_train().max(2) as usize;
+    let recorded = model
+        .meta_val_str(sluice_config::gguf::MAX_SEQ_LENGTH_KEY)
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    let env = |k: &str| {
+        std::env::var(k)
             .ok()
-            .and_then(|v| v.trim().parse::<usize>().ok());
-        let env = |k: &str| {
-            std::env::var(k)
-                .ok()
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .filter(|&n| n > 0)
-        };
-        let max_seq = env("SLUICE_EMBED_MAX_SEQ")
-            .or(recorded)
-            .unwrap_or(trained)
-            .clamp(2, trained);
-        let batch_tokens = env("SLUICE_EMBED_BATCH")
-            .map_or(DEFAULT_BATCH_TOKENS as usize, |b| b.min(1 << 16))
-            .max(max_seq) as u32;
-        let threads = env("SLUICE_EMBED_THREADS").map_or_else(
-            || std::thread::available_parallelism().map_or(1, |n| n.get()),
-            |t| t.min(256),
-        ) as i32;
-        EmbedLayout {
-            max_seq,
-            batch_tokens,
-            threads,
-        }
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|&n| n > 0)
+    };
+    let max_seq = env("SLUICE_EMBED_MAX_SEQ")
+        .or(recorded)
+        .unwrap_or(trained)
+        .clamp(2, trained);
+    let batch_tokens = env("SLUICE_EMBED_BATCH")
+        .map_or(DEFAULT_BATCH_TOKENS as usize, |b| b.min(1 << 16))
+        .max(max_seq) as u32;
+    let threads = env("SLUICE_EMBED_THREADS").map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        |t| t.min(256),
+    ) as i32;
+    EmbedLayout {
+        max_seq,
+        batch_tokens,
+        threads,
     }
 }
 
@@ -127,7 +116,7 @@ impl LocalEmbedder {
         let model = Arc::new(model);
         let shared = Arc::clone(&model);
         let dims = model.n_embd() as usize;
-        let layout = EmbedLayout::for_model(&model);
+        let layout = layout_for(&model);
         tracing::debug!(model = %name, ?layout, "embedding layout");
         let EmbedLayout {
             max_seq,

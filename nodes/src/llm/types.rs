@@ -297,3 +297,13 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// Starts a generation. Errors found before any text is generated are returned here.
     async fn generate(&self, prompt: Prompt, params: GenParams) -> Result<TokenStream, LlmError>;
 }
+
+/// How a local embedding model's texts are cut and grouped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EmbedLayout {
+    /// The longest input in tokens, with the start and end tokens; longer texts are cut to it.
+    pub max_seq: usize,
+    /// Tokens per llama.cpp call.
+    pub batch_tokens: u32,
+    pub threads: i32,
+}

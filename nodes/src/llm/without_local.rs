@@ -84,6 +84,7 @@ pub mod embed {
     use std::path::Path;
     use std::sync::Arc;
 
+    pub use crate::llm::types::EmbedLayout;
     use crate::llm::types::LlmError;
 
     /// A local embedding model, which this build cannot load: there are no values of this type.
@@ -103,6 +104,10 @@ pub mod embed {
         }
 
         pub fn token_counts(&self, _texts: &[&str]) -> Vec<usize> {
+            match self.never {}
+        }
+
+        pub fn layout(&self) -> EmbedLayout {
             match self.never {}
         }
 
