@@ -298,16 +298,20 @@ impl SpanMaker {
         }
     }
 
-    /// Inputs and output as promptflow's events and OpenInference's attributes.
+    /// Inputs and output (when payloads are kept; the output only of a completed run) as promptflow's
+    /// events and OpenInference's attributes, and the error as an `exception` event at the end.
     fn io(
         &self,
         attrs: &mut Vec<KeyValue>,
-        events: &mut Vec<Event>,
         (start, end): (SystemTime, SystemTime),
-        inputs: Option<Arc<str>>,
-        output: Option<Arc<str>>,
-    ) {
-        if let Some(i) = inputs {
+        status: Status,
+        inputs: &impl serde::Serialize,
+        output: &impl serde::Serialize,
+        error: Option<&ErrorInfo>,
+    ) -> Vec<Event> {
+        let mut events = Vec::new();
+        if self.payloads {
+            let i = json_payload(inputs);
             attrs.push(KeyValue::new("inputs", OtelValue::from(i.clone())));
             attrs.push(KeyValue::new("input.value", OtelValue::from(i.clone())));
             attrs.push(KeyValue::new("input.mime_type", "application/json"));
@@ -317,17 +321,22 @@ impl SpanMaker {
                 vec![KeyValue::new("payload", OtelValue::from(i))],
                 0,
             ));
+            if status == Status::Completed {
+                let o = json_payload(output);
+                attrs.push(KeyValue::new("output.value", OtelValue::from(o.clone())));
+                attrs.push(KeyValue::new("output.mime_type", "application/json"));
+                events.push(Event::new(
+                    "promptflow.function.output",
+                    end,
+                    vec![KeyValue::new("payload", OtelValue::from(o))],
+                    0,
+                ));
+            }
         }
-        if let Some(o) = output {
-            attrs.push(KeyValue::new("output.value", OtelValue::from(o.clone())));
-            attrs.push(KeyValue::new("output.mime_type", "application/json"));
-            events.push(Event::new(
-                "promptflow.function.output",
-                end,
-                vec![KeyValue::new("payload", OtelValue::from(o))],
-                0,
-            ));
+        if let Some(e) = error {
+            events.push(exception(e, end));
         }
+        events
     }
 
     /// The spans of one finished line: the line first, then each node run followed by its model
@@ -379,20 +388,14 @@ impl SpanMaker {
         if let Some(t) = tokens_of(&total) {
             cumulative(&mut attrs, t);
         }
-        let mut events = Vec::new();
-        if self.payloads {
-            let output = (line.status == Status::Completed).then(|| json_payload(&line.output));
-            self.io(
-                &mut attrs,
-                &mut events,
-                times,
-                Some(json_payload(&line.inputs)),
-                output,
-            );
-        }
-        if let Some(e) = &line.error {
-            events.push(exception(e, times.1));
-        }
+        let events = self.io(
+            &mut attrs,
+            times,
+            line.status,
+            &line.inputs,
+            &line.output,
+            line.error.as_ref(),
+        );
         let mut line_span = self.span(
             &cx,
             Draft {
@@ -449,20 +452,14 @@ impl SpanMaker {
         if let Some(t) = tokens_of(&run.system_metrics.tokens) {
             cumulative(&mut attrs, t);
         }
-        let mut events = Vec::new();
-        if self.payloads {
-            let output = (run.status == Status::Completed).then(|| json_payload(&run.output));
-            self.io(
-                &mut attrs,
-                &mut events,
-                times,
-                Some(json_payload(&run.inputs)),
-                output,
-            );
-        }
-        if let Some(e) = &run.error {
-            events.push(exception(e, times.1));
-        }
+        let events = self.io(
+            &mut attrs,
+            times,
+            run.status,
+            &run.inputs,
+            &run.output,
+            run.error.as_ref(),
+        );
         let id = self.ids.new_span_id();
         out.push(self.span(
             cx,
