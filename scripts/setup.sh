@@ -72,6 +72,18 @@ sluice_free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
+# sluice_await NAME URL LOG TRIES: waits up to TRIES x 0.2 s for URL to answer; stops the script
+# with the server's LOG when it never does.
+sluice_await() {
+  local name="$1" url="$2" log="$3" tries="$4"
+  for _ in $(seq 1 "$tries"); do
+    curl -sf "$url" >/dev/null && return 0
+    sleep 0.2
+  done
+  curl -sf "$url" >/dev/null \
+    || { echo "setup: the $name server did not start; its log:" >&2; cat "$log" >&2; exit 2; }
+}
+
 # Starts a Chroma vector database server on a free loopback port for the tests of `--store chroma://`
 # (chromadb from PyPI, in its own venv, installed once), exports SLUICE_CHROMA_URL, and stops the server
 # when the calling shell exits.
@@ -90,12 +102,7 @@ sluice_start_chroma() {
     >"$data.log" 2>&1 &
   SLUICE_CHROMA_PID=$!
   sluice_on_exit 'kill "$SLUICE_CHROMA_PID" 2>/dev/null || true'
-  for _ in $(seq 1 100); do
-    curl -sf "http://127.0.0.1:$port/api/v2/heartbeat" >/dev/null && break
-    sleep 0.2
-  done
-  curl -sf "http://127.0.0.1:$port/api/v2/heartbeat" >/dev/null \
-    || { echo "setup: the Chroma server did not start; its log:" >&2; cat "$data.log" >&2; exit 2; }
+  sluice_await Chroma "http://127.0.0.1:$port/api/v2/heartbeat" "$data.log" 100
   export SLUICE_CHROMA_URL="http://127.0.0.1:$port"
 }
 
@@ -160,11 +167,6 @@ sluice_start_mlflow() {
   SLUICE_MLFLOW_PGID=$!
   sluice_on_exit 'kill -- "-$SLUICE_MLFLOW_PGID" 2>/dev/null || true'
   # The first start creates the database (a minute or more on a busy machine).
-  for _ in $(seq 1 900); do
-    curl -sf "http://127.0.0.1:$port/health" >/dev/null && break
-    sleep 0.2
-  done
-  curl -sf "http://127.0.0.1:$port/health" >/dev/null \
-    || { echo "setup: the MLflow server did not start; its log:" >&2; cat "$data.log" >&2; exit 2; }
+  sluice_await MLflow "http://127.0.0.1:$port/health" "$data.log" 900
   export SLUICE_MLFLOW_URL="http://127.0.0.1:$port"
 }
