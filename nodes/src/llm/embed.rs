@@ -15,6 +15,7 @@ use llama_cpp_2::model::params::LlamaModelParams;
 use sluice_engine::spawn::run_blocking;
 
 use super::local::{SetupError, llama_backend, start_worker};
+use super::local_config::var;
 pub use super::types::EmbedLayout;
 use super::types::LlmError;
 
@@ -35,12 +36,7 @@ fn layout_for(model: &LlamaModel) -> EmbedLayout {
         .meta_val_str(sluice_config::gguf::MAX_SEQ_LENGTH_KEY)
         .ok()
         .and_then(|v| v.trim().parse::<usize>().ok());
-    let env = |k: &str| {
-        std::env::var(k)
-            .ok()
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .filter(|&n| n > 0)
-    };
+    let env = |k: &str| var::<usize>(k).filter(|&n| n > 0);
     let max_seq = env("SLUICE_EMBED_MAX_SEQ")
         .or(recorded)
         .unwrap_or(trained)

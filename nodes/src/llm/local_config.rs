@@ -62,9 +62,6 @@ impl LocalConfig {
     /// `SLUICE_LLM_CTX`, `SLUICE_LLM_BATCH`,
     /// `SLUICE_LLM_THREADS`, `SLUICE_LLM_GPU_LAYERS` and `SLUICE_LLM_MAX_TOKENS`.
     pub fn from_env() -> Self {
-        fn var<T: std::str::FromStr>(name: &str) -> Option<T> {
-            std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
-        }
         let d = LocalConfig::default();
         LocalConfig {
             parallel: var("SLUICE_LLM_PARALLEL")
@@ -98,4 +95,9 @@ impl LocalConfig {
             .cloned()
             .unwrap_or_else(LocalConfig::from_env)
     }
+}
+
+/// An environment variable read as a `T`; `None` when it is unset or does not parse.
+pub(crate) fn var<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
 }
