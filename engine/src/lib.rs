@@ -54,6 +54,7 @@ pub mod json;
 pub mod load;
 pub mod mlflow;
 pub mod model;
+pub mod monitor;
 pub mod node;
 pub mod plan;
 pub mod prompty;
