@@ -91,6 +91,14 @@ pub enum Command {
     /// run's own records.
     #[command(subcommand)]
     Trace(TraceCommand),
+    /// Drift, quality and operations of current data (a served flow's traffic log, a run, a data file)
+    /// against a baseline (the run or dataset the flow was evaluated on), overall and in windows: a
+    /// JSON result on stdout, a summary on stderr, an HTML report, and exit status 1 when a --fail-on
+    /// rule holds.
+    #[command(
+        after_help = "Sources: a run's name or folder, a data file or folder (its columns count as inputs), or serve:FLOW (the traffic log of `sluice flow serve`).\n\nExamples:\n  sluice monitor --baseline eval_run --current serve:qa --window 1h --report drift.html\n  sluice monitor --baseline data/eval.jsonl --current serve:qa --fail-on 'drift.psi>0.2' --fail-on 'ops.error_rate>0.05'\n  sluice monitor --baseline base_run --current serve:qa --eval-flow flows/eval_accuracy --eval-mapping groundtruth='${run.inputs.label}' prediction='${run.outputs.category}' --fail-on 'quality.accuracy.delta<-0.1'"
+    )]
+    Monitor(Box<MonitorArgs>),
     /// Show the versions Sluice runs with (Python, node kinds).
     Info,
     /// Runs Python tool calls for a parent Sluice process (`--isolation process`); not for direct use.
@@ -853,4 +861,74 @@ pub struct IndexQueryArgs {
 pub struct IndexName {
     /// The index name.
     pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct MonitorArgs {
+    /// What the flow was evaluated on: a run (name or folder) or a data file.
+    #[arg(long, value_name = "RUN|FILE")]
+    pub baseline: String,
+    /// What to check: serve:FLOW (a served flow's traffic log), a run, or a data file.
+    #[arg(long, value_name = "serve:FLOW|RUN|FILE")]
+    pub current: String,
+    /// Also compare windows of the current data: N lines (500) or a span of time (90s, 15m, 1h, 1d).
+    #[arg(long, value_name = "N|SPAN")]
+    pub window: Option<String>,
+    /// Compare only these fields (inputs.NAME, outputs.NAME); every field both sides have by default.
+    #[arg(long = "field", value_name = "FIELD")]
+    pub fields: Vec<String>,
+    /// The embedding model of the text drift test.
+    #[arg(long, default_value = "minilm")]
+    pub embed_model: String,
+    /// Texts embedded per side, window and text field (0 turns the embedding test off).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(0..=2000))]
+    pub embed_sample: u64,
+    /// Permutations of the embedding and quality tests.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(10..=100_000))]
+    pub permutations: u64,
+    /// A field drifts when its PSI (numbers, categories, text lengths) reaches this.
+    #[arg(long, default_value_t = 0.2, value_parser = positive_number)]
+    pub psi_threshold: f64,
+    /// A text field drifts when the embedding test's p-value is below this.
+    #[arg(long, default_value_t = 0.01, value_parser = share)]
+    pub alpha: f64,
+    /// Windows with fewer lines are measured but never called drifted.
+    #[arg(long, default_value_t = 30)]
+    pub min_lines: usize,
+    /// Bins of numbers and text lengths (the baseline's quantiles).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(2..=100))]
+    pub bins: u64,
+    /// An evaluation flow run over a sample of each side; its metrics and numeric outputs are compared.
+    #[arg(long, value_name = "DIR")]
+    pub eval_flow: Option<PathBuf>,
+    /// The evaluation flow's inputs from the sampled lines: NAME='${run.inputs.X}' or '${run.outputs.Y}'.
+    #[arg(long, num_args = 1.., value_name = "NAME=VALUE")]
+    pub eval_mapping: Vec<String>,
+    /// Lines evaluated per side.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(2..=100_000))]
+    pub eval_sample: u64,
+    /// Exit with status 1 when a rule holds in any window: NAME OP NUMBER, e.g. 'drift.psi>0.2',
+    /// 'drift.inputs.question.embedding.p_value<0.01', 'ops.latency_p95>2', 'quality.accuracy.delta<-0.1'.
+    #[arg(long = "fail-on", value_name = "RULE")]
+    pub fail_on: Vec<String>,
+    /// Write the HTML report here.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Seed of the samples and permutations.
+    #[arg(long, default_value_t = 0x5EED)]
+    pub seed: u64,
+}
+
+fn positive_number(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+        _ => Err("a positive number".into()),
+    }
+}
+
+fn share(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(x) if x > 0.0 && x < 1.0 => Ok(x),
+        _ => Err("a number between 0 and 1".into()),
+    }
 }

@@ -6,6 +6,7 @@ mod flow_serve;
 mod index;
 mod info;
 mod model;
+mod monitor;
 mod run;
 mod serve;
 mod serving;
@@ -45,6 +46,7 @@ pub fn run(command: Command, verbose: u8) -> anyhow::Result<ExitStatus> {
         Command::Index(IndexCommand::Info(args)) => index::info(args),
         Command::Index(IndexCommand::Rm(args)) => index::rm(args),
         Command::Trace(TraceCommand::Show(args)) => trace::show(args),
+        Command::Monitor(args) => monitor::run(*args),
         Command::Info => info::run(),
         Command::PythonWorker => python_worker(),
     }

@@ -3,7 +3,7 @@
 //! lines are drawn from the runner's observer, and runs are listed, shown and compared from the store.
 
 mod export;
-mod report;
+pub(crate) mod report;
 mod view;
 
 use std::cell::Cell;

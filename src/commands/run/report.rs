@@ -18,7 +18,7 @@ use sluice_engine::{Map, Value, json};
 
 use super::view::{LoadedRun, cell as text};
 
-fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
