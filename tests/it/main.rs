@@ -2,7 +2,7 @@
 //!
 //! Each module tests one area through the built `sluice` binary or the library crates: `cli` the
 //! commands and exit statuses, `fixtures` the engine semantics fixtures under `tests/fixtures`, `batch`,
-//! `runs` and `streaming` batch runs and the run store, `report` the HTML report, `mlflow` the export to an MLflow server, `prompty` prompty files as flows, `flex` flex flows, `serve` and `model_serve` the HTTP servers, `llm`, `embeddings`, `retrieval` and `rag` the
+//! `runs` and `streaming` batch runs and the run store, `report` the HTML report, `mlflow` the export to an MLflow server, `monitor` drift and quality checks, `prompty` prompty files as flows, `flex` flex flows, `serve` and `model_serve` the HTTP servers, `llm`, `embeddings`, `retrieval` and `rag` the
 //! local models, HTTP backends and indexes, `tracing` the OpenTelemetry export read back from Phoenix.
 
 mod batch;
@@ -19,6 +19,7 @@ mod llm;
 mod llm_requests;
 mod mlflow;
 mod model_serve;
+mod monitor;
 mod package_tools;
 mod prompty;
 mod py_connections;
