@@ -886,10 +886,12 @@ pub struct MonitorArgs {
     /// Permutations of the embedding and quality tests.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(10..=100_000))]
     pub permutations: u64,
-    /// A field drifts when its PSI (numbers, categories, text lengths) reaches this.
+    /// A field drifts when its PSI (numbers, categories, text lengths) reaches this and the KS (numbers,
+    /// lengths) or chi-square (categories) test of the same values is significant at --alpha.
     #[arg(long, default_value_t = 0.2, value_parser = positive_number)]
     pub psi_threshold: f64,
-    /// A text field drifts when the embedding test's p-value is below this.
+    /// Significance level: of the KS and chi-square tests beside a PSI, and of the embedding test (a
+    /// text field drifts when its p-value is below this).
     #[arg(long, default_value_t = 0.01, value_parser = share)]
     pub alpha: f64,
     /// Windows with fewer lines are measured but never called drifted.

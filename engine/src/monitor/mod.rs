@@ -101,9 +101,10 @@ pub struct MonitorSpec {
     pub embed_sample: usize,
     /// Permutations of the embedding test.
     pub permutations: usize,
-    /// A field drifts when a PSI reaches this.
+    /// A field drifts when a PSI reaches this (and its KS or chi-square test is significant at `alpha`).
     pub psi_threshold: f64,
-    /// A field drifts when the embedding test's p-value is below this.
+    /// The significance level of the tests that call drift (KS and chi-square beside a PSI, the
+    /// embedding test).
     pub alpha: f64,
     /// Windows with fewer lines are measured but never called drifted.
     pub min_lines: usize,
@@ -163,6 +164,8 @@ pub struct NumericDrift {
 pub struct CategoryDrift {
     pub psi: f64,
     pub js: f64,
+    /// Pearson's chi-square test of the two sides' counts.
+    pub chi2_p_value: f64,
     /// The baseline's most frequent categories, then `(other)`.
     pub categories: Vec<String>,
     pub baseline_shares: Vec<f64>,
@@ -412,12 +415,14 @@ pub fn compare(
                     }
                 }
             }
-            let psi = [&d.numeric, &d.length]
+            // A PSI drifts when it is both large and significant (its KS or chi-square p-value below
+            // alpha): on a few hundred lines a PSI alone wanders past the threshold by chance.
+            let psi_drift = [&d.numeric, &d.length]
                 .into_iter()
                 .flatten()
-                .map(|n| n.psi)
-                .chain(d.category.as_ref().map(|c| c.psi))
-                .fold(0f64, f64::max);
+                .map(|n| (n.psi, n.ks_p_value))
+                .chain(d.category.as_ref().map(|c| (c.psi, c.chi2_p_value)))
+                .any(|(psi, p)| psi >= spec.psi_threshold && p < spec.alpha);
             let embedding_drift = d.embedding.as_ref().is_some_and(|e| e.p_value < spec.alpha);
             if lines.len() < spec.min_lines {
                 d.note = Some(format!(
@@ -426,7 +431,7 @@ pub fn compare(
                     spec.min_lines
                 ));
             } else {
-                d.drifted = psi >= spec.psi_threshold || embedding_drift;
+                d.drifted = psi_drift || embedding_drift;
             }
             record_field(&mut report, &label, name, &d);
             if d.drifted {
@@ -563,6 +568,7 @@ fn category_drift(base: &[Option<&Value>], cur: &[Option<&Value>]) -> CategoryDr
     CategoryDrift {
         psi: stats::psi(&hb, &hc),
         js: stats::jensen_shannon(&hb, &hc),
+        chi2_p_value: stats::chi_square(&hb, &hc).map_or(1.0, |(_, p)| p),
         baseline_shares: stats::shares(&hb),
         current_shares: stats::shares(&hc),
         categories,
@@ -774,6 +780,7 @@ fn record_field(report: &mut MonitorReport, window: &str, field: &str, d: &Field
     if let Some(c) = &d.category {
         report.add_measure("drift.psi", f, window, c.psi);
         report.add_measure("drift.js", f, window, c.js);
+        report.add_measure("drift.chi2_p_value", f, window, c.chi2_p_value);
     }
     if let Some(n) = &d.length {
         report.add_measure("drift.psi", f, window, n.psi);

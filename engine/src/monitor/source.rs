@@ -1,12 +1,13 @@
 //! What `sluice monitor` reads: a run (by name or folder), the traffic log of a served flow (every
 //! segment of `$SLUICE_HOME/serve/<flow>/runs/`), or a data file, as one list of observations.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 
 use super::MonitorError;
-use crate::store::{LineStatus, RunStore, read_details};
+use crate::store::{LineStatus, RunStore, stream_details};
 use crate::{Map, Value};
 
 /// What kind of thing a source is.
@@ -159,22 +160,29 @@ pub fn read(source: &Source) -> Result<Vec<Observation>, MonitorError> {
     Ok(observations)
 }
 
+/// A run's lines, the last record of each line number, read one record at a time (a line's node
+/// records are dropped as soon as it is read).
 fn read_run(dir: &Path) -> Vec<Observation> {
-    read_details(dir)
-        .into_values()
-        .filter(|r| r.status != LineStatus::Running)
-        .map(|r| {
-            let tokens = r.tokens().total_tokens;
+    let mut lines: BTreeMap<usize, Observation> = BTreeMap::new();
+    for r in stream_details(dir) {
+        if r.status == LineStatus::Running {
+            continue;
+        }
+        let tokens = r.tokens().total_tokens;
+        let latency = r.latency();
+        lines.insert(
+            r.line_number,
             Observation {
                 time: r.start_time,
                 ops: Some(LineOps {
                     failed: matches!(r.status, LineStatus::Failed | LineStatus::Canceled),
-                    latency: r.latency(),
+                    latency,
                     tokens,
                 }),
                 inputs: r.inputs,
                 outputs: r.output,
-            }
-        })
-        .collect()
+            },
+        );
+    }
+    lines.into_values().collect()
 }

@@ -173,6 +173,105 @@ fn kolmogorov_q(lambda: f64) -> f64 {
     (2.0 * sum).clamp(0.0, 1.0)
 }
 
+/// Pearson's chi-square test of homogeneity of two samples' counts over the same bins (bins empty on
+/// both sides are left out): the statistic and its p-value.
+pub fn chi_square(a: &[usize], b: &[usize]) -> Option<(f64, f64)> {
+    let (na, nb) = (
+        a.iter().sum::<usize>() as f64,
+        b.iter().sum::<usize>() as f64,
+    );
+    if na == 0.0 || nb == 0.0 {
+        return None;
+    }
+    let total = na + nb;
+    let (mut stat, mut bins) = (0.0, 0usize);
+    for (&x, &y) in a.iter().zip(b) {
+        let col = (x + y) as f64;
+        if col == 0.0 {
+            continue;
+        }
+        bins += 1;
+        for (obs, n) in [(x as f64, na), (y as f64, nb)] {
+            let expected = n * col / total;
+            stat += (obs - expected).powi(2) / expected;
+        }
+    }
+    if bins < 2 {
+        return Some((0.0, 1.0));
+    }
+    Some((stat, chi_square_survival(stat, (bins - 1) as f64)))
+}
+
+/// `P(X ≥ x)` for a chi-square variable with `k` degrees of freedom: the upper regularized gamma
+/// function `Q(k/2, x/2)` (a series below `a + 1`, a continued fraction above).
+pub fn chi_square_survival(x: f64, k: f64) -> f64 {
+    let (a, x) = (k / 2.0, x / 2.0);
+    if x <= 0.0 {
+        return 1.0;
+    }
+    let ln_front = a * x.ln() - x - ln_gamma(a);
+    if x < a + 1.0 {
+        let (mut term, mut sum, mut n) = (1.0 / a, 1.0 / a, a);
+        for _ in 0..500 {
+            n += 1.0;
+            term *= x / n;
+            sum += term;
+            if term < sum * 1e-15 {
+                break;
+            }
+        }
+        (1.0 - sum * ln_front.exp()).clamp(0.0, 1.0)
+    } else {
+        // Lentz's method for the continued fraction of Q.
+        let tiny = 1e-300;
+        let mut b = x + 1.0 - a;
+        let mut c = 1.0 / tiny;
+        let mut d = 1.0 / b;
+        let mut h = d;
+        for i in 1..500 {
+            let an = -(i as f64) * (i as f64 - a);
+            b += 2.0;
+            d = an * d + b;
+            if d.abs() < tiny {
+                d = tiny;
+            }
+            c = b + an / c;
+            if c.abs() < tiny {
+                c = tiny;
+            }
+            d = 1.0 / d;
+            let delta = d * c;
+            h *= delta;
+            if (delta - 1.0).abs() < 1e-15 {
+                break;
+            }
+        }
+        (ln_front.exp() * h).clamp(0.0, 1.0)
+    }
+}
+
+/// `ln Γ(x)` for `x > 0` (Lanczos, g = 7).
+fn ln_gamma(x: f64) -> f64 {
+    const G: [f64; 9] = [
+        0.999_999_999_999_809_9,
+        676.520_368_121_885_1,
+        -1_259.139_216_722_402_8,
+        771.323_428_777_653_1,
+        -176.615_029_162_140_6,
+        12.507_343_278_686_905,
+        -0.138_571_095_265_720_12,
+        9.984_369_578_019_572e-6,
+        1.505_632_735_149_311_6e-7,
+    ];
+    if x < 0.5 {
+        return (std::f64::consts::PI / (std::f64::consts::PI * x).sin()).ln() - ln_gamma(1.0 - x);
+    }
+    let x = x - 1.0;
+    let t = x + 7.5;
+    let series: f64 = G[0] + (1..9).map(|i| G[i] / (x + i as f64)).sum::<f64>();
+    0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + series.ln()
+}
+
 /// A two-sided permutation test of the difference of two samples' means: the observed difference and
 /// the share of `permutations` relabellings at least as far from zero (with the usual +1).
 pub fn mean_difference_test(
@@ -337,6 +436,19 @@ mod tests {
     }
 
     #[test]
+    fn chi_square_matches_known_values() {
+        // Survival of chi-square: k = 1 at 3.841 and k = 9 at 16.919 are the 5% critical values.
+        assert!((chi_square_survival(3.841, 1.0) - 0.05).abs() < 1e-3);
+        assert!((chi_square_survival(16.919, 9.0) - 0.05).abs() < 1e-3);
+        assert!((chi_square_survival(2.0, 4.0) - 0.735_758_9).abs() < 1e-6);
+        let (stat, p) = chi_square(&[50, 50], &[50, 50]).unwrap();
+        assert_eq!((stat, p), (0.0, 1.0));
+        let (stat, p) = chi_square(&[90, 10], &[50, 50]).unwrap();
+        assert!(stat > 30.0 && p < 1e-6, "{stat} {p}");
+        assert_eq!(chi_square(&[5, 0], &[7, 0]), Some((0.0, 1.0)));
+    }
+
+    #[test]
     fn samples_are_distinct_sorted_and_seeded() {
         let mut rng = Rng::new(7);
         let s = rng.sample_indices(1000, 50);
@@ -370,6 +482,22 @@ mod tests {
         assert!(null.p_value > 0.01, "{null:?}");
         assert!(alt.p_value < 0.01, "{alt:?}");
         assert!(alt.mmd2 > null.mmd2);
+    }
+
+    #[test]
+    fn mmd_false_alarms_stay_near_alpha() {
+        let mut rng = Rng::new(11);
+        let mut alarms = 0;
+        for _ in 0..200 {
+            let a = cloud(&mut rng, 40, 0.0);
+            let b = cloud(&mut rng, 40, 0.0);
+            if mmd_test(&a, &b, 200, &mut rng).unwrap().p_value < 0.05 {
+                alarms += 1;
+            }
+        }
+        // 5% of 200 is 10; a binomial count beyond 22 has a probability below 0.01%.
+        assert!(alarms <= 22, "{alarms} of 200 null tests below 0.05");
+        eprintln!("{alarms} of 200 null tests below 0.05");
     }
 
     #[test]
