@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use indexmap::IndexMap;
 use serde_json::{Value as Json, json};
 
@@ -29,7 +29,7 @@ use crate::batch::{
     BatchError, BatchLine, BatchOptions, DataScan, LineMapper, RowStream, by_line_number,
     line_number_of, scan_data, stream_data,
 };
-use crate::exec::{LineResult, Status};
+use crate::exec::{AggregationResult, LineResult, Status};
 use crate::plan::Flow;
 use crate::store::{
     DetailsWriter, LineRecord, LineRecordRef, LineStatus, Owner, RunName, RunProperties, RunRecord,
@@ -456,6 +456,14 @@ pub trait BatchObserver {
     fn line_finished(&mut self, _line: &LineResult) {}
     /// Every line is done or the run stopped; aggregation may still follow.
     fn lines_done(&mut self) {}
+    /// The aggregation nodes ran, from `start` to `end`.
+    fn aggregation_finished(
+        &mut self,
+        _result: &AggregationResult,
+        _start: DateTime<Utc>,
+        _end: DateTime<Utc>,
+    ) {
+    }
 }
 
 impl BatchObserver for () {}
@@ -977,7 +985,10 @@ impl BatchRun {
                 run_id: self.name.to_string(),
                 ..Default::default()
             };
-            Some(self.flow.run_aggregation(&refs, &opts).await)
+            let start = Utc::now();
+            let result = self.flow.run_aggregation(&refs, &opts).await;
+            observer.aggregation_finished(&result, start, Utc::now());
+            Some(result)
         } else {
             None
         };

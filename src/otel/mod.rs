@@ -27,8 +27,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use opentelemetry_sdk::trace::SpanData;
-use sluice_engine::LineResult;
+use chrono::{DateTime, Utc};
+use sluice_engine::{AggregationResult, LineResult};
 
 pub use config::{Protocol, TraceConfig, TraceError};
 pub use spans::{FlowInfo, LineScope, Parent, SpanMaker, span_count};
@@ -97,8 +97,7 @@ impl fmt::Display for TraceSummary {
 #[derive(Debug)]
 pub struct Tracer {
     config: TraceConfig,
-    maker: SpanMaker,
-    queue: tokio::sync::mpsc::Sender<Vec<SpanData>>,
+    queue: tokio::sync::mpsc::Sender<worker::Job>,
     stats: Arc<TraceStats>,
     worker: worker::Handle,
 }
@@ -107,9 +106,9 @@ impl Tracer {
     /// Starts the export worker (its own thread and runtime) for `config`.
     pub fn start(config: TraceConfig) -> Result<Tracer, TraceError> {
         let stats = Arc::new(TraceStats::default());
-        let (queue, worker) = worker::start(&config, stats.clone())?;
+        let maker = SpanMaker::new(config.payloads);
+        let (queue, worker) = worker::start(&config, maker, stats.clone())?;
         Ok(Tracer {
-            maker: SpanMaker::new(config.payloads),
             config,
             queue,
             stats,
@@ -121,23 +120,62 @@ impl Tracer {
         &self.stats
     }
 
-    /// Hands the spans of a finished line to the exporter, or drops and counts them when its queue
-    /// is full. Never waits.
+    /// Hands a finished line to the exporter, whose thread makes its spans, or drops and counts them
+    /// when its queue is full. Never waits: the line's thread only copies the line.
     pub fn line(&self, line: &LineResult, flow: &FlowInfo, scope: &LineScope) {
+        let count = span_count(line) as u64;
         match self.queue.try_reserve() {
             Ok(permit) => {
-                let spans = self.maker.line_spans(line, flow, scope);
-                self.stats
-                    .queued
-                    .fetch_add(spans.len() as u64, Ordering::Relaxed);
-                permit.send(spans);
+                self.stats.queued.fetch_add(count, Ordering::Relaxed);
+                permit.send(worker::Job {
+                    line: LineResult {
+                        line_number: line.line_number,
+                        status: line.status,
+                        inputs: line.inputs.clone(),
+                        output: line.output.clone(),
+                        error: line.error.clone(),
+                        node_runs: line.node_runs.clone(),
+                        aggregation_inputs: Default::default(),
+                        start_time: line.start_time,
+                        end_time: line.end_time,
+                    },
+                    flow: flow.clone(),
+                    scope: scope.clone(),
+                });
             }
             Err(_) => {
                 self.stats
                     .dropped_queue_full
-                    .fetch_add(span_count(line) as u64, Ordering::Relaxed);
+                    .fetch_add(count, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Hands a batch run's aggregation to the exporter: a trace of its own, an `aggregation` span with
+    /// the metrics as its output and a span per aggregation node under it.
+    pub fn aggregation(
+        &self,
+        result: &AggregationResult,
+        (start, end): (DateTime<Utc>, DateTime<Utc>),
+        flow: &FlowInfo,
+        scope: &LineScope,
+    ) {
+        let line = LineResult {
+            line_number: None,
+            status: result.status,
+            inputs: Default::default(),
+            output: result.metrics.clone(),
+            error: result.error.as_ref().map(|(_, e)| e.clone()),
+            node_runs: result.node_runs.clone(),
+            aggregation_inputs: Default::default(),
+            start_time: start,
+            end_time: end,
+        };
+        let scope = LineScope {
+            aggregation: true,
+            ..scope.clone()
+        };
+        self.line(&line, flow, &scope);
     }
 
     /// Stops taking spans, exports what is queued within the flush deadline, and says what became

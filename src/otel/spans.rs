@@ -34,7 +34,7 @@ pub struct FlowInfo {
     name: Arc<str>,
     /// promptflow's `execution_target`: `dag`, `flex` or `prompty`.
     target: &'static str,
-    nodes: HashMap<String, NodeInfo>,
+    nodes: Arc<HashMap<String, NodeInfo>>,
 }
 
 #[derive(Clone, Debug)]
@@ -76,7 +76,7 @@ impl FlowInfo {
         FlowInfo {
             name: def.name.as_str().into(),
             target,
-            nodes,
+            nodes: Arc::new(nodes),
         }
     }
 }
@@ -129,6 +129,8 @@ pub struct LineScope {
     pub parent: Option<Parent>,
     /// A served request: the line's span is a server span.
     pub server: bool,
+    /// The batch run's aggregation nodes, not a line: the root span is `aggregation`.
+    pub aggregation: bool,
 }
 
 /// How many spans [`line_spans`] makes of `line`, without making them.
@@ -351,6 +353,7 @@ impl SpanMaker {
             .parent
             .map_or_else(|| self.ids.new_trace_id(), |p| p.trace_id);
         let line_run_id = match (&scope.batch_run_id, line.line_number) {
+            (Some(run), _) if scope.aggregation => format!("{run}_aggregation"),
             (Some(run), Some(n)) => format!("{run}_{n}"),
             _ => uuid_from(self.ids.new_trace_id()),
         };
@@ -401,7 +404,11 @@ impl SpanMaker {
             Draft {
                 id: line_id,
                 parent: scope.parent.map_or(SpanId::INVALID, |p| p.span_id),
-                name: flow.name.to_string().into(),
+                name: if scope.aggregation {
+                    "aggregation".into()
+                } else {
+                    flow.name.to_string().into()
+                },
                 kind: if scope.server {
                     SpanKind::Server
                 } else {
@@ -709,7 +716,8 @@ mod tests {
                     },
                 )
             })
-            .collect(),
+            .collect::<HashMap<_, _>>()
+            .into(),
         }
     }
 

@@ -382,6 +382,62 @@ fn a_batch_run_exports_one_trace_per_line_with_the_run_and_line_numbers() {
 }
 
 #[test]
+fn a_batch_runs_aggregation_is_a_trace_of_its_own_with_its_nodes_and_metrics() {
+    let s = setup();
+    let project = project("aggregation");
+    let data = s.root.path().join("graded.jsonl");
+    let rows = [
+        (
+            "How long should I roast the chicken?",
+            "The chicken takes an hour.",
+        ),
+        ("Can I boil frozen tofu?", "Yes, tofu boils well."),
+        ("What spice goes with salmon?", "Dill."),
+    ];
+    std::fs::write(
+        &data,
+        rows.iter()
+            .map(|(q, a)| format!("{}\n", json!({"question": q, "answer": a})))
+            .collect::<String>(),
+    )
+    .unwrap();
+    let judge = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/monitor/judge");
+    let out = sluice(s.home.path())
+        .args(["run", "create", "--name", "graded_run", "--flow"])
+        .arg(&judge)
+        .arg("--data")
+        .arg(&data)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", phoenix())
+        .env("SLUICE_TRACE_PROJECT", &project)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // Three lines of two spans (the line, `grade`), then the aggregation and its `accuracy` node.
+    assert!(stderr.contains("traces: 8 spans exported"), "{stderr}");
+    let found = spans(&project, 8);
+    assert_eq!(
+        traces(&found).len(),
+        4,
+        "a trace per line and one for the aggregation"
+    );
+    let agg = one(&found, "aggregation");
+    assert_eq!(parent(agg), None);
+    assert_eq!(attr(agg, "batch_run_id"), "graded_run");
+    assert_eq!(attr(agg, "line_run_id"), "graded_run_aggregation");
+    assert!(attr(agg, "line_number").is_null());
+    let metrics: Json = serde_json::from_str(attr(agg, "output.value").as_str().unwrap()).unwrap();
+    assert!(
+        (metrics["accuracy"].as_f64().unwrap() - 2.0 / 3.0).abs() < 1e-9,
+        "{metrics}"
+    );
+    let node = one(&found, "accuracy");
+    assert_eq!(parent(node), Some(id(agg)));
+    assert_eq!(trace_id(node), trace_id(agg));
+    assert_eq!(attr(node, "node_name"), "accuracy");
+}
+
+#[test]
 fn a_served_request_continues_the_callers_trace_and_metrics_count_spans() {
     let s = setup();
     let project = project("serve");

@@ -357,6 +357,18 @@ impl BatchObserver for Progress<'_> {
         self.last_tick.set((self.start, carried));
     }
 
+    fn aggregation_finished(
+        &mut self,
+        result: &sluice_engine::AggregationResult,
+        start: chrono::DateTime<chrono::Utc>,
+        end: chrono::DateTime<chrono::Utc>,
+    ) {
+        if let Some(t) = &self.trace {
+            t.tracer
+                .aggregation(result, (start, end), &t.flow, &t.scope);
+        }
+    }
+
     fn line_finished(&mut self, line: &LineResult) {
         if let Some(t) = &self.trace {
             t.tracer.line(line, &t.flow, &t.scope);
