@@ -71,6 +71,17 @@ pub enum PythonError {
 
 static RUNTIME: OnceLock<Result<Runtime, PythonError>> = OnceLock::new();
 
+/// Set when Sluice runs inside a Python program (the `sluice` Python package) rather than embedding
+/// its own interpreter.
+static HOSTED: AtomicBool = AtomicBool::new(false);
+
+/// Says that the interpreter is the program's own (Sluice was imported as a Python extension): tools
+/// then use the installed `sluice` package and the program's `promptflow` (or Sluice's stand-in when
+/// it has none), and `sys.stdout` stays where it is. Call it before any flow loads.
+pub fn set_hosted() {
+    HOSTED.store(true, Ordering::Relaxed);
+}
+
 fn runtime() -> Result<&'static Runtime, PythonError> {
     RUNTIME
         .get_or_init(|| {
@@ -79,8 +90,9 @@ fn runtime() -> Result<&'static Runtime, PythonError> {
                 let code = CString::new(HOST_SOURCE).expect("host source has no NUL");
                 let host = PyModule::from_code(py, &code, c"sluice/host.py", c"_sluice_host")?;
                 let venv = std::env::var("VIRTUAL_ENV").ok().filter(|v| !v.is_empty());
+                let hosted = HOSTED.load(Ordering::Relaxed);
                 host.getattr("install")?
-                    .call1((SLUICE_SOURCE, PROMPTFLOW_SOURCE, venv))?;
+                    .call1((SLUICE_SOURCE, PROMPTFLOW_SOURCE, venv, hosted))?;
                 prompty::install(py)?;
                 Ok::<_, PyErr>(Runtime {
                     host: host.unbind(),

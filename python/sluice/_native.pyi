@@ -1,0 +1,28 @@
+"""The engine as a Python extension; use the API in ``sluice`` instead."""
+
+from typing import List, Optional, Tuple
+
+__version__: str
+
+class LoadError(Exception): ...
+class RunError(Exception): ...
+
+class NativeFlow:
+    def __init__(self, path: str, variant: Optional[str], connections: List[str]) -> None: ...
+    def describe(self) -> str: ...
+    def call(self, inputs: str, timeout: Optional[float] = None) -> Tuple[bool, str]: ...
+
+def create_run(
+    flow: str,
+    data: Optional[str],
+    run: Optional[str],
+    column_mapping: List[Tuple[str, str]],
+    variant: Optional[str],
+    name: Optional[str],
+    display_name: Optional[str],
+    tags: List[Tuple[str, str]],
+    max_concurrency: int,
+    line_timeout: Optional[float],
+) -> str: ...
+def cli_main(argv: List[str]) -> int: ...
+def home() -> str: ...
