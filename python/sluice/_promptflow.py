@@ -11,6 +11,7 @@ any key, ``dict(conn)``, and the typed attributes of each connection class (``ap
 """
 
 import dataclasses
+import importlib.machinery
 import re
 import sys
 import types
@@ -412,6 +413,8 @@ def install(sluice):
         m = types.ModuleType(name)
         m.__file__ = "<sluice promptflow stand-in>"
         m.__path__ = []
+        # A spec, so that `importlib.util.find_spec("promptflow")` answers instead of raising.
+        m.__spec__ = importlib.machinery.ModuleSpec(name, None, origin=m.__file__, is_package=True)
         m.__dict__.update(attrs)
         sys.modules[name] = m
         return m
