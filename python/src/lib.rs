@@ -333,6 +333,9 @@ fn cli_main(py: Python<'_>, argv: Vec<String>) -> i32 {
 fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // Tools run in this interpreter, next to the program's own modules.
     sluice_nodes::python::set_hosted();
+    // Worker processes (`--isolation process`) are this interpreter running the package's CLI.
+    let executable: PathBuf = m.py().import("sys")?.getattr("executable")?.extract()?;
+    sluice_nodes::python::set_worker_command(executable, vec!["-m".into(), "sluice".into()]);
     m.add_class::<NativeFlow>()?;
     m.add_function(wrap_pyfunction!(create_run, m)?)?;
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub use flex::FlexKind;
-pub use isolation::{Isolation, serve as serve_worker, set_isolation};
+pub use isolation::{Isolation, serve as serve_worker, set_isolation, set_worker_command};
 
 use async_trait::async_trait;
 use pyo3::prelude::*;
