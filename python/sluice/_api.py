@@ -114,10 +114,6 @@ def _connection_settings(connections: Optional[Mapping[str, Mapping[str, str]]])
     return settings
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)
-
-
 class Flow:
     """A loaded and checked flow; call it with the flow's inputs as keyword arguments.
 
@@ -157,10 +153,10 @@ class Flow:
         """Runs one line and returns the flow's outputs. A failed node raises ``FlowRunError``."""
         if not inputs and self._sample:
             inputs = dict(self._sample)
-        ok, payload = self._native.call(_dumps(inputs), self.timeout)
-        result = json.loads(payload)
+        ok, result = self._native.call(inputs, self.timeout)
         if ok:
             return result
+        result = json.loads(result)
         error = result.get("error") or {}
         node = result.get("node")
         message = error.get("message") or "the line failed"

@@ -1,6 +1,6 @@
 """The engine as a Python extension; use the API in ``sluice`` instead."""
 
-from typing import List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 __version__: str
 
@@ -10,7 +10,9 @@ class RunError(Exception): ...
 class NativeFlow:
     def __init__(self, path: str, variant: Optional[str], connections: List[str]) -> None: ...
     def describe(self) -> str: ...
-    def call(self, inputs: str, timeout: Optional[float] = None) -> Tuple[bool, str]: ...
+    def call(
+        self, inputs: Dict[str, Any], timeout: Optional[float] = None
+    ) -> Tuple[bool, Union[Dict[str, Any], str]]: ...
 
 def create_run(
     flow: str,

@@ -2,14 +2,15 @@
 //!
 //! The Python package (`python/sluice/`) wraps these few entry points in its typed API
 //! (`sluice.load_flow`, `sluice.run`, the promptflow client); nothing here is meant to be called
-//! directly. Values cross the boundary as JSON text (NaN and infinities included), errors as the
-//! exceptions below with their details as JSON, and every call into the engine releases the GIL,
+//! directly. Run records cross the boundary as JSON text (NaN and infinities included), errors as the
+//! exceptions below with their details as JSON (a line's inputs and outputs as Python objects, converted as
+//! a tool's are), and every call into the engine releases the GIL,
 //! so other Python threads run meanwhile and the flow's own Python tools run in this interpreter.
 //!
 //! ```python
 //! from sluice import _native
 //! flow = _native.Flow("flows/hello", None, [])
-//! ok, payload = flow.call('{"name": "Ada"}')
+//! ok, outputs = flow.call({"name": "Ada"})
 //! ```
 #![cfg(feature = "extension")]
 
@@ -20,11 +21,13 @@ use std::time::Duration;
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyRuntimeError};
 use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyString};
 use serde_json::json;
 use sluice_engine::{
     BatchRun, Flow, FlowError, LineOptions, LoadOptions, Map, RunOptions, RunSpec, Status, Value,
     VariantSelection,
 };
+use sluice_nodes::python::{value_from_py, value_to_py};
 
 create_exception!(
     _native,
@@ -153,11 +156,6 @@ fn load(path: &Path, variant: Option<&str>, connections: &[String]) -> PyResult<
     Flow::from_def(def, &registry).map_err(|e| load_error(&e))
 }
 
-fn parse_inputs(inputs: &str) -> PyResult<Map> {
-    sluice_engine::json::from_str(inputs)
-        .map_err(|e| PyRuntimeError::new_err(format!("inputs are not a JSON object: {e}")))
-}
-
 fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> PyResult<String> {
     sluice_engine::json::to_string(value).map_err(|e| PyRuntimeError::new_err(e.to_string()))
 }
@@ -216,11 +214,20 @@ impl NativeFlow {
         }))
     }
 
-    /// Runs one line: `(True, outputs_json)`, or `(False, error_json)` with the failing node and the
-    /// tool's traceback.
+    /// Runs one line on the flow inputs `inputs` (a dict): `(True, outputs)` with the outputs as a
+    /// dict, or `(False, error_json)` with the failing node and the tool's traceback.
     #[pyo3(signature = (inputs, timeout = None))]
-    fn call(&self, py: Python<'_>, inputs: &str, timeout: Option<f64>) -> PyResult<(bool, String)> {
-        let inputs = parse_inputs(inputs)?;
+    fn call<'py>(
+        &self,
+        inputs: &Bound<'py, PyDict>,
+        timeout: Option<f64>,
+    ) -> PyResult<(bool, Bound<'py, PyAny>)> {
+        let py = inputs.py();
+        let mut map = Map::with_capacity(inputs.len());
+        for (k, v) in inputs.iter() {
+            map.insert(k.extract::<String>()?, value_from_py(&v)?);
+        }
+        let inputs = map;
         let rt = runtime()?;
         let opts = LineOptions {
             node_concurrency: 2,
@@ -229,10 +236,21 @@ impl NativeFlow {
         };
         let line = py.detach(|| {
             let _dir = InFlowDir::enter(&self.flow.def.dir);
-            rt.block_on(self.flow.run_line(&inputs, &opts))
+            let run = || rt.block_on(self.flow.run_line(&inputs, &opts));
+            // This thread waits for the line anyway: without a timeout to enforce, Python tools and
+            // renders run on it, sparing a hand-off to the blocking pool and back per node.
+            if opts.timeout.is_none() {
+                sluice_engine::spawn::inline_blocking(run)
+            } else {
+                run()
+            }
         });
         if line.status == Status::Completed && line.error.is_none() {
-            return Ok((true, to_json(&line.output)?));
+            let outputs = PyDict::new(py);
+            for (k, v) in &line.output {
+                outputs.set_item(k, value_to_py(py, v)?)?;
+            }
+            return Ok((true, outputs.into_any()));
         }
         let node = line
             .node_runs
@@ -244,7 +262,8 @@ impl NativeFlow {
             .as_ref()
             .map(|e| serde_json::to_value(e).unwrap_or_default())
             .unwrap_or_else(|| json!({"message": format!("the line ended {:?}", line.status)}));
-        Ok((false, to_json(&json!({"node": node, "error": error}))?))
+        let error = to_json(&json!({"node": node, "error": error}))?;
+        Ok((false, PyString::new(py, &error).into_any()))
     }
 }
 

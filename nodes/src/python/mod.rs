@@ -906,6 +906,18 @@ fn from_py(rt: &'static Runtime, obj: &Bound<'_, PyAny>) -> PyResult<Value> {
     from_py_in(rt, obj, &mut Vec::new())
 }
 
+/// A value as the Python object a tool would be given (the Python package's flow inputs and outputs).
+pub fn value_to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
+    to_py(py, v)
+}
+
+/// A Python object as a value, as a tool's result is read (objects without a JSON form are kept as
+/// they are, for a Python node to take).
+pub fn value_from_py(obj: &Bound<'_, PyAny>) -> PyResult<Value> {
+    let rt = runtime().map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))?;
+    from_py(rt, obj)
+}
+
 /// [`from_py`] inside the containers on `path` (outermost first).
 fn from_py_in(
     rt: &'static Runtime,
