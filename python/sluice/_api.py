@@ -151,9 +151,17 @@ class Flow:
 
     def __call__(self, **inputs: Any) -> Dict[str, Any]:
         """Runs one line and returns the flow's outputs. A failed node raises ``FlowRunError``."""
+        return self._call(inputs, False)
+
+    def stream(self, **inputs: Any) -> Dict[str, Any]:
+        """Runs one line and returns its outputs at once, with each streamed output (an ``llm``
+        node's answer, a generator tool's output) as an iterator of text chunks as they are made."""
+        return self._call(inputs, True)
+
+    def _call(self, inputs: Dict[str, Any], stream: bool) -> Dict[str, Any]:
         if not inputs and self._sample:
             inputs = dict(self._sample)
-        ok, result = self._native.call(inputs, self.timeout)
+        ok, result = self._native.call(inputs, self.timeout, stream)
         if ok:
             return result
         result = json.loads(result)

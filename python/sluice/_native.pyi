@@ -1,6 +1,6 @@
 """The engine as a Python extension; use the API in ``sluice`` instead."""
 
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 __version__: str
 
@@ -11,8 +11,12 @@ class NativeFlow:
     def __init__(self, path: str, variant: Optional[str], connections: List[str]) -> None: ...
     def describe(self) -> str: ...
     def call(
-        self, inputs: Dict[str, Any], timeout: Optional[float] = None
+        self, inputs: Dict[str, Any], timeout: Optional[float] = None, stream: bool = False
     ) -> Tuple[bool, Union[Dict[str, Any], str]]: ...
+
+class OutputStream(Iterator[str]):
+    def __iter__(self) -> "OutputStream": ...
+    def __next__(self) -> str: ...
 
 def create_run(
     flow: str,

@@ -15,7 +15,7 @@
 #![cfg(feature = "extension")]
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use pyo3::create_exception;
@@ -215,12 +215,14 @@ impl NativeFlow {
     }
 
     /// Runs one line on the flow inputs `inputs` (a dict): `(True, outputs)` with the outputs as a
-    /// dict, or `(False, error_json)` with the failing node and the tool's traceback.
-    #[pyo3(signature = (inputs, timeout = None))]
+    /// dict, or `(False, error_json)` with the failing node and the tool's traceback. With `stream`,
+    /// streamed outputs (an `llm` node's answer, a generator tool's) are [`OutputStream`]s.
+    #[pyo3(signature = (inputs, timeout = None, stream = false))]
     fn call<'py>(
         &self,
         inputs: &Bound<'py, PyDict>,
         timeout: Option<f64>,
+        stream: bool,
     ) -> PyResult<(bool, Bound<'py, PyAny>)> {
         let py = inputs.py();
         let mut map = Map::with_capacity(inputs.len());
@@ -232,6 +234,7 @@ impl NativeFlow {
         let opts = LineOptions {
             node_concurrency: 2,
             timeout: timeout.filter(|t| *t > 0.0).map(Duration::from_secs_f64),
+            stream,
             ..LineOptions::default()
         };
         let line = py.detach(|| {
@@ -248,7 +251,12 @@ impl NativeFlow {
         if line.status == Status::Completed && line.error.is_none() {
             let outputs = PyDict::new(py);
             for (k, v) in &line.output {
-                outputs.set_item(k, value_to_py(py, v)?)?;
+                match v {
+                    Value::Opaque(o) if stream && o.is_stream() => {
+                        outputs.set_item(k, OutputStream::start(k, o.clone())?)?
+                    }
+                    _ => outputs.set_item(k, value_to_py(py, v)?)?,
+                }
             }
             return Ok((true, outputs.into_any()));
         }
@@ -264,6 +272,57 @@ impl NativeFlow {
             .unwrap_or_else(|| json!({"message": format!("the line ended {:?}", line.status)}));
         let error = to_json(&json!({"node": node, "error": error}))?;
         Ok((false, PyString::new(py, &error).into_any()))
+    }
+}
+
+/// A streamed output: an iterator of its text chunks as they are produced (read on a thread of its
+/// own, so waiting for the next chunk releases the GIL). Dropping it stops the stream.
+#[pyclass(module = "sluice._native")]
+#[derive(Debug)]
+struct OutputStream {
+    chunks: Mutex<std::sync::mpsc::Receiver<Result<String, String>>>,
+    stream: Arc<dyn sluice_engine::Opaque>,
+}
+
+impl OutputStream {
+    fn start(name: &str, stream: Arc<dyn sluice_engine::Opaque>) -> PyResult<OutputStream> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = stream.clone();
+        sluice_engine::spawn::thread(format!("stream {name}"), move || {
+            let result = reader.for_each_chunk(&mut |chunk| {
+                let _ = tx.send(Ok(chunk.to_owned()));
+            });
+            if let Err(e) = result {
+                let _ = tx.send(Err(e.to_string()));
+            }
+        })
+        .map_err(|e| PyRuntimeError::new_err(format!("cannot read the stream: {e}")))?;
+        Ok(OutputStream {
+            chunks: Mutex::new(rx),
+            stream,
+        })
+    }
+}
+
+#[pymethods]
+impl OutputStream {
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<String>> {
+        let next = py.detach(|| self.chunks.lock().unwrap_or_else(|e| e.into_inner()).recv());
+        match next {
+            Ok(Ok(chunk)) => Ok(Some(chunk)),
+            Ok(Err(e)) => Err(PyRuntimeError::new_err(format!("the stream stopped: {e}"))),
+            Err(_) => Ok(None),
+        }
+    }
+}
+
+impl Drop for OutputStream {
+    fn drop(&mut self) {
+        self.stream.cancel();
     }
 }
 
@@ -356,6 +415,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let executable: PathBuf = m.py().import("sys")?.getattr("executable")?.extract()?;
     sluice_nodes::python::set_worker_command(executable, vec!["-m".into(), "sluice".into()]);
     m.add_class::<NativeFlow>()?;
+    m.add_class::<OutputStream>()?;
     m.add_function(wrap_pyfunction!(create_run, m)?)?;
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;
     m.add_function(wrap_pyfunction!(home, m)?)?;

@@ -218,3 +218,46 @@ def test_an_llm_flow_runs_on_the_local_model_without_holding_the_gil():
     assert isinstance(out["label"], str)
     # The counter thread ran throughout the call (it sleeps 1 ms per step).
     assert count > elapsed * 1000 * 0.3, (count, elapsed)
+
+
+def test_stream_returns_streamed_outputs_as_iterators(tmp_path):
+    write(
+        tmp_path / "f" / "flow.dag.yaml",
+        """
+        inputs: {n: {type: int}}
+        outputs:
+          words: {type: string, reference: "${count.output}"}
+          n: {type: int, reference: "${inputs.n}"}
+        nodes:
+        - name: count
+          type: python
+          source: {type: code, path: count.py}
+          inputs: {n: "${inputs.n}"}
+        """,
+    )
+    write(
+        tmp_path / "f" / "count.py",
+        """
+        from sluice import tool
+
+        @tool
+        def count(n: int):
+            for i in range(n):
+                yield "w%d " % i
+        """,
+    )
+    flow = sluice.load_flow(tmp_path / "f")
+    out = flow.stream(n=3)
+    assert out["n"] == 3
+    assert not isinstance(out["words"], str)
+    assert list(out["words"]) == ["w0 ", "w1 ", "w2 "]
+    # Called plainly, the stream is joined.
+    assert flow(n=3) == {"words": "w0 w1 w2 ", "n": 3}
+
+
+def test_an_llm_answer_streams_from_the_local_model():
+    flow = sluice.load_flow(FLOWS / "chat")
+    question = "What is the capital of France?"
+    chunks = list(flow.stream(question=question)["answer"])
+    assert len(chunks) > 1
+    assert "".join(chunks) == flow(question=question)["answer"]
