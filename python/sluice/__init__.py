@@ -117,8 +117,8 @@ def trace(func: F = None, **_kwargs: Any):
 # importing `sluice` for `@tool` stay cheap (and work inside the `sluice` binary, which has no API).
 _API = frozenset(
     (
-        "load_flow", "run", "get_run", "list_runs", "visualize", "home", "Flow", "Run", "Problem",
-        "SluiceError", "FlowLoadError", "FlowRunError", "RunError",
+        "load_flow", "run", "get_run", "merge_runs", "list_runs", "visualize", "home",
+        "Flow", "Run", "Problem", "SluiceError", "FlowLoadError", "FlowRunError", "RunError",
     )
 )
 
@@ -129,6 +129,10 @@ def __getattr__(name: str) -> Any:
         from sluice._promptflow import CustomConnection
 
         return CustomConnection
+    if name == "ray":  # `sluice.ray.run(...)` after a plain `import sluice`
+        import importlib
+
+        return importlib.import_module("sluice.ray")
     if name in _API:
         try:
             from sluice import _api

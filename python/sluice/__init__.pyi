@@ -12,6 +12,7 @@ from sluice._api import (
     home as home,
     list_runs as list_runs,
     load_flow as load_flow,
+    merge_runs as merge_runs,
     run as run,
     visualize as visualize,
 )

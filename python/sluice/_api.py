@@ -27,6 +27,7 @@ __all__ = [
     "load_flow",
     "run",
     "get_run",
+    "merge_runs",
     "list_runs",
     "home",
     "visualize",
@@ -332,13 +333,16 @@ def run(
     tags: Optional[Mapping[str, str]] = None,
     max_concurrency: int = 16,
     line_timeout: Optional[float] = None,
+    shard: Optional[str] = None,
 ) -> Run:
     """Runs every line of ``data`` (jsonl, csv, tsv, json, parquet, or a folder of them) through
     ``flow`` and records the run in the run store; returns it when it has finished.
 
     ``column_mapping`` maps flow inputs to ``${data.col}`` or, for an evaluation run, to
     ``${run.outputs.x}`` / ``${run.inputs.y}`` of the earlier ``run``. A run that cannot start raises
-    ``RunError``; failed lines do not raise (see ``Run.status`` and ``Run.details()``).
+    ``RunError``; failed lines do not raise (see ``Run.status`` and ``Run.details()``). ``shard``
+    (``"I/N"``) runs only the lines whose number leaves I when divided by N; ``merge_runs`` joins the
+    shards into one run (``sluice.ray.run`` does both on a Ray cluster).
     """
     if isinstance(flow, Flow):
         source, variant, connections = flow.source, variant or flow.variant, flow.connections
@@ -360,7 +364,21 @@ def run(
             [(k, str(v)) for k, v in (tags or {}).items()],
             max_concurrency,
             line_timeout,
+            shard,
         )
+    except _native.LoadError as e:
+        raise _load_error(e) from None
+    except _native.RunError as e:
+        raise RunError(e.args[0]) from None
+    return Run(json.loads(record))
+
+
+def merge_runs(name: str, shards: Sequence[Union[Run, str]], *, max_concurrency: int = 16) -> Run:
+    """One run ``name`` of the shard runs of one run: their completed lines are carried over, lines no
+    shard completed run now, and aggregation nodes and metrics are computed once over all the lines
+    (``sluice run merge``)."""
+    try:
+        record = _native.merge_runs(name, [r.name if isinstance(r, Run) else r for r in shards], max_concurrency)
     except _native.LoadError as e:
         raise _load_error(e) from None
     except _native.RunError as e:

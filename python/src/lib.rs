@@ -326,9 +326,10 @@ impl Drop for OutputStream {
     }
 }
 
-/// Runs a batch (or evaluation) run into the run store and returns its record as JSON.
+/// Runs a batch (or evaluation) run into the run store and returns its record as JSON. `shard`
+/// (`I/N`) runs one shard of the data's lines.
 #[pyfunction]
-#[pyo3(signature = (flow, data, run, column_mapping, variant, name, display_name, tags, max_concurrency, line_timeout))]
+#[pyo3(signature = (flow, data, run, column_mapping, variant, name, display_name, tags, max_concurrency, line_timeout, shard = None))]
 #[allow(clippy::too_many_arguments)]
 fn create_run(
     py: Python<'_>,
@@ -342,10 +343,11 @@ fn create_run(
     tags: Vec<(String, String)>,
     max_concurrency: usize,
     line_timeout: Option<f64>,
+    shard: Option<String>,
 ) -> PyResult<String> {
     let flow = std::path::absolute(&flow).unwrap_or(flow);
     let spec = RunSpec {
-        flow: Some(flow.clone()),
+        flow: Some(flow),
         data: data.map(|d| std::path::absolute(&d).unwrap_or(d)),
         run,
         variants: variant.iter().cloned().collect(),
@@ -356,12 +358,50 @@ fn create_run(
         name,
         display_name,
         tags: tags.into_iter().collect(),
+        shard: shard
+            .map(|s| sluice_engine::Shard::parse(&s))
+            .transpose()
+            .map_err(run_error)?,
         ..RunSpec::default()
     };
-    let run_error = |e: sluice_engine::RunError| {
-        let message = sluice_engine::redact::redact(&error_chain(&e)).into_owned();
-        RunError::new_err((message, e.is_user_error()))
+    execute(py, spec, max_concurrency, line_timeout)
+}
+
+/// Makes one run `name` of the shard runs `from` (their completed lines, the lines none completed,
+/// then the aggregation over all) and returns its record as JSON.
+#[pyfunction]
+#[pyo3(signature = (name, from, max_concurrency))]
+fn merge_runs(
+    py: Python<'_>,
+    name: String,
+    from: Vec<String>,
+    max_concurrency: usize,
+) -> PyResult<String> {
+    let mut spec = RunSpec {
+        name: Some(name),
+        merge_from: from,
+        ..RunSpec::default()
     };
+    spec.merge(&store()).map_err(run_error)?;
+    execute(py, spec, max_concurrency, None)
+}
+
+fn store() -> sluice_engine::RunStore {
+    sluice_engine::RunStore::new(sluice_nodes::llm::store::sluice_home())
+}
+
+fn run_error(e: sluice_engine::RunError) -> PyErr {
+    let message = sluice_engine::redact::redact(&error_chain(&e)).into_owned();
+    RunError::new_err((message, e.is_user_error()))
+}
+
+/// Runs `spec` (one variant at most) with the GIL released; its record as JSON.
+fn execute(
+    py: Python<'_>,
+    spec: RunSpec,
+    max_concurrency: usize,
+    line_timeout: Option<f64>,
+) -> PyResult<String> {
     spec.check().map_err(run_error)?;
     let rt = runtime()?;
     let opts = RunOptions {
@@ -372,7 +412,9 @@ fn create_run(
         )),
         batch_timeout: None,
     };
-    let store = sluice_engine::RunStore::new(sluice_nodes::llm::store::sluice_home());
+    let store = store();
+    let flow = spec.flow.clone().expect("checked");
+    let variant = spec.variants.first().cloned();
     let record = py.detach(|| {
         let flow = load(&flow, variant.as_deref(), &[])?;
         let one = spec.for_variant(variant.as_deref(), false);
@@ -417,6 +459,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NativeFlow>()?;
     m.add_class::<OutputStream>()?;
     m.add_function(wrap_pyfunction!(create_run, m)?)?;
+    m.add_function(wrap_pyfunction!(merge_runs, m)?)?;
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;
     m.add_function(wrap_pyfunction!(home, m)?)?;
     m.add("LoadError", m.py().get_type::<LoadError>())?;
