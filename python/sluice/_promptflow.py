@@ -11,6 +11,7 @@ any key, ``dict(conn)``, and the typed attributes of each connection class (``ap
 """
 
 import dataclasses
+import importlib.machinery
 import re
 import sys
 import types
@@ -412,6 +413,8 @@ def install(sluice):
         m = types.ModuleType(name)
         m.__file__ = "<sluice promptflow stand-in>"
         m.__path__ = []
+        # A spec, so that `importlib.util.find_spec("promptflow")` answers instead of raising.
+        m.__spec__ = importlib.machinery.ModuleSpec(name, None, origin=m.__file__, is_package=True)
         m.__dict__.update(attrs)
         sys.modules[name] = m
         return m
@@ -450,8 +453,12 @@ def install(sluice):
     clients = (init_azure_openai_client, init_openai_client)
     common = module("promptflow.tools.common", **{f.__name__: f for f in helpers + clients})
     tools = module("promptflow.tools", common=common)
+    # The notebook API (`PFClient`, `load_flow`) comes with the installed `sluice-flow` package.
+    client = module("promptflow.client", __getattr__=_from_client("promptflow.client"))
     module(
         "promptflow",
+        __getattr__=_from_client("promptflow"),
+        client=client,
         core=core,
         tracing=tracing,
         connections=connections,
@@ -464,3 +471,24 @@ def install(sluice):
         __version__="0.0.0+sluice",
         **api,
     )
+
+
+def _from_client(where):
+    """A module ``__getattr__`` that finds promptflow's client API in ``sluice._client``."""
+
+    def __getattr__(name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        import importlib
+
+        try:
+            client = importlib.import_module("sluice._client")
+        except ImportError as e:
+            raise AttributeError(
+                "%s.%s needs the sluice-flow Python package (pip install sluice-flow): %s" % (where, name, e)
+            ) from None
+        if name not in client.__all__:
+            raise AttributeError("module %r has no attribute %r" % (where, name))
+        return getattr(client, name)
+
+    return __getattr__

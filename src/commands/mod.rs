@@ -1,7 +1,7 @@
 //! One module per command; each returns the process exit status.
 
 mod connection;
-mod flow;
+pub(crate) mod flow;
 mod flow_serve;
 mod index;
 mod info;

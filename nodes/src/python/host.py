@@ -27,7 +27,10 @@ _modules = {}
 # Start-up: the `sluice` module and, when promptflow is not installed, a small `promptflow` stand-in.
 
 
-def install(sluice_source, promptflow_source, virtual_env):
+def install(sluice_source, promptflow_source, virtual_env, hosted=False):
+    if hosted:
+        _install_hosted()
+        return
     if virtual_env:
         _add_virtualenv(virtual_env)
     # The stand-in is always Sluice's own copy, so its connection classes match what Rust hands over.
@@ -42,12 +45,31 @@ def install(sluice_source, promptflow_source, virtual_env):
         sys.modules["sluice"] = module
         sys.modules["sluice._promptflow"] = compat
         exec(compile(sluice_source, "sluice/__init__.py", "exec"), module.__dict__)
-    sys.modules["sluice._promptflow"] = compat
     sys.modules["sluice"]._promptflow = compat
+    sys.modules["sluice._promptflow"] = compat
     if not (_wants_real_promptflow() and importlib.util.find_spec("promptflow") is not None):
         compat.install(sys.modules["sluice"])
     # Tools' prints must not mix with the flow's JSON output on stdout.
     sys.stdout = sys.stderr
+
+
+def _install_hosted():
+    """Inside the user's own interpreter (the installed `sluice` package): its modules are the ones
+    the program already imported, and an installed promptflow is left alone."""
+    import sluice
+    import sluice._promptflow as compat
+
+    if "promptflow" in sys.modules:
+        return
+    for finder in sys.meta_path:
+        if getattr(finder, "_sluice_stand_in", False) or not hasattr(finder, "find_spec"):
+            continue
+        try:
+            if finder.find_spec("promptflow", None) is not None:
+                return
+        except Exception:  # a broken finder is not ours to fix
+            continue
+    compat.install(sluice)
 
 
 def _wants_real_promptflow():

@@ -19,6 +19,15 @@ use sluice_engine::{Map, NodeError, ToolErrorDetails, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
+/// The program (and its first arguments) that starts a worker when it is not this executable: the
+/// Python package runs workers as `python -m sluice __python-worker`.
+static WORKER_COMMAND: OnceLock<(PathBuf, Vec<String>)> = OnceLock::new();
+
+/// Starts workers with `program args... __python-worker` instead of this executable.
+pub fn set_worker_command(program: PathBuf, args: Vec<String>) {
+    let _ = WORKER_COMMAND.set((program, args));
+}
+
 /// Where Python tools run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Isolation {
@@ -112,10 +121,17 @@ impl WorkerPool {
     }
 
     fn start() -> Result<Worker, NodeError> {
-        let exe = std::env::current_exe().map_err(|e| {
-            NodeError::system("WorkerStartError", format!("cannot find sluice: {e}"))
-        })?;
+        let (exe, args) = match WORKER_COMMAND.get() {
+            Some((program, args)) => (program.clone(), args.clone()),
+            None => (
+                std::env::current_exe().map_err(|e| {
+                    NodeError::system("WorkerStartError", format!("cannot find sluice: {e}"))
+                })?,
+                vec![],
+            ),
+        };
         let mut child = Command::new(exe)
+            .args(args)
             .arg("__python-worker")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

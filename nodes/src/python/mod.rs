@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub use flex::FlexKind;
-pub use isolation::{Isolation, serve as serve_worker, set_isolation};
+pub use isolation::{Isolation, serve as serve_worker, set_isolation, set_worker_command};
 
 use async_trait::async_trait;
 use pyo3::prelude::*;
@@ -71,6 +71,17 @@ pub enum PythonError {
 
 static RUNTIME: OnceLock<Result<Runtime, PythonError>> = OnceLock::new();
 
+/// Set when Sluice runs inside a Python program (the `sluice` Python package) rather than embedding
+/// its own interpreter.
+static HOSTED: AtomicBool = AtomicBool::new(false);
+
+/// Says that the interpreter is the program's own (Sluice was imported as a Python extension): tools
+/// then use the installed `sluice` package and the program's `promptflow` (or Sluice's stand-in when
+/// it has none), and `sys.stdout` stays where it is. Call it before any flow loads.
+pub fn set_hosted() {
+    HOSTED.store(true, Ordering::Relaxed);
+}
+
 fn runtime() -> Result<&'static Runtime, PythonError> {
     RUNTIME
         .get_or_init(|| {
@@ -79,8 +90,9 @@ fn runtime() -> Result<&'static Runtime, PythonError> {
                 let code = CString::new(HOST_SOURCE).expect("host source has no NUL");
                 let host = PyModule::from_code(py, &code, c"sluice/host.py", c"_sluice_host")?;
                 let venv = std::env::var("VIRTUAL_ENV").ok().filter(|v| !v.is_empty());
+                let hosted = HOSTED.load(Ordering::Relaxed);
                 host.getattr("install")?
-                    .call1((SLUICE_SOURCE, PROMPTFLOW_SOURCE, venv))?;
+                    .call1((SLUICE_SOURCE, PROMPTFLOW_SOURCE, venv, hosted))?;
                 prompty::install(py)?;
                 Ok::<_, PyErr>(Runtime {
                     host: host.unbind(),
@@ -892,6 +904,18 @@ fn to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
 /// error, not an endless recursion that overflows the thread's stack.
 fn from_py(rt: &'static Runtime, obj: &Bound<'_, PyAny>) -> PyResult<Value> {
     from_py_in(rt, obj, &mut Vec::new())
+}
+
+/// A value as the Python object a tool would be given (the Python package's flow inputs and outputs).
+pub fn value_to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
+    to_py(py, v)
+}
+
+/// A Python object as a value, as a tool's result is read (objects without a JSON form are kept as
+/// they are, for a Python node to take).
+pub fn value_from_py(obj: &Bound<'_, PyAny>) -> PyResult<Value> {
+    let rt = runtime().map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))?;
+    from_py(rt, obj)
 }
 
 /// [`from_py`] inside the containers on `path` (outermost first).

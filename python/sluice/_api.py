@@ -1,0 +1,409 @@
+"""Sluice's Python API: load a flow and call it, run a dataset through it, read runs back.
+
+Everything here drives the Rust engine in ``sluice._native``. Calls into the engine release the GIL;
+the flow's own Python tools run in this interpreter, so they see the program's modules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import webbrowser
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Union
+
+from sluice import _native
+
+__all__ = [
+    "SluiceError",
+    "FlowLoadError",
+    "FlowRunError",
+    "RunError",
+    "Problem",
+    "Flow",
+    "Run",
+    "load_flow",
+    "run",
+    "get_run",
+    "merge_runs",
+    "list_runs",
+    "home",
+    "visualize",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class SluiceError(Exception):
+    """The base class of Sluice's errors."""
+
+
+class Problem(NamedTuple):
+    """One problem found when a flow loads, and where it is."""
+
+    code: str
+    message: str
+    node: Optional[str]
+    file: Optional[str]
+    line: Optional[int]
+    column: Optional[int]
+    help: Optional[str]
+
+    def __str__(self) -> str:
+        where = self.file or "<flow>"
+        if self.line:
+            where += ":%d:%d" % (self.line, self.column or 0)
+        node = " (node `%s`)" % self.node if self.node else ""
+        return "%s: %s%s [%s]" % (where, self.message, node, self.code)
+
+
+class FlowLoadError(SluiceError, ValueError):
+    """A flow that does not load. ``problems`` lists every problem found, each with its file, line,
+    column and node; ``file``, ``line`` and ``node`` are those of the first."""
+
+    def __init__(self, message: str, problems: Sequence[Problem]):
+        super().__init__(message)
+        self.problems: List[Problem] = list(problems)
+        first = self.problems[0] if self.problems else None
+        self.file: Optional[str] = first.file if first else None
+        self.line: Optional[int] = first.line if first else None
+        self.column: Optional[int] = first.column if first else None
+        self.node: Optional[str] = first.node if first else None
+
+
+class FlowRunError(SluiceError, RuntimeError):
+    """A line of a flow that failed. ``node`` is the node that failed; for a Python tool,
+    ``filename``, ``line`` and ``traceback`` say where it raised; ``error`` is promptflow's error
+    record."""
+
+    def __init__(self, message: str, node: Optional[str], error: Dict[str, Any]):
+        super().__init__(message)
+        self.node = node
+        self.error = error
+        tool = _tool_details(error)
+        self.error_type: Optional[str] = tool.get("type") or error.get("code")
+        self.filename: Optional[str] = tool.get("filename")
+        self.line: Optional[int] = tool.get("lineno")
+        self.traceback: Optional[str] = tool.get("traceback")
+
+
+class RunError(SluiceError, RuntimeError):
+    """A batch run that could not start (bad data, mapping or name) or could not be recorded."""
+
+
+def _tool_details(error: Dict[str, Any]) -> Dict[str, Any]:
+    for info in error.get("additionalInfo") or []:
+        if isinstance(info, dict) and isinstance(info.get("info"), dict):
+            return info["info"]
+    return {}
+
+
+def _load_error(e: Exception) -> FlowLoadError:
+    message, problems = e.args
+    return FlowLoadError(message, [Problem(**p) for p in json.loads(problems)])
+
+
+def _connection_settings(connections: Optional[Mapping[str, Mapping[str, str]]]) -> List[str]:
+    """promptflow's ``{"node": {"connection": "name", "deployment_name": "..."}}`` as
+    ``NODE.KEY=VALUE`` settings."""
+    settings = []
+    for node, values in (connections or {}).items():
+        for key, value in values.items():
+            settings.append("%s.%s=%s" % (node, key, value))
+    return settings
+
+
+class Flow:
+    """A loaded and checked flow; call it with the flow's inputs as keyword arguments.
+
+    >>> flow = load_flow("flows/hello")
+    >>> flow(name="Ada")["greeting"]
+    """
+
+    def __init__(
+        self,
+        source: PathLike,
+        *,
+        variant: Optional[str] = None,
+        connections: Optional[Mapping[str, Mapping[str, str]]] = None,
+    ):
+        self.source = os.path.abspath(os.fspath(source))
+        self.variant = variant
+        self.connections = dict(connections or {})
+        try:
+            self._native = _native.NativeFlow(self.source, variant, _connection_settings(connections))
+        except _native.LoadError as e:
+            raise _load_error(e) from None
+        info = json.loads(self._native.describe())
+        self.name: str = info["name"]
+        self.path: str = info["dir"]
+        self.inputs: Dict[str, Dict[str, Any]] = info["inputs"]
+        self.outputs: List[str] = info["outputs"]
+        self._sample: Optional[Dict[str, Any]] = json.loads(info["sample"]) if info["sample"] else None
+        # As in promptflow, the flow's environment variables are set when it loads.
+        for key, value in info["environment_variables"].items():
+            os.environ[key] = value
+        self.timeout: Optional[float] = None
+
+    def __repr__(self) -> str:
+        return "Flow(%r, inputs=%s, outputs=%s)" % (self.source, list(self.inputs), self.outputs)
+
+    def __call__(self, **inputs: Any) -> Dict[str, Any]:
+        """Runs one line and returns the flow's outputs. A failed node raises ``FlowRunError``."""
+        return self._call(inputs, False)
+
+    def stream(self, **inputs: Any) -> Dict[str, Any]:
+        """Runs one line and returns its outputs at once, with each streamed output (an ``llm``
+        node's answer, a generator tool's output) as an iterator of text chunks as they are made."""
+        return self._call(inputs, True)
+
+    def _call(self, inputs: Dict[str, Any], stream: bool) -> Dict[str, Any]:
+        if not inputs and self._sample:
+            inputs = dict(self._sample)
+        ok, result = self._native.call(inputs, self.timeout, stream)
+        if ok:
+            return result
+        result = json.loads(result)
+        error = result.get("error") or {}
+        node = result.get("node")
+        message = error.get("message") or "the line failed"
+        if node and node not in message:
+            message = "node `%s` failed: %s" % (node, message)
+        raise FlowRunError(message, node, error)
+
+    async def acall(self, **inputs: Any) -> Dict[str, Any]:
+        """Runs one line without blocking the event loop (the engine runs on a worker thread and
+        releases the GIL), so lines called with ``asyncio.gather`` overlap."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, functools.partial(self.__call__, **inputs))
+
+
+def load_flow(
+    source: PathLike,
+    *,
+    variant: Optional[str] = None,
+    connections: Optional[Mapping[str, Mapping[str, str]]] = None,
+) -> Flow:
+    """Loads a flow: a folder with ``flow.dag.yaml`` or ``flow.flex.yaml`` (or one ``.prompty``), or
+    the file itself. Every problem is found now (templates, tool imports, references, cycles, types)
+    and raised together as ``FlowLoadError``.
+
+    ``variant`` selects node variants (``"${node.variant_1}"``); ``connections`` overrides nodes'
+    connections as promptflow's ``{"node": {"connection": "name", "deployment_name": "..."}}``.
+    """
+    return Flow(source, variant=variant, connections=connections)
+
+
+def home() -> Path:
+    """Where Sluice keeps runs, models and connections: ``$SLUICE_HOME``, default ``~/.sluice``."""
+    return Path(_native.home())
+
+
+def _read_jsonl(path: Path) -> Iterator[Dict[str, Any]]:
+    try:
+        f = path.open(encoding="utf-8")
+    except FileNotFoundError:
+        return
+    with f:
+        for text in f:
+            text = text.strip()
+            if not text:
+                continue
+            try:
+                yield json.loads(text)
+            except json.JSONDecodeError:  # a torn last record of a killed writer
+                continue
+
+
+class Run:
+    """A batch or evaluation run in the run store (the same one ``sluice run list`` shows)."""
+
+    def __init__(self, record: Dict[str, Any]):
+        self._record = record
+
+    @property
+    def name(self) -> str:
+        return self._record["name"]
+
+    @property
+    def status(self) -> str:
+        """``Completed``, ``Failed``, ``Canceled`` or ``Running``."""
+        return self._record.get("status", "")
+
+    @property
+    def record(self) -> Dict[str, Any]:
+        """The run's ``run.json``, in promptflow's run record shape."""
+        return self._record
+
+    @property
+    def dir(self) -> Path:
+        """The run's folder."""
+        return home() / "runs" / self.name
+
+    @property
+    def display_name(self) -> Optional[str]:
+        return self._record.get("display_name")
+
+    @property
+    def properties(self) -> Dict[str, Any]:
+        return self._record.get("properties") or {}
+
+    @property
+    def metrics(self) -> Dict[str, Any]:
+        """The metrics logged by the flow's aggregation nodes (``metrics.json``)."""
+        try:
+            with (self.dir / "metrics.json").open(encoding="utf-8") as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return {}
+
+    def __repr__(self) -> str:
+        return "Run(name=%r, status=%r)" % (self.name, self.status)
+
+    def refresh(self) -> "Run":
+        """Reads the record again (a run still going in another process)."""
+        self._record = get_run(self.name)._record
+        return self
+
+    def inputs(self) -> List[Dict[str, Any]]:
+        """Each line's inputs, in line order (``line_number`` included)."""
+        return list(_read_jsonl(self.dir / "inputs.jsonl"))
+
+    def outputs(self) -> List[Dict[str, Any]]:
+        """Each completed line's outputs, in line order (``line_number`` included)."""
+        return list(_read_jsonl(self.dir / "outputs.jsonl"))
+
+    def details(self) -> List[Dict[str, Any]]:
+        """Each line's full record: status, inputs, outputs, error and node runs."""
+        return sorted(
+            _read_jsonl(self.dir / "details.jsonl"),
+            key=lambda r: r.get("line_number") or 0,
+        )
+
+    def to_pandas(self) -> "Any":
+        """The lines as a pandas DataFrame with promptflow's ``inputs.x`` / ``outputs.y`` columns.
+        Needs pandas."""
+        import pandas as pd
+
+        outputs = {o.get("line_number"): o for o in self.outputs()}
+        rows = []
+        for line in self.inputs():
+            number = line.get("line_number")
+            row = {"inputs.%s" % k: v for k, v in line.items() if k != "line_number"}
+            row["inputs.line_number"] = number
+            out = outputs.get(number, {})
+            row.update({"outputs.%s" % k: v for k, v in out.items() if k != "line_number"})
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def visualize(self, html_path: Optional[PathLike] = None, *, open_browser: bool = False) -> Path:
+        """Writes the HTML report ``sluice run visualize`` makes and returns its path (default
+        ``$SLUICE_HOME/reports/<name>.html``); ``open_browser=True`` also opens it."""
+        return visualize([self], html_path, open_browser=open_browser)
+
+
+def visualize(
+    runs: Sequence[Union[Run, str]],
+    html_path: Optional[PathLike] = None,
+    *,
+    open_browser: bool = False,
+) -> Path:
+    """One HTML report of several runs (metrics side by side, a chart per metric, the lines)."""
+    names = [r.name if isinstance(r, Run) else str(r) for r in runs]
+    path = Path(html_path) if html_path else home() / "reports" / ("%s.html" % "_".join(names))
+    argv = ["sluice", "-q", "run", "visualize", *names, "--html-path", os.fspath(path)]
+    if _native.cli_main(argv) != 0:
+        raise RunError("cannot write the report of %s" % ", ".join(names))
+    if open_browser:
+        webbrowser.open(path.resolve().as_uri())
+    return path
+
+
+def run(
+    flow: Union[Flow, PathLike],
+    data: Optional[PathLike] = None,
+    *,
+    column_mapping: Optional[Mapping[str, str]] = None,
+    run: Optional[Union[Run, str]] = None,
+    variant: Optional[str] = None,
+    name: Optional[str] = None,
+    display_name: Optional[str] = None,
+    tags: Optional[Mapping[str, str]] = None,
+    max_concurrency: int = 16,
+    line_timeout: Optional[float] = None,
+    shard: Optional[str] = None,
+) -> Run:
+    """Runs every line of ``data`` (jsonl, csv, tsv, json, parquet, or a folder of them) through
+    ``flow`` and records the run in the run store; returns it when it has finished.
+
+    ``column_mapping`` maps flow inputs to ``${data.col}`` or, for an evaluation run, to
+    ``${run.outputs.x}`` / ``${run.inputs.y}`` of the earlier ``run``. A run that cannot start raises
+    ``RunError``; failed lines do not raise (see ``Run.status`` and ``Run.details()``). ``shard``
+    (``"I/N"``) runs only the lines whose number leaves I when divided by N; ``merge_runs`` joins the
+    shards into one run (``sluice.ray.run`` does both on a Ray cluster).
+    """
+    if isinstance(flow, Flow):
+        source, variant, connections = flow.source, variant or flow.variant, flow.connections
+        if connections:
+            raise RunError("runs take a flow's connections from the flow file; load it without connections")
+    else:
+        source = os.path.abspath(os.fspath(flow))
+    base = run.name if isinstance(run, Run) else run
+    mapping = [(k, str(v)) for k, v in (column_mapping or {}).items()]
+    try:
+        record = _native.create_run(
+            source,
+            os.fspath(data) if data is not None else None,
+            base,
+            mapping,
+            variant,
+            name,
+            display_name,
+            [(k, str(v)) for k, v in (tags or {}).items()],
+            max_concurrency,
+            line_timeout,
+            shard,
+        )
+    except _native.LoadError as e:
+        raise _load_error(e) from None
+    except _native.RunError as e:
+        raise RunError(e.args[0]) from None
+    return Run(json.loads(record))
+
+
+def merge_runs(name: str, shards: Sequence[Union[Run, str]], *, max_concurrency: int = 16) -> Run:
+    """One run ``name`` of the shard runs of one run: their completed lines are carried over, lines no
+    shard completed run now, and aggregation nodes and metrics are computed once over all the lines
+    (``sluice run merge``)."""
+    try:
+        record = _native.merge_runs(name, [r.name if isinstance(r, Run) else r for r in shards], max_concurrency)
+    except _native.LoadError as e:
+        raise _load_error(e) from None
+    except _native.RunError as e:
+        raise RunError(e.args[0]) from None
+    return Run(json.loads(record))
+
+
+def get_run(name: str) -> Run:
+    """The run called ``name``; ``RunError`` when there is none."""
+    try:
+        with (home() / "runs" / name / "run.json").open(encoding="utf-8") as f:
+            return Run(json.load(f))
+    except FileNotFoundError:
+        raise RunError("no run named %r in %s" % (name, home() / "runs")) from None
+
+
+def list_runs(max_results: Optional[int] = 50) -> List[Run]:
+    """Runs in the store, newest first."""
+    runs = []
+    root = home() / "runs"
+    for entry in root.iterdir() if root.is_dir() else []:
+        try:
+            with (entry / "run.json").open(encoding="utf-8") as f:
+                runs.append(Run(json.load(f)))
+        except (OSError, ValueError):
+            continue
+    runs.sort(key=lambda r: str(r.record.get("created_on", "")), reverse=True)
+    return runs[:max_results] if max_results else runs

@@ -1,0 +1,104 @@
+"""Notebooks written for promptflow: `from promptflow.client import PFClient, load_flow` without
+promptflow installed, with promptflow's argument names and return shapes."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from conftest import FLOWS
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_promptflow_resolves_to_the_stand_in_when_it_is_not_installed():
+    import importlib.util
+
+    import promptflow
+    from promptflow.client import PFClient, load_flow
+
+    assert promptflow.__version__.endswith("+sluice")
+    assert PFClient.__module__ == "sluice._client"
+    assert callable(load_flow)
+    # The tool API tools import comes from the same stand-in.
+    from promptflow.core import tool  # noqa: F401
+    from promptflow.connections import CustomConnection  # noqa: F401
+
+    assert importlib.util.find_spec("promptflow") is not None
+
+
+def test_load_flow_returns_a_callable_flow():
+    from promptflow.client import load_flow
+
+    flow = load_flow(source=str(FLOWS / "hello"))
+    assert flow(name="Ada", count=1)["greeting"] == "Hello Ada, here are 1 thoughts on THE SEA:; thought 1!"
+
+
+def test_pf_test_run_details_metrics_and_runs(tmp_path):
+    pd = pytest.importorskip("pandas")
+    from promptflow.client import PFClient
+
+    pf = PFClient()
+    assert pf.test(flow=str(FLOWS / "hello"), inputs={"name": "Ada"})["words"] == 15
+    data = write_jsonl(tmp_path / "d.jsonl", [{"q": "Ada", "a": "Ada"}, {"q": "Bob", "a": "Rob"}])
+    base = pf.run(flow=str(FLOWS / "hello"), data=str(data), column_mapping={"name": "${data.q}"})
+    assert base.status == "Completed"
+    assert base.flow.endswith("hello") and base.column_mapping == {"name": "${data.q}"}
+    details = pf.get_details(base)
+    assert isinstance(details, pd.DataFrame)
+    assert {"inputs.name", "inputs.line_number", "outputs.greeting", "outputs.words"} <= set(details.columns)
+    assert list(details["inputs.line_number"]) == [0, 1]
+    evaluation = pf.run(
+        flow=str(FLOWS / "eval_accuracy"),
+        data=str(data),
+        run=base,
+        column_mapping={"groundtruth": "${data.a}", "prediction": "${run.inputs.name}"},
+        name="pf_eval",
+    )
+    assert evaluation.name == "pf_eval" and evaluation.run == base.name
+    assert pf.get_metrics(evaluation) == {"accuracy": 0.5}
+    assert pf.get_metrics("pf_eval") == {"accuracy": 0.5}
+    assert pf.runs.get("pf_eval").status == "Completed"
+    assert "pf_eval" in [r.name for r in pf.runs.list(max_results=100)]
+    assert list(pf.runs.get_details("pf_eval")["outputs.grade"]) == ["Correct", "Incorrect"]
+    html = tmp_path / "r.html"
+    pf.visualize([base, evaluation], html_path=str(html))
+    assert "pf_eval" in html.read_text()
+
+
+def test_variant_selection_as_promptflow_spells_it(tmp_path):
+    from promptflow.client import PFClient
+
+    data = write_jsonl(tmp_path / "d.jsonl", [{"text": "Great!"}])
+    run = PFClient().run(
+        flow=str(FLOWS / "classify"), data=str(data), variant="${classify.variant_1}",
+        column_mapping={"text": "${data.text}"},
+    )
+    assert run.variant == "${classify.variant_1}"
+    assert run.status == "Completed"
+
+
+def test_an_installed_promptflow_wins_over_the_stand_in(tmp_path):
+    fake = tmp_path / "site" / "promptflow"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("REAL = True\n")
+    # Enough of promptflow's tool API for the flow's tool to import.
+    (fake / "core.py").write_text("from sluice import tool\n")
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.path.insert(0, %r)
+        import promptflow, sluice
+        flow = sluice.load_flow(%r)
+        flow(name="x")
+        import promptflow as again
+        print(getattr(again, "REAL", False), getattr(again, "__version__", ""))
+        """
+    ) % (str(tmp_path / "site"), str(FLOWS / "hello"))
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.split() == ["True"]

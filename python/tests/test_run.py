@@ -1,0 +1,128 @@
+"""`sluice.run`: batch and evaluation runs into the same run store as the `sluice` command."""
+
+import json
+import subprocess
+import threading
+import time
+
+import pytest
+
+import sluice
+from conftest import FLOWS
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_a_batch_run_records_outputs_in_line_order(tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", [{"who": "Ada"}, {"who": "Bob"}, {"who": "Cy"}])
+    run = sluice.run(FLOWS / "hello", data=data, column_mapping={"name": "${data.who}"}, name="py_hello")
+    assert run.name == "py_hello"
+    assert run.status == "Completed"
+    outputs = run.outputs()
+    assert [o["line_number"] for o in outputs] == [0, 1, 2]
+    assert [o["greeting"].split(",")[0] for o in outputs] == ["Hello Ada", "Hello Bob", "Hello Cy"]
+    assert [i["name"] for i in run.inputs()] == ["Ada", "Bob", "Cy"]
+    assert [d["status"] for d in run.details()] == ["Completed"] * 3
+    frame = run.to_pandas()
+    assert list(frame["inputs.name"]) == ["Ada", "Bob", "Cy"]
+    assert list(frame["outputs.words"]) == [15, 15, 15]
+    assert sluice.get_run("py_hello").status == "Completed"
+
+
+def test_python_runs_and_cli_runs_share_one_store(tmp_path, sluice_cmd):
+    data = write_jsonl(tmp_path / "d.jsonl", [{"name": "Ada"}])
+    loaded = sluice.load_flow(FLOWS / "hello")
+    sluice.run(loaded, data=data, name="from_python")
+    listed = json.loads(subprocess.run([sluice_cmd, "run", "list"], check=True, capture_output=True).stdout)
+    assert "from_python" in [r["name"] for r in listed]
+    subprocess.run(
+        [sluice_cmd, "-q", "run", "create", "--flow", str(FLOWS / "hello"), "--data", str(data), "--name", "from_cli"],
+        check=True,
+        capture_output=True,
+    )
+    run = sluice.get_run("from_cli")
+    assert run.status == "Completed" and run.outputs()[0]["words"] == 15
+    assert {"from_python", "from_cli"} <= {r.name for r in sluice.list_runs()}
+
+
+def test_an_evaluation_run_reads_the_earlier_runs_outputs(tmp_path):
+    rows = [{"answer": "Paris", "guess": "paris"}, {"answer": "Rome", "guess": "Milan"}]
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    base = sluice.run(
+        FLOWS / "hello", data=data, column_mapping={"name": "${data.guess}"}, name="guesses"
+    )
+    # The greeting holds the guess; grade it against the answer through ${run.outputs.*}.
+    evaluation = sluice.run(
+        FLOWS / "eval_accuracy",
+        data=data,
+        run=base,
+        column_mapping={"groundtruth": "${data.answer}", "prediction": "${run.inputs.name}"},
+        name="graded",
+    )
+    assert evaluation.status == "Completed"
+    assert [o["grade"] for o in evaluation.outputs()] == ["Correct", "Incorrect"]
+    assert evaluation.metrics == {"accuracy": 0.5}
+    assert evaluation.record["properties"]["run"] == "guesses"
+    outputs = sluice.run(
+        FLOWS / "eval_accuracy",
+        data=data,
+        run="guesses",
+        column_mapping={"groundtruth": "${data.answer}", "prediction": "${run.outputs.greeting}"},
+    ).outputs()
+    assert [o["grade"] for o in outputs] == ["Incorrect", "Incorrect"]
+
+
+def test_a_run_that_cannot_start_raises(tmp_path):
+    with pytest.raises(sluice.RunError, match="nope"):
+        sluice.run(FLOWS / "hello", data=tmp_path / "nope.jsonl")
+    data = write_jsonl(tmp_path / "d.jsonl", [{"name": "Ada"}])
+    with pytest.raises(sluice.RunError, match="missing"):
+        sluice.run(FLOWS / "hello", data=data, column_mapping={"name": "${data.missing}"})
+
+
+def test_failed_lines_do_not_raise_and_are_recorded(tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", [{"count": 1}, {"count": "many"}])
+    run = sluice.run(FLOWS / "hello", data=data, column_mapping={"count": "${data.count}"})
+    statuses = [d["status"] for d in run.details()]
+    assert statuses == ["Completed", "Failed"]
+    assert run.status in ("Completed", "Failed")
+
+
+def test_visualize_writes_the_cli_report(tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", [{"name": "Ada"}])
+    run = sluice.run(FLOWS / "hello", data=data)
+    path = run.visualize(tmp_path / "report.html")
+    text = path.read_text()
+    assert "<html" in text.lower() and run.name in text
+
+
+def test_the_gil_is_released_while_a_batch_runs_on_the_local_model():
+    count = 0
+    stop = threading.Event()
+
+    def counter():
+        nonlocal count
+        while not stop.is_set():
+            count += 1
+            time.sleep(0.001)
+
+    t = threading.Thread(target=counter)
+    t.start()
+    try:
+        started = time.perf_counter()
+        run = sluice.run(
+            FLOWS / "classify",
+            data=FLOWS / "classify" / "data.jsonl",
+            column_mapping={"text": "${data.text}"},
+            max_concurrency=4,
+        )
+        elapsed = time.perf_counter() - started
+    finally:
+        stop.set()
+        t.join()
+    assert run.status == "Completed"
+    assert all(o["label"] in ("positive", "negative", "unknown") for o in run.outputs())
+    assert count > elapsed * 1000 * 0.3, (count, elapsed)
