@@ -715,3 +715,50 @@ fn control_tokens_typed_into_messages_stay_text() {
     assert!(text.contains("<\u{2060}|im_start|>assistant"), "{text}");
     assert!(text.contains("<\u{2060}|im_end|>"), "{text}");
 }
+
+#[test]
+fn the_report_waterfall_shows_the_local_models_time_to_first_token_in_a_browser() {
+    let home = tempfile::tempdir().unwrap();
+    let flow = tempfile::tempdir().unwrap();
+    completion_flow(flow.path(), "    max_tokens: 3\n");
+    let data = flow.path().join("countries.jsonl");
+    std::fs::write(&data, "{\"country\": \"France\"}\n{\"country\": \"Spain\"}\n").unwrap();
+    let out = sluice(home.path())
+        .args(["run", "create", "--name", "capitals", "--flow"])
+        .arg(flow.path())
+        .arg("--data")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report = home.path().join("capitals.html");
+    let html = common::visualize(home.path(), &["capitals"], &report);
+    // The llm node's bar: its tokens and time to first token, the wait drawn inside the bar.
+    assert_eq!(html.matches(r#"<div class="waterfall">"#).count(), 2);
+    assert!(html.contains("first token after"), "no time to first token in the report");
+    assert!(html.contains(" tokens, first token after"));
+    let Some(chromium) = common::chromium() else {
+        return;
+    };
+    let profile = tempfile::tempdir().unwrap();
+    let url = format!("file://{}#line-0", report.display());
+    let shots = std::env::var_os("SLUICE_SCREENSHOTS")
+        .map_or_else(|| home.path().to_owned(), PathBuf::from);
+    std::fs::create_dir_all(&shots).unwrap();
+    let png = common::screenshot(
+        &chromium,
+        profile.path(),
+        &url,
+        &shots.join("report-llm-waterfall.png"),
+        (1400, 900),
+    );
+    assert!(png.len() > 20_000);
+    let dom = common::dump_dom(&chromium, profile.path(), &url, (1400, 900));
+    let wait = dom
+        .split(r#"class="wf-wait" style="width:"#)
+        .nth(1)
+        .and_then(|rest| rest.split('%').next())
+        .and_then(|w| w.parse::<f64>().ok())
+        .expect("a time-to-first-token bar in the rendered waterfall");
+    assert!(wait > 0.0 && wait <= 100.0, "{wait}");
+}
