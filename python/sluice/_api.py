@@ -10,6 +10,7 @@ import asyncio
 import functools
 import json
 import os
+import tempfile
 import webbrowser
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Union
@@ -194,6 +195,26 @@ def load_flow(
     connections as promptflow's ``{"node": {"connection": "name", "deployment_name": "..."}}``.
     """
     return Flow(source, variant=variant, connections=connections)
+
+
+_python_started = False
+
+
+def _start_python() -> None:
+    """Starts the engine's Python side (it adds ``Prompty`` to ``sluice`` and to the ``promptflow``
+    stand-in) by loading a one-function flex flow; loading any flow with Python in it does the same."""
+    global _python_started
+    if _python_started:
+        return
+    with tempfile.TemporaryDirectory(prefix="sluice-start-") as d:
+        name = "_sluice_start_%d" % os.getpid()
+        Path(d, name + ".py").write_text("def start():\n    return None\n", encoding="utf-8")
+        Path(d, "flow.flex.yaml").write_text("entry: %s:start\n" % name, encoding="utf-8")
+        try:
+            _native.NativeFlow(d, None, [])
+        except _native.LoadError as e:
+            raise _load_error(e) from None
+    _python_started = True
 
 
 def home() -> Path:

@@ -442,7 +442,9 @@ def install(sluice):
         AzureOpenAIModelConfiguration=AzureOpenAIModelConfiguration,
         OpenAIModelConfiguration=OpenAIModelConfiguration,
     )
-    core = module("promptflow.core", **api, **model_configs)
+    core = module("promptflow.core", **api, **model_configs, __getattr__=_prompty_from(sluice, "promptflow.core"))
+    # `from promptflow.core._flow import Prompty`, as promptflow's own examples write it.
+    core._flow = module("promptflow.core._flow", __getattr__=_prompty_from(sluice, "promptflow.core._flow"))
     internal = module("promptflow._internal", **api)
     legacy_tool = module("promptflow._core.tool", **api)
     legacy_core = module("promptflow._core", tool=legacy_tool)
@@ -471,6 +473,21 @@ def install(sluice):
         __version__="0.0.0+sluice",
         **api,
     )
+
+
+def _prompty_from(sluice, where):
+    """A module ``__getattr__`` giving ``Prompty``, which the engine adds to ``sluice`` when its
+    Python side starts (``sluice.Prompty`` starts it)."""
+
+    def __getattr__(name):
+        if name != "Prompty":
+            raise AttributeError("module %r has no attribute %r" % (where, name))
+        try:
+            return sluice.Prompty
+        except AttributeError as e:
+            raise AttributeError("%s.Prompty: %s" % (where, e)) from None
+
+    return __getattr__
 
 
 def _from_client(where):

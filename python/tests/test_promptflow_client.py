@@ -2,6 +2,7 @@
 promptflow installed, with promptflow's argument names and return shapes."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -102,3 +103,52 @@ def test_an_installed_promptflow_wins_over_the_stand_in(tmp_path):
     ) % (str(tmp_path / "site"), str(FLOWS / "hello"))
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert out.split() == ["True"]
+
+
+def test_prompty_imports_from_promptflow_core_before_any_flow_loads(tmp_path):
+    """promptflow's examples import `Prompty` from `promptflow.core._flow` (or `promptflow.core`) at
+    the top of a module; the engine adds it when its Python side starts, which a fresh program has
+    not done yet."""
+    from fake_openai import FakeOpenAI
+
+    (tmp_path / "ask.prompty").write_text(
+        textwrap.dedent(
+            """
+            ---
+            model:
+              api: chat
+              configuration: {type: azure_openai, azure_deployment: d1}
+              parameters: {temperature: 0.2}
+            inputs: {question: {type: string}}
+            ---
+            system:
+            Answer briefly.
+
+            user:
+            {{question}}
+            """
+        ).lstrip()
+    )
+    code = textwrap.dedent(
+        """
+        import os
+        from promptflow.core._flow import Prompty
+        from promptflow.core import AzureOpenAIModelConfiguration, Prompty as Same
+        import sluice
+        assert Prompty is Same is sluice.Prompty
+        config = AzureOpenAIModelConfiguration(
+            azure_deployment="d2", azure_endpoint=os.environ["ENDPOINT"], api_key="k", api_version="2024-02-01"
+        )
+        print(Prompty.load(source="ask.prompty", model={"configuration": config})(question="Why?"))
+        """
+    )
+    with FakeOpenAI(lambda body: "Because.") as server:
+        env = dict(os.environ, ENDPOINT=server.url)
+        out = subprocess.run(
+            [sys.executable, "-c", code], cwd=tmp_path, env=env, check=True, capture_output=True, text=True
+        ).stdout
+        assert out.strip() == "Because."
+        (path, body), = server.requests
+    assert path.startswith("/openai/deployments/d2/chat/completions")
+    assert body["temperature"] == 0.2
+    assert body["messages"][-1] == {"role": "user", "content": "Why?"}
