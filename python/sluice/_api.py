@@ -10,10 +10,11 @@ import asyncio
 import functools
 import json
 import os
+import sys
 import tempfile
 import webbrowser
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 from sluice import _native
 
@@ -325,6 +326,22 @@ class Run:
         return visualize([self], html_path, open_browser=open_browser)
 
 
+def _captured_stdout(argv: List[str]) -> Tuple[int, str]:
+    """Runs a ``sluice`` command line in this process with its standard output (file descriptor 1,
+    where the engine prints) captured."""
+    sys.stdout.flush()
+    with tempfile.TemporaryFile(mode="w+b") as out:
+        saved = os.dup(1)
+        try:
+            os.dup2(out.fileno(), 1)
+            code = _native.cli_main(argv)
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+        out.seek(0)
+        return code, out.read().decode("utf-8", "replace")
+
+
 def visualize(
     runs: Sequence[Union[Run, str]],
     html_path: Optional[PathLike] = None,
@@ -335,7 +352,9 @@ def visualize(
     names = [r.name if isinstance(r, Run) else str(r) for r in runs]
     path = Path(html_path) if html_path else home() / "reports" / ("%s.html" % "_".join(names))
     argv = ["sluice", "-q", "run", "visualize", *names, "--html-path", os.fspath(path)]
-    if _native.cli_main(argv) != 0:
+    # The command prints the path; the caller says where the report is in its own way.
+    code, _ = _captured_stdout(argv)
+    if code != 0:
         raise RunError("cannot write the report of %s" % ", ".join(names))
     if open_browser:
         webbrowser.open(path.resolve().as_uri())

@@ -9,8 +9,13 @@ Runs go to Sluice's run store, which ``sluice run list`` reads.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import json
 import os
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+import sys
+import tempfile
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
 from sluice import _api
 
@@ -79,6 +84,167 @@ def _details(run: Union[_api.Run, str], max_results: int = 100, all_results: boo
     return frame if all_results or max_results is None else frame.head(max_results)
 
 
+@contextlib.contextmanager
+def _flow_source(flow: Any) -> Iterator[Any]:
+    """The flow to run: a path or a loaded flow as they are; a function (promptflow's ``pf.run(flow=
+    my_function)``) as a flex flow file naming it as the entry, for the run's length.
+
+    As promptflow does, the file sits in the current folder (the flow's folder: its snapshot, and
+    where relative paths open) when the function's module is a file there, else in a new temporary
+    folder. Its name is Sluice's own, so a ``flow.flex.yaml`` already there is left alone."""
+    if isinstance(flow, (str, os.PathLike, _api.Flow)) or not callable(flow):
+        yield flow
+        return
+    module = getattr(flow, "__module__", None)
+    qualname = getattr(flow, "__qualname__", None) or getattr(flow, "__name__", None)
+    if not module or not qualname or "<" in qualname or "." in qualname:
+        raise ValueError(
+            "pf.run(flow=...) takes a module-level function or class; %r is not one" % (flow,)
+        )
+    if module == "__main__" and not hasattr(sys.modules.get("__main__"), qualname):
+        raise ValueError("function %s is not reachable from the __main__ module" % qualname)
+    entry = "%s:%s" % (module, qualname)
+    code = os.getcwd()
+    file = getattr(sys.modules.get(module), "__file__", None)
+    local = bool(file) and os.path.abspath(file).startswith(os.path.join(os.path.abspath(code), ""))
+    temp = None if local else tempfile.mkdtemp(prefix="%s_" % qualname)
+    folder = code if local else temp
+    fd, path = tempfile.mkstemp(prefix=".sluice-%s-" % qualname, suffix=".flex.yaml", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("name: %s\nentry: %s\n" % (json.dumps(qualname), json.dumps(entry)))
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        if temp:
+            with contextlib.suppress(OSError):
+                os.rmdir(temp)
+
+
+def _init_json(init: Mapping[str, Any]) -> str:
+    """A flex flow's ``init`` as JSON: a model configuration (or other dataclass) as its set fields."""
+
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)
+                    if getattr(value, f.name) is not None}
+        if isinstance(value, Mapping):
+            return {str(k): plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    try:
+        return json.dumps(plain(dict(init)))
+    except TypeError as e:
+        raise TypeError("init= must be JSON values, model configurations or dicts: %s" % e) from None
+
+
+def _secrets(value: Any, key: str = "") -> List[str]:
+    """The texts under secret-named keys (``api_key``, ``*_key``, ``*_token``, ``*secret``,
+    ``password``) anywhere in an init, model configurations included."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return [s for k, v in value.items() for s in _secrets(v, str(k))]
+    if isinstance(value, (list, tuple)):
+        return [s for v in value for s in _secrets(v, key)]
+    k = key.lower().replace("-", "_")
+    secret = k in ("key", "apikey", "token", "secret", "password") or k.endswith(
+        ("_key", "_secret", "_token", "password", "apikey")
+    )
+    return [value] if secret and isinstance(value, str) and value else []
+
+
+def _run_command(
+    flow: Any,
+    data: Any,
+    run: Any,
+    column_mapping: Optional[Mapping[str, str]],
+    variant: Optional[str],
+    name: Optional[str],
+    display_name: Optional[str],
+    tags: Optional[Mapping[str, str]],
+    init: Mapping[str, Any],
+    max_concurrency: int,
+) -> _api.Run:
+    """A run made as ``sluice run create --init`` makes it, in this process: the way to give a class
+    entry its ``__init__`` arguments."""
+    if isinstance(flow, _api.Flow):
+        if flow.connections:
+            raise _api.RunError("runs take a flow's connections from the flow file; load it without connections")
+        flow, variant = flow.source, variant or flow.variant
+    argv = ["sluice", "-q", "run", "create", "--flow", os.path.abspath(os.fspath(flow))]
+    argv += ["--max-concurrency", str(max(1, max_concurrency)), "--init", _init_json(init)]
+    if data is not None:
+        argv += ["--data", os.path.abspath(os.fspath(data))]
+    if run is not None:
+        argv += ["--run", _name(run)]
+    for key, value in (column_mapping or {}).items():
+        argv += ["--column-mapping", "%s=%s" % (key, value)]
+    if variant:
+        argv += ["--variant", variant]
+    if name:
+        argv += ["--name", name]
+    if display_name:
+        argv += ["--display-name", display_name]
+    for key, value in (tags or {}).items():
+        argv += ["--tags", "%s=%s" % (key, value)]
+    # The engine masks in what it writes (the run's record keeps the init) the values of secret-named
+    # environment variables; an init's keys join them for the command's length.
+    secrets = {"SLUICE_PF_INIT_%d_API_KEY" % i: v for i, v in enumerate(_secrets(init))}
+    os.environ.update(secrets)
+    try:
+        code, out = _api._captured_stdout(argv)
+    finally:
+        for key in secrets:
+            os.environ.pop(key, None)
+    printed, record = _split_record(out)
+    if printed:  # what the flow's own code printed
+        sys.stdout.write(printed)
+    if record is None:
+        raise _api.RunError("the run did not start (exit status %d); the error is on stderr" % code)
+    return _api.get_run(record["name"])
+
+
+def _split_record(out: str) -> "tuple[str, Optional[Dict[str, Any]]]":
+    """The run record the command printed last, and what was printed before it."""
+    start = len(out)
+    while True:
+        start = out.rfind("{", 0, start)
+        if start < 0:
+            return out, None
+        if start == 0 or out[start - 1] == "\n":
+            try:
+                record = json.loads(out[start:])
+            except ValueError:
+                record = None
+            if isinstance(record, dict) and "name" in record:
+                return out[:start], record
+
+
+def _print_summary(run: Run) -> None:
+    """What promptflow prints for a streamed run: the run's log, then a summary."""
+    try:
+        print((run.dir / "logs.txt").read_text(encoding="utf-8", errors="replace").rstrip("\n"))
+    except OSError:
+        pass
+    record = run.record
+    print("======= Run Summary =======\n")
+    print('Run name: "%s"' % run.name)
+    print('Run status: "%s"' % run.status)
+    metrics = run.properties.get("system_metrics") or {}
+    if record.get("created_on"):
+        print('Start time: "%s"' % record["created_on"])
+    if metrics.get("duration") is not None:
+        print('Duration: "%.3fs"' % metrics["duration"])
+    if metrics.get("total_lines") is not None:
+        print('Lines: %s completed, %s failed, of %s' % (
+            metrics.get("completed_lines", 0), metrics.get("failed_lines", 0), metrics["total_lines"]))
+    print('Output path: "%s"' % run._output_path)
+
+
 class RunOperations:
     """``pf.runs``: the run store."""
 
@@ -134,7 +300,7 @@ class PFClient:
 
     def run(
         self,
-        flow: Optional[Union[str, "os.PathLike[str]"]] = None,
+        flow: Optional[Union[str, "os.PathLike[str]", Callable[..., Any]]] = None,
         data: Optional[Union[str, "os.PathLike[str]"]] = None,
         run: Optional[Union[_api.Run, str]] = None,
         column_mapping: Optional[Mapping[str, str]] = None,
@@ -144,29 +310,45 @@ class PFClient:
         name: Optional[str] = None,
         display_name: Optional[str] = None,
         tags: Optional[Mapping[str, str]] = None,
+        init: Optional[Mapping[str, Any]] = None,
+        stream: bool = False,
         **kwargs: Any,
     ) -> Run:
         """A batch run (or, with ``run=``, an evaluation run), as ``pf.run``; it has finished when
-        this returns."""
+        this returns.
+
+        ``flow`` is a flow folder or file, or (as promptflow allows) a Python function, which runs as
+        a flex flow with it as the entry. ``init`` gives a flex flow's class entry its ``__init__``
+        arguments (model configurations as objects or dicts); ``stream=True`` prints the run's log and
+        a summary when it has finished."""
         if flow is None:
             raise ValueError("pf.run needs flow=")
         if connections:
             raise NotImplementedError("per-run connections: set them in the flow, or use sluice.load_flow")
         for key, value in (environment_variables or {}).items():
             os.environ[key] = value
-        return _pf_run(
-            _api.run(
-                flow,
-                data,
-                column_mapping=column_mapping,
-                run=run,
-                variant=variant,
-                name=name,
-                display_name=display_name,
-                tags=tags,
-                max_concurrency=int(kwargs.get("max_concurrency", 16)),
-            )
-        )
+        max_concurrency = int(kwargs.get("max_concurrency", 16))
+        with _flow_source(flow) as source:
+            if init:
+                record = _run_command(
+                    source, data, run, column_mapping, variant, name, display_name, tags, init, max_concurrency
+                )
+            else:
+                record = _api.run(
+                    source,
+                    data,
+                    column_mapping=column_mapping,
+                    run=run,
+                    variant=variant,
+                    name=name,
+                    display_name=display_name,
+                    tags=tags,
+                    max_concurrency=max_concurrency,
+                )
+        result = _pf_run(record)
+        if stream:
+            _print_summary(result)
+        return result
 
     def stream(self, run: Union[_api.Run, str], **_kwargs: Any) -> Run:
         return self.runs.get(run)

@@ -152,3 +152,137 @@ def test_prompty_imports_from_promptflow_core_before_any_flow_loads(tmp_path):
     assert path.startswith("/openai/deployments/d2/chat/completions")
     assert body["temperature"] == 0.2
     assert body["messages"][-1] == {"role": "user", "content": "Why?"}
+
+
+def write_module(folder, name, text):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / ("%s.py" % name)).write_text(textwrap.dedent(text).lstrip())
+    sys.path.insert(0, str(folder))
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(folder))
+
+
+def test_pf_run_takes_a_function_as_the_flow(tmp_path, monkeypatch):
+    """`pf.run(flow=my_function, ...)`: the function is the entry of a flex flow, in the current
+    folder when its module is a file there, as promptflow does; a flow.flex.yaml there is left
+    alone."""
+    from promptflow.client import PFClient
+
+    code = tmp_path / "code"
+    greet = write_module(
+        code,
+        "nb_greeter",
+        """
+        from typing import TypedDict
+
+        class Result(TypedDict):
+            output: str
+
+        def greet(text: str, punctuation: str = "!") -> Result:
+            with open("suffix.txt") as f:  # relative to the flow's folder
+                return Result(output="Hello %s%s %s" % (text, punctuation, f.read().strip()))
+        """,
+    ).greet
+    (code / "suffix.txt").write_text(":)\n")
+    (code / "flow.flex.yaml").write_text("entry: other:thing\n")
+    data = write_jsonl(tmp_path / "d.jsonl", [{"name": "Ada"}, {"name": "Bob"}])
+    monkeypatch.chdir(code)
+    pf = PFClient()
+    run = pf.run(flow=greet, data=str(data), column_mapping={"text": "${data.name}"})
+    assert run.status == "Completed"
+    assert run.name.startswith("greet_")
+    details = pf.get_details(run)
+    assert list(details["outputs.output"]) == ["Hello Ada! :)", "Hello Bob! :)"]
+    assert list(details["inputs.text"]) == ["Ada", "Bob"]
+    assert sorted(p.name for p in code.iterdir() if not p.name.startswith("__")) == [
+        "flow.flex.yaml", "nb_greeter.py", "suffix.txt",
+    ]
+    assert (code / "flow.flex.yaml").read_text() == "entry: other:thing\n"
+
+
+def test_pf_run_takes_a_function_from_elsewhere_in_a_temporary_folder(tmp_path, monkeypatch):
+    from promptflow.client import PFClient
+
+    shout = write_module(tmp_path / "lib", "nb_shouter", "def shout(text: str) -> str:\n    return text.upper()\n").shout
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    data = write_jsonl(tmp_path / "d.jsonl", [{"text": "a"}])
+    run = PFClient().run(flow=shout, data=str(data))
+    assert run.status == "Completed"
+    assert list(PFClient().get_details(run)["outputs.output"]) == ["A"]
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_pf_run_gives_a_class_entry_its_init(tmp_path):
+    """`pf.run(flow=..., init={"model_config": AzureOpenAIModelConfiguration(...)})`, as promptflow's
+    flex flow notebooks evaluate a run."""
+    from promptflow.client import PFClient
+    from promptflow.core import AzureOpenAIModelConfiguration
+
+    flow = tmp_path / "judge"
+    flow.mkdir()
+    (flow / "judge.py").write_text(
+        textwrap.dedent(
+            """
+            from promptflow.core import AzureOpenAIModelConfiguration
+
+            class Judge:
+                def __init__(self, model_config: AzureOpenAIModelConfiguration, strict: bool = False):
+                    self.config = model_config
+                    self.strict = strict
+
+                def __call__(self, answer: str) -> dict:
+                    print("judging", answer)
+                    return {"deployment": self.config.azure_deployment, "long": len(answer) > 3,
+                            "strict": self.strict}
+
+                def __aggregate__(self, line_results: list) -> dict:
+                    return {"long_share": sum(r["long"] for r in line_results) / len(line_results)}
+            """
+        ).lstrip()
+    )
+    (flow / "flow.flex.yaml").write_text("entry: judge:Judge\n")
+    data = write_jsonl(tmp_path / "d.jsonl", [{"answer": "yes"}, {"answer": "certainly"}])
+    config = AzureOpenAIModelConfiguration(
+        azure_deployment="gpt-x", azure_endpoint="http://127.0.0.1:9", api_key="secret-key"
+    )
+    pf = PFClient()
+    run = pf.run(flow=str(flow / "flow.flex.yaml"), data=str(data), init={"model_config": config, "strict": True},
+                 name="judged_with_init")
+    assert run.name == "judged_with_init" and run.status == "Completed"
+    details = pf.get_details(run)
+    assert list(details["outputs.deployment"]) == ["gpt-x", "gpt-x"]
+    assert list(details["outputs.strict"]) == [True, True]
+    assert pf.get_metrics(run) == {"long_share": 0.5}
+    assert "secret-key" not in (run.dir / "run.json").read_text()
+
+
+def test_pf_run_with_stream_prints_the_log_and_a_summary(tmp_path, capsys):
+    from promptflow.client import PFClient
+
+    data = write_jsonl(tmp_path / "d.jsonl", [{"name": "Ada"}])
+    run = PFClient().run(flow=str(FLOWS / "hello"), data=str(data), stream=True)
+    out = capsys.readouterr().out
+    assert "Run Summary" in out
+    assert 'Run name: "%s"' % run.name in out
+    assert 'Run status: "Completed"' in out
+    assert "Completed: 1 completed, 0 failed" in out
+
+
+def test_visualize_says_where_the_report_is_once(tmp_path, capfd):
+    from promptflow.client import PFClient
+
+    data = write_jsonl(tmp_path / "d.jsonl", [{"name": "Ada"}])
+    pf = PFClient()
+    run = pf.run(flow=str(FLOWS / "hello"), data=str(data))
+    capfd.readouterr()
+    html = tmp_path / "report.html"
+    pf.visualize(run, html_path=str(html))
+    out = capfd.readouterr().out
+    assert out.count(str(html)) == 1, out
+    assert run.name in html.read_text()
