@@ -20,6 +20,7 @@ import json
 import os
 import sys
 import traceback
+import types
 
 LINE_MAGICS = ("%pip", "%load_ext", "%autoreload", "%matplotlib", "%env")
 CELL_MAGICS = ("%%capture",)
@@ -81,7 +82,12 @@ def main(notebook, result_path):
     folder = os.path.dirname(os.path.abspath(notebook))
     os.chdir(folder)
     sys.path.insert(0, folder)
-    namespace = {"__name__": "__main__", "__builtins__": __builtins__}
+    # As in IPython, the cells run in a `__main__` module of their own, with no `__file__`: functions
+    # defined in a cell belong to `__main__` and are found there.
+    main_module = types.ModuleType("__main__")
+    main_module.__builtins__ = __builtins__
+    sys.modules["__main__"] = main_module
+    namespace = main_module.__dict__
     result = {"cells": [], "error": None}
     for index, cell in enumerate(nb["cells"]):
         if cell["cell_type"] != "code":

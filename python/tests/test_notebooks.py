@@ -190,3 +190,36 @@ def test_prompty_quickstart(tmp_path):
     evaluations = [b for b in bodies if "evaluate a score" in json.dumps(b)]
     assert len(evaluations) == 4
     assert all(b["response_format"] == {"type": "json_object"} for b in evaluations)
+
+
+def test_a_function_defined_in_a_notebook_cell_runs_as_the_flow(tmp_path):
+    """`pf.run(flow=f)` with `f` defined in a cell (in IPython's `__main__`, which has no file)."""
+    folder = tmp_path / "nb"
+    folder.mkdir()
+    (folder / "data.jsonl").write_text('{"text": "a"}\n{"text": "b"}\n')
+    cells = [
+        "from promptflow.client import PFClient\n\npf = PFClient()",
+        "def shout(text: str) -> dict:\n    return {'loud': text.upper() + '!'}",
+        "run = pf.run(flow=shout, data='data.jsonl', column_mapping={'text': '${data.text}'})\nrun",
+        "pf.get_details(run)",
+    ]
+    notebook = {
+        "cells": [{"cell_type": "code", "metadata": {}, "source": c, "outputs": [], "execution_count": None}
+                  for c in cells],
+        "metadata": {}, "nbformat": 4, "nbformat_minor": 2,
+    }
+    (folder / "cells.ipynb").write_text(json.dumps(notebook))
+    result_file = tmp_path / "result.json"
+    env = dict(os.environ, SLUICE_HOME=str(tmp_path / "home"))
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "notebook_runner.py"), str(folder / "cells.ipynb"), str(result_file)],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(result_file.read_text())
+    assert result["error"] is None, result["error"]
+    run = result["cells"][2]["value"]
+    assert run["status"] == "Completed" and run["name"].startswith("shout_")
+    details = result["cells"][3]["value"]
+    assert [row["outputs.loud"] for row in details["rows"]] == ["A!", "B!"]
+    assert sorted(p.name for p in folder.iterdir()) == ["cells.ipynb", "data.jsonl"]
