@@ -18,13 +18,63 @@ import tempfile
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
 from sluice import _api
+from sluice._promptflow import FlowContext
 
 __all__ = ["PFClient", "load_flow", "Run"]
 
 
-def load_flow(source: Union[str, "os.PathLike[str]"], **kwargs: Any) -> _api.Flow:
-    """promptflow's ``load_flow``: a callable flow, ``flow(**inputs)`` returns its outputs."""
-    return _api.load_flow(source, variant=kwargs.get("variant"), connections=kwargs.get("connections"))
+def load_flow(source: Union[str, "os.PathLike[str]"], **kwargs: Any) -> "ContextFlow":
+    """promptflow's ``load_flow``: a callable flow, ``flow(**inputs)`` returns its outputs; set
+    ``flow.context`` (a ``FlowContext``) to change its connections, variant, node inputs or
+    streaming."""
+    return ContextFlow(source, variant=kwargs.get("variant"), connections=kwargs.get("connections"))
+
+
+class ContextFlow(_api.Flow):
+    """A flow called as its ``context`` (promptflow's ``FlowContext``) says."""
+
+    def __init__(
+        self,
+        source: Union[str, "os.PathLike[str]"],
+        *,
+        variant: Optional[str] = None,
+        connections: Optional[Mapping[str, Mapping[str, str]]] = None,
+    ):
+        super().__init__(source, variant=variant, connections=connections)
+        self.context = FlowContext()
+        self._flows: Dict[Any, _api.Flow] = {}
+
+    def __call__(self, **inputs: Any) -> Dict[str, Any]:
+        return self._in_context()._call(inputs, bool(self.context.streaming))
+
+    def _in_context(self) -> _api.Flow:
+        context = self.context
+        variant = context.variant or self.variant
+        settings: Dict[str, Dict[str, str]] = {node: dict(values) for node, values in self.connections.items()}
+        for node, values in (context.connections or {}).items():
+            for key, value in values.items():
+                if not isinstance(value, str):
+                    raise NotImplementedError(
+                        "FlowContext connections name stored connections on Sluice (`sluice connection "
+                        "create`); node %r was given a %s object" % (node, type(value).__name__)
+                    )
+                settings.setdefault(node, {})[key] = value
+        for path, value in (context.overrides or {}).items():
+            parts = str(path).split(".")
+            if len(parts) == 4 and parts[0] == "nodes" and parts[2] == "inputs":
+                node, key = parts[1], parts[3]
+            elif len(parts) == 3 and parts[0] == "nodes":
+                node, key = parts[1], parts[2]
+            else:
+                raise ValueError("override %r is not `nodes.<node>.inputs.<input>`" % path)
+            settings.setdefault(node, {})[key] = value if isinstance(value, str) else json.dumps(value)
+        if variant == self.variant and settings == self.connections:
+            return self
+        key = (variant, json.dumps(settings, sort_keys=True))
+        if key not in self._flows:
+            self._flows[key] = _api.Flow(self.source, variant=variant, connections=settings)
+            self._flows[key].timeout = self.timeout
+        return self._flows[key]
 
 
 class Run(_api.Run):

@@ -286,3 +286,77 @@ def test_visualize_says_where_the_report_is_once(tmp_path, capfd):
     out = capfd.readouterr().out
     assert out.count(str(html)) == 1, out
     assert run.name in html.read_text()
+
+
+def test_load_flow_context_overrides_variant_connections_and_streaming(tmp_path):
+    """`f.context = FlowContext(...)`, as promptflow's flow-as-function tutorial sets it."""
+    from promptflow.client import load_flow
+    from promptflow.entities import AzureOpenAIConnection, FlowContext
+
+    f = load_flow(source=str(FLOWS / "hello"))
+    assert f(name="Ada", count=1)["greeting"].startswith("Hello Ada")
+    # A node takes the override instead of the flow input it references.
+    f.context = FlowContext(overrides={"nodes.greeting_prompt.inputs.name": "Bob"})
+    assert f(name="unknown", count=1)["greeting"].startswith("Hello Bob")
+    f.context.overrides = {"nodes.format_greeting.inputs.suffix": "?"}
+    assert f(name="Ada", count=1)["greeting"].endswith("?")
+    f.context = FlowContext()
+    assert f(name="Ada", count=1)["greeting"].endswith("!")
+    with pytest.raises(ValueError, match="nodes.<node>.inputs.<input>"):
+        f.context = FlowContext(overrides={"inputs.name": "x"})
+        f(name="Ada")
+
+    # Streaming: a generator tool's output comes back as an iterator.
+    flow_dir = tmp_path / "count"
+    flow_dir.mkdir()
+    (flow_dir / "flow.dag.yaml").write_text(
+        textwrap.dedent(
+            """
+            inputs: {n: {type: int}}
+            outputs: {words: {type: string, reference: "${count.output}"}}
+            nodes:
+            - {name: count, type: python, source: {type: code, path: count.py}, inputs: {n: "${inputs.n}"}}
+            """
+        )
+    )
+    (flow_dir / "count.py").write_text(
+        "from promptflow.core import tool\n\n@tool\ndef count(n: int):\n"
+        "    for i in range(n):\n        yield 'w%d ' % i\n"
+    )
+    counting = load_flow(source=str(flow_dir))
+    assert counting(n=2) == {"words": "w0 w1 "}
+    counting.context.streaming = True
+    words = counting(n=2)["words"]
+    assert not isinstance(words, str) and list(words) == ["w0 ", "w1 "]
+
+    # A variant chosen in the context.
+    variants = tmp_path / "variants"
+    variants.mkdir()
+    (variants / "flow.dag.yaml").write_text(
+        textwrap.dedent(
+            """
+            inputs: {name: {type: string}}
+            outputs: {text: {type: string, reference: "${greet.output}"}}
+            nodes:
+            - {name: greet, use_variants: true}
+            node_variants:
+              greet:
+                default_variant_id: variant_0
+                variants:
+                  variant_0: {node: {type: prompt, source: {type: code, path: a.jinja2}, inputs: {name: "${inputs.name}"}}}
+                  variant_1: {node: {type: prompt, source: {type: code, path: b.jinja2}, inputs: {name: "${inputs.name}"}}}
+            """
+        )
+    )
+    (variants / "a.jinja2").write_text("Hi {{name}}")
+    (variants / "b.jinja2").write_text("Bye {{name}}")
+    greet = load_flow(source=str(variants))
+    assert greet(name="Ada") == {"text": "Hi Ada"}
+    greet.context = FlowContext(variant="${greet.variant_1}")
+    assert greet(name="Ada") == {"text": "Bye Ada"}
+
+    # Connection objects are promptflow's in-memory connections; Sluice runs stored ones, by name.
+    conn = AzureOpenAIConnection(name="c", api_key="k", api_base="http://127.0.0.1:9")
+    f.context = FlowContext(connections={"greeting_prompt": {"connection": conn}})
+    with pytest.raises(NotImplementedError, match="sluice connection create"):
+        f(name="Ada")
