@@ -9,8 +9,9 @@ anything else written for IPython fails the run. A cell whose last statement is 
 value recorded, as a notebook shows it.
 
 The result: ``cells`` (per code cell: ``index``, ``skipped``, ``dropped`` (the magic lines left out),
-``value`` (the last expression, made JSON), ``stdout``) and ``error`` (the traceback of the cell that
-failed, which stops the run, as "Run All" does).
+``value`` (the last expression, made JSON), ``stdout``, and ``exception`` for a cell that raised) and
+``error`` (the traceback of the cell that failed, which stops the run, as "Run All" does). With
+``--keep-going`` a failed cell does not stop the run; ``failed`` lists the tracebacks.
 """
 
 import ast
@@ -76,7 +77,7 @@ def run_cell(code, namespace, name):
     return None
 
 
-def main(notebook, result_path):
+def main(notebook, result_path, keep_going=False):
     with open(notebook, encoding="utf-8") as f:
         nb = json.load(f)
     folder = os.path.dirname(os.path.abspath(notebook))
@@ -103,9 +104,13 @@ def main(notebook, result_path):
             with contextlib.redirect_stdout(out):
                 value = run_cell(code, namespace, "<cell %d>" % index)
             record["value"] = plain(value)
-        except BaseException:
-            result["error"] = "cell %d:\n%s\n%s" % (index, source, traceback.format_exc())
-            break
+        except BaseException as e:
+            failure = "cell %d:\n%s\n%s" % (index, source, traceback.format_exc())
+            record["exception"] = "%s: %s" % (type(e).__name__, e)
+            if not keep_going:
+                result["error"] = failure
+                break
+            result.setdefault("failed", []).append(failure)
         finally:
             record["stdout"] = out.getvalue()
     with open(result_path, "w", encoding="utf-8") as f:
@@ -113,4 +118,4 @@ def main(notebook, result_path):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], keep_going="--keep-going" in sys.argv[3:])
