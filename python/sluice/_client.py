@@ -47,6 +47,9 @@ class ContextFlow(_api.Flow):
     def __call__(self, **inputs: Any) -> Dict[str, Any]:
         return self._in_context()._call(inputs, bool(self.context.streaming))
 
+    def stream(self, **inputs: Any) -> Dict[str, Any]:
+        return self._in_context()._call(inputs, True)
+
     def _in_context(self) -> _api.Flow:
         context = self.context
         variant = context.variant or self.variant

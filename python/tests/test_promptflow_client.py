@@ -300,6 +300,7 @@ def test_load_flow_context_overrides_variant_connections_and_streaming(tmp_path)
     assert f(name="unknown", count=1)["greeting"].startswith("Hello Bob")
     f.context.overrides = {"nodes.format_greeting.inputs.suffix": "?"}
     assert f(name="Ada", count=1)["greeting"].endswith("?")
+    assert f.stream(name="Ada", count=1)["greeting"].endswith("?")
     f.context = FlowContext()
     assert f(name="Ada", count=1)["greeting"].endswith("!")
     with pytest.raises(ValueError, match="nodes.<node>.inputs.<input>"):
