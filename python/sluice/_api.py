@@ -215,6 +215,9 @@ def _start_python() -> None:
             _native.NativeFlow(d, None, [])
         except _native.LoadError as e:
             raise _load_error(e) from None
+        finally:
+            # Loading put the folder on sys.path; it is about to go.
+            sys.path[:] = [p for p in sys.path if p != d]
     _python_started = True
 
 

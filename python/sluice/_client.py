@@ -173,6 +173,8 @@ def _flow_source(flow: Any) -> Iterator[Any]:
         if temp:
             with contextlib.suppress(OSError):
                 os.rmdir(temp)
+            # The run put the folder on sys.path; it is gone now.
+            sys.path[:] = [p for p in sys.path if p != temp]
 
 
 def _init_json(init: Mapping[str, Any]) -> str:

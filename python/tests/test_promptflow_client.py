@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import pytest
@@ -216,6 +217,7 @@ def test_pf_run_takes_a_function_from_elsewhere_in_a_temporary_folder(tmp_path, 
     assert run.status == "Completed"
     assert list(PFClient().get_details(run)["outputs.output"]) == ["A"]
     assert list(elsewhere.iterdir()) == []
+    assert all(os.path.exists(p) for p in sys.path if p.startswith(tempfile.gettempdir() + os.sep + "shout_"))
 
 
 def test_pf_run_gives_a_class_entry_its_init(tmp_path):
