@@ -330,17 +330,34 @@ class Run:
 
 
 def _captured_stdout(argv: List[str]) -> Tuple[int, str]:
-    """Runs a ``sluice`` command line in this process with its standard output (file descriptor 1,
-    where the engine prints) captured."""
+    """Runs a ``sluice`` command line in this process with what the engine prints on standard output
+    (file descriptor 1) captured. Python's own ``print`` (the flow's tools) still reaches the
+    program's stdout, and the working directory is the caller's again afterwards."""
     sys.stdout.flush()
+    cwd = os.getcwd()
+    try:
+        on_fd1 = sys.stdout.fileno() == 1
+    except (AttributeError, OSError, ValueError):  # a notebook's or a test's stream
+        on_fd1 = False
+    original = sys.stdout
     with tempfile.TemporaryFile(mode="w+b") as out:
         saved = os.dup(1)
         try:
+            if on_fd1:
+                encoding = getattr(original, "encoding", None) or "utf-8"
+                sys.stdout = open(os.dup(saved), "w", encoding=encoding, buffering=1)
             os.dup2(out.fileno(), 1)
             code = _native.cli_main(argv)
         finally:
+            if on_fd1:
+                sys.stdout.close()
+                sys.stdout = original
             os.dup2(saved, 1)
             os.close(saved)
+            try:
+                os.chdir(cwd)
+            except OSError:
+                pass
         out.seek(0)
         return code, out.read().decode("utf-8", "replace")
 

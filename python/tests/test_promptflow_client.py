@@ -220,7 +220,7 @@ def test_pf_run_takes_a_function_from_elsewhere_in_a_temporary_folder(tmp_path, 
     assert all(os.path.exists(p) for p in sys.path if p.startswith(tempfile.gettempdir() + os.sep + "shout_"))
 
 
-def test_pf_run_gives_a_class_entry_its_init(tmp_path):
+def test_pf_run_gives_a_class_entry_its_init(tmp_path, capfd):
     """`pf.run(flow=..., init={"model_config": AzureOpenAIModelConfiguration(...)})`, as promptflow's
     flex flow notebooks evaluate a run."""
     from promptflow.client import PFClient
@@ -254,9 +254,13 @@ def test_pf_run_gives_a_class_entry_its_init(tmp_path):
         azure_deployment="gpt-x", azure_endpoint="http://127.0.0.1:9", api_key="secret-key"
     )
     pf = PFClient()
+    before = os.getcwd()
     run = pf.run(flow=str(flow / "flow.flex.yaml"), data=str(data), init={"model_config": config, "strict": True},
                  name="judged_with_init")
     assert run.name == "judged_with_init" and run.status == "Completed"
+    # The caller's folder is kept, and the entry's prints reach the program's output.
+    assert os.getcwd() == before
+    assert "judging certainly" in capfd.readouterr().out
     details = pf.get_details(run)
     assert list(details["outputs.deployment"]) == ["gpt-x", "gpt-x"]
     assert list(details["outputs.strict"]) == [True, True]
