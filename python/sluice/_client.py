@@ -331,11 +331,130 @@ def _visualize(runs: Any, html_path: Optional[str]) -> None:
     print("The HTML file is generated at %r." % str(path))
 
 
+def _test_command(
+    flow: Union[str, "os.PathLike[str]"],
+    inputs: Dict[str, Any],
+    variant: Optional[str],
+    node: Optional[str],
+    init: Optional[Mapping[str, Any]],
+) -> Any:
+    """``sluice flow test`` in this process: one node (``--node``), or a flex flow with ``--init``."""
+    with tempfile.TemporaryDirectory(prefix="sluice-test-") as d:
+        inputs_file = os.path.join(d, "inputs.json")
+        with open(inputs_file, "w", encoding="utf-8") as f:
+            json.dump(inputs, f)
+        argv = ["sluice", "-q", "flow", "test", "--flow", os.path.abspath(os.fspath(flow)), "--inputs", inputs_file]
+        if node:
+            argv += ["--node", node]
+        if variant:
+            argv += ["--variant", variant]
+        if init:
+            argv += ["--init", _init_json(init)]
+        code, out = _api._captured_stdout(argv)
+    if code != 0:
+        what = "node `%s`" % node if node else "the flow"
+        raise _api.FlowRunError("testing %s failed (exit status %d); the error is on stderr" % (what, code), node, {})
+    try:
+        return json.loads(out)
+    except ValueError:
+        # Text is printed as it is.
+        return out[:-1] if out.endswith("\n") else out
+
+
+# promptflow's connection classes by the type names Sluice's store uses.
+_CONNECTION_TYPES = {
+    "AzureOpenAI": "azure_open_ai",
+    "OpenAI": "open_ai",
+    "Custom": "custom",
+    "Serverless": "serverless",
+    "Serp": "serp",
+    "CognitiveSearch": "cognitive_search",
+    "AzureContentSafety": "azure_content_safety",
+    "FormRecognizer": "form_recognizer",
+    "Qdrant": "qdrant",
+    "Weaviate": "weaviate",
+    "AzureAIServices": "azure_ai_services",
+}
+
+
+class ConnectionNotFoundError(_api.SluiceError, KeyError):
+    """No stored connection of that name."""
+
+
+class ConnectionOperations:
+    """``pf.connections``: Sluice's connection store (``sluice connection``), with promptflow's
+    connection objects. Secrets come back as ``******`` unless ``with_secrets=True``."""
+
+    def get(self, name: str, with_secrets: bool = False, **_kwargs: Any) -> Any:
+        from sluice import _promptflow
+
+        path = _api.home() / "connections" / ("%s.json" % name)
+        try:
+            with path.open(encoding="utf-8") as f:
+                stored = json.load(f)
+        except FileNotFoundError:
+            raise ConnectionNotFoundError("connection %r is not found in %s" % (name, path.parent)) from None
+        kind = str(stored.get("type", "")).replace("-", "_").lower()
+        by_type = {v: k for k, v in _CONNECTION_TYPES.items()}
+        by_type.update(openai="OpenAI", azure_openai="AzureOpenAI")
+        cls = getattr(_promptflow, "%sConnection" % by_type.get(kind, "Custom"))
+        secrets = dict(stored.get("secrets") or {})
+        if not with_secrets:
+            secrets = {k: _promptflow._SCRUBBED for k in secrets}
+        connection = cls.__new__(cls)
+        _promptflow._Connection.__init__(
+            connection, name=stored.get("name", name), configs=stored.get("configs") or {}, secrets=secrets
+        )
+        return connection
+
+    def list(self, max_results: Optional[int] = None, all_results: bool = False, **_kwargs: Any) -> List[Any]:
+        folder = _api.home() / "connections"
+        names = sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
+        if max_results and not all_results:
+            names = names[:max_results]
+        return [self.get(n) for n in names]
+
+    def create_or_update(self, connection: Any, **_kwargs: Any) -> Any:
+        """Stores ``connection`` (``sluice connection create``) and returns it as stored, secrets
+        masked. A secret given as ``******`` keeps the stored value, as in promptflow."""
+        name = getattr(connection, "name", None)
+        if not name:
+            raise ValueError("a connection needs a name to be stored")
+        kind = _CONNECTION_TYPES.get(getattr(connection, "type", ""), "custom")
+        configs = {k: v for k, v in dict(connection.configs).items() if v is not None}
+        secrets = {k: v for k, v in dict(connection.secrets).items() if v is not None}
+        if any(v == "******" for v in secrets.values()):
+            try:
+                old = self.get(name, with_secrets=True).secrets
+            except ConnectionNotFoundError:
+                old = {}
+            secrets = {k: old.get(k, v) if v == "******" else v for k, v in secrets.items()}
+        if kind == "custom":
+            spec = {"name": name, "type": kind, "configs": configs, "secrets": secrets}
+        else:
+            spec = dict(configs, name=name, type=kind, **secrets)
+        with tempfile.TemporaryDirectory(prefix="sluice-connection-") as d:
+            path = os.path.join(d, "connection.yaml")
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(spec, f)  # JSON is YAML
+            code, _ = _api._captured_stdout(["sluice", "-q", "connection", "create", "--file", path])
+        if code != 0:
+            raise _api.SluiceError("could not store connection %r; the error is on stderr" % name)
+        return self.get(name)
+
+    def delete(self, name: str, **_kwargs: Any) -> None:
+        code, _ = _api._captured_stdout(["sluice", "-q", "connection", "delete", "--name", name])
+        if code != 0:
+            raise ConnectionNotFoundError("connection %r is not found" % name)
+
+
 class PFClient:
     """promptflow's local client: test a flow, run it over a dataset, read runs back."""
 
     def __init__(self, **_kwargs: Any) -> None:
         self.runs = RunOperations()
+        self.connections = ConnectionOperations()
 
     def test(
         self,
@@ -346,12 +465,15 @@ class PFClient:
         environment_variables: Optional[Mapping[str, str]] = None,
         **_kwargs: Any,
     ) -> Dict[str, Any]:
-        """Runs one line and returns the flow's outputs (``pf.test(flow=..., inputs=...)``)."""
-        if node is not None:
-            raise NotImplementedError("testing one node is `sluice flow test --node` for now")
+        """Runs one line and returns the flow's outputs (``pf.test(flow=..., inputs=...)``); with
+        ``node=``, runs only that node (its inputs given by name in ``inputs``) and returns its output;
+        ``init=`` gives a flex flow's class entry its ``__init__`` arguments."""
         for key, value in (environment_variables or {}).items():
             os.environ[key] = value
-        return _api.load_flow(flow, variant=variant)(**dict(inputs or {}))
+        init = _kwargs.get("init")
+        if node is None and not init:
+            return _api.load_flow(flow, variant=variant)(**dict(inputs or {}))
+        return _test_command(flow, dict(inputs or {}), variant, node, init)
 
     def run(
         self,

@@ -367,3 +367,64 @@ def test_load_flow_context_overrides_variant_connections_and_streaming(tmp_path)
     f.context = FlowContext(connections={"greeting_prompt": {"connection": conn}})
     with pytest.raises(NotImplementedError, match="sluice connection create"):
         f(name="Ada")
+
+
+def test_pf_connections_store_and_read_promptflow_connection_objects(tmp_path):
+    """`pf.connections`, as promptflow's get-started tutorial uses it: get (secrets masked unless
+    asked for), create_or_update, list, delete."""
+    from promptflow.client import PFClient
+    from promptflow.connections import AzureOpenAIConnection, CustomConnection
+
+    pf = PFClient()
+    with pytest.raises(Exception, match="not found"):
+        pf.connections.get(name="nb_aoai")
+    stored = pf.connections.create_or_update(
+        AzureOpenAIConnection(name="nb_aoai", api_key="sekret", api_base="http://127.0.0.1:9", api_version="2024-02-01")
+    )
+    assert isinstance(stored, AzureOpenAIConnection)
+    assert (stored.name, stored.api_base, stored.api_version, stored.api_key) == (
+        "nb_aoai", "http://127.0.0.1:9", "2024-02-01", "******",
+    )
+    assert "sekret" not in repr(stored)
+    assert pf.connections.get(name="nb_aoai", with_secrets=True).api_key == "sekret"
+    # A masked secret given back keeps the stored one, as in promptflow.
+    stored.api_base = "http://127.0.0.1:10"
+    pf.connections.create_or_update(stored)
+    again = pf.connections.get("nb_aoai", with_secrets=True)
+    assert (again.api_base, again.api_key) == ("http://127.0.0.1:10", "sekret")
+    custom = pf.connections.create_or_update(CustomConnection(name="nb_custom", secrets={"token": "t"}, configs={"u": "v"}))
+    assert isinstance(custom, CustomConnection) and custom.u == "v" and custom.token == "******"
+    assert {"nb_aoai", "nb_custom"} <= {c.name for c in pf.connections.list()}
+    pf.connections.delete("nb_custom")
+    assert "nb_custom" not in {c.name for c in pf.connections.list()}
+    # A flow runs on the stored connection by name, as the sluice command does.
+    from sluice import home
+
+    assert (home() / "connections" / "nb_aoai.json").stat().st_mode & 0o077 == 0
+
+
+def test_pf_test_runs_one_node_or_a_flex_flow_with_init(tmp_path, capfd):
+    from promptflow.client import PFClient
+
+    pf = PFClient()
+    before = os.getcwd()
+    out = pf.test(flow=str(FLOWS / "hello"), inputs={"prompt": "hi"}, node="format_greeting")
+    assert out == {"text": "hi!", "words": 1}
+    assert os.getcwd() == before
+
+    flow = tmp_path / "flex"
+    flow.mkdir()
+    (flow / "entry.py").write_text(
+        "class Greeter:\n"
+        "    def __init__(self, greeting: str):\n        self.greeting = greeting\n\n"
+        "    def __call__(self, name: str) -> str:\n        print('greeting', name)\n"
+        "        return '%s %s' % (self.greeting, name)\n"
+    )
+    (flow / "flow.flex.yaml").write_text("entry: entry:Greeter\n")
+    capfd.readouterr()
+    assert pf.test(flow=str(flow), inputs={"name": "Ada"}, init={"greeting": "Hej"}) == "Hej Ada"
+    assert "greeting Ada" in capfd.readouterr().out
+    from sluice import FlowRunError
+
+    with pytest.raises(FlowRunError, match="node `nope`"):
+        pf.test(flow=str(FLOWS / "hello"), inputs={}, node="nope")
