@@ -37,6 +37,10 @@ def reply(body):
         return json.dumps(CODE_QUALITY)
     if "evaluate a score for the answer" in text:
         return json.dumps(SCORE)
+    if "classify a given url" in text:
+        # Right for the app store page only.
+        url = body["messages"][-1]["content"].split("URL: ")[-1].split("\n")[0]
+        return json.dumps({"category": "App" if "play.google.com" in url else "None", "evidence": "Url"})
     return HELLO
 
 
@@ -240,20 +244,10 @@ def test_flow_as_function(tmp_path):
     pytest.importorskip("bs4", reason="the web-classification flow needs beautifulsoup4")
     pytest.importorskip("requests", reason="the web-classification flow needs requests")
 
-    def store_connection(home, env):
-        spec = home.parent / "open_ai_connection.yaml"
-        spec.write_text(
-            "name: open_ai_connection\ntype: azure_open_ai\napi_key: ${env:AZURE_OPENAI_API_KEY}\n"
-            "api_base: %s\napi_type: azure\n" % env["AZURE_OPENAI_ENDPOINT"]
-        )
-        sluice = Path(sys.executable).parent / "sluice"
-        subprocess.run([str(sluice), "-q", "connection", "create", "--file", str(spec)], env=env, check=True,
-                       capture_output=True)
-
     with FakeOpenAI(reply) as server:
         cells, work, home = run_notebook(
             tmp_path, "examples/tutorials/get-started/flow-as-function.ipynb", server,
-            keep_going=True, setup=store_connection,
+            keep_going=True, setup=store_open_ai_connection,
         )
         requests = list(server.requests)
 
@@ -261,10 +255,10 @@ def test_flow_as_function(tmp_path):
     assert failed == [8], {i: cells[i].get("exception") for i in failed}
     assert cells[8]["exception"].startswith("NotImplementedError: FlowContext connections name stored connections")
 
-    # The fake model's answer is not JSON, so convert_to_dict answers its fallback, as written.
-    fallback = {"category": "None", "evidence": "None"}
-    assert cells[3]["stdout"].strip().splitlines()[-1] == repr(fallback)
-    assert cells[10]["stdout"].strip().splitlines()[-1] == repr(fallback)
+    # The fake model classifies the YouTube sample as "None" by its URL.
+    answer = {"category": "None", "evidence": "Url"}
+    assert cells[3]["stdout"].strip().splitlines()[-1] == repr(answer)
+    assert cells[10]["stdout"].strip().splitlines()[-1] == repr(answer)
     # The chat flow streamed: its answer was joined from the chunks.
     assert cells[12]["stdout"].strip() == HELLO
 
@@ -286,3 +280,69 @@ def test_flow_as_function(tmp_path):
     assert chat["stream"] is True
     assert [m["role"] for m in chat["messages"]] == ["system", "user", "assistant", "user"]
     assert chat["messages"][-1]["content"] == "How are you?"
+
+
+def store_open_ai_connection(home, env):
+    """The `open_ai_connection` promptflow's tutorials expect to exist, on the fake server."""
+    spec = home.parent / "open_ai_connection.yaml"
+    spec.write_text(
+        "name: open_ai_connection\ntype: azure_open_ai\napi_key: ${env:AZURE_OPENAI_API_KEY}\n"
+        "api_base: %s\napi_type: azure\n" % env["AZURE_OPENAI_ENDPOINT"]
+    )
+    proc = subprocess.run([sys.executable, "-m", "sluice", "-q", "connection", "create", "--file", str(spec)],
+                          env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_get_started_quickstart(tmp_path):
+    """examples/tutorials/get-started/quickstart.ipynb, promptflow's first tutorial: `pf.connections`,
+    `pf.test` of a flow and of one node, `load_flow`, batch runs of the default variant and of
+    variant_1, evaluation runs, details, metrics, visualize.
+
+    Its connection cell uses `open_ai_connection` when it exists (else it stores one made of
+    placeholders); it is stored first, pointing at the fake server. The web pages the flow fetches
+    are out of reach here; its tool answers "No available content" then, as written."""
+    pytest.importorskip("bs4", reason="the web-classification flow needs beautifulsoup4")
+    pytest.importorskip("requests", reason="the web-classification flow needs requests")
+    with FakeOpenAI(reply) as server:
+        cells, work, home = run_notebook(
+            tmp_path, "examples/tutorials/get-started/quickstart.ipynb", server, setup=store_open_ai_connection
+        )
+        requests = list(server.requests)
+
+    assert [i for i, c in cells.items() if c["skipped"] or c["dropped"]] == [3]
+    assert "using existing connection" in cells[6]["stdout"]
+    assert "open_ai_connection" in cells[6]["stdout"] and "fake-azure-key" not in cells[6]["stdout"]
+    assert "Flow result: {'category': 'App', 'evidence': 'Url'}" in cells[11]["stdout"]
+    node_result = cells[12]["stdout"].strip().splitlines()[-1]
+    assert node_result.startswith("Node result: ")  # the page's text, or "No available content" offline
+    assert "Flow function result: {'category': 'App', 'evidence': 'Url'}" in cells[14]["stdout"]
+
+    urls = [
+        "https://www.youtube.com/watch?v=kYqRtjDBci8",
+        "https://arxiv.org/abs/2307.04767",
+        "https://play.google.com/store/apps/details?id=com.twitter.android",
+    ]
+    for run_cell, details_cell in ((16, 17), (26, 27)):
+        assert 'Run status: "Completed"' in cells[run_cell]["stdout"]
+        details = frame(cells[details_cell])
+        assert column(details, "inputs.url") == urls
+        assert column(details, "outputs.category") == ["None", "None", "App"]
+    assert "variant_1" in cells[26]["stdout"]
+    for details_cell, metrics_cell in ((21, 22), (30, 31)):
+        grades = frame(cells[details_cell])
+        assert column(grades, "inputs.groundtruth") == ["Channel", "Academic", "App"]
+        assert column(grades, "inputs.prediction") == ["None", "None", "App"]
+        assert column(grades, "outputs.grade") == ["Incorrect", "Incorrect", "Correct"]
+        assert json.loads(cells[metrics_cell]["stdout"]) == {"accuracy": 0.33}
+    assert all("The HTML file is generated at" in cells[i]["stdout"] for i in (23, 32))
+    assert len(list((home / "reports").glob("*.html"))) == 2
+
+    # Two LLM nodes per line: pf.test, load_flow, and 3 lines of each of the two batch runs.
+    bodies = [b for _, b in requests]
+    assert len(bodies) == 2 * (1 + 1 + 3 + 3)
+    assert all(p.startswith("/openai/deployments/gpt-35-turbo/chat/completions") for p, _ in requests)
+    summaries = [b for b in bodies if "Please summarize" in json.dumps(b)]
+    assert len(summaries) == 8
+    # variant_1 of summarize_text_content: max_tokens 256, temperature 0.3; variant_0: 128 and 0.2.
+    assert sorted((b["max_tokens"], b["temperature"]) for b in summaries) == [(128, 0.2)] * 5 + [(256, 0.3)] * 3
