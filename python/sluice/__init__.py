@@ -133,6 +133,19 @@ def __getattr__(name: str) -> Any:
         import importlib
 
         return importlib.import_module("sluice.ray")
+    if name == "Prompty":
+        # The engine adds `Prompty` when it starts its Python side, which a program that has not
+        # loaded a flow yet has not done.
+        try:
+            from sluice import _api
+        except ImportError as e:
+            raise AttributeError(
+                "sluice.Prompty needs the sluice-flow Python package (pip install sluice-flow): %s" % e
+            ) from None
+        _api._start_python()
+        if "Prompty" in globals():
+            return globals()["Prompty"]
+        raise AttributeError("sluice.Prompty is not available: the engine did not add it")
     if name in _API:
         try:
             from sluice import _api

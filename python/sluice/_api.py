@@ -10,9 +10,11 @@ import asyncio
 import functools
 import json
 import os
+import sys
+import tempfile
 import webbrowser
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 from sluice import _native
 
@@ -196,6 +198,29 @@ def load_flow(
     return Flow(source, variant=variant, connections=connections)
 
 
+_python_started = False
+
+
+def _start_python() -> None:
+    """Starts the engine's Python side (it adds ``Prompty`` to ``sluice`` and to the ``promptflow``
+    stand-in) by loading a one-function flex flow; loading any flow with Python in it does the same."""
+    global _python_started
+    if _python_started:
+        return
+    with tempfile.TemporaryDirectory(prefix="sluice-start-") as d:
+        name = "_sluice_start_%d" % os.getpid()
+        Path(d, name + ".py").write_text("def start():\n    return None\n", encoding="utf-8")
+        Path(d, "flow.flex.yaml").write_text("entry: %s:start\n" % name, encoding="utf-8")
+        try:
+            _native.NativeFlow(d, None, [])
+        except _native.LoadError as e:
+            raise _load_error(e) from None
+        finally:
+            # Loading put the folder on sys.path; it is about to go.
+            sys.path[:] = [p for p in sys.path if p != d]
+    _python_started = True
+
+
 def home() -> Path:
     """Where Sluice keeps runs, models and connections: ``$SLUICE_HOME``, default ``~/.sluice``."""
     return Path(_native.home())
@@ -304,6 +329,39 @@ class Run:
         return visualize([self], html_path, open_browser=open_browser)
 
 
+def _captured_stdout(argv: List[str]) -> Tuple[int, str]:
+    """Runs a ``sluice`` command line in this process with what the engine prints on standard output
+    (file descriptor 1) captured. Python's own ``print`` (the flow's tools) still reaches the
+    program's stdout, and the working directory is the caller's again afterwards."""
+    sys.stdout.flush()
+    cwd = os.getcwd()
+    try:
+        on_fd1 = sys.stdout.fileno() == 1
+    except (AttributeError, OSError, ValueError):  # a notebook's or a test's stream
+        on_fd1 = False
+    original = sys.stdout
+    with tempfile.TemporaryFile(mode="w+b") as out:
+        saved = os.dup(1)
+        try:
+            if on_fd1:
+                encoding = getattr(original, "encoding", None) or "utf-8"
+                sys.stdout = open(os.dup(saved), "w", encoding=encoding, buffering=1)
+            os.dup2(out.fileno(), 1)
+            code = _native.cli_main(argv)
+        finally:
+            if on_fd1:
+                sys.stdout.close()
+                sys.stdout = original
+            os.dup2(saved, 1)
+            os.close(saved)
+            try:
+                os.chdir(cwd)
+            except OSError:
+                pass
+        out.seek(0)
+        return code, out.read().decode("utf-8", "replace")
+
+
 def visualize(
     runs: Sequence[Union[Run, str]],
     html_path: Optional[PathLike] = None,
@@ -314,7 +372,9 @@ def visualize(
     names = [r.name if isinstance(r, Run) else str(r) for r in runs]
     path = Path(html_path) if html_path else home() / "reports" / ("%s.html" % "_".join(names))
     argv = ["sluice", "-q", "run", "visualize", *names, "--html-path", os.fspath(path)]
-    if _native.cli_main(argv) != 0:
+    # The command prints the path; the caller says where the report is in its own way.
+    code, _ = _captured_stdout(argv)
+    if code != 0:
         raise RunError("cannot write the report of %s" % ", ".join(names))
     if open_browser:
         webbrowser.open(path.resolve().as_uri())

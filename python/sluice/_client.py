@@ -9,17 +9,75 @@ Runs go to Sluice's run store, which ``sluice run list`` reads.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import json
 import os
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+import sys
+import tempfile
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
 from sluice import _api
+from sluice._promptflow import FlowContext
 
 __all__ = ["PFClient", "load_flow", "Run"]
 
 
-def load_flow(source: Union[str, "os.PathLike[str]"], **kwargs: Any) -> _api.Flow:
-    """promptflow's ``load_flow``: a callable flow, ``flow(**inputs)`` returns its outputs."""
-    return _api.load_flow(source, variant=kwargs.get("variant"), connections=kwargs.get("connections"))
+def load_flow(source: Union[str, "os.PathLike[str]"], **kwargs: Any) -> "ContextFlow":
+    """promptflow's ``load_flow``: a callable flow, ``flow(**inputs)`` returns its outputs; set
+    ``flow.context`` (a ``FlowContext``) to change its connections, variant, node inputs or
+    streaming."""
+    return ContextFlow(source, variant=kwargs.get("variant"), connections=kwargs.get("connections"))
+
+
+class ContextFlow(_api.Flow):
+    """A flow called as its ``context`` (promptflow's ``FlowContext``) says."""
+
+    def __init__(
+        self,
+        source: Union[str, "os.PathLike[str]"],
+        *,
+        variant: Optional[str] = None,
+        connections: Optional[Mapping[str, Mapping[str, str]]] = None,
+    ):
+        super().__init__(source, variant=variant, connections=connections)
+        self.context = FlowContext()
+        self._flows: Dict[Any, _api.Flow] = {}
+
+    def __call__(self, **inputs: Any) -> Dict[str, Any]:
+        return self._in_context()._call(inputs, bool(self.context.streaming))
+
+    def stream(self, **inputs: Any) -> Dict[str, Any]:
+        return self._in_context()._call(inputs, True)
+
+    def _in_context(self) -> _api.Flow:
+        context = self.context
+        variant = context.variant or self.variant
+        settings: Dict[str, Dict[str, str]] = {node: dict(values) for node, values in self.connections.items()}
+        for node, values in (context.connections or {}).items():
+            for key, value in values.items():
+                if not isinstance(value, str):
+                    raise NotImplementedError(
+                        "FlowContext connections name stored connections on Sluice (`sluice connection "
+                        "create`); node %r was given a %s object" % (node, type(value).__name__)
+                    )
+                settings.setdefault(node, {})[key] = value
+        for path, value in (context.overrides or {}).items():
+            parts = str(path).split(".")
+            if len(parts) == 4 and parts[0] == "nodes" and parts[2] == "inputs":
+                node, key = parts[1], parts[3]
+            elif len(parts) == 3 and parts[0] == "nodes":
+                node, key = parts[1], parts[2]
+            else:
+                raise ValueError("override %r is not `nodes.<node>.inputs.<input>`" % path)
+            settings.setdefault(node, {})[key] = value if isinstance(value, str) else json.dumps(value)
+        if variant == self.variant and settings == self.connections:
+            return self
+        key = (variant, json.dumps(settings, sort_keys=True))
+        if key not in self._flows:
+            self._flows[key] = _api.Flow(self.source, variant=variant, connections=settings)
+            self._flows[key].timeout = self.timeout
+        return self._flows[key]
 
 
 class Run(_api.Run):
@@ -79,6 +137,169 @@ def _details(run: Union[_api.Run, str], max_results: int = 100, all_results: boo
     return frame if all_results or max_results is None else frame.head(max_results)
 
 
+@contextlib.contextmanager
+def _flow_source(flow: Any) -> Iterator[Any]:
+    """The flow to run: a path or a loaded flow as they are; a function (promptflow's ``pf.run(flow=
+    my_function)``) as a flex flow file naming it as the entry, for the run's length.
+
+    As promptflow does, the file sits in the current folder (the flow's folder: its snapshot, and
+    where relative paths open) when the function's module is a file there, else in a new temporary
+    folder. Its name is Sluice's own, so a ``flow.flex.yaml`` already there is left alone."""
+    if isinstance(flow, (str, os.PathLike, _api.Flow)) or not callable(flow):
+        yield flow
+        return
+    module = getattr(flow, "__module__", None)
+    qualname = getattr(flow, "__qualname__", None) or getattr(flow, "__name__", None)
+    if not module or not qualname or "<" in qualname or "." in qualname:
+        raise ValueError(
+            "pf.run(flow=...) takes a module-level function or class; %r is not one" % (flow,)
+        )
+    if module == "__main__" and not hasattr(sys.modules.get("__main__"), qualname):
+        raise ValueError("function %s is not reachable from the __main__ module" % qualname)
+    entry = "%s:%s" % (module, qualname)
+    code = os.getcwd()
+    file = getattr(sys.modules.get(module), "__file__", None)
+    local = bool(file) and os.path.abspath(file).startswith(os.path.join(os.path.abspath(code), ""))
+    temp = None if local else tempfile.mkdtemp(prefix="%s_" % qualname)
+    folder = code if local else temp
+    fd, path = tempfile.mkstemp(prefix=".sluice-%s-" % qualname, suffix=".flex.yaml", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("name: %s\nentry: %s\n" % (json.dumps(qualname), json.dumps(entry)))
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        if temp:
+            with contextlib.suppress(OSError):
+                os.rmdir(temp)
+            # The run put the folder on sys.path; it is gone now.
+            sys.path[:] = [p for p in sys.path if p != temp]
+
+
+def _init_json(init: Mapping[str, Any]) -> str:
+    """A flex flow's ``init`` as JSON: a model configuration (or other dataclass) as its set fields."""
+
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)
+                    if getattr(value, f.name) is not None}
+        if isinstance(value, Mapping):
+            return {str(k): plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    try:
+        return json.dumps(plain(dict(init)))
+    except TypeError as e:
+        raise TypeError("init= must be JSON values, model configurations or dicts: %s" % e) from None
+
+
+def _secrets(value: Any, key: str = "") -> List[str]:
+    """The texts under secret-named keys (``api_key``, ``*_key``, ``*_token``, ``*secret``,
+    ``password``) anywhere in an init, model configurations included."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return [s for k, v in value.items() for s in _secrets(v, str(k))]
+    if isinstance(value, (list, tuple)):
+        return [s for v in value for s in _secrets(v, key)]
+    k = key.lower().replace("-", "_")
+    secret = k in ("key", "apikey", "token", "secret", "password") or k.endswith(
+        ("_key", "_secret", "_token", "password", "apikey")
+    )
+    return [value] if secret and isinstance(value, str) and value else []
+
+
+def _run_command(
+    flow: Any,
+    data: Any,
+    run: Any,
+    column_mapping: Optional[Mapping[str, str]],
+    variant: Optional[str],
+    name: Optional[str],
+    display_name: Optional[str],
+    tags: Optional[Mapping[str, str]],
+    init: Mapping[str, Any],
+    max_concurrency: int,
+) -> _api.Run:
+    """A run made as ``sluice run create --init`` makes it, in this process: the way to give a class
+    entry its ``__init__`` arguments."""
+    if isinstance(flow, _api.Flow):
+        if flow.connections:
+            raise _api.RunError("runs take a flow's connections from the flow file; load it without connections")
+        flow, variant = flow.source, variant or flow.variant
+    argv = ["sluice", "-q", "run", "create", "--flow", os.path.abspath(os.fspath(flow))]
+    argv += ["--max-concurrency", str(max(1, max_concurrency)), "--init", _init_json(init)]
+    if data is not None:
+        argv += ["--data", os.path.abspath(os.fspath(data))]
+    if run is not None:
+        argv += ["--run", _name(run)]
+    for key, value in (column_mapping or {}).items():
+        argv += ["--column-mapping", "%s=%s" % (key, value)]
+    if variant:
+        argv += ["--variant", variant]
+    if name:
+        argv += ["--name", name]
+    if display_name:
+        argv += ["--display-name", display_name]
+    for key, value in (tags or {}).items():
+        argv += ["--tags", "%s=%s" % (key, value)]
+    # The engine masks in what it writes (the run's record keeps the init) the values of secret-named
+    # environment variables; an init's keys join them for the command's length.
+    secrets = {"SLUICE_PF_INIT_%d_API_KEY" % i: v for i, v in enumerate(_secrets(init))}
+    os.environ.update(secrets)
+    try:
+        code, out = _api._captured_stdout(argv)
+    finally:
+        for key in secrets:
+            os.environ.pop(key, None)
+    printed, record = _split_record(out)
+    if printed:  # what the flow's own code printed
+        sys.stdout.write(printed)
+    if record is None:
+        raise _api.RunError("the run did not start (exit status %d); the error is on stderr" % code)
+    return _api.get_run(record["name"])
+
+
+def _split_record(out: str) -> "tuple[str, Optional[Dict[str, Any]]]":
+    """The run record the command printed last, and what was printed before it."""
+    start = len(out)
+    while True:
+        start = out.rfind("{", 0, start)
+        if start < 0:
+            return out, None
+        if start == 0 or out[start - 1] == "\n":
+            try:
+                record = json.loads(out[start:])
+            except ValueError:
+                record = None
+            if isinstance(record, dict) and "name" in record:
+                return out[:start], record
+
+
+def _print_summary(run: Run) -> None:
+    """What promptflow prints for a streamed run: the run's log, then a summary."""
+    try:
+        print((run.dir / "logs.txt").read_text(encoding="utf-8", errors="replace").rstrip("\n"))
+    except OSError:
+        pass
+    record = run.record
+    print("======= Run Summary =======\n")
+    print('Run name: "%s"' % run.name)
+    print('Run status: "%s"' % run.status)
+    metrics = run.properties.get("system_metrics") or {}
+    if record.get("created_on"):
+        print('Start time: "%s"' % record["created_on"])
+    if metrics.get("duration") is not None:
+        print('Duration: "%.3fs"' % metrics["duration"])
+    if metrics.get("total_lines") is not None:
+        print('Lines: %s completed, %s failed, of %s' % (
+            metrics.get("completed_lines", 0), metrics.get("failed_lines", 0), metrics["total_lines"]))
+    print('Output path: "%s"' % run._output_path)
+
+
 class RunOperations:
     """``pf.runs``: the run store."""
 
@@ -110,11 +331,130 @@ def _visualize(runs: Any, html_path: Optional[str]) -> None:
     print("The HTML file is generated at %r." % str(path))
 
 
+def _test_command(
+    flow: Union[str, "os.PathLike[str]"],
+    inputs: Dict[str, Any],
+    variant: Optional[str],
+    node: Optional[str],
+    init: Optional[Mapping[str, Any]],
+) -> Any:
+    """``sluice flow test`` in this process: one node (``--node``), or a flex flow with ``--init``."""
+    with tempfile.TemporaryDirectory(prefix="sluice-test-") as d:
+        inputs_file = os.path.join(d, "inputs.json")
+        with open(inputs_file, "w", encoding="utf-8") as f:
+            json.dump(inputs, f)
+        argv = ["sluice", "-q", "flow", "test", "--flow", os.path.abspath(os.fspath(flow)), "--inputs", inputs_file]
+        if node:
+            argv += ["--node", node]
+        if variant:
+            argv += ["--variant", variant]
+        if init:
+            argv += ["--init", _init_json(init)]
+        code, out = _api._captured_stdout(argv)
+    if code != 0:
+        what = "node `%s`" % node if node else "the flow"
+        raise _api.FlowRunError("testing %s failed (exit status %d); the error is on stderr" % (what, code), node, {})
+    try:
+        return json.loads(out)
+    except ValueError:
+        # Text is printed as it is.
+        return out[:-1] if out.endswith("\n") else out
+
+
+# promptflow's connection classes by the type names Sluice's store uses.
+_CONNECTION_TYPES = {
+    "AzureOpenAI": "azure_open_ai",
+    "OpenAI": "open_ai",
+    "Custom": "custom",
+    "Serverless": "serverless",
+    "Serp": "serp",
+    "CognitiveSearch": "cognitive_search",
+    "AzureContentSafety": "azure_content_safety",
+    "FormRecognizer": "form_recognizer",
+    "Qdrant": "qdrant",
+    "Weaviate": "weaviate",
+    "AzureAIServices": "azure_ai_services",
+}
+
+
+class ConnectionNotFoundError(_api.SluiceError, KeyError):
+    """No stored connection of that name."""
+
+
+class ConnectionOperations:
+    """``pf.connections``: Sluice's connection store (``sluice connection``), with promptflow's
+    connection objects. Secrets come back as ``******`` unless ``with_secrets=True``."""
+
+    def get(self, name: str, with_secrets: bool = False, **_kwargs: Any) -> Any:
+        from sluice import _promptflow
+
+        path = _api.home() / "connections" / ("%s.json" % name)
+        try:
+            with path.open(encoding="utf-8") as f:
+                stored = json.load(f)
+        except FileNotFoundError:
+            raise ConnectionNotFoundError("connection %r is not found in %s" % (name, path.parent)) from None
+        kind = str(stored.get("type", "")).replace("-", "_").lower()
+        by_type = {v: k for k, v in _CONNECTION_TYPES.items()}
+        by_type.update(openai="OpenAI", azure_openai="AzureOpenAI")
+        cls = getattr(_promptflow, "%sConnection" % by_type.get(kind, "Custom"))
+        secrets = dict(stored.get("secrets") or {})
+        if not with_secrets:
+            secrets = {k: _promptflow._SCRUBBED for k in secrets}
+        connection = cls.__new__(cls)
+        _promptflow._Connection.__init__(
+            connection, name=stored.get("name", name), configs=stored.get("configs") or {}, secrets=secrets
+        )
+        return connection
+
+    def list(self, max_results: Optional[int] = None, all_results: bool = False, **_kwargs: Any) -> List[Any]:
+        folder = _api.home() / "connections"
+        names = sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
+        if max_results and not all_results:
+            names = names[:max_results]
+        return [self.get(n) for n in names]
+
+    def create_or_update(self, connection: Any, **_kwargs: Any) -> Any:
+        """Stores ``connection`` (``sluice connection create``) and returns it as stored, secrets
+        masked. A secret given as ``******`` keeps the stored value, as in promptflow."""
+        name = getattr(connection, "name", None)
+        if not name:
+            raise ValueError("a connection needs a name to be stored")
+        kind = _CONNECTION_TYPES.get(getattr(connection, "type", ""), "custom")
+        configs = {k: v for k, v in dict(connection.configs).items() if v is not None}
+        secrets = {k: v for k, v in dict(connection.secrets).items() if v is not None}
+        if any(v == "******" for v in secrets.values()):
+            try:
+                old = self.get(name, with_secrets=True).secrets
+            except ConnectionNotFoundError:
+                old = {}
+            secrets = {k: old.get(k, v) if v == "******" else v for k, v in secrets.items()}
+        if kind == "custom":
+            spec = {"name": name, "type": kind, "configs": configs, "secrets": secrets}
+        else:
+            spec = dict(configs, name=name, type=kind, **secrets)
+        with tempfile.TemporaryDirectory(prefix="sluice-connection-") as d:
+            path = os.path.join(d, "connection.yaml")
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(spec, f)  # JSON is YAML
+            code, _ = _api._captured_stdout(["sluice", "-q", "connection", "create", "--file", path])
+        if code != 0:
+            raise _api.SluiceError("could not store connection %r; the error is on stderr" % name)
+        return self.get(name)
+
+    def delete(self, name: str, **_kwargs: Any) -> None:
+        code, _ = _api._captured_stdout(["sluice", "-q", "connection", "delete", "--name", name])
+        if code != 0:
+            raise ConnectionNotFoundError("connection %r is not found" % name)
+
+
 class PFClient:
     """promptflow's local client: test a flow, run it over a dataset, read runs back."""
 
     def __init__(self, **_kwargs: Any) -> None:
         self.runs = RunOperations()
+        self.connections = ConnectionOperations()
 
     def test(
         self,
@@ -125,16 +465,19 @@ class PFClient:
         environment_variables: Optional[Mapping[str, str]] = None,
         **_kwargs: Any,
     ) -> Dict[str, Any]:
-        """Runs one line and returns the flow's outputs (``pf.test(flow=..., inputs=...)``)."""
-        if node is not None:
-            raise NotImplementedError("testing one node is `sluice flow test --node` for now")
+        """Runs one line and returns the flow's outputs (``pf.test(flow=..., inputs=...)``); with
+        ``node=``, runs only that node (its inputs given by name in ``inputs``) and returns its output;
+        ``init=`` gives a flex flow's class entry its ``__init__`` arguments."""
         for key, value in (environment_variables or {}).items():
             os.environ[key] = value
-        return _api.load_flow(flow, variant=variant)(**dict(inputs or {}))
+        init = _kwargs.get("init")
+        if node is None and not init:
+            return _api.load_flow(flow, variant=variant)(**dict(inputs or {}))
+        return _test_command(flow, dict(inputs or {}), variant, node, init)
 
     def run(
         self,
-        flow: Optional[Union[str, "os.PathLike[str]"]] = None,
+        flow: Optional[Union[str, "os.PathLike[str]", Callable[..., Any]]] = None,
         data: Optional[Union[str, "os.PathLike[str]"]] = None,
         run: Optional[Union[_api.Run, str]] = None,
         column_mapping: Optional[Mapping[str, str]] = None,
@@ -144,29 +487,45 @@ class PFClient:
         name: Optional[str] = None,
         display_name: Optional[str] = None,
         tags: Optional[Mapping[str, str]] = None,
+        init: Optional[Mapping[str, Any]] = None,
+        stream: bool = False,
         **kwargs: Any,
     ) -> Run:
         """A batch run (or, with ``run=``, an evaluation run), as ``pf.run``; it has finished when
-        this returns."""
+        this returns.
+
+        ``flow`` is a flow folder or file, or (as promptflow allows) a Python function, which runs as
+        a flex flow with it as the entry. ``init`` gives a flex flow's class entry its ``__init__``
+        arguments (model configurations as objects or dicts); ``stream=True`` prints the run's log and
+        a summary when it has finished."""
         if flow is None:
             raise ValueError("pf.run needs flow=")
         if connections:
             raise NotImplementedError("per-run connections: set them in the flow, or use sluice.load_flow")
         for key, value in (environment_variables or {}).items():
             os.environ[key] = value
-        return _pf_run(
-            _api.run(
-                flow,
-                data,
-                column_mapping=column_mapping,
-                run=run,
-                variant=variant,
-                name=name,
-                display_name=display_name,
-                tags=tags,
-                max_concurrency=int(kwargs.get("max_concurrency", 16)),
-            )
-        )
+        max_concurrency = int(kwargs.get("max_concurrency", 16))
+        with _flow_source(flow) as source:
+            if init:
+                record = _run_command(
+                    source, data, run, column_mapping, variant, name, display_name, tags, init, max_concurrency
+                )
+            else:
+                record = _api.run(
+                    source,
+                    data,
+                    column_mapping=column_mapping,
+                    run=run,
+                    variant=variant,
+                    name=name,
+                    display_name=display_name,
+                    tags=tags,
+                    max_concurrency=max_concurrency,
+                )
+        result = _pf_run(record)
+        if stream:
+            _print_summary(result)
+        return result
 
     def stream(self, run: Union[_api.Run, str], **_kwargs: Any) -> Run:
         return self.runs.get(run)

@@ -334,6 +334,30 @@ class Image(bytes):
         return "data:%s;base64,%s" % (self._mime_type, encoded) if with_type else encoded
 
 
+class FlowContext:
+    """How a flow from ``load_flow`` is called (``flow.context = FlowContext(...)``): node
+    ``connections`` (``{"node": {"connection": "name", "deployment_name": "..."}}``), the ``variant``
+    (``"${node.variant_1}"``), node input ``overrides`` (``{"nodes.node.inputs.name": value}``) and
+    ``streaming`` (streamed outputs as iterators of text)."""
+
+    def __init__(
+        self,
+        *,
+        connections: Optional[Dict[str, Dict[str, Any]]] = None,
+        variant: Optional[str] = None,
+        overrides: Optional[Dict[str, Any]] = None,
+        streaming: bool = False,
+    ):
+        self.connections = connections or {}
+        self.variant = variant
+        self.overrides = overrides or {}
+        self.streaming = streaming
+
+    def __repr__(self):
+        return "FlowContext(connections=%r, variant=%r, overrides=%r, streaming=%r)" % (
+            self.connections, self.variant, self.overrides, self.streaming)
+
+
 def start_trace(*args: Any, **kwargs: Any) -> None:
     """Accepted for compatibility; Sluice records node runs itself (see ``sluice run show``)."""
 
@@ -428,7 +452,7 @@ def install(sluice):
     )
     conns = {cls.__name__: cls for cls in CONNECTION_CLASSES}
     connections = module("promptflow.connections", **conns)
-    entities = module("promptflow.entities", **conns)
+    entities = module("promptflow.entities", FlowContext=FlowContext, **conns)
     types_mod = module(
         "promptflow.contracts.types",
         PromptTemplate=sluice.PromptTemplate,
@@ -442,7 +466,9 @@ def install(sluice):
         AzureOpenAIModelConfiguration=AzureOpenAIModelConfiguration,
         OpenAIModelConfiguration=OpenAIModelConfiguration,
     )
-    core = module("promptflow.core", **api, **model_configs)
+    core = module("promptflow.core", **api, **model_configs, __getattr__=_prompty_from(sluice, "promptflow.core"))
+    # `from promptflow.core._flow import Prompty`, as promptflow's own examples write it.
+    core._flow = module("promptflow.core._flow", __getattr__=_prompty_from(sluice, "promptflow.core._flow"))
     internal = module("promptflow._internal", **api)
     legacy_tool = module("promptflow._core.tool", **api)
     legacy_core = module("promptflow._core", tool=legacy_tool)
@@ -471,6 +497,21 @@ def install(sluice):
         __version__="0.0.0+sluice",
         **api,
     )
+
+
+def _prompty_from(sluice, where):
+    """A module ``__getattr__`` giving ``Prompty``, which the engine adds to ``sluice`` when its
+    Python side starts (``sluice.Prompty`` starts it)."""
+
+    def __getattr__(name):
+        if name != "Prompty":
+            raise AttributeError("module %r has no attribute %r" % (where, name))
+        try:
+            return sluice.Prompty
+        except AttributeError as e:
+            raise AttributeError("%s.Prompty: %s" % (where, e)) from None
+
+    return __getattr__
 
 
 def _from_client(where):
