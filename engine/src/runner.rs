@@ -298,13 +298,13 @@ impl RunSpec {
                 .map(Shard::parse)
                 .transpose()?;
         }
-        self.fill_from(&old);
+        self.fill_from(&old)?;
         Ok(())
     }
 
     /// Takes what this spec does not say (flow, data, base run, mapping, init, variant) from an
     /// earlier run.
-    fn fill_from(&mut self, old: &RunRecord) {
+    fn fill_from(&mut self, old: &RunRecord) -> Result<(), RunError> {
         let props = &old.properties;
         self.flow.get_or_insert_with(|| props.flow_path.clone());
         if self.data.is_none() {
@@ -321,6 +321,14 @@ impl RunSpec {
                 .collect();
         }
         if self.init.is_none() {
+            if let Some(init) = &props.init
+                && holds_mask(&Json::Object(init.clone()))
+            {
+                return Err(RunError::Spec(format!(
+                    "run `{}` was made with secrets in its init, which runs do not store; give its init again with --init",
+                    old.name
+                )));
+            }
             self.init = props
                 .init
                 .as_ref()
@@ -337,6 +345,7 @@ impl RunSpec {
                 .take(1)
                 .collect();
         }
+        Ok(())
     }
 
     /// Makes this spec the merge of `merge_from`: the runs must have run the same flow, data, base
@@ -377,7 +386,7 @@ impl RunSpec {
                 first = Some(old);
             }
         }
-        self.fill_from(&first.expect("at least one run"));
+        self.fill_from(&first.expect("at least one run"))?;
         self.shard = None;
         Ok(())
     }
@@ -526,6 +535,42 @@ fn columns_of<'a>(rows: impl Iterator<Item = &'a Map>) -> Vec<String> {
 
 /// Whether `--run` names a run folder (a path holding `run.json`, such as a segment of `flow serve`'s
 /// traffic log) rather than a run of the store.
+/// A run's `init` as `run.json` keeps it: a string under a secret-looking key (`api_key`, at any depth,
+/// as in a model configuration) is masked, and registered so that logs mask it too.
+fn stored_init(init: &Map) -> serde_json::Map<String, Json> {
+    fn mask(key: &str, v: Json) -> Json {
+        match v {
+            Json::Object(m) => Json::Object(
+                m.into_iter()
+                    .map(|(k, v)| {
+                        let v = mask(&k, v);
+                        (k, v)
+                    })
+                    .collect(),
+            ),
+            Json::Array(a) => Json::Array(a.into_iter().map(|v| mask(key, v)).collect()),
+            Json::String(s) if crate::redact::is_secret_key(key) => {
+                crate::redact::register_secret(&s);
+                Json::String(crate::redact::MASK.to_owned())
+            }
+            other => other,
+        }
+    }
+    init.iter()
+        .map(|(k, v)| (k.clone(), mask(k, v.to_json_lossy())))
+        .collect()
+}
+
+/// Whether a stored value holds a masked secret.
+fn holds_mask(v: &Json) -> bool {
+    match v {
+        Json::String(s) => s == crate::redact::MASK,
+        Json::Array(a) => a.iter().any(holds_mask),
+        Json::Object(m) => m.values().any(holds_mask),
+        _ => false,
+    }
+}
+
 fn is_run_folder(run: &str) -> bool {
     run.contains(std::path::MAIN_SEPARATOR) && Path::new(run).join(crate::store::RUN_JSON).is_file()
 }
@@ -717,11 +762,7 @@ impl BatchRun {
                     .iter()
                     .map(|(k, v)| (k.clone(), v.to_json_lossy()))
                     .collect(),
-                init: spec.init.as_ref().map(|init| {
-                    init.iter()
-                        .map(|(k, v)| (k.clone(), v.to_json_lossy()))
-                        .collect()
-                }),
+                init: spec.init.as_ref().map(stored_init),
                 system_metrics: SystemMetrics {
                     total_lines: expected_lines,
                     ..Default::default()
@@ -1430,6 +1471,38 @@ impl Tally {
             self.node(&run.node, run.status.as_str());
         }
         self.tokens.add(&r.tokens());
+    }
+}
+
+#[cfg(test)]
+mod init_tests {
+    use super::*;
+
+    #[test]
+    fn secrets_in_an_init_are_masked_where_the_run_keeps_it() {
+        let init = match Value::from(json!({
+            "model_config": {"azure_endpoint": "https://x.example", "api_key": "sk-init-secret-123456"},
+            "temperature": 0.2,
+            "token": "tok-abcdef-123456",
+        })) {
+            Value::Map(m) => m,
+            _ => unreachable!(),
+        };
+        let stored = Json::Object(stored_init(&init));
+        assert_eq!(stored["model_config"]["api_key"], crate::redact::MASK);
+        assert_eq!(
+            stored["model_config"]["azure_endpoint"],
+            "https://x.example"
+        );
+        assert_eq!(stored["token"], crate::redact::MASK);
+        assert_eq!(stored["temperature"], 0.2);
+        assert!(holds_mask(&stored));
+        assert!(!stored.to_string().contains("sk-init-secret"));
+        // And the secret is masked in whatever is logged from now on.
+        assert_eq!(
+            crate::redact::redact("key sk-init-secret-123456"),
+            "key ***"
+        );
     }
 }
 
