@@ -209,6 +209,8 @@ impl Flow {
 
     async fn run_line_inner(&self, given: &Map, opts: &LineOptions) -> LineResult {
         let start_time = Utc::now();
+        // Joining a streamed output counts toward the line's timeout too.
+        let deadline = opts.timeout.map(|t| tokio::time::Instant::now() + t);
         let finish =
             |inputs: Map, output, error: Option<ErrorInfo>, node_runs, aggregation_inputs| {
                 LineResult {
@@ -260,7 +262,21 @@ impl Flow {
             let value = if opts.stream {
                 value
             } else {
-                match value.to_plain() {
+                let joined = match deadline {
+                    Some(d) => tokio::time::timeout_at(d, value.into_plain()).await,
+                    None => Ok(value.into_plain().await),
+                };
+                let Ok(joined) = joined else {
+                    let secs = opts.timeout.unwrap_or_default().as_secs_f64();
+                    let err = line_error(
+                        "LineExecutionTimeoutError",
+                        format!(
+                            "Line execution timeout after {secs} seconds, while the output '{name}' was read."
+                        ),
+                    );
+                    return finish(inputs, Map::new(), Some(err), outcome.runs, Map::new());
+                };
+                match joined {
                     Ok(v) => v,
                     Err(e) => {
                         let err = line_error(
@@ -416,7 +432,8 @@ impl Flow {
             Ok(output)
         } else {
             output
-                .to_plain()
+                .into_plain()
+                .await
                 .map_err(|e| line_error("FlowOutputUnserializable", e.to_string()))
         }
     }

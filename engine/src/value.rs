@@ -238,6 +238,43 @@ impl Value {
         }
     }
 
+    /// The streams the value holds, at any depth.
+    pub fn streams(&self) -> Vec<Arc<dyn Opaque>> {
+        let mut out = Vec::new();
+        let mut stack = vec![self];
+        while let Some(v) = stack.pop() {
+            match v {
+                Value::List(items) => stack.extend(items),
+                Value::Map(map) => stack.extend(map.values()),
+                Value::Opaque(o) if o.is_stream() => out.push(o.clone()),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// [`Value::to_plain`] for async code: a value holding a stream is read on a blocking thread, and
+    /// dropping the future (a line that timed out or was cancelled) cancels its streams, so their
+    /// producers stop at their next item instead of running on unseen.
+    pub async fn into_plain(self) -> Result<Value, PlainError> {
+        struct CancelOnDrop(Vec<Arc<dyn Opaque>>);
+        impl Drop for CancelOnDrop {
+            fn drop(&mut self) {
+                for s in &self.0 {
+                    s.cancel();
+                }
+            }
+        }
+        let streams = self.streams();
+        if streams.is_empty() {
+            return self.to_plain();
+        }
+        let mut guard = CancelOnDrop(streams);
+        let out = crate::spawn::run_blocking(move || self.to_plain()).await;
+        guard.0.clear();
+        out
+    }
+
     /// The value as JSON, or the path to the first part that has no JSON form.
     ///
     /// Streams are joined into one string (promptflow's `"".join(str(x) for x in it)`).

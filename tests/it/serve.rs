@@ -12,6 +12,8 @@ use crate::common::{Answer, Served, client, read_jsonl, request, succeeded, writ
 /// A flow with a Python node that upper-cases `text` after sleeping `wait` seconds, and an
 /// evaluation-only output.
 const SLOW_UPPER: &str = "slow_upper";
+/// A Python generator that never ends, noting each item in a file.
+const ENDLESS: &str = "endless";
 
 /// One input, one output: the raw body is the input.
 const ECHO: &str = "echo";
@@ -417,6 +419,47 @@ fn a_streaming_output_is_sent_as_server_sent_events() {
     let outputs = read_jsonl(&segment(root.path()).join("outputs.jsonl"));
     assert_eq!(outputs[0]["streamed"], "ABC");
     assert_eq!(outputs[0]["length"], 3);
+}
+
+#[test]
+fn a_python_stream_past_the_line_timeout_stops_producing_and_is_closed() {
+    let (root, _, server) = start(ENDLESS, &["--line-timeout", "1"]);
+    let marker = root.path().join("ticks.txt");
+    let body = json!({ "marker": marker }).to_string();
+    let r = stream_score(&server, body.as_bytes());
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("LineExecutionTimeoutError"), "{}", r.body);
+    // The generator is closed (its `finally` ran) and makes no more items.
+    let read = || std::fs::read_to_string(&marker).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !read().contains("closed") {
+        assert!(
+            Instant::now() < deadline,
+            "the generator was not closed: {}",
+            read()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ticks = read().lines().filter(|l| l.starts_with("tick")).count();
+    assert!(ticks >= 5, "{}", read());
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        read().lines().filter(|l| l.starts_with("tick")).count(),
+        ticks
+    );
+    // Without a stream in Accept, the joined output times out as a 504 and stops too.
+    std::fs::remove_file(&marker).unwrap();
+    let joined = score(&server, &json!({ "marker": marker }));
+    assert_eq!(joined.status, 504, "{}", joined.body);
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = read().lines().filter(|l| l.starts_with("tick")).count();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        read().lines().filter(|l| l.starts_with("tick")).count(),
+        after,
+        "the joined stream went on after its line timed out"
+    );
+    server.stop();
 }
 
 #[test]

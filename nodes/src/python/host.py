@@ -731,10 +731,6 @@ def is_stream(obj):
     return isinstance(obj, collections.abc.Iterator) and not isinstance(obj, (str, bytes, dict, list))
 
 
-def drain(obj):
-    return [str(x) for x in obj]
-
-
 def to_plain(obj):
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return dataclasses.asdict(obj)

@@ -998,6 +998,7 @@ fn from_py_in(
         obj: obj.clone().unbind(),
         type_name,
         stream,
+        cancelled: std::sync::atomic::AtomicBool::new(false),
     })))
 }
 
@@ -1007,6 +1008,8 @@ struct PyObj {
     obj: Py<PyAny>,
     type_name: String,
     stream: bool,
+    /// Set by [`Opaque::cancel`]: a stream being read stops before its next item.
+    cancelled: std::sync::atomic::AtomicBool,
 }
 
 impl PyObj {
@@ -1054,20 +1057,47 @@ impl Opaque for PyObj {
     }
 
     fn drain(&self) -> Result<Vec<String>, sluice_engine::StreamError> {
-        let rt = runtime().map_err(|e| sluice_engine::StreamError::new(e.to_string()))?;
+        let mut items = Vec::new();
+        self.for_each_chunk(&mut |item| items.push(item.to_owned()))?;
+        Ok(items)
+    }
+
+    /// Reads the iterator one item at a time, each as its `str()`. Once cancelled, it stops before
+    /// the next item and closes a generator (its `finally` blocks run), so a stream whose line timed
+    /// out or was dropped does not go on producing.
+    fn for_each_chunk(&self, f: &mut dyn FnMut(&str)) -> Result<(), sluice_engine::StreamError> {
+        use std::sync::atomic::Ordering;
+        let failed = |py: Python<'_>, e: &PyErr| {
+            let d = describe(py, e);
+            sluice_engine::StreamError::new(format!("({}) {}", d.exc_type, d.message))
+        };
         Python::attach(|py| {
-            rt.host
-                .bind(py)
-                .getattr("drain")?
-                .call1((self.obj.bind(py),))?
-                .extract::<Vec<String>>()
+            let obj = self.obj.bind(py);
+            loop {
+                if self.cancelled.load(Ordering::Acquire) {
+                    if obj.hasattr("close").unwrap_or(false) {
+                        let _ = obj.call_method0("close");
+                    }
+                    return Err(sluice_engine::StreamError::new(
+                        "the stream was stopped before its end",
+                    ));
+                }
+                let item = match obj.call_method0("__next__") {
+                    Ok(item) => item,
+                    Err(e) if e.is_instance_of::<pyo3::exceptions::PyStopIteration>(py) => {
+                        return Ok(());
+                    }
+                    Err(e) => return Err(failed(py, &e)),
+                };
+                let text = item.str().map_err(|e| failed(py, &e))?.to_string();
+                f(&text);
+            }
         })
-        .map_err(|e| {
-            Python::attach(|py| {
-                let d = describe(py, &e);
-                sluice_engine::StreamError::new(format!("({}) {}", d.exc_type, d.message))
-            })
-        })
+    }
+
+    fn cancel(&self) {
+        self.cancelled
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     fn lookup(&self, step: &PathStep) -> Option<Value> {
