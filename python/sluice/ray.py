@@ -1,26 +1,26 @@
-"""Batch runs spread over a Ray cluster: ``sluice.ray.run(flow, data, num_actors=N)``.
+"""Batch runs spread over a Ray cluster: ``sluice.ray.run(flow, data, num_workers=N)``.
 
-Each of N Ray actors loads the flow once and runs one shard of the data (line numbers ``i, i+N,
-...``) as a run of its own (``<name>_shard<i>``); then the shards are merged into one run, as
-``sluice run merge`` does: their completed lines carried over, aggregation nodes and metrics computed
-once over all lines. The result is an ordinary run in the run store (``sluice run list``,
-``sluice.get_run``).
+Each of N Ray tasks runs one shard of the data (line numbers ``i, i+N, ...``) as a run of its own
+(``<name>_shard<i>``) on a Ray worker process; then the shards are merged into one run, as ``sluice run
+merge`` does: their completed lines carried over, aggregation nodes and metrics computed once over all
+lines. The result is an ordinary run in the run store (``sluice run list``, ``sluice.get_run``). Ray
+keeps its worker processes between tasks, so a second call starts its shards at once.
 
 ``data`` is a file or folder path, or a ``ray.data.Dataset``, which is first written, in the dataset's
 order, to ``$SLUICE_HOME/ray/<name>/data.jsonl`` (one JSON object per row).
 
-An actor whose process dies (killed, out of memory, a tool that crashes the interpreter) is restarted
-by Ray, up to ``max_retries`` times, and its shard continues from the partial shard run as a run of its
-own (``<name>_shard<i>_r1``, ``_r2``, ...): the lines it completed are carried over, the lines that
-were running when it died run again one at a time, and the merge takes each shard's last run, so every
-line is in the merged run exactly once. A call that stopped as a whole (the driver killed, retries
-spent) continues with ``sluice.ray.run(flow, data, resume=NAME, num_actors=N)``: shards that completed
-are kept, the others continue where they stopped, and the merge runs again.
+A worker process that dies (killed, out of memory, a tool that crashes the interpreter) makes Ray run
+its task again, up to ``max_retries`` times, and the shard continues from the partial shard run as a
+run of its own (``<name>_shard<i>_r1``, ``_r2``, ...): the lines it completed are carried over, the
+lines that were running when it died run again one at a time, and the merge takes each shard's last
+run, so every line is in the merged run exactly once. A call that stopped as a whole (the driver
+killed, retries spent) continues with ``sluice.ray.run(flow, data, resume=NAME, num_workers=N)``:
+shards that completed are kept, the others continue where they stopped, and the merge runs again.
 
-The actors write their shard runs to the same ``$SLUICE_HOME`` as the caller, so on a cluster of
-several machines that folder (and the flow and data paths) must be shared storage, and a dead actor's
+The workers write their shard runs to the same ``$SLUICE_HOME`` as the caller, so on a cluster of
+several machines that folder (and the flow and data paths) must be shared storage, and a dead worker's
 shard run is recognized as dead only on the machine that ran it; it is tested on one machine (one or
-two Ray nodes). Needs ``pip install ray``.
+two Ray nodes). Needs ``pip install ray`` (``ray[data]`` for Datasets).
 """
 
 from __future__ import annotations
@@ -50,34 +50,30 @@ def _attempts(shard_name: str) -> List[str]:
         found.append(candidate)
 
 
-class _ShardWorker:
-    """One Ray actor: runs shards in the caller's run store, with the caller's models."""
+def _run_shard(env: Dict[str, str], shard_name: str, shard: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """One Ray task: runs one shard in the caller's run store, with the caller's models, or continues
+    its last run when one exists (a retry after the worker running it died, a resumed call); a
+    completed one is taken as it is."""
+    import ray
+    import sluice
 
-    def __init__(self, env: Dict[str, str]):
-        os.environ.update(env)
-
-    def run_shard(self, shard_name: str, shard: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
-        """Runs the shard, or continues its last run when one exists (a retry after this actor's
-        process died, a resumed call); a completed one is taken as it is."""
-        import ray
-        import sluice
-
-        attempts = _attempts(shard_name)
-        if not attempts:
-            node = ray.get_runtime_context().get_node_id()
-            done = sluice.run(name=shard_name, shard=shard, tags={"ray_node": node}, **kwargs)
+    os.environ.update(env)
+    attempts = _attempts(shard_name)
+    if not attempts:
+        node = ray.get_runtime_context().get_node_id()
+        done = sluice.run(name=shard_name, shard=shard, tags={"ray_node": node}, **kwargs)
+    else:
+        last = sluice.get_run(attempts[-1])
+        if last.status == "Completed":
+            done = last
         else:
-            last = sluice.get_run(attempts[-1])
-            if last.status == "Completed":
-                done = last
-            else:
-                done = sluice.run(
-                    resume_from=last.name,
-                    name="%s_r%d" % (shard_name, len(attempts)),
-                    max_concurrency=kwargs["max_concurrency"],
-                    line_timeout=kwargs["line_timeout"],
-                )
-        return {"name": done.name, "status": done.status}
+            done = sluice.run(
+                resume_from=last.name,
+                name="%s_r%d" % (shard_name, len(attempts)),
+                max_concurrency=kwargs["max_concurrency"],
+                line_timeout=kwargs["line_timeout"],
+            )
+    return {"name": done.name, "status": done.status}
 
 
 def _json_value(value: Any) -> Any:
@@ -128,33 +124,33 @@ def run(
     run: Optional[Union[_api.Run, str]] = None,
     variant: Optional[str] = None,
     name: Optional[str] = None,
-    num_actors: int = 2,
+    num_workers: int = 2,
     max_concurrency: int = 16,
     line_timeout: Optional[float] = None,
     max_retries: int = 3,
     resume: Optional[str] = None,
     address: Optional[str] = None,
-    actor_options: Optional[Mapping[str, Any]] = None,
+    task_options: Optional[Mapping[str, Any]] = None,
 ) -> _api.Run:
-    """Runs ``data`` (a path, or a ``ray.data.Dataset``) through ``flow`` on ``num_actors`` Ray actors
-    (each with ``max_concurrency`` lines at once) and returns the merged run. Starts a local Ray
-    cluster when none is connected (``address`` names one to join). Other arguments are those of
-    ``sluice.run``.
+    """Runs ``data`` (a path, or a ``ray.data.Dataset``) through ``flow`` as ``num_workers`` shards,
+    one Ray task each (each with ``max_concurrency`` lines at once), and returns the merged run. Starts
+    a local Ray cluster when none is connected (``address`` names one to join). Other arguments are
+    those of ``sluice.run``.
 
-    An actor that dies is restarted up to ``max_retries`` times, its shard continuing where it stopped.
-    ``resume=NAME`` continues an earlier call that stopped (give the same flow, data and
-    ``num_actors``); without it, a ``name`` already in the run store is refused.
+    A shard whose worker process dies runs again, up to ``max_retries`` times, continuing where it
+    stopped. ``resume=NAME`` continues an earlier call that stopped (give the same flow, data and
+    ``num_workers``); without it, a ``name`` already in the run store is refused.
 
-    The actors are spread over the cluster's nodes (Ray's ``SPREAD``), each asking for 0.01 CPU so
-    that they reserve no core; ``actor_options`` are passed to the actor's ``.options()`` over these
+    The tasks are spread over the cluster's nodes (Ray's ``SPREAD``), each asking for 0.01 CPU so that
+    they reserve no core; ``task_options`` are passed to the task's ``.options()`` over these
     (``{"num_cpus": 4}``, ``{"resources": {...}}``, ``{"runtime_env": {...}}``).
     """
     try:
         import ray
     except ImportError as e:
         raise ImportError("sluice.ray needs Ray: pip install ray") from e
-    if num_actors < 1:
-        raise ValueError("num_actors must be at least 1")
+    if num_workers < 1:
+        raise ValueError("num_workers must be at least 1")
     if max_retries < 0:
         raise ValueError("max_retries must be 0 or more")
     if resume is not None:
@@ -170,7 +166,7 @@ def run(
         stem = os.path.splitext(os.path.basename(source.rstrip("/")))[0] or "flow"
         name = "%s_ray_%s" % (stem, time.strftime("%Y%m%d_%H%M%S"))
     runs = _api.home() / "runs"
-    shard_names = ["%s_shard%d" % (name, i) for i in range(num_actors)]
+    shard_names = ["%s_shard%d" % (name, i) for i in range(num_workers)]
     merged: Optional[_api.Run] = None
     if resume is None:
         taken = [n for n in [name, *shard_names] if (runs / n).exists()]
@@ -193,10 +189,10 @@ def run(
             if not (entry.name.startswith(prefix) and index.isdigit() and (entry / "run.json").is_file()):
                 continue
             started = str(_api.get_run(entry.name).properties.get("shard"))
-            if started != "%s/%d" % (index, num_actors):
+            if started != "%s/%d" % (index, num_workers):
                 count = started.split("/")[-1]
                 raise _api.RunError(
-                    "run %r was started with %s actors; resume it with num_actors=%s" % (name, count, count)
+                    "run %r was started with %s workers; resume it with num_workers=%s" % (name, count, count)
                 )
     if isinstance(data, (str, os.PathLike)):
         data_path = os.path.abspath(os.fspath(data))
@@ -215,16 +211,16 @@ def run(
         if key in os.environ:
             env[key] = os.environ[key]
     options: Dict[str, Any] = {
-        # A token share of a CPU: Ray's SPREAD places actors that ask for some resource on different
+        # A token share of a CPU: Ray's SPREAD places tasks that ask for some resource on different
         # nodes, and this reserves no core (the engine mostly waits on models and services).
         "num_cpus": 0.01,
         "scheduling_strategy": "SPREAD",
-        **dict(actor_options or {}),
-        "max_restarts": max_retries,
-        "max_task_retries": max_retries,
+        **dict(task_options or {}),
+        # Retried when the worker running it dies, not when the shard raises.
+        "max_retries": max_retries,
+        "retry_exceptions": False,
     }
-    worker = ray.remote(_ShardWorker).options(**options)
-    actors = [worker.remote(env) for _ in range(num_actors)]
+    task = ray.remote(_run_shard).options(**options)
     common = dict(
         flow=source,
         data=data_path,
@@ -234,21 +230,21 @@ def run(
         max_concurrency=max_concurrency,
         line_timeout=line_timeout,
     )
+    refs = [task.remote(env, shard_names[i], "%d/%d" % (i, num_workers), common) for i in range(num_workers)]
     try:
-        refs = [
-            actor.run_shard.remote(shard_names[i], "%d/%d" % (i, num_actors), common)
-            for i, actor in enumerate(actors)
-        ]
-        try:
-            shards: List[Dict[str, Any]] = ray.get(refs)
-        except ray.exceptions.RayActorError as e:
+        shards: List[Dict[str, Any]] = ray.get(refs)
+    except BaseException as e:
+        # The other shards stop too (their finished lines are kept), and only once their processes
+        # are gone does this return, so that a resume finds no shard still running.
+        for ref in refs:
+            ray.cancel(ref, force=True)
+        ray.wait(refs, num_returns=len(refs), timeout=60)
+        if isinstance(e, (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError)):
             raise _api.RunError(
-                "a shard's actor died %d times (%s); the shards' finished lines are kept, and "
+                "a shard's worker died %d times (%s); the shards' finished lines are kept, and "
                 "sluice.ray.run(..., resume=%r) continues the run" % (max_retries + 1, e, name)
             ) from None
-    finally:
-        for actor in actors:
-            ray.kill(actor)
+        raise
     if merged is not None:
         # An earlier merge that stopped: it is made again from the shards.
         if _native.cli_main(["sluice", "-q", "run", "delete", "-n", name, "-y"]) != 0:

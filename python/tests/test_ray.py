@@ -1,6 +1,6 @@
-"""`sluice.ray.run`: one run's shards on Ray actors of a local cluster, merged into one run; a killed
-actor's shard continued from where it stopped; a run stopped as a whole resumed; a Ray Dataset as the
-data. Skipped where Ray is not installed (the package does not depend on it)."""
+"""`sluice.ray.run`: one run's shards as Ray tasks on a local cluster, merged into one run; a shard
+whose worker process was killed continued from where it stopped; a run stopped as a whole resumed; a
+Ray Dataset as the data. Skipped where Ray is not installed (the package does not depend on it)."""
 
 import json
 import subprocess
@@ -110,27 +110,27 @@ def assert_every_line_once(run):
     assert run.metrics == expected_metrics()
 
 
-def test_a_run_spread_over_actors_is_one_merged_run_with_its_evaluation(tmp_path):
+def test_a_run_spread_over_workers_is_one_merged_run_with_its_evaluation(tmp_path):
     import sluice.ray
 
     names = ["n%d" % i for i in range(10)]
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps({"who": n, "answer": n if i % 2 else "x"}) + "\n" for i, n in enumerate(names)))
     run = sluice.ray.run(
-        FLOWS / "hello", data, column_mapping={"name": "${data.who}"}, num_actors=2, name="on_ray"
+        FLOWS / "hello", data, column_mapping={"name": "${data.who}"}, num_workers=2, name="on_ray"
     )
     assert run.name == "on_ray" and run.status == "Completed"
     outputs = run.outputs()
     assert [o["line_number"] for o in outputs] == list(range(10))
     assert [o["greeting"].split(",")[0] for o in outputs] == ["Hello %s" % n for n in names]
-    # Each actor ran one shard as a run of its own.
+    # Each worker ran one shard as a run of its own.
     assert [len(sluice.get_run("on_ray_shard%d" % i).outputs()) for i in range(2)] == [5, 5]
     evaluation = sluice.ray.run(
         FLOWS / "eval_accuracy",
         data,
         run=run,
         column_mapping={"groundtruth": "${data.answer}", "prediction": "${run.inputs.name}"},
-        num_actors=2,
+        num_workers=2,
     )
     assert evaluation.status == "Completed"
     # The aggregation ran once, over all ten lines.
@@ -140,12 +140,12 @@ def test_a_run_spread_over_actors_is_one_merged_run_with_its_evaluation(tmp_path
         sluice.ray.run(FLOWS / "hello", data, column_mapping={"name": "${data.who}"}, name="on_ray")
 
 
-def test_a_thousand_lines_on_two_actors_equal_a_local_run(squares):
+def test_a_thousand_lines_on_two_workers_equal_a_local_run(squares):
     import sluice.ray
 
     flow, data = squares
     local = sluice.run(flow, data, name="squares_local")
-    spread = sluice.ray.run(flow, data, num_actors=2, name="squares_ray")
+    spread = sluice.ray.run(flow, data, num_workers=2, name="squares_ray")
     assert local.status == spread.status == "Completed"
     assert_every_line_once(local)
     assert_every_line_once(spread)
@@ -154,14 +154,14 @@ def test_a_thousand_lines_on_two_actors_equal_a_local_run(squares):
     assert spread.record["properties"]["system_metrics"]["completed_lines"] == LINES
 
 
-def test_an_actor_killed_mid_shard_is_restarted_and_its_shard_continues(squares):
+def test_a_worker_killed_mid_shard_is_replaced_and_its_shard_continues(squares):
     import sluice.ray
 
     flow, data = squares
-    # Line 501 is in shard 1 of 2; the actor running it dies after it has finished some lines.
+    # Line 501 is in shard 1 of 2; the worker running it dies after it has finished some lines.
     (flow / "kill_line").write_text("501")
-    run = sluice.ray.run(flow, data, num_actors=2, max_concurrency=8, name="killed")
-    assert (flow / "kill_marker").exists(), "the tool did not kill its actor"
+    run = sluice.ray.run(flow, data, num_workers=2, max_concurrency=8, name="killed")
+    assert (flow / "kill_marker").exists(), "the tool did not kill its worker"
     assert run.status == "Completed"
     assert_every_line_once(run)
     # Shard 1 died once: its first run stopped part way, and its continuation carried those lines over.
@@ -177,12 +177,25 @@ def test_an_actor_killed_mid_shard_is_restarted_and_its_shard_continues(squares)
     assert not (sluice.home() / "runs" / "killed_shard0_r1").exists()
 
 
+def test_a_shard_out_of_retries_raises_and_the_run_resumes(squares):
+    import sluice.ray
+
+    flow, data = squares
+    (flow / "kill_line").write_text("100")
+    with pytest.raises(sluice.RunError, match="resume='no_retries'"):
+        sluice.ray.run(flow, data, num_workers=2, max_retries=0, name="no_retries")
+    run = sluice.ray.run(flow, data, num_workers=2, resume="no_retries")
+    assert run.status == "Completed"
+    assert_every_line_once(run)
+    assert sluice.get_run("no_retries_shard0_r1").record["properties"]["resume_from"] == "no_retries_shard0"
+
+
 def test_a_stopped_run_is_resumed_by_name(squares, tmp_path):
     import sluice.ray
 
     flow, data = squares
     # A shard run that stopped as a whole would: its process killed part way (here a plain process of
-    # its own running shard 0 of 2, so that no actor restarts it).
+    # its own running shard 0 of 2, so that Ray does not run it again).
     script = tmp_path / "shard.py"
     script.write_text(
         "import sluice, sys\n"
@@ -192,19 +205,19 @@ def test_a_stopped_run_is_resumed_by_name(squares, tmp_path):
     proc = subprocess.run([sys.executable, str(script), str(flow), str(data)])
     assert proc.returncode == 1  # the tool's os._exit(1)
     assert sluice.get_run("stopped_shard0").status == "Running"  # as its dead process left it
-    with pytest.raises(sluice.RunError, match="2 actors"):
-        sluice.ray.run(flow, data, num_actors=3, resume="stopped")
+    with pytest.raises(sluice.RunError, match="2 workers"):
+        sluice.ray.run(flow, data, num_workers=3, resume="stopped")
     # And a merge whose process died too: its record says running, with the dead process as owner.
     merge = sluice.home() / "runs" / "stopped"
     merge.mkdir()
     record = dict(sluice.get_run("stopped_shard0").record, name="stopped")
     (merge / "run.json").write_text(json.dumps(record))
-    run = sluice.ray.run(flow, data, num_actors=2, resume="stopped")
+    run = sluice.ray.run(flow, data, num_workers=2, resume="stopped")
     assert run.status == "Completed"
     assert_every_line_once(run)
     assert sluice.get_run("stopped_shard0_r1").record["properties"]["resume_from"] == "stopped_shard0"
     # Resuming a finished run returns it as it is.
-    assert sluice.ray.run(flow, data, num_actors=2, resume="stopped").record == run.record
+    assert sluice.ray.run(flow, data, num_workers=2, resume="stopped").record == run.record
 
 
 def test_a_ray_dataset_is_the_data_in_its_order(squares):
@@ -213,7 +226,7 @@ def test_a_ray_dataset_is_the_data_in_its_order(squares):
     pytest.importorskip("pyarrow")  # Ray Data's
     flow, _ = squares
     dataset = ray.data.range(LINES, override_num_blocks=7).map(lambda r: {"x": r["id"]})
-    run = sluice.ray.run(flow, dataset, num_actors=2, name="from_dataset")
+    run = sluice.ray.run(flow, dataset, num_workers=2, name="from_dataset")
     assert run.status == "Completed"
     assert_every_line_once(run)
     written = sluice.home() / "ray" / "from_dataset" / "data.jsonl"

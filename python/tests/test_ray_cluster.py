@@ -1,5 +1,5 @@
 """`sluice.ray.run` on a Ray cluster of two nodes (two raylets on this machine, `ray.cluster_utils`):
-the shards' actors are spread over both nodes and the merged run is the same as a local run."""
+the shards' tasks are spread over both nodes and the merged run is the same as a local run."""
 
 import json
 
@@ -33,9 +33,9 @@ def test_the_shards_run_on_both_nodes(two_nodes, tmp_path):
     data.write_text("".join(json.dumps({"who": "n%d" % i}) + "\n" for i in range(40)))
     mapping = {"name": "${data.who}"}
     local = sluice.run(FLOWS / "hello", data, column_mapping=mapping, name="two_nodes_local")
-    run = sluice.ray.run(FLOWS / "hello", data, column_mapping=mapping, num_actors=2, name="two_nodes")
+    run = sluice.ray.run(FLOWS / "hello", data, column_mapping=mapping, num_workers=2, name="two_nodes")
     assert run.status == "Completed"
     assert run.outputs() == local.outputs()
-    # Each shard records the node that ran it; the actors were spread over both.
+    # Each shard records the node that ran it; they were spread over both.
     nodes = {sluice.get_run("two_nodes_shard%d" % i).record["tags"]["ray_node"] for i in range(2)}
     assert nodes == {n["NodeID"] for n in ray.nodes() if n["Alive"]}
