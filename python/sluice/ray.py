@@ -94,11 +94,10 @@ def _json_value(value: Any) -> Any:
 
 def _write_dataset(dataset: Any, path: Path) -> None:
     """Writes the dataset's rows in order as JSON lines (atomically: a temporary file renamed)."""
-    from ray.data import DataContext
-
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".jsonl.tmp")
-    options = DataContext.get_current().execution_options
+    # The dataset runs with the context it was made with, not the current one.
+    options = dataset.context.execution_options
     keep = options.preserve_order
     options.preserve_order = True
     try:
@@ -141,9 +140,11 @@ def run(
     stopped. ``resume=NAME`` continues an earlier call that stopped (give the same flow, data and
     ``num_workers``); without it, a ``name`` already in the run store is refused.
 
-    The tasks are spread over the cluster's nodes (Ray's ``SPREAD``), each asking for 0.01 CPU so that
-    they reserve no core; ``task_options`` are passed to the task's ``.options()`` over these
-    (``{"num_cpus": 4}``, ``{"resources": {...}}``, ``{"runtime_env": {...}}``).
+    The tasks are spread over the cluster's nodes (a ``SPREAD`` placement group of one bundle per
+    shard), each asking for 0.01 CPU so that they reserve no core; ``task_options`` are passed to the
+    task's ``.options()`` over these (``{"num_cpus": 4}``, ``{"runtime_env": {...}}``); with a
+    ``scheduling_strategy``, ``num_gpus``, ``resources`` or ``memory`` among them, Ray places the
+    tasks as those say instead.
     """
     try:
         import ray
@@ -211,16 +212,26 @@ def run(
         if key in os.environ:
             env[key] = os.environ[key]
     options: Dict[str, Any] = {
-        # A token share of a CPU: Ray's SPREAD places tasks that ask for some resource on different
-        # nodes, and this reserves no core (the engine mostly waits on models and services).
+        # A token share of a CPU, so that no core is reserved (the engine mostly waits on models and
+        # services) and the tasks can be spread.
         "num_cpus": 0.01,
-        "scheduling_strategy": "SPREAD",
         **dict(task_options or {}),
-        # Retried when the worker running it dies, not when the shard raises.
+        # Run again when the worker running it dies, not when the shard raises.
         "max_retries": max_retries,
         "retry_exceptions": False,
     }
-    task = ray.remote(_run_shard).options(**options)
+    group = None
+    if (options.get("num_cpus") or 0) > 0 and not any(
+        k in options for k in ("scheduling_strategy", "num_gpus", "resources", "memory")
+    ):
+        # One bundle per shard in a SPREAD placement group puts the shards on different nodes where
+        # there are several (a task's own SPREAD strategy leaves them where workers are idle).
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        group = placement_group([{"CPU": options["num_cpus"]}] * num_workers, strategy="SPREAD")
+        ray.get(group.ready())
+    task = ray.remote(_run_shard)
     common = dict(
         flow=source,
         data=data_path,
@@ -230,7 +241,16 @@ def run(
         max_concurrency=max_concurrency,
         line_timeout=line_timeout,
     )
-    refs = [task.remote(env, shard_names[i], "%d/%d" % (i, num_workers), common) for i in range(num_workers)]
+
+    def place(i: int) -> Dict[str, Any]:
+        if group is None:
+            return options
+        return dict(options, scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=i))
+
+    refs = [
+        task.options(**place(i)).remote(env, shard_names[i], "%d/%d" % (i, num_workers), common)
+        for i in range(num_workers)
+    ]
     try:
         shards: List[Dict[str, Any]] = ray.get(refs)
     except BaseException as e:
@@ -245,6 +265,11 @@ def run(
                 "sluice.ray.run(..., resume=%r) continues the run" % (max_retries + 1, e, name)
             ) from None
         raise
+    finally:
+        if group is not None:
+            from ray.util.placement_group import remove_placement_group
+
+            remove_placement_group(group)
     if merged is not None:
         # An earlier merge that stopped: it is made again from the shards.
         if _native.cli_main(["sluice", "-q", "run", "delete", "-n", name, "-y"]) != 0:

@@ -5,6 +5,7 @@ Ray Dataset as the data. Skipped where Ray is not installed (the package does no
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -225,7 +226,13 @@ def test_a_ray_dataset_is_the_data_in_its_order(squares):
 
     pytest.importorskip("pyarrow")  # Ray Data's
     flow, _ = squares
-    dataset = ray.data.range(LINES, override_num_blocks=7).map(lambda r: {"x": r["id"]})
+    def slow_now_and_then(row):
+        # Some blocks take longer, which Ray Data would let overtake each other without preserve_order.
+        if row["id"] % 100 < 5:
+            time.sleep(0.02)
+        return {"x": row["id"]}
+
+    dataset = ray.data.range(LINES, override_num_blocks=7).map(slow_now_and_then)
     run = sluice.ray.run(flow, dataset, num_workers=2, name="from_dataset")
     assert run.status == "Completed"
     assert_every_line_once(run)
