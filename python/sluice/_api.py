@@ -382,7 +382,7 @@ def visualize(
 
 
 def run(
-    flow: Union[Flow, PathLike],
+    flow: Optional[Union[Flow, PathLike]] = None,
     data: Optional[PathLike] = None,
     *,
     column_mapping: Optional[Mapping[str, str]] = None,
@@ -394,6 +394,7 @@ def run(
     max_concurrency: int = 16,
     line_timeout: Optional[float] = None,
     shard: Optional[str] = None,
+    resume_from: Optional[Union[Run, str]] = None,
 ) -> Run:
     """Runs every line of ``data`` (jsonl, csv, tsv, json, parquet, or a folder of them) through
     ``flow`` and records the run in the run store; returns it when it has finished.
@@ -403,8 +404,17 @@ def run(
     ``RunError``; failed lines do not raise (see ``Run.status`` and ``Run.details()``). ``shard``
     (``"I/N"``) runs only the lines whose number leaves I when divided by N; ``merge_runs`` joins the
     shards into one run (``sluice.ray.run`` does both on a Ray cluster).
+
+    ``resume_from`` continues an earlier run that stopped (its process killed, a timeout) as a new run
+    ``name``, as ``sluice run create --resume-from`` does: its completed lines are carried over, the
+    lines that were running when it stopped run again, one at a time, and only missing and failed lines
+    run; ``flow``, ``data``, ``run``, ``column_mapping``, ``variant`` and ``shard`` default to its own.
     """
-    if isinstance(flow, Flow):
+    if flow is None:
+        if resume_from is None:
+            raise RunError("which flow? give `flow` (or `resume_from` to continue an earlier run)")
+        source: Optional[str] = None
+    elif isinstance(flow, Flow):
         source, variant, connections = flow.source, variant or flow.variant, flow.connections
         if connections:
             raise RunError("runs take a flow's connections from the flow file; load it without connections")
@@ -425,6 +435,7 @@ def run(
             max_concurrency,
             line_timeout,
             shard,
+            resume_from.name if isinstance(resume_from, Run) else resume_from,
         )
     except _native.LoadError as e:
         raise _load_error(e) from None

@@ -19,7 +19,7 @@ class OutputStream(Iterator[str]):
     def __next__(self) -> str: ...
 
 def create_run(
-    flow: str,
+    flow: Optional[str],
     data: Optional[str],
     run: Optional[str],
     column_mapping: List[Tuple[str, str]],
@@ -30,6 +30,7 @@ def create_run(
     max_concurrency: int,
     line_timeout: Optional[float],
     shard: Optional[str] = None,
+    resume_from: Optional[str] = None,
 ) -> str: ...
 def merge_runs(name: str, from_: List[str], max_concurrency: int, /) -> str: ...
 def cli_main(argv: List[str]) -> int: ...

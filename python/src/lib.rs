@@ -327,13 +327,15 @@ impl Drop for OutputStream {
 }
 
 /// Runs a batch (or evaluation) run into the run store and returns its record as JSON. `shard`
-/// (`I/N`) runs one shard of the data's lines.
+/// (`I/N`) runs one shard of the data's lines; `resume_from` continues an earlier run (its completed
+/// lines carried over, the lines that were running when its process died run again), taking what is
+/// not given here (flow, data, base run, mapping, variant, shard) from it.
 #[pyfunction]
-#[pyo3(signature = (flow, data, run, column_mapping, variant, name, display_name, tags, max_concurrency, line_timeout, shard = None))]
+#[pyo3(signature = (flow, data, run, column_mapping, variant, name, display_name, tags, max_concurrency, line_timeout, shard = None, resume_from = None))]
 #[allow(clippy::too_many_arguments)]
 fn create_run(
     py: Python<'_>,
-    flow: PathBuf,
+    flow: Option<PathBuf>,
     data: Option<PathBuf>,
     run: Option<String>,
     column_mapping: Vec<(String, String)>,
@@ -344,10 +346,10 @@ fn create_run(
     max_concurrency: usize,
     line_timeout: Option<f64>,
     shard: Option<String>,
+    resume_from: Option<String>,
 ) -> PyResult<String> {
-    let flow = std::path::absolute(&flow).unwrap_or(flow);
-    let spec = RunSpec {
-        flow: Some(flow),
+    let mut spec = RunSpec {
+        flow: flow.map(|f| std::path::absolute(&f).unwrap_or(f)),
         data: data.map(|d| std::path::absolute(&d).unwrap_or(d)),
         run,
         variants: variant.iter().cloned().collect(),
@@ -362,8 +364,10 @@ fn create_run(
             .map(|s| sluice_engine::Shard::parse(&s))
             .transpose()
             .map_err(run_error)?,
+        resume_from,
         ..RunSpec::default()
     };
+    spec.resume(&store()).map_err(run_error)?;
     execute(py, spec, max_concurrency, line_timeout)
 }
 

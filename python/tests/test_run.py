@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+import sys
 import threading
 import time
 
@@ -126,3 +127,36 @@ def test_the_gil_is_released_while_a_batch_runs_on_the_local_model():
     assert run.status == "Completed"
     assert all(o["label"] in ("positive", "negative", "unknown") for o in run.outputs())
     assert count > elapsed * 1000 * 0.3, (count, elapsed)
+
+
+def test_a_run_whose_process_died_is_resumed_from_python(tmp_path):
+    # A tool that kills its process on line 3, once (a marker file beside it says it has).
+    flow = tmp_path / "dies"
+    flow.mkdir()
+    (flow / "flow.dag.yaml").write_text(
+        "inputs:\n  x:\n    type: int\noutputs:\n  y:\n    type: int\n    reference: ${work.output}\n"
+        "nodes:\n- name: work\n  type: python\n  source:\n    type: code\n    path: work.py\n"
+        "  inputs:\n    x: ${inputs.x}\n"
+    )
+    (flow / "work.py").write_text(
+        "import os\nfrom sluice import tool\n\n"
+        "MARKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'marker')\n\n"
+        "@tool\ndef work(x: int) -> int:\n"
+        "    if x == 3 and not os.path.exists(MARKER):\n"
+        "        open(MARKER, 'w').close()\n"
+        "        os._exit(1)\n"
+        "    return x + 100\n"
+    )
+    data = write_jsonl(tmp_path / "d.jsonl", [{"x": i} for i in range(8)])
+    script = "import sluice, sys; sluice.run(sys.argv[1], sys.argv[2], name='died', max_concurrency=1)"
+    died = subprocess.run([sys.executable, "-c", script, str(flow), str(data)])
+    assert died.returncode == 1
+    assert [d["line_number"] for d in sluice.get_run("died").details()] == [0, 1, 2]
+    # Flow, data and the rest come from the run it continues.
+    run = sluice.run(resume_from="died", name="died_resumed")
+    assert run.status == "Completed"
+    assert run.record["properties"]["resume_from"] == "died"
+    assert run.record["properties"]["system_metrics"]["carried_over_lines"] == 3
+    assert [(o["line_number"], o["y"]) for o in run.outputs()] == [(i, i + 100) for i in range(8)]
+    with pytest.raises(sluice.RunError, match="flow"):
+        sluice.run(data=data)
