@@ -722,7 +722,11 @@ fn the_report_waterfall_shows_the_local_models_time_to_first_token_in_a_browser(
     let flow = tempfile::tempdir().unwrap();
     completion_flow(flow.path(), "    max_tokens: 3\n");
     let data = flow.path().join("countries.jsonl");
-    std::fs::write(&data, "{\"country\": \"France\"}\n{\"country\": \"Spain\"}\n").unwrap();
+    std::fs::write(
+        &data,
+        "{\"country\": \"France\"}\n{\"country\": \"Spain\"}\n",
+    )
+    .unwrap();
     let out = sluice(home.path())
         .args(["run", "create", "--name", "capitals", "--flow"])
         .arg(flow.path())
@@ -730,12 +734,19 @@ fn the_report_waterfall_shows_the_local_models_time_to_first_token_in_a_browser(
         .arg(&data)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report = home.path().join("capitals.html");
     let html = common::visualize(home.path(), &["capitals"], &report);
     // The llm node's bar: its tokens and time to first token, the wait drawn inside the bar.
     assert_eq!(html.matches(r#"<div class="waterfall">"#).count(), 2);
-    assert!(html.contains("first token after"), "no time to first token in the report");
+    assert!(
+        html.contains("first token after"),
+        "no time to first token in the report"
+    );
     assert!(html.contains(" tokens, first token after"));
     let Some(chromium) = common::chromium() else {
         return;
