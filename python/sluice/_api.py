@@ -307,11 +307,8 @@ class Run:
             key=lambda r: r.get("line_number") or 0,
         )
 
-    def to_pandas(self) -> "Any":
-        """The lines as a pandas DataFrame with promptflow's ``inputs.x`` / ``outputs.y`` columns.
-        Needs pandas."""
-        import pandas as pd
-
+    def _rows(self) -> List[Dict[str, Any]]:
+        """A row per line: ``inputs.x`` and ``outputs.y`` columns, as promptflow's details table."""
         outputs = {o.get("line_number"): o for o in self.outputs()}
         rows = []
         for line in self.inputs():
@@ -321,7 +318,22 @@ class Run:
             out = outputs.get(number, {})
             row.update({"outputs.%s" % k: v for k, v in out.items() if k != "line_number"})
             rows.append(row)
-        return pd.DataFrame(rows)
+        return rows
+
+    def to_pandas(self) -> "Any":
+        """The lines as a pandas DataFrame with promptflow's ``inputs.x`` / ``outputs.y`` columns.
+        Needs pandas."""
+        import pandas as pd
+
+        return pd.DataFrame(self._rows())
+
+    def to_arrow(self) -> "Any":
+        """The lines as a ``pyarrow.Table`` with the columns of :meth:`to_pandas`. Needs pyarrow."""
+        try:
+            import pyarrow
+        except ImportError as e:
+            raise ImportError("Run.to_arrow needs pyarrow: pip install pyarrow") from e
+        return pyarrow.Table.from_pylist(self._rows())
 
     def visualize(self, html_path: Optional[PathLike] = None, *, open_browser: bool = False) -> Path:
         """Writes the HTML report ``sluice run visualize`` makes and returns its path (default

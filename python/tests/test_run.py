@@ -33,6 +33,18 @@ def test_a_batch_run_records_outputs_in_line_order(tmp_path):
     assert sluice.get_run("py_hello").status == "Completed"
 
 
+def test_a_run_as_an_arrow_table(tmp_path):
+    pyarrow = pytest.importorskip("pyarrow")
+    data = write_jsonl(tmp_path / "d.jsonl", [{"who": "Ada"}, {"who": "Bob"}])
+    run = sluice.run(FLOWS / "hello", data=data, column_mapping={"name": "${data.who}"})
+    table = run.to_arrow()
+    assert isinstance(table, pyarrow.Table)
+    assert table.num_rows == 2
+    assert table.column("inputs.name").to_pylist() == ["Ada", "Bob"]
+    assert table.column("inputs.line_number").to_pylist() == [0, 1]
+    assert table.column("outputs.greeting").to_pylist()[0].startswith("Hello Ada")
+
+
 def test_python_runs_and_cli_runs_share_one_store(tmp_path, sluice_cmd):
     data = write_jsonl(tmp_path / "d.jsonl", [{"name": "Ada"}])
     loaded = sluice.load_flow(FLOWS / "hello")
