@@ -196,22 +196,6 @@ def _init_json(init: Mapping[str, Any]) -> str:
         raise TypeError("init= must be JSON values, model configurations or dicts: %s" % e) from None
 
 
-def _secrets(value: Any, key: str = "") -> List[str]:
-    """The texts under secret-named keys (``api_key``, ``*_key``, ``*_token``, ``*secret``,
-    ``password``) anywhere in an init, model configurations included."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
-    if isinstance(value, Mapping):
-        return [s for k, v in value.items() for s in _secrets(v, str(k))]
-    if isinstance(value, (list, tuple)):
-        return [s for v in value for s in _secrets(v, key)]
-    k = key.lower().replace("-", "_")
-    secret = k in ("key", "apikey", "token", "secret", "password") or k.endswith(
-        ("_key", "_secret", "_token", "password", "apikey")
-    )
-    return [value] if secret and isinstance(value, str) and value else []
-
-
 def _run_command(
     flow: Any,
     data: Any,
@@ -246,15 +230,8 @@ def _run_command(
         argv += ["--display-name", display_name]
     for key, value in (tags or {}).items():
         argv += ["--tags", "%s=%s" % (key, value)]
-    # The engine masks in what it writes (the run's record keeps the init) the values of secret-named
-    # environment variables; an init's keys join them for the command's length.
-    secrets = {"SLUICE_PF_INIT_%d_API_KEY" % i: v for i, v in enumerate(_secrets(init))}
-    os.environ.update(secrets)
-    try:
-        code, out = _api._captured_stdout(argv)
-    finally:
-        for key in secrets:
-            os.environ.pop(key, None)
+    # The engine masks an init's secret-named values where the run keeps it.
+    code, out = _api._captured_stdout(argv)
     printed, record = _split_record(out)
     if printed:  # what the flow's own code printed
         sys.stdout.write(printed)
