@@ -516,6 +516,20 @@ fn the_traffic_log_reads_back_as_a_run() {
         score(&server, &json!({"text": "x", "wait": "soon"})).status,
         400
     );
+    // The log can be read while the server runs: each line reaches it within moments.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let logged = || {
+        let details = root.path().join("serve/flow/runs");
+        std::fs::read_dir(details).is_ok_and(|mut d| d.next().is_some())
+            && read_jsonl(&segment(root.path()).join("details.jsonl")).len() == 4
+    };
+    while !logged() {
+        assert!(
+            Instant::now() < deadline,
+            "the served lines never reached the log"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     server.stop_with("-INT");
     let seg = segment(root.path());
     let details = read_jsonl(&seg.join("details.jsonl"));

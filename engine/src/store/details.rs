@@ -51,23 +51,50 @@ impl DetailsWriter {
     /// Writes one record as one `write` call, so that a record reaches the OS whole.
     pub fn append(&mut self, record: &impl Serialize) -> Result<(), StoreError> {
         self.buf.clear();
+        self.push(record)?;
+        self.flush()
+    }
+
+    /// Adds one record to those the next [`DetailsWriter::flush`] writes, and returns its size in
+    /// bytes: a writer of many small records hands them to the OS together.
+    pub fn push(&mut self, record: &impl Serialize) -> Result<usize, StoreError> {
+        let start = self.buf.len();
         crate::json::to_writer(&mut self.buf, record)
             .map_err(|e| StoreError::io(&self.path, std::io::Error::other(e)))?;
         self.buf.push(b'\n');
         // Connection secrets never reach the records (an error that echoes a key, an output).
-        let bytes = redact_bytes(&self.buf);
-        self.file
-            .write_all(&bytes)
-            .map_err(|e| StoreError::io(&self.path, e))?;
-        self.dirty = true;
-        if self.last_sync.elapsed() >= SYNC_INTERVAL {
+        if let std::borrow::Cow::Owned(masked) = redact_bytes(&self.buf[start..]) {
+            self.buf.truncate(start);
+            self.buf.extend_from_slice(&masked);
+        }
+        Ok(self.buf.len() - start)
+    }
+
+    /// Writes the records pushed since the last flush as one `write` call, and syncs the file when
+    /// [`SYNC_INTERVAL`] has passed since the last sync.
+    pub fn flush(&mut self) -> Result<(), StoreError> {
+        if !self.buf.is_empty() {
+            self.file
+                .write_all(&self.buf)
+                .map_err(|e| StoreError::io(&self.path, e))?;
+            self.buf.clear();
+            self.dirty = true;
+        }
+        if self.dirty && self.last_sync.elapsed() >= SYNC_INTERVAL {
             self.sync()?;
         }
         Ok(())
     }
 
-    /// Syncs what was written to disk.
+    /// Writes what was pushed and syncs it to disk.
     pub fn sync(&mut self) -> Result<(), StoreError> {
+        if !self.buf.is_empty() {
+            self.file
+                .write_all(&self.buf)
+                .map_err(|e| StoreError::io(&self.path, e))?;
+            self.buf.clear();
+            self.dirty = true;
+        }
         if self.dirty {
             self.file
                 .sync_data()

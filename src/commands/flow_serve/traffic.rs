@@ -8,15 +8,17 @@
 //! it. A segment is closed (marked `Completed`) and a new one started once it holds `max_bytes`, and
 //! when the server stops. Feedback (`POST /feedback`) goes to `feedback.jsonl` beside `runs/`.
 //!
-//! Records are written by one thread of their own, fed through a bounded channel: a request never
-//! waits on the disk, and a record that does not fit in the channel is dropped and counted.
+//! Records are written by one thread of their own, fed through a bounded queue: a request never
+//! waits on the disk, and a record that does not fit in the queue is dropped and counted. The writer
+//! is not woken for each record (a wake-up is a system call on the request's path and another on the
+//! writer's): it takes what has queued every [`WRITE_INTERVAL`], or at once when the queue fills up,
+//! and writes each file's share of it in one call.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use serde_json::{Value as Json, json};
@@ -27,7 +29,13 @@ use sluice_engine::store::{
 use sluice_engine::{LineResult, Map, RunName, RunStore, Status};
 
 /// Records waiting for the writer beyond this many are dropped.
-const CHANNEL: usize = 4096;
+const QUEUE: usize = 4096;
+
+/// The writer wakes up at once when this many records wait.
+const WAKE_AT: usize = QUEUE / 4;
+
+/// How long a record waits, at most, before the writer takes it (while the queue is not filling up).
+pub(crate) const WRITE_INTERVAL: Duration = Duration::from_millis(50);
 
 /// What can go wrong writing the traffic log.
 #[derive(Debug, thiserror::Error)]
@@ -58,11 +66,73 @@ enum Entry {
 #[derive(Debug)]
 pub(crate) struct TrafficLog {
     root: PathBuf,
-    tx: Mutex<Option<SyncSender<Entry>>>,
+    queue: std::sync::Arc<Queue>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Sampling: the share of a line owed to the log so far.
     owed: Mutex<f64>,
     options: TrafficOptions,
+}
+
+/// The records handed to the writer and not yet taken.
+#[derive(Debug, Default)]
+struct Queue {
+    pending: Mutex<Pending>,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    entries: Vec<Entry>,
+    /// No more records are taken; the writer writes what is left and stops.
+    closed: bool,
+    /// The writer's thread, to wake when the queue fills up or closes.
+    writer: Option<std::thread::Thread>,
+}
+
+impl Queue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `entry`; false if the queue is full or closed.
+    fn push(&self, entry: Entry) -> bool {
+        let mut p = self.lock();
+        if p.closed || p.entries.len() >= QUEUE {
+            return false;
+        }
+        p.entries.push(entry);
+        if p.entries.len() == WAKE_AT
+            && let Some(w) = &p.writer
+        {
+            w.unpark();
+        }
+        true
+    }
+
+    /// Everything queued, and whether the queue is closed; waits up to [`WRITE_INTERVAL`] while it is
+    /// empty and open.
+    fn take(&self, into: &mut Vec<Entry>) -> bool {
+        {
+            let mut p = self.lock();
+            if p.entries.is_empty() && !p.closed {
+                drop(p);
+                std::thread::park_timeout(WRITE_INTERVAL);
+            } else {
+                std::mem::swap(into, &mut p.entries);
+                return p.closed;
+            }
+        }
+        let mut p = self.lock();
+        std::mem::swap(into, &mut p.entries);
+        p.closed
+    }
+
+    fn close(&self) {
+        let mut p = self.lock();
+        p.closed = true;
+        if let Some(w) = &p.writer {
+            w.unpark();
+        }
+    }
 }
 
 impl std::fmt::Debug for Entry {
@@ -86,7 +156,7 @@ impl TrafficLog {
     ) -> Result<TrafficLog, TrafficError> {
         let root = home.join("serve").join(RunName::sanitize(flow_name));
         std::fs::create_dir_all(&root).map_err(|e| StoreError::io(&root, e))?;
-        let (tx, rx) = std::sync::mpsc::sync_channel(CHANNEL);
+        let queue = std::sync::Arc::new(Queue::default());
         let writer = Writer {
             store: RunStore::new(&root),
             root: root.clone(),
@@ -97,11 +167,13 @@ impl TrafficLog {
             segment: None,
             dropped,
         };
-        let handle = sluice_engine::spawn::thread("traffic-log", move || writer.run(rx))
+        let taken = queue.clone();
+        let handle = sluice_engine::spawn::thread("traffic-log", move || writer.run(&taken))
             .map_err(TrafficError::Thread)?;
+        queue.lock().writer = Some(handle.thread().clone());
         Ok(TrafficLog {
             root,
-            tx: Mutex::new(Some(tx)),
+            queue,
             writer: Mutex::new(Some(handle)),
             owed: Mutex::new(0.0),
             options,
@@ -126,11 +198,7 @@ impl TrafficLog {
     }
 
     fn send(&self, entry: Entry) -> bool {
-        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
-        match tx.as_ref().map(|tx| tx.try_send(entry)) {
-            Some(Ok(())) => true,
-            Some(Err(TrySendError::Full(_) | TrySendError::Disconnected(_))) | None => false,
-        }
+        self.queue.push(entry)
     }
 
     /// Logs a served line if it is in the sample; returns false when it had to be dropped.
@@ -148,7 +216,7 @@ impl TrafficLog {
 
     /// Writes what is queued, closes the open segment and stops the writer.
     pub(crate) fn close(&self) {
-        drop(self.tx.lock().unwrap_or_else(|e| e.into_inner()).take());
+        self.queue.close();
         if let Some(h) = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = h.join();
         }
@@ -175,6 +243,8 @@ struct Segment {
     outputs: BufWriter<File>,
     flow_outputs: BufWriter<File>,
     next_line: usize,
+    /// The size of `details.jsonl` so far.
+    details_bytes: u64,
     completed: usize,
     failed: usize,
     node_status: std::collections::BTreeMap<String, u64>,
@@ -183,17 +253,21 @@ struct Segment {
 }
 
 impl Writer {
-    fn run(mut self, rx: Receiver<Entry>) {
+    fn run(mut self, queue: &Queue) {
         // Records that arrive together are written together, and handed to the OS once they are.
-        while let Ok(first) = rx.recv() {
-            self.handle(first);
-            while let Ok(more) = rx.try_recv() {
-                self.handle(more);
+        let mut batch = Vec::new();
+        loop {
+            let closed = queue.take(&mut batch);
+            for entry in batch.drain(..) {
+                self.handle(entry);
             }
             if let Some(s) = &mut self.segment
                 && let Err(e) = s.flush()
             {
                 tracing::warn!("the traffic log cannot write: {e}");
+            }
+            if closed && queue.lock().entries.is_empty() {
+                break;
             }
         }
         if let Some(segment) = self.segment.take()
@@ -276,6 +350,7 @@ impl Writer {
             dir,
             record,
             next_line: 0,
+            details_bytes: 0,
             completed: 0,
             failed: 0,
             node_status: Default::default(),
@@ -352,9 +427,7 @@ impl Writer {
                 .or_default() += 1;
             segment.tokens.add(&run.system_metrics.tokens);
         }
-        let full = std::fs::metadata(segment.dir.join(sluice_engine::store::DETAILS))
-            .is_ok_and(|m| m.len() >= self.options.max_bytes);
-        if full {
+        if segment.details_bytes >= self.options.max_bytes {
             self.close(segment)?;
         } else {
             self.segment = Some(segment);
@@ -392,6 +465,7 @@ fn numbered(n: usize, map: &Map) -> String {
 impl Segment {
     /// Hands what the buffered files hold to the OS.
     fn flush(&mut self) -> Result<(), StoreError> {
+        self.details.flush()?;
         for (w, name) in [
             (&mut self.inputs, "inputs.jsonl"),
             (&mut self.outputs, "outputs.jsonl"),
@@ -406,7 +480,7 @@ impl Segment {
 
 fn write_line(s: &mut Segment, line: &LineResult) -> Result<(), StoreError> {
     let n = line.line_number.unwrap_or(0);
-    s.details.append(&LineRecordRef::new(line))?;
+    s.details_bytes += s.details.push(&LineRecordRef::new(line))? as u64;
     let path = |name: &str| s.dir.join(name);
     writeln!(s.inputs, "{}", numbered(n, &line.inputs))
         .map_err(|e| StoreError::io(&path("inputs.jsonl"), e))?;
