@@ -7,7 +7,7 @@
 #                                   (default 5 s per level, 30 s per level of the llm flow)
 #
 # 1. The pure 3-node flow (benches/flows/three_node: prompt -> python -> python) on Sluice with the
-#    traffic log and metrics on, then with `--log-sample 0` (the log's overhead), then on
+#    traffic log and metrics on and with `--log-sample 0` (the log's overhead, taking turns), then on
 #    `pf flow serve` (installed once into ~/.cache/sluice/pf-venv, or $SLUICE_PF_VENV).
 # 2. The llm flow (benches/flows/qa_chat) on the local model, the questions of benches/data/qa.jsonl
 #    in turn: requests/s, latency, and completion tokens/s from /metrics; then a batch run of the same
@@ -72,10 +72,11 @@ request = function()
   return wrk.format(nil, nil, nil, bodies[i])
 end
 done = function(summary, latency, requests)
-  io.write(string.format("RESULT %8.1f req/s  p50 %8.2f ms  p99 %8.2f ms  not-200 %d  errors %d\n",
+  io.write(string.format("RESULT %8.1f req/s  p50 %8.2f ms  p99 %8.2f ms  not-200 %d  errors %d  requests %d\n",
     summary.requests / (summary.duration / 1e6), latency:percentile(50) / 1000,
     latency:percentile(99) / 1000, summary.errors.status,
-    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    summary.requests))
 end
 LUA
   } >"$lua"
@@ -95,18 +96,56 @@ if [ "$pure" = 1 ]; then
 echo '{"question": "How fast is a served flow?"}' >"$work/pure.jsonl"
 wrk_script "$work/pure.jsonl" "$work/pure.lua"
 echo "== pure 3-node flow (benches/flows/three_node), ${secs}s per level, $(nproc) cores"
+# Both servers run side by side, idle but for the one under load, and take turns at each level in
+# the order logged, unlogged, unlogged, logged, so that a change in the machine's load during the run
+# weighs on both alike. Besides requests/s, each turn reads the server's own CPU time (utime + stime of
+# /proc/PID/stat) per request answered: the cost of the log and metrics in CPU, which other processes'
+# load disturbs much less than throughput.
 start_sluice logged --flow "$here/flows/three_node" --max-inflight 64 --max-queue 256
-curl -sf -XPOST "$addr/score" -H 'Content-Type: application/json' -d '{"question": "warm up"}' >/dev/null
-levels_run "$addr/score" "$work/pure.lua" "sluice (log + metrics)"
-logged_lines=$(cat "$work"/logged/serve/*/runs/*/details.jsonl 2>/dev/null | wc -l)
-dropped=$(curl -s "$addr/metrics" | sed -n 's/^sluice_serve_traffic_log_dropped_total //p')
-echo "traffic log: $logged_lines lines written, ${dropped:-0} dropped"
-kill -TERM "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
-
+logged_addr="$addr" logged_pid="${pids[-1]}"
 start_sluice unlogged --flow "$here/flows/three_node" --max-inflight 64 --max-queue 256 --log-sample 0
-curl -sf -XPOST "$addr/score" -H 'Content-Type: application/json' -d '{"question": "warm up"}' >/dev/null
-levels_run "$addr/score" "$work/pure.lua" "sluice (--log-sample 0)"
-kill -TERM "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
+unlogged_addr="$addr" unlogged_pid="${pids[-1]}"
+for a in "$logged_addr" "$unlogged_addr"; do
+  curl -sf -XPOST "$a/score" -H 'Content-Type: application/json' -d '{"question": "warm up"}' >/dev/null
+done
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# One turn at level $1 on server $2 (address $3); appends "rps p50 p99 not200 requests ticks" to $work/$2.$1.
+turn() {
+  local c="$1" name="$2" url="$3" pid="$4" threads before out
+  threads=$(( c < 2 ? 1 : 2 ))
+  before=$(cpu_ticks "$pid")
+  out=$(wrk -t"$threads" -c"$c" -d"${secs}s" --timeout 30s -s "$work/pure.lua" "$url/score" | sed -n 's/^RESULT //p')
+  sleep 0.2 # the log's writer takes the last lines at most 50 ms later
+  echo "$out $(( $(cpu_ticks "$pid") - before ))" >>"$work/$name.$c"
+}
+for c in $levels; do
+  turn "$c" logged "$logged_addr" "$logged_pid"
+  turn "$c" unlogged "$unlogged_addr" "$unlogged_pid"
+  turn "$c" unlogged "$unlogged_addr" "$unlogged_pid"
+  turn "$c" logged "$logged_addr" "$logged_pid"
+  python3 - "$c" "$work/logged.$c" "$work/unlogged.$c" "$(getconf CLK_TCK)" <<'PY'
+import sys
+c, hz = sys.argv[1], float(sys.argv[4])
+def read(path):
+    # "<rps> req/s  p50 <ms> ms  p99 <ms> ms  not-200 <n>  errors <n>  requests <n> <ticks>"
+    rows = [l.split() for l in open(path)]
+    rps = sum(float(r[0]) for r in rows) / len(rows)
+    p50 = max(float(r[3]) for r in rows)
+    p99 = max(float(r[6]) for r in rows)
+    bad = sum(int(r[9]) + int(r[11]) for r in rows)
+    reqs = sum(int(r[13]) for r in rows)
+    cpu = sum(int(r[14]) for r in rows) / hz
+    return rps, p50, p99, bad, cpu * 1e6 / max(reqs, 1)
+on, off = read(sys.argv[2]), read(sys.argv[3])
+for label, r in (("sluice (log + metrics)", on), ("sluice (--log-sample 0)", off)):
+    print(f"{label:<28} c={c:<3} {r[0]:9.1f} req/s  p50 {r[1]:7.2f} ms  p99 {r[2]:7.2f} ms  not-200/errors {r[3]}  server CPU {r[4]:6.1f} us/req")
+print(f"{'  log cost':<28} c={c:<3} {100 * (1 - on[0] / off[0]):+.1f}% req/s, {100 * (on[4] / off[4] - 1):+.1f}% server CPU per request")
+PY
+done
+logged_lines=$(cat "$work"/logged/serve/*/runs/*/details.jsonl 2>/dev/null | wc -l)
+dropped=$(curl -s "$logged_addr/metrics" | sed -n 's/^sluice_serve_traffic_log_dropped_total //p')
+echo "traffic log: $logged_lines lines written, ${dropped:-0} dropped"
+kill -TERM "$logged_pid" "$unlogged_pid"; wait "$logged_pid" "$unlogged_pid" 2>/dev/null || true
 fi
 
 if [ "$pf" = 1 ]; then
