@@ -758,6 +758,42 @@ fn the_test_page_runs_inputs_against_the_server_in_chromium() {
 }
 
 #[test]
+fn the_test_page_shows_a_streamed_answer_event_by_event_in_chromium() {
+    let Some(chromium) = crate::common::chromium() else {
+        return;
+    };
+    let (root, _, server) = start(STREAMING, &[]);
+    let url = format!(
+        "http://{}/?inputs=%7B%22text%22%3A%22abc%22%7D&stream=1&run=1",
+        server.addr
+    );
+    let dom = crate::common::dump_dom_with(
+        &chromium,
+        &root.path().join("profile"),
+        &url,
+        (900, 700),
+        &["--virtual-time-budget=20000"],
+    );
+    let out = dom
+        .split(r#"<pre id="out""#)
+        .nth(1)
+        .unwrap_or_default()
+        .split("</pre>")
+        .next()
+        .unwrap_or_default();
+    // The non-streamed output first, then one event per chunk, each shown as it came.
+    assert!(out.contains(r#"data-state="done""#), "{dom}");
+    assert!(out.contains(r#"data-events="4""#), "{dom}");
+    let text = out.split_once('>').map(|(_, t)| t).unwrap_or_default();
+    assert_eq!(text, "{\"length\":3}\nABC", "{dom}");
+    // It went out as an event stream.
+    assert_eq!(
+        server.metric(r#"sluice_serve_requests_total{route="/score",status="200"}"#),
+        1.0
+    );
+}
+
+#[test]
 fn a_stream_past_the_line_timeout_is_cancelled_and_logged_as_timed_out() {
     // A completion that would count on for 2,000 tokens, given three seconds.
     let (root, _, server) = start(LLM_COUNT, &["--line-timeout", "3"]);

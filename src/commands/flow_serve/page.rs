@@ -65,6 +65,8 @@ document.getElementById('run').onclick = async () => {{
       return;
     }}
     const reader = r.body.getReader(); const dec = new TextDecoder(); let buf = '';
+    // How many events came, and whether the stream has ended, for whoever watches the page.
+    let events = 0; out.dataset.events = 0; out.dataset.state = 'streaming';
     for (;;) {{
       const {{value, done}} = await reader.read(); if (done) break;
       buf += dec.decode(value, {{stream: true}});
@@ -72,12 +74,13 @@ document.getElementById('run').onclick = async () => {{
       while ((i = buf.indexOf('\n\n')) >= 0) {{
         const ev = buf.slice(0, i); buf = buf.slice(i + 2);
         for (const l of ev.split('\n')) if (l.startsWith('data: ')) {{
-          const d = JSON.parse(l.slice(6)); const ks = Object.keys(d);
+          const d = JSON.parse(l.slice(6)); const ks = Object.keys(d); out.dataset.events = ++events;
           out.textContent += ks.length === 1 && typeof d[ks[0]] === 'string' ? d[ks[0]] : JSON.stringify(d) + '\n';
         }}
       }}
     }}
-  }} catch (e) {{ out.textContent = String(e); }}
+    out.dataset.state = 'done';
+  }} catch (e) {{ out.textContent = String(e); out.dataset.state = 'failed'; }}
 }};
 // `?inputs=JSON` fills the inputs, `&stream=1` ticks stream, `&run=1` runs them as the page opens.
 const q = new URLSearchParams(location.search);
