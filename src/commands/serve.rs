@@ -32,7 +32,7 @@ use sluice_engine::redact::redact;
 use sluice_nodes::llm::embed::LocalEmbedder;
 use sluice_nodes::llm::local::{LocalConfig, LocalModel};
 use sluice_nodes::llm::types::{
-    Backend, ChatMessage, Event, GenParams, LlmError, Prompt, TokenStream, Usage,
+    Backend, ChatMessage, Event, GenParams, LlmError, Prompt, TokenLogprob, TokenStream, Usage,
 };
 use sluice_nodes::llm::{protocol, store};
 
@@ -844,14 +844,6 @@ impl Request {
                 ));
             }
         }
-        for logprobs in ["logprobs", "top_logprobs"] {
-            if asks_for(p.get(logprobs)) {
-                return Err(unsupported(
-                    logprobs,
-                    "the local models do not return log probabilities",
-                ));
-            }
-        }
         if asks_for(p.get("logit_bias")) {
             return Err(unsupported(
                 "logit_bias",
@@ -919,7 +911,79 @@ impl Request {
         let mut params = protocol::from_fields(fields).map_err(|e| invalid(e.to_string()))?;
         // The model is chosen by name among the served ones, not passed on.
         params.model = None;
+        params.logprobs = self.logprobs()?;
         Ok(params)
+    }
+
+    /// How many alternatives each token's log probability comes with, if they are asked for: chat's
+    /// `logprobs: true` with `top_logprobs` (0 to 20), or a completion's `logprobs` (0 to 5).
+    fn logprobs(&self) -> Result<Option<u8>, Response> {
+        let p = &self.params;
+        let bad = |param: &'static str, expected: &str| {
+            OpenAiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                format!("`{param}` must be {expected}"),
+            )
+            .param(param)
+            .into_response()
+        };
+        let count = |param: &'static str, most: u64| match p.get(param) {
+            None | Some(Json_::Null) => Ok(None),
+            Some(v) => match v.as_u64() {
+                Some(n) if n <= most => Ok(Some(n as u8)),
+                _ => Err(bad(param, &format!("a whole number from 0 to {most}"))),
+            },
+        };
+        if self.messages.is_none() {
+            return count("logprobs", 5);
+        }
+        let on = match p.get("logprobs") {
+            None | Some(Json_::Null) => false,
+            Some(Json_::Bool(b)) => *b,
+            Some(_) => return Err(bad("logprobs", "true or false")),
+        };
+        match (on, count("top_logprobs", 20)?) {
+            (true, top) => Ok(Some(top.unwrap_or(0))),
+            (false, None) => Ok(None),
+            (false, Some(_)) => Err(bad("top_logprobs", "given only with `logprobs: true`")),
+        }
+    }
+}
+
+/// The log probabilities of a choice's tokens as OpenAI writes them: for chat, `{"content": [{token,
+/// logprob, bytes, top_logprobs}]}`; for a completion, `{tokens, token_logprobs, top_logprobs,
+/// text_offset}` (offsets in the generated text).
+fn logprobs_json(chat: bool, tokens: &[TokenLogprob]) -> Json_ {
+    if chat {
+        let one = |t: &sluice_nodes::llm::types::TokenText, lp: f32| json!({"token": t.text, "logprob": lp, "bytes": t.bytes});
+        let content: Vec<Json_> = tokens
+            .iter()
+            .map(|t| {
+                let mut v = one(&t.token, t.logprob);
+                v["top_logprobs"] = t.top.iter().map(|(a, lp)| one(a, *lp)).collect();
+                v
+            })
+            .collect();
+        json!({"content": content, "refusal": null})
+    } else {
+        let top: Vec<Json_> = tokens
+            .iter()
+            .map(|t| {
+                let m: serde_json::Map<String, Json_> = t
+                    .top
+                    .iter()
+                    .map(|(a, lp)| (a.text.clone(), json!(lp)))
+                    .collect();
+                Json_::Object(m)
+            })
+            .collect();
+        json!({
+            "tokens": tokens.iter().map(|t| t.token.text.clone()).collect::<Vec<_>>(),
+            "token_logprobs": tokens.iter().map(|t| t.logprob).collect::<Vec<_>>(),
+            "top_logprobs": top,
+            "text_offset": tokens.iter().map(|t| t.offset).collect::<Vec<_>>(),
+        })
     }
 }
 
@@ -1052,7 +1116,12 @@ async fn run(s: Arc<Served>, req: Request, prompt: Prompt, chat: bool) -> Respon
     let name = model.name().to_owned();
     let shape = Shape { chat, model: name };
     if req.stream {
-        let events = sse(streams, shape, asked.include_usage, (s.clone(), in_flight));
+        let events = sse(
+            streams,
+            shape,
+            (asked.include_usage, asked.params.logprobs.is_some()),
+            (s.clone(), in_flight),
+        );
         return Sse::new(events)
             .keep_alive(KeepAlive::default())
             .into_response();
@@ -1065,7 +1134,14 @@ async fn run(s: Arc<Served>, req: Request, prompt: Prompt, chat: bool) -> Respon
         match d {
             Ok(d) => {
                 s.metrics.usage(&shape.model, &d.usage);
-                choices.push(shape.choice(i, &d.text, Some(d.finish_reason.as_str()), false));
+                let logprobs = asked.params.logprobs.map(|_| d.logprobs.as_slice());
+                choices.push(shape.choice(
+                    i,
+                    &d.text,
+                    Some(d.finish_reason.as_str()),
+                    false,
+                    logprobs,
+                ));
                 usages.push(d.usage);
             }
             Err(e) => return llm_error(e),
@@ -1089,8 +1165,24 @@ struct Shape {
 }
 
 impl Shape {
-    /// Choice `i` with `text`: a whole message, or a chunk's delta when `delta`.
-    fn choice(&self, i: usize, text: &str, finish: Option<&str>, delta: bool) -> Json_ {
+    /// Choice `i` with `text`: a whole message, or a chunk's delta when `delta`; with the log
+    /// probabilities of its tokens where they were asked for.
+    fn choice(
+        &self,
+        i: usize,
+        text: &str,
+        finish: Option<&str>,
+        delta: bool,
+        logprobs: Option<&[TokenLogprob]>,
+    ) -> Json_ {
+        let mut choice = self.bare_choice(i, text, finish, delta);
+        if let Some(l) = logprobs {
+            choice["logprobs"] = logprobs_json(self.chat, l);
+        }
+        choice
+    }
+
+    fn bare_choice(&self, i: usize, text: &str, finish: Option<&str>, delta: bool) -> Json_ {
         match (self.chat, delta) {
             (true, false) => {
                 json!({"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": finish, "logprobs": null})
@@ -1115,7 +1207,7 @@ impl Shape {
 fn sse(
     streams: Vec<TokenStream>,
     shape: Shape,
-    include_usage: bool,
+    (include_usage, logprobs_asked): (bool, bool),
     (served, in_flight): (Arc<Served>, InFlight),
 ) -> impl Stream<Item = Result<SseEvent, std::convert::Infallible>> {
     let rid = format!("sluice-{}", id());
@@ -1140,6 +1232,9 @@ fn sse(
                 let _ = tx.send(chunk(vec![first], None));
             }
         }
+        // Each choice's log probabilities wait for the text that holds their tokens.
+        let mut pending: Vec<Vec<TokenLogprob>> = vec![Vec::new(); n];
+        let mut sent = vec![0usize; n];
         let mut merged =
             futures::stream::select_all(streams.into_iter().enumerate().map(|(i, st)| {
                 Box::pin(futures::stream::unfold(st, move |mut st| async move {
@@ -1150,17 +1245,26 @@ fn sse(
         while let Some((i, ev)) = futures::StreamExt::next(&mut merged).await {
             match ev {
                 Event::Text(t) => {
+                    sent[i] += t.len();
+                    let logprobs = logprobs_asked.then(|| {
+                        let covered = pending[i].partition_point(|l| l.offset < sent[i]);
+                        pending[i].drain(..covered).collect::<Vec<_>>()
+                    });
                     if tx
-                        .send(chunk(vec![shape.choice(i, &t, None, true)], None))
+                        .send(chunk(
+                            vec![shape.choice(i, &t, None, true, logprobs.as_deref())],
+                            None,
+                        ))
                         .is_err()
                     {
                         return;
                     }
                 }
+                Event::Logprob(l) => pending[i].push(l),
                 Event::Done(reason, usage) => {
                     served.metrics.usage(&shape.model, &usage);
                     let _ = tx.send(chunk(
-                        vec![shape.choice(i, "", Some(reason.as_str()), true)],
+                        vec![shape.choice(i, "", Some(reason.as_str()), true, None)],
                         None,
                     ));
                     usages.push(usage);

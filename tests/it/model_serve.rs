@@ -81,10 +81,30 @@ def refused(call, **kw):
     except openai.BadRequestError as e:
         return {"status": e.status_code, "param": e.param, "code": e.code, "message": e.message}
 
-out["logprobs"] = refused(c.chat.completions.create, logprobs=True, top_logprobs=2, **ask)
 tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
 out["tools"] = refused(c.chat.completions.create, tools=[tool], **ask)
-out["completion_logprobs"] = refused(c.completions.create, model="default", prompt="a", logprobs=2, max_tokens=2)
+out["top_alone"] = refused(c.chat.completions.create, top_logprobs=2, **ask)
+out["top_too_many"] = refused(c.chat.completions.create, logprobs=True, top_logprobs=21, **ask)
+
+def token(t):
+    return {"token": t.token, "logprob": t.logprob, "bytes": t.bytes}
+
+lp = c.chat.completions.create(temperature=0, logprobs=True, top_logprobs=3, **ask)
+out["logprobs"] = {
+    "text": lp.choices[0].message.content,
+    "completion_tokens": lp.usage.completion_tokens,
+    "finish": lp.choices[0].finish_reason,
+    "content": [dict(token(t), top=[token(a) for a in t.top_logprobs]) for t in lp.choices[0].logprobs.content],
+}
+streamed = list(c.chat.completions.create(temperature=0, logprobs=True, stream=True, **ask))
+out["stream_logprobs"] = {
+    "text": "".join(ch.choices[0].delta.content or "" for ch in streamed),
+    "tokens": [t.token for ch in streamed if ch.choices[0].logprobs for t in ch.choices[0].logprobs.content],
+    "logprobs": [t.logprob for ch in streamed if ch.choices[0].logprobs for t in ch.choices[0].logprobs.content],
+}
+cl = c.completions.create(model="default", prompt="1, 2, 3, 4,", logprobs=2, max_tokens=4, temperature=0)
+out["completion_logprobs"] = {"text": cl.choices[0].text, **cl.choices[0].logprobs.model_dump()}
+out["plain"] = c.chat.completions.create(temperature=0, **ask).choices[0].logprobs
 texts = ["Paris is the capital of France.", "hello"]
 e64 = c.embeddings.create(model="minilm", input=texts)
 ef = c.embeddings.create(model="minilm", input=texts, encoding_format="float")
@@ -154,16 +174,94 @@ fn the_openai_python_client_gets_choices_streams_usage_embeddings_and_clear_refu
     assert_eq!(r["two_stream"], json!([0, 1]));
 
     // What the local models cannot do is refused, naming the parameter.
+    let e = &r["tools"];
+    assert_eq!(e["status"], 400, "{e}");
+    assert_eq!(e["param"], "tools", "{e}");
+    assert_eq!(e["code"], "unsupported_parameter", "{e}");
     for (case, param) in [
-        ("logprobs", "logprobs"),
-        ("tools", "tools"),
-        ("completion_logprobs", "logprobs"),
+        ("top_alone", "top_logprobs"),
+        ("top_too_many", "top_logprobs"),
     ] {
         let e = &r[case];
         assert_eq!(e["status"], 400, "{case}: {e}");
         assert_eq!(e["param"], param, "{case}: {e}");
-        assert_eq!(e["code"], "unsupported_parameter", "{case}: {e}");
     }
+
+    // Log probabilities: one entry per generated token, whose texts make up the answer; each a
+    // probability (at most 0) with its alternatives, most likely first; greedy decoding picks the
+    // most likely token, so each token is its own first alternative.
+    let lp = &r["logprobs"];
+    assert_eq!(lp["text"], greedy);
+    let content = lp["content"].as_array().unwrap();
+    assert_eq!(
+        content.len() as u64,
+        lp["completion_tokens"].as_u64().unwrap()
+    );
+    let joined: String = content
+        .iter()
+        .map(|t| t["token"].as_str().unwrap())
+        .collect();
+    assert_eq!(joined, greedy);
+    for t in content {
+        let logprob = t["logprob"].as_f64().unwrap();
+        assert!(logprob <= 0.0, "{t}");
+        let top = t["top"].as_array().unwrap();
+        assert_eq!(top.len(), 3, "{t}");
+        assert_eq!(top[0]["token"], t["token"], "{t}");
+        assert!((top[0]["logprob"].as_f64().unwrap() - logprob).abs() < 1e-6);
+        let probs: Vec<f64> = top.iter().map(|a| a["logprob"].as_f64().unwrap()).collect();
+        assert!(probs.windows(2).all(|w| w[0] >= w[1]), "{probs:?}");
+        assert!(probs.iter().map(|p| p.exp()).sum::<f64>() <= 1.0 + 1e-6);
+        let bytes: Vec<u8> = t["bytes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b.as_u64().unwrap() as u8)
+            .collect();
+        assert_eq!(
+            String::from_utf8_lossy(&bytes),
+            t["token"].as_str().unwrap()
+        );
+    }
+    // Streamed, each chunk carries the tokens of its text: the same tokens and numbers.
+    let streamed = &r["stream_logprobs"];
+    assert_eq!(streamed["text"], greedy);
+    let tokens: Vec<&Json> = content.iter().map(|t| &t["token"]).collect();
+    assert_eq!(
+        streamed["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .collect::<Vec<_>>(),
+        tokens
+    );
+    for (a, b) in streamed["logprobs"].as_array().unwrap().iter().zip(content) {
+        assert!((a.as_f64().unwrap() - b["logprob"].as_f64().unwrap()).abs() < 1e-4);
+    }
+    // A completion's: tokens, their log probabilities, two alternatives each and offsets.
+    let cl = &r["completion_logprobs"];
+    let tokens: Vec<&str> = cl["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(tokens.concat(), cl["text"].as_str().unwrap(), "{cl}");
+    assert_eq!(cl["token_logprobs"].as_array().unwrap().len(), tokens.len());
+    assert!(
+        cl["top_logprobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m.as_object().unwrap().len() == 2)
+    );
+    let mut offset = 0;
+    for (t, o) in tokens.iter().zip(cl["text_offset"].as_array().unwrap()) {
+        assert_eq!(o.as_u64().unwrap(), offset as u64);
+        offset += t.len();
+    }
+    // Not asked for, none are sent.
+    assert_eq!(r["plain"], Json::Null);
 
     // The client asks for base64 by default and decodes it; the vectors are the float ones.
     let e = &r["embeddings"];

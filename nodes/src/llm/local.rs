@@ -28,7 +28,8 @@ use sluice_engine::spawn::{run_blocking, thread};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::types::{
-    Backend, ChatMessage, Event, FinishReason, GenParams, LlmError, Prompt, TokenStream, Usage,
+    Backend, ChatMessage, Event, FinishReason, GenParams, LlmError, Prompt, TokenLogprob,
+    TokenStream, TokenText, Usage,
 };
 
 pub use super::local_config::LocalConfig;
@@ -401,6 +402,7 @@ impl Backend for LocalModel {
         self.submit(Job {
             tokens,
             max_new,
+            logprobs: params.logprobs.map(|k| k.min(MAX_TOP_LOGPROBS)),
             stop: params.stop.into_iter().filter(|s| !s.is_empty()).collect(),
             sampling,
             tx,
@@ -546,10 +548,15 @@ impl SamplingSpec {
     }
 }
 
+/// The most alternatives a token's log probability comes with (OpenAI's limit).
+const MAX_TOP_LOGPROBS: u8 = 20;
+
 /// One request for the decode thread.
 struct Job {
     tokens: Vec<LlamaToken>,
     max_new: u32,
+    /// Send each token's log probability with this many alternatives.
+    logprobs: Option<u8>,
     stop: Vec<String>,
     sampling: SamplingSpec,
     tx: UnboundedSender<Event>,
@@ -1001,6 +1008,18 @@ impl DecodeLoop<'_> {
         let finish = if vocab.is_eog(token) {
             Some(FinishReason::Stop)
         } else {
+            if let Some(top) = a.job.logprobs {
+                let offset = a.text.len() + a.bytes.len();
+                let piece = |t: LlamaToken| TokenText::new(vocab.token_to_piece(t, false, None));
+                let (logprob, best) =
+                    log_softmax_at(self.ctx.get_logits_ith(at), self.n_vocab, token, top);
+                let _ = a.job.tx.send(Event::Logprob(TokenLogprob {
+                    offset,
+                    token: piece(token),
+                    logprob,
+                    top: best.into_iter().map(|(t, lp)| (piece(t), lp)).collect(),
+                }));
+            }
             a.generated += 1;
             a.bytes
                 .extend_from_slice(&vocab.token_to_piece(token, false, None));
@@ -1049,6 +1068,39 @@ impl DecodeLoop<'_> {
 
 fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// The log probability of `token` under the softmax of `logits`, and the `top` most likely tokens
+/// with theirs, most likely first.
+fn log_softmax_at(
+    logits: &[f32],
+    n_vocab: usize,
+    token: LlamaToken,
+    top: u8,
+) -> (f32, Vec<(LlamaToken, f32)>) {
+    let logits = &logits[..n_vocab.min(logits.len())];
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+    let log_z = max + sum.ln() as f32;
+    let lp = |l: f32| l - log_z;
+    let chosen = logits
+        .get(token.0 as usize)
+        .map_or(f32::NEG_INFINITY, |&l| lp(l));
+    let mut best: Vec<(usize, f32)> = Vec::with_capacity(usize::from(top) + 1);
+    if top > 0 {
+        for (i, &l) in logits.iter().enumerate() {
+            if best.len() < usize::from(top) || l > best[best.len() - 1].1 {
+                let at = best.partition_point(|&(_, b)| b >= l);
+                best.insert(at, (i, l));
+                best.truncate(usize::from(top));
+            }
+        }
+    }
+    let best = best
+        .into_iter()
+        .map(|(i, l)| (LlamaToken(i as i32), lp(l)))
+        .collect();
+    (chosen, best)
 }
 
 fn argmax(logits: &[f32], n_vocab: usize) -> LlamaToken {
@@ -1102,6 +1154,28 @@ fn find_stop(text: &str, emitted: usize, stops: &[String]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_probabilities_are_a_log_softmax_with_the_best_first() {
+        let logits = [1.0f32, 3.0, 2.0, 0.5];
+        let z: f64 = logits.iter().map(|&l| f64::from(l).exp()).sum();
+        let (chosen, best) = log_softmax_at(&logits, 4, LlamaToken(2), 2);
+        assert!(
+            (f64::from(chosen) - (2.0 - z.ln())).abs() < 1e-5,
+            "{chosen}"
+        );
+        assert_eq!(best.len(), 2);
+        assert_eq!((best[0].0, best[1].0), (LlamaToken(1), LlamaToken(2)));
+        assert!((f64::from(best[0].1) - (3.0 - z.ln())).abs() < 1e-5);
+        let total: f64 = logits
+            .iter()
+            .map(|&l| f64::from(l) - z.ln())
+            .map(f64::exp)
+            .sum();
+        assert!((total - 1.0).abs() < 1e-9);
+        // No alternatives asked for: only the chosen token's.
+        assert!(log_softmax_at(&logits, 4, LlamaToken(0), 0).1.is_empty());
+    }
 
     #[test]
     fn stops_are_found_across_emitted_text() {

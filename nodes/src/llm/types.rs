@@ -66,6 +66,9 @@ pub struct GenParams {
     pub deployment_name: Option<String>,
     /// Whether the caller reads the reply as it is generated (a remote backend asks for a stream).
     pub stream: bool,
+    /// Log probabilities of the generated tokens, with this many most likely alternatives at each
+    /// (0 to 20); `None`: not asked for. The local models send them as [`Event::Logprob`].
+    pub logprobs: Option<u8>,
     /// Parameters a server receives as given and a local model ignores: `functions` /
     /// `function_call` / `tools` / `tool_choice` (with functions or tools, the reply is the whole
     /// message, [`Event::Message`], as promptflow returns it), `logit_bias` and `user`.
@@ -86,6 +89,7 @@ impl Default for GenParams {
             model: None,
             raw: None,
             deployment_name: None,
+            logprobs: None,
             stream: false,
             passthrough: serde_json::Map::new(),
         }
@@ -140,6 +144,38 @@ pub enum Event {
     /// The whole reply message (`role`, `content`, `function_call`, `tool_calls`), sent before
     /// `Done` when the request offered functions or tools.
     Message(serde_json::Value),
+    /// A generated token's log probability, sent as it is sampled (before the text that holds it)
+    /// when [`GenParams::logprobs`] asked for it.
+    Logprob(TokenLogprob),
+}
+
+/// One generated token with its log probability under the model, and the most likely tokens at its
+/// place.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprob {
+    /// Where the token's text starts in the whole generated text, in bytes. A token past the end
+    /// of the text as returned (one cut off with a stop sequence) is not part of the answer.
+    pub offset: usize,
+    pub token: TokenText,
+    pub logprob: f32,
+    /// The most likely tokens at this place, most likely first.
+    pub top: Vec<(TokenText, f32)>,
+}
+
+/// A token's text: its bytes, and those bytes as text (a token may hold part of a character).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenText {
+    pub text: String,
+    pub bytes: Vec<u8>,
+}
+
+impl TokenText {
+    pub fn new(bytes: Vec<u8>) -> TokenText {
+        TokenText {
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+            bytes,
+        }
+    }
 }
 
 /// Errors from a backend, with promptflow's error codes.
@@ -205,6 +241,8 @@ pub struct Completion {
     pub usage: Usage,
     /// The whole reply message, where the backend sent one ([`Event::Message`]).
     pub message: Option<serde_json::Value>,
+    /// The generated tokens' log probabilities, where they were asked for ([`Event::Logprob`]).
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 impl TokenStream {
@@ -249,6 +287,7 @@ impl TokenStream {
         match ev {
             Some(Event::Text(t)) => Some(Event::Text(t)),
             Some(Event::Message(m)) => Some(Event::Message(m)),
+            Some(Event::Logprob(l)) => Some(Event::Logprob(l)),
             Some(other) => {
                 self.done = true;
                 Some(other)
@@ -267,16 +306,20 @@ impl TokenStream {
     pub async fn collect(mut self) -> Result<Completion, LlmError> {
         let mut text = String::new();
         let mut message = None;
+        let mut logprobs = Vec::new();
         while let Some(ev) = self.next().await {
             match ev {
                 Event::Text(t) => text.push_str(&t),
                 Event::Message(m) => message = Some(m),
+                Event::Logprob(l) => logprobs.push(l),
                 Event::Done(finish_reason, usage) => {
+                    logprobs.retain(|l: &TokenLogprob| l.offset < text.len());
                     return Ok(Completion {
                         text,
                         finish_reason,
                         usage,
                         message,
+                        logprobs,
                     });
                 }
                 Event::Error(e) => return Err(e),
