@@ -188,8 +188,11 @@ def test_ctrl_c_cancels_a_batch_run_which_resumes_with_every_line_once(tmp_path)
     )
     lines = 100
     data = write_jsonl(tmp_path / "d.jsonl", [{"x": i} for i in range(lines)])
+    # Python leaves SIGINT alone when it starts ignored (a test run in a background job); a program
+    # run from a terminal has this handler.
     script = (
-        "import sys, sluice\n"
+        "import signal, sys, sluice\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "try:\n"
         "    sluice.run(sys.argv[1], sys.argv[2], name='interrupted', max_concurrency=2)\n"
         "except KeyboardInterrupt:\n"
