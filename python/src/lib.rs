@@ -449,7 +449,7 @@ fn execute(
     let init = spec.init.clone();
     let interrupt: Mutex<Option<PyErr>> = Mutex::new(None);
     let record = py.detach(|| {
-        let flow = load(&flow, variant.as_deref(), init.as_ref(), &connections)?;
+        let flow = load(&flow, variant.as_deref(), init.as_ref(), connections)?;
         let one = spec.for_variant(variant.as_deref(), false);
         let run = BatchRun::prepare(&store, flow, &one, opts).map_err(run_error)?;
         let _dir = InFlowDir::enter(&run.flow().def.dir.clone());
