@@ -88,6 +88,47 @@ sluice_python_package() {
   export SLUICE_PKG_PYTHON="$venv/bin/python"
 }
 
+# The wheel is built for CPython's stable ABI (`cp39-abi3`): the same file must import in the oldest and
+# the newest CPython the package supports. Installs the wheel sluice_python_package built into a new venv
+# of each of CPython 3.9 and 3.13 (pytest, once, in a tools venv of that version) and runs the tests
+# that need nothing but pytest (python/tests/test_interpreters.py). The interpreters come from pyenv, or
+# as python3.9 / python3.13 on PATH; a machine with pyenv must have both (CI's does), one without it
+# skips a missing one with a warning.
+sluice_python_versions() {
+  local target="${CARGO_TARGET_DIR:-$PWD/target}" version py venv tools site
+  for version in 3.9 3.13; do
+    py=""
+    if command -v pyenv >/dev/null; then
+      py="$(ls -d "$(pyenv root)/versions/$version".*/bin/"python$version" 2>/dev/null | sort -V | tail -1)"
+      if [ -z "$py" ]; then
+        echo "setup: pyenv has no CPython $version; install it (pyenv install $version) to test the wheel there" >&2
+        exit 2
+      fi
+    else
+      py="$(command -v "python$version" || true)"
+      if [ -z "$py" ]; then
+        echo "setup: WARNING: no CPython $version (no pyenv, no python$version on PATH): the wheel is not tested there" >&2
+        continue
+      fi
+    fi
+    tools="$HOME/.cache/sluice/py$version-tools-venv"
+    if ! "$tools/bin/python" -c 'import pytest' 2>/dev/null; then
+      echo "setup: installing pytest into $tools" >&2
+      "$py" -m venv "$tools"
+      "$tools/bin/pip" install -q pytest \
+        || { echo "setup: could not install pytest for CPython $version from PyPI" >&2; exit 2; }
+    fi
+    venv="$HOME/.cache/sluice/py$version-pkg-test-venv"
+    rm -rf "$venv"
+    "$py" -m venv --without-pip "$venv"
+    "$tools/bin/pip" --python "$venv/bin/python" install -q --no-deps "$target"/wheels/sluice_flow-*.whl
+    site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"
+    "$tools/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))' > "$site/zz_sluice_test_tools.pth"
+    echo "test: the wheel in CPython $version" >&2
+    "$venv/bin/python" -m pytest -q -p no:cacheprovider python/tests/test_interpreters.py
+  done
+}
+
 # Runs CMD (a string, evaluated) when the calling shell exits, after the commands added before it:
 # each server the tests start adds its own stop, and no stop replaces another.
 [ -n "${SLUICE_EXIT_CMDS+set}" ] || SLUICE_EXIT_CMDS=()

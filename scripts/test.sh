@@ -19,3 +19,5 @@ cargo test --release --locked --workspace --no-fail-fast
 # The Python package, from its wheel, in a new venv.
 sluice_python_package
 "$SLUICE_PKG_PYTHON" -m pytest -q -p no:cacheprovider python/tests
+# The same wheel in the oldest and the newest CPython it supports.
+sluice_python_versions

@@ -335,8 +335,30 @@ fn write_private(_dir: &Path, path: &Path, body: &[u8]) -> io::Result<()> {
     fs::write(path, body)
 }
 
-/// Loads a connection by name.
+/// Connections given as objects by a program embedding the engine (promptflow's in-memory
+/// connection objects), by name: never written to the store, found by [`load`] first.
+static IN_MEMORY: std::sync::Mutex<BTreeMap<String, Connection>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+/// Keeps `conn` in this process only, under its name, for [`load`] to find before the store; its
+/// secrets are registered, so logs and records mask them.
+pub fn keep_in_memory(conn: Connection) {
+    conn.register_secrets();
+    IN_MEMORY
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(conn.name.clone(), conn);
+}
+
+/// Loads a connection by name: one kept in memory ([`keep_in_memory`]), else the stored one.
 pub fn load(name: &str) -> Result<Option<Connection>, ConnectionError> {
+    if let Some(c) = IN_MEMORY
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(name)
+    {
+        return Ok(Some(c.clone()));
+    }
     let path = path_of(name)?;
     match fs::read(&path) {
         Ok(b) => serde_json::from_slice::<Connection>(&b)

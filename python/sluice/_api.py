@@ -7,6 +7,7 @@ the flow's own Python tools run in this interpreter, so they see the program's m
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import os
@@ -107,14 +108,97 @@ def _load_error(e: Exception) -> FlowLoadError:
     return FlowLoadError(message, [Problem(**p) for p in json.loads(problems)])
 
 
-def _connection_settings(connections: Optional[Mapping[str, Mapping[str, str]]]) -> List[str]:
-    """promptflow's ``{"node": {"connection": "name", "deployment_name": "..."}}`` as
-    ``NODE.KEY=VALUE`` settings."""
+# promptflow's connection classes (their ``type``) by the type names Sluice's store uses.
+_CONNECTION_TYPES = {
+    "AzureOpenAI": "azure_open_ai",
+    "OpenAI": "open_ai",
+    "Custom": "custom",
+    "Serverless": "serverless",
+    "Serp": "serp",
+    "CognitiveSearch": "cognitive_search",
+    "AzureContentSafety": "azure_content_safety",
+    "FormRecognizer": "form_recognizer",
+    "Qdrant": "qdrant",
+    "Weaviate": "weaviate",
+    "AzureAIServices": "azure_ai_services",
+}
+
+
+def _is_connection(value: Any) -> bool:
+    """A promptflow connection object (the stand-in's or promptflow's own)."""
+    return not isinstance(value, (str, bytes, Mapping)) and all(
+        hasattr(value, a) for a in ("type", "configs", "secrets")
+    )
+
+
+def _connection_spec(connection: Any, name: str) -> Dict[str, Any]:
+    """A connection object as the spec ``sluice connection create`` reads."""
+    kind = _CONNECTION_TYPES.get(getattr(connection, "type", ""), "custom")
+    configs = {k: v for k, v in dict(connection.configs).items() if v is not None}
+    secrets = {k: v for k, v in dict(connection.secrets).items() if v is not None}
+    if kind == "custom":
+        return {"name": name, "type": kind, "configs": configs, "secrets": secrets}
+    return dict(configs, name=name, type=kind, **secrets)
+
+
+# The names given to connection objects, by their spec (secrets included; this process only).
+_kept_connections: Dict[str, str] = {}
+
+
+def _keep_connection(connection: Any) -> str:
+    """Hands a connection object to the engine, in this process only (never the connection store, and
+    its secrets masked in what runs write), and returns the name flows refer to it by."""
+    key = json.dumps(_connection_spec(connection, ""), sort_keys=True, default=str)
+    name = _kept_connections.get(key)
+    if name is None:
+        base = "".join(c if c.isalnum() or c in "_-" else "_" for c in str(getattr(connection, "name", None) or ""))
+        name = "%s.in-memory-%d" % (base or "connection", len(_kept_connections) + 1)
+        _native.keep_connection(json.dumps(_connection_spec(connection, name), default=str))
+        _kept_connections[key] = name
+    return name
+
+
+def _setting(node: str, key: str, value: Any) -> str:
+    """One node setting as text: a connection object by the name the engine keeps it under."""
+    if _is_connection(value):
+        return _keep_connection(value)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise TypeError(
+        "node %r, %s: a connection name, a connection object or text is needed, not %s"
+        % (node, key, type(value).__name__)
+    )
+
+
+def _connection_settings(connections: Optional[Mapping[str, Mapping[str, Any]]]) -> List[str]:
+    """promptflow's ``{"node": {"connection": "name" or a connection object, "deployment_name":
+    "..."}}`` as ``NODE.KEY=VALUE`` settings."""
     settings = []
     for node, values in (connections or {}).items():
         for key, value in values.items():
-            settings.append("%s.%s=%s" % (node, key, value))
+            settings.append("%s.%s=%s" % (node, key, _setting(node, key, value)))
     return settings
+
+
+def _init_json(init: Mapping[str, Any]) -> str:
+    """A flex flow's ``init`` as JSON: a model configuration (or other dataclass) as its set fields."""
+
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)
+                    if getattr(value, f.name) is not None}
+        if isinstance(value, Mapping):
+            return {str(k): plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    try:
+        return json.dumps(plain(dict(init)))
+    except TypeError as e:
+        raise TypeError("init= must be JSON values, model configurations or dicts: %s" % e) from None
 
 
 class Flow:
@@ -129,7 +213,7 @@ class Flow:
         source: PathLike,
         *,
         variant: Optional[str] = None,
-        connections: Optional[Mapping[str, Mapping[str, str]]] = None,
+        connections: Optional[Mapping[str, Mapping[str, Any]]] = None,
     ):
         self.source = os.path.abspath(os.fspath(source))
         self.variant = variant
@@ -186,14 +270,16 @@ def load_flow(
     source: PathLike,
     *,
     variant: Optional[str] = None,
-    connections: Optional[Mapping[str, Mapping[str, str]]] = None,
+    connections: Optional[Mapping[str, Mapping[str, Any]]] = None,
 ) -> Flow:
     """Loads a flow: a folder with ``flow.dag.yaml`` or ``flow.flex.yaml`` (or one ``.prompty``), or
     the file itself. Every problem is found now (templates, tool imports, references, cycles, types)
     and raised together as ``FlowLoadError``.
 
     ``variant`` selects node variants (``"${node.variant_1}"``); ``connections`` overrides nodes'
-    connections as promptflow's ``{"node": {"connection": "name", "deployment_name": "..."}}``.
+    connections as promptflow's ``{"node": {"connection": "name", "deployment_name": "..."}}``, a
+    connection given by name (stored) or as an object (``AzureOpenAIConnection(...)``; kept in this
+    process only, its secrets masked in what runs record).
     """
     return Flow(source, variant=variant, connections=connections)
 
@@ -407,6 +493,8 @@ def run(
     line_timeout: Optional[float] = None,
     shard: Optional[str] = None,
     resume_from: Optional[Union[Run, str]] = None,
+    connections: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    init: Optional[Mapping[str, Any]] = None,
 ) -> Run:
     """Runs every line of ``data`` (jsonl, csv, tsv, json, parquet, or a folder of them) through
     ``flow`` and records the run in the run store; returns it when it has finished.
@@ -421,19 +509,30 @@ def run(
     ``name``, as ``sluice run create --resume-from`` does: its completed lines are carried over, the
     lines that were running when it stopped run again, one at a time, and only missing and failed lines
     run; ``flow``, ``data``, ``run``, ``column_mapping``, ``variant`` and ``shard`` default to its own.
+
+    ``connections`` sets nodes' connections as ``load_flow`` takes them (names or connection objects;
+    a loaded ``Flow``'s own come first); ``init`` gives a flex flow's class entry its ``__init__``
+    arguments (model configurations as objects or dicts; secret-named values are masked in the run's
+    record). Ctrl-C (``KeyboardInterrupt``) stops the run: it is recorded as ``Canceled`` and can be
+    continued with ``resume_from``.
     """
+    settings: Dict[str, Dict[str, Any]] = {}
     if flow is None:
         if resume_from is None:
             raise RunError("which flow? give `flow` (or `resume_from` to continue an earlier run)")
         source: Optional[str] = None
     elif isinstance(flow, Flow):
-        source, variant, connections = flow.source, variant or flow.variant, flow.connections
-        if connections:
-            raise RunError("runs take a flow's connections from the flow file; load it without connections")
+        source, variant = flow.source, variant or flow.variant
+        for node, values in flow.connections.items():
+            settings.setdefault(node, {}).update(values)
     else:
         source = os.path.abspath(os.fspath(flow))
+    for node, values in (connections or {}).items():
+        settings.setdefault(node, {}).update(values)
     base = run.name if isinstance(run, Run) else run
     mapping = [(k, str(v)) for k, v in (column_mapping or {}).items()]
+    init_json = _init_json(init) if init is not None else None
+    node_settings = _connection_settings(settings)
     try:
         record = _native.create_run(
             source,
@@ -448,6 +547,8 @@ def run(
             line_timeout,
             shard,
             resume_from.name if isinstance(resume_from, Run) else resume_from,
+            init_json,
+            node_settings,
         )
     except _native.LoadError as e:
         raise _load_error(e) from None

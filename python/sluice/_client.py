@@ -10,7 +10,6 @@ Runs go to Sluice's run store, which ``sluice run list`` reads.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import sys
@@ -38,7 +37,7 @@ class ContextFlow(_api.Flow):
         source: Union[str, "os.PathLike[str]"],
         *,
         variant: Optional[str] = None,
-        connections: Optional[Mapping[str, Mapping[str, str]]] = None,
+        connections: Optional[Mapping[str, Mapping[str, Any]]] = None,
     ):
         super().__init__(source, variant=variant, connections=connections)
         self.context = FlowContext()
@@ -53,15 +52,15 @@ class ContextFlow(_api.Flow):
     def _in_context(self) -> _api.Flow:
         context = self.context
         variant = context.variant or self.variant
-        settings: Dict[str, Dict[str, str]] = {node: dict(values) for node, values in self.connections.items()}
+        # Connection objects are handed to the engine and named; the settings are all text then.
+        own: Dict[str, Dict[str, str]] = {
+            node: {key: _api._setting(node, key, value) for key, value in values.items()}
+            for node, values in self.connections.items()
+        }
+        settings = {node: dict(values) for node, values in own.items()}
         for node, values in (context.connections or {}).items():
             for key, value in values.items():
-                if not isinstance(value, str):
-                    raise NotImplementedError(
-                        "FlowContext connections name stored connections on Sluice (`sluice connection "
-                        "create`); node %r was given a %s object" % (node, type(value).__name__)
-                    )
-                settings.setdefault(node, {})[key] = value
+                settings.setdefault(node, {})[key] = _api._setting(node, key, value)
         for path, value in (context.overrides or {}).items():
             parts = str(path).split(".")
             if len(parts) == 4 and parts[0] == "nodes" and parts[2] == "inputs":
@@ -71,7 +70,7 @@ class ContextFlow(_api.Flow):
             else:
                 raise ValueError("override %r is not `nodes.<node>.inputs.<input>`" % path)
             settings.setdefault(node, {})[key] = value if isinstance(value, str) else json.dumps(value)
-        if variant == self.variant and settings == self.connections:
+        if variant == self.variant and settings == own:
             return self
         key = (variant, json.dumps(settings, sort_keys=True))
         if key not in self._flows:
@@ -177,85 +176,6 @@ def _flow_source(flow: Any) -> Iterator[Any]:
             sys.path[:] = [p for p in sys.path if p != temp]
 
 
-def _init_json(init: Mapping[str, Any]) -> str:
-    """A flex flow's ``init`` as JSON: a model configuration (or other dataclass) as its set fields."""
-
-    def plain(value: Any) -> Any:
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)
-                    if getattr(value, f.name) is not None}
-        if isinstance(value, Mapping):
-            return {str(k): plain(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [plain(v) for v in value]
-        return value
-
-    try:
-        return json.dumps(plain(dict(init)))
-    except TypeError as e:
-        raise TypeError("init= must be JSON values, model configurations or dicts: %s" % e) from None
-
-
-def _run_command(
-    flow: Any,
-    data: Any,
-    run: Any,
-    column_mapping: Optional[Mapping[str, str]],
-    variant: Optional[str],
-    name: Optional[str],
-    display_name: Optional[str],
-    tags: Optional[Mapping[str, str]],
-    init: Mapping[str, Any],
-    max_concurrency: int,
-) -> _api.Run:
-    """A run made as ``sluice run create --init`` makes it, in this process: the way to give a class
-    entry its ``__init__`` arguments."""
-    if isinstance(flow, _api.Flow):
-        if flow.connections:
-            raise _api.RunError("runs take a flow's connections from the flow file; load it without connections")
-        flow, variant = flow.source, variant or flow.variant
-    argv = ["sluice", "-q", "run", "create", "--flow", os.path.abspath(os.fspath(flow))]
-    argv += ["--max-concurrency", str(max(1, max_concurrency)), "--init", _init_json(init)]
-    if data is not None:
-        argv += ["--data", os.path.abspath(os.fspath(data))]
-    if run is not None:
-        argv += ["--run", _name(run)]
-    for key, value in (column_mapping or {}).items():
-        argv += ["--column-mapping", "%s=%s" % (key, value)]
-    if variant:
-        argv += ["--variant", variant]
-    if name:
-        argv += ["--name", name]
-    if display_name:
-        argv += ["--display-name", display_name]
-    for key, value in (tags or {}).items():
-        argv += ["--tags", "%s=%s" % (key, value)]
-    # The engine masks an init's secret-named values where the run keeps it.
-    code, out = _api._captured_stdout(argv)
-    printed, record = _split_record(out)
-    if printed:  # what the flow's own code printed
-        sys.stdout.write(printed)
-    if record is None:
-        raise _api.RunError("the run did not start (exit status %d); the error is on stderr" % code)
-    return _api.get_run(record["name"])
-
-
-def _split_record(out: str) -> "tuple[str, Optional[Dict[str, Any]]]":
-    """The run record the command printed last, and what was printed before it."""
-    start = len(out)
-    while True:
-        start = out.rfind("{", 0, start)
-        if start < 0:
-            return out, None
-        if start == 0 or out[start - 1] == "\n":
-            try:
-                record = json.loads(out[start:])
-            except ValueError:
-                record = None
-            if isinstance(record, dict) and "name" in record:
-                return out[:start], record
-
-
 def _print_summary(run: Run) -> None:
     """What promptflow prints for a streamed run: the run's log, then a summary."""
     try:
@@ -326,7 +246,7 @@ def _test_command(
         if variant:
             argv += ["--variant", variant]
         if init:
-            argv += ["--init", _init_json(init)]
+            argv += ["--init", _api._init_json(init)]
         code, out = _api._captured_stdout(argv)
     if code != 0:
         what = "node `%s`" % node if node else "the flow"
@@ -338,24 +258,17 @@ def _test_command(
         return out[:-1] if out.endswith("\n") else out
 
 
-# promptflow's connection classes by the type names Sluice's store uses.
-_CONNECTION_TYPES = {
-    "AzureOpenAI": "azure_open_ai",
-    "OpenAI": "open_ai",
-    "Custom": "custom",
-    "Serverless": "serverless",
-    "Serp": "serp",
-    "CognitiveSearch": "cognitive_search",
-    "AzureContentSafety": "azure_content_safety",
-    "FormRecognizer": "form_recognizer",
-    "Qdrant": "qdrant",
-    "Weaviate": "weaviate",
-    "AzureAIServices": "azure_ai_services",
-}
-
-
 class ConnectionNotFoundError(_api.SluiceError, KeyError):
     """No stored connection of that name."""
+
+
+class _Kept:
+    """A connection object with its secrets replaced (a masked one by the stored value)."""
+
+    def __init__(self, connection: Any, secrets: Dict[str, Any]):
+        self.type = getattr(connection, "type", "")
+        self.configs = dict(connection.configs)
+        self.secrets = secrets
 
 
 class ConnectionOperations:
@@ -372,7 +285,7 @@ class ConnectionOperations:
         except FileNotFoundError:
             raise ConnectionNotFoundError("connection %r is not found in %s" % (name, path.parent)) from None
         kind = str(stored.get("type", "")).replace("-", "_").lower()
-        by_type = {v: k for k, v in _CONNECTION_TYPES.items()}
+        by_type = {v: k for k, v in _api._CONNECTION_TYPES.items()}
         by_type.update(openai="OpenAI", azure_openai="AzureOpenAI")
         cls = getattr(_promptflow, "%sConnection" % by_type.get(kind, "Custom"))
         secrets = dict(stored.get("secrets") or {})
@@ -397,8 +310,6 @@ class ConnectionOperations:
         name = getattr(connection, "name", None)
         if not name:
             raise ValueError("a connection needs a name to be stored")
-        kind = _CONNECTION_TYPES.get(getattr(connection, "type", ""), "custom")
-        configs = {k: v for k, v in dict(connection.configs).items() if v is not None}
         secrets = {k: v for k, v in dict(connection.secrets).items() if v is not None}
         if any(v == "******" for v in secrets.values()):
             try:
@@ -406,10 +317,7 @@ class ConnectionOperations:
             except ConnectionNotFoundError:
                 old = {}
             secrets = {k: old.get(k, v) if v == "******" else v for k, v in secrets.items()}
-        if kind == "custom":
-            spec = {"name": name, "type": kind, "configs": configs, "secrets": secrets}
-        else:
-            spec = dict(configs, name=name, type=kind, **secrets)
+        spec = _api._connection_spec(_Kept(connection, secrets), name)
         with tempfile.TemporaryDirectory(prefix="sluice-connection-") as d:
             path = os.path.join(d, "connection.yaml")
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -459,7 +367,7 @@ class PFClient:
         run: Optional[Union[_api.Run, str]] = None,
         column_mapping: Optional[Mapping[str, str]] = None,
         variant: Optional[str] = None,
-        connections: Optional[Mapping[str, Mapping[str, str]]] = None,
+        connections: Optional[Mapping[str, Mapping[str, Any]]] = None,
         environment_variables: Optional[Mapping[str, str]] = None,
         name: Optional[str] = None,
         display_name: Optional[str] = None,
@@ -473,32 +381,28 @@ class PFClient:
 
         ``flow`` is a flow folder or file, or (as promptflow allows) a Python function, which runs as
         a flex flow with it as the entry. ``init`` gives a flex flow's class entry its ``__init__``
-        arguments (model configurations as objects or dicts); ``stream=True`` prints the run's log and
-        a summary when it has finished."""
+        arguments (model configurations as objects or dicts); ``connections`` sets nodes' connections
+        (``{"node": {"connection": "name" or a connection object, "deployment_name": "..."}}``);
+        ``stream=True`` prints the run's log and a summary when it has finished."""
         if flow is None:
             raise ValueError("pf.run needs flow=")
-        if connections:
-            raise NotImplementedError("per-run connections: set them in the flow, or use sluice.load_flow")
         for key, value in (environment_variables or {}).items():
             os.environ[key] = value
         max_concurrency = int(kwargs.get("max_concurrency", 16))
         with _flow_source(flow) as source:
-            if init:
-                record = _run_command(
-                    source, data, run, column_mapping, variant, name, display_name, tags, init, max_concurrency
-                )
-            else:
-                record = _api.run(
-                    source,
-                    data,
-                    column_mapping=column_mapping,
-                    run=run,
-                    variant=variant,
-                    name=name,
-                    display_name=display_name,
-                    tags=tags,
-                    max_concurrency=max_concurrency,
-                )
+            record = _api.run(
+                source,
+                data,
+                column_mapping=column_mapping,
+                run=run,
+                variant=variant,
+                name=name,
+                display_name=display_name,
+                tags=tags,
+                max_concurrency=max_concurrency,
+                connections=connections,
+                init=init,
+            )
         result = _pf_run(record)
         if stream:
             _print_summary(result)

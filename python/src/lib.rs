@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use pyo3::create_exception;
-use pyo3::exceptions::{PyException, PyRuntimeError};
+use pyo3::exceptions::{PyException, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 use serde_json::json;
@@ -130,8 +130,14 @@ fn load_error(e: &FlowError) -> PyErr {
     LoadError::new_err((message, serde_json::Value::Array(problems).to_string()))
 }
 
-/// Loads and checks a flow, applying `NODE.KEY=VALUE` connection settings first.
-fn load(path: &Path, variant: Option<&str>, connections: &[String]) -> PyResult<Flow> {
+/// Loads and checks a flow (a flex flow's class entry given `init`), applying `NODE.KEY=VALUE`
+/// connection settings first.
+fn load(
+    path: &Path,
+    variant: Option<&str>,
+    init: Option<&Map>,
+    connections: &[String],
+) -> PyResult<Flow> {
     let variant = match variant {
         None => None,
         Some(v) => Some(VariantSelection::parse(v).ok_or_else(|| {
@@ -145,11 +151,11 @@ fn load(path: &Path, variant: Option<&str>, connections: &[String]) -> PyResult<
     if connections.is_empty() {
         let options = LoadOptions {
             variant,
-            init: None,
+            init: init.cloned(),
         };
         return Flow::load(path, &registry, &options).map_err(|e| load_error(&e));
     }
-    let mut def = sluice_engine::load::load_flow_def_with(path, variant.as_ref(), None)
+    let mut def = sluice_engine::load::load_flow_def_with(path, variant.as_ref(), init)
         .map_err(|e| load_error(&e))?;
     sluice::set_connections(&mut def, connections)
         .map_err(|e| LoadError::new_err((e, "[]".to_owned())))?;
@@ -178,7 +184,7 @@ impl NativeFlow {
         connections: Vec<String>,
     ) -> PyResult<NativeFlow> {
         // Loading imports the flow's tools, which needs the GIL on another thread: let go of it.
-        let flow = py.detach(|| load(&path, variant.as_deref(), &connections))?;
+        let flow = py.detach(|| load(&path, variant.as_deref(), None, &connections))?;
         Ok(NativeFlow { flow })
     }
 
@@ -331,7 +337,7 @@ impl Drop for OutputStream {
 /// lines carried over, the lines that were running when its process died run again), taking what is
 /// not given here (flow, data, base run, mapping, variant, shard) from it.
 #[pyfunction]
-#[pyo3(signature = (flow, data, run, column_mapping, variant, name, display_name, tags, max_concurrency, line_timeout, shard = None, resume_from = None))]
+#[pyo3(signature = (flow, data, run, column_mapping, variant, name, display_name, tags, max_concurrency, line_timeout, shard = None, resume_from = None, init = None, connections = Vec::new()))]
 #[allow(clippy::too_many_arguments)]
 fn create_run(
     py: Python<'_>,
@@ -347,7 +353,21 @@ fn create_run(
     line_timeout: Option<f64>,
     shard: Option<String>,
     resume_from: Option<String>,
+    init: Option<String>,
+    connections: Vec<String>,
 ) -> PyResult<String> {
+    let init = match init {
+        None => None,
+        Some(text) => match sluice_engine::json::from_str::<Value>(&text) {
+            Ok(Value::Map(m)) => Some(m),
+            _ => {
+                return Err(RunError::new_err((
+                    "init must be a JSON object of __init__ arguments".to_owned(),
+                    true,
+                )));
+            }
+        },
+    };
     let mut spec = RunSpec {
         flow: flow.map(|f| std::path::absolute(&f).unwrap_or(f)),
         data: data.map(|d| std::path::absolute(&d).unwrap_or(d)),
@@ -365,10 +385,11 @@ fn create_run(
             .transpose()
             .map_err(run_error)?,
         resume_from,
+        init,
         ..RunSpec::default()
     };
     spec.resume(&store()).map_err(run_error)?;
-    execute(py, spec, max_concurrency, line_timeout)
+    execute(py, spec, max_concurrency, line_timeout, &connections)
 }
 
 /// Makes one run `name` of the shard runs `from` (their completed lines, the lines none completed,
@@ -387,7 +408,7 @@ fn merge_runs(
         ..RunSpec::default()
     };
     spec.merge(&store()).map_err(run_error)?;
-    execute(py, spec, max_concurrency, None)
+    execute(py, spec, max_concurrency, None, &[])
 }
 
 fn store() -> sluice_engine::RunStore {
@@ -399,12 +420,18 @@ fn run_error(e: sluice_engine::RunError) -> PyErr {
     RunError::new_err((message, e.is_user_error()))
 }
 
-/// Runs `spec` (one variant at most) with the GIL released; its record as JSON.
+/// Runs `spec` (one variant at most) with the GIL released, its nodes' connections set by
+/// `connections` (`NODE.KEY=VALUE`); its record as JSON.
+///
+/// A signal Python wants handled (Ctrl-C's `KeyboardInterrupt`) stops the run: it is recorded as
+/// canceled (resumable with `resume_from`) and the exception is raised here. Signals are checked
+/// every 50 ms, on the main thread only, as Python itself does.
 fn execute(
     py: Python<'_>,
     spec: RunSpec,
     max_concurrency: usize,
     line_timeout: Option<f64>,
+    connections: &[String],
 ) -> PyResult<String> {
     spec.check().map_err(run_error)?;
     let rt = runtime()?;
@@ -419,15 +446,28 @@ fn execute(
     let store = store();
     let flow = spec.flow.clone().expect("checked");
     let variant = spec.variants.first().cloned();
+    let init = spec.init.clone();
+    let interrupt: Mutex<Option<PyErr>> = Mutex::new(None);
     let record = py.detach(|| {
-        let flow = load(&flow, variant.as_deref(), &[])?;
+        let flow = load(&flow, variant.as_deref(), init.as_ref(), connections)?;
         let one = spec.for_variant(variant.as_deref(), false);
         let run = BatchRun::prepare(&store, flow, &one, opts).map_err(run_error)?;
         let _dir = InFlowDir::enter(&run.flow().def.dir.clone());
-        rt.block_on(run.execute(&mut (), std::future::pending()))
-            .map_err(run_error)
-    })?;
-    serde_json::to_string(&record).map_err(|e| PyRuntimeError::new_err(e.to_string()))
+        let stop = async {
+            loop {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if let Err(e) = Python::attach(|py| py.check_signals()) {
+                    *interrupt.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                    return;
+                }
+            }
+        };
+        rt.block_on(run.execute(&mut (), stop)).map_err(run_error)
+    });
+    if let Some(e) = interrupt.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(e);
+    }
+    serde_json::to_string(&record?).map_err(|e| PyRuntimeError::new_err(e.to_string()))
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -438,6 +478,19 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+/// Keeps a connection given as an object (its spec as JSON, as `sluice connection create` reads it)
+/// in this process only, under its name: flows loaded and runs made here find it before the store,
+/// and its secrets are masked wherever the engine writes or logs.
+#[pyfunction]
+fn keep_connection(spec: &str) -> PyResult<()> {
+    use sluice_nodes::llm::connections::{Connection, keep_in_memory};
+    let conn = Connection::from_yaml(spec, Path::new("<connection object>")).map_err(|e| {
+        PyValueError::new_err(sluice_engine::redact::redact(&e.to_string()).into_owned())
+    })?;
+    keep_in_memory(conn);
+    Ok(())
 }
 
 /// `$SLUICE_HOME` (default `~/.sluice`): where runs, models and connections live.
@@ -466,6 +519,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(merge_runs, m)?)?;
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;
     m.add_function(wrap_pyfunction!(home, m)?)?;
+    m.add_function(wrap_pyfunction!(keep_connection, m)?)?;
     m.add("LoadError", m.py().get_type::<LoadError>())?;
     m.add("RunError", m.py().get_type::<RunError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

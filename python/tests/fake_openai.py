@@ -10,11 +10,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class FakeOpenAI:
     """``with FakeOpenAI(reply) as server:`` serves on ``server.url``; ``reply(body)`` gives the
-    assistant's text for a request body; ``server.requests`` lists ``(path, body)``."""
+    assistant's text for a request body; ``server.requests`` lists ``(path, body)``, ``server.keys``
+    the API key each request carried (``api-key`` or the bearer token)."""
 
     def __init__(self, reply):
         self.reply = reply
         self.requests = []
+        self.keys = []
         self._lock = threading.Lock()
         fake = self
 
@@ -38,6 +40,8 @@ class FakeOpenAI:
                     return
                 with fake._lock:
                     fake.requests.append((self.path, body))
+                    bearer = (self.headers.get("Authorization") or "").replace("Bearer ", "", 1)
+                    fake.keys.append(self.headers.get("api-key") or bearer)
                 text = fake.reply(body)
                 if body.get("stream"):
                     self._stream(body, text)

@@ -44,11 +44,22 @@ def reply(body):
     return HELLO
 
 
-def run_notebook(tmp_path, notebook, server, keep_going=False, setup=None):
+def run_notebook(tmp_path, notebook, server, keep_going=False, setup=None, fill=None):
     """Runs `notebook` (relative to the copied examples) and returns its cells' records by index;
-    `setup(home, env)` prepares the Sluice home first."""
+    `setup(home, env)` prepares the Sluice home first; `fill` ({cell: {old: new}}) fills in the
+    placeholders of cells, as their reader is asked to."""
     work = tmp_path / "promptflow"
     shutil.copytree(EXAMPLES, work)
+    if fill:
+        path = work / notebook
+        nb = json.loads(path.read_text(encoding="utf-8"))
+        for index, replacements in fill.items():
+            source = "".join(nb["cells"][index]["source"])
+            for old, new in replacements.items():
+                assert old in source, (index, old)
+                source = source.replace(old, new)
+            nb["cells"][index]["source"] = source
+        path.write_text(json.dumps(nb), encoding="utf-8")
     home = tmp_path / "sluice-home"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "AZURE_OPENAI_"))}
     env.update(
@@ -234,26 +245,34 @@ def test_a_function_defined_in_a_notebook_cell_runs_as_the_flow(tmp_path):
 
 def test_flow_as_function(tmp_path):
     """examples/tutorials/get-started/flow-as-function.ipynb: `load_flow` of a DAG flow called as a
-    function, with a `FlowContext` overriding a node's input, and a chat flow streaming its answer.
+    function, with a connection object given in memory, with a `FlowContext` overriding a node's
+    input, and a chat flow streaming its answer.
 
-    Cells 6 to 8 make an `AzureOpenAIConnection` object from placeholders (`"<user-input>"`) and give
-    it to the flow in memory: Sluice runs stored connections only, so cell 8 fails (as it would on
-    promptflow until the placeholders are filled in). The flows' `open_ai_connection` is stored
-    first, as the tutorial assumes, pointing at the fake server. The web page the first flow fetches
-    is out of reach here; its tool answers "No available content" then, as written."""
+    Cell 6 holds placeholders (`"<user-input>"`) for the `AzureOpenAIConnection` object cells 7 and 8
+    make and give to the flow in memory; they are filled in with the fake server and a key of their
+    own. The flows' `open_ai_connection` is stored first, as the tutorial assumes, pointing at the fake
+    server with another key. The web page the first flow fetches is out of reach here; its tool
+    answers "No available content" then, as written."""
     pytest.importorskip("bs4", reason="the web-classification flow needs beautifulsoup4")
     pytest.importorskip("requests", reason="the web-classification flow needs requests")
 
     with FakeOpenAI(reply) as server:
+        fill = {6: {'api_key = "<user-input>"': 'api_key = "in-memory-key-5150"',
+                    'api_base = "<user-input>"': 'api_base = "%s"' % server.url,
+                    'api_version = "<user-input>"': 'api_version = "2024-02-01"'}}
         cells, work, home = run_notebook(
             tmp_path, "examples/tutorials/get-started/flow-as-function.ipynb", server,
-            keep_going=True, setup=store_open_ai_connection,
+            setup=store_open_ai_connection, fill=fill,
         )
         requests = list(server.requests)
+        keys = list(server.keys)
 
-    failed = [i for i, c in cells.items() if c.get("exception")]
-    assert failed == [8], {i: cells[i].get("exception") for i in failed}
-    assert cells[8]["exception"].startswith("NotImplementedError: FlowContext connections name stored connections")
+    # Cell 8's flow call went with the connection object's key, to classify_with_llm only.
+    assert keys == ["fake-azure-key", "fake-azure-key", "fake-azure-key", "in-memory-key-5150"] + ["fake-azure-key"] * 3
+    assert cells[8]["stdout"].strip().splitlines()[-1] == repr({"category": "None", "evidence": "Url"})
+    # The object was not stored, and its key was written nowhere.
+    assert sorted(p.name for p in (home / "connections").iterdir()) == ["open_ai_connection.json"]
+    assert not [p for p in home.rglob("*") if p.is_file() and b"in-memory-key-5150" in p.read_bytes()]
 
     # The fake model classifies the YouTube sample as "None" by its URL.
     answer = {"category": "None", "evidence": "Url"}
@@ -262,21 +281,21 @@ def test_flow_as_function(tmp_path):
     # The chat flow streamed: its answer was joined from the chunks.
     assert cells[12]["stdout"].strip() == HELLO
 
-    # Cells 3 and 10 each call the two LLM nodes of web-classification; cell 12 the chat node.
+    # Cells 3, 8 and 10 each call the two LLM nodes of web-classification; cell 12 the chat node.
     paths = [p for p, _ in requests]
-    assert len(paths) == 5
+    assert len(paths) == 7
     assert all(p.startswith("/openai/deployments/gpt-35-turbo/chat/completions") for p in paths)
     bodies = [b for _, b in requests]
     summaries = [b for b in bodies if "Please summarize" in json.dumps(b)]
     classifications = [b for b in bodies if "classify" in json.dumps(b).lower() and b not in summaries]
-    assert len(summaries) == 2 and len(classifications) == 2
+    assert len(summaries) == 3 and len(classifications) == 3
     # Cell 10's override reached the fetching node: it fetched the sample URL (out of reach here, so
     # its tool printed why), not the flow input "unknown" (which classify_with_llm still gets).
     assert "Invalid URL 'unknown'" not in cells[10]["stdout"]
     if "Get url failed" in cells[10]["stdout"]:
         assert "www.youtube.com" in cells[10]["stdout"]
-    assert "unknown" in json.dumps(classifications[1]) and "unknown" not in json.dumps(classifications[0])
-    chat = bodies[4]
+    assert "unknown" in json.dumps(classifications[2]) and "unknown" not in json.dumps(classifications[0])
+    chat = bodies[6]
     assert chat["stream"] is True
     assert [m["role"] for m in chat["messages"]] == ["system", "user", "assistant", "user"]
     assert chat["messages"][-1]["content"] == "How are you?"

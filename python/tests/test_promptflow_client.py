@@ -297,7 +297,7 @@ def test_visualize_says_where_the_report_is_once(tmp_path, capfd):
 def test_load_flow_context_overrides_variant_connections_and_streaming(tmp_path):
     """`f.context = FlowContext(...)`, as promptflow's flow-as-function tutorial sets it."""
     from promptflow.client import load_flow
-    from promptflow.entities import AzureOpenAIConnection, FlowContext
+    from promptflow.entities import FlowContext
 
     f = load_flow(source=str(FLOWS / "hello"))
     assert f(name="Ada", count=1)["greeting"].startswith("Hello Ada")
@@ -362,12 +362,6 @@ def test_load_flow_context_overrides_variant_connections_and_streaming(tmp_path)
     greet.context = FlowContext(variant="${greet.variant_1}")
     assert greet(name="Ada") == {"text": "Bye Ada"}
 
-    # Connection objects are promptflow's in-memory connections; Sluice runs stored ones, by name.
-    conn = AzureOpenAIConnection(name="c", api_key="k", api_base="http://127.0.0.1:9")
-    f.context = FlowContext(connections={"greeting_prompt": {"connection": conn}})
-    with pytest.raises(NotImplementedError, match="sluice connection create"):
-        f(name="Ada")
-
 
 def test_pf_connections_store_and_read_promptflow_connection_objects(tmp_path):
     """`pf.connections`, as promptflow's get-started tutorial uses it: get (secrets masked unless
@@ -428,3 +422,118 @@ def test_pf_test_runs_one_node_or_a_flex_flow_with_init(tmp_path, capfd):
 
     with pytest.raises(FlowRunError, match="node `nope`"):
         pf.test(flow=str(FLOWS / "hello"), inputs={}, node="nope")
+
+
+SECRET = "sk-in-memory-secret-4242"
+
+
+def connection_flow(tmp_path):
+    """A flow whose Python tool takes a custom connection (named `not_stored` in the flow file)."""
+    flow = tmp_path / "uses_connection"
+    flow.mkdir()
+    (flow / "flow.dag.yaml").write_text(
+        "inputs:\n  q:\n    type: string\noutputs:\n  out:\n    type: object\n    reference: ${work.output}\n"
+        "nodes:\n- name: work\n  type: python\n  source:\n    type: code\n    path: work.py\n"
+        "  inputs:\n    q: ${inputs.q}\n    conn: not_stored\n"
+    )
+    (flow / "work.py").write_text(
+        textwrap.dedent(
+            """
+            from promptflow.connections import CustomConnection
+            from promptflow.core import tool
+
+            @tool
+            def work(q: str, conn: CustomConnection) -> dict:
+                print("calling with", conn.secrets["key"])
+                # The key, reversed here, so that the flow's snapshot does not hold it.
+                return {"q": q, "base": conn.configs["base"], "key_ok": conn.secrets["key"][::-1] == %r}
+            """ % SECRET[::-1]
+        ).lstrip()
+    )
+    return flow
+
+
+def files_holding(root, text):
+    return [p for p in root.rglob("*") if p.is_file() and text.encode() in p.read_bytes()]
+
+
+def test_connection_objects_in_load_flow_and_flow_context(tmp_path, home):
+    from promptflow.client import load_flow
+    from promptflow.connections import CustomConnection
+    from promptflow.entities import FlowContext
+
+    flow = connection_flow(tmp_path)
+    conn = CustomConnection(name="mine", secrets={"key": SECRET}, configs={"base": "b1"})
+    f = load_flow(str(flow), connections={"work": {"conn": conn}})
+    assert f(q="x")["out"] == {"q": "x", "base": "b1", "key_ok": True}
+    other = CustomConnection(secrets={"key": "wrong"}, configs={"base": "b2"})
+    f.context = FlowContext(connections={"work": {"conn": other}})
+    assert f(q="y")["out"] == {"q": "y", "base": "b2", "key_ok": False}
+    # Nothing was stored.
+    assert not (home / "connections").is_dir() or not list((home / "connections").glob("mine*"))
+    with pytest.raises(TypeError, match="connection"):
+        load_flow(str(flow), connections={"work": {"conn": object()}})
+
+
+def test_pf_run_takes_connections_by_name_and_as_objects_without_recording_secrets(tmp_path, home):
+    from promptflow.client import PFClient
+    from promptflow.connections import CustomConnection
+
+    import sluice
+
+    flow = connection_flow(tmp_path)
+    data = write_jsonl(tmp_path / "d.jsonl", [{"q": "a"}, {"q": "b"}])
+    pf = PFClient()
+    conn = CustomConnection(name="mine", secrets={"key": SECRET}, configs={"base": "obj"})
+    run = pf.run(flow=str(flow), data=str(data), connections={"work": {"conn": conn}}, name="conn_object_run")
+    assert run.status == "Completed", run.record
+    assert [o["out"] for o in run.outputs()] == [{"q": q, "base": "obj", "key_ok": True} for q in "ab"]
+    assert not files_holding(home, SECRET)
+    # A stored connection, by name.
+    pf.connections.create_or_update(CustomConnection(name="stored_one", secrets={"key": "s3"}, configs={"base": "st"}))
+    run = pf.run(flow=str(flow), data=str(data), connections={"work": {"conn": "stored_one"}})
+    assert [o["out"]["base"] for o in run.outputs()] == ["st", "st"]
+    # A loaded flow's connections go with it into a run; the run's own override them.
+    loaded = sluice.load_flow(flow, connections={"work": {"conn": conn}})
+    run = sluice.run(loaded, data)
+    assert [o["out"]["base"] for o in run.outputs()] == ["obj", "obj"]
+    run = sluice.run(loaded, data, connections={"work": {"conn": "stored_one"}})
+    assert [o["out"]["base"] for o in run.outputs()] == ["st", "st"]
+    assert not files_holding(home, SECRET)
+
+
+def test_pf_run_gives_init_natively_not_through_the_cli(tmp_path, monkeypatch, home):
+    from promptflow.client import PFClient
+
+    import sluice
+    from sluice import _native
+
+    def no_cli(argv):
+        raise AssertionError("the in-process CLI ran: %r" % (argv,))
+
+    monkeypatch.setattr(_native, "cli_main", no_cli)
+    flow = tmp_path / "greeter"
+    flow.mkdir()
+    (flow / "greeter.py").write_text(
+        "class Greeter:\n"
+        "    def __init__(self, greeting: str, api_key: str = ''):\n"
+        "        self.greeting, self.keyed = greeting, bool(api_key)\n"
+        "    def __call__(self, name: str) -> dict:\n"
+        "        return {'text': '%s %s' % (self.greeting, name), 'keyed': self.keyed}\n"
+    )
+    (flow / "flow.flex.yaml").write_text("entry: greeter:Greeter\n")
+    data = write_jsonl(tmp_path / "d.jsonl", [{"name": "Ada"}, {"name": "Bob"}])
+    run = PFClient().run(flow=str(flow), data=str(data), init={"greeting": "Hi", "api_key": "sk-init-777777"},
+                         max_concurrency=1)
+    assert run.status == "Completed"
+    assert [o["text"] for o in run.outputs()] == ["Hi Ada", "Hi Bob"]
+    assert [o["keyed"] for o in run.outputs()] == [True, True]
+    assert run.record["properties"]["init"]["greeting"] == "Hi"
+    assert not files_holding(run.dir, "sk-init-777777")
+    # sluice.run takes it too; without it, the class cannot be made.
+    assert sluice.run(flow, data, init={"greeting": "Yo"}).outputs()[0]["text"] == "Yo Ada"
+    try:
+        failed = sluice.run(flow, data).status
+    except (sluice.FlowLoadError, sluice.RunError):
+        failed = "raised"
+    assert failed in ("Failed", "raised")

@@ -1,6 +1,7 @@
 """`sluice.run`: batch and evaluation runs into the same run store as the `sluice` command."""
 
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -172,3 +173,53 @@ def test_a_run_whose_process_died_is_resumed_from_python(tmp_path):
     assert [(o["line_number"], o["y"]) for o in run.outputs()] == [(i, i + 100) for i in range(8)]
     with pytest.raises(sluice.RunError, match="flow"):
         sluice.run(data=data)
+
+
+def test_ctrl_c_cancels_a_batch_run_which_resumes_with_every_line_once(tmp_path):
+    flow = tmp_path / "slow"
+    flow.mkdir()
+    (flow / "flow.dag.yaml").write_text(
+        "inputs:\n  x:\n    type: int\noutputs:\n  y:\n    type: int\n    reference: ${work.output}\n"
+        "nodes:\n- name: work\n  type: python\n  source:\n    type: code\n    path: work.py\n"
+        "  inputs:\n    x: ${inputs.x}\n"
+    )
+    (flow / "work.py").write_text(
+        "import time\nfrom sluice import tool\n\n@tool\ndef work(x: int) -> int:\n    time.sleep(0.2)\n    return x + 100\n"
+    )
+    lines = 100
+    data = write_jsonl(tmp_path / "d.jsonl", [{"x": i} for i in range(lines)])
+    # Python leaves SIGINT alone when it starts ignored (a test run in a background job); a program
+    # run from a terminal has this handler.
+    script = (
+        "import signal, sys, sluice\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+        "try:\n"
+        "    sluice.run(sys.argv[1], sys.argv[2], name='interrupted', max_concurrency=2)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('KeyboardInterrupt', flush=True)\n"
+        "    sys.exit(3)\n"
+        "print('finished', flush=True)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script, str(flow), str(data)], stdout=subprocess.PIPE, text=True)
+    details = sluice.home() / "runs" / "interrupted" / "details.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if details.exists() and details.read_text().count("\n") >= 4:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it was interrupted"
+    proc.send_signal(signal.SIGINT)
+    sent = time.monotonic()
+    out, _ = proc.communicate(timeout=30)
+    assert time.monotonic() - sent < 5, "the run did not stop promptly"
+    assert proc.returncode == 3 and out.strip() == "KeyboardInterrupt", (proc.returncode, out)
+
+    run = sluice.get_run("interrupted")
+    assert run.status == "Canceled"
+    completed = [d["line_number"] for d in run.details() if d["status"] == "Completed"]
+    assert 4 <= len(completed) < lines
+    resumed = sluice.run(resume_from="interrupted", name="interrupted_resumed")
+    assert resumed.status == "Completed"
+    assert resumed.record["properties"]["system_metrics"]["carried_over_lines"] == len(completed)
+    assert [(o["line_number"], o["y"]) for o in resumed.outputs()] == [(i, i + 100) for i in range(lines)]
+    assert sorted(d["line_number"] for d in resumed.details()) == list(range(lines))
