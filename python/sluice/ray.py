@@ -130,6 +130,7 @@ def run(
     resume: Optional[str] = None,
     address: Optional[str] = None,
     task_options: Optional[Mapping[str, Any]] = None,
+    num_actors: Optional[int] = None,
 ) -> _api.Run:
     """Runs ``data`` (a path, or a ``ray.data.Dataset``) through ``flow`` as ``num_workers`` shards,
     one Ray task each (each with ``max_concurrency`` lines at once), and returns the merged run. Starts
@@ -150,6 +151,8 @@ def run(
         import ray
     except ImportError as e:
         raise ImportError("sluice.ray needs Ray: pip install ray") from e
+    if num_actors is not None:
+        num_workers = num_actors
     if num_workers < 1:
         raise ValueError("num_workers must be at least 1")
     if max_retries < 0:

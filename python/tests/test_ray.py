@@ -233,9 +233,12 @@ def test_a_ray_dataset_is_the_data_in_its_order(squares):
         return {"x": row["id"]}
 
     dataset = ray.data.range(LINES, override_num_blocks=7).map(slow_now_and_then)
-    run = sluice.ray.run(flow, dataset, num_workers=2, name="from_dataset")
+    # `num_actors` names the workers too.
+    run = sluice.ray.run(flow, dataset, num_actors=2, name="from_dataset")
     assert run.status == "Completed"
     assert_every_line_once(run)
     written = sluice.home() / "ray" / "from_dataset" / "data.jsonl"
     assert [json.loads(line)["x"] for line in written.read_text().splitlines()] == list(range(LINES))
     assert run.record["data"] == str(written)
+    shards = [sluice.get_run("from_dataset_shard%d" % i) for i in range(2)]
+    assert [len(s.outputs()) for s in shards] == [LINES // 2, LINES - LINES // 2]
