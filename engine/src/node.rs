@@ -254,7 +254,8 @@ impl NodeRegistry {
 
     /// Turns nodes that call a registered package tool into nodes of the kind that stands in for it:
     /// the type changes, inputs are renamed, and a literal `connection` input (how promptflow's tools
-    /// take their connection) becomes the node's connection.
+    /// take their connection) becomes the node's connection; for an `llm` stand-in, a literal `api`
+    /// input (`chat` or `completion`, how promptflow's LLM tool takes it) becomes the node's `api`.
     pub fn apply_package_tools(&self, def: &mut FlowDef) {
         for node in &mut def.nodes {
             let Some(source) = &node.source else { continue };
@@ -277,6 +278,14 @@ impl NodeRegistry {
                     && let crate::InputValue::Literal(Value::String(c)) = &binding.value
                 {
                     node.connection = Some(c.clone());
+                    continue;
+                }
+                if name == "api"
+                    && with.kind == "llm"
+                    && node.api.is_none()
+                    && let crate::InputValue::Literal(Value::String(api)) = &binding.value
+                {
+                    node.api = Some(api.clone());
                     continue;
                 }
                 let name = with

@@ -43,6 +43,15 @@ pub fn builtin_registry() -> NodeRegistry {
     registry.register(python::FlexKind);
     #[cfg(feature = "python")]
     registry.register(python::CustomLlmKind);
+    // promptflow's LLM tool (`custom_llm` with a prompt template): an `llm` node, whose `api` input
+    // says chat or completion.
+    registry.register_package_tool(
+        "promptflow.tools.llm.llm",
+        PackageTool {
+            kind: "llm",
+            renames: &[],
+        },
+    );
     // promptflow's own tools for embeddings and vector search, run by Sluice's kinds.
     registry.register_package_tool(
         "promptflow.tools.embedding.embedding",

@@ -210,3 +210,63 @@ fn a_serverless_connection_is_called_as_openai_under_v1() {
         "llama"
     );
 }
+
+#[test]
+fn promptflow_s_llm_tool_sends_what_an_llm_node_sends() {
+    // The same call twice: through promptflow's LLM tool (a `custom_llm` node whose `connection`
+    // and `api` are inputs) and as an `llm` node; chat on OpenAI, completion on Azure.
+    let tool = |name: &str, conn: &str, api: &str, model: &str| {
+        format!(
+            "- name: {name}\n  type: custom_llm\n  source: {{type: package_with_prompt, tool: promptflow.tools.llm.llm, path: chat.jinja2}}\n  inputs:\n    connection: {conn}\n    api: {api}\n    {model}\n    temperature: 0.2\n    max_tokens: 7\n    q: ${{inputs.q}}\n"
+        )
+    };
+    let node = |name: &str, conn: &str, api: &str, model: &str| {
+        format!(
+            "- name: {name}\n  type: llm\n  api: {api}\n  connection: {conn}\n  source: {{type: code, path: chat.jinja2}}\n  inputs:\n    {model}\n    temperature: 0.2\n    max_tokens: 7\n    q: ${{inputs.q}}\n"
+        )
+    };
+    let (rec, home, flow) = setup(
+        ok_body("ok"),
+        "# user:\nsay {{q}}\n",
+        &format!(
+            "inputs:\n  q: {{type: string}}\noutputs:\n  t: {{reference: '${{t.output}}'}}\n  n: {{reference: '${{n.output}}'}}\n  tc: {{reference: '${{tc.output}}'}}\n  nc: {{reference: '${{nc.output}}'}}\nnodes:\n{}{}{}{}",
+            tool("t", "oai", "chat", "model: via-tool"),
+            node("n", "oai", "chat", "model: via-node"),
+            tool("tc", "aoai", "completion", "deployment_name: tool-dep"),
+            node("nc", "aoai", "completion", "deployment_name: node-dep"),
+        ),
+    );
+    let out = tested(home.path(), flow.path(), &["--inputs", "q=hi"]);
+    assert_eq!(out["t"], "ok");
+    assert_eq!(out["n"], "ok");
+    assert_eq!(rec.requests(), 4);
+    let without_model = |mut body: Json| {
+        body.as_object_mut().unwrap().remove("model");
+        body
+    };
+    let chat_tool = rec.request_for("via-tool");
+    assert_eq!(
+        chat_tool["messages"],
+        json!([{"role": "user", "content": "say hi"}])
+    );
+    assert_eq!(
+        without_model(chat_tool),
+        without_model(rec.request_for("via-node"))
+    );
+    let completion = |dep: &str| {
+        rec.request_to(&format!(
+            "POST /v1/openai/deployments/{dep}/completions?api-version=2024-06-01 "
+        ))
+    };
+    let tool_completion = completion("tool-dep");
+    assert!(
+        tool_completion["prompt"]
+            .as_str()
+            .is_some_and(|p| p.contains("say hi")),
+        "{tool_completion}"
+    );
+    assert_eq!(
+        without_model(tool_completion),
+        without_model(completion("node-dep"))
+    );
+}

@@ -241,11 +241,11 @@ fn refused_with_package(flow: &str, needles: &[&str]) -> String {
 #[test]
 fn a_package_that_cannot_be_imported_or_lacks_the_tool_is_a_load_error() {
     let stderr = refused_with_package(
-        "inputs:\n  name: {type: string}\noutputs:\n  a: {reference: '${a.output}'}\nnodes:\n- name: a\n  type: python\n  source: {type: package, tool: nope_pkg.tools.greet}\n  inputs: {name: '${inputs.name}'}\n- name: b\n  type: python\n  source: {type: package, tool: my_tools.tools.greet.missing}\n  inputs: {name: '${inputs.name}'}\n- name: c\n  type: python\n  source: {type: package, tool: my_tools.tools.greet.Greeter.nothing}\n  inputs: {name: '${inputs.name}'}\n- name: d\n  type: python\n  source: {type: package, tool: promptflow.tools.llm.llm}\n  inputs: {name: '${inputs.name}'}\n",
+        "inputs:\n  name: {type: string}\noutputs:\n  a: {reference: '${a.output}'}\nnodes:\n- name: a\n  type: python\n  source: {type: package, tool: nope_pkg.tools.greet}\n  inputs: {name: '${inputs.name}'}\n- name: b\n  type: python\n  source: {type: package, tool: my_tools.tools.greet.missing}\n  inputs: {name: '${inputs.name}'}\n- name: c\n  type: python\n  source: {type: package, tool: my_tools.tools.greet.Greeter.nothing}\n  inputs: {name: '${inputs.name}'}\n- name: d\n  type: python\n  source: {type: package, tool: promptflow.tools.serpapi.SerpAPI.search}\n  inputs: {name: '${inputs.name}'}\n",
         &[
             "tool load failed in `d`",
             "one of promptflow's own tools, which Sluice does not run",
-            "use an `llm` node",
+            "SLUICE_USE_PROMPTFLOW=1",
             "tool load failed in `a`",
             "module `nope_pkg` cannot be imported",
             "`pip install` the package",

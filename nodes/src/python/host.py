@@ -233,8 +233,7 @@ def load_tool(path, flow_dir, literals, references, stored_connections=None, pac
             if listed is None and package.startswith("promptflow."):
                 # Not one Sluice maps onto its own kinds, and the stand-in does not have it.
                 raise LoadError(
-                    "package tool `%s` is one of promptflow's own tools, which Sluice does not run; for "
-                    "`promptflow.tools.llm.llm` use an `llm` node with the same connection and inputs, or "
+                    "package tool `%s` is one of promptflow's own tools, which Sluice does not run; "
                     "set SLUICE_USE_PROMPTFLOW=1 to run tools with an installed promptflow" % package
                 )
             if listed is None:
