@@ -374,6 +374,17 @@ pub fn test(args: TestArgs) -> anyhow::Result<ExitStatus> {
         Err(code) => return Ok(code),
     };
     let mut line = rt.block_on(flow.run_line(&inputs, &opts));
+    // Images in the outputs are files in .promptflow/, referred to by path from the flow folder.
+    for v in line.output.values_mut() {
+        match sluice_engine::image::persist(v, &out_dir, ".promptflow/") {
+            Ok(p) => *v = p,
+            Err(e) => eprintln!(
+                "{} cannot write an output image to {}: {e}",
+                crate::style::warning_label(),
+                out_dir.display()
+            ),
+        }
+    }
     let streamed = if args.stream && line.error.is_none() {
         print_streams(&mut line.output)?
     } else {
