@@ -807,6 +807,8 @@ pub fn to_jinja(v: &Value) -> JValue {
         Value::String(s) => JValue::from(s.as_str()),
         Value::List(items) => JValue::from(items.iter().map(to_jinja).collect::<Vec<_>>()),
         Value::Map(map) => JValue::from_pairs(map.iter().map(|(k, v)| (k.as_str(), to_jinja(v)))),
+        // An image renders as its placeholder, `Image(<hash>)`.
+        Value::Opaque(o) if o.is_media() => JValue::from_object(OpaqueObject(o.clone())),
         Value::Opaque(o) => match o.to_plain() {
             Some(plain) => to_jinja(&plain),
             None => JValue::from_object(OpaqueObject(o.clone())),
