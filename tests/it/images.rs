@@ -110,13 +110,14 @@ fn gpt4v_tools_send_image_parts_and_their_parameters_as_promptflow_does() {
         json!({"azure": "a red dot", "openai": "a red dot", "plain": "a red dot"})
     );
     let data_url = format!("data:image/png;base64,{PNG}");
-    // As promptflow 1.18.5's aoai_gpt4v tool sends it (recorded against this fake server).
+    // The bodies below are what promptflow 1.18.5 (promptflow-tools 1.6.1) sent for this flow to a
+    // recording server. Its tools never pass `detail` on to the image parts: they ask for `auto`.
     assert_eq!(
         rec.request_to(
             "POST /v1/openai/deployments/gpt-4v/chat/completions?api-version=2024-06-01 "
         ),
         json!({
-            "messages": messages(&data_url, "low"),
+            "messages": messages(&data_url, "auto"),
             "model": "gpt-4v",
             "temperature": 0.2,
             "top_p": 0.5,
@@ -143,7 +144,9 @@ fn gpt4v_tools_send_image_parts_and_their_parameters_as_promptflow_does() {
             "frequency_penalty": 0,
         })
     );
-    // An `llm` chat node shows the image the same way.
+    // An `llm` chat node shows the image the same way. (promptflow's own `llm` tool sends the
+    // markdown with the placeholder as text, `![image](Image(54586ec5))`, so the model never sees
+    // the image; Sluice sends the image.)
     assert_eq!(
         rec.request_for("gpt-4o")["messages"],
         messages(&data_url, "auto")

@@ -93,6 +93,7 @@ impl NodeKind for LlmKind {
         }
         // Template variables are string inputs (as for `prompt` nodes).
         let mut signature = crate::prompt::template_signature(&template)?;
+        // A GPT-4V tool's `detail` is a string parameter; it reaches the template like any input.
         if vision.is_some() {
             signature.params.insert(
                 "detail".to_owned(),
@@ -421,14 +422,6 @@ impl Node for LlmNode {
                 .map_err(|e| NodeError::user("InputTypeError", e.to_string()))?,
         };
         params.stream = cx.stream;
-        let detail = match inputs.shift_remove("detail") {
-            Some(Value::String(d)) if self.vision.is_some() && !d.is_empty() => d,
-            Some(other) if self.vision.is_none() => {
-                inputs.insert("detail".to_owned(), other);
-                "auto".to_owned()
-            }
-            _ => "auto".to_owned(),
-        };
         if let Some(vision) = &self.vision {
             let given = |k: &str| inputs.get(k).is_some_and(|v| !v.is_null());
             params.raw = Some(vision.raw_params(&mut params, &given));
@@ -458,7 +451,10 @@ impl Node for LlmNode {
         let text = template.render(vars.iter().map(|(k, v)| (k.as_str(), v)))?;
         let prompt = match self.api {
             Api::Chat => {
-                let images = Images::collect(vars.iter().map(|(_, v)| v), &detail);
+                // promptflow's GPT-4V tools hand their `detail` input to the template, not to the
+                // image parts (promptflow-tools 1.6.1 passes it as `detail=` where `image_detail=`
+                // is read), so every image part asks for `auto`.
+                let images = Images::collect(vars.iter().map(|(_, v)| v), "auto");
                 Prompt::Chat(parse_chat_with_images(&text, Some(&escaper), &images)?)
             }
             Api::Completion => Prompt::Text(text),
