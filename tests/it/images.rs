@@ -130,6 +130,17 @@ fn gpt4v_tools_send_image_parts_and_their_parameters_as_promptflow_does() {
             "seed": 7,
         })
     );
+    let azure = rec
+        .seen()
+        .into_iter()
+        .find(|s| s.request_line().contains("/deployments/gpt-4v/"))
+        .unwrap();
+    assert_eq!(
+        azure
+            .header("ms-azure-ai-promptflow-called-from")
+            .as_deref(),
+        Some("aoai-gpt4v-tool")
+    );
     // The OpenAI tool's defaults: its model, detail `auto`, penalties as the integer 0.
     assert_eq!(
         rec.request_for("gpt-4-vision-preview"),

@@ -210,6 +210,12 @@ impl Vision {
         if p.model.is_none() {
             p.model = self.default_model.map(str::to_owned);
         }
+        if self.tool.contains("aoai_gpt4v") {
+            p.headers.push((
+                "ms-azure-ai-promptflow-called-from".to_owned(),
+                "aoai-gpt4v-tool".to_owned(),
+            ));
+        }
         let mut raw = serde_json::Map::new();
         raw.insert("temperature".into(), json!(p.temperature));
         raw.insert("top_p".into(), json!(p.top_p));

@@ -101,6 +101,9 @@ pub struct GenParams {
     /// `function_call` / `tools` / `tool_choice` (with functions or tools, the reply is the whole
     /// message, [`Event::Message`], as promptflow returns it), `logit_bias` and `user`.
     pub passthrough: serde_json::Map<String, serde_json::Value>,
+    /// HTTP headers a server is sent besides the connection's (promptflow's Azure GPT-4V tool names
+    /// itself in one).
+    pub headers: Vec<(String, String)>,
 }
 
 impl Default for GenParams {
@@ -119,6 +122,7 @@ impl Default for GenParams {
             deployment_name: None,
             stream: false,
             passthrough: serde_json::Map::new(),
+            headers: Vec::new(),
         }
     }
 }
