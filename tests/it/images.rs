@@ -3,6 +3,8 @@
 //! OpenAI's image parts, and promptflow's GPT-4V tools (`custom_llm` nodes) on Sluice's HTTP backend.
 //! Requests go to a fake server on loopback that records them; bodies are compared whole.
 
+use std::path::Path;
+
 use base64::Engine as _;
 use serde_json::{Value as Json, json};
 
@@ -344,5 +346,73 @@ fn a_batch_run_reads_image_columns_relative_to_the_data_file_and_stores_output_i
     assert_eq!(
         inputs[1]["pic"],
         json!({"data:image/png;path": format!("flow_outputs/{PNG_SHA1}.png")})
+    );
+}
+
+/// The chat flow of `tests/data/chat_with_image` (promptflow's chat-with-image example): the question
+/// and earlier questions are lists of text and images.
+#[test]
+fn a_chat_question_that_is_a_list_of_text_and_images_becomes_parts() {
+    let rec = FakeServer::replying(ok_body("two"));
+    let (home, flow) = home_and_flow();
+    crate::common::add_connection(
+        home.path(),
+        "aoai_gpt4v_connection",
+        &format!(
+            "name: aoai_gpt4v_connection\ntype: azure_open_ai\napi_key: k\napi_base: {}\napi_version: 2024-06-01\n",
+            rec.base
+        ),
+    );
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/chat_with_image");
+    for file in ["flow.dag.yaml", "chat.jinja2"] {
+        std::fs::copy(src.join(file), flow.path().join(file)).unwrap();
+    }
+    let image = json!({"data:image/png;base64": PNG});
+    let history = json!([{"inputs": {"question": ["What is this?", image]}, "outputs": {"answer": "A dot."}}]);
+    let question = json!(["How many colors can you see?", image]);
+    let out = stdout_json(&flow_test_with(
+        home.path(),
+        flow.path(),
+        &[
+            "--inputs",
+            &format!("chat_history={history}"),
+            &format!("question={question}"),
+        ],
+    ));
+    assert_eq!(out, json!({"answer": "two"}));
+    let data_url = format!("data:image/png;base64,{PNG}");
+    let image_part = json!({"type": "image_url", "image_url": {"url": data_url, "detail": "auto"}});
+    // What promptflow 1.18.5 sent for these inputs (recorded).
+    assert_eq!(
+        rec.request_to(
+            "POST /v1/openai/deployments/gpt-4v/chat/completions?api-version=2024-06-01 "
+        ),
+        json!({
+            "messages": [
+                {"role": "system", "content": "You are a helpful assistant."},
+                {"role": "user", "content": [{"type": "text", "text": "What is this?"}, image_part]},
+                {"role": "assistant", "content": "A dot."},
+                {"role": "user", "content": [{"type": "text", "text": "How many colors can you see?"}, image_part]},
+            ],
+            "model": "gpt-4v",
+            "temperature": 1.0,
+            "top_p": 1.0,
+            "n": 1,
+            "stream": false,
+            "presence_penalty": 0,
+            "frequency_penalty": 0,
+            "max_tokens": 512,
+        })
+    );
+    // The question's default holds a URL image, sent as its URL.
+    let out = stdout_json(&flow_test_with(home.path(), flow.path(), &[]));
+    assert_eq!(out, json!({"answer": "two"}));
+    let last = rec.seen().last().unwrap().json();
+    assert_eq!(
+        last["messages"][1]["content"],
+        json!([
+            {"type": "image_url", "image_url": {"url": "https://example.com/logo.png", "detail": "auto"}},
+            {"type": "text", "text": "How many colors can you see?"},
+        ])
     );
 }

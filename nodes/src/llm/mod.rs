@@ -454,7 +454,13 @@ impl Node for LlmNode {
                 vars.push((k, v));
             }
         }
-        let text = template.render(vars.iter().map(|(k, v)| (k.as_str(), v)))?;
+        let pairs = vars.iter().map(|(k, v)| (k.as_str(), v));
+        // promptflow's GPT-4V tools print a list input as its items, one a line (a question that
+        // is a list of text and images becomes text and image lines).
+        let text = match self.vision {
+            Some(_) => template.render_chat_lists(pairs)?,
+            None => template.render(pairs)?,
+        };
         let prompt = match self.api {
             Api::Chat => {
                 // promptflow's GPT-4V tools hand their `detail` input to the template, not to the
