@@ -1339,10 +1339,13 @@ fn numbered_line<V: serde::Serialize>(n: usize, map: impl Iterator<Item = (Strin
 
 impl Pending {
     /// A finished line's rows; its images are written to `<run>/flow_outputs/` and referred to by
-    /// path, as promptflow stores them.
+    /// path, as promptflow stores them: relative in `flow_outputs/output.jsonl`, absolute in the
+    /// run folder's `outputs.jsonl` and `inputs.jsonl`.
     fn from_line(line: &LineResult, run_dir: &Path) -> Pending {
         let n = line.line_number.unwrap_or(0);
         let images = run_dir.join("flow_outputs");
+        let images = std::path::absolute(&images).unwrap_or(images);
+        let absolute = format!("{}/", images.to_string_lossy().replace('\\', "/"));
         let persisted = |map: &Map, prefix: &str| -> Map {
             map.iter()
                 .map(|(k, v)| {
@@ -1359,9 +1362,9 @@ impl Pending {
         };
         let completed = line.status == Status::Completed;
         Pending {
-            input: numbered_line(n, persisted(&line.inputs, "flow_outputs/").into_iter()),
+            input: numbered_line(n, persisted(&line.inputs, &absolute).into_iter()),
             output: completed
-                .then(|| numbered_line(n, persisted(&line.output, "flow_outputs/").into_iter())),
+                .then(|| numbered_line(n, persisted(&line.output, &absolute).into_iter())),
             flow_output: completed
                 .then(|| numbered_line(n, persisted(&line.output, "").into_iter())),
         }

@@ -284,12 +284,17 @@ fn a_python_tool_image_round_trips_and_flow_test_writes_it_to_a_file() {
         flow.path(),
         &["--inputs", r#"pic={"data:image/png;path": "dot.png"}"#],
     ));
-    let file = format!(".promptflow/{PNG_SHA1}.png");
+    // As promptflow's flow test: in .promptflow/output/, by absolute path.
+    let file = flow
+        .path()
+        .join(format!(".promptflow/output/{PNG_SHA1}.png"))
+        .to_string_lossy()
+        .into_owned();
     assert_eq!(
         out,
         json!({"same": {"data:image/png;path": file}, "seen": ["Image(54586ec5)", "image/png", "image/png", true]})
     );
-    assert_eq!(std::fs::read(flow.path().join(&file)).unwrap(), png_bytes());
+    assert_eq!(std::fs::read(&file).unwrap(), png_bytes());
     let saved: Json = serde_json::from_str(
         &std::fs::read_to_string(flow.path().join(".promptflow/flow.output.json")).unwrap(),
     )
@@ -336,17 +341,14 @@ fn a_batch_run_reads_image_columns_relative_to_the_data_file_and_stores_output_i
         std::fs::read(run.join(format!("flow_outputs/{PNG_SHA1}.png"))).unwrap(),
         png_bytes()
     );
-    // outputs.jsonl and inputs.jsonl sit in the run folder: their paths start there.
+    // The run folder's outputs.jsonl and inputs.jsonl name the files by absolute path, as
+    // promptflow's do.
+    let absolute = json!({"data:image/png;path": run.join(format!("flow_outputs/{PNG_SHA1}.png")).to_string_lossy()});
     let top = read_jsonl(&run.join("outputs.jsonl"));
-    assert_eq!(
-        top[0]["same"],
-        json!({"data:image/png;path": format!("flow_outputs/{PNG_SHA1}.png")})
-    );
+    assert_eq!(top[0]["same"], absolute);
     let inputs = read_jsonl(&run.join("inputs.jsonl"));
-    assert_eq!(
-        inputs[1]["pic"],
-        json!({"data:image/png;path": format!("flow_outputs/{PNG_SHA1}.png")})
-    );
+    assert_eq!(inputs[0]["pic"], absolute);
+    assert_eq!(inputs[1]["pic"], absolute);
 }
 
 /// The chat flow of `tests/data/chat_with_image` (promptflow's chat-with-image example): the question
