@@ -55,7 +55,17 @@ pub fn stream_data(path: &Path) -> Result<RowStream, BatchError> {
     let files = data_files(path)?;
     let mut streams: Vec<RowStream> = Vec::new();
     for file in files {
-        streams.push(reader_for(&file).rows(&file)?);
+        // Image paths in data are relative to the data file (§5.1).
+        let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        let rows = reader_for(&file).rows(&file)?.map(move |row| {
+            row.map(|mut row| {
+                for v in row.values_mut() {
+                    crate::image::resolve_paths(v, &dir);
+                }
+                row
+            })
+        });
+        streams.push(Box::new(rows));
     }
     Ok(Box::new(streams.into_iter().flatten()))
 }

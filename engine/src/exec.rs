@@ -15,7 +15,7 @@ use serde::Serialize;
 use tracing::Instrument;
 
 use crate::error::{ErrorCode, ErrorInfo, NodeError};
-use crate::model::InputValue;
+use crate::model::{InputValue, ValueType};
 use crate::node::{NodeContext, NodeInputs};
 use crate::plan::{Flow, PlannedNode};
 use crate::store::NodeMetrics;
@@ -194,6 +194,23 @@ impl Flow {
                 line_error(
                     code,
                     format!("Input '{name}'{where_} of flow '{}': {e}.", self.def.name),
+                )
+            })?;
+            // Images are read now, paths relative to the flow folder (§7.4); lists and objects
+            // may hold image dicts too.
+            let typed = match def.ty {
+                ValueType::Image => crate::image::load(&typed, &self.def.dir),
+                ValueType::List | ValueType::Object => {
+                    crate::image::load_nested(typed, &self.def.dir)
+                }
+                _ => Ok(typed),
+            }
+            .map_err(|e| {
+                line_error(
+                    "LoadMultimediaDataError",
+                    format!(
+                        "Failed to load image for input '{name}'{where_}: {e}. Give a path (relative to the flow folder, or in batch data to the data file), an http(s) URL, a data:image/...;base64 URI or {{\"data:image/png;path\": \"file.png\"}}."
+                    ),
                 )
             })?;
             out.insert(name.clone(), typed);

@@ -50,6 +50,7 @@ pub mod batch;
 pub mod error;
 pub mod exec;
 pub mod flex;
+pub mod image;
 pub mod json;
 pub mod load;
 pub mod mlflow;

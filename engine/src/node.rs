@@ -270,7 +270,14 @@ impl NodeRegistry {
                 continue;
             };
             node.kind = with.kind.to_owned();
-            node.source = None;
+            // A prompt tool's template stays the node's source (the kind reads it as a `code`
+            // source); the tool id stays too, for kinds that stand in for several tools.
+            node.source = node.source.take().and_then(|mut s| {
+                (s.ty == "package_with_prompt" && s.path.is_some()).then(|| {
+                    s.ty = "code".to_owned();
+                    s
+                })
+            });
             let inputs = std::mem::take(&mut node.inputs);
             for (name, binding) in inputs {
                 if name == "connection"

@@ -827,6 +827,7 @@ impl BatchRun {
         )?));
         let mut log = RunLog::create(&self.dir.join("logs.txt"))?;
         let mut ordered = OrderedOutputs::create(&self.dir)?;
+        let run_dir = self.dir.clone();
         let mut tally = Tally::default();
         let has_aggregation = self.flow.has_aggregation();
         let mut kept: Vec<(usize, Map)> = Vec::new();
@@ -937,7 +938,7 @@ impl BatchRun {
             if has_aggregation && line.status == Status::Completed {
                 kept.push((n, line.aggregation_inputs.clone()));
             }
-            ordered.push(n, Pending::from_line(line));
+            ordered.push(n, Pending::from_line(line, &run_dir));
             let frontier = lock(&dispatch).finished(n);
             if let Err(e) = ordered.flush_before(frontier) {
                 write_error.get_or_insert(e);
@@ -1312,6 +1313,9 @@ impl Dispatch {
 struct Pending {
     input: String,
     output: Option<String>,
+    /// The line in `flow_outputs/output.jsonl`, when it differs from `output` (image paths are
+    /// relative to the file's own folder).
+    flow_output: Option<String>,
 }
 
 /// `{"line_number": n, ...map}` as one JSON line.
@@ -1334,12 +1338,35 @@ fn numbered_line<V: serde::Serialize>(n: usize, map: impl Iterator<Item = (Strin
 }
 
 impl Pending {
-    fn from_line(line: &LineResult) -> Pending {
+    /// A finished line's rows; its images are written to `<run>/flow_outputs/` and referred to by
+    /// path, as promptflow stores them: relative in `flow_outputs/output.jsonl`, absolute in the
+    /// run folder's `outputs.jsonl` and `inputs.jsonl`.
+    fn from_line(line: &LineResult, run_dir: &Path) -> Pending {
         let n = line.line_number.unwrap_or(0);
+        let images = run_dir.join("flow_outputs");
+        let images = std::path::absolute(&images).unwrap_or(images);
+        let absolute = format!("{}/", images.to_string_lossy().replace('\\', "/"));
+        let persisted = |map: &Map, prefix: &str| -> Map {
+            map.iter()
+                .map(|(k, v)| {
+                    let v = crate::image::persist(v, &images, prefix).unwrap_or_else(|e| {
+                        tracing::warn!(
+                            "cannot write the images of line {n} to {}: {e}",
+                            images.display()
+                        );
+                        v.clone()
+                    });
+                    (k.clone(), v)
+                })
+                .collect()
+        };
+        let completed = line.status == Status::Completed;
         Pending {
-            input: numbered_line(n, line.inputs.iter().map(|(k, v)| (k.clone(), v))),
-            output: (line.status == Status::Completed)
-                .then(|| numbered_line(n, line.output.iter().map(|(k, v)| (k.clone(), v)))),
+            input: numbered_line(n, persisted(&line.inputs, &absolute).into_iter()),
+            output: completed
+                .then(|| numbered_line(n, persisted(&line.output, &absolute).into_iter())),
+            flow_output: completed
+                .then(|| numbered_line(n, persisted(&line.output, "").into_iter())),
         }
     }
 
@@ -1349,6 +1376,7 @@ impl Pending {
             input: numbered_line(n, r.inputs.clone().into_iter()),
             output: (r.status == LineStatus::Completed)
                 .then(|| numbered_line(n, r.output.clone().into_iter())),
+            flow_output: None,
         }
     }
 }
@@ -1401,8 +1429,11 @@ impl OrderedOutputs {
             if let Some(out) = p.output {
                 let out = crate::redact::redact(&out);
                 writeln!(self.outputs, "{out}").map_err(|e| StoreError::io(&self.paths[0], e))?;
-                writeln!(self.flow_outputs, "{out}")
-                    .map_err(|e| StoreError::io(&self.paths[1], e))?;
+                match &p.flow_output {
+                    Some(o) => writeln!(self.flow_outputs, "{}", crate::redact::redact(o)),
+                    None => writeln!(self.flow_outputs, "{out}"),
+                }
+                .map_err(|e| StoreError::io(&self.paths[1], e))?;
             }
         }
         Ok(())

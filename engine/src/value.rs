@@ -77,6 +77,11 @@ pub trait Opaque: Debug + Send + Sync + 'static {
     fn is_stream(&self) -> bool {
         false
     }
+    /// Media (an image) stays itself in plain values, so run outputs can write it to a file; it is
+    /// its [`Opaque::to_plain`] form only when serialised.
+    fn is_media(&self) -> bool {
+        false
+    }
     /// Drains a stream into its items' `str()`s. Only called when [`Opaque::is_stream`] is true.
     fn drain(&self) -> Result<Vec<String>, StreamError> {
         Err(StreamError::new(format!(
@@ -291,6 +296,7 @@ impl Value {
                 .collect::<Result<_, _>>()
                 .map(Value::Map),
             Value::Opaque(o) if o.is_stream() => Ok(Value::String(o.drain()?.concat())),
+            Value::Opaque(o) if o.is_media() => Ok(self.clone()),
             Value::Opaque(o) => o.to_plain().ok_or_else(|| PlainError::NotJson {
                 type_name: o.type_name(),
             }),
@@ -306,6 +312,7 @@ impl Value {
             Value::Map(map) => {
                 Value::Map(map.iter().map(|(k, v)| (k.clone(), v.frozen())).collect())
             }
+            Value::Opaque(o) if o.is_media() => self.clone(),
             Value::Opaque(_) => Value::from(self.to_json_lossy()),
             other => other.clone(),
         }

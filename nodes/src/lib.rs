@@ -60,6 +60,17 @@ pub fn builtin_registry() -> NodeRegistry {
             renames: &[],
         },
     );
+    // promptflow's GPT-4V chat tools (`custom_llm` nodes), run by the `llm` kind on the node's
+    // OpenAI or Azure OpenAI connection.
+    for tool in llm::VISION_TOOLS {
+        registry.register_package_tool(
+            tool,
+            PackageTool {
+                kind: "llm",
+                renames: &[],
+            },
+        );
+    }
     for (tool, renames) in [
         (
             "promptflow_vectordb.tool.vector_index_lookup.VectorIndexLookup.search",

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use minijinja::syntax::SyntaxConfig;
-use minijinja::value::{Object, ObjectRepr, Value as JValue};
+use minijinja::value::{Enumerator, Object, ObjectRepr, Value as JValue};
 use minijinja::{AutoEscape, Environment, Error as JError, ErrorKind, UndefinedBehavior};
 use sluice_engine::yaml::Span;
 use sluice_engine::{BuildError, NodeError, Opaque, Value};
@@ -124,6 +124,18 @@ impl Template {
         vars: impl IntoIterator<Item = (&'a str, &'a Value)>,
     ) -> Result<String, NodeError> {
         let ctx = JValue::from_pairs(vars.into_iter().map(|(k, v)| (k, to_jinja(v))));
+        let tmpl = self.env.get_template(NAME).map_err(|e| render_error(&e))?;
+        tmpl.render(ctx).map_err(|e| render_error(&e))
+    }
+
+    /// [`Template::render`] with every list (inside dicts too) printing as its items, one a line, as
+    /// promptflow's chat tools wrap their inputs (`ChatInputList`), so a list of text and images
+    /// prints as lines a chat prompt turns into parts.
+    pub fn render_chat_lists<'a>(
+        &self,
+        vars: impl IntoIterator<Item = (&'a str, &'a Value)>,
+    ) -> Result<String, NodeError> {
+        let ctx = JValue::from_pairs(vars.into_iter().map(|(k, v)| (k, to_jinja_chat(v))));
         let tmpl = self.env.get_template(NAME).map_err(|e| render_error(&e))?;
         tmpl.render(ctx).map_err(|e| render_error(&e))
     }
@@ -807,10 +819,50 @@ pub fn to_jinja(v: &Value) -> JValue {
         Value::String(s) => JValue::from(s.as_str()),
         Value::List(items) => JValue::from(items.iter().map(to_jinja).collect::<Vec<_>>()),
         Value::Map(map) => JValue::from_pairs(map.iter().map(|(k, v)| (k.as_str(), to_jinja(v)))),
+        // An image renders as its placeholder, `Image(<hash>)`.
+        Value::Opaque(o) if o.is_media() => JValue::from_object(OpaqueObject(o.clone())),
         Value::Opaque(o) => match o.to_plain() {
             Some(plain) => to_jinja(&plain),
             None => JValue::from_object(OpaqueObject(o.clone())),
         },
+    }
+}
+
+/// [`to_jinja`], with lists as [`ChatList`]s.
+fn to_jinja_chat(v: &Value) -> JValue {
+    match v {
+        Value::List(items) => {
+            JValue::from_object(ChatList(items.iter().map(to_jinja_chat).collect()))
+        }
+        Value::Map(map) => {
+            JValue::from_pairs(map.iter().map(|(k, v)| (k.as_str(), to_jinja_chat(v))))
+        }
+        other => to_jinja(other),
+    }
+}
+
+/// promptflow's `ChatInputList`: a list that prints as its items, one a line.
+#[derive(Debug)]
+struct ChatList(Vec<JValue>);
+
+impl Object for ChatList {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Seq
+    }
+    fn get_value(self: &Arc<Self>, key: &JValue) -> Option<JValue> {
+        self.0.get(key.as_usize()?).cloned()
+    }
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        Enumerator::Seq(self.0.len())
+    }
+    fn render(self: &Arc<Self>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, item) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{item}")?;
+        }
+        Ok(())
     }
 }
 
@@ -834,6 +886,19 @@ mod tests {
     fn render(src: &str, vars: &[(&str, Value)]) -> String {
         let t = Template::from_source(src.to_owned(), Path::new("t.jinja2")).unwrap();
         t.render(vars.iter().map(|(k, v)| (*k, v))).unwrap()
+    }
+
+    #[test]
+    fn chat_lists_print_one_item_a_line_and_still_iterate() {
+        let t = Template::from_source(
+            "{{ q }}|{% for x in q %}[{{ x }}]{% endfor %}|{{ h.a }}|{{ q | length }}".to_owned(),
+            Path::new("t.jinja2"),
+        )
+        .unwrap();
+        let q: Value = serde_json::json!(["a", 2, "b"]).into();
+        let h: Value = serde_json::json!({"a": ["x", "y"]}).into();
+        let out = t.render_chat_lists([("q", &q), ("h", &h)]).unwrap();
+        assert_eq!(out, "a\n2\nb|[a][2][b]|x\ny|3");
     }
 
     #[test]

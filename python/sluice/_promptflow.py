@@ -313,25 +313,68 @@ class OpenAIModelConfiguration(_model_configuration("model", "base_url", "api_ke
         return cls(model, connection.base_url, connection.api_key, connection.organization)
 
 
-class Image(bytes):
-    """An image: its bytes, the MIME type and, where it came from one, the source URL."""
+_IMAGE_SIGNATURES = (
+    (0, b"\x89PNG\r\n\x1a\n", "image/png"),
+    (0, b"\xff\xd8\xff", "image/jpeg"),
+    (0, b"GIF87a", "image/gif"),
+    (0, b"GIF89a", "image/gif"),
+    (8, b"WEBP", "image/webp"),
+    (0, b"BM", "image/bmp"),
+    (0, b"II*\x00", "image/tiff"),
+    (0, b"MM\x00*", "image/tiff"),
+    (0, b"\x00\x00\x01\x00", "image/x-icon"),
+)
 
-    def __new__(cls, value: bytes, mime_type: Optional[str] = None, source_url: Optional[str] = None):
-        obj = super().__new__(cls, value)
-        obj._mime_type = mime_type or "image/*"
-        obj.source_url = source_url
-        return obj
 
-    def __str__(self):
+def _guess_image_type(value):
+    for at, signature, mime in _IMAGE_SIGNATURES:
+        if value[at : at + len(signature)] == signature:
+            return mime
+    return None
+
+
+class PFBytes(bytes):
+    """Bytes with a MIME type and, where they came from one, the source URL."""
+
+    def __new__(cls, value: bytes, *args: Any, **kwargs: Any):
+        return super().__new__(cls, value)
+
+    def __init__(self, value: bytes, mime_type: str, source_url: Optional[str] = None):
         import hashlib
 
-        return "Image(%s)" % hashlib.sha1(bytes(self)).hexdigest()[:8]
+        super().__init__()
+        self._hash = hashlib.sha1(value).hexdigest()[:8]
+        self._mime_type = mime_type.lower()
+        self._source_url = source_url
+
+    @property
+    def source_url(self):
+        return self._source_url
 
     def to_base64(self, with_type: bool = False):
         import base64
 
-        encoded = base64.b64encode(bytes(self)).decode()
+        encoded = base64.b64encode(self).decode("utf-8")
         return "data:%s;base64,%s" % (self._mime_type, encoded) if with_type else encoded
+
+
+class Image(PFBytes):
+    """An image, as promptflow's ``promptflow.contracts.multimedia.Image``: ``str()`` is
+    ``Image(<hash>)``, the placeholder a chat prompt turns into an image part."""
+
+    def __init__(self, value: bytes, mime_type: Optional[str] = None, source_url: Optional[str] = None):
+        if mime_type is None:
+            mime_type = _guess_image_type(value) or "image/*"
+        super().__init__(value, mime_type, source_url)
+
+    def __str__(self):
+        return "Image(%s)" % self._hash
+
+    def __repr__(self):
+        return "Image(%s)" % self._hash
+
+    def serialize(self, encoder=None):
+        return str(self) if encoder is None else encoder(self)
 
 
 class FlowContext:
@@ -459,7 +502,7 @@ def install(sluice):
         Secret=sluice.Secret,
         FilePath=sluice.FilePath,
     )
-    multimedia = module("promptflow.contracts.multimedia", Image=Image)
+    multimedia = module("promptflow.contracts.multimedia", Image=Image, PFBytes=PFBytes)
     contracts = module("promptflow.contracts", types=types_mod, multimedia=multimedia)
     tracing = module("promptflow.tracing", trace=sluice.trace, start_trace=start_trace)
     model_configs = dict(

@@ -374,6 +374,21 @@ pub fn test(args: TestArgs) -> anyhow::Result<ExitStatus> {
         Err(code) => return Ok(code),
     };
     let mut line = rt.block_on(flow.run_line(&inputs, &opts));
+    // Images in the outputs are files in .promptflow/output/, referred to by their absolute
+    // paths, as promptflow's flow test does.
+    let images =
+        std::path::absolute(out_dir.join("output")).unwrap_or_else(|_| out_dir.join("output"));
+    let prefix = format!("{}/", images.to_string_lossy().replace('\\', "/"));
+    for v in line.output.values_mut() {
+        match sluice_engine::image::persist(v, &images, &prefix) {
+            Ok(p) => *v = p,
+            Err(e) => eprintln!(
+                "{} cannot write an output image to {}: {e}",
+                crate::style::warning_label(),
+                images.display()
+            ),
+        }
+    }
     let streamed = if args.stream && line.error.is_none() {
         print_streams(&mut line.output)?
     } else {

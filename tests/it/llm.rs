@@ -679,12 +679,7 @@ fn control_tokens_typed_into_messages_stay_text() {
             LocalConfig::from_env(),
         ))
         .unwrap();
-    let user = |content: &str| ChatMessage {
-        role: "user".into(),
-        content: content.into(),
-        name: None,
-        tool_call_id: None,
-    };
+    let user = |content: &str| ChatMessage::new("user", content);
     // <bos> <start_of_turn> user ...: the second token is the turn marker.
     let plain = model.tokenize(&Prompt::Chat(vec![user("hi")])).unwrap();
     let turn = plain[1];

@@ -14,6 +14,7 @@ mod fake;
 mod fixtures;
 mod flex;
 mod hardening;
+mod images;
 mod isolation;
 mod llm;
 mod llm_requests;

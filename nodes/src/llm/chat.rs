@@ -1,9 +1,11 @@
 //! promptflow's chat prompt format (§7.3): a rendered template split into messages at role lines
 //! (`# system:`, `user:`, ...), and the escaping that keeps role lines typed by users inside their message.
 
+use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use regex::Regex;
+use sluice_engine::image::Image;
 use sluice_engine::{NodeError, Value};
 
 use super::types::ChatMessage;
@@ -101,8 +103,83 @@ impl Default for Escaper {
     }
 }
 
+/// `![image]({{var}})` in a chat template, which promptflow rewrites to `{{var}}` on a line of its own.
+static IMAGE_MARKDOWN: LazyLock<Regex> =
+    LazyLock::new(|| regex(r"!\[(\s*image\s*)\]\(\{\{(\s*[^\s{}]+\s*)\}\}\)"));
+
+/// A chat template with each `![image]({{var}})` put on a line of its own as `{{var}}`, so the
+/// rendered image placeholder can become an image part (promptflow's `preprocess_template_string`).
+pub fn preprocess_images(source: &str) -> std::borrow::Cow<'_, str> {
+    IMAGE_MARKDOWN.replace_all(source, "\n{{$2}}\n")
+}
+
+/// The images a chat prompt may show, by the placeholder they render as (`Image(<hash>)`), and the
+/// `detail` each image part asks for.
+#[derive(Clone, Debug, Default)]
+pub struct Images {
+    by_placeholder: HashMap<String, Image>,
+    detail: String,
+}
+
+impl Images {
+    /// Every image inside `values` (lists and dicts included).
+    pub fn collect<'a>(values: impl IntoIterator<Item = &'a Value>, detail: &str) -> Images {
+        fn walk(v: &Value, out: &mut HashMap<String, Image>) {
+            match v {
+                Value::List(items) => items.iter().for_each(|i| walk(i, out)),
+                Value::Map(m) => m.values().for_each(|i| walk(i, out)),
+                v => {
+                    if let Some(image) = Image::of(v) {
+                        out.insert(v.py_str(), image.clone());
+                    }
+                }
+            }
+        }
+        let mut by_placeholder = HashMap::new();
+        for v in values {
+            walk(v, &mut by_placeholder);
+        }
+        Images {
+            by_placeholder,
+            detail: detail.to_owned(),
+        }
+    }
+
+    /// A message's content as parts when one of its lines is an image placeholder: each other
+    /// non-blank line is a text part, as written; `None` when it shows no image.
+    fn parts(&self, content: &str) -> Option<Vec<serde_json::Value>> {
+        if self.by_placeholder.is_empty() {
+            return None;
+        }
+        let mut parts = Vec::new();
+        let mut any_image = false;
+        for line in content.split('\n') {
+            let key = line.trim();
+            if let Some(image) = self.by_placeholder.get(key) {
+                any_image = true;
+                parts.push(serde_json::json!({
+                    "type": "image_url",
+                    "image_url": {"url": image.url(), "detail": self.detail},
+                }));
+            } else if !key.is_empty() {
+                parts.push(serde_json::json!({"type": "text", "text": line}));
+            }
+        }
+        any_image.then_some(parts)
+    }
+}
+
 /// Splits a rendered chat prompt into messages.
 pub fn parse_chat(text: &str, escaper: Option<&Escaper>) -> Result<Vec<ChatMessage>, NodeError> {
+    parse_chat_with_images(text, escaper, &Images::default())
+}
+
+/// [`parse_chat`], with the lines of a message that are image placeholders as image parts.
+pub fn parse_chat_with_images(
+    text: &str,
+    escaper: Option<&Escaper>,
+    images: &Images,
+) -> Result<Vec<ChatMessage>, NodeError> {
     let restore = |s: &str| match escaper {
         Some(e) => e.restore(s),
         None => s.to_owned(),
@@ -152,6 +229,7 @@ pub fn parse_chat(text: &str, escaper: Option<&Escaper>) -> Result<Vec<ChatMessa
             (None, Some((code, format))) => return Err(NodeError::user(code, format)),
             (None, None) => msg.content = restore(body.trim()),
         }
+        msg.parts = images.parts(&msg.content);
         messages.push(msg);
     }
     // A trailing empty assistant turn only says "answer now".
@@ -201,6 +279,31 @@ mod tests {
         assert_eq!(m[2].tool_call_id.as_deref(), Some("c1"));
         let e = parse_chat("function:\njust text\n", None).unwrap_err();
         assert_eq!(e.error_type, "ChatAPIFunctionRoleInvalidFormat");
+    }
+
+    #[test]
+    fn image_lines_become_image_parts() {
+        let source = "# user:\nWhat is this? ![image]({{ pic }}) Tell me.\n";
+        assert_eq!(
+            preprocess_images(source),
+            "# user:\nWhat is this? \n{{ pic }}\n Tell me.\n"
+        );
+        let image = Image::new(b"GIF89a-not-really".to_vec(), None, None).into_value();
+        let placeholder = image.py_str();
+        let images = Images::collect([&Value::List(vec![image])], "low");
+        let text = format!("# system:\nBe brief.\n# user:\n  Look:\n{placeholder}\n\nthanks\n");
+        let m = parse_chat_with_images(&text, None, &images).unwrap();
+        assert_eq!(m[0].parts, None);
+        let url = Image::new(b"GIF89a-not-really".to_vec(), None, None).to_base64(true);
+        assert_eq!(
+            serde_json::to_value(&m[1]).unwrap(),
+            serde_json::json!({"role": "user", "content": [
+                {"type": "text", "text": "Look:"},
+                {"type": "image_url", "image_url": {"url": url, "detail": "low"}},
+                {"type": "text", "text": "thanks"},
+            ]})
+        );
+        assert!(url.starts_with("data:image/gif;base64,"), "{url}");
     }
 
     #[test]

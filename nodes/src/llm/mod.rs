@@ -34,12 +34,12 @@ use sluice_engine::{
 };
 
 use crate::template::Template;
-use chat::{Escaper, parse_chat};
+use chat::{Escaper, Images, parse_chat_with_images};
 use connections::{Connection, ConnectionType};
 use local::{LocalConfig, LocalModel};
 use openai::{HttpBackend, HttpConfig};
 use sluice_engine::prompty::PromptyResponse;
-use types::{Backend, Completion, Event, GenParams, Prompt, TokenStream};
+use types::{Backend, ChatMessage, Completion, Event, GenParams, Prompt, TokenStream};
 
 /// The `llm` node kind.
 #[derive(Debug, Default)]
@@ -60,17 +60,6 @@ impl NodeKind for LlmKind {
             return prompty::build(node, cx, def);
         }
         let path = cx.source_file(node)?;
-        let mut template = Template::from_file(&path)?;
-        check_variables(&node.name, &template)?;
-        // A node input named `prompt` is the template instead of the file's, as in promptflow.
-        let mut prompt_input = node.inputs.contains_key("prompt");
-        if let Some(InputValue::Literal(Value::String(text))) =
-            node.inputs.get("prompt").map(|b| &b.value)
-        {
-            template = Template::from_source(text.clone(), &cx.flow.file)?;
-            check_variables(&node.name, &template)?;
-            prompt_input = false;
-        }
         let api = match node.api.as_deref().map(str::to_ascii_lowercase).as_deref() {
             None | Some("chat") => Api::Chat,
             Some("completion") => Api::Completion,
@@ -82,8 +71,39 @@ impl NodeKind for LlmKind {
                 .help("set `api: chat` (role-separated prompt) or `api: completion` (raw text)"));
             }
         };
+        let vision = Vision::of(node);
+        // In a chat prompt, `![image]({{var}})` shows the image `var` (§7.3).
+        let compile = |source: String, file: &std::path::Path| match api {
+            Api::Chat => Template::from_source(chat::preprocess_images(&source).into_owned(), file),
+            Api::Completion => Template::from_source(source, file),
+        };
+        let source = std::fs::read_to_string(&path).map_err(|e| {
+            BuildError::new(format!("cannot read template {}: {e}", path.display()))
+        })?;
+        let mut template = compile(source, &path)?;
+        check_variables(&node.name, &template)?;
+        // A node input named `prompt` is the template instead of the file's, as in promptflow.
+        let mut prompt_input = node.inputs.contains_key("prompt");
+        if let Some(InputValue::Literal(Value::String(text))) =
+            node.inputs.get("prompt").map(|b| &b.value)
+        {
+            template = compile(text.clone(), &cx.flow.file)?;
+            check_variables(&node.name, &template)?;
+            prompt_input = false;
+        }
         // Template variables are string inputs (as for `prompt` nodes).
         let mut signature = crate::prompt::template_signature(&template)?;
+        // A GPT-4V tool's `detail` is a string parameter; it reaches the template like any input.
+        if vision.is_some() {
+            signature.params.insert(
+                "detail".to_owned(),
+                Param {
+                    ty: Some(sluice_engine::ValueType::String),
+                    has_default: true,
+                    required: false,
+                },
+            );
+        }
         for (name, ty) in protocol::PARAMS {
             signature.params.insert(
                 (*name).to_owned(),
@@ -116,7 +136,24 @@ impl NodeKind for LlmKind {
                 _ => None,
             })
         });
+        if let Some(v) = &vision
+            && matches!(node.connection.as_deref(), None | Some("" | "local"))
+        {
+            return Err(BuildError::new(format!(
+                "node `{}` calls {}, but has no connection: the local model cannot see images",
+                node.name, v.tool
+            ))
+            .at(&cx.flow.file, Some(node.span))
+            .help("give the node `connection:` (an azure_open_ai or open_ai connection to a vision model)"));
+        }
         let backend = resolve_backend(node, cx, literal_model.as_deref(), api.model_use())?;
+        if let (Some(v), BackendChoice::Local { name, .. }) = (&vision, &backend) {
+            return Err(BuildError::new(format!(
+                "node `{}` calls {}, but its connection runs the local model `{name}`, which cannot see images",
+                node.name, v.tool
+            ))
+            .help("give the node an azure_open_ai or open_ai connection to a vision model"));
+        }
         Ok(Built {
             signature,
             node: Arc::new(LlmNode {
@@ -127,8 +164,79 @@ impl NodeKind for LlmKind {
                 escape,
                 backend,
                 prompty: None,
+                vision,
             }),
         })
+    }
+}
+
+/// promptflow's GPT-4V chat tools, which Sluice runs as `llm` nodes (`custom_llm` nodes with
+/// `source: {type: package_with_prompt, tool: ...}`).
+pub const VISION_TOOLS: [&str; 2] = [
+    "promptflow.tools.aoai_gpt4v.AzureOpenAI.chat",
+    "promptflow.tools.openai_gpt4v.OpenAI.chat",
+];
+
+/// How a node that stands in for a GPT-4V tool calls the model: every sampling parameter is sent,
+/// with the tool's defaults, as the tool sends them.
+#[derive(Clone, Debug)]
+struct Vision {
+    tool: &'static str,
+    /// The model when none is given (`gpt-4-vision-preview` for OpenAI's tool).
+    default_model: Option<&'static str>,
+}
+
+impl Vision {
+    fn of(node: &NodeDef) -> Option<Vision> {
+        let tool = node.source.as_ref()?.tool.as_deref()?;
+        let tool = VISION_TOOLS.into_iter().find(|t| *t == tool)?;
+        Some(Vision {
+            tool,
+            default_model: tool
+                .contains("openai_gpt4v")
+                .then_some("gpt-4-vision-preview"),
+        })
+    }
+
+    /// The request's parameters, as the tool builds them: temperature, top_p, n, stream and the
+    /// penalties always (an untouched penalty is the integer 0), then stop, max_tokens and seed when
+    /// given.
+    fn raw_params(
+        &self,
+        p: &mut GenParams,
+        given: &dyn Fn(&str) -> bool,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        use serde_json::json;
+        if p.model.is_none() {
+            p.model = self.default_model.map(str::to_owned);
+        }
+        if self.tool.contains("aoai_gpt4v") {
+            p.headers.push((
+                "ms-azure-ai-promptflow-called-from".to_owned(),
+                "aoai-gpt4v-tool".to_owned(),
+            ));
+        }
+        let mut raw = serde_json::Map::new();
+        raw.insert("temperature".into(), json!(p.temperature));
+        raw.insert("top_p".into(), json!(p.top_p));
+        raw.insert("n".into(), json!(1));
+        raw.insert("stream".into(), json!(false));
+        for (k, v) in [
+            ("presence_penalty", p.presence_penalty),
+            ("frequency_penalty", p.frequency_penalty),
+        ] {
+            raw.insert(k.into(), if given(k) { json!(v) } else { json!(0) });
+        }
+        if !p.stop.is_empty() {
+            raw.insert("stop".into(), json!(p.stop));
+        }
+        if let Some(n) = p.max_tokens {
+            raw.insert("max_tokens".into(), json!(n));
+        }
+        if let Some(s) = p.seed {
+            raw.insert("seed".into(), json!(s));
+        }
+        raw
     }
 }
 
@@ -275,6 +383,8 @@ struct LlmNode {
     backend: BackendChoice,
     /// Set for the node of a prompty file: fixed parameters and the shape of its output.
     prompty: Option<Arc<prompty::Settings>>,
+    /// Set for a node that stands in for a GPT-4V tool.
+    vision: Option<Vision>,
 }
 
 impl LlmNode {
@@ -318,6 +428,10 @@ impl Node for LlmNode {
                 .map_err(|e| NodeError::user("InputTypeError", e.to_string()))?,
         };
         params.stream = cx.stream;
+        if let Some(vision) = &self.vision {
+            let given = |k: &str| inputs.get(k).is_some_and(|v| !v.is_null());
+            params.raw = Some(vision.raw_params(&mut params, &given));
+        }
         let model = params.model.clone();
         let template = match &self.prompt_input {
             Some(file) => match inputs.shift_remove("prompt") {
@@ -340,11 +454,35 @@ impl Node for LlmNode {
                 vars.push((k, v));
             }
         }
-        let text = template.render(vars.iter().map(|(k, v)| (k.as_str(), v)))?;
+        let pairs = vars.iter().map(|(k, v)| (k.as_str(), v));
+        // promptflow's GPT-4V tools print a list input as its items, one a line (a question that
+        // is a list of text and images becomes text and image lines).
+        let text = match self.vision {
+            Some(_) => template.render_chat_lists(pairs)?,
+            None => template.render(pairs)?,
+        };
         let prompt = match self.api {
-            Api::Chat => Prompt::Chat(parse_chat(&text, Some(&escaper))?),
+            Api::Chat => {
+                // promptflow's GPT-4V tools hand their `detail` input to the template, not to the
+                // image parts (promptflow-tools 1.6.1 passes it as `detail=` where `image_detail=`
+                // is read), so every image part asks for `auto`.
+                let images = Images::collect(vars.iter().map(|(_, v)| v), "auto");
+                Prompt::Chat(parse_chat_with_images(&text, Some(&escaper), &images)?)
+            }
             Api::Completion => Prompt::Text(text),
         };
+        if let (BackendChoice::Local { name, .. }, Prompt::Chat(messages)) =
+            (&self.backend, &prompt)
+            && messages.iter().any(ChatMessage::has_images)
+        {
+            return Err(NodeError::user(
+                "LocalModelError",
+                format!(
+                    "node `{}` sends an image to the local model `{name}`, which cannot see images; give the node `connection:` (an azure_open_ai or open_ai connection to a vision model)",
+                    self.name
+                ),
+            ));
+        }
         // A prompty streams to a caller that streams, unless its reply is parsed as a whole.
         let stream_out = cx.stream
             && self

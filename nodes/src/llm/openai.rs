@@ -299,6 +299,7 @@ impl Backend for HttpBackend {
         let message = chat
             && (params.passthrough.contains_key("functions")
                 || params.passthrough.contains_key("tools"));
+        let headers = params.headers.clone();
         let (tx, stream) = TokenStream::channel();
         let this = self.clone();
         let task = SpawnedTask::spawn(async move {
@@ -309,7 +310,11 @@ impl Backend for HttpBackend {
                 tx: &tx,
                 started,
             };
-            match this.exchange(&url, &request, reply).await.map(|_| ()) {
+            match this
+                .exchange(&url, &request, &headers, reply)
+                .await
+                .map(|_| ())
+            {
                 Ok(()) => {}
                 Err(e) => {
                     let _ = tx.send(Event::Error(e));
@@ -346,7 +351,7 @@ impl HttpBackend {
         if let Some(m) = model {
             body["model"] = json!(m);
         }
-        match self.exchange(&url, &body, Reply::Embeddings).await? {
+        match self.exchange(&url, &body, &[], Reply::Embeddings).await? {
             Outcome::Embeddings(e) => Ok(e),
             Outcome::Streamed => unreachable!("an embeddings exchange returns embeddings"),
         }
@@ -381,6 +386,7 @@ impl HttpBackend {
         &self,
         url: &str,
         request: &Json,
+        headers: &[(String, String)],
         reply: Reply<'_>,
     ) -> Result<Outcome, LlmError> {
         let _permit = self
@@ -404,6 +410,9 @@ impl HttpBackend {
             }
             if let Some(org) = &self.config.organization {
                 req = req.header("OpenAI-Organization", org);
+            }
+            for (name, value) in headers {
+                req = req.header(name, value);
             }
             let outcome = match req.send().await {
                 Ok(resp) if resp.status().is_success() => {

@@ -163,6 +163,7 @@ pub(super) fn build(
                 outputs: def.outputs.clone(),
                 json_object: def.json_object(),
             })),
+            vision: None,
         }),
     })
 }

@@ -11,14 +11,18 @@ use sluice_engine::NodeError;
 use sluice_engine::spawn::SpawnedTask;
 
 /// One chat message.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub tool_call_id: Option<String>,
+    /// The content as OpenAI's list of parts (`{"type": "text", ...}`, `{"type": "image_url", ...}`)
+    /// when it holds images, as promptflow sends it; `content` then keeps the text.
+    #[serde(skip)]
+    pub parts: Option<Vec<serde_json::Value>>,
 }
 
 impl ChatMessage {
@@ -26,9 +30,36 @@ impl ChatMessage {
         ChatMessage {
             role: role.into(),
             content: content.into(),
-            name: None,
-            tool_call_id: None,
+            ..ChatMessage::default()
         }
+    }
+
+    /// Whether the message carries images.
+    pub fn has_images(&self) -> bool {
+        self.parts.as_ref().is_some_and(|parts| {
+            parts
+                .iter()
+                .any(|p| p.get("type").and_then(|t| t.as_str()) == Some("image_url"))
+        })
+    }
+}
+
+impl Serialize for ChatMessage {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("role", &self.role)?;
+        match &self.parts {
+            Some(parts) => m.serialize_entry("content", parts)?,
+            None => m.serialize_entry("content", &self.content)?,
+        }
+        if let Some(name) = &self.name {
+            m.serialize_entry("name", name)?;
+        }
+        if let Some(id) = &self.tool_call_id {
+            m.serialize_entry("tool_call_id", id)?;
+        }
+        m.end()
     }
 }
 
@@ -73,6 +104,9 @@ pub struct GenParams {
     /// `function_call` / `tools` / `tool_choice` (with functions or tools, the reply is the whole
     /// message, [`Event::Message`], as promptflow returns it), `logit_bias` and `user`.
     pub passthrough: serde_json::Map<String, serde_json::Value>,
+    /// HTTP headers a server is sent besides the connection's (promptflow's Azure GPT-4V tool names
+    /// itself in one).
+    pub headers: Vec<(String, String)>,
 }
 
 impl Default for GenParams {
@@ -92,6 +126,7 @@ impl Default for GenParams {
             logprobs: None,
             stream: false,
             passthrough: serde_json::Map::new(),
+            headers: Vec::new(),
         }
     }
 }

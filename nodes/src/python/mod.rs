@@ -23,7 +23,8 @@ pub use isolation::{Isolation, serve as serve_worker, set_isolation, set_worker_
 
 use async_trait::async_trait;
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+use sluice_engine::image::Image;
 use sluice_engine::spawn::run_blocking;
 use sluice_engine::{
     BuildContext, BuildError, Built, InputValue, Map, Node, NodeContext, NodeDef, NodeError,
@@ -893,9 +894,39 @@ fn to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
         }
         Value::Opaque(o) => match o.as_any().downcast_ref::<PyObj>() {
             Some(obj) => obj.obj.bind(py).clone(),
-            None => PyString::new(py, &o.to_str()).into_any(),
+            None => match o.as_any().downcast_ref::<Image>() {
+                Some(image) => image_to_py(py, image)?,
+                None => PyString::new(py, &o.to_str()).into_any(),
+            },
         },
     })
+}
+
+/// An image as promptflow's `promptflow.contracts.multimedia.Image` (Sluice's stand-in, or an
+/// installed promptflow's).
+fn image_to_py<'py>(py: Python<'py>, image: &Image) -> PyResult<Bound<'py, PyAny>> {
+    let bytes = PyBytes::new(py, image.bytes());
+    py.import("promptflow.contracts.multimedia")?
+        .getattr("Image")?
+        .call1((bytes, image.mime_type(), image.source_url()))
+}
+
+/// A promptflow `Image` (or other `PFBytes`) back as an image.
+fn image_from_py(obj: &Bound<'_, PyAny>) -> PyResult<Option<Value>> {
+    let Ok(bytes) = obj.cast::<PyBytes>() else {
+        return Ok(None);
+    };
+    if !obj.hasattr("_mime_type")? {
+        return Ok(None);
+    }
+    let mime: String = obj.getattr("_mime_type")?.extract()?;
+    let url: Option<String> = obj
+        .getattr("source_url")
+        .ok()
+        .and_then(|u| u.extract().ok());
+    Ok(Some(
+        Image::new(bytes.as_bytes().to_vec(), Some(&mime), url).into_value(),
+    ))
 }
 
 /// Converts a Python object into an engine value; what is not JSON-shaped stays a Python object.
@@ -990,6 +1021,9 @@ fn from_py_in(
         }
         path.pop();
         return Ok(Value::Map(map));
+    }
+    if let Some(image) = image_from_py(obj)? {
+        return Ok(image);
     }
     let host = rt.host.bind(obj.py());
     let stream: bool = host.getattr("is_stream")?.call1((obj,))?.extract()?;

@@ -1,0 +1,520 @@
+//! Images (promptflow's `promptflow.contracts.multimedia.Image`, §7.4): flow inputs of `type: image`,
+//! the values Python tools take and return, and how they are written into run outputs.
+//!
+//! An [`Image`] is a [`Value::Opaque`]: its bytes, its MIME type and, when it came from a URL, that URL.
+//! It renders into a template as promptflow's placeholder `Image(<hash>)`, which a chat prompt turns
+//! back into an `image_url` part. As JSON it is promptflow's dict form: `{"data:image/png;url": ...}`
+//! when it has a URL, otherwise `{"data:image/png;base64": ...}`; [`persist`] writes images to files
+//! and refers to them as `{"data:image/png;path": ...}` instead.
+//!
+//! ```
+//! use sluice_engine::image::{Image, load};
+//! use sluice_engine::Value;
+//!
+//! let png = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNgYGD4DwABBAEAcCBlCwAAAABJRU5ErkJggg==";
+//! let value = load(&Value::from(png), std::path::Path::new(".")).unwrap();
+//! let image = Image::of(&value).unwrap();
+//! assert_eq!(image.mime_type(), "image/png");
+//! assert_eq!(value.py_str(), format!("Image({})", image.hash()));
+//! ```
+
+use std::any::Any;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use regex::Regex;
+
+use crate::value::{Map, Opaque, Value};
+
+/// `data:image/<format>;<path|base64|url>`, the key of promptflow's image dicts.
+static KEY: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^data:image/(.*);(path|base64|url)$").expect("valid regex"));
+
+/// promptflow's test for base64 text (an optional `data:image/...;base64,` prefix).
+static BASE64: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^([A-Za-z0-9+/]{4})*(([A-Za-z0-9+/]{2})*(==|[A-Za-z0-9+/]=)?)?$")
+        .expect("valid regex")
+});
+
+/// An image: its bytes, MIME type and the URL it came from, if any.
+#[derive(Clone)]
+pub struct Image {
+    bytes: Arc<[u8]>,
+    mime_type: String,
+    source_url: Option<String>,
+    hash: String,
+}
+
+impl std::fmt::Debug for Image {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Image")
+            .field("mime_type", &self.mime_type)
+            .field("bytes", &self.bytes.len())
+            .field("source_url", &self.source_url)
+            .finish()
+    }
+}
+
+/// Why a value is not an image.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum ImageError {
+    #[error("the image file {} does not exist", .0.display())]
+    Missing(PathBuf),
+    #[error("cannot read the image file {}: {why}", path.display())]
+    Read { path: PathBuf, why: String },
+    #[error(
+        "{0} is not an image (Sluice reads PNG, JPEG, GIF, WebP, BMP, TIFF, ICO, AVIF and HEIC)"
+    )]
+    NotImage(String),
+    #[error("invalid base64 image data")]
+    Base64,
+    #[error("the image input should not be empty")]
+    Empty,
+    #[error(
+        "invalid image input format: an image is a path, a URL, a data:image/...;base64 URI or a dict like {{\"data:image/<type>;[path|base64|url]\": <data>}}"
+    )]
+    Format,
+    #[error("unsupported image input type {0}: an image input is a string or a dict")]
+    Type(String),
+}
+
+impl Image {
+    /// An image of `bytes`; without a MIME type, the bytes tell it.
+    pub fn new(bytes: Vec<u8>, mime_type: Option<&str>, source_url: Option<String>) -> Image {
+        let mime_type = match mime_type {
+            Some(m) => m.to_ascii_lowercase(),
+            None => sniff(&bytes).unwrap_or("image/*").to_owned(),
+        };
+        let hash = sha1_hex(&bytes)[..8].to_owned();
+        Image {
+            bytes: bytes.into(),
+            mime_type,
+            source_url,
+            hash,
+        }
+    }
+
+    /// The image inside `value`, if it is one.
+    pub fn of(value: &Value) -> Option<&Image> {
+        match value {
+            Value::Opaque(o) => o.as_any().downcast_ref::<Image>(),
+            _ => None,
+        }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    pub fn mime_type(&self) -> &str {
+        &self.mime_type
+    }
+
+    pub fn source_url(&self) -> Option<&str> {
+        self.source_url.as_deref()
+    }
+
+    /// The first 8 hex digits of the bytes' SHA-1, as promptflow names an image.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    /// The bytes in base64; with `with_type`, as a `data:<mime>;base64,` URI.
+    pub fn to_base64(&self, with_type: bool) -> String {
+        let encoded = STANDARD.encode(&self.bytes);
+        if with_type {
+            format!("data:{};base64,{encoded}", self.mime_type)
+        } else {
+            encoded
+        }
+    }
+
+    /// What a chat request carries: the source URL, else a `data:` URI of the bytes.
+    pub fn url(&self) -> String {
+        match &self.source_url {
+            Some(u) => u.clone(),
+            None => self.to_base64(true),
+        }
+    }
+
+    /// As a value.
+    pub fn into_value(self) -> Value {
+        Value::Opaque(Arc::new(self))
+    }
+}
+
+impl Opaque for Image {
+    fn type_name(&self) -> String {
+        "Image".to_owned()
+    }
+
+    fn to_str(&self) -> String {
+        format!("Image({})", self.hash)
+    }
+
+    fn to_plain(&self) -> Option<Value> {
+        let mut m = Map::new();
+        match &self.source_url {
+            Some(url) => m.insert(
+                format!("data:{};url", self.mime_type),
+                Value::String(url.clone()),
+            ),
+            None => m.insert(
+                format!("data:{};base64", self.mime_type),
+                Value::String(self.to_base64(false)),
+            ),
+        };
+        Some(Value::Map(m))
+    }
+
+    fn is_media(&self) -> bool {
+        true
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// Whether `m` is one of promptflow's image dicts (one key, `data:image/...;path|base64|url`).
+pub fn is_image_dict(m: &Map) -> bool {
+    m.len() == 1 && m.keys().all(|k| KEY.is_match(k))
+}
+
+/// A flow input value as an image, as promptflow's multimedia processor reads it: an image dict, a
+/// `data:` URI or bare base64, an http(s) URL, or a file path (relative paths from `base`).
+///
+/// A URL is kept as the image's source and sent to a model as it is; its bytes are not fetched.
+pub fn load(value: &Value, base: &Path) -> Result<Value, ImageError> {
+    match value {
+        Value::Opaque(o) if o.is_media() => Ok(value.clone()),
+        Value::Map(m) if is_image_dict(m) => {
+            let (key, v) = m.iter().next().expect("one entry");
+            let caps = KEY.captures(key).expect("matched");
+            let mime = format!("image/{}", &caps[1]);
+            let Value::String(data) = v else {
+                return Err(ImageError::Format);
+            };
+            match &caps[2] {
+                "path" => from_file(&base.join(data), Some(&mime)),
+                "base64" => from_base64(data, Some(&mime)),
+                _ => Ok(from_url(data, Some(&mime))),
+            }
+        }
+        Value::Map(_) => Err(ImageError::Format),
+        Value::String(s) if s.is_empty() => Err(ImageError::Empty),
+        // An image dict given as text (`--inputs 'pic={"data:image/png;path": "x.png"}'`).
+        Value::String(s) if s.trim_start().starts_with('{') => {
+            match serde_json::from_str::<serde_json::Value>(s) {
+                Ok(j @ serde_json::Value::Object(_)) => load(&Value::from(j), base),
+                _ => Err(ImageError::Format),
+            }
+        }
+        Value::String(s) if is_base64(s) => from_base64(s, None),
+        Value::String(s) if is_url(s) => Ok(from_url(s, None)),
+        Value::String(s) => from_file(&base.join(s), None),
+        other => Err(ImageError::Type(other.type_name())),
+    }
+}
+
+/// [`load`] on every image dict inside a list or object input (promptflow loads those too).
+pub fn load_nested(value: Value, base: &Path) -> Result<Value, ImageError> {
+    match value {
+        Value::Map(m) if is_image_dict(&m) => load(&Value::Map(m), base),
+        Value::Map(m) => m
+            .into_iter()
+            .map(|(k, v)| load_nested(v, base).map(|v| (k, v)))
+            .collect::<Result<Map, _>>()
+            .map(Value::Map),
+        Value::List(items) => items
+            .into_iter()
+            .map(|v| load_nested(v, base))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Value::List),
+        other => Ok(other),
+    }
+}
+
+/// Makes the paths of image dicts inside `value` absolute, relative to `dir` (a data file's folder).
+pub fn resolve_paths(value: &mut Value, dir: &Path) {
+    match value {
+        Value::Map(m) if is_image_dict(m) => {
+            for (k, v) in m.iter_mut() {
+                if k.ends_with(";path")
+                    && let Value::String(p) = v
+                    && Path::new(p.as_str()).is_relative()
+                {
+                    *p = dir.join(&*p).to_string_lossy().into_owned();
+                }
+            }
+        }
+        Value::Map(m) => m.values_mut().for_each(|v| resolve_paths(v, dir)),
+        Value::List(items) => items.iter_mut().for_each(|v| resolve_paths(v, dir)),
+        _ => {}
+    }
+}
+
+fn is_base64(s: &str) -> bool {
+    let parts: Vec<&str> = s.split(',').collect();
+    match parts.as_slice() {
+        [prefix, data] => {
+            prefix.starts_with("data:image/")
+                && prefix.ends_with(";base64")
+                && BASE64.is_match(data)
+        }
+        [data] => BASE64.is_match(data),
+        _ => false,
+    }
+}
+
+fn is_url(s: &str) -> bool {
+    s.split_once("://").is_some_and(|(scheme, rest)| {
+        matches!(scheme.to_ascii_lowercase().as_str(), "http" | "https")
+            && !rest.is_empty()
+            && !rest.starts_with('/')
+    })
+}
+
+fn from_file(path: &Path, mime: Option<&str>) -> Result<Value, ImageError> {
+    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => ImageError::Missing(path.to_path_buf()),
+        _ => ImageError::Read {
+            path: path.to_path_buf(),
+            why: e.to_string(),
+        },
+    })?;
+    checked(bytes, mime, || path.display().to_string())
+}
+
+fn from_base64(s: &str, mime: Option<&str>) -> Result<Value, ImageError> {
+    let data = s.rsplit(',').next().unwrap_or_default();
+    let bytes = STANDARD.decode(data).map_err(|_| ImageError::Base64)?;
+    checked(bytes, mime, || "the base64 data".to_owned())
+}
+
+fn from_url(url: &str, mime: Option<&str>) -> Value {
+    let mime = mime.unwrap_or("image/*");
+    Image::new(Vec::new(), Some(mime), Some(url.to_owned())).into_value()
+}
+
+/// An image of `bytes`, which must be one.
+fn checked(
+    bytes: Vec<u8>,
+    mime: Option<&str>,
+    what: impl Fn() -> String,
+) -> Result<Value, ImageError> {
+    if sniff(&bytes).is_none() {
+        return Err(ImageError::NotImage(what()));
+    }
+    Ok(Image::new(bytes, mime, None).into_value())
+}
+
+/// The MIME type the bytes' signature tells, for the image formats models take.
+pub fn sniff(b: &[u8]) -> Option<&'static str> {
+    let at = |i: usize, sig: &[u8]| b.get(i..i + sig.len()) == Some(sig);
+    Some(if at(0, b"\x89PNG\r\n\x1a\n") {
+        "image/png"
+    } else if at(0, b"\xff\xd8\xff") {
+        "image/jpeg"
+    } else if at(0, b"GIF87a") || at(0, b"GIF89a") {
+        "image/gif"
+    } else if at(0, b"RIFF") && at(8, b"WEBP") {
+        "image/webp"
+    } else if at(0, b"BM") {
+        "image/bmp"
+    } else if at(0, b"II*\0") || at(0, b"MM\0*") {
+        "image/tiff"
+    } else if at(0, b"\0\0\x01\0") {
+        "image/x-icon"
+    } else if at(4, b"ftypavif") {
+        "image/avif"
+    } else if at(4, b"ftypheic") || at(4, b"ftypheix") || at(4, b"ftypmif1") {
+        "image/heic"
+    } else {
+        return None;
+    })
+}
+
+/// Writes the images inside `value` to files in `dir` and puts promptflow's reference in their place:
+/// `{"data:<mime>;path": "<prefix><file>"}` (a URL image stays `{"data:<mime>;url": ...}`). A file is
+/// named by its content's hash, so an image written twice is one file.
+pub fn persist(value: &Value, dir: &Path, prefix: &str) -> std::io::Result<Value> {
+    Ok(match value {
+        Value::List(items) => Value::List(
+            items
+                .iter()
+                .map(|v| persist(v, dir, prefix))
+                .collect::<Result<_, _>>()?,
+        ),
+        Value::Map(m) => Value::Map(
+            m.iter()
+                .map(|(k, v)| persist(v, dir, prefix).map(|v| (k.clone(), v)))
+                .collect::<Result<_, _>>()?,
+        ),
+        v => match Image::of(v) {
+            Some(image) if image.source_url.is_none() => {
+                let ext = image.mime_type.rsplit('/').next().unwrap_or("*");
+                let mut file = sha1_hex(&image.bytes);
+                if ext != "*" {
+                    file = format!("{file}.{ext}");
+                }
+                std::fs::create_dir_all(dir)?;
+                let path = dir.join(&file);
+                if !path.exists() {
+                    std::fs::write(&path, &image.bytes)?;
+                }
+                let mut m = Map::new();
+                m.insert(
+                    format!("data:{};path", image.mime_type),
+                    Value::String(format!("{prefix}{file}")),
+                );
+                Value::Map(m)
+            }
+            _ => v.clone(),
+        },
+    })
+}
+
+/// The SHA-1 of `data`, in hex (FIPS 180-4; only for naming images, not for security).
+fn sha1_hex(data: &[u8]) -> String {
+    let mut h: [u32; 5] = [0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0];
+    let mut msg = data.to_vec();
+    let bits = (data.len() as u64).wrapping_mul(8);
+    msg.push(0x80);
+    while msg.len() % 64 != 56 {
+        msg.push(0);
+    }
+    msg.extend_from_slice(&bits.to_be_bytes());
+    for chunk in msg.chunks(64) {
+        let mut w = [0u32; 80];
+        for (i, word) in chunk.chunks(4).enumerate() {
+            w[i] = u32::from_be_bytes([word[0], word[1], word[2], word[3]]);
+        }
+        for i in 16..80 {
+            w[i] = (w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16]).rotate_left(1);
+        }
+        let [mut a, mut b, mut c, mut d, mut e] = h;
+        for (i, wi) in w.iter().enumerate() {
+            let (f, k) = match i {
+                0..=19 => ((b & c) | (!b & d), 0x5A827999),
+                20..=39 => (b ^ c ^ d, 0x6ED9EBA1),
+                40..=59 => ((b & c) | (b & d) | (c & d), 0x8F1BBCDC),
+                _ => (b ^ c ^ d, 0xCA62C1D6),
+            };
+            let t = a
+                .rotate_left(5)
+                .wrapping_add(f)
+                .wrapping_add(e)
+                .wrapping_add(k)
+                .wrapping_add(*wi);
+            e = d;
+            d = c;
+            c = b.rotate_left(30);
+            b = a;
+            a = t;
+        }
+        for (x, y) in h.iter_mut().zip([a, b, c, d, e]) {
+            *x = x.wrapping_add(y);
+        }
+    }
+    h.iter().map(|x| format!("{x:08x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PNG: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNgYGD4DwABBAEAcCBlCwAAAABJRU5ErkJggg==";
+
+    #[test]
+    fn sha1_matches_known_digests() {
+        assert_eq!(sha1_hex(b""), "da39a3ee5e6b4b0d3255bfef95601890afd80709");
+        assert_eq!(sha1_hex(b"abc"), "a9993e364706816aba3e25717850c26c9cd0d89d");
+        assert_eq!(
+            sha1_hex(&[b'a'; 1000]),
+            "291e9a6c66994949b57ba5e650361e98fc36b1ba"
+        );
+    }
+
+    #[test]
+    fn loads_the_forms_promptflow_accepts() {
+        let dir = tempdir();
+        std::fs::write(dir.join("x.png"), STANDARD.decode(PNG).unwrap()).unwrap();
+        let uri = Value::from(format!("data:image/png;base64,{PNG}"));
+        let forms = [
+            Value::from("x.png"),
+            uri,
+            Value::from(PNG),
+            serde_json::json!({"data:image/png;path": "x.png"}).into(),
+            serde_json::json!({"data:image/png;base64": PNG}).into(),
+        ];
+        for form in forms {
+            let v = load(&form, &dir).unwrap_or_else(|e| panic!("{form:?}: {e}"));
+            let image = Image::of(&v).unwrap();
+            assert_eq!(image.mime_type(), "image/png");
+            assert_eq!(image.to_base64(false), PNG);
+        }
+        let url: Value =
+            serde_json::json!({"data:image/jpeg;url": "https://example.com/a.jpg"}).into();
+        let v = load(&url, &dir).unwrap();
+        assert_eq!(Image::of(&v).unwrap().url(), "https://example.com/a.jpg");
+        assert_eq!(
+            serde_json::to_value(&v).unwrap(),
+            serde_json::json!({"data:image/jpeg;url": "https://example.com/a.jpg"})
+        );
+    }
+
+    #[test]
+    fn refuses_missing_files_and_what_is_not_an_image() {
+        let dir = tempdir();
+        std::fs::write(dir.join("notes.txt"), "hello").unwrap();
+        assert!(matches!(
+            load(&Value::from("gone.png"), &dir),
+            Err(ImageError::Missing(_))
+        ));
+        assert!(matches!(
+            load(&Value::from("notes.txt"), &dir),
+            Err(ImageError::NotImage(_))
+        ));
+        assert_eq!(load(&Value::from(""), &dir), Err(ImageError::Empty));
+        let other: Value = serde_json::json!({"path": "x.png"}).into();
+        assert_eq!(load(&other, &dir), Err(ImageError::Format));
+        assert!(matches!(
+            load(&Value::Int(3), &dir),
+            Err(ImageError::Type(_))
+        ));
+    }
+
+    #[test]
+    fn persisted_images_are_files_referenced_by_path() {
+        let dir = tempdir();
+        let image = load(&Value::from(PNG), &dir).unwrap();
+        let out = persist(
+            &Value::List(vec![image.clone(), image]),
+            &dir.join("o"),
+            "o/",
+        )
+        .unwrap();
+        let Value::List(items) = out else { panic!() };
+        let Value::Map(m) = &items[0] else { panic!() };
+        let path = m["data:image/png;path"].as_str().unwrap();
+        assert!(path.starts_with("o/") && path.ends_with(".png"), "{path}");
+        assert_eq!(
+            std::fs::read(dir.join(path)).unwrap(),
+            STANDARD.decode(PNG).unwrap()
+        );
+    }
+
+    fn tempdir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "sluice-image-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}

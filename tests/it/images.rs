@@ -1,0 +1,420 @@
+//! Images (§7.4): `type: image` flow inputs in every form promptflow takes, promptflow's `Image` in
+//! Python tools, output images written to files, chat prompts with `![image]({{var}})` sent as
+//! OpenAI's image parts, and promptflow's GPT-4V tools (`custom_llm` nodes) on Sluice's HTTP backend.
+//! Requests go to a fake server on loopback that records them; bodies are compared whole.
+
+use std::path::Path;
+
+use base64::Engine as _;
+use serde_json::{Value as Json, json};
+
+use crate::common::{
+    flow_test_with, home_and_flow, read_jsonl, stdout_json, succeeded, write_files,
+};
+use crate::fake::{FakeServer, ok_body};
+
+/// A 1x1 PNG.
+const PNG: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNgYGD4DwABBAEAcCBlCwAAAABJRU5ErkJggg==";
+
+/// Its SHA-1, which names it in outputs.
+const PNG_SHA1: &str = "54586ec5f67869cef777a040345dbe8702a88977";
+
+fn png_bytes() -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD
+        .decode(PNG)
+        .unwrap()
+}
+
+/// The chat prompt of promptflow's chat-with-image example, reduced to one turn.
+const CHAT: &str =
+    "# system:\nYou are a helpful assistant.\n\n# user:\n{{question}}\n![image]({{image}})\n";
+
+/// A flow calling both GPT-4V tools (Azure OpenAI with every parameter set, OpenAI with the tool's
+/// defaults) and an `llm` chat node with the same prompt.
+const GPT4V_FLOW: &str = "inputs:
+  question: {type: string}
+  image: {type: image}
+outputs:
+  azure: {reference: '${azure.output}'}
+  openai: {reference: '${openai.output}'}
+  plain: {reference: '${plain.output}'}
+nodes:
+- name: azure
+  type: custom_llm
+  source: {type: package_with_prompt, tool: promptflow.tools.aoai_gpt4v.AzureOpenAI.chat, path: chat.jinja2}
+  inputs:
+    connection: aoai
+    deployment_name: gpt-4v
+    temperature: 0.2
+    top_p: 0.5
+    max_tokens: 512
+    stop: [END]
+    presence_penalty: 0.5
+    seed: 7
+    detail: low
+    question: ${inputs.question}
+    image: ${inputs.image}
+- name: openai
+  type: custom_llm
+  source: {type: package_with_prompt, tool: promptflow.tools.openai_gpt4v.OpenAI.chat, path: chat.jinja2}
+  inputs:
+    connection: oai
+    question: ${inputs.question}
+    image: ${inputs.image}
+- name: plain
+  type: llm
+  api: chat
+  connection: oai
+  source: {type: code, path: chat.jinja2}
+  inputs:
+    model: gpt-4o
+    question: ${inputs.question}
+    image: ${inputs.image}
+";
+
+fn gpt4v_setup() -> (FakeServer, tempfile::TempDir, tempfile::TempDir) {
+    let rec = FakeServer::replying(ok_body("a red dot"));
+    let (home, flow) = home_and_flow();
+    crate::llm_requests::connect(home.path(), &rec);
+    write_files(
+        flow.path(),
+        &[("chat.jinja2", CHAT), ("flow.dag.yaml", GPT4V_FLOW)],
+    );
+    std::fs::write(flow.path().join("dot.png"), png_bytes()).unwrap();
+    (rec, home, flow)
+}
+
+/// The messages promptflow builds for `CHAT`: the image line becomes an image part.
+fn messages(url: &str, detail: &str) -> Json {
+    json!([
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": [
+            {"type": "text", "text": "What is in this picture?"},
+            {"type": "image_url", "image_url": {"url": url, "detail": detail}},
+        ]},
+    ])
+}
+
+#[test]
+fn gpt4v_tools_send_image_parts_and_their_parameters_as_promptflow_does() {
+    let (rec, home, flow) = gpt4v_setup();
+    let out = stdout_json(&flow_test_with(
+        home.path(),
+        flow.path(),
+        &[
+            "--inputs",
+            "question=What is in this picture?",
+            "image=dot.png",
+        ],
+    ));
+    assert_eq!(
+        out,
+        json!({"azure": "a red dot", "openai": "a red dot", "plain": "a red dot"})
+    );
+    let data_url = format!("data:image/png;base64,{PNG}");
+    // The bodies below are what promptflow 1.18.5 (promptflow-tools 1.6.1) sent for this flow to a
+    // recording server. Its tools never pass `detail` on to the image parts: they ask for `auto`.
+    assert_eq!(
+        rec.request_to(
+            "POST /v1/openai/deployments/gpt-4v/chat/completions?api-version=2024-06-01 "
+        ),
+        json!({
+            "messages": messages(&data_url, "auto"),
+            "model": "gpt-4v",
+            "temperature": 0.2,
+            "top_p": 0.5,
+            "n": 1,
+            "stream": false,
+            "presence_penalty": 0.5,
+            "frequency_penalty": 0,
+            "stop": ["END"],
+            "max_tokens": 512,
+            "seed": 7,
+        })
+    );
+    let azure = rec
+        .seen()
+        .into_iter()
+        .find(|s| s.request_line().contains("/deployments/gpt-4v/"))
+        .unwrap();
+    assert_eq!(
+        azure
+            .header("ms-azure-ai-promptflow-called-from")
+            .as_deref(),
+        Some("aoai-gpt4v-tool")
+    );
+    // The OpenAI tool's defaults: its model, detail `auto`, penalties as the integer 0.
+    assert_eq!(
+        rec.request_for("gpt-4-vision-preview"),
+        json!({
+            "messages": messages(&data_url, "auto"),
+            "model": "gpt-4-vision-preview",
+            "temperature": 1.0,
+            "top_p": 1.0,
+            "n": 1,
+            "stream": false,
+            "presence_penalty": 0,
+            "frequency_penalty": 0,
+        })
+    );
+    // An `llm` chat node shows the image the same way. (promptflow's own `llm` tool sends the
+    // markdown with the placeholder as text, `![image](Image(54586ec5))`, so the model never sees
+    // the image; Sluice sends the image.)
+    assert_eq!(
+        rec.request_for("gpt-4o")["messages"],
+        messages(&data_url, "auto")
+    );
+}
+
+#[test]
+fn an_image_from_a_url_is_sent_as_its_url() {
+    let (rec, home, flow) = gpt4v_setup();
+    let out = stdout_json(&flow_test_with(
+        home.path(),
+        flow.path(),
+        &[
+            "--inputs",
+            "question=What is in this picture?",
+            r#"image={"data:image/jpeg;url": "https://example.com/cat.jpg"}"#,
+        ],
+    ));
+    assert_eq!(out["openai"], "a red dot", "{out}");
+    assert_eq!(
+        rec.request_for("gpt-4-vision-preview")["messages"],
+        messages("https://example.com/cat.jpg", "auto")
+    );
+}
+
+#[test]
+fn a_gpt4v_tool_without_a_connection_is_refused_when_the_flow_loads() {
+    let (home, flow) = home_and_flow();
+    write_files(
+        flow.path(),
+        &[
+            ("chat.jinja2", CHAT),
+            (
+                "flow.dag.yaml",
+                "inputs:\n  question: {type: string}\n  image: {type: image}\noutputs:\n  a: {reference: '${look.output}'}\nnodes:\n- name: look\n  type: custom_llm\n  source: {type: package_with_prompt, tool: promptflow.tools.openai_gpt4v.OpenAI.chat, path: chat.jinja2}\n  inputs:\n    question: ${inputs.question}\n    image: ${inputs.image}\n",
+            ),
+        ],
+    );
+    crate::common::refused(
+        home.path(),
+        flow.path(),
+        &[
+            "node `look` calls promptflow.tools.openai_gpt4v.OpenAI.chat, but has no connection",
+            "cannot see images",
+        ],
+    );
+}
+
+#[test]
+fn an_image_sent_to_the_local_model_fails_the_line_and_is_never_dropped() {
+    crate::common::installed("default", sluice_nodes::llm::store::ModelUse::Chat);
+    let (home, flow) = home_and_flow();
+    write_files(
+        flow.path(),
+        &[
+            ("chat.jinja2", CHAT),
+            (
+                "flow.dag.yaml",
+                "inputs:\n  question: {type: string}\n  image: {type: image}\noutputs:\n  a: {reference: '${look.output}'}\nnodes:\n- name: look\n  type: llm\n  api: chat\n  source: {type: code, path: chat.jinja2}\n  inputs:\n    question: ${inputs.question}\n    image: ${inputs.image}\n",
+            ),
+        ],
+    );
+    std::fs::write(flow.path().join("dot.png"), png_bytes()).unwrap();
+    let out = flow_test_with(
+        home.path(),
+        flow.path(),
+        &["--inputs", "question=What is this?", "image=dot.png"],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("node `look` sends an image to the local model")
+            && stderr.contains("cannot see images"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bad_image_inputs_name_the_input_and_the_forms_it_takes() {
+    let (home, flow) = home_and_flow();
+    write_files(
+        flow.path(),
+        &[
+            ("notes.txt", "not an image"),
+            (
+                "flow.dag.yaml",
+                "inputs:\n  pic: {type: image}\noutputs:\n  a: {reference: '${inputs.pic}'}\nnodes: []\n",
+            ),
+        ],
+    );
+    for (given, why) in [
+        ("pic=gone.png", "gone.png does not exist"),
+        ("pic=notes.txt", "notes.txt is not an image"),
+    ] {
+        let out = flow_test_with(home.path(), flow.path(), &["--inputs", given]);
+        assert!(!out.status.success(), "{given}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for needle in [
+            "Failed to load image for input 'pic'",
+            why,
+            "relative to the flow folder",
+        ] {
+            assert!(stderr.contains(needle), "{needle:?} not in {stderr}");
+        }
+    }
+}
+
+/// A Python tool that returns its image input, and the tool's view of it.
+const ROUND_TRIP_FLOW: &str = "inputs:\n  pic: {type: image}\noutputs:\n  same: {reference: '${echo.output.image}'}\n  seen: {reference: '${echo.output.seen}'}\nnodes:\n- name: echo\n  type: python\n  source: {type: code, path: echo.py}\n  inputs: {pic: '${inputs.pic}'}\n";
+const ECHO_TOOL: &str = "from promptflow.contracts.multimedia import Image\nfrom promptflow.core import tool\n\n\n@tool\ndef echo(pic: Image) -> dict:\n    copy = Image(bytes(pic))\n    return {\"image\": copy, \"seen\": [str(pic), pic._mime_type, copy._mime_type, pic.to_base64() == copy.to_base64()]}\n";
+
+#[test]
+fn a_python_tool_image_round_trips_and_flow_test_writes_it_to_a_file() {
+    let (home, flow) = home_and_flow();
+    write_files(
+        flow.path(),
+        &[("flow.dag.yaml", ROUND_TRIP_FLOW), ("echo.py", ECHO_TOOL)],
+    );
+    std::fs::write(flow.path().join("dot.png"), png_bytes()).unwrap();
+    let out = stdout_json(&flow_test_with(
+        home.path(),
+        flow.path(),
+        &["--inputs", r#"pic={"data:image/png;path": "dot.png"}"#],
+    ));
+    // As promptflow's flow test: in .promptflow/output/, by absolute path.
+    let file = flow
+        .path()
+        .join(format!(".promptflow/output/{PNG_SHA1}.png"))
+        .to_string_lossy()
+        .into_owned();
+    assert_eq!(
+        out,
+        json!({"same": {"data:image/png;path": file}, "seen": ["Image(54586ec5)", "image/png", "image/png", true]})
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), png_bytes());
+    let saved: Json = serde_json::from_str(
+        &std::fs::read_to_string(flow.path().join(".promptflow/flow.output.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(saved["same"], json!({"data:image/png;path": file}));
+}
+
+#[test]
+fn a_batch_run_reads_image_columns_relative_to_the_data_file_and_stores_output_images() {
+    let (home, flow) = home_and_flow();
+    write_files(
+        flow.path(),
+        &[("flow.dag.yaml", ROUND_TRIP_FLOW), ("echo.py", ECHO_TOOL)],
+    );
+    let data_dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(data_dir.path().join("pics")).unwrap();
+    std::fs::write(data_dir.path().join("pics/dot.png"), png_bytes()).unwrap();
+    let data = data_dir.path().join("rows.jsonl");
+    std::fs::write(
+        &data,
+        format!(
+            "{{\"pic\": {{\"data:image/png;path\": \"pics/dot.png\"}}}}\n{{\"pic\": \"data:image/png;base64,{PNG}\"}}\n"
+        ),
+    )
+    .unwrap();
+    succeeded(&mut crate::common::run_create(
+        home.path(),
+        "pics",
+        "",
+        flow.path(),
+        &data,
+    ));
+    let run = home.path().join("runs/pics");
+    let outputs = read_jsonl(&run.join("flow_outputs/output.jsonl"));
+    assert_eq!(outputs.len(), 2);
+    for (n, line) in outputs.iter().enumerate() {
+        assert_eq!(
+            line,
+            &json!({"line_number": n, "same": {"data:image/png;path": format!("{PNG_SHA1}.png")},
+                    "seen": ["Image(54586ec5)", "image/png", "image/png", true]})
+        );
+    }
+    assert_eq!(
+        std::fs::read(run.join(format!("flow_outputs/{PNG_SHA1}.png"))).unwrap(),
+        png_bytes()
+    );
+    // The run folder's outputs.jsonl and inputs.jsonl name the files by absolute path, as
+    // promptflow's do.
+    let absolute = json!({"data:image/png;path": run.join(format!("flow_outputs/{PNG_SHA1}.png")).to_string_lossy()});
+    let top = read_jsonl(&run.join("outputs.jsonl"));
+    assert_eq!(top[0]["same"], absolute);
+    let inputs = read_jsonl(&run.join("inputs.jsonl"));
+    assert_eq!(inputs[0]["pic"], absolute);
+    assert_eq!(inputs[1]["pic"], absolute);
+}
+
+/// The chat flow of `tests/data/chat_with_image` (promptflow's chat-with-image example): the question
+/// and earlier questions are lists of text and images.
+#[test]
+fn a_chat_question_that_is_a_list_of_text_and_images_becomes_parts() {
+    let rec = FakeServer::replying(ok_body("two"));
+    let (home, flow) = home_and_flow();
+    crate::common::add_connection(
+        home.path(),
+        "aoai_gpt4v_connection",
+        &format!(
+            "name: aoai_gpt4v_connection\ntype: azure_open_ai\napi_key: k\napi_base: {}\napi_version: 2024-06-01\n",
+            rec.base
+        ),
+    );
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/chat_with_image");
+    for file in ["flow.dag.yaml", "chat.jinja2"] {
+        std::fs::copy(src.join(file), flow.path().join(file)).unwrap();
+    }
+    let image = json!({"data:image/png;base64": PNG});
+    let history = json!([{"inputs": {"question": ["What is this?", image]}, "outputs": {"answer": "A dot."}}]);
+    let question = json!(["How many colors can you see?", image]);
+    let out = stdout_json(&flow_test_with(
+        home.path(),
+        flow.path(),
+        &[
+            "--inputs",
+            &format!("chat_history={history}"),
+            &format!("question={question}"),
+        ],
+    ));
+    assert_eq!(out, json!({"answer": "two"}));
+    let data_url = format!("data:image/png;base64,{PNG}");
+    let image_part = json!({"type": "image_url", "image_url": {"url": data_url, "detail": "auto"}});
+    // What promptflow 1.18.5 sent for these inputs (recorded).
+    assert_eq!(
+        rec.request_to(
+            "POST /v1/openai/deployments/gpt-4v/chat/completions?api-version=2024-06-01 "
+        ),
+        json!({
+            "messages": [
+                {"role": "system", "content": "You are a helpful assistant."},
+                {"role": "user", "content": [{"type": "text", "text": "What is this?"}, image_part]},
+                {"role": "assistant", "content": "A dot."},
+                {"role": "user", "content": [{"type": "text", "text": "How many colors can you see?"}, image_part]},
+            ],
+            "model": "gpt-4v",
+            "temperature": 1.0,
+            "top_p": 1.0,
+            "n": 1,
+            "stream": false,
+            "presence_penalty": 0,
+            "frequency_penalty": 0,
+            "max_tokens": 512,
+        })
+    );
+    // The question's default holds a URL image, sent as its URL.
+    let out = stdout_json(&flow_test_with(home.path(), flow.path(), &[]));
+    assert_eq!(out, json!({"answer": "two"}));
+    let last = rec.seen().last().unwrap().json();
+    assert_eq!(
+        last["messages"][1]["content"],
+        json!([
+            {"type": "image_url", "image_url": {"url": "https://example.com/logo.png", "detail": "auto"}},
+            {"type": "text", "text": "How many colors can you see?"},
+        ])
+    );
+}
