@@ -219,6 +219,26 @@ pub fn load(value: &Value, base: &Path) -> Result<Value, ImageError> {
     }
 }
 
+/// Whether [`load`] (for an `image` input, `nested` false) or [`load_nested`] (a list or object
+/// input, `nested` true) would read a file for `value`: a path, or an image dict of the `path` form.
+/// A server refuses those from its clients, who have no business reading its files.
+pub fn names_a_file(value: &Value, nested: bool) -> bool {
+    match value {
+        Value::Map(m) if is_image_dict(m) => m.keys().all(|k| k.ends_with(";path")),
+        Value::Map(m) if nested => m.values().any(|v| names_a_file(v, true)),
+        Value::List(items) if nested => items.iter().any(|v| names_a_file(v, true)),
+        Value::String(s) if !nested => {
+            if s.trim_start().starts_with('{') {
+                serde_json::from_str::<serde_json::Value>(s)
+                    .is_ok_and(|j| j.is_object() && names_a_file(&Value::from(j), false))
+            } else {
+                !s.is_empty() && !is_base64(s) && !is_url(s)
+            }
+        }
+        _ => false,
+    }
+}
+
 /// [`load`] on every image dict inside a list or object input (promptflow loads those too).
 pub fn load_nested(value: Value, base: &Path) -> Result<Value, ImageError> {
     match value {

@@ -26,6 +26,9 @@ const CHAT: &str = "chat";
 /// Two generator outputs.
 const TWO_STREAMS: &str = "two_streams";
 
+/// An `image` input that one Python node describes and another returns as a new image.
+const IMAGE: &str = "image";
+
 /// An `llm` node on the local chat model.
 const LLM_CHAT: &str = "llm_chat";
 
@@ -864,5 +867,60 @@ fn connections_given_on_the_command_line_are_what_the_served_llm_node_calls() {
         String::from_utf8_lossy(&refused.stderr).contains("`nope`"),
         "{}",
         String::from_utf8_lossy(&refused.stderr)
+    );
+}
+
+#[test]
+fn images_come_and_go_as_base64_and_are_logged_as_files() {
+    // The smallest PNG: one transparent pixel.
+    const PNG: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNgYGD4DwABBAEAcCBlCwAAAABJRU5ErkJggg==";
+    let (root, flow, server) = start(IMAGE, &[]);
+    for pic in [
+        json!({"data:image/png;base64": PNG}),
+        json!(format!("data:image/png;base64,{PNG}")),
+    ] {
+        let r = score(&server, &json!({ "pic": pic }));
+        assert_eq!(r.status, 200, "{}", r.body);
+        let out = r.json();
+        assert_eq!(out["info"]["type"], "Image", "{out}");
+        assert_eq!(out["info"]["mime"], "image/png", "{out}");
+        // An image output is sent back as promptflow's serving sends it: a base64 data dict.
+        assert_eq!(out["mirrored"], json!({"data:image/png;base64": PNG}));
+    }
+    // A client cannot make the server read its files, by path or by path dict.
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/image_input_python/logo.png"),
+        flow.join("logo.png"),
+    )
+    .unwrap();
+    for pic in [
+        json!("logo.png"),
+        json!({"data:image/png;path": "logo.png"}),
+        json!({"data:image/png;path": "/etc/hostname"}),
+        json!(r#"{"data:image/png;path": "logo.png"}"#),
+    ] {
+        let r = score(&server, &json!({ "pic": pic }));
+        assert_eq!(r.status, 400, "{pic}: {}", r.body);
+        assert!(r.body.contains("InvalidImageInput"), "{}", r.body);
+        assert!(r.body.contains("does not read files"), "{}", r.body);
+    }
+    server.stop();
+    // The log keeps the served images as files, referred to by path, as a batch run does.
+    let seg = segment(root.path());
+    let outputs = read_jsonl(&seg.join("outputs.jsonl"));
+    assert_eq!(outputs.len(), 2);
+    let file = outputs[0]["mirrored"]["data:image/png;path"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{}", outputs[0]));
+    use base64::Engine as _;
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(PNG)
+        .unwrap();
+    assert_eq!(std::fs::read(file).unwrap(), png);
+    let inputs = read_jsonl(&seg.join("inputs.jsonl"));
+    assert!(
+        inputs[0]["pic"]["data:image/png;path"].is_string(),
+        "{}",
+        inputs[0]
     );
 }

@@ -27,7 +27,9 @@ use serde::Deserialize;
 use serde_json::{Value as Json_, json};
 use sluice_engine::redact::redact;
 use sluice_engine::spawn::{SpawnedTask, run_blocking};
-use sluice_engine::{ErrorCode, ErrorInfo, Flow, LineOptions, LineResult, Map, Status, Value};
+use sluice_engine::{
+    ErrorCode, ErrorInfo, Flow, LineOptions, LineResult, Map, Status, Value, ValueType,
+};
 
 use self::metrics::Metrics;
 use self::traffic::{TrafficLog, TrafficOptions};
@@ -383,6 +385,23 @@ fn inputs_of(flow: &Flow, body: &[u8]) -> Result<Map, ApiError> {
                 missing.join(", ")
             ),
         ));
+    }
+    // An image comes in the request (base64 or a data URI) or by URL, never as a path on the server.
+    for (name, value) in &given {
+        let nested = match inputs.get(name).map(|i| &i.ty) {
+            Some(ValueType::Image) => false,
+            Some(ValueType::List | ValueType::Object) => true,
+            _ => continue,
+        };
+        if sluice_engine::image::names_a_file(value, nested) {
+            return Err(ApiError::user(
+                StatusCode::BAD_REQUEST,
+                "InvalidImageInput",
+                format!(
+                    "Input '{name}' names an image file; a served flow does not read files for its clients: send the image as {{\"data:image/png;base64\": \"...\"}}, a data:image/...;base64 URI or an http(s) URL."
+                ),
+            ));
+        }
     }
     Ok(given)
 }

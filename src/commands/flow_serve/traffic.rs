@@ -482,13 +482,42 @@ fn write_line(s: &mut Segment, line: &LineResult) -> Result<(), StoreError> {
     let n = line.line_number.unwrap_or(0);
     s.details_bytes += s.details.push(&LineRecordRef::new(line))? as u64;
     let path = |name: &str| s.dir.join(name);
-    writeln!(s.inputs, "{}", numbered(n, &line.inputs))
+    // Images go to files beside the outputs and are referred to by path, as in a batch run.
+    let images = s.dir.join("flow_outputs");
+    let inputs = with_image_files(&line.inputs, &images)?;
+    writeln!(s.inputs, "{}", numbered(n, &inputs))
         .map_err(|e| StoreError::io(&path("inputs.jsonl"), e))?;
     if line.status == Status::Completed {
-        let out = numbered(n, &line.output);
+        let outputs = with_image_files(&line.output, &images)?;
+        let out = numbered(n, &outputs);
         writeln!(s.outputs, "{out}").map_err(|e| StoreError::io(&path("outputs.jsonl"), e))?;
         writeln!(s.flow_outputs, "{out}")
             .map_err(|e| StoreError::io(&path("flow_outputs/output.jsonl"), e))?;
     }
     Ok(())
+}
+
+/// `map` with its images written to files in `dir` and referred to by their absolute paths; `map`
+/// itself when it holds none (most lines: nothing is copied).
+fn with_image_files<'a>(map: &'a Map, dir: &Path) -> Result<std::borrow::Cow<'a, Map>, StoreError> {
+    fn has_image(v: &sluice_engine::Value) -> bool {
+        match v {
+            sluice_engine::Value::Opaque(o) => o.is_media(),
+            sluice_engine::Value::List(items) => items.iter().any(has_image),
+            sluice_engine::Value::Map(m) => m.values().any(has_image),
+            _ => false,
+        }
+    }
+    if !map.values().any(has_image) {
+        return Ok(std::borrow::Cow::Borrowed(map));
+    }
+    let prefix = format!("{}/", dir.to_string_lossy());
+    map.iter()
+        .map(|(k, v)| {
+            sluice_engine::image::persist(v, dir, &prefix)
+                .map(|v| (k.clone(), v))
+                .map_err(|e| StoreError::io(dir, e))
+        })
+        .collect::<Result<Map, _>>()
+        .map(std::borrow::Cow::Owned)
 }
