@@ -16,12 +16,14 @@ request bodies are compared (see NORMALISED below for what is normalised first).
 """
 
 import argparse
+import base64
 import collections
 import hashlib
 import json
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import threading
@@ -37,10 +39,13 @@ except ImportError as e:
 NORMALISED = """\
 - the example's folder: each runner gets its own copy of examples/, so the copy's path in an output or a
   request is replaced by <examples>;
-- in request bodies, nothing else: bodies are compared as JSON (key order ignored), as a multiset per
-  flow (the order in which a flow's concurrent nodes call the server is ignored);
-- in outputs, a streamed output is compared as the text it joins to (pf prints a generator's joined
-  text, Sluice too)."""
+- request bodies are compared as JSON (key order ignored), as a multiset per flow (the order in which
+  a flow's concurrent nodes call the server is ignored); when they differ, they are compared again with
+  fields whose value is the API's own default left out (n=1, stream=false, temperature=1, top_p=1,
+  zero penalties, empty logit_bias/user, null stop/max_tokens), and a difference only there is named
+  as such (the outcome stays `requests differ`); headers are not compared;
+- outputs: nothing else; each runner's .promptflow/flow.output.json (else the last JSON object on
+  its stdout) is compared as JSON."""
 
 KEYRING_BACKEND = '''import json, os
 from keyring.backend import KeyringBackend
@@ -69,6 +74,12 @@ class FileKeyring(KeyringBackend):
         json.dump(d, open(self.path, "w"))
 '''
 
+# Examples whose output is random by design: a difference there is named as such.
+RANDOM = {
+    "flows/standard/conditional-flow-for-if-else": "content_safety_check.py returns random.choice([True, False]), "
+                                                   "which picks the branch",
+}
+
 SECTIONS = ["flows/standard", "flows/chat", "flows/evaluation", "flex-flows", "prompty"]
 
 
@@ -95,13 +106,22 @@ def _text_of(body):
 
 
 def answer_for(body):
-    """A deterministic answer: a 1-5 score when the prompt asks for a score or rating, else a
-    sentence naming the hash of the prompt."""
+    """A deterministic answer: a JSON object when the request asks for JSON (`response_format`
+    json_object, or "json" in the prompt), a 1-5 score when the prompt asks for a score or rating,
+    else a sentence naming the hash of the prompt."""
     text = _text_of(body)
     h = _digest(body.get("messages") if "messages" in body else body.get("prompt"))
     low = text.lower()
+    score = int(h[:8], 16) % 5 + 1
+    fmt = body.get("response_format")
+    if (isinstance(fmt, dict) and fmt.get("type") == "json_object") or "json" in low:
+        # The keys the examples' JSON prompts ask for (scores, apology, name/answer, a question).
+        return json.dumps({"score": score, "explanation": "Fake explanation %s." % h[:12],
+                           "reason": "Fake reason %s." % h[:12], "answer": "Fake answer %s." % h[:12],
+                           "apology": score % 2, "name": "Fake name %s" % h[:6],
+                           "question": "Fake question %s?" % h[:12]})
     if re.search(r"\b(score|rating|rate)\b", low):
-        return str(int(h[:8], 16) % 5 + 1)
+        return str(score)
     return "Fake answer %s." % h[:12]
 
 
@@ -160,7 +180,11 @@ class FakeServer:
                     data = []
                     for i, item in enumerate(inputs):
                         h = _digest(item)
-                        vec = [((int(h[(j * 2) % 64:(j * 2) % 64 + 2], 16) + j) % 256) / 255.0 - 0.5 for j in range(1536)]
+                        # Multiples of 1/256: exact in float32, so the base64 answer (float32, which
+                        # the openai package asks for) and the JSON one carry the same numbers.
+                        vec = [((int(h[(j * 2) % 64:(j * 2) % 64 + 2], 16) + j) % 256) / 256.0 - 0.5 for j in range(1536)]
+                        if body.get("encoding_format") == "base64":
+                            vec = base64.b64encode(struct.pack("<%df" % len(vec), *vec)).decode()
                         data.append({"object": "embedding", "index": i, "embedding": vec})
                     return self._send(200, {"object": "list", "data": data, "model": body.get("model") or "fake",
                                             "usage": {"prompt_tokens": 5, "total_tokens": 5}})
@@ -200,7 +224,13 @@ class FakeServer:
                     "choices": [{"index": 0, "text": p, "finish_reason": None if i == 0 else "stop", "logprobs": None}],
                 } for i, p in enumerate(pieces)])
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request, client_address):
+                pass  # a client closing its connection early is no news
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = "http://127.0.0.1:%d" % self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -307,6 +337,8 @@ def inputs_and_init(examples, kind, rel):
     sample = resolve_sample(front.get("sample"), folder)
     if isinstance(sample, dict):
         return sample, None, "the prompty's sample"
+    if os.path.exists(os.path.join(folder, "sample.json")):
+        return json.load(open(os.path.join(folder, "sample.json"), encoding="utf-8")), None, "sample.json"
     return {}, None, "the inputs' defaults"
 
 
@@ -629,6 +661,8 @@ def main():
         pf = run_one(args, "pf", args.pf, envs["pf"], roots["pf"], rel, kind, inputs_file, init_file, server)
         sl = run_one(args, "sluice", args.sluice, envs["sluice"], roots["sluice"], rel, kind, inputs_file, init_file, server)
         outcome, notes = compare(pf, sl, [roots["pf"], roots["sluice"]])
+        if outcome == "output differs" and name in RANDOM:
+            notes.append("this example is random: %s" % RANDOM[name])
         results.append({"example": name, "kind": kind, "inputs_from": source, "outcome": outcome, "notes": notes,
                         "pf_secs": round(pf["secs"], 1), "sluice_secs": round(sl["secs"], 1),
                         "pf_requests": len(pf["requests"]), "sluice_requests": len(sl["requests"])})
