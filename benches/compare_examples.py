@@ -644,7 +644,6 @@ def main():
     for name, kind, rel, note in examples:
         if kind == "none":
             results.append({"example": name, "outcome": "not a flow", "notes": [note]})
-            print("%-58s not a flow: %s" % (name, note), flush=True)
             continue
         try:
             inputs, init, source = inputs_and_init(args.examples, kind, rel)
@@ -670,6 +669,10 @@ def main():
         for n in notes:
             print("    " + n, flush=True)
 
+    not_flows = [r["example"] for r in results if r["outcome"] == "not a flow"]
+    if not_flows:
+        print("\nnot a flow (no flow.dag.yaml, flow.flex.yaml or .prompty; the *-maf folders are ports to "
+              "Microsoft Agent Framework): " + ", ".join(not_flows))
     totals = collections.Counter(r["outcome"] for r in results)
     print("\ntotals: " + ", ".join("%s %d" % (k, v) for k, v in sorted(totals.items())))
     print("\nnormalised before comparing:\n" + NORMALISED)

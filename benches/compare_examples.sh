@@ -12,6 +12,7 @@
 # PROMPTFLOW_GIT: the promptflow git dir (default /work/.mirror/microsoft+promptflow/repo).
 # PF: pf (default ~/.cache/sluice/pf-venv/bin/pf, promptflow 1.18.5 + promptflow-tools); Sluice's
 # Python tools import from the same virtualenv. Uses target/release/sluice (or $SLUICE).
+# RESULTS_JSON: also write the per-example results there as JSON.
 # --keep leaves the work folder (logs/<example>/{pf,sluice}.{stdout,stderr,output.json,requests.json}).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -37,4 +38,4 @@ python3 "$here/extract_examples.py" "$git_dir" "$work/src"
 site=(); if "$venv/bin/python" -m pip install --quiet --no-deps --target "$work/site" beautifulsoup4 soupsieve >&2; then site=(--site "$work/site"); fi
 python3 "$here/compare_examples.py" --examples "$work/src/examples" --work "$work" \
   --pf "$pf_bin" --sluice "$sluice" --venv "$venv" --json "$work/results.json" "${site[@]}" "${extra[@]}"
-if [ "$keep" = 1 ]; then cp "$work/results.json" "${RESULTS_JSON:-/dev/null}" 2>/dev/null || true; fi
+if [ -n "${RESULTS_JSON:-}" ]; then cp "$work/results.json" "$RESULTS_JSON"; fi
