@@ -266,7 +266,13 @@ impl Reader<'_> {
             None => (Map::new(), model.map_or(start, |m| m.span)),
             Some(p) if p.is_null() => (Map::new(), p.span),
             Some(p) => match p.to_value() {
-                Value::Map(m) => (m, p.span),
+                // `tools: ${file:tools.json}` and the like are read, as promptflow reads them.
+                Value::Map(m) => (
+                    m.into_iter()
+                        .map(|(k, v)| (k, self.file_references(v, p.span)))
+                        .collect(),
+                    p.span,
+                ),
                 _ => {
                     self.problem(
                         format!(
@@ -517,6 +523,27 @@ impl Reader<'_> {
             }
         }
         Some(conf)
+    }
+
+    /// `value` with every `${file:path}` text inside it read (see [`Self::file_reference`]).
+    fn file_references(&mut self, value: Value, at: Span) -> Value {
+        match value {
+            Value::String(s) if s.starts_with("${file:") => {
+                self.file_reference(&s, at).unwrap_or(Value::String(s))
+            }
+            Value::Map(m) => Value::Map(
+                m.into_iter()
+                    .map(|(k, v)| (k, self.file_references(v, at)))
+                    .collect(),
+            ),
+            Value::List(items) => Value::List(
+                items
+                    .into_iter()
+                    .map(|v| self.file_references(v, at))
+                    .collect(),
+            ),
+            other => other,
+        }
     }
 
     /// A `${file:path}` value read (JSON or YAML parsed, otherwise the text); other values as given.

@@ -137,11 +137,11 @@ fn functions_and_tools_are_sent_and_a_call_comes_back_as_the_message() {
 }
 
 #[test]
-fn stream_is_sent_only_when_the_flow_streams_and_numbers_keep_their_yaml_values() {
+fn stream_is_true_only_when_the_flow_streams_and_numbers_keep_their_yaml_values() {
     let (rec, home, flow) = setup(
         ok_body("streamed"),
         "# user:\nhi\n",
-        "outputs:\n  a: {reference: '${chat.output}'}\nnodes:\n- name: chat\n  type: llm\n  api: chat\n  connection: oai\n  source: {type: code, path: chat.jinja2}\n  inputs:\n    model: m\n    temperature: 0.7\n    top_p: 0.9\n    presence_penalty: 0.1\n    max_tokens: 20\n    user: u-42\n    logit_bias: {'50256': -100}\n",
+        "outputs:\n  a: {reference: '${chat.output}'}\nnodes:\n- name: chat\n  type: llm\n  api: chat\n  connection: oai\n  source: {type: code, path: chat.jinja2}\n  inputs:\n    model: m\n    temperature: 0.7\n    top_p: 0.9\n    presence_penalty: 0.1\n    frequency_penalty: 0\n    max_tokens: 20\n    user: u-42\n    logit_bias: {'50256': -100}\n",
     );
     assert_eq!(
         tested(home.path(), flow.path(), &[]),
@@ -149,7 +149,11 @@ fn stream_is_sent_only_when_the_flow_streams_and_numbers_keep_their_yaml_values(
     );
     let raw = rec.bodies()[0].clone();
     let body: Json = serde_json::from_str(&raw).unwrap();
-    assert!(body.get("stream").is_none(), "{raw}");
+    // As promptflow's chat tools: one choice, `stream: false` unless the flow streams, and a
+    // penalty that was given, even 0.
+    assert_eq!(body["stream"], false, "{raw}");
+    assert_eq!(body["n"], 1, "{raw}");
+    assert_eq!(body["frequency_penalty"], 0.0, "{raw}");
     assert_eq!(body["user"], "u-42");
     assert_eq!(body["logit_bias"], json!({"50256": -100}));
     for sent in [
@@ -169,7 +173,8 @@ fn stream_is_sent_only_when_the_flow_streams_and_numbers_keep_their_yaml_values(
 
 #[test]
 fn embeddings_are_requested_as_promptflow_sends_them() {
-    let reply = json!({"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.5, 0.75]}],
+    // [0.5, 0.75] as little-endian f32s in base64, as asked for.
+    let reply = json!({"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": "AAAAPwAAQD8="}],
         "usage": {"prompt_tokens": 2, "total_tokens": 2}});
     let node = |name: &str, conn: &str| {
         format!(
@@ -189,11 +194,14 @@ fn embeddings_are_requested_as_promptflow_sends_them() {
     assert_eq!(out, json!({"a": [0.5, 0.75], "o": [0.5, 0.75]}));
     let azure =
         rec.request_to("POST /v1/openai/deployments/emb-deployment/embeddings?api-version=");
-    assert_eq!(azure, json!({"input": "hello", "model": "emb-deployment"}));
+    assert_eq!(
+        azure,
+        json!({"input": "hello", "model": "emb-deployment", "encoding_format": "base64"})
+    );
     let openai = rec.request_to("POST /v1/embeddings ");
     assert_eq!(
         openai,
-        json!({"input": "hello", "model": "text-embedding-3-small"})
+        json!({"input": "hello", "model": "text-embedding-3-small", "encoding_format": "base64"})
     );
 }
 

@@ -575,3 +575,36 @@ fn without_inputs_the_sample_gives_the_inputs_and_their_types() {
     let out = tested(home.path(), &prompty, &["--inputs", "word=pear", "times=1"]);
     assert_eq!(out["output"], "pear x2");
 }
+
+#[test]
+fn file_references_among_the_parameters_are_read_and_sent() {
+    let (home, dir) = crate::common::home_and_flow();
+    let server = FakeServer::replying(ok_body("done"));
+    let tools = json!([{"type": "function", "function": {"name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]);
+    write_files(dir.path(), &[("tools.json", &tools.to_string())]);
+    let prompty = ask_prompty(
+        dir.path(),
+        "ask.prompty",
+        &server.base,
+        "    tools: ${file:tools.json}\n    tool_choice: auto\n",
+        "sample:\n  question: Weather in Paris?\n",
+    );
+    tested(home.path(), &prompty, &[]);
+    let body = server.seen()[0].json();
+    assert_eq!(body["tools"], tools, "{body}");
+    assert_eq!(body["tool_choice"], "auto", "{body}");
+
+    // A file that is not there is a load error naming it.
+    let missing = ask_prompty(
+        dir.path(),
+        "missing.prompty",
+        &server.base,
+        "    tools: ${file:nope.json}\n",
+        "sample:\n  question: q\n",
+    );
+    let out = flow_test_with(home.path(), &missing, &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot read `nope.json`"), "{stderr}");
+}

@@ -351,6 +351,9 @@ impl HttpBackend {
         if let Some(m) = model {
             body["model"] = json!(m);
         }
+        // As the `openai` client promptflow calls through asks: little-endian f32s in base64 (a
+        // server that answers with lists of numbers is read too).
+        body["encoding_format"] = json!("base64");
         match self.exchange(&url, &body, &[], Reply::Embeddings).await? {
             Outcome::Embeddings(e) => Ok(e),
             Outcome::Streamed => unreachable!("an embeddings exchange returns embeddings"),
@@ -365,13 +368,18 @@ impl HttpBackend {
         let v = read_json(resp).await.map_err(|e| (e, false))?;
         let mut rows: Vec<(u64, Vec<f32>)> = Vec::new();
         for (i, item) in v["data"].as_array().into_iter().flatten().enumerate() {
-            let vector = item["embedding"]
-                .as_array()
-                .ok_or_else(|| bad("an embedding is not a list of numbers".into()))?
-                .iter()
-                .map(|x| x.as_f64().map(|f| f as f32))
-                .collect::<Option<Vec<f32>>>()
-                .ok_or_else(|| bad("an embedding is not a list of numbers".into()))?;
+            let vector = match &item["embedding"] {
+                Json::String(b64) => decode_f32s(b64).ok_or_else(|| {
+                    bad("an embedding is not base64 of little-endian f32s".into())
+                })?,
+                v => v
+                    .as_array()
+                    .ok_or_else(|| bad("an embedding is not a list of numbers".into()))?
+                    .iter()
+                    .map(|x| x.as_f64().map(|f| f as f32))
+                    .collect::<Option<Vec<f32>>>()
+                    .ok_or_else(|| bad("an embedding is not a list of numbers".into()))?,
+            };
             rows.push((item["index"].as_u64().unwrap_or(i as u64), vector));
         }
         rows.sort_by_key(|(i, _)| *i);
@@ -792,4 +800,16 @@ mod tests {
         h.insert("retry-after-ms", "1500".parse().unwrap());
         assert_eq!(retry_after(&h), Some(Duration::from_millis(1500)));
     }
+}
+
+/// Little-endian `f32`s from base64 text (`encoding_format: base64`).
+fn decode_f32s(b64: &str) -> Option<Vec<f32>> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    (bytes.len() % 4 == 0).then(|| {
+        bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    })
 }

@@ -223,11 +223,13 @@ where
             "top_p" => p.top_p = number(v, "top_p", "a number from 0 to 1", (0.0, 1.0))?,
             "presence_penalty" => {
                 p.presence_penalty =
-                    number(v, "presence_penalty", "a number from -2 to 2", (-2.0, 2.0))?
+                    number(v, "presence_penalty", "a number from -2 to 2", (-2.0, 2.0))?;
+                p.penalties_given.0 = true;
             }
             "frequency_penalty" => {
                 p.frequency_penalty =
-                    number(v, "frequency_penalty", "a number from -2 to 2", (-2.0, 2.0))?
+                    number(v, "frequency_penalty", "a number from -2 to 2", (-2.0, 2.0))?;
+                p.penalties_given.1 = true;
             }
             "max_tokens" => p.max_tokens = Some(max_tokens(v, "max_tokens")?),
             "max_completion_tokens" => {
@@ -387,16 +389,21 @@ pub fn encode_request(prompt: &Prompt, p: &GenParams, stream: bool) -> Json {
     }
     b.insert("temperature".into(), json!(p.temperature));
     b.insert("top_p".into(), json!(p.top_p));
+    if matches!(prompt, Prompt::Chat(_)) {
+        // promptflow's chat tools always say how many choices and whether to stream.
+        b.insert("n".into(), json!(1));
+        b.insert("stream".into(), json!(stream));
+    }
     if let Some(n) = p.max_tokens {
         b.insert("max_tokens".into(), json!(n));
     }
     if !p.stop.is_empty() {
         b.insert("stop".into(), json!(p.stop));
     }
-    if p.presence_penalty != 0.0 {
+    if p.presence_penalty != 0.0 || p.penalties_given.0 {
         b.insert("presence_penalty".into(), json!(p.presence_penalty));
     }
-    if p.frequency_penalty != 0.0 {
+    if p.frequency_penalty != 0.0 || p.penalties_given.1 {
         b.insert("frequency_penalty".into(), json!(p.frequency_penalty));
     }
     if let Some(s) = p.seed {

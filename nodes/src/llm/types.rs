@@ -84,6 +84,9 @@ pub struct GenParams {
     pub stop: Vec<String>,
     pub presence_penalty: f64,
     pub frequency_penalty: f64,
+    /// Whether `presence_penalty` and `frequency_penalty` were given: a given penalty is sent to a
+    /// server even when it is 0, as promptflow sends it.
+    pub penalties_given: (bool, bool),
     pub seed: Option<i64>,
     /// `response_format: {type: json_object}`: the output must be one JSON object.
     pub json_object: bool,
@@ -118,6 +121,7 @@ impl Default for GenParams {
             stop: Vec::new(),
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
+            penalties_given: (false, false),
             seed: None,
             json_object: false,
             model: None,
