@@ -744,6 +744,18 @@ fn backoff(base: Duration, attempt: u32) -> Duration {
     Duration::from_secs_f64(capped * jitter)
 }
 
+/// Little-endian `f32`s from base64 text (`encoding_format: base64`).
+fn decode_f32s(b64: &str) -> Option<Vec<f32>> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    (bytes.len() % 4 == 0).then(|| {
+        bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -800,16 +812,4 @@ mod tests {
         h.insert("retry-after-ms", "1500".parse().unwrap());
         assert_eq!(retry_after(&h), Some(Duration::from_millis(1500)));
     }
-}
-
-/// Little-endian `f32`s from base64 text (`encoding_format: base64`).
-fn decode_f32s(b64: &str) -> Option<Vec<f32>> {
-    use base64::Engine as _;
-    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
-    (bytes.len() % 4 == 0).then(|| {
-        bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect()
-    })
 }
