@@ -50,7 +50,6 @@ impl DetailsWriter {
 
     /// Writes one record as one `write` call, so that a record reaches the OS whole.
     pub fn append(&mut self, record: &impl Serialize) -> Result<(), StoreError> {
-        self.buf.clear();
         self.push(record)?;
         self.flush()
     }
@@ -73,21 +72,15 @@ impl DetailsWriter {
     /// Writes the records pushed since the last flush as one `write` call, and syncs the file when
     /// [`SYNC_INTERVAL`] has passed since the last sync.
     pub fn flush(&mut self) -> Result<(), StoreError> {
-        if !self.buf.is_empty() {
-            self.file
-                .write_all(&self.buf)
-                .map_err(|e| StoreError::io(&self.path, e))?;
-            self.buf.clear();
-            self.dirty = true;
-        }
+        self.write_pushed()?;
         if self.dirty && self.last_sync.elapsed() >= SYNC_INTERVAL {
             self.sync()?;
         }
         Ok(())
     }
 
-    /// Writes what was pushed and syncs it to disk.
-    pub fn sync(&mut self) -> Result<(), StoreError> {
+    /// Hands the records pushed since the last write to the OS, in one `write` call.
+    fn write_pushed(&mut self) -> Result<(), StoreError> {
         if !self.buf.is_empty() {
             self.file
                 .write_all(&self.buf)
@@ -95,6 +88,12 @@ impl DetailsWriter {
             self.buf.clear();
             self.dirty = true;
         }
+        Ok(())
+    }
+
+    /// Writes what was pushed and syncs it to disk.
+    pub fn sync(&mut self) -> Result<(), StoreError> {
+        self.write_pushed()?;
         if self.dirty {
             self.file
                 .sync_data()
