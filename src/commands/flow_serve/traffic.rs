@@ -111,15 +111,12 @@ impl Queue {
     /// Everything queued, and whether the queue is closed; waits up to [`WRITE_INTERVAL`] while it is
     /// empty and open.
     fn take(&self, into: &mut Vec<Entry>) -> bool {
-        {
-            let mut p = self.lock();
-            if p.entries.is_empty() && !p.closed {
-                drop(p);
-                std::thread::park_timeout(WRITE_INTERVAL);
-            } else {
-                std::mem::swap(into, &mut p.entries);
-                return p.closed;
-            }
+        let idle = {
+            let p = self.lock();
+            p.entries.is_empty() && !p.closed
+        };
+        if idle {
+            std::thread::park_timeout(WRITE_INTERVAL);
         }
         let mut p = self.lock();
         std::mem::swap(into, &mut p.entries);
