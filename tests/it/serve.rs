@@ -26,8 +26,9 @@ const CHAT: &str = "chat";
 /// Two generator outputs.
 const TWO_STREAMS: &str = "two_streams";
 
-/// An `image` input that one Python node describes and another returns as a new image.
-const IMAGE: &str = "image";
+/// An `image` input that one Python node describes and another returns as a new image: the image
+/// fixture flow (with its `logo.png`), shared rather than copied.
+const IMAGE: &str = "../../fixtures/image_input_python";
 
 /// An `llm` node on the local chat model.
 const LLM_CHAT: &str = "llm_chat";
@@ -887,12 +888,9 @@ fn images_come_and_go_as_base64_and_are_logged_as_files() {
         // An image output is sent back as promptflow's serving sends it: a base64 data dict.
         assert_eq!(out["mirrored"], json!({"data:image/png;base64": PNG}));
     }
-    // A client cannot make the server read its files, by path or by path dict.
-    std::fs::copy(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/image_input_python/logo.png"),
-        flow.join("logo.png"),
-    )
-    .unwrap();
+    // A client cannot make the server read its files, by path or by path dict (`logo.png` is in
+    // the flow's folder).
+    assert!(flow.join("logo.png").is_file());
     for pic in [
         json!("logo.png"),
         json!({"data:image/png;path": "logo.png"}),
