@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 from sluice import _native
+from sluice._promptflow import _CONNECTION_TYPES, _connection_spec  # noqa: F401
 
 __all__ = [
     "SluiceError",
@@ -108,37 +109,11 @@ def _load_error(e: Exception) -> FlowLoadError:
     return FlowLoadError(message, [Problem(**p) for p in json.loads(problems)])
 
 
-# promptflow's connection classes (their ``type``) by the type names Sluice's store uses.
-_CONNECTION_TYPES = {
-    "AzureOpenAI": "azure_open_ai",
-    "OpenAI": "open_ai",
-    "Custom": "custom",
-    "Serverless": "serverless",
-    "Serp": "serp",
-    "CognitiveSearch": "cognitive_search",
-    "AzureContentSafety": "azure_content_safety",
-    "FormRecognizer": "form_recognizer",
-    "Qdrant": "qdrant",
-    "Weaviate": "weaviate",
-    "AzureAIServices": "azure_ai_services",
-}
-
-
 def _is_connection(value: Any) -> bool:
     """A promptflow connection object (the stand-in's or promptflow's own)."""
     return not isinstance(value, (str, bytes, Mapping)) and all(
         hasattr(value, a) for a in ("type", "configs", "secrets")
     )
-
-
-def _connection_spec(connection: Any, name: str) -> Dict[str, Any]:
-    """A connection object as the spec ``sluice connection create`` reads."""
-    kind = _CONNECTION_TYPES.get(getattr(connection, "type", ""), "custom")
-    configs = {k: v for k, v in dict(connection.configs).items() if v is not None}
-    secrets = {k: v for k, v in dict(connection.secrets).items() if v is not None}
-    if kind == "custom":
-        return {"name": name, "type": kind, "configs": configs, "secrets": secrets}
-    return dict(configs, name=name, type=kind, **secrets)
 
 
 # The names given to connection objects, by their spec (secrets included; this process only).

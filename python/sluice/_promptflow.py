@@ -470,6 +470,138 @@ def init_openai_client(connection):
 
 
 # ---------------------------------------------------------------------------------------------------
+# promptflow.tools.aoai and promptflow.tools.openai: promptflow-tools' chat and completion, sent by
+# Sluice's `llm` node, so a tool calling them sends what an `llm` node with the same inputs sends.
+
+# promptflow's connection classes (their ``type``) by the type names Sluice's store uses.
+_CONNECTION_TYPES = {
+    "AzureOpenAI": "azure_open_ai",
+    "OpenAI": "open_ai",
+    "Custom": "custom",
+    "Serverless": "serverless",
+    "Serp": "serp",
+    "CognitiveSearch": "cognitive_search",
+    "AzureContentSafety": "azure_content_safety",
+    "FormRecognizer": "form_recognizer",
+    "Qdrant": "qdrant",
+    "Weaviate": "weaviate",
+    "AzureAIServices": "azure_ai_services",
+}
+
+
+def _connection_spec(connection: Any, name: str) -> Dict[str, Any]:
+    """A connection object as the spec ``sluice connection create`` reads."""
+    kind = _CONNECTION_TYPES.get(getattr(connection, "type", ""), "custom")
+    configs = {k: v for k, v in dict(connection.configs).items() if v is not None}
+    secrets = {k: v for k, v in dict(connection.secrets).items() if v is not None}
+    if kind == "custom":
+        return {"name": name, "type": kind, "configs": configs, "secrets": secrets}
+    return dict(configs, name=name, type=kind, **secrets)
+
+
+def _call_spec(connection) -> str:
+    """The spec of ``connection`` as JSON, named after what it holds, so that the engine keeps one
+    entry (in this process only) for each distinct connection a tool calls with."""
+    import hashlib
+    import json
+
+    if isinstance(connection, str) or not all(hasattr(connection, a) for a in ("type", "configs", "secrets")):
+        raise TypeError(
+            "connection must be a promptflow connection object (AzureOpenAIConnection, OpenAIConnection, ...), "
+            "not %s" % type(connection).__name__
+        )
+    spec = _connection_spec(connection, "")
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    base = "".join(c if c.isalnum() or c in "_-" else "_" for c in str(getattr(connection, "name", None) or ""))
+    spec["name"] = "%s.tool-%s" % (base or "connection", digest)
+    return json.dumps(spec, default=str)
+
+
+def _call_llm(connection, api, prompt, model_key, model, params, variables):
+    """Renders ``prompt`` with ``variables`` and asks the model through Sluice's ``llm`` node;
+    parameters left at ``None`` (or an empty ``stop``, ``logit_bias`` or ``user``) are not sent, as
+    promptflow-tools leaves them out."""
+    import sluice
+
+    inputs = dict(variables)
+    if model:
+        inputs[model_key] = model
+    for key, value in params.items():
+        if value is None or (key in ("stop", "logit_bias", "user", "suffix") and not value):
+            continue
+        inputs[key] = value
+    stream = to_bool(inputs.get("stream", False))
+    answer = sluice._call_llm(_call_spec(connection), api, str(prompt), inputs, stream)
+    if stream:
+        # The answer was read to its end; callers that iterate over chunks get it as one.
+        return iter([answer] if answer else [])
+    return answer
+
+
+_CHAT_DEFAULTS = dict(
+    temperature=1, top_p=1, n=1, stream=False, stop=None, max_tokens=None, presence_penalty=None,
+    frequency_penalty=None, logit_bias=None, user="", function_call=None, functions=None, tool_choice=None,
+    tools=None, response_format=None, seed=None,
+)
+_COMPLETION_DEFAULTS = dict(
+    suffix=None, max_tokens=16, temperature=1.0, top_p=1.0, n=1, stream=False, logprobs=None, echo=False,
+    stop=None, presence_penalty=None, frequency_penalty=None, best_of=1, logit_bias=None, user="",
+)
+
+
+def _split(defaults, kwargs):
+    """The request's parameters (the defaults updated with those given) and the template's variables."""
+    params = dict(defaults)
+    variables = {}
+    for key, value in kwargs.items():
+        (params if key in defaults else variables)[key] = value
+    return params, variables
+
+
+class _ToolProvider:
+    """promptflow-tools' ``AzureOpenAI(connection)`` / ``OpenAI(connection)``."""
+
+    _model_key = "model"
+
+    def __init__(self, connection):
+        self.connection = connection
+
+    def chat(self, prompt, **kwargs):
+        model = kwargs.pop(self._model_key, "")
+        params, variables = _split(_CHAT_DEFAULTS, kwargs)
+        return _call_llm(self.connection, "chat", prompt, self._model_key, model, params, variables)
+
+    def completion(self, prompt, **kwargs):
+        model = kwargs.pop(self._model_key, "")
+        params, variables = _split(_COMPLETION_DEFAULTS, kwargs)
+        return _call_llm(self.connection, "completion", prompt, self._model_key, model, params, variables)
+
+
+class AzureOpenAI(_ToolProvider):
+    _model_key = "deployment_name"
+
+
+class OpenAI(_ToolProvider):
+    pass
+
+
+def _aoai_chat(connection, prompt, deployment_name="", **kwargs):
+    return AzureOpenAI(connection).chat(prompt, deployment_name=deployment_name, **kwargs)
+
+
+def _aoai_completion(connection, prompt, deployment_name="", **kwargs):
+    return AzureOpenAI(connection).completion(prompt, deployment_name=deployment_name, **kwargs)
+
+
+def _openai_chat(connection, prompt, model="", **kwargs):
+    return OpenAI(connection).chat(prompt, model=model, **kwargs)
+
+
+def _openai_completion(connection, prompt, model="text-davinci-003", **kwargs):
+    return OpenAI(connection).completion(prompt, model=model, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------
 # Installing the modules.
 
 
@@ -521,7 +653,9 @@ def install(sluice):
     helpers = (to_bool, render_jinja_template, parse_chat, normalize_connection_config)
     clients = (init_azure_openai_client, init_openai_client)
     common = module("promptflow.tools.common", **{f.__name__: f for f in helpers + clients})
-    tools = module("promptflow.tools", common=common)
+    aoai = module("promptflow.tools.aoai", AzureOpenAI=AzureOpenAI, chat=_aoai_chat, completion=_aoai_completion)
+    openai = module("promptflow.tools.openai", OpenAI=OpenAI, chat=_openai_chat, completion=_openai_completion)
+    tools = module("promptflow.tools", common=common, aoai=aoai, openai=openai)
     # The notebook API (`PFClient`, `load_flow`) comes with the installed `sluice-flow` package.
     client = module("promptflow.client", __getattr__=_from_client("promptflow.client"))
     module(

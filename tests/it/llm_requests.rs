@@ -278,3 +278,80 @@ fn promptflow_s_llm_tool_sends_what_an_llm_node_sends() {
         without_model(completion("node-dep"))
     );
 }
+
+#[test]
+fn promptflow_tools_chat_and_completion_from_python_send_what_an_llm_node_sends() {
+    // promptflow-tools' functions called from a Python tool with the connection objects it is
+    // given: `promptflow.tools.openai.chat` and `promptflow.tools.aoai.completion` (and the
+    // `AzureOpenAI` class), each next to the `llm` node with the same inputs.
+    let (rec, home, flow) = setup(
+        ok_body("7"),
+        "# user:\nrate {{answer}}\n",
+        "inputs:\n  answer: {type: string}\noutputs:\n  tool: {reference: '${tool.output}'}\n  n: {reference: '${n.output}'}\n  nc: {reference: '${nc.output}'}\nnodes:\n- name: tool\n  type: python\n  source: {type: code, path: grade.py}\n  inputs:\n    oai: oai\n    aoai: aoai\n    answer: ${inputs.answer}\n- name: n\n  type: llm\n  api: chat\n  connection: oai\n  source: {type: code, path: chat.jinja2}\n  inputs:\n    model: via-node\n    temperature: 0.2\n    max_tokens: 7\n    answer: ${inputs.answer}\n- name: nc\n  type: llm\n  api: completion\n  connection: aoai\n  source: {type: code, path: chat.jinja2}\n  inputs:\n    deployment_name: node-dep\n    temperature: 0.2\n    max_tokens: 7\n    answer: ${inputs.answer}\n",
+    );
+    write_files(
+        flow.path(),
+        &[(
+            "grade.py",
+            r##"from promptflow.core import tool
+from promptflow.connections import AzureOpenAIConnection, OpenAIConnection
+from promptflow.tools.aoai import AzureOpenAI, completion as aoai_completion
+from promptflow.tools.openai import chat as openai_chat
+
+PROMPT = "# user:\nrate {{answer}}\n"
+
+
+@tool
+def grade(oai: OpenAIConnection, aoai: AzureOpenAIConnection, answer: str) -> dict:
+    chat = openai_chat(connection=oai, prompt=PROMPT, model="via-tool", temperature=0.2, max_tokens=7, answer=answer)
+    done = aoai_completion(connection=aoai, prompt=PROMPT, deployment_name="tool-dep", temperature=0.2,
+                           max_tokens=7, answer=answer)
+    # The same connection asked again through the class: one more request.
+    again = AzureOpenAI(aoai).chat(prompt=PROMPT, deployment_name="class-dep", answer=answer)
+    return {"chat": int(chat), "completion": done, "again": again}
+"##,
+        )],
+    );
+    let out = tested(home.path(), flow.path(), &["--inputs", "answer=fine"]);
+    assert_eq!(
+        out["tool"],
+        json!({"chat": 7, "completion": "7", "again": "7"})
+    );
+    assert_eq!(rec.requests(), 5);
+    let without_model = |mut body: Json| {
+        body.as_object_mut().unwrap().remove("model");
+        body
+    };
+    let chat_tool = rec.request_for("via-tool");
+    assert_eq!(
+        chat_tool["messages"],
+        json!([{"role": "user", "content": "rate fine"}])
+    );
+    assert_eq!(
+        without_model(chat_tool),
+        without_model(rec.request_for("via-node"))
+    );
+    let to = |dep: &str, api: &str| {
+        rec.request_to(&format!(
+            "POST /v1/openai/deployments/{dep}/{api}?api-version=2024-06-01 "
+        ))
+    };
+    assert_eq!(
+        without_model(to("tool-dep", "completions")),
+        without_model(to("node-dep", "completions"))
+    );
+    // promptflow-tools' defaults for a chat call given no parameters.
+    let class = to("class-dep", "chat/completions");
+    assert_eq!(class["temperature"].as_f64(), Some(1.0));
+    assert_eq!(class["top_p"].as_f64(), Some(1.0));
+    assert_eq!(class["n"], json!(1));
+    assert_eq!(class["stream"], json!(false));
+    assert!(class.get("presence_penalty").is_none(), "{class}");
+    // The connection's key reached the server with each call.
+    let seen = rec.seen();
+    let class_call = seen
+        .iter()
+        .find(|s| s.request_line().contains("class-dep"))
+        .unwrap();
+    assert_eq!(class_call.header("api-key").as_deref(), Some("k"));
+}

@@ -59,7 +59,15 @@ impl NodeKind for LlmKind {
         {
             return prompty::build(node, cx, def);
         }
-        let path = cx.source_file(node)?;
+        // A literal `prompt` input is the template; the source file is then optional.
+        let literal_prompt = match node.inputs.get("prompt").map(|b| &b.value) {
+            Some(InputValue::Literal(Value::String(text))) => Some(text.clone()),
+            _ => None,
+        };
+        let path = match (&literal_prompt, &node.source) {
+            (Some(_), None) => cx.flow.file.clone(),
+            _ => cx.source_file(node)?,
+        };
         let api = match node.api.as_deref().map(str::to_ascii_lowercase).as_deref() {
             None | Some("chat") => Api::Chat,
             Some("completion") => Api::Completion,
@@ -77,20 +85,21 @@ impl NodeKind for LlmKind {
             Api::Chat => Template::from_source(chat::preprocess_images(&source).into_owned(), file),
             Api::Completion => Template::from_source(source, file),
         };
-        let source = std::fs::read_to_string(&path).map_err(|e| {
-            BuildError::new(format!("cannot read template {}: {e}", path.display()))
-        })?;
-        let mut template = compile(source, &path)?;
-        check_variables(&node.name, &template)?;
         // A node input named `prompt` is the template instead of the file's, as in promptflow.
         let mut prompt_input = node.inputs.contains_key("prompt");
-        if let Some(InputValue::Literal(Value::String(text))) =
-            node.inputs.get("prompt").map(|b| &b.value)
-        {
-            template = compile(text.clone(), &cx.flow.file)?;
-            check_variables(&node.name, &template)?;
-            prompt_input = false;
-        }
+        let template = match literal_prompt {
+            Some(text) => {
+                prompt_input = false;
+                compile(text, &cx.flow.file)?
+            }
+            None => {
+                let source = std::fs::read_to_string(&path).map_err(|e| {
+                    BuildError::new(format!("cannot read template {}: {e}", path.display()))
+                })?;
+                compile(source, &path)?
+            }
+        };
+        check_variables(&node.name, &template)?;
         // Template variables are string inputs (as for `prompt` nodes).
         let mut signature = crate::prompt::template_signature(&template)?;
         // A GPT-4V tool's `detail` is a string parameter; it reaches the template like any input.

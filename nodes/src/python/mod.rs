@@ -8,6 +8,7 @@
 
 mod flex;
 pub mod isolation;
+mod llm_call;
 mod prompty;
 
 use std::any::Any;
@@ -95,6 +96,7 @@ fn runtime() -> Result<&'static Runtime, PythonError> {
                 host.getattr("install")?
                     .call1((SLUICE_SOURCE, PROMPTFLOW_SOURCE, venv, hosted))?;
                 prompty::install(py)?;
+                llm_call::install(py)?;
                 Ok::<_, PyErr>(Runtime {
                     host: host.unbind(),
                 })
