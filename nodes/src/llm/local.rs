@@ -84,7 +84,58 @@ pub fn llama_backend() -> Result<&'static LlamaBackend, LlmError> {
     backend()
 }
 
+/// Whether this CPU has one instruction set.
+#[cfg(target_arch = "x86_64")]
+type HasFeature = fn() -> bool;
+
+/// The x86-64 instruction sets llama.cpp's CPU code is compiled with: ggml's defaults for a build
+/// not tuned to the building machine (as Sluice's is). A CPU without one of them would stop the
+/// process with an illegal instruction the first time a model ran, so it is checked first.
+#[cfg(target_arch = "x86_64")]
+const CPU_FEATURES: &[(&str, HasFeature)] = &[
+    ("SSE4.2", || std::arch::is_x86_feature_detected!("sse4.2")),
+    ("AVX", || std::arch::is_x86_feature_detected!("avx")),
+    ("AVX2", || std::arch::is_x86_feature_detected!("avx2")),
+    ("FMA", || std::arch::is_x86_feature_detected!("fma")),
+    ("F16C", || std::arch::is_x86_feature_detected!("f16c")),
+    ("BMI2", || std::arch::is_x86_feature_detected!("bmi2")),
+];
+
+/// The instruction sets llama.cpp was compiled with that this CPU lacks.
+fn missing_cpu_features() -> Vec<&'static str> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        CPU_FEATURES
+            .iter()
+            .filter(|(_, has)| !has())
+            .map(|(name, _)| *name)
+            .collect()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        Vec::new()
+    }
+}
+
+/// The error for a CPU that lacks `missing`.
+fn unsupported_cpu(missing: &[&str]) -> LlmError {
+    LlmError::system(
+        "LocalModelError",
+        format!(
+            "this CPU lacks {}, which Sluice's build of llama.cpp uses, so local models cannot run \
+             here; use an OpenAI-compatible connection, or build Sluice on this machine with those \
+             instruction sets turned off (for example GGML_AVX2=OFF GGML_FMA=OFF GGML_F16C=OFF \
+             GGML_BMI2=OFF cargo build --release)",
+            missing.join(", ")
+        ),
+    )
+}
+
 fn backend() -> Result<&'static LlamaBackend, LlmError> {
+    let missing = missing_cpu_features();
+    if !missing.is_empty() {
+        return Err(unsupported_cpu(&missing));
+    }
     static BACKEND: OnceLock<Result<LlamaBackend, llama_cpp_2::LlamaCppError>> = OnceLock::new();
     BACKEND
         .get_or_init(|| {
@@ -1154,6 +1205,17 @@ fn find_stop(text: &str, emitted: usize, stops: &[String]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cpu_without_what_llama_cpp_was_built_for_gets_an_error_not_a_crash() {
+        // The machines the tests run on have every instruction set the build uses.
+        assert_eq!(missing_cpu_features(), Vec::<&str>::new());
+        let e = unsupported_cpu(&["AVX2", "FMA"]);
+        assert_eq!(e.code, "LocalModelError");
+        assert!(!e.user);
+        assert!(e.message.starts_with("this CPU lacks AVX2, FMA, "), "{e}");
+        assert!(e.message.contains("GGML_AVX2=OFF"), "{e}");
+    }
 
     #[test]
     fn log_probabilities_are_a_log_softmax_with_the_best_first() {
