@@ -22,7 +22,7 @@ use tokio::sync::Semaphore;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::connections::{Connection, ConnectionType};
-use super::protocol::encode_request;
+use super::protocol::{Provider, encode_request};
 use super::types::{Backend, Event, FinishReason, GenParams, LlmError, Prompt, TokenStream, Usage};
 
 /// The most bytes read from a successful response (JSON, or one server-sent event line).
@@ -292,7 +292,11 @@ impl Backend for HttpBackend {
                 .raw
                 .as_ref()
                 .is_some_and(|raw| raw.get("stream").and_then(Json::as_bool) == Some(true));
-        let mut request = encode_request(&prompt, &params, stream);
+        let provider = match self.config.kind {
+            ConnectionType::AzureOpenAi => Provider::AzureOpenAi,
+            _ => Provider::OpenAi,
+        };
+        let mut request = encode_request(&prompt, &params, stream, provider);
         if let Some(m) = model {
             request["model"] = json!(m);
         }
@@ -326,6 +330,11 @@ impl Backend for HttpBackend {
 }
 
 impl HttpBackend {
+    /// The kind of connection it calls (a serverless one is called as OpenAI).
+    pub fn kind(&self) -> ConnectionType {
+        self.config.kind
+    }
+
     /// Embeds `inputs` with `/embeddings` (OpenAI's endpoint, or an Azure deployment's), with the
     /// same retries, timeouts and concurrency limit as completions. Vectors come back in input order.
     pub async fn embed(

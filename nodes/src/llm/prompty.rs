@@ -164,6 +164,7 @@ pub(super) fn build(
                 json_object: def.json_object(),
             })),
             vision: None,
+            completion_max_tokens: None,
         }),
     })
 }

@@ -110,6 +110,23 @@ pub struct GenParams {
     /// HTTP headers a server is sent besides the connection's (promptflow's Azure GPT-4V tool names
     /// itself in one).
     pub headers: Vec<(String, String)>,
+    /// How many choices a server is asked for (1 to 128). The node's output is the first (or, for
+    /// a prompty with `response: all`, the whole reply); the local model makes one.
+    pub n: u32,
+    /// The completions API's own fields, sent to a server with a text prompt.
+    pub completion: CompletionFields,
+}
+
+/// Fields only the completions API takes, as promptflow's completion tools read them: an empty
+/// `suffix` and `logprobs: 0` are none.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CompletionFields {
+    pub suffix: Option<String>,
+    pub echo: bool,
+    /// `None`: not given (sent as 1).
+    pub best_of: Option<i64>,
+    /// Alternatives per token, 1 to 5.
+    pub logprobs: Option<i64>,
 }
 
 impl Default for GenParams {
@@ -131,6 +148,8 @@ impl Default for GenParams {
             stream: false,
             passthrough: serde_json::Map::new(),
             headers: Vec::new(),
+            n: 1,
+            completion: CompletionFields::default(),
         }
     }
 }
