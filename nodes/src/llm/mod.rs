@@ -707,7 +707,7 @@ impl Opaque for LlmStream {
                         Some(usage_metrics(&usage));
                     return Ok(());
                 }
-                Event::Message(_) | Event::Logprob(_) => {}
+                Event::Message(_) | Event::Reply(_) | Event::Logprob(_) => {}
                 Event::Error(e) => return Err(StreamError::new(e.message)),
             }
         }

@@ -577,10 +577,10 @@ impl HttpBackend {
                 choice["text"].as_str()
             };
             let _ = tx.send(Event::Text(content.unwrap_or_default().to_owned()));
-            let _ = tx.send(Event::Done(
-                finish(choice["finish_reason"].as_str()),
-                usage(&v, Some(started.elapsed()), started),
-            ));
+            let reason = finish(choice["finish_reason"].as_str());
+            let use_ = usage(&v, Some(started.elapsed()), started);
+            let _ = tx.send(Event::Reply(v));
+            let _ = tx.send(Event::Done(reason, use_));
             return Ok(());
         }
         let mut buf = String::new();
@@ -618,7 +618,13 @@ impl HttpBackend {
                 } else if use_.response_model.is_none() {
                     use_.response_model = v["model"].as_str().map(str::to_owned);
                 }
-                let choice = &v["choices"][0];
+                // With `n` > 1 the choices' chunks interleave; the text is the first choice's.
+                let Some(choice) = v["choices"]
+                    .as_array()
+                    .and_then(|cs| cs.iter().find(|c| c["index"].as_u64().unwrap_or(0) == 0))
+                else {
+                    continue;
+                };
                 let delta = if chat {
                     choice["delta"]["content"].as_str()
                 } else {

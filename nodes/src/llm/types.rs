@@ -202,6 +202,9 @@ pub enum Event {
     /// The whole reply message (`role`, `content`, `function_call`, `tool_calls`), sent before
     /// `Done` when the request offered functions or tools.
     Message(serde_json::Value),
+    /// The server's whole reply (a JSON response, not a stream), sent before `Done`: every choice
+    /// when `n` asked for several, as promptflow's prompty returns it with `response: all`.
+    Reply(serde_json::Value),
     /// A generated token's log probability, sent as it is sampled (before the text that holds it)
     /// when [`GenParams::logprobs`] asked for it.
     Logprob(TokenLogprob),
@@ -299,6 +302,8 @@ pub struct Completion {
     pub usage: Usage,
     /// The whole reply message, where the backend sent one ([`Event::Message`]).
     pub message: Option<serde_json::Value>,
+    /// The server's whole reply, where the backend sent one ([`Event::Reply`]).
+    pub reply: Option<serde_json::Value>,
     /// The generated tokens' log probabilities, where they were asked for ([`Event::Logprob`]).
     pub logprobs: Vec<TokenLogprob>,
 }
@@ -345,6 +350,7 @@ impl TokenStream {
         match ev {
             Some(Event::Text(t)) => Some(Event::Text(t)),
             Some(Event::Message(m)) => Some(Event::Message(m)),
+            Some(Event::Reply(r)) => Some(Event::Reply(r)),
             Some(Event::Logprob(l)) => Some(Event::Logprob(l)),
             Some(other) => {
                 self.done = true;
@@ -364,11 +370,13 @@ impl TokenStream {
     pub async fn collect(mut self) -> Result<Completion, LlmError> {
         let mut text = String::new();
         let mut message = None;
+        let mut reply = None;
         let mut logprobs = Vec::new();
         while let Some(ev) = self.next().await {
             match ev {
                 Event::Text(t) => text.push_str(&t),
                 Event::Message(m) => message = Some(m),
+                Event::Reply(r) => reply = Some(r),
                 Event::Logprob(l) => logprobs.push(l),
                 Event::Done(finish_reason, usage) => {
                     logprobs.retain(|l: &TokenLogprob| l.offset < text.len());
@@ -377,6 +385,7 @@ impl TokenStream {
                         finish_reason,
                         usage,
                         message,
+                        reply,
                         logprobs,
                     });
                 }
