@@ -388,7 +388,7 @@ fn fuzz_run_yaml() {
 
 #[test]
 fn fuzz_openai_requests() {
-    use sluice_nodes::llm::protocol::{encode_request, from_fields};
+    use sluice_nodes::llm::protocol::{Provider, encode_request, from_fields};
     use sluice_nodes::llm::types::Prompt;
     let seeds = seeds_from(
         &[],
@@ -421,7 +421,10 @@ fn fuzz_openai_requests() {
         "0.1",
         "-3",
     ];
-    let prompt = Prompt::Text("hi".into());
+    let chat = Prompt::Chat(vec![sluice_nodes::llm::types::ChatMessage::new(
+        "user", "hi",
+    )]);
+    let text = Prompt::Text("hi".into());
     fuzz("openai-request", seeds, tokens, |input| {
         let Ok(body) = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(input)
         else {
@@ -431,10 +434,28 @@ fn fuzz_openai_requests() {
             return false;
         };
         // What is accepted is sent as it was read: encoding then reading again changes nothing.
-        let sent = encode_request(&prompt, &params, false);
+        // A chat request does not carry the completions API's own fields.
+        let sent = encode_request(&chat, &params, false, Provider::OpenAi);
         let again = from_fields(sent.as_object().expect("a request body is an object"))
             .expect("an encoded request reads back");
-        assert_eq!(again, params, "{sent}");
+        let mut expected = params.clone();
+        expected.completion = Default::default();
+        assert_eq!(again, expected, "{sent}");
+        // A completion carries the completions API's parameters, `best_of` always, and not the
+        // chat-only ones.
+        let mut expected = params.clone();
+        expected.seed = None;
+        expected.json_object = false;
+        expected
+            .passthrough
+            .retain(|k, _| k == "logit_bias" || k == "user");
+        expected.completion.best_of = Some(params.completion.best_of.unwrap_or(1));
+        for provider in [Provider::OpenAi, Provider::AzureOpenAi] {
+            let sent = encode_request(&text, &params, false, provider);
+            let again = from_fields(sent.as_object().expect("a request body is an object"))
+                .expect("an encoded request reads back");
+            assert_eq!(again, expected, "{sent}");
+        }
         true
     });
 }

@@ -1272,7 +1272,7 @@ fn sse(
                         break;
                     }
                 }
-                Event::Message(_) => {}
+                Event::Message(_) | Event::Reply(_) => {}
                 Event::Error(e) => {
                     let kind = if e.user {
                         "invalid_request_error"

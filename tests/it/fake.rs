@@ -264,3 +264,52 @@ pub fn ok_body(text: &str) -> String {
            "usage": {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}})
     .to_string()
 }
+
+/// Answers a chat or completion request with as many choices as its `n` asks (1 when absent):
+/// choice `i` says `"{text} {i}"`. A request with `stream: true` gets the choices' chunks
+/// interleaved, as OpenAI sends them, in two pieces each (`"{text}"`, `" {i}"`).
+pub fn n_choices(seen: &Seen, text: &str) -> Reply {
+    let body = seen.json();
+    let chat = body.get("messages").is_some();
+    let n = body["n"].as_u64().unwrap_or(1);
+    let say = |i: u64| format!("{text} {i}");
+    if body["stream"] == true {
+        let chunk = |i: u64, piece: &str| {
+            let choice = if chat {
+                json!({"index": i, "delta": {"content": piece}, "finish_reason": null})
+            } else {
+                json!({"index": i, "text": piece, "finish_reason": null})
+            };
+            format!("data: {}\n\n", json!({"choices": [choice]}))
+        };
+        let mut events = String::new();
+        for piece in [text.to_owned(), String::new()] {
+            for i in 0..n {
+                let piece = if piece.is_empty() {
+                    format!(" {i}")
+                } else {
+                    piece.clone()
+                };
+                events.push_str(&chunk(i, &piece));
+            }
+        }
+        events.push_str("data: [DONE]\n\n");
+        return Reply::events(events);
+    }
+    let choices: Vec<Json> = (0..n)
+        .map(|i| {
+            if chat {
+                json!({"index": i, "message": {"role": "assistant", "content": say(i)},
+                       "finish_reason": "stop"})
+            } else {
+                json!({"index": i, "text": say(i), "finish_reason": "stop"})
+            }
+        })
+        .collect();
+    Reply::json(
+        json!({"id": "x", "object": if chat { "chat.completion" } else { "text_completion" },
+               "model": "m", "choices": choices,
+               "usage": {"prompt_tokens": 7, "completion_tokens": 2 * n, "total_tokens": 7 + 2 * n}})
+        .to_string(),
+    )
+}

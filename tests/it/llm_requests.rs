@@ -355,3 +355,133 @@ def grade(oai: OpenAIConnection, aoai: AzureOpenAIConnection, answer: str) -> di
         .unwrap();
     assert_eq!(class_call.header("api-key").as_deref(), Some("k"));
 }
+
+#[test]
+fn completion_requests_carry_every_field_promptflow_s_completion_tools_send() {
+    // The expected bodies are what promptflow-tools builds (`OpenAI.completion` in
+    // promptflow/tools/openai.py, `AzureOpenAI.completion` in promptflow/tools/aoai.py) and the
+    // `openai` client writes: a `None` it is passed goes out as `null`. Both send `suffix` (an empty
+    // one as null), `max_tokens` (16 unless given), `temperature`, `top_p`, `n`, `stream`, `logprobs`
+    // (0 as null), `echo`, `stop` (an empty list as null), `best_of`, `logit_bias` ({}) and `user`
+    // (""); the OpenAI tool sends both penalties (null when not given), the Azure tool only those
+    // given, and names itself in a header. promptflow's LLM tool passes `max_tokens=None` on.
+    let (rec, home, flow) = setup(
+        ok_body("ok"),
+        "say {{q}}",
+        r#"inputs:
+  q: {type: string}
+outputs:
+  a: {reference: '${oai_default.output}'}
+  b: {reference: '${oai_all.output}'}
+  c: {reference: '${aoai_default.output}'}
+  d: {reference: '${aoai_given.output}'}
+  e: {reference: '${via_tool.output}'}
+nodes:
+- name: oai_default
+  type: llm
+  api: completion
+  connection: oai
+  source: {type: code, path: chat.jinja2}
+  inputs: {model: m-default, q: '${inputs.q}'}
+- name: oai_all
+  type: llm
+  api: completion
+  connection: oai
+  source: {type: code, path: chat.jinja2}
+  inputs:
+    model: m-all
+    q: ${inputs.q}
+    suffix: ' end'
+    max_tokens: 20
+    temperature: 0.5
+    top_p: 0.9
+    logprobs: 2
+    echo: true
+    stop: ["\n"]
+    presence_penalty: 0.1
+    frequency_penalty: 0
+    best_of: 2
+    logit_bias: {'50256': -100}
+    user: u-1
+- name: aoai_default
+  type: llm
+  api: completion
+  connection: aoai
+  source: {type: code, path: chat.jinja2}
+  inputs: {deployment_name: dep, q: '${inputs.q}'}
+- name: aoai_given
+  type: llm
+  api: completion
+  connection: aoai
+  source: {type: code, path: chat.jinja2}
+  inputs: {deployment_name: dep2, q: '${inputs.q}', frequency_penalty: 0, suffix: '', logprobs: 0, stop: []}
+- name: via_tool
+  type: custom_llm
+  source: {type: package_with_prompt, tool: promptflow.tools.llm.llm, path: chat.jinja2}
+  inputs: {connection: aoai, api: completion, deployment_name: tool-dep, q: '${inputs.q}'}
+"#,
+    );
+    let out = tested(home.path(), flow.path(), &["--inputs", "q=hi"]);
+    assert_eq!(
+        out,
+        json!({"a": "ok", "b": "ok", "c": "ok", "d": "ok", "e": "ok"})
+    );
+    let defaults = json!({"prompt": "say hi", "suffix": null, "max_tokens": 16, "temperature": 1.0,
+        "top_p": 1.0, "n": 1, "stream": false, "logprobs": null, "echo": false, "stop": null,
+        "best_of": 1, "logit_bias": {}, "user": ""});
+    let with = |extra: Json| {
+        let mut body = defaults.clone();
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        body
+    };
+    let openai = |model: &str| {
+        let seen = rec.seen();
+        let s = seen
+            .iter()
+            .find(|s| s.json()["model"] == model)
+            .unwrap_or_else(|| panic!("{model}: {seen:?}"))
+            .clone();
+        assert_eq!(s.request_line(), "POST /v1/completions HTTP/1.1");
+        assert_eq!(s.header("ms-azure-ai-promptflow-called-from"), None);
+        s.json()
+    };
+    assert_eq!(
+        openai("m-default"),
+        with(json!({"model": "m-default", "presence_penalty": null, "frequency_penalty": null}))
+    );
+    assert_eq!(
+        openai("m-all"),
+        with(
+            json!({"model": "m-all", "suffix": " end", "max_tokens": 20, "temperature": 0.5,
+            "top_p": 0.9, "logprobs": 2, "echo": true, "stop": ["\n"], "presence_penalty": 0.1,
+            "frequency_penalty": 0.0, "best_of": 2, "logit_bias": {"50256": -100}, "user": "u-1"})
+        )
+    );
+    let azure = |dep: &str| {
+        let line = format!(
+            "POST /v1/openai/deployments/{dep}/completions?api-version=2024-06-01 HTTP/1.1"
+        );
+        let seen = rec.seen();
+        let s = seen
+            .iter()
+            .find(|s| s.request_line() == line)
+            .unwrap_or_else(|| panic!("{line}: {seen:?}"))
+            .clone();
+        assert_eq!(
+            s.header("ms-azure-ai-promptflow-called-from").as_deref(),
+            Some("aoai-tool")
+        );
+        s.json()
+    };
+    assert_eq!(azure("dep"), with(json!({"model": "dep"})));
+    assert_eq!(
+        azure("dep2"),
+        with(json!({"model": "dep2", "frequency_penalty": 0.0}))
+    );
+    assert_eq!(
+        azure("tool-dep"),
+        with(json!({"model": "tool-dep", "max_tokens": null}))
+    );
+}

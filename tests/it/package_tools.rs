@@ -349,3 +349,162 @@ fn a_package_installed_in_the_active_virtualenv_is_found() {
         .unwrap();
     assert_eq!(stdout_json(&out), json!({"a": "hello Ed"}));
 }
+
+/// A package whose tools are described by YAML metadata, as promptflow's tool packages are: its
+/// functions and class carry no annotations, so what the metadata declares (connection types, a
+/// custom strong-type connection, value types) is all that makes their inputs connections and
+/// numbers.
+const LOOKUP: &str = r#"from promptflow.connections import CustomStrongTypeConnection
+from promptflow.contracts.types import Secret
+
+
+class GreetingConnection(CustomStrongTypeConnection):
+    greeting: Secret
+
+
+def lookup(conn, key, times=1, mode="plain", extra="unset"):
+    return "%s %s %s %r %s %s" % (type(conn).__name__, conn.secrets["greeting"], key, times, mode, extra)
+
+
+def strong(conn, name):
+    return "%s %s %s" % (type(conn).__name__, conn.greeting, name)
+
+
+class Client:
+    def __init__(self, conn, prefix, retries=0):
+        self.conn = conn
+        self.prefix = prefix
+        self.retries = retries
+
+    def ask(self, question):
+        return "%s %s %s %r" % (self.prefix, self.conn.secrets["greeting"], question, self.retries)
+"#;
+
+/// The tools' YAML, as promptflow's tool package template writes it (`enabled_by`, `enum`, `default`
+/// and `icon` only matter to an editor). JSON is YAML, so the listing below reads it without a YAML
+/// library.
+const LOOKUP_YAML: &str = r#"{
+  "yaml_tools.tools.lookup.lookup": {
+    "name": "Lookup", "description": "Looks a key up", "type": "python",
+    "module": "yaml_tools.tools.lookup", "function": "lookup", "icon": "data:image/png;base64,AAAA",
+    "inputs": {
+      "conn": {"type": ["CustomConnection"]},
+      "key": {"type": ["string"]},
+      "times": {"type": ["int"], "default": 1},
+      "mode": {"type": ["string"], "enum": ["plain", "fancy"], "default": "plain"},
+      "extra": {"type": ["string"], "enabled_by": "mode", "enabled_by_value": ["fancy"], "default": "x"}
+    }
+  },
+  "yaml_tools.strong": {
+    "name": "Strong", "type": "python", "module": "yaml_tools.tools.lookup", "function": "strong",
+    "inputs": {
+      "conn": {"type": ["CustomConnection"], "custom_type": ["GreetingConnection"]},
+      "name": {"type": ["string"]}
+    }
+  },
+  "yaml_tools.client": {
+    "name": "Client", "type": "python", "module": "yaml_tools.tools.lookup", "class_name": "Client",
+    "function": "ask",
+    "inputs": {
+      "conn": {"type": ["CustomConnection", "OpenAIConnection"]},
+      "prefix": {"type": ["string"]},
+      "retries": {"type": ["int"]},
+      "question": {"type": ["string"], "dynamic_list": {"func_path": "yaml_tools.tools.lookup.lookup"}}
+    }
+  }
+}
+"#;
+
+/// Writes the package `yaml_tools` into `dir`, with a `.dist-info` declaring its `package_tools`
+/// entry point, which returns the tools' metadata read from `yamls/lookup.yaml`.
+fn write_yaml_package(dir: &Path) {
+    std::fs::create_dir_all(dir.join("yaml_tools/tools")).unwrap();
+    std::fs::create_dir_all(dir.join("yaml_tools/yamls")).unwrap();
+    std::fs::create_dir_all(dir.join("yaml_tools-0.1.dist-info")).unwrap();
+    write_files(
+        dir,
+        &[
+            ("yaml_tools/__init__.py", ""),
+            ("yaml_tools/tools/__init__.py", ""),
+            ("yaml_tools/tools/lookup.py", LOOKUP),
+            ("yaml_tools/yamls/lookup.yaml", LOOKUP_YAML),
+            (
+                "yaml_tools/tools/listing.py",
+                "import json, pathlib\n\n\ndef list_package_tools():\n    tools = {}\n    for f in (pathlib.Path(__file__).parents[1] / 'yamls').glob('*.yaml'):\n        tools.update(json.loads(f.read_text()))\n    return tools\n",
+            ),
+            (
+                "yaml_tools-0.1.dist-info/METADATA",
+                "Metadata-Version: 2.1\nName: yaml-tools\nVersion: 0.1\n",
+            ),
+            (
+                "yaml_tools-0.1.dist-info/entry_points.txt",
+                "[package_tools]\nyaml_tools = yaml_tools.tools.listing:list_package_tools\n",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn the_types_a_tool_package_s_yaml_declares_make_connections_and_numbers() {
+    let (home, dir, packages) = setup(
+        r#"inputs:
+  name: {type: string}
+outputs:
+  looked: {reference: '${a.output}'}
+  strong: {reference: '${b.output}'}
+  asked: {reference: '${c.output}'}
+nodes:
+- name: a
+  type: python
+  source: {type: package, tool: yaml_tools.tools.lookup.lookup}
+  inputs: {conn: greetings, key: '${inputs.name}', times: '3', mode: plain, extra: ''}
+- name: b
+  type: python
+  source: {type: package, tool: yaml_tools.strong}
+  inputs: {conn: greetings, name: '${inputs.name}'}
+- name: c
+  type: python
+  source: {type: package, tool: yaml_tools.client}
+  inputs: {conn: greetings, prefix: 'Q:', retries: '2', question: '${inputs.name}'}
+"#,
+    );
+    write_yaml_package(packages.path());
+    for isolation in ["thread", "process"] {
+        assert_eq!(
+            tested_in(&home, &dir, &packages, isolation, "Di"),
+            json!({
+                // `times: '3'` arrives as the int 3; `extra`, left empty where the editor hides
+                // it, is no input, so the function's own default applies (the YAML's default is
+                // for the editor, as in promptflow).
+                "looked": "CustomConnection Howdy Di 3 plain unset",
+                "strong": "GreetingConnection Howdy Di",
+                "asked": "Q: Howdy Di 2",
+            }),
+            "isolation {isolation}"
+        );
+    }
+}
+
+#[test]
+fn a_connection_of_a_type_the_tool_s_yaml_does_not_declare_is_a_load_error() {
+    let (home, dir, packages) = setup(
+        "inputs:\n  name: {type: string}\noutputs:\n  a: {reference: '${a.output}'}\n  c: {reference: '${c.output}'}\nnodes:\n- name: a\n  type: python\n  source: {type: package, tool: yaml_tools.tools.lookup.lookup}\n  inputs: {conn: azure, key: '${inputs.name}'}\n- name: c\n  type: python\n  source: {type: package, tool: yaml_tools.client}\n  inputs: {conn: azure, prefix: x, question: '${inputs.name}'}\n",
+    );
+    write_yaml_package(packages.path());
+    add_connection(
+        home.path(),
+        "azure",
+        "name: azure\ntype: azure_open_ai\napi_key: k\napi_base: https://x.invalid\n",
+    );
+    refused_by(
+        sluice(home.path()).env("PYTHONPATH", packages.path()),
+        dir.path(),
+        &[
+            "node `a`, input `conn`",
+            "takes CustomConnection, but connection `azure` is of type azure_open_ai",
+            "tool load failed in `c`",
+            "init input `conn`",
+            "takes CustomConnection or OpenAIConnection, but connection `azure` is of type azure_open_ai",
+        ],
+    );
+}

@@ -608,3 +608,88 @@ fn file_references_among_the_parameters_are_read_and_sent() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cannot read `nope.json`"), "{stderr}");
 }
+
+#[test]
+fn n_choices_come_back_as_the_first_or_as_the_whole_reply() {
+    // promptflow's `format_llm_response`: `response: first` is the first choice's content (streamed:
+    // the first choice's deltas), `response: all` the whole reply with every choice.
+    let (home, dir) = crate::common::home_and_flow();
+    let server = FakeServer::start(|seen| crate::fake::n_choices(seen, "answer"));
+    let first = ask_prompty(dir.path(), "first.prompty", &server.base, "    n: 3\n", "");
+    let out = tested(home.path(), &first, &["--inputs", "question=hi"]);
+    assert_eq!(out, json!({"output": "answer 0"}));
+    assert_eq!(server.seen()[0].json()["n"], 3);
+
+    let out = flow_test_with(
+        home.path(),
+        &first,
+        &["--stream", "--inputs", "question=hi"],
+    );
+    crate::common::assert_ok(&out);
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains("answer 0"), "{printed}");
+    assert!(
+        !printed.contains('1') && !printed.contains('2'),
+        "{printed}"
+    );
+    assert_eq!(server.seen()[1].json()["stream"], true);
+
+    let all = ask_prompty(
+        dir.path(),
+        "all.prompty",
+        &server.base,
+        "    n: 2\n  response: all\n",
+        "",
+    );
+    let out = tested(home.path(), &all, &["--inputs", "question=hi"]);
+    let contents: Vec<&Json> = out["output"]["choices"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{out}"))
+        .iter()
+        .map(|c| &c["message"]["content"])
+        .collect();
+    assert_eq!(contents, [&json!("answer 0"), &json!("answer 1")], "{out}");
+    assert_eq!(out["output"]["usage"]["total_tokens"], 11, "{out}");
+
+    let completion = dir.path().join("completion.prompty");
+    std::fs::write(
+        &completion,
+        openai_prompty(&server.base, "    n: 2\n  response: all\n", "")
+            .replace("api: chat", "api: completion"),
+    )
+    .unwrap();
+    let out = tested(home.path(), &completion, &["--inputs", "question=hi"]);
+    let texts: Vec<&Json> = out["output"]["choices"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{out}"))
+        .iter()
+        .map(|c| &c["text"])
+        .collect();
+    assert_eq!(texts, [&json!("answer 0"), &json!("answer 1")], "{out}");
+}
+
+#[test]
+fn n_above_one_on_the_local_model_is_refused_when_the_prompty_loads() {
+    let (home, dir) = crate::common::home_and_flow();
+    write_files(
+        dir.path(),
+        &[(
+            "local.prompty",
+            "---\nname: Local\nmodel:\n  api: chat\n  parameters:\n    n: 2\n---\nuser:\nhi\n",
+        )],
+    );
+    let out = sluice(home.path())
+        .args(["flow", "validate", "--flow"])
+        .arg(dir.path().join("local.prompty"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    for needle in [
+        "local.prompty:6:",
+        "`model.parameters` has `n: 2`, but the local model answers one choice per call",
+        "give `model.configuration` an OpenAI-compatible endpoint",
+    ] {
+        assert!(stderr.contains(needle), "{needle} in {stderr}");
+    }
+}

@@ -173,10 +173,22 @@ impl NodeKind for LlmKind {
                 escape,
                 backend,
                 prompty: None,
+                // promptflow's completion tools ask for 16 tokens when a node gives no
+                // `max_tokens`; its LLM tool (`promptflow.tools.llm.llm`) passes its own default,
+                // none.
+                completion_max_tokens: (api == Api::Completion && !llm_tool(node)).then_some(16),
                 vision,
             }),
         })
     }
+}
+
+/// Whether the node calls promptflow's LLM tool (`custom_llm` with `promptflow.tools.llm.llm`).
+fn llm_tool(node: &NodeDef) -> bool {
+    node.source
+        .as_ref()
+        .and_then(|s| s.tool.as_deref())
+        .is_some_and(|t| t == "promptflow.tools.llm.llm")
 }
 
 /// promptflow's GPT-4V chat tools, which Sluice runs as `llm` nodes (`custom_llm` nodes with
@@ -394,6 +406,8 @@ struct LlmNode {
     prompty: Option<Arc<prompty::Settings>>,
     /// Set for a node that stands in for a GPT-4V tool.
     vision: Option<Vision>,
+    /// `max_tokens` sent to a server when the node gives none (completion nodes).
+    completion_max_tokens: Option<u32>,
 }
 
 impl LlmNode {
@@ -437,6 +451,30 @@ impl Node for LlmNode {
                 .map_err(|e| NodeError::user("InputTypeError", e.to_string()))?,
         };
         params.stream = cx.stream;
+        if let BackendChoice::Http(http) = &self.backend
+            && self.prompty.is_none()
+            && self.vision.is_none()
+        {
+            if params.max_tokens.is_none() {
+                params.max_tokens = self.completion_max_tokens;
+            }
+            // promptflow's Azure OpenAI tools name themselves to the service.
+            if http.kind() == ConnectionType::AzureOpenAi {
+                params.headers.push((
+                    "ms-azure-ai-promptflow-called-from".to_owned(),
+                    "aoai-tool".to_owned(),
+                ));
+            }
+        }
+        if params.n > 1 && !matches!(self.backend, BackendChoice::Http(_)) {
+            return Err(NodeError::user(
+                "InputTypeError",
+                format!(
+                    "node `{}` asks for n={} choices; the local model answers one choice per call",
+                    self.name, params.n
+                ),
+            ));
+        }
         if let Some(vision) = &self.vision {
             let given = |k: &str| inputs.get(k).is_some_and(|v| !v.is_null());
             params.raw = Some(vision.raw_params(&mut params, &given));
@@ -669,7 +707,7 @@ impl Opaque for LlmStream {
                         Some(usage_metrics(&usage));
                     return Ok(());
                 }
-                Event::Message(_) | Event::Logprob(_) => {}
+                Event::Message(_) | Event::Reply(_) | Event::Logprob(_) => {}
                 Event::Error(e) => return Err(StreamError::new(e.message)),
             }
         }

@@ -22,7 +22,7 @@ use tokio::sync::Semaphore;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::connections::{Connection, ConnectionType};
-use super::protocol::encode_request;
+use super::protocol::{Provider, encode_request};
 use super::types::{Backend, Event, FinishReason, GenParams, LlmError, Prompt, TokenStream, Usage};
 
 /// The most bytes read from a successful response (JSON, or one server-sent event line).
@@ -292,7 +292,11 @@ impl Backend for HttpBackend {
                 .raw
                 .as_ref()
                 .is_some_and(|raw| raw.get("stream").and_then(Json::as_bool) == Some(true));
-        let mut request = encode_request(&prompt, &params, stream);
+        let provider = match self.config.kind {
+            ConnectionType::AzureOpenAi => Provider::AzureOpenAi,
+            _ => Provider::OpenAi,
+        };
+        let mut request = encode_request(&prompt, &params, stream, provider);
         if let Some(m) = model {
             request["model"] = json!(m);
         }
@@ -326,6 +330,11 @@ impl Backend for HttpBackend {
 }
 
 impl HttpBackend {
+    /// The kind of connection it calls (a serverless one is called as OpenAI).
+    pub fn kind(&self) -> ConnectionType {
+        self.config.kind
+    }
+
     /// Embeds `inputs` with `/embeddings` (OpenAI's endpoint, or an Azure deployment's), with the
     /// same retries, timeouts and concurrency limit as completions. Vectors come back in input order.
     pub async fn embed(
@@ -568,10 +577,10 @@ impl HttpBackend {
                 choice["text"].as_str()
             };
             let _ = tx.send(Event::Text(content.unwrap_or_default().to_owned()));
-            let _ = tx.send(Event::Done(
-                finish(choice["finish_reason"].as_str()),
-                usage(&v, Some(started.elapsed()), started),
-            ));
+            let reason = finish(choice["finish_reason"].as_str());
+            let use_ = usage(&v, Some(started.elapsed()), started);
+            let _ = tx.send(Event::Reply(v));
+            let _ = tx.send(Event::Done(reason, use_));
             return Ok(());
         }
         let mut buf = String::new();
@@ -609,7 +618,13 @@ impl HttpBackend {
                 } else if use_.response_model.is_none() {
                     use_.response_model = v["model"].as_str().map(str::to_owned);
                 }
-                let choice = &v["choices"][0];
+                // With `n` > 1 the choices' chunks interleave; the text is the first choice's.
+                let Some(choice) = v["choices"]
+                    .as_array()
+                    .and_then(|cs| cs.iter().find(|c| c["index"].as_u64().unwrap_or(0) == 0))
+                else {
+                    continue;
+                };
                 let delta = if chat {
                     choice["delta"]["content"].as_str()
                 } else {

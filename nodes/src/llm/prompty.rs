@@ -2,7 +2,9 @@
 //! `model.configuration` (a named connection, explicit keys, the environment, or, with no
 //! configuration at all, the local model), `model.parameters` are sent to a server as written, and
 //! the reply is shaped as promptflow shapes it (`response: first|all`, a JSON object restricted to
-//! the declared `outputs`, the whole message when the model calls tools).
+//! the declared `outputs`, the whole message when the model calls tools). With `n` > 1, a server is
+//! asked for that many choices: `response: first` gives the first, `response: all` the whole reply;
+//! the local model, which answers one choice per call, refuses it when the flow loads.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -117,6 +119,14 @@ pub(super) fn build(
         params.model = deployment;
         params.raw = Some(raw);
     } else {
+        if params.n > 1 {
+            return Err(BuildError::new(format!(
+                "`model.parameters` has `n: {}`, but the local model answers one choice per call",
+                params.n
+            ))
+            .at(file, Some(def.parameters_span))
+            .help("set `n: 1`, or give `model.configuration` an OpenAI-compatible endpoint"));
+        }
         for unsupported in ["functions", "tools"] {
             if def.parameters.contains_key(unsupported) {
                 return Err(BuildError::new(format!(
@@ -164,6 +174,7 @@ pub(super) fn build(
                 json_object: def.json_object(),
             })),
             vision: None,
+            completion_max_tokens: None,
         }),
     })
 }
@@ -247,6 +258,10 @@ impl Settings {
             }
         }
         if self.response == PromptyResponse::All {
+            // A server's reply as it came, every choice in it, as promptflow returns it.
+            if let Some(reply) = done.reply {
+                return Ok(Value::from(reply));
+            }
             let u = &done.usage;
             let choice = match api {
                 Api::Chat => json!({"index": 0, "finish_reason": done.finish_reason.as_str(),

@@ -19,10 +19,16 @@
 //! (`temperature` 0–2, `top_p` 0–1, the penalties −2–2); a number may be given as text that spells one
 //! (a flow input arrives as text). `max_tokens` (or `max_completion_tokens`, which wins) is a whole
 //! number from 1 to [`MAX_TOKENS`]; `seed` a whole number; `stop` a string or a list of at most
-//! [`MAX_STOPS`] strings of at most [`MAX_STOP_BYTES`] bytes; `n` is 1; `response_format` is `text` or
-//! `json_object` (a `{type: ...}` object or the bare name). `functions`, `function_call`, `tools`,
-//! `tool_choice` (lists and objects, or JSON text of them), `logit_bias` and `user` are sent to a
-//! server as given. Other OpenAI parameters are accepted and have no effect on local generation.
+//! [`MAX_STOPS`] strings of at most [`MAX_STOP_BYTES`] bytes; `n` a whole number from 1 to
+//! [`MAX_CHOICES`]; `response_format` is `text` or `json_object` (a `{type: ...}` object or the bare
+//! name). `functions`, `function_call`, `tools`, `tool_choice` (lists and objects, or JSON text of
+//! them), `logit_bias` and `user` are sent to a server as given. The completions API's own fields
+//! (`suffix`, `echo`, `best_of`, `logprobs` as a number) are read into
+//! [`CompletionFields`](super::types::CompletionFields). Other
+//! OpenAI parameters are accepted and have no effect on local generation.
+//!
+//! A completion request carries every field promptflow's completion tools send, with their defaults
+//! and nulls ([`encode_request`]); a chat request, the fields its chat tools send.
 
 use serde_json::{Value as Json, json};
 use sluice_engine::{Value, ValueType};
@@ -34,6 +40,16 @@ pub const MAX_STOPS: usize = 16;
 pub const MAX_STOP_BYTES: usize = 1024;
 /// The largest `max_tokens`.
 pub const MAX_TOKENS: u32 = 1 << 17;
+/// The most choices one request may ask for (OpenAI's limit).
+pub const MAX_CHOICES: u32 = 128;
+
+/// Which provider's tool a request imitates: promptflow's OpenAI and Azure OpenAI tools build their
+/// completion requests slightly differently.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Provider {
+    OpenAi,
+    AzureOpenAi,
+}
 
 /// The parameters an `llm` node takes besides its template's variables, with their input types.
 pub const PARAMS: &[(&str, ValueType)] = &[
@@ -89,6 +105,7 @@ pub trait ParamValue {
     /// An integer, exactly.
     fn integer(&self) -> Option<i64>;
     fn text(&self) -> Option<&str>;
+    fn boolean(&self) -> Option<bool>;
     fn items(&self) -> Option<Vec<&Self>>;
     fn field(&self, key: &str) -> Option<&Self>;
     /// The value as JSON, as it is sent to a server.
@@ -107,6 +124,9 @@ impl ParamValue for Json {
     }
     fn text(&self) -> Option<&str> {
         self.as_str()
+    }
+    fn boolean(&self) -> Option<bool> {
+        self.as_bool()
     }
     fn items(&self) -> Option<Vec<&Self>> {
         self.as_array().map(|a| a.iter().collect())
@@ -138,6 +158,12 @@ impl ParamValue for Value {
     }
     fn text(&self) -> Option<&str> {
         self.as_str()
+    }
+    fn boolean(&self) -> Option<bool> {
+        match self {
+            Value::Bool(b) => Some(*b),
+            _ => None,
+        }
     }
     fn items(&self) -> Option<Vec<&Self>> {
         match self {
@@ -280,11 +306,52 @@ where
                     });
                 }
             },
-            "n" if whole(v, "n", "1 (one choice per call)")? != 1 => {
-                return Err(ParamError::Invalid {
-                    param: "n",
-                    expected: "1 (one choice per call)",
-                });
+            "n" => {
+                const EXPECTED: &str = "a whole number from 1 to 128";
+                p.n = u32::try_from(whole(v, "n", EXPECTED)?)
+                    .ok()
+                    .filter(|n| (1..=MAX_CHOICES).contains(n))
+                    .ok_or(ParamError::Invalid {
+                        param: "n",
+                        expected: EXPECTED,
+                    })?;
+            }
+            // As promptflow's completion tools: an empty suffix is none, `logprobs: 0` is none.
+            "suffix" => match v.text() {
+                Some("") => {}
+                Some(s) => p.completion.suffix = Some(s.to_owned()),
+                None => {
+                    return Err(ParamError::Invalid {
+                        param: "suffix",
+                        expected: "a string",
+                    });
+                }
+            },
+            "echo" => p.completion.echo = boolean(v, "echo")?,
+            "best_of" => {
+                const EXPECTED: &str = "a whole number from 1 to 20";
+                p.completion.best_of = Some(
+                    whole(v, "best_of", EXPECTED)
+                        .ok()
+                        .filter(|n| (1..=20).contains(n))
+                        .ok_or(ParamError::Invalid {
+                            param: "best_of",
+                            expected: EXPECTED,
+                        })?,
+                );
+            }
+            // Chat's `logprobs: true` is read by whoever serves chat; a number is the completions
+            // API's count of alternatives.
+            "logprobs" if v.boolean().is_none() => {
+                const EXPECTED: &str = "a whole number from 0 to 5 (or true or false for chat)";
+                let n = whole(v, "logprobs", EXPECTED)
+                    .ok()
+                    .filter(|n| (0..=5).contains(n))
+                    .ok_or(ParamError::Invalid {
+                        param: "logprobs",
+                        expected: EXPECTED,
+                    })?;
+                p.completion.logprobs = (n > 0).then_some(n);
             }
             _ => {}
         }
@@ -310,6 +377,20 @@ fn json_text(v: Json) -> Json {
         Json::String(s) => serde_json::from_str(&s).unwrap_or(Json::String(s)),
         other => other,
     }
+}
+
+/// A bool, or text spelling one (`true`/`false`, any case), as promptflow's `to_bool` reads it.
+fn boolean<V: ParamValue + ?Sized>(v: &V, param: &'static str) -> Result<bool, ParamError> {
+    v.boolean()
+        .or_else(|| match v.text()?.trim().to_ascii_lowercase().as_str() {
+            "true" => Some(true),
+            "false" => Some(false),
+            _ => None,
+        })
+        .ok_or(ParamError::Invalid {
+            param,
+            expected: "true or false",
+        })
 }
 
 fn max_tokens<V: ParamValue + ?Sized>(v: &V, param: &'static str) -> Result<u32, ParamError> {
@@ -360,7 +441,14 @@ fn json_object<V: ParamValue + ?Sized>(v: &V) -> Result<bool, ParamError> {
 /// The JSON body of a `/chat/completions` (chat prompt) or `/completions` (text prompt) request.
 /// Numbers go out as they were given (`temperature: 0.7` is sent as `0.7`). With
 /// [`GenParams::raw`], the body is the prompt, the model and those parameters, nothing else.
-pub fn encode_request(prompt: &Prompt, p: &GenParams, stream: bool) -> Json {
+///
+/// A completion carries what promptflow's completion tools send (`promptflow.tools.openai` and
+/// `promptflow.tools.aoai`, through the `openai` client, which writes a `None` as `null`): `suffix`,
+/// `max_tokens`, `logprobs` and `stop` (`null` when not given), `temperature`, `top_p`, `n`,
+/// `stream`, `echo`, `best_of`, `logit_bias` (`{}`) and `user` (`""`) always; the penalties always
+/// for OpenAI (`null` when not given) and only when given for Azure OpenAI. A chat request carries
+/// `temperature`, `top_p`, `n` and `stream` always and the rest when given, as the chat tools send it.
+pub fn encode_request(prompt: &Prompt, p: &GenParams, stream: bool, provider: Provider) -> Json {
     let mut b = serde_json::Map::new();
     match prompt {
         Prompt::Chat(messages) => {
@@ -387,13 +475,23 @@ pub fn encode_request(prompt: &Prompt, p: &GenParams, stream: bool) -> Json {
         }
         return Json::Object(b);
     }
+    match prompt {
+        Prompt::Chat(_) => encode_chat(&mut b, p, stream),
+        Prompt::Text(_) => encode_completion(&mut b, p, stream, provider),
+    }
+    if stream {
+        // Sluice's one addition: the last chunk carries the token counts.
+        b.insert("stream_options".into(), json!({"include_usage": true}));
+    }
+    Json::Object(b)
+}
+
+/// The parameters of a chat request, as promptflow's chat tools send them.
+fn encode_chat(b: &mut serde_json::Map<String, Json>, p: &GenParams, stream: bool) {
     b.insert("temperature".into(), json!(p.temperature));
     b.insert("top_p".into(), json!(p.top_p));
-    if matches!(prompt, Prompt::Chat(_)) {
-        // promptflow's chat tools always say how many choices and whether to stream.
-        b.insert("n".into(), json!(1));
-        b.insert("stream".into(), json!(stream));
-    }
+    b.insert("n".into(), json!(p.n));
+    b.insert("stream".into(), json!(stream));
     if let Some(n) = p.max_tokens {
         b.insert("max_tokens".into(), json!(n));
     }
@@ -415,11 +513,71 @@ pub fn encode_request(prompt: &Prompt, p: &GenParams, stream: bool) -> Json {
     for (k, v) in &p.passthrough {
         b.insert(k.clone(), v.clone());
     }
-    if stream {
-        b.insert("stream".into(), json!(true));
-        b.insert("stream_options".into(), json!({"include_usage": true}));
+}
+
+/// The parameters of a completion request, as promptflow's completion tools send them. Parameters
+/// the completions API does not take (`seed`, `response_format`, functions and tools) are not sent:
+/// promptflow hands them to the template as variables.
+fn encode_completion(
+    b: &mut serde_json::Map<String, Json>,
+    p: &GenParams,
+    stream: bool,
+    provider: Provider,
+) {
+    let c = &p.completion;
+    b.insert("suffix".into(), json!(c.suffix));
+    b.insert("max_tokens".into(), json!(p.max_tokens));
+    b.insert("temperature".into(), json!(p.temperature));
+    b.insert("top_p".into(), json!(p.top_p));
+    b.insert("n".into(), json!(p.n));
+    b.insert("stream".into(), json!(stream));
+    b.insert("logprobs".into(), json!(c.logprobs));
+    b.insert("echo".into(), json!(c.echo));
+    b.insert(
+        "stop".into(),
+        if p.stop.is_empty() {
+            Json::Null
+        } else {
+            json!(p.stop)
+        },
+    );
+    b.insert("best_of".into(), json!(c.best_of.unwrap_or(1)));
+    b.insert(
+        "logit_bias".into(),
+        p.passthrough
+            .get("logit_bias")
+            .cloned()
+            .unwrap_or_else(|| json!({})),
+    );
+    b.insert(
+        "user".into(),
+        p.passthrough
+            .get("user")
+            .cloned()
+            .unwrap_or_else(|| json!("")),
+    );
+    let penalties = [
+        ("presence_penalty", p.presence_penalty, p.penalties_given.0),
+        (
+            "frequency_penalty",
+            p.frequency_penalty,
+            p.penalties_given.1,
+        ),
+    ];
+    for (name, value, given) in penalties {
+        let given = given || value != 0.0;
+        match provider {
+            // The OpenAI tool passes both, `None` when not given.
+            Provider::OpenAi => {
+                b.insert(name.into(), if given { json!(value) } else { Json::Null });
+            }
+            // The Azure OpenAI tool passes only those given.
+            Provider::AzureOpenAi if given => {
+                b.insert(name.into(), json!(value));
+            }
+            Provider::AzureOpenAi => {}
+        }
     }
-    Json::Object(b)
 }
 
 #[cfg(test)]
@@ -524,7 +682,7 @@ mod tests {
         let body = json!({"tools": "[{\"type\": \"function\"}]", "tool_choice": "auto",
                           "functions": [{"name": "f"}], "function_call": "{\"name\": \"f\"}"});
         let p = from_fields(body.as_object().unwrap()).unwrap();
-        let sent = encode_request(&Prompt::Text("hi".into()), &p, false);
+        let sent = encode_request(&chat_prompt(), &p, false, Provider::OpenAi);
         assert_eq!(sent["tools"], json!([{"type": "function"}]));
         assert_eq!(sent["tool_choice"], "auto");
         assert!(sent.get("functions").is_none(), "{sent}");
@@ -532,9 +690,10 @@ mod tests {
         let body =
             json!({"functions": "[{\"name\": \"f\"}]", "function_call": "{\"name\": \"f\"}"});
         let sent = encode_request(
-            &Prompt::Text("hi".into()),
+            &chat_prompt(),
             &from_fields(body.as_object().unwrap()).unwrap(),
             false,
+            Provider::OpenAi,
         );
         assert_eq!(sent["functions"], json!([{"name": "f"}]));
         assert_eq!(sent["function_call"], json!({"name": "f"}));
@@ -568,18 +727,60 @@ mod tests {
                           "max_tokens": 5, "stop": "\n", "response_format": {"type": "json_object"},
                           "model": "m"});
         let p = from_fields(body.as_object().unwrap()).unwrap();
-        let sent = encode_request(&Prompt::Text("hi".into()), &p, false);
+        let sent = encode_request(&chat_prompt(), &p, false, Provider::OpenAi);
         assert_eq!(sent["temperature"].to_string(), "0.7");
         assert_eq!(sent["top_p"].to_string(), "0.9");
         assert_eq!(sent["presence_penalty"].to_string(), "0.1");
         assert_eq!(sent["seed"], -1);
-        assert_eq!(sent["prompt"], "hi");
+        assert_eq!(sent["messages"][0]["content"], "hi");
         assert_eq!(sent["max_tokens"], 5);
         assert_eq!(sent["stop"], json!(["\n"]));
         assert_eq!(sent["model"], "m");
         assert_eq!(sent["response_format"]["type"], "json_object");
-        assert!(sent.get("stream").is_none());
-        let streamed = encode_request(&Prompt::Text("hi".into()), &p, true);
+        assert_eq!(sent["stream"], false);
+        assert!(sent.get("stream_options").is_none());
+        let streamed = encode_request(&chat_prompt(), &p, true, Provider::OpenAi);
         assert_eq!(streamed["stream"], true);
+        assert_eq!(streamed["stream_options"], json!({"include_usage": true}));
+    }
+
+    fn chat_prompt() -> Prompt {
+        Prompt::Chat(vec![super::super::types::ChatMessage::new("user", "hi")])
+    }
+
+    #[test]
+    fn the_completion_api_s_own_fields_are_read_and_checked() {
+        let body = json!({"suffix": "", "echo": "True", "best_of": 3, "logprobs": 0, "n": 2});
+        let p = from_fields(body.as_object().unwrap()).unwrap();
+        assert_eq!(p.completion.suffix, None);
+        assert!(p.completion.echo);
+        assert_eq!(p.completion.best_of, Some(3));
+        assert_eq!(p.completion.logprobs, None);
+        assert_eq!(p.n, 2);
+        let p = from_fields(
+            json!({"logprobs": true, "suffix": "end"})
+                .as_object()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(p.completion.logprobs, None);
+        assert_eq!(p.completion.suffix.as_deref(), Some("end"));
+        for (name, value, expected) in [
+            ("n", json!(0), "a whole number from 1 to 128"),
+            ("n", json!(129), "a whole number from 1 to 128"),
+            ("echo", json!("maybe"), "true or false"),
+            ("best_of", json!(0), "a whole number from 1 to 20"),
+            (
+                "logprobs",
+                json!(6),
+                "a whole number from 0 to 5 (or true or false for chat)",
+            ),
+            ("suffix", json!(3), "a string"),
+        ] {
+            let mut fields = serde_json::Map::new();
+            fields.insert(name.to_owned(), value);
+            let err = from_fields(&fields).unwrap_err().to_string();
+            assert_eq!(err, format!("the parameter `{name}` must be {expected}"));
+        }
     }
 }

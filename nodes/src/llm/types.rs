@@ -110,6 +110,23 @@ pub struct GenParams {
     /// HTTP headers a server is sent besides the connection's (promptflow's Azure GPT-4V tool names
     /// itself in one).
     pub headers: Vec<(String, String)>,
+    /// How many choices a server is asked for (1 to 128). The node's output is the first (or, for
+    /// a prompty with `response: all`, the whole reply); the local model makes one.
+    pub n: u32,
+    /// The completions API's own fields, sent to a server with a text prompt.
+    pub completion: CompletionFields,
+}
+
+/// Fields only the completions API takes, as promptflow's completion tools read them: an empty
+/// `suffix` and `logprobs: 0` are none.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CompletionFields {
+    pub suffix: Option<String>,
+    pub echo: bool,
+    /// `None`: not given (sent as 1).
+    pub best_of: Option<i64>,
+    /// Alternatives per token, 1 to 5.
+    pub logprobs: Option<i64>,
 }
 
 impl Default for GenParams {
@@ -131,6 +148,8 @@ impl Default for GenParams {
             stream: false,
             passthrough: serde_json::Map::new(),
             headers: Vec::new(),
+            n: 1,
+            completion: CompletionFields::default(),
         }
     }
 }
@@ -183,6 +202,9 @@ pub enum Event {
     /// The whole reply message (`role`, `content`, `function_call`, `tool_calls`), sent before
     /// `Done` when the request offered functions or tools.
     Message(serde_json::Value),
+    /// The server's whole reply (a JSON response, not a stream), sent before `Done`: every choice
+    /// when `n` asked for several, as promptflow's prompty returns it with `response: all`.
+    Reply(serde_json::Value),
     /// A generated token's log probability, sent as it is sampled (before the text that holds it)
     /// when [`GenParams::logprobs`] asked for it.
     Logprob(TokenLogprob),
@@ -280,6 +302,8 @@ pub struct Completion {
     pub usage: Usage,
     /// The whole reply message, where the backend sent one ([`Event::Message`]).
     pub message: Option<serde_json::Value>,
+    /// The server's whole reply, where the backend sent one ([`Event::Reply`]).
+    pub reply: Option<serde_json::Value>,
     /// The generated tokens' log probabilities, where they were asked for ([`Event::Logprob`]).
     pub logprobs: Vec<TokenLogprob>,
 }
@@ -326,6 +350,7 @@ impl TokenStream {
         match ev {
             Some(Event::Text(t)) => Some(Event::Text(t)),
             Some(Event::Message(m)) => Some(Event::Message(m)),
+            Some(Event::Reply(r)) => Some(Event::Reply(r)),
             Some(Event::Logprob(l)) => Some(Event::Logprob(l)),
             Some(other) => {
                 self.done = true;
@@ -345,11 +370,13 @@ impl TokenStream {
     pub async fn collect(mut self) -> Result<Completion, LlmError> {
         let mut text = String::new();
         let mut message = None;
+        let mut reply = None;
         let mut logprobs = Vec::new();
         while let Some(ev) = self.next().await {
             match ev {
                 Event::Text(t) => text.push_str(&t),
                 Event::Message(m) => message = Some(m),
+                Event::Reply(r) => reply = Some(r),
                 Event::Logprob(l) => logprobs.push(l),
                 Event::Done(finish_reason, usage) => {
                     logprobs.retain(|l: &TokenLogprob| l.offset < text.len());
@@ -358,6 +385,7 @@ impl TokenStream {
                         finish_reason,
                         usage,
                         message,
+                        reply,
                         logprobs,
                     });
                 }

@@ -226,20 +226,27 @@ def load_tool(path, flow_dir, literals, references, stored_connections=None, pac
     is bound to the tool's `PromptTemplate` parameter (a `package_with_prompt` node).
     """
     if package is not None:
-        try:
-            func, cls, method = _import_package_tool(package, flow_dir)
-        except LoadError:
-            listed = _listed_package_tool(package)
-            if listed is None and package.startswith("promptflow."):
-                # Not one Sluice maps onto its own kinds, and the stand-in does not have it.
-                raise LoadError(
-                    "package tool `%s` is one of promptflow's own tools, which Sluice does not run; "
-                    "set SLUICE_USE_PROMPTFLOW=1 to run tools with an installed promptflow" % package
-                )
-            if listed is None:
+        # As promptflow: a tool an installed package lists is loaded from its metadata (module,
+        # class and function), and its inputs' declared types apply; any other id is an import path.
+        meta = _listed_package_tool(package)
+        if meta is not None:
+            func, cls, method = _import_package_tool(_listed_path(package, meta), flow_dir)
+        else:
+            try:
+                func, cls, method = _import_package_tool(package, flow_dir)
+            except LoadError:
+                _warn_unread_listings()
+                if package.startswith("promptflow."):
+                    # Not one Sluice maps onto its own kinds, and the stand-in does not have it.
+                    raise LoadError(
+                        "package tool `%s` is one of promptflow's own tools, which Sluice does not run; "
+                        "set SLUICE_USE_PROMPTFLOW=1 to run tools with an installed promptflow" % package
+                    )
                 raise
-            func, cls, method = _import_package_tool(listed, flow_dir)
-        return _tool_info(func, cls, method, literals, references, stored_connections, prompt, package)
+        declared = (meta or {}).get("inputs")
+        return _tool_info(
+            func, cls, method, literals, references, stored_connections, prompt, package, declared
+        )
     module = _import_file(path, flow_dir)
     functions = [
         (name, obj)
@@ -314,36 +321,105 @@ def _import_package_tool(tool_id, flow_dir):
     )
 
 
-def _listed_package_tool(tool_id):
-    """The import path (`module.function` or `module.Class.function`) of a tool that an installed
-    package lists under its `package_tools` entry point, by its id or a `deprecated_tools` alias, as
-    promptflow finds package tools; None if none lists it."""
+_listing = None
+_listing_failures = []
+
+
+def _package_listing():
+    """The tools installed packages list under their `package_tools` entry points, by id and by
+    `deprecated_tools` alias: {id: (metadata, entry point name)}. Read once per process; an entry
+    point that fails is remembered, and reported when a tool is not found."""
+    global _listing
+    if _listing is not None:
+        return _listing
     from importlib import metadata
 
     try:
         points = metadata.entry_points(group="package_tools")
     except TypeError:  # Python < 3.10
         points = metadata.entry_points().get("package_tools", [])
+    listing = {}
     for point in points:
         try:
             tools = point.load()()
         except Exception as e:  # noqa: BLE001 - one broken package does not hide the others' tools
-            sys.stderr.write(
-                "warning: the package_tools entry point `%s` failed: (%s) %s\n" % (point.name, type(e).__name__, e)
+            _listing_failures.append(
+                "the package_tools entry point `%s` failed: (%s) %s" % (point.name, type(e).__name__, e)
             )
             continue
         if not isinstance(tools, dict):
             continue
         for key, meta in tools.items():
-            if not isinstance(meta, dict) or not (key == tool_id or tool_id in (meta.get("deprecated_tools") or [])):
+            if not isinstance(meta, dict):
                 continue
-            if not meta.get("module") or not meta.get("function"):
-                raise LoadError(
-                    "package tool `%s`, listed by the package_tools entry point `%s`, has no `module` or "
-                    "`function` in its metadata" % (tool_id, point.name)
-                )
-            parts = [meta["module"], meta.get("class_name"), meta["function"]]
-            return ".".join(p for p in parts if p)
+            listing.setdefault(key, (meta, point.name))
+            for old in meta.get("deprecated_tools") or []:
+                listing.setdefault(old, (meta, point.name))
+    _listing = listing
+    return listing
+
+
+def _warn_unread_listings():
+    for failure in _listing_failures:
+        sys.stderr.write("warning: %s\n" % failure)
+    del _listing_failures[:]
+
+
+def _listed_package_tool(tool_id):
+    """The metadata of a tool an installed package lists, by its id or a `deprecated_tools` alias, as
+    promptflow finds package tools; None if none lists it."""
+    found = _package_listing().get(tool_id)
+    return None if found is None else dict(found[0], _entry_point=found[1])
+
+
+def _listed_path(tool_id, meta):
+    """The import path (`module.function` or `module.Class.function`) a listed tool's metadata gives."""
+    if not meta.get("module") or not meta.get("function"):
+        raise LoadError(
+            "package tool `%s`, listed by the package_tools entry point `%s`, has no `module` or "
+            "`function` in its metadata" % (tool_id, meta["_entry_point"])
+        )
+    parts = [meta["module"], meta.get("class_name"), meta["function"]]
+    return ".".join(p for p in parts if p)
+
+
+# The value types a tool's metadata may declare, which convert literal inputs as the tool's
+# annotations would.
+_DECLARED_VALUE_TYPES = ("string", "int", "double", "bool", "list", "object")
+
+
+def _declared_input(declared, name, module_name, tool_id):
+    """What a listed tool's metadata declares for input `name`: (type name, connection annotation or
+    None), as promptflow reads it (the first of `type`; a connection type makes the input a
+    connection of any of the types listed, or of the `custom_type` class in the tool's module); None
+    where it declares nothing that converts a value."""
+    spec = declared.get(name) if isinstance(declared, dict) else None
+    if not isinstance(spec, dict):
+        return None
+    listed = spec.get("type")
+    if isinstance(listed, str):
+        listed = [listed]
+    if not listed or not isinstance(listed, list):
+        return None
+    first = str(listed[0])
+    if first.endswith("Connection"):
+        custom = spec.get("custom_type")
+        if custom:
+            module = sys.modules.get(module_name)
+            names, where = list(custom), "module `%s`" % module_name
+        else:
+            module = importlib.import_module("promptflow.connections")
+            names, where = [str(t) for t in listed], "promptflow.connections"
+        classes = [getattr(module, n, None) for n in names]
+        missing = [n for n, c in zip(names, classes) if not _is_connection(c)]
+        if missing:
+            raise LoadError(
+                "package tool `%s`: input `%s` is declared a %s, which %s does not have"
+                % (tool_id, name, " or ".join(missing), where)
+            )
+        return "connection", classes[0] if len(classes) == 1 else typing.Union[tuple(classes)]
+    if first.lower() in _DECLARED_VALUE_TYPES:
+        return first.lower(), None
     return None
 
 
@@ -369,9 +445,11 @@ def _bind_prompt(func, prompt, tool_id):
     return call, names[0]
 
 
-def _tool_info(func, cls, method, literals, references, stored_connections, prompt, tool_id):
-    """Describes a tool function, or the method `method` of `cls` made with its `__init__` inputs."""
+def _tool_info(func, cls, method, literals, references, stored_connections, prompt, tool_id, declared=None):
+    """Describes a tool function, or the method `method` of `cls` made with its `__init__` inputs.
+    `declared`, a listed tool's `inputs` metadata, gives the inputs' types where it declares them."""
     consumed = []
+    module_name = getattr(cls if func is None else func, "__module__", None)
     if func is None:
         init_kwargs = {}
         for p in list(inspect.signature(cls.__init__).parameters.values())[1:]:
@@ -381,21 +459,39 @@ def _tool_info(func, cls, method, literals, references, stored_connections, prom
                 raise LoadError(
                     "input `%s` initialises %s and must be a literal, not a reference" % (p.name, cls.__name__)
                 )
-            if p.name in literals:
-                type_name = _type_name(p.annotation, p.default)
-                value = literals[p.name]
+            value = literals.get(p.name)
+            # An empty literal is no input, as for the tool's other inputs.
+            if value is not None and value != "":
+                type_name, annotation = _type_name(p.annotation, p.default), p.annotation
+                found = _declared_input(declared, p.name, module_name, tool_id)
+                if found is not None:
+                    type_name, annotation = found[0], found[1] or annotation
                 if type_name == "connection" and isinstance(value, str):
                     stored = (stored_connections or {}).get(value)
                     if stored is None:
                         raise LoadError("init input `%s`: connection `%s` does not exist" % (p.name, value))
-                    init_kwargs[p.name] = make_connection(p.name, p.annotation, value, *stored)
+                    try:
+                        init_kwargs[p.name] = make_connection(p.name, annotation, value, *stored)
+                    except ConnectionTypeError as e:
+                        raise LoadError("init input `%s`: %s" % (p.name, e))
                 else:
                     init_kwargs[p.name] = _coerce(value, type_name, p.name)
+                consumed.append(p.name)
+            elif p.name in literals:
                 consumed.append(p.name)
             elif p.default is inspect.Parameter.empty:
                 raise LoadError("%s needs init input `%s`; set it as a literal node input" % (cls.__name__, p.name))
         func = getattr(cls(**init_kwargs), method)
     params, kwargs, connections = _describe(func)
+    for i, (name, type_name, has_default) in enumerate(params):
+        found = _declared_input(declared, name, module_name, tool_id)
+        if found is None:
+            continue
+        params[i] = (name, found[0], has_default)
+        if found[1] is not None:
+            connections[name] = found[1]
+        else:
+            connections.pop(name, None)
     call = func
     if prompt is not None:
         call, prompt_param = _bind_prompt(func, prompt, tool_id)
