@@ -28,6 +28,10 @@ use regex::Regex;
 
 use crate::value::{Map, Opaque, Value};
 
+mod fetch;
+
+pub use fetch::{ALLOW_PRIVATE_URLS, FetchError, FetchFailure, MAX_BYTES, TIMEOUT};
+
 /// `data:image/<format>;<path|base64|url>`, the key of promptflow's image dicts.
 static KEY: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^data:image/(.*);(path|base64|url)$").expect("valid regex"));
@@ -45,6 +49,15 @@ pub struct Image {
     mime_type: String,
     source_url: Option<String>,
     hash: String,
+    /// For an image known only by its URL: the fetch that its copies share.
+    remote: Option<Arc<Remote>>,
+}
+
+/// The bytes of a URL image, fetched when a Python tool first needs them.
+struct Remote {
+    /// Whether the MIME type was given (`{"data:image/png;url": ...}`), or is for the bytes to tell.
+    declared: bool,
+    fetched: tokio::sync::OnceCell<Result<Image, FetchError>>,
 }
 
 impl std::fmt::Debug for Image {
@@ -53,6 +66,7 @@ impl std::fmt::Debug for Image {
             .field("mime_type", &self.mime_type)
             .field("bytes", &self.bytes.len())
             .field("source_url", &self.source_url)
+            .field("fetched", &self.remote.is_none())
             .finish()
     }
 }
@@ -93,7 +107,56 @@ impl Image {
             mime_type,
             source_url,
             hash,
+            remote: None,
         }
+    }
+
+    /// An image known by its URL only, its bytes fetched when [`Image::fetched`] is first called.
+    /// Without a MIME type, the fetched bytes tell it.
+    pub fn remote(url: &str, mime_type: Option<&str>) -> Image {
+        let mut image = Image::new(
+            Vec::new(),
+            Some(mime_type.unwrap_or("image/*")),
+            Some(url.to_owned()),
+        );
+        // Until it is fetched, the URL names it, so that two URL images render as two placeholders.
+        image.hash = sha1_hex(url.as_bytes())[..8].to_owned();
+        image.remote = Some(Arc::new(Remote {
+            declared: mime_type.is_some(),
+            fetched: tokio::sync::OnceCell::new(),
+        }));
+        image
+    }
+
+    /// Whether the image is known by its URL only, its bytes not fetched yet.
+    pub fn is_remote(&self) -> bool {
+        self.remote.is_some()
+    }
+
+    /// The image with its bytes: a URL image is fetched (once for all its copies), as promptflow
+    /// does before a Python tool gets it; other images are returned as they are.
+    pub async fn fetched(&self) -> Result<Image, FetchError> {
+        let Some(remote) = &self.remote else {
+            return Ok(self.clone());
+        };
+        let url = self.source_url.clone().unwrap_or_default();
+        remote
+            .fetched
+            .get_or_init(|| async {
+                let got = fetch::fetch(&url).await?;
+                // As promptflow's `Image`: a declared type stays; otherwise the bytes tell it, or
+                // else the server's `Content-Type`.
+                let mime = if remote.declared {
+                    Some(self.mime_type.clone())
+                } else if sniff(&got.bytes).is_some() {
+                    None
+                } else {
+                    got.content_type
+                };
+                Ok(Image::new(got.bytes, mime.as_deref(), Some(url.clone())))
+            })
+            .await
+            .clone()
     }
 
     /// The image inside `value`, if it is one.
@@ -186,7 +249,8 @@ pub fn is_image_dict(m: &Map) -> bool {
 /// A flow input value as an image, as promptflow's multimedia processor reads it: an image dict, a
 /// `data:` URI or bare base64, an http(s) URL, or a file path (relative paths from `base`).
 ///
-/// A URL is kept as the image's source and sent to a model as it is; its bytes are not fetched.
+/// A URL is kept as the image's source and sent to a model as it is; its bytes are fetched only
+/// when a Python tool takes the image ([`fetch_all`]).
 pub fn load(value: &Value, base: &Path) -> Result<Value, ImageError> {
     match value {
         Value::Opaque(o) if o.is_media() => Ok(value.clone()),
@@ -315,8 +379,45 @@ fn from_base64(s: &str, mime: Option<&str>) -> Result<Value, ImageError> {
 }
 
 fn from_url(url: &str, mime: Option<&str>) -> Value {
-    let mime = mime.unwrap_or("image/*");
-    Image::new(Vec::new(), Some(mime), Some(url.to_owned())).into_value()
+    Image::remote(url, mime).into_value()
+}
+
+/// Whether `value` holds an image whose bytes are not fetched yet.
+pub fn has_remote(value: &Value) -> bool {
+    match value {
+        Value::List(items) => items.iter().any(has_remote),
+        Value::Map(m) => m.values().any(has_remote),
+        v => Image::of(v).is_some_and(Image::is_remote),
+    }
+}
+
+/// `value` with the bytes of its URL images fetched ([`Image::fetched`]).
+pub fn fetch_all(
+    value: &Value,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, FetchError>> + Send + '_>> {
+    Box::pin(async move {
+        Ok(match value {
+            v if !has_remote(v) => v.clone(),
+            Value::List(items) => {
+                let mut out = Vec::with_capacity(items.len());
+                for item in items {
+                    out.push(fetch_all(item).await?);
+                }
+                Value::List(out)
+            }
+            Value::Map(m) => {
+                let mut out = Map::new();
+                for (k, item) in m {
+                    out.insert(k.clone(), fetch_all(item).await?);
+                }
+                Value::Map(out)
+            }
+            v => match Image::of(v) {
+                Some(image) => image.fetched().await?.into_value(),
+                None => v.clone(),
+            },
+        })
+    })
 }
 
 /// An image of `bytes`, which must be one.

@@ -418,3 +418,154 @@ fn a_chat_question_that_is_a_list_of_text_and_images_becomes_parts() {
         ])
     );
 }
+
+/// A Python tool that describes the image it is given.
+const LOOK_FLOW: &str = "inputs:\n  pic: {type: image}\noutputs:\n  seen: {reference: '${look.output}'}\nnodes:\n- name: look\n  type: python\n  source: {type: code, path: look.py}\n  inputs: {pic: '${inputs.pic}'}\n";
+const LOOK_TOOL: &str = "import hashlib\n\nfrom promptflow.contracts.multimedia import Image\nfrom promptflow.core import tool\n\n\n@tool\ndef look(pic: Image) -> dict:\n    return {\"type\": type(pic).__name__, \"mime\": pic._mime_type, \"url\": pic.source_url,\n            \"sha1\": hashlib.sha1(bytes(pic)).hexdigest(), \"str\": str(pic)}\n";
+
+/// A web server on loopback: `/dot.png` is the PNG, `/dot` the PNG without a content type,
+/// `/hop` a redirect to it, `/page` an HTML page, anything else 404.
+fn image_server() -> FakeServer {
+    use std::io::Write as _;
+    FakeServer::raw(|seen, sock| {
+        let path = seen
+            .request_line()
+            .split(' ')
+            .nth(1)
+            .unwrap_or("")
+            .to_owned();
+        let (status, head, body): (&str, String, Vec<u8>) = match path.as_str() {
+            "/dot.png" => ("200 OK", "content-type: image/png\r\n".into(), png_bytes()),
+            "/dot" => ("200 OK", String::new(), png_bytes()),
+            "/hop" => ("302 Found", "location: /dot.png\r\n".into(), vec![]),
+            "/page" => (
+                "200 OK",
+                "content-type: text/html\r\n".into(),
+                b"<html>no</html>".to_vec(),
+            ),
+            _ => ("404 Not Found", String::new(), b"no such image".to_vec()),
+        };
+        let _ = write!(
+            sock,
+            "HTTP/1.1 {status}\r\n{head}content-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        );
+        let _ = sock.write_all(&body);
+        let _ = sock.flush();
+    })
+}
+
+fn look_flow() -> (tempfile::TempDir, tempfile::TempDir) {
+    let (home, flow) = home_and_flow();
+    write_files(
+        flow.path(),
+        &[("flow.dag.yaml", LOOK_FLOW), ("look.py", LOOK_TOOL)],
+    );
+    (home, flow)
+}
+
+/// `flow test` of the look flow with `pic` given, loopback allowed or not, and `extra` options.
+fn look_at(
+    home: &Path,
+    flow: &Path,
+    pic: &str,
+    allow: bool,
+    extra: &[&str],
+) -> std::process::Output {
+    let mut cmd = crate::common::sluice(home);
+    cmd.args(["flow", "test", "--flow"]).arg(flow).args(extra);
+    cmd.args(["--inputs", &format!("pic={pic}")]);
+    if allow {
+        cmd.env(sluice_engine::image::ALLOW_PRIVATE_URLS, "1");
+    } else {
+        cmd.env_remove(sluice_engine::image::ALLOW_PRIVATE_URLS);
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn a_python_tool_gets_the_bytes_of_an_image_url() {
+    let server = image_server();
+    let (home, flow) = look_flow();
+    let url = format!("{}/dot.png", server.origin);
+    for isolation in ["thread"] {
+        for (pic, url) in [
+            (format!(r#"{{"data:image/png;url": "{url}"}}"#), url.clone()),
+            // A bare URL, and one without a content type: the bytes tell the type.
+            (url.clone(), url.clone()),
+            (
+                format!("{}/dot", server.origin),
+                format!("{}/dot", server.origin),
+            ),
+            // A redirect is followed; the image keeps the URL it was given.
+            (
+                format!("{}/hop", server.origin),
+                format!("{}/hop", server.origin),
+            ),
+        ] {
+            let out = stdout_json(&look_at(
+                home.path(),
+                flow.path(),
+                &pic,
+                true,
+                &["--isolation", isolation],
+            ));
+            assert_eq!(
+                out["seen"],
+                json!({"type": "Image", "mime": "image/png", "url": url, "sha1": PNG_SHA1,
+                       "str": "Image(54586ec5)"}),
+                "{isolation}, {pic}"
+            );
+        }
+    }
+}
+
+#[test]
+fn image_urls_on_internal_addresses_are_refused_unless_allowed() {
+    let server = image_server();
+    let (home, flow) = look_flow();
+    for host in [
+        server.origin.clone(),
+        server.origin.replace("127.0.0.1", "localhost"),
+    ] {
+        let out = look_at(
+            home.path(),
+            flow.path(),
+            &format!("{host}/dot.png"),
+            false,
+            &[],
+        );
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for needle in [
+            "InvalidImageInput",
+            "input `pic`: Failed to fetch image from URL: ",
+            "a loopback address; Sluice does not fetch images from loopback",
+            "Set SLUICE_ALLOW_PRIVATE_URLS=1 to allow them",
+        ] {
+            assert!(stderr.contains(needle), "{needle:?} not in {stderr}");
+        }
+    }
+    assert_eq!(server.requests(), 0, "nothing was fetched");
+}
+
+#[test]
+fn an_image_url_that_fails_or_is_not_an_image_fails_the_node() {
+    let server = image_server();
+    let (home, flow) = look_flow();
+    for (path, why) in [
+        ("/gone.png", "the server answered 404: no such image"),
+        (
+            "/page",
+            "the answer is not an image (content type `text/html`",
+        ),
+    ] {
+        let url = format!("{}{path}", server.origin);
+        let out = look_at(home.path(), flow.path(), &url, true, &[]);
+        assert!(!out.status.success(), "{path}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let needle = format!("Failed to fetch image from URL: {url}: {why}");
+        assert!(stderr.contains(&needle), "{needle:?} not in {stderr}");
+    }
+}
+

@@ -744,6 +744,7 @@ pub(crate) fn call_in_worker(request: &isolation::Request) -> isolation::Respons
 #[async_trait]
 impl Node for PythonNode {
     async fn run(&self, inputs: NodeInputs, cx: &NodeContext) -> Result<Value, NodeError> {
+        let inputs = with_fetched_images(inputs).await?;
         if !self.in_process && isolation::isolation() != Isolation::InProcess {
             return self.run_isolated(&inputs, cx).await;
         }
@@ -810,6 +811,22 @@ impl Node for PythonNode {
             e
         })
     }
+}
+
+/// The inputs with the bytes of their URL images fetched, as promptflow hands a tool an `Image`
+/// with the bytes of its URL.
+async fn with_fetched_images(mut inputs: NodeInputs) -> Result<NodeInputs, NodeError> {
+    for (name, value) in inputs.iter_mut() {
+        if sluice_engine::image::has_remote(value) {
+            *value = sluice_engine::image::fetch_all(value).await.map_err(|e| {
+                NodeError::user(
+                    "InvalidImageInput",
+                    format!("input `{name}`: {}", crate::error_chain(&e)),
+                )
+            })?;
+        }
+    }
+    Ok(inputs)
 }
 
 /// How long a Python node waits for the interpreter before it checks whether a tool holds it.
