@@ -484,11 +484,11 @@ fn look_at(
 }
 
 #[test]
-fn a_python_tool_gets_the_bytes_of_an_image_url() {
+fn a_python_tool_gets_the_bytes_of_an_image_url_in_process_and_in_a_worker() {
     let server = image_server();
     let (home, flow) = look_flow();
     let url = format!("{}/dot.png", server.origin);
-    for isolation in ["thread"] {
+    for isolation in ["thread", "process"] {
         for (pic, url) in [
             (format!(r#"{{"data:image/png;url": "{url}"}}"#), url.clone()),
             // A bare URL, and one without a content type: the bytes tell the type.
@@ -567,5 +567,36 @@ fn an_image_url_that_fails_or_is_not_an_image_fails_the_node() {
         let needle = format!("Failed to fetch image from URL: {url}: {why}");
         assert!(stderr.contains(&needle), "{needle:?} not in {stderr}");
     }
+}
+
+#[test]
+fn images_cross_to_and_from_a_worker_process_whole() {
+    let (home, flow) = home_and_flow();
+    write_files(
+        flow.path(),
+        &[("flow.dag.yaml", ROUND_TRIP_FLOW), ("echo.py", ECHO_TOOL)],
+    );
+    std::fs::write(flow.path().join("dot.png"), png_bytes()).unwrap();
+    let out = stdout_json(&flow_test_with(
+        home.path(),
+        flow.path(),
+        &[
+            "--isolation",
+            "process",
+            "--inputs",
+            r#"pic={"data:image/png;path": "dot.png"}"#,
+        ],
+    ));
+    // The tool got an `Image` and returned one, written to a file as in process.
+    let file = flow
+        .path()
+        .join(format!(".promptflow/output/{PNG_SHA1}.png"))
+        .to_string_lossy()
+        .into_owned();
+    assert_eq!(
+        out,
+        json!({"same": {"data:image/png;path": file}, "seen": ["Image(54586ec5)", "image/png", "image/png", true]})
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), png_bytes());
 }
 

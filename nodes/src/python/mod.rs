@@ -610,7 +610,10 @@ impl PythonNode {
         if let Some(message) = response.system {
             return Err(NodeError::system("WorkerError", message));
         }
-        Ok(response.output.map(Value::from).unwrap_or(Value::Null))
+        Ok(response
+            .output
+            .map(isolation::from_wire)
+            .unwrap_or(Value::Null))
     }
 }
 
@@ -693,7 +696,7 @@ pub(crate) fn call_in_worker(request: &isolation::Request) -> isolation::Respons
         };
         let kwargs = PyDict::new(py);
         for (k, v) in &request.kwargs {
-            kwargs.set_item(k, to_py(py, &Value::from(v.clone()))?)?;
+            kwargs.set_item(k, to_py(py, &isolation::from_wire(v.clone()))?)?;
         }
         if let Err(e) = with_connections(py, rt, &connections, &kwargs) {
             return Ok(fail(format!(
