@@ -600,3 +600,38 @@ fn images_cross_to_and_from_a_worker_process_whole() {
     assert_eq!(std::fs::read(&file).unwrap(), png_bytes());
 }
 
+#[test]
+fn a_prompty_image_input_is_sent_as_an_image_part() {
+    let server = FakeServer::replying(ok_body("a red dot"));
+    let (home, dir) = home_and_flow();
+    let prompty = dir.path().join("look.prompty");
+    std::fs::write(
+        &prompty,
+        format!(
+            "---\nname: Look\nmodel:\n  api: chat\n  configuration:\n    type: openai\n    model: gpt-4o\n    base_url: {}\n    api_key: sk-test\ninputs:\n  question:\n    type: string\n  pic:\n    type: image\n---\nsystem:\nYou are a helpful assistant.\n\nuser:\n{{{{question}}}}\n![image]({{{{pic}}}})\n",
+            server.base
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("dot.png"), png_bytes()).unwrap();
+    for (pic, url) in [
+        ("dot.png".to_owned(), format!("data:image/png;base64,{PNG}")),
+        (
+            r#"{"data:image/jpeg;url": "https://example.com/cat.jpg"}"#.to_owned(),
+            "https://example.com/cat.jpg".to_owned(),
+        ),
+    ] {
+        let out = stdout_json(&flow_test_with(
+            home.path(),
+            &prompty,
+            &[
+                "--inputs",
+                "question=What is in this picture?",
+                &format!("pic={pic}"),
+            ],
+        ));
+        assert_eq!(out["output"], "a red dot");
+        let body = server.seen().last().unwrap().json();
+        assert_eq!(body["messages"], messages(&url, "auto"), "{pic}");
+    }
+}
