@@ -635,3 +635,98 @@ fn a_prompty_image_input_is_sent_as_an_image_part() {
         assert_eq!(body["messages"], messages(&url, "auto"), "{pic}");
     }
 }
+
+#[test]
+fn with_openai_vision_images_come_and_go_as_content_parts() {
+    let (home, flow) = home_and_flow();
+    let vision_flow = format!("message_format: openai-vision\n{ROUND_TRIP_FLOW}");
+    write_files(
+        flow.path(),
+        &[("flow.dag.yaml", &vision_flow), ("echo.py", ECHO_TOOL)],
+    );
+    std::fs::write(flow.path().join("dot.png"), png_bytes()).unwrap();
+    // flow test: the output image is a file, referred to as an `image_file` part.
+    let out = stdout_json(&flow_test_with(
+        home.path(),
+        flow.path(),
+        &[
+            "--inputs",
+            r#"pic={"type": "image_file", "image_file": {"path": "dot.png"}}"#,
+        ],
+    ));
+    let file = flow
+        .path()
+        .join(format!(".promptflow/output/{PNG_SHA1}.png"))
+        .to_string_lossy()
+        .into_owned();
+    assert_eq!(
+        out["same"],
+        json!({"type": "image_file", "image_file": {"path": file}})
+    );
+    assert_eq!(out["seen"][0], "Image(54586ec5)");
+    // A URL image stays its URL, as an `image_url` part.
+    let out = stdout_json(&flow_test_with(
+        home.path(),
+        flow.path(),
+        &[
+            "--inputs",
+            &format!(
+                r#"pic={{"type": "image_url", "image_url": {{"url": "data:image/png;base64,{PNG}"}}}}"#
+            ),
+        ],
+    ));
+    assert_eq!(out["same"]["image_file"]["path"], file.as_str());
+
+    // A batch run: data paths are relative to the data file; outputs are `image_file` parts.
+    let data_dir = tempfile::tempdir().unwrap();
+    std::fs::write(data_dir.path().join("dot.png"), png_bytes()).unwrap();
+    let data = data_dir.path().join("rows.jsonl");
+    std::fs::write(
+        &data,
+        "{\"pic\": {\"type\": \"image_file\", \"image_file\": {\"path\": \"dot.png\"}}}\n",
+    )
+    .unwrap();
+    succeeded(&mut crate::common::run_create(
+        home.path(),
+        "vision",
+        "",
+        flow.path(),
+        &data,
+    ));
+    let outputs = read_jsonl(&home.path().join("runs/vision/flow_outputs/output.jsonl"));
+    assert_eq!(
+        outputs[0]["same"],
+        json!({"type": "image_file", "image_file": {"path": format!("{PNG_SHA1}.png")}})
+    );
+
+    // A served flow answers with `image_url` parts holding data URIs, and refuses `image_file`.
+    let served = crate::common::serve(
+        home.path(),
+        &[
+            "flow",
+            "serve",
+            "--port",
+            "0",
+            "--flow",
+            flow.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    let url = format!("data:image/png;base64,{PNG}");
+    let r = served.post_json(
+        "/score",
+        &json!({"pic": {"type": "image_url", "image_url": {"url": url}}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json()["same"],
+        json!({"type": "image_url", "image_url": {"url": url}})
+    );
+    let r = served.post_json(
+        "/score",
+        &json!({"pic": {"type": "image_file", "image_file": {"path": "dot.png"}}}),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("does not read files"), "{}", r.body);
+    served.stop();
+}
