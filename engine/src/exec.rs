@@ -199,17 +199,27 @@ impl Flow {
             // Images are read now, paths relative to the flow folder (§7.4); lists and objects
             // may hold image dicts too.
             let typed = match def.ty {
-                ValueType::Image => crate::image::load(&typed, &self.def.dir),
+                ValueType::Image => {
+                    crate::image::load(&typed, &self.def.dir, self.def.message_format)
+                }
                 ValueType::List | ValueType::Object => {
-                    crate::image::load_nested(typed, &self.def.dir)
+                    crate::image::load_nested(typed, &self.def.dir, self.def.message_format)
                 }
                 _ => Ok(typed),
             }
             .map_err(|e| {
+                let dict = match self.def.message_format {
+                    crate::image::MessageFormat::Basic => {
+                        r#"{"data:image/png;path": "file.png"}"#
+                    }
+                    crate::image::MessageFormat::OpenaiVision => {
+                        r#"{"type": "image_file", "image_file": {"path": "file.png"}}"#
+                    }
+                };
                 line_error(
                     "LoadMultimediaDataError",
                     format!(
-                        "Failed to load image for input '{name}'{where_}: {e}. Give a path (relative to the flow folder, or in batch data to the data file), an http(s) URL, a data:image/...;base64 URI or {{\"data:image/png;path\": \"file.png\"}}."
+                        "Failed to load image for input '{name}'{where_}: {e}. Give a path (relative to the flow folder, or in batch data to the data file), an http(s) URL, a data:image/...;base64 URI or {dict}."
                     ),
                 )
             })?;

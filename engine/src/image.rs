@@ -8,11 +8,11 @@
 //! and refers to them as `{"data:image/png;path": ...}` instead.
 //!
 //! ```
-//! use sluice_engine::image::{Image, load};
+//! use sluice_engine::image::{Image, MessageFormat, load};
 //! use sluice_engine::Value;
 //!
 //! let png = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNgYGD4DwABBAEAcCBlCwAAAABJRU5ErkJggg==";
-//! let value = load(&Value::from(png), std::path::Path::new(".")).unwrap();
+//! let value = load(&Value::from(png), std::path::Path::new("."), MessageFormat::Basic).unwrap();
 //! let image = Image::of(&value).unwrap();
 //! assert_eq!(image.mime_type(), "image/png");
 //! assert_eq!(value.py_str(), format!("Image({})", image.hash()));
@@ -27,6 +27,10 @@ use base64::engine::general_purpose::STANDARD;
 use regex::Regex;
 
 use crate::value::{Map, Opaque, Value};
+
+mod fetch;
+
+pub use fetch::{ALLOW_PRIVATE_URLS, FetchError, FetchFailure, MAX_BYTES, TIMEOUT};
 
 /// `data:image/<format>;<path|base64|url>`, the key of promptflow's image dicts.
 static KEY: LazyLock<Regex> =
@@ -45,6 +49,15 @@ pub struct Image {
     mime_type: String,
     source_url: Option<String>,
     hash: String,
+    /// For an image known only by its URL: the fetch that its copies share.
+    remote: Option<Arc<Remote>>,
+}
+
+/// The bytes of a URL image, fetched when a Python tool first needs them.
+struct Remote {
+    /// Whether the MIME type was given (`{"data:image/png;url": ...}`), or is for the bytes to tell.
+    declared: bool,
+    fetched: tokio::sync::OnceCell<Result<Image, FetchError>>,
 }
 
 impl std::fmt::Debug for Image {
@@ -53,6 +66,7 @@ impl std::fmt::Debug for Image {
             .field("mime_type", &self.mime_type)
             .field("bytes", &self.bytes.len())
             .field("source_url", &self.source_url)
+            .field("fetched", &self.remote.is_none())
             .finish()
     }
 }
@@ -76,6 +90,12 @@ pub enum ImageError {
         "invalid image input format: an image is a path, a URL, a data:image/...;base64 URI or a dict like {{\"data:image/<type>;[path|base64|url]\": <data>}}"
     )]
     Format,
+    #[error(
+        "invalid image input format: with `message_format: openai-vision` an image is a path, a URL, a data:image/...;base64 URI, {{\"type\": \"image_url\", \"image_url\": {{\"url\": <url or data URI>}}}} or {{\"type\": \"image_file\", \"image_file\": {{\"path\": <path>}}}}"
+    )]
+    VisionFormat,
+    #[error("invalid image url {0}: it should be an http(s) URL or base64 data")]
+    VisionUrl(String),
     #[error("unsupported image input type {0}: an image input is a string or a dict")]
     Type(String),
 }
@@ -93,7 +113,56 @@ impl Image {
             mime_type,
             source_url,
             hash,
+            remote: None,
         }
+    }
+
+    /// An image known by its URL only, its bytes fetched when [`Image::fetched`] is first called.
+    /// Without a MIME type, the fetched bytes tell it.
+    pub fn remote(url: &str, mime_type: Option<&str>) -> Image {
+        let mut image = Image::new(
+            Vec::new(),
+            Some(mime_type.unwrap_or("image/*")),
+            Some(url.to_owned()),
+        );
+        // Until it is fetched, the URL names it, so that two URL images render as two placeholders.
+        image.hash = sha1_hex(url.as_bytes())[..8].to_owned();
+        image.remote = Some(Arc::new(Remote {
+            declared: mime_type.is_some(),
+            fetched: tokio::sync::OnceCell::new(),
+        }));
+        image
+    }
+
+    /// Whether the image is known by its URL only, its bytes not fetched yet.
+    pub fn is_remote(&self) -> bool {
+        self.remote.is_some()
+    }
+
+    /// The image with its bytes: a URL image is fetched (once for all its copies), as promptflow
+    /// does before a Python tool gets it; other images are returned as they are.
+    pub async fn fetched(&self) -> Result<Image, FetchError> {
+        let Some(remote) = &self.remote else {
+            return Ok(self.clone());
+        };
+        let url = self.source_url.clone().unwrap_or_default();
+        remote
+            .fetched
+            .get_or_init(|| async {
+                let got = fetch::fetch(&url).await?;
+                // As promptflow's `Image`: a declared type stays; otherwise the bytes tell it, or
+                // else the server's `Content-Type`.
+                let mime = if remote.declared {
+                    Some(self.mime_type.clone())
+                } else if sniff(&got.bytes).is_some() {
+                    None
+                } else {
+                    got.content_type
+                };
+                Ok(Image::new(got.bytes, mime.as_deref(), Some(url.clone())))
+            })
+            .await
+            .clone()
     }
 
     /// The image inside `value`, if it is one.
@@ -183,13 +252,68 @@ pub fn is_image_dict(m: &Map) -> bool {
     m.len() == 1 && m.keys().all(|k| KEY.is_match(k))
 }
 
-/// A flow input value as an image, as promptflow's multimedia processor reads it: an image dict, a
-/// `data:` URI or bare base64, an http(s) URL, or a file path (relative paths from `base`).
+/// How a flow writes images in its inputs and outputs: its `message_format` (promptflow 1.15+).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MessageFormat {
+    /// promptflow's dicts, `{"data:image/png;path": "x.png"}` (and `;base64`, `;url`).
+    #[default]
+    Basic,
+    /// OpenAI's content parts, `{"type": "image_url", "image_url": {"url": ...}}`, and
+    /// `{"type": "image_file", "image_file": {"path": ...}}` for files.
+    OpenaiVision,
+}
+
+impl MessageFormat {
+    /// The format a `message_format` value names (case-insensitive, as promptflow reads it).
+    pub fn parse(name: &str) -> Option<MessageFormat> {
+        match name.to_ascii_lowercase().as_str() {
+            "basic" => Some(MessageFormat::Basic),
+            "openai-vision" => Some(MessageFormat::OpenaiVision),
+            _ => None,
+        }
+    }
+
+    /// Whether `m` is an image in this format.
+    pub fn is_image(self, m: &Map) -> bool {
+        match self {
+            MessageFormat::Basic => is_image_dict(m),
+            MessageFormat::OpenaiVision => vision_image(m).is_some(),
+        }
+    }
+}
+
+/// What an `openai-vision` image dict holds: `("image_url", url)` or `("image_file", path)`.
+fn vision_image(m: &Map) -> Option<(&str, &Value)> {
+    if m.len() != 2 {
+        return None;
+    }
+    let ty = m.get("type")?.as_str()?;
+    let Value::Map(inner) = m.get(ty)? else {
+        return None;
+    };
+    match ty {
+        "image_url" => Some((ty, inner.get("url")?)),
+        "image_file" => Some((ty, inner.get("path")?)),
+        _ => None,
+    }
+}
+
+/// A flow input value as an image, as promptflow's multimedia processor reads it: an image dict of
+/// the flow's `format`, a `data:` URI or bare base64, an http(s) URL, or a file path (relative paths
+/// from `base`).
 ///
-/// A URL is kept as the image's source and sent to a model as it is; its bytes are not fetched.
-pub fn load(value: &Value, base: &Path) -> Result<Value, ImageError> {
+/// A URL is kept as the image's source and sent to a model as it is; its bytes are fetched only
+/// when a Python tool takes the image ([`fetch_all`]).
+pub fn load(value: &Value, base: &Path, format: MessageFormat) -> Result<Value, ImageError> {
     match value {
         Value::Opaque(o) if o.is_media() => Ok(value.clone()),
+        Value::Map(m) if format == MessageFormat::OpenaiVision => match vision_image(m) {
+            Some(("image_url", Value::String(url))) if is_base64(url) => from_base64(url, None),
+            Some(("image_url", Value::String(url))) if is_url(url) => Ok(from_url(url, None)),
+            Some(("image_url", url)) => Err(ImageError::VisionUrl(url.py_str())),
+            Some((_, Value::String(path))) => from_file(&base.join(path), None),
+            _ => Err(ImageError::VisionFormat),
+        },
         Value::Map(m) if is_image_dict(m) => {
             let (key, v) = m.iter().next().expect("one entry");
             let caps = KEY.captures(key).expect("matched");
@@ -208,7 +332,8 @@ pub fn load(value: &Value, base: &Path) -> Result<Value, ImageError> {
         // An image dict given as text (`--inputs 'pic={"data:image/png;path": "x.png"}'`).
         Value::String(s) if s.trim_start().starts_with('{') => {
             match serde_json::from_str::<serde_json::Value>(s) {
-                Ok(j @ serde_json::Value::Object(_)) => load(&Value::from(j), base),
+                Ok(j @ serde_json::Value::Object(_)) => load(&Value::from(j), base, format),
+                _ if format == MessageFormat::OpenaiVision => Err(ImageError::VisionFormat),
                 _ => Err(ImageError::Format),
             }
         }
@@ -222,15 +347,20 @@ pub fn load(value: &Value, base: &Path) -> Result<Value, ImageError> {
 /// Whether [`load`] (for an `image` input, `nested` false) or [`load_nested`] (a list or object
 /// input, `nested` true) would read a file for `value`: a path, or an image dict of the `path` form.
 /// A server refuses those from its clients, who have no business reading its files.
-pub fn names_a_file(value: &Value, nested: bool) -> bool {
+pub fn names_a_file(value: &Value, nested: bool, format: MessageFormat) -> bool {
     match value {
-        Value::Map(m) if is_image_dict(m) => m.keys().all(|k| k.ends_with(";path")),
-        Value::Map(m) if nested => m.values().any(|v| names_a_file(v, true)),
-        Value::List(items) if nested => items.iter().any(|v| names_a_file(v, true)),
+        Value::Map(m) if format == MessageFormat::OpenaiVision && vision_image(m).is_some() => {
+            matches!(vision_image(m), Some(("image_file", _)))
+        }
+        Value::Map(m) if format == MessageFormat::Basic && is_image_dict(m) => {
+            m.keys().all(|k| k.ends_with(";path"))
+        }
+        Value::Map(m) if nested => m.values().any(|v| names_a_file(v, true, format)),
+        Value::List(items) if nested => items.iter().any(|v| names_a_file(v, true, format)),
         Value::String(s) if !nested => {
             if s.trim_start().starts_with('{') {
                 serde_json::from_str::<serde_json::Value>(s)
-                    .is_ok_and(|j| j.is_object() && names_a_file(&Value::from(j), false))
+                    .is_ok_and(|j| j.is_object() && names_a_file(&Value::from(j), false, format))
             } else {
                 !s.is_empty() && !is_base64(s) && !is_url(s)
             }
@@ -240,33 +370,48 @@ pub fn names_a_file(value: &Value, nested: bool) -> bool {
 }
 
 /// [`load`] on every image dict inside a list or object input (promptflow loads those too).
-pub fn load_nested(value: Value, base: &Path) -> Result<Value, ImageError> {
+pub fn load_nested(value: Value, base: &Path, format: MessageFormat) -> Result<Value, ImageError> {
     match value {
-        Value::Map(m) if is_image_dict(&m) => load(&Value::Map(m), base),
+        Value::Map(m) if format.is_image(&m) => load(&Value::Map(m), base, format),
         Value::Map(m) => m
             .into_iter()
-            .map(|(k, v)| load_nested(v, base).map(|v| (k, v)))
+            .map(|(k, v)| load_nested(v, base, format).map(|v| (k, v)))
             .collect::<Result<Map, _>>()
             .map(Value::Map),
         Value::List(items) => items
             .into_iter()
-            .map(|v| load_nested(v, base))
+            .map(|v| load_nested(v, base, format))
             .collect::<Result<Vec<_>, _>>()
             .map(Value::List),
         other => Ok(other),
     }
 }
 
-/// Makes the paths of image dicts inside `value` absolute, relative to `dir` (a data file's folder).
+/// Makes the paths of image dicts inside `value` absolute, relative to `dir` (a data file's folder):
+/// those of both formats, as data is read before the flow that takes it is known.
 pub fn resolve_paths(value: &mut Value, dir: &Path) {
+    let absolute = |p: &mut String| {
+        if Path::new(p.as_str()).is_relative() {
+            *p = dir.join(&*p).to_string_lossy().into_owned();
+        }
+    };
+    if let Value::Map(m) = value
+        && matches!(vision_image(m), Some(("image_file", Value::String(_))))
+    {
+        if let Some(Value::Map(file)) = m.get_mut("image_file")
+            && let Some(Value::String(p)) = file.get_mut("path")
+        {
+            absolute(p);
+        }
+        return;
+    }
     match value {
         Value::Map(m) if is_image_dict(m) => {
             for (k, v) in m.iter_mut() {
                 if k.ends_with(";path")
                     && let Value::String(p) = v
-                    && Path::new(p.as_str()).is_relative()
                 {
-                    *p = dir.join(&*p).to_string_lossy().into_owned();
+                    absolute(p);
                 }
             }
         }
@@ -315,8 +460,45 @@ fn from_base64(s: &str, mime: Option<&str>) -> Result<Value, ImageError> {
 }
 
 fn from_url(url: &str, mime: Option<&str>) -> Value {
-    let mime = mime.unwrap_or("image/*");
-    Image::new(Vec::new(), Some(mime), Some(url.to_owned())).into_value()
+    Image::remote(url, mime).into_value()
+}
+
+/// Whether `value` holds an image whose bytes are not fetched yet.
+pub fn has_remote(value: &Value) -> bool {
+    match value {
+        Value::List(items) => items.iter().any(has_remote),
+        Value::Map(m) => m.values().any(has_remote),
+        v => Image::of(v).is_some_and(Image::is_remote),
+    }
+}
+
+/// `value` with the bytes of its URL images fetched ([`Image::fetched`]).
+pub fn fetch_all(
+    value: &Value,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, FetchError>> + Send + '_>> {
+    Box::pin(async move {
+        Ok(match value {
+            v if !has_remote(v) => v.clone(),
+            Value::List(items) => {
+                let mut out = Vec::with_capacity(items.len());
+                for item in items {
+                    out.push(fetch_all(item).await?);
+                }
+                Value::List(out)
+            }
+            Value::Map(m) => {
+                let mut out = Map::new();
+                for (k, item) in m {
+                    out.insert(k.clone(), fetch_all(item).await?);
+                }
+                Value::Map(out)
+            }
+            v => match Image::of(v) {
+                Some(image) => image.fetched().await?.into_value(),
+                None => v.clone(),
+            },
+        })
+    })
 }
 
 /// An image of `bytes`, which must be one.
@@ -358,19 +540,26 @@ pub fn sniff(b: &[u8]) -> Option<&'static str> {
 }
 
 /// Writes the images inside `value` to files in `dir` and puts promptflow's reference in their place:
-/// `{"data:<mime>;path": "<prefix><file>"}` (a URL image stays `{"data:<mime>;url": ...}`). A file is
-/// named by its content's hash, so an image written twice is one file.
-pub fn persist(value: &Value, dir: &Path, prefix: &str) -> std::io::Result<Value> {
+/// `{"data:<mime>;path": "<prefix><file>"}` (a URL image stays `{"data:<mime>;url": ...}`), or with
+/// `openai-vision`, `{"type": "image_file", "image_file": {"path": ...}}` (a URL image
+/// `{"type": "image_url", "image_url": {"url": ...}}`). A file is named by its content's hash, so an
+/// image written twice is one file.
+pub fn persist(
+    value: &Value,
+    dir: &Path,
+    prefix: &str,
+    format: MessageFormat,
+) -> std::io::Result<Value> {
     Ok(match value {
         Value::List(items) => Value::List(
             items
                 .iter()
-                .map(|v| persist(v, dir, prefix))
+                .map(|v| persist(v, dir, prefix, format))
                 .collect::<Result<_, _>>()?,
         ),
         Value::Map(m) => Value::Map(
             m.iter()
-                .map(|(k, v)| persist(v, dir, prefix).map(|v| (k.clone(), v)))
+                .map(|(k, v)| persist(v, dir, prefix, format).map(|v| (k.clone(), v)))
                 .collect::<Result<_, _>>()?,
         ),
         v => match Image::of(v) {
@@ -385,16 +574,55 @@ pub fn persist(value: &Value, dir: &Path, prefix: &str) -> std::io::Result<Value
                 if !path.exists() {
                     std::fs::write(&path, &image.bytes)?;
                 }
-                let mut m = Map::new();
-                m.insert(
-                    format!("data:{};path", image.mime_type),
-                    Value::String(format!("{prefix}{file}")),
-                );
-                Value::Map(m)
+                let path = Value::String(format!("{prefix}{file}"));
+                match format {
+                    MessageFormat::Basic => {
+                        let mut m = Map::new();
+                        m.insert(format!("data:{};path", image.mime_type), path);
+                        Value::Map(m)
+                    }
+                    MessageFormat::OpenaiVision => vision_dict("image_file", "path", path),
+                }
+            }
+            Some(image) if format == MessageFormat::OpenaiVision => {
+                vision_dict("image_url", "url", Value::String(image.url()))
             }
             _ => v.clone(),
         },
     })
+}
+
+/// `value` with its images in the flow's `format` as a client receives them (`flow serve`): with
+/// `openai-vision`, `{"type": "image_url", "image_url": {"url": <URL or data URI>}}`; otherwise the
+/// images stay (they are written as `{"data:<mime>;url|base64": ...}`).
+pub fn for_client(value: Value, format: MessageFormat) -> Value {
+    if format == MessageFormat::Basic {
+        return value;
+    }
+    match value {
+        Value::List(items) => {
+            Value::List(items.into_iter().map(|v| for_client(v, format)).collect())
+        }
+        Value::Map(m) => Value::Map(
+            m.into_iter()
+                .map(|(k, v)| (k, for_client(v, format)))
+                .collect(),
+        ),
+        v => match Image::of(&v) {
+            Some(image) => vision_dict("image_url", "url", Value::String(image.url())),
+            None => v,
+        },
+    }
+}
+
+/// `{"type": <ty>, <ty>: {<key>: <value>}}`.
+fn vision_dict(ty: &str, key: &str, value: Value) -> Value {
+    let mut inner = Map::new();
+    inner.insert(key.to_owned(), value);
+    let mut m = Map::new();
+    m.insert("type".to_owned(), Value::String(ty.to_owned()));
+    m.insert(ty.to_owned(), Value::Map(inner));
+    Value::Map(m)
 }
 
 /// The SHA-1 of `data`, in hex (FIPS 180-4; only for naming images, not for security).
@@ -471,14 +699,15 @@ mod tests {
             serde_json::json!({"data:image/png;base64": PNG}).into(),
         ];
         for form in forms {
-            let v = load(&form, &dir).unwrap_or_else(|e| panic!("{form:?}: {e}"));
+            let v =
+                load(&form, &dir, MessageFormat::Basic).unwrap_or_else(|e| panic!("{form:?}: {e}"));
             let image = Image::of(&v).unwrap();
             assert_eq!(image.mime_type(), "image/png");
             assert_eq!(image.to_base64(false), PNG);
         }
         let url: Value =
             serde_json::json!({"data:image/jpeg;url": "https://example.com/a.jpg"}).into();
-        let v = load(&url, &dir).unwrap();
+        let v = load(&url, &dir, MessageFormat::Basic).unwrap();
         assert_eq!(Image::of(&v).unwrap().url(), "https://example.com/a.jpg");
         assert_eq!(
             serde_json::to_value(&v).unwrap(),
@@ -491,18 +720,24 @@ mod tests {
         let dir = tempdir();
         std::fs::write(dir.join("notes.txt"), "hello").unwrap();
         assert!(matches!(
-            load(&Value::from("gone.png"), &dir),
+            load(&Value::from("gone.png"), &dir, MessageFormat::Basic),
             Err(ImageError::Missing(_))
         ));
         assert!(matches!(
-            load(&Value::from("notes.txt"), &dir),
+            load(&Value::from("notes.txt"), &dir, MessageFormat::Basic),
             Err(ImageError::NotImage(_))
         ));
-        assert_eq!(load(&Value::from(""), &dir), Err(ImageError::Empty));
+        assert_eq!(
+            load(&Value::from(""), &dir, MessageFormat::Basic),
+            Err(ImageError::Empty)
+        );
         let other: Value = serde_json::json!({"path": "x.png"}).into();
-        assert_eq!(load(&other, &dir), Err(ImageError::Format));
+        assert_eq!(
+            load(&other, &dir, MessageFormat::Basic),
+            Err(ImageError::Format)
+        );
         assert!(matches!(
-            load(&Value::Int(3), &dir),
+            load(&Value::Int(3), &dir, MessageFormat::Basic),
             Err(ImageError::Type(_))
         ));
     }
@@ -510,11 +745,12 @@ mod tests {
     #[test]
     fn persisted_images_are_files_referenced_by_path() {
         let dir = tempdir();
-        let image = load(&Value::from(PNG), &dir).unwrap();
+        let image = load(&Value::from(PNG), &dir, MessageFormat::Basic).unwrap();
         let out = persist(
             &Value::List(vec![image.clone(), image]),
             &dir.join("o"),
             "o/",
+            MessageFormat::Basic,
         )
         .unwrap();
         let Value::List(items) = out else { panic!() };
@@ -524,6 +760,62 @@ mod tests {
         assert_eq!(
             std::fs::read(dir.join(path)).unwrap(),
             STANDARD.decode(PNG).unwrap()
+        );
+    }
+
+    #[test]
+    fn openai_vision_images_are_content_parts() {
+        let dir = tempdir();
+        std::fs::write(dir.join("x.png"), STANDARD.decode(PNG).unwrap()).unwrap();
+        let vision = MessageFormat::OpenaiVision;
+        let forms = [
+            serde_json::json!({"type": "image_file", "image_file": {"path": "x.png"}}),
+            serde_json::json!({"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{PNG}")}}),
+        ];
+        for form in forms {
+            let v =
+                load(&form.clone().into(), &dir, vision).unwrap_or_else(|e| panic!("{form}: {e}"));
+            assert_eq!(Image::of(&v).unwrap().to_base64(false), PNG);
+        }
+        let url: Value =
+            serde_json::json!({"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}).into();
+        let v = load(&url, &dir, vision).unwrap();
+        assert_eq!(
+            Image::of(&v).unwrap().source_url(),
+            Some("https://example.com/a.png")
+        );
+        // The basic dicts are not images of this format, nor a URL that is neither.
+        let basic: Value = serde_json::json!({"data:image/png;path": "x.png"}).into();
+        assert_eq!(load(&basic, &dir, vision), Err(ImageError::VisionFormat));
+        let bad: Value =
+            serde_json::json!({"type": "image_url", "image_url": {"url": "x.png"}}).into();
+        assert!(matches!(
+            load(&bad, &dir, vision),
+            Err(ImageError::VisionUrl(_))
+        ));
+
+        let image = load(&Value::from(PNG), &dir, vision).unwrap();
+        let out = persist(&image, &dir.join("o"), "o/", vision).unwrap();
+        let path = out.to_json_lossy()["image_file"]["path"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(path.starts_with("o/") && path.ends_with(".png"), "{out:?}");
+        assert_eq!(
+            for_client(image, vision).to_json_lossy(),
+            serde_json::json!({"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{PNG}")}})
+        );
+        assert_eq!(
+            persist(&v, &dir, "", vision).unwrap().to_json_lossy(),
+            serde_json::json!({"type": "image_url", "image_url": {"url": "https://example.com/a.png"}})
+        );
+
+        let mut data: Value =
+            serde_json::json!([{"type": "image_file", "image_file": {"path": "x.png"}}]).into();
+        resolve_paths(&mut data, &dir);
+        assert_eq!(
+            data.to_json_lossy()[0]["image_file"]["path"],
+            dir.join("x.png").to_string_lossy().as_ref()
         );
     }
 

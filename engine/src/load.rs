@@ -387,6 +387,22 @@ impl Reader {
         if let Some(env) = yaml.get("environment_variables") {
             def.environment_variables = self.environment_variables(env, &def.dir);
         }
+        if let Some(format) = yaml.get("message_format") {
+            match format.as_str().and_then(crate::image::MessageFormat::parse) {
+                Some(f) => def.message_format = f,
+                None => self.problem(
+                    Problem::new(
+                        "InvalidMessageFormatType",
+                        format!(
+                            "Invalid message format '{}'. Supported message formats are ['basic', 'openai-vision'].",
+                            format.to_value().py_str()
+                        ),
+                    )
+                    .at(format.span)
+                    .help("set `message_format: basic` (promptflow's image dicts) or `message_format: openai-vision` (OpenAI's content parts), or leave it out"),
+                ),
+            }
+        }
         if let Some(includes) = yaml.get("additional_includes")
             && let YamlKind::Seq(items) = &includes.kind
         {

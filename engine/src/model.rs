@@ -30,6 +30,8 @@ pub struct FlowDef {
     pub selected_variants: IndexMap<String, String>,
     pub environment_variables: IndexMap<String, String>,
     pub additional_includes: Vec<String>,
+    /// How images are written in inputs and outputs (`message_format`).
+    pub message_format: crate::image::MessageFormat,
     /// The front matter of a prompty file, when the flow is one (its single node runs it).
     pub prompty: Option<Arc<crate::prompty::PromptyDef>>,
     /// The entry of a flex flow, when the flow is one (its node runs the entry).
@@ -51,6 +53,7 @@ impl FlowDef {
             selected_variants: IndexMap::new(),
             environment_variables: IndexMap::new(),
             additional_includes: vec![],
+            message_format: crate::image::MessageFormat::Basic,
             prompty: None,
             flex: None,
         }

@@ -30,6 +30,7 @@ use crate::batch::{
     line_number_of, scan_data, stream_data,
 };
 use crate::exec::{AggregationResult, LineResult, Status};
+use crate::image::MessageFormat;
 use crate::plan::Flow;
 use crate::store::{
     DetailsWriter, LineRecord, LineRecordRef, LineStatus, Owner, RunName, RunProperties, RunRecord,
@@ -828,6 +829,7 @@ impl BatchRun {
         let mut log = RunLog::create(&self.dir.join("logs.txt"))?;
         let mut ordered = OrderedOutputs::create(&self.dir)?;
         let run_dir = self.dir.clone();
+        let format = self.flow.def.message_format;
         let mut tally = Tally::default();
         let has_aggregation = self.flow.has_aggregation();
         let mut kept: Vec<(usize, Map)> = Vec::new();
@@ -938,7 +940,7 @@ impl BatchRun {
             if has_aggregation && line.status == Status::Completed {
                 kept.push((n, line.aggregation_inputs.clone()));
             }
-            ordered.push(n, Pending::from_line(line, &run_dir));
+            ordered.push(n, Pending::from_line(line, &run_dir, format));
             let frontier = lock(&dispatch).finished(n);
             if let Err(e) = ordered.flush_before(frontier) {
                 write_error.get_or_insert(e);
@@ -1341,7 +1343,7 @@ impl Pending {
     /// A finished line's rows; its images are written to `<run>/flow_outputs/` and referred to by
     /// path, as promptflow stores them: relative in `flow_outputs/output.jsonl`, absolute in the
     /// run folder's `outputs.jsonl` and `inputs.jsonl`.
-    fn from_line(line: &LineResult, run_dir: &Path) -> Pending {
+    fn from_line(line: &LineResult, run_dir: &Path, format: MessageFormat) -> Pending {
         let n = line.line_number.unwrap_or(0);
         let images = run_dir.join("flow_outputs");
         let images = std::path::absolute(&images).unwrap_or(images);
@@ -1349,7 +1351,7 @@ impl Pending {
         let persisted = |map: &Map, prefix: &str| -> Map {
             map.iter()
                 .map(|(k, v)| {
-                    let v = crate::image::persist(v, &images, prefix).unwrap_or_else(|e| {
+                    let v = crate::image::persist(v, &images, prefix, format).unwrap_or_else(|e| {
                         tracing::warn!(
                             "cannot write the images of line {n} to {}: {e}",
                             images.display()

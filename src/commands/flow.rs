@@ -380,7 +380,7 @@ pub fn test(args: TestArgs) -> anyhow::Result<ExitStatus> {
         std::path::absolute(out_dir.join("output")).unwrap_or_else(|_| out_dir.join("output"));
     let prefix = format!("{}/", images.to_string_lossy().replace('\\', "/"));
     for v in line.output.values_mut() {
-        match sluice_engine::image::persist(v, &images, &prefix) {
+        match sluice_engine::image::persist(v, &images, &prefix, flow.def.message_format) {
             Ok(p) => *v = p,
             Err(e) => eprintln!(
                 "{} cannot write an output image to {}: {e}",

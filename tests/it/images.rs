@@ -418,3 +418,315 @@ fn a_chat_question_that_is_a_list_of_text_and_images_becomes_parts() {
         ])
     );
 }
+
+/// A Python tool that describes the image it is given.
+const LOOK_FLOW: &str = "inputs:\n  pic: {type: image}\noutputs:\n  seen: {reference: '${look.output}'}\nnodes:\n- name: look\n  type: python\n  source: {type: code, path: look.py}\n  inputs: {pic: '${inputs.pic}'}\n";
+const LOOK_TOOL: &str = "import hashlib\n\nfrom promptflow.contracts.multimedia import Image\nfrom promptflow.core import tool\n\n\n@tool\ndef look(pic: Image) -> dict:\n    return {\"type\": type(pic).__name__, \"mime\": pic._mime_type, \"url\": pic.source_url,\n            \"sha1\": hashlib.sha1(bytes(pic)).hexdigest(), \"str\": str(pic)}\n";
+
+/// A web server on loopback: `/dot.png` is the PNG, `/dot` the PNG without a content type,
+/// `/hop` a redirect to it, `/page` an HTML page, anything else 404.
+fn image_server() -> FakeServer {
+    use std::io::Write as _;
+    FakeServer::raw(|seen, sock| {
+        let path = seen
+            .request_line()
+            .split(' ')
+            .nth(1)
+            .unwrap_or("")
+            .to_owned();
+        let (status, head, body): (&str, String, Vec<u8>) = match path.as_str() {
+            "/dot.png" => ("200 OK", "content-type: image/png\r\n".into(), png_bytes()),
+            "/dot" => ("200 OK", String::new(), png_bytes()),
+            "/hop" => ("302 Found", "location: /dot.png\r\n".into(), vec![]),
+            "/page" => (
+                "200 OK",
+                "content-type: text/html\r\n".into(),
+                b"<html>no</html>".to_vec(),
+            ),
+            _ => ("404 Not Found", String::new(), b"no such image".to_vec()),
+        };
+        let _ = write!(
+            sock,
+            "HTTP/1.1 {status}\r\n{head}content-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        );
+        let _ = sock.write_all(&body);
+        let _ = sock.flush();
+    })
+}
+
+fn look_flow() -> (tempfile::TempDir, tempfile::TempDir) {
+    let (home, flow) = home_and_flow();
+    write_files(
+        flow.path(),
+        &[("flow.dag.yaml", LOOK_FLOW), ("look.py", LOOK_TOOL)],
+    );
+    (home, flow)
+}
+
+/// `flow test` of the look flow with `pic` given, loopback allowed or not, and `extra` options.
+fn look_at(
+    home: &Path,
+    flow: &Path,
+    pic: &str,
+    allow: bool,
+    extra: &[&str],
+) -> std::process::Output {
+    let mut cmd = crate::common::sluice(home);
+    cmd.args(["flow", "test", "--flow"]).arg(flow).args(extra);
+    cmd.args(["--inputs", &format!("pic={pic}")]);
+    if allow {
+        cmd.env(sluice_engine::image::ALLOW_PRIVATE_URLS, "1");
+    } else {
+        cmd.env_remove(sluice_engine::image::ALLOW_PRIVATE_URLS);
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn a_python_tool_gets_the_bytes_of_an_image_url_in_process_and_in_a_worker() {
+    let server = image_server();
+    let (home, flow) = look_flow();
+    let url = format!("{}/dot.png", server.origin);
+    for isolation in ["thread", "process"] {
+        for (pic, url) in [
+            (format!(r#"{{"data:image/png;url": "{url}"}}"#), url.clone()),
+            // A bare URL, and one without a content type: the bytes tell the type.
+            (url.clone(), url.clone()),
+            (
+                format!("{}/dot", server.origin),
+                format!("{}/dot", server.origin),
+            ),
+            // A redirect is followed; the image keeps the URL it was given.
+            (
+                format!("{}/hop", server.origin),
+                format!("{}/hop", server.origin),
+            ),
+        ] {
+            let out = stdout_json(&look_at(
+                home.path(),
+                flow.path(),
+                &pic,
+                true,
+                &["--isolation", isolation],
+            ));
+            assert_eq!(
+                out["seen"],
+                json!({"type": "Image", "mime": "image/png", "url": url, "sha1": PNG_SHA1,
+                       "str": "Image(54586ec5)"}),
+                "{isolation}, {pic}"
+            );
+        }
+    }
+}
+
+#[test]
+fn image_urls_on_internal_addresses_are_refused_unless_allowed() {
+    let server = image_server();
+    let (home, flow) = look_flow();
+    for host in [
+        server.origin.clone(),
+        server.origin.replace("127.0.0.1", "localhost"),
+    ] {
+        let out = look_at(
+            home.path(),
+            flow.path(),
+            &format!("{host}/dot.png"),
+            false,
+            &[],
+        );
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for needle in [
+            "InvalidImageInput",
+            "input `pic`: Failed to fetch image from URL: ",
+            "a loopback address; Sluice does not fetch images from loopback",
+            "Set SLUICE_ALLOW_PRIVATE_URLS=1 to allow them",
+        ] {
+            assert!(stderr.contains(needle), "{needle:?} not in {stderr}");
+        }
+    }
+    assert_eq!(server.requests(), 0, "nothing was fetched");
+}
+
+#[test]
+fn an_image_url_that_fails_or_is_not_an_image_fails_the_node() {
+    let server = image_server();
+    let (home, flow) = look_flow();
+    for (path, why) in [
+        ("/gone.png", "the server answered 404: no such image"),
+        (
+            "/page",
+            "the answer is not an image (content type `text/html`",
+        ),
+    ] {
+        let url = format!("{}{path}", server.origin);
+        let out = look_at(home.path(), flow.path(), &url, true, &[]);
+        assert!(!out.status.success(), "{path}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let needle = format!("Failed to fetch image from URL: {url}: {why}");
+        assert!(stderr.contains(&needle), "{needle:?} not in {stderr}");
+    }
+}
+
+#[test]
+fn images_cross_to_and_from_a_worker_process_whole() {
+    let (home, flow) = home_and_flow();
+    write_files(
+        flow.path(),
+        &[("flow.dag.yaml", ROUND_TRIP_FLOW), ("echo.py", ECHO_TOOL)],
+    );
+    std::fs::write(flow.path().join("dot.png"), png_bytes()).unwrap();
+    let out = stdout_json(&flow_test_with(
+        home.path(),
+        flow.path(),
+        &[
+            "--isolation",
+            "process",
+            "--inputs",
+            r#"pic={"data:image/png;path": "dot.png"}"#,
+        ],
+    ));
+    // The tool got an `Image` and returned one, written to a file as in process.
+    let file = flow
+        .path()
+        .join(format!(".promptflow/output/{PNG_SHA1}.png"))
+        .to_string_lossy()
+        .into_owned();
+    assert_eq!(
+        out,
+        json!({"same": {"data:image/png;path": file}, "seen": ["Image(54586ec5)", "image/png", "image/png", true]})
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), png_bytes());
+}
+
+#[test]
+fn a_prompty_image_input_is_sent_as_an_image_part() {
+    let server = FakeServer::replying(ok_body("a red dot"));
+    let (home, dir) = home_and_flow();
+    let prompty = dir.path().join("look.prompty");
+    std::fs::write(
+        &prompty,
+        format!(
+            "---\nname: Look\nmodel:\n  api: chat\n  configuration:\n    type: openai\n    model: gpt-4o\n    base_url: {}\n    api_key: sk-test\ninputs:\n  question:\n    type: string\n  pic:\n    type: image\n---\nsystem:\nYou are a helpful assistant.\n\nuser:\n{{{{question}}}}\n![image]({{{{pic}}}})\n",
+            server.base
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("dot.png"), png_bytes()).unwrap();
+    for (pic, url) in [
+        ("dot.png".to_owned(), format!("data:image/png;base64,{PNG}")),
+        (
+            r#"{"data:image/jpeg;url": "https://example.com/cat.jpg"}"#.to_owned(),
+            "https://example.com/cat.jpg".to_owned(),
+        ),
+    ] {
+        let out = stdout_json(&flow_test_with(
+            home.path(),
+            &prompty,
+            &[
+                "--inputs",
+                "question=What is in this picture?",
+                &format!("pic={pic}"),
+            ],
+        ));
+        assert_eq!(out["output"], "a red dot");
+        let body = server.seen().last().unwrap().json();
+        assert_eq!(body["messages"], messages(&url, "auto"), "{pic}");
+    }
+}
+
+#[test]
+fn with_openai_vision_images_come_and_go_as_content_parts() {
+    let (home, flow) = home_and_flow();
+    let vision_flow = format!("message_format: openai-vision\n{ROUND_TRIP_FLOW}");
+    write_files(
+        flow.path(),
+        &[("flow.dag.yaml", &vision_flow), ("echo.py", ECHO_TOOL)],
+    );
+    std::fs::write(flow.path().join("dot.png"), png_bytes()).unwrap();
+    // flow test: the output image is a file, referred to as an `image_file` part.
+    let out = stdout_json(&flow_test_with(
+        home.path(),
+        flow.path(),
+        &[
+            "--inputs",
+            r#"pic={"type": "image_file", "image_file": {"path": "dot.png"}}"#,
+        ],
+    ));
+    let file = flow
+        .path()
+        .join(format!(".promptflow/output/{PNG_SHA1}.png"))
+        .to_string_lossy()
+        .into_owned();
+    assert_eq!(
+        out["same"],
+        json!({"type": "image_file", "image_file": {"path": file}})
+    );
+    assert_eq!(out["seen"][0], "Image(54586ec5)");
+    // A URL image stays its URL, as an `image_url` part.
+    let out = stdout_json(&flow_test_with(
+        home.path(),
+        flow.path(),
+        &[
+            "--inputs",
+            &format!(
+                r#"pic={{"type": "image_url", "image_url": {{"url": "data:image/png;base64,{PNG}"}}}}"#
+            ),
+        ],
+    ));
+    assert_eq!(out["same"]["image_file"]["path"], file.as_str());
+
+    // A batch run: data paths are relative to the data file; outputs are `image_file` parts.
+    let data_dir = tempfile::tempdir().unwrap();
+    std::fs::write(data_dir.path().join("dot.png"), png_bytes()).unwrap();
+    let data = data_dir.path().join("rows.jsonl");
+    std::fs::write(
+        &data,
+        "{\"pic\": {\"type\": \"image_file\", \"image_file\": {\"path\": \"dot.png\"}}}\n",
+    )
+    .unwrap();
+    succeeded(&mut crate::common::run_create(
+        home.path(),
+        "vision",
+        "",
+        flow.path(),
+        &data,
+    ));
+    let outputs = read_jsonl(&home.path().join("runs/vision/flow_outputs/output.jsonl"));
+    assert_eq!(
+        outputs[0]["same"],
+        json!({"type": "image_file", "image_file": {"path": format!("{PNG_SHA1}.png")}})
+    );
+
+    // A served flow answers with `image_url` parts holding data URIs, and refuses `image_file`.
+    let served = crate::common::serve(
+        home.path(),
+        &[
+            "flow",
+            "serve",
+            "--port",
+            "0",
+            "--flow",
+            flow.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    let url = format!("data:image/png;base64,{PNG}");
+    let r = served.post_json(
+        "/score",
+        &json!({"pic": {"type": "image_url", "image_url": {"url": url}}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json()["same"],
+        json!({"type": "image_url", "image_url": {"url": url}})
+    );
+    let r = served.post_json(
+        "/score",
+        &json!({"pic": {"type": "image_file", "image_file": {"path": "dot.png"}}}),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("does not read files"), "{}", r.body);
+    served.stop();
+}

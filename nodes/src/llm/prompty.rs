@@ -61,17 +61,22 @@ pub(super) fn build(
     def: &PromptyDef,
 ) -> Result<Built, BuildError> {
     let file = &cx.flow.file;
-    let template = Template::from_source(def.template.clone(), file).map_err(|mut e| {
+    let api = match def.api {
+        PromptyApi::Chat => Api::Chat,
+        PromptyApi::Completion => Api::Completion,
+    };
+    // In a chat prompt, `![image]({{var}})` shows the image `var`, as in an `llm` node (§7.3).
+    let source = match api {
+        Api::Chat => super::chat::preprocess_images(&def.template).into_owned(),
+        Api::Completion => def.template.clone(),
+    };
+    let template = Template::from_source(source, file).map_err(|mut e| {
         // Template lines count from the body; the file has the front matter above it.
         if let Some(span) = e.span.as_mut() {
             span.line += def.template_line.saturating_sub(1);
         }
         e
     })?;
-    let api = match def.api {
-        PromptyApi::Chat => Api::Chat,
-        PromptyApi::Completion => Api::Completion,
-    };
     let mut params = protocol::from_fields(def.parameters.iter()).map_err(|e| {
         BuildError::new(format!("`model.parameters`: {e}")).at(file, Some(def.parameters_span))
     })?;

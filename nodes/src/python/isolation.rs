@@ -5,8 +5,8 @@
 //! Each worker is the `sluice` binary itself (`sluice __python-worker`), so it runs the same embedded
 //! Python and the same `promptflow` stand-in. It reads one JSON request per line on stdin and answers
 //! one JSON line on a private descriptor (its stdout is moved to stderr first, so nothing a tool prints,
-//! even from C, can corrupt the answer). Inputs and outputs cross as JSON: a stream output is joined,
-//! and an output JSON cannot hold is an error of its node.
+//! even from C, can corrupt the answer). Inputs and outputs cross as JSON, images whole (bytes, type
+//! and URL): a stream output is joined, and an output JSON cannot hold is an error of its node.
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -15,6 +15,8 @@ use std::sync::{Mutex, OnceLock};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
+use sluice_engine::image::Image;
+use sluice_engine::value::PlainError;
 use sluice_engine::{Map, NodeError, ToolErrorDetails, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
@@ -234,15 +236,64 @@ fn signal_name(sig: i32) -> &'static str {
 pub(crate) fn inputs_json(inputs: &Map) -> Result<serde_json::Map<String, Json>, NodeError> {
     let mut out = serde_json::Map::new();
     for (k, v) in inputs {
-        let plain = v.to_plain().map_err(|e| {
+        let wire = to_wire(v).map_err(|e| {
             NodeError::user(
                 "InputNotJsonSerializable",
                 format!("input `{k}` cannot be sent to a worker process: {e}"),
             )
         })?;
-        out.insert(k.clone(), plain.to_json_lossy());
+        out.insert(k.clone(), wire);
     }
     Ok(out)
+}
+
+/// The key of an image as it crosses between processes, whole: its bytes, MIME type and URL.
+const IMAGE_KEY: &str = "__sluice_image__";
+
+/// A value as JSON that crosses between processes: images whole (see [`from_wire`]), the rest as its
+/// plain form.
+fn to_wire(v: &Value) -> Result<Json, PlainError> {
+    Ok(match v {
+        Value::List(items) => Json::Array(items.iter().map(to_wire).collect::<Result<_, _>>()?),
+        Value::Map(m) => Json::Object(
+            m.iter()
+                .map(|(k, v)| to_wire(v).map(|w| (k.clone(), w)))
+                .collect::<Result<_, _>>()?,
+        ),
+        v => match Image::of(v) {
+            Some(image) => serde_json::json!({IMAGE_KEY: {
+                "mime": image.mime_type(),
+                "base64": image.to_base64(false),
+                "url": image.source_url(),
+            }}),
+            None => v.to_plain()?.to_json_lossy(),
+        },
+    })
+}
+
+/// A value that crossed between processes, images made whole again.
+pub(crate) fn from_wire(j: Json) -> Value {
+    match j {
+        Json::Object(m) if m.len() == 1 && m.contains_key(IMAGE_KEY) => {
+            match image_from_wire(&m[IMAGE_KEY]) {
+                Some(image) => image.into_value(),
+                None => Value::from(Json::Object(m)),
+            }
+        }
+        Json::Object(m) => Value::Map(m.into_iter().map(|(k, v)| (k, from_wire(v))).collect()),
+        Json::Array(items) => Value::List(items.into_iter().map(from_wire).collect()),
+        other => Value::from(other),
+    }
+}
+
+fn image_from_wire(j: &Json) -> Option<Image> {
+    use base64::Engine as _;
+    let mime = j.get("mime")?.as_str()?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(j.get("base64")?.as_str()?)
+        .ok()?;
+    let url = j.get("url").and_then(Json::as_str).map(str::to_owned);
+    Some(Image::new(bytes, Some(mime), url))
 }
 
 /// The worker's side: answers requests from `input` on `answers` until `input` ends.
@@ -281,10 +332,33 @@ pub(crate) struct NotPlain {
 
 /// A value as the worker sends it back.
 pub(crate) fn output_json(value: &Value) -> Result<Json, NotPlain> {
-    value
-        .to_plain()
-        .map(|v| v.to_json_lossy())
-        .map_err(|e| NotPlain {
-            reason: e.to_string(),
-        })
+    to_wire(value).map_err(|e| NotPlain {
+        reason: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn images_cross_whole_with_their_bytes_type_and_url() {
+        let image = Image::new(
+            b"\x89PNG\r\n\x1a\nrest".to_vec(),
+            Some("image/png"),
+            Some("https://example.com/a.png".into()),
+        );
+        let value = Value::List(vec![
+            Value::from("text"),
+            Value::Map(Map::from_iter([("pic".to_owned(), image.into_value())])),
+        ]);
+        let back = from_wire(to_wire(&value).unwrap());
+        let Value::List(items) = &back else { panic!() };
+        let Value::Map(m) = &items[1] else { panic!() };
+        let image = Image::of(&m["pic"]).unwrap();
+        assert_eq!(image.bytes(), b"\x89PNG\r\n\x1a\nrest");
+        assert_eq!(image.mime_type(), "image/png");
+        assert_eq!(image.source_url(), Some("https://example.com/a.png"));
+        assert_eq!(items[0], Value::from("text"));
+    }
 }

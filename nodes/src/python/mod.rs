@@ -612,7 +612,10 @@ impl PythonNode {
         if let Some(message) = response.system {
             return Err(NodeError::system("WorkerError", message));
         }
-        Ok(response.output.map(Value::from).unwrap_or(Value::Null))
+        Ok(response
+            .output
+            .map(isolation::from_wire)
+            .unwrap_or(Value::Null))
     }
 }
 
@@ -695,7 +698,7 @@ pub(crate) fn call_in_worker(request: &isolation::Request) -> isolation::Respons
         };
         let kwargs = PyDict::new(py);
         for (k, v) in &request.kwargs {
-            kwargs.set_item(k, to_py(py, &Value::from(v.clone()))?)?;
+            kwargs.set_item(k, to_py(py, &isolation::from_wire(v.clone()))?)?;
         }
         if let Err(e) = with_connections(py, rt, &connections, &kwargs) {
             return Ok(fail(format!(
@@ -746,6 +749,7 @@ pub(crate) fn call_in_worker(request: &isolation::Request) -> isolation::Respons
 #[async_trait]
 impl Node for PythonNode {
     async fn run(&self, inputs: NodeInputs, cx: &NodeContext) -> Result<Value, NodeError> {
+        let inputs = with_fetched_images(inputs).await?;
         if !self.in_process && isolation::isolation() != Isolation::InProcess {
             return self.run_isolated(&inputs, cx).await;
         }
@@ -812,6 +816,22 @@ impl Node for PythonNode {
             e
         })
     }
+}
+
+/// The inputs with the bytes of their URL images fetched, as promptflow hands a tool an `Image`
+/// with the bytes of its URL.
+async fn with_fetched_images(mut inputs: NodeInputs) -> Result<NodeInputs, NodeError> {
+    for (name, value) in inputs.iter_mut() {
+        if sluice_engine::image::has_remote(value) {
+            *value = sluice_engine::image::fetch_all(value).await.map_err(|e| {
+                NodeError::user(
+                    "InvalidImageInput",
+                    format!("input `{name}`: {}", crate::error_chain(&e)),
+                )
+            })?;
+        }
+    }
+    Ok(inputs)
 }
 
 /// How long a Python node waits for the interpreter before it checks whether a tool holds it.

@@ -25,6 +25,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value as Json_, json};
+use sluice_engine::image::MessageFormat;
 use sluice_engine::redact::redact;
 use sluice_engine::spawn::{SpawnedTask, run_blocking};
 use sluice_engine::{
@@ -121,6 +122,7 @@ pub fn serve(args: FlowServeArgs) -> anyhow::Result<ExitStatus> {
             sample: args.log_sample,
             payloads: !args.no_log_payloads,
             max_bytes: args.log_max_bytes as u64,
+            message_format: flow.def.message_format,
         },
         metrics.log_dropped.clone(),
     )
@@ -387,18 +389,25 @@ fn inputs_of(flow: &Flow, body: &[u8]) -> Result<Map, ApiError> {
         ));
     }
     // An image comes in the request (base64 or a data URI) or by URL, never as a path on the server.
+    let format = flow.def.message_format;
     for (name, value) in &given {
         let nested = match inputs.get(name).map(|i| &i.ty) {
             Some(ValueType::Image) => false,
             Some(ValueType::List | ValueType::Object) => true,
             _ => continue,
         };
-        if sluice_engine::image::names_a_file(value, nested) {
+        if sluice_engine::image::names_a_file(value, nested, format) {
+            let dict = match format {
+                MessageFormat::Basic => r#"{"data:image/png;base64": "..."}"#,
+                MessageFormat::OpenaiVision => {
+                    r#"{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}"#
+                }
+            };
             return Err(ApiError::user(
                 StatusCode::BAD_REQUEST,
                 "InvalidImageInput",
                 format!(
-                    "Input '{name}' names an image file; a served flow does not read files for its clients: send the image as {{\"data:image/png;base64\": \"...\"}}, a data:image/...;base64 URI or an http(s) URL."
+                    "Input '{name}' names an image file; a served flow does not read files for its clients: send the image as {dict}, a data:image/...;base64 URI or an http(s) URL."
                 ),
             ));
         }
@@ -481,7 +490,9 @@ async fn run_score(app: Arc<App>, headers: &HeaderMap, body: &[u8]) -> Result<Re
     match plain {
         Ok(output) => {
             line.output = output;
-            let response = json_response(&app.visible(&line.output));
+            let format = app.flow.def.message_format;
+            let visible = Value::Map(app.visible(&line.output));
+            let response = json_response(&sluice_engine::image::for_client(visible, format));
             app.log(line, parent);
             Ok(response)
         }

@@ -55,6 +55,8 @@ pub(crate) struct TrafficOptions {
     pub payloads: bool,
     /// A segment holding this many bytes of `details.jsonl` is closed.
     pub max_bytes: u64,
+    /// How the flow refers to the image files the log writes (its `message_format`).
+    pub message_format: sluice_engine::image::MessageFormat,
 }
 
 enum Entry {
@@ -407,7 +409,7 @@ impl Writer {
                 run.api_calls.clear();
             }
         }
-        let written = write_line(&mut segment, &line);
+        let written = write_line(&mut segment, &line, self.options.message_format);
         if line.status == Status::Completed {
             segment.completed += 1;
         } else {
@@ -475,17 +477,21 @@ impl Segment {
     }
 }
 
-fn write_line(s: &mut Segment, line: &LineResult) -> Result<(), StoreError> {
+fn write_line(
+    s: &mut Segment,
+    line: &LineResult,
+    format: sluice_engine::image::MessageFormat,
+) -> Result<(), StoreError> {
     let n = line.line_number.unwrap_or(0);
     s.details_bytes += s.details.push(&LineRecordRef::new(line))? as u64;
     let path = |name: &str| s.dir.join(name);
     // Images go to files beside the outputs and are referred to by path, as in a batch run.
     let images = s.dir.join("flow_outputs");
-    let inputs = with_image_files(&line.inputs, &images)?;
+    let inputs = with_image_files(&line.inputs, &images, format)?;
     writeln!(s.inputs, "{}", numbered(n, &inputs))
         .map_err(|e| StoreError::io(&path("inputs.jsonl"), e))?;
     if line.status == Status::Completed {
-        let outputs = with_image_files(&line.output, &images)?;
+        let outputs = with_image_files(&line.output, &images, format)?;
         let out = numbered(n, &outputs);
         writeln!(s.outputs, "{out}").map_err(|e| StoreError::io(&path("outputs.jsonl"), e))?;
         writeln!(s.flow_outputs, "{out}")
@@ -496,7 +502,11 @@ fn write_line(s: &mut Segment, line: &LineResult) -> Result<(), StoreError> {
 
 /// `map` with its images written to files in `dir` and referred to by their absolute paths; `map`
 /// itself when it holds none (most lines: nothing is copied).
-fn with_image_files<'a>(map: &'a Map, dir: &Path) -> Result<std::borrow::Cow<'a, Map>, StoreError> {
+fn with_image_files<'a>(
+    map: &'a Map,
+    dir: &Path,
+    format: sluice_engine::image::MessageFormat,
+) -> Result<std::borrow::Cow<'a, Map>, StoreError> {
     fn has_image(v: &sluice_engine::Value) -> bool {
         match v {
             sluice_engine::Value::Opaque(o) => o.is_media(),
@@ -511,7 +521,7 @@ fn with_image_files<'a>(map: &'a Map, dir: &Path) -> Result<std::borrow::Cow<'a,
     let prefix = format!("{}/", dir.to_string_lossy());
     map.iter()
         .map(|(k, v)| {
-            sluice_engine::image::persist(v, dir, &prefix)
+            sluice_engine::image::persist(v, dir, &prefix, format)
                 .map(|v| (k.clone(), v))
                 .map_err(|e| StoreError::io(dir, e))
         })
