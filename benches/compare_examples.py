@@ -305,8 +305,10 @@ def discover(examples):
     return found
 
 
-def inputs_and_init(examples, kind, rel):
-    """The inputs (a dict) and init (a dict or None) both runners get, and where they came from."""
+def inputs_and_init(examples, kind, rel, defaults_as_inputs=False):
+    """The inputs (a dict) and init (a dict or None) both runners get, and where they came from.
+    With `defaults_as_inputs`, a DAG flow without data gets its inputs' defaults (as this script reads
+    the YAML) written into the inputs file, instead of leaving each runner to read them."""
     path = os.path.join(examples, rel)
     folder = path if os.path.isdir(path) else os.path.dirname(path)
     init = None
@@ -318,6 +320,9 @@ def inputs_and_init(examples, kind, rel):
             row = first_jsonl(data) or {}
             picked = {k: v for k, v in row.items() if k in declared}
             return picked, None, "data.jsonl line 1 (declared inputs only)"
+        if defaults_as_inputs:
+            given = {k: v["default"] for k, v in declared.items() if isinstance(v, dict) and "default" in v}
+            return given, None, "the inputs' defaults, given as inputs"
         return {}, None, "the inputs' defaults"
     if kind == "flex":
         flow = load_yaml(os.path.join(folder, "flow.flex.yaml"))
@@ -590,6 +595,8 @@ def main():
     ap.add_argument("--timeout", type=int, default=240)
     ap.add_argument("--json", help="write the results here as JSON")
     ap.add_argument("--site", help="a folder of extra packages both runners' Python tools import (PYTHONPATH)")
+    ap.add_argument("--defaults-as-inputs", action="store_true",
+                    help="give a DAG flow without data its inputs' defaults as inputs (read here, not by each runner)")
     args = ap.parse_args()
     if import_yaml_error:
         sys.exit("PyYAML is needed: %s" % import_yaml_error)
@@ -646,7 +653,7 @@ def main():
             results.append({"example": name, "outcome": "not a flow", "notes": [note]})
             continue
         try:
-            inputs, init, source = inputs_and_init(args.examples, kind, rel)
+            inputs, init, source = inputs_and_init(args.examples, kind, rel, args.defaults_as_inputs)
         except Exception as e:  # an example whose sample cannot be read still runs, on its defaults
             inputs, init, source = {}, None, "the inputs' defaults (reading its sample failed: %s)" % e
         stem = rel.replace("/", "__")

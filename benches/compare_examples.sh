@@ -7,8 +7,10 @@
 # Prints one line per example (match, output differs, requests differ, sluice fails, pf fails
 # (skipped)) with a short diff, and totals. A report: exits 0 unless the harness itself broke.
 #
-#   benches/compare_examples.sh [--only SUBSTR]... [--keep]
+#   benches/compare_examples.sh [--only SUBSTR]... [--keep] [--defaults-as-inputs]
 #
+# --defaults-as-inputs gives a DAG flow without data its inputs' defaults, read by this script, as
+# explicit inputs (by default each runner reads them from flow.dag.yaml itself).
 # PROMPTFLOW_GIT: the promptflow git dir (default /work/.mirror/microsoft+promptflow/repo).
 # PF: pf (default ~/.cache/sluice/pf-venv/bin/pf, promptflow 1.18.5 + promptflow-tools); Sluice's
 # Python tools import from the same virtualenv. Uses target/release/sluice (or $SLUICE).
@@ -25,6 +27,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --keep) keep=1 ;;
     --only) extra+=(--only "$2"); shift ;;
+    --defaults-as-inputs) extra+=(--defaults-as-inputs) ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
   shift

@@ -538,23 +538,25 @@ def _call_llm(connection, api, prompt, model_key, model, params, variables):
     return answer
 
 
-_CHAT_DEFAULTS = dict(
-    temperature=1, top_p=1, n=1, stream=False, stop=None, max_tokens=None, presence_penalty=None,
-    frequency_penalty=None, logit_bias=None, user="", function_call=None, functions=None, tool_choice=None,
-    tools=None, response_format=None, seed=None,
-)
-_COMPLETION_DEFAULTS = dict(
-    suffix=None, max_tokens=16, temperature=1.0, top_p=1.0, n=1, stream=False, logprobs=None, echo=False,
-    stop=None, presence_penalty=None, frequency_penalty=None, best_of=1, logit_bias=None, user="",
-)
+# The request parameters promptflow-tools' chat and completion take; other keyword arguments are the
+# template's variables.
+_CHAT_PARAMS = frozenset((
+    "temperature", "top_p", "n", "stream", "stop", "max_tokens", "presence_penalty", "frequency_penalty",
+    "logit_bias", "user", "function_call", "functions", "tool_choice", "tools", "response_format", "seed",
+))
+_COMPLETION_PARAMS = frozenset((
+    "suffix", "max_tokens", "temperature", "top_p", "n", "stream", "logprobs", "echo", "stop",
+    "presence_penalty", "frequency_penalty", "best_of", "logit_bias", "user",
+))
 
 
-def _split(defaults, kwargs):
-    """The request's parameters (the defaults updated with those given) and the template's variables."""
-    params = dict(defaults)
+def _split(names, kwargs):
+    """The request's parameters the caller gave and the template's variables. A parameter left out
+    is the `llm` node's default, which is promptflow-tools' default."""
+    params = {}
     variables = {}
     for key, value in kwargs.items():
-        (params if key in defaults else variables)[key] = value
+        (params if key in names else variables)[key] = value
     return params, variables
 
 
@@ -568,12 +570,12 @@ class _ToolProvider:
 
     def chat(self, prompt, **kwargs):
         model = kwargs.pop(self._model_key, "")
-        params, variables = _split(_CHAT_DEFAULTS, kwargs)
+        params, variables = _split(_CHAT_PARAMS, kwargs)
         return _call_llm(self.connection, "chat", prompt, self._model_key, model, params, variables)
 
     def completion(self, prompt, **kwargs):
         model = kwargs.pop(self._model_key, "")
-        params, variables = _split(_COMPLETION_DEFAULTS, kwargs)
+        params, variables = _split(_COMPLETION_PARAMS, kwargs)
         return _call_llm(self.connection, "completion", prompt, self._model_key, model, params, variables)
 
 

@@ -227,6 +227,13 @@ where
         if v.is_null() {
             continue;
         }
+        if matches!(
+            name.as_str(),
+            "temperature" | "top_p" | "presence_penalty" | "frequency_penalty"
+        ) && let Json::Number(n) = v.to_json()
+        {
+            p.given_numbers.insert(name.clone(), Json::Number(n));
+        }
         match name.as_str() {
             "model" | "deployment_name" => match v.text() {
                 Some("") => {}
@@ -488,8 +495,13 @@ pub fn encode_request(prompt: &Prompt, p: &GenParams, stream: bool, provider: Pr
 
 /// The parameters of a chat request, as promptflow's chat tools send them.
 fn encode_chat(b: &mut serde_json::Map<String, Json>, p: &GenParams, stream: bool) {
-    b.insert("temperature".into(), json!(p.temperature));
-    b.insert("top_p".into(), json!(p.top_p));
+    // Numbers as they were given (the defaults are floats, as in the chat tools an `llm` node calls).
+    let number = |key: &str, value: f64| match p.given_numbers.get(key) {
+        Some(n) => n.clone(),
+        None => json!(value),
+    };
+    b.insert("temperature".into(), number("temperature", p.temperature));
+    b.insert("top_p".into(), number("top_p", p.top_p));
     b.insert("n".into(), json!(p.n));
     b.insert("stream".into(), json!(stream));
     if let Some(n) = p.max_tokens {
@@ -499,10 +511,16 @@ fn encode_chat(b: &mut serde_json::Map<String, Json>, p: &GenParams, stream: boo
         b.insert("stop".into(), json!(p.stop));
     }
     if p.presence_penalty != 0.0 || p.penalties_given.0 {
-        b.insert("presence_penalty".into(), json!(p.presence_penalty));
+        b.insert(
+            "presence_penalty".into(),
+            number("presence_penalty", p.presence_penalty),
+        );
     }
     if p.frequency_penalty != 0.0 || p.penalties_given.1 {
-        b.insert("frequency_penalty".into(), json!(p.frequency_penalty));
+        b.insert(
+            "frequency_penalty".into(),
+            number("frequency_penalty", p.frequency_penalty),
+        );
     }
     if let Some(s) = p.seed {
         b.insert("seed".into(), json!(s));
@@ -719,6 +737,21 @@ mod tests {
         let body = json!({"max_completion_tokens": 5, "max_tokens": 9});
         let p = from_fields(body.as_object().unwrap()).unwrap();
         assert_eq!(p.max_tokens, Some(5));
+    }
+
+    #[test]
+    fn chat_numbers_keep_their_kind_and_the_defaults_are_floats() {
+        let body = json!({"temperature": 1, "top_p": 1.0, "frequency_penalty": 0});
+        let p = from_fields(body.as_object().unwrap()).unwrap();
+        let sent = encode_request(&chat_prompt(), &p, false, Provider::OpenAi);
+        assert_eq!(sent["temperature"].to_string(), "1");
+        assert_eq!(sent["top_p"].to_string(), "1.0");
+        assert_eq!(sent["frequency_penalty"].to_string(), "0");
+        // Not given: the chat tools' defaults, `1.0`.
+        let p = from_fields(json!({"temperature": "0.5"}).as_object().unwrap()).unwrap();
+        let sent = encode_request(&chat_prompt(), &p, false, Provider::OpenAi);
+        assert_eq!(sent["temperature"].to_string(), "0.5");
+        assert_eq!(sent["top_p"].to_string(), "1.0");
     }
 
     #[test]

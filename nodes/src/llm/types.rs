@@ -87,6 +87,9 @@ pub struct GenParams {
     /// Whether `presence_penalty` and `frequency_penalty` were given: a given penalty is sent to a
     /// server even when it is 0, as promptflow sends it.
     pub penalties_given: (bool, bool),
+    /// `temperature`, `top_p` and the penalties as the numbers they were given (an integer stays
+    /// one), for a chat request, which promptflow's chat tools send as given.
+    pub given_numbers: serde_json::Map<String, serde_json::Value>,
     pub seed: Option<i64>,
     /// `response_format: {type: json_object}`: the output must be one JSON object.
     pub json_object: bool,
@@ -139,6 +142,7 @@ impl Default for GenParams {
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
             penalties_given: (false, false),
+            given_numbers: serde_json::Map::new(),
             seed: None,
             json_object: false,
             model: None,
