@@ -403,6 +403,237 @@ fn write_gguf(path: &Path, meta: &[(&str, Kv)], tensors: &[Tensor]) -> io::Resul
     fs::rename(tmp, path)
 }
 
+/// A GGUF file read back: its scalar and string metadata, and its tensors' places. Only the tensor
+/// types `sluice model import` writes (f32 and f16) can be read as numbers; other types are listed
+/// with their ggml type so a caller can tell and fall back.
+#[derive(Debug)]
+pub struct GgufFile {
+    bytes: Vec<u8>,
+    meta: BTreeMap<String, MetaValue>,
+    tensors: BTreeMap<String, TensorInfo>,
+}
+
+/// A metadata value kept by [`GgufFile`]: numbers, booleans and strings (arrays are skipped).
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetaValue {
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Str(String),
+}
+
+/// Where a tensor lies and what it is.
+#[derive(Debug, Clone)]
+pub struct TensorInfo {
+    /// ggml order: the fastest-varying dimension first.
+    pub dims: Vec<u64>,
+    /// ggml's type number (0 f32, 1 f16, others quantised).
+    pub ggml_type: u32,
+    /// From the start of the file.
+    offset: usize,
+}
+
+/// A cursor over a GGUF header.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> io::Result<&[u8]> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.bytes.len())
+            .ok_or_else(|| err(format!("GGUF header ends early at byte {}", self.pos)))?;
+        let s = &self.bytes[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+    fn u32(&mut self) -> io::Result<u32> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
+    }
+    fn u64(&mut self) -> io::Result<u64> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
+    }
+    fn len(&mut self) -> io::Result<usize> {
+        let n = self.u64()?;
+        usize::try_from(n)
+            .ok()
+            .filter(|&n| n <= self.bytes.len())
+            .ok_or_else(|| err(format!("GGUF length {n} at byte {} is too large", self.pos)))
+    }
+    fn string(&mut self) -> io::Result<String> {
+        let n = self.len()?;
+        String::from_utf8(self.take(n)?.to_vec())
+            .map_err(|_| err(format!("GGUF string before byte {} is not UTF-8", self.pos)))
+    }
+    /// One value of `ty`; `None` for arrays, which are skipped.
+    fn value(&mut self, ty: u32) -> io::Result<Option<MetaValue>> {
+        let b = |r: &mut Self, n| r.take(n).map(<[u8]>::to_vec);
+        Ok(Some(match ty {
+            0 => MetaValue::Int(i64::from(b(self, 1)?[0])),
+            1 => MetaValue::Int(i64::from(b(self, 1)?[0] as i8)),
+            2 => MetaValue::Int(i64::from(u16::from_le_bytes(
+                b(self, 2)?.try_into().expect("2"),
+            ))),
+            3 => MetaValue::Int(i64::from(i16::from_le_bytes(
+                b(self, 2)?.try_into().expect("2"),
+            ))),
+            GGUF_U32 => MetaValue::Int(i64::from(self.u32()?)),
+            GGUF_I32 => MetaValue::Int(i64::from(self.u32()? as i32)),
+            GGUF_F32 => MetaValue::Float(f64::from(f32::from_bits(self.u32()?))),
+            GGUF_BOOL => MetaValue::Bool(b(self, 1)?[0] != 0),
+            GGUF_STRING => MetaValue::Str(self.string()?),
+            GGUF_ARRAY => {
+                let item = self.u32()?;
+                let n = self.len()?;
+                for _ in 0..n {
+                    self.value(item)?;
+                }
+                return Ok(None);
+            }
+            10 => MetaValue::Int(self.u64()? as i64),
+            11 => MetaValue::Int(self.u64()? as i64),
+            12 => MetaValue::Float(f64::from_bits(self.u64()?)),
+            other => return Err(err(format!("GGUF value type {other} is unknown"))),
+        }))
+    }
+}
+
+impl GgufFile {
+    /// Reads the whole file at `path`.
+    pub fn read(path: &Path) -> io::Result<GgufFile> {
+        let bytes = fs::read(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
+        Self::parse(bytes).map_err(|e| err(format!("{}: {e}", path.display())))
+    }
+
+    fn parse(bytes: Vec<u8>) -> io::Result<GgufFile> {
+        let mut r = Reader {
+            bytes: &bytes,
+            pos: 0,
+        };
+        if r.take(4)? != b"GGUF" {
+            return Err(err("not a GGUF file"));
+        }
+        let version = r.u32()?;
+        if version < 2 {
+            return Err(err(format!("GGUF version {version} is too old")));
+        }
+        let n_tensors = r.len()?;
+        let n_meta = r.len()?;
+        let mut meta = BTreeMap::new();
+        for _ in 0..n_meta {
+            let key = r.string()?;
+            let ty = r.u32()?;
+            if let Some(v) = r.value(ty)? {
+                meta.insert(key, v);
+            }
+        }
+        let align = match meta.get("general.alignment") {
+            Some(MetaValue::Int(a)) if *a > 0 => *a as usize,
+            _ => ALIGN as usize,
+        };
+        let mut infos = Vec::with_capacity(n_tensors.min(1 << 16));
+        for _ in 0..n_tensors {
+            let name = r.string()?;
+            let n_dims = r.u32()? as usize;
+            if n_dims > 4 {
+                return Err(err(format!("tensor {name} has {n_dims} dimensions")));
+            }
+            let dims = (0..n_dims)
+                .map(|_| r.u64())
+                .collect::<io::Result<Vec<_>>>()?;
+            let ggml_type = r.u32()?;
+            let offset = r.u64()?;
+            infos.push((name, dims, ggml_type, offset));
+        }
+        let data_start = r.pos.div_ceil(align) * align;
+        let mut tensors = BTreeMap::new();
+        for (name, dims, ggml_type, offset) in infos {
+            let offset = usize::try_from(offset)
+                .ok()
+                .and_then(|o| o.checked_add(data_start))
+                .filter(|&o| o <= bytes.len())
+                .ok_or_else(|| err(format!("tensor {name} lies outside the file")))?;
+            tensors.insert(
+                name,
+                TensorInfo {
+                    dims,
+                    ggml_type,
+                    offset,
+                },
+            );
+        }
+        Ok(GgufFile {
+            bytes,
+            meta,
+            tensors,
+        })
+    }
+
+    /// A metadata value.
+    pub fn meta(&self, key: &str) -> Option<&MetaValue> {
+        self.meta.get(key)
+    }
+
+    /// A whole-number metadata value.
+    pub fn meta_int(&self, key: &str) -> Option<i64> {
+        match self.meta.get(key)? {
+            MetaValue::Int(i) => Some(*i),
+            _ => None,
+        }
+    }
+
+    /// A string metadata value.
+    pub fn meta_str(&self, key: &str) -> Option<&str> {
+        match self.meta.get(key)? {
+            MetaValue::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// A tensor's place and type.
+    pub fn tensor_info(&self, name: &str) -> Option<&TensorInfo> {
+        self.tensors.get(name)
+    }
+
+    /// A tensor's numbers in ggml order, if it is f32 or f16.
+    pub fn tensor_f32(&self, name: &str) -> io::Result<Vec<f32>> {
+        let info = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| err(format!("no tensor {name}")))?;
+        let count = info
+            .dims
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(usize::try_from(d).ok()?))
+            .ok_or_else(|| err(format!("tensor {name} is too large")))?;
+        let width = match info.ggml_type {
+            0 => 4,
+            1 => 2,
+            t => {
+                return Err(err(format!(
+                    "tensor {name} has ggml type {t}, not f32 or f16"
+                )));
+            }
+        };
+        let raw = count
+            .checked_mul(width)
+            .and_then(|n| self.bytes.get(info.offset..info.offset.checked_add(n)?))
+            .ok_or_else(|| err(format!("tensor {name} runs past the end of the file")))?;
+        Ok(if width == 4 {
+            raw.chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().expect("4")))
+                .collect()
+        } else {
+            raw.chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes(c.try_into().expect("2")).to_f32())
+                .collect()
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -441,6 +672,68 @@ mod tests {
                 e.contains("max_seq_length") && e.contains("sentence_bert_config.json"),
                 "{e}"
             );
+        }
+    }
+
+    #[test]
+    fn a_written_gguf_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.gguf");
+        let meta = vec![
+            ("general.architecture", Kv::Str("bert".into())),
+            ("bert.block_count", Kv::U32(6)),
+            ("bert.attention.layer_norm_epsilon", Kv::F32(1e-12)),
+            ("bert.attention.causal", Kv::Bool(false)),
+            (
+                "tokenizer.ggml.tokens",
+                Kv::Strs(vec!["a".into(), "b".into()]),
+            ),
+            ("tokenizer.ggml.token_type", Kv::I32s(vec![1, 3])),
+        ];
+        let values = [1.0f32, -2.5, 0.125, 3.0, 65504.0, -0.0];
+        let tensors = vec![
+            Tensor {
+                name: "half".into(),
+                dims: vec![3, 2],
+                f16: true,
+                data: values
+                    .iter()
+                    .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                    .collect(),
+            },
+            Tensor {
+                name: "single".into(),
+                dims: vec![5],
+                f16: false,
+                data: values[..5].iter().flat_map(|v| v.to_le_bytes()).collect(),
+            },
+        ];
+        write_gguf(&path, &meta, &tensors).unwrap();
+        let g = GgufFile::read(&path).unwrap();
+        assert_eq!(g.meta_str("general.architecture"), Some("bert"));
+        assert_eq!(g.meta_int("bert.block_count"), Some(6));
+        assert_eq!(
+            g.meta("bert.attention.causal"),
+            Some(&MetaValue::Bool(false))
+        );
+        assert!(
+            g.meta("tokenizer.ggml.tokens").is_none(),
+            "arrays are skipped"
+        );
+        assert_eq!(g.tensor_f32("half").unwrap(), values);
+        assert_eq!(g.tensor_f32("single").unwrap(), &values[..5]);
+        assert_eq!(g.tensor_info("half").unwrap().dims, vec![3, 2]);
+        assert!(g.tensor_f32("missing").is_err());
+
+        // A cut file is an error naming it, never a panic (the last cut takes 4 bytes of data: 12
+        // of the 16 are the padding after the last tensor).
+        let bytes = fs::read(&path).unwrap();
+        for cut in [3, 20, 60, bytes.len() - 16] {
+            fs::write(&path, &bytes[..cut]).unwrap();
+            match GgufFile::read(&path) {
+                Err(e) => assert!(e.to_string().contains("t.gguf"), "{e}"),
+                Ok(g) => assert!(g.tensor_f32("single").is_err(), "cut at {cut}"),
+            }
         }
     }
 }

@@ -318,6 +318,7 @@ pub fn embed(args: EmbedArgs) -> anyhow::Result<ExitStatus> {
                     "max_seq_length": layout.max_seq,
                     "batch_tokens": layout.batch_tokens,
                     "threads": layout.threads,
+                    "encoder": layout.encoder,
                 })
             );
         }

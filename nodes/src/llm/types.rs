@@ -417,7 +417,9 @@ pub trait Backend: Send + Sync + fmt::Debug {
 pub struct EmbedLayout {
     /// The longest input in tokens, with the start and end tokens; longer texts are cut to it.
     pub max_seq: usize,
-    /// Tokens per llama.cpp call.
+    /// Tokens per encoder call.
     pub batch_tokens: u32,
     pub threads: i32,
+    /// What runs the model: `sluice-bert` (Sluice's own BERT encoder) or `llama.cpp`.
+    pub encoder: &'static str,
 }
