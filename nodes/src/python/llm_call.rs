@@ -7,31 +7,19 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use indexmap::IndexMap;
-use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use sluice_engine::model::InputBinding;
 use sluice_engine::{
-    Flow, FlowDef, FlowError, InputValue, LineOptions, Map, NodeDef, OutputDef, Value, ValueType,
+    Flow, FlowDef, InputValue, LineOptions, Map, NodeDef, OutputDef, Value, ValueType,
 };
 
+use super::call::{CallError, map_of, on_own_thread};
 use crate::llm::connections::{Connection, keep_in_memory};
 
 /// The name of the node a call becomes.
 const NODE: &str = "llm";
-
-/// Why a call from Python did not give a result.
-#[derive(Debug, thiserror::Error)]
-enum LlmCallError {
-    #[error("{}", .0.render().trim_end())]
-    Load(#[from] FlowError),
-    #[error("{error_type}: {message}")]
-    Line { error_type: String, message: String },
-    #[error("could not start a thread for the call")]
-    Thread(#[source] std::io::Error),
-    #[error("the call's thread stopped unexpectedly")]
-    Panicked,
-}
 
 /// Adds `_call_llm` to the `sluice` module, where the `promptflow.tools` stand-in finds it.
 pub(super) fn install(py: Python<'_>) -> PyResult<()> {
@@ -59,35 +47,23 @@ fn call_llm(
         })?;
     let name = conn.name.clone();
     keep_in_memory(conn);
-    let rt = super::runtime().map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
-    let inputs = match super::from_py(rt, inputs.as_any())? {
-        Value::Map(m) => m,
-        _ => Map::new(),
-    };
+    let inputs = map_of(inputs)?;
     let api = api.to_owned();
     let dir = std::env::current_dir().unwrap_or_default();
-    let result = py.detach(move || {
-        std::thread::Builder::new()
-            .name("sluice-llm-call".into())
-            .spawn(move || run(dir, name, api, prompt, inputs, stream))
-            .map_err(LlmCallError::Thread)?
-            .join()
-            .map_err(|_| LlmCallError::Panicked)?
-    });
-    match result {
-        Ok(v) => Ok(super::to_py(py, &v)?.unbind()),
-        Err(e) => Err(PyRuntimeError::new_err(e.to_string())),
-    }
+    on_own_thread(py, "sluice-llm-call", move |runtime| {
+        run(runtime, dir, name, api, prompt, inputs, stream)
+    })
 }
 
 fn run(
+    runtime: &tokio::runtime::Runtime,
     dir: PathBuf,
     connection: String,
     api: String,
     prompt: String,
     inputs: Map,
     stream: bool,
-) -> Result<Value, LlmCallError> {
+) -> Result<Value, CallError> {
     let file = dir.join("<promptflow.tools call>");
     let mut def = FlowDef::empty(&file, dir, Arc::from(""), "llm_call".to_owned());
     let literal = |v: Value| InputBinding {
@@ -132,10 +108,6 @@ fn run(
         },
     );
     let flow = Flow::from_def(def, &crate::builtin_registry())?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(LlmCallError::Thread)?;
     let options = LineOptions {
         stream,
         ..LineOptions::default()
@@ -143,14 +115,14 @@ fn run(
     runtime.block_on(async {
         let mut line = flow.run_line(&Map::new(), &options).await;
         if let Some(e) = line.error {
-            return Err(LlmCallError::Line {
+            return Err(CallError::Line {
                 error_type: e.error_type,
                 message: e.message,
             });
         }
         // A streamed answer is read to its end here, on the call's own runtime.
         let output = line.output.shift_remove("output").unwrap_or(Value::Null);
-        output.into_plain().await.map_err(|e| LlmCallError::Line {
+        output.into_plain().await.map_err(|e| CallError::Line {
             error_type: "StreamError".to_owned(),
             message: e.to_string(),
         })

@@ -6,6 +6,7 @@
 //! blocking pool and hold the GIL only while Python runs, so a tool that sleeps or waits on I/O lets
 //! others run. `async def` tools run on one shared asyncio loop, so independent async nodes overlap.
 
+mod call;
 mod flex;
 pub mod isolation;
 mod llm_call;

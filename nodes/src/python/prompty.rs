@@ -6,11 +6,12 @@
 
 use std::path::PathBuf;
 
-use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use sluice_engine::prompty::PromptyResponse;
-use sluice_engine::{Flow, FlowError, LineOptions, Map, Value};
+use sluice_engine::{Flow, LineOptions, Map, Value};
+
+use super::call::{CallError, map_of, on_own_thread};
 
 const PROMPTY_SOURCE: &str = r#"
 import inspect as _inspect
@@ -87,19 +88,6 @@ def _install(sluice):
         _sys.modules["promptflow.core._flow"] = flow
 "#;
 
-/// Why a prompty called from Python did not give a result.
-#[derive(Debug, thiserror::Error)]
-enum PromptyCallError {
-    #[error("{}", .0.render().trim_end())]
-    Load(#[from] FlowError),
-    #[error("the prompty failed: {error_type}: {message}")]
-    Line { error_type: String, message: String },
-    #[error("could not start a thread to run the prompty")]
-    Thread(#[source] std::io::Error),
-    #[error("the prompty's thread stopped unexpectedly")]
-    Panicked,
-}
-
 /// Adds `Prompty` to the `sluice` module (and the `promptflow.core` stand-in).
 pub(super) fn install(py: Python<'_>) -> PyResult<()> {
     let code = std::ffi::CString::new(PROMPTY_SOURCE).expect("no NUL in the source");
@@ -120,30 +108,18 @@ fn run_prompty(
     inputs: &Bound<'_, PyDict>,
     model: &Bound<'_, PyDict>,
 ) -> PyResult<Py<PyAny>> {
-    let rt = super::runtime().map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
-    let inputs = match super::from_py(rt, inputs.as_any())? {
-        Value::Map(m) => m,
-        _ => Map::new(),
-    };
-    let model = match super::from_py(rt, model.as_any())? {
-        Value::Map(m) => m,
-        _ => Map::new(),
-    };
-    let result = py.detach(move || {
-        std::thread::Builder::new()
-            .name("sluice-prompty".into())
-            .spawn(move || run(path, inputs, model))
-            .map_err(PromptyCallError::Thread)?
-            .join()
-            .map_err(|_| PromptyCallError::Panicked)?
-    });
-    match result {
-        Ok(v) => Ok(super::to_py(py, &v)?.unbind()),
-        Err(e) => Err(PyRuntimeError::new_err(e.to_string())),
-    }
+    let (inputs, model) = (map_of(inputs)?, map_of(model)?);
+    on_own_thread(py, "sluice-prompty", move |runtime| {
+        run(runtime, path, inputs, model)
+    })
 }
 
-fn run(path: PathBuf, inputs: Map, model: Map) -> Result<Value, PromptyCallError> {
+fn run(
+    runtime: &tokio::runtime::Runtime,
+    path: PathBuf,
+    inputs: Map,
+    model: Map,
+) -> Result<Value, CallError> {
     let mut def = sluice_engine::load_flow_def(&path, None)?;
     if let Some(p) = def.prompty.as_mut() {
         let p = std::sync::Arc::make_mut(p);
@@ -180,13 +156,9 @@ fn run(path: PathBuf, inputs: Map, model: Map) -> Result<Value, PromptyCallError
         }
     }
     let flow = Flow::from_def(def, &crate::builtin_registry())?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(PromptyCallError::Thread)?;
     let line = runtime.block_on(flow.run_line(&inputs, &LineOptions::default()));
     if let Some(e) = line.error {
-        return Err(PromptyCallError::Line {
+        return Err(CallError::Line {
             error_type: e.error_type,
             message: e.message,
         });
