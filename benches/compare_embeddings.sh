@@ -4,8 +4,10 @@
 # same number of threads:
 #   - chunks: the RAG corpus (flows/rag/corpus) cut by `sluice index build` (200-token chunks);
 #   - sentences: SENTENCES sentences of 10 to 20 words, drawn with a fixed seed from the corpus's words.
-# For each side: load time, texts/s, tokens/s and peak RSS (each side runs in its own process); then
-# the cosine between the two vectors of every text, and `sluice index build` on the same corpus
+# Sluice runs twice: on its own BERT encoder (the default) and on llama.cpp's
+# (SLUICE_EMBED_ENCODER=llama.cpp). For each side: load time, texts/s, tokens/s and peak RSS (each side
+# runs in its own process); then the cosine between Sluice's and sentence-transformers' vectors of
+# every text, and `sluice index build` on the same corpus
 # (chunks/s, peak RSS). sentence-transformers is installed into $ST_VENV (default
 # ~/.cache/sluice/st-venv) when it is missing there.
 #
@@ -66,6 +68,9 @@ for set in chunks sentences; do
   /usr/bin/time -f '%e %M' -o "$work/sluice-$set.time" \
     "$sluice" model embed minilm --stats --file "$work/$set.jsonl" \
     >"$work/sluice-$set.json" 2>"$work/sluice-$set.stats"
+  SLUICE_EMBED_ENCODER=llama.cpp /usr/bin/time -f '%e %M' -o "$work/llama-$set.time" \
+    "$sluice" model embed minilm --stats --file "$work/$set.jsonl" \
+    >"$work/llama-$set.json" 2>"$work/llama-$set.stats"
   /usr/bin/time -f '%e %M' -o "$work/st-$set.time" \
     "$venv/bin/python" "$here/common/embed_st.py" "$work/st-model" "$work/$set.jsonl" "$threads" \
     "$work/st-$set.json" 2>"$work/st-$set.stats"
@@ -90,15 +95,18 @@ print(f"threads: {threads}")
 print(f"{'':10} {'side':22} {'texts':>6} {'tokens':>7} {'load s':>7} {'texts/s':>8} {'tokens/s':>9} {'peak RSS MB':>12}")
 for set in ("chunks", "sentences"):
     rows = {}
-    for side, label in (("sluice", "Sluice"), ("st", "sentence-transformers")):
+    for side, label in (("sluice", "Sluice"), ("llama", "Sluice on llama.cpp"),
+                        ("st", "sentence-transformers")):
         s = stats(f"{work}/{side}-{set}.stats")
         rows[side] = s
         print(f"{set:10} {label:22} {s['texts']:>6} {s['tokens']:>7} {s['load_seconds']:>7.2f} "
               f"{s['texts_per_second']:>8.1f} {s['tokens_per_second']:>9.0f} {peak(f'{work}/{side}-{set}.time'):>12.0f}")
-    ratio = rows["sluice"]["texts_per_second"] / rows["st"]["texts_per_second"]
-    cos = cosines(json.load(open(f"{work}/sluice-{set}.json")), json.load(open(f"{work}/st-{set}.json")))
-    print(f"{set:10} Sluice / sentence-transformers: {ratio:.2f}x texts/s; cosine min {min(cos):.6f}, "
-          f"mean {sum(cos) / len(cos):.6f}")
+    st = json.load(open(f"{work}/st-{set}.json"))
+    for side, label in (("sluice", "Sluice"), ("llama", "Sluice on llama.cpp")):
+        ratio = rows[side]["texts_per_second"] / rows["st"]["texts_per_second"]
+        cos = cosines(json.load(open(f"{work}/{side}-{set}.json")), st)
+        print(f"{set:10} {label} / sentence-transformers: {ratio:.2f}x texts/s; cosine min "
+              f"{min(cos):.6f}, mean {sum(cos) / len(cos):.6f}")
 secs, kb = open(f"{work}/build.time").read().split()[-2:]
 chunks = sum(1 for _ in open(f"{work}/chunks.jsonl"))
 print(f"index build: {chunks} chunks in {float(secs):.2f} s ({chunks / float(secs):.1f} chunks/s with "
