@@ -308,16 +308,25 @@ def grade(oai: OpenAIConnection, aoai: AzureOpenAIConnection, answer: str) -> di
                            max_tokens=7, answer=answer)
     # The same connection asked again through the class: one more request.
     again = AzureOpenAI(aoai).chat(prompt=PROMPT, deployment_name="class-dep", answer=answer)
-    return {"chat": int(chat), "completion": done, "again": again}
+    # Streamed, the answer comes as an iterator of text.
+    chunks = openai_chat(connection=oai, prompt=PROMPT, model="via-stream", stream=True, answer=answer)
+    assert not isinstance(chunks, str), type(chunks)
+    return {"chat": int(chat), "completion": done, "again": again, "streamed": "".join(chunks)}
 "##,
         )],
     );
     let out = tested(home.path(), flow.path(), &["--inputs", "answer=fine"]);
     assert_eq!(
         out["tool"],
-        json!({"chat": 7, "completion": "7", "again": "7"})
+        json!({"chat": 7, "completion": "7", "again": "7", "streamed": "7"})
     );
-    assert_eq!(rec.requests(), 5);
+    assert_eq!(rec.requests(), 6);
+    let streamed = rec.request_for("via-stream");
+    assert_eq!(streamed["stream"], json!(true), "{streamed}");
+    assert_eq!(
+        streamed["messages"],
+        json!([{"role": "user", "content": "rate fine"}])
+    );
     let without_model = |mut body: Json| {
         body.as_object_mut().unwrap().remove("model");
         body
