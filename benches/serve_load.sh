@@ -158,7 +158,7 @@ if [ "$overhead" = 1 ]; then
     fi
     echo "$on $off" >>"$work/rounds"
   done
-  logged_lines=$(cat "$work"/logged/serve/*/runs/*/details.jsonl 2>/dev/null | wc -l)
+  logged_lines=$(cat "$work"/logged/serve/*/runs/*/details.jsonl 2>/dev/null | wc -l || true)
   dropped=$(curl -s "$on_addr/metrics" | sed -n 's/^sluice_serve_traffic_log_dropped_total //p')
   python3 - "$work/rounds" "$(getconf CLK_TCK)" <<'PY'
 import statistics, sys
