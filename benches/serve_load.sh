@@ -5,6 +5,15 @@
 #
 #   benches/serve_load.sh [SECONDS] [--no-pf] [--no-llm] [--only-llm] [--llm-seconds N]
 #                                   (default 5 s per level, 30 s per level of the llm flow)
+#   benches/serve_load.sh --overhead [ROUNDS] [--seconds N] [--connections N]
+#                                   (default 10 rounds of 3 s at 16 connections)
+#
+# --overhead measures only the cost of the traffic log (with the metrics, which both servers keep): the
+# 3-node flow served with the log on (the default) and with `--log-sample 0`, both pinned to CPU 0 with
+# taskset and wrk (one thread) pinned to CPU 1, so that the load generator does not take the servers'
+# CPU. Each round runs both servers, in turns that alternate which goes first; the script prints each
+# round, then the median of the rounds' req/s ratios (logged / unlogged), the ratio of the totals, and
+# each server's own CPU time (utime + stime) per request. Needs 2 CPUs or more.
 #
 # 1. The pure 3-node flow (benches/flows/three_node: prompt -> python -> python) on Sluice with the
 #    traffic log and metrics on and with `--log-sample 0` (the log's overhead, taking turns), then on
@@ -16,9 +25,14 @@
 # Needs `wrk` (apt-get install -y wrk) and target/release/sluice (or $SLUICE; `cargo build --release`).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
-secs=5 llm_secs=30 pure=1 pf=1 llm=1
+secs=5 llm_secs=30 pure=1 pf=1 llm=1 overhead=0 rounds=10 conns=16 oh_secs=3
 while [ $# -gt 0 ]; do
   case "$1" in
+    --overhead)
+      overhead=1
+      if [ $# -gt 1 ] && [[ "$2" =~ ^[0-9]+$ ]]; then rounds="$2"; shift; fi ;;
+    --seconds) oh_secs="$2"; shift ;;
+    --connections) conns="$2"; shift ;;
     --no-pf) pf=0 ;;
     --no-llm) llm=0 ;;
     --only-llm) pure=0 pf=0 ;;
@@ -91,6 +105,83 @@ levels_run() {
     wrk -t"$threads" -c"$c" -d"${secs}s" --timeout 30s -s "$lua" "$url" | sed -n 's/^RESULT //p'
   done
 }
+
+if [ "$overhead" = 1 ]; then
+  command -v taskset >/dev/null || { echo "--overhead needs taskset (util-linux)" >&2; exit 2; }
+  [ "$(nproc)" -ge 2 ] || { echo "--overhead needs 2 CPUs" >&2; exit 2; }
+  echo '{"question": "How fast is a served flow?"}' >"$work/pure.jsonl"
+  wrk_script "$work/pure.jsonl" "$work/pure.lua"
+  server_cpu=0 wrk_cpu=1
+  # Starts a server pinned to $server_cpu (taskset execs it: the pid is the server's own); sets $addr.
+  start_pinned() {
+    local name="$1"; shift
+    mkdir -p "$work/$name"
+    SLUICE_HOME="$work/$name" taskset -c "$server_cpu" "$sluice" flow serve --port 0 "$@" \
+      >"$work/$name.out" 2>"$work/$name.err" &
+    pids+=($!)
+    for _ in $(seq 300); do
+      grep -q '^listening on ' "$work/$name.out" 2>/dev/null && break
+      sleep 0.1
+    done
+    addr="$(sed -n 's/^listening on //p' "$work/$name.out")"
+    [ -n "$addr" ] || { echo "$name did not start:" >&2; cat "$work/$name.err" >&2; exit 1; }
+  }
+  echo "== traffic log overhead: benches/flows/three_node, $rounds rounds of ${oh_secs}s at $conns connections;"
+  echo "   servers on CPU $server_cpu, wrk on CPU $wrk_cpu ($(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg))"
+  start_pinned logged --flow "$here/flows/three_node" --max-inflight 64 --max-queue 256
+  on_addr="$addr" on_pid="${pids[-1]}"
+  start_pinned unlogged --flow "$here/flows/three_node" --max-inflight 64 --max-queue 256 --log-sample 0
+  off_addr="$addr" off_pid="${pids[-1]}"
+  ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+  # One turn: "<rps> <requests> <cpu ticks>" of the server at $1 (pid $2) under wrk for $oh_secs;
+  # answers that were not 200 are counted in $work/bad.
+  oh_turn() {
+    local url="$1" pid="$2" before out
+    before=$(ticks "$pid")
+    out=$(taskset -c "$wrk_cpu" wrk -t1 -c"$conns" -d"${oh_secs}s" --timeout 30s -s "$work/pure.lua" "$url/score" \
+      | sed -n 's/^RESULT //p')
+    sleep 0.2 # the log's writer takes the last lines at most 50 ms later
+    set -- $out
+    echo $(( ${10} + ${12} )) >>"$work/bad"
+    echo "$1 ${14} $(( $(ticks "$pid") - before ))"
+  }
+  # Warm-up: one second each, not counted.
+  for a in "$on_addr" "$off_addr"; do
+    taskset -c "$wrk_cpu" wrk -t1 -c"$conns" -d1s -s "$work/pure.lua" "$a/score" >/dev/null
+  done
+  : >"$work/rounds"
+  for r in $(seq "$rounds"); do
+    if [ $((r % 2)) = 1 ]; then
+      on=$(oh_turn "$on_addr" "$on_pid"); off=$(oh_turn "$off_addr" "$off_pid")
+    else
+      off=$(oh_turn "$off_addr" "$off_pid"); on=$(oh_turn "$on_addr" "$on_pid")
+    fi
+    echo "$on $off" >>"$work/rounds"
+  done
+  logged_lines=$(cat "$work"/logged/serve/*/runs/*/details.jsonl 2>/dev/null | wc -l || true)
+  dropped=$(curl -s "$on_addr/metrics" | sed -n 's/^sluice_serve_traffic_log_dropped_total //p')
+  python3 - "$work/rounds" "$(getconf CLK_TCK)" <<'PY'
+import statistics, sys
+hz = float(sys.argv[2])
+rows = [[float(x) for x in l.split()] for l in open(sys.argv[1])]
+print(f"{'round':>5} {'logged req/s':>13} {'unlogged req/s':>15} {'ratio':>6} {'logged us/req':>14} {'unlogged us/req':>16}")
+ratios = []
+for i, (on_rps, on_n, on_t, off_rps, off_n, off_t) in enumerate(rows, 1):
+    ratios.append(on_rps / off_rps)
+    print(f"{i:>5} {on_rps:>13.1f} {off_rps:>15.1f} {on_rps / off_rps:>6.3f} {on_t / hz * 1e6 / on_n:>14.1f} {off_t / hz * 1e6 / off_n:>16.1f}")
+on_n, off_n = sum(r[1] for r in rows), sum(r[4] for r in rows)
+on_rps, off_rps = statistics.median(r[0] for r in rows), statistics.median(r[3] for r in rows)
+on_cpu, off_cpu = sum(r[2] for r in rows) / hz * 1e6 / on_n, sum(r[5] for r in rows) / hz * 1e6 / off_n
+total = on_n / off_n
+print(f"median req/s: logged {on_rps:.1f}, unlogged {off_rps:.1f}")
+print(f"logged / unlogged req/s: median of rounds {statistics.median(ratios):.3f}, totals {total:.3f}"
+      f" (log cost {100 * (1 - statistics.median(ratios)):+.1f}% / {100 * (1 - total):+.1f}%)")
+print(f"server CPU per request: logged {on_cpu:.1f} us, unlogged {off_cpu:.1f} us ({100 * (on_cpu / off_cpu - 1):+.1f}%)")
+PY
+  echo "traffic log: $logged_lines lines written, ${dropped:-0} dropped;" \
+    "answers not 200 or failed: $(awk '{s += $1} END {print s}' "$work/bad")"
+  exit 0
+fi
 
 if [ "$pure" = 1 ]; then
 echo '{"question": "How fast is a served flow?"}' >"$work/pure.jsonl"

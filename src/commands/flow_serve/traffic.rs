@@ -21,7 +21,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use serde_json::{Value as Json, json};
+use serde_json::Value as Json;
 use sluice_engine::store::{
     DetailsWriter, LineRecordRef, Owner, RunProperties, RunRecord, RunStatus, StoreError,
     SystemMetrics, TokenCounts,
@@ -186,6 +186,13 @@ impl TrafficLog {
 
     /// Whether this line is one of the sample to log.
     fn sampled(&self) -> bool {
+        // Every line, or none: no lock on the request's path.
+        if self.options.sample >= 1.0 {
+            return true;
+        }
+        if self.options.sample <= 0.0 {
+            return false;
+        }
         let mut owed = self.owed.lock().unwrap_or_else(|e| e.into_inner());
         *owed += self.options.sample;
         if *owed >= 1.0 - 1e-9 {
@@ -236,17 +243,23 @@ struct Writer {
 /// The run folder lines are appended to now.
 struct Segment {
     dir: PathBuf,
+    /// `flow_outputs/`, where images are written.
+    images: PathBuf,
     record: RunRecord,
     details: DetailsWriter,
     inputs: BufWriter<File>,
     outputs: BufWriter<File>,
     flow_outputs: BufWriter<File>,
     next_line: usize,
+    /// A line of `inputs.jsonl` or `outputs.jsonl` being made; kept so that lines reuse its memory.
+    scratch: Vec<u8>,
     /// The size of `details.jsonl` so far.
     details_bytes: u64,
     completed: usize,
     failed: usize,
     node_status: std::collections::BTreeMap<String, u64>,
+    /// A key of `node_status` being made.
+    status_key: String,
     tokens: TokenCounts,
     opened: Instant,
 }
@@ -338,7 +351,8 @@ impl Writer {
         }
         let open = |p: PathBuf| {
             File::create(&p)
-                .map(BufWriter::new)
+                // Room for what queues between two wake-ups of the writer: one write a wake-up.
+                .map(|f| BufWriter::with_capacity(64 * 1024, f))
                 .map_err(|e| StoreError::io(&p, e))
         };
         Ok(Segment {
@@ -346,13 +360,16 @@ impl Writer {
             inputs: open(dir.join("inputs.jsonl"))?,
             outputs: open(dir.join("outputs.jsonl"))?,
             flow_outputs: open(dir.join("flow_outputs/output.jsonl"))?,
+            images: dir.join("flow_outputs"),
             dir,
             record,
             next_line: 0,
+            scratch: Vec::with_capacity(512),
             details_bytes: 0,
             completed: 0,
             failed: 0,
             node_status: Default::default(),
+            status_key: String::new(),
             tokens: TokenCounts::default(),
             opened: Instant::now(),
         })
@@ -416,14 +433,19 @@ impl Writer {
             segment.failed += 1;
         }
         for run in &line.node_runs {
-            *segment
-                .node_status
-                .entry(format!(
-                    "{}.{}",
-                    run.node,
-                    run.status.as_str().to_lowercase()
-                ))
-                .or_default() += 1;
+            // `<node>.<status>`, made in a buffer kept between lines: a key is allocated only the
+            // first time it is seen.
+            let key = &mut segment.status_key;
+            key.clear();
+            key.push_str(&run.node);
+            key.push('.');
+            key.extend(run.status.as_str().chars().map(|c| c.to_ascii_lowercase()));
+            match segment.node_status.get_mut(key.as_str()) {
+                Some(count) => *count += 1,
+                None => {
+                    segment.node_status.insert(key.clone(), 1);
+                }
+            }
             segment.tokens.add(&run.system_metrics.tokens);
         }
         if segment.details_bytes >= self.options.max_bytes {
@@ -448,17 +470,42 @@ impl Writer {
     }
 }
 
-/// A map with `line_number` first, as a batch run writes `inputs.jsonl` and `outputs.jsonl`.
-fn numbered(n: usize, map: &Map) -> String {
-    let mut out = serde_json::Map::new();
-    out.insert("line_number".into(), json!(n));
-    for (k, v) in map {
-        if k != "line_number" {
-            out.insert(k.clone(), v.to_json_lossy());
+/// `{"line_number": n, ...map}`, as a batch run writes `inputs.jsonl` and `outputs.jsonl`.
+struct Numbered<'a>(usize, &'a Map);
+
+impl serde::Serialize for Numbered<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("line_number", &self.0)?;
+        for (k, v) in self.1 {
+            if k != "line_number" {
+                m.serialize_entry(k, v)?;
+            }
         }
+        m.end()
     }
-    let text = sluice_engine::json::to_string(&out).unwrap_or_default();
-    sluice_engine::redact::redact(&text).into_owned()
+}
+
+/// Puts `map` numbered `n` in `line` as one line of JSON (with its newline), secrets, URL credentials
+/// and bearer tokens masked. The values are serialised straight into the buffer, kept between lines,
+/// with no JSON tree in between; `serde_json`'s own formatter writes a non-finite float as `null`.
+fn numbered(line: &mut Vec<u8>, n: usize, map: &Map) {
+    line.clear();
+    if serde_json::to_writer(&mut *line, &Numbered(n, map)).is_err() {
+        line.clear();
+    }
+    let masked = match std::str::from_utf8(line) {
+        Ok(text) => match sluice_engine::redact::redact(text) {
+            std::borrow::Cow::Borrowed(_) => None,
+            std::borrow::Cow::Owned(masked) => Some(masked),
+        },
+        Err(_) => None,
+    };
+    if let Some(masked) = masked {
+        *line = masked.into_bytes();
+    }
+    line.push(b'\n');
 }
 
 impl Segment {
@@ -484,18 +531,22 @@ fn write_line(
 ) -> Result<(), StoreError> {
     let n = line.line_number.unwrap_or(0);
     s.details_bytes += s.details.push(&LineRecordRef::new(line))? as u64;
-    let path = |name: &str| s.dir.join(name);
     // Images go to files beside the outputs and are referred to by path, as in a batch run.
-    let images = s.dir.join("flow_outputs");
-    let inputs = with_image_files(&line.inputs, &images, format)?;
-    writeln!(s.inputs, "{}", numbered(n, &inputs))
-        .map_err(|e| StoreError::io(&path("inputs.jsonl"), e))?;
+    let images = &s.images;
+    let inputs = with_image_files(&line.inputs, images, format)?;
+    numbered(&mut s.scratch, n, &inputs);
+    s.inputs
+        .write_all(&s.scratch)
+        .map_err(|e| StoreError::io(&s.dir.join("inputs.jsonl"), e))?;
     if line.status == Status::Completed {
-        let outputs = with_image_files(&line.output, &images, format)?;
-        let out = numbered(n, &outputs);
-        writeln!(s.outputs, "{out}").map_err(|e| StoreError::io(&path("outputs.jsonl"), e))?;
-        writeln!(s.flow_outputs, "{out}")
-            .map_err(|e| StoreError::io(&path("flow_outputs/output.jsonl"), e))?;
+        let outputs = with_image_files(&line.output, images, format)?;
+        numbered(&mut s.scratch, n, &outputs);
+        s.outputs
+            .write_all(&s.scratch)
+            .map_err(|e| StoreError::io(&s.dir.join("outputs.jsonl"), e))?;
+        s.flow_outputs
+            .write_all(&s.scratch)
+            .map_err(|e| StoreError::io(&s.dir.join("flow_outputs/output.jsonl"), e))?;
     }
     Ok(())
 }
