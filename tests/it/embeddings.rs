@@ -111,15 +111,71 @@ fn both_encoders_agree_on_a_crowd_of_texts_and_alone() {
 
 /// `sluice model embed minilm TEXTS` with extra environment, as vectors.
 fn embed(env: &[(&str, &str)], texts: &[&str]) -> Vec<Json> {
+    embed_with("minilm", env, texts)
+}
+
+/// `sluice model embed MODEL TEXTS` with extra environment, as vectors.
+fn embed_with(model: &str, env: &[(&str, &str)], texts: &[&str]) -> Vec<Json> {
     let out = crate::common::succeeded(
         Command::cargo_bin("sluice")
             .unwrap()
             .envs(env.iter().copied())
-            .args(["model", "embed", "minilm"])
+            .args(["model", "embed", model])
             .args(texts),
     );
     let got: Json = serde_json::from_slice(&out.stdout).unwrap();
     got.as_array().unwrap().clone()
+}
+
+/// A model that pools its first token (MiniLM's file with its pooling type set to CLS): both
+/// encoders take that token's vector, and agree, and it is not the mean.
+#[test]
+fn cls_pooling_is_the_first_token_on_both_encoders() {
+    use sluice_nodes::llm::store::{ModelUse, resolve_model};
+    crate::common::installed("minilm", ModelUse::Embedding);
+    let (_, src) = resolve_model("minilm", Path::new("."), ModelUse::Embedding).unwrap();
+    let mut bytes = std::fs::read(&src).unwrap();
+    let key = b"bert.pooling_type";
+    let mut pattern = (key.len() as u64).to_le_bytes().to_vec();
+    pattern.extend_from_slice(key);
+    let at = bytes
+        .windows(pattern.len())
+        .position(|w| w == pattern)
+        .unwrap()
+        + pattern.len();
+    assert_eq!(bytes[at..at + 8], [4, 0, 0, 0, 1, 0, 0, 0], "a u32 1: mean");
+    bytes[at + 4] = 2;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cls.gguf");
+    std::fs::write(&file, &bytes).unwrap();
+    let models = dir.path().join("models");
+    let home = dir.path().join("home");
+    let env = |encoder| {
+        [
+            ("SLUICE_MODELS_DIR", models.to_str().unwrap()),
+            ("SLUICE_HOME", home.to_str().unwrap()),
+            ("SLUICE_EMBED_ENCODER", encoder),
+        ]
+    };
+    crate::common::succeeded(
+        Command::cargo_bin("sluice")
+            .unwrap()
+            .envs(env("sluice-bert"))
+            .args(["model", "add", "--name", "minilm-cls"])
+            .arg(&file),
+    );
+    let texts = [
+        "A man is eating food.",
+        "The telescope saw a distant galaxy.",
+    ];
+    let ours = embed_with("minilm-cls", &env("sluice-bert"), &texts);
+    let theirs = embed_with("minilm-cls", &env("llama.cpp"), &texts);
+    let mean = embed(&[], &texts);
+    for i in 0..texts.len() {
+        let (a, b, m) = (floats(&ours[i]), floats(&theirs[i]), floats(&mean[i]));
+        assert!(cosine(&a, &b) > 0.99999, "{}: {}", texts[i], cosine(&a, &b));
+        assert!(cosine(&a, &m) < 0.9, "{}: CLS is the mean?", texts[i]);
+    }
 }
 
 fn long_text() -> String {
