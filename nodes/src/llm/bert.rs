@@ -312,6 +312,9 @@ impl BertEncoder {
     fn linear(&self, x: &[f32], m: usize, l: &Linear, out: &mut [f32]) {
         let (k, n) = (l.inputs, l.outputs);
         assert!(x.len() >= m * k && out.len() >= m * n && l.w.len() == k * n);
+        if m <= SMALL_CALL_ROWS {
+            return linear_few_rows(x, m, l, out, self.threads);
+        }
         for r in out[..m * n].chunks_exact_mut(n) {
             r.copy_from_slice(&l.b);
         }
@@ -432,6 +435,100 @@ impl BertEncoder {
                 }
             }
         });
+    }
+}
+
+/// Calls of at most this many tokens (a short query) take [`linear_few_rows`].
+const SMALL_CALL_ROWS: usize = 16;
+
+/// `out = x · w + b` for a few rows: each thread streams through its own columns of `w` once,
+/// with no packed copy of it, which a product of a few rows would spend most of its time making.
+fn linear_few_rows(x: &[f32], m: usize, l: &Linear, out: &mut [f32], threads: usize) {
+    let (k, n) = (l.inputs, l.outputs);
+    let parts = threads.clamp(1, n.div_ceil(64));
+    let width = n.div_ceil(parts);
+    let blocks: Vec<Vec<f32>> = (0..parts)
+        .into_par_iter()
+        .map(|p| {
+            let (c0, c1) = (p * width, ((p + 1) * width).min(n));
+            let mut acc = vec![0f32; m * (c1 - c0)];
+            for r in 0..m {
+                acc[r * (c1 - c0)..(r + 1) * (c1 - c0)].copy_from_slice(&l.b[c0..c1]);
+            }
+            axpy_rows(&x[..m * k], m, k, &l.w, n, c0, c1, &mut acc);
+            acc
+        })
+        .collect();
+    for (p, block) in blocks.iter().enumerate() {
+        let (c0, c1) = (p * width, ((p + 1) * width).min(n));
+        for r in 0..m {
+            out[r * n + c0..r * n + c1].copy_from_slice(&block[r * (c1 - c0)..(r + 1) * (c1 - c0)]);
+        }
+    }
+}
+
+/// `acc[r] += Σ_i x[r][i] · w[i][c0..c1]`, on AVX2 lanes where the CPU has them.
+#[allow(clippy::too_many_arguments)]
+fn axpy_rows(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    n: usize,
+    c0: usize,
+    c1: usize,
+    acc: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: as in `gelu`.
+        #[allow(unsafe_code)]
+        unsafe {
+            axpy_rows_avx2(x, m, k, w, n, c0, c1, acc)
+        };
+        return;
+    }
+    axpy_rows_body(x, m, k, w, n, c0, c1, acc);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+fn axpy_rows_avx2(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    n: usize,
+    c0: usize,
+    c1: usize,
+    acc: &mut [f32],
+) {
+    axpy_rows_body(x, m, k, w, n, c0, c1, acc);
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn axpy_rows_body(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    n: usize,
+    c0: usize,
+    c1: usize,
+    acc: &mut [f32],
+) {
+    let cols = c1 - c0;
+    for i in 0..k {
+        let wrow = &w[i * n + c0..i * n + c1];
+        for r in 0..m {
+            let a = x[r * k + i];
+            let dst = &mut acc[r * cols..(r + 1) * cols];
+            for (d, v) in dst.iter_mut().zip(wrow) {
+                *d += a * v;
+            }
+        }
     }
 }
 
@@ -640,6 +737,38 @@ mod tests {
             sum += term / (2 * n + 1) as f64;
         }
         sum * 2.0 / std::f64::consts::PI.sqrt()
+    }
+
+    #[test]
+    fn a_few_rows_multiply_as_the_definition_says() {
+        let (k, n) = (37, 150);
+        let mut seed = 7u32;
+        let mut next = || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        };
+        let l = Linear {
+            w: (0..k * n).map(|_| next()).collect(),
+            b: (0..n).map(|_| next()).collect(),
+            inputs: k,
+            outputs: n,
+        };
+        for (m, threads) in [(1, 1), (3, 2), (16, 3)] {
+            let x: Vec<f32> = (0..m * k).map(|_| next()).collect();
+            let mut out = vec![f32::NAN; m * n];
+            linear_few_rows(&x, m, &l, &mut out, threads);
+            for r in 0..m {
+                for c in 0..n {
+                    let want: f32 =
+                        l.b[c] + (0..k).map(|i| x[r * k + i] * l.w[i * n + c]).sum::<f32>();
+                    let got = out[r * n + c];
+                    assert!(
+                        (got - want).abs() < 1e-4,
+                        "m {m} row {r} col {c}: {got} against {want}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
