@@ -438,6 +438,34 @@ impl BertEncoder {
     }
 }
 
+/// Defines `$name`, which runs `$body` compiled for AVX2 (as `$avx`) when the CPU has it, and as
+/// built for the baseline otherwise. `$body` must be `#[inline(always)]`, so the AVX2 copy is its own.
+macro_rules! with_avx2 {
+    ($(#[$doc:meta])* fn $name:ident / $avx:ident ($($arg:ident: $ty:ty),* $(,)?) => $body:ident) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2")]
+        #[allow(clippy::too_many_arguments)]
+        fn $avx($($arg: $ty),*) {
+            $body($($arg),*)
+        }
+
+        $(#[$doc])*
+        #[allow(clippy::too_many_arguments)]
+        fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU was just seen to have AVX2, the one feature `$avx` is built for.
+                #[allow(unsafe_code)]
+                unsafe {
+                    $avx($($arg),*)
+                };
+                return;
+            }
+            $body($($arg),*)
+        }
+    };
+}
+
 /// Calls of at most this many tokens (a short query) take [`linear_few_rows`].
 const SMALL_CALL_ROWS: usize = 16;
 
@@ -467,44 +495,11 @@ fn linear_few_rows(x: &[f32], m: usize, l: &Linear, out: &mut [f32], threads: us
     }
 }
 
-/// `acc[r] += Σ_i x[r][i] · w[i][c0..c1]`, on AVX2 lanes where the CPU has them.
-#[allow(clippy::too_many_arguments)]
-fn axpy_rows(
-    x: &[f32],
-    m: usize,
-    k: usize,
-    w: &[f32],
-    n: usize,
-    c0: usize,
-    c1: usize,
-    acc: &mut [f32],
-) {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: as in `gelu`.
-        #[allow(unsafe_code)]
-        unsafe {
-            axpy_rows_avx2(x, m, k, w, n, c0, c1, acc)
-        };
-        return;
-    }
-    axpy_rows_body(x, m, k, w, n, c0, c1, acc);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-#[allow(clippy::too_many_arguments)]
-fn axpy_rows_avx2(
-    x: &[f32],
-    m: usize,
-    k: usize,
-    w: &[f32],
-    n: usize,
-    c0: usize,
-    c1: usize,
-    acc: &mut [f32],
-) {
-    axpy_rows_body(x, m, k, w, n, c0, c1, acc);
+with_avx2! {
+    /// `acc[r] += Σ_i x[r][i] · w[i][c0..c1]`.
+    fn axpy_rows / axpy_rows_avx2(
+        x: &[f32], m: usize, k: usize, w: &[f32], n: usize, c0: usize, c1: usize, acc: &mut [f32],
+    ) => axpy_rows_body
 }
 
 #[inline(always)]
@@ -539,23 +534,14 @@ fn layer_norm_rows(x: &mut [f32], add: Option<&[f32]>, norm: &Norm, h: usize, ep
         .enumerate()
         .for_each(|(i, block)| {
             let add = add.map(|a| &a[i * rows_per_task * h..][..block.len()]);
-            #[cfg(target_arch = "x86_64")]
-            if std::is_x86_feature_detected!("avx2") {
-                // SAFETY: as in `gelu`.
-                #[allow(unsafe_code)]
-                unsafe {
-                    layer_norm_avx2(block, add, norm, h, eps)
-                };
-                return;
-            }
-            layer_norm_body(block, add, norm, h, eps);
+            layer_norm(block, add, norm, h, eps);
         });
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn layer_norm_avx2(x: &mut [f32], add: Option<&[f32]>, norm: &Norm, h: usize, eps: f32) {
-    layer_norm_body(x, add, norm, h, eps);
+with_avx2! {
+    fn layer_norm / layer_norm_avx2(
+        x: &mut [f32], add: Option<&[f32]>, norm: &Norm, h: usize, eps: f32,
+    ) => layer_norm_body
 }
 
 /// LayerNorm of whole rows of `x`, after adding `add` (as long as `x`).
@@ -625,24 +611,9 @@ fn gelu_body(xs: &mut [f32]) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn gelu_avx2(xs: &mut [f32]) {
-    gelu_body(xs);
-}
-
-/// BERT's GELU, exact (with erf, as `hidden_act: gelu`), on AVX2 lanes where the CPU has them.
-fn gelu(xs: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU was just seen to have AVX2, the one feature the function is built for.
-        #[allow(unsafe_code)]
-        unsafe {
-            gelu_avx2(xs)
-        };
-        return;
-    }
-    gelu_body(xs);
+with_avx2! {
+    /// BERT's GELU, exact (with erf, as `hidden_act: gelu`).
+    fn gelu / gelu_avx2(xs: &mut [f32]) => gelu_body
 }
 
 /// A sum kept in eight lanes, so the additions need not wait for each other (a plain fold of
@@ -686,23 +657,8 @@ fn softmax_body(row: &mut [f32]) {
     row.iter_mut().for_each(|v| *v *= inv);
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn softmax_avx2(row: &mut [f32]) {
-    softmax_body(row);
-}
-
-fn softmax(row: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: as in `gelu`.
-        #[allow(unsafe_code)]
-        unsafe {
-            softmax_avx2(row)
-        };
-        return;
-    }
-    softmax_body(row);
+with_avx2! {
+    fn softmax / softmax_avx2(row: &mut [f32]) => softmax_body
 }
 
 #[cfg(test)]
