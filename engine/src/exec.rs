@@ -50,7 +50,9 @@ pub struct NodeRunInfo {
     pub inputs: Map,
     pub output: Value,
     pub error: Option<ErrorInfo>,
+    #[serde(serialize_with = "crate::json::serialize_utc")]
     pub start_time: DateTime<Utc>,
+    #[serde(serialize_with = "crate::json::serialize_utc")]
     pub end_time: DateTime<Utc>,
     pub index: Option<usize>,
     /// `duration` (seconds) plus whatever the node reported (tokens, ...).
@@ -74,7 +76,9 @@ pub struct LineResult {
     /// Values kept for the aggregation nodes, keyed by reference text (`${node.output.x}`).
     #[serde(skip)]
     pub aggregation_inputs: Map,
+    #[serde(serialize_with = "crate::json::serialize_utc")]
     pub start_time: DateTime<Utc>,
+    #[serde(serialize_with = "crate::json::serialize_utc")]
     pub end_time: DateTime<Utc>,
 }
 

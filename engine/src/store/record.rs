@@ -50,6 +50,7 @@ pub struct Owner {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunRecord {
     pub name: String,
+    #[serde(serialize_with = "crate::json::serialize_utc")]
     pub created_on: DateTime<Utc>,
     pub status: RunStatus,
     pub display_name: String,
@@ -204,8 +205,10 @@ pub struct LineRecord {
     #[serde(default)]
     pub node_runs: Vec<NodeRecord>,
     #[serde(default)]
+    #[serde(serialize_with = "crate::json::serialize_utc_opt")]
     pub start_time: Option<DateTime<Utc>>,
     #[serde(default)]
+    #[serde(serialize_with = "crate::json::serialize_utc_opt")]
     pub end_time: Option<DateTime<Utc>>,
     #[serde(default)]
     pub aggregation_inputs: Map,
@@ -249,8 +252,10 @@ pub struct NodeRecord {
     #[serde(default)]
     pub error: Option<Json>,
     #[serde(default)]
+    #[serde(serialize_with = "crate::json::serialize_utc_opt")]
     pub start_time: Option<DateTime<Utc>>,
     #[serde(default)]
+    #[serde(serialize_with = "crate::json::serialize_utc_opt")]
     pub end_time: Option<DateTime<Utc>>,
     #[serde(default)]
     pub index: Option<usize>,
@@ -333,7 +338,9 @@ pub struct LineRecordRef<'a> {
     pub output: &'a Map,
     pub error: Option<&'a ErrorInfo>,
     pub node_runs: &'a [NodeRunInfo],
+    #[serde(serialize_with = "crate::json::serialize_utc")]
     pub start_time: DateTime<Utc>,
+    #[serde(serialize_with = "crate::json::serialize_utc")]
     pub end_time: DateTime<Utc>,
     pub aggregation_inputs: &'a Map,
 }
@@ -359,6 +366,7 @@ impl<'a> LineRecordRef<'a> {
 pub struct StartMark {
     pub line_number: usize,
     pub status: LineStatus,
+    #[serde(serialize_with = "crate::json::serialize_utc")]
     pub start_time: DateTime<Utc>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub isolated: bool,
