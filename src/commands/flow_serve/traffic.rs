@@ -13,6 +13,12 @@
 //! is not woken for each record (a wake-up is a system call on the request's path and another on the
 //! writer's): it takes what has queued every [`WRITE_INTERVAL`], or at once when the queue fills up,
 //! and writes each file's share of it in one call.
+//!
+//! A served line is freed where it was made, on the request's thread, not by the writer: the writer
+//! hands the records it has written back through the queue, and each new record sent takes up to two
+//! of them back to drop. Freeing on another thread would leave the allocator's per-thread caches of
+//! the request threads empty and make them take the allocator's shared locks for every line, which
+//! costs more than the writing itself.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -88,6 +94,8 @@ struct Pending {
     closed: bool,
     /// The writer's thread, to wake when the queue fills up or closes.
     writer: Option<std::thread::Thread>,
+    /// Records written, to be dropped by the threads that send new ones.
+    spent: Vec<Entry>,
 }
 
 impl Queue {
@@ -95,19 +103,40 @@ impl Queue {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues `entry`; false if the queue is full or closed.
+    /// Queues `entry`; false if the queue is full or closed. Takes back up to two written records,
+    /// which are dropped here, after the lock is released.
     fn push(&self, entry: Entry) -> bool {
+        let (queued, _spent) = {
+            let mut p = self.lock();
+            let spent = [p.spent.pop(), p.spent.pop()];
+            if p.closed || p.entries.len() >= QUEUE {
+                (false, spent)
+            } else {
+                p.entries.push(entry);
+                if p.entries.len() == WAKE_AT
+                    && let Some(w) = &p.writer
+                {
+                    w.unpark();
+                }
+                (true, spent)
+            }
+        };
+        queued
+    }
+
+    /// Hands written records back, for the senders to drop.
+    fn give_back(&self, written: &mut Vec<Entry>) {
+        if written.is_empty() {
+            return;
+        }
         let mut p = self.lock();
-        if p.closed || p.entries.len() >= QUEUE {
-            return false;
+        if p.closed {
+            // No sender is left to take them.
+            drop(p);
+            written.clear();
+        } else {
+            p.spent.append(written);
         }
-        p.entries.push(entry);
-        if p.entries.len() == WAKE_AT
-            && let Some(w) = &p.writer
-        {
-            w.unpark();
-        }
-        true
     }
 
     /// Everything queued, and whether the queue is closed; waits up to [`WRITE_INTERVAL`] while it is
@@ -118,7 +147,13 @@ impl Queue {
             p.entries.is_empty() && !p.closed
         };
         if idle {
-            std::thread::park_timeout(WRITE_INTERVAL);
+            std::thread::park_timeout(
+                std::env::var("SLUICE_X_MS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .map(Duration::from_millis)
+                    .unwrap_or(WRITE_INTERVAL),
+            );
         }
         let mut p = self.lock();
         std::mem::swap(into, &mut p.entries);
@@ -270,9 +305,10 @@ impl Writer {
         let mut batch = Vec::new();
         loop {
             let closed = queue.take(&mut batch);
-            for entry in batch.drain(..) {
+            for entry in &mut batch {
                 self.handle(entry);
             }
+            queue.give_back(&mut batch);
             if let Some(s) = &mut self.segment
                 && let Err(e) = s.flush()
             {
@@ -289,10 +325,10 @@ impl Writer {
         }
     }
 
-    fn handle(&mut self, entry: Entry) {
+    fn handle(&mut self, entry: &mut Entry) {
         let result = match entry {
-            Entry::Line(line) => self.line(*line),
-            Entry::Feedback(record) => self.feedback(&record),
+            Entry::Line(line) => self.line(line),
+            Entry::Feedback(record) => self.feedback(record),
         };
         if let Err(e) = result {
             tracing::warn!("the traffic log lost a record: {e}");
@@ -406,7 +442,9 @@ impl Writer {
         Ok(())
     }
 
-    fn line(&mut self, mut line: LineResult) -> Result<(), StoreError> {
+    /// Writes `line` (numbered in place; its payloads, when they are not kept, are set aside while
+    /// it is written and put back, so that they are freed with the line by the thread that made it).
+    fn line(&mut self, line: &mut LineResult) -> Result<(), StoreError> {
         let mut segment = match self.segment.take() {
             Some(s) => s,
             None => self.open()?,
@@ -417,16 +455,14 @@ impl Writer {
         for run in &mut line.node_runs {
             run.index = Some(n);
         }
-        if !self.options.payloads {
-            line.inputs = Map::new();
-            line.output = Map::new();
-            for run in &mut line.node_runs {
-                run.inputs = Map::new();
-                run.output = sluice_engine::Value::Null;
-                run.api_calls.clear();
-            }
-        }
-        let written = write_line(&mut segment, &line, self.options.message_format);
+        let written = if self.options.payloads {
+            write_line(&mut segment, line, self.options.message_format)
+        } else {
+            let kept = Payloads::take(line);
+            let written = write_line(&mut segment, line, self.options.message_format);
+            kept.put_back(line);
+            written
+        };
         if line.status == Status::Completed {
             segment.completed += 1;
         } else {
@@ -467,6 +503,43 @@ impl Writer {
             .open(&path)
             .and_then(|mut f| f.write_all(&text))
             .map_err(|e| StoreError::io(&path, e))
+    }
+}
+
+/// A line's inputs, outputs and node payloads, set aside while a log without payloads writes it.
+struct Payloads {
+    inputs: Map,
+    output: Map,
+    nodes: Vec<(Map, sluice_engine::Value, Vec<Json>)>,
+}
+
+impl Payloads {
+    fn take(line: &mut LineResult) -> Payloads {
+        Payloads {
+            inputs: std::mem::take(&mut line.inputs),
+            output: std::mem::take(&mut line.output),
+            nodes: line
+                .node_runs
+                .iter_mut()
+                .map(|run| {
+                    (
+                        std::mem::take(&mut run.inputs),
+                        std::mem::replace(&mut run.output, sluice_engine::Value::Null),
+                        std::mem::take(&mut run.api_calls),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    fn put_back(self, line: &mut LineResult) {
+        line.inputs = self.inputs;
+        line.output = self.output;
+        for (run, (inputs, output, api_calls)) in line.node_runs.iter_mut().zip(self.nodes) {
+            run.inputs = inputs;
+            run.output = output;
+            run.api_calls = api_calls;
+        }
     }
 }
 
