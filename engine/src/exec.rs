@@ -54,6 +54,7 @@ pub struct NodeRunInfo {
     pub start_time: DateTime<Utc>,
     #[serde(serialize_with = "crate::json::serialize_utc")]
     pub end_time: DateTime<Utc>,
+    #[serde(serialize_with = "crate::json::serialize_line_index")]
     pub index: Option<usize>,
     /// `duration` (seconds) plus whatever the node reported (tokens, ...).
     pub system_metrics: NodeMetrics,

@@ -18,6 +18,10 @@ use serde_json::ser::{CompactFormatter, Formatter, PrettyFormatter};
 
 thread_local! {
     static NON_FINITE: Cell<Option<f64>> = const { Cell::new(None) };
+    /// A template is being written: line numbers are left as slots.
+    static TEMPLATE: Cell<bool> = const { Cell::new(false) };
+    /// The next unsigned number written is a line number's slot.
+    static SLOT_NEXT: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Serialises a non-finite float: as its word through this module's writers, as `null` elsewhere.
@@ -58,11 +62,126 @@ impl<F: Formatter> Formatter for Words<F> {
             None => w.write_all(b"null"),
         }
     }
+    fn write_u64<W: ?Sized + io::Write>(&mut self, w: &mut W, value: u64) -> io::Result<()> {
+        write_u64_or_slot(&mut self.0, w, value)
+    }
     pass_on! {
         begin_array(), end_array(), begin_array_value(first: bool), end_array_value(),
         begin_object(), end_object(), begin_object_key(first: bool), end_object_key(),
         begin_object_value(), end_object_value(),
     }
+}
+
+/// serde_json's compact formatter, but for the line-number slots of a template.
+struct Slots;
+
+impl Formatter for Slots {
+    fn write_u64<W: ?Sized + io::Write>(&mut self, w: &mut W, value: u64) -> io::Result<()> {
+        write_u64_or_slot(&mut CompactFormatter, w, value)
+    }
+}
+
+fn write_u64_or_slot<F: Formatter, W: ?Sized + io::Write>(
+    f: &mut F,
+    w: &mut W,
+    value: u64,
+) -> io::Result<()> {
+    if SLOT_NEXT.with(|next| next.replace(false)) {
+        w.write_all(&[SLOT])
+    } else {
+        f.write_u64(w, value)
+    }
+}
+
+/// The byte a template holds where a line number goes: a control character, which JSON text never
+/// holds unescaped, so it cannot be confused with anything the value itself wrote.
+pub const SLOT: u8 = 0x01;
+
+/// Serialises a line number: the number itself, or a slot while [`to_template`] writes.
+pub fn serialize_line_number<S: serde::Serializer>(n: &usize, s: S) -> Result<S::Ok, S::Error> {
+    if TEMPLATE.with(Cell::get) {
+        serialize_slot(s)
+    } else {
+        s.serialize_u64(*n as u64)
+    }
+}
+
+/// [`serialize_line_number`] for the line number of a node's run (`index`).
+pub fn serialize_line_index<S: serde::Serializer>(
+    n: &Option<usize>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    if TEMPLATE.with(Cell::get) {
+        serialize_slot(s)
+    } else {
+        n.serialize(s)
+    }
+}
+
+fn serialize_slot<S: serde::Serializer>(s: S) -> Result<S::Ok, S::Error> {
+    SLOT_NEXT.with(|next| next.set(true));
+    let result = s.serialize_u64(0);
+    SLOT_NEXT.with(|next| next.set(false));
+    result
+}
+
+/// Writes `value` as compact JSON with its line numbers left as [`SLOT`]s, for [`fill_template`] to
+/// number later: a record can be serialised where its data is (the thread that made it) before the
+/// number it gets is known. `words`: non-finite floats as words, as [`to_writer`] writes them, or as
+/// serde_json's `null`.
+pub fn to_template<W: io::Write, T: Serialize + ?Sized>(
+    w: W,
+    value: &T,
+    words: bool,
+) -> serde_json::Result<()> {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            TEMPLATE.with(|t| t.set(false));
+            SLOT_NEXT.with(|next| next.set(false));
+        }
+    }
+    TEMPLATE.with(|t| t.set(true));
+    let _reset = Reset;
+    if words {
+        value.serialize(&mut serde_json::Serializer::with_formatter(
+            w,
+            Words(CompactFormatter),
+        ))
+    } else {
+        value.serialize(&mut serde_json::Serializer::with_formatter(w, Slots))
+    }
+}
+
+/// Writes `template` (from [`to_template`]) with each slot replaced by `n`; returns the bytes
+/// written.
+pub fn fill_template<W: io::Write + ?Sized>(
+    template: &[u8],
+    n: usize,
+    w: &mut W,
+) -> io::Result<usize> {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    let mut rest_of_n = n;
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (rest_of_n % 10) as u8;
+        rest_of_n /= 10;
+        if rest_of_n == 0 {
+            break;
+        }
+    }
+    let number = &digits[start..];
+    let mut written = 0;
+    let mut rest = template;
+    while let Some(at) = memchr::memchr(SLOT, rest) {
+        w.write_all(&rest[..at])?;
+        w.write_all(number)?;
+        written += at + number.len();
+        rest = &rest[at + 1..];
+    }
+    w.write_all(rest)?;
+    Ok(written + rest.len())
 }
 
 /// Writes `value` as compact JSON, non-finite floats as words.
@@ -211,6 +330,61 @@ pub fn serialize_utc_opt<S: serde::Serializer>(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_template_numbered_later_equals_the_record_written_with_its_number() {
+        use chrono::{TimeZone, Utc};
+        let t = Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).unwrap();
+        let mut map = crate::Map::new();
+        map.insert("index".into(), crate::Value::Int(7));
+        map.insert("nan".into(), crate::Value::Float(f64::NAN));
+        map.insert(
+            "text".into(),
+            crate::Value::String("a \u{1} b\n\"index\":".into()),
+        );
+        let run = |index| crate::exec::NodeRunInfo {
+            node: "n".into(),
+            status: crate::Status::Completed,
+            inputs: map.clone(),
+            output: crate::Value::Map(map.clone()),
+            error: None,
+            start_time: t,
+            end_time: t,
+            index,
+            system_metrics: Default::default(),
+            api_calls: vec![serde_json::json!({"big": u64::MAX})],
+        };
+        for n in [0usize, 7, 12345] {
+            let line = crate::LineResult {
+                line_number: Some(n),
+                status: crate::Status::Completed,
+                inputs: map.clone(),
+                output: map.clone(),
+                error: None,
+                node_runs: vec![run(Some(n)), run(Some(n))],
+                aggregation_inputs: crate::Map::new(),
+                start_time: t,
+                end_time: t,
+            };
+            let record = crate::store::LineRecordRef::new(&line);
+            let mut direct = Vec::new();
+            to_writer(&mut direct, &record).unwrap();
+            let mut template = Vec::new();
+            to_template(&mut template, &record, true).unwrap();
+            assert_eq!(template.iter().filter(|&&b| b == SLOT).count(), 3);
+            let mut filled = Vec::new();
+            let size = fill_template(&template, n, &mut filled).unwrap();
+            assert_eq!(
+                String::from_utf8(filled).unwrap(),
+                String::from_utf8(direct.clone()).unwrap()
+            );
+            assert_eq!(size, direct.len());
+        }
+        // Outside a template, the fields are plain numbers.
+        let mut plain = Vec::new();
+        serialize_line_number(&5, &mut serde_json::Serializer::new(&mut plain)).unwrap();
+        assert_eq!(plain, b"5");
+    }
+
     #[test]
     fn times_serialise_as_chrono_does() {
         use chrono::{TimeZone, Utc};

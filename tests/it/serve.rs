@@ -507,6 +507,10 @@ fn sigterm_stops_accepting_and_finishes_the_lines_in_flight() {
         serde_json::from_str(&std::fs::read_to_string(seg.join("run.json")).unwrap()).unwrap();
     assert_eq!(record["status"], "Completed");
     assert_eq!(record["properties"]["system_metrics"]["completed_lines"], 4);
+    assert_eq!(
+        record["properties"]["system_metrics"]["node_status"]["up.completed"], 4,
+        "{record}"
+    );
 }
 
 #[test]
@@ -538,7 +542,23 @@ fn the_traffic_log_reads_back_as_a_run() {
     let seg = segment(root.path());
     let details = read_jsonl(&seg.join("details.jsonl"));
     assert_eq!(details.len(), 4);
-    assert_eq!(details[0]["line_number"], 0);
+    // Each line's number, in its record, its nodes' runs and inputs.jsonl, is its place in the log.
+    let inputs = read_jsonl(&seg.join("inputs.jsonl"));
+    let outputs = read_jsonl(&seg.join("outputs.jsonl"));
+    assert_eq!(inputs.len(), 4);
+    assert_eq!(outputs.len(), 3, "the failed line has no outputs");
+    for (i, (record, input)) in details.iter().zip(&inputs).enumerate() {
+        assert_eq!(record["line_number"], i, "{record}");
+        assert_eq!(input["line_number"], i, "{input}");
+        assert_eq!(input["text"], record["inputs"]["text"]);
+        for run in record["node_runs"].as_array().unwrap() {
+            assert_eq!(run["index"], i, "{run}");
+        }
+    }
+    for (i, output) in outputs.iter().enumerate() {
+        assert_eq!(output["line_number"], i, "{output}");
+        assert_eq!(output["shout"], details[i]["output"]["shout"]);
+    }
     assert_eq!(details[0]["inputs"]["text"], "a");
     assert_eq!(details[0]["output"]["shout"], "A");
     assert_eq!(details[3]["status"], "Failed");
@@ -610,6 +630,26 @@ fn the_traffic_log_samples_and_can_leave_payloads_out() {
 }
 
 #[test]
+fn the_traffic_log_masks_credentials_in_served_inputs_and_outputs() {
+    let (root, _, server) = start(SLOW_UPPER, &[]);
+    let text = "fetch https://ann:hunter2pass@example.com/doc?api_key=abc123xyz with Bearer tok-0123456789abcdef";
+    let r = score(&server, &json!({"text": text}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    server.stop();
+    let seg = segment(root.path());
+    for name in ["inputs.jsonl", "outputs.jsonl", "flow_outputs/output.jsonl"] {
+        let logged = std::fs::read_to_string(seg.join(name)).unwrap();
+        let lower = logged.to_lowercase();
+        for secret in ["hunter2pass", "abc123xyz", "tok-0123456789abcdef"] {
+            assert!(!lower.contains(secret), "{name}: {logged}");
+        }
+        assert!(lower.contains("example.com/doc"), "{name}: {logged}");
+        let line: Json = serde_json::from_str(logged.lines().next().unwrap()).unwrap();
+        assert_eq!(line["line_number"], 0, "{name}: {logged}");
+    }
+}
+
+#[test]
 fn the_traffic_log_starts_a_new_segment_past_its_size() {
     let (root, _, server) = start(SLOW_UPPER, &["--log-max-bytes", "1"]);
     for text in ["a", "b", "c"] {
@@ -623,7 +663,9 @@ fn the_traffic_log_starts_a_new_segment_past_its_size() {
         .collect();
     assert_eq!(segments.len(), 3, "{segments:?}");
     for s in segments {
-        assert_eq!(read_jsonl(&s.join("details.jsonl")).len(), 1);
+        let details = read_jsonl(&s.join("details.jsonl"));
+        assert_eq!(details.len(), 1);
+        assert_eq!(details[0]["line_number"], 0, "each segment numbers from 0");
         let record: Json =
             serde_json::from_str(&std::fs::read_to_string(s.join("run.json")).unwrap()).unwrap();
         assert_eq!(record["status"], "Completed");

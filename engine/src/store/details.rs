@@ -91,6 +91,13 @@ impl DetailsWriter {
         Ok(())
     }
 
+    /// Adds one record made by [`crate::json::to_template`] (secrets already masked, newline
+    /// included), numbered `n`; returns its size in bytes.
+    pub fn push_template(&mut self, template: &[u8], n: usize) -> Result<usize, StoreError> {
+        crate::json::fill_template(template, n, &mut self.buf)
+            .map_err(|e| StoreError::io(&self.path, e))
+    }
+
     /// Writes what was pushed and syncs it to disk.
     pub fn sync(&mut self) -> Result<(), StoreError> {
         self.write_pushed()?;
@@ -106,7 +113,7 @@ impl DetailsWriter {
 }
 
 /// `bytes` with every registered secret masked (see [`crate::redact`]).
-pub(crate) fn redact_bytes(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+pub fn redact_bytes(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     if !crate::redact::has_secrets() {
         return std::borrow::Cow::Borrowed(bytes);
     }

@@ -332,6 +332,7 @@ fn whole_as_integer<S: serde::Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok
 /// A finished line, borrowed from its result, in the shape of [`LineRecord`].
 #[derive(Debug, Serialize)]
 pub struct LineRecordRef<'a> {
+    #[serde(serialize_with = "crate::json::serialize_line_number")]
     pub line_number: usize,
     pub status: LineStatus,
     pub inputs: &'a Map,

@@ -14,11 +14,13 @@
 //! writer's): it takes what has queued every [`WRITE_INTERVAL`], or at once when the queue fills up,
 //! and writes each file's share of it in one call.
 //!
-//! A served line is freed where it was made, on the request's thread, not by the writer: the writer
-//! hands the records it has written back through the queue, and each new record sent takes up to two
-//! of them back to drop. Freeing on another thread would leave the allocator's per-thread caches of
-//! the request threads empty and make them take the allocator's shared locks for every line, which
-//! costs more than the writing itself.
+//! A served line is serialised on the request's thread, while its data is still in that core's
+//! cache, and freed there: the writer gets the line's records as text with slots for the line
+//! number (which only the writer knows, as it opens and closes segments) and a summary for the
+//! segment's counts. Lines whose inputs or outputs hold images, written to files of the segment, are
+//! serialised by the writer. The writer hands the records it has written back through the queue,
+//! and each new record sent takes up to two of them back to drop, so that memory is freed by the
+//! threads that made it.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -66,8 +68,91 @@ pub(crate) struct TrafficOptions {
 }
 
 enum Entry {
+    /// A line serialised by its request's thread.
+    Encoded(Box<Encoded>),
+    /// A line the writer serialises (its images go to files of the segment).
     Line(Box<LineResult>),
     Feedback(Json),
+}
+
+/// A served line as the writer writes it: its records as templates (see
+/// [`sluice_engine::json::to_template`]), secrets masked, each with its newline, and what the
+/// segment's counts need.
+struct Encoded {
+    /// `details.jsonl`'s record, then `inputs.jsonl`'s line, then (for a completed line) the line of
+    /// `outputs.jsonl` and `flow_outputs/output.jsonl`.
+    text: Vec<u8>,
+    details_end: usize,
+    inputs_end: usize,
+    completed: bool,
+    /// Each node's name and status.
+    nodes: Vec<(String, Status)>,
+    tokens: TokenCounts,
+}
+
+impl Encoded {
+    /// Serialises `line`: its payloads left out unless `payloads`, its inputs and outputs with their
+    /// images as `images` made them (or as they are).
+    fn new(
+        line: &mut LineResult,
+        payloads: bool,
+        images: Option<(&Path, sluice_engine::image::MessageFormat)>,
+    ) -> Result<Encoded, StoreError> {
+        let kept = (!payloads).then(|| Payloads::take(line));
+        let encoded = Encoded::serialise(line, images);
+        if let Some(kept) = kept {
+            kept.put_back(line);
+        }
+        encoded
+    }
+
+    fn serialise(
+        line: &LineResult,
+        images: Option<(&Path, sluice_engine::image::MessageFormat)>,
+    ) -> Result<Encoded, StoreError> {
+        let bad = |e: serde_json::Error| {
+            StoreError::io(
+                Path::new(sluice_engine::store::DETAILS),
+                std::io::Error::other(e),
+            )
+        };
+        let mut text = Vec::with_capacity(2048);
+        sluice_engine::json::to_template(&mut text, &LineRecordRef::new(line), true)
+            .map_err(bad)?;
+        text.push(b'\n');
+        if let std::borrow::Cow::Owned(masked) = sluice_engine::store::details::redact_bytes(&text)
+        {
+            text = masked;
+        }
+        let details_end = text.len();
+        fn with_images<'m>(
+            map: &'m Map,
+            images: Option<(&Path, sluice_engine::image::MessageFormat)>,
+        ) -> Result<std::borrow::Cow<'m, Map>, StoreError> {
+            match images {
+                Some((dir, format)) => with_image_files(map, dir, format),
+                None => Ok(std::borrow::Cow::Borrowed(map)),
+            }
+        }
+        numbered(&mut text, &*with_images(&line.inputs, images)?);
+        let inputs_end = text.len();
+        let completed = line.status == Status::Completed;
+        if completed {
+            numbered(&mut text, &*with_images(&line.output, images)?);
+        }
+        let mut tokens = TokenCounts::default();
+        for run in &line.node_runs {
+            tokens.add(&run.system_metrics.tokens);
+        }
+        Ok(Encoded {
+            text,
+            details_end,
+            inputs_end,
+            completed,
+            nodes: Vec::new(),
+            tokens,
+        })
+    }
 }
 
 /// The traffic log of one served flow.
@@ -147,13 +232,7 @@ impl Queue {
             p.entries.is_empty() && !p.closed
         };
         if idle {
-            std::thread::park_timeout(
-                std::env::var("SLUICE_X_MS")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .map(Duration::from_millis)
-                    .unwrap_or(WRITE_INTERVAL),
-            );
+            std::thread::park_timeout(WRITE_INTERVAL);
         }
         let mut p = self.lock();
         std::mem::swap(into, &mut p.entries);
@@ -172,6 +251,7 @@ impl Queue {
 impl std::fmt::Debug for Entry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            Entry::Encoded(_) => "Encoded",
             Entry::Line(_) => "Line",
             Entry::Feedback(_) => "Feedback",
         })
@@ -243,11 +323,27 @@ impl TrafficLog {
     }
 
     /// Logs a served line if it is in the sample; returns false when it had to be dropped.
-    pub(crate) fn line(&self, line: LineResult) -> bool {
+    pub(crate) fn line(&self, mut line: LineResult) -> bool {
         if !self.sampled() {
             return true;
         }
-        self.send(Entry::Line(Box::new(line)))
+        if has_images(&line.inputs) || has_images(&line.output) {
+            return self.send(Entry::Line(Box::new(line)));
+        }
+        match Encoded::new(&mut line, self.options.payloads, None) {
+            Ok(mut encoded) => {
+                encoded.nodes = line
+                    .node_runs
+                    .iter_mut()
+                    .map(|run| (std::mem::take(&mut run.node), run.status))
+                    .collect();
+                self.send(Entry::Encoded(Box::new(encoded)))
+            }
+            Err(e) => {
+                tracing::warn!("the traffic log lost a record: {e}");
+                false
+            }
+        }
     }
 
     /// Logs a feedback body with the trace headers it came with.
@@ -286,8 +382,6 @@ struct Segment {
     outputs: BufWriter<File>,
     flow_outputs: BufWriter<File>,
     next_line: usize,
-    /// A line of `inputs.jsonl` or `outputs.jsonl` being made; kept so that lines reuse its memory.
-    scratch: Vec<u8>,
     /// The size of `details.jsonl` so far.
     details_bytes: u64,
     completed: usize,
@@ -327,6 +421,7 @@ impl Writer {
 
     fn handle(&mut self, entry: &mut Entry) {
         let result = match entry {
+            Entry::Encoded(encoded) => self.encoded(encoded),
             Entry::Line(line) => self.line(line),
             Entry::Feedback(record) => self.feedback(record),
         };
@@ -400,7 +495,6 @@ impl Writer {
             dir,
             record,
             next_line: 0,
-            scratch: Vec::with_capacity(512),
             details_bytes: 0,
             completed: 0,
             failed: 0,
@@ -442,48 +536,74 @@ impl Writer {
         Ok(())
     }
 
-    /// Writes `line` (numbered in place; its payloads, when they are not kept, are set aside while
-    /// it is written and put back, so that they are freed with the line by the thread that made it).
-    fn line(&mut self, line: &mut LineResult) -> Result<(), StoreError> {
-        let mut segment = match self.segment.take() {
+    /// Writes a line its request's thread serialised.
+    fn encoded(&mut self, encoded: &Encoded) -> Result<(), StoreError> {
+        let segment = match self.segment.take() {
             Some(s) => s,
             None => self.open()?,
         };
+        self.write(segment, encoded, |e| {
+            e.nodes
+                .iter()
+                .map(|(node, status)| (node.as_str(), *status))
+        })
+    }
+
+    /// Serialises and writes a line whose images go to files of the segment.
+    fn line(&mut self, line: &mut LineResult) -> Result<(), StoreError> {
+        let segment = match self.segment.take() {
+            Some(s) => s,
+            None => self.open()?,
+        };
+        let encoded = match Encoded::new(
+            line,
+            self.options.payloads,
+            Some((&segment.images, self.options.message_format)),
+        ) {
+            Ok(e) => e,
+            Err(e) => {
+                self.segment = Some(segment);
+                return Err(e);
+            }
+        };
+        self.write(segment, &encoded, |_| {
+            line.node_runs
+                .iter()
+                .map(|run| (run.node.as_str(), run.status))
+        })
+    }
+
+    /// Writes `e` as the segment's next line, counts it, and closes the segment once it is full.
+    fn write<'e, N: Iterator<Item = (&'e str, Status)>>(
+        &mut self,
+        mut segment: Segment,
+        e: &'e Encoded,
+        nodes: impl FnOnce(&'e Encoded) -> N,
+    ) -> Result<(), StoreError> {
         let n = segment.next_line;
         segment.next_line += 1;
-        line.line_number = Some(n);
-        for run in &mut line.node_runs {
-            run.index = Some(n);
-        }
-        let written = if self.options.payloads {
-            write_line(&mut segment, line, self.options.message_format)
-        } else {
-            let kept = Payloads::take(line);
-            let written = write_line(&mut segment, line, self.options.message_format);
-            kept.put_back(line);
-            written
-        };
-        if line.status == Status::Completed {
+        let written = segment.write(e, n);
+        if e.completed {
             segment.completed += 1;
         } else {
             segment.failed += 1;
         }
-        for run in &line.node_runs {
+        for (node, status) in nodes(e) {
             // `<node>.<status>`, made in a buffer kept between lines: a key is allocated only the
             // first time it is seen.
             let key = &mut segment.status_key;
             key.clear();
-            key.push_str(&run.node);
+            key.push_str(node);
             key.push('.');
-            key.extend(run.status.as_str().chars().map(|c| c.to_ascii_lowercase()));
+            key.extend(status.as_str().chars().map(|c| c.to_ascii_lowercase()));
             match segment.node_status.get_mut(key.as_str()) {
                 Some(count) => *count += 1,
                 None => {
                     segment.node_status.insert(key.clone(), 1);
                 }
             }
-            segment.tokens.add(&run.system_metrics.tokens);
         }
+        segment.tokens.add(&e.tokens);
         if segment.details_bytes >= self.options.max_bytes {
             self.close(segment)?;
         } else {
@@ -543,15 +663,24 @@ impl Payloads {
     }
 }
 
-/// `{"line_number": n, ...map}`, as a batch run writes `inputs.jsonl` and `outputs.jsonl`.
-struct Numbered<'a>(usize, &'a Map);
+/// `{"line_number": <slot>, ...map}`, as a batch run writes `inputs.jsonl` and `outputs.jsonl`.
+struct Numbered<'a>(&'a Map);
+
+/// A line number's slot in a template.
+struct Slot;
+
+impl serde::Serialize for Slot {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        sluice_engine::json::serialize_line_number(&0, s)
+    }
+}
 
 impl serde::Serialize for Numbered<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
         let mut m = s.serialize_map(None)?;
-        m.serialize_entry("line_number", &self.0)?;
-        for (k, v) in self.1 {
+        m.serialize_entry("line_number", &Slot)?;
+        for (k, v) in self.0 {
             if k != "line_number" {
                 m.serialize_entry(k, v)?;
             }
@@ -560,28 +689,49 @@ impl serde::Serialize for Numbered<'_> {
     }
 }
 
-/// Puts `map` numbered `n` in `line` as one line of JSON (with its newline), secrets, URL credentials
-/// and bearer tokens masked. The values are serialised straight into the buffer, kept between lines,
-/// with no JSON tree in between; `serde_json`'s own formatter writes a non-finite float as `null`.
-fn numbered(line: &mut Vec<u8>, n: usize, map: &Map) {
-    line.clear();
-    if serde_json::to_writer(&mut *line, &Numbered(n, map)).is_err() {
-        line.clear();
+/// Appends `map` to `text` as a template of one line of JSON (with its newline), numbered later,
+/// secrets, URL credentials and bearer tokens masked. The values are serialised straight into the
+/// buffer, with no JSON tree in between; `serde_json`'s own formatter writes a non-finite float as
+/// `null`.
+fn numbered(text: &mut Vec<u8>, map: &Map) {
+    let start = text.len();
+    if sluice_engine::json::to_template(&mut *text, &Numbered(map), false).is_err() {
+        text.truncate(start);
     }
-    let masked = match std::str::from_utf8(line) {
-        Ok(text) => match sluice_engine::redact::redact(text) {
+    let masked = match std::str::from_utf8(&text[start..]) {
+        Ok(line) => match sluice_engine::redact::redact(line) {
             std::borrow::Cow::Borrowed(_) => None,
             std::borrow::Cow::Owned(masked) => Some(masked),
         },
         Err(_) => None,
     };
     if let Some(masked) = masked {
-        *line = masked.into_bytes();
+        text.truncate(start);
+        text.extend_from_slice(masked.as_bytes());
     }
-    line.push(b'\n');
+    text.push(b'\n');
 }
 
 impl Segment {
+    /// Writes `e` numbered `n`.
+    fn write(&mut self, e: &Encoded, n: usize) -> Result<(), StoreError> {
+        let (details, rest) = e.text.split_at(e.details_end);
+        let (inputs, outputs) = rest.split_at(e.inputs_end - e.details_end);
+        self.details_bytes += self.details.push_template(details, n)? as u64;
+        fill(&mut self.inputs, inputs, n, &self.dir, "inputs.jsonl")?;
+        if e.completed {
+            fill(&mut self.outputs, outputs, n, &self.dir, "outputs.jsonl")?;
+            fill(
+                &mut self.flow_outputs,
+                outputs,
+                n,
+                &self.dir,
+                "flow_outputs/output.jsonl",
+            )?;
+        }
+        Ok(())
+    }
+
     /// Hands what the buffered files hold to the OS.
     fn flush(&mut self) -> Result<(), StoreError> {
         self.details.flush()?;
@@ -597,31 +747,29 @@ impl Segment {
     }
 }
 
-fn write_line(
-    s: &mut Segment,
-    line: &LineResult,
-    format: sluice_engine::image::MessageFormat,
+fn fill(
+    w: &mut BufWriter<File>,
+    template: &[u8],
+    n: usize,
+    dir: &Path,
+    name: &str,
 ) -> Result<(), StoreError> {
-    let n = line.line_number.unwrap_or(0);
-    s.details_bytes += s.details.push(&LineRecordRef::new(line))? as u64;
-    // Images go to files beside the outputs and are referred to by path, as in a batch run.
-    let images = &s.images;
-    let inputs = with_image_files(&line.inputs, images, format)?;
-    numbered(&mut s.scratch, n, &inputs);
-    s.inputs
-        .write_all(&s.scratch)
-        .map_err(|e| StoreError::io(&s.dir.join("inputs.jsonl"), e))?;
-    if line.status == Status::Completed {
-        let outputs = with_image_files(&line.output, images, format)?;
-        numbered(&mut s.scratch, n, &outputs);
-        s.outputs
-            .write_all(&s.scratch)
-            .map_err(|e| StoreError::io(&s.dir.join("outputs.jsonl"), e))?;
-        s.flow_outputs
-            .write_all(&s.scratch)
-            .map_err(|e| StoreError::io(&s.dir.join("flow_outputs/output.jsonl"), e))?;
+    sluice_engine::json::fill_template(template, n, w)
+        .map(drop)
+        .map_err(|e| StoreError::io(&dir.join(name), e))
+}
+
+/// Whether `map` holds an image (which the log writes to a file of the segment).
+fn has_images(map: &Map) -> bool {
+    fn has_image(v: &sluice_engine::Value) -> bool {
+        match v {
+            sluice_engine::Value::Opaque(o) => o.is_media(),
+            sluice_engine::Value::List(items) => items.iter().any(has_image),
+            sluice_engine::Value::Map(m) => m.values().any(has_image),
+            _ => false,
+        }
     }
-    Ok(())
+    map.values().any(has_image)
 }
 
 /// `map` with its images written to files in `dir` and referred to by their absolute paths; `map`
@@ -631,15 +779,7 @@ fn with_image_files<'a>(
     dir: &Path,
     format: sluice_engine::image::MessageFormat,
 ) -> Result<std::borrow::Cow<'a, Map>, StoreError> {
-    fn has_image(v: &sluice_engine::Value) -> bool {
-        match v {
-            sluice_engine::Value::Opaque(o) => o.is_media(),
-            sluice_engine::Value::List(items) => items.iter().any(has_image),
-            sluice_engine::Value::Map(m) => m.values().any(has_image),
-            _ => false,
-        }
-    }
-    if !map.values().any(has_image) {
+    if !has_images(map) {
         return Ok(std::borrow::Cow::Borrowed(map));
     }
     let prefix = format!("{}/", dir.to_string_lossy());
