@@ -501,18 +501,17 @@ impl Reader<'_> {
     }
 }
 
-impl GgufFile {
-    /// Reads the whole file at `path`.
-    pub fn read(path: &Path) -> io::Result<GgufFile> {
-        let bytes = fs::read(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
-        Self::parse(bytes).map_err(|e| err(format!("{}: {e}", path.display())))
-    }
+/// A GGUF header as parsed: metadata, and each tensor's name, dimensions, type and offset from the
+/// start of the data.
+struct Head {
+    meta: BTreeMap<String, MetaValue>,
+    infos: Vec<(String, Vec<u64>, u32, u64)>,
+    data_start: usize,
+}
 
-    fn parse(bytes: Vec<u8>) -> io::Result<GgufFile> {
-        let mut r = Reader {
-            bytes: &bytes,
-            pos: 0,
-        };
+impl Head {
+    fn parse(bytes: &[u8]) -> io::Result<Head> {
+        let mut r = Reader { bytes, pos: 0 };
         if r.take(4)? != b"GGUF" {
             return Err(err("not a GGUF file"));
         }
@@ -548,12 +547,92 @@ impl GgufFile {
             let offset = r.u64()?;
             infos.push((name, dims, ggml_type, offset));
         }
-        let data_start = r.pos.div_ceil(align) * align;
+        Ok(Head {
+            meta,
+            infos,
+            data_start: r.pos.div_ceil(align) * align,
+        })
+    }
+}
+
+/// A GGUF file's header alone: its metadata and its tensors' names and types, read without the
+/// tensor data, so that a caller can tell whether it wants a file (of gigabytes, perhaps) before
+/// reading it. The header is read in growing pieces from the start of the file.
+#[derive(Debug)]
+pub struct GgufHead {
+    meta: BTreeMap<String, MetaValue>,
+    types: BTreeMap<String, u32>,
+}
+
+impl GgufHead {
+    /// Reads the header of the file at `path`.
+    pub fn read(path: &Path) -> io::Result<GgufHead> {
+        Self::read_from(path, 1 << 20)
+    }
+
+    /// [`GgufHead::read`], first reading `first` bytes: a header that does not fit is read again
+    /// from four times as many, up to the whole file.
+    fn read_from(path: &Path, first: usize) -> io::Result<GgufHead> {
+        use std::io::Read;
+        let named = |e: io::Error| err(format!("{}: {e}", path.display()));
+        let file = fs::File::open(path).map_err(named)?;
+        let len = usize::try_from(file.metadata().map_err(named)?.len()).unwrap_or(usize::MAX);
+        let mut want = first.min(len);
+        loop {
+            let mut bytes = Vec::with_capacity(want);
+            (&file)
+                .take(want as u64)
+                .read_to_end(&mut bytes)
+                .map_err(named)?;
+            // Seek back for a longer read.
+            let mut again = &file;
+            std::io::Seek::seek(&mut again, std::io::SeekFrom::Start(0)).map_err(named)?;
+            match Head::parse(&bytes) {
+                Ok(head) => {
+                    return Ok(GgufHead {
+                        meta: head.meta,
+                        types: head
+                            .infos
+                            .into_iter()
+                            .map(|(name, _, ty, _)| (name, ty))
+                            .collect(),
+                    });
+                }
+                // A header longer than what was read, or a broken one: read more, up to all.
+                Err(_) if want < len => want = want.saturating_mul(4).min(len),
+                Err(e) => return Err(named(e)),
+            }
+        }
+    }
+
+    /// A string metadata value.
+    pub fn meta_str(&self, key: &str) -> Option<&str> {
+        match self.meta.get(key)? {
+            MetaValue::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Each tensor's name and ggml type (0 f32, 1 f16, others quantised).
+    pub fn tensor_types(&self) -> impl Iterator<Item = (&str, u32)> {
+        self.types.iter().map(|(name, ty)| (name.as_str(), *ty))
+    }
+}
+
+impl GgufFile {
+    /// Reads the whole file at `path`.
+    pub fn read(path: &Path) -> io::Result<GgufFile> {
+        let bytes = fs::read(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
+        Self::parse(bytes).map_err(|e| err(format!("{}: {e}", path.display())))
+    }
+
+    fn parse(bytes: Vec<u8>) -> io::Result<GgufFile> {
+        let head = Head::parse(&bytes)?;
         let mut tensors = BTreeMap::new();
-        for (name, dims, ggml_type, offset) in infos {
+        for (name, dims, ggml_type, offset) in head.infos {
             let offset = usize::try_from(offset)
                 .ok()
-                .and_then(|o| o.checked_add(data_start))
+                .and_then(|o| o.checked_add(head.data_start))
                 .filter(|&o| o <= bytes.len())
                 .ok_or_else(|| err(format!("tensor {name} lies outside the file")))?;
             tensors.insert(
@@ -567,7 +646,7 @@ impl GgufFile {
         }
         Ok(GgufFile {
             bytes,
-            meta,
+            meta: head.meta,
             tensors,
         })
     }
@@ -725,6 +804,15 @@ mod tests {
         assert_eq!(g.tensor_info("half").unwrap().dims, vec![3, 2]);
         assert!(g.tensor_f32("missing").is_err());
 
+        // The header alone, read from a first piece far shorter than it (the vocabulary alone
+        // takes more), then from the whole file; the same from a file cut inside the tensor data.
+        for first in [16, 1 << 20] {
+            let head = GgufHead::read_from(&path, first).unwrap();
+            assert_eq!(head.meta_str("general.architecture"), Some("bert"));
+            let types: Vec<(&str, u32)> = head.tensor_types().collect();
+            assert_eq!(types, vec![("half", 1), ("single", 0)]);
+        }
+
         // A cut file is an error naming it, never a panic (the last cut takes 4 bytes of data: 12
         // of the 16 are the padding after the last tensor).
         let bytes = fs::read(&path).unwrap();
@@ -733,6 +821,10 @@ mod tests {
             match GgufFile::read(&path) {
                 Err(e) => assert!(e.to_string().contains("t.gguf"), "{e}"),
                 Ok(g) => assert!(g.tensor_f32("single").is_err(), "cut at {cut}"),
+            }
+            if let Err(e) = GgufHead::read_from(&path, 8) {
+                assert!(e.to_string().contains("t.gguf"), "{e}");
+                assert!(cut < 100, "a header cut at {cut} is whole");
             }
         }
     }

@@ -110,6 +110,13 @@ impl fmt::Debug for BertEncoder {
 }
 
 impl BertEncoder {
+    /// Whether a file with this header may run here: a BERT whose tensors are all f32 or f16.
+    /// [`BertEncoder::load`] checks the rest (metadata, shapes) and says why not.
+    pub fn may_run(head: &sluice_config::gguf::GgufHead) -> bool {
+        head.meta_str("general.architecture") == Some("bert")
+            && head.tensor_types().all(|(_, ty)| ty <= 1)
+    }
+
     /// The encoder of a BERT GGUF, on `threads` threads.
     pub fn load(g: &GgufFile, threads: usize) -> Result<BertEncoder, BertLoadError> {
         let arch = g.meta_str("general.architecture");

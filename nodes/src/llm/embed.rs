@@ -18,7 +18,7 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::token::LlamaToken;
-use sluice_config::gguf::GgufFile;
+use sluice_config::gguf::{GgufFile, GgufHead};
 use sluice_engine::spawn::run_blocking;
 
 use super::bert::BertEncoder;
@@ -202,6 +202,13 @@ impl LocalEmbedder {
         let asked = var::<String>("SLUICE_EMBED_ENCODER");
         let native = match asked.as_deref() {
             Some("llama.cpp") => None,
+            // Whether the encoder can take the file is told from its header first: a file it
+            // cannot take (another architecture, quantised weights) is not read whole before
+            // llama.cpp maps it. Asked for by name, the encoder reads it and says why not.
+            None if !BertEncoder::may_run(&GgufHead::read(&path).map_err(|e| cannot(&e))?) => {
+                tracing::debug!(model = %name, "llama.cpp encodes this model (not a BERT file of f32/f16 weights)");
+                None
+            }
             None | Some("sluice-bert") => {
                 let g = GgufFile::read(&path).map_err(|e| cannot(&e))?;
                 match BertEncoder::load(&g, threads) {
