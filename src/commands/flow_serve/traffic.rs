@@ -542,11 +542,7 @@ impl Writer {
             Some(s) => s,
             None => self.open()?,
         };
-        self.write(segment, encoded, |e| {
-            e.nodes
-                .iter()
-                .map(|(node, status)| (node.as_str(), *status))
-        })
+        self.write(segment, encoded)
     }
 
     /// Serialises and writes a line whose images go to files of the segment.
@@ -555,7 +551,7 @@ impl Writer {
             Some(s) => s,
             None => self.open()?,
         };
-        let encoded = match Encoded::new(
+        let mut encoded = match Encoded::new(
             line,
             self.options.payloads,
             Some((&segment.images, self.options.message_format)),
@@ -566,20 +562,16 @@ impl Writer {
                 return Err(e);
             }
         };
-        self.write(segment, &encoded, |_| {
-            line.node_runs
-                .iter()
-                .map(|run| (run.node.as_str(), run.status))
-        })
+        encoded.nodes = line
+            .node_runs
+            .iter()
+            .map(|run| (run.node.clone(), run.status))
+            .collect();
+        self.write(segment, &encoded)
     }
 
     /// Writes `e` as the segment's next line, counts it, and closes the segment once it is full.
-    fn write<'e, N: Iterator<Item = (&'e str, Status)>>(
-        &mut self,
-        mut segment: Segment,
-        e: &'e Encoded,
-        nodes: impl FnOnce(&'e Encoded) -> N,
-    ) -> Result<(), StoreError> {
+    fn write(&mut self, mut segment: Segment, e: &Encoded) -> Result<(), StoreError> {
         let n = segment.next_line;
         segment.next_line += 1;
         let written = segment.write(e, n);
@@ -588,7 +580,7 @@ impl Writer {
         } else {
             segment.failed += 1;
         }
-        for (node, status) in nodes(e) {
+        for (node, status) in &e.nodes {
             // `<node>.<status>`, made in a buffer kept between lines: a key is allocated only the
             // first time it is seen.
             let key = &mut segment.status_key;
