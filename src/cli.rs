@@ -410,9 +410,13 @@ pub struct FlowServeArgs {
     /// The share of lines written to the traffic log under $SLUICE_HOME/serve/<flow>/ (0 to 1).
     #[arg(long, default_value_t = 1.0, value_name = "RATE", value_parser = rate)]
     pub log_sample: f64,
-    /// Keep inputs, outputs and node payloads out of the traffic log (status, timings and tokens stay).
+    /// Keep inputs and outputs out of the traffic log (status, timings and tokens stay).
     #[arg(long)]
     pub no_log_payloads: bool,
+    /// Keep each node's inputs, outputs and API calls in the traffic log too, as a batch run does
+    /// (by default only the line's inputs and outputs are kept; traces carry the nodes').
+    #[arg(long, conflicts_with = "no_log_payloads")]
+    pub log_node_payloads: bool,
     /// Start a new traffic log segment once the current one holds this many bytes.
     #[arg(long, default_value_t = 64 << 20, value_name = "BYTES", value_parser = body_bytes)]
     pub log_max_bytes: usize,

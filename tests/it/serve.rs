@@ -563,8 +563,28 @@ fn the_traffic_log_reads_back_as_a_run() {
     assert_eq!(details[0]["output"]["shout"], "A");
     assert_eq!(details[3]["status"], "Failed");
     assert_eq!(details[0]["node_runs"][0]["node"], "up");
+    assert_eq!(details[0]["node_runs"][0]["status"], "Completed");
     assert!(details[0]["node_runs"][0]["system_metrics"]["duration"].is_number());
     assert!(details[0]["start_time"].is_string() && details[0]["end_time"].is_string());
+    // Nodes' own payloads are left out unless asked for (traces carry them).
+    assert_eq!(
+        details[0]["node_runs"][0]["inputs"],
+        json!({}),
+        "{}",
+        details[0]
+    );
+    assert_eq!(details[0]["node_runs"][0]["output"], Json::Null);
+    // flow_outputs/output.jsonl holds the same lines as outputs.jsonl: it is the same file.
+    let flow_outputs = seg.join("flow_outputs/output.jsonl");
+    assert_eq!(read_jsonl(&flow_outputs), outputs);
+    {
+        use std::os::unix::fs::MetadataExt;
+        let (a, b) = (
+            std::fs::metadata(&flow_outputs).unwrap(),
+            std::fs::metadata(seg.join("outputs.jsonl")).unwrap(),
+        );
+        assert_eq!((a.dev(), a.ino()), (b.dev(), b.ino()));
+    }
 
     // The serve store lists it as a run.
     let shown = succeeded(
@@ -627,6 +647,40 @@ fn the_traffic_log_samples_and_can_leave_payloads_out() {
     let first: Json = serde_json::from_str(details.lines().next().unwrap()).unwrap();
     assert_eq!(first["status"], "Completed");
     assert!(first["node_runs"][0]["system_metrics"]["duration"].is_number());
+}
+
+#[test]
+fn the_traffic_log_keeps_node_payloads_when_asked() {
+    let (root, flow, server) = start(SLOW_UPPER, &["--log-node-payloads"]);
+    assert_eq!(score(&server, &json!({"text": "quiet"})).status, 200);
+    server.stop();
+    let details = read_jsonl(&segment(root.path()).join("details.jsonl"));
+    assert_eq!(details.len(), 1);
+    let run = &details[0]["node_runs"][0];
+    assert_eq!(run["inputs"]["text"], "quiet", "{run}");
+    assert_eq!(run["output"], "QUIET", "{run}");
+    assert_eq!(details[0]["output"]["shout"], "QUIET");
+
+    // Keeping the nodes' payloads and none at all cannot both be asked for.
+    let refused = crate::common::sluice(root.path())
+        .args([
+            "flow",
+            "serve",
+            "--port",
+            "0",
+            "--no-log-payloads",
+            "--log-node-payloads",
+            "--flow",
+        ])
+        .arg(&flow)
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("--log-node-payloads") && err.contains("cannot be used"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -338,13 +338,24 @@ pub struct LineRecordRef<'a> {
     pub inputs: &'a Map,
     pub output: &'a Map,
     pub error: Option<&'a ErrorInfo>,
-    pub node_runs: &'a [NodeRunInfo],
+    pub node_runs: NodeRunsRef<'a>,
     #[serde(serialize_with = "crate::json::serialize_utc")]
     pub start_time: DateTime<Utc>,
     #[serde(serialize_with = "crate::json::serialize_utc")]
     pub end_time: DateTime<Utc>,
     pub aggregation_inputs: &'a Map,
 }
+
+/// A line's node runs as a record holds them: whole, or without their payloads (inputs, output and
+/// API calls), which then read back empty.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeRunsRef<'a> {
+    pub runs: &'a [NodeRunInfo],
+    pub payloads: bool,
+}
+
+/// The empty map a record without payloads holds.
+static NO_PAYLOAD: std::sync::LazyLock<Map> = std::sync::LazyLock::new(Map::new);
 
 impl<'a> LineRecordRef<'a> {
     pub fn new(line: &'a LineResult) -> Self {
@@ -354,11 +365,79 @@ impl<'a> LineRecordRef<'a> {
             inputs: &line.inputs,
             output: &line.output,
             error: line.error.as_ref(),
-            node_runs: &line.node_runs,
+            node_runs: NodeRunsRef {
+                runs: &line.node_runs,
+                payloads: true,
+            },
             start_time: line.start_time,
             end_time: line.end_time,
             aggregation_inputs: &line.aggregation_inputs,
         }
+    }
+
+    /// The record without its nodes' inputs, outputs and API calls (nor the node outputs kept for
+    /// aggregation).
+    pub fn without_node_payloads(mut self) -> Self {
+        self.node_runs.payloads = false;
+        self.aggregation_inputs = &NO_PAYLOAD;
+        self
+    }
+
+    /// The record without the line's inputs and outputs, nor its nodes'.
+    pub fn without_payloads(self) -> Self {
+        LineRecordRef {
+            inputs: &NO_PAYLOAD,
+            output: &NO_PAYLOAD,
+            ..self.without_node_payloads()
+        }
+    }
+}
+
+impl Serialize for NodeRunsRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(self.runs.len()))?;
+        for run in self.runs {
+            if self.payloads {
+                seq.serialize_element(run)?;
+            } else {
+                seq.serialize_element(&WithoutPayloads(run))?;
+            }
+        }
+        seq.end()
+    }
+}
+
+/// A node run serialised as [`NodeRunInfo`] is, with empty inputs, a null output and no API calls.
+struct WithoutPayloads<'a>(&'a NodeRunInfo);
+
+impl Serialize for WithoutPayloads<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        struct Time<'a>(&'a DateTime<Utc>);
+        impl Serialize for Time<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                crate::json::serialize_utc(self.0, s)
+            }
+        }
+        struct Index(Option<usize>);
+        impl Serialize for Index {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                crate::json::serialize_line_index(&self.0, s)
+            }
+        }
+        let run = self.0;
+        let mut st = s.serialize_struct("NodeRunInfo", 9)?;
+        st.serialize_field("node", &run.node)?;
+        st.serialize_field("status", &run.status)?;
+        st.serialize_field("inputs", &*NO_PAYLOAD)?;
+        st.serialize_field("output", &crate::Value::Null)?;
+        st.serialize_field("error", &run.error)?;
+        st.serialize_field("start_time", &Time(&run.start_time))?;
+        st.serialize_field("end_time", &Time(&run.end_time))?;
+        st.serialize_field("index", &Index(run.index))?;
+        st.serialize_field("system_metrics", &run.system_metrics)?;
+        st.end()
     }
 }
 
@@ -432,6 +511,69 @@ mod tests {
             line.node_runs[0].system_metrics
         );
         assert_eq!(back.node_runs[0].api_calls[0]["prompt"], "hi");
+    }
+
+    #[test]
+    fn a_record_without_payloads_is_the_record_with_them_emptied() {
+        let now = chrono::Utc::now();
+        let run =
+            |inputs: Map, output: crate::Value, api_calls: Vec<serde_json::Value>| NodeRunInfo {
+                node: "n".into(),
+                status: Status::Failed,
+                inputs,
+                output,
+                error: Some(ErrorInfo::new(
+                    crate::error::ErrorCode::UserError,
+                    "Boom",
+                    "it broke",
+                )),
+                start_time: now,
+                end_time: now,
+                index: Some(4),
+                system_metrics: NodeMetrics {
+                    duration: Some(0.25),
+                    ..NodeMetrics::default()
+                },
+                api_calls,
+            };
+        let map = |k: &str, v: &str| -> Map {
+            [(k.to_string(), crate::Value::from(v))]
+                .into_iter()
+                .collect()
+        };
+        let mut line = LineResult {
+            line_number: Some(4),
+            status: Status::Failed,
+            inputs: map("q", "secret question"),
+            output: map("a", "secret answer"),
+            error: None,
+            node_runs: vec![run(
+                map("x", "secret input"),
+                crate::Value::from("secret output"),
+                vec![serde_json::json!({"prompt": "secret prompt"})],
+            )],
+            aggregation_inputs: map("${n.output}", "secret kept"),
+            start_time: now,
+            end_time: now,
+        };
+        let without_nodes =
+            serde_json::to_string(&LineRecordRef::new(&line).without_node_payloads()).unwrap();
+        let without_any =
+            serde_json::to_string(&LineRecordRef::new(&line).without_payloads()).unwrap();
+        assert!(without_nodes.contains("secret question"), "{without_nodes}");
+        line.node_runs = vec![run(Map::new(), crate::Value::Null, Vec::new())];
+        line.aggregation_inputs = Map::new();
+        assert_eq!(
+            without_nodes,
+            serde_json::to_string(&LineRecordRef::new(&line)).unwrap()
+        );
+        line.inputs = Map::new();
+        line.output = Map::new();
+        assert_eq!(
+            without_any,
+            serde_json::to_string(&LineRecordRef::new(&line)).unwrap()
+        );
+        assert!(!without_any.contains("secret"), "{without_any}");
     }
 
     #[test]

@@ -33,7 +33,7 @@ use sluice_engine::{
 };
 
 use self::metrics::Metrics;
-use self::traffic::{TrafficLog, TrafficOptions};
+use self::traffic::{LogPayloads, TrafficLog, TrafficOptions};
 use super::Tracing;
 use super::serve::{
     BodyLimit, async_stream, key_and_limits, serve_http, shutdown_signal, with_api_key,
@@ -120,7 +120,13 @@ pub fn serve(args: FlowServeArgs) -> anyhow::Result<ExitStatus> {
         flow.def.selected_variants.clone(),
         TrafficOptions {
             sample: args.log_sample,
-            payloads: !args.no_log_payloads,
+            payloads: if args.no_log_payloads {
+                LogPayloads::Off
+            } else if args.log_node_payloads {
+                LogPayloads::Nodes
+            } else {
+                LogPayloads::Line
+            },
             max_bytes: args.log_max_bytes as u64,
             message_format: flow.def.message_format,
         },

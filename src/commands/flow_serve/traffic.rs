@@ -19,8 +19,8 @@
 //! number (which only the writer knows, as it opens and closes segments) and a summary for the
 //! segment's counts. Lines whose inputs or outputs hold images, written to files of the segment, are
 //! serialised by the writer. The writer hands the records it has written back through the queue,
-//! and each new record sent takes up to two of them back to drop, so that memory is freed by the
-//! threads that made it.
+//! and each new record sent takes up to two of them back, so that memory is freed by the threads
+//! that made it; their text buffers are kept for those threads' next records.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -59,12 +59,23 @@ pub(crate) enum TrafficError {
 pub(crate) struct TrafficOptions {
     /// The share of lines logged, from 0 to 1.
     pub sample: f64,
-    /// Whether inputs, outputs and node payloads are kept.
-    pub payloads: bool,
+    /// Which inputs and outputs are kept.
+    pub payloads: LogPayloads,
     /// A segment holding this many bytes of `details.jsonl` is closed.
     pub max_bytes: u64,
     /// How the flow refers to the image files the log writes (its `message_format`).
     pub message_format: sluice_engine::image::MessageFormat,
+}
+
+/// Which inputs and outputs the traffic log keeps; status, timings and tokens are always kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LogPayloads {
+    /// None: no inputs or outputs, of the line or of its nodes.
+    Off,
+    /// The line's inputs and outputs, not its nodes' (which traces carry).
+    Line,
+    /// The line's and each node's inputs, outputs and API calls, as a batch run keeps them.
+    Nodes,
 }
 
 enum Entry {
@@ -91,23 +102,11 @@ struct Encoded {
 }
 
 impl Encoded {
-    /// Serialises `line`: its payloads left out unless `payloads`, its inputs and outputs with their
+    /// Serialises `line` with the payloads `payloads` keeps, its inputs and outputs with their
     /// images as `images` made them (or as they are).
     fn new(
-        line: &mut LineResult,
-        payloads: bool,
-        images: Option<(&Path, sluice_engine::image::MessageFormat)>,
-    ) -> Result<Encoded, StoreError> {
-        let kept = (!payloads).then(|| Payloads::take(line));
-        let encoded = Encoded::serialise(line, images);
-        if let Some(kept) = kept {
-            kept.put_back(line);
-        }
-        encoded
-    }
-
-    fn serialise(
         line: &LineResult,
+        payloads: LogPayloads,
         images: Option<(&Path, sluice_engine::image::MessageFormat)>,
     ) -> Result<Encoded, StoreError> {
         let bad = |e: serde_json::Error| {
@@ -116,9 +115,14 @@ impl Encoded {
                 std::io::Error::other(e),
             )
         };
-        let mut text = Vec::with_capacity(2048);
-        sluice_engine::json::to_template(&mut text, &LineRecordRef::new(line), true)
-            .map_err(bad)?;
+        let record = LineRecordRef::new(line);
+        let record = match payloads {
+            LogPayloads::Nodes => record,
+            LogPayloads::Line => record.without_node_payloads(),
+            LogPayloads::Off => record.without_payloads(),
+        };
+        let mut text = spare::take();
+        sluice_engine::json::to_template(&mut text, &record, true).map_err(bad)?;
         text.push(b'\n');
         if let std::borrow::Cow::Owned(masked) = sluice_engine::store::details::redact_bytes(&text)
         {
@@ -134,11 +138,11 @@ impl Encoded {
                 None => Ok(std::borrow::Cow::Borrowed(map)),
             }
         }
-        numbered(&mut text, &*with_images(&line.inputs, images)?);
+        numbered(&mut text, &*with_images(record.inputs, images)?);
         let inputs_end = text.len();
         let completed = line.status == Status::Completed;
         if completed {
-            numbered(&mut text, &*with_images(&line.output, images)?);
+            numbered(&mut text, &*with_images(record.output, images)?);
         }
         let mut tokens = TokenCounts::default();
         for run in &line.node_runs {
@@ -152,6 +156,45 @@ impl Encoded {
             nodes: Vec::new(),
             tokens,
         })
+    }
+}
+
+/// Text buffers of written records, kept by each request thread for its next records: a served
+/// line's record then costs no allocation (and a buffer of this size, past glibc's small sizes, costs
+/// more than most).
+mod spare {
+    use std::cell::RefCell;
+
+    /// Buffers kept a thread.
+    const KEPT: usize = 4;
+    /// A buffer larger than this (a record with big payloads) is freed rather than kept.
+    const LARGEST: usize = 64 * 1024;
+    /// A new buffer's size: a small flow's record fits.
+    const FIRST: usize = 2048;
+
+    thread_local! {
+        static BUFFERS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// An empty buffer: a kept one, or a new one.
+    pub(super) fn take() -> Vec<u8> {
+        BUFFERS
+            .with_borrow_mut(|b| b.pop())
+            .unwrap_or_else(|| Vec::with_capacity(FIRST))
+    }
+
+    /// Keeps `buffer` for this thread's next record if it is not too large and the thread keeps
+    /// fewer than [`KEPT`]; frees it otherwise.
+    pub(super) fn keep(mut buffer: Vec<u8>) {
+        if buffer.capacity() > LARGEST {
+            return;
+        }
+        buffer.clear();
+        BUFFERS.with_borrow_mut(|b| {
+            if b.len() < KEPT {
+                b.push(buffer);
+            }
+        });
     }
 }
 
@@ -189,9 +232,10 @@ impl Queue {
     }
 
     /// Queues `entry`; false if the queue is full or closed. Takes back up to two written records,
-    /// which are dropped here, after the lock is released.
+    /// whose text buffers are kept for this thread's next records and the rest dropped here, after
+    /// the lock is released.
     fn push(&self, entry: Entry) -> bool {
-        let (queued, _spent) = {
+        let (queued, spent) = {
             let mut p = self.lock();
             let spent = [p.spent.pop(), p.spent.pop()];
             if p.closed || p.entries.len() >= QUEUE {
@@ -206,6 +250,11 @@ impl Queue {
                 (true, spent)
             }
         };
+        for entry in spent.into_iter().flatten() {
+            if let Entry::Encoded(encoded) = entry {
+                spare::keep(encoded.text);
+            }
+        }
         queued
     }
 
@@ -330,7 +379,7 @@ impl TrafficLog {
         if has_images(&line.inputs) || has_images(&line.output) {
             return self.send(Entry::Line(Box::new(line)));
         }
-        match Encoded::new(&mut line, self.options.payloads, None) {
+        match Encoded::new(&line, self.options.payloads, None) {
             Ok(mut encoded) => {
                 encoded.nodes = line
                     .node_runs
@@ -380,7 +429,9 @@ struct Segment {
     details: DetailsWriter,
     inputs: BufWriter<File>,
     outputs: BufWriter<File>,
-    flow_outputs: BufWriter<File>,
+    /// `flow_outputs/output.jsonl` where it cannot be a hard link to `outputs.jsonl` (which it is
+    /// wherever the file system allows: the same lines, written once).
+    flow_outputs: Option<BufWriter<File>>,
     next_line: usize,
     /// The size of `details.jsonl` so far.
     details_bytes: u64,
@@ -486,11 +537,17 @@ impl Writer {
                 .map(|f| BufWriter::with_capacity(64 * 1024, f))
                 .map_err(|e| StoreError::io(&p, e))
         };
+        let outputs = open(dir.join("outputs.jsonl"))?;
+        let flow_outputs = dir.join("flow_outputs/output.jsonl");
+        let flow_outputs = match std::fs::hard_link(dir.join("outputs.jsonl"), &flow_outputs) {
+            Ok(()) => None,
+            Err(_) => Some(open(flow_outputs)?),
+        };
         Ok(Segment {
             details: DetailsWriter::create(&dir.join(sluice_engine::store::DETAILS))?,
             inputs: open(dir.join("inputs.jsonl"))?,
-            outputs: open(dir.join("outputs.jsonl"))?,
-            flow_outputs: open(dir.join("flow_outputs/output.jsonl"))?,
+            outputs,
+            flow_outputs,
             images: dir.join("flow_outputs"),
             dir,
             record,
@@ -507,10 +564,11 @@ impl Writer {
 
     fn close(&self, mut s: Segment) -> Result<(), StoreError> {
         for (w, name) in [
-            (&mut s.inputs, "inputs.jsonl"),
-            (&mut s.outputs, "outputs.jsonl"),
-            (&mut s.flow_outputs, "flow_outputs/output.jsonl"),
+            (Some(&mut s.inputs), "inputs.jsonl"),
+            (Some(&mut s.outputs), "outputs.jsonl"),
+            (s.flow_outputs.as_mut(), "flow_outputs/output.jsonl"),
         ] {
+            let Some(w) = w else { continue };
             w.flush()
                 .and_then(|()| w.get_ref().sync_data())
                 .map_err(|e| StoreError::io(&s.dir.join(name), e))?;
@@ -618,43 +676,6 @@ impl Writer {
     }
 }
 
-/// A line's inputs, outputs and node payloads, set aside while a log without payloads writes it.
-struct Payloads {
-    inputs: Map,
-    output: Map,
-    nodes: Vec<(Map, sluice_engine::Value, Vec<Json>)>,
-}
-
-impl Payloads {
-    fn take(line: &mut LineResult) -> Payloads {
-        Payloads {
-            inputs: std::mem::take(&mut line.inputs),
-            output: std::mem::take(&mut line.output),
-            nodes: line
-                .node_runs
-                .iter_mut()
-                .map(|run| {
-                    (
-                        std::mem::take(&mut run.inputs),
-                        std::mem::replace(&mut run.output, sluice_engine::Value::Null),
-                        std::mem::take(&mut run.api_calls),
-                    )
-                })
-                .collect(),
-        }
-    }
-
-    fn put_back(self, line: &mut LineResult) {
-        line.inputs = self.inputs;
-        line.output = self.output;
-        for (run, (inputs, output, api_calls)) in line.node_runs.iter_mut().zip(self.nodes) {
-            run.inputs = inputs;
-            run.output = output;
-            run.api_calls = api_calls;
-        }
-    }
-}
-
 /// `{"line_number": <slot>, ...map}`, as a batch run writes `inputs.jsonl` and `outputs.jsonl`.
 struct Numbered<'a>(&'a Map);
 
@@ -713,13 +734,9 @@ impl Segment {
         fill(&mut self.inputs, inputs, n, &self.dir, "inputs.jsonl")?;
         if e.completed {
             fill(&mut self.outputs, outputs, n, &self.dir, "outputs.jsonl")?;
-            fill(
-                &mut self.flow_outputs,
-                outputs,
-                n,
-                &self.dir,
-                "flow_outputs/output.jsonl",
-            )?;
+            if let Some(w) = &mut self.flow_outputs {
+                fill(w, outputs, n, &self.dir, "flow_outputs/output.jsonl")?;
+            }
         }
         Ok(())
     }
@@ -728,10 +745,11 @@ impl Segment {
     fn flush(&mut self) -> Result<(), StoreError> {
         self.details.flush()?;
         for (w, name) in [
-            (&mut self.inputs, "inputs.jsonl"),
-            (&mut self.outputs, "outputs.jsonl"),
-            (&mut self.flow_outputs, "flow_outputs/output.jsonl"),
+            (Some(&mut self.inputs), "inputs.jsonl"),
+            (Some(&mut self.outputs), "outputs.jsonl"),
+            (self.flow_outputs.as_mut(), "flow_outputs/output.jsonl"),
         ] {
+            let Some(w) = w else { continue };
             w.flush()
                 .map_err(|e| StoreError::io(&self.dir.join(name), e))?;
         }
