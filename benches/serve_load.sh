@@ -5,15 +5,22 @@
 #
 #   benches/serve_load.sh [SECONDS] [--no-pf] [--no-llm] [--only-llm] [--llm-seconds N]
 #                                   (default 5 s per level, 30 s per level of the llm flow)
-#   benches/serve_load.sh --overhead [ROUNDS] [--seconds N] [--connections N]
-#                                   (default 10 rounds of 3 s at 16 connections)
+#   benches/serve_load.sh --overhead [ROUNDS] [--seconds N] [--connections N] [--side-rounds N]
+#                                   (default 60 rounds of 1 s at 16 connections, then 6 side-by-side
+#                                   rounds of 10 s)
 #
 # --overhead measures only the cost of the traffic log (with the metrics, which both servers keep): the
 # 3-node flow served with the log on (the default) and with `--log-sample 0`, both pinned to CPU 0 with
 # taskset and wrk (one thread) pinned to CPU 1, so that the load generator does not take the servers'
 # CPU. Each round runs both servers, in turns that alternate which goes first; the script prints each
-# round, then the median of the rounds' req/s ratios (logged / unlogged), the ratio of the totals, and
-# each server's own CPU time (utime + stime) per request. Needs 2 CPUs or more.
+# round, then the median of the rounds' req/s ratios (logged / unlogged) with a 95% bootstrap interval,
+# the ratio of the totals, and each server's own CPU time (utime + stime) per request. On a shared
+# machine single rounds spread widely (a neighbour's load comes and goes), so many short rounds measure
+# better than a few long ones; the interval says how far the median can be trusted. Then both
+# servers take load at the same time, side by side on CPU 0, and the script prints each one's
+# requests per second of its own CPU time: as both meet the same moment of the machine, this ratio
+# varies far less from round to round (about ±1% where taking turns varies ±10%). Needs 2 CPUs or
+# more.
 #
 # 1. The pure 3-node flow (benches/flows/three_node: prompt -> python -> python) on Sluice with the
 #    traffic log and metrics on and with `--log-sample 0` (the log's overhead, taking turns), then on
@@ -25,7 +32,8 @@
 # Needs `wrk` (apt-get install -y wrk) and target/release/sluice (or $SLUICE; `cargo build --release`).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
-secs=5 llm_secs=30 pure=1 pf=1 llm=1 overhead=0 rounds=10 conns=16 oh_secs=3
+secs=5 llm_secs=30 pure=1 pf=1 llm=1 overhead=0 rounds=60 conns=16 oh_secs=1
+side_rounds=6 side_secs=10
 while [ $# -gt 0 ]; do
   case "$1" in
     --overhead)
@@ -33,6 +41,7 @@ while [ $# -gt 0 ]; do
       if [ $# -gt 1 ] && [[ "$2" =~ ^[0-9]+$ ]]; then rounds="$2"; shift; fi ;;
     --seconds) oh_secs="$2"; shift ;;
     --connections) conns="$2"; shift ;;
+    --side-rounds) side_rounds="$2"; shift ;;
     --no-pf) pf=0 ;;
     --no-llm) llm=0 ;;
     --only-llm) pure=0 pf=0 ;;
@@ -54,11 +63,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Starts `sluice flow serve ARGS` with a home of its own; sets $addr.
+# Starts `sluice flow serve ARGS` with a home of its own, pinned to the CPUs in $pin if set (taskset
+# execs it: the pid is the server's own); sets $addr.
 start_sluice() {
   local name="$1"; shift
   mkdir -p "$work/$name"
-  SLUICE_HOME="$work/$name" "$sluice" flow serve --port 0 "$@" >"$work/$name.out" 2>"$work/$name.err" &
+  local runner=()
+  [ -z "${pin:-}" ] || runner=(taskset -c "$pin")
+  SLUICE_HOME="$work/$name" "${runner[@]}" "$sluice" flow serve --port 0 "$@" \
+    >"$work/$name.out" 2>"$work/$name.err" &
   pids+=($!)
   for _ in $(seq 300); do
     grep -q '^listening on ' "$work/$name.out" 2>/dev/null && break
@@ -112,25 +125,12 @@ if [ "$overhead" = 1 ]; then
   echo '{"question": "How fast is a served flow?"}' >"$work/pure.jsonl"
   wrk_script "$work/pure.jsonl" "$work/pure.lua"
   server_cpu=0 wrk_cpu=1
-  # Starts a server pinned to $server_cpu (taskset execs it: the pid is the server's own); sets $addr.
-  start_pinned() {
-    local name="$1"; shift
-    mkdir -p "$work/$name"
-    SLUICE_HOME="$work/$name" taskset -c "$server_cpu" "$sluice" flow serve --port 0 "$@" \
-      >"$work/$name.out" 2>"$work/$name.err" &
-    pids+=($!)
-    for _ in $(seq 300); do
-      grep -q '^listening on ' "$work/$name.out" 2>/dev/null && break
-      sleep 0.1
-    done
-    addr="$(sed -n 's/^listening on //p' "$work/$name.out")"
-    [ -n "$addr" ] || { echo "$name did not start:" >&2; cat "$work/$name.err" >&2; exit 1; }
-  }
   echo "== traffic log overhead: benches/flows/three_node, $rounds rounds of ${oh_secs}s at $conns connections;"
   echo "   servers on CPU $server_cpu, wrk on CPU $wrk_cpu ($(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg))"
-  start_pinned logged --flow "$here/flows/three_node" --max-inflight 64 --max-queue 256
+  pin=$server_cpu
+  start_sluice logged --flow "$here/flows/three_node" --max-inflight 64 --max-queue 256
   on_addr="$addr" on_pid="${pids[-1]}"
-  start_pinned unlogged --flow "$here/flows/three_node" --max-inflight 64 --max-queue 256 --log-sample 0
+  start_sluice unlogged --flow "$here/flows/three_node" --max-inflight 64 --max-queue 256 --log-sample 0
   off_addr="$addr" off_pid="${pids[-1]}"
   ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
   # One turn: "<rps> <requests> <cpu ticks>" of the server at $1 (pid $2) under wrk for $oh_secs;
@@ -158,10 +158,29 @@ if [ "$overhead" = 1 ]; then
     fi
     echo "$on $off" >>"$work/rounds"
   done
+  # Side by side: both servers under load at once, sharing CPU 0, each with its own wrk on CPU 1.
+  # Both meet the same moment of the machine, so what a neighbour's load does to the CPU weighs on
+  # both alike; a CPU-bound server's requests/s is its requests per CPU second, and the ratio of
+  # those is the log's cost in throughput.
+  : >"$work/side"
+  for r in $(seq "$side_rounds"); do
+    on_t=$(ticks "$on_pid") off_t=$(ticks "$off_pid")
+    taskset -c "$wrk_cpu" wrk -t1 -c"$conns" -d"${side_secs}s" --timeout 30s -s "$work/pure.lua" \
+      "$on_addr/score" | sed -n 's/^RESULT //p' >"$work/side_on" &
+    on_wrk=$!
+    taskset -c "$wrk_cpu" wrk -t1 -c"$conns" -d"${side_secs}s" --timeout 30s -s "$work/pure.lua" \
+      "$off_addr/score" | sed -n 's/^RESULT //p' >"$work/side_off" &
+    off_wrk=$!
+    wait "$on_wrk" "$off_wrk"
+    sleep 0.2
+    set -- $(cat "$work/side_on"); on_n=${14}; echo $(( ${10} + ${12} )) >>"$work/bad"
+    set -- $(cat "$work/side_off"); off_n=${14}; echo $(( ${10} + ${12} )) >>"$work/bad"
+    echo "$on_n $(( $(ticks "$on_pid") - on_t )) $off_n $(( $(ticks "$off_pid") - off_t ))" >>"$work/side"
+  done
   logged_lines=$(cat "$work"/logged/serve/*/runs/*/details.jsonl 2>/dev/null | wc -l || true)
   dropped=$(curl -s "$on_addr/metrics" | sed -n 's/^sluice_serve_traffic_log_dropped_total //p')
-  python3 - "$work/rounds" "$(getconf CLK_TCK)" <<'PY'
-import statistics, sys
+  python3 - "$work/rounds" "$(getconf CLK_TCK)" "$work/side" <<'PY'
+import random, statistics, sys
 hz = float(sys.argv[2])
 rows = [[float(x) for x in l.split()] for l in open(sys.argv[1])]
 print(f"{'round':>5} {'logged req/s':>13} {'unlogged req/s':>15} {'ratio':>6} {'logged us/req':>14} {'unlogged us/req':>16}")
@@ -174,9 +193,25 @@ on_rps, off_rps = statistics.median(r[0] for r in rows), statistics.median(r[3] 
 on_cpu, off_cpu = sum(r[2] for r in rows) / hz * 1e6 / on_n, sum(r[5] for r in rows) / hz * 1e6 / off_n
 total = on_n / off_n
 print(f"median req/s: logged {on_rps:.1f}, unlogged {off_rps:.1f}")
-print(f"logged / unlogged req/s: median of rounds {statistics.median(ratios):.3f}, totals {total:.3f}"
+# A 95% interval for the median ratio: the median of 2,000 resamples of the rounds, with replacement.
+rng = random.Random(1)
+medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(2000))
+low, high = medians[50], medians[1949]
+print(f"logged / unlogged req/s: median of rounds {statistics.median(ratios):.3f}"
+      f" (95% interval {low:.3f}-{high:.3f}), totals {total:.3f}"
       f" (log cost {100 * (1 - statistics.median(ratios)):+.1f}% / {100 * (1 - total):+.1f}%)")
 print(f"server CPU per request: logged {on_cpu:.1f} us, unlogged {off_cpu:.1f} us ({100 * (on_cpu / off_cpu - 1):+.1f}%)")
+side = [[float(x) for x in l.split()] for l in open(sys.argv[3])]
+if side:
+    print(f"side by side, both under load at once ({len(side)} rounds):")
+    print(f"{'round':>5} {'logged req/cpu-s':>17} {'unlogged req/cpu-s':>19} {'ratio':>6} {'logged CPU share':>17}")
+    per_cpu = []
+    for i, (on_n, on_t, off_n, off_t) in enumerate(side, 1):
+        on, off = on_n / (on_t / hz), off_n / (off_t / hz)
+        per_cpu.append(on / off)
+        print(f"{i:>5} {on:>17.1f} {off:>19.1f} {on / off:>6.3f} {on_t / (on_t + off_t):>17.3f}")
+    print(f"logged / unlogged requests per CPU second: median {statistics.median(per_cpu):.3f}"
+          f" (rounds {min(per_cpu):.3f}-{max(per_cpu):.3f}; log cost {100 * (1 - statistics.median(per_cpu)):+.1f}%)")
 PY
   echo "traffic log: $logged_lines lines written, ${dropped:-0} dropped;" \
     "answers not 200 or failed: $(awk '{s += $1} END {print s}' "$work/bad")"
