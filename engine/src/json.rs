@@ -16,6 +16,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::ser::{CompactFormatter, Formatter, PrettyFormatter};
 
+mod compact;
+use compact::Compact;
+
 thread_local! {
     static NON_FINITE: Cell<Option<f64>> = const { Cell::new(None) };
     /// A template is being written: line numbers are left as slots.
@@ -144,12 +147,9 @@ pub fn to_template<W: io::Write, T: Serialize + ?Sized>(
     TEMPLATE.with(|t| t.set(true));
     let _reset = Reset;
     if words {
-        value.serialize(&mut serde_json::Serializer::with_formatter(
-            w,
-            Words(CompactFormatter),
-        ))
+        value.serialize(&mut Compact::new(w, Words(CompactFormatter)))
     } else {
-        value.serialize(&mut serde_json::Serializer::with_formatter(w, Slots))
+        value.serialize(&mut Compact::new(w, Slots))
     }
 }
 
@@ -186,8 +186,7 @@ pub fn fill_template<W: io::Write + ?Sized>(
 
 /// Writes `value` as compact JSON, non-finite floats as words.
 pub fn to_writer<W: io::Write, T: Serialize + ?Sized>(w: W, value: &T) -> serde_json::Result<()> {
-    let mut ser = serde_json::Serializer::with_formatter(w, Words(CompactFormatter));
-    value.serialize(&mut ser)
+    value.serialize(&mut Compact::new(w, Words(CompactFormatter)))
 }
 
 /// `value` as compact JSON, non-finite floats as words.
@@ -274,10 +273,13 @@ pub fn serialize_utc<S: serde::Serializer>(
     s: S,
 ) -> Result<S::Ok, S::Error> {
     use chrono::{Datelike, Timelike};
+    // The UTC fields are read from the naive time itself: through the `DateTime`, each field would
+    // apply the (zero) offset again.
+    let t = t.naive_utc();
     let nanos = t.nanosecond();
     let year = t.year();
     if !(0..=9999).contains(&year) || nanos >= 1_000_000_000 {
-        return t.serialize(s);
+        return t.and_utc().serialize(s);
     }
     let mut buf = [0u8; 30];
     let mut put = |at: usize, n: u32, digits: usize| {
