@@ -79,6 +79,19 @@ impl DetailsWriter {
         Ok(())
     }
 
+    /// Writes the records pushed since the last flush as one `write` call, and leaves syncing to
+    /// whoever syncs [`DetailsWriter::try_clone_file`]'s handle (and to [`DetailsWriter::sync`]).
+    pub fn flush_unsynced(&mut self) -> Result<(), StoreError> {
+        self.write_pushed()
+    }
+
+    /// Another handle on the file, for a thread of its own to sync it.
+    pub fn try_clone_file(&self) -> Result<File, StoreError> {
+        self.file
+            .try_clone()
+            .map_err(|e| StoreError::io(&self.path, e))
+    }
+
     /// Hands the records pushed since the last write to the OS, in one `write` call.
     fn write_pushed(&mut self) -> Result<(), StoreError> {
         if !self.buf.is_empty() {

@@ -320,7 +320,12 @@ impl TrafficLog {
         let root = home.join("serve").join(RunName::sanitize(flow_name));
         std::fs::create_dir_all(&root).map_err(|e| StoreError::io(&root, e))?;
         let queue = std::sync::Arc::new(Queue::default());
+        let syncer = std::sync::Arc::new(Syncer::default());
+        let syncing = syncer.clone();
+        sluice_engine::spawn::thread("traffic-sync", move || syncing.run())
+            .map_err(TrafficError::Thread)?;
         let writer = Writer {
+            syncer,
             store: RunStore::new(&root),
             root: root.clone(),
             flow_name: flow_name.to_owned(),
@@ -409,7 +414,49 @@ impl TrafficLog {
     }
 }
 
+/// Syncs the open segment's files to disk every [`SYNC_INTERVAL`](sluice_engine::store::details::SYNC_INTERVAL)
+/// on a thread of its own: a sync can take a long while on a busy disk, and the writer blocked in
+/// one would let the queue fill up and lines be dropped.
+#[derive(Default)]
+struct Syncer {
+    /// The open segment's files (other handles on them), and whether the log is closing.
+    files: Mutex<(Vec<File>, bool)>,
+}
+
+impl Syncer {
+    /// Syncs whatever files it is given until [`Syncer::stop`].
+    fn run(&self) {
+        loop {
+            std::thread::park_timeout(sluice_engine::store::details::SYNC_INTERVAL);
+            let files = {
+                let f = self.files.lock().unwrap_or_else(|e| e.into_inner());
+                if f.1 {
+                    return;
+                }
+                // Other handles, so that the lock is not held while syncing.
+                f.0.iter()
+                    .filter_map(|file| file.try_clone().ok())
+                    .collect::<Vec<_>>()
+            };
+            for file in files {
+                if let Err(e) = file.sync_data() {
+                    tracing::warn!("cannot sync the traffic log: {e}");
+                }
+            }
+        }
+    }
+
+    fn set(&self, files: Vec<File>) {
+        self.files.lock().unwrap_or_else(|e| e.into_inner()).0 = files;
+    }
+
+    fn stop(&self) {
+        self.files.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
+    }
+}
+
 struct Writer {
+    syncer: std::sync::Arc<Syncer>,
     store: RunStore,
     root: PathBuf,
     flow_name: String,
@@ -442,6 +489,12 @@ struct Segment {
     status_key: String,
     tokens: TokenCounts,
     opened: Instant,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.syncer.stop();
+    }
 }
 
 impl Writer {
@@ -543,9 +596,27 @@ impl Writer {
             Ok(()) => None,
             Err(_) => Some(open(flow_outputs)?),
         };
+        let details = DetailsWriter::create(&dir.join(sluice_engine::store::DETAILS))?;
+        let inputs = open(dir.join("inputs.jsonl"))?;
+        let mut synced = vec![details.try_clone_file()?];
+        for (w, name) in [
+            (Some(&inputs), "inputs.jsonl"),
+            (Some(&outputs), "outputs.jsonl"),
+            (flow_outputs.as_ref(), "flow_outputs/output.jsonl"),
+        ] {
+            if let Some(w) = w {
+                let path = dir.join(name);
+                synced.push(
+                    w.get_ref()
+                        .try_clone()
+                        .map_err(|e| StoreError::io(&path, e))?,
+                );
+            }
+        }
+        self.syncer.set(synced);
         Ok(Segment {
-            details: DetailsWriter::create(&dir.join(sluice_engine::store::DETAILS))?,
-            inputs: open(dir.join("inputs.jsonl"))?,
+            details,
+            inputs,
             outputs,
             flow_outputs,
             images: dir.join("flow_outputs"),
@@ -743,7 +814,7 @@ impl Segment {
 
     /// Hands what the buffered files hold to the OS.
     fn flush(&mut self) -> Result<(), StoreError> {
-        self.details.flush()?;
+        self.details.flush_unsynced()?;
         for (w, name) in [
             (Some(&mut self.inputs), "inputs.jsonl"),
             (Some(&mut self.outputs), "outputs.jsonl"),
