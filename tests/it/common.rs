@@ -317,6 +317,107 @@ pub fn dump_dom_with(
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Opens `url` in headless Chromium and evaluates `expression` in the page (through the DevTools
+/// protocol over `--remote-debugging-pipe`) every 100 ms until `done` accepts its value or 30 s
+/// pass; returns the last value. Unlike `--virtual-time-budget`, this waits in real time, for work
+/// that no virtual clock tracks (a response body read as a stream).
+pub fn chromium_poll(
+    chromium: &Path,
+    profile: &Path,
+    url: &str,
+    expression: &str,
+    done: impl Fn(&Json) -> bool,
+) -> Json {
+    use std::io::{BufRead, BufReader, Write};
+    use std::time::{Duration, Instant};
+
+    // Chromium reads the protocol from descriptor 3 and writes to 4: a shell moves the pipes there
+    // from stdin and stdout before it becomes Chromium.
+    let browser = chromium_at(chromium, profile, 900, 700);
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg(r#"exec 3<&0 4>&1 </dev/null >/dev/null; exec "$0" "$@""#)
+        .arg(browser.get_program())
+        .args(browser.get_args())
+        .arg("--remote-debugging-pipe")
+        .arg(url)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut commands = child.stdin.take().unwrap();
+    let mut replies = BufReader::new(child.stdout.take().unwrap());
+    let _chromium = Kill(child);
+    let mut next_id = 0u64;
+    // Sends one command and returns its reply's `result`, skipping the events before it.
+    let mut call = |method: &str, params: Json, session: Option<&str>| -> Json {
+        next_id += 1;
+        let mut message = serde_json::json!({"id": next_id, "method": method, "params": params});
+        if let Some(s) = session {
+            message["sessionId"] = Json::from(s);
+        }
+        let mut bytes = serde_json::to_vec(&message).unwrap();
+        bytes.push(0);
+        commands.write_all(&bytes).unwrap();
+        loop {
+            let mut reply = Vec::new();
+            let n = replies.read_until(0, &mut reply).unwrap();
+            assert!(n > 0, "Chromium closed its DevTools pipe");
+            reply.pop();
+            let reply: Json = serde_json::from_slice(&reply).unwrap();
+            if reply["id"] == next_id {
+                assert!(reply.get("error").is_none(), "{method}: {reply}");
+                return reply["result"].clone();
+            }
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let target = loop {
+        let targets = call("Target.getTargets", serde_json::json!({}), None);
+        let page = targets["targetInfos"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| {
+                t["type"] == "page" && t["url"].as_str().is_some_and(|u| u.starts_with("http"))
+            })
+            .map(|t| t["targetId"].as_str().unwrap().to_owned());
+        if let Some(page) = page {
+            break page;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Chromium opened no page for {url}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let attached = call(
+        "Target.attachToTarget",
+        serde_json::json!({"targetId": target, "flatten": true}),
+        None,
+    );
+    let session = attached["sessionId"].as_str().unwrap().to_owned();
+    loop {
+        let value = call(
+            "Runtime.evaluate",
+            serde_json::json!({"expression": expression, "returnByValue": true}),
+            Some(&session),
+        )["result"]["value"]
+            .clone();
+        if done(&value) || Instant::now() >= deadline {
+            return value;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A `sluice` server (`model serve`, `flow serve`) on a free loopback port, killed on drop.
 #[derive(Debug)]
 pub struct Served {
