@@ -71,9 +71,8 @@ sluice_python_package() {
   fi
   local target="${CARGO_TARGET_DIR:-$PWD/target}"
   rm -rf "$target/wheels"
-  # maturin's repair step rewrites the library it bundles in the cached build of the extension; a
-  # rebuild that found that build fresh could not repair the wheel again, so the extension is always
-  # linked anew (seconds).
+  # The extension is always linked anew (seconds), so the wheel never takes a stale copy of it; its
+  # build script copies llama.cpp's libraries into the package folder, where the wheel takes them from.
   touch python/src/lib.rs
   (cd python && PATH="$tools/bin:$PATH" maturin build --release --locked --quiet \
     --interpreter "$PYO3_PYTHON" --out "$target/wheels")

@@ -1,6 +1,7 @@
 """The `sluice` command the wheel installs: the same CLI, run by this interpreter."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -52,3 +53,33 @@ def test_isolated_tools_run_in_workers_of_this_interpreter(sluice_cmd, tmp_path)
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["status"] == "Completed"
+
+
+def _best_x86_level():
+    """The widest x86-64 level this CPU has, from /proc/cpuinfo: 'avx512', 'avx2' or 'base'."""
+    try:
+        flags = next(l for l in open("/proc/cpuinfo") if l.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return None
+    if "avx512f" in flags:
+        return "avx512"
+    return "avx2" if "avx2" in flags else "base"
+
+
+def test_llama_cpp_runs_from_the_package_on_the_cpu_variant_for_this_cpu(sluice_cmd):
+    out = run(sluice_cmd, "model", "info", "default")
+    assert out.returncode == 0, out.stderr
+    cpu = json.loads(out.stdout)["details"]["cpu_backend"]
+    # The variant is the one the wheel ships beside its extension, not one from the build folder.
+    installed = run(sys.executable, "-c", "import sluice, os; print(os.path.dirname(sluice.__file__))")
+    package = installed.stdout.strip()
+    assert os.path.dirname(cpu["path"]) == package, cpu
+    assert os.path.basename(cpu["path"]) == "libggml-cpu-%s.so" % cpu["variant"]
+    level = _best_x86_level()
+    if level == "avx512":
+        assert cpu["variant"] in AVX512_VARIANTS, cpu
+    elif level == "avx2":
+        assert cpu["variant"] in ("haswell", "alderlake"), cpu
+
+
+AVX512_VARIANTS = ("skylakex", "cannonlake", "cascadelake", "icelake", "cooperlake", "zen4", "sapphirerapids")

@@ -1,4 +1,4 @@
-//! `sluice info`: versions and node kinds.
+//! `sluice info`: versions, node kinds, the Python tools run in and the CPU code local models run on.
 
 use crate::ExitStatus;
 
@@ -11,5 +11,16 @@ pub fn run() -> anyhow::Result<ExitStatus> {
         Ok(info) => println!("python: {info}"),
         Err(e) => println!("python: unavailable ({e})"),
     }
+    #[cfg(feature = "cpu-variants")]
+    match sluice_nodes::llm::local::cpu_backend() {
+        Ok(b) => println!(
+            "llama.cpp CPU backend: {} ({})",
+            b.variant,
+            b.path.display()
+        ),
+        Err(e) => println!("llama.cpp CPU backend: unavailable ({})", e.message),
+    }
+    #[cfg(all(feature = "local-llm", not(feature = "cpu-variants")))]
+    println!("llama.cpp CPU backend: built in (AVX2)");
     Ok(ExitStatus::Ok)
 }

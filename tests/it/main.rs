@@ -3,11 +3,12 @@
 //! Each module tests one area through the built `sluice` binary or the library crates: `cli` the
 //! commands and exit statuses, `fixtures` the engine semantics fixtures under `tests/fixtures`, `batch`,
 //! `runs` and `streaming` batch runs and the run store, `report` the HTML report, `mlflow` the export to an MLflow server, `monitor` drift and quality checks, `prompty` prompty files as flows, `flex` flex flows, `serve` and `model_serve` the HTTP servers, `llm`, `embeddings`, `retrieval` and `rag` the
-//! local models, HTTP backends and indexes, `tracing` the OpenTelemetry export read back from Phoenix.
+//! local models, HTTP backends and indexes, `cpu_variants` the choice of llama.cpp's CPU code, `tracing` the OpenTelemetry export read back from Phoenix.
 
 mod batch;
 mod cli;
 mod common;
+mod cpu_variants;
 mod crash;
 mod embeddings;
 mod fake;

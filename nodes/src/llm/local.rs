@@ -85,13 +85,14 @@ pub fn llama_backend() -> Result<&'static LlamaBackend, LlmError> {
 }
 
 /// Whether this CPU has one instruction set.
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", not(feature = "cpu-variants")))]
 type HasFeature = fn() -> bool;
 
-/// The x86-64 instruction sets llama.cpp's CPU code is compiled with: ggml's defaults for a build
-/// not tuned to the building machine (as Sluice's is). A CPU without one of them would stop the
-/// process with an illegal instruction the first time a model ran, so it is checked first.
-#[cfg(target_arch = "x86_64")]
+/// The x86-64 instruction sets llama.cpp's CPU code is compiled with when it is built as one library
+/// (without the `cpu-variants` feature): ggml's defaults for a build not tuned to the building machine.
+/// A CPU without one of them would stop the process with an illegal instruction the first time a
+/// model ran, so it is checked first.
+#[cfg(all(target_arch = "x86_64", not(feature = "cpu-variants")))]
 const CPU_FEATURES: &[(&str, HasFeature)] = &[
     ("SSE4.2", || std::arch::is_x86_feature_detected!("sse4.2")),
     ("AVX", || std::arch::is_x86_feature_detected!("avx")),
@@ -102,6 +103,7 @@ const CPU_FEATURES: &[(&str, HasFeature)] = &[
 ];
 
 /// The instruction sets llama.cpp was compiled with that this CPU lacks.
+#[cfg(not(feature = "cpu-variants"))]
 fn missing_cpu_features() -> Vec<&'static str> {
     #[cfg(target_arch = "x86_64")]
     {
@@ -118,32 +120,72 @@ fn missing_cpu_features() -> Vec<&'static str> {
 }
 
 /// The error for a CPU that lacks `missing`.
+#[cfg(not(feature = "cpu-variants"))]
 fn unsupported_cpu(missing: &[&str]) -> LlmError {
     LlmError::system(
         "LocalModelError",
         format!(
             "this CPU lacks {}, which Sluice's build of llama.cpp uses, so local models cannot run \
-             here; use an OpenAI-compatible connection, or build Sluice on this machine with those \
-             instruction sets turned off (for example GGML_AVX2=OFF GGML_FMA=OFF GGML_F16C=OFF \
-             GGML_BMI2=OFF cargo build --release)",
+             here; use an OpenAI-compatible connection, or build Sluice with its `cpu-variants` \
+             feature (the default), which picks llama.cpp's code for the CPU at start",
             missing.join(", ")
         ),
     )
 }
 
+/// The llama.cpp CPU backend this process runs on: the variant for this CPU, loaded once.
+#[cfg(feature = "cpu-variants")]
+pub fn cpu_backend() -> Result<&'static super::cpu_backend::CpuBackend, LlmError> {
+    static CPU: OnceLock<Result<super::cpu_backend::CpuBackend, String>> = OnceLock::new();
+    CPU.get_or_init(|| {
+        route_llama_logs();
+        super::cpu_backend::load().map_err(|e| e.to_string())
+    })
+    .as_ref()
+    .map_err(|e| LlmError::system("LocalModelError", format!("llama.cpp did not start: {e}")))
+}
+
+/// Which CPU code of llama.cpp runs, for `sluice model info`.
+fn cpu_backend_details() -> serde_json::Value {
+    #[cfg(feature = "cpu-variants")]
+    {
+        match cpu_backend() {
+            Ok(b) => serde_json::json!({"variant": b.variant, "path": b.path}),
+            Err(e) => serde_json::json!({"error": e.message}),
+        }
+    }
+    #[cfg(not(feature = "cpu-variants"))]
+    {
+        serde_json::json!({"variant": "built-in", "path": null})
+    }
+}
+
+/// llama.cpp's own log (backends loaded, model quirks it works around, buffer sizes) goes to the
+/// process's log, where it shows from `-vv` on; never to stderr unasked.
+fn route_llama_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let verbose = tracing::enabled!(tracing::Level::DEBUG);
+        llama_cpp_2::send_logs_to_tracing(
+            llama_cpp_2::LogOptions::default().with_logs_enabled(verbose),
+        );
+    });
+}
+
 fn backend() -> Result<&'static LlamaBackend, LlmError> {
-    let missing = missing_cpu_features();
-    if !missing.is_empty() {
-        return Err(unsupported_cpu(&missing));
+    #[cfg(feature = "cpu-variants")]
+    cpu_backend()?;
+    #[cfg(not(feature = "cpu-variants"))]
+    {
+        let missing = missing_cpu_features();
+        if !missing.is_empty() {
+            return Err(unsupported_cpu(&missing));
+        }
     }
     static BACKEND: OnceLock<Result<LlamaBackend, llama_cpp_2::LlamaCppError>> = OnceLock::new();
     BACKEND
         .get_or_init(|| {
-            // llama.cpp's own log (model quirks it works around, buffer sizes) shows from `-vv` on.
-            let verbose = tracing::enabled!(tracing::Level::DEBUG);
-            llama_cpp_2::send_logs_to_tracing(
-                llama_cpp_2::LogOptions::default().with_logs_enabled(verbose),
-            );
+            route_llama_logs();
             LlamaBackend::init()
         })
         .as_ref()
@@ -391,6 +433,7 @@ impl LocalModel {
             "threads": self.config.threads,
             "gpu_offload_supported": backend().map(|b| b.supports_gpu_offload()).unwrap_or(false),
             "gpu_layers": if self.config.gpu_layers == u32::MAX { m.n_layer() } else { self.config.gpu_layers.min(m.n_layer()) },
+            "cpu_backend": cpu_backend_details(),
             "devices": llama_cpp_2::list_llama_ggml_backend_devices().iter().map(|d| format!("{d:?}")).collect::<Vec<_>>(),
         })
     }
@@ -1206,6 +1249,7 @@ fn find_stop(text: &str, emitted: usize, stops: &[String]) -> Option<usize> {
 mod tests {
     use super::*;
 
+    #[cfg(not(feature = "cpu-variants"))]
     #[test]
     fn a_cpu_without_what_llama_cpp_was_built_for_gets_an_error_not_a_crash() {
         // The machines the tests run on have every instruction set the build uses.
@@ -1214,7 +1258,7 @@ mod tests {
         assert_eq!(e.code, "LocalModelError");
         assert!(!e.user);
         assert!(e.message.starts_with("this CPU lacks AVX2, FMA, "), "{e}");
-        assert!(e.message.contains("GGML_AVX2=OFF"), "{e}");
+        assert!(e.message.contains("`cpu-variants` feature"), "{e}");
     }
 
     #[test]

@@ -6,6 +6,8 @@
 #[cfg(feature = "local-llm")]
 mod bert;
 pub mod chat;
+#[cfg(feature = "cpu-variants")]
+pub mod cpu_backend;
 // The model store and connections live in sluice-config; their old paths keep working.
 pub use sluice_config::{connections, gguf, store};
 #[cfg(feature = "local-llm")]
