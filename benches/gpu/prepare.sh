@@ -5,8 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/setup.sh
 export CARGO_TARGET_DIR="$PWD/target-gpu"
-cargo build --release --locked --features gpu-dl --bin sluice
-cargo bench --locked --features gpu-dl --bench llm_throughput --no-run
+# Without the CPU variants: the CUDA build of llama.cpp swapped in on the device registers its CPU
+# backend itself, as this build's libraries do.
+features=(--no-default-features --features python,gpu-dl)
+cargo build --release --locked "${features[@]}" --bin sluice
+cargo bench --locked "${features[@]}" --bench llm_throughput --no-run
 carry=gpu-carry
 rm -rf "$carry" && mkdir -p "$carry/bin"
 cp target-gpu/release/sluice "$carry/bin/"
