@@ -426,18 +426,18 @@ impl Builder {
                 seen,
             } => match pending_key.take() {
                 None => {
-                    if let Some(id) = KeyId::of(&node) {
-                        if let Some(first) = seen.insert(id, node.span) {
-                            return Err(YamlError::new(
-                                format!(
-                                    "duplicate key `{}` (first at line {}, column {})",
-                                    truncate(&node.key_string(), 80),
-                                    first.line,
-                                    first.col
-                                ),
-                                node.span,
-                            ));
-                        }
+                    if let Some(id) = KeyId::of(&node)
+                        && let Some(first) = seen.insert(id, node.span)
+                    {
+                        return Err(YamlError::new(
+                            format!(
+                                "duplicate key `{}` (first at line {}, column {})",
+                                truncate(&node.key_string(), 80),
+                                first.line,
+                                first.col
+                            ),
+                            node.span,
+                        ));
                     }
                     *pending_key = Some(node)
                 }
@@ -572,20 +572,21 @@ fn resolve_plain(text: String) -> YamlKind {
     }
     let t = text.as_str();
     let digits = t.strip_prefix(['-', '+']).unwrap_or(t);
-    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
-        if let Ok(i) = t.parse::<i64>() {
-            return YamlKind::Int(i);
-        }
+    if !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && let Ok(i) = t.parse::<i64>()
+    {
+        return YamlKind::Int(i);
     }
-    if let Some(hex) = t.strip_prefix("0x") {
-        if let Ok(i) = i64::from_str_radix(hex, 16) {
-            return YamlKind::Int(i);
-        }
+    if let Some(hex) = t.strip_prefix("0x")
+        && let Ok(i) = i64::from_str_radix(hex, 16)
+    {
+        return YamlKind::Int(i);
     }
-    if let Some(oct) = t.strip_prefix("0o") {
-        if let Ok(i) = i64::from_str_radix(oct, 8) {
-            return YamlKind::Int(i);
-        }
+    if let Some(oct) = t.strip_prefix("0o")
+        && let Ok(i) = i64::from_str_radix(oct, 8)
+    {
+        return YamlKind::Int(i);
     }
     let looks_float = digits
         .bytes()
@@ -595,10 +596,8 @@ fn resolve_plain(text: String) -> YamlKind {
             .bytes()
             .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'-' | b'+'))
         && digits.bytes().any(|b| b.is_ascii_digit());
-    if looks_float {
-        if let Ok(f) = t.parse::<f64>() {
-            return YamlKind::Float(f);
-        }
+    if looks_float && let Ok(f) = t.parse::<f64>() {
+        return YamlKind::Float(f);
     }
     YamlKind::Str(text)
 }

@@ -356,7 +356,7 @@ fn check_printable(state: &minijinja::State<'_, '_>, v: &JValue) -> Result<(), J
             ));
         }
         *seen += 1;
-        if *seen % 16 == 0 {
+        if (*seen).is_multiple_of(16) {
             state.consume_fuel(1)?;
         }
         for item in v.try_iter()? {

@@ -536,7 +536,7 @@ impl http_body::Body for Tracked {
 }
 
 fn body_too_large(limit: &BodyLimit) -> Response {
-    let size = if limit.max_bytes >= 1 << 20 && limit.max_bytes % (1 << 20) == 0 {
+    let size = if limit.max_bytes >= 1 << 20 && limit.max_bytes.is_multiple_of(1 << 20) {
         format!("{} MiB", limit.max_bytes >> 20)
     } else {
         format!("{} bytes", limit.max_bytes)
