@@ -58,16 +58,25 @@ fn has_cpu_backends(dir: &Path) -> bool {
     })
 }
 
-/// The file a mapped address of this process belongs to, from `/proc/self/maps`.
+/// The file-backed mappings of this process, from `/proc/self/maps`: address range and file.
+fn mapped_files() -> Vec<(std::ops::Range<usize>, PathBuf)> {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    maps.lines()
+        .filter_map(|line| {
+            let (range, rest) = line.split_once(' ')?;
+            let (start, end) = range.split_once('-')?;
+            let start = usize::from_str_radix(start, 16).ok()?;
+            let end = usize::from_str_radix(end, 16).ok()?;
+            Some((start..end, map_path(rest)?))
+        })
+        .collect()
+}
+
+/// The file a mapped address of this process belongs to.
 fn mapped_file_of(addr: usize) -> Option<PathBuf> {
-    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
-    maps.lines().find_map(|line| {
-        let (range, rest) = line.split_once(' ')?;
-        let (start, end) = range.split_once('-')?;
-        let start = usize::from_str_radix(start, 16).ok()?;
-        let end = usize::from_str_radix(end, 16).ok()?;
-        (start..end).contains(&addr).then(|| map_path(rest))?
-    })
+    mapped_files()
+        .into_iter()
+        .find_map(|(range, path)| range.contains(&addr).then_some(path))
 }
 
 /// The path field of a `/proc/self/maps` line, after the range: `perms offset dev inode path`.
@@ -118,9 +127,7 @@ fn backends_dir() -> Result<PathBuf, CpuBackendError> {
 
 /// The CPU backend mapped into this process, if one is.
 fn loaded() -> Option<CpuBackend> {
-    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
-    maps.lines().find_map(|line| {
-        let path = map_path(line.split_once(' ')?.1)?;
+    mapped_files().into_iter().find_map(|(_, path)| {
         let name = path.file_name()?.to_str()?;
         let variant = name
             .strip_prefix(CPU_PREFIX)?
