@@ -18,6 +18,19 @@ bench_args() {
   done
 }
 
+# bench_threads_args DEFAULT "$@": sets $count (the number argument, else DEFAULT) and $threads
+# (--threads N, else the machine's cores).
+bench_threads_args() {
+  count="$1"; shift
+  threads="$(nproc)"
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --threads) threads="$2"; shift 2 ;;
+      *) count="$1"; shift ;;
+    esac
+  done
+}
+
 # bench_workdir: sets $work, a temporary folder removed at exit, when the server whose pid the
 # script puts in $server_pid is stopped too.
 bench_workdir() {

@@ -16,14 +16,7 @@
 # Uses target/release/sluice (or $SLUICE); build it first with `cargo build --release`.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
-threads="$(nproc)"
-count=2000
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --threads) threads="$2"; shift 2 ;;
-    *) count="$1"; shift ;;
-  esac
-done
+bench_threads_args 2000 "$@"
 bench_workdir
 export SLUICE_MODELS_DIR="${SLUICE_MODELS_DIR:-${SLUICE_HOME:-$HOME/.sluice}/models}"
 export SLUICE_HOME="$work/home" SLUICE_EMBED_THREADS="$threads"

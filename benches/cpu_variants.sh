@@ -12,14 +12,7 @@
 #   benches/cpu_variants.sh [SENTENCES] [--threads N]     (defaults: 1000, the machine's cores)
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
-threads="$(nproc)"
-count=1000
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --threads) threads="$2"; shift 2 ;;
-    *) count="$1"; shift ;;
-  esac
-done
+bench_threads_args 1000 "$@"
 bench_workdir
 export SLUICE_MODELS_DIR="${SLUICE_MODELS_DIR:-${SLUICE_HOME:-$HOME/.sluice}/models}"
 export SLUICE_HOME="$work/home" SLUICE_EMBED_THREADS="$threads" SLUICE_LLM_THREADS="$threads"
