@@ -15,12 +15,13 @@
 //! and writes each file's share of it in one call.
 //!
 //! A served line is serialised on the request's thread, while its data is still in that core's
-//! cache, and freed there: the writer gets the line's records as text with slots for the line
-//! number (which only the writer knows, as it opens and closes segments) and a summary for the
-//! segment's counts. Lines whose inputs or outputs hold images, written to files of the segment, are
-//! serialised by the writer. The writer hands the records it has written back through the queue,
-//! and each new record sent takes up to two of them back, so that memory is freed by the threads
-//! that made it; their text buffers are kept for those threads' next records.
+//! cache, into a buffer that thread keeps for its next lines, and copied onto the end of the queue's
+//! one text buffer: its records as text with slots for the line number (which only the writer knows,
+//! as it opens and closes segments), then its nodes' `<node>.<status>` keys for the segment's counts.
+//! The writer swaps the queue's buffers with its own, emptied ones, so that once they have grown a
+//! served line costs no allocation or free on either side, and no memory made by one thread is freed
+//! by another. Lines whose inputs or outputs hold images, written to files of the segment, are
+//! serialised by the writer.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -39,8 +40,20 @@ use sluice_engine::{LineResult, Map, RunName, RunStore, Status};
 /// Records waiting for the writer beyond this many are dropped.
 const QUEUE: usize = 4096;
 
-/// The writer wakes up at once when this many records wait.
+/// Records are dropped too when their text waiting for the writer would pass this many bytes.
+const QUEUE_BYTES: usize = 32 << 20;
+
+/// The writer wakes up at once when this many records wait, or this many bytes of their text.
 const WAKE_AT: usize = QUEUE / 4;
+const WAKE_AT_BYTES: usize = QUEUE_BYTES / 4;
+
+/// The room a text buffer keeps once written (a burst of large records grows it further for a
+/// while).
+const KEEP_BYTES: usize = 4 << 20;
+
+/// A request thread's buffer for serialising lines is freed rather than kept when a record has grown
+/// it past this size.
+const SCRATCH_BYTES: usize = 64 * 1024;
 
 /// How long a record waits, at most, before the writer takes it (while the queue is not filling up).
 pub(crate) const WRITE_INTERVAL: Duration = Duration::from_millis(50);
@@ -79,123 +92,131 @@ pub(crate) enum LogPayloads {
 }
 
 enum Entry {
-    /// A line serialised by its request's thread.
-    Encoded(Box<Encoded>),
+    /// A line serialised by its request's thread: its text is the next [`Layout::len`] bytes of the
+    /// queue's text.
+    Encoded(Layout),
     /// A line the writer serialises (its images go to files of the segment).
     Line(Box<LineResult>),
     Feedback(Json),
 }
 
-/// A served line as the writer writes it: its records as templates (see
-/// [`sluice_engine::json::to_template`]), secrets masked, each with its newline, and what the
-/// segment's counts need.
-struct Encoded {
-    /// `details.jsonl`'s record, then `inputs.jsonl`'s line, then (for a completed line) the line of
-    /// `outputs.jsonl` and `flow_outputs/output.jsonl`.
-    text: Vec<u8>,
-    details_end: usize,
-    inputs_end: usize,
+/// The parts of a served line's text, one after another: `details.jsonl`'s record, `inputs.jsonl`'s
+/// line, (for a completed line) the line of `outputs.jsonl` and `flow_outputs/output.jsonl`, each a
+/// template (see [`sluice_engine::json::to_template`]) with its newline and secrets masked; then each
+/// node's `<node>.<status>` key for the segment's counts, after its length in four bytes.
+#[derive(Clone, Copy, Debug, Default)]
+struct Layout {
+    details: usize,
+    inputs: usize,
+    outputs: usize,
+    keys: usize,
     completed: bool,
-    /// Each node's name and status.
-    nodes: Vec<(String, Status)>,
     tokens: TokenCounts,
 }
 
-impl Encoded {
-    /// Serialises `line` with the payloads `payloads` keeps, its inputs and outputs with their
-    /// images as `images` made them (or as they are).
-    fn new(
-        line: &LineResult,
-        payloads: LogPayloads,
-        images: Option<(&Path, sluice_engine::image::MessageFormat)>,
-    ) -> Result<Encoded, StoreError> {
-        let bad = |e: serde_json::Error| {
-            StoreError::io(
-                Path::new(sluice_engine::store::DETAILS),
-                std::io::Error::other(e),
-            )
-        };
-        let record = LineRecordRef::new(line);
-        let record = match payloads {
-            LogPayloads::Nodes => record,
-            LogPayloads::Line => record.without_node_payloads(),
-            LogPayloads::Off => record.without_payloads(),
-        };
-        let mut text = spare::take();
-        sluice_engine::json::to_template(&mut text, &record, true).map_err(bad)?;
-        text.push(b'\n');
-        if let std::borrow::Cow::Owned(masked) = sluice_engine::store::details::redact_bytes(&text)
-        {
-            text = masked;
-        }
-        let details_end = text.len();
-        fn with_images<'m>(
-            map: &'m Map,
-            images: Option<(&Path, sluice_engine::image::MessageFormat)>,
-        ) -> Result<std::borrow::Cow<'m, Map>, StoreError> {
-            match images {
-                Some((dir, format)) => with_image_files(map, dir, format),
-                None => Ok(std::borrow::Cow::Borrowed(map)),
-            }
-        }
-        numbered(&mut text, &*with_images(record.inputs, images)?);
-        let inputs_end = text.len();
-        let completed = line.status == Status::Completed;
-        if completed {
-            numbered(&mut text, &*with_images(record.output, images)?);
-        }
-        let mut tokens = TokenCounts::default();
-        for run in &line.node_runs {
-            tokens.add(&run.system_metrics.tokens);
-        }
-        Ok(Encoded {
-            text,
-            details_end,
-            inputs_end,
-            completed,
-            nodes: Vec::new(),
-            tokens,
+impl Layout {
+    fn len(&self) -> usize {
+        self.details + self.inputs + self.outputs + self.keys
+    }
+
+    /// The `<node>.<status>` keys of the line `text`.
+    fn node_keys<'t>(&self, text: &'t [u8]) -> impl Iterator<Item = std::borrow::Cow<'t, str>> {
+        let mut keys = text.get(self.len() - self.keys..).unwrap_or_default();
+        std::iter::from_fn(move || {
+            let (len, rest) = keys.split_first_chunk::<4>()?;
+            let len = (u32::from_le_bytes(*len) as usize).min(rest.len());
+            let (key, rest) = rest.split_at(len);
+            keys = rest;
+            Some(String::from_utf8_lossy(key))
         })
     }
 }
 
-/// Text buffers of written records, kept by each request thread for its next records: a served
-/// line's record then costs no allocation (and a buffer of this size, past glibc's small sizes, costs
-/// more than most).
-mod spare {
-    use std::cell::RefCell;
-
-    /// Buffers kept a thread.
-    const KEPT: usize = 4;
-    /// A buffer larger than this (a record with big payloads) is freed rather than kept.
-    const LARGEST: usize = 64 * 1024;
-    /// A new buffer's size: a small flow's record fits.
-    const FIRST: usize = 2048;
-
-    thread_local! {
-        static BUFFERS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+/// Serialises `line` onto the end of `text` with the payloads `payloads` keeps, its inputs and
+/// outputs with their images as `images` made them (or as they are); `text` is left as it was on an
+/// error.
+fn encode(
+    text: &mut Vec<u8>,
+    line: &LineResult,
+    payloads: LogPayloads,
+    images: Option<(&Path, sluice_engine::image::MessageFormat)>,
+) -> Result<Layout, StoreError> {
+    let start = text.len();
+    let layout = encode_parts(text, start, line, payloads, images);
+    if layout.is_err() {
+        text.truncate(start);
     }
+    layout
+}
 
-    /// An empty buffer: a kept one, or a new one.
-    pub(super) fn take() -> Vec<u8> {
-        BUFFERS
-            .with_borrow_mut(|b| b.pop())
-            .unwrap_or_else(|| Vec::with_capacity(FIRST))
+fn encode_parts(
+    text: &mut Vec<u8>,
+    start: usize,
+    line: &LineResult,
+    payloads: LogPayloads,
+    images: Option<(&Path, sluice_engine::image::MessageFormat)>,
+) -> Result<Layout, StoreError> {
+    let bad = |e: serde_json::Error| {
+        StoreError::io(
+            Path::new(sluice_engine::store::DETAILS),
+            std::io::Error::other(e),
+        )
+    };
+    let record = LineRecordRef::new(line);
+    let record = match payloads {
+        LogPayloads::Nodes => record,
+        LogPayloads::Line => record.without_node_payloads(),
+        LogPayloads::Off => record.without_payloads(),
+    };
+    sluice_engine::json::to_template(&mut *text, &record, true).map_err(bad)?;
+    text.push(b'\n');
+    if let std::borrow::Cow::Owned(masked) =
+        sluice_engine::store::details::redact_bytes(&text[start..])
+    {
+        text.truncate(start);
+        text.extend_from_slice(&masked);
     }
-
-    /// Keeps `buffer` for this thread's next record if it is not too large and the thread keeps
-    /// fewer than [`KEPT`]; frees it otherwise.
-    pub(super) fn keep(mut buffer: Vec<u8>) {
-        if buffer.capacity() > LARGEST {
-            return;
+    let details = text.len() - start;
+    fn with_images<'m>(
+        map: &'m Map,
+        images: Option<(&Path, sluice_engine::image::MessageFormat)>,
+    ) -> Result<std::borrow::Cow<'m, Map>, StoreError> {
+        match images {
+            Some((dir, format)) => with_image_files(map, dir, format),
+            None => Ok(std::borrow::Cow::Borrowed(map)),
         }
-        buffer.clear();
-        BUFFERS.with_borrow_mut(|b| {
-            if b.len() < KEPT {
-                b.push(buffer);
-            }
-        });
     }
+    numbered(text, &*with_images(record.inputs, images)?);
+    let inputs = text.len() - start - details;
+    let completed = line.status == Status::Completed;
+    if completed {
+        numbered(text, &*with_images(record.output, images)?);
+    }
+    let outputs = text.len() - start - details - inputs;
+    let mut tokens = TokenCounts::default();
+    for run in &line.node_runs {
+        let at = text.len();
+        text.extend_from_slice(&[0; 4]);
+        text.extend_from_slice(run.node.as_bytes());
+        text.push(b'.');
+        text.extend(run.status.as_str().bytes().map(|b| b.to_ascii_lowercase()));
+        let len = u32::try_from(text.len() - at - 4).unwrap_or(u32::MAX);
+        text[at..at + 4].copy_from_slice(&len.to_le_bytes());
+        tokens.add(&run.system_metrics.tokens);
+    }
+    Ok(Layout {
+        details,
+        inputs,
+        outputs,
+        keys: text.len() - start - details - inputs - outputs,
+        completed,
+        tokens,
+    })
+}
+
+thread_local! {
+    /// The buffer a request thread serialises its lines into, kept for its next lines.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// The traffic log of one served flow.
@@ -218,12 +239,12 @@ struct Queue {
 #[derive(Debug, Default)]
 struct Pending {
     entries: Vec<Entry>,
+    /// The text of the [`Entry::Encoded`] lines, one after another.
+    text: Vec<u8>,
     /// No more records are taken; the writer writes what is left and stops.
     closed: bool,
     /// The writer's thread, to wake when the queue fills up or closes.
     writer: Option<std::thread::Thread>,
-    /// Records written, to be dropped by the threads that send new ones.
-    spent: Vec<Entry>,
 }
 
 impl Queue {
@@ -231,51 +252,28 @@ impl Queue {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues `entry`; false if the queue is full or closed. Takes back up to two written records,
-    /// whose text buffers are kept for this thread's next records and the rest dropped here, after
-    /// the lock is released.
-    fn push(&self, entry: Entry) -> bool {
-        let (queued, spent) = {
-            let mut p = self.lock();
-            let spent = [p.spent.pop(), p.spent.pop()];
-            if p.closed || p.entries.len() >= QUEUE {
-                (false, spent)
-            } else {
-                p.entries.push(entry);
-                if p.entries.len() == WAKE_AT
-                    && let Some(w) = &p.writer
-                {
-                    w.unpark();
-                }
-                (true, spent)
-            }
-        };
-        for entry in spent.into_iter().flatten() {
-            if let Entry::Encoded(encoded) = entry {
-                spare::keep(encoded.text);
-            }
-        }
-        queued
-    }
-
-    /// Hands written records back, for the senders to drop.
-    fn give_back(&self, written: &mut Vec<Entry>) {
-        if written.is_empty() {
-            return;
-        }
+    /// Queues `entry`, with `text` its text (empty but for an [`Entry::Encoded`]); false if the
+    /// queue is full or closed.
+    fn push(&self, entry: Entry, text: &[u8]) -> bool {
         let mut p = self.lock();
-        if p.closed {
-            // No sender is left to take them.
-            drop(p);
-            written.clear();
-        } else {
-            p.spent.append(written);
+        if p.closed || p.entries.len() >= QUEUE || p.text.len() + text.len() > QUEUE_BYTES {
+            return false;
         }
+        let before = p.text.len();
+        p.text.extend_from_slice(text);
+        p.entries.push(entry);
+        let full =
+            p.entries.len() == WAKE_AT || (before < WAKE_AT_BYTES && p.text.len() >= WAKE_AT_BYTES);
+        if full && let Some(w) = &p.writer {
+            w.unpark();
+        }
+        true
     }
 
-    /// Everything queued, and whether the queue is closed; waits up to [`WRITE_INTERVAL`] while it is
-    /// empty and open.
-    fn take(&self, into: &mut Vec<Entry>) -> bool {
+    /// Everything queued, swapped with `entries` and `text` (empty, their room kept for the next
+    /// records), and whether the queue is closed; waits up to [`WRITE_INTERVAL`] while it is empty
+    /// and open.
+    fn take(&self, entries: &mut Vec<Entry>, text: &mut Vec<u8>) -> bool {
         let idle = {
             let p = self.lock();
             p.entries.is_empty() && !p.closed
@@ -284,7 +282,8 @@ impl Queue {
             std::thread::park_timeout(WRITE_INTERVAL);
         }
         let mut p = self.lock();
-        std::mem::swap(into, &mut p.entries);
+        std::mem::swap(entries, &mut p.entries);
+        std::mem::swap(text, &mut p.text);
         p.closed
     }
 
@@ -372,37 +371,33 @@ impl TrafficLog {
         }
     }
 
-    fn send(&self, entry: Entry) -> bool {
-        self.queue.push(entry)
-    }
-
     /// Logs a served line if it is in the sample; returns false when it had to be dropped.
-    pub(crate) fn line(&self, mut line: LineResult) -> bool {
+    pub(crate) fn line(&self, line: LineResult) -> bool {
         if !self.sampled() {
             return true;
         }
         if has_images(&line.inputs) || has_images(&line.output) {
-            return self.send(Entry::Line(Box::new(line)));
+            return self.queue.push(Entry::Line(Box::new(line)), &[]);
         }
-        match Encoded::new(&line, self.options.payloads, None) {
-            Ok(mut encoded) => {
-                encoded.nodes = line
-                    .node_runs
-                    .iter_mut()
-                    .map(|run| (std::mem::take(&mut run.node), run.status))
-                    .collect();
-                self.send(Entry::Encoded(Box::new(encoded)))
+        SCRATCH.with_borrow_mut(|text| {
+            text.clear();
+            let sent = match encode(text, &line, self.options.payloads, None) {
+                Ok(layout) => self.queue.push(Entry::Encoded(layout), text),
+                Err(e) => {
+                    tracing::warn!("the traffic log lost a record: {e}");
+                    false
+                }
+            };
+            if text.capacity() > SCRATCH_BYTES {
+                *text = Vec::new();
             }
-            Err(e) => {
-                tracing::warn!("the traffic log lost a record: {e}");
-                false
-            }
-        }
+            sent
+        })
     }
 
     /// Logs a feedback body with the trace headers it came with.
     pub(crate) fn feedback(&self, record: Json) -> bool {
-        self.send(Entry::Feedback(record))
+        self.queue.push(Entry::Feedback(record), &[])
     }
 
     /// Writes what is queued, closes the open segment and stops the writer.
@@ -485,8 +480,6 @@ struct Segment {
     completed: usize,
     failed: usize,
     node_status: std::collections::BTreeMap<String, u64>,
-    /// A key of `node_status` being made.
-    status_key: String,
     tokens: TokenCounts,
     opened: Instant,
 }
@@ -500,13 +493,28 @@ impl Drop for Writer {
 impl Writer {
     fn run(mut self, queue: &Queue) {
         // Records that arrive together are written together, and handed to the OS once they are.
-        let mut batch = Vec::new();
+        let mut entries = Vec::new();
+        let mut text = Vec::new();
         loop {
-            let closed = queue.take(&mut batch);
-            for entry in &mut batch {
-                self.handle(entry);
+            let closed = queue.take(&mut entries, &mut text);
+            let mut rest = &text[..];
+            for entry in entries.drain(..) {
+                let result = match entry {
+                    Entry::Encoded(layout) => {
+                        let (this, after) = rest.split_at(layout.len().min(rest.len()));
+                        rest = after;
+                        self.encoded(&layout, this)
+                    }
+                    Entry::Line(mut line) => self.line(&mut line),
+                    Entry::Feedback(record) => self.feedback(&record),
+                };
+                if let Err(e) = result {
+                    tracing::warn!("the traffic log lost a record: {e}");
+                    self.dropped.inc();
+                }
             }
-            queue.give_back(&mut batch);
+            text.clear();
+            text.shrink_to(KEEP_BYTES);
             if let Some(s) = &mut self.segment
                 && let Err(e) = s.flush()
             {
@@ -520,18 +528,6 @@ impl Writer {
             && let Err(e) = self.close(segment)
         {
             tracing::warn!("cannot close the traffic log segment: {e}");
-        }
-    }
-
-    fn handle(&mut self, entry: &mut Entry) {
-        let result = match entry {
-            Entry::Encoded(encoded) => self.encoded(encoded),
-            Entry::Line(line) => self.line(line),
-            Entry::Feedback(record) => self.feedback(record),
-        };
-        if let Err(e) = result {
-            tracing::warn!("the traffic log lost a record: {e}");
-            self.dropped.inc();
         }
     }
 
@@ -627,7 +623,6 @@ impl Writer {
             completed: 0,
             failed: 0,
             node_status: Default::default(),
-            status_key: String::new(),
             tokens: TokenCounts::default(),
             opened: Instant::now(),
         })
@@ -666,12 +661,12 @@ impl Writer {
     }
 
     /// Writes a line its request's thread serialised.
-    fn encoded(&mut self, encoded: &Encoded) -> Result<(), StoreError> {
+    fn encoded(&mut self, layout: &Layout, text: &[u8]) -> Result<(), StoreError> {
         let segment = match self.segment.take() {
             Some(s) => s,
             None => self.open()?,
         };
-        self.write(segment, encoded)
+        self.write(segment, layout, text)
     }
 
     /// Serialises and writes a line whose images go to files of the segment.
@@ -680,51 +675,48 @@ impl Writer {
             Some(s) => s,
             None => self.open()?,
         };
-        let mut encoded = match Encoded::new(
+        let mut text = Vec::new();
+        let layout = match encode(
+            &mut text,
             line,
             self.options.payloads,
             Some((&segment.images, self.options.message_format)),
         ) {
-            Ok(e) => e,
+            Ok(layout) => layout,
             Err(e) => {
                 self.segment = Some(segment);
                 return Err(e);
             }
         };
-        encoded.nodes = line
-            .node_runs
-            .iter()
-            .map(|run| (run.node.clone(), run.status))
-            .collect();
-        self.write(segment, &encoded)
+        self.write(segment, &layout, &text)
     }
 
-    /// Writes `e` as the segment's next line, counts it, and closes the segment once it is full.
-    fn write(&mut self, mut segment: Segment, e: &Encoded) -> Result<(), StoreError> {
+    /// Writes the line `text` (laid out as `layout` says) as the segment's next line, counts it,
+    /// and closes the segment once it is full.
+    fn write(
+        &mut self,
+        mut segment: Segment,
+        layout: &Layout,
+        text: &[u8],
+    ) -> Result<(), StoreError> {
         let n = segment.next_line;
         segment.next_line += 1;
-        let written = segment.write(e, n);
-        if e.completed {
+        let written = segment.write(layout, text, n);
+        if layout.completed {
             segment.completed += 1;
         } else {
             segment.failed += 1;
         }
-        for (node, status) in &e.nodes {
-            // `<node>.<status>`, made in a buffer kept between lines: a key is allocated only the
-            // first time it is seen.
-            let key = &mut segment.status_key;
-            key.clear();
-            key.push_str(node);
-            key.push('.');
-            key.extend(status.as_str().chars().map(|c| c.to_ascii_lowercase()));
-            match segment.node_status.get_mut(key.as_str()) {
+        // A key is allocated only the first time it is seen.
+        for key in layout.node_keys(text) {
+            match segment.node_status.get_mut(&*key) {
                 Some(count) => *count += 1,
                 None => {
-                    segment.node_status.insert(key.clone(), 1);
+                    segment.node_status.insert(key.into_owned(), 1);
                 }
             }
         }
-        segment.tokens.add(&e.tokens);
+        segment.tokens.add(&layout.tokens);
         if segment.details_bytes >= self.options.max_bytes {
             self.close(segment)?;
         } else {
@@ -797,13 +789,14 @@ fn numbered(text: &mut Vec<u8>, map: &Map) {
 }
 
 impl Segment {
-    /// Writes `e` numbered `n`.
-    fn write(&mut self, e: &Encoded, n: usize) -> Result<(), StoreError> {
-        let (details, rest) = e.text.split_at(e.details_end);
-        let (inputs, outputs) = rest.split_at(e.inputs_end - e.details_end);
+    /// Writes the line `text` (laid out as `layout` says) numbered `n`.
+    fn write(&mut self, layout: &Layout, text: &[u8], n: usize) -> Result<(), StoreError> {
+        let (details, rest) = text.split_at(layout.details.min(text.len()));
+        let (inputs, rest) = rest.split_at(layout.inputs.min(rest.len()));
+        let outputs = &rest[..layout.outputs.min(rest.len())];
         self.details_bytes += self.details.push_template(details, n)? as u64;
         fill(&mut self.inputs, inputs, n, &self.dir, "inputs.jsonl")?;
-        if e.completed {
+        if layout.completed {
             fill(&mut self.outputs, outputs, n, &self.dir, "outputs.jsonl")?;
             if let Some(w) = &mut self.flow_outputs {
                 fill(w, outputs, n, &self.dir, "flow_outputs/output.jsonl")?;
@@ -872,4 +865,130 @@ fn with_image_files<'a>(
         })
         .collect::<Result<Map, _>>()
         .map(std::borrow::Cow::Owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_engine::exec::NodeRunInfo;
+    use sluice_engine::{ErrorCode, ErrorInfo, Value};
+
+    fn line(status: Status) -> LineResult {
+        let now = Utc::now();
+        let map = |k: &str, v: &str| Map::from_iter([(k.to_owned(), Value::from(v))]);
+        let run = |node: &str, status: Status, prompt_tokens: u64| NodeRunInfo {
+            node: node.into(),
+            status,
+            inputs: map("text", "node input"),
+            output: Value::from("node output"),
+            error: None,
+            start_time: now,
+            end_time: now,
+            index: None,
+            system_metrics: sluice_engine::store::NodeMetrics {
+                tokens: TokenCounts {
+                    prompt_tokens: Some(prompt_tokens),
+                    ..TokenCounts::default()
+                },
+                ..Default::default()
+            },
+            api_calls: vec![],
+        };
+        let failed = status == Status::Failed;
+        LineResult {
+            line_number: None,
+            status,
+            inputs: map("question", "what is \"sluice\"?"),
+            output: if failed {
+                Map::new()
+            } else {
+                map("answer", "a flow engine")
+            },
+            error: failed.then(|| ErrorInfo::new(ErrorCode::UserError, "Boom", "it broke")),
+            node_runs: vec![
+                run("render", Status::Completed, 3),
+                // A name with the separator and more than one byte a character.
+                run("wörds.v2", status, 4),
+            ],
+            aggregation_inputs: Map::new(),
+            start_time: now,
+            end_time: now,
+        }
+    }
+
+    /// The parts of an encoded line, numbered `n`, as text.
+    fn parts(layout: &Layout, text: &[u8], n: usize) -> [String; 3] {
+        let mut at = 0;
+        [layout.details, layout.inputs, layout.outputs].map(|len| {
+            let mut out = Vec::new();
+            sluice_engine::json::fill_template(&text[at..at + len], n, &mut out).unwrap();
+            at += len;
+            String::from_utf8(out).unwrap()
+        })
+    }
+
+    #[test]
+    fn a_line_is_laid_out_as_its_records_then_its_node_keys() {
+        let mut text = b"left by an earlier line".to_vec();
+        let start = text.len();
+        let line = line(Status::Completed);
+        let layout = encode(&mut text, &line, LogPayloads::Line, None).unwrap();
+        assert_eq!(start + layout.len(), text.len());
+        let text = &text[start..];
+        let [details, inputs, outputs] = parts(&layout, text, 7);
+        let record: Json = serde_json::from_str(&details).unwrap();
+        assert_eq!(record["line_number"], 7);
+        assert_eq!(record["inputs"]["question"], "what is \"sluice\"?");
+        // Without the nodes' payloads.
+        assert_eq!(record["node_runs"][0]["inputs"], serde_json::json!({}));
+        assert_eq!(
+            inputs,
+            "{\"line_number\":7,\"question\":\"what is \\\"sluice\\\"?\"}\n"
+        );
+        assert_eq!(
+            outputs,
+            "{\"line_number\":7,\"answer\":\"a flow engine\"}\n"
+        );
+        assert!(layout.completed);
+        assert_eq!(layout.tokens.prompt_tokens, Some(7));
+        let keys: Vec<_> = layout.node_keys(text).collect();
+        assert_eq!(keys, ["render.completed", "wörds.v2.completed"]);
+    }
+
+    #[test]
+    fn a_failed_line_has_no_output_records() {
+        let mut text = Vec::new();
+        let layout = encode(&mut text, &line(Status::Failed), LogPayloads::Off, None).unwrap();
+        let [details, inputs, outputs] = parts(&layout, &text, 0);
+        assert!(!layout.completed);
+        assert_eq!(outputs, "");
+        let record: Json = serde_json::from_str(&details).unwrap();
+        assert_eq!(record["error"]["message"], "it broke");
+        // No payloads: the inputs are left out of both records.
+        assert_eq!(record["inputs"], serde_json::json!({}));
+        assert_eq!(inputs, "{\"line_number\":0}\n");
+        let keys: Vec<_> = layout.node_keys(&text).collect();
+        assert_eq!(keys, ["render.completed", "wörds.v2.failed"]);
+    }
+
+    #[test]
+    fn the_queue_refuses_lines_past_its_bytes_and_once_closed() {
+        let queue = Queue::default();
+        let big = vec![b'x'; QUEUE_BYTES / 2];
+        let entry = |len| {
+            Entry::Encoded(Layout {
+                details: len,
+                ..Layout::default()
+            })
+        };
+        assert!(queue.push(entry(big.len()), &big));
+        assert!(queue.push(entry(big.len()), &big));
+        assert!(!queue.push(entry(1), b"x"), "past QUEUE_BYTES");
+        let (mut entries, mut text) = (Vec::new(), Vec::new());
+        assert!(!queue.take(&mut entries, &mut text));
+        assert_eq!((entries.len(), text.len()), (2, QUEUE_BYTES));
+        assert!(queue.push(entry(1), b"x"), "room again once taken");
+        queue.close();
+        assert!(!queue.push(entry(1), b"x"));
+    }
 }
