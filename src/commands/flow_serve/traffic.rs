@@ -38,14 +38,16 @@ use sluice_engine::store::{
 use sluice_engine::{LineResult, Map, RunName, RunStore, Status};
 
 /// Records waiting for the writer beyond this many are dropped.
-const QUEUE: usize = 4096;
+const QUEUE: usize = 64 * 1024;
 
-/// Records are dropped too when their text waiting for the writer would pass this many bytes.
+/// Records are dropped too when their text waiting for the writer would pass this many bytes. The
+/// bound that counts for most flows (a small line's text is about a kilobyte): seconds of traffic,
+/// so that a disk that stalls the writer for a while loses no line.
 const QUEUE_BYTES: usize = 32 << 20;
 
 /// The writer wakes up at once when this many records wait, or this many bytes of their text.
-const WAKE_AT: usize = QUEUE / 4;
-const WAKE_AT_BYTES: usize = QUEUE_BYTES / 4;
+const WAKE_AT: usize = 1024;
+const WAKE_AT_BYTES: usize = 1 << 20;
 
 /// The room a text buffer keeps once written (a burst of large records grows it further for a
 /// while).
