@@ -21,7 +21,7 @@
 //! The writer swaps the queue's buffers with its own, emptied ones, so that once they have grown a
 //! served line costs no allocation or free on either side, and no memory made by one thread is freed
 //! by another. Lines whose inputs or outputs hold images, written to files of the segment, are
-//! serialised by the writer.
+//! queued whole and serialised by the writer.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -40,18 +40,19 @@ use sluice_engine::{LineResult, Map, RunName, RunStore, Status};
 /// Records waiting for the writer beyond this many are dropped.
 const QUEUE: usize = 64 * 1024;
 
-/// Records are dropped too when their text waiting for the writer would pass this many bytes. The
-/// bound that counts for most flows (a small line's text is about a kilobyte): seconds of traffic,
-/// so that a disk that stalls the writer for a while loses no line.
+/// Records are dropped too when their text waiting for the writer would pass this many bytes (but
+/// for one larger record alone in the queue). The bound that counts for most flows (a small line's
+/// text is about a kilobyte): seconds of traffic, so that a disk that stalls the writer for a while
+/// loses no line.
 const QUEUE_BYTES: usize = 32 << 20;
 
 /// The writer wakes up at once when this many records wait, or this many bytes of their text.
 const WAKE_AT: usize = 1024;
 const WAKE_AT_BYTES: usize = 1 << 20;
 
-/// The room a text buffer keeps once written (a burst of large records grows it further for a
-/// while).
+/// The room the writer's buffers keep once written (a burst grows them further for a while).
 const KEEP_BYTES: usize = 4 << 20;
+const KEEP_ENTRIES: usize = 4 * WAKE_AT;
 
 /// A request thread's buffer for serialising lines is freed rather than kept when a record has grown
 /// it past this size.
@@ -258,7 +259,8 @@ impl Queue {
     /// queue is full or closed.
     fn push(&self, entry: Entry, text: &[u8]) -> bool {
         let mut p = self.lock();
-        if p.closed || p.entries.len() >= QUEUE || p.text.len() + text.len() > QUEUE_BYTES {
+        let room = p.text.is_empty() || p.text.len() + text.len() <= QUEUE_BYTES;
+        if p.closed || p.entries.len() >= QUEUE || !room {
             return false;
         }
         let before = p.text.len();
@@ -517,6 +519,7 @@ impl Writer {
             }
             text.clear();
             text.shrink_to(KEEP_BYTES);
+            entries.shrink_to(KEEP_ENTRIES);
             if let Some(s) = &mut self.segment
                 && let Err(e) = s.flush()
             {
@@ -990,6 +993,16 @@ mod tests {
         assert!(!queue.take(&mut entries, &mut text));
         assert_eq!((entries.len(), text.len()), (2, QUEUE_BYTES));
         assert!(queue.push(entry(1), b"x"), "room again once taken");
+        entries.clear();
+        text.clear();
+        assert!(!queue.take(&mut entries, &mut text));
+        assert_eq!((entries.len(), text.len()), (1, 1));
+        let huge = vec![b'x'; QUEUE_BYTES + 1];
+        assert!(
+            queue.push(entry(huge.len()), &huge),
+            "alone, a larger line is taken"
+        );
+        assert!(!queue.push(entry(1), b"x"));
         queue.close();
         assert!(!queue.push(entry(1), b"x"));
     }
