@@ -47,14 +47,17 @@ pub enum CpuBackendError {
     NoneLoaded { dir: PathBuf },
 }
 
+/// The variant a CPU backend's file name names (`libggml-cpu-<variant>.so`), if it is one.
+fn cpu_variant(file_name: &str) -> Option<&str> {
+    file_name.strip_prefix(CPU_PREFIX)?.strip_suffix(".so")
+}
+
 /// Whether `dir` holds at least one CPU backend.
 fn has_cpu_backends(dir: &Path) -> bool {
     std::fs::read_dir(dir).is_ok_and(|entries| {
-        entries.flatten().any(|e| {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            name.starts_with(CPU_PREFIX) && name.ends_with(".so")
-        })
+        entries
+            .flatten()
+            .any(|e| cpu_variant(&e.file_name().to_string_lossy()).is_some())
     })
 }
 
@@ -128,11 +131,7 @@ fn backends_dir() -> Result<PathBuf, CpuBackendError> {
 /// The CPU backend mapped into this process, if one is.
 fn loaded() -> Option<CpuBackend> {
     mapped_files().into_iter().find_map(|(_, path)| {
-        let name = path.file_name()?.to_str()?;
-        let variant = name
-            .strip_prefix(CPU_PREFIX)?
-            .strip_suffix(".so")?
-            .to_owned();
+        let variant = cpu_variant(path.file_name()?.to_str()?)?.to_owned();
         Some(CpuBackend { variant, path })
     })
 }
