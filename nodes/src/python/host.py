@@ -5,6 +5,7 @@ functions below; user tools never see it.
 """
 
 import collections.abc
+import contextvars
 import dataclasses
 import enum
 import importlib.util
@@ -784,7 +785,14 @@ def _sync_from_async(agen):
 
 
 def invoke(func, kwargs, sink):
-    """Calls a tool. Returns (True, result) or (False, error details)."""
+    """Calls a tool. Returns (True, result) or (False, error details).
+
+    Each call runs in a context of its own: a context variable a tool sets does not reach the next
+    call that runs on the same thread."""
+    return contextvars.Context().run(_invoke, func, kwargs, sink)
+
+
+def _invoke(func, kwargs, sink):
     var = sys.modules["sluice"]._metric_sink
     token = var.set(sink)
     try:

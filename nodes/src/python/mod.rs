@@ -11,6 +11,7 @@ mod flex;
 pub mod isolation;
 mod llm_call;
 mod prompty;
+mod thread_state;
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -108,6 +109,7 @@ fn runtime() -> Result<&'static Runtime, PythonError> {
         })
         .as_ref()
         .map_err(Clone::clone)
+        .inspect(|_| thread_state::keep())
 }
 
 /// The Python version Sluice runs tools with, e.g. `3.11.7 (/usr/lib/python3.11)`.
