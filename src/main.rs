@@ -16,5 +16,17 @@ fn main() {
     // never finalized, which would wait for such threads.
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
+    // And without running the C++ libraries' static destructors, as `exit` would: a model thread
+    // can still be decoding a cancelled answer (a stream cut off at its line's timeout, say), and
+    // llama.cpp's backend tables and CPU code's buffers destroyed under it can crash the process at
+    // the end of a clean shutdown.
+    #[cfg(unix)]
+    // SAFETY: C's own streams are flushed first; nothing else runs at `exit` that the process needs.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::fflush(std::ptr::null_mut());
+        libc::_exit(code);
+    }
+    #[cfg(not(unix))]
     std::process::exit(code);
 }
