@@ -290,14 +290,9 @@ impl Drop for Runtime {
     }
 }
 
-/// The async runtime of a command: two workers, or one where the process may only run on one CPU
-/// (its CPU affinity or quota, as [`std::thread::available_parallelism`] reads them). Nodes' work
-/// runs on the blocking pool and the model's threads; a second worker sharing one CPU only adds
-/// thread switches, and the tasks it steals wait for the CPU all the same.
 pub(crate) fn runtime() -> anyhow::Result<Runtime> {
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().min(2));
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
+        .worker_threads(2)
         .enable_all()
         .build()
         .map(|rt| Runtime(Some(rt)))
