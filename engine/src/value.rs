@@ -243,6 +243,17 @@ impl Value {
         }
     }
 
+    /// Whether the value is its own [`Value::to_plain`]: it holds no object but images, at any depth,
+    /// so turning it into JSON needs neither Python nor a stream.
+    pub fn is_plain(&self) -> bool {
+        match self {
+            Value::List(items) => items.iter().all(Value::is_plain),
+            Value::Map(map) => map.values().all(Value::is_plain),
+            Value::Opaque(o) => o.is_media(),
+            _ => true,
+        }
+    }
+
     /// The streams the value holds, at any depth.
     pub fn streams(&self) -> Vec<Arc<dyn Opaque>> {
         let mut out = Vec::new();
@@ -582,6 +593,36 @@ mod tests {
         let v: Value = serde_json::json!({"a": [1, 2.0, true, null], "b": "it's"}).into();
         assert_eq!(v.py_repr(), r#"{'a': [1, 2.0, True, None], 'b': "it's"}"#);
         assert_eq!(Value::from("x").py_str(), "x");
+    }
+
+    #[test]
+    fn a_value_is_plain_unless_it_holds_an_object_other_than_an_image() {
+        #[derive(Debug)]
+        struct Object {
+            media: bool,
+        }
+        impl Opaque for Object {
+            fn type_name(&self) -> String {
+                "object".into()
+            }
+            fn to_str(&self) -> String {
+                "<object>".into()
+            }
+            fn is_media(&self) -> bool {
+                self.media
+            }
+            fn as_any(&self) -> &dyn Any {
+                self
+            }
+        }
+        let object = |media| Value::Opaque(Arc::new(Object { media }));
+        let plain: Value = serde_json::json!({"a": [1, 2.5, null, {"b": "c"}]}).into();
+        assert!(plain.is_plain());
+        let with =
+            |v: Value| Value::Map(Map::from_iter([("deep".to_owned(), Value::List(vec![v]))]));
+        assert!(with(object(true)).is_plain(), "an image is plain");
+        assert!(!with(object(false)).is_plain());
+        assert!(!object(false).is_plain());
     }
 
     #[test]

@@ -30,6 +30,9 @@ const TWO_STREAMS: &str = "two_streams";
 /// fixture flow (with its `logo.png`), shared rather than copied.
 const IMAGE: &str = "../../fixtures/image_input_python";
 
+/// A Python node that returns a dict, a dataclass or an object with no JSON form, as `kind` says.
+const OBJECTS: &str = "objects";
+
 /// An `llm` node on the local chat model.
 const LLM_CHAT: &str = "llm_chat";
 
@@ -245,6 +248,36 @@ fn flow_serve_answers_a_missing_required_input_with_400_missing_required_flow_in
     assert_eq!(
         server.metric(r#"sluice_serve_errors_total{code="MissingRequiredFlowInput"}"#),
         1.0
+    );
+}
+
+#[test]
+fn python_objects_in_outputs_are_answered_in_their_json_form_or_as_a_user_error() {
+    let (_root, _, server) = start(OBJECTS, &[]);
+    let plain = score(&server, &json!({"kind": "dict"}));
+    assert_eq!(plain.status, 200, "{}", plain.body);
+    assert_eq!(
+        plain.json(),
+        json!({"result": {"text": "a dict", "items": [1, 2.5, null, true]}})
+    );
+    let dataclass = score(&server, &json!({"kind": "dataclass"}));
+    assert_eq!(dataclass.status, 200, "{}", dataclass.body);
+    assert_eq!(
+        dataclass.json(),
+        json!({"result": {"text": "a dataclass", "score": 0.5}})
+    );
+    let opaque = score(&server, &json!({"kind": "opaque"}));
+    // As promptflow has it: the flow's output is wrong, a user error.
+    assert_eq!(opaque.status, 400, "{}", opaque.body);
+    assert_eq!(opaque.json()["error"]["code"], "UserError");
+    assert_eq!(opaque.error_code(), "FlowOutputUnserializable");
+    assert!(
+        opaque.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("'result'"),
+        "{}",
+        opaque.body
     );
 }
 

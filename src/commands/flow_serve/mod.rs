@@ -486,13 +486,18 @@ async fn run_score(app: Arc<App>, headers: &HeaderMap, body: &[u8]) -> Result<Re
         return Err(not_acceptable());
     }
     let output = std::mem::take(&mut line.output);
-    let plain = run_blocking(move || {
-        output
-            .into_iter()
-            .map(|(k, v)| v.to_plain().map(|p| (k.clone(), p)).map_err(|e| (k, e)))
-            .collect::<Result<Map, _>>()
-    })
-    .await;
+    // Most outputs are plain already; only Python objects and streams need a blocking thread.
+    let plain = if output.values().all(Value::is_plain) {
+        Ok(output)
+    } else {
+        run_blocking(move || {
+            output
+                .into_iter()
+                .map(|(k, v)| v.to_plain().map(|p| (k.clone(), p)).map_err(|e| (k, e)))
+                .collect::<Result<Map, _>>()
+        })
+        .await
+    };
     match plain {
         Ok(output) => {
             line.output = output;
