@@ -14,14 +14,18 @@
 //! writer's): it takes what has queued every [`WRITE_INTERVAL`], or at once when the queue fills up,
 //! and writes each file's share of it in one call.
 //!
-//! A served line is serialised on the request's thread, while its data is still in that core's
-//! cache, into a buffer that thread keeps for its next lines, and copied onto the end of the queue's
-//! one text buffer: its records as text with slots for the line number (which only the writer knows,
-//! as it opens and closes segments), then its nodes' `<node>.<status>` keys for the segment's counts.
-//! The writer swaps the queue's buffers with its own, emptied ones, so that once they have grown a
-//! served line costs no allocation or free on either side, and no memory made by one thread is freed
-//! by another. Lines whose inputs or outputs hold images, written to files of the segment, are
-//! queued whole and serialised by the writer.
+//! A served line is laid out on the request's thread, while its data is still in that core's cache,
+//! into buffers that thread keeps for its next lines, and copied onto the end of the queue's buffers:
+//! its inputs' and outputs' lines as text with slots for the line number (which only the writer
+//! knows, as it opens and closes segments), its nodes' `<node>.<status>` keys for the segment's
+//! counts, and what its `details.jsonl` record holds besides (statuses, times, token counts) as
+//! plain values. The writer makes the records of many lines in a row, where that costs less than
+//! a line's serialising costs in place among a request's other work; lines that record more (an
+//! error, the nodes' payloads) are serialised whole on the request's thread. The writer swaps the
+//! queue's buffers with its own, emptied ones, so that once they have grown a served line costs no
+//! allocation or free on either side, and no memory made by one thread is freed by another. Lines
+//! whose inputs or outputs hold images, written to files of the segment, are queued whole and
+//! serialised by the writer.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -29,13 +33,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde_json::Value as Json;
+use sluice_engine::exec::NodeRunInfo;
+use sluice_engine::store::record::{LineStatus, NodeRunsRef};
 use sluice_engine::store::{
-    DetailsWriter, LineRecordRef, Owner, RunProperties, RunRecord, RunStatus, StoreError,
-    SystemMetrics, TokenCounts,
+    DetailsWriter, LineRecordRef, NodeMetrics, Owner, RunProperties, RunRecord, RunStatus,
+    StoreError, SystemMetrics, TokenCounts,
 };
-use sluice_engine::{LineResult, Map, RunName, RunStore, Status};
+use sluice_engine::{LineResult, Map, RunName, RunStore, Status, Value};
 
 /// Records waiting for the writer beyond this many are dropped.
 const QUEUE: usize = 64 * 1024;
@@ -98,6 +104,8 @@ enum Entry {
     /// A line serialised by its request's thread: its text is the next [`Layout::len`] bytes of the
     /// queue's text.
     Encoded(Layout),
+    /// A completed line whose `details.jsonl` record the writer makes (see [`defer`]).
+    Deferred(Deferred),
     /// A line the writer serialises (its images go to files of the segment).
     Line(Box<LineResult>),
     Feedback(Json),
@@ -133,6 +141,246 @@ impl Layout {
             Some(String::from_utf8_lossy(key))
         })
     }
+}
+
+/// A line laid out by [`defer`]: its text is the next [`Layout::len`] bytes of the queue's text (as
+/// an [`Entry::Encoded`] line's, with no `details.jsonl` record), its node runs the next `nodes` of
+/// the queue's [`NodeSnap`]s.
+#[derive(Clone, Copy, Debug)]
+struct Deferred {
+    layout: Layout,
+    nodes: usize,
+    start_time: DateTime<Utc>,
+    end_time: DateTime<Utc>,
+}
+
+/// What a deferred line's record holds of a node run but its name (which is in the run's
+/// `<node>.<status>` key).
+#[derive(Clone, Copy, Debug)]
+struct NodeSnap {
+    status: Status,
+    start_time: DateTime<Utc>,
+    end_time: DateTime<Utc>,
+    index: Option<usize>,
+    tokens: TokenCounts,
+    time_to_first_token_ms: Option<u64>,
+    llm_duration_ms: Option<u64>,
+    completion_tokens_per_s: Option<f64>,
+    duration: Option<f64>,
+}
+
+impl NodeSnap {
+    fn of(run: &NodeRunInfo) -> NodeSnap {
+        let m = &run.system_metrics;
+        NodeSnap {
+            status: run.status,
+            start_time: run.start_time,
+            end_time: run.end_time,
+            index: run.index,
+            tokens: m.tokens,
+            time_to_first_token_ms: m.time_to_first_token_ms,
+            llm_duration_ms: m.llm_duration_ms,
+            completion_tokens_per_s: m.completion_tokens_per_s,
+            duration: m.duration,
+        }
+    }
+
+    /// Makes `run` (whose allocations are kept) the run this was taken from, without its payloads.
+    fn fill(&self, name: &str, run: &mut NodeRunInfo) {
+        run.node.clear();
+        run.node.push_str(name);
+        run.status = self.status;
+        run.start_time = self.start_time;
+        run.end_time = self.end_time;
+        run.index = self.index;
+        run.system_metrics.tokens = self.tokens;
+        run.system_metrics.time_to_first_token_ms = self.time_to_first_token_ms;
+        run.system_metrics.llm_duration_ms = self.llm_duration_ms;
+        run.system_metrics.completion_tokens_per_s = self.completion_tokens_per_s;
+        run.system_metrics.duration = self.duration;
+    }
+}
+
+/// How a numbered line's template starts (see [`numbered`]): `{"line_number":` and the slot.
+const NUMBERED_HEAD: &[u8] = b"{\"line_number\":\x01";
+
+/// Where a record with empty payloads holds them; a deferred line's are put there.
+const EMPTY_PAYLOADS: &[u8] = b"\"inputs\":{},\"output\":{},";
+
+/// The empty map of a record without payloads.
+static NO_PAYLOAD: std::sync::LazyLock<Map> = std::sync::LazyLock::new(Map::new);
+
+/// Lays out `line` for the writer to make its `details.jsonl` record: its inputs' and outputs'
+/// lines and its node keys onto `text`, as [`encode`] does, and what the record needs of its node
+/// runs onto `nodes`. The record's own text (timestamps, node runs, names of fields) is most of a
+/// line's; made by the writer, many lines in a row, it costs the request's thread nothing and the
+/// writer less than a line's serialising costs in place, between a request's other work.
+///
+/// Only for a completed line with no error and no node payloads to keep, whose runs' metrics are
+/// all [`NodeSnap`] holds and whose values serialise to the same text in both records (no
+/// non-finite float, no `line_number` key): nearly every served line. None, with `text` and
+/// `nodes` as they were, for any other line, which [`encode`] serialises whole.
+fn defer(
+    text: &mut Vec<u8>,
+    nodes: &mut Vec<NodeSnap>,
+    line: &LineResult,
+    payloads: LogPayloads,
+) -> Option<Deferred> {
+    let (inputs, output) = match payloads {
+        LogPayloads::Nodes => return None,
+        LogPayloads::Line => (&line.inputs, &line.output),
+        LogPayloads::Off => (&*NO_PAYLOAD, &*NO_PAYLOAD),
+    };
+    let plain = |m: &Map| !m.contains_key("line_number") && m.values().all(same_in_both);
+    let simple_runs = line
+        .node_runs
+        .iter()
+        .all(|r| r.error.is_none() && r.system_metrics.other.is_empty());
+    if line.status != Status::Completed
+        || line.error.is_some()
+        || !simple_runs
+        || !plain(inputs)
+        || !plain(output)
+    {
+        return None;
+    }
+    let start = text.len();
+    numbered(text, inputs);
+    let inputs_len = text.len() - start;
+    numbered(text, output);
+    let outputs_len = text.len() - start - inputs_len;
+    // A secret masked in the head (a secret that is `line_number`) leaves it to `encode`.
+    if !text[start..].starts_with(NUMBERED_HEAD)
+        || !text[start + inputs_len..].starts_with(NUMBERED_HEAD)
+    {
+        text.truncate(start);
+        return None;
+    }
+    let tokens = node_keys(text, line);
+    nodes.extend(line.node_runs.iter().map(NodeSnap::of));
+    Some(Deferred {
+        layout: Layout {
+            details: 0,
+            inputs: inputs_len,
+            outputs: outputs_len,
+            keys: text.len() - start - inputs_len - outputs_len,
+            completed: true,
+            tokens,
+        },
+        nodes: line.node_runs.len(),
+        start_time: line.start_time,
+        end_time: line.end_time,
+    })
+}
+
+/// Whether `v` is written alike in `details.jsonl` and the other records: it holds no non-finite
+/// float (which `details.jsonl` writes as a word, the others as `null`) and no object.
+fn same_in_both(v: &Value) -> bool {
+    match v {
+        Value::Float(f) => f.is_finite(),
+        Value::List(items) => items.iter().all(same_in_both),
+        Value::Map(m) => m.values().all(same_in_both),
+        Value::Opaque(_) => false,
+        _ => true,
+    }
+}
+
+/// The value of a numbered line's map as a record holds it: `{"line_number":<slot>,"k":...}\n` is
+/// `{"k":...}`. Written by [`numbered`], which [`defer`] checks the head of.
+fn unnumbered(numbered: &[u8]) -> (&[u8], &[u8]) {
+    let body = numbered
+        .strip_prefix(NUMBERED_HEAD)
+        .and_then(|b| b.strip_suffix(b"\n"))
+        .unwrap_or(b"}");
+    match body.strip_prefix(b",") {
+        Some(rest) => (b"{", rest),
+        None => (b"{}", b""),
+    }
+}
+
+/// Writes the deferred line `d` (its `text` and node runs `snaps`) onto `out` as [`encode`] would
+/// have: its `details.jsonl` record, then the rest of its text. `runs` and `record` are the
+/// writer's, kept from line to line so that this allocates nothing once they have grown.
+fn assemble(
+    out: &mut Vec<u8>,
+    record: &mut Vec<u8>,
+    runs: &mut Vec<NodeRunInfo>,
+    d: &Deferred,
+    text: &[u8],
+    snaps: &[NodeSnap],
+) -> Result<Layout, StoreError> {
+    let bad = |e: std::io::Error| StoreError::io(Path::new(sluice_engine::store::DETAILS), e);
+    let mut keys = d.layout.node_keys(text);
+    for (i, snap) in snaps.iter().enumerate() {
+        let key = keys.next().unwrap_or_default();
+        let name = key
+            .len()
+            .checked_sub(snap.status.as_str().len() + 1)
+            .and_then(|n| key.get(..n))
+            .unwrap_or(&key);
+        if runs.len() == i {
+            runs.push(NodeRunInfo {
+                node: String::new(),
+                status: snap.status,
+                inputs: Map::new(),
+                output: Value::Null,
+                error: None,
+                start_time: snap.start_time,
+                end_time: snap.end_time,
+                index: None,
+                system_metrics: NodeMetrics::default(),
+                api_calls: Vec::new(),
+            });
+        }
+        snap.fill(name, &mut runs[i]);
+    }
+    let view = LineRecordRef {
+        line_number: 0,
+        status: LineStatus::Completed,
+        inputs: &NO_PAYLOAD,
+        output: &NO_PAYLOAD,
+        error: None,
+        node_runs: NodeRunsRef {
+            runs: &runs[..snaps.len().min(runs.len())],
+            payloads: false,
+        },
+        start_time: d.start_time,
+        end_time: d.end_time,
+        aggregation_inputs: &NO_PAYLOAD,
+    };
+    record.clear();
+    sluice_engine::json::to_template(&mut *record, &view, true)
+        .map_err(|e| bad(std::io::Error::other(e)))?;
+    // Near the start: after the line number and status.
+    let at = record
+        .windows(EMPTY_PAYLOADS.len())
+        .position(|w| w == EMPTY_PAYLOADS);
+    let at = at.ok_or_else(|| {
+        bad(std::io::Error::other(
+            "a record without payloads has no place for them",
+        ))
+    })?;
+    let inputs = &text[..d.layout.inputs];
+    let outputs = &text[d.layout.inputs..d.layout.inputs + d.layout.outputs];
+    let start = out.len();
+    out.extend_from_slice(&record[..at]);
+    out.extend_from_slice(b"\"inputs\":");
+    for part in <[&[u8]; 2]>::from(unnumbered(inputs)) {
+        out.extend_from_slice(part);
+    }
+    out.extend_from_slice(b",\"output\":");
+    for part in <[&[u8]; 2]>::from(unnumbered(outputs)) {
+        out.extend_from_slice(part);
+    }
+    out.push(b',');
+    out.extend_from_slice(&record[at + EMPTY_PAYLOADS.len()..]);
+    out.push(b'\n');
+    let details = out.len() - start;
+    out.extend_from_slice(text);
+    Ok(Layout {
+        details,
+        ..d.layout
+    })
 }
 
 /// Serialises `line` onto the end of `text` with the payloads `payloads` keeps, its inputs and
@@ -196,6 +444,20 @@ fn encode_parts(
         numbered(text, &*with_images(record.output, images)?);
     }
     let outputs = text.len() - start - details - inputs;
+    let tokens = node_keys(text, line);
+    Ok(Layout {
+        details,
+        inputs,
+        outputs,
+        keys: text.len() - start - details - inputs - outputs,
+        completed,
+        tokens,
+    })
+}
+
+/// Appends each node run's `<node>.<status>` key, after its length in four bytes; returns the
+/// line's tokens.
+fn node_keys(text: &mut Vec<u8>, line: &LineResult) -> TokenCounts {
     let mut tokens = TokenCounts::default();
     for run in &line.node_runs {
         let at = text.len();
@@ -207,19 +469,18 @@ fn encode_parts(
         text[at..at + 4].copy_from_slice(&len.to_le_bytes());
         tokens.add(&run.system_metrics.tokens);
     }
-    Ok(Layout {
-        details,
-        inputs,
-        outputs,
-        keys: text.len() - start - details - inputs - outputs,
-        completed,
-        tokens,
-    })
+    tokens
+}
+
+/// The buffers a request thread lays its lines out in, kept for its next lines.
+#[derive(Default)]
+struct Scratch {
+    text: Vec<u8>,
+    nodes: Vec<NodeSnap>,
 }
 
 thread_local! {
-    /// The buffer a request thread serialises its lines into, kept for its next lines.
-    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
 /// The traffic log of one served flow.
@@ -242,8 +503,10 @@ struct Queue {
 #[derive(Debug, Default)]
 struct Pending {
     entries: Vec<Entry>,
-    /// The text of the [`Entry::Encoded`] lines, one after another.
+    /// The text of the [`Entry::Encoded`] and [`Entry::Deferred`] lines, one after another.
     text: Vec<u8>,
+    /// The node runs of the [`Entry::Deferred`] lines, one after another.
+    nodes: Vec<NodeSnap>,
     /// No more records are taken; the writer writes what is left and stops.
     closed: bool,
     /// The writer's thread, to wake when the queue fills up or closes.
@@ -255,29 +518,32 @@ impl Queue {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues `entry`, with `text` its text (empty but for an [`Entry::Encoded`]); false if the
-    /// queue is full or closed.
-    fn push(&self, entry: Entry, text: &[u8]) -> bool {
+    /// Queues `entry`, with `text` its text (empty but for an [`Entry::Encoded`] or
+    /// [`Entry::Deferred`]) and `nodes` its node runs (empty but for an [`Entry::Deferred`]); false
+    /// if the queue is full or closed.
+    fn push(&self, entry: Entry, text: &[u8], nodes: &[NodeSnap]) -> bool {
+        let bytes = |text: usize, nodes: usize| text + nodes * std::mem::size_of::<NodeSnap>();
         let mut p = self.lock();
-        let room = p.text.is_empty() || p.text.len() + text.len() <= QUEUE_BYTES;
+        let before = bytes(p.text.len(), p.nodes.len());
+        let room = before == 0 || before + bytes(text.len(), nodes.len()) <= QUEUE_BYTES;
         if p.closed || p.entries.len() >= QUEUE || !room {
             return false;
         }
-        let before = p.text.len();
         p.text.extend_from_slice(text);
+        p.nodes.extend_from_slice(nodes);
         p.entries.push(entry);
-        let full =
-            p.entries.len() == WAKE_AT || (before < WAKE_AT_BYTES && p.text.len() >= WAKE_AT_BYTES);
+        let after = bytes(p.text.len(), p.nodes.len());
+        let full = p.entries.len() == WAKE_AT || (before < WAKE_AT_BYTES && after >= WAKE_AT_BYTES);
         if full && let Some(w) = &p.writer {
             w.unpark();
         }
         true
     }
 
-    /// Everything queued, swapped with `entries` and `text` (empty, their room kept for the next
+    /// Everything queued, swapped with `taken`'s buffers (empty, their room kept for the next
     /// records), and whether the queue is closed; waits up to [`WRITE_INTERVAL`] while it is empty
     /// and open.
-    fn take(&self, entries: &mut Vec<Entry>, text: &mut Vec<u8>) -> bool {
+    fn take(&self, taken: &mut Taken) -> bool {
         let idle = {
             let p = self.lock();
             p.entries.is_empty() && !p.closed
@@ -286,8 +552,9 @@ impl Queue {
             std::thread::park_timeout(WRITE_INTERVAL);
         }
         let mut p = self.lock();
-        std::mem::swap(entries, &mut p.entries);
-        std::mem::swap(text, &mut p.text);
+        std::mem::swap(&mut taken.entries, &mut p.entries);
+        std::mem::swap(&mut taken.text, &mut p.text);
+        std::mem::swap(&mut taken.nodes, &mut p.nodes);
         p.closed
     }
 
@@ -300,10 +567,19 @@ impl Queue {
     }
 }
 
+/// The writer's side of the queue's buffers.
+#[derive(Default)]
+struct Taken {
+    entries: Vec<Entry>,
+    text: Vec<u8>,
+    nodes: Vec<NodeSnap>,
+}
+
 impl std::fmt::Debug for Entry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Entry::Encoded(_) => "Encoded",
+            Entry::Deferred(_) => "Deferred",
             Entry::Line(_) => "Line",
             Entry::Feedback(_) => "Feedback",
         })
@@ -337,6 +613,9 @@ impl TrafficLog {
             options: options.clone(),
             segment: None,
             dropped,
+            runs: Vec::new(),
+            record: Vec::new(),
+            line: Vec::new(),
         };
         let taken = queue.clone();
         let handle = sluice_engine::spawn::thread("traffic-log", move || writer.run(&taken))
@@ -381,19 +660,28 @@ impl TrafficLog {
             return true;
         }
         if has_images(&line.inputs) || has_images(&line.output) {
-            return self.queue.push(Entry::Line(Box::new(line)), &[]);
+            return self.queue.push(Entry::Line(Box::new(line)), &[], &[]);
         }
-        SCRATCH.with_borrow_mut(|text| {
+        SCRATCH.with_borrow_mut(|Scratch { text, nodes }| {
             text.clear();
-            let sent = match encode(text, &line, self.options.payloads, None) {
-                Ok(layout) => self.queue.push(Entry::Encoded(layout), text),
-                Err(e) => {
-                    tracing::warn!("the traffic log lost a record: {e}");
-                    false
+            nodes.clear();
+            let payloads = self.options.payloads;
+            let sent = if let Some(d) = defer(text, nodes, &line, payloads) {
+                self.queue.push(Entry::Deferred(d), text, nodes)
+            } else {
+                match encode(text, &line, payloads, None) {
+                    Ok(layout) => self.queue.push(Entry::Encoded(layout), text, &[]),
+                    Err(e) => {
+                        tracing::warn!("the traffic log lost a record: {e}");
+                        false
+                    }
                 }
             };
             if text.capacity() > SCRATCH_BYTES {
                 *text = Vec::new();
+            }
+            if nodes.capacity() * std::mem::size_of::<NodeSnap>() > SCRATCH_BYTES {
+                *nodes = Vec::new();
             }
             sent
         })
@@ -401,7 +689,7 @@ impl TrafficLog {
 
     /// Logs a feedback body with the trace headers it came with.
     pub(crate) fn feedback(&self, record: Json) -> bool {
-        self.queue.push(Entry::Feedback(record), &[])
+        self.queue.push(Entry::Feedback(record), &[], &[])
     }
 
     /// Writes what is queued, closes the open segment and stops the writer.
@@ -464,6 +752,10 @@ struct Writer {
     options: TrafficOptions,
     segment: Option<Segment>,
     dropped: prometheus::IntCounter,
+    /// Buffers for making deferred lines' records, kept from line to line.
+    runs: Vec<NodeRunInfo>,
+    record: Vec<u8>,
+    line: Vec<u8>,
 }
 
 /// The run folder lines are appended to now.
@@ -497,17 +789,29 @@ impl Drop for Writer {
 impl Writer {
     fn run(mut self, queue: &Queue) {
         // Records that arrive together are written together, and handed to the OS once they are.
-        let mut entries = Vec::new();
-        let mut text = Vec::new();
+        let mut taken = Taken::default();
         loop {
-            let closed = queue.take(&mut entries, &mut text);
+            let closed = queue.take(&mut taken);
+            let Taken {
+                entries,
+                text,
+                nodes,
+            } = &mut taken;
             let mut rest = &text[..];
+            let mut rest_nodes = &nodes[..];
             for entry in entries.drain(..) {
                 let result = match entry {
                     Entry::Encoded(layout) => {
                         let (this, after) = rest.split_at(layout.len().min(rest.len()));
                         rest = after;
                         self.encoded(&layout, this)
+                    }
+                    Entry::Deferred(d) => {
+                        let (this, after) = rest.split_at(d.layout.len().min(rest.len()));
+                        rest = after;
+                        let (snaps, after) = rest_nodes.split_at(d.nodes.min(rest_nodes.len()));
+                        rest_nodes = after;
+                        self.deferred(&d, this, snaps)
                     }
                     Entry::Line(mut line) => self.line(&mut line),
                     Entry::Feedback(record) => self.feedback(&record),
@@ -519,6 +823,8 @@ impl Writer {
             }
             text.clear();
             text.shrink_to(KEEP_BYTES);
+            nodes.clear();
+            nodes.shrink_to(KEEP_BYTES / std::mem::size_of::<NodeSnap>());
             entries.shrink_to(KEEP_ENTRIES);
             if let Some(s) = &mut self.segment
                 && let Err(e) = s.flush()
@@ -672,6 +978,32 @@ impl Writer {
             None => self.open()?,
         };
         self.write(segment, layout, text)
+    }
+
+    /// Makes a deferred line's record and writes the line.
+    fn deferred(
+        &mut self,
+        d: &Deferred,
+        text: &[u8],
+        snaps: &[NodeSnap],
+    ) -> Result<(), StoreError> {
+        let segment = match self.segment.take() {
+            Some(s) => s,
+            None => self.open()?,
+        };
+        let mut line = std::mem::take(&mut self.line);
+        line.clear();
+        let result = match assemble(&mut line, &mut self.record, &mut self.runs, d, text, snaps) {
+            Ok(layout) => self.write(segment, &layout, &line),
+            Err(e) => {
+                self.segment = Some(segment);
+                Err(e)
+            }
+        };
+        line.shrink_to(SCRATCH_BYTES);
+        self.record.shrink_to(SCRATCH_BYTES);
+        self.line = line;
+        result
     }
 
     /// Serialises and writes a line whose images go to files of the segment.
@@ -960,6 +1292,95 @@ mod tests {
         assert_eq!(keys, ["render.completed", "wörds.v2.completed"]);
     }
 
+    /// `line` laid out by [`defer`] and made whole by [`assemble`] as the writer does, if it can be.
+    fn deferred(line: &LineResult, payloads: LogPayloads) -> Option<(Layout, Vec<u8>)> {
+        let (mut text, mut nodes) = (b"earlier".to_vec(), vec![]);
+        let d = defer(&mut text, &mut nodes, line, payloads)?;
+        assert_eq!(nodes.len(), line.node_runs.len());
+        let (mut out, mut record, mut runs) = (Vec::new(), Vec::new(), Vec::new());
+        // Twice, as the writer reuses its buffers from line to line.
+        let mut made = Vec::new();
+        for _ in 0..2 {
+            out.clear();
+            out.extend_from_slice(b"before");
+            let layout =
+                assemble(&mut out, &mut record, &mut runs, &d, &text[7..], &nodes).unwrap();
+            assert_eq!(out.len(), 6 + layout.len());
+            made.push((layout, out[6..].to_vec()));
+        }
+        assert_eq!(made[0].1, made[1].1);
+        made.pop()
+    }
+
+    #[test]
+    fn a_deferred_line_is_written_as_a_line_serialised_in_place() {
+        let mut line = line(Status::Completed);
+        line.inputs.insert(
+            "more".into(),
+            Value::List(vec![
+                Value::Float(0.5),
+                Value::Int(-3),
+                Value::Bool(true),
+                Value::Null,
+                Value::Map(Map::from_iter([(
+                    "tab\t".to_owned(),
+                    Value::from("é\u{1}"),
+                )])),
+            ]),
+        );
+        line.node_runs[0].index = Some(4);
+        line.node_runs[0].system_metrics.completion_tokens_per_s = Some(12.5);
+        line.node_runs[0].system_metrics.time_to_first_token_ms = Some(80);
+        line.node_runs[0].system_metrics.llm_duration_ms = Some(900);
+        line.node_runs[1].status = Status::Bypassed;
+        line.node_runs[1].system_metrics.duration = Some(0.25);
+        let mut empty = line.clone();
+        empty.inputs.clear();
+        empty.output.clear();
+        empty.node_runs.clear();
+        for (line, payloads) in [
+            (&line, LogPayloads::Line),
+            (&line, LogPayloads::Off),
+            (&empty, LogPayloads::Line),
+        ] {
+            let mut text = Vec::new();
+            let expected = encode(&mut text, line, payloads, None).unwrap();
+            let (layout, made) = deferred(line, payloads).expect("deferred");
+            assert_eq!(
+                parts(&layout, &made, 12),
+                parts(&expected, &text, 12),
+                "{payloads:?}"
+            );
+            assert_eq!(made, text);
+            assert_eq!(layout.tokens, expected.tokens);
+            assert!(layout.completed);
+        }
+    }
+
+    #[test]
+    fn lines_a_deferred_record_would_write_otherwise_are_serialised_in_place() {
+        assert!(deferred(&line(Status::Failed), LogPayloads::Line).is_none());
+        assert!(deferred(&line(Status::Completed), LogPayloads::Nodes).is_none());
+        let mut nan = line(Status::Completed);
+        nan.output
+            .insert("score".into(), Value::List(vec![Value::Float(f64::NAN)]));
+        assert!(deferred(&nan, LogPayloads::Line).is_none());
+        assert!(deferred(&nan, LogPayloads::Off).is_some(), "not written");
+        let mut numbered = line(Status::Completed);
+        numbered.inputs.insert("line_number".into(), Value::Int(3));
+        assert!(deferred(&numbered, LogPayloads::Line).is_none());
+        let mut failed_node = line(Status::Completed);
+        failed_node.node_runs[1].error =
+            Some(ErrorInfo::new(ErrorCode::UserError, "Boom", "it broke"));
+        assert!(deferred(&failed_node, LogPayloads::Off).is_none());
+        let mut reported = line(Status::Completed);
+        reported.node_runs[0]
+            .system_metrics
+            .other
+            .insert("gpu".into(), serde_json::json!(1));
+        assert!(deferred(&reported, LogPayloads::Line).is_none());
+    }
+
     #[test]
     fn a_failed_line_has_no_output_records() {
         let mut text = Vec::new();
@@ -986,24 +1407,31 @@ mod tests {
                 ..Layout::default()
             })
         };
-        assert!(queue.push(entry(big.len()), &big));
-        assert!(queue.push(entry(big.len()), &big));
-        assert!(!queue.push(entry(1), b"x"), "past QUEUE_BYTES");
-        let (mut entries, mut text) = (Vec::new(), Vec::new());
-        assert!(!queue.take(&mut entries, &mut text));
-        assert_eq!((entries.len(), text.len()), (2, QUEUE_BYTES));
-        assert!(queue.push(entry(1), b"x"), "room again once taken");
-        entries.clear();
-        text.clear();
-        assert!(!queue.take(&mut entries, &mut text));
-        assert_eq!((entries.len(), text.len()), (1, 1));
+        assert!(queue.push(entry(big.len()), &big, &[]));
+        assert!(queue.push(entry(big.len()), &big, &[]));
+        assert!(!queue.push(entry(1), b"x", &[]), "past QUEUE_BYTES");
+        let mut taken = Taken::default();
+        assert!(!queue.take(&mut taken));
+        assert_eq!((taken.entries.len(), taken.text.len()), (2, QUEUE_BYTES));
+        assert!(queue.push(entry(1), b"x", &[]), "room again once taken");
+        taken.entries.clear();
+        taken.text.clear();
+        assert!(!queue.take(&mut taken));
+        assert_eq!((taken.entries.len(), taken.text.len()), (1, 1));
         let huge = vec![b'x'; QUEUE_BYTES + 1];
         assert!(
-            queue.push(entry(huge.len()), &huge),
+            queue.push(entry(huge.len()), &huge, &[]),
             "alone, a larger line is taken"
         );
-        assert!(!queue.push(entry(1), b"x"));
+        assert!(!queue.push(entry(1), b"x", &[]));
+        // A deferred line's node runs count against the bytes too.
+        let mut taken = Taken::default();
+        queue.take(&mut taken);
+        let snap = NodeSnap::of(&line(Status::Completed).node_runs[0]);
+        let many = vec![snap; QUEUE_BYTES / std::mem::size_of::<NodeSnap>()];
+        assert!(queue.push(entry(1), b"x", &many));
+        assert!(!queue.push(entry(1), b"x", &[snap]));
         queue.close();
-        assert!(!queue.push(entry(1), b"x"));
+        assert!(!queue.push(entry(1), b"x", &[]));
     }
 }
