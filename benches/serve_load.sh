@@ -6,8 +6,9 @@
 #   benches/serve_load.sh [SECONDS] [--no-pf] [--no-llm] [--only-llm] [--llm-seconds N]
 #                                   (default 5 s per level, 30 s per level of the llm flow)
 #   benches/serve_load.sh --overhead [ROUNDS] [--seconds N] [--connections N] [--side-rounds N]
+#                                   [--side-seconds N] [--unlogged-first]
 #                                   (default 60 rounds of 1 s at 16 connections, then 6 side-by-side
-#                                   rounds of 10 s)
+#                                   rounds of 10 s; ROUNDS 0: side by side only)
 #
 # --overhead measures only the cost of the traffic log (with the metrics, which both servers keep): the
 # 3-node flow served with the log on (the default) and with `--log-sample 0`, both pinned to CPU 0 with
@@ -19,8 +20,10 @@
 # better than a few long ones; the interval says how far the median can be trusted. Then both
 # servers take load at the same time, side by side on CPU 0, and the script prints each one's
 # requests per second of its own CPU time: as both meet the same moment of the machine, this ratio
-# varies far less from round to round (about ±1% where taking turns varies ±10%). Needs 2 CPUs or
-# more.
+# varies far less from round to round (about ±1% where taking turns varies ±10%). The logged server
+# is started first (`--unlogged-first`: the other); which one is can move the ratio by a point or two
+# from one pair of processes to the next, which `serve_overhead_starts.sh --side` averages out. Needs
+# 2 CPUs or more.
 #
 # 1. The pure 3-node flow (benches/flows/three_node: prompt -> python -> python) on Sluice with the
 #    traffic log and metrics on and with `--log-sample 0` (the log's overhead, taking turns), then on
@@ -33,7 +36,7 @@
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 secs=5 llm_secs=30 pure=1 pf=1 llm=1 overhead=0 rounds=60 conns=16 oh_secs=1
-side_rounds=6 side_secs=10
+side_rounds=6 side_secs=10 unlogged_first=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --overhead)
@@ -42,6 +45,8 @@ while [ $# -gt 0 ]; do
     --seconds) oh_secs="$2"; shift ;;
     --connections) conns="$2"; shift ;;
     --side-rounds) side_rounds="$2"; shift ;;
+    --side-seconds) side_secs="$2"; shift ;;
+    --unlogged-first) unlogged_first=1 ;;
     --no-pf) pf=0 ;;
     --no-llm) llm=0 ;;
     --only-llm) pure=0 pf=0 ;;
@@ -128,10 +133,15 @@ if [ "$overhead" = 1 ]; then
   echo "== traffic log overhead: benches/flows/three_node, $rounds rounds of ${oh_secs}s at $conns connections;"
   echo "   servers on CPU $server_cpu, wrk on CPU $wrk_cpu ($(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg))"
   pin=$server_cpu
-  start_sluice logged --flow "$here/flows/three_node" --max-inflight 64 --max-queue 256
-  on_addr="$addr" on_pid="${pids[-1]}"
-  start_sluice unlogged --flow "$here/flows/three_node" --max-inflight 64 --max-queue 256 --log-sample 0
-  off_addr="$addr" off_pid="${pids[-1]}"
+  start_logged() {
+    start_sluice logged --flow "$here/flows/three_node" --max-inflight 64 --max-queue 256
+    on_addr="$addr" on_pid="${pids[-1]}"
+  }
+  start_unlogged() {
+    start_sluice unlogged --flow "$here/flows/three_node" --max-inflight 64 --max-queue 256 --log-sample 0
+    off_addr="$addr" off_pid="${pids[-1]}"
+  }
+  if [ "$unlogged_first" = 1 ]; then start_unlogged; start_logged; else start_logged; start_unlogged; fi
   ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
   # One turn: "<rps> <requests> <cpu ticks>" of the server at $1 (pid $2) under wrk for $oh_secs;
   # answers that were not 200 are counted in $work/bad.
@@ -183,24 +193,25 @@ if [ "$overhead" = 1 ]; then
 import random, statistics, sys
 hz = float(sys.argv[2])
 rows = [[float(x) for x in l.split()] for l in open(sys.argv[1])]
-print(f"{'round':>5} {'logged req/s':>13} {'unlogged req/s':>15} {'ratio':>6} {'logged us/req':>14} {'unlogged us/req':>16}")
-ratios = []
-for i, (on_rps, on_n, on_t, off_rps, off_n, off_t) in enumerate(rows, 1):
-    ratios.append(on_rps / off_rps)
-    print(f"{i:>5} {on_rps:>13.1f} {off_rps:>15.1f} {on_rps / off_rps:>6.3f} {on_t / hz * 1e6 / on_n:>14.1f} {off_t / hz * 1e6 / off_n:>16.1f}")
-on_n, off_n = sum(r[1] for r in rows), sum(r[4] for r in rows)
-on_rps, off_rps = statistics.median(r[0] for r in rows), statistics.median(r[3] for r in rows)
-on_cpu, off_cpu = sum(r[2] for r in rows) / hz * 1e6 / on_n, sum(r[5] for r in rows) / hz * 1e6 / off_n
-total = on_n / off_n
-print(f"median req/s: logged {on_rps:.1f}, unlogged {off_rps:.1f}")
-# A 95% interval for the median ratio: the median of 2,000 resamples of the rounds, with replacement.
-rng = random.Random(1)
-medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(2000))
-low, high = medians[50], medians[1949]
-print(f"logged / unlogged req/s: median of rounds {statistics.median(ratios):.3f}"
-      f" (95% interval {low:.3f}-{high:.3f}), totals {total:.3f}"
-      f" (log cost {100 * (1 - statistics.median(ratios)):+.1f}% / {100 * (1 - total):+.1f}%)")
-print(f"server CPU per request: logged {on_cpu:.1f} us, unlogged {off_cpu:.1f} us ({100 * (on_cpu / off_cpu - 1):+.1f}%)")
+if rows:
+    print(f"{'round':>5} {'logged req/s':>13} {'unlogged req/s':>15} {'ratio':>6} {'logged us/req':>14} {'unlogged us/req':>16}")
+    ratios = []
+    for i, (on_rps, on_n, on_t, off_rps, off_n, off_t) in enumerate(rows, 1):
+        ratios.append(on_rps / off_rps)
+        print(f"{i:>5} {on_rps:>13.1f} {off_rps:>15.1f} {on_rps / off_rps:>6.3f} {on_t / hz * 1e6 / on_n:>14.1f} {off_t / hz * 1e6 / off_n:>16.1f}")
+    on_n, off_n = sum(r[1] for r in rows), sum(r[4] for r in rows)
+    on_rps, off_rps = statistics.median(r[0] for r in rows), statistics.median(r[3] for r in rows)
+    on_cpu, off_cpu = sum(r[2] for r in rows) / hz * 1e6 / on_n, sum(r[5] for r in rows) / hz * 1e6 / off_n
+    total = on_n / off_n
+    print(f"median req/s: logged {on_rps:.1f}, unlogged {off_rps:.1f}")
+    # A 95% interval for the median ratio: the median of 2,000 resamples of the rounds, with replacement.
+    rng = random.Random(1)
+    medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(2000))
+    low, high = medians[50], medians[1949]
+    print(f"logged / unlogged req/s: median of rounds {statistics.median(ratios):.3f}"
+          f" (95% interval {low:.3f}-{high:.3f}), totals {total:.3f}"
+          f" (log cost {100 * (1 - statistics.median(ratios)):+.1f}% / {100 * (1 - total):+.1f}%)")
+    print(f"server CPU per request: logged {on_cpu:.1f} us, unlogged {off_cpu:.1f} us ({100 * (on_cpu / off_cpu - 1):+.1f}%)")
 side = [[float(x) for x in l.split()] for l in open(sys.argv[3])]
 if side:
     print(f"side by side, both under load at once ({len(side)} rounds):")

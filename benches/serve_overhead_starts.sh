@@ -8,34 +8,56 @@
 # both builds' ratios side by side: an A/B of two builds of the log that the machine's drift weighs
 # on alike.
 #
-#   benches/serve_overhead_starts.sh [STARTS] [--rounds N] [--against BINARY]
-#                                   (default 8 starts of 10 rounds of 1 s)
+# With `--side` each start instead runs both servers side by side (`serve_load.sh --overhead 0
+# --side-rounds N --side-seconds 5`) and takes the median of its rounds' ratios of requests per CPU
+# second; the unlogged server is started first in every other start. On a host whose speed moves
+# from second to second this is the measure to trust: within a start both servers meet the same
+# moments, and the starts average out what differs from one pair of processes to the next.
+#
+#   benches/serve_overhead_starts.sh [STARTS] [--rounds N] [--side] [--against BINARY]
+#                                   (default 8 starts of 10 rounds of 1 s; with --side, of 3
+#                                   side-by-side rounds of 5 s)
 #
 # Needs what `serve_load.sh --overhead` needs (wrk, taskset, 2 CPUs) and target/release/sluice (or
 # $SLUICE).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-starts=8 rounds=10 against=""
+starts=8 rounds="" against="" side=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) rounds="$2"; shift ;;
+    --side) side=1 ;;
     --against) against="$2"; shift ;;
     *) starts="$1" ;;
   esac
   shift
 done
-# The ratio of totals of one `serve_load.sh --overhead` run of the binary $1 (empty: the default).
+[ -n "$rounds" ] || rounds=$([ "$side" = 1 ] && echo 3 || echo 10)
+# The ratio of one `serve_load.sh --overhead` run of the binary $1 (empty: the default), start $2:
+# its ratio of totals, or with --side its median ratio of requests per CPU second.
 ratio() {
-  SLUICE="${1:-${SLUICE:-}}" "$here/serve_load.sh" --overhead "$rounds" --side-rounds 0 --no-pf --no-llm \
-    | sed -n 's/.*totals \([0-9.]*\) .*/\1/p'
+  if [ "$side" = 1 ]; then
+    local first=()
+    [ $(($2 % 2)) = 1 ] || first=(--unlogged-first)
+    SLUICE="${1:-${SLUICE:-}}" "$here/serve_load.sh" --overhead 0 --side-rounds "$rounds" --side-seconds 5 \
+      "${first[@]}" --no-pf --no-llm | sed -n 's/.*requests per CPU second: median \([0-9.]*\) .*/\1/p'
+  else
+    SLUICE="${1:-${SLUICE:-}}" "$here/serve_load.sh" --overhead "$rounds" --side-rounds 0 --no-pf --no-llm \
+      | sed -n 's/.*totals \([0-9.]*\) .*/\1/p'
+  fi
 }
-echo "== traffic log cost over $starts fresh starts of $rounds rounds of 1 s" \
-  "(logged / unlogged requests, ratio of totals)"
+if [ "$side" = 1 ]; then
+  echo "== traffic log cost over $starts fresh starts of $rounds side-by-side rounds of 5 s" \
+    "(logged / unlogged requests per CPU second, median of the rounds)"
+else
+  echo "== traffic log cost over $starts fresh starts of $rounds rounds of 1 s" \
+    "(logged / unlogged requests, ratio of totals)"
+fi
 : >"${TMPDIR:-/tmp}/sluice-starts.$$"
 for s in $(seq "$starts"); do
-  a=$(ratio "")
+  a=$(ratio "" "$s")
   b=""
-  [ -z "$against" ] || b=$(ratio "$against")
+  [ -z "$against" ] || b=$(ratio "$against" "$s")
   echo "start $s: $a${b:+  against: $b}" | tee -a "${TMPDIR:-/tmp}/sluice-starts.$$"
 done
 python3 - "${TMPDIR:-/tmp}/sluice-starts.$$" <<'PY'
