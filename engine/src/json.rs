@@ -272,6 +272,31 @@ pub fn serialize_utc<S: serde::Serializer>(
     t: &chrono::DateTime<chrono::Utc>,
     s: S,
 ) -> Result<S::Ok, S::Error> {
+    let mut buf = [0u8; 30];
+    match utc_text(t, &mut buf) {
+        Some(text) => s.serialize_str(text),
+        None => t.serialize(s),
+    }
+}
+
+/// Appends `t` to `out` as a JSON string, as [`serialize_utc`] writes it; false (and nothing
+/// appended) for a time it leaves to chrono.
+pub fn write_utc(out: &mut Vec<u8>, t: &chrono::DateTime<chrono::Utc>) -> bool {
+    let mut buf = [0u8; 30];
+    match utc_text(t, &mut buf) {
+        Some(text) => {
+            out.push(b'"');
+            out.extend_from_slice(text.as_bytes());
+            out.push(b'"');
+            true
+        }
+        None => false,
+    }
+}
+
+/// `t` in [`serialize_utc`]'s short form, written in `buf`; None for a year outside 0–9999 or a
+/// leap second.
+fn utc_text<'b>(t: &chrono::DateTime<chrono::Utc>, buf: &'b mut [u8; 30]) -> Option<&'b str> {
     use chrono::{Datelike, Timelike};
     // The UTC fields are read from the naive time itself: through the `DateTime`, each field would
     // apply the (zero) offset again.
@@ -279,9 +304,8 @@ pub fn serialize_utc<S: serde::Serializer>(
     let nanos = t.nanosecond();
     let year = t.year();
     if !(0..=9999).contains(&year) || nanos >= 1_000_000_000 {
-        return t.and_utc().serialize(s);
+        return None;
     }
-    let mut buf = [0u8; 30];
     let mut put = |at: usize, n: u32, digits: usize| {
         let mut n = n;
         for i in (0..digits).rev() {
@@ -315,8 +339,7 @@ pub fn serialize_utc<S: serde::Serializer>(
         end = 20 + digits;
     }
     buf[end] = b'Z';
-    let text = std::str::from_utf8(&buf[..=end]).expect("ASCII digits and separators");
-    s.serialize_str(text)
+    std::str::from_utf8(&buf[..=end]).ok()
 }
 
 /// [`serialize_utc`] for an optional time.

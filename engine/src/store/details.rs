@@ -104,6 +104,14 @@ impl DetailsWriter {
         Ok(())
     }
 
+    /// Adds one record that `write` appends to the buffer it is given (numbered, secrets already
+    /// masked, newline included); returns its size in bytes.
+    pub fn push_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) -> usize {
+        let start = self.buf.len();
+        write(&mut self.buf);
+        self.buf.len() - start
+    }
+
     /// Adds one record made by [`crate::json::to_template`] (secrets already masked, newline
     /// included), numbered `n`; returns its size in bytes.
     pub fn push_template(&mut self, template: &[u8], n: usize) -> Result<usize, StoreError> {

@@ -19,9 +19,9 @@
 //! its inputs' and outputs' lines as text with slots for the line number (which only the writer
 //! knows, as it opens and closes segments), its nodes' `<node>.<status>` keys for the segment's
 //! counts, and what its `details.jsonl` record holds besides (statuses, times, token counts) as
-//! plain values. The writer makes the records of many lines in a row, where that costs less than
-//! a line's serialising costs in place among a request's other work; lines that record more (an
-//! error, the nodes' payloads) are serialised whole on the request's thread. The writer swaps the
+//! plain values, which the writer writes the record from, numbered, with no serialiser between;
+//! lines that record more (an error, the nodes' payloads) are serialised whole on the request's
+//! thread. The writer swaps the
 //! queue's buffers with its own, emptied ones, so that once they have grown a served line costs no
 //! allocation or free on either side, and no memory made by one thread is freed by another. Lines
 //! whose inputs or outputs hold images, written to files of the segment, are queued whole and
@@ -36,10 +36,9 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde_json::Value as Json;
 use sluice_engine::exec::NodeRunInfo;
-use sluice_engine::store::record::{LineStatus, NodeRunsRef};
 use sluice_engine::store::{
-    DetailsWriter, LineRecordRef, NodeMetrics, Owner, RunProperties, RunRecord, RunStatus,
-    StoreError, SystemMetrics, TokenCounts,
+    DetailsWriter, LineRecordRef, Owner, RunProperties, RunRecord, RunStatus, StoreError,
+    SystemMetrics, TokenCounts,
 };
 use sluice_engine::{LineResult, Map, RunName, RunStore, Status, Value};
 
@@ -161,7 +160,6 @@ struct NodeSnap {
     status: Status,
     start_time: DateTime<Utc>,
     end_time: DateTime<Utc>,
-    index: Option<usize>,
     tokens: TokenCounts,
     time_to_first_token_ms: Option<u64>,
     llm_duration_ms: Option<u64>,
@@ -176,7 +174,6 @@ impl NodeSnap {
             status: run.status,
             start_time: run.start_time,
             end_time: run.end_time,
-            index: run.index,
             tokens: m.tokens,
             time_to_first_token_ms: m.time_to_first_token_ms,
             llm_duration_ms: m.llm_duration_ms,
@@ -184,28 +181,10 @@ impl NodeSnap {
             duration: m.duration,
         }
     }
-
-    /// Makes `run` (whose allocations are kept) the run this was taken from, without its payloads.
-    fn fill(&self, name: &str, run: &mut NodeRunInfo) {
-        run.node.clear();
-        run.node.push_str(name);
-        run.status = self.status;
-        run.start_time = self.start_time;
-        run.end_time = self.end_time;
-        run.index = self.index;
-        run.system_metrics.tokens = self.tokens;
-        run.system_metrics.time_to_first_token_ms = self.time_to_first_token_ms;
-        run.system_metrics.llm_duration_ms = self.llm_duration_ms;
-        run.system_metrics.completion_tokens_per_s = self.completion_tokens_per_s;
-        run.system_metrics.duration = self.duration;
-    }
 }
 
 /// How a numbered line's template starts (see [`numbered`]): `{"line_number":` and the slot.
 const NUMBERED_HEAD: &[u8] = b"{\"line_number\":\x01";
-
-/// Where a record with empty payloads holds them; a deferred line's are put there.
-const EMPTY_PAYLOADS: &[u8] = b"\"inputs\":{},\"output\":{},";
 
 /// The empty map of a record without payloads.
 static NO_PAYLOAD: std::sync::LazyLock<Map> = std::sync::LazyLock::new(Map::new);
@@ -213,13 +192,15 @@ static NO_PAYLOAD: std::sync::LazyLock<Map> = std::sync::LazyLock::new(Map::new)
 /// Lays out `line` for the writer to make its `details.jsonl` record: its inputs' and outputs'
 /// lines and its node keys onto `text`, as [`encode`] does, and what the record needs of its node
 /// runs onto `nodes`. The record's own text (timestamps, node runs, names of fields) is most of a
-/// line's; made by the writer, many lines in a row, it costs the request's thread nothing and the
-/// writer less than a line's serialising costs in place, between a request's other work.
+/// line's; serialised in place it cost more than its own time, among a request's other work. The
+/// writer writes it straight from these values ([`deferred_record`]), at about a third of what a
+/// serialiser takes for it.
 ///
 /// Only for a completed line with no error and no node payloads to keep, whose runs' metrics are
-/// all [`NodeSnap`] holds and whose values serialise to the same text in both records (no
-/// non-finite float, no `line_number` key): nearly every served line. None, with `text` and
-/// `nodes` as they were, for any other line, which [`encode`] serialises whole.
+/// all [`NodeSnap`] holds, whose times are in the short form and whose values serialise to the same
+/// text in both records (no non-finite float, no `line_number` key): nearly every served line.
+/// None, with `text` and `nodes` as they were, for any other line, which [`encode`] serialises
+/// whole.
 fn defer(
     text: &mut Vec<u8>,
     nodes: &mut Vec<NodeSnap>,
@@ -232,11 +213,20 @@ fn defer(
         LogPayloads::Off => (&*NO_PAYLOAD, &*NO_PAYLOAD),
     };
     let plain = |m: &Map| !m.contains_key("line_number") && m.values().all(same_in_both);
-    let simple_runs = line
-        .node_runs
-        .iter()
-        .all(|r| r.error.is_none() && r.system_metrics.other.is_empty());
+    let simple_run = |r: &NodeRunInfo| {
+        let m = &r.system_metrics;
+        r.error.is_none()
+            && m.other.is_empty()
+            && [m.duration, m.completion_tokens_per_s]
+                .iter()
+                .all(|f| f.is_none_or(f64::is_finite))
+            && short_time(&r.start_time)
+            && short_time(&r.end_time)
+    };
+    let simple_runs = line.node_runs.iter().all(simple_run);
     if line.status != Status::Completed
+        || !short_time(&line.start_time)
+        || !short_time(&line.end_time)
         || line.error.is_some()
         || !simple_runs
         || !plain(inputs)
@@ -273,6 +263,12 @@ fn defer(
     })
 }
 
+/// Whether `t` is written in [`sluice_engine::json::write_utc`]'s short form.
+fn short_time(t: &DateTime<Utc>) -> bool {
+    use chrono::{Datelike, Timelike};
+    (0..=9999).contains(&t.year()) && t.nanosecond() < 1_000_000_000
+}
+
 /// Whether `v` is written alike in `details.jsonl` and the other records: it holds no non-finite
 /// float (which `details.jsonl` writes as a word, the others as `null`) and no object.
 fn same_in_both(v: &Value) -> bool {
@@ -298,89 +294,103 @@ fn unnumbered(numbered: &[u8]) -> (&[u8], &[u8]) {
     }
 }
 
-/// Writes the deferred line `d` (its `text` and node runs `snaps`) onto `out` as [`encode`] would
-/// have: its `details.jsonl` record, then the rest of its text. `runs` and `record` are the
-/// writer's, kept from line to line so that this allocates nothing once they have grown.
-fn assemble(
-    out: &mut Vec<u8>,
-    record: &mut Vec<u8>,
-    runs: &mut Vec<NodeRunInfo>,
-    d: &Deferred,
-    text: &[u8],
-    snaps: &[NodeSnap],
-) -> Result<Layout, StoreError> {
-    let bad = |e: std::io::Error| StoreError::io(Path::new(sluice_engine::store::DETAILS), e);
-    let mut keys = d.layout.node_keys(text);
-    for (i, snap) in snaps.iter().enumerate() {
-        let key = keys.next().unwrap_or_default();
+/// Appends the `details.jsonl` record of the deferred line `d` (its `text` and node runs `snaps`),
+/// numbered `n`, to `out`: the text [`encode`] would have made (a test holds the two to the same
+/// bytes), written straight from the line's values, as the writer makes thousands a second.
+fn deferred_record(out: &mut Vec<u8>, n: usize, d: &Deferred, text: &[u8], snaps: &[NodeSnap]) {
+    use serde_json::ser::{CompactFormatter, Formatter};
+    let start = out.len();
+    // Writing to a vector cannot fail.
+    let int = |out: &mut Vec<u8>, v: u64| drop(CompactFormatter.write_u64(out, v));
+    let time = |out: &mut Vec<u8>, t: &DateTime<Utc>| {
+        if !sluice_engine::json::write_utc(out, t) {
+            drop(serde_json::to_writer(&mut *out, t));
+        }
+    };
+    out.extend_from_slice(b"{\"line_number\":");
+    int(out, n as u64);
+    out.extend_from_slice(b",\"status\":\"Completed\",\"inputs\":");
+    let inputs = &text[..d.layout.inputs.min(text.len())];
+    let outputs = text.get(d.layout.inputs..d.layout.inputs + d.layout.outputs);
+    for part in <[&[u8]; 2]>::from(unnumbered(inputs)) {
+        out.extend_from_slice(part);
+    }
+    out.extend_from_slice(b",\"output\":");
+    for part in <[&[u8]; 2]>::from(unnumbered(outputs.unwrap_or_default())) {
+        out.extend_from_slice(part);
+    }
+    out.extend_from_slice(b",\"error\":null,\"node_runs\":[");
+    for (i, (snap, key)) in snaps.iter().zip(d.layout.node_keys(text)).enumerate() {
         let name = key
             .len()
             .checked_sub(snap.status.as_str().len() + 1)
             .and_then(|n| key.get(..n))
             .unwrap_or(&key);
-        if runs.len() == i {
-            runs.push(NodeRunInfo {
-                node: String::new(),
-                status: snap.status,
-                inputs: Map::new(),
-                output: Value::Null,
-                error: None,
-                start_time: snap.start_time,
-                end_time: snap.end_time,
-                index: None,
-                system_metrics: NodeMetrics::default(),
-                api_calls: Vec::new(),
-            });
+        if i > 0 {
+            out.push(b',');
         }
-        snap.fill(name, &mut runs[i]);
+        out.extend_from_slice(b"{\"node\":");
+        drop(sluice_engine::json::to_template(&mut *out, name, true));
+        out.extend_from_slice(b",\"status\":\"");
+        out.extend_from_slice(snap.status.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"inputs\":{},\"output\":null,\"error\":null,\"start_time\":");
+        time(out, &snap.start_time);
+        out.extend_from_slice(b",\"end_time\":");
+        time(out, &snap.end_time);
+        out.extend_from_slice(b",\"index\":");
+        int(out, n as u64);
+        out.extend_from_slice(b",\"system_metrics\":{");
+        let t = &snap.tokens;
+        let mut first = true;
+        let mut key = |out: &mut Vec<u8>, name: &[u8]| {
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            out.push(b'"');
+            out.extend_from_slice(name);
+            out.extend_from_slice(b"\":");
+        };
+        for (name, v) in [
+            (&b"prompt_tokens"[..], t.prompt_tokens),
+            (b"completion_tokens", t.completion_tokens),
+            (b"total_tokens", t.total_tokens),
+            (b"cached_tokens", t.cached_tokens),
+            (b"time_to_first_token_ms", snap.time_to_first_token_ms),
+            (b"llm_duration_ms", snap.llm_duration_ms),
+        ] {
+            if let Some(v) = v {
+                key(out, name);
+                int(out, v);
+            }
+        }
+        if let Some(f) = snap.completion_tokens_per_s {
+            key(out, b"completion_tokens_per_s");
+            // A whole number as an integer, as the record's own serialiser writes it.
+            if f.fract() == 0.0 && f.abs() < 9e15 {
+                drop(CompactFormatter.write_i64(out, f as i64));
+            } else {
+                drop(CompactFormatter.write_f64(out, f));
+            }
+        }
+        if let Some(f) = snap.duration {
+            key(out, b"duration");
+            drop(CompactFormatter.write_f64(out, f));
+        }
+        out.extend_from_slice(b"}}");
     }
-    let view = LineRecordRef {
-        line_number: 0,
-        status: LineStatus::Completed,
-        inputs: &NO_PAYLOAD,
-        output: &NO_PAYLOAD,
-        error: None,
-        node_runs: NodeRunsRef {
-            runs: &runs[..snaps.len().min(runs.len())],
-            payloads: false,
-        },
-        start_time: d.start_time,
-        end_time: d.end_time,
-        aggregation_inputs: &NO_PAYLOAD,
-    };
-    record.clear();
-    sluice_engine::json::to_template(&mut *record, &view, true)
-        .map_err(|e| bad(std::io::Error::other(e)))?;
-    // Near the start: after the line number and status.
-    let at = record
-        .windows(EMPTY_PAYLOADS.len())
-        .position(|w| w == EMPTY_PAYLOADS);
-    let at = at.ok_or_else(|| {
-        bad(std::io::Error::other(
-            "a record without payloads has no place for them",
-        ))
-    })?;
-    let inputs = &text[..d.layout.inputs];
-    let outputs = &text[d.layout.inputs..d.layout.inputs + d.layout.outputs];
-    let start = out.len();
-    out.extend_from_slice(&record[..at]);
-    out.extend_from_slice(b"\"inputs\":");
-    for part in <[&[u8]; 2]>::from(unnumbered(inputs)) {
-        out.extend_from_slice(part);
+    out.extend_from_slice(b"],\"start_time\":");
+    time(out, &d.start_time);
+    out.extend_from_slice(b",\"end_time\":");
+    time(out, &d.end_time);
+    out.extend_from_slice(b",\"aggregation_inputs\":{}}\n");
+    // As the records serialised in place are: registered secrets masked throughout.
+    if let std::borrow::Cow::Owned(masked) =
+        sluice_engine::store::details::redact_bytes(&out[start..])
+    {
+        out.truncate(start);
+        out.extend_from_slice(&masked);
     }
-    out.extend_from_slice(b",\"output\":");
-    for part in <[&[u8]; 2]>::from(unnumbered(outputs)) {
-        out.extend_from_slice(part);
-    }
-    out.push(b',');
-    out.extend_from_slice(&record[at + EMPTY_PAYLOADS.len()..]);
-    out.push(b'\n');
-    let details = out.len() - start;
-    out.extend_from_slice(text);
-    Ok(Layout {
-        details,
-        ..d.layout
-    })
 }
 
 /// Serialises `line` onto the end of `text` with the payloads `payloads` keeps, its inputs and
@@ -613,9 +623,6 @@ impl TrafficLog {
             options: options.clone(),
             segment: None,
             dropped,
-            runs: Vec::new(),
-            record: Vec::new(),
-            line: Vec::new(),
         };
         let taken = queue.clone();
         let handle = sluice_engine::spawn::thread("traffic-log", move || writer.run(&taken))
@@ -752,10 +759,6 @@ struct Writer {
     options: TrafficOptions,
     segment: Option<Segment>,
     dropped: prometheus::IntCounter,
-    /// Buffers for making deferred lines' records, kept from line to line.
-    runs: Vec<NodeRunInfo>,
-    record: Vec<u8>,
-    line: Vec<u8>,
 }
 
 /// The run folder lines are appended to now.
@@ -977,10 +980,10 @@ impl Writer {
             Some(s) => s,
             None => self.open()?,
         };
-        self.write(segment, layout, text)
+        self.write(segment, layout, text, None)
     }
 
-    /// Makes a deferred line's record and writes the line.
+    /// Writes a deferred line, making its record.
     fn deferred(
         &mut self,
         d: &Deferred,
@@ -991,19 +994,7 @@ impl Writer {
             Some(s) => s,
             None => self.open()?,
         };
-        let mut line = std::mem::take(&mut self.line);
-        line.clear();
-        let result = match assemble(&mut line, &mut self.record, &mut self.runs, d, text, snaps) {
-            Ok(layout) => self.write(segment, &layout, &line),
-            Err(e) => {
-                self.segment = Some(segment);
-                Err(e)
-            }
-        };
-        line.shrink_to(SCRATCH_BYTES);
-        self.record.shrink_to(SCRATCH_BYTES);
-        self.line = line;
-        result
+        self.write(segment, &d.layout, text, Some((d, snaps)))
     }
 
     /// Serialises and writes a line whose images go to files of the segment.
@@ -1025,20 +1016,21 @@ impl Writer {
                 return Err(e);
             }
         };
-        self.write(segment, &layout, &text)
+        self.write(segment, &layout, &text, None)
     }
 
-    /// Writes the line `text` (laid out as `layout` says) as the segment's next line, counts it,
-    /// and closes the segment once it is full.
+    /// Writes the line `text` (laid out as `layout` says; `deferred` for a line whose record is
+    /// made here) as the segment's next line, counts it, and closes the segment once it is full.
     fn write(
         &mut self,
         mut segment: Segment,
         layout: &Layout,
         text: &[u8],
+        deferred: Option<(&Deferred, &[NodeSnap])>,
     ) -> Result<(), StoreError> {
         let n = segment.next_line;
         segment.next_line += 1;
-        let written = segment.write(layout, text, n);
+        let written = segment.write(layout, text, n, deferred);
         if layout.completed {
             segment.completed += 1;
         } else {
@@ -1126,12 +1118,25 @@ fn numbered(text: &mut Vec<u8>, map: &Map) {
 }
 
 impl Segment {
-    /// Writes the line `text` (laid out as `layout` says) numbered `n`.
-    fn write(&mut self, layout: &Layout, text: &[u8], n: usize) -> Result<(), StoreError> {
+    /// Writes the line `text` (laid out as `layout` says; its record made from `deferred`, if
+    /// given) numbered `n`.
+    fn write(
+        &mut self,
+        layout: &Layout,
+        text: &[u8],
+        n: usize,
+        deferred: Option<(&Deferred, &[NodeSnap])>,
+    ) -> Result<(), StoreError> {
         let (details, rest) = text.split_at(layout.details.min(text.len()));
         let (inputs, rest) = rest.split_at(layout.inputs.min(rest.len()));
         let outputs = &rest[..layout.outputs.min(rest.len())];
-        self.details_bytes += self.details.push_template(details, n)? as u64;
+        let record = match deferred {
+            Some((d, snaps)) => self
+                .details
+                .push_with(|out| deferred_record(out, n, d, text, snaps)),
+            None => self.details.push_template(details, n)?,
+        };
+        self.details_bytes += record as u64;
         fill(&mut self.inputs, inputs, n, &self.dir, "inputs.jsonl")?;
         if layout.completed {
             fill(&mut self.outputs, outputs, n, &self.dir, "outputs.jsonl")?;
@@ -1207,8 +1212,8 @@ fn with_image_files<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sluice_engine::exec::NodeRunInfo;
-    use sluice_engine::{ErrorCode, ErrorInfo, Value};
+    use sluice_engine::store::NodeMetrics;
+    use sluice_engine::{ErrorCode, ErrorInfo};
 
     fn line(status: Status) -> LineResult {
         let now = Utc::now();
@@ -1292,24 +1297,23 @@ mod tests {
         assert_eq!(keys, ["render.completed", "wörds.v2.completed"]);
     }
 
-    /// `line` laid out by [`defer`] and made whole by [`assemble`] as the writer does, if it can be.
-    fn deferred(line: &LineResult, payloads: LogPayloads) -> Option<(Layout, Vec<u8>)> {
+    /// `line` laid out by [`defer`], with its parts as the writer writes them numbered `n` (its
+    /// record made by [`deferred_record`]), if it can be deferred.
+    fn deferred(
+        line: &LineResult,
+        payloads: LogPayloads,
+        n: usize,
+    ) -> Option<(Layout, [String; 3])> {
         let (mut text, mut nodes) = (b"earlier".to_vec(), vec![]);
         let d = defer(&mut text, &mut nodes, line, payloads)?;
         assert_eq!(nodes.len(), line.node_runs.len());
-        let (mut out, mut record, mut runs) = (Vec::new(), Vec::new(), Vec::new());
-        // Twice, as the writer reuses its buffers from line to line.
-        let mut made = Vec::new();
-        for _ in 0..2 {
-            out.clear();
-            out.extend_from_slice(b"before");
-            let layout =
-                assemble(&mut out, &mut record, &mut runs, &d, &text[7..], &nodes).unwrap();
-            assert_eq!(out.len(), 6 + layout.len());
-            made.push((layout, out[6..].to_vec()));
-        }
-        assert_eq!(made[0].1, made[1].1);
-        made.pop()
+        let text = &text[7..];
+        assert_eq!(text.len(), d.layout.len());
+        let mut record = b"before".to_vec();
+        deferred_record(&mut record, n, &d, text, &nodes);
+        let [_, inputs, outputs] = parts(&d.layout, text, n);
+        let record = String::from_utf8(record[6..].to_vec()).unwrap();
+        Some((d.layout, [record, inputs, outputs]))
     }
 
     #[test]
@@ -1329,11 +1333,29 @@ mod tests {
             ]),
         );
         line.node_runs[0].index = Some(4);
-        line.node_runs[0].system_metrics.completion_tokens_per_s = Some(12.5);
-        line.node_runs[0].system_metrics.time_to_first_token_ms = Some(80);
-        line.node_runs[0].system_metrics.llm_duration_ms = Some(900);
+        let m = &mut line.node_runs[0].system_metrics;
+        m.completion_tokens_per_s = Some(12.5);
+        m.time_to_first_token_ms = Some(80);
+        m.llm_duration_ms = Some(900);
+        m.tokens = TokenCounts {
+            prompt_tokens: Some(7),
+            completion_tokens: Some(11),
+            total_tokens: Some(18),
+            cached_tokens: Some(0),
+        };
+        m.duration = Some(1e-7);
         line.node_runs[1].status = Status::Bypassed;
         line.node_runs[1].system_metrics.duration = Some(0.25);
+        line.node_runs[1].system_metrics.completion_tokens_per_s = Some(40.0);
+        let mut third = line.node_runs[1].clone();
+        third.node = "quo\"te\\d".into();
+        third.status = Status::Failed;
+        third.system_metrics = NodeMetrics::default();
+        // Times at each precision the short form writes.
+        third.start_time = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        third.end_time = DateTime::from_timestamp(1_700_000_000, 5_000_000).unwrap();
+        line.node_runs.push(third);
+        line.start_time = DateTime::from_timestamp(1_700_000_000, 5_000).unwrap();
         let mut empty = line.clone();
         empty.inputs.clear();
         empty.output.clear();
@@ -1345,40 +1367,46 @@ mod tests {
         ] {
             let mut text = Vec::new();
             let expected = encode(&mut text, line, payloads, None).unwrap();
-            let (layout, made) = deferred(line, payloads).expect("deferred");
-            assert_eq!(
-                parts(&layout, &made, 12),
-                parts(&expected, &text, 12),
-                "{payloads:?}"
-            );
-            assert_eq!(made, text);
-            assert_eq!(layout.tokens, expected.tokens);
-            assert!(layout.completed);
+            for n in [0, 12, 123_456_789] {
+                let (layout, made) = deferred(line, payloads, n).expect("deferred");
+                assert_eq!(made, parts(&expected, &text, n), "{payloads:?}");
+                let keys = |l: &Layout, t: &[u8]| {
+                    l.node_keys(t).map(|k| k.into_owned()).collect::<Vec<_>>()
+                };
+                let (mut again, mut nodes) = (Vec::new(), Vec::new());
+                let d = defer(&mut again, &mut nodes, line, payloads).unwrap();
+                assert_eq!(keys(&d.layout, &again), keys(&expected, &text));
+                assert_eq!(layout.tokens, expected.tokens);
+                assert!(layout.completed);
+            }
         }
     }
 
     #[test]
     fn lines_a_deferred_record_would_write_otherwise_are_serialised_in_place() {
-        assert!(deferred(&line(Status::Failed), LogPayloads::Line).is_none());
-        assert!(deferred(&line(Status::Completed), LogPayloads::Nodes).is_none());
+        assert!(deferred(&line(Status::Failed), LogPayloads::Line, 0).is_none());
+        assert!(deferred(&line(Status::Completed), LogPayloads::Nodes, 0).is_none());
         let mut nan = line(Status::Completed);
         nan.output
             .insert("score".into(), Value::List(vec![Value::Float(f64::NAN)]));
-        assert!(deferred(&nan, LogPayloads::Line).is_none());
-        assert!(deferred(&nan, LogPayloads::Off).is_some(), "not written");
+        assert!(deferred(&nan, LogPayloads::Line, 0).is_none());
+        assert!(deferred(&nan, LogPayloads::Off, 0).is_some(), "not written");
         let mut numbered = line(Status::Completed);
         numbered.inputs.insert("line_number".into(), Value::Int(3));
-        assert!(deferred(&numbered, LogPayloads::Line).is_none());
+        assert!(deferred(&numbered, LogPayloads::Line, 0).is_none());
         let mut failed_node = line(Status::Completed);
         failed_node.node_runs[1].error =
             Some(ErrorInfo::new(ErrorCode::UserError, "Boom", "it broke"));
-        assert!(deferred(&failed_node, LogPayloads::Off).is_none());
+        assert!(deferred(&failed_node, LogPayloads::Off, 0).is_none());
         let mut reported = line(Status::Completed);
         reported.node_runs[0]
             .system_metrics
             .other
             .insert("gpu".into(), serde_json::json!(1));
-        assert!(deferred(&reported, LogPayloads::Line).is_none());
+        assert!(deferred(&reported, LogPayloads::Line, 0).is_none());
+        let mut endless = line(Status::Completed);
+        endless.node_runs[0].system_metrics.duration = Some(f64::INFINITY);
+        assert!(deferred(&endless, LogPayloads::Off, 0).is_none());
     }
 
     #[test]
