@@ -4,6 +4,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use prometheus::{HistogramVec, IntCounterVec};
+
+use crate::commands::serving::Labeled;
 use sluice_engine::LineResult;
 
 use crate::otel::TraceStats;
@@ -17,11 +19,11 @@ pub(super) struct Metrics {
     /// Requests by route and status, rejections, errors, lines in flight and the queue.
     pub http: RequestMetrics,
     /// Seconds a line ran, by its status.
-    pub line_seconds: HistogramVec,
+    pub line_seconds: Labeled<HistogramVec>,
     /// Seconds a node ran, by node.
-    pub node_seconds: HistogramVec,
+    pub node_seconds: Labeled<HistogramVec>,
     /// LLM tokens, by direction (`prompt`, `completion`).
-    pub tokens: IntCounterVec,
+    pub tokens: Labeled<IntCounterVec>,
     /// Traffic log records dropped because the writer fell behind or failed.
     pub log_dropped: prometheus::IntCounter,
     /// Spans exported, and dropped by reason (`queue_full`, `export_failed`), copied from the
@@ -46,17 +48,17 @@ impl Metrics {
                 &registry,
                 ("sluice_serve_lines_in_flight", "Lines running now."),
             )?,
-            line_seconds: registry.histogram(
+            line_seconds: registry.histograms(
                 "sluice_serve_line_duration_seconds",
                 "Seconds a served line ran, by line status.",
                 &["status"],
             )?,
-            node_seconds: registry.histogram(
+            node_seconds: registry.histograms(
                 "sluice_serve_node_duration_seconds",
                 "Seconds a node of a served line ran, by node.",
                 &["node"],
             )?,
-            tokens: registry.counter(
+            tokens: registry.counters(
                 "sluice_serve_llm_tokens_total",
                 "LLM tokens of served lines, by direction (prompt, completion).",
                 &["direction"],
@@ -97,30 +99,24 @@ impl Metrics {
 
     /// Records a finished line: its latency, its nodes' latencies and its tokens.
     pub(super) fn line(&self, line: &LineResult) {
+        let seconds = line.duration().as_secs_f64();
         self.line_seconds
-            .with_label_values(&[line.status.as_str()])
-            .observe(line.duration().as_secs_f64());
+            .with(&[line.status.as_str()], |h| h.observe(seconds));
         for run in &line.node_runs {
             if let Some(d) = run.system_metrics.duration {
-                self.node_seconds.with_label_values(&[&run.node]).observe(d);
+                self.node_seconds.with(&[&run.node], |h| h.observe(d));
             }
-            let t = &run.system_metrics.tokens;
-            if let Some(n) = t.prompt_tokens {
-                self.tokens.with_label_values(&["prompt"]).inc_by(n);
-            }
-            if let Some(n) = t.completion_tokens {
-                self.tokens.with_label_values(&["completion"]).inc_by(n);
-            }
+            self.count_tokens(&run.system_metrics.tokens);
         }
     }
 
-    /// Records the tokens of a streamed output, known once its stream has ended.
-    pub(super) fn stream_tokens(&self, t: &sluice_engine::TokenCounts) {
+    /// Counts LLM tokens: a node's, or a streamed output's once its stream has ended.
+    pub(super) fn count_tokens(&self, t: &sluice_engine::TokenCounts) {
         if let Some(n) = t.prompt_tokens {
-            self.tokens.with_label_values(&["prompt"]).inc_by(n);
+            self.tokens.with(&["prompt"], |c| c.inc_by(n));
         }
         if let Some(n) = t.completion_tokens {
-            self.tokens.with_label_values(&["completion"]).inc_by(n);
+            self.tokens.with(&["completion"], |c| c.inc_by(n));
         }
     }
 

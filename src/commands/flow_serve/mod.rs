@@ -639,7 +639,7 @@ fn stream_response(
         match drain.await {
             Ok(Ok(text)) => {
                 if let Some(m) = stream.metrics() {
-                    app.metrics.stream_tokens(&m.tokens);
+                    app.metrics.count_tokens(&m.tokens);
                     let made_it = line
                         .node_runs
                         .iter_mut()
@@ -672,8 +672,7 @@ impl App {
         self.metrics
             .http
             .errors
-            .with_label_values(&[error.error_type.as_str()])
-            .inc();
+            .with(&[error.error_type.as_str()], prometheus::IntCounter::inc);
         let event = json!({"error": {"code": "UserError", "message": redact(&error.message),
                                      "innerError": {"code": error.error_type}}});
         line.status = Status::Failed;
