@@ -294,18 +294,24 @@ pub fn write_utc(out: &mut Vec<u8>, t: &chrono::DateTime<chrono::Utc>) -> bool {
     }
 }
 
-/// `t` in [`serialize_utc`]'s short form, written in `buf`; None for a year outside 0–9999 or a
-/// leap second.
+/// Whether [`serialize_utc`] writes `t` in its short form: not for a year outside 0–9999 or a leap
+/// second, which it leaves to chrono.
+pub fn is_short_utc(t: &chrono::DateTime<chrono::Utc>) -> bool {
+    use chrono::{Datelike, Timelike};
+    (0..=9999).contains(&t.year()) && t.nanosecond() < 1_000_000_000
+}
+
+/// `t` in [`serialize_utc`]'s short form, written in `buf`; None where [`is_short_utc`] is false.
 fn utc_text<'b>(t: &chrono::DateTime<chrono::Utc>, buf: &'b mut [u8; 30]) -> Option<&'b str> {
     use chrono::{Datelike, Timelike};
+    if !is_short_utc(t) {
+        return None;
+    }
     // The UTC fields are read from the naive time itself: through the `DateTime`, each field would
     // apply the (zero) offset again.
     let t = t.naive_utc();
     let nanos = t.nanosecond();
     let year = t.year();
-    if !(0..=9999).contains(&year) || nanos >= 1_000_000_000 {
-        return None;
-    }
     let mut put = |at: usize, n: u32, digits: usize| {
         let mut n = n;
         for i in (0..digits).rev() {

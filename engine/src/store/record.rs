@@ -322,11 +322,16 @@ impl NodeMetrics {
 
 /// A whole number as an integer (`12`, not `12.0`), as records have always written it.
 fn whole_as_integer<S: serde::Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
-    match v {
-        Some(f) if f.fract() == 0.0 && f.abs() < 9e15 => s.serialize_i64(*f as i64),
-        Some(f) => s.serialize_f64(*f),
+    match v.map(|f| (f, as_whole(f))) {
+        Some((_, Some(i))) => s.serialize_i64(i),
+        Some((f, None)) => s.serialize_f64(f),
         None => s.serialize_none(),
     }
+}
+
+/// `f` as the integer a record writes it as, if it is a whole number it can hold exactly.
+pub fn as_whole(f: f64) -> Option<i64> {
+    (f.fract() == 0.0 && f.abs() < 9e15).then_some(f as i64)
 }
 
 /// A finished line, borrowed from its result, in the shape of [`LineRecord`].

@@ -21,11 +21,10 @@
 //! counts, and what its `details.jsonl` record holds besides (statuses, times, token counts) as
 //! plain values, which the writer writes the record from, numbered, with no serialiser between;
 //! lines that record more (an error, the nodes' payloads) are serialised whole on the request's
-//! thread. The writer swaps the
-//! queue's buffers with its own, emptied ones, so that once they have grown a served line costs no
-//! allocation or free on either side, and no memory made by one thread is freed by another. Lines
-//! whose inputs or outputs hold images, written to files of the segment, are queued whole and
-//! serialised by the writer.
+//! thread. The writer swaps the queue's buffers with its own, emptied ones, so that once they have
+//! grown a served line costs no allocation or free on either side, and no memory made by one thread
+//! is freed by another. Lines whose inputs or outputs hold images, written to files of the segment,
+//! are queued whole and serialised by the writer.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -36,6 +35,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde_json::Value as Json;
 use sluice_engine::exec::NodeRunInfo;
+use sluice_engine::json::is_short_utc;
 use sluice_engine::store::{
     DetailsWriter, LineRecordRef, Owner, RunProperties, RunRecord, RunStatus, StoreError,
     SystemMetrics, TokenCounts,
@@ -186,9 +186,6 @@ impl NodeSnap {
 /// How a numbered line's template starts (see [`numbered`]): `{"line_number":` and the slot.
 const NUMBERED_HEAD: &[u8] = b"{\"line_number\":\x01";
 
-/// The empty map of a record without payloads.
-static NO_PAYLOAD: std::sync::LazyLock<Map> = std::sync::LazyLock::new(Map::new);
-
 /// Lays out `line` for the writer to make its `details.jsonl` record: its inputs' and outputs'
 /// lines and its node keys onto `text`, as [`encode`] does, and what the record needs of its node
 /// runs onto `nodes`. The record's own text (timestamps, node runs, names of fields) is most of a
@@ -207,10 +204,15 @@ fn defer(
     line: &LineResult,
     payloads: LogPayloads,
 ) -> Option<Deferred> {
+    // The maps `encode` writes.
+    let record = LineRecordRef::new(line);
     let (inputs, output) = match payloads {
         LogPayloads::Nodes => return None,
-        LogPayloads::Line => (&line.inputs, &line.output),
-        LogPayloads::Off => (&*NO_PAYLOAD, &*NO_PAYLOAD),
+        LogPayloads::Line => (record.inputs, record.output),
+        LogPayloads::Off => {
+            let none = record.without_payloads();
+            (none.inputs, none.output)
+        }
     };
     let plain = |m: &Map| !m.contains_key("line_number") && m.values().all(same_in_both);
     let simple_run = |r: &NodeRunInfo| {
@@ -220,13 +222,13 @@ fn defer(
             && [m.duration, m.completion_tokens_per_s]
                 .iter()
                 .all(|f| f.is_none_or(f64::is_finite))
-            && short_time(&r.start_time)
-            && short_time(&r.end_time)
+            && is_short_utc(&r.start_time)
+            && is_short_utc(&r.end_time)
     };
     let simple_runs = line.node_runs.iter().all(simple_run);
     if line.status != Status::Completed
-        || !short_time(&line.start_time)
-        || !short_time(&line.end_time)
+        || !is_short_utc(&line.start_time)
+        || !is_short_utc(&line.end_time)
         || line.error.is_some()
         || !simple_runs
         || !plain(inputs)
@@ -261,12 +263,6 @@ fn defer(
         start_time: line.start_time,
         end_time: line.end_time,
     })
-}
-
-/// Whether `t` is written in [`sluice_engine::json::write_utc`]'s short form.
-fn short_time(t: &DateTime<Utc>) -> bool {
-    use chrono::{Datelike, Timelike};
-    (0..=9999).contains(&t.year()) && t.nanosecond() < 1_000_000_000
 }
 
 /// Whether `v` is written alike in `details.jsonl` and the other records: it holds no non-finite
@@ -367,10 +363,9 @@ fn deferred_record(out: &mut Vec<u8>, n: usize, d: &Deferred, text: &[u8], snaps
         if let Some(f) = snap.completion_tokens_per_s {
             key(out, b"completion_tokens_per_s");
             // A whole number as an integer, as the record's own serialiser writes it.
-            if f.fract() == 0.0 && f.abs() < 9e15 {
-                drop(CompactFormatter.write_i64(out, f as i64));
-            } else {
-                drop(CompactFormatter.write_f64(out, f));
+            match sluice_engine::store::record::as_whole(f) {
+                Some(i) => drop(CompactFormatter.write_i64(out, i)),
+                None => drop(CompactFormatter.write_f64(out, f)),
             }
         }
         if let Some(f) = snap.duration {
@@ -483,14 +478,18 @@ fn node_keys(text: &mut Vec<u8>, line: &LineResult) -> TokenCounts {
 }
 
 /// The buffers a request thread lays its lines out in, kept for its next lines.
-#[derive(Default)]
 struct Scratch {
     text: Vec<u8>,
     nodes: Vec<NodeSnap>,
 }
 
 thread_local! {
-    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+    static SCRATCH: std::cell::RefCell<Scratch> = const {
+        std::cell::RefCell::new(Scratch {
+            text: Vec::new(),
+            nodes: Vec::new(),
+        })
+    };
 }
 
 /// The traffic log of one served flow.
@@ -974,12 +973,17 @@ impl Writer {
         Ok(())
     }
 
+    /// The open segment, taken (to be put back by [`Writer::write`]), or a new one.
+    fn segment(&mut self) -> Result<Segment, StoreError> {
+        match self.segment.take() {
+            Some(s) => Ok(s),
+            None => self.open(),
+        }
+    }
+
     /// Writes a line its request's thread serialised.
     fn encoded(&mut self, layout: &Layout, text: &[u8]) -> Result<(), StoreError> {
-        let segment = match self.segment.take() {
-            Some(s) => s,
-            None => self.open()?,
-        };
+        let segment = self.segment()?;
         self.write(segment, layout, text, None)
     }
 
@@ -990,19 +994,13 @@ impl Writer {
         text: &[u8],
         snaps: &[NodeSnap],
     ) -> Result<(), StoreError> {
-        let segment = match self.segment.take() {
-            Some(s) => s,
-            None => self.open()?,
-        };
+        let segment = self.segment()?;
         self.write(segment, &d.layout, text, Some((d, snaps)))
     }
 
     /// Serialises and writes a line whose images go to files of the segment.
     fn line(&mut self, line: &mut LineResult) -> Result<(), StoreError> {
-        let segment = match self.segment.take() {
-            Some(s) => s,
-            None => self.open()?,
-        };
+        let segment = self.segment()?;
         let mut text = Vec::new();
         let layout = match encode(
             &mut text,
