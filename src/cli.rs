@@ -315,6 +315,9 @@ pub struct HttpArgs {
     /// Allow listening on a non-loopback address without an API key.
     #[arg(long)]
     pub insecure: bool,
+    /// Keep no Prometheus metrics: /metrics is not served (404) and requests are not counted.
+    #[arg(long)]
+    pub no_metrics: bool,
 }
 
 #[derive(Debug, Subcommand)]

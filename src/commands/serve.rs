@@ -53,6 +53,8 @@ struct Served {
 /// The metrics of `model serve`: its requests (as every server's) and its models' tokens.
 #[derive(Clone, Debug)]
 struct ModelMetrics {
+    /// Whether requests are counted (`--no-metrics` turns them off, and `/metrics` with them).
+    on: bool,
     registry: serving::Metrics,
     http: RequestMetrics,
     /// Tokens by model and direction (`prompt`, `completion`).
@@ -62,9 +64,10 @@ struct ModelMetrics {
 }
 
 impl ModelMetrics {
-    fn new() -> Result<ModelMetrics, prometheus::Error> {
+    fn new(on: bool) -> Result<ModelMetrics, prometheus::Error> {
         let registry = serving::Metrics::default();
         Ok(ModelMetrics {
+            on,
             http: RequestMetrics::new(
                 &registry,
                 (
@@ -86,7 +89,19 @@ impl ModelMetrics {
         })
     }
 
+    /// Counts the tokens an embedding model read.
+    fn embedded(&self, model: &str, tokens: u64) {
+        if self.on {
+            self.tokens
+                .with_label_values(&[model, "prompt"])
+                .inc_by(tokens);
+        }
+    }
+
     fn usage(&self, model: &str, u: &Usage) {
+        if !self.on {
+            return;
+        }
         self.tokens
             .with_label_values(&[model, "prompt"])
             .inc_by(u.prompt_tokens);
@@ -183,7 +198,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitStatus> {
         config.threads = t.max(1);
     }
     LocalConfig::set_process_default(config);
-    let metrics = ModelMetrics::new()?;
+    let metrics = ModelMetrics::new(!http.no_metrics)?;
     let admission = Admission::new(http.max_inflight, http.max_queue, &metrics.http);
     let rt = runtime()?;
     rt.block_on(async move {
@@ -211,12 +226,16 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitStatus> {
             metrics,
         });
         let counting = Counting {
-            metrics: state.metrics.http.clone(),
+            metrics: state.metrics.on.then(|| state.metrics.http.clone()),
             access_log: true,
         };
-        let app = Router::new()
-            .route("/health", get(|| async { "ok" }))
-            .route("/metrics", get(metrics_text))
+        let app = Router::new().route("/health", get(|| async { "ok" }));
+        let app = if state.metrics.on {
+            app.route("/metrics", get(metrics_text))
+        } else {
+            app
+        };
+        let app = app
             .route("/v1/models", get(list_models))
             .route("/v1/models/{*id}", get(get_model))
             .route("/v1/chat/completions", post(chat))
@@ -1408,10 +1427,7 @@ async fn embeddings(
     drop(in_flight);
     match result {
         Ok(vectors) => {
-            s.metrics
-                .tokens
-                .with_label_values(&[embedder.0.as_str(), "prompt"])
-                .inc_by(tokens);
+            s.metrics.embedded(&embedder.0, tokens);
             let data: Vec<_> = vectors
                 .iter()
                 .enumerate()

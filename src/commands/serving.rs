@@ -213,10 +213,11 @@ impl RequestMetrics {
 #[derive(Clone, Debug)]
 pub(crate) struct ErrorLabel(pub String);
 
-/// What the request counter needs of a server: its metrics, and whether to write the access log.
+/// What the request counter needs of a server: its metrics (none when it keeps none), and whether
+/// to write the access log.
 #[derive(Clone, Debug)]
 pub(crate) struct Counting {
-    pub metrics: RequestMetrics,
+    pub metrics: Option<RequestMetrics>,
     /// One line per request on stderr: method, path, status and duration.
     pub access_log: bool,
 }
@@ -225,30 +226,34 @@ pub(crate) struct Counting {
 /// access log line. The query string is left out of the log (it may carry anything).
 pub(crate) async fn count(State(c): State<Counting>, req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route = req.extensions().get::<MatchedPath>().cloned();
+    let route = c
+        .metrics
+        .as_ref()
+        .and_then(|_| req.extensions().get::<MatchedPath>().cloned());
     let access = c
         .access_log
         .then(|| (req.method().clone(), req.uri().path().to_owned()));
     let response = next.run(req).await;
-    let m = &c.metrics;
     let status = response.status();
     let elapsed = started.elapsed();
-    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
-    m.requests.with(&[route, status.as_str()], IntCounter::inc);
-    m.request_seconds
-        .with(&[route], |h| h.observe(elapsed.as_secs_f64()));
-    let reason = match status {
-        StatusCode::UNAUTHORIZED => Some("unauthorized"),
-        StatusCode::PAYLOAD_TOO_LARGE => Some("body_too_large"),
-        StatusCode::TOO_MANY_REQUESTS => Some("queue_full"),
-        StatusCode::REQUEST_TIMEOUT => Some("body_timeout"),
-        _ => None,
-    };
-    if let Some(r) = reason {
-        m.rejected.with(&[r], IntCounter::inc);
-    }
-    if let Some(ErrorLabel(code)) = response.extensions().get::<ErrorLabel>() {
-        m.errors.with(&[code.as_str()], IntCounter::inc);
+    if let Some(m) = &c.metrics {
+        let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+        m.requests.with(&[route, status.as_str()], IntCounter::inc);
+        m.request_seconds
+            .with(&[route], |h| h.observe(elapsed.as_secs_f64()));
+        let reason = match status {
+            StatusCode::UNAUTHORIZED => Some("unauthorized"),
+            StatusCode::PAYLOAD_TOO_LARGE => Some("body_too_large"),
+            StatusCode::TOO_MANY_REQUESTS => Some("queue_full"),
+            StatusCode::REQUEST_TIMEOUT => Some("body_timeout"),
+            _ => None,
+        };
+        if let Some(r) = reason {
+            m.rejected.with(&[r], IntCounter::inc);
+        }
+        if let Some(ErrorLabel(code)) = response.extensions().get::<ErrorLabel>() {
+            m.errors.with(&[code.as_str()], IntCounter::inc);
+        }
     }
     if let Some((method, path)) = access {
         eprintln!(

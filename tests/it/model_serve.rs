@@ -484,6 +484,17 @@ fn model_serve_counts_requests_tokens_and_first_tokens_in_metrics() {
     assert_eq!(server.metric("sluice_serve_requests_in_flight"), 0.0);
 }
 
+#[test]
+fn model_serve_without_metrics_answers_and_has_no_metrics_route() {
+    let home = tempfile::tempdir().unwrap();
+    let server = model_serve(home.path(), &["--no-metrics"], &[]);
+    let models = server.get("/v1/models");
+    assert_eq!(models.status, 200, "{}", models.body);
+    let metrics = server.get("/metrics");
+    assert_eq!(metrics.status, 404, "{}", metrics.body);
+    assert_eq!(metrics.json()["error"]["type"], "invalid_request_error");
+}
+
 /// Used by the content-part test: the chat answer's text.
 fn answer_text(a: &Answer) -> String {
     a.json()["choices"][0]["message"]["content"]

@@ -207,6 +207,17 @@ fn flow_serve_answers_score_health_version_swagger_feedback_metrics_and_the_page
 }
 
 #[test]
+fn flow_serve_without_metrics_serves_lines_and_no_metrics_route() {
+    let (_root, _, server) = start(SLOW_UPPER, &["--no-metrics"]);
+    let ok = score(&server, &json!({"text": "hi"}));
+    assert_eq!(ok.json(), json!({"shout": "HI"}));
+    let metrics = server.get("/metrics");
+    assert_eq!(metrics.status, 404, "{}", metrics.body);
+    assert_eq!(metrics.json()["error"]["code"], "UserError");
+    assert!(!metrics.body.contains("sluice_serve_"));
+}
+
+#[test]
 fn flow_serve_takes_a_raw_body_for_a_one_input_flow_and_marks_chat_flows() {
     let (_root, _, server) = start(ECHO, &[]);
     let raw = post_score(&server, &[("content-type", "text/plain")], b"plain words");

@@ -15,6 +15,8 @@ use crate::commands::serving::{self, RequestMetrics};
 /// Every metric of a served flow.
 #[derive(Clone, Debug)]
 pub(super) struct Metrics {
+    /// Whether lines are counted (`--no-metrics` turns them off, and `/metrics` with them).
+    pub on: bool,
     registry: serving::Metrics,
     /// Requests by route and status, rejections, errors, lines in flight and the queue.
     pub http: RequestMetrics,
@@ -34,7 +36,8 @@ pub(super) struct Metrics {
 }
 
 impl Metrics {
-    pub(super) fn new() -> Result<Metrics, prometheus::Error> {
+    /// The metrics, counted if `on`.
+    pub(super) fn new(on: bool) -> Result<Metrics, prometheus::Error> {
         let registry = serving::Metrics::default();
         let log_dropped = registry
             .counter(
@@ -44,6 +47,7 @@ impl Metrics {
             )?
             .with_label_values(&[] as &[&str]);
         Ok(Metrics {
+            on,
             http: RequestMetrics::new(
                 &registry,
                 ("sluice_serve_lines_in_flight", "Lines running now."),
@@ -99,6 +103,9 @@ impl Metrics {
 
     /// Records a finished line: its latency, its nodes' latencies and its tokens.
     pub(super) fn line(&self, line: &LineResult) {
+        if !self.on {
+            return;
+        }
         let seconds = line.duration().as_secs_f64();
         self.line_seconds
             .with(&[line.status.as_str()], |h| h.observe(seconds));
@@ -112,6 +119,9 @@ impl Metrics {
 
     /// Counts LLM tokens: a node's, or a streamed output's once its stream has ended.
     pub(super) fn count_tokens(&self, t: &sluice_engine::TokenCounts) {
+        if !self.on {
+            return;
+        }
         if let Some(n) = t.prompt_tokens {
             self.tokens.with(&["prompt"], |c| c.inc_by(n));
         }

@@ -112,7 +112,7 @@ pub fn serve(args: FlowServeArgs) -> anyhow::Result<ExitStatus> {
         Ok(t) => t,
         Err(code) => return Ok(code),
     };
-    let metrics = Metrics::new().map_err(ServeError::Metrics)?;
+    let metrics = Metrics::new(!args.http.no_metrics).map_err(ServeError::Metrics)?;
     let traffic = TrafficLog::start(
         &home,
         &flow.def.name,
@@ -163,11 +163,14 @@ pub fn serve(args: FlowServeArgs) -> anyhow::Result<ExitStatus> {
             .route("/health", get(health))
             .route("/version", get(version))
             .route("/swagger.json", get(swagger_json))
-            .route("/metrics", get(metrics_text))
             .route("/feedback", post(feedback))
-            .route("/", get(index).post(index))
-            .fallback(not_found)
-            .with_state(served.clone());
+            .route("/", get(index).post(index));
+        let router = if served.metrics.on {
+            router.route("/metrics", get(metrics_text))
+        } else {
+            router
+        };
+        let router = router.fallback(not_found).with_state(served.clone());
         let router = with_body_limit(
             router,
             BodyLimit {
@@ -176,15 +179,19 @@ pub fn serve(args: FlowServeArgs) -> anyhow::Result<ExitStatus> {
                 error: body_error,
             },
         );
-        let router = with_api_key(router, served.api_key.as_deref(), unauthorized).layer(
-            axum::middleware::from_fn_with_state(
+        let router = with_api_key(router, served.api_key.as_deref(), unauthorized);
+        // Without metrics nothing is counted, and this server writes no access log.
+        let router = if served.metrics.on {
+            router.layer(axum::middleware::from_fn_with_state(
                 Counting {
-                    metrics: served.metrics.http.clone(),
+                    metrics: Some(served.metrics.http.clone()),
                     access_log: false,
                 },
                 count,
-            ),
-        );
+            ))
+        } else {
+            router
+        };
         let shutdown = shutdown_signal()?;
         let listener = tokio::net::TcpListener::bind((args.http.host.as_str(), args.http.port))
             .await

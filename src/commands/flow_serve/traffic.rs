@@ -190,8 +190,8 @@ const NUMBERED_HEAD: &[u8] = b"{\"line_number\":\x01";
 /// lines and its node keys onto `text`, as [`encode`] does, and what the record needs of its node
 /// runs onto `nodes`. The record's own text (timestamps, node runs, names of fields) is most of a
 /// line's; serialised in place it cost more than its own time, among a request's other work. The
-/// writer writes it straight from these values ([`deferred_record`]), at about a third of what a
-/// serialiser takes for it.
+/// writer writes it straight from these values ([`deferred_record`]), in under half the time a
+/// serialiser takes for it (hot, a three-node line: about 0.46 µs against 1.0–1.5 µs).
 ///
 /// Only for a completed line with no error and no node payloads to keep, whose runs' metrics are
 /// all [`NodeSnap`] holds, whose times are in the short form and whose values serialise to the same
