@@ -298,6 +298,8 @@ pub fn write_utc(out: &mut Vec<u8>, t: &chrono::DateTime<chrono::Utc>) -> bool {
 /// second, which it leaves to chrono.
 pub fn is_short_utc(t: &chrono::DateTime<chrono::Utc>) -> bool {
     use chrono::{Datelike, Timelike};
+    // The naive time's fields: the `DateTime`'s would apply the (zero) offset first.
+    let t = t.naive_utc();
     (0..=9999).contains(&t.year()) && t.nanosecond() < 1_000_000_000
 }
 

@@ -37,9 +37,7 @@ use sluice_nodes::llm::types::{
 use sluice_nodes::llm::{protocol, store};
 
 use super::flow::runtime;
-use super::serving::{
-    self, Admission, Counting, ErrorLabel, InFlight, QueueFull, RequestMetrics, count,
-};
+use super::serving::{self, Admission, Counting, ErrorLabel, InFlight, QueueFull, RequestMetrics};
 use crate::ExitStatus;
 use crate::cli::{HttpArgs, ServeArgs};
 
@@ -258,8 +256,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitStatus> {
                 error: body_error,
             },
         );
-        let app = with_api_key(app, api_key.as_deref(), unauthorized)
-            .layer(axum::middleware::from_fn_with_state(counting, count));
+        let app = with_api_key(app, api_key.as_deref(), unauthorized).layer(counting.layer());
         serve_http(listener, app, limits, shutdown).await;
         Ok(ExitStatus::Ok)
     })

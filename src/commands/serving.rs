@@ -6,9 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 use axum::http::StatusCode;
-use axum::middleware::Next;
 use axum::response::Response;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
@@ -222,48 +221,142 @@ pub(crate) struct Counting {
     pub access_log: bool,
 }
 
-/// Counts every answer by route and status, refusals by reason and errors by code, and writes the
-/// access log line. The query string is left out of the log (it may carry anything).
-pub(crate) async fn count(State(c): State<Counting>, req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let route = c
-        .metrics
-        .as_ref()
-        .and_then(|_| req.extensions().get::<MatchedPath>().cloned());
-    let access = c
-        .access_log
-        .then(|| (req.method().clone(), req.uri().path().to_owned()));
-    let response = next.run(req).await;
-    let status = response.status();
-    let elapsed = started.elapsed();
-    if let Some(m) = &c.metrics {
-        let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
-        m.requests.with(&[route, status.as_str()], IntCounter::inc);
-        m.request_seconds
-            .with(&[route], |h| h.observe(elapsed.as_secs_f64()));
-        let reason = match status {
-            StatusCode::UNAUTHORIZED => Some("unauthorized"),
-            StatusCode::PAYLOAD_TOO_LARGE => Some("body_too_large"),
-            StatusCode::TOO_MANY_REQUESTS => Some("queue_full"),
-            StatusCode::REQUEST_TIMEOUT => Some("body_timeout"),
-            _ => None,
+impl Counting {
+    /// The layer that counts every request of a router.
+    pub(crate) fn layer(self) -> CountLayer {
+        CountLayer(Arc::new(self))
+    }
+
+    /// Counts an answer by route and status, a refusal by reason and an error by code, and writes
+    /// the access log line. The query string is left out of the log (it may carry anything).
+    fn answered(&self, asked: Asked, response: &Response) {
+        let status = response.status();
+        let elapsed = asked.started.elapsed();
+        if let Some(m) = &self.metrics {
+            let route = asked
+                .route
+                .as_ref()
+                .map_or("unmatched", MatchedPath::as_str);
+            m.requests.with(&[route, status.as_str()], IntCounter::inc);
+            m.request_seconds
+                .with(&[route], |h| h.observe(elapsed.as_secs_f64()));
+            let reason = match status {
+                StatusCode::UNAUTHORIZED => Some("unauthorized"),
+                StatusCode::PAYLOAD_TOO_LARGE => Some("body_too_large"),
+                StatusCode::TOO_MANY_REQUESTS => Some("queue_full"),
+                StatusCode::REQUEST_TIMEOUT => Some("body_timeout"),
+                _ => None,
+            };
+            if let Some(r) = reason {
+                m.rejected.with(&[r], IntCounter::inc);
+            }
+            if let Some(ErrorLabel(code)) = response.extensions().get::<ErrorLabel>() {
+                m.errors.with(&[code.as_str()], IntCounter::inc);
+            }
+        }
+        if let Some((method, path)) = asked.access {
+            eprintln!(
+                "{method} {} {} {:.1}ms",
+                sluice_engine::redact::redact(&path),
+                status.as_u16(),
+                elapsed.as_secs_f64() * 1e3
+            );
+        }
+    }
+}
+
+/// Counts every request of the router it wraps ([`Counting::answered`]). A layer of its own rather
+/// than a middleware function: those box each request's future and clone their state, which cost
+/// a served request more than the counting does.
+#[derive(Clone, Debug)]
+pub(crate) struct CountLayer(Arc<Counting>);
+
+impl<S> tower_layer::Layer<S> for CountLayer {
+    type Service = Count<S>;
+    fn layer(&self, inner: S) -> Count<S> {
+        Count {
+            inner,
+            counting: self.0.clone(),
+        }
+    }
+}
+
+/// The service of [`CountLayer`].
+#[derive(Clone, Debug)]
+pub(crate) struct Count<S> {
+    inner: S,
+    counting: Arc<Counting>,
+}
+
+/// What is known of a request when it arrives.
+#[derive(Debug)]
+struct Asked {
+    started: Instant,
+    route: Option<MatchedPath>,
+    /// Its method and path, for the access log.
+    access: Option<(axum::http::Method, String)>,
+}
+
+impl<S> tower_service::Service<Request> for Count<S>
+where
+    S: tower_service::Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Counted<S::Future>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let c = &self.counting;
+        let asked = Asked {
+            started: Instant::now(),
+            route: c
+                .metrics
+                .as_ref()
+                .and_then(|_| req.extensions().get::<MatchedPath>().cloned()),
+            access: c
+                .access_log
+                .then(|| (req.method().clone(), req.uri().path().to_owned())),
         };
-        if let Some(r) = reason {
-            m.rejected.with(&[r], IntCounter::inc);
-        }
-        if let Some(ErrorLabel(code)) = response.extensions().get::<ErrorLabel>() {
-            m.errors.with(&[code.as_str()], IntCounter::inc);
+        Counted {
+            inner: self.inner.call(req),
+            asked: Some((asked, c.clone())),
         }
     }
-    if let Some((method, path)) = access {
-        eprintln!(
-            "{method} {} {} {:.1}ms",
-            sluice_engine::redact::redact(&path),
-            status.as_u16(),
-            elapsed.as_secs_f64() * 1e3
-        );
+}
+
+pin_project_lite::pin_project! {
+    /// A request's answer, counted once it is ready.
+    pub(crate) struct Counted<F> {
+        #[pin]
+        inner: F,
+        asked: Option<(Asked, Arc<Counting>)>,
     }
-    response
+}
+
+impl<F, E> std::future::Future for Counted<F>
+where
+    F: std::future::Future<Output = Result<Response, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let this = self.project();
+        let out = std::task::ready!(this.inner.poll(cx));
+        if let (Ok(response), Some((asked, counting))) = (&out, this.asked.take()) {
+            counting.answered(asked, response);
+        }
+        std::task::Poll::Ready(out)
+    }
 }
 
 /// Requests in flight and the requests waiting for a place among them.

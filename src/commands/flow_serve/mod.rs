@@ -39,7 +39,7 @@ use super::serve::{
     BodyLimit, async_stream, key_and_limits, serve_http, shutdown_signal, with_api_key,
     with_body_limit,
 };
-use super::serving::{Admission, Counting, ErrorLabel, InFlight, QueueFull, count};
+use super::serving::{Admission, Counting, ErrorLabel, InFlight, QueueFull};
 use crate::ExitStatus;
 use crate::cli::FlowServeArgs;
 use crate::otel::{LineScope, Parent};
@@ -182,13 +182,13 @@ pub fn serve(args: FlowServeArgs) -> anyhow::Result<ExitStatus> {
         let router = with_api_key(router, served.api_key.as_deref(), unauthorized);
         // Without metrics nothing is counted, and this server writes no access log.
         let router = if served.metrics.on {
-            router.layer(axum::middleware::from_fn_with_state(
+            router.layer(
                 Counting {
                     metrics: Some(served.metrics.http.clone()),
                     access_log: false,
-                },
-                count,
-            ))
+                }
+                .layer(),
+            )
         } else {
             router
         };
