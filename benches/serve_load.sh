@@ -6,12 +6,14 @@
 #   benches/serve_load.sh [SECONDS] [--no-pf] [--no-llm] [--only-llm] [--llm-seconds N]
 #                                   (default 5 s per level, 30 s per level of the llm flow)
 #   benches/serve_load.sh --overhead [ROUNDS] [--seconds N] [--connections N] [--side-rounds N]
-#                                   [--side-seconds N] [--unlogged-first]
+#                                   [--side-seconds N] [--unlogged-first] [--log-only]
 #                                   (default 60 rounds of 1 s at 16 connections, then 6 side-by-side
 #                                   rounds of 10 s; ROUNDS 0: side by side only)
 #
-# --overhead measures only the cost of the traffic log (with the metrics, which both servers keep): the
-# 3-node flow served with the log on (the default) and with `--log-sample 0`, both pinned to CPU 0 with
+# --overhead measures the cost of the traffic log and the metrics: the 3-node flow served as deployed
+# (log and metrics on, the defaults) and plain (`--log-sample 0 --no-metrics`; with `--log-only`, or a
+# binary older than `--no-metrics`, the plain server keeps its metrics and only the log's cost is
+# measured). "logged" and "unlogged" below name these two servers. Both are pinned to CPU 0 with
 # taskset and wrk (one thread) pinned to CPU 1, so that the load generator does not take the servers'
 # CPU. Each round runs both servers, in turns that alternate which goes first; the script prints each
 # round, then the median of the rounds' req/s ratios (logged / unlogged) with a 95% bootstrap interval,
@@ -36,7 +38,7 @@
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 secs=5 llm_secs=30 pure=1 pf=1 llm=1 overhead=0 rounds=60 conns=16 oh_secs=1
-side_rounds=6 side_secs=10 unlogged_first=0
+side_rounds=6 side_secs=10 unlogged_first=0 log_only=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --overhead)
@@ -47,6 +49,7 @@ while [ $# -gt 0 ]; do
     --side-rounds) side_rounds="$2"; shift ;;
     --side-seconds) side_secs="$2"; shift ;;
     --unlogged-first) unlogged_first=1 ;;
+    --log-only) log_only=1 ;;
     --no-pf) pf=0 ;;
     --no-llm) llm=0 ;;
     --only-llm) pure=0 pf=0 ;;
@@ -130,7 +133,13 @@ if [ "$overhead" = 1 ]; then
   echo '{"question": "How fast is a served flow?"}' >"$work/pure.jsonl"
   wrk_script "$work/pure.jsonl" "$work/pure.lua"
   server_cpu=0 wrk_cpu=1
-  echo "== traffic log overhead: benches/flows/three_node, $rounds rounds of ${oh_secs}s at $conns connections;"
+  plain=(--log-sample 0)
+  measured="traffic log"
+  if [ "$log_only" = 0 ] && "$sluice" flow serve --help | grep -q -- '--no-metrics'; then
+    plain+=(--no-metrics)
+    measured="traffic log and metrics"
+  fi
+  echo "== $measured overhead: benches/flows/three_node, $rounds rounds of ${oh_secs}s at $conns connections;"
   echo "   servers on CPU $server_cpu, wrk on CPU $wrk_cpu ($(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg))"
   pin=$server_cpu
   start_logged() {
@@ -138,7 +147,7 @@ if [ "$overhead" = 1 ]; then
     on_addr="$addr" on_pid="${pids[-1]}"
   }
   start_unlogged() {
-    start_sluice unlogged --flow "$here/flows/three_node" --max-inflight 64 --max-queue 256 --log-sample 0
+    start_sluice unlogged --flow "$here/flows/three_node" --max-inflight 64 --max-queue 256 "${plain[@]}"
     off_addr="$addr" off_pid="${pids[-1]}"
   }
   if [ "$unlogged_first" = 1 ]; then start_unlogged; start_logged; else start_logged; start_unlogged; fi

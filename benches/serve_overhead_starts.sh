@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The traffic log's cost over many fresh starts of the servers: a single `serve_load.sh --overhead`
+# The cost of the traffic log and metrics (with `--log-only`, of the log alone; see
+# `serve_load.sh --overhead`) over many fresh starts of the servers: a single `serve_load.sh --overhead`
 # run measures one pair of server processes, and on a shared machine one pair's ratio moves by several
 # points from start to start (which threads exist, where the heap lies), more than the interval of
 # its rounds says. This runs `serve_load.sh --overhead ROUNDS --side-rounds 0` STARTS times, each with
@@ -14,7 +15,7 @@
 # from second to second this is the measure to trust: within a start both servers meet the same
 # moments, and the starts average out what differs from one pair of processes to the next.
 #
-#   benches/serve_overhead_starts.sh [STARTS] [--rounds N] [--side] [--against BINARY]
+#   benches/serve_overhead_starts.sh [STARTS] [--rounds N] [--side] [--against BINARY] [--log-only]
 #                                   (default 8 starts of 10 rounds of 1 s; with --side, of 3
 #                                   side-by-side rounds of 5 s)
 #
@@ -22,12 +23,13 @@
 # $SLUICE).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-starts=8 rounds="" against="" side=0
+starts=8 rounds="" against="" side=0 only=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) rounds="$2"; shift ;;
     --side) side=1 ;;
     --against) against="$2"; shift ;;
+    --log-only) only=(--log-only) ;;
     *) starts="$1" ;;
   esac
   shift
@@ -40,17 +42,17 @@ ratio() {
     local first=()
     [ $(($2 % 2)) = 1 ] || first=(--unlogged-first)
     SLUICE="${1:-${SLUICE:-}}" "$here/serve_load.sh" --overhead 0 --side-rounds "$rounds" --side-seconds 5 \
-      "${first[@]}" --no-pf --no-llm | sed -n 's/.*requests per CPU second: median \([0-9.]*\) .*/\1/p'
+      "${first[@]}" "${only[@]}" --no-pf --no-llm | sed -n 's/.*requests per CPU second: median \([0-9.]*\) .*/\1/p'
   else
-    SLUICE="${1:-${SLUICE:-}}" "$here/serve_load.sh" --overhead "$rounds" --side-rounds 0 --no-pf --no-llm \
+    SLUICE="${1:-${SLUICE:-}}" "$here/serve_load.sh" --overhead "$rounds" --side-rounds 0 "${only[@]}" --no-pf --no-llm \
       | sed -n 's/.*totals \([0-9.]*\) .*/\1/p'
   fi
 }
 if [ "$side" = 1 ]; then
-  echo "== traffic log cost over $starts fresh starts of $rounds side-by-side rounds of 5 s" \
+  echo "== ${only:+traffic log only: }cost over $starts fresh starts of $rounds side-by-side rounds of 5 s" \
     "(logged / unlogged requests per CPU second, median of the rounds)"
 else
-  echo "== traffic log cost over $starts fresh starts of $rounds rounds of 1 s" \
+  echo "== ${only:+traffic log only: }cost over $starts fresh starts of $rounds rounds of 1 s" \
     "(logged / unlogged requests, ratio of totals)"
 fi
 : >"${TMPDIR:-/tmp}/sluice-starts.$$"
