@@ -312,8 +312,6 @@ fn utc_text<'b>(t: &chrono::DateTime<chrono::Utc>, buf: &'b mut [u8; 30]) -> Opt
     // The UTC fields are read from the naive time itself: through the `DateTime`, each field would
     // apply the (zero) offset again.
     let t = t.naive_utc();
-    let nanos = t.nanosecond();
-    let year = t.year();
     let mut put = |at: usize, n: u32, digits: usize| {
         let mut n = n;
         for i in (0..digits).rev() {
@@ -321,33 +319,79 @@ fn utc_text<'b>(t: &chrono::DateTime<chrono::Utc>, buf: &'b mut [u8; 30]) -> Opt
             n /= 10;
         }
     };
-    put(0, year as u32, 4);
+    put(0, t.year() as u32, 4);
     put(5, t.month(), 2);
     put(8, t.day(), 2);
     put(11, t.hour(), 2);
     put(14, t.minute(), 2);
     put(17, t.second(), 2);
-    let digits = match nanos {
-        0 => 0,
-        n if n % 1_000_000 == 0 => 3,
-        n if n % 1_000 == 0 => 6,
-        _ => 9,
-    };
-    if digits > 0 {
-        put(20, nanos / 10u32.pow(9 - digits as u32), digits);
-    }
     buf[4] = b'-';
     buf[7] = b'-';
     buf[10] = b'T';
     buf[13] = b':';
     buf[16] = b':';
-    let mut end = 19;
-    if digits > 0 {
-        buf[19] = b'.';
-        end = 20 + digits;
-    }
+    let end = 19 + put_fraction(t.nanosecond(), &mut buf[19..]);
     buf[end] = b'Z';
     std::str::from_utf8(&buf[..=end]).ok()
+}
+
+/// Writes `nanos` as the short form's fraction at the start of `buf`: nothing for 0, else `.` and 3,
+/// 6 or 9 digits, whichever holds it exactly. Returns its length.
+fn put_fraction(nanos: u32, buf: &mut [u8]) -> usize {
+    let digits = match nanos {
+        0 => return 0,
+        n if n % 1_000_000 == 0 => 3,
+        n if n % 1_000 == 0 => 6,
+        _ => 9,
+    };
+    buf[0] = b'.';
+    let mut n = nanos / 10u32.pow(9 - digits as u32);
+    for i in (1..=digits).rev() {
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    digits + 1
+}
+
+/// Appends times as [`write_utc`] does, keeping the text of the last second it wrote: the times of
+/// a run record, and of records made together, mostly fall within one second, and the date and
+/// time of day are most of the work of writing one.
+#[derive(Clone, Debug, Default)]
+pub struct UtcWriter {
+    /// The last second written (seconds since the epoch) and its text, `YYYY-MM-DDTHH:MM:SS`.
+    last: Option<(i64, [u8; 19])>,
+}
+
+impl UtcWriter {
+    /// Appends `t` to `out` as a JSON string, as [`write_utc`] would; false (and nothing appended)
+    /// for a time that [`serialize_utc`] leaves to chrono.
+    pub fn write(&mut self, out: &mut Vec<u8>, t: &chrono::DateTime<chrono::Utc>) -> bool {
+        if !is_short_utc(t) {
+            return false;
+        }
+        let second = t.timestamp();
+        let head = match self.last {
+            Some((s, head)) if s == second => head,
+            _ => {
+                let mut buf = [0u8; 30];
+                if utc_text(t, &mut buf).is_none() {
+                    return false;
+                }
+                let mut head = [0u8; 19];
+                head.copy_from_slice(&buf[..19]);
+                self.last = Some((second, head));
+                head
+            }
+        };
+        let mut tail = [0u8; 12];
+        let len = put_fraction(chrono::Timelike::nanosecond(&t.naive_utc()), &mut tail);
+        tail[len] = b'Z';
+        tail[len + 1] = b'"';
+        out.push(b'"');
+        out.extend_from_slice(&head);
+        out.extend_from_slice(&tail[..len + 2]);
+        true
+    }
 }
 
 /// [`serialize_utc`] for an optional time.
@@ -428,7 +472,9 @@ mod tests {
             Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).unwrap(),
             Utc.with_ymd_and_hms(10000, 1, 1, 0, 0, 0).unwrap(),
             Utc.with_ymd_and_hms(-5, 3, 4, 5, 6, 7).unwrap(),
-            // A leap second.
+            // The second before a leap second, then the leap second (the same second since the epoch).
+            Utc.with_ymd_and_hms(2016, 12, 31, 23, 59, 59).unwrap()
+                + chrono::Duration::milliseconds(250),
             Utc.from_utc_datetime(
                 &chrono::NaiveDate::from_ymd_opt(2016, 12, 31)
                     .unwrap()
@@ -454,6 +500,10 @@ mod tests {
         ] {
             times.push(base + chrono::Duration::nanoseconds(nanos));
         }
+        times.push(base + chrono::Duration::nanoseconds(1_000_000_007));
+        times.push(base);
+        // One writer for all: times of the second it wrote last, and of others.
+        let mut writer = UtcWriter::default();
         for t in times {
             let ours = {
                 let mut out = Vec::new();
@@ -461,6 +511,13 @@ mod tests {
                 String::from_utf8(out).unwrap()
             };
             assert_eq!(ours, serde_json::to_string(&t).unwrap(), "{t:?}");
+            let mut written = b"x".to_vec();
+            if writer.write(&mut written, &t) {
+                assert_eq!(&written[1..], ours.as_bytes(), "{t:?}");
+            } else {
+                assert_eq!(written, b"x");
+                assert!(!is_short_utc(&t), "{t:?}");
+            }
         }
         let none: Option<chrono::DateTime<Utc>> = None;
         let mut out = Vec::new();

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde_json::Value as Json;
 use sluice_engine::exec::NodeRunInfo;
-use sluice_engine::json::is_short_utc;
+use sluice_engine::json::{UtcWriter, is_short_utc};
 use sluice_engine::store::{
     DetailsWriter, LineRecordRef, Owner, RunProperties, RunRecord, RunStatus, StoreError,
     SystemMetrics, TokenCounts,
@@ -292,14 +292,22 @@ fn unnumbered(numbered: &[u8]) -> (&[u8], &[u8]) {
 
 /// Appends the `details.jsonl` record of the deferred line `d` (its `text` and node runs `snaps`),
 /// numbered `n`, to `out`: the text [`encode`] would have made (a test holds the two to the same
-/// bytes), written straight from the line's values, as the writer makes thousands a second.
-fn deferred_record(out: &mut Vec<u8>, n: usize, d: &Deferred, text: &[u8], snaps: &[NodeSnap]) {
+/// bytes), written straight from the line's values, as the writer makes thousands a second. Its
+/// times go through `times`, which keeps the text of the last second written.
+fn deferred_record(
+    out: &mut Vec<u8>,
+    n: usize,
+    d: &Deferred,
+    text: &[u8],
+    snaps: &[NodeSnap],
+    times: &mut UtcWriter,
+) {
     use serde_json::ser::{CompactFormatter, Formatter};
     let start = out.len();
     // Writing to a vector cannot fail.
     let int = |out: &mut Vec<u8>, v: u64| drop(CompactFormatter.write_u64(out, v));
-    let time = |out: &mut Vec<u8>, t: &DateTime<Utc>| {
-        if !sluice_engine::json::write_utc(out, t) {
+    let mut time = |out: &mut Vec<u8>, t: &DateTime<Utc>| {
+        if !times.write(out, t) {
             drop(serde_json::to_writer(&mut *out, t));
         }
     };
@@ -780,6 +788,8 @@ struct Segment {
     node_status: std::collections::BTreeMap<String, u64>,
     tokens: TokenCounts,
     opened: Instant,
+    /// Writes the times of deferred lines' records.
+    times: UtcWriter,
 }
 
 impl Drop for Writer {
@@ -938,6 +948,7 @@ impl Writer {
             node_status: Default::default(),
             tokens: TokenCounts::default(),
             opened: Instant::now(),
+            times: UtcWriter::default(),
         })
     }
 
@@ -1131,7 +1142,7 @@ impl Segment {
         let record = match deferred {
             Some((d, snaps)) => self
                 .details
-                .push_with(|out| deferred_record(out, n, d, text, snaps)),
+                .push_with(|out| deferred_record(out, n, d, text, snaps, &mut self.times)),
             None => self.details.push_template(details, n)?,
         };
         self.details_bytes += record as u64;
@@ -1308,7 +1319,7 @@ mod tests {
         let text = &text[7..];
         assert_eq!(text.len(), d.layout.len());
         let mut record = b"before".to_vec();
-        deferred_record(&mut record, n, &d, text, &nodes);
+        deferred_record(&mut record, n, &d, text, &nodes, &mut UtcWriter::default());
         let [_, inputs, outputs] = parts(&d.layout, text, n);
         let record = String::from_utf8(record[6..].to_vec()).unwrap();
         Some((d.layout, [record, inputs, outputs]))
