@@ -37,7 +37,9 @@ use sluice_nodes::llm::types::{
 use sluice_nodes::llm::{protocol, store};
 
 use super::flow::runtime;
-use super::serving::{self, Admission, Counting, ErrorLabel, InFlight, QueueFull, RequestMetrics};
+use super::serving::{
+    self, Admission, Count, Counting, ErrorLabel, InFlight, QueueFull, RequestMetrics, Routed,
+};
 use crate::ExitStatus;
 use crate::cli::{HttpArgs, ServeArgs};
 
@@ -223,22 +225,25 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitStatus> {
             admission,
             metrics,
         });
-        let counting = Counting {
-            metrics: state.metrics.on.then(|| state.metrics.http.clone()),
-            access_log: true,
-        };
-        let app = Router::new().route("/health", get(|| async { "ok" }));
+        let app = Routed::new().route("/health", get(|| async { "ok" }));
         let app = if state.metrics.on {
             app.route("/metrics", get(metrics_text))
         } else {
             app
         };
-        let app = app
+        let (app, routes) = app
             .route("/v1/models", get(list_models))
             .route("/v1/models/{*id}", get(get_model))
             .route("/v1/chat/completions", post(chat))
             .route("/v1/completions", post(completions))
             .route("/v1/embeddings", post(embeddings))
+            .finish();
+        let counting = Counting {
+            metrics: state.metrics.on.then(|| state.metrics.http.clone()),
+            access_log: true,
+            routes,
+        };
+        let app = app
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
             .with_state(state);
@@ -256,8 +261,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitStatus> {
                 error: body_error,
             },
         );
-        let app = with_api_key(app, api_key.as_deref(), unauthorized).layer(counting.layer());
-        serve_http(listener, app, limits, shutdown).await;
+        let app = with_api_key(app, api_key.as_deref(), unauthorized);
+        serve_http(listener, counting.wrap(app), limits, shutdown).await;
         Ok(ExitStatus::Ok)
     })
 }
@@ -413,11 +418,12 @@ fn body_error(status: StatusCode, message: String) -> Response {
     api_error(status, "invalid_request_error", message)
 }
 
-/// Serves `app` on `listener` within `limits` until `shutdown` resolves, then closes connections with
-/// no request in progress at once and gives the others `limits.shutdown_timeout` to finish.
+/// Serves `app` (a router, its requests counted) on `listener` within `limits` until `shutdown`
+/// resolves, then closes connections with no request in progress at once and gives the others
+/// `limits.shutdown_timeout` to finish.
 pub(crate) async fn serve_http(
     listener: tokio::net::TcpListener,
-    app: Router,
+    app: Count<Router>,
     limits: Limits,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
@@ -468,7 +474,7 @@ pub(crate) async fn serve_http(
 /// progress on it, or after its requests finish.
 async fn connection(
     stream: tokio::net::TcpStream,
-    app: Router,
+    app: Count<Router>,
     limits: Limits,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {

@@ -6,9 +6,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request};
+use axum::Router;
 use axum::http::StatusCode;
 use axum::response::Response;
+use axum::routing::MethodRouter;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
     Registry, TextEncoder,
@@ -212,19 +213,77 @@ impl RequestMetrics {
 #[derive(Clone, Debug)]
 pub(crate) struct ErrorLabel(pub String);
 
-/// What the request counter needs of a server: its metrics (none when it keeps none), and whether
-/// to write the access log.
+/// A router built route by route, keeping the paths of its routes: the request counter wraps the
+/// whole router and labels each request by the route its path matches ([`Routes`]).
+pub(crate) struct Routed<S> {
+    router: Router<S>,
+    paths: Vec<&'static str>,
+}
+
+impl<S: Clone + Send + Sync + 'static> Routed<S> {
+    pub(crate) fn new() -> Self {
+        Routed {
+            router: Router::new(),
+            paths: Vec::new(),
+        }
+    }
+
+    /// Adds a route: `path` is a fixed path, or one that ends in a wildcard, `{*name}`.
+    pub(crate) fn route(mut self, path: &'static str, method_router: MethodRouter<S>) -> Self {
+        debug_assert!(
+            path.find('{').is_none_or(|at| path[at..].starts_with("{*")),
+            "the request counter labels fixed paths and trailing wildcards only: {path}"
+        );
+        self.router = self.router.route(path, method_router);
+        self.paths.push(path);
+        self
+    }
+
+    /// The router, and its routes for the request counter.
+    pub(crate) fn finish(self) -> (Router<S>, Routes) {
+        (self.router, Routes(self.paths.into()))
+    }
+}
+
+/// The routes of a server, by which its requests are counted.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Routes(Box<[&'static str]>);
+
+impl Routes {
+    /// The route `path` matches, as the router matches it (a wildcard takes a non-empty rest), or
+    /// `unmatched`.
+    fn of(&self, path: &str) -> &'static str {
+        let matches = |route: &str| match route.find("{*") {
+            Some(at) => path.len() > at && path.starts_with(&route[..at]),
+            None => route == path,
+        };
+        self.0
+            .iter()
+            .copied()
+            .find(|r| matches(r))
+            .unwrap_or("unmatched")
+    }
+}
+
+/// What the request counter needs of a server: its metrics (none when it keeps none), whether to
+/// write the access log, and its routes.
 #[derive(Clone, Debug)]
 pub(crate) struct Counting {
     pub metrics: Option<RequestMetrics>,
     /// One line per request on stderr: method, path, status and duration.
     pub access_log: bool,
+    pub routes: Routes,
 }
 
 impl Counting {
-    /// The layer that counts every request of a router.
-    pub(crate) fn layer(self) -> CountLayer {
-        CountLayer(Arc::new(self))
+    /// `router` with every request counted. The counter wraps the router from outside: a layer
+    /// of the router's own boxes each request's future once more, and a middleware function also
+    /// clones its state, which cost a served request more than the counting does.
+    pub(crate) fn wrap<S>(self, router: S) -> Count<S> {
+        Count {
+            inner: router,
+            counting: Arc::new(self),
+        }
     }
 
     /// Counts an answer by route and status, a refusal by reason and an error by code, and writes
@@ -233,10 +292,7 @@ impl Counting {
         let status = response.status();
         let elapsed = asked.started.elapsed();
         if let Some(m) = &self.metrics {
-            let route = asked
-                .route
-                .as_ref()
-                .map_or("unmatched", MatchedPath::as_str);
+            let route = asked.route;
             m.requests.with(&[route, status.as_str()], IntCounter::inc);
             m.request_seconds
                 .with(&[route], |h| h.observe(elapsed.as_secs_f64()));
@@ -265,23 +321,7 @@ impl Counting {
     }
 }
 
-/// Counts every request of the router it wraps ([`Counting::answered`]). A layer of its own rather
-/// than a middleware function: those box each request's future and clone their state, which cost
-/// a served request more than the counting does.
-#[derive(Clone, Debug)]
-pub(crate) struct CountLayer(Arc<Counting>);
-
-impl<S> tower_layer::Layer<S> for CountLayer {
-    type Service = Count<S>;
-    fn layer(&self, inner: S) -> Count<S> {
-        Count {
-            inner,
-            counting: self.0.clone(),
-        }
-    }
-}
-
-/// The service of [`CountLayer`].
+/// A service with every request counted ([`Counting::wrap`]).
 #[derive(Clone, Debug)]
 pub(crate) struct Count<S> {
     inner: S,
@@ -292,14 +332,14 @@ pub(crate) struct Count<S> {
 #[derive(Debug)]
 struct Asked {
     started: Instant,
-    route: Option<MatchedPath>,
+    route: &'static str,
     /// Its method and path, for the access log.
     access: Option<(axum::http::Method, String)>,
 }
 
-impl<S> tower_service::Service<Request> for Count<S>
+impl<S, B> tower_service::Service<axum::http::Request<B>> for Count<S>
 where
-    S: tower_service::Service<Request, Response = Response>,
+    S: tower_service::Service<axum::http::Request<B>, Response = Response>,
 {
     type Response = Response;
     type Error = S::Error;
@@ -312,21 +352,21 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request) -> Self::Future {
+    fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
         let c = &self.counting;
-        let asked = Asked {
-            started: Instant::now(),
-            route: c
-                .metrics
-                .as_ref()
-                .and_then(|_| req.extensions().get::<MatchedPath>().cloned()),
-            access: c
-                .access_log
-                .then(|| (req.method().clone(), req.uri().path().to_owned())),
-        };
+        let asked = (c.metrics.is_some() || c.access_log).then(|| {
+            let asked = Asked {
+                started: Instant::now(),
+                route: c.routes.of(req.uri().path()),
+                access: c
+                    .access_log
+                    .then(|| (req.method().clone(), req.uri().path().to_owned())),
+            };
+            (asked, c.clone())
+        });
         Counted {
             inner: self.inner.call(req),
-            asked: Some((asked, c.clone())),
+            asked,
         }
     }
 }
@@ -437,6 +477,49 @@ impl Admission {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_are_labelled_by_the_route_the_router_matches() {
+        use axum::extract::MatchedPath;
+        // Each route answers the path it was matched by, as the router has it.
+        let matched = |m: Option<MatchedPath>| async move {
+            m.map_or("unmatched".to_owned(), |m| m.as_str().to_owned())
+        };
+        let (router, routes) = Routed::<()>::new()
+            .route("/score", axum::routing::get(matched))
+            .route("/", axum::routing::get(matched))
+            .route("/v1/models", axum::routing::get(matched))
+            .route("/v1/models/{*id}", axum::routing::get(matched))
+            .finish();
+        let mut router = router.fallback(|| async { "unmatched" });
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        for path in [
+            "/score",
+            "/",
+            "/v1/models",
+            "/v1/models/gemma",
+            "/v1/models/org/model",
+            "/v1/models/",
+            "/score/",
+            "/scores",
+            "/nope",
+        ] {
+            let req = axum::http::Request::get(path)
+                .body(axum::body::Body::empty())
+                .unwrap();
+            let answer = rt.block_on(async {
+                let response = tower_service::Service::call(&mut router, req)
+                    .await
+                    .unwrap();
+                axum::body::to_bytes(response.into_body(), 1024)
+                    .await
+                    .unwrap()
+            });
+            assert_eq!(routes.of(path).as_bytes(), &answer[..], "{path}");
+        }
+    }
 
     #[test]
     fn kept_children_count_as_the_vectors_own_past_as_many_as_are_kept() {

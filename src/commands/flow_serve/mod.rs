@@ -16,13 +16,13 @@ mod traffic;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value as Json_, json};
 use sluice_engine::image::MessageFormat;
@@ -39,7 +39,7 @@ use super::serve::{
     BodyLimit, async_stream, key_and_limits, serve_http, shutdown_signal, with_api_key,
     with_body_limit,
 };
-use super::serving::{Admission, Counting, ErrorLabel, InFlight, QueueFull};
+use super::serving::{Admission, Counting, ErrorLabel, InFlight, QueueFull, Routed};
 use crate::ExitStatus;
 use crate::cli::FlowServeArgs;
 use crate::otel::{LineScope, Parent};
@@ -158,7 +158,7 @@ pub fn serve(args: FlowServeArgs) -> anyhow::Result<ExitStatus> {
     let rt = super::flow::runtime()?;
     let served = app.clone();
     let result = rt.block_on(async move {
-        let router = Router::new()
+        let router = Routed::new()
             .route("/score", post(score))
             .route("/health", get(health))
             .route("/version", get(version))
@@ -170,6 +170,7 @@ pub fn serve(args: FlowServeArgs) -> anyhow::Result<ExitStatus> {
         } else {
             router
         };
+        let (router, routes) = router.finish();
         let router = router.fallback(not_found).with_state(served.clone());
         let router = with_body_limit(
             router,
@@ -180,18 +181,13 @@ pub fn serve(args: FlowServeArgs) -> anyhow::Result<ExitStatus> {
             },
         );
         let router = with_api_key(router, served.api_key.as_deref(), unauthorized);
-        // Without metrics nothing is counted, and this server writes no access log.
-        let router = if served.metrics.on {
-            router.layer(
-                Counting {
-                    metrics: Some(served.metrics.http.clone()),
-                    access_log: false,
-                }
-                .layer(),
-            )
-        } else {
-            router
-        };
+        // This server writes no access log: without metrics, nothing is counted.
+        let router = Counting {
+            metrics: served.metrics.on.then(|| served.metrics.http.clone()),
+            access_log: false,
+            routes,
+        }
+        .wrap(router);
         let shutdown = shutdown_signal()?;
         let listener = tokio::net::TcpListener::bind((args.http.host.as_str(), args.http.port))
             .await
