@@ -522,6 +522,40 @@ mod tests {
     }
 
     #[test]
+    fn children_kept_from_many_threads_at_once_count_each_increment_once() {
+        let m = Metrics::default();
+        let c = m.counters("t_total", "t", &["n"]).unwrap();
+        let sets = KEPT + 16;
+        std::thread::scope(|scope| {
+            for t in 0..4 {
+                let c = &c;
+                scope.spawn(move || {
+                    for i in 0..200 {
+                        // Each thread walks the label sets from another place.
+                        let n = (i * 7 + t * 13) % sets;
+                        c.with(&[&n.to_string()], IntCounter::inc);
+                    }
+                });
+            }
+        });
+        let mut keys: Vec<_> = c
+            .kept
+            .read()
+            .unwrap()
+            .iter()
+            .map(|(k, _)| k.clone())
+            .collect();
+        assert_eq!(keys.len(), KEPT);
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), KEPT, "a set of label values kept twice");
+        let total: u64 = (0..sets)
+            .map(|n| c.vec.with_label_values(&[&n.to_string()]).get())
+            .sum();
+        assert_eq!(total, 4 * 200);
+    }
+
+    #[test]
     fn kept_children_count_as_the_vectors_own_past_as_many_as_are_kept() {
         let m = Metrics::default();
         let c = m.counters("c_total", "c", &["a", "b"]).unwrap();
