@@ -3,7 +3,7 @@
 //! the Prometheus registry with the request counters every server has, and the access log.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Instant;
 
 use axum::Router;
@@ -60,16 +60,61 @@ const KEPT: usize = 64;
 /// A vector of metrics whose children are kept once looked up: the vector's own lookup hashes the
 /// label values, takes a lock and clones the child on every call, which cost a served request
 /// (five lookups) about 2% of its CPU. Keeps up to [`KEPT`] sets of label values, found again by
-/// comparing them; the labels of these servers (routes, status codes, nodes, reasons) stay
-/// below that, and a vector past it still counts right.
+/// comparing them without a lock (each kept set is written once, before it is counted in); the
+/// labels of these servers (routes, status codes, nodes, reasons) stay below that, and a vector
+/// past it still counts right.
 #[derive(Clone)]
 pub(crate) struct Labeled<V: Vector> {
     vec: V,
-    kept: Arc<RwLock<Kept<V::Child>>>,
+    kept: Arc<Kept<V::Child>>,
 }
 
-/// Children by their label values.
-type Kept<C> = Vec<(Box<[Box<str>]>, C)>;
+/// A set of label values.
+type Key = Box<[Box<str>]>;
+
+/// Children by their label values: the first `len` slots are set.
+struct Kept<C> {
+    slots: [OnceLock<(Key, C)>; KEPT],
+    len: AtomicUsize,
+    /// Held while a slot is added.
+    adding: Mutex<()>,
+}
+
+impl<C> Default for Kept<C> {
+    fn default() -> Self {
+        Kept {
+            slots: std::array::from_fn(|_| OnceLock::new()),
+            len: AtomicUsize::new(0),
+            adding: Mutex::new(()),
+        }
+    }
+}
+
+impl<C> Kept<C> {
+    /// The child kept for `labels`.
+    fn find(&self, labels: &[&str]) -> Option<&C> {
+        let same = |kept: &[Box<str>]| {
+            kept.len() == labels.len() && kept.iter().zip(labels).all(|(k, l)| **k == **l)
+        };
+        let len = self.len.load(Ordering::Acquire);
+        self.slots[..len]
+            .iter()
+            .filter_map(OnceLock::get)
+            .find(|(k, _)| same(k))
+            .map(|(_, child)| child)
+    }
+
+    /// The sets of label values kept.
+    #[cfg(test)]
+    fn keys(&self) -> Vec<Key> {
+        let len = self.len.load(Ordering::Acquire);
+        self.slots[..len]
+            .iter()
+            .filter_map(OnceLock::get)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+}
 
 impl<V: Vector> std::fmt::Debug for Labeled<V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -87,22 +132,23 @@ impl<V: Vector> Labeled<V> {
 
     /// Calls `f` with the child of `labels`.
     pub(crate) fn with<R>(&self, labels: &[&str], f: impl FnOnce(&V::Child) -> R) -> R {
-        let same = |kept: &[Box<str>]| {
-            kept.len() == labels.len() && kept.iter().zip(labels).all(|(k, l)| **k == **l)
-        };
-        {
-            let kept = self.kept.read().unwrap_or_else(PoisonError::into_inner);
-            if let Some((_, child)) = kept.iter().find(|(k, _)| same(k)) {
-                return f(child);
-            }
+        if let Some(child) = self.kept.find(labels) {
+            return f(child);
         }
         let child = self.vec.child(labels);
-        let mut kept = self.kept.write().unwrap_or_else(PoisonError::into_inner);
-        if kept.len() < KEPT && !kept.iter().any(|(k, _)| same(k)) {
+        let adding = self
+            .kept
+            .adding
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let len = self.kept.len.load(Ordering::Acquire);
+        if len < KEPT && self.kept.find(labels).is_none() {
             let key = labels.iter().map(|l| Box::from(*l)).collect();
-            kept.push((key, child.clone()));
+            if self.kept.slots[len].set((key, child.clone())).is_ok() {
+                self.kept.len.store(len + 1, Ordering::Release);
+            }
         }
-        drop(kept);
+        drop(adding);
         f(&child)
     }
 }
@@ -251,17 +297,25 @@ pub(crate) struct Routes(Box<[&'static str]>);
 
 impl Routes {
     /// The route `path` matches, as the router matches it (a wildcard takes a non-empty rest), or
-    /// `unmatched`.
-    fn of(&self, path: &str) -> &'static str {
+    /// `unmatched`: its place in [`Routes::labels`].
+    fn of(&self, path: &str) -> usize {
         let matches = |route: &str| match route.find("{*") {
             Some(at) => path.len() > at && path.starts_with(&route[..at]),
             None => route == path,
         };
         self.0
             .iter()
-            .copied()
-            .find(|r| matches(r))
-            .unwrap_or("unmatched")
+            .position(|r| matches(r))
+            .unwrap_or(self.0.len())
+    }
+
+    /// Each route's label, then `unmatched`.
+    fn labels(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.0.iter().copied().chain(["unmatched"])
+    }
+
+    fn label(&self, route: usize) -> &'static str {
+        self.0.get(route).copied().unwrap_or("unmatched")
     }
 }
 
@@ -280,22 +334,29 @@ impl Counting {
     /// of the router's own boxes each request's future once more, and a middleware function also
     /// clones its state, which cost a served request more than the counting does.
     pub(crate) fn wrap<S>(self, router: S) -> Count<S> {
+        let route_seconds = self.metrics.as_ref().map_or_else(Box::default, |m| {
+            self.routes
+                .labels()
+                .map(|route| m.request_seconds.with(&[route], Histogram::clone))
+                .collect()
+        });
         Count {
             inner: router,
-            counting: Arc::new(self),
+            counting: Arc::new((self, route_seconds)),
         }
     }
 
     /// Counts an answer by route and status, a refusal by reason and an error by code, and writes
     /// the access log line. The query string is left out of the log (it may carry anything).
-    fn answered(&self, asked: Asked, response: &Response) {
+    fn answered(&self, route_seconds: &[Histogram], asked: Asked, response: &Response) {
         let status = response.status();
         let elapsed = asked.started.elapsed();
         if let Some(m) = &self.metrics {
-            let route = asked.route;
+            let route = self.routes.label(asked.route);
             m.requests.with(&[route, status.as_str()], IntCounter::inc);
-            m.request_seconds
-                .with(&[route], |h| h.observe(elapsed.as_secs_f64()));
+            if let Some(h) = route_seconds.get(asked.route) {
+                h.observe(elapsed.as_secs_f64());
+            }
             let reason = match status {
                 StatusCode::UNAUTHORIZED => Some("unauthorized"),
                 StatusCode::PAYLOAD_TOO_LARGE => Some("body_too_large"),
@@ -325,14 +386,17 @@ impl Counting {
 #[derive(Clone, Debug)]
 pub(crate) struct Count<S> {
     inner: S,
-    counting: Arc<Counting>,
+    /// The counting, and each route's latency histogram (`unmatched` last; none without metrics),
+    /// looked up once.
+    counting: Arc<(Counting, Box<[Histogram]>)>,
 }
 
 /// What is known of a request when it arrives.
 #[derive(Debug)]
 struct Asked {
     started: Instant,
-    route: &'static str,
+    /// Its place among the server's routes ([`Routes::of`]).
+    route: usize,
     /// Its method and path, for the access log.
     access: Option<(axum::http::Method, String)>,
 }
@@ -353,7 +417,7 @@ where
     }
 
     fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
-        let c = &self.counting;
+        let c = &self.counting.0;
         let asked = (c.metrics.is_some() || c.access_log).then(|| {
             let asked = Asked {
                 started: Instant::now(),
@@ -362,7 +426,7 @@ where
                     .access_log
                     .then(|| (req.method().clone(), req.uri().path().to_owned())),
             };
-            (asked, c.clone())
+            (asked, self.counting.clone())
         });
         Counted {
             inner: self.inner.call(req),
@@ -376,7 +440,7 @@ pin_project_lite::pin_project! {
     pub(crate) struct Counted<F> {
         #[pin]
         inner: F,
-        asked: Option<(Asked, Arc<Counting>)>,
+        asked: Option<(Asked, Arc<(Counting, Box<[Histogram]>)>)>,
     }
 }
 
@@ -393,7 +457,8 @@ where
         let this = self.project();
         let out = std::task::ready!(this.inner.poll(cx));
         if let (Ok(response), Some((asked, counting))) = (&out, this.asked.take()) {
-            counting.answered(asked, response);
+            let (counting, route_seconds) = &*counting;
+            counting.answered(route_seconds, asked, response);
         }
         std::task::Poll::Ready(out)
     }
@@ -517,7 +582,11 @@ mod tests {
                     .await
                     .unwrap()
             });
-            assert_eq!(routes.of(path).as_bytes(), &answer[..], "{path}");
+            assert_eq!(
+                routes.label(routes.of(path)).as_bytes(),
+                &answer[..],
+                "{path}"
+            );
         }
     }
 
@@ -538,13 +607,7 @@ mod tests {
                 });
             }
         });
-        let mut keys: Vec<_> = c
-            .kept
-            .read()
-            .unwrap()
-            .iter()
-            .map(|(k, _)| k.clone())
-            .collect();
+        let mut keys = c.kept.keys();
         assert_eq!(keys.len(), KEPT);
         keys.sort();
         keys.dedup();
@@ -569,7 +632,7 @@ mod tests {
             c.with(&["many", &i.to_string()], IntCounter::inc);
         }
         c.with(&["many", &(KEPT + 5).to_string()], IntCounter::inc);
-        assert_eq!(c.kept.read().unwrap().len(), KEPT);
+        assert_eq!(c.kept.keys().len(), KEPT);
         let get = |a: &str, b: &str| c.vec.with_label_values(&[a, b]).get();
         assert_eq!(get("x", "1"), 3);
         assert_eq!(get("x", "2"), 5);
