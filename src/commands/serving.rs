@@ -91,28 +91,24 @@ impl<C> Default for Kept<C> {
 }
 
 impl<C> Kept<C> {
+    /// The children kept so far, with their label values.
+    fn kept(&self) -> impl Iterator<Item = &(Key, C)> {
+        let len = self.len.load(Ordering::Acquire);
+        self.slots[..len].iter().filter_map(OnceLock::get)
+    }
+
     /// The child kept for `labels`.
     fn find(&self, labels: &[&str]) -> Option<&C> {
         let same = |kept: &[Box<str>]| {
             kept.len() == labels.len() && kept.iter().zip(labels).all(|(k, l)| **k == **l)
         };
-        let len = self.len.load(Ordering::Acquire);
-        self.slots[..len]
-            .iter()
-            .filter_map(OnceLock::get)
-            .find(|(k, _)| same(k))
-            .map(|(_, child)| child)
+        self.kept().find(|(k, _)| same(k)).map(|(_, child)| child)
     }
 
     /// The sets of label values kept.
     #[cfg(test)]
     fn keys(&self) -> Vec<Key> {
-        let len = self.len.load(Ordering::Acquire);
-        self.slots[..len]
-            .iter()
-            .filter_map(OnceLock::get)
-            .map(|(k, _)| k.clone())
-            .collect()
+        self.kept().map(|(k, _)| k.clone()).collect()
     }
 }
 
@@ -295,9 +291,12 @@ impl<S: Clone + Send + Sync + 'static> Routed<S> {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Routes(Box<[&'static str]>);
 
+/// The route label of a request no route matches.
+const UNMATCHED: &str = "unmatched";
+
 impl Routes {
     /// The route `path` matches, as the router matches it (a wildcard takes a non-empty rest), or
-    /// `unmatched`: its place in [`Routes::labels`].
+    /// [`UNMATCHED`]: its place in [`Routes::labels`].
     fn of(&self, path: &str) -> usize {
         let matches = |route: &str| match route.find("{*") {
             Some(at) => path.len() > at && path.starts_with(&route[..at]),
@@ -309,13 +308,14 @@ impl Routes {
             .unwrap_or(self.0.len())
     }
 
-    /// Each route's label, then `unmatched`.
+    /// Each route's label, then [`UNMATCHED`].
     fn labels(&self) -> impl Iterator<Item = &'static str> + '_ {
-        self.0.iter().copied().chain(["unmatched"])
+        self.0.iter().copied().chain([UNMATCHED])
     }
 
+    /// The label of the route at `route` (a place [`Routes::of`] gave).
     fn label(&self, route: usize) -> &'static str {
-        self.0.get(route).copied().unwrap_or("unmatched")
+        self.0.get(route).copied().unwrap_or(UNMATCHED)
     }
 }
 
@@ -342,19 +342,33 @@ impl Counting {
         });
         Count {
             inner: router,
-            counting: Arc::new((self, route_seconds)),
+            counter: Arc::new(Counter {
+                counting: self,
+                route_seconds,
+            }),
         }
     }
+}
 
+/// What [`Count`] counts with: the counting, and each route's latency histogram, looked up once
+/// ([`UNMATCHED`] last; none without metrics).
+#[derive(Debug)]
+struct Counter {
+    counting: Counting,
+    route_seconds: Box<[Histogram]>,
+}
+
+impl Counter {
     /// Counts an answer by route and status, a refusal by reason and an error by code, and writes
     /// the access log line. The query string is left out of the log (it may carry anything).
-    fn answered(&self, route_seconds: &[Histogram], asked: Asked, response: &Response) {
+    fn answered(&self, asked: Asked, response: &Response) {
         let status = response.status();
         let elapsed = asked.started.elapsed();
-        if let Some(m) = &self.metrics {
-            let route = self.routes.label(asked.route);
+        let c = &self.counting;
+        if let Some(m) = &c.metrics {
+            let route = c.routes.label(asked.route);
             m.requests.with(&[route, status.as_str()], IntCounter::inc);
-            if let Some(h) = route_seconds.get(asked.route) {
+            if let Some(h) = self.route_seconds.get(asked.route) {
                 h.observe(elapsed.as_secs_f64());
             }
             let reason = match status {
@@ -386,9 +400,7 @@ impl Counting {
 #[derive(Clone, Debug)]
 pub(crate) struct Count<S> {
     inner: S,
-    /// The counting, and each route's latency histogram (`unmatched` last; none without metrics),
-    /// looked up once.
-    counting: Arc<(Counting, Box<[Histogram]>)>,
+    counter: Arc<Counter>,
 }
 
 /// What is known of a request when it arrives.
@@ -417,7 +429,7 @@ where
     }
 
     fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
-        let c = &self.counting.0;
+        let c = &self.counter.counting;
         let asked = (c.metrics.is_some() || c.access_log).then(|| {
             let asked = Asked {
                 started: Instant::now(),
@@ -426,7 +438,7 @@ where
                     .access_log
                     .then(|| (req.method().clone(), req.uri().path().to_owned())),
             };
-            (asked, self.counting.clone())
+            (asked, self.counter.clone())
         });
         Counted {
             inner: self.inner.call(req),
@@ -440,7 +452,7 @@ pin_project_lite::pin_project! {
     pub(crate) struct Counted<F> {
         #[pin]
         inner: F,
-        asked: Option<(Asked, Arc<(Counting, Box<[Histogram]>)>)>,
+        asked: Option<(Asked, Arc<Counter>)>,
     }
 }
 
@@ -456,9 +468,8 @@ where
     ) -> std::task::Poll<F::Output> {
         let this = self.project();
         let out = std::task::ready!(this.inner.poll(cx));
-        if let (Ok(response), Some((asked, counting))) = (&out, this.asked.take()) {
-            let (counting, route_seconds) = &*counting;
-            counting.answered(route_seconds, asked, response);
+        if let (Ok(response), Some((asked, counter))) = (&out, this.asked.take()) {
+            counter.answered(asked, response);
         }
         std::task::Poll::Ready(out)
     }
