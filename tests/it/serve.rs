@@ -747,6 +747,98 @@ fn the_traffic_log_masks_credentials_in_served_inputs_and_outputs() {
     }
 }
 
+/// The bytes of `path` in the OS's page cache, as util-linux's `fincore` counts them.
+fn cached_bytes(path: &Path) -> u64 {
+    let out = std::process::Command::new("fincore")
+        .args(["--bytes", "--noheadings", "--output", "RES"])
+        .arg(path)
+        .output()
+        .expect("util-linux's fincore");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("fincore said {text:?}: {e}"))
+}
+
+#[test]
+fn the_traffic_log_leaves_the_page_cache_once_on_disk() {
+    // Lines of about 27 kB in details.jsonl (the text in, and out twice): a segment closes after
+    // its third, and a closed segment leaves the cache whole.
+    let (root, _, server) = start(SLOW_UPPER, &["--log-max-bytes", "60000"]);
+    let page = 4096;
+    let texts: Vec<String> = (0..5).map(|i| format!("{i}{}", "x".repeat(9000))).collect();
+    for text in &texts {
+        assert_eq!(score(&server, &json!({"text": text})).status, 200);
+    }
+    let runs = root.path().join("serve/flow/runs");
+    let segments = || {
+        let mut s: Vec<PathBuf> = std::fs::read_dir(&runs)
+            .into_iter()
+            .flatten()
+            .map(|e| e.unwrap().path())
+            .collect();
+        s.sort();
+        s
+    };
+    // Waits on the files' sizes: reading them would bring their pages back.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    loop {
+        let s = segments();
+        if s.len() == 2 && size(&s[1].join("details.jsonl")) > 50_000 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{s:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let segments = segments();
+    let closed = &segments[0];
+    let open = &segments[1];
+    let files = ["details.jsonl", "inputs.jsonl", "outputs.jsonl"];
+    for name in files {
+        let path = closed.join(name);
+        assert!(std::fs::metadata(&path).unwrap().len() > 4 * page);
+        assert_eq!(cached_bytes(&path), 0, "{}", path.display());
+    }
+    // The open segment's whole pages leave once synced (every second); its partly written last
+    // page stays, for the next line to be appended to.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for name in files {
+        let path = open.join(name);
+        while cached_bytes(&path) > page {
+            assert!(
+                Instant::now() < deadline,
+                "{} stays in the cache: {} bytes of {}",
+                path.display(),
+                cached_bytes(&path),
+                std::fs::metadata(&path).unwrap().len()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    // Lines logged after that are appended whole, and everything reads back.
+    assert_eq!(score(&server, &json!({"text": "last"})).status, 200);
+    server.stop();
+    let logged: Vec<Json> = segments
+        .iter()
+        .flat_map(|s| read_jsonl(&s.join("details.jsonl")))
+        .collect();
+    let mut expected: Vec<&str> = texts.iter().map(String::as_str).collect();
+    expected.push("last");
+    let inputs: Vec<&str> = logged
+        .iter()
+        .map(|r| r["inputs"]["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(inputs, expected);
+    for s in &segments {
+        assert_eq!(
+            read_jsonl(&s.join("inputs.jsonl")).len(),
+            read_jsonl(&s.join("details.jsonl")).len()
+        );
+    }
+}
+
 #[test]
 fn the_traffic_log_starts_a_new_segment_past_its_size() {
     let (root, _, server) = start(SLOW_UPPER, &["--log-max-bytes", "1"]);
