@@ -338,58 +338,75 @@ fn utc_text<'b>(t: &chrono::DateTime<chrono::Utc>, buf: &'b mut [u8; 30]) -> Opt
 /// Writes `nanos` as the short form's fraction at the start of `buf`: nothing for 0, else `.` and 3,
 /// 6 or 9 digits, whichever holds it exactly. Returns its length.
 fn put_fraction(nanos: u32, buf: &mut [u8]) -> usize {
-    let digits = match nanos {
+    let (digits, mut n) = match nanos {
         0 => return 0,
-        n if n % 1_000_000 == 0 => 3,
-        n if n % 1_000 == 0 => 6,
-        _ => 9,
+        n if n % 1_000_000 == 0 => (3, n / 1_000_000),
+        n if n % 1_000 == 0 => (6, n / 1_000),
+        n => (9, n),
     };
     buf[0] = b'.';
-    let mut n = nanos / 10u32.pow(9 - digits as u32);
-    for i in (1..=digits).rev() {
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
+    // Two digits a step, from the right.
+    let mut at = digits;
+    while at > 1 {
+        let pair = &PAIRS[2 * (n % 100) as usize..][..2];
+        buf[at - 1..=at].copy_from_slice(pair);
+        n /= 100;
+        at -= 2;
+    }
+    if at == 1 {
+        buf[1] = b'0' + n as u8;
     }
     digits + 1
 }
+
+/// `00` to `99`, two bytes each.
+const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+2021222324252627282930313233343536373839\
+4041424344454647484950515253545556575859\
+6061626364656667686970717273747576777879\
+8081828384858687888990919293949596979899";
 
 /// Appends times as [`write_utc`] does, keeping the text of the last second it wrote: the times of
 /// a run record, and of records made together, mostly fall within one second, and the date and
 /// time of day are most of the work of writing one.
 #[derive(Clone, Debug, Default)]
 pub struct UtcWriter {
-    /// The last second written (seconds since the epoch) and its text, `YYYY-MM-DDTHH:MM:SS`.
-    last: Option<(i64, [u8; 19])>,
+    /// The last second written (its date and second of the day) and its text,
+    /// `YYYY-MM-DDTHH:MM:SS`.
+    last: Option<((chrono::NaiveDate, u32), [u8; 19])>,
 }
 
 impl UtcWriter {
     /// Appends `t` to `out` as a JSON string, as [`write_utc`] would; false (and nothing appended)
     /// for a time that [`serialize_utc`] leaves to chrono.
     pub fn write(&mut self, out: &mut Vec<u8>, t: &chrono::DateTime<chrono::Utc>) -> bool {
-        if !is_short_utc(t) {
-            return false;
-        }
-        let second = t.timestamp();
-        let head = match self.last {
-            Some((s, head)) if s == second => head,
+        use chrono::Timelike;
+        // The naive time's fields, read as they are stored.
+        let naive = t.naive_utc();
+        let time = naive.time();
+        let second = (naive.date(), time.num_seconds_from_midnight());
+        // `"`, the second, up to ten bytes of fraction, `Z"`.
+        let mut text = [0u8; 32];
+        match &self.last {
+            Some((s, head)) if *s == second && time.nanosecond() < 1_000_000_000 => {
+                text[1..20].copy_from_slice(head);
+            }
             _ => {
                 let mut buf = [0u8; 30];
                 if utc_text(t, &mut buf).is_none() {
                     return false;
                 }
+                text[1..20].copy_from_slice(&buf[..19]);
                 let mut head = [0u8; 19];
                 head.copy_from_slice(&buf[..19]);
                 self.last = Some((second, head));
-                head
             }
-        };
-        let mut tail = [0u8; 12];
-        let len = put_fraction(chrono::Timelike::nanosecond(&t.naive_utc()), &mut tail);
-        tail[len] = b'Z';
-        tail[len + 1] = b'"';
-        out.push(b'"');
-        out.extend_from_slice(&head);
-        out.extend_from_slice(&tail[..len + 2]);
+        }
+        text[0] = b'"';
+        let end = 20 + put_fraction(time.nanosecond(), &mut text[20..]);
+        text[end] = b'Z';
+        text[end + 1] = b'"';
+        out.extend_from_slice(&text[..end + 2]);
         true
     }
 }
