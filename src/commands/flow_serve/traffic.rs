@@ -1200,12 +1200,15 @@ fn numbered(text: &mut Vec<u8>, map: &Map) {
     if sluice_engine::json::to_template(&mut *text, &Numbered(map), false).is_err() {
         text.truncate(start);
     }
-    let masked = match std::str::from_utf8(&text[start..]) {
-        Ok(line) => match sluice_engine::redact::redact(line) {
-            std::borrow::Cow::Borrowed(_) => None,
-            std::borrow::Cow::Owned(masked) => Some(masked),
-        },
-        Err(_) => None,
+    let written = &text[start..];
+    // Most lines hold nothing to mask, told without reading them as text.
+    let masked = if sluice_engine::redact::may_mask(written)
+        && let Ok(line) = std::str::from_utf8(written)
+        && let std::borrow::Cow::Owned(masked) = sluice_engine::redact::redact(line)
+    {
+        Some(masked)
+    } else {
+        None
     };
     if let Some(masked) = masked {
         text.truncate(start);
