@@ -129,15 +129,15 @@ impl Layout {
         self.details + self.inputs + self.outputs + self.keys
     }
 
-    /// The `<node>.<status>` keys of the line `text`.
-    fn node_keys<'t>(&self, text: &'t [u8]) -> impl Iterator<Item = std::borrow::Cow<'t, str>> {
+    /// The `<node>.<status>` keys of the line `text` (UTF-8, from node names).
+    fn node_keys<'t>(&self, text: &'t [u8]) -> impl Iterator<Item = &'t [u8]> {
         let mut keys = text.get(self.len() - self.keys..).unwrap_or_default();
         std::iter::from_fn(move || {
             let (len, rest) = keys.split_first_chunk::<4>()?;
             let len = (u32::from_le_bytes(*len) as usize).min(rest.len());
             let (key, rest) = rest.split_at(len);
             keys = rest;
-            Some(String::from_utf8_lossy(key))
+            Some(key)
         })
     }
 }
@@ -329,12 +329,20 @@ fn deferred_record(
             .len()
             .checked_sub(snap.status.as_str().len() + 1)
             .and_then(|n| key.get(..n))
-            .unwrap_or(&key);
+            .unwrap_or(key);
         if i > 0 {
             out.push(b',');
         }
         out.extend_from_slice(b"{\"node\":");
-        drop(sluice_engine::json::to_template(&mut *out, name, true));
+        if name.iter().all(|&b| b >= 0x20 && b != b'"' && b != b'\\') {
+            // Nothing to escape, as in nearly every node's name (UTF-8 as it came).
+            out.push(b'"');
+            out.extend_from_slice(name);
+            out.push(b'"');
+        } else {
+            let name = String::from_utf8_lossy(name);
+            drop(sluice_engine::json::to_template(&mut *out, &name, true));
+        }
         out.extend_from_slice(b",\"status\":\"");
         out.extend_from_slice(snap.status.as_str().as_bytes());
         out.extend_from_slice(b"\",\"inputs\":{},\"output\":null,\"error\":null,\"start_time\":");
@@ -873,7 +881,8 @@ struct Segment {
     details_bytes: u64,
     completed: usize,
     failed: usize,
-    node_status: std::collections::BTreeMap<String, u64>,
+    /// Lines by `<node>.<status>` key (UTF-8 bytes: they are counted for every line).
+    node_status: std::collections::BTreeMap<Vec<u8>, u64>,
     tokens: TokenCounts,
     opened: Instant,
     /// Writes the times of deferred lines' records.
@@ -1062,7 +1071,11 @@ impl Writer {
             failed_lines: Some(s.failed),
             not_run_lines: Some(0),
             carried_over_lines: Some(0),
-            node_status: s.node_status,
+            node_status: s
+                .node_status
+                .into_iter()
+                .map(|(k, n)| (String::from_utf8_lossy(&k).into_owned(), n))
+                .collect(),
             tokens: s.tokens,
         };
         self.store.write_record(&s.record)?;
@@ -1072,18 +1085,19 @@ impl Writer {
         Ok(())
     }
 
-    /// The open segment, taken (to be put back by [`Writer::write`]), or a new one.
-    fn segment(&mut self) -> Result<Segment, StoreError> {
-        match self.segment.take() {
-            Some(s) => Ok(s),
-            None => self.open(),
+    /// The open segment, opened first if there is none. Lines are written into it where it lies:
+    /// it is large (its run record, its writers), and moving it out and back cost a line as much as
+    /// making a time's text.
+    fn segment(&mut self) -> Result<&mut Segment, StoreError> {
+        if self.segment.is_none() {
+            self.segment = Some(self.open()?);
         }
+        Ok(self.segment.as_mut().expect("opened above"))
     }
 
     /// Writes a line its request's thread serialised.
     fn encoded(&mut self, layout: &Layout, text: &[u8]) -> Result<(), StoreError> {
-        let segment = self.segment()?;
-        self.write(segment, layout, text, None)
+        self.write(layout, text, None)
     }
 
     /// Writes a deferred line, making its record.
@@ -1093,38 +1107,29 @@ impl Writer {
         text: &[u8],
         snaps: &[NodeSnap],
     ) -> Result<(), StoreError> {
-        let segment = self.segment()?;
-        self.write(segment, &d.layout, text, Some((d, snaps)))
+        self.write(&d.layout, text, Some((d, snaps)))
     }
 
     /// Serialises and writes a line whose images go to files of the segment.
     fn line(&mut self, line: &mut LineResult) -> Result<(), StoreError> {
+        let (payloads, format) = (self.options.payloads, self.options.message_format);
         let segment = self.segment()?;
         let mut text = Vec::new();
-        let layout = match encode(
-            &mut text,
-            line,
-            self.options.payloads,
-            Some((&segment.images, self.options.message_format)),
-        ) {
-            Ok(layout) => layout,
-            Err(e) => {
-                self.segment = Some(segment);
-                return Err(e);
-            }
-        };
-        self.write(segment, &layout, &text, None)
+        let layout = encode(&mut text, line, payloads, Some((&segment.images, format)))?;
+        self.write(&layout, &text, None)
     }
 
     /// Writes the line `text` (laid out as `layout` says; `deferred` for a line whose record is
-    /// made here) as the segment's next line, counts it, and closes the segment once it is full.
+    /// made here) as the open segment's next line, counts it, and closes the segment once it is
+    /// full.
     fn write(
         &mut self,
-        mut segment: Segment,
         layout: &Layout,
         text: &[u8],
         deferred: Option<(&Deferred, &[NodeSnap])>,
     ) -> Result<(), StoreError> {
+        let max_bytes = self.options.max_bytes;
+        let segment = self.segment()?;
         let n = segment.next_line;
         segment.next_line += 1;
         let written = segment.write(layout, text, n, deferred);
@@ -1135,18 +1140,18 @@ impl Writer {
         }
         // A key is allocated only the first time it is seen.
         for key in layout.node_keys(text) {
-            match segment.node_status.get_mut(&*key) {
+            match segment.node_status.get_mut(key) {
                 Some(count) => *count += 1,
                 None => {
-                    segment.node_status.insert(key.into_owned(), 1);
+                    segment.node_status.insert(key.to_vec(), 1);
                 }
             }
         }
         segment.tokens.add(&layout.tokens);
-        if segment.details_bytes >= self.options.max_bytes {
-            self.close(segment)?;
-        } else {
-            self.segment = Some(segment);
+        if segment.details_bytes >= max_bytes
+            && let Some(full) = self.segment.take()
+        {
+            self.close(full)?;
         }
         written
     }
@@ -1393,7 +1398,10 @@ mod tests {
         );
         assert!(layout.completed);
         assert_eq!(layout.tokens.prompt_tokens, Some(7));
-        let keys: Vec<_> = layout.node_keys(text).collect();
+        let keys: Vec<_> = layout
+            .node_keys(text)
+            .map(String::from_utf8_lossy)
+            .collect();
         assert_eq!(keys, ["render.completed", "wörds.v2.completed"]);
     }
 
@@ -1470,9 +1478,8 @@ mod tests {
             for n in [0, 12, 123_456_789] {
                 let (layout, made) = deferred(line, payloads, n).expect("deferred");
                 assert_eq!(made, parts(&expected, &text, n), "{payloads:?}");
-                let keys = |l: &Layout, t: &[u8]| {
-                    l.node_keys(t).map(|k| k.into_owned()).collect::<Vec<_>>()
-                };
+                let keys =
+                    |l: &Layout, t: &[u8]| l.node_keys(t).map(<[u8]>::to_vec).collect::<Vec<_>>();
                 let (mut again, mut nodes) = (Vec::new(), Vec::new());
                 let d = defer(&mut again, &mut nodes, line, payloads).unwrap();
                 assert_eq!(keys(&d.layout, &again), keys(&expected, &text));
@@ -1521,7 +1528,10 @@ mod tests {
         // No payloads: the inputs are left out of both records.
         assert_eq!(record["inputs"], serde_json::json!({}));
         assert_eq!(inputs, "{\"line_number\":0}\n");
-        let keys: Vec<_> = layout.node_keys(&text).collect();
+        let keys: Vec<_> = layout
+            .node_keys(&text)
+            .map(String::from_utf8_lossy)
+            .collect();
         assert_eq!(keys, ["render.completed", "wörds.v2.failed"]);
     }
 
