@@ -268,9 +268,14 @@ mod tests {
             ("bob@example.com", true),
             ("BEARER", true),
             ("the bearer", true),
+            ("eight by=", true),
+            ("sixteen bytes...@", true),
+            ("sixteen bytes...Bearer", true),
             ("beare", false),
             ("bear with me", false),
+            ("Bb bB BBBBBBBBBBBB bbbbbbbbbbbb earer", false),
             ("https://example.com/path", false),
+            ("a long line of plain text, like most", false),
             ("", false),
         ] {
             assert_eq!(may_hold_credential(text.as_bytes()), may, "{text}");

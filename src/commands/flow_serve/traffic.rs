@@ -183,7 +183,8 @@ impl NodeSnap {
     }
 }
 
-/// How a numbered line's template starts (see [`numbered`]): `{"line_number":` and the slot.
+/// How a numbered line's template starts (see [`numbered`]): `{"line_number":` and the slot (the
+/// byte a template's line number is written over, [`sluice_engine::json::SLOT`]).
 const NUMBERED_HEAD: &[u8] = b"{\"line_number\":\x01";
 
 /// Lays out `line` for the writer to make its `details.jsonl` record: its inputs' and outputs'
@@ -1170,23 +1171,13 @@ impl Writer {
     }
 }
 
-/// `{"line_number": <slot>, ...map}`, as a batch run writes `inputs.jsonl` and `outputs.jsonl`.
-struct Numbered<'a>(&'a Map);
+/// A map's entries but `line_number`, which [`numbered`] writes first, as a slot.
+struct Unnumbered<'a>(&'a Map);
 
-/// A line number's slot in a template.
-struct Slot;
-
-impl serde::Serialize for Slot {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        sluice_engine::json::serialize_line_number(&0, s)
-    }
-}
-
-impl serde::Serialize for Numbered<'_> {
+impl serde::Serialize for Unnumbered<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
         let mut m = s.serialize_map(None)?;
-        m.serialize_entry("line_number", &Slot)?;
         for (k, v) in self.0 {
             if k != "line_number" {
                 m.serialize_entry(k, v)?;
@@ -1202,19 +1193,29 @@ impl serde::Serialize for Numbered<'_> {
 /// `null`.
 fn numbered(text: &mut Vec<u8>, map: &Map) {
     let start = text.len();
-    if sluice_engine::json::to_template(&mut *text, &Numbered(map), false).is_err() {
+    // `{"line_number":<slot>`, then the map's `{` made a `,` (or the map's `{}` a `}`).
+    text.extend_from_slice(NUMBERED_HEAD);
+    let body = text.len();
+    if sluice_engine::json::to_template(&mut *text, &Unnumbered(map), false).is_err() {
         text.truncate(start);
+    } else if text[body..] == *b"{}" {
+        text.truncate(body);
+        text.push(b'}');
+    } else {
+        text[body] = b',';
     }
     let written = &text[start..];
-    // Most lines hold nothing to mask, told without reading them as text.
-    let masked = if sluice_engine::redact::may_mask(written)
-        && let Ok(line) = std::str::from_utf8(written)
-        && let std::borrow::Cow::Owned(masked) = sluice_engine::redact::redact(line)
-    {
-        Some(masked)
-    } else {
-        None
-    };
+    // Most lines hold nothing to mask, told without reading them as text (nor the head, which is
+    // this function's own).
+    let masked =
+        if sluice_engine::redact::may_mask(written.get(NUMBERED_HEAD.len()..).unwrap_or_default())
+            && let Ok(line) = std::str::from_utf8(written)
+            && let std::borrow::Cow::Owned(masked) = sluice_engine::redact::redact(line)
+        {
+            Some(masked)
+        } else {
+            None
+        };
     if let Some(masked) = masked {
         text.truncate(start);
         text.extend_from_slice(masked.as_bytes());
@@ -1403,6 +1404,7 @@ mod tests {
             .map(String::from_utf8_lossy)
             .collect();
         assert_eq!(keys, ["render.completed", "wörds.v2.completed"]);
+        assert_eq!(NUMBERED_HEAD.last(), Some(&sluice_engine::json::SLOT));
     }
 
     /// `line` laid out by [`defer`], with its parts as the writer writes them numbered `n` (its
