@@ -738,6 +738,7 @@ struct Syncer {
     files: Mutex<Synced>,
 }
 
+/// What the syncing thread is handed.
 #[derive(Default)]
 struct Synced {
     /// The open segment's files (other handles on them).
